@@ -1,0 +1,5 @@
+// Package agent holds the hull agent protocol: the protobuf definitions in
+// agent.proto and the Go code that `make protos` generates from them. The
+// generated files are never edited by hand; `make check-protos` fails when
+// they differ from what the pinned generators produce.
+package agent

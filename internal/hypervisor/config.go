@@ -1,0 +1,87 @@
+package hypervisor
+
+// Transport names how the host reaches the agent.
+type Transport string
+
+const (
+	// TransportVsock is AF_VSOCK through a vhost-vsock device.
+	TransportVsock Transport = "vsock"
+	// TransportSerial is a virtio-serial port whose host end is a unix
+	// socket; the runtime multiplexes it with yamux.
+	TransportSerial Transport = "serial"
+)
+
+// AgentEndpoint is where the agent of a VM listens.
+type AgentEndpoint struct {
+	Transport Transport `json:"transport"`
+	// Vsock: the guest's context ID and the agent's port.
+	CID  uint32 `json:"cid,omitempty"`
+	Port uint32 `json:"port,omitempty"`
+	// Serial: the host unix socket bound to the guest port, and the port's
+	// name as the guest sees it in /sys/class/virtio-ports/*/name.
+	SocketPath string `json:"socket_path,omitempty"`
+	PortName   string `json:"port_name,omitempty"`
+}
+
+// Config is what every driver needs to build a VM. Drivers take their own
+// options beside it.
+type Config struct {
+	// ID names the VM in logs, cgroups and QEMU's -name.
+	ID string
+	// StateDir is a private directory that the driver owns for sockets, the
+	// console log and its pid file. The caller creates and removes it.
+	StateDir string
+
+	Kernel string
+	Initrd string
+	// KernelParams are appended after the driver's own parameters.
+	KernelParams []string
+
+	VCPUs     uint32
+	MemoryMiB uint32
+	// SharedMemory backs guest RAM with a shared memfd; vhost-user devices
+	// such as virtio-fs need it.
+	SharedMemory bool
+
+	// Agent is the channel to the agent. For vsock the CID must be unique on
+	// the host (>= 3); for serial the driver creates the socket in StateDir
+	// when SocketPath is empty.
+	Agent AgentEndpoint
+
+	Filesystems []FilesystemDevice
+	Blocks      []BlockDevice
+	Networks    []NetworkDevice
+
+	// Debug keeps kernel console output (no "quiet").
+	Debug bool
+}
+
+// FilesystemDevice is a vhost-user-fs (virtio-fs) share served by a daemon
+// listening on SocketPath; the guest mounts it by Tag.
+type FilesystemDevice struct {
+	Tag        string
+	SocketPath string
+	// QueueSize of the request queue; zero for the driver's default.
+	QueueSize uint32
+}
+
+// BlockDevice is a file or block device given to the guest as virtio-blk.
+type BlockDevice struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+	// Format is "raw" unless set.
+	Format string
+}
+
+// NetworkDevice is a virtio-net NIC backed by a tap device, passed by file
+// descriptors or opened by name.
+type NetworkDevice struct {
+	ID      string
+	TapName string
+	// FDs of the opened tap queues; when set the driver passes them to the
+	// hypervisor instead of opening TapName.
+	FDs []uintptr
+	MAC string
+	MTU uint32
+}

@@ -1,0 +1,115 @@
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// ErrVMExited is returned (wrapped) by calls that need a running VM after its
+// process has gone.
+var ErrVMExited = fmt.Errorf("vm exited: %w", errdefs.ErrUnavailable)
+
+// VM is one virtual machine managed by a driver. A VM is started at most once.
+type VM interface {
+	// Start launches the hypervisor process and returns once the hypervisor
+	// runs the guest. It does not wait for the guest to boot. On error nothing
+	// is left behind.
+	Start(ctx context.Context) error
+	// Stop ends the VM: an orderly stop of the hypervisor first, a kill when
+	// that does not finish before ctx is done or the driver's own limit. It
+	// releases every host resource of the VM (processes, cgroup, sockets) and
+	// is safe to call more than once and on a VM that has already exited.
+	Stop(ctx context.Context) error
+	// Wait blocks until the hypervisor process has exited or ctx is done.
+	Wait(ctx context.Context) (Exit, error)
+	// Done is closed when the hypervisor process has exited.
+	Done() <-chan struct{}
+	// Agent tells how the host reaches the agent in this VM.
+	Agent() AgentEndpoint
+	// Describe reports what runs, for logs and `hull env`.
+	Describe() Description
+	// ConsoleTail returns up to n last lines of the guest console.
+	ConsoleTail(n int) []string
+}
+
+// Exit is how a hypervisor process ended.
+type Exit struct {
+	// Code is the exit status, or -1 when the process was killed by a signal.
+	Code int
+	// Signal is the signal that killed the process, if one did.
+	Signal string
+	// At is when the exit was seen.
+	At time.Time
+	// Requested is true when the exit followed Stop or an agent shutdown.
+	Requested bool
+}
+
+func (e Exit) String() string {
+	if e.Signal != "" {
+		return "killed by " + e.Signal
+	}
+	return fmt.Sprintf("exit status %d", e.Code)
+}
+
+// Description says what a driver runs, for logs and diagnostics.
+type Description struct {
+	Driver string `json:"driver"`
+	// Binary and Version of the hypervisor program.
+	Binary  string `json:"binary"`
+	Version string `json:"version,omitempty"`
+	PID     int    `json:"pid,omitempty"`
+	// Accel is the accelerator in use ("kvm" or "tcg").
+	Accel string `json:"accel"`
+	// Machine is the machine model (for QEMU "q35" or "microvm").
+	Machine    string   `json:"machine"`
+	ConsoleLog string   `json:"console_log"`
+	StateDir   string   `json:"state_dir"`
+	Cgroup     string   `json:"cgroup,omitempty"`
+	Warnings   []string `json:"warnings,omitempty"`
+}
+
+// Capability interfaces. A driver implements the ones it supports; callers
+// reach them through the As* helpers.
+
+// Pauser stops and restarts the VM's vCPUs.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
+// Hotplugger adds devices to a running VM.
+type Hotplugger interface {
+	AddFilesystem(ctx context.Context, fs FilesystemDevice) error
+	AddBlock(ctx context.Context, b BlockDevice) error
+	AddNetwork(ctx context.Context, n NetworkDevice) error
+}
+
+// Snapshotter saves a paused VM's state to a directory, for VM templating.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, dir string) error
+}
+
+// AsPauser returns vm's Pauser or an ErrNotImplemented-class error.
+func AsPauser(vm VM) (Pauser, error) { return as[Pauser](vm, "pause") }
+
+// AsHotplugger returns vm's Hotplugger or an ErrNotImplemented-class error.
+func AsHotplugger(vm VM) (Hotplugger, error) { return as[Hotplugger](vm, "hotplug") }
+
+// AsSnapshotter returns vm's Snapshotter or an ErrNotImplemented-class error.
+func AsSnapshotter(vm VM) (Snapshotter, error) { return as[Snapshotter](vm, "snapshot") }
+
+func as[T any](vm VM, what string) (T, error) {
+	c, ok := vm.(T)
+	if !ok {
+		var zero T
+		return zero, fmt.Errorf("%s driver cannot %s: %w", vm.Describe().Driver, what, errdefs.ErrNotImplemented)
+	}
+	return c, nil
+}
+
+// IsExited reports whether err says the VM is gone.
+func IsExited(err error) bool { return errors.Is(err, ErrVMExited) }
