@@ -44,6 +44,12 @@ const (
 	FeaturePmem     = "pmem"      // NVDIMM / virtio-pmem for DAX images
 )
 
+// AllFeatures lists every feature, in the order the documentation uses.
+var AllFeatures = []string{
+	FeatureBusPCI, FeatureBusMMIO, FeatureSerial, FeatureVsock,
+	FeatureVirtioFS, FeatureOverlay, FeatureNet, FeatureBlock, FeaturePmem,
+}
+
 // Needs reports whether m is needed by any of features.
 func (m Module) Needs(features ...string) bool {
 	for _, f := range m.Features {

@@ -1,0 +1,321 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/hull-runtime/hull/internal/modlist"
+)
+
+// SearchPaths are the places Load looks at, in order, when no path is given.
+var SearchPaths = []string{
+	"/etc/hull/configuration.toml",
+	"/usr/share/defaults/hull/configuration.toml",
+}
+
+// Config is the whole configuration. Each section is documented in
+// docs/configuration.md.
+type Config struct {
+	Hypervisor Hypervisor `toml:"hypervisor"`
+	Agent      Agent      `toml:"agent"`
+	Runtime    Runtime    `toml:"runtime"`
+	Image      Image      `toml:"image"`
+
+	// Source is the file the configuration was read from, empty for the
+	// built-in defaults.
+	Source string `toml:"-"`
+}
+
+// Hypervisor configures the VM.
+type Hypervisor struct {
+	// Driver names the hypervisor driver; "qemu" is the only one so far.
+	Driver string `toml:"driver"`
+	// Kernel and Initrd override the assets named by the image manifest.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// KernelParams are appended to the driver's and the agent's parameters.
+	KernelParams []string `toml:"kernel_params"`
+	VCPUs        uint32   `toml:"vcpus"`
+	MemoryMiB    uint32   `toml:"memory_mib"`
+	// Debug keeps the guest kernel's console output and logs the agent at
+	// debug level.
+	Debug bool `toml:"debug"`
+	QEMU  QEMU `toml:"qemu"`
+}
+
+// QEMU configures the QEMU driver.
+type QEMU struct {
+	// Path of qemu-system-x86_64; empty means look it up in PATH.
+	Path string `toml:"path"`
+	// Machine is "q35" or "microvm".
+	Machine string `toml:"machine"`
+	// Accel is "auto", "kvm" or "tcg".
+	Accel string `toml:"accel"`
+	// CPUModel overrides the driver's choice of -cpu.
+	CPUModel string `toml:"cpu_model"`
+	// TSCKHz is the host TSC frequency given to the guest kernel; 0 detects it.
+	TSCKHz      uint64   `toml:"tsc_khz"`
+	StopTimeout Duration `toml:"stop_timeout"`
+}
+
+// Agent configures the channel to the agent.
+type Agent struct {
+	// Transport is "auto" (vsock when /dev/vhost-vsock exists, else serial),
+	// "vsock" or "serial".
+	Transport string `toml:"transport"`
+	// VsockPort is the port the agent listens on with vsock.
+	VsockPort uint32 `toml:"vsock_port"`
+	// DialTimeout bounds the time from VM start to the agent's first answer.
+	DialTimeout Duration `toml:"dial_timeout"`
+	// CallTimeout bounds each agent call that has no deadline of its own.
+	CallTimeout Duration `toml:"call_timeout"`
+	// LogLevel is the agent's log level.
+	LogLevel string `toml:"log_level"`
+}
+
+// Runtime configures the host side.
+type Runtime struct {
+	// StateDir holds one directory per sandbox (sockets, console log, pid files).
+	StateDir string `toml:"state_dir"`
+	// CgroupParent is the cgroup under which each VM gets its own.
+	CgroupParent string `toml:"cgroup_parent"`
+	LogLevel     string `toml:"log_level"`
+}
+
+// Image configures the guest assets and `hull image build`.
+type Image struct {
+	// AssetsDir holds the kernel, the initrd and manifest.json.
+	AssetsDir string `toml:"assets_dir"`
+	// KernelPackage is the Debian package the guest kernel comes from.
+	KernelPackage string `toml:"kernel_package"`
+	// Compression of the initrd: "zstd", "lz4", "gzip" or "none".
+	Compression string `toml:"compression"`
+	// Features the image is built with (kernel modules follow from them).
+	Features []string `toml:"features"`
+	// CacheDir keeps downloaded and unpacked kernel packages.
+	CacheDir string `toml:"cache_dir"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("5s").
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses "1m30s"-style durations.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Defaults returns the built-in configuration.
+func Defaults() *Config {
+	return &Config{
+		Hypervisor: Hypervisor{
+			Driver:       "qemu",
+			KernelParams: []string{},
+			VCPUs:        1,
+			MemoryMiB:    512,
+			QEMU: QEMU{
+				Machine:     "q35",
+				Accel:       "auto",
+				StopTimeout: Duration{5 * time.Second},
+			},
+		},
+		Agent: Agent{
+			Transport:   "auto",
+			VsockPort:   1024,
+			DialTimeout: Duration{30 * time.Second},
+			CallTimeout: Duration{30 * time.Second},
+			LogLevel:    "info",
+		},
+		Runtime: Runtime{
+			StateDir:     "/run/hull",
+			CgroupParent: "hull",
+			LogLevel:     "info",
+		},
+		Image: Image{
+			AssetsDir:     "/usr/share/hull",
+			KernelPackage: "linux-image-cloud-amd64",
+			Compression:   "zstd",
+			Features:      slices.Clone(modlist.AllFeatures),
+			CacheDir:      "/var/cache/hull",
+		},
+	}
+}
+
+// Load reads the configuration at path, or at the first of SearchPaths that
+// exists when path is empty, over the defaults, and validates it. With no
+// file anywhere it returns the validated defaults.
+func Load(path string) (*Config, error) {
+	if path == "" {
+		for _, p := range SearchPaths {
+			if _, err := os.Stat(p); err == nil {
+				path = p
+				break
+			}
+		}
+	}
+	c := Defaults()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading configuration: %w", err)
+		}
+		if err := c.decode(b); err != nil {
+			return nil, fmt.Errorf("configuration %s: %w", path, err)
+		}
+		c.Source = path
+	}
+	if err := c.Validate(); err != nil {
+		if c.Source != "" {
+			return nil, fmt.Errorf("configuration %s: %w", c.Source, err)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// Parse decodes a configuration document over the defaults and validates it.
+func Parse(b []byte) (*Config, error) {
+	c := Defaults()
+	if err := c.decode(b); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) decode(b []byte) error {
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			keys := make([]string, 0, len(strict.Errors))
+			for _, e := range strict.Errors {
+				keys = append(keys, strings.Join(e.Key(), "."))
+			}
+			return fmt.Errorf("unknown keys %s: %w", strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+		}
+		var derr *toml.DecodeError
+		if errors.As(err, &derr) {
+			row, col := derr.Position()
+			return fmt.Errorf("line %d column %d: %s: %w", row, col, derr.Error(), errdefs.ErrInvalidArgument)
+		}
+		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Validate checks every value and returns all problems at once, each naming
+// its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	oneOf := func(key, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		bad(key, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+	absOrEmpty := func(key, p string) {
+		if p != "" && !filepath.IsAbs(p) {
+			bad(key, "%q is not an absolute path", p)
+		}
+	}
+	levels := []string{"trace", "debug", "info", "warn", "error"}
+
+	h := c.Hypervisor
+	oneOf("hypervisor.driver", h.Driver, "qemu")
+	absOrEmpty("hypervisor.kernel", h.Kernel)
+	absOrEmpty("hypervisor.initrd", h.Initrd)
+	if h.VCPUs < 1 || h.VCPUs > 255 {
+		bad("hypervisor.vcpus", "%d is outside 1..255", h.VCPUs)
+	}
+	if h.MemoryMiB < 128 {
+		bad("hypervisor.memory_mib", "%d is below the minimum of 128", h.MemoryMiB)
+	}
+	for i, p := range h.KernelParams {
+		if p == "" || strings.ContainsAny(p, " \t\n") {
+			bad(fmt.Sprintf("hypervisor.kernel_params[%d]", i), "%q must be one non-empty word", p)
+		}
+	}
+	oneOf("hypervisor.qemu.machine", h.QEMU.Machine, "q35", "microvm")
+	oneOf("hypervisor.qemu.accel", h.QEMU.Accel, "auto", "kvm", "tcg")
+	absOrEmpty("hypervisor.qemu.path", h.QEMU.Path)
+	if h.QEMU.StopTimeout.Duration <= 0 {
+		bad("hypervisor.qemu.stop_timeout", "must be positive")
+	}
+
+	a := c.Agent
+	oneOf("agent.transport", a.Transport, "auto", "vsock", "serial")
+	if a.VsockPort == 0 {
+		bad("agent.vsock_port", "must not be 0")
+	}
+	if a.DialTimeout.Duration <= 0 {
+		bad("agent.dial_timeout", "must be positive")
+	}
+	if a.CallTimeout.Duration <= 0 {
+		bad("agent.call_timeout", "must be positive")
+	}
+	oneOf("agent.log_level", a.LogLevel, levels...)
+
+	r := c.Runtime
+	if !filepath.IsAbs(r.StateDir) {
+		bad("runtime.state_dir", "%q is not an absolute path", r.StateDir)
+	}
+	if r.CgroupParent == "" || strings.Contains(r.CgroupParent, "..") || filepath.IsAbs(r.CgroupParent) {
+		bad("runtime.cgroup_parent", "%q must be a relative cgroup path without ..", r.CgroupParent)
+	}
+	oneOf("runtime.log_level", r.LogLevel, levels...)
+
+	im := c.Image
+	if !filepath.IsAbs(im.AssetsDir) {
+		bad("image.assets_dir", "%q is not an absolute path", im.AssetsDir)
+	}
+	if !filepath.IsAbs(im.CacheDir) {
+		bad("image.cache_dir", "%q is not an absolute path", im.CacheDir)
+	}
+	if im.KernelPackage == "" {
+		bad("image.kernel_package", "must not be empty")
+	}
+	oneOf("image.compression", im.Compression, "zstd", "lz4", "gzip", "none")
+	for _, f := range im.Features {
+		if !slices.Contains(modlist.AllFeatures, f) {
+			bad("image.features", "unknown feature %q", f)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid configuration: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Encode writes c as TOML.
+func (c *Config) Encode() ([]byte, error) {
+	var buf bytes.Buffer
+	enc := toml.NewEncoder(&buf)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

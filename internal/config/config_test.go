@@ -1,0 +1,122 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestShippedFileMatchesDefaults(t *testing.T) {
+	c, err := Load(filepath.Join("..", "..", "config", "configuration.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Source = ""
+	if !reflect.DeepEqual(c, Defaults()) {
+		t.Fatalf("config/configuration.toml differs from Defaults():\nfile:     %+v\ndefaults: %+v", c, Defaults())
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		doc     string
+		wantErr []string
+		check   func(*testing.T, *Config)
+	}{
+		{
+			name: "empty document gives defaults",
+			doc:  "",
+			check: func(t *testing.T, c *Config) {
+				if !reflect.DeepEqual(c, Defaults()) {
+					t.Fatalf("got %+v", c)
+				}
+			},
+		},
+		{
+			name: "overrides",
+			doc:  "[hypervisor]\nvcpus = 2\n[hypervisor.qemu]\nmachine = \"microvm\"\n[agent]\ndial_timeout = \"2s\"\ntransport = \"serial\"\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Hypervisor.VCPUs != 2 || c.Hypervisor.QEMU.Machine != "microvm" || c.Agent.DialTimeout.Duration != 2*time.Second || c.Agent.Transport != "serial" {
+					t.Fatalf("overrides not applied: %+v", c)
+				}
+				if c.Hypervisor.MemoryMiB != 512 {
+					t.Fatalf("untouched default changed: %d", c.Hypervisor.MemoryMiB)
+				}
+			},
+		},
+		{name: "unknown key", doc: "[agent]\ntransprot = \"vsock\"\n", wantErr: []string{"unknown keys agent.transprot"}},
+		{name: "bad enum", doc: "[agent]\ntransport = \"tcp\"\n", wantErr: []string{`agent.transport: "tcp" is not one of auto, vsock, serial`}},
+		{name: "bad duration", doc: "[agent]\ndial_timeout = \"soon\"\n", wantErr: []string{"line 2"}},
+		{name: "wrong type", doc: "[hypervisor]\nvcpus = \"two\"\n", wantErr: []string{"line 2"}},
+		{name: "malformed toml", doc: "[hypervisor\n", wantErr: []string{"line 1"}},
+		{
+			name:    "several problems at once",
+			doc:     "[hypervisor]\nvcpus = 0\nmemory_mib = 16\nkernel = \"vmlinux\"\n[runtime]\ncgroup_parent = \"../x\"\n[image]\nfeatures = [\"gpu\"]\n",
+			wantErr: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.kernel", "runtime.cgroup_parent", `unknown feature "gpu"`},
+		},
+		{name: "kernel param with space", doc: "[hypervisor]\nkernel_params = [\"a b\"]\n", wantErr: []string{"hypervisor.kernel_params[0]"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.doc))
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("no error, want %q", tc.wantErr)
+				}
+				if !errors.Is(err, errdefs.ErrInvalidArgument) {
+					t.Errorf("error %v is not ErrInvalidArgument", err)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestLoadSearchOrder(t *testing.T) {
+	dir := t.TempDir()
+	first, second := filepath.Join(dir, "etc.toml"), filepath.Join(dir, "share.toml")
+	old := SearchPaths
+	SearchPaths = []string{first, second}
+	t.Cleanup(func() { SearchPaths = old })
+
+	c, err := Load("")
+	if err != nil || c.Source != "" {
+		t.Fatalf("no files: got source %q, err %v", c.Source, err)
+	}
+	if err := os.WriteFile(second, []byte("[hypervisor]\nvcpus = 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(""); err != nil || c.Source != second || c.Hypervisor.VCPUs != 3 {
+		t.Fatalf("second file: %+v %v", c, err)
+	}
+	if err := os.WriteFile(first, []byte("[hypervisor]\nvcpus = 4\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(""); err != nil || c.Source != first || c.Hypervisor.VCPUs != 4 {
+		t.Fatalf("first file: %+v %v", c, err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.toml")); err == nil {
+		t.Fatal("explicit missing path loaded")
+	}
+	if err := os.WriteFile(first, []byte("[agent]\ncall_timeout = \"0s\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(""); err == nil || !strings.Contains(err.Error(), first) || !strings.Contains(err.Error(), "agent.call_timeout") {
+		t.Fatalf("invalid file: error %v should name the file and the key", err)
+	}
+}
