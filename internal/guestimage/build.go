@@ -1,0 +1,259 @@
+package guestimage
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/hull-runtime/hull/internal/version"
+)
+
+// Defaults of Options.
+const (
+	DefaultKernelPackage = "linux-image-cloud-amd64"
+	DefaultCacheDir      = "/var/cache/hull"
+	DefaultOutputDir     = "/usr/share/hull"
+)
+
+// Image formats.
+const (
+	FormatInitrd = "initrd" // kernel + cpio initrd with the agent as /init
+	FormatErofs  = "erofs"  // reserved: erofs root image mapped with DAX
+	FormatExt4   = "ext4"   // reserved: ext4 root image mapped with DAX
+)
+
+// Options configure Build. The zero value of every field picks its default.
+type Options struct {
+	// KernelPackage is the Debian kernel package; a metapackage is followed
+	// to the versioned package it depends on. Default DefaultKernelPackage.
+	KernelPackage string
+	// KernelDeb is an already downloaded .deb; it skips apt.
+	KernelDeb string
+	// CacheDir holds downloaded and unpacked packages. Default DefaultCacheDir.
+	CacheDir string
+	// AgentBinary is the static hull-agent; it becomes /init.
+	AgentBinary string
+	// Features select the modules (modlist.Feature*); empty means all.
+	Features []string
+	// Format is FormatInitrd (default); the image formats are not built yet.
+	Format string
+	// Compression of the initrd: zstd (default), lz4, gzip or none.
+	Compression string
+	// OutputDir receives the kernel, the initrd and the manifest. Default
+	// DefaultOutputDir.
+	OutputDir string
+	// Progress receives a line per long step with its duration; nil is quiet.
+	Progress io.Writer
+}
+
+func (o *Options) setDefaults() {
+	if o.KernelPackage == "" {
+		o.KernelPackage = DefaultKernelPackage
+	}
+	if o.CacheDir == "" {
+		o.CacheDir = DefaultCacheDir
+	}
+	if o.Format == "" {
+		o.Format = FormatInitrd
+	}
+	if o.Compression == "" {
+		o.Compression = CompressionZstd
+	}
+	if o.OutputDir == "" {
+		o.OutputDir = DefaultOutputDir
+	}
+}
+
+// validate checks what can be checked before any slow step.
+func (o *Options) validate() error {
+	switch o.Format {
+	case FormatInitrd:
+	case FormatErofs, FormatExt4:
+		return fmt.Errorf("image format %s: %w", o.Format, errdefs.ErrNotImplemented)
+	default:
+		return fmt.Errorf("image format %q (want initrd, erofs or ext4): %w", o.Format, errdefs.ErrInvalidArgument)
+	}
+	if _, err := compressor(io.Discard, o.Compression); err != nil {
+		return err
+	}
+	if _, err := normalizeFeatures(o.Features); err != nil {
+		return err
+	}
+	return checkStaticExecutable(o.AgentBinary)
+}
+
+// Build makes the guest image: it prepares the kernel package, writes the
+// kernel (the PVH vmlinux, or the bzImage if that cannot be had), the initrd
+// and, last, the manifest into o.OutputDir, and returns the manifest.
+func Build(ctx context.Context, o Options) (*Manifest, error) {
+	o.setDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	features, _ := normalizeFeatures(o.Features)
+	p := newProgress(o.Progress)
+	if err := os.MkdirAll(o.OutputDir, 0o755); err != nil {
+		return nil, err
+	}
+	k, err := PrepareKernel(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("preparing kernel package: %w", err)
+	}
+	m := &Manifest{
+		Builder:  BuilderInfo{Version: version.Version, Commit: version.Commit},
+		Format:   o.Format,
+		Features: features,
+	}
+	if m.Kernel, err = writeKernel(ctx, k, o.OutputDir, p); err != nil {
+		return nil, err
+	}
+	if m.Agent.SHA256, m.Agent.Size, err = hashFile(o.AgentBinary); err != nil {
+		return nil, fmt.Errorf("hashing agent: %w", err)
+	}
+
+	initrd := &InitrdInfo{File: "initrd-" + k.Release + ".img", Compression: o.Compression}
+	done := p.start("packing %s initrd", o.Compression)
+	var sum fileSum
+	sum, err = writeFileAtomic(filepath.Join(o.OutputDir, initrd.File), 0o644, func(w io.Writer) error {
+		list, err := WriteInitrd(ctx, w, InitrdSpec{Init: o.AgentBinary, Kernel: k, Features: features, Compression: o.Compression})
+		if err == nil {
+			m.Modules = list.Modules
+		}
+		return err
+	})
+	done(err)
+	if err != nil {
+		return nil, fmt.Errorf("writing initrd: %w", err)
+	}
+	initrd.SHA256, initrd.Size = sum.sha256, sum.size
+	m.Initrd = initrd
+
+	b, err := m.marshal()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := writeFileAtomic(filepath.Join(o.OutputDir, ManifestFile), 0o644, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("writing manifest: %w", err)
+	}
+	log.G(ctx).WithFields(log.Fields{"dir": o.OutputDir, "release": k.Release, "kernel": m.Kernel.Format, "modules": len(m.Modules)}).Info("guest image built")
+	return m, nil
+}
+
+// writeKernel writes vmlinux-<release>, or vmlinuz-<release> when the PVH
+// ELF cannot be extracted.
+func writeKernel(ctx context.Context, k *Kernel, dir string, p *progress) (KernelInfo, error) {
+	ki := KernelInfo{Package: k.Package, PackageVersion: k.PackageVersion, Release: k.Release}
+	bz, err := os.ReadFile(k.BzImage())
+	if err != nil {
+		return ki, fmt.Errorf("reading kernel: %w", err)
+	}
+	done := p.start("extracting vmlinux from %s", filepath.Base(k.BzImage()))
+	vmlinux, xerr := ExtractVmlinux(bz)
+	done(xerr)
+	data := vmlinux
+	ki.File, ki.Format = "vmlinux-"+k.Release, KernelFormatPVH
+	if xerr != nil {
+		p.printf("warning: cannot boot %s through PVH (%v); using the bzImage", k.Release, xerr)
+		log.G(ctx).WithError(xerr).Warn("falling back to the bzImage")
+		data = bz
+		ki.File, ki.Format = "vmlinuz-"+k.Release, KernelFormatBzImage
+	}
+	sum, err := writeFileAtomic(filepath.Join(dir, ki.File), 0o644, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+	if err != nil {
+		return ki, fmt.Errorf("writing kernel: %w", err)
+	}
+	ki.SHA256, ki.Size = sum.sha256, sum.size
+	return ki, nil
+}
+
+// fileSum is the hex sha256 and size of a written file.
+type fileSum struct {
+	sha256 string
+	size   int64
+}
+
+// writeFileAtomic writes dst through fill into a temporary file in the same
+// directory, syncs it and renames it over dst; on error nothing is left.
+func writeFileAtomic(dst string, perm os.FileMode, fill func(io.Writer) error) (sum fileSum, err error) {
+	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return sum, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(f, h)}
+	if err = fill(cw); err != nil {
+		return sum, err
+	}
+	if err = f.Chmod(perm); err != nil {
+		return sum, err
+	}
+	if err = f.Sync(); err != nil {
+		return sum, err
+	}
+	if err = f.Close(); err != nil {
+		return sum, err
+	}
+	if err = os.Rename(f.Name(), dst); err != nil {
+		return sum, err
+	}
+	return fileSum{sha256: hex.EncodeToString(h.Sum(nil)), size: cw.n}, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// progress prints human progress lines; a nil writer makes it quiet.
+type progress struct{ w io.Writer }
+
+func newProgress(w io.Writer) *progress { return &progress{w: w} }
+
+func (p *progress) printf(format string, args ...any) {
+	if p.w != nil {
+		fmt.Fprintf(p.w, format+"\n", args...)
+	}
+}
+
+// start prints the step and returns a function that prints its outcome and
+// duration.
+func (p *progress) start(format string, args ...any) func(error) {
+	what := fmt.Sprintf(format, args...)
+	p.printf("%s ...", what)
+	t0 := time.Now()
+	return func(err error) {
+		d := time.Since(t0).Round(time.Millisecond)
+		if err != nil {
+			p.printf("%s failed after %s", what, d)
+			return
+		}
+		p.printf("%s done in %s", what, d)
+	}
+}

@@ -1,0 +1,158 @@
+package guestimage
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/internal/modlist"
+)
+
+// ManifestFile is the manifest's name in the output directory.
+const ManifestFile = "manifest.json"
+
+// Kernel formats recorded in the manifest.
+const (
+	KernelFormatPVH     = "elf-pvh" // uncompressed ELF with a PVH entry note
+	KernelFormatBzImage = "bzimage" // the package's compressed kernel as is
+)
+
+// Manifest describes a built guest image. It holds no timestamps, so the
+// same inputs give the same bytes.
+type Manifest struct {
+	Builder BuilderInfo `json:"builder"`
+	// Format is the image format, "initrd" for now.
+	Format   string      `json:"format"`
+	Kernel   KernelInfo  `json:"kernel"`
+	Initrd   *InitrdInfo `json:"initrd,omitempty"`
+	Agent    AgentInfo   `json:"agent"`
+	Features []string    `json:"features"`
+	// Modules in load order, as in the image's module list.
+	Modules []modlist.Module `json:"modules"`
+}
+
+// BuilderInfo identifies the hull build that made the image.
+type BuilderInfo struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
+}
+
+// KernelInfo describes the kernel file.
+type KernelInfo struct {
+	Package        string `json:"package"`
+	PackageVersion string `json:"package_version"`
+	Release        string `json:"release"`
+	// File is relative to the output directory.
+	File string `json:"file"`
+	// Format is KernelFormatPVH or KernelFormatBzImage.
+	Format string `json:"format"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// InitrdInfo describes the initrd file.
+type InitrdInfo struct {
+	// File is relative to the output directory.
+	File        string `json:"file"`
+	Compression string `json:"compression"`
+	SHA256      string `json:"sha256"`
+	Size        int64  `json:"size"`
+}
+
+// AgentInfo identifies the agent packed as /init.
+type AgentInfo struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// ReadManifest reads dir/manifest.json.
+func ReadManifest(dir string) (*Manifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no guest image in %s: %w", dir, errors.Join(err, errdefs.ErrNotFound))
+		}
+		return nil, err
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", filepath.Join(dir, ManifestFile), errors.Join(err, errdefs.ErrDataLoss))
+	}
+	return &m, nil
+}
+
+// KernelPath is the kernel's path for a manifest read from dir.
+func (m *Manifest) KernelPath(dir string) string { return filepath.Join(dir, m.Kernel.File) }
+
+// InitrdPath is the initrd's path for a manifest read from dir, or "".
+func (m *Manifest) InitrdPath(dir string) string {
+	if m.Initrd == nil {
+		return ""
+	}
+	return filepath.Join(dir, m.Initrd.File)
+}
+
+// Verify checks that every file the manifest names is in dir with the
+// recorded size and sha256. The error names the first file that is not.
+func (m *Manifest) Verify(dir string) error {
+	type want struct {
+		file, sha string
+		size      int64
+	}
+	files := []want{{m.Kernel.File, m.Kernel.SHA256, m.Kernel.Size}}
+	if m.Initrd != nil {
+		files = append(files, want{m.Initrd.File, m.Initrd.SHA256, m.Initrd.Size})
+	}
+	for _, f := range files {
+		if f.file == "" || filepath.IsAbs(f.file) || filepath.Base(f.file) != f.file {
+			return fmt.Errorf("manifest names file %q outside %s: %w", f.file, dir, errdefs.ErrDataLoss)
+		}
+		p := filepath.Join(dir, f.file)
+		sum, size, err := hashFile(p)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("guest image file %s is missing: %w", p, errors.Join(err, errdefs.ErrNotFound))
+			}
+			return fmt.Errorf("verifying %s: %w", p, err)
+		}
+		if size != f.size || sum != f.sha {
+			return fmt.Errorf("guest image file %s does not match the manifest (sha256 %s, %d bytes; want %s, %d bytes): %w",
+				p, sum, size, f.sha, f.size, errdefs.ErrDataLoss)
+		}
+	}
+	return nil
+}
+
+// hashFile returns the hex sha256 and the size of a file.
+func hashFile(p string) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// marshal returns the manifest as written: indented JSON and a newline.
+func (m *Manifest) marshal() ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
