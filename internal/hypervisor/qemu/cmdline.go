@@ -1,0 +1,261 @@
+package qemu
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// Files in the state directory.
+const (
+	qmpSocketName  = "qmp.sock"
+	consoleLogName = "console.log"
+	pidFileName    = "qemu.pid"
+)
+
+// firstExtraFD is the descriptor number of the first exec.Cmd.ExtraFiles
+// entry in the child.
+const firstExtraFD = 3
+
+// prop is one key=value of a QEMU option.
+type prop struct{ key, value string }
+
+// props renders a QEMU option value: an optional leading bare value (the
+// driver or backend name) followed by key=value pairs. Commas in values
+// are doubled, which is how QEMU's option parser escapes them.
+type props struct {
+	head string
+	kv   []prop
+}
+
+func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
+
+func p(key, value string) prop { return prop{key, value} }
+
+func pInt[T ~int | ~uint32 | ~uint64](key string, v T) prop {
+	return prop{key, strconv.FormatUint(uint64(v), 10)}
+}
+
+func pBool(key string, v bool) prop {
+	if v {
+		return prop{key, "on"}
+	}
+	return prop{key, "off"}
+}
+
+func (o props) with(kv ...prop) props {
+	o.kv = append(append([]prop(nil), o.kv...), kv...)
+	return o
+}
+
+func (o props) String() string {
+	var b strings.Builder
+	b.WriteString(escape(o.head))
+	for _, kv := range o.kv {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(kv.key)
+		b.WriteByte('=')
+		b.WriteString(escape(kv.value))
+	}
+	return b.String()
+}
+
+func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// argv collects QEMU's arguments.
+type argv struct{ args []string }
+
+func (a *argv) flag(name string)                 { a.args = append(a.args, "-"+name) }
+func (a *argv) add(name, value string)           { a.args = append(a.args, "-"+name, value) }
+func (a *argv) addOpt(name string, o props)      { a.add(name, o.String()) }
+func (a *argv) device(driver string, kv ...prop) { a.addOpt("device", opt(driver, kv...)) }
+
+// chardevSocket is a unix socket character device; server sockets are
+// created by QEMU and do not wait for a client.
+func (a *argv) chardevSocket(id, path string, server bool) {
+	o := opt("socket", p("id", id), p("path", path))
+	if server {
+		o = o.with(pBool("server", true), pBool("wait", false))
+	}
+	a.addOpt("chardev", o)
+}
+
+// bus names the transport of virtio devices: PCI on q35, MMIO on microvm.
+type bus struct{ suffix string }
+
+func (b bus) virtio(kind string) string { return "virtio-" + kind + b.suffix }
+
+// layout is everything that Args derives from the config besides the
+// config itself: resolved options and host facts.
+type layout struct {
+	binary   string
+	machine  string
+	accel    string
+	cpuModel string
+	tscKHz   uint64
+}
+
+// buildArgs returns QEMU's argv, program name first. It reads no host
+// state except whether block device paths are block special files.
+func buildArgs(cfg *hypervisor.Config, l layout) []string {
+	a := &argv{args: []string{l.binary}}
+	b := bus{suffix: "-pci"}
+	if l.machine == MachineMicroVM {
+		b.suffix = "-device"
+	}
+
+	a.addOpt("name", opt(cfg.ID, pBool("debug-threads", true)))
+	a.addOpt("machine", machineOpt(cfg, l))
+	a.add("accel", l.accel)
+	a.add("cpu", l.cpuModel)
+	a.add("smp", strconv.FormatUint(uint64(cfg.VCPUs), 10))
+	a.add("m", fmt.Sprintf("%dM", cfg.MemoryMiB))
+	if cfg.SharedMemory {
+		a.addOpt("object", opt("memory-backend-memfd",
+			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), pBool("share", true)))
+	}
+	if l.machine == MachineMicroVM {
+		// virtiofsd refuses legacy (virtio 0.9) devices, microvm's default.
+		a.add("global", "virtio-mmio.force-legacy=false")
+	}
+
+	a.add("kernel", cfg.Kernel)
+	if cfg.Initrd != "" {
+		a.add("initrd", cfg.Initrd)
+	}
+	a.add("append", strings.Join(kernelParams(cfg, l), " "))
+
+	a.flag("nodefaults")
+	a.flag("no-user-config")
+	a.add("display", "none")
+	a.flag("no-reboot") // with panic=-1, a guest panic ends QEMU
+	a.flag("S")         // vCPUs start after cgroup placement (see Start)
+	a.add("pidfile", filepath.Join(cfg.StateDir, pidFileName))
+
+	a.chardevSocket("qmp", filepath.Join(cfg.StateDir, qmpSocketName), true)
+	a.addOpt("mon", opt("", p("chardev", "qmp"), p("mode", "control")))
+	a.addOpt("chardev", opt("file", p("id", "console"), p("path", filepath.Join(cfg.StateDir, consoleLogName))))
+	a.add("serial", "chardev:console")
+
+	switch ag := cfg.Agent; ag.Transport {
+	case hypervisor.TransportSerial:
+		a.device(b.virtio("serial"), p("id", "agent-serial"))
+		a.chardevSocket("agent", ag.SocketPath, true)
+		a.device("virtserialport", p("chardev", "agent"), p("name", ag.PortName))
+	case hypervisor.TransportVsock:
+		a.device("vhost-vsock"+b.suffix, p("id", "vsock"), pInt("guest-cid", ag.CID))
+	}
+
+	for i, fs := range cfg.Filesystems {
+		id := fmt.Sprintf("fs%d", i)
+		q := fs.QueueSize
+		if q == 0 {
+			q = 1024
+		}
+		a.chardevSocket(id, fs.SocketPath, false)
+		a.device("vhost-user-fs"+b.suffix, p("id", id), p("chardev", id), p("tag", fs.Tag), pInt("queue-size", q))
+	}
+
+	for _, bd := range cfg.Blocks {
+		a.addOpt("blockdev", blockdevOpt(bd))
+		kv := []prop{p("id", "blk-"+bd.ID), p("drive", "blk-"+bd.ID)}
+		if len(bd.ID) <= 20 { // virtio-blk serials hold 20 bytes
+			kv = append(kv, p("serial", bd.ID))
+		}
+		a.device(b.virtio("blk"), kv...)
+	}
+
+	fd := firstExtraFD
+	for _, n := range cfg.Networks {
+		nd := opt("tap", p("id", "net-"+n.ID))
+		if len(n.FDs) > 0 {
+			fds := make([]string, len(n.FDs))
+			for i := range n.FDs {
+				fds[i] = strconv.Itoa(fd)
+				fd++
+			}
+			nd = nd.with(p("fds", strings.Join(fds, ":")))
+		} else {
+			// Never vhost=on: there is no /dev/vhost-net on every host,
+			// and QEMU does not fall back.
+			nd = nd.with(p("ifname", n.TapName), p("script", "no"), p("downscript", "no"))
+		}
+		a.addOpt("netdev", nd)
+		kv := []prop{p("id", "nic-"+n.ID), p("netdev", "net-"+n.ID)}
+		if n.MAC != "" {
+			kv = append(kv, p("mac", strings.ToLower(n.MAC)))
+		}
+		if n.MTU != 0 {
+			kv = append(kv, pInt("host_mtu", n.MTU))
+		}
+		if q := len(n.FDs); q > 1 {
+			kv = append(kv, pBool("mq", true))
+			if l.machine == MachineQ35 {
+				kv = append(kv, pInt("vectors", uint64(2*q+2)))
+			}
+		}
+		a.device(b.virtio("net"), kv...)
+	}
+	return a.args
+}
+
+func machineOpt(cfg *hypervisor.Config, l layout) props {
+	var o props
+	switch l.machine {
+	case MachineMicroVM:
+		// ACPI stays on: the kernel finds the virtio-mmio devices through
+		// it. No legacy PIC/PIT, no option ROMs.
+		o = opt("microvm", pBool("x-option-roms", false), p("pit", "off"), p("pic", "off"),
+			p("rtc", "on"), pBool("isa-serial", true), p("acpi", "on"))
+	default:
+		o = opt("q35", p("vmport", "off"), pBool("sata", false), pBool("smbus", false), pBool("hpet", false))
+	}
+	if cfg.SharedMemory {
+		o = o.with(p("memory-backend", "mem"))
+	}
+	return o
+}
+
+func blockdevOpt(bd hypervisor.BlockDevice) props {
+	format := bd.Format
+	if format == "" {
+		format = "raw"
+	}
+	protocol := "file"
+	if st, err := os.Stat(bd.Path); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+		protocol = "host_device"
+	}
+	return opt("", p("node-name", "blk-"+bd.ID), p("driver", format), pBool("read-only", bd.ReadOnly),
+		p("file.driver", protocol), p("file.filename", bd.Path))
+}
+
+// kernelParams are the driver's parameters, then the caller's.
+func kernelParams(cfg *hypervisor.Config, l layout) []string {
+	ps := []string{"console=ttyS0", "panic=-1", "cryptomgr.notests", "no_timer_check", "rcupdate.rcu_expedited=1"}
+	if !cfg.Debug {
+		// Every console line costs time under emulation.
+		ps = append(ps, "quiet")
+	}
+	if l.accel == AccelTCG && l.tscKHz > 0 {
+		// Without these, TSC calibration under TCG can hang (microvm) or
+		// fall back to jiffies.
+		ps = append(ps, fmt.Sprintf("tsc_early_khz=%d", l.tscKHz), "tsc=reliable")
+	}
+	return append(ps, cfg.KernelParams...)
+}
+
+// extraFiles are the descriptors Start passes to QEMU, in the order the
+// fds= numbers of buildArgs count them.
+func extraFDs(cfg *hypervisor.Config) []uintptr {
+	var fds []uintptr
+	for _, n := range cfg.Networks {
+		fds = append(fds, n.FDs...)
+	}
+	return fds
+}

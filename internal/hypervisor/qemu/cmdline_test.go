@@ -1,0 +1,284 @@
+package qemu
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// baseConfig is a VM with a serial agent and nothing else.
+func baseConfig() hypervisor.Config {
+	return hypervisor.Config{
+		ID:           "pod-1",
+		StateDir:     "/run/hull/vm/pod-1",
+		Kernel:       "/usr/share/hull/vmlinuz",
+		Initrd:       "/usr/share/hull/initrd.img",
+		KernelParams: []string{"hull.debug=0"},
+		VCPUs:        2,
+		MemoryMiB:    512,
+		Agent:        hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial},
+	}
+}
+
+func withDevices(c hypervisor.Config) hypervisor.Config {
+	c.SharedMemory = true
+	c.Filesystems = []hypervisor.FilesystemDevice{
+		{Tag: "rootfs", SocketPath: "/run/hull/vm/pod-1/fs,0.sock"},
+		{Tag: "volume", SocketPath: "/run/hull/vm/pod-1/fs1.sock", QueueSize: 256},
+	}
+	c.Blocks = []hypervisor.BlockDevice{
+		{ID: "ctr1", Path: "/var/lib/hull/ctr1.img", ReadOnly: true},
+		{ID: "scratch-volume-with-a-long-name", Path: "/var/lib/hull/scratch.qcow2", Format: "qcow2"},
+	}
+	c.Networks = []hypervisor.NetworkDevice{
+		{ID: "eth0", FDs: []uintptr{7, 8}, MAC: "02:AB:cd:00:00:01", MTU: 1450},
+		{ID: "eth1", TapName: "tap-pod1", MAC: "02:ab:cd:00:00:02"},
+	}
+	return c
+}
+
+func vsock(c hypervisor.Config) hypervisor.Config {
+	c.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 42, Port: 1024}
+	return c
+}
+
+func TestArgsGolden(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  hypervisor.Config
+		opts Options
+	}{
+		{"q35-serial", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-vsock-kvm", vsock(baseConfig()), Options{Accel: AccelKVM}},
+		{"q35-serial-devices", withDevices(baseConfig()), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-vsock-devices-debug", func() hypervisor.Config {
+			c := vsock(withDevices(baseConfig()))
+			c.Debug = true
+			return c
+		}(), Options{Accel: AccelTCG, TSCKHz: 2445432, Binary: "/opt/qemu/bin/qemu-system-x86_64"}},
+		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
+		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},
+		{"microvm-serial-devices", withDevices(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelKVM}},
+		{"microvm-vsock-devices", vsock(withDevices(baseConfig())), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, CPUModel: "max"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := New(tc.cfg, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			args, err := v.Args()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// One option per line: readable diffs.
+			var b strings.Builder
+			b.WriteString(args[0])
+			for _, a := range args[1:] {
+				if strings.HasPrefix(a, "-") {
+					b.WriteString("\n")
+				} else {
+					b.WriteString(" ")
+				}
+				b.WriteString(a)
+			}
+			b.WriteString("\n")
+			golden(t, filepath.Join("testdata", tc.name+".argv"), b.String())
+		})
+	}
+}
+
+func golden(t *testing.T, path, got string) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if string(want) != got {
+		t.Errorf("%s differs (go test -update rewrites it):\n--- want\n%s\n--- got\n%s", path, want, got)
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*hypervisor.Config, *Options)
+		want   string
+	}{
+		{"empty id", func(c *hypervisor.Config, _ *Options) { c.ID = "" }, "vm id"},
+		{"id with slash", func(c *hypervisor.Config, _ *Options) { c.ID = "a/b" }, "vm id"},
+		{"relative state dir", func(c *hypervisor.Config, _ *Options) { c.StateDir = "run/x" }, "state dir"},
+		{"no kernel", func(c *hypervisor.Config, _ *Options) { c.Kernel = "" }, "no kernel"},
+		{"no vcpus", func(c *hypervisor.Config, _ *Options) { c.VCPUs = 0 }, "vCPUs"},
+		{"tiny memory", func(c *hypervisor.Config, _ *Options) { c.MemoryMiB = 16 }, "memory"},
+		{"bad machine", func(_ *hypervisor.Config, o *Options) { o.Machine = "pc" }, "machine"},
+		{"bad accel", func(_ *hypervisor.Config, o *Options) { o.Accel = "hvf" }, "accelerator"},
+		{"escaping cgroup parent", func(_ *hypervisor.Config, o *Options) { o.CgroupParent = "../x" }, "cgroup parent"},
+		{"absolute cgroup parent", func(_ *hypervisor.Config, o *Options) { o.CgroupParent = "/x" }, "cgroup parent"},
+		{"no transport", func(c *hypervisor.Config, _ *Options) { c.Agent.Transport = "" }, "transport"},
+		{"low cid", func(c *hypervisor.Config, _ *Options) {
+			c.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 2, Port: 1}
+		}, "cid"},
+		{"no vsock port", func(c *hypervisor.Config, _ *Options) {
+			c.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3}
+		}, "port"},
+		{"fs without shared memory", func(c *hypervisor.Config, _ *Options) {
+			c.Filesystems = []hypervisor.FilesystemDevice{{Tag: "a", SocketPath: "/s"}}
+		}, "shared memory"},
+		{"fs queue size", func(c *hypervisor.Config, _ *Options) {
+			c.SharedMemory = true
+			c.Filesystems = []hypervisor.FilesystemDevice{{Tag: "a", SocketPath: "/s", QueueSize: 1000}}
+		}, "queue size"},
+		{"duplicate block", func(c *hypervisor.Config, _ *Options) {
+			c.Blocks = []hypervisor.BlockDevice{{ID: "a", Path: "/a"}, {ID: "a", Path: "/b"}}
+		}, "two block"},
+		{"block format", func(c *hypervisor.Config, _ *Options) {
+			c.Blocks = []hypervisor.BlockDevice{{ID: "a", Path: "/a", Format: "vmdk"}}
+		}, "format"},
+		{"net without tap", func(c *hypervisor.Config, _ *Options) {
+			c.Networks = []hypervisor.NetworkDevice{{ID: "eth0"}}
+		}, "tap"},
+		{"bad mac", func(c *hypervisor.Config, _ *Options) {
+			c.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "t", MAC: "zz"}}
+		}, "MAC"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, o := baseConfig(), Options{Accel: AccelTCG, TSCKHz: 1}
+			tc.modify(&c, &o)
+			_, err := New(c, o)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an invalid-argument error about %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCPUInfoTSC(t *testing.T) {
+	tests := []struct {
+		name, cpuinfo string
+		want          uint64
+	}{
+		{"constant tsc", "processor\t: 0\ncpu MHz\t\t: 2445.432\nflags\t\t: fpu tsc constant_tsc\n\nprocessor\t: 1\ncpu MHz\t\t: 1200.000\n", 2445432},
+		{"variable tsc", "processor\t: 0\ncpu MHz\t\t: 2445.432\nflags\t\t: fpu tsc\n", 0},
+		{"no MHz", "processor\t: 0\nflags\t\t: constant_tsc\n", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "cpuinfo")
+			if err := os.WriteFile(p, []byte(tc.cpuinfo), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if got := cpuinfoTSCKHz(p); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseVersion(t *testing.T) {
+	tests := []struct{ out, want string }{
+		{"QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright ...\n", "7.2.22"},
+		{"QEMU emulator version 9.1.0\n", "9.1.0"},
+		{"something else\n", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.want, func(t *testing.T) {
+			if got := parseVersion(tc.out); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestAutoAccelFallsBackToTCG(t *testing.T) {
+	tests := []struct {
+		name      string
+		usable    bool
+		wantAccel string
+		warn      bool
+	}{
+		{"kvm usable", true, AccelKVM, false},
+		{"kvm unusable", false, AccelTCG, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := New(baseConfig(), Options{ProbeKVM: fakeProbe(tc.usable), TSCKHz: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := v.Describe()
+			if d.Accel != tc.wantAccel || (len(d.Warnings) > 0) != tc.warn {
+				t.Errorf("accel %s warnings %q, want %s warn=%v", d.Accel, d.Warnings, tc.wantAccel, tc.warn)
+			}
+			if tc.warn && !strings.Contains(d.Warnings[0], "KVM unusable: test says no; using TCG") {
+				t.Errorf("warning %q", d.Warnings[0])
+			}
+		})
+	}
+}
+
+func TestNoHotplug(t *testing.T) {
+	v, err := New(baseConfig(), Options{Accel: AccelTCG, TSCKHz: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hypervisor.AsHotplugger(v); !errors.Is(err, errdefs.ErrNotImplemented) {
+		t.Errorf("AsHotplugger: %v", err)
+	}
+	if _, err := hypervisor.AsSnapshotter(v); !errors.Is(err, errdefs.ErrNotImplemented) {
+		t.Errorf("AsSnapshotter: %v", err)
+	}
+	if _, err := hypervisor.AsPauser(v); err != nil {
+		t.Errorf("AsPauser: %v", err)
+	}
+}
+
+func TestConsoleTail(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "console.log")
+	var long strings.Builder
+	for i := 0; i < 100; i++ {
+		long.WriteString("line ")
+		long.WriteString(strings.Repeat("x", i))
+		long.WriteString("\r\n")
+	}
+	tests := []struct {
+		name    string
+		content string
+		n       int
+		max     int64
+		want    []string
+	}{
+		{"crlf", "a\r\nb\r\nc\r\n", 2, 1024, []string{"b", "c"}},
+		{"no final newline", "a\nb", 5, 1024, []string{"a", "b"}},
+		{"empty", "", 3, 1024, nil},
+		{"cut first line", long.String(), 1000, 120, []string{"line " + strings.Repeat("x", 99)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(p, []byte(tc.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			got := tailLines(p, tc.n, tc.max)
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,382 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// startTimeout bounds how long QEMU may take to open its monitor when the
+// caller's ctx allows longer.
+const startTimeout = 10 * time.Second
+
+// killWait bounds the wait for a SIGKILLed QEMU to be reaped.
+const killWait = 10 * time.Second
+
+// cleanup is a stack of undo steps, run last first.
+type cleanup []func()
+
+func (c *cleanup) push(f func()) { *c = append(*c, f) }
+
+func (c cleanup) run() {
+	for i := len(c) - 1; i >= 0; i-- {
+		c[i]()
+	}
+}
+
+// Start launches QEMU with its vCPUs stopped (-S), moves it into the VM's
+// cgroup, connects to its monitor and only then lets the guest run (QMP
+// cont), so no guest instruction runs outside the cgroup. When any step
+// fails, Start undoes the ones before: no process, cgroup or socket is left.
+func (v *VM) Start(ctx context.Context) (retErr error) {
+	v.stopMu.Lock()
+	defer v.stopMu.Unlock()
+	v.mu.Lock()
+	if v.state != stateCreated {
+		st := v.state
+		v.mu.Unlock()
+		return fmt.Errorf("starting vm %s: vm is %s: %w", v.cfg.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	v.state = stateStarting
+	v.mu.Unlock()
+
+	var undo cleanup
+	defer func() {
+		if retErr != nil {
+			undo.run()
+			v.setState(stateStopped)
+			retErr = fmt.Errorf("starting vm %s: %w", v.cfg.ID, retErr)
+		}
+	}()
+	logger := log.G(ctx).WithField("vm", v.cfg.ID)
+
+	bin, err := lookBinary(v.opts.Binary)
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+	}
+	if err := v.checkFiles(); err != nil {
+		return err
+	}
+	v.removeStateFiles()
+	undo.push(v.removeStateFiles)
+
+	cg, err := newCgroup(v.cgroupPath())
+	if err != nil {
+		return err
+	}
+	undo.push(func() {
+		if err := cg.delete(); err != nil {
+			logger.WithError(err).Warn("start failed: cgroup left behind")
+		}
+	})
+
+	args := buildArgs(&v.cfg, v.layout)
+	args[0] = bin
+	extra, err := dupFiles(extraFDs(&v.cfg))
+	if err != nil {
+		return err
+	}
+	defer closeFiles(extra)
+	out := &tailBuffer{max: 16 << 10}
+	cmd := &exec.Cmd{
+		Path:       bin,
+		Args:       args,
+		Dir:        v.cfg.StateDir,
+		Stdout:     out,
+		Stderr:     out,
+		ExtraFiles: extra,
+		SysProcAttr: &syscall.SysProcAttr{
+			// Its own process group: signals for the shim's group do
+			// not reach QEMU; Stop decides when QEMU ends.
+			Setpgid: true,
+			// A shim that dies without Stop must not leak its VM. See
+			// launch for why this is reliable in Go.
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	logger.WithField("argv", strings.Join(args, " ")).Debug("starting qemu")
+	if err := v.launch(cmd); err != nil {
+		return fmt.Errorf("running %s: %w", bin, err)
+	}
+	undo.push(func() {
+		_ = cmd.Process.Kill()
+		select {
+		case <-v.done:
+		case <-time.After(killWait):
+			logger.Warn("start failed: qemu does not die")
+		}
+	})
+	v.mu.Lock()
+	v.binary = bin
+	v.cgroup = cg
+	v.mu.Unlock()
+
+	exitedErr := func(step string, err error) error {
+		select {
+		case <-v.done:
+		case <-time.After(time.Second):
+		}
+		select {
+		case <-v.done:
+			v.mu.Lock()
+			e := v.exit
+			v.mu.Unlock()
+			return fmt.Errorf("qemu exited while %s (%s): %s: %w", step, e, strings.TrimSpace(out.String()), hypervisor.ErrVMExited)
+		default:
+			return fmt.Errorf("%s: %w", step, err)
+		}
+	}
+
+	if err := cg.add(cmd.Process.Pid); err != nil {
+		return exitedErr("joining its cgroup", err)
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	q, err := dialQMP(dctx, v.qmpPath(), func() bool { return !isClosed(v.done) }, v.onEvent)
+	if err != nil {
+		return exitedErr("connecting to its monitor", err)
+	}
+	undo.push(q.close)
+	v.mu.Lock()
+	v.qmp = q
+	v.mu.Unlock()
+	if _, err := q.execute(dctx, "cont", nil); err != nil {
+		return exitedErr("starting the vCPUs", err)
+	}
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.state == stateStarting {
+		v.state = stateRunning
+	}
+	logger.WithField("pid", cmd.Process.Pid).WithField("accel", v.layout.accel).
+		WithField("machine", v.layout.machine).Info("qemu started")
+	return nil
+}
+
+// launch starts cmd and waits for it in a goroutine locked to its OS
+// thread. Pdeathsig is delivered when the thread that forked the child
+// exits, not the process; the Go runtime may end a thread whose goroutine
+// was locked to it. Forking from a thread that stays locked and blocked in
+// wait(2) until QEMU is reaped ties the signal to the death of the whole
+// shim, which is what we want, at no cost: Wait holds a thread anyway.
+func (v *VM) launch(cmd *exec.Cmd) error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			runtime.UnlockOSThread()
+			started <- err
+			return
+		}
+		v.mu.Lock()
+		v.pid = cmd.Process.Pid
+		v.proc = cmd.Process
+		v.mu.Unlock()
+		started <- nil
+		err := cmd.Wait()
+		runtime.UnlockOSThread()
+		v.exited(cmd.ProcessState, err)
+	}()
+	return <-started
+}
+
+// exited records how QEMU ended and closes done.
+func (v *VM) exited(ps *os.ProcessState, err error) {
+	e := hypervisor.Exit{Code: -1, At: time.Now()}
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			e.Signal = unix.SignalName(ws.Signal())
+		} else {
+			e.Code = ps.ExitCode()
+		}
+	} else if err != nil {
+		e.Signal = "unknown (" + err.Error() + ")"
+	}
+	v.mu.Lock()
+	e.Requested = v.stopRequested || v.shutdownReason == "guest-shutdown"
+	v.exit = e
+	if v.state == stateStarting || v.state == stateRunning || v.state == statePaused {
+		v.state = stateExited
+	}
+	v.mu.Unlock()
+	close(v.done)
+}
+
+// onEvent notes QMP events that explain an exit.
+func (v *VM) onEvent(name string, data json.RawMessage) {
+	if name != "SHUTDOWN" {
+		return
+	}
+	var d struct {
+		Reason string `json:"reason"`
+	}
+	_ = json.Unmarshal(data, &d)
+	v.mu.Lock()
+	v.shutdownReason = d.Reason
+	v.mu.Unlock()
+}
+
+// Stop ends QEMU: QMP quit, then SIGKILL after Options.StopTimeout or when
+// ctx is done, whichever comes first. Then it removes the cgroup and the
+// sockets and pid file in the state directory; the console log stays for
+// post-mortems (the state directory belongs to the caller).
+func (v *VM) Stop(ctx context.Context) error {
+	v.stopMu.Lock()
+	defer v.stopMu.Unlock()
+	v.mu.Lock()
+	st, q, proc, cg := v.state, v.qmp, v.proc, v.cgroup
+	if st == stateStopped {
+		v.mu.Unlock()
+		return nil
+	}
+	v.stopRequested = true
+	v.mu.Unlock()
+	logger := log.G(ctx).WithField("vm", v.cfg.ID)
+
+	var errs []error
+	if proc != nil && !isClosed(v.done) {
+		qctx, cancel := context.WithTimeout(ctx, v.opts.StopTimeout)
+		if q != nil {
+			// The reply may not arrive: QEMU can close the monitor first.
+			_, _ = q.execute(qctx, "quit", nil)
+		}
+		select {
+		case <-v.done:
+		case <-qctx.Done():
+			logger.Warn("qemu did not quit in time; killing it")
+			_ = proc.Kill()
+			select {
+			case <-v.done:
+			case <-time.After(killWait):
+				errs = append(errs, fmt.Errorf("qemu pid %d did not die after SIGKILL", proc.Pid))
+			}
+		}
+		cancel()
+	}
+	if q != nil {
+		q.close()
+	}
+	if cg != nil && isClosed(v.done) {
+		if err := cg.delete(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	v.removeStateFiles()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stopping vm %s: %w", v.cfg.ID, err)
+	}
+	v.setState(stateStopped)
+	return nil
+}
+
+func (v *VM) setState(s state) {
+	v.mu.Lock()
+	v.state = s
+	v.mu.Unlock()
+}
+
+// checkFiles reports missing inputs before anything is created.
+func (v *VM) checkFiles() error {
+	st, err := os.Stat(v.cfg.StateDir)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("state dir %s is not a directory: %w", v.cfg.StateDir, errdefs.ErrInvalidArgument)
+	}
+	files := []string{v.cfg.Kernel}
+	if v.cfg.Initrd != "" {
+		files = append(files, v.cfg.Initrd)
+	}
+	for _, b := range v.cfg.Blocks {
+		files = append(files, b.Path)
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+		}
+	}
+	return nil
+}
+
+// removeStateFiles removes what QEMU creates in the state directory,
+// except the console log.
+func (v *VM) removeStateFiles() {
+	files := []string{v.qmpPath(), v.pidPath()}
+	if a := v.cfg.Agent; a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.cfg.StateDir {
+		files = append(files, a.SocketPath)
+	}
+	for _, f := range files {
+		_ = os.Remove(f)
+	}
+}
+
+// dupFiles duplicates descriptors the caller owns, so that handing them to
+// exec (which closes its *os.File copies) leaves the caller's open.
+func dupFiles(fds []uintptr) ([]*os.File, error) {
+	var files []*os.File
+	for _, fd := range fds {
+		nfd, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			closeFiles(files)
+			return nil, fmt.Errorf("duplicating fd %d: %w", fd, err)
+		}
+		files = append(files, os.NewFile(uintptr(nfd), fmt.Sprintf("fd%d", fd)))
+	}
+	return files, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	max int
+	mu  sync.Mutex
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}

@@ -1,0 +1,219 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/kvm"
+)
+
+var (
+	_ hypervisor.VM     = (*VM)(nil)
+	_ hypervisor.Pauser = (*VM)(nil)
+)
+
+// state is where a VM is in its life:
+//
+//	created -> starting -> running <-> paused
+//	starting -> stopped            (Start failed; everything released)
+//	running|paused -> exited       (the QEMU process ended)
+//	any -> stopped                 (Stop released everything)
+type state int
+
+const (
+	stateCreated state = iota
+	stateStarting
+	stateRunning
+	statePaused
+	stateExited
+	stateStopped
+)
+
+func (s state) String() string {
+	return [...]string{"created", "starting", "running", "paused", "exited", "stopped"}[s]
+}
+
+// VM is one QEMU virtual machine.
+type VM struct {
+	// Set by New, read-only after.
+	cfg      hypervisor.Config
+	opts     Options
+	layout   layout
+	warnings []string
+	done     chan struct{}
+
+	// stopMu serializes Start and Stop.
+	stopMu sync.Mutex
+
+	mu sync.Mutex
+	// state of the VM; guarded by mu.
+	state state
+	// pid and proc of the QEMU process, unset before it started; guarded
+	// by mu.
+	pid  int
+	proc *os.Process
+	// binary is the resolved QEMU path once Start ran; guarded by mu.
+	binary string
+	// qmp is the monitor connection while QEMU runs; guarded by mu.
+	qmp *qmpConn
+	// cgroup holds the QEMU process; guarded by mu.
+	cgroup *vmCgroup
+	// stopRequested tells the waiter that an exit was asked for; guarded
+	// by mu.
+	stopRequested bool
+	// shutdownReason is the reason of QMP's SHUTDOWN event; guarded by mu.
+	shutdownReason string
+	// exit is how QEMU ended, valid once done is closed; guarded by mu.
+	exit hypervisor.Exit
+}
+
+// New checks cfg and o and returns a VM ready to Start. With AccelAuto it
+// runs the cached KVM probe (at most a couple of seconds, once per boot).
+func New(cfg hypervisor.Config, o Options) (*VM, error) {
+	cfg.KernelParams = append([]string(nil), cfg.KernelParams...)
+	if err := validate(&cfg, &o); err != nil {
+		return nil, err
+	}
+	v := &VM{cfg: cfg, opts: o, done: make(chan struct{})}
+	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz}
+	if v.layout.binary == "" {
+		v.layout.binary = DefaultBinary
+	}
+	if o.Accel == AccelAuto {
+		probe := o.ProbeKVM
+		if probe == nil {
+			probe = func(ctx context.Context) kvm.Result { return kvm.ProbeCached(ctx, probeTimeout, "") }
+		}
+		r := probe(context.Background())
+		if r.Usable {
+			v.layout.accel = AccelKVM
+		} else {
+			v.layout.accel = AccelTCG
+			v.warnings = append(v.warnings, fmt.Sprintf("KVM unusable: %s; using TCG (slow)", r.Reason))
+		}
+	}
+	if v.layout.cpuModel == "" {
+		v.layout.cpuModel = defaultCPUModel(v.layout.accel)
+	}
+	if v.layout.accel == AccelTCG && v.layout.tscKHz == 0 {
+		v.layout.tscKHz = hostTSCKHz()
+		if v.layout.tscKHz == 0 {
+			v.warnings = append(v.warnings, "host TSC frequency unknown; the guest calibrates its clock (slower boot)")
+		}
+	}
+	return v, nil
+}
+
+// Args returns QEMU's full argv, program first, as Start runs it.
+func (v *VM) Args() ([]string, error) {
+	return buildArgs(&v.cfg, v.layout), nil
+}
+
+// Agent tells how to reach the agent: the config's endpoint with the
+// driver's defaults filled in.
+func (v *VM) Agent() hypervisor.AgentEndpoint { return v.cfg.Agent }
+
+// Done is closed when the QEMU process has exited.
+func (v *VM) Done() <-chan struct{} { return v.done }
+
+// Wait blocks until QEMU has exited or ctx is done. Wait on a VM whose
+// process was never started returns an error of class
+// ErrFailedPrecondition.
+func (v *VM) Wait(ctx context.Context) (hypervisor.Exit, error) {
+	if v.pidOf() == 0 {
+		return hypervisor.Exit{}, fmt.Errorf("vm %s not started: %w", v.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	select {
+	case <-v.done:
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return v.exit, nil
+	case <-ctx.Done():
+		return hypervisor.Exit{}, ctx.Err()
+	}
+}
+
+func (v *VM) pidOf() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pid
+}
+
+// Describe reports what runs.
+func (v *VM) Describe() hypervisor.Description {
+	v.mu.Lock()
+	pid, bin, st := v.pid, v.binary, v.state
+	var cg string
+	if v.cgroup != nil {
+		cg = v.cgroup.path
+	}
+	v.mu.Unlock()
+	if bin == "" {
+		bin, _ = lookBinary(v.opts.Binary)
+	}
+	if st == stateExited || st == stateStopped {
+		pid = 0
+	}
+	if cg == "" {
+		cg = v.cgroupPath()
+	}
+	d := hypervisor.Description{
+		Driver:     "qemu",
+		Binary:     bin,
+		PID:        pid,
+		Accel:      v.layout.accel,
+		Machine:    v.layout.machine,
+		ConsoleLog: v.consolePath(),
+		StateDir:   v.cfg.StateDir,
+		Cgroup:     cg,
+		Warnings:   append([]string(nil), v.warnings...),
+	}
+	if bin != "" {
+		d.Version = qemuVersion(bin)
+	}
+	return d
+}
+
+func (v *VM) consolePath() string { return filepath.Join(v.cfg.StateDir, consoleLogName) }
+func (v *VM) qmpPath() string     { return filepath.Join(v.cfg.StateDir, qmpSocketName) }
+func (v *VM) pidPath() string     { return filepath.Join(v.cfg.StateDir, pidFileName) }
+func (v *VM) cgroupPath() string  { return filepath.Join("/", v.opts.CgroupParent, v.cfg.ID) }
+
+// Pause stops the vCPUs.
+func (v *VM) Pause(ctx context.Context) error {
+	return v.pauseResume(ctx, "stop", stateRunning, statePaused)
+}
+
+// Resume restarts the vCPUs of a paused VM.
+func (v *VM) Resume(ctx context.Context) error {
+	return v.pauseResume(ctx, "cont", statePaused, stateRunning)
+}
+
+func (v *VM) pauseResume(ctx context.Context, cmd string, from, to state) error {
+	v.mu.Lock()
+	st, q := v.state, v.qmp
+	v.mu.Unlock()
+	switch {
+	case st == stateExited || st == stateStopped:
+		return fmt.Errorf("vm %s: %s: %w", v.cfg.ID, cmd, hypervisor.ErrVMExited)
+	case st == to:
+		return nil
+	case st != from:
+		return fmt.Errorf("vm %s is %s: %w", v.cfg.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	if _, err := q.execute(ctx, cmd, nil); err != nil {
+		return fmt.Errorf("vm %s: %w", v.cfg.ID, err)
+	}
+	v.mu.Lock()
+	if v.state == from {
+		v.state = to
+	}
+	v.mu.Unlock()
+	return nil
+}

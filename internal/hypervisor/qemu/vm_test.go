@@ -1,0 +1,308 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// newTestVM returns an unstarted TCG VM that boots the test initrd.
+func newTestVM(t *testing.T, machine string, params ...string) *VM {
+	t.Helper()
+	kernel := requireQEMU(t)
+	id := fmt.Sprintf("hull-test-%s-%d", strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"), time.Now().UnixNano()%100000)
+	cfg := hypervisor.Config{
+		ID:           id,
+		StateDir:     t.TempDir(),
+		Kernel:       kernel,
+		Initrd:       testInitrd(t),
+		KernelParams: params,
+		VCPUs:        1,
+		MemoryMiB:    256,
+		Agent:        hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial},
+		Debug:        os.Getenv("HULL_TEST_DEBUG") != "",
+	}
+	// HULL_TEST_CPU overrides the CPU model, for measurements.
+	v, err := New(cfg, Options{Machine: machine, Accel: AccelTCG, CgroupParent: testCgroupParent, CPUModel: os.Getenv("HULL_TEST_CPU")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := v.Stop(ctx); err != nil {
+			t.Errorf("cleanup stop: %v", err)
+		}
+		assertNoQEMU(t, id)
+	})
+	return v
+}
+
+// waitConsole waits until a console line contains want.
+func waitConsole(t *testing.T, v *VM, want string, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < limit {
+		for _, l := range v.ConsoleTail(200) {
+			if strings.Contains(l, want) {
+				return time.Since(start)
+			}
+		}
+		select {
+		case <-v.Done():
+			t.Fatalf("vm exited before %q on the console:\n%s", want, strings.Join(v.ConsoleTail(30), "\n"))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no %q on the console within %s:\n%s", want, limit, strings.Join(v.ConsoleTail(30), "\n"))
+	return 0
+}
+
+func cgroupDirs(path string) []string {
+	var dirs []string
+	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/pids"} {
+		d := filepath.Join(root, path)
+		if _, err := os.Stat(d); err == nil {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+func TestBootPauseStop(t *testing.T) {
+	for _, machine := range []string{MachineQ35, MachineMicroVM} {
+		t.Run(machine, func(t *testing.T) {
+			v := newTestVM(t, machine)
+			ctx := context.Background()
+			start := time.Now()
+			if err := v.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			d := v.Describe()
+			t.Logf("started in %s: pid %d, %s %s, cgroup %s, version %s", time.Since(start).Round(time.Millisecond),
+				d.PID, d.Machine, d.Accel, d.Cgroup, d.Version)
+			if d.PID == 0 || d.Accel != AccelTCG || d.Machine != machine || d.Version == "" {
+				t.Errorf("describe: %+v", d)
+			}
+			dirs := cgroupDirs(d.Cgroup)
+			if len(dirs) == 0 {
+				t.Errorf("no cgroup directory for %s", d.Cgroup)
+			}
+			for _, dir := range dirs {
+				b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+				if err != nil || !strings.Contains(string(b), fmt.Sprint(d.PID)) {
+					t.Errorf("pid %d not in %s: %q %v", d.PID, dir, b, err)
+				}
+			}
+			took := waitConsole(t, v, testMarker, 60*time.Second)
+			t.Logf("BOOT %s: marker %s after Start returned, %s after Start was called",
+				machine, took.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+
+			if os.Getenv("HULL_TEST_IDLE") != "" {
+				t.Logf("IDLE %s: qemu uses %.1f%% CPU with the guest idle", machine, cpuPercent(t, d.PID, 3*time.Second))
+			}
+
+			p, err := hypervisor.AsPauser(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, step := range []struct {
+				name string
+				f    func(context.Context) error
+				want string
+			}{
+				{"pause", p.Pause, "paused"},
+				{"pause again", p.Pause, "paused"},
+				{"resume", p.Resume, "running"},
+			} {
+				if err := step.f(ctx); err != nil {
+					t.Fatalf("%s: %v", step.name, err)
+				}
+				if got := queryStatus(t, v); got != step.want {
+					t.Errorf("%s: status %q, want %q", step.name, got, step.want)
+				}
+			}
+
+			stopStart := time.Now()
+			if err := v.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("stopped in %s", time.Since(stopStart).Round(time.Millisecond))
+			if err := v.Stop(ctx); err != nil {
+				t.Errorf("second stop: %v", err)
+			}
+			exit, err := v.Wait(ctx)
+			if err != nil || !exit.Requested {
+				t.Errorf("wait: %+v %v", exit, err)
+			}
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", d.PID)); err == nil {
+				t.Errorf("pid %d still exists", d.PID)
+			}
+			if dirs := cgroupDirs(d.Cgroup); len(dirs) > 0 {
+				t.Errorf("cgroup left: %v", dirs)
+			}
+			for _, f := range []string{qmpSocketName, pidFileName, "agent.sock"} {
+				if _, err := os.Stat(filepath.Join(v.cfg.StateDir, f)); err == nil {
+					t.Errorf("%s left in the state dir", f)
+				}
+			}
+			if err := p.Pause(ctx); !hypervisor.IsExited(err) {
+				t.Errorf("pause after stop: %v", err)
+			}
+		})
+	}
+}
+
+func queryStatus(t *testing.T, v *VM) string {
+	t.Helper()
+	v.mu.Lock()
+	q := v.qmp
+	v.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var st struct {
+		Status string `json:"status"`
+	}
+	r, err := q.execute(ctx, "query-status", nil)
+	if err == nil {
+		err = json.Unmarshal(r, &st)
+	}
+	if err != nil {
+		t.Fatalf("query-status: %v", err)
+	}
+	return st.Status
+}
+
+func TestGuestPanic(t *testing.T) {
+	for _, machine := range []string{MachineQ35, MachineMicroVM} {
+		t.Run(machine, func(t *testing.T) {
+			v := newTestVM(t, machine, "rdinit=/nonexistent", "init=/nonexistent")
+			if err := v.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-v.Done():
+			case <-time.After(60 * time.Second):
+				t.Fatalf("vm did not exit after a guest panic:\n%s", strings.Join(v.ConsoleTail(20), "\n"))
+			}
+			exit, err := v.Wait(context.Background())
+			if err != nil || exit.Requested {
+				t.Errorf("wait: %+v %v", exit, err)
+			}
+			tail := strings.Join(v.ConsoleTail(30), "\n")
+			if !strings.Contains(tail, "Kernel panic") {
+				t.Errorf("no panic line in the console tail:\n%s", tail)
+			}
+			t.Logf("exit %s; last line: %s", exit, v.ConsoleTail(1))
+		})
+	}
+}
+
+func TestGuestPowerOff(t *testing.T) {
+	v := newTestVM(t, MachineMicroVM, "hulltest=poweroff")
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("vm did not exit after poweroff:\n%s", strings.Join(v.ConsoleTail(20), "\n"))
+	}
+	exit, _ := v.Wait(context.Background())
+	if exit.Code != 0 || !exit.Requested {
+		t.Errorf("exit %+v, want a requested exit 0", exit)
+	}
+}
+
+func TestStartFailure(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*VM)
+		want   string
+	}{
+		{"qemu rejects an option", func(v *VM) { v.layout.cpuModel = "no-such-cpu" }, "no-such-cpu"},
+		{"missing kernel", func(v *VM) { v.cfg.Kernel = "/nonexistent/vmlinuz" }, "/nonexistent/vmlinuz"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newTestVM(t, MachineQ35)
+			tc.modify(v)
+			err := v.Start(context.Background())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error naming %q", err, tc.want)
+			}
+			t.Logf("error: %v", err)
+			if dirs := cgroupDirs(v.cgroupPath()); len(dirs) > 0 {
+				t.Errorf("cgroup left: %v", dirs)
+			}
+			entries, _ := os.ReadDir(v.cfg.StateDir)
+			for _, e := range entries {
+				if e.Name() != consoleLogName {
+					t.Errorf("%s left in the state dir", e.Name())
+				}
+			}
+			assertNoQEMU(t, v.cfg.ID)
+			if err := v.Start(context.Background()); err == nil {
+				t.Error("second start succeeded")
+			}
+			if _, err := v.Wait(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
+				t.Logf("wait: %v", err)
+			}
+		})
+	}
+}
+
+// cpuPercent samples a process's CPU use (user+system) over d.
+func cpuPercent(t *testing.T, pid int, d time.Duration) float64 {
+	ticks := func() float64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		var u, s float64
+		fmt.Sscan(f[11], &u)
+		fmt.Sscan(f[12], &s)
+		return u + s
+	}
+	before := ticks()
+	time.Sleep(d)
+	return (ticks() - before) / 100 / d.Seconds() * 100
+}
+
+func TestStopKillsUnresponsiveQEMU(t *testing.T) {
+	v := newTestVM(t, MachineMicroVM)
+	v.opts.StopTimeout = 300 * time.Millisecond
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	pid := v.Describe().PID
+	// A stopped process answers no QMP; only SIGKILL ends it.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := v.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	exit, _ := v.Wait(context.Background())
+	if exit.Signal != "SIGKILL" || !exit.Requested {
+		t.Errorf("exit %+v, want a requested SIGKILL", exit)
+	}
+	if took > 3*time.Second {
+		t.Errorf("stop took %s with a 300ms stop timeout", took)
+	}
+	if dirs := cgroupDirs(v.cgroupPath()); len(dirs) > 0 {
+		t.Errorf("cgroup left: %v", dirs)
+	}
+}

@@ -1,0 +1,102 @@
+package kvm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/log"
+)
+
+// DefaultCacheFile is where ProbeCached keeps its result. /run is a tmpfs
+// on most hosts, and the key below catches the cases where it is not.
+const DefaultCacheFile = "/run/hull/kvm-probe.json"
+
+// bootIDFile changes on every boot.
+var bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+type cacheEntry struct {
+	Key    string `json:"key"`
+	Result Result `json:"result"`
+}
+
+// cacheKey names this boot and this /dev/kvm: the boot ID, the device
+// number, inode and change time of the node (which change when the module
+// providing it is reloaded) and the KVM modules loaded.
+func cacheKey(dev string, modules []string) (string, error) {
+	id, err := os.ReadFile(bootIDFile)
+	if err != nil {
+		return "", err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dev, &st); err != nil {
+		return "", &os.PathError{Op: "stat", Path: dev, Err: err}
+	}
+	return fmt.Sprintf("boot=%s dev=%d ino=%d ctime=%d.%09d modules=%s",
+		strings.TrimSpace(string(id)), st.Rdev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec,
+		strings.Join(modules, ",")), nil
+}
+
+// ProbeCached returns the result cached in file (DefaultCacheFile when
+// empty) when it was made on this boot for this /dev/kvm, and otherwise
+// runs Probe and caches its result. Failing to read or write the cache only
+// costs a probe.
+func ProbeCached(ctx context.Context, timeout time.Duration, file string) Result {
+	if file == "" {
+		file = DefaultCacheFile
+	}
+	facts := hostFacts()
+	key, err := cacheKey(Device, facts.Modules)
+	if err != nil {
+		// No device or no boot ID: probing is cheap and says why.
+		return Probe(ctx, timeout)
+	}
+	if b, err := os.ReadFile(file); err == nil {
+		var e cacheEntry
+		if json.Unmarshal(b, &e) == nil && e.Key == key {
+			e.Result.Cached = true
+			return e.Result
+		}
+	}
+	r := Probe(ctx, timeout)
+	if ctx.Err() != nil {
+		// Cut short by the caller, not a verdict on KVM.
+		return r
+	}
+	if err := writeCache(file, cacheEntry{Key: key, Result: r}); err != nil {
+		log.G(ctx).WithError(err).Debug("kvm: not caching the probe result")
+	}
+	return r
+}
+
+func writeCache(file string, e cacheEntry) error {
+	b, err := json.MarshalIndent(e, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".kvm-probe-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}
