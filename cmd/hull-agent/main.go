@@ -1,0 +1,43 @@
+// Command hull-agent is the hull guest agent. As PID 1 of a VM's initrd it
+// sets up the guest and serves the host; elsewhere it serves the same
+// protocol on the address given with --listen (for tests and tools).
+//
+// The first argument "init" is reserved for the container runtime, which
+// re-executes this binary to start containers.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/agent"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "init" {
+		fmt.Fprintln(os.Stderr, `hull-agent: "init" is reserved for the container runtime`)
+		os.Exit(2)
+	}
+	if os.Getpid() == 1 {
+		agent.RunInit() // never returns
+	}
+	listen := flag.String("listen", "", "serve on `addr`: unix:<path> (yamux sessions, as on virtio-serial) or vsock:<port>")
+	level := flag.String("log-level", "info", "log `level`")
+	flag.Parse()
+	if *listen == "" || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "hull-agent: not PID 1: give --listen to serve outside a VM")
+		flag.Usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
+	defer stop()
+	if err := agent.Serve(ctx, agent.ServeOptions{Listen: *listen, LogLevel: *level, Console: os.Stderr}); err != nil {
+		fmt.Fprintln(os.Stderr, "hull-agent:", err)
+		os.Exit(1)
+	}
+}

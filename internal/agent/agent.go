@@ -1,0 +1,238 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/mdlayher/vsock"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/channel"
+)
+
+// Limits of the log ring: what a host that connects late still sees.
+const (
+	ringLines = 4096
+	ringBytes = 512 << 10
+)
+
+// Agent is one running agent: its ttRPC server, log ring and state.
+type Agent struct {
+	// initMode is true when the agent is PID 1 of a VM: only then does it
+	// touch the clock, signal every process and power off.
+	initMode  bool
+	transport channel.Transport
+	ring      *logRing
+	reaper    *reaper
+
+	rpc         *ttrpc.Server
+	rpcListener *connListener
+
+	// shutdown receives the grace of the first Shutdown request.
+	shutdown chan time.Duration
+	stopping atomic.Bool
+
+	mu sync.Mutex
+	// status of Health. Guarded by mu.
+	status api.HealthResponse_Status
+	// modules loaded, in load order. Guarded by mu.
+	modules []string
+	// features available. Guarded by mu.
+	features []string
+	// warnings met while starting. Guarded by mu.
+	warnings []string
+	// bootToServe is the time from kernel start to serving. Guarded by mu.
+	bootToServe time.Duration
+}
+
+func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error) {
+	a := &Agent{
+		initMode:    initMode,
+		transport:   t,
+		ring:        ring,
+		reaper:      newReaper("/proc"),
+		rpcListener: newConnListener(),
+		shutdown:    make(chan time.Duration, 1),
+		status:      api.HealthResponse_STATUS_STARTING,
+	}
+	rpc, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(a.intercept))
+	if err != nil {
+		return nil, fmt.Errorf("creating ttrpc server: %w", err)
+	}
+	api.RegisterSystemService(rpc, &systemService{a: a})
+	a.rpc = rpc
+	return a, nil
+}
+
+// intercept is the one place every call passes through: it logs the call,
+// turns a panic into an internal error, and translates errdefs classes to
+// ttRPC status codes.
+func (a *Agent) intercept(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (resp any, err error) {
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			log.G(ctx).WithField("method", info.FullMethod).Errorf("panic: %v\n%s", r, debug.Stack())
+			err = fmt.Errorf("agent panic in %s: %v: %w", info.FullMethod, r, errdefs.ErrInternal)
+		}
+		e := log.G(ctx).WithFields(log.Fields{"method": info.FullMethod, "took": time.Since(start)})
+		if err != nil {
+			e.WithError(err).Debug("call failed")
+			err = errgrpc.ToGRPC(err)
+		} else {
+			e.Debug("call")
+		}
+	}()
+	return m(ctx, u)
+}
+
+func (a *Agent) shuttingDown() bool { return a.stopping.Load() }
+
+// requestShutdown records a Shutdown request; only the first one counts.
+func (a *Agent) requestShutdown(grace time.Duration) {
+	if a.stopping.CompareAndSwap(false, true) {
+		a.shutdown <- grace
+	}
+}
+
+func (a *Agent) addWarning(ctx context.Context, w string) {
+	log.G(ctx).Warn(w)
+	a.mu.Lock()
+	a.warnings = append(a.warnings, w)
+	a.mu.Unlock()
+}
+
+// markServing records the time from kernel start to serving.
+func (a *Agent) markServing(ctx context.Context) {
+	up := uptime()
+	a.mu.Lock()
+	if a.bootToServe == 0 {
+		a.bootToServe = up
+	}
+	a.mu.Unlock()
+	log.G(ctx).WithFields(log.Fields{"transport": a.transport.String(), "boot_to_serve": up}).Info("agent serving")
+}
+
+// recoverPanic keeps a panic in a helper goroutine from killing PID 1 (and
+// with it the kernel). Deferred at the top of every goroutine the agent starts.
+func (a *Agent) recoverPanic(ctx context.Context, what string) {
+	if r := recover(); r != nil {
+		log.G(ctx).Errorf("panic in %s: %v\n%s", what, r, debug.Stack())
+	}
+}
+
+// uptime is the time since the kernel booted (CLOCK_BOOTTIME, the clock of
+// /proc/uptime).
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+// ServeOptions configure Serve.
+type ServeOptions struct {
+	// Listen is "unix:<path>", where every connection is a yamux session
+	// as on the virtio-serial port, or "vsock:<port>".
+	Listen string
+	// LogLevel is a logrus level name; empty means info.
+	LogLevel string
+	// Console receives the text log at info level and above.
+	Console io.Writer
+}
+
+// Serve runs the agent's serving code outside a VM: no mounts, no modules,
+// no clock changes, no power off. It returns when ctx is done or a Shutdown
+// request was served.
+func Serve(ctx context.Context, o ServeOptions) error {
+	level := logrus.InfoLevel
+	if o.LogLevel != "" {
+		l, err := logrus.ParseLevel(o.LogLevel)
+		if err != nil {
+			return fmt.Errorf("log level %q: %w", o.LogLevel, errdefs.ErrInvalidArgument)
+		}
+		level = l
+	}
+	if o.Console == nil {
+		o.Console = io.Discard
+	}
+	ring := newLogRing(ringLines, ringBytes)
+	ctx = log.WithLogger(ctx, logrus.NewEntry(newLogger(o.Console, ring, level)))
+
+	kind, addr, _ := strings.Cut(o.Listen, ":")
+	var (
+		l     net.Listener
+		t     channel.Transport
+		serve func(*Agent, context.Context, net.Listener) error
+	)
+	switch kind {
+	case "unix":
+		if addr == "" {
+			return fmt.Errorf("listen %q: empty path: %w", o.Listen, errdefs.ErrInvalidArgument)
+		}
+		if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing stale socket: %w", err)
+		}
+		ul, err := net.Listen("unix", addr)
+		if err != nil {
+			return fmt.Errorf("listening: %w", err)
+		}
+		l, t, serve = ul, channel.Transport{Kind: "unix", PortName: addr}, (*Agent).serveSessions
+	case channel.TransportVsock:
+		vt, err := channel.ParseTransport(o.Listen)
+		if err != nil {
+			return err
+		}
+		vl, err := vsock.Listen(vt.Port, nil)
+		if err != nil {
+			return fmt.Errorf("listening: %w", err)
+		}
+		l, t, serve = vl, vt, (*Agent).serveChannels
+	default:
+		return fmt.Errorf("listen %q: want unix:<path> or vsock:<port>: %w", o.Listen, errdefs.ErrInvalidArgument)
+	}
+	defer l.Close()
+
+	a, err := newAgent(false, t, ring)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go a.reaper.run(ctx)
+	go func() { _ = a.rpc.Serve(ctx, a.rpcListener) }()
+	defer a.rpc.Close()
+	a.mu.Lock()
+	a.status = api.HealthResponse_STATUS_SERVING
+	a.mu.Unlock()
+	a.markServing(ctx)
+
+	errc := make(chan error, 1)
+	go func() { errc <- serve(a, ctx, l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return nil
+	case <-a.shutdown:
+		log.G(ctx).Info("shutdown requested")
+		// Let the reply leave before the sessions close.
+		time.Sleep(100 * time.Millisecond)
+		return nil
+	}
+}

@@ -1,0 +1,187 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/hashicorp/yamux"
+
+	"github.com/hull-runtime/hull/internal/channel"
+)
+
+// headerTimeout bounds how long a new connection may take to send its
+// channel header.
+const headerTimeout = 10 * time.Second
+
+// connListener is a net.Listener fed by the demultiplexer: the ttRPC server
+// accepts the channels that asked for ttRPC from it.
+type connListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// deliver hands c to Accept; it fails once the listener is closed.
+func (l *connListener) deliver(c net.Conn) error {
+	select {
+	case l.conns <- c:
+		return nil
+	case <-l.done:
+		return net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return chanAddr{} }
+
+type chanAddr struct{}
+
+func (chanAddr) Network() string { return "hull-channel" }
+func (chanAddr) String() string  { return "rpc" }
+
+// handleChannel reads the channel header of a new connection, answers it and
+// hands the connection to what serves its kind. It owns conn.
+func (a *Agent) handleChannel(ctx context.Context, conn net.Conn) {
+	defer a.recoverPanic(ctx, "channel")
+	_ = conn.SetReadDeadline(time.Now().Add(headerTimeout))
+	h, err := channel.ReadHeader(conn)
+	if err == nil && a.shuttingDown() {
+		err = channel.ErrUnavailable
+	}
+	if err == nil && h.Kind == channel.KindStdio {
+		err = fmt.Errorf("%s channels are not served yet: %w", h.Kind, channel.ErrBadKind)
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("refusing channel")
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
+			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = channel.WriteAck(conn, channel.AckFor(err))
+		}
+		conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	if err := channel.WriteAck(conn, channel.AckOK); err != nil {
+		log.G(ctx).WithError(err).Warn("accepting channel")
+		conn.Close()
+		return
+	}
+	log.G(ctx).WithField("kind", h.Kind).Debug("channel opened")
+	switch h.Kind {
+	case channel.KindRPC:
+		if err := a.rpcListener.deliver(conn); err != nil {
+			conn.Close()
+		}
+	case channel.KindLog:
+		defer conn.Close()
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		// The host never writes on a log channel: a read returns when it
+		// closes the channel, which ends the stream.
+		go func() {
+			_, _ = io.Copy(io.Discard, conn)
+			cancel()
+		}()
+		if err := a.ring.stream(sctx, conn); err != nil && sctx.Err() == nil {
+			log.G(ctx).WithError(err).Debug("log channel ended")
+		}
+	}
+}
+
+// serveSession synchronizes with the host (channel.SyncAgent), runs a yamux
+// server session on rwc, the virtio-serial port or a unix connection, and
+// handles every stream as a channel. It returns when
+// the session ends: the host went away or ctx is done.
+func (a *Agent) serveSession(ctx context.Context, rwc io.ReadWriteCloser) error {
+	stopSync := context.AfterFunc(ctx, func() { rwc.Close() })
+	synced, err := channel.SyncAgent(rwc)
+	stopSync()
+	if err != nil {
+		rwc.Close()
+		if errors.Is(err, io.EOF) || ctx.Err() != nil {
+			return nil // the host went away before the session began
+		}
+		return err
+	}
+	sess, err := yamux.Server(synced, channel.YamuxConfig(ctx))
+	if err != nil {
+		rwc.Close()
+		return fmt.Errorf("starting yamux session: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	defer sess.Close()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrSessionShutdown) {
+				return nil
+			}
+			return fmt.Errorf("yamux session: %w", err)
+		}
+		go a.handleChannel(ctx, st)
+	}
+}
+
+// serveChannels handles every connection of l as a channel (vsock: one
+// connection per channel) until l fails or ctx is done.
+func (a *Agent) serveChannels(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accepting on %s: %w", l.Addr(), err)
+		}
+		go a.handleChannel(ctx, c)
+	}
+}
+
+// serveSessions runs a yamux session for every connection of l (unix
+// sockets standing in for the virtio-serial port) until l fails or ctx is
+// done.
+func (a *Agent) serveSessions(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accepting on %s: %w", l.Addr(), err)
+		}
+		go func() {
+			defer a.recoverPanic(ctx, "session")
+			if err := a.serveSession(ctx, c); err != nil {
+				log.G(ctx).WithError(err).Warn("session ended")
+			}
+		}()
+	}
+}

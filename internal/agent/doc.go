@@ -1,0 +1,16 @@
+// Package agent is the hull guest agent: the program that runs as PID 1 of
+// every hull VM's initrd and serves the host's requests.
+//
+// As PID 1 it sets up the guest (pseudo file systems, device nodes), loads
+// the kernel modules of the image in the order of the module list (the
+// transport's first), reaps orphaned processes without stealing the exit
+// status of children that their spawner waits for, and serves the channel
+// protocol of internal/channel on the transport named on the kernel command
+// line: a yamux session over a virtio-serial port, or AF_VSOCK. ttRPC
+// channels go to one ttRPC server; log channels receive the agent's log as
+// JSON lines, starting with the lines kept in a bounded ring from before the
+// host connected.
+//
+// Outside a VM the same serving code runs on a unix socket (Serve with
+// "unix:<path>"), so that the host client can be tested without a VM.
+package agent

@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/version"
+)
+
+// systemService serves api.SystemService.
+type systemService struct {
+	a *Agent
+}
+
+var _ api.SystemService = (*systemService)(nil)
+
+func (s *systemService) Health(ctx context.Context, _ *api.HealthRequest) (*api.HealthResponse, error) {
+	s.a.mu.Lock()
+	st := s.a.status
+	s.a.mu.Unlock()
+	return &api.HealthResponse{Status: st, AgentVersion: version.Version, Uptime: durationpb.New(uptime())}, nil
+}
+
+func (s *systemService) GuestDetails(ctx context.Context, _ *api.GuestDetailsRequest) (*api.GuestDetailsResponse, error) {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return nil, fmt.Errorf("uname: %w", err)
+	}
+	r := &api.GuestDetailsResponse{
+		KernelRelease: unix.ByteSliceToString(uts.Release[:]),
+		KernelVersion: unix.ByteSliceToString(uts.Version[:]),
+		AgentVersion:  version.Version,
+		AgentCommit:   version.Commit,
+		Cpus:          onlineCPUs("/sys/devices/system/cpu/online"),
+		Transport:     s.a.transport.String(),
+	}
+	if total, avail, err := meminfo("/proc/meminfo"); err != nil {
+		log.G(ctx).WithError(err).Warn("reading meminfo")
+	} else {
+		r.MemoryTotalBytes, r.MemoryAvailableBytes = total, avail
+	}
+	s.a.mu.Lock()
+	r.Features = append([]string(nil), s.a.features...)
+	r.Modules = append([]string(nil), s.a.modules...)
+	r.Warnings = append([]string(nil), s.a.warnings...)
+	r.BootToServe = durationpb.New(s.a.bootToServe)
+	s.a.mu.Unlock()
+	return r, nil
+}
+
+func (s *systemService) SetTime(ctx context.Context, req *api.SetTimeRequest) (*api.SetTimeResponse, error) {
+	if !s.a.initMode {
+		return nil, fmt.Errorf("setting the clock: only the agent running as PID 1 of a VM sets it: %w", errdefs.ErrFailedPrecondition)
+	}
+	if err := req.GetTime().CheckValid(); err != nil {
+		return nil, fmt.Errorf("setting the clock: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	prev := time.Now()
+	ts := unix.NsecToTimespec(req.GetTime().AsTime().UnixNano())
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return nil, fmt.Errorf("setting the clock: %w", err)
+	}
+	log.G(ctx).WithFields(log.Fields{"previous": prev, "now": req.GetTime().AsTime()}).Debug("clock set")
+	return &api.SetTimeResponse{Previous: timestamppb.New(prev)}, nil
+}
+
+func (s *systemService) Shutdown(ctx context.Context, req *api.ShutdownRequest) (*api.ShutdownResponse, error) {
+	grace := req.GetGrace().AsDuration()
+	if grace < 0 {
+		return nil, fmt.Errorf("shutdown grace %s: %w", grace, errdefs.ErrInvalidArgument)
+	}
+	// The request is only queued here: the reply goes out before the
+	// agent stops serving.
+	s.a.requestShutdown(grace)
+	return &api.ShutdownResponse{}, nil
+}
+
+// onlineCPUs counts the CPUs in a sysfs CPU list such as "0-3,6".
+func onlineCPUs(path string) uint32 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return countCPUList(strings.TrimSpace(string(b)))
+}
+
+func countCPUList(s string) uint32 {
+	var n uint32
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			continue
+		}
+		if !isRange {
+			n++
+			continue
+		}
+		b, err := strconv.Atoi(hi)
+		if err != nil || b < a {
+			continue
+		}
+		n += uint32(b - a + 1)
+	}
+	return n
+}
+
+// meminfo reads MemTotal and MemAvailable in bytes.
+func meminfo(path string) (total, avail uint64, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(f) > 1 && f[1] == "kB" {
+			n <<= 10
+		}
+		switch k {
+		case "MemTotal":
+			total = n
+		case "MemAvailable":
+			avail = n
+		}
+	}
+	if total == 0 {
+		return 0, 0, fmt.Errorf("%s: no MemTotal", path)
+	}
+	return total, avail, nil
+}

@@ -1,0 +1,217 @@
+package agentclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/channel"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// Defaults of Options.
+const (
+	DefaultDialTimeout = 30 * time.Second
+	DefaultCallTimeout = 30 * time.Second
+)
+
+// Options tune Dial and the calls of the returned Client.
+type Options struct {
+	// DialTimeout bounds Dial: connecting and the first Health answer.
+	// Zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+	// CallTimeout bounds every call whose context has no earlier
+	// deadline. Zero means DefaultCallTimeout.
+	CallTimeout time.Duration
+	// Abort is closed when the VM has died; Dial then returns at once.
+	Abort <-chan struct{}
+	// Log receives the agent's log lines, with source=agent and the
+	// agent's fields. Nil means the logger of Dial's context.
+	Log *log.Entry
+	// NoLogStream leaves the agent's log where it is.
+	NoLogStream bool
+}
+
+// Client is a connection to one agent. Its service clients share one ttRPC
+// connection and may be used concurrently.
+type Client struct {
+	endpoint    string
+	callTimeout time.Duration
+	tr          transport
+	rpc         *ttrpc.Client
+	system      api.SystemService
+
+	// logConn is the log channel, nil without one.
+	logConn net.Conn
+	logDone chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Dial connects to the agent at ep and returns once the agent has answered
+// a Health call. It fails with a deadline-exceeded error when the agent does
+// not answer within o.DialTimeout, and with hypervisor.ErrVMExited when
+// o.Abort is closed first. On error nothing is left open.
+func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Client, retErr error) {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = DefaultCallTimeout
+	}
+	if o.Log == nil {
+		o.Log = log.G(ctx)
+	}
+	name := endpointString(ep)
+	errTimeout := fmt.Errorf("agent at %s did not answer within %s: %w", name, o.DialTimeout, context.DeadlineExceeded)
+	errAbort := fmt.Errorf("agent at %s: %w", name, hypervisor.ErrVMExited)
+
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	dctx, cancelTimeout := context.WithTimeoutCause(dctx, o.DialTimeout, errTimeout)
+	defer cancelTimeout()
+	if o.Abort != nil {
+		go func() {
+			select {
+			case <-o.Abort:
+				cancel(errAbort)
+			case <-dctx.Done():
+			}
+		}()
+	}
+	// failed explains a dial error: the cause of dctx when it ended,
+	// with the last error met as detail.
+	failed := func(last error) error {
+		if dctx.Err() == nil || ctx.Err() != nil {
+			return fmt.Errorf("dialing agent at %s: %w", name, last)
+		}
+		cause := context.Cause(dctx)
+		if last == nil || errors.Is(last, cause) {
+			return cause
+		}
+		return fmt.Errorf("%w (last error: %v)", cause, last)
+	}
+
+	tr, err := newTransport(dctx, ep)
+	if err != nil {
+		return nil, failed(err)
+	}
+	defer func() {
+		if retErr != nil {
+			tr.close()
+		}
+	}()
+	conn, err := openChannel(dctx, tr, channel.Header{Kind: channel.KindRPC})
+	if err != nil {
+		return nil, failed(err)
+	}
+	c := &Client{endpoint: name, callTimeout: o.CallTimeout, tr: tr}
+	c.rpc = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(c.intercept))
+	c.system = api.NewSystemClient(c.rpc)
+	defer func() {
+		if retErr != nil {
+			c.rpc.Close()
+		}
+	}()
+	if err := c.waitHealth(dctx); err != nil {
+		return nil, failed(err)
+	}
+	if !o.NoLogStream {
+		lc, err := openChannel(dctx, tr, channel.Header{Kind: channel.KindLog})
+		if err != nil {
+			// The agent serves without its log reaching the host.
+			log.G(ctx).WithError(err).WithField("agent", name).Warn("cannot stream the agent's log")
+		} else {
+			c.logConn, c.logDone = lc, make(chan struct{})
+			go func() {
+				defer close(c.logDone)
+				forwardLogs(o.Log, lc)
+			}()
+		}
+	}
+	return c, nil
+}
+
+// waitHealth calls Health until it answers or ctx is done.
+func (c *Client) waitHealth(ctx context.Context) error {
+	delay := 10 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.system.Health(actx, &api.HealthRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 200*time.Millisecond)
+	}
+}
+
+// intercept gives every call the client's timeout unless its context ends
+// earlier (and tells the agent the deadline), and turns ttRPC status errors
+// back into errdefs classes.
+func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+	cctx, cancel := context.WithTimeout(ctx, c.callTimeout)
+	defer cancel()
+	if dl, ok := cctx.Deadline(); ok {
+		req.TimeoutNano = time.Until(dl).Nanoseconds()
+	}
+	err := invoke(cctx, req, resp)
+	switch {
+	case err == nil:
+		if st := resp.Status; st != nil && st.GetCode() != int32(codes.OK) {
+			return errgrpc.ToNative(status.ErrorProto(st))
+		}
+		return nil
+	case cctx.Err() != nil && ctx.Err() == nil:
+		return fmt.Errorf("agent at %s did not answer %s within %s: %w", c.endpoint, info.FullMethod, c.callTimeout, context.DeadlineExceeded)
+	case errors.Is(err, ttrpc.ErrClosed):
+		return fmt.Errorf("calling %s: agent connection closed: %w", info.FullMethod, errdefs.ErrUnavailable)
+	}
+	return err
+}
+
+// System is the agent's System service.
+func (c *Client) System() api.SystemService { return c.system }
+
+// Close ends the connection to the agent. It is safe to call more than once.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.closeErr = c.rpc.Close()
+		if c.logConn != nil {
+			c.logConn.Close()
+			<-c.logDone
+		}
+		c.tr.close()
+	})
+	return c.closeErr
+}
+
+func endpointString(ep hypervisor.AgentEndpoint) string {
+	switch ep.Transport {
+	case hypervisor.TransportVsock:
+		return fmt.Sprintf("vsock:%d:%d", ep.CID, ep.Port)
+	case hypervisor.TransportSerial:
+		return "serial:" + ep.SocketPath
+	}
+	return string(ep.Transport)
+}

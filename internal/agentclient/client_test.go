@@ -1,0 +1,189 @@
+package agentclient
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// stubSystem answers Health after delay, or with err.
+type stubSystem struct {
+	api.SystemService
+	delay time.Duration
+	err   error
+}
+
+func (s stubSystem) Health(ctx context.Context, _ *api.HealthRequest) (*api.HealthResponse, error) {
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if s.err != nil {
+		return nil, errgrpc.ToGRPC(s.err)
+	}
+	return &api.HealthResponse{Status: api.HealthResponse_STATUS_SERVING}, nil
+}
+
+// stubClient connects a Client to a ttRPC server serving svc over a pipe.
+func stubClient(t *testing.T, svc api.SystemService, callTimeout time.Duration) *Client {
+	t.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.RegisterSystemService(srv, svc)
+	hostEnd, agentEnd := net.Pipe()
+	l := &oneConnListener{c: make(chan net.Conn, 1)}
+	l.c <- agentEnd
+	go func() { _ = srv.Serve(context.Background(), l) }()
+	t.Cleanup(func() { srv.Close() })
+	c := &Client{endpoint: "stub", callTimeout: callTimeout}
+	c.rpc = ttrpc.NewClient(hostEnd, ttrpc.WithUnaryClientInterceptor(c.intercept))
+	c.system = api.NewSystemClient(c.rpc)
+	t.Cleanup(func() { c.rpc.Close() })
+	return c
+}
+
+type oneConnListener struct{ c chan net.Conn }
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	c, ok := <-l.c
+	if !ok {
+		return nil, net.ErrClosed
+	}
+	return c, nil
+}
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return &net.UnixAddr{Name: "stub"} }
+
+func TestCallTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		svc         stubSystem
+		callTimeout time.Duration
+		ctxTimeout  time.Duration // 0: no deadline
+		within      time.Duration
+		check       func(error) bool
+		message     string
+	}{
+		{
+			name: "answers in time", svc: stubSystem{}, callTimeout: time.Second,
+			within: time.Second, check: func(err error) bool { return err == nil },
+		},
+		{
+			name: "client timeout applies", svc: stubSystem{delay: time.Hour}, callTimeout: 100 * time.Millisecond,
+			within: time.Second, check: errdefs.IsDeadlineExceeded, message: "did not answer /hull.agent.v1.System/Health within 100ms",
+		},
+		{
+			name: "earlier context deadline wins", svc: stubSystem{delay: time.Hour}, callTimeout: time.Hour, ctxTimeout: 100 * time.Millisecond,
+			within: time.Second, check: errdefs.IsDeadlineExceeded, message: "context deadline exceeded",
+		},
+		{
+			name: "error classes survive", svc: stubSystem{err: errdefs.ErrNotFound}, callTimeout: time.Second,
+			within: time.Second, check: errdefs.IsNotFound,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := stubClient(t, tc.svc, tc.callTimeout)
+			ctx := context.Background()
+			if tc.ctxTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.ctxTimeout)
+				defer cancel()
+			}
+			start := time.Now()
+			_, err := c.System().Health(ctx, &api.HealthRequest{})
+			if d := time.Since(start); d > tc.within {
+				t.Errorf("call took %s", d)
+			}
+			if !tc.check(err) {
+				t.Fatalf("error = %v", err)
+			}
+			if tc.message != "" && (err == nil || !strings.Contains(err.Error(), tc.message)) {
+				t.Fatalf("error %q does not say %q", err, tc.message)
+			}
+		})
+	}
+}
+
+func TestClosedConnection(t *testing.T) {
+	c := stubClient(t, stubSystem{}, time.Second)
+	c.rpc.Close()
+	_, err := c.System().Health(context.Background(), &api.HealthRequest{})
+	if !errdefs.IsUnavailable(err) {
+		t.Fatalf("error = %v, want unavailable", err)
+	}
+}
+
+func TestKernelParams(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ep    hypervisor.AgentEndpoint
+		level string
+		want  []string
+	}{
+		{"serial default name", hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial}, "", []string{"hull.transport=serial:agent.0"}},
+		{"serial named", hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: "agent.1"}, "debug", []string{"hull.transport=serial:agent.1", "hull.log=debug"}},
+		{"vsock default port", hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3}, "", []string{"hull.transport=vsock:1024"}},
+		{"vsock port", hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3, Port: 2000}, "warn", []string{"hull.transport=vsock:2000", "hull.log=warn"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := KernelParams(tc.ep, tc.level); !slices.Equal(got, tc.want) {
+				t.Fatalf("KernelParams = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRelog(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		line   string
+		level  logrus.Level
+		msg    string
+		fields map[string]any
+	}{
+		{
+			name: "json", line: `{"level":"debug","msg":"module loaded","module":"virtio","time":"2026-01-01T00:00:00Z"}`,
+			level: logrus.DebugLevel, msg: "module loaded",
+			fields: map[string]any{"source": "agent", "module": "virtio", "agent_time": "2026-01-01T00:00:00Z"},
+		},
+		{
+			name: "fatal is lowered", line: `{"level":"fatal","msg":"boom"}`,
+			level: logrus.ErrorLevel, msg: "boom", fields: map[string]any{"source": "agent"},
+		},
+		{
+			name: "not json", line: `plain text`,
+			level: logrus.InfoLevel, msg: "plain text", fields: map[string]any{"source": "agent"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs captureLog
+			relog(logs.entry(), []byte(tc.line))
+			if len(logs.entries) != 1 {
+				t.Fatalf("%d entries", len(logs.entries))
+			}
+			e := logs.entries[0]
+			if e.Level != tc.level || e.Message != tc.msg || len(e.Data) != len(tc.fields) {
+				t.Fatalf("entry = %v %q %v", e.Level, e.Message, e.Data)
+			}
+			for k, v := range tc.fields {
+				if e.Data[k] != v {
+					t.Errorf("field %s = %v, want %v", k, e.Data[k], v)
+				}
+			}
+		})
+	}
+}
