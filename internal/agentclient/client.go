@@ -199,9 +199,14 @@ func (c *Client) Close() error {
 		c.closeErr = c.rpc.Close()
 		if c.logConn != nil {
 			c.logConn.Close()
+		}
+		// Closing a yamux stream only half-closes it: the log reader would
+		// wait for the agent's side, which a frozen guest never sends.
+		// Ending the transport ends every stream at once.
+		c.tr.close()
+		if c.logConn != nil {
 			<-c.logDone
 		}
-		c.tr.close()
 	})
 	return c.closeErr
 }

@@ -1,0 +1,109 @@
+# hull: build, test and install. `make help` lists the targets.
+SHELL := /bin/bash
+
+GO            ?= go
+PREFIX        ?= /usr/local
+DESTDIR       ?=
+ASSETS_DIR    ?= $(DESTDIR)/usr/share/hull
+OUT           := $(CURDIR)/_output
+TOOLS         := $(OUT)/tools
+TEST_ASSETS   := $(OUT)/assets
+# Pinned code generators (protoc itself comes from Debian's protobuf-compiler).
+PROTOC_GEN_GO_VERSION       := v1.36.12
+PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
+GOLANGCI_LINT_VERSION       := v2.15.0
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/hull-runtime/hull/internal/version.Version=$(VERSION) \
+           -X github.com/hull-runtime/hull/internal/version.Commit=$(COMMIT)
+# The agent is PID 1 of the guest: static, with cgo (libcontainer needs it).
+AGENT_TAGS    := netgo,osusergo,seccomp
+AGENT_LDFLAGS := $(LDFLAGS) -s -w -linkmode external -extldflags -static
+
+export PATH := $(TOOLS):$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## Install build and test dependencies (apt-get, pinned Go tools); needs root.
+	bash hack/install-deps.sh
+
+.PHONY: tools
+tools: ## Install the pinned code generators into _output/tools.
+	@mkdir -p $(TOOLS)
+	@test -x $(TOOLS)/protoc-gen-go || GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@test -x $(TOOLS)/protoc-gen-go-ttrpc || GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
+
+.PHONY: build
+build: bin/hull bin/hull-agent ## Build all binaries into bin/.
+
+.PHONY: bin/hull
+bin/hull:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/hull
+
+.PHONY: bin/hull-agent
+bin/hull-agent:
+	CGO_ENABLED=1 $(GO) build -tags '$(AGENT_TAGS)' -ldflags '$(AGENT_LDFLAGS)' -o $@ ./cmd/hull-agent
+
+.PHONY: image
+image: build ## Build the guest kernel + initrd into _output/assets (cached kernel download).
+	bin/hull image build --agent bin/hull-agent --output $(TEST_ASSETS)
+
+.PHONY: unit
+unit: ## Run the unit tests with the race detector.
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+.PHONY: integration
+integration: image ## Boot real VMs: integration tests (root, QEMU).
+	$(MAKE) integration-only
+
+.PHONY: test
+test: deps image ## Set up, then run unit and integration tests (what CI runs).
+	$(MAKE) unit
+	$(MAKE) integration-only
+
+.PHONY: integration-only
+integration-only:
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -v ./integration/... 2>&1 | tee $(OUT)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+
+.PHONY: bench
+bench: image ## Run the benchmarks (boot time vs. floor, idle VM memory); see docs/benchmarks.md.
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchtime 5x -count 1 -timeout 30m ./integration/...
+
+.PHONY: demo
+demo: deps build image ## Set up, then boot a VM and print what its agent reports.
+	bin/hull --assets-dir $(TEST_ASSETS) boot
+
+.PHONY: protos
+protos: tools ## Generate Go code from api/**/*.proto.
+	protoc -I api/agent/v1 -I /usr/include \
+		--go_out=. --go_opt=module=github.com/hull-runtime/hull \
+		--go-ttrpc_out=. --go-ttrpc_opt=module=github.com/hull-runtime/hull \
+		api/agent/v1/*.proto
+
+.PHONY: check-protos
+check-protos: protos ## Fail when the generated code differs from the committed one.
+	@git diff --exit-code -- api/ || (echo "generated protobuf code is stale: run make protos" >&2; exit 1)
+
+.PHONY: lint
+lint: ## Run gofmt, go vet and golangci-lint (pinned).
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+	@test -x $(TOOLS)/golangci-lint || GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	$(TOOLS)/golangci-lint run ./...
+
+.PHONY: install
+install: build ## Install binaries, guest assets and the default configuration.
+	install -D -m 0755 bin/hull $(DESTDIR)$(PREFIX)/bin/hull
+	install -D -m 0755 bin/hull-agent $(DESTDIR)$(PREFIX)/libexec/hull/hull-agent
+	install -D -m 0644 config/configuration.toml $(DESTDIR)/usr/share/defaults/hull/configuration.toml
+	bin/hull image build --agent bin/hull-agent --output $(ASSETS_DIR)
+
+.PHONY: clean
+clean: ## Remove build outputs (keeps the kernel download cache).
+	rm -rf bin $(OUT)

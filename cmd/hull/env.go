@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"runtime"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hull-runtime/hull/internal/guestimage"
+	"github.com/hull-runtime/hull/internal/kvm"
+	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/version"
+)
+
+func newEnvCommand(g *globalFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "env",
+		Short: "Print the effective configuration, guest assets and versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.load(ctx)
+			if err != nil {
+				return err
+			}
+			qemuPath := c.Hypervisor.QEMU.Path
+			if qemuPath == "" {
+				qemuPath, _ = exec.LookPath("qemu-system-x86_64")
+			}
+			qemuVersion, qerr := programVersion(ctx, qemuPath, "--version")
+			if qerr != nil {
+				qemuVersion = "unavailable: " + qerr.Error()
+			}
+			vfs := findVirtiofsd()
+			vfsVersion, verr := programVersion(ctx, vfs, "--version")
+			if verr != nil {
+				vfsVersion = "unavailable: " + verr.Error()
+			}
+			probe := kvm.Probe(ctx, kvm.DefaultTimeout)
+			accel := c.Hypervisor.QEMU.Accel
+			if accel == "auto" {
+				accel = "tcg"
+				if probe.Usable {
+					accel = "kvm"
+				}
+			}
+			assets := map[string]any{"dir": c.Image.AssetsDir}
+			if m, err := guestimage.ReadManifest(c.Image.AssetsDir); err != nil {
+				assets["error"] = err.Error()
+			} else {
+				assets["manifest"] = m
+				if err := m.Verify(c.Image.AssetsDir); err != nil {
+					assets["error"] = err.Error()
+				}
+			}
+			source := c.Source
+			if source == "" {
+				source = "built-in defaults"
+			}
+			env := map[string]any{
+				"hull":   map[string]string{"version": version.Version, "commit": version.Commit, "go": runtime.Version()},
+				"config": map[string]any{"source": source, "effective": c},
+				"host": map[string]any{
+					"kvm": probe, "accel": accel, "agent_transport": launch.Transport(c),
+				},
+				"qemu":      map[string]string{"path": qemuPath, "version": qemuVersion},
+				"virtiofsd": map[string]string{"path": vfs, "version": vfsVersion},
+				"assets":    assets,
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(env)
+			}
+			fmt.Fprintf(out, "# hull %s (commit %s, %s)\n", version.Version, version.Commit, runtime.Version())
+			fmt.Fprintf(out, "# configuration: %s\n", source)
+			fmt.Fprintf(out, "# qemu: %s (%s)\n# virtiofsd: %s (%s)\n", qemuPath, qemuVersion, vfs, vfsVersion)
+			fmt.Fprintf(out, "# accelerator: %s (kvm: %s)\n# agent transport: %s\n", accel, probe.Reason, launch.Transport(c))
+			if e, ok := assets["error"]; ok {
+				fmt.Fprintf(out, "# guest assets: %s: %v\n", c.Image.AssetsDir, e)
+			} else if m, ok := assets["manifest"].(*guestimage.Manifest); ok {
+				fmt.Fprintf(out, "# guest assets: %s: kernel %s, initrd %s\n", c.Image.AssetsDir, m.Kernel.File, m.Initrd.File)
+			}
+			b, err := c.Encode()
+			if err != nil {
+				return err
+			}
+			_, err = out.Write(b)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

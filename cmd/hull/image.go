@@ -1,0 +1,106 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hull-runtime/hull/internal/guestimage"
+)
+
+func newImageCommand(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Build and inspect guest images",
+	}
+	cmd.AddCommand(newImageBuildCommand(g))
+	return cmd
+}
+
+func newImageBuildCommand(g *globalFlags) *cobra.Command {
+	var (
+		agentPath   string
+		output      string
+		kernelDeb   string
+		compression string
+		features    []string
+		quiet       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the guest kernel and initrd from a Debian kernel package",
+		Long: "Download the configured Debian kernel package (apt-get download; never installed),\n" +
+			"extract a bootable kernel, collect the kernel modules the image features need, and pack\n" +
+			"them with hull-agent as /init into an initrd. Writes kernel, initrd and manifest.json.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := g.load(ctx)
+			if err != nil {
+				return err
+			}
+			if agentPath == "" {
+				agentPath, err = defaultAgentPath()
+				if err != nil {
+					return err
+				}
+			}
+			o := guestimage.Options{
+				KernelPackage: c.Image.KernelPackage,
+				KernelDeb:     kernelDeb,
+				CacheDir:      c.Image.CacheDir,
+				AgentBinary:   agentPath,
+				Features:      c.Image.Features,
+				Compression:   c.Image.Compression,
+				OutputDir:     c.Image.AssetsDir,
+			}
+			if output != "" {
+				o.OutputDir = output
+			}
+			if compression != "" {
+				o.Compression = compression
+			}
+			if len(features) > 0 {
+				o.Features = features
+			}
+			if !quiet {
+				o.Progress = cmd.ErrOrStderr()
+			}
+			m, err := guestimage.Build(ctx, o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %d modules\n",
+				o.OutputDir, m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, len(m.Modules))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&agentPath, "agent", "", "static hull-agent binary (default: beside hull, or ../libexec/hull/hull-agent)")
+	cmd.Flags().StringVar(&output, "output", "", "output directory (default: image.assets_dir)")
+	cmd.Flags().StringVar(&kernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading image.kernel_package")
+	cmd.Flags().StringVar(&compression, "compression", "", "initrd compression: zstd, lz4, gzip, none (default: image.compression)")
+	cmd.Flags().StringSliceVar(&features, "features", nil, "image features (default: image.features)")
+	cmd.Flags().BoolVar(&quiet, "quiet", false, "no progress output")
+	return cmd
+}
+
+// defaultAgentPath finds hull-agent next to this binary or in the install
+// layout (<prefix>/bin/hull, <prefix>/libexec/hull/hull-agent).
+func defaultAgentPath() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Dir(self)
+	for _, p := range []string{
+		filepath.Join(dir, "hull-agent"),
+		filepath.Join(dir, "..", "libexec", "hull", "hull-agent"),
+	} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("hull-agent not found beside %s or in ../libexec/hull; pass --agent", self)
+}

@@ -1,0 +1,114 @@
+// Package launch turns hull's configuration into a sandbox configuration: it
+// finds the guest assets, resolves the agent transport, and picks the
+// hypervisor driver. It is the one place where configuration meets drivers,
+// so that internal/sandbox stays free of both.
+package launch
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/guestimage"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// VhostVsockDevice is the host device vsock needs.
+const VhostVsockDevice = "/dev/vhost-vsock"
+
+// Transport resolves the configured agent transport: "auto" is vsock when
+// the host has vhost-vsock, serial otherwise.
+func Transport(c *config.Config) hypervisor.Transport {
+	switch c.Agent.Transport {
+	case "vsock":
+		return hypervisor.TransportVsock
+	case "serial":
+		return hypervisor.TransportSerial
+	}
+	if _, err := os.Stat(VhostVsockDevice); err == nil {
+		return hypervisor.TransportVsock
+	}
+	return hypervisor.TransportSerial
+}
+
+// Assets returns the kernel and initrd to boot: the configured paths, or the
+// files the manifest in the assets directory names (verified against their
+// checksums when verify is set).
+func Assets(c *config.Config, verify bool) (kernel, initrd string, err error) {
+	kernel, initrd = c.Hypervisor.Kernel, c.Hypervisor.Initrd
+	if kernel != "" && initrd != "" {
+		return kernel, initrd, nil
+	}
+	m, err := guestimage.ReadManifest(c.Image.AssetsDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", "", fmt.Errorf("no guest image in %s (run `hull image build`): %w", c.Image.AssetsDir, errdefs.ErrNotFound)
+		}
+		return "", "", err
+	}
+	if verify {
+		if err := m.Verify(c.Image.AssetsDir); err != nil {
+			return "", "", err
+		}
+	}
+	if kernel == "" {
+		kernel = filepath.Join(c.Image.AssetsDir, m.Kernel.File)
+	}
+	if initrd == "" {
+		initrd = filepath.Join(c.Image.AssetsDir, m.Initrd.File)
+	}
+	return kernel, initrd, nil
+}
+
+// QEMUOptions maps the configuration onto the QEMU driver's options.
+func QEMUOptions(c *config.Config) qemu.Options {
+	q := c.Hypervisor.QEMU
+	return qemu.Options{
+		Binary:       q.Path,
+		Machine:      q.Machine,
+		Accel:        q.Accel,
+		CPUModel:     q.CPUModel,
+		TSCKHz:       q.TSCKHz,
+		CgroupParent: c.Runtime.CgroupParent,
+		StopTimeout:  q.StopTimeout.Duration,
+	}
+}
+
+// SandboxConfig builds the configuration to start sandbox id.
+func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
+	kernel, initrd, err := Assets(c, false)
+	if err != nil {
+		return sandbox.Config{}, err
+	}
+	opts := QEMUOptions(c)
+	level := c.Agent.LogLevel
+	if c.Hypervisor.Debug {
+		level = "debug"
+	}
+	return sandbox.Config{
+		ID:        id,
+		StateRoot: c.Runtime.StateDir,
+		VM: hypervisor.Config{
+			Kernel:       kernel,
+			Initrd:       initrd,
+			KernelParams: append([]string(nil), c.Hypervisor.KernelParams...),
+			VCPUs:        c.Hypervisor.VCPUs,
+			MemoryMiB:    c.Hypervisor.MemoryMiB,
+			Debug:        c.Hypervisor.Debug,
+		},
+		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {
+			return qemu.New(hc, opts)
+		},
+		Transport:     Transport(c),
+		VsockPort:     c.Agent.VsockPort,
+		DialTimeout:   c.Agent.DialTimeout.Duration,
+		CallTimeout:   c.Agent.CallTimeout.Duration,
+		AgentLogLevel: level,
+	}, nil
+}

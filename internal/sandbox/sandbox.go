@@ -1,0 +1,333 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// consoleTailLines is how much of the guest console errors quote.
+const consoleTailLines = 20
+
+// vmExitGrace is how long an agent error waits to learn whether the VM died.
+const vmExitGrace = 2 * time.Second
+
+// State is where a sandbox is in its life.
+type State string
+
+// The states, in order. Transitions only go forward.
+const (
+	StateNew      State = "new"
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StateStopping State = "stopping"
+	StateStopped  State = "stopped"
+)
+
+var transitions = map[State][]State{
+	StateNew:      {StateStarting},
+	StateStarting: {StateRunning, StateStopped},
+	StateRunning:  {StateStopping},
+	StateStopping: {StateStopped},
+}
+
+// Config describes a sandbox to start.
+type Config struct {
+	// ID names the sandbox; it becomes the state directory's name.
+	ID string
+	// StateRoot is the parent of the sandbox's state directory.
+	StateRoot string
+	// VM is the hypervisor configuration; ID, StateDir and Agent are filled
+	// in by Start.
+	VM hypervisor.Config
+	// NewVM builds the VM with the configured driver.
+	NewVM func(hypervisor.Config) (hypervisor.VM, error)
+	// Transport is the agent transport (vsock or serial); VsockPort its port.
+	Transport hypervisor.Transport
+	VsockPort uint32
+	// DialTimeout bounds VM start to the agent's first answer; CallTimeout
+	// each agent call without its own deadline.
+	DialTimeout time.Duration
+	CallTimeout time.Duration
+	// AgentLogLevel is handed to the agent on the kernel command line.
+	AgentLogLevel string
+}
+
+// Sandbox is a running VM with its agent.
+type Sandbox struct {
+	id       string
+	stateDir string
+
+	mu sync.Mutex
+	// state is guarded by mu.
+	state State
+
+	vm     hypervisor.VM
+	client *agentclient.Client
+}
+
+// ID returns the sandbox's ID.
+func (s *Sandbox) ID() string { return s.id }
+
+// VM returns the sandbox's VM.
+func (s *Sandbox) VM() hypervisor.VM { return s.vm }
+
+// System returns the agent's System client.
+func (s *Sandbox) System() agent.SystemService { return s.client.System() }
+
+// State returns the current lifecycle state.
+func (s *Sandbox) State() State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
+}
+
+func (s *Sandbox) transition(to State) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, allowed := range transitions[s.state] {
+		if allowed == to {
+			s.state = to
+			return nil
+		}
+	}
+	return fmt.Errorf("sandbox %s: cannot go from %s to %s: %w", s.id, s.state, to, errdefs.ErrFailedPrecondition)
+}
+
+// cleanups is a stack of undo functions run in reverse order.
+type cleanups []func(context.Context) error
+
+func (c *cleanups) push(f func(context.Context) error) { *c = append(*c, f) }
+
+func (c cleanups) run(ctx context.Context) error {
+	var errs []error
+	for i := len(c) - 1; i >= 0; i-- {
+		errs = append(errs, c[i](ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Start boots a sandbox: state directory, VM, agent connection, clock. On
+// error everything it made is undone.
+func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
+	if err := validate(cfg); err != nil {
+		return nil, err
+	}
+	s := &Sandbox{id: cfg.ID, stateDir: filepath.Join(cfg.StateRoot, cfg.ID), state: StateNew}
+	if err := s.transition(StateStarting); err != nil {
+		return nil, err
+	}
+	var undo cleanups
+	defer func() {
+		if retErr != nil {
+			// Undo with a fresh context: the caller's may be what failed.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := undo.run(cctx); err != nil {
+				log.G(ctx).WithError(err).Warn("rolling back a failed sandbox start")
+			}
+			_ = s.transition(StateStopped)
+		}
+	}()
+
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"create state directory", func(ctx context.Context) error {
+			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil {
+				return err
+			}
+			if err := os.Mkdir(s.stateDir, 0o700); err != nil {
+				if errors.Is(err, os.ErrExist) {
+					return fmt.Errorf("sandbox %s exists: %w", cfg.ID, errdefs.ErrAlreadyExists)
+				}
+				return err
+			}
+			undo.push(func(context.Context) error { return os.RemoveAll(s.stateDir) })
+			return nil
+		}},
+		{"create vm", func(ctx context.Context) error {
+			vc := cfg.VM
+			vc.ID = cfg.ID
+			vc.StateDir = s.stateDir
+			ep, err := endpoint(cfg)
+			if err != nil {
+				return err
+			}
+			vc.Agent = ep
+			vc.KernelParams = append(agentclient.KernelParams(ep, cfg.AgentLogLevel), vc.KernelParams...)
+			vm, err := cfg.NewVM(vc)
+			if err != nil {
+				return err
+			}
+			s.vm = vm
+			return nil
+		}},
+		{"start vm", func(ctx context.Context) error {
+			if err := s.vm.Start(ctx); err != nil {
+				return err
+			}
+			undo.push(s.vm.Stop)
+			return nil
+		}},
+		{"connect to agent", func(ctx context.Context) error {
+			c, err := agentclient.Dial(ctx, s.vm.Agent(), agentclient.Options{
+				DialTimeout: cfg.DialTimeout,
+				CallTimeout: cfg.CallTimeout,
+				Abort:       s.vm.Done(),
+			})
+			if err != nil {
+				return s.withConsole(err)
+			}
+			s.client = c
+			undo.push(func(context.Context) error { return c.Close() })
+			return nil
+		}},
+		{"set guest time", func(ctx context.Context) error {
+			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
+			return err
+		}},
+	}
+	for _, st := range steps {
+		start := time.Now()
+		if err := st.run(ctx); err != nil {
+			return nil, fmt.Errorf("starting sandbox %s: %s: %w", cfg.ID, st.name, err)
+		}
+		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", time.Since(start)).Debugf("sandbox step %q done", st.name)
+	}
+	if err := s.transition(StateRunning); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// withConsole adds the VM's fate and the console tail to an error met while
+// talking to the guest.
+func (s *Sandbox) withConsole(err error) error {
+	var b strings.Builder
+	// A guest that dies breaks the connection a moment before the
+	// hypervisor process is reaped: give the VM a moment to be seen gone.
+	select {
+	case <-s.vm.Done():
+	case <-time.After(vmExitGrace):
+	}
+	select {
+	case <-s.vm.Done():
+		exit, _ := s.vm.Wait(context.Background())
+		fmt.Fprintf(&b, "vm exited (%s)", exit)
+		err = fmt.Errorf("%w: %w", err, hypervisor.ErrVMExited)
+	default:
+	}
+	tail := s.vm.ConsoleTail(consoleTailLines)
+	if len(tail) > 0 {
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString("last console lines:\n    ")
+		b.WriteString(strings.Join(tail, "\n    "))
+	} else {
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString("the guest console is empty")
+	}
+	return fmt.Errorf("%w; %s", err, b.String())
+}
+
+// Stop shuts the guest down through the agent, then stops the VM and removes
+// the state directory. It always releases the host resources, even when the
+// agent does not answer.
+func (s *Sandbox) Stop(ctx context.Context) error {
+	if err := s.transition(StateStopping); err != nil {
+		return err
+	}
+	var errs []error
+	if s.client != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.client.System().Shutdown(sctx, &agent.ShutdownRequest{})
+		cancel()
+		if err == nil {
+			// The agent powers the VM off after replying; give it a moment
+			// before the driver steps in.
+			select {
+			case <-s.vm.Done():
+			case <-time.After(5 * time.Second):
+			case <-ctx.Done():
+			}
+		} else {
+			log.G(ctx).WithError(err).Warn("agent shutdown failed; stopping the vm")
+		}
+		errs = append(errs, s.client.Close())
+	}
+	errs = append(errs, s.vm.Stop(ctx))
+	errs = append(errs, os.RemoveAll(s.stateDir))
+	if err := s.transition(StateStopped); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func validate(cfg Config) error {
+	var errs []error
+	if cfg.ID == "" || strings.ContainsAny(cfg.ID, "/\x00") || cfg.ID == "." || cfg.ID == ".." || len(cfg.ID) > 128 {
+		errs = append(errs, fmt.Errorf("bad sandbox id %q", cfg.ID))
+	}
+	if !filepath.IsAbs(cfg.StateRoot) {
+		errs = append(errs, fmt.Errorf("state root %q is not absolute", cfg.StateRoot))
+	}
+	if cfg.NewVM == nil {
+		errs = append(errs, errors.New("no vm constructor"))
+	}
+	switch cfg.Transport {
+	case hypervisor.TransportSerial, hypervisor.TransportVsock:
+	default:
+		errs = append(errs, fmt.Errorf("unknown agent transport %q", cfg.Transport))
+	}
+	if cfg.DialTimeout <= 0 || cfg.CallTimeout <= 0 {
+		errs = append(errs, errors.New("agent timeouts must be positive"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sandbox config: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func endpoint(cfg Config) (hypervisor.AgentEndpoint, error) {
+	switch cfg.Transport {
+	case hypervisor.TransportVsock:
+		cid, err := randomCID()
+		if err != nil {
+			return hypervisor.AgentEndpoint{}, err
+		}
+		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: cid, Port: cfg.VsockPort}, nil
+	default:
+		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}, nil
+	}
+}
+
+// randomCID picks a guest context ID. CIDs 0-2 are reserved and 0xffffffff
+// is VMADDR_CID_ANY; a collision with another VM makes QEMU fail to start,
+// which Start reports.
+func randomCID() (uint32, error) {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, err
+	}
+	return 3 + binary.LittleEndian.Uint32(b[:])%(0xfffffffe-3), nil
+}
