@@ -2,8 +2,10 @@
 // sets up the guest and serves the host; elsewhere it serves the same
 // protocol on the address given with --listen (for tests and tools).
 //
-// The first argument "init" is reserved for the container runtime, which
-// re-executes this binary to start containers.
+// The first argument "init" belongs to the container runtime: libcontainer
+// re-executes this binary as "hull-agent init" to set up every container
+// process. The nsenter package's C constructor has by then joined or made
+// the namespaces; init below hands over to libcontainer before main runs.
 package main
 
 import (
@@ -13,16 +15,22 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/opencontainers/runc/libcontainer"
+	_ "github.com/opencontainers/runc/libcontainer/nsenter" // the C constructor of "init"
 	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/agent"
 )
 
-func main() {
+// init runs libcontainer's container setup when this process is
+// "hull-agent init", as runc's own main package does; it does not return.
+func init() {
 	if len(os.Args) > 1 && os.Args[1] == "init" {
-		fmt.Fprintln(os.Stderr, `hull-agent: "init" is reserved for the container runtime`)
-		os.Exit(2)
+		libcontainer.Init()
 	}
+}
+
+func main() {
 	if os.Getpid() == 1 {
 		agent.RunInit() // never returns
 	}

@@ -39,13 +39,20 @@ type Agent struct {
 	transport channel.Transport
 	ring      *logRing
 	reaper    *reaper
+	// streams parks the stdio channels until a process claims them.
+	streams    *streamTable
+	containers *containerService
 
 	rpc         *ttrpc.Server
 	rpcListener *connListener
 
 	// shutdown receives the grace of the first Shutdown request.
 	shutdown chan time.Duration
-	stopping atomic.Bool
+	// serving is closed once every module is loaded (status SERVING):
+	// mounts wait for it, since the file system may be a module.
+	serving     chan struct{}
+	servingOnce sync.Once
+	stopping    atomic.Bool
 
 	mu sync.Mutex
 	// status of Health. Guarded by mu.
@@ -66,8 +73,10 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 		transport:   t,
 		ring:        ring,
 		reaper:      newReaper("/proc"),
+		streams:     newStreamTable(streamParkTTL),
 		rpcListener: newConnListener(),
 		shutdown:    make(chan time.Duration, 1),
+		serving:     make(chan struct{}),
 		status:      api.HealthResponse_STATUS_STARTING,
 	}
 	rpc, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(a.intercept))
@@ -75,6 +84,8 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 		return nil, fmt.Errorf("creating ttrpc server: %w", err)
 	}
 	api.RegisterSystemService(rpc, &systemService{a: a})
+	a.containers = newContainerService(a, containerStateDir)
+	api.RegisterContainersService(rpc, a.containers)
 	a.rpc = rpc
 	return a, nil
 }
@@ -98,6 +109,23 @@ func (a *Agent) intercept(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.
 		}
 	}()
 	return m(ctx, u)
+}
+
+// setServing records that every module is loaded.
+func (a *Agent) setServing() { a.servingOnce.Do(func() { close(a.serving) }) }
+
+// waitServing waits until every module is loaded, at most limit.
+func (a *Agent) waitServing(ctx context.Context, limit time.Duration) error {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-a.serving:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("kernel modules still loading after %s: %w", limit, errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (a *Agent) shuttingDown() bool { return a.stopping.Load() }
@@ -220,6 +248,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	a.mu.Lock()
 	a.status = api.HealthResponse_STATUS_SERVING
 	a.mu.Unlock()
+	a.setServing()
 	a.markServing(ctx)
 
 	errc := make(chan error, 1)

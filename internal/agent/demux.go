@@ -68,11 +68,11 @@ func (a *Agent) handleChannel(ctx context.Context, conn net.Conn) {
 	defer a.recoverPanic(ctx, "channel")
 	_ = conn.SetReadDeadline(time.Now().Add(headerTimeout))
 	h, err := channel.ReadHeader(conn)
+	if err == nil && h.Kind == channel.KindStdio && h.StreamID == 0 {
+		err = fmt.Errorf("stdio channel with stream id 0: %w", channel.ErrBadHeader)
+	}
 	if err == nil && a.shuttingDown() {
 		err = channel.ErrUnavailable
-	}
-	if err == nil && h.Kind == channel.KindStdio {
-		err = fmt.Errorf("%s channels are not served yet: %w", h.Kind, channel.ErrBadKind)
 	}
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("refusing channel")
@@ -94,6 +94,10 @@ func (a *Agent) handleChannel(ctx context.Context, conn net.Conn) {
 	case channel.KindRPC:
 		if err := a.rpcListener.deliver(conn); err != nil {
 			conn.Close()
+		}
+	case channel.KindStdio:
+		if err := a.streams.park(ctx, h.StreamID, conn); err != nil {
+			log.G(ctx).WithError(err).Warn("refusing stdio channel")
 		}
 	case channel.KindLog:
 		defer conn.Close()

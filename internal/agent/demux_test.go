@@ -34,10 +34,12 @@ func TestHandleChannel(t *testing.T) {
 		ack      channel.Ack
 		rpc      bool // the conn reaches the ttRPC listener
 		logs     bool // the conn gets the log stream
+		stdio    bool // the conn is parked as stdio stream 1
 	}{
 		{name: "rpc", send: "HULL\x01\x01", ack: channel.AckOK, rpc: true},
 		{name: "log", send: "HULL\x01\x02", ack: channel.AckOK, logs: true},
-		{name: "stdio not yet", send: "HULL\x01\x03\x00\x00\x00\x00\x00\x00\x00\x01", ack: channel.AckBadKind},
+		{name: "stdio", send: "HULL\x01\x03\x00\x00\x00\x00\x00\x00\x00\x01", ack: channel.AckOK, stdio: true},
+		{name: "stdio id 0", send: "HULL\x01\x03\x00\x00\x00\x00\x00\x00\x00\x00", ack: channel.AckBadHeader},
 		{name: "bad magic", send: "GET / ", ack: channel.AckBadHeader},
 		{name: "bad version", send: "HULL\x09\x01", ack: channel.AckBadVersion},
 		{name: "shutting down", send: "HULL\x01\x01", stopping: true, ack: channel.AckUnavailable},
@@ -71,6 +73,13 @@ func TestHandleChannel(t *testing.T) {
 				if err != nil || !strings.Contains(line, `"msg":"before the channel"`) {
 					t.Fatalf("first log line %q, %v", line, err)
 				}
+			}
+			if tc.stdio {
+				c, err := a.streams.claim(ctx, 1, 5*time.Second)
+				if err != nil || c != agentEnd {
+					t.Fatalf("claim gave %v, %v", c, err)
+				}
+				return
 			}
 			if !tc.rpc && !tc.logs {
 				if _, err := host.Read(ack[:]); err != io.EOF {

@@ -11,6 +11,16 @@
 // JSON lines, starting with the lines kept in a bounded ring from before the
 // host connected.
 //
+// The Containers service (containers.go) runs the sandbox's containers
+// with runc's libcontainer, which re-executes the agent binary as
+// "hull-agent init" for every container process. Each process's stdio
+// travels on its own stdio channels, which the host opens before the call
+// that names them (stdio.go parks them until claimed); WaitProcess answers
+// once the process has exited and its output has reached the host. As PID
+// 1 the agent first moves its root off the initramfs so that containers
+// can pivot_root, and the reaper leaves the children libcontainer waits
+// for alone.
+//
 // Outside a VM the same serving code runs on a unix socket (Serve with
 // "unix:<path>"), so that the host client can be tested without a VM.
 package agent

@@ -86,7 +86,12 @@ func RunInit() {
 		}
 	}()
 
-	warnings := setupGuest()
+	var warnings []string
+	// Before anything is mounted: the mounts then land in the moved root.
+	if err := moveRoot(); err != nil {
+		warnings = append(warnings, fmt.Sprintf("moving the root off the initramfs (containers cannot pivot_root): %v", err))
+	}
+	warnings = append(warnings, setupGuest()...)
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		warnings = append(warnings, fmt.Sprintf("reading /proc/cmdline: %v", err))
@@ -147,6 +152,7 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 		a.mu.Lock()
 		a.status = api.HealthResponse_STATUS_SERVING
 		a.mu.Unlock()
+		a.setServing()
 		log.G(ctx).WithFields(log.Fields{"modules": len(rr.loaded), "failed": len(rr.failed), "took": time.Since(start)}).Debug("modules loaded")
 	}()
 

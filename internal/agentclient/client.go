@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -51,6 +52,10 @@ type Client struct {
 	tr          transport
 	rpc         *ttrpc.Client
 	system      api.SystemService
+	containers  api.ContainersService
+
+	// nextStream is the last stdio stream id handed out.
+	nextStream atomic.Uint64
 
 	// logConn is the log channel, nil without one.
 	logConn net.Conn
@@ -120,6 +125,7 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 	c := &Client{endpoint: name, callTimeout: o.CallTimeout, tr: tr}
 	c.rpc = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(c.intercept))
 	c.system = api.NewSystemClient(c.rpc)
+	c.containers = api.NewContainersClient(c.rpc)
 	defer func() {
 		if retErr != nil {
 			c.rpc.Close()
@@ -166,11 +172,22 @@ func (c *Client) waitHealth(ctx context.Context) error {
 	}
 }
 
-// intercept gives every call the client's timeout unless its context ends
-// earlier (and tells the agent the deadline), and turns ttRPC status errors
-// back into errdefs classes.
+// blockingMethods block until something happens in the guest: a process
+// exits, a container runs out of memory. They get no CallTimeout; only
+// their context ends them.
+var blockingMethods = map[string]bool{
+	"/hull.agent.v1.Containers/WaitProcess": true,
+	"/hull.agent.v1.Containers/WaitOOM":     true,
+}
+
+// intercept gives every call but the blockingMethods the client's timeout
+// unless its context ends earlier (and tells the agent the deadline), and
+// turns ttRPC status errors back into errdefs classes.
 func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
-	cctx, cancel := context.WithTimeout(ctx, c.callTimeout)
+	cctx, cancel := ctx, context.CancelFunc(func() {})
+	if !blockingMethods[info.FullMethod] {
+		cctx, cancel = context.WithTimeout(ctx, c.callTimeout)
+	}
 	defer cancel()
 	if dl, ok := cctx.Deadline(); ok {
 		req.TimeoutNano = time.Until(dl).Nanoseconds()

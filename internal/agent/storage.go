@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+)
+
+// storageRoot is the only tree in which the host may ask for mounts.
+const storageRoot = "/run/hull"
+
+// checkGuestPath checks a guest path from the host: absolute and clean
+// (no "..", no "//", no trailing slash).
+func checkGuestPath(what, p string) error {
+	switch {
+	case p == "":
+		return fmt.Errorf("%s: empty path: %w", what, errdefs.ErrInvalidArgument)
+	case !filepath.IsAbs(p):
+		return fmt.Errorf("%s %q: not absolute: %w", what, p, errdefs.ErrInvalidArgument)
+	case filepath.Clean(p) != p:
+		return fmt.Errorf("%s %q: not clean (want %q): %w", what, p, filepath.Clean(p), errdefs.ErrInvalidArgument)
+	case strings.ContainsRune(p, 0):
+		return fmt.Errorf("%s %q: contains NUL: %w", what, p, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// checkMountPoint checks a storage mount point: a guest path strictly
+// under storageRoot.
+func checkMountPoint(p string) error {
+	if err := checkGuestPath("mount point", p); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(p, storageRoot+"/") {
+		return fmt.Errorf("mount point %q: not under %s: %w", p, storageRoot, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// mountFlags are the options of mount(8) that are flags, with whether they
+// set or clear the flag.
+var mountFlags = map[string]struct {
+	clear bool
+	flag  uintptr
+}{
+	"ro":          {false, unix.MS_RDONLY},
+	"rw":          {true, unix.MS_RDONLY},
+	"nosuid":      {false, unix.MS_NOSUID},
+	"suid":        {true, unix.MS_NOSUID},
+	"nodev":       {false, unix.MS_NODEV},
+	"dev":         {true, unix.MS_NODEV},
+	"noexec":      {false, unix.MS_NOEXEC},
+	"exec":        {true, unix.MS_NOEXEC},
+	"sync":        {false, unix.MS_SYNCHRONOUS},
+	"async":       {true, unix.MS_SYNCHRONOUS},
+	"dirsync":     {false, unix.MS_DIRSYNC},
+	"noatime":     {false, unix.MS_NOATIME},
+	"atime":       {true, unix.MS_NOATIME},
+	"nodiratime":  {false, unix.MS_NODIRATIME},
+	"diratime":    {true, unix.MS_NODIRATIME},
+	"relatime":    {false, unix.MS_RELATIME},
+	"norelatime":  {true, unix.MS_RELATIME},
+	"strictatime": {false, unix.MS_STRICTATIME},
+	"lazytime":    {false, unix.MS_LAZYTIME},
+	"nolazytime":  {true, unix.MS_LAZYTIME},
+	"defaults":    {},
+}
+
+// parseMountOptions splits mount(8) options into flags and the data string
+// passed to the file system.
+func parseMountOptions(opts []string) (uintptr, string) {
+	var (
+		flags uintptr
+		data  []string
+	)
+	for _, o := range opts {
+		if f, ok := mountFlags[o]; ok {
+			if f.clear {
+				flags &^= f.flag
+			} else {
+				flags |= f.flag
+			}
+			continue
+		}
+		data = append(data, o)
+	}
+	return flags, strings.Join(data, ",")
+}
+
+// checkStorage checks a Storage from the host.
+func checkStorage(s *api.Storage) error {
+	if err := checkMountPoint(s.GetMountPoint()); err != nil {
+		return err
+	}
+	switch s.GetFstype() {
+	case "":
+		return fmt.Errorf("storage at %s: no file system type: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
+	case "bind":
+		return fmt.Errorf("storage at %s: bind mounts are not storages: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
+	}
+	src := s.GetSource()
+	if src == "" {
+		return fmt.Errorf("storage at %s: no source: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
+	}
+	if strings.HasPrefix(src, "/") {
+		if err := checkGuestPath("storage source", src); err != nil {
+			return err
+		}
+		if !strings.HasPrefix(src, "/dev/") {
+			return fmt.Errorf("storage source %q: a path source must be a device under /dev: %w", src, errdefs.ErrInvalidArgument)
+		}
+	}
+	for _, o := range s.GetOptions() {
+		if strings.ContainsAny(o, ",\x00") {
+			return fmt.Errorf("storage at %s: bad option %q: %w", s.GetMountPoint(), o, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// openNoFollow opens the directory p, creating missing components, without
+// following a symlink in any component: each component is opened relative
+// to its parent with O_NOFOLLOW, so a link that a container placed in a
+// shared tree fails the call instead of leading the agent elsewhere.
+func openNoFollow(p string) (*os.File, error) {
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+		if c == "" {
+			continue
+		}
+		if err := unix.Mkdirat(fd, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			unix.Close(fd)
+			return nil, fmt.Errorf("creating %s: %w", p, err)
+		}
+		nfd, err := unix.Openat(fd, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+				return nil, fmt.Errorf("opening %s: component %q is a symlink or not a directory: %w", p, c, errdefs.ErrInvalidArgument)
+			}
+			return nil, fmt.Errorf("opening %s: %w", p, err)
+		}
+		fd = nfd
+	}
+	return os.NewFile(uintptr(fd), p), nil
+}
+
+// mountStorage mounts s, creating its mount point.
+func mountStorage(ctx context.Context, s *api.Storage) error {
+	if err := checkStorage(s); err != nil {
+		return err
+	}
+	dir, err := openNoFollow(s.GetMountPoint())
+	if err != nil {
+		return fmt.Errorf("storage mount point: %w", err)
+	}
+	defer dir.Close()
+	flags, data := parseMountOptions(s.GetOptions())
+	// Mount on the opened directory, not on the path: nothing can be
+	// swapped in between the checks and the mount.
+	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())
+	if err := unix.Mount(s.GetSource(), target, s.GetFstype(), flags, data); err != nil {
+		return fmt.Errorf("mounting %s (%s) on %s: %w", s.GetSource(), s.GetFstype(), s.GetMountPoint(), err)
+	}
+	log.G(ctx).WithFields(log.Fields{"source": s.GetSource(), "fstype": s.GetFstype(), "target": s.GetMountPoint()}).Debug("storage mounted")
+	return nil
+}
+
+// unmountStorage unmounts what mountStorage mounted at p; a path that is
+// not mounted (any more) is not an error.
+func unmountStorage(ctx context.Context, p string) error {
+	err := unix.Unmount(p, unix.UMOUNT_NOFOLLOW)
+	if errors.Is(err, unix.EBUSY) {
+		log.G(ctx).WithField("target", p).Warn("storage busy; detaching it")
+		err = unix.Unmount(p, unix.UMOUNT_NOFOLLOW|unix.MNT_DETACH)
+	}
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmounting %s: %w", p, err)
+	}
+	return nil
+}
+
+// mountStorages mounts list in order and returns the mount points mounted.
+// On error it unmounts what it mounted.
+func mountStorages(ctx context.Context, list []*api.Storage) ([]string, error) {
+	var done []string
+	for _, s := range list {
+		if err := mountStorage(ctx, s); err != nil {
+			_ = unmountStorages(ctx, done)
+			return nil, err
+		}
+		done = append(done, s.GetMountPoint())
+	}
+	return done, nil
+}
+
+// unmountStorages unmounts points in reverse order.
+func unmountStorages(ctx context.Context, points []string) error {
+	var errs []error
+	for i := len(points) - 1; i >= 0; i-- {
+		errs = append(errs, unmountStorage(ctx, points[i]))
+	}
+	return errors.Join(errs...)
+}
+
+// moveRoot makes the initramfs root a real mount: pivot_root(2) refuses to
+// move a root that is the rootfs, and libcontainer pivots into every
+// container's root. The root is bound onto a directory of itself, the bind
+// is moved over /, and the agent chroots into it.
+func moveRoot() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return fmt.Errorf("statfs /: %w", err)
+	}
+	if st.Type != unix.RAMFS_MAGIC && st.Type != unix.TMPFS_MAGIC {
+		return nil
+	}
+	const dir = "/.root"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("/", dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("binding / on %s: %w", dir, err)
+	}
+	if err := unix.Chdir(dir); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("moving the root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	_ = os.Remove(dir) // an empty directory in the new root
+	return nil
+}
