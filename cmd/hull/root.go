@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"path/filepath"
 
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
@@ -40,6 +41,7 @@ func newRootCommand() *cobra.Command {
 		newEnvCommand(g),
 		newImageCommand(g),
 		newBootCommand(g),
+		newRunCommand(g),
 		newVersionCommand(),
 	)
 	return root
@@ -52,7 +54,11 @@ func (g *globalFlags) load(ctx context.Context) (*config.Config, error) {
 		return nil, err
 	}
 	if g.assetsDir != "" {
-		c.Image.AssetsDir = g.assetsDir
+		dir, err := filepath.Abs(g.assetsDir)
+		if err != nil {
+			return nil, err
+		}
+		c.Image.AssetsDir = dir
 		if err := c.Validate(); err != nil {
 			return nil, err
 		}

@@ -27,7 +27,7 @@ const (
 	// KindLog carries the agent's log as JSON lines, agent to host only.
 	KindLog Kind = 2
 	// KindStdio carries one stdio stream of a process, named by
-	// Header.StreamID. Reserved: the agent does not serve it yet.
+	// Header.StreamID; the agent parks it until a process claims it.
 	KindStdio Kind = 3
 )
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/containerd/errdefs"
@@ -44,6 +45,12 @@ type InitrdSpec struct {
 	Compression string
 	// ExtraFiles are added to the tree; they may not replace other entries.
 	ExtraFiles []File
+	// KeepModuleSignatures packs modules with their appended signatures.
+	// By default they are stripped: the guest kernel then skips an RSA
+	// verification per module (tens of milliseconds each under TCG) and
+	// loads them unsigned (it does not enforce signatures). The modules'
+	// integrity rests on the initrd's checksum in the manifest instead.
+	KeepModuleSignatures bool
 }
 
 // WriteInitrd writes the initrd spec describes to w and returns the module
@@ -107,7 +114,16 @@ func initrdTree(ctx context.Context, spec InitrdSpec) (*tree, *modlist.List, err
 		{Path: modlist.Path, Mode: 0o644, Data: append(listJSON, '\n')},
 	}
 	for _, m := range list.Modules {
-		files = append(files, File{Path: m.Path, Mode: 0o644, Source: filepath.Join(spec.Kernel.Dir, filepath.FromSlash(m.Path))})
+		src := filepath.Join(spec.Kernel.Dir, filepath.FromSlash(m.Path))
+		if !spec.KeepModuleSignatures {
+			data, err := os.ReadFile(src)
+			if err != nil {
+				return nil, nil, err
+			}
+			files = append(files, File{Path: m.Path, Mode: 0o644, Data: stripModuleSignature(data)})
+			continue
+		}
+		files = append(files, File{Path: m.Path, Mode: 0o644, Source: src})
 	}
 	files = append(files, spec.ExtraFiles...)
 	for _, f := range files {

@@ -78,7 +78,7 @@ func ReadManifest(dir string) (*Manifest, error) {
 	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("no guest image in %s: %w", dir, errors.Join(err, errdefs.ErrNotFound))
+			return nil, fmt.Errorf("no guest image in %s (%w): %w", dir, err, errdefs.ErrNotFound)
 		}
 		return nil, err
 	}
@@ -86,7 +86,7 @@ func ReadManifest(dir string) (*Manifest, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", filepath.Join(dir, ManifestFile), errors.Join(err, errdefs.ErrDataLoss))
+		return nil, fmt.Errorf("parsing %s: %w: %w", filepath.Join(dir, ManifestFile), err, errdefs.ErrDataLoss)
 	}
 	return &m, nil
 }
