@@ -5,18 +5,16 @@
 package launch
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-
-	"github.com/containerd/errdefs"
 
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
 // VhostVsockDevice is the host device vsock needs.
@@ -47,10 +45,7 @@ func Assets(c *config.Config, verify bool) (kernel, initrd string, err error) {
 	}
 	m, err := guestimage.ReadManifest(c.Image.AssetsDir)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "", "", fmt.Errorf("no guest image in %s (run `hull image build`): %w", c.Image.AssetsDir, errdefs.ErrNotFound)
-		}
-		return "", "", err
+		return "", "", fmt.Errorf("%w; run `hull image build`", err)
 	}
 	if verify {
 		if err := m.Verify(c.Image.AssetsDir); err != nil {
@@ -110,5 +105,9 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		DialTimeout:   c.Agent.DialTimeout.Duration,
 		CallTimeout:   c.Agent.CallTimeout.Duration,
 		AgentLogLevel: level,
+		Hostname:      id,
+		// virtio-fs with the daemon's defaults: cache=auto, and a mount
+		// namespace sandbox (it needs root, which the runtime has).
+		Virtiofs: sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto},
 	}, nil
 }

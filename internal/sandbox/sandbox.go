@@ -19,10 +19,18 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/storage"
+	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
 // consoleTailLines is how much of the guest console errors quote.
 const consoleTailLines = 20
+
+// maxHostname is the longest hostname Linux takes.
+const maxHostname = 64
+
+// rollbackTimeout bounds the undo of a failed start or create.
+const rollbackTimeout = 30 * time.Second
 
 // vmExitGrace is how long an agent error waits to learn whether the VM died.
 const vmExitGrace = 2 * time.Second
@@ -66,6 +74,10 @@ type Config struct {
 	CallTimeout time.Duration
 	// AgentLogLevel is handed to the agent on the kernel command line.
 	AgentLogLevel string
+	// Hostname of the VM; the sandbox ID when empty.
+	Hostname string
+	// Virtiofs configures the daemon that shares the containers' files.
+	Virtiofs VirtiofsConfig
 }
 
 // Sandbox is a running VM with its agent.
@@ -79,6 +91,22 @@ type Sandbox struct {
 
 	vm     hypervisor.VM
 	client *agentclient.Client
+	// storage is the shared tree; virtiofsd serves it to the guest.
+	storage  *storage.Shared
+	virtiofs *virtiofs.Daemon
+
+	// bg is the sandbox's process-lifetime context for its background
+	// loops (process waiters, the OOM loop); Stop cancels it. It carries
+	// the logger of Start's context and none of its deadline.
+	bg       context.Context
+	cancelBg context.CancelFunc
+	// oom receives the IDs of containers that met an OOM kill; the OOM
+	// loop closes it when it ends.
+	oom chan string
+
+	// containers holds the containers created and not deleted, and
+	// reserves IDs being created (nil value); guarded by mu.
+	containers map[string]*Container
 }
 
 // ID returns the sandbox's ID.
@@ -128,7 +156,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: cfg.ID, stateDir: filepath.Join(cfg.StateRoot, cfg.ID), state: StateNew}
+	s := &Sandbox{
+		id:         cfg.ID,
+		stateDir:   filepath.Join(cfg.StateRoot, cfg.ID),
+		state:      StateNew,
+		oom:        make(chan string, oomBuffer),
+		containers: map[string]*Container{},
+	}
+	s.bg, s.cancelBg = context.WithCancel(context.WithoutCancel(ctx))
 	if err := s.transition(StateStarting); err != nil {
 		return nil, err
 	}
@@ -141,9 +176,14 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			if err := undo.run(cctx); err != nil {
 				log.G(ctx).WithError(err).Warn("rolling back a failed sandbox start")
 			}
+			s.cancelBg()
 			_ = s.transition(StateStopped)
 		}
 	}()
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
+	}
 
 	steps := []struct {
 		name string
@@ -162,8 +202,16 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			undo.push(func(context.Context) error { return os.RemoveAll(s.stateDir) })
 			return nil
 		}},
+		{"create shared storage", func(ctx context.Context) error {
+			return s.createStorage(ctx, &undo)
+		}},
+		{"start virtiofsd", func(ctx context.Context) error {
+			return s.startVirtiofs(ctx, cfg.Virtiofs, &undo)
+		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM
+			vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
+			vc.SharedMemory = true
 			vc.ID = cfg.ID
 			vc.StateDir = s.stateDir
 			ep, err := endpoint(cfg)
@@ -184,7 +232,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 				return err
 			}
 			undo.push(s.vm.Stop)
-			return nil
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
 			c, err := agentclient.Dial(ctx, s.vm.Agent(), agentclient.Options{
@@ -203,6 +251,12 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
 			return err
 		}},
+		{"wait for agent serving", func(ctx context.Context) error {
+			return s.waitServing(ctx, cfg.DialTimeout)
+		}},
+		{"create guest sandbox", func(ctx context.Context) error {
+			return s.createGuestSandbox(ctx, hostname)
+		}},
 	}
 	for _, st := range steps {
 		start := time.Now()
@@ -214,6 +268,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
 	}
+	go s.oomLoop()
 	return s, nil
 }
 
@@ -250,47 +305,74 @@ func (s *Sandbox) withConsole(err error) error {
 	return fmt.Errorf("%w; %s", err, b.String())
 }
 
-// Stop shuts the guest down through the agent, then stops the VM and removes
-// the state directory. It always releases the host resources, even when the
-// agent does not answer.
+// Stop releases the sandbox: the guest's containers (DestroySandbox, best
+// effort), the guest (Shutdown through the agent), the VM, virtiofsd, the
+// shared storage and the state directory. It always releases the host
+// resources, even when the agent does not answer.
 func (s *Sandbox) Stop(ctx context.Context) error {
 	if err := s.transition(StateStopping); err != nil {
 		return err
 	}
 	var errs []error
 	if s.client != nil {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := s.client.System().Shutdown(sctx, &agent.ShutdownRequest{})
-		cancel()
-		if err == nil {
-			// The agent powers the VM off after replying; give it a moment
-			// before the driver steps in.
-			select {
-			case <-s.vm.Done():
-			case <-time.After(5 * time.Second):
-			case <-ctx.Done():
+		if s.vmAlive() {
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if _, err := s.client.Containers().DestroySandbox(dctx, &agent.DestroySandboxRequest{}); err != nil {
+				log.G(ctx).WithError(err).WithField("sandbox", s.id).Warn("destroying the guest sandbox failed; stopping the vm anyway")
 			}
-		} else {
-			log.G(ctx).WithError(err).Warn("agent shutdown failed; stopping the vm")
+			cancel()
+		}
+		if s.vmAlive() {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := s.client.System().Shutdown(sctx, &agent.ShutdownRequest{})
+			cancel()
+			if err == nil {
+				// The agent powers the VM off after replying; give it a
+				// moment before the driver steps in.
+				select {
+				case <-s.vm.Done():
+				case <-time.After(5 * time.Second):
+				case <-ctx.Done():
+				}
+			} else {
+				log.G(ctx).WithError(err).Warn("agent shutdown failed; stopping the vm")
+			}
 		}
 		errs = append(errs, s.client.Close())
 	}
+	// The background loops end with the connection; cancel them before
+	// the processes' streams are closed.
+	s.cancelBg()
 	errs = append(errs, s.vm.Stop(ctx))
+	s.closeContainers()
+	if s.virtiofs != nil {
+		errs = append(errs, s.virtiofs.Stop(ctx))
+	}
+	if s.storage != nil {
+		errs = append(errs, s.storage.Close(ctx))
+	}
 	errs = append(errs, os.RemoveAll(s.stateDir))
 	if err := s.transition(StateStopped); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stopping sandbox %s: %w", s.id, err)
+	}
+	return nil
+}
+
+// vmAlive reports whether the hypervisor process still runs.
+func (s *Sandbox) vmAlive() bool {
+	select {
+	case <-s.vm.Done():
+		return false
+	default:
+		return true
+	}
 }
 
 func validate(cfg Config) error {
-	var errs []error
-	if cfg.ID == "" || strings.ContainsAny(cfg.ID, "/\x00") || cfg.ID == "." || cfg.ID == ".." || len(cfg.ID) > 128 {
-		errs = append(errs, fmt.Errorf("bad sandbox id %q", cfg.ID))
-	}
-	if !filepath.IsAbs(cfg.StateRoot) {
-		errs = append(errs, fmt.Errorf("state root %q is not absolute", cfg.StateRoot))
-	}
+	errs := locationErrors(cfg.ID, cfg.StateRoot)
 	if cfg.NewVM == nil {
 		errs = append(errs, errors.New("no vm constructor"))
 	}
@@ -306,6 +388,18 @@ func validate(cfg Config) error {
 		return fmt.Errorf("sandbox config: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// locationErrors checks a sandbox ID and state root.
+func locationErrors(id, stateRoot string) []error {
+	var errs []error
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || len(id) > 128 {
+		errs = append(errs, fmt.Errorf("bad sandbox id %q", id))
+	}
+	if !filepath.IsAbs(stateRoot) {
+		errs = append(errs, fmt.Errorf("state root %q is not absolute", stateRoot))
+	}
+	return errs
 }
 
 func endpoint(cfg Config) (hypervisor.AgentEndpoint, error) {

@@ -1,0 +1,164 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
+	"github.com/hull-runtime/hull/internal/launch"
+)
+
+// BenchmarkBoot measures, per machine type, QEMU start to the agent's first
+// answer against the floor: the same kernel and QEMU options booting a
+// trivial init that writes a console line. Runs alternate between the two so
+// that drift in the machine's load hits both. It also reports the host memory
+// of an idle VM (QEMU's RSS and PSS once the agent has loaded everything).
+// Run with -benchtime Nx for N pairs (at least 5 are used).
+func BenchmarkBoot(b *testing.B) {
+	for _, machine := range []string{"q35", "microvm"} {
+		b.Run(machine, func(b *testing.B) {
+			runs := max(b.N, 5)
+			var agentTimes, floorTimes []time.Duration
+			var rss, pss []uint64
+			floorInitrd := customInitrd(b, env.floorInit)
+			for i := 0; i < runs; i++ {
+				floorTimes = append(floorTimes, bootFloor(b, machine, floorInitrd, i))
+				at, r, p := bootAgent(b, machine, i, i == runs-1)
+				agentTimes = append(agentTimes, at)
+				if r > 0 {
+					rss, pss = append(rss, r), append(pss, p)
+				}
+			}
+			fm, am := median(floorTimes), median(agentTimes)
+			b.ReportMetric(float64(fm.Milliseconds()), "floor-ms")
+			b.ReportMetric(float64(am.Milliseconds()), "agent-ms")
+			b.ReportMetric(float64(am)/float64(fm), "agent/floor")
+			if len(rss) > 0 {
+				b.ReportMetric(float64(rss[0])/1024, "idle-rss-MiB")
+				b.ReportMetric(float64(pss[0])/1024, "idle-pss-MiB")
+			}
+			b.Logf("%s: floor %v, agent %v (runs %d)", machine, floorTimes, agentTimes, runs)
+		})
+	}
+}
+
+func benchVMConfig(b *testing.B, name string) (hypervisor.Config, qemu.Options) {
+	c := testConfig(b)
+	kernel, initrd, err := launch.Assets(c, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(c.Runtime.StateDir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return hypervisor.Config{
+		ID: name, StateDir: dir, Kernel: kernel, Initrd: initrd,
+		VCPUs: c.Hypervisor.VCPUs, MemoryMiB: c.Hypervisor.MemoryMiB,
+	}, launch.QEMUOptions(c)
+}
+
+func bootFloor(b *testing.B, machine, initrd string, i int) time.Duration {
+	hc, o := benchVMConfig(b, fmt.Sprintf("floor-%s-%d", machine, i))
+	hc.Initrd = initrd
+	hc.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
+	o.Machine = machine
+	vm, err := qemu.New(hc, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := vm.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer vm.Stop(context.Background())
+	for {
+		for _, l := range vm.ConsoleTail(5) {
+			if strings.Contains(l, "hull-floor: init running") {
+				return time.Since(start)
+			}
+		}
+		select {
+		case <-vm.Done():
+			b.Fatalf("floor vm exited before its marker: %v", vm.ConsoleTail(10))
+		case <-ctx.Done():
+			b.Fatal("floor vm: no marker within a minute")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func bootAgent(b *testing.B, machine string, i int, measureMemory bool) (time.Duration, uint64, uint64) {
+	hc, o := benchVMConfig(b, fmt.Sprintf("agent-%s-%d", machine, i))
+	ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
+	hc.Agent = ep
+	hc.KernelParams = agentclient.KernelParams(ep, "info")
+	o.Machine = machine
+	vm, err := qemu.New(hc, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := vm.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer vm.Stop(context.Background())
+	c, err := agentclient.Dial(ctx, vm.Agent(), agentclient.Options{DialTimeout: time.Minute, CallTimeout: 10 * time.Second, Abort: vm.Done()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	defer c.Close()
+	if !measureMemory {
+		return took, 0, 0
+	}
+	// Idle: let the background module loads finish and the guest settle.
+	time.Sleep(5 * time.Second)
+	rss, pss := smapsRollup(vm.Describe().PID)
+	return took, rss, pss
+}
+
+// smapsRollup returns a process's Rss and Pss in KiB.
+func smapsRollup(pid int) (rss, pss uint64) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseUint(fields[1], 10, 64)
+		switch fields[0] {
+		case "Rss:":
+			rss = v
+		case "Pss:":
+			pss = v
+		}
+	}
+	return rss, pss
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

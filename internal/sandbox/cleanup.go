@@ -1,0 +1,204 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/storage"
+)
+
+// recordName is the file in the state directory that tells Cleanup what a
+// runtime that died left running.
+const recordName = "sandbox.json"
+
+// cgroupBusyWait bounds the wait for a killed VM's cgroup to empty.
+const cgroupBusyWait = 10 * time.Second
+
+// record is what Cleanup needs to know of a sandbox whose runtime is gone.
+type record struct {
+	ID          string `json:"id"`
+	VMPID       int    `json:"vm_pid,omitempty"`
+	VirtiofsPID int    `json:"virtiofsd_pid,omitempty"`
+	// Cgroup is the VM's cgroup path below the cgroup root(s).
+	Cgroup string `json:"cgroup,omitempty"`
+}
+
+func (s *Sandbox) record() record {
+	d := s.vm.Describe()
+	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup}
+	if s.virtiofs != nil {
+		r.VirtiofsPID = s.virtiofs.PID()
+	}
+	return r
+}
+
+func writeRecord(dir string, r record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, recordName+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("writing sandbox record: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, recordName))
+}
+
+// Cleanup removes what a sandbox whose runtime died left behind: it kills
+// the processes that run for the sandbox (the hypervisor, virtiofsd and
+// its helpers, found by the record in the state directory, the pid files
+// there, and any process whose command line names the state directory),
+// unmounts and removes the shared storage, removes the VM's cgroup and the
+// state directory. A sandbox that left nothing is no error.
+func Cleanup(ctx context.Context, stateRoot, id string) error {
+	if err := errors.Join(locationErrors(id, stateRoot)...); err != nil {
+		return fmt.Errorf("cleaning up sandbox: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	dir := filepath.Join(stateRoot, id)
+	logger := log.G(ctx).WithField("sandbox", id)
+	var r record
+	if b, err := os.ReadFile(filepath.Join(dir, recordName)); err == nil {
+		if err := json.Unmarshal(b, &r); err != nil {
+			logger.WithError(err).Warn("unreadable sandbox record")
+		}
+	} else if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+	}
+
+	var errs []error
+	pids := map[int]bool{}
+	for _, pid := range []int{r.VMPID, r.VirtiofsPID} {
+		if pid > 0 && mentions(pid, dir) {
+			pids[pid] = true
+		}
+	}
+	pidFiles, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+	for _, f := range pidFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && mentions(pid, dir) {
+			pids[pid] = true
+		}
+	}
+	for _, pid := range processesMentioning(dir) {
+		pids[pid] = true
+	}
+	for pid := range pids {
+		logger.WithField("pid", pid).Info("killing a leftover sandbox process")
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("killing pid %d: %w", pid, err))
+		}
+	}
+	for pid := range pids {
+		if !waitGone(ctx, pid, 5*time.Second) {
+			errs = append(errs, fmt.Errorf("pid %d did not die: %w", pid, errdefs.ErrUnavailable))
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		errs = append(errs, storage.Cleanup(ctx, dir))
+		errs = append(errs, os.RemoveAll(dir))
+	}
+	if r.Cgroup != "" {
+		errs = append(errs, removeCgroup(r.Cgroup))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("cleaning up sandbox %s: %w", id, err)
+	}
+	return nil
+}
+
+// mentions reports whether pid's command line contains dir: a pid from a
+// file is killed only when it still is the process that wrote it.
+func mentions(pid int, dir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && bytes.Contains(b, []byte(dir+"/"))
+}
+
+// processesMentioning lists the processes whose command line names a path
+// under dir.
+func processesMentioning(dir string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if mentions(pid, dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// waitGone waits until pid has exited (or is a zombie someone else reaps).
+func waitGone(ctx context.Context, pid int, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
+			if f := strings.Fields(string(b[i+1:])); len(f) > 0 && f[0] == "Z" {
+				return true
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// removeCgroup removes an empty cgroup on the v2 hierarchy or on every v1
+// hierarchy that has it.
+func removeCgroup(rel string) error {
+	rel = filepath.Join("/", rel)
+	if rel == "/" {
+		return nil
+	}
+	roots := []string{"/sys/fs/cgroup"}
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+		entries, _ := os.ReadDir("/sys/fs/cgroup")
+		roots = roots[:0]
+		for _, e := range entries {
+			roots = append(roots, filepath.Join("/sys/fs/cgroup", e.Name()))
+		}
+	}
+	var errs []error
+	for _, root := range roots {
+		dir := filepath.Join(root, rel)
+		// A killed process leaves its cgroup a moment after it is seen
+		// dead: retry while the group is busy.
+		deadline := time.Now().Add(cgroupBusyWait)
+		for {
+			err := unix.Rmdir(dir)
+			if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+				break
+			}
+			if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", dir, err))
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,178 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/storage"
+	"github.com/hull-runtime/hull/internal/virtiofs"
+)
+
+const (
+	// virtiofsSocketName is virtiofsd's vhost-user socket in the state
+	// directory.
+	virtiofsSocketName = "virtiofs.sock"
+	// virtiofsLogName receives virtiofsd's stderr.
+	virtiofsLogName = "virtiofsd.log"
+	// oomBuffer is how many OOM events wait for a reader before the OOM
+	// loop stops asking the agent for more.
+	oomBuffer = 64
+)
+
+// VirtiofsConfig says how to run the sandbox's virtiofsd. The zero value
+// runs the first virtiofsd found with cache "auto" in a namespace sandbox.
+type VirtiofsConfig struct {
+	// Binary is the daemon; empty searches virtiofs.Binaries, then PATH.
+	Binary string
+	// Cache is virtiofs.CacheAuto (the default), CacheNone or CacheAlways.
+	Cache string
+	// ThreadPoolSize of the daemon; zero keeps its default.
+	ThreadPoolSize int
+}
+
+// createStorage makes the shared tree under the state directory.
+func (s *Sandbox) createStorage(ctx context.Context, undo *cleanups) error {
+	sh, err := storage.New(ctx, s.stateDir)
+	if err != nil {
+		return err
+	}
+	s.storage = sh
+	undo.push(sh.Close)
+	return nil
+}
+
+// startVirtiofs runs the daemon that serves the shared tree. It is separate
+// from the VM's boot: a VM restored from a template gets the share by
+// hot-plug after the daemon has started.
+func (s *Sandbox) startVirtiofs(ctx context.Context, cfg VirtiofsConfig, undo *cleanups) error {
+	cache := cfg.Cache
+	if cache == "" {
+		cache = virtiofs.CacheAuto
+	}
+	d, err := virtiofs.Start(ctx, virtiofs.Config{
+		Binary:         cfg.Binary,
+		SocketPath:     filepath.Join(s.stateDir, virtiofsSocketName),
+		SharedDir:      s.storage.Dir(),
+		Cache:          cache,
+		Sandbox:        virtiofs.SandboxNamespace,
+		ThreadPoolSize: cfg.ThreadPoolSize,
+		LogPath:        filepath.Join(s.stateDir, virtiofsLogName),
+	})
+	if err != nil {
+		return err
+	}
+	s.virtiofs = d
+	undo.push(d.Stop)
+	return nil
+}
+
+// filesystemDevice is the VM device of the share.
+func (s *Sandbox) filesystemDevice() hypervisor.FilesystemDevice {
+	return hypervisor.FilesystemDevice{Tag: storage.FSTag, SocketPath: s.virtiofs.SocketPath()}
+}
+
+// waitServing waits until the agent has loaded the modules of every feature
+// (virtio-fs among them): the agent answers before that, STARTING.
+func (s *Sandbox) waitServing(ctx context.Context, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		h, err := s.client.System().Health(ctx, &agent.HealthRequest{})
+		if err != nil {
+			return s.guestError(err)
+		}
+		if h.GetStatus() == agent.HealthResponse_STATUS_SERVING {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agent still %s after %s: %w", h.GetStatus(), limit, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// createGuestSandbox has the agent set the hostname and mount the share.
+func (s *Sandbox) createGuestSandbox(ctx context.Context, hostname string) error {
+	_, err := s.client.Containers().CreateSandbox(ctx, &agent.CreateSandboxRequest{
+		SandboxId: s.id,
+		Hostname:  hostname,
+		Storages: []*agent.Storage{{
+			Source:     storage.FSTag,
+			Fstype:     "virtiofs",
+			MountPoint: storage.GuestSharedDir,
+		}},
+	})
+	if err != nil {
+		return s.guestError(err)
+	}
+	return nil
+}
+
+// OOMEvents delivers the ID of a container each time the guest kernel kills
+// one of its processes for lack of memory. One loop per sandbox asks the
+// agent; the channel is closed when the sandbox stops or its VM is gone.
+// While nobody reads, up to 64 events wait and the loop pauses.
+func (s *Sandbox) OOMEvents() <-chan string { return s.oom }
+
+// oomLoop keeps one WaitOOM call outstanding for the life of the sandbox.
+func (s *Sandbox) oomLoop() {
+	defer close(s.oom)
+	ctx := s.bg
+	logger := log.G(ctx).WithField("sandbox", s.id)
+	delay := 100 * time.Millisecond
+	for {
+		resp, err := s.client.Containers().WaitOOM(ctx, &agent.WaitOOMRequest{})
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			delay = 100 * time.Millisecond
+			select {
+			case s.oom <- resp.GetContainerId():
+			case <-ctx.Done():
+				return
+			}
+			continue
+		case errdefs.IsNotImplemented(err), errdefs.IsUnavailable(err), !s.vmAlive():
+			logger.WithError(err).Debug("oom loop ends")
+			return
+		}
+		logger.WithError(err).Warn("waiting for oom events")
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// guestError explains an agent error: when the VM has gone it says so, with
+// the end of the console.
+func (s *Sandbox) guestError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errdefs.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) || !s.vmAlive() {
+		return s.withConsole(err)
+	}
+	return err
+}
+
+// checkRunning fails with a FailedPrecondition error unless the sandbox
+// runs.
+func (s *Sandbox) checkRunning() error {
+	if st := s.State(); st != StateRunning {
+		return fmt.Errorf("sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
