@@ -1,0 +1,228 @@
+package containerd
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/console"
+)
+
+// TestContainerd runs every case against each containerd version.
+func TestContainerd(t *testing.T) {
+	for _, version := range []string{"1.6", "2"} {
+		t.Run("containerd-"+version, func(t *testing.T) {
+			containerdPath, ctrPath := daemonBinaries(t, version)
+			d := startDaemon(t, containerdPath, ctrPath)
+			for _, c := range cases {
+				t.Run(c.name, func(t *testing.T) {
+					defer d.checkClean(t)
+					c.run(t, d)
+				})
+			}
+		})
+	}
+}
+
+var cases = []struct {
+	name string
+	run  func(*testing.T, *daemon)
+}{
+	{"run --rm output", func(t *testing.T, d *daemon) {
+		out := d.mustCtr(t, "run", "--rm", "--runtime", runtimeName, imageName, "rm-out", "echo", "hello")
+		if out != "hello\n" {
+			t.Errorf("got %q, want %q", out, "hello\n")
+		}
+	}},
+	{"run --rm exit status", func(t *testing.T, d *daemon) {
+		out, errOut, code := d.ctr(t, "run", "--rm", "--runtime", runtimeName, imageName, "rm-status", "sh", "-c", "echo out; echo err >&2; exit 3")
+		if out != "out\n" || errOut != "err\n" || code != 3 {
+			t.Errorf("got stdout %q stderr %q exit %d, want \"out\\n\" \"err\\n\" 3", out, errOut, code)
+		}
+	}},
+	{"detached task lifecycle", func(t *testing.T, d *daemon) {
+		const id = "detached"
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		defer d.forget(t, id)
+		if out := d.mustCtr(t, "task", "exec", "--exec-id", "e1", id, "echo", "from exec"); out != "from exec\n" {
+			t.Errorf("exec: got %q", out)
+		}
+		if _, _, code := d.ctr(t, "task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 5"); code != 5 {
+			t.Errorf("exec exit: got %d, want 5", code)
+		}
+		if out := d.mustCtr(t, "task", "ps", id); !strings.Contains(out, "PID") || len(strings.Split(strings.TrimSpace(out), "\n")) < 2 {
+			t.Errorf("ps: got %q", out)
+		}
+		d.mustCtr(t, "task", "pause", id)
+		if out := d.mustCtr(t, "task", "ls"); !strings.Contains(out, "PAUSED") {
+			t.Errorf("after pause, task ls: %q", out)
+		}
+		d.mustCtr(t, "task", "resume", id)
+		if out := d.mustCtr(t, "task", "ls"); !strings.Contains(out, "RUNNING") {
+			t.Errorf("after resume, task ls: %q", out)
+		}
+		if out := d.mustCtr(t, "task", "metrics", id); !strings.Contains(out, "memory") {
+			t.Errorf("metrics: got %q", out)
+		}
+		// sleep is PID 1 of its PID namespace: only SIGKILL ends it.
+		d.mustCtr(t, "task", "kill", "-s", "KILL", id)
+		waitStatus(t, d, id, "STOPPED")
+		d.mustCtr(t, "task", "delete", id)
+		d.mustCtr(t, "container", "delete", id)
+	}},
+	{"forced delete", func(t *testing.T, d *daemon) {
+		const id = "forced"
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		d.mustCtr(t, "task", "delete", "-f", id)
+		d.mustCtr(t, "container", "delete", id)
+	}},
+	{"terminal", func(t *testing.T, d *daemon) {
+		pty, slave, err := console.NewPty()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pty.Close()
+		cmd := exec.Command(d.ctrPath, "-a", d.address, "run", "-t", "--rm", "--runtime", runtimeName, imageName, "tty", "sh")
+		f, err := os.OpenFile(slave, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = f, f, f
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		var out syncBuffer
+		go io.Copy(&out, pty) //nolint:errcheck // ends with the pty
+		waitFor(t, 2*time.Minute, func() bool { return strings.Contains(out.String(), "#") }, "a shell prompt", &out)
+		fmt.Fprint(pty, "tty -s && echo TTY=yes; exit 7\r")
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			var exit *exec.ExitError
+			if !strings.Contains(out.String(), "TTY=yes") || !errorsAs(err, &exit) || exit.ExitCode() != 7 {
+				t.Errorf("got %v and output %q, want exit 7 and TTY=yes", err, out.String())
+			}
+		case <-time.After(time.Minute):
+			_ = cmd.Process.Kill()
+			t.Fatalf("ctr run -t did not end; output %q", out.String())
+		}
+	}},
+	{"two concurrent containers", func(t *testing.T, d *daemon) {
+		var wg sync.WaitGroup
+		outs := make([]string, 2)
+		for i := range outs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out, errOut, code := d.ctr(t, "run", "--rm", "--runtime", runtimeName, imageName, fmt.Sprintf("conc%d", i), "echo", fmt.Sprint(i))
+				outs[i] = fmt.Sprintf("%s%s(exit %d)", out, errOut, code)
+			}()
+		}
+		wg.Wait()
+		for i, o := range outs {
+			if want := fmt.Sprintf("%d\n(exit 0)", i); o != want {
+				t.Errorf("container %d: got %q, want %q", i, o, want)
+			}
+		}
+	}},
+	{"qemu killed", func(t *testing.T, d *daemon) {
+		const id = "qemu-killed"
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		defer d.forget(t, id)
+		pid := pidOf("qemu-system", d.stateRoot)
+		if pid == 0 {
+			t.Fatal("no qemu process found")
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitStatus(t, d, id, "STOPPED")
+		d.mustCtr(t, "task", "delete", id)
+		d.mustCtr(t, "container", "delete", id)
+	}},
+	{"shim killed", func(t *testing.T, d *daemon) {
+		const id = "shim-killed"
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		defer d.forget(t, id)
+		pid := pidOf("containerd-shim-hull-v2", d.address)
+		if pid == 0 {
+			t.Fatal("no shim process found")
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		// containerd sees the shim go, runs `shim delete` and marks the
+		// task stopped.
+		waitFor(t, time.Minute, func() bool {
+			out, _, _ := d.ctr(t, "task", "ls")
+			return !strings.Contains(out, id) || strings.Contains(out, "STOPPED")
+		}, "the task to stop", nil)
+		d.ctr(t, "task", "delete", id)
+		d.mustCtr(t, "container", "delete", id)
+	}},
+	{"bad spec", func(t *testing.T, d *daemon) {
+		// A process with no arguments passes ctr and containerd and is
+		// refused by hull.
+		_, errOut, code := d.ctr(t, "run", "--rm", "--runtime", runtimeName, imageName, "bad-spec", "")
+		if code == 0 || !strings.Contains(errOut, "args") {
+			t.Errorf("got exit %d and %q, want a failure naming the args", code, errOut)
+		}
+		d.ctr(t, "container", "delete", "bad-spec")
+	}},
+}
+
+// waitStatus waits until ctr task ls shows the task in status.
+func waitStatus(t *testing.T, d *daemon, id, status string) {
+	t.Helper()
+	waitFor(t, time.Minute, func() bool {
+		out, _, _ := d.ctr(t, "task", "ls")
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == id && f[2] == status {
+				return true
+			}
+		}
+		return false
+	}, "task "+id+" "+status, nil)
+}
+
+func waitFor(t *testing.T, limit time.Duration, cond func() bool, what string, out fmt.Stringer) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			if out != nil {
+				t.Fatalf("timed out waiting for %s; output %q", what, out.String())
+			}
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,257 @@
+package containerd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// imageName is the busybox image's reference.
+const imageName = "docker.io/hull/busybox:latest"
+
+// runtimeName is hull's runtime in containerd.
+const runtimeName = "io.containerd.hull.v2"
+
+// daemon is an isolated containerd with its own root, state, socket and
+// hull state root.
+type daemon struct {
+	dir       string
+	address   string
+	ctrPath   string
+	stateRoot string
+	cmd       *exec.Cmd
+	log       *bytes.Buffer
+}
+
+// startDaemon starts containerd (CRI off) with the shim on its PATH and a
+// hull configuration whose state root is the daemon's own, and imports the
+// busybox image.
+func startDaemon(t *testing.T, containerdPath, ctrPath string) *daemon {
+	t.Helper()
+	dir, err := os.MkdirTemp(env.workDir, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{
+		dir:       dir,
+		address:   filepath.Join(dir, "containerd.sock"),
+		ctrPath:   ctrPath,
+		stateRoot: filepath.Join(dir, "hull"),
+		log:       &bytes.Buffer{},
+	}
+	config := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.address, d.address+".ttrpc")
+	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.cmd = exec.Command(containerdPath, "--config", filepath.Join(dir, "config.toml"), "--log-level", "info")
+	d.cmd.Env = append(os.Environ(),
+		"PATH="+env.shimDir+":"+os.Getenv("PATH"),
+		"HULL_CONFIG="+filepath.Join(dir, "hull.toml"))
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.stop(t) })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, _, code := d.ctr(t, "version"); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd did not come up:\n%s", d.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, errOut, code := d.ctr(t, "images", "import", env.image); code != 0 {
+		t.Fatalf("importing the image: %s%s", out, errOut)
+	}
+	return d
+}
+
+func (d *daemon) stop(t *testing.T) {
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-done
+	}
+	// A failed case may leave shims and sandboxes: remove them so that
+	// the next case and the next run start clean.
+	for _, l := range d.leftovers() {
+		var pid int
+		if _, err := fmt.Sscanf(l, "process %d:", &pid); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if des, err := os.ReadDir(d.stateRoot); err == nil {
+		for _, de := range des {
+			if err := sandbox.Cleanup(context.Background(), d.stateRoot, de.Name()); err != nil {
+				t.Logf("cleaning up sandbox %s: %v", de.Name(), err)
+			}
+		}
+	}
+	// containerd leaves its snapshot mounts behind when it stops.
+	_ = exec.Command("umount", "-R", filepath.Join(d.dir, "root")).Run()
+	if t.Failed() {
+		t.Logf("containerd log:\n%s", d.log)
+	}
+}
+
+// ctr runs ctr against the daemon and returns its stdout, stderr and exit
+// code.
+func (d *daemon) ctr(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.ctrPath, append([]string{"-a", d.address}, args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	stderr := withoutDeprecations(errOut.String())
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return out.String(), stderr, 0
+	case errors.As(err, &exit):
+		return out.String(), stderr, exit.ExitCode()
+	}
+	t.Fatalf("ctr %v: %v", args, err)
+	return "", "", -1
+}
+
+// mustCtr runs ctr and fails the test when it fails.
+func (d *daemon) mustCtr(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := d.ctr(t, args...)
+	if code != 0 {
+		t.Fatalf("ctr %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// leftovers lists what a finished case left: processes that mention the
+// hull state root (qemu, virtiofsd) or the daemon's socket (shims),
+// mounts below the daemon's directory other than containerd's own
+// snapshotter, and sandbox state directories.
+func (d *daemon) leftovers() []string {
+	var left []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() || pid == d.cmd.Process.Pid {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmdline, d.stateRoot) || (strings.Contains(cmdline, "containerd-shim-hull-v2") && strings.Contains(cmdline, d.address)) {
+			left = append(left, fmt.Sprintf("process %d: %s", pid, cmdline))
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) > 4 && strings.HasPrefix(f[4], d.dir) && !strings.HasPrefix(f[4], filepath.Join(d.dir, "root")) {
+				left = append(left, "mount "+f[4])
+			}
+		}
+	}
+	if des, err := os.ReadDir(d.stateRoot); err == nil {
+		for _, de := range des {
+			left = append(left, "state "+filepath.Join(d.stateRoot, de.Name()))
+		}
+	}
+	return left
+}
+
+// checkClean fails the test when the case left anything, after giving the
+// shims a moment to exit.
+func (d *daemon) checkClean(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		left := d.leftovers()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// pidOf returns the PID of the first process whose command line contains
+// all of parts.
+func pidOf(parts ...string) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		ok := len(b) > 0
+		for _, p := range parts {
+			ok = ok && bytes.Contains(b, []byte(p))
+		}
+		if ok {
+			return pid
+		}
+	}
+	return 0
+}
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// forget removes a container whatever its state, for a case that failed
+// half-way.
+func (d *daemon) forget(t *testing.T, id string) {
+	d.ctr(t, "task", "delete", "-f", id)
+	d.ctr(t, "container", "delete", id)
+}
+
+// withoutDeprecations drops ctr's own deprecation warnings (ctr 2.2+ warns
+// about cgroup v1 hosts on every run) from its stderr.
+func withoutDeprecations(s string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(s, "\n") {
+		if strings.HasPrefix(l, "time=") && strings.Contains(l, "DEPRECATION") {
+			continue
+		}
+		b.WriteString(l)
+	}
+	return b.String()
+}

@@ -1,0 +1,23 @@
+package shim
+
+import (
+	"context"
+
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+)
+
+// UnaryInterceptor is the task API's boundary: each error becomes, once,
+// the gRPC status of its errdefs class, which containerd turns back into
+// the class. The shim library chains it into its ttRPC server.
+func (s *service) UnaryInterceptor() ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (interface{}, error) {
+		resp, err := m(ctx, u)
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("method", info.FullMethod).Debug("task call failed")
+			return resp, errgrpc.ToGRPC(err)
+		}
+		return resp, nil
+	}
+}

@@ -1,0 +1,178 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// RuntimeName is the runtime containerd knows hull by.
+const RuntimeName = "io.containerd.hull.v2"
+
+// addressFile is where, in the bundle, the shim's socket address is kept
+// (the library reads it back to remove the socket at exit).
+const addressFile = "address"
+
+// WithoutReaper keeps the shim library from reaping every child: the
+// sandbox waits for its own hypervisor and virtiofsd processes, and a
+// process-wide reaper would take their exit statuses from it. Orphans are
+// not ours to adopt either.
+func WithoutReaper(c *shim.Config) {
+	c.NoReaper = true
+	c.NoSubreaper = true
+}
+
+// Manager is the shim's `start` and `delete` commands.
+type Manager struct{}
+
+var _ shim.Manager = Manager{}
+
+// Name is the runtime's name.
+func (Manager) Name() string { return RuntimeName }
+
+// Start is `containerd-shim-hull-v2 start`, run by containerd in the
+// bundle: it starts the shim server of the container's sandbox, or finds it
+// running when the container joins a pod, and returns its address. It
+// replies with the plain address, which containerd 1.6, 1.7 and 2.x all
+// read as a task API v2 shim; whatever containerd writes on stdin (the raw
+// options of 1.6 and 1.7, the BootstrapParams of 2.3+) is not needed here:
+// the options come again with the create request.
+//
+// It must not write anything but the address: containerd 2.x reads stdout
+// and stderr together.
+func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
+	bundle, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	spec, err := readSpec(bundle)
+	if err != nil {
+		return "", err
+	}
+	address, err := shim.SocketAddress(ctx, opts.Address, sandboxID(id, spec.Annotations))
+	if err != nil {
+		return "", err
+	}
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return "", fmt.Errorf("creating the shim socket: %w", err)
+		}
+		// The pod's shim runs: the container joins it.
+		if shim.CanConnect(address) {
+			if err := shim.WriteAddress(addressFile, address); err != nil {
+				return "", err
+			}
+			return address, nil
+		}
+		// A dead shim's socket.
+		if err := shim.RemoveSocket(address); err != nil {
+			return "", fmt.Errorf("removing a stale shim socket: %w", err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return "", fmt.Errorf("creating the shim socket: %w", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			_ = shim.RemoveSocket(address)
+		}
+	}()
+	if err := shim.WriteAddress(addressFile, address); err != nil {
+		return "", err
+	}
+	f, err := socket.File()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+
+	cmd, err := serverCommand(ctx, id, bundle, opts)
+	if err != nil {
+		return "", err
+	}
+	// The library serves on fd 3 when it is given no socket path.
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("starting the shim server: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+	go cmd.Wait() //nolint:errcheck // the server outlives this command; wait only to reap it if it dies first
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		return "", fmt.Errorf("adjusting the shim server's OOM score: %w", err)
+	}
+	return address, nil
+}
+
+// serverCommand is the command of the long-running shim server.
+func serverCommand(ctx context.Context, id, bundle string, opts shim.StartOpts) (*exec.Cmd, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-namespace", ns, "-id", id, "-address", opts.Address}
+	if opts.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = bundle
+	// Its own process group: a signal to containerd's group is not for it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd, nil
+}
+
+// Stop is `containerd-shim-hull-v2 delete`, which containerd runs in the
+// bundle when the shim died or could not be reached: it removes what the
+// sandbox left (VM, virtiofsd, mounts, cgroup, state directory) and the
+// shim's socket.
+func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	bundle, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	if o, ok := ctx.Value(shim.OptsKey{}).(shim.Opts); ok && o.BundlePath != "" {
+		bundle = o.BundlePath
+	}
+	logger := log.G(ctx).WithField("id", id)
+	address, _ := shim.ReadAddress(filepath.Join(bundle, addressFile))
+	alive := address != "" && shim.CanConnect(address)
+	r, ok, err := readRecord(bundle)
+	switch {
+	case err != nil:
+		logger.WithError(err).Warn("unreadable sandbox record; nothing to clean up")
+	case ok && alive && r.SandboxID != id:
+		// A member of a pod whose shim still serves: the pod's VM is not
+		// this container's to remove.
+		logger.Info("the pod's shim is alive; leaving its sandbox")
+	case ok:
+		if err := sandbox.Cleanup(ctx, r.StateRoot, r.SandboxID); err != nil {
+			return shim.StopStatus{}, err
+		}
+	}
+	if address != "" && !alive {
+		_ = shim.RemoveSocket(address)
+	}
+	return shim.StopStatus{
+		ExitedAt:   time.Now(),
+		ExitStatus: 128 + int(syscall.SIGKILL),
+	}, nil
+}

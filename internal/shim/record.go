@@ -1,0 +1,50 @@
+package shim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// recordName is the file in a container's bundle that tells `shim delete`,
+// run after the shim died, which sandbox to clean up. containerd removes the
+// bundle after the delete.
+const recordName = "hull-sandbox.json"
+
+// record names the sandbox of a container.
+type record struct {
+	SandboxID string `json:"sandbox_id"`
+	StateRoot string `json:"state_root"`
+}
+
+// writeRecord writes the record into the bundle; it is written before the
+// sandbox starts so that a shim that dies while starting it is cleaned up.
+func writeRecord(bundle string, r record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(bundle, recordName+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", recordName, err)
+	}
+	return os.Rename(tmp, filepath.Join(bundle, recordName))
+}
+
+// readRecord reads a bundle's record; ok is false when there is none (the
+// shim died before the container was created).
+func readRecord(bundle string) (r record, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(bundle, recordName))
+	if errors.Is(err, os.ErrNotExist) {
+		return record{}, false, nil
+	}
+	if err != nil {
+		return record{}, false, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return record{}, false, fmt.Errorf("reading %s: %w", recordName, err)
+	}
+	return r, true, nil
+}

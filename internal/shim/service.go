@@ -1,0 +1,389 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/plugin"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/storage"
+)
+
+// stopTimeout bounds the release of a sandbox and of a failed create.
+const stopTimeout = time.Minute
+
+func init() {
+	plugin.Register(&plugin.Registration{
+		Type:     plugin.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugin.EventPlugin, plugin.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (interface{}, error) {
+			pp, err := ic.GetByID(plugin.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			sd, err := ic.GetByID(plugin.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			return newService(ic.Context, pp.(shim.Publisher), sd.(shutdown.Service)), nil
+		},
+	})
+}
+
+// service is the task API of one pod's shim.
+type service struct {
+	// bg is the shim's process-lifetime context (namespace, logger), for
+	// the exit watchers and event forwarding; never a request's.
+	bg       context.Context
+	events   *eventQueue
+	shutdown shutdown.Service
+
+	// startMu serializes the start of the sandbox.
+	startMu sync.Mutex
+
+	mu sync.Mutex
+	// sb is the pod's sandbox, nil before the first create and after the
+	// last delete; guarded by mu.
+	sb *sandbox.Sandbox
+	// stateRoot and sandboxID name the sandbox's state; guarded by mu.
+	stateRoot, sandboxID string
+	// containers are the tasks, by container ID; an ID being created
+	// maps to nil. Guarded by mu.
+	containers map[string]*container
+}
+
+var _ taskapi.TaskService = (*service)(nil)
+
+func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
+	s := &service{
+		bg:         ctx,
+		events:     newEventQueue(ctx, publisher),
+		shutdown:   sd,
+		containers: map[string]*container{},
+	}
+	sd.RegisterCallback(func(context.Context) error {
+		s.events.close()
+		return nil
+	})
+	return s
+}
+
+// RegisterTTRPC serves the task API v2, the version every containerd from
+// 1.6 on speaks to a shim that answers `start` with a plain address.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskapi.RegisterTaskService(server, s)
+	return nil
+}
+
+// Create makes a container, starting the pod's VM for its first one. A
+// failed create leaves nothing behind: a VM it started is stopped again.
+func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *taskapi.CreateTaskResponse, retErr error) {
+	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
+		return nil, fmt.Errorf("restoring from a checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Process == nil {
+		return nil, fmt.Errorf("%s/config.json has no process: %w", r.Bundle, errdefs.ErrInvalidArgument)
+	}
+	spec.Process.Terminal = r.Terminal
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.reserve(r.ID); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			s.unreserve(ctx, r.ID)
+		}
+	}()
+	sb, err := s.sandbox(ctx, r.ID, r.Bundle, r.Options, spec.Hostname, spec.Annotations)
+	if err != nil {
+		return nil, err
+	}
+	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
+	pio, err := openIO(ctx, ns, r.ID, paths)
+	if err != nil {
+		return nil, err
+	}
+	rootfs := make([]storage.Mount, 0, len(r.Rootfs))
+	for _, m := range r.Rootfs {
+		rootfs = append(rootfs, storage.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	sc, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+		ID:     r.ID,
+		Bundle: r.Bundle,
+		Spec:   spec,
+		Rootfs: rootfs,
+		Stdio:  pio.stdio(r.Terminal),
+	})
+	if err != nil {
+		pio.Close(ctx)
+		return nil, err
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, c: sc, init: newProc("", paths, nil), execs: map[string]*proc{}}
+	c.init.prepare(sc.Init(), pio)
+	s.mu.Lock()
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	s.events.publish(&eventstypes.TaskCreate{
+		ContainerID: r.ID,
+		Bundle:      r.Bundle,
+		Rootfs:      r.Rootfs,
+		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Checkpoint:  r.Checkpoint,
+		Pid:         sc.Init().Pid(),
+	})
+	return &taskapi.CreateTaskResponse{Pid: sc.Init().Pid()}, nil
+}
+
+// reserve claims a container ID for a create.
+func (s *service) reserve(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[id]; ok {
+		return fmt.Errorf("container %s: %w", id, errdefs.ErrAlreadyExists)
+	}
+	s.containers[id] = nil
+	return nil
+}
+
+// unreserve drops a failed create's ID, and the sandbox when nothing else
+// is in it.
+func (s *service) unreserve(ctx context.Context, id string) {
+	s.mu.Lock()
+	delete(s.containers, id)
+	empty := len(s.containers) == 0
+	s.mu.Unlock()
+	if empty {
+		s.stopSandbox(ctx)
+	}
+}
+
+// sandbox returns the pod's sandbox, starting it for the first container.
+// Each container's bundle gets the record `shim delete` needs.
+func (s *service) sandbox(ctx context.Context, id, bundle string, opts *anypb.Any, hostname string, annotations map[string]string) (*sandbox.Sandbox, error) {
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	s.mu.Lock()
+	sb, rec := s.sb, record{SandboxID: s.sandboxID, StateRoot: s.stateRoot}
+	s.mu.Unlock()
+	if sb != nil {
+		if want := sandboxID(id, annotations); want != rec.SandboxID {
+			return nil, fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", id, want, rec.SandboxID, errdefs.ErrFailedPrecondition)
+		}
+		return sb, writeRecord(bundle, rec)
+	}
+
+	cfg, err := loadConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	rec = record{SandboxID: sandboxID(id, annotations), StateRoot: cfg.Runtime.StateDir}
+	if err := writeRecord(bundle, rec); err != nil {
+		return nil, err
+	}
+	sc, err := launch.SandboxConfig(cfg, rec.SandboxID)
+	if err != nil {
+		return nil, err
+	}
+	if hostname != "" {
+		sc.Hostname = hostname
+	}
+	sb, err = sandbox.Start(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.sb, s.sandboxID, s.stateRoot = sb, rec.SandboxID, rec.StateRoot
+	s.mu.Unlock()
+	go s.forwardOOM(sb)
+	log.G(ctx).WithField("sandbox", rec.SandboxID).Info("sandbox started")
+	return sb, nil
+}
+
+// forwardOOM publishes the sandbox's OOM kills until it stops.
+func (s *service) forwardOOM(sb *sandbox.Sandbox) {
+	for id := range sb.OOMEvents() {
+		s.events.publish(&eventstypes.TaskOOM{ContainerID: id})
+	}
+}
+
+// stopSandbox stops the pod's VM, when it runs.
+func (s *service) stopSandbox(ctx context.Context) {
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	s.mu.Lock()
+	sb := s.sb
+	s.sb = nil
+	s.mu.Unlock()
+	if sb == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+	defer cancel()
+	if err := sb.Stop(ctx); err != nil {
+		log.G(ctx).WithError(err).Error("stopping the sandbox")
+		return
+	}
+	log.G(ctx).WithField("sandbox", sb.ID()).Info("sandbox stopped")
+}
+
+// container returns a task by ID.
+func (s *service) container(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.containers[id]
+	if c == nil {
+		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// Start runs a container's program, or an exec added by Exec.
+func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID != "" {
+		return s.startExec(ctx, c, r.ExecID)
+	}
+	if err := c.c.Start(ctx); err != nil {
+		return nil, err
+	}
+	c.init.markRunning()
+	pid := c.init.getPid()
+	s.events.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: pid})
+	go s.watch(c, c.init)
+	return &taskapi.StartResponse{Pid: pid}, nil
+}
+
+func (s *service) startExec(ctx context.Context, c *container, execID string) (*taskapi.StartResponse, error) {
+	p, err := c.proc(execID)
+	if err != nil {
+		return nil, err
+	}
+	if p.isRunning() || p.exited() {
+		return nil, fmt.Errorf("exec %s of container %s already started: %w", execID, c.id, errdefs.ErrFailedPrecondition)
+	}
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pio, err := openIO(ctx, ns, c.id, p.paths)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := c.c.Exec(ctx, execID, p.spec, pio.stdio(p.paths.terminal))
+	if err != nil {
+		pio.Close(ctx)
+		return nil, err
+	}
+	p.prepare(sp, pio)
+	p.markRunning()
+	s.events.publish(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: execID, Pid: sp.Pid()})
+	go s.watch(c, p)
+	return &taskapi.StartResponse{Pid: sp.Pid()}, nil
+}
+
+// Delete removes an exited exec, or a container that is not running; the
+// last container's delete stops the VM.
+func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecID != "" {
+		return s.deleteExec(c, r.ExecID)
+	}
+	// An init process whose exit is known is gone even if the sandbox has
+	// not yet seen it: force then only removes what is left.
+	if err := c.c.Delete(ctx, c.init.exited()); err != nil {
+		return nil, err
+	}
+	if c.init.isRunning() {
+		// The sandbox knew of the exit before the watcher recorded it.
+		if _, _, err := c.init.wait(ctx); err != nil {
+			return nil, err
+		}
+	}
+	c.init.closeIO(ctx)
+	c.init.finish(0, time.Now())
+	status, at := c.init.exit()
+	pid := c.init.getPid()
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	last := len(s.containers) == 0
+	s.mu.Unlock()
+	if last {
+		s.stopSandbox(ctx)
+	}
+	s.events.publish(&eventstypes.TaskDelete{
+		ContainerID: c.id,
+		Pid:         pid,
+		ExitStatus:  status,
+		ExitedAt:    timestamppb.New(at),
+	})
+	return &taskapi.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
+}
+
+func (s *service) deleteExec(c *container, execID string) (*taskapi.DeleteResponse, error) {
+	p, err := c.proc(execID)
+	if err != nil {
+		return nil, err
+	}
+	if p.isRunning() && !p.exited() {
+		return nil, fmt.Errorf("exec %s of container %s is running: %w", execID, c.id, errdefs.ErrFailedPrecondition)
+	}
+	c.mu.Lock()
+	delete(c.execs, execID)
+	c.mu.Unlock()
+	// An exec that never started is done with.
+	p.finish(0, time.Now())
+	status, at := p.exit()
+	return &taskapi.DeleteResponse{Pid: p.getPid(), ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
+}
+
+// Connect reports the shim's and the task's PIDs (the task's in the guest).
+func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid())}
+	if c, err := s.container(r.ID); err == nil {
+		resp.TaskPid = c.init.getPid()
+	}
+	return resp, nil
+}
+
+// Shutdown ends the shim once no container is left in it.
+func (s *service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	n := len(s.containers)
+	s.mu.Unlock()
+	if n > 0 {
+		return &emptypb.Empty{}, nil
+	}
+	s.stopSandbox(ctx)
+	s.shutdown.Shutdown()
+	return &emptypb.Empty{}, nil
+}

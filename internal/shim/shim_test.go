@@ -1,0 +1,133 @@
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func TestReadSpec(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, wantErr string
+	}{
+		{"valid", `{"ociVersion":"1.0.2","process":{"args":["sh"]}}`, ""},
+		{"syntax", "{\n  \"process\": {,}\n}", "config.json:2:16: malformed JSON"},
+		{"type", `{"process": 3}`, "config.json:1:14"},
+		{"truncated", `{"process": {`, "unexpected end of file"},
+		{"trailing", `{} {}`, "data after the top-level object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(tc.body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := readSpec(dir)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("got %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errdefs.IsInvalidArgument(err)):
+				t.Fatalf("got %v, want an invalid-argument error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestSandboxID(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		want        string
+	}{
+		{"pod of one", nil, "c1"},
+		{"cri", map[string]string{"io.kubernetes.cri.sandbox-id": "pod"}, "pod"},
+		{"cri-o", map[string]string{"io.kubernetes.cri-o.SandboxID": "pod2"}, "pod2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := sandboxID("c1", tc.annotations); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigPath(t *testing.T) {
+	t.Setenv(ConfigEnv, "/from/env.toml")
+	opts, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: "/from/options.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := anypb.New(durationpb.New(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		opts    *anypb.Any
+		want    string
+		wantErr bool
+	}{
+		{"options", opts, "/from/options.toml", false},
+		{"empty options", empty, "/from/env.toml", false},
+		{"none", nil, "/from/env.toml", false},
+		{"foreign type", other, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := configPath(tc.opts)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("got %q, %v; want %q, error %t", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestOutputURI(t *testing.T) {
+	for _, tc := range []struct {
+		in, scheme, path string
+		wantErr          bool
+	}{
+		{"/run/containerd/fifo/x-stdout", "", "/run/containerd/fifo/x-stdout", false},
+		{"fifo:///a/b", "", "fifo:///a/b", false},
+		{"binary:///usr/bin/logger?x=1", "binary", "/usr/bin/logger", false},
+		{"file:///var/log/c.log", "file", "/var/log/c.log", false},
+		{"http://example/x", "", "", true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			u, err := outputURI(tc.in)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("got %v, want an error", u)
+				}
+				return
+			}
+			if err != nil || u.Scheme != tc.scheme || u.Path != tc.path {
+				t.Fatalf("got %v, %v; want scheme %q path %q", u, err, tc.scheme, tc.path)
+			}
+		})
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if _, ok, err := readRecord(dir); ok || err != nil {
+		t.Fatalf("empty bundle: got %t, %v", ok, err)
+	}
+	want := record{SandboxID: "pod", StateRoot: "/run/hull"}
+	if err := writeRecord(dir, want); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := readRecord(dir)
+	if !ok || err != nil || got != want {
+		t.Fatalf("got %+v %t %v, want %+v", got, ok, err, want)
+	}
+}

@@ -1,0 +1,248 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// State reports a container's or an exec's status.
+func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.proc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	status := p.taskStatus()
+	if r.ExecID == "" && status == task.Status_RUNNING && c.c.State() == sandbox.ContainerPaused {
+		status = task.Status_PAUSED
+	}
+	resp := &taskapi.StateResponse{
+		ID:       r.ID,
+		ExecID:   r.ExecID,
+		Bundle:   c.bundle,
+		Pid:      p.getPid(),
+		Status:   status,
+		Stdin:    p.paths.stdin,
+		Stdout:   p.paths.stdout,
+		Stderr:   p.paths.stderr,
+		Terminal: p.paths.terminal,
+	}
+	if p.exited() {
+		code, at := p.exit()
+		resp.ExitStatus, resp.ExitedAt = code, timestamppb.New(at)
+	}
+	return resp, nil
+}
+
+// Exec adds a process to a container; Start runs it.
+func (s *service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Spec == nil {
+		return nil, fmt.Errorf("exec %s: no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
+	}
+	v, err := typeurl.UnmarshalAny(r.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("exec %s: decoding the process spec: %w: %w", r.ExecID, err, errdefs.ErrInvalidArgument)
+	}
+	spec, ok := v.(*specs.Process)
+	if !ok {
+		return nil, fmt.Errorf("exec %s: the spec is a %s, not a process: %w", r.ExecID, r.Spec.GetTypeUrl(), errdefs.ErrInvalidArgument)
+	}
+	spec.Terminal = r.Terminal
+	c.mu.Lock()
+	if _, ok := c.execs[r.ExecID]; ok || r.ExecID == "" {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("exec %q of container %s: %w", r.ExecID, c.id, errdefs.ErrAlreadyExists)
+	}
+	c.execs[r.ExecID] = newProc(r.ExecID, stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}, spec)
+	c.mu.Unlock()
+	s.events.publish(&eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	return &emptypb.Empty{}, nil
+}
+
+// Kill signals a process, or with All every process of the container.
+func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.proc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := p.running(fmt.Sprintf("killing %s", r.ID))
+	if err != nil {
+		return nil, err
+	}
+	if err := sp.Signal(ctx, syscall.Signal(r.Signal), r.All); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// ResizePty sets the size of a process's terminal.
+func (s *service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.proc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := p.running("resizing the terminal")
+	if err != nil {
+		return nil, err
+	}
+	if err := sp.ResizeTTY(ctx, r.Width, r.Height); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.proc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if !r.Stdin || p.exited() {
+		return &emptypb.Empty{}, nil
+	}
+	sp, err := p.running("closing stdin")
+	if err != nil {
+		return nil, err
+	}
+	if err := sp.CloseStdin(ctx); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Pids lists the PIDs, in the guest, of a container's processes.
+func (s *service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.PidsResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.c.Pids(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &taskapi.PidsResponse{}
+	for _, pid := range pids {
+		resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: pid})
+	}
+	return resp, nil
+}
+
+// Pause freezes a container.
+func (s *service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.c.Pause(ctx); err != nil {
+		return nil, err
+	}
+	s.events.publish(&eventstypes.TaskPaused{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
+}
+
+// Resume thaws a paused container.
+func (s *service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.c.Resume(ctx); err != nil {
+		return nil, err
+	}
+	s.events.publish(&eventstypes.TaskResumed{ContainerID: c.id})
+	return &emptypb.Empty{}, nil
+}
+
+// Checkpoint is not supported: a VM's containers are not checkpointed
+// with CRIU from the host.
+func (s *service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, fmt.Errorf("checkpointing container %s: hull does not support checkpoints: %w", r.ID, errdefs.ErrNotImplemented)
+}
+
+// Update changes a container's resource limits.
+func (s *service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Resources == nil {
+		return nil, fmt.Errorf("updating container %s: no resources: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	v, err := typeurl.UnmarshalAny(r.Resources)
+	if err != nil {
+		return nil, fmt.Errorf("updating container %s: decoding resources: %w: %w", r.ID, err, errdefs.ErrInvalidArgument)
+	}
+	res, ok := v.(*specs.LinuxResources)
+	if !ok {
+		return nil, fmt.Errorf("updating container %s: resources of type %s: %w", r.ID, r.Resources.GetTypeUrl(), errdefs.ErrInvalidArgument)
+	}
+	if err := c.c.Update(ctx, res); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Wait returns a process's exit status once it has exited.
+func (s *service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.proc(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	code, at, err := p.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.WaitResponse{ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
+}
+
+// Stats returns a container's cgroup v2 metrics from the guest.
+func (s *service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.c.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := typeurl.MarshalAnyToProto(metrics(st))
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.StatsResponse{Stats: a}, nil
+}
