@@ -62,7 +62,7 @@ func benchVMConfig(b *testing.B, name string) (hypervisor.Config, qemu.Options) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
+	b.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return hypervisor.Config{
 		ID: name, StateDir: dir, Kernel: kernel, Initrd: initrd,
 		VCPUs: c.Hypervisor.VCPUs, MemoryMiB: c.Hypervisor.MemoryMiB,
@@ -84,7 +84,7 @@ func bootFloor(b *testing.B, machine, initrd string, i int) time.Duration {
 	if err := vm.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
-	defer vm.Stop(context.Background())
+	defer func() { _ = vm.Stop(context.Background()) }()
 	for {
 		for _, l := range vm.ConsoleTail(5) {
 			if strings.Contains(l, "hull-floor: init running") {
@@ -117,13 +117,13 @@ func bootAgent(b *testing.B, machine string, i int, measureMemory bool) (time.Du
 	if err := vm.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
-	defer vm.Stop(context.Background())
+	defer func() { _ = vm.Stop(context.Background()) }()
 	c, err := agentclient.Dial(ctx, vm.Agent(), agentclient.Options{DialTimeout: time.Minute, CallTimeout: 10 * time.Second, Abort: vm.Done()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	took := time.Since(start)
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	if !measureMemory {
 		return took, 0, 0
 	}
@@ -139,7 +139,7 @@ func smapsRollup(pid int) (rss, pss uint64) {
 	if err != nil {
 		return 0, 0
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read-only
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())

@@ -236,7 +236,7 @@ func TestVsockTransport(t *testing.T) {
 		if err != nil {
 			t.Fatalf("vsock boot: %v", err)
 		}
-		defer sb.Stop(context.Background())
+		defer func() { _ = sb.Stop(context.Background()) }()
 		d, err := sb.System().GuestDetails(withTimeout(t, time.Minute), &agent.GuestDetailsRequest{})
 		if err != nil || !strings.HasPrefix(d.GetTransport(), "vsock") {
 			t.Fatalf("guest details over vsock: %v %v", d, err)
@@ -244,7 +244,7 @@ func TestVsockTransport(t *testing.T) {
 		return
 	}
 	if err == nil {
-		sb.Stop(context.Background())
+		_ = sb.Stop(context.Background())
 		t.Fatal("vsock sandbox started on a host without " + launch.VhostVsockDevice)
 	}
 	t.Logf("error: %v", err)

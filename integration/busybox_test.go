@@ -148,7 +148,7 @@ func mountsUnder(root string) []string {
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read-only
 	var found []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {

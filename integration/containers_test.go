@@ -166,7 +166,7 @@ func TestContainer(t *testing.T) {
 		bundle, spec := busyboxBundle(t, "sh", "-c", "stty size; read x; stty size")
 		spec.Process.Terminal = true
 		stdinR, stdinW := io.Pipe()
-		defer stdinW.Close()
+		defer func() { _ = stdinW.Close() }()
 		var out syncBuffer
 		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "tty", Bundle: bundle, Spec: spec,
 			Stdio: sandbox.IO{Stdin: stdinR, Stdout: &out, Terminal: true, Width: 80, Height: 24}})

@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 	if code == 0 {
 		code = m.Run()
 	}
-	os.RemoveAll(env.workDir)
+	_ = os.RemoveAll(env.workDir) // best effort: a leftover temp dir must not change the exit code
 	os.Exit(code)
 }
 
@@ -72,7 +72,7 @@ func setup() (int, error) {
 		cmd := exec.Command("go", "build", "-o", *dst, "./testdata/"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("building %s: %v\n%s", name, err, out)
+			return 0, fmt.Errorf("building %s: %w\n%s", name, err, out)
 		}
 	}
 	return 0, nil
@@ -201,8 +201,11 @@ func customInitrd(t testing.TB, init string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	if _, err := guestimage.WriteInitrd(context.Background(), f, guestimage.InitrdSpec{Init: init, Compression: "zstd"}); err != nil {
+		_ = f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -68,21 +70,25 @@ func newBootCommand(g *globalFlags) *cobra.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(out, "sandbox %s: %s VM (%s, %s) pid %d; agent answered %.2fs after start\n",
+				var b strings.Builder
+				fmt.Fprintf(&b, "sandbox %s: %s VM (%s, %s) pid %d; agent answered %.2fs after start\n",
 					id, desc.Driver, desc.Machine, desc.Accel, desc.PID, ready.Seconds())
 				for _, w := range desc.Warnings {
-					fmt.Fprintf(out, "  warning: %s\n", w)
+					fmt.Fprintf(&b, "  warning: %s\n", w)
 				}
-				fmt.Fprintf(out, "agent:     %s, version %s (%s)\n", health.GetStatus(), details.GetAgentVersion(), details.GetAgentCommit())
-				fmt.Fprintf(out, "kernel:    %s %s\n", details.GetKernelRelease(), details.GetKernelVersion())
-				fmt.Fprintf(out, "cpus:      %d\n", details.GetCpus())
-				fmt.Fprintf(out, "memory:    %d MiB total, %d MiB available\n", details.GetMemoryTotalBytes()>>20, details.GetMemoryAvailableBytes()>>20)
-				fmt.Fprintf(out, "transport: %s\n", details.GetTransport())
-				fmt.Fprintf(out, "features:  %v\n", details.GetFeatures())
-				fmt.Fprintf(out, "modules:   %v\n", details.GetModules())
-				fmt.Fprintf(out, "boot to serve (guest clock): %s\n", details.GetBootToServe().AsDuration())
+				fmt.Fprintf(&b, "agent:     %s, version %s (%s)\n", health.GetStatus(), details.GetAgentVersion(), details.GetAgentCommit())
+				fmt.Fprintf(&b, "kernel:    %s %s\n", details.GetKernelRelease(), details.GetKernelVersion())
+				fmt.Fprintf(&b, "cpus:      %d\n", details.GetCpus())
+				fmt.Fprintf(&b, "memory:    %d MiB total, %d MiB available\n", details.GetMemoryTotalBytes()>>20, details.GetMemoryAvailableBytes()>>20)
+				fmt.Fprintf(&b, "transport: %s\n", details.GetTransport())
+				fmt.Fprintf(&b, "features:  %v\n", details.GetFeatures())
+				fmt.Fprintf(&b, "modules:   %v\n", details.GetModules())
+				fmt.Fprintf(&b, "boot to serve (guest clock): %s\n", details.GetBootToServe().AsDuration())
 				for _, w := range details.GetWarnings() {
-					fmt.Fprintf(out, "  guest warning: %s\n", w)
+					fmt.Fprintf(&b, "  guest warning: %s\n", w)
+				}
+				if _, err := io.WriteString(out, b.String()); err != nil {
+					return err
 				}
 			}
 			return sb.Stop(ctx)

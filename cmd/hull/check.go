@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -75,13 +76,17 @@ func newCheckCommand(g *globalFlags) *cobra.Command {
 					return err
 				}
 			} else {
+				var b strings.Builder
 				for _, r := range results {
-					fmt.Fprintf(out, "%-4s  %-22s %s\n", r.Status, r.Name, r.Detail)
+					fmt.Fprintf(&b, "%-4s  %-22s %s\n", r.Status, r.Name, r.Detail)
 				}
 				if failed {
-					fmt.Fprintln(out, "hull cannot run on this host")
+					b.WriteString("hull cannot run on this host\n")
 				} else {
-					fmt.Fprintln(out, "hull can run on this host")
+					b.WriteString("hull can run on this host\n")
+				}
+				if _, err := io.WriteString(out, b.String()); err != nil {
+					return err
 				}
 			}
 			if failed {

@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os/exec"
 	"runtime"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -76,20 +78,22 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(env)
 			}
-			fmt.Fprintf(out, "# hull %s (commit %s, %s)\n", version.Version, version.Commit, runtime.Version())
-			fmt.Fprintf(out, "# configuration: %s\n", source)
-			fmt.Fprintf(out, "# qemu: %s (%s)\n# virtiofsd: %s (%s)\n", qemuPath, qemuVersion, vfs, vfsVersion)
-			fmt.Fprintf(out, "# accelerator: %s (kvm: %s)\n# agent transport: %s\n", accel, probe.Reason, launch.Transport(c))
+			var sb strings.Builder
+			fmt.Fprintf(&sb, "# hull %s (commit %s, %s)\n", version.Version, version.Commit, runtime.Version())
+			fmt.Fprintf(&sb, "# configuration: %s\n", source)
+			fmt.Fprintf(&sb, "# qemu: %s (%s)\n# virtiofsd: %s (%s)\n", qemuPath, qemuVersion, vfs, vfsVersion)
+			fmt.Fprintf(&sb, "# accelerator: %s (kvm: %s)\n# agent transport: %s\n", accel, probe.Reason, launch.Transport(c))
 			if e, ok := assets["error"]; ok {
-				fmt.Fprintf(out, "# guest assets: %s: %v\n", c.Image.AssetsDir, e)
+				fmt.Fprintf(&sb, "# guest assets: %s: %v\n", c.Image.AssetsDir, e)
 			} else if m, ok := assets["manifest"].(*guestimage.Manifest); ok {
-				fmt.Fprintf(out, "# guest assets: %s: kernel %s, initrd %s\n", c.Image.AssetsDir, m.Kernel.File, m.Initrd.File)
+				fmt.Fprintf(&sb, "# guest assets: %s: kernel %s, initrd %s\n", c.Image.AssetsDir, m.Kernel.File, m.Initrd.File)
 			}
 			b, err := c.Encode()
 			if err != nil {
 				return err
 			}
-			_, err = out.Write(b)
+			sb.Write(b)
+			_, err = io.WriteString(out, sb.String())
 			return err
 		},
 	}

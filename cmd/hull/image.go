@@ -72,9 +72,9 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %d modules\n",
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %d modules\n",
 				o.OutputDir, m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, len(m.Modules))
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&agentPath, "agent", "", "static hull-agent binary (default: beside hull, or ../libexec/hull/hull-agent)")

@@ -14,8 +14,9 @@ func newVersionCommand() *cobra.Command {
 		Use:   "version",
 		Short: "Print hull's version",
 		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "hull %s (commit %s, %s)\n", version.Version, version.Commit, runtime.Version())
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "hull %s (commit %s, %s)\n", version.Version, version.Commit, runtime.Version())
+			return err
 		},
 	}
 }

@@ -234,7 +234,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	default:
 		return fmt.Errorf("listen %q: want unix:<path> or vsock:<port>: %w", o.Listen, errdefs.ErrInvalidArgument)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 
 	a, err := newAgent(false, t, ring)
 	if err != nil {
@@ -244,7 +244,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	defer cancel()
 	go a.reaper.run(ctx)
 	go func() { _ = a.rpc.Serve(ctx, a.rpcListener) }()
-	defer a.rpc.Close()
+	defer func() { _ = a.rpc.Close() }()
 	a.mu.Lock()
 	a.status = api.HealthResponse_STATUS_SERVING
 	a.mu.Unlock()

@@ -263,7 +263,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 		if errors.Is(err, libcontainer.ErrExist) {
 			return nil, fmt.Errorf("container %s: %w", id, lcError(err))
 		}
-		return nil, fmt.Errorf("container %s: %v: %w", id, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("container %s: %w: %w", id, err, errdefs.ErrInvalidArgument)
 	}
 	undo.add(func() {
 		if err := lc.Destroy(); err != nil {

@@ -80,27 +80,27 @@ func (a *Agent) handleChannel(ctx context.Context, conn net.Conn) {
 			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 			_ = channel.WriteAck(conn, channel.AckFor(err))
 		}
-		conn.Close()
+		_ = conn.Close()
 		return
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	if err := channel.WriteAck(conn, channel.AckOK); err != nil {
 		log.G(ctx).WithError(err).Warn("accepting channel")
-		conn.Close()
+		_ = conn.Close()
 		return
 	}
 	log.G(ctx).WithField("kind", h.Kind).Debug("channel opened")
 	switch h.Kind {
 	case channel.KindRPC:
 		if err := a.rpcListener.deliver(conn); err != nil {
-			conn.Close()
+			_ = conn.Close()
 		}
 	case channel.KindStdio:
 		if err := a.streams.park(ctx, h.StreamID, conn); err != nil {
 			log.G(ctx).WithError(err).Warn("refusing stdio channel")
 		}
 	case channel.KindLog:
-		defer conn.Close()
+		defer func() { _ = conn.Close() }()
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		// The host never writes on a log channel: a read returns when it
@@ -109,7 +109,8 @@ func (a *Agent) handleChannel(ctx context.Context, conn net.Conn) {
 			_, _ = io.Copy(io.Discard, conn)
 			cancel()
 		}()
-		if err := a.ring.stream(sctx, conn); err != nil && sctx.Err() == nil {
+		err := a.ring.stream(sctx, conn) // returns only on an error
+		if sctx.Err() == nil {
 			log.G(ctx).WithError(err).Debug("log channel ended")
 		}
 	}
@@ -120,11 +121,11 @@ func (a *Agent) handleChannel(ctx context.Context, conn net.Conn) {
 // handles every stream as a channel. It returns when
 // the session ends: the host went away or ctx is done.
 func (a *Agent) serveSession(ctx context.Context, rwc io.ReadWriteCloser) error {
-	stopSync := context.AfterFunc(ctx, func() { rwc.Close() })
+	stopSync := context.AfterFunc(ctx, func() { _ = rwc.Close() })
 	synced, err := channel.SyncAgent(rwc)
 	stopSync()
 	if err != nil {
-		rwc.Close()
+		_ = rwc.Close()
 		if errors.Is(err, io.EOF) || ctx.Err() != nil {
 			return nil // the host went away before the session began
 		}
@@ -132,12 +133,12 @@ func (a *Agent) serveSession(ctx context.Context, rwc io.ReadWriteCloser) error 
 	}
 	sess, err := yamux.Server(synced, channel.YamuxConfig(ctx))
 	if err != nil {
-		rwc.Close()
+		_ = rwc.Close()
 		return fmt.Errorf("starting yamux session: %w", err)
 	}
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
 	defer stop()
-	defer sess.Close()
+	defer func() { _ = sess.Close() }()
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
@@ -153,7 +154,7 @@ func (a *Agent) serveSession(ctx context.Context, rwc io.ReadWriteCloser) error 
 // serveChannels handles every connection of l as a channel (vsock: one
 // connection per channel) until l fails or ctx is done.
 func (a *Agent) serveChannels(ctx context.Context, l net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { l.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
 	defer stop()
 	for {
 		c, err := l.Accept()
@@ -171,7 +172,7 @@ func (a *Agent) serveChannels(ctx context.Context, l net.Listener) error {
 // sockets standing in for the virtio-serial port) until l fails or ctx is
 // done.
 func (a *Agent) serveSessions(ctx context.Context, l net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { l.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
 	defer stop()
 	for {
 		c, err := l.Accept()

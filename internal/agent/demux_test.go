@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -49,7 +50,7 @@ func TestHandleChannel(t *testing.T) {
 			a.stopping.Store(tc.stopping)
 			log.G(ctx).Info("before the channel")
 			host, agentEnd := net.Pipe()
-			defer host.Close()
+			defer func() { _ = host.Close() }()
 			go a.handleChannel(ctx, agentEnd)
 			_ = host.SetDeadline(time.Now().Add(5 * time.Second))
 			if _, err := host.Write([]byte(tc.send)); err != nil {
@@ -82,7 +83,7 @@ func TestHandleChannel(t *testing.T) {
 				return
 			}
 			if !tc.rpc && !tc.logs {
-				if _, err := host.Read(ack[:]); err != io.EOF {
+				if _, err := host.Read(ack[:]); !errors.Is(err, io.EOF) {
 					t.Fatalf("refused channel still open: %v", err)
 				}
 			}
@@ -94,14 +95,14 @@ func TestConnListenerClose(t *testing.T) {
 	l := newConnListener()
 	done := make(chan error, 1)
 	go func() { _, err := l.Accept(); done <- err }()
-	l.Close()
-	l.Close()
+	_ = l.Close()
+	_ = l.Close()
 	if err := <-done; err == nil {
 		t.Fatal("Accept after Close succeeded")
 	}
 	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
+	defer func() { _ = a.Close() }()
+	defer func() { _ = b.Close() }()
 	if err := l.deliver(a); err == nil {
 		t.Fatal("deliver after Close succeeded")
 	}

@@ -75,7 +75,7 @@ func TestLoggerOutputs(t *testing.T) {
 
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = ring.stream(ctx, pw); pw.Close() }()
+	go func() { _ = ring.stream(ctx, pw); _ = pw.Close() }()
 	l.Warn("late")
 
 	sc := bufio.NewScanner(pr)

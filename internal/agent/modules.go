@@ -60,7 +60,7 @@ func loadModule(ctx context.Context, m modlist.Module) error {
 	if err != nil {
 		return fmt.Errorf("loading module %s: %w", m.Name, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	flags := 0
 	if strings.HasSuffix(m.Path, ".xz") || strings.HasSuffix(m.Path, ".zst") || strings.HasSuffix(m.Path, ".gz") {
 		flags |= unix.MODULE_INIT_COMPRESSED_FILE

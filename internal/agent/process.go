@@ -261,12 +261,12 @@ func pipe() (r, w *os.File, err error) {
 // and starts the copies. After it, finish must run.
 func (pio *procIO) started(ctx context.Context) error {
 	for _, f := range pio.childFiles {
-		f.Close()
+		_ = f.Close()
 	}
 	pio.childFiles = nil
 	if pio.consoleSock != nil {
 		master, err := recvConsole(pio.consoleSock, streamClaimWait)
-		pio.consoleSock.Close()
+		_ = pio.consoleSock.Close()
 		pio.consoleSock = nil
 		if err != nil {
 			return err
@@ -322,27 +322,27 @@ func recvConsole(sock *os.File, limit time.Duration) (*os.File, error) {
 	}
 	ch := make(chan res, 1)
 	go func() {
-		f, err := utils.RecvFile(sock)
+		f, err := utils.RecvFile(sock) //nolint:staticcheck // SA1019: its replacement (cmsg.RecvFile) is internal to runc; replace before runc 1.6 removes it
 		ch <- res{f, err}
 	}()
 	var r res
 	select {
 	case r = <-ch:
 	case <-time.After(limit):
-		sock.Close()
+		_ = sock.Close()
 		return nil, fmt.Errorf("the container did not send its terminal within %s: %w", limit, context.DeadlineExceeded)
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("receiving the terminal: %w", r.err)
 	}
 	fd, err := unix.Dup(int(r.f.Fd()))
-	r.f.Close()
+	_ = r.f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("receiving the terminal: %w", err)
 	}
 	unix.CloseOnExec(fd)
 	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("receiving the terminal: %w", err)
 	}
 	return os.NewFile(uintptr(fd), "pty-master"), nil
@@ -399,7 +399,7 @@ func (pio *procIO) finish(ctx context.Context, grace time.Duration) {
 			log.G(ctx).WithField("grace", grace).Info("output still open after the process exited (a child holds it?); closing it")
 			for _, o := range pio.outputs {
 				if o.src != nil {
-					o.src.Close()
+					_ = o.src.Close()
 				}
 			}
 		}
@@ -411,22 +411,22 @@ func (pio *procIO) finish(ctx context.Context, grace time.Duration) {
 // abort closes everything the procIO holds.
 func (pio *procIO) abort() {
 	for _, f := range pio.childFiles {
-		f.Close()
+		_ = f.Close()
 	}
 	pio.childFiles = nil
 	if pio.consoleSock != nil {
-		pio.consoleSock.Close()
+		_ = pio.consoleSock.Close()
 	}
 	for _, o := range pio.outputs {
 		if o.src != nil {
-			o.src.Close()
+			_ = o.src.Close()
 		}
 	}
 	if pio.stdinPipe != nil {
-		pio.stdinPipe.Close()
+		_ = pio.stdinPipe.Close()
 	}
 	for _, c := range pio.conns {
-		c.Close()
+		_ = c.Close()
 	}
 }
 

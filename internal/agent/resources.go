@@ -154,7 +154,7 @@ func (s *containerService) UpdateContainer(ctx context.Context, req *api.UpdateC
 	}
 	var r specs.LinuxResources
 	if err := json.Unmarshal(req.GetResources(), &r); err != nil {
-		return nil, fmt.Errorf("updating %s: decoding resources: %v: %w", c.id, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("updating %s: decoding resources: %w: %w", c.id, err, errdefs.ErrInvalidArgument)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

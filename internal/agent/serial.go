@@ -64,7 +64,7 @@ func (a *Agent) serveSerial(ctx context.Context, path string) error {
 			first = false
 		}
 		if err := waitHost(ctx, f, sigio); err != nil {
-			f.Close()
+			_ = f.Close()
 			return err
 		}
 		log.G(ctx).Debug("host connected to the serial port")
@@ -73,7 +73,7 @@ func (a *Agent) serveSerial(ctx context.Context, path string) error {
 		} else {
 			log.G(ctx).Debug("serial session ended")
 		}
-		f.Close()
+		_ = f.Close()
 	}
 	return nil
 }

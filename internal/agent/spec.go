@@ -27,7 +27,7 @@ func parseSpec(id string, b []byte) (*specs.Spec, error) {
 		return nil, fmt.Errorf("container %s: empty spec: %w", id, errdefs.ErrInvalidArgument)
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("container %s: decoding spec: %v: %w", id, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("container %s: decoding spec: %w: %w", id, err, errdefs.ErrInvalidArgument)
 	}
 	if s.Root == nil || s.Root.Path == "" {
 		return nil, fmt.Errorf("container %s: spec has no root.path: %w", id, errdefs.ErrInvalidArgument)
@@ -56,7 +56,7 @@ func parseSpec(id string, b []byte) (*specs.Spec, error) {
 func checkRootfs(s *specs.Spec) error {
 	fi, err := os.Stat(s.Root.Path)
 	if err != nil {
-		return fmt.Errorf("root.path %s: %v: %w", s.Root.Path, err, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("root.path %s: %w: %w", s.Root.Path, err, errdefs.ErrInvalidArgument)
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("root.path %s: not a directory: %w", s.Root.Path, errdefs.ErrInvalidArgument)
@@ -86,7 +86,7 @@ func libcontainerConfig(id string, s *specs.Spec) (*configs.Config, error) {
 		Spec:       s,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("container %s: converting spec: %v: %w", id, err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("container %s: converting spec: %w: %w", id, err, errdefs.ErrInvalidArgument)
 	}
 	return cfg, nil
 }
@@ -129,7 +129,7 @@ func newLibcontainerProcess(p *specs.Process, init bool) (*libcontainer.Process,
 	}
 	aff, err := configs.ConvertCPUAffinity(p.ExecCPUAffinity)
 	if err != nil {
-		return nil, fmt.Errorf("process execCPUAffinity: %v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("process execCPUAffinity: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	lp.CPUAffinity = aff
 	return lp, nil
@@ -159,7 +159,7 @@ var rlimitTypes = map[string]int{
 func parseExecProcess(b []byte) (*specs.Process, error) {
 	var p specs.Process
 	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("decoding process: %v: %w", err, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("decoding process: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	if err := checkProcess(&p); err != nil {
 		return nil, err
@@ -171,10 +171,13 @@ func parseExecProcess(b []byte) (*specs.Process, error) {
 // rules (it names a state directory and a cgroup).
 func checkID(what, id string) error {
 	if id == "" || id == "." || id == ".." || len(id) > 1024 ||
-		strings.ContainsFunc(id, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_+-.", r))
-		}) {
+		strings.ContainsFunc(id, func(r rune) bool { return !idRune(r) }) {
 		return fmt.Errorf("%s id %q: want 1 to 1024 of [A-Za-z0-9_+.-]: %w", what, id, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// idRune tells whether r may appear in an id: [A-Za-z0-9_+.-].
+func idRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_+-.", r)
 }

@@ -58,7 +58,7 @@ func (t *streamTable) park(ctx context.Context, id uint64, conn net.Conn) error 
 		return nil
 	}
 	if _, dup := t.parked[id]; dup {
-		conn.Close()
+		_ = conn.Close()
 		return fmt.Errorf("stdio stream %d: already open: %w", id, errdefs.ErrAlreadyExists)
 	}
 	ps := &parkedStream{conn: conn}
@@ -71,7 +71,7 @@ func (t *streamTable) park(ctx context.Context, id uint64, conn net.Conn) error 
 		t.mu.Unlock()
 		if ok && cur == ps {
 			log.G(ctx).WithField("stream", id).Warn("closing stdio stream that no process claimed")
-			conn.Close()
+			_ = conn.Close()
 		}
 	})
 	t.parked[id] = ps
@@ -121,18 +121,6 @@ func (t *streamTable) claim(ctx context.Context, id uint64, wait time.Duration) 
 	default:
 	}
 	return nil, err
-}
-
-// closeAll closes every parked channel.
-func (t *streamTable) closeAll() {
-	t.mu.Lock()
-	parked := t.parked
-	t.parked = map[uint64]*parkedStream{}
-	t.mu.Unlock()
-	for _, ps := range parked {
-		ps.timer.Stop()
-		ps.conn.Close()
-	}
 }
 
 // closeWrite ends the agent's side of a stdio channel: the host reads EOF.

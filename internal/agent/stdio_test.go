@@ -16,7 +16,7 @@ func TestStreamTable(t *testing.T) {
 	t.Run("park then claim", func(t *testing.T) {
 		st := newStreamTable(time.Minute)
 		a, b := net.Pipe()
-		defer b.Close()
+		defer func() { _ = b.Close() }()
 		if err := st.park(ctx, 7, a); err != nil {
 			t.Fatal(err)
 		}
@@ -31,7 +31,7 @@ func TestStreamTable(t *testing.T) {
 	t.Run("claim waits for park", func(t *testing.T) {
 		st := newStreamTable(time.Minute)
 		a, b := net.Pipe()
-		defer b.Close()
+		defer func() { _ = b.Close() }()
 		go func() { time.Sleep(20 * time.Millisecond); _ = st.park(ctx, 9, a) }()
 		c, err := st.claim(ctx, 9, 5*time.Second)
 		if err != nil || c != a {
@@ -47,7 +47,7 @@ func TestStreamTable(t *testing.T) {
 		}
 		// A late channel is parked, not handed to the gone claim.
 		a, b := net.Pipe()
-		defer b.Close()
+		defer func() { _ = b.Close() }()
 		if err := st.park(ctx, 3, a); err != nil {
 			t.Fatal(err)
 		}
@@ -72,9 +72,9 @@ func TestStreamTable(t *testing.T) {
 	t.Run("duplicate refused", func(t *testing.T) {
 		st := newStreamTable(time.Minute)
 		a, b := net.Pipe()
-		defer b.Close()
+		defer func() { _ = b.Close() }()
 		c, d := net.Pipe()
-		defer d.Close()
+		defer func() { _ = d.Close() }()
 		if err := st.park(ctx, 5, a); err != nil {
 			t.Fatal(err)
 		}
@@ -111,7 +111,7 @@ func TestCopyOut(t *testing.T) {
 	pr, pw := io.Pipe()
 	go func() {
 		_, _ = pw.Write(data)
-		pw.Close()
+		_ = pw.Close()
 	}()
 	done := make(chan error, 1)
 	go func() {

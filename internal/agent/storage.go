@@ -141,11 +141,11 @@ func openNoFollow(p string) (*os.File, error) {
 			continue
 		}
 		if err := unix.Mkdirat(fd, c, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
-			unix.Close(fd)
+			_ = unix.Close(fd)
 			return nil, fmt.Errorf("creating %s: %w", p, err)
 		}
 		nfd, err := unix.Openat(fd, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		if err != nil {
 			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 				return nil, fmt.Errorf("opening %s: component %q is a symlink or not a directory: %w", p, c, errdefs.ErrInvalidArgument)
@@ -166,7 +166,7 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	if err != nil {
 		return fmt.Errorf("storage mount point: %w", err)
 	}
-	defer dir.Close()
+	defer func() { _ = dir.Close() }()
 	flags, data := parseMountOptions(s.GetOptions())
 	// Mount on the opened directory, not on the path: nothing can be
 	// swapped in between the checks and the mount.

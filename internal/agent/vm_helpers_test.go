@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -159,7 +160,7 @@ func startVM(t *testing.T) *vmEnv {
 		Init: agentBin, Kernel: k,
 		Features: []string{modlist.FeatureBusPCI, modlist.FeatureSerial, modlist.FeatureVirtioFS, modlist.FeatureOverlay},
 	})
-	f.Close()
+	err = errors.Join(err, f.Close())
 	if err != nil {
 		t.Fatalf("writing initrd: %v", err)
 	}
@@ -230,7 +231,7 @@ func startVM(t *testing.T) *vmEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.c.Close() })
+	t.Cleanup(func() { _ = e.c.Close() })
 	t.Logf("agent answered %s after qemu start (accel %s)", time.Since(start).Round(time.Millisecond), accel)
 	e.ctrs = e.c.Containers()
 	if _, err := e.ctrs.CreateSandbox(ctx, &api.CreateSandboxRequest{
@@ -296,7 +297,7 @@ func (e *vmEnv) open(t *testing.T, read bool) (uint64, *stream) {
 		t.Fatalf("opening stream: %v", err)
 	}
 	st := &stream{s: s, done: make(chan struct{})}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() { _ = s.Close() })
 	if read {
 		go func() {
 			defer close(st.done)
@@ -307,7 +308,7 @@ func (e *vmEnv) open(t *testing.T, read bool) (uint64, *stream) {
 				st.buf.Write(b[:n])
 				st.mu.Unlock()
 				if err != nil {
-					if err != io.EOF {
+					if !errors.Is(err, io.EOF) {
 						st.err = err
 					}
 					return

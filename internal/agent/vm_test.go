@@ -82,7 +82,7 @@ func TestContainersInVM(t *testing.T) {
 	})
 
 	t.Run("OOM", func(t *testing.T) {
-		s := e.spec("sort", "/dev/zero")
+		s := e.spec("tail", "/dev/zero")
 		limit := int64(32 << 20)
 		s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
 		wctx, cancel := context.WithTimeout(ctx, 120*time.Second)

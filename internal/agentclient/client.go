@@ -106,7 +106,7 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 		if last == nil || errors.Is(last, cause) {
 			return cause
 		}
-		return fmt.Errorf("%w (last error: %v)", cause, last)
+		return fmt.Errorf("%w (last error: %v)", cause, last) //nolint:errorlint // cause classifies the failure; the last dial error is detail, kept out of errors.Is
 	}
 
 	tr, err := newTransport(dctx, ep)
@@ -128,7 +128,7 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 	c.containers = api.NewContainersClient(c.rpc)
 	defer func() {
 		if retErr != nil {
-			c.rpc.Close()
+			_ = c.rpc.Close()
 		}
 	}()
 	if err := c.waitHealth(dctx); err != nil {
@@ -215,7 +215,7 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.closeErr = c.rpc.Close()
 		if c.logConn != nil {
-			c.logConn.Close()
+			_ = c.logConn.Close()
 		}
 		// Closing a yamux stream only half-closes it: the log reader would
 		// wait for the agent's side, which a frozen guest never sends.

@@ -48,11 +48,11 @@ func stubClient(t *testing.T, svc api.SystemService, callTimeout time.Duration) 
 	l := &oneConnListener{c: make(chan net.Conn, 1)}
 	l.c <- agentEnd
 	go func() { _ = srv.Serve(context.Background(), l) }()
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { _ = srv.Close() })
 	c := &Client{endpoint: "stub", callTimeout: callTimeout}
 	c.rpc = ttrpc.NewClient(hostEnd, ttrpc.WithUnaryClientInterceptor(c.intercept))
 	c.system = api.NewSystemClient(c.rpc)
-	t.Cleanup(func() { c.rpc.Close() })
+	t.Cleanup(func() { _ = c.rpc.Close() })
 	return c
 }
 
@@ -120,7 +120,7 @@ func TestCallTimeout(t *testing.T) {
 
 func TestClosedConnection(t *testing.T) {
 	c := stubClient(t, stubSystem{}, time.Second)
-	c.rpc.Close()
+	_ = c.rpc.Close()
 	_, err := c.System().Health(context.Background(), &api.HealthRequest{})
 	if !errdefs.IsUnavailable(err) {
 		t.Fatalf("error = %v, want unavailable", err)

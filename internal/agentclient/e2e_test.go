@@ -97,7 +97,7 @@ func TestAgentOverUnixYamux(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 
 	t.Run("health", func(t *testing.T) {
 		h, err := c.System().Health(ctx, &api.HealthRequest{})
@@ -140,7 +140,7 @@ func TestAgentOverUnixYamux(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c2.Close()
+		defer func() { _ = c2.Close() }()
 		if _, err := c2.System().Health(ctx, &api.HealthRequest{}); err != nil {
 			t.Fatal(err)
 		}
@@ -171,7 +171,7 @@ func silentAgent(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
+	t.Cleanup(func() { _ = l.Close() })
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -230,7 +230,7 @@ func TestDialFailures(t *testing.T) {
 			start := time.Now()
 			c, err := Dial(context.Background(), tc.ep, tc.opts)
 			if err == nil {
-				c.Close()
+				_ = c.Close()
 				t.Fatal("Dial succeeded")
 			}
 			if d := time.Since(start); d > tc.within {
@@ -250,7 +250,7 @@ func vsockLoopback() (bool, string) {
 	if err != nil {
 		return false, "AF_VSOCK listen: " + err.Error()
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	port := l.Addr().(*vsock.Addr).Port
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -258,7 +258,7 @@ func vsockLoopback() (bool, string) {
 	if err != nil {
 		return false, "dialing VMADDR_CID_LOCAL: " + err.Error()
 	}
-	c.Close()
+	_ = c.Close()
 	return true, ""
 }
 
@@ -270,12 +270,17 @@ func TestAgentOverVsockLoopback(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- agent.Serve(ctx, agent.ServeOptions{Listen: "vsock:10240"}) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Logf("agent: %v", err)
+		}
+	}()
 	c, err := Dial(context.Background(), hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 1, Port: port}, Options{DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	if _, err := c.System().GuestDetails(context.Background(), &api.GuestDetailsRequest{}); err != nil {
 		t.Fatal(err)
 	}

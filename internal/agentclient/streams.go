@@ -52,4 +52,4 @@ func (c *Client) OpenStream(ctx context.Context, id uint64) (Stream, error) {
 // Close is the half-close. Close after CloseWrite is harmless.
 type halfCloser struct{ net.Conn }
 
-func (h halfCloser) CloseWrite() error { return h.Conn.Close() }
+func (h halfCloser) CloseWrite() error { return h.Close() }

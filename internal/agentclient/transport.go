@@ -70,12 +70,12 @@ func dialSerial(ctx context.Context, path string) (*serialTransport, error) {
 		if err == nil {
 			synced, err := channel.SyncHost(ctx, conn)
 			if err != nil {
-				conn.Close()
+				_ = conn.Close()
 				return nil, err
 			}
 			sess, err := yamux.Client(synced, channel.YamuxConfig(ctx))
 			if err != nil {
-				conn.Close()
+				_ = conn.Close()
 				return nil, fmt.Errorf("starting yamux session: %w", err)
 			}
 			return &serialTransport{conn: conn, sess: sess}, nil
@@ -101,8 +101,8 @@ func (t *serialTransport) open(ctx context.Context) (net.Conn, error) {
 }
 
 func (t *serialTransport) close() {
-	t.sess.Close()
-	t.conn.Close()
+	_ = t.sess.Close()
+	_ = t.conn.Close()
 }
 
 // vsockTransport dials a new AF_VSOCK connection per channel.
@@ -135,7 +135,7 @@ func openChannel(ctx context.Context, t transport, h channel.Header) (net.Conn, 
 			if err == nil {
 				return c, nil
 			}
-			c.Close()
+			_ = c.Close()
 			// A vsock connection that the guest resets before the
 			// agent accepts it is a "not yet" too.
 			if _, isVsock := t.(vsockTransport); isVsock && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {

@@ -144,8 +144,8 @@ func TestOpen(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			host, agent := net.Pipe()
-			defer host.Close()
-			defer agent.Close()
+			defer func() { _ = host.Close() }()
+			defer func() { _ = agent.Close() }()
 			got := agentSide(t, agent, tc.ack)
 			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
 			defer cancel()

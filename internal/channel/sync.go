@@ -114,10 +114,10 @@ func SyncAgent(c io.ReadWriteCloser) (io.ReadWriteCloser, error) {
 		if err != nil {
 			return nil, fmt.Errorf("waiting for the host's sync: %w", err)
 		}
-		switch {
-		case b == syncPrefix[matched]:
+		switch b {
+		case syncPrefix[matched]:
 			matched++
-		case b == syncPrefix[0]:
+		case syncPrefix[0]:
 			matched = 1
 		default:
 			matched = 0

@@ -196,8 +196,8 @@ func writeFileAtomic(dst string, perm os.FileMode, fill func(io.Writer) error) (
 	}
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
+			_ = f.Close()
+			_ = os.Remove(f.Name())
 		}
 	}()
 	h := sha256.New()
@@ -238,7 +238,7 @@ func newProgress(w io.Writer) *progress { return &progress{w: w} }
 
 func (p *progress) printf(format string, args ...any) {
 	if p.w != nil {
-		fmt.Fprintf(p.w, format+"\n", args...)
+		_, _ = fmt.Fprintf(p.w, format+"\n", args...) // progress is best effort: a failed write must not fail the build
 	}
 }
 

@@ -122,7 +122,7 @@ func writeEntry(w io.Writer, h newcHeader, f *File) error {
 	if err != nil {
 		return err
 	}
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	st, err := src.Stat()
 	if err != nil {
 		return err

@@ -76,7 +76,7 @@ func TestWriteCPIORoundTrip(t *testing.T) {
 	var names []string
 	for i := int64(1); ; i++ {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -216,7 +216,7 @@ func unpackDeb(ctx context.Context, deb, dir string, p *progress) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer func() { _ = os.RemoveAll(tmp) }()
 	done := p.start("unpacking %s", filepath.Base(deb))
 	_, err = run(ctx, "", "dpkg-deb", "-x", deb, tmp)
 	if err == nil {

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 	}
 	shared = dir
 	code := m.Run()
-	os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
 

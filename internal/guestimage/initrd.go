@@ -69,7 +69,7 @@ func WriteInitrd(ctx context.Context, w io.Writer, spec InitrdSpec) (*modlist.Li
 		return nil, err
 	}
 	if err := writeCPIO(ctx, cw, t); err != nil {
-		cw.Close()
+		_ = cw.Close()
 		return nil, err
 	}
 	if err := cw.Close(); err != nil {
@@ -149,7 +149,7 @@ func checkStaticExecutable(file string) error {
 		}
 		return fmt.Errorf("opening init: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			return fmt.Errorf("init %s is dynamically linked; build it static: %w", file, errdefs.ErrInvalidArgument)

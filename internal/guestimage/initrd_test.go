@@ -88,7 +88,7 @@ func TestWriteInitrd(t *testing.T) {
 			r := cpio.NewReader(bytes.NewReader(decompress(t, comp, a.Bytes())))
 			for {
 				h, err := r.Next()
-				if err == io.EOF {
+				if errors.Is(err, io.EOF) {
 					break
 				}
 				if err != nil {

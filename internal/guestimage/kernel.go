@@ -257,7 +257,7 @@ func checkPVH(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("payload is not an ELF: %w", errors.Join(err, errdefs.ErrInvalidArgument))
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if f.Machine != elf.EM_X86_64 {
 		return fmt.Errorf("kernel ELF is for %v: %w", f.Machine, errdefs.ErrInvalidArgument)
 	}

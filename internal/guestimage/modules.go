@@ -172,7 +172,7 @@ func readModinfo(file string) (modinfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading module %s: %w", file, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sec := f.Section(".modinfo")
 	if sec == nil {
 		return nil, fmt.Errorf("module %s has no .modinfo section: %w", file, errdefs.ErrInvalidArgument)

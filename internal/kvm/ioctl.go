@@ -1,6 +1,7 @@
 package kvm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"unsafe"
@@ -261,7 +262,7 @@ func (m *machine) setRegs(r *regs) error {
 func (m *machine) runOnce() (uint32, error) {
 	for {
 		_, err := ioctl(m.vcpu, kvmRun, 0)
-		if err == unix.EINTR {
+		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {

@@ -71,14 +71,15 @@ func init() {
 }
 
 // runChild runs the probe guest and writes a line per marker, then "ok" or
-// "error <message>".
+// "error <message>". Write errors are ignored: w is the pipe to the parent,
+// and a parent that stopped reading has given up on the probe.
 func runChild(dev string, w io.Writer) int {
-	_, err := runGuest(dev, func(b byte, at time.Duration) { fmt.Fprintf(w, "marker %c %d\n", b, at) })
+	_, err := runGuest(dev, func(b byte, at time.Duration) { _, _ = fmt.Fprintf(w, "marker %c %d\n", b, at) })
 	if err != nil {
-		fmt.Fprintf(w, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		_, _ = fmt.Fprintf(w, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 		return 0
 	}
-	fmt.Fprintln(w, "ok")
+	_, _ = fmt.Fprintln(w, "ok")
 	return 0
 }
 
@@ -212,7 +213,7 @@ func runChildProcess(ctx context.Context, dev string, line func(string) bool) er
 	if err != nil {
 		return err
 	}
-	defer pr.Close()
+	defer func() { _ = pr.Close() }()
 
 	cmd := &exec.Cmd{
 		Path:   "/proc/self/exe",
@@ -226,10 +227,10 @@ func runChildProcess(ctx context.Context, dev string, line func(string) bool) er
 	}
 	waited := make(chan error, 1)
 	if err := startLocked(cmd, waited); err != nil {
-		pw.Close()
+		_ = pw.Close()
 		return err
 	}
-	pw.Close()
+	_ = pw.Close()
 
 	lines := make(chan string)
 	stop := make(chan struct{})
@@ -250,7 +251,7 @@ func runChildProcess(ctx context.Context, dev string, line func(string) bool) er
 		// Give a killed child a moment to be reaped, but never block on
 		// one stuck in the kernel.
 		select {
-		case <-waited:
+		case <-waited: //nolint:errcheck // the killed child is reaped; its exit status says nothing (S1005 forbids "_ =")
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -487,8 +487,8 @@ func validateContainer(cfg ContainerConfig) error {
 // validateProcess checks an OCI process and its stdio.
 func validateProcess(p *specs.Process, pio IO) error {
 	var errs []error
-	switch {
-	case p == nil:
+	switch p {
+	case nil:
 		errs = append(errs, errors.New("spec has no process"))
 	default:
 		if len(p.Args) == 0 && p.CommandLine == "" {

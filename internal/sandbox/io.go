@@ -139,7 +139,7 @@ func (st *stdio) close() {
 	st.closeOnce.Do(func() {
 		for _, c := range []agentclient.Stream{st.stdin, st.stdout, st.stderr} {
 			if c != nil {
-				c.Close()
+				_ = c.Close()
 			}
 		}
 	})

@@ -190,7 +190,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		run  func(context.Context) error
 	}{
 		{"create state directory", func(ctx context.Context) error {
-			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil {
+			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil { //nolint:gosec // G301: search-only root (as containerd's); each sandbox's directory is 0700
 				return err
 			}
 			if err := os.Mkdir(s.stateDir, 0o700); err != nil {

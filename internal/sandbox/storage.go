@@ -167,12 +167,3 @@ func (s *Sandbox) guestError(err error) error {
 	}
 	return err
 }
-
-// checkRunning fails with a FailedPrecondition error unless the sandbox
-// runs.
-func (s *Sandbox) checkRunning() error {
-	if st := s.State(); st != StateRunning {
-		return fmt.Errorf("sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
-	}
-	return nil
-}

@@ -63,7 +63,7 @@ func bindNew(b bindSpec, target string) error {
 	if err != nil {
 		return fmt.Errorf("open_tree %s: %w", b.path, err)
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }()
 	isDir, err := sourceKind(fd, b.path)
 	if err != nil {
 		return err
@@ -100,7 +100,7 @@ func bindOld(b bindSpec, target, staging string) (retErr error) {
 		if err != nil {
 			return fmt.Errorf("opening %s: %w", b.path, err)
 		}
-		defer unix.Close(fd)
+		defer func() { _ = unix.Close(fd) }()
 	}
 	isDir, err := sourceKind(fd, b.path)
 	if err != nil {
@@ -109,7 +109,7 @@ func bindOld(b bindSpec, target, staging string) (retErr error) {
 	at := target
 	if b.readOnly {
 		at = filepath.Join(staging, filepath.Base(target))
-		defer os.Remove(at)
+		defer func() { _ = os.Remove(at) }()
 	}
 	if err := makeTarget(at, isDir); err != nil {
 		return err
@@ -227,7 +227,7 @@ func mountsUnder(dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var points []string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

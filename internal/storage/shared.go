@@ -189,7 +189,7 @@ func (s *Shared) AddContainer(ctx context.Context, c Container) (_ *specs.Spec, 
 	if err != nil {
 		return nil, fmt.Errorf("opening bundle %s: %w", c.Bundle, err)
 	}
-	defer unix.Close(bundle)
+	defer func() { _ = unix.Close(bundle) }()
 
 	rootfs := filepath.Join(dir, rootfsName)
 	if err := os.Mkdir(rootfs, 0o755); err != nil {
@@ -233,7 +233,7 @@ func bindFromBundle(bundle int, src string, recursive, readOnly bool, target, st
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
+		defer func() { _ = unix.Close(fd) }()
 		b.dirfd, b.path = fd, ""
 	}
 	return bind(b, target, staging)

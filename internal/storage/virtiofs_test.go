@@ -122,7 +122,7 @@ func testPropagation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	var child int
 	for deadline := time.Now().Add(5 * time.Second); child == 0 && time.Now().Before(deadline); {
 		if kids := children(d.PID()); len(kids) > 0 {
@@ -201,10 +201,13 @@ func buildInitrd(t *testing.T, k *guestimage.Kernel) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
 	if _, err := guestimage.WriteInitrd(context.Background(), out, guestimage.InitrdSpec{
 		Init: init, Kernel: k, Features: []string{modlist.FeatureBusPCI, modlist.FeatureVirtioFS},
 	}); err != nil {
+		_ = out.Close()
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return initrd

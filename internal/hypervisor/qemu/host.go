@@ -36,7 +36,7 @@ func cpuinfoTSCKHz(path string) uint64 {
 	if err != nil {
 		return 0
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var mhz float64
 	constant := false
 	sc := bufio.NewScanner(f)

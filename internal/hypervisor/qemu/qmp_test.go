@@ -25,14 +25,16 @@ func fakeQMP(t *testing.T, answer func(cmd, id string) []string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
+	t.Cleanup(func() { _ = l.Close() })
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		defer c.Close()
-		c.Write([]byte(`{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}` + "\n"))
+		defer func() { _ = c.Close() }()
+		if _, err := c.Write([]byte(`{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}` + "\n")); err != nil {
+			return // the client hung up
+		}
 		sc := bufio.NewScanner(c)
 		for sc.Scan() {
 			var m struct {
@@ -47,7 +49,9 @@ func fakeQMP(t *testing.T, answer func(cmd, id string) []string) string {
 				return // hang up
 			}
 			for _, line := range lines {
-				c.Write([]byte(line + "\n"))
+				if _, err := c.Write([]byte(line + "\n")); err != nil {
+					return // the client hung up
+				}
 			}
 		}
 	}()
@@ -136,11 +140,11 @@ func TestQMPNoGreeting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	go func() {
 		if c, err := l.Accept(); err == nil {
-			c.Write([]byte(`{"hello": 1}` + "\n"))
-			c.Close()
+			_, _ = c.Write([]byte(`{"hello": 1}` + "\n")) // the test checks what the client makes of it
+			_ = c.Close()
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -269,9 +270,14 @@ func cpuPercent(t *testing.T, pid int, d time.Duration) float64 {
 			t.Fatal(err)
 		}
 		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		var u, s float64
-		fmt.Sscan(f[11], &u)
-		fmt.Sscan(f[12], &s)
+		u, err := strconv.ParseFloat(f[11], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := strconv.ParseFloat(f[12], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return u + s
 	}
 	before := ticks()
