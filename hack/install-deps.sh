@@ -12,6 +12,8 @@ packages=(
 	libseccomp-dev       # static libseccomp for the agent (libcontainer)
 	erofs-utils          # rootfs images
 	iproute2
+	containerd           # the e2e suite and the demo drive a real containerd (1.6 here)
+	runc                 # runc comparison in the benchmarks
 	cpio
 	kmod                 # modinfo, for checking module dependency resolution
 	procps               # pgrep/ps for leak checks

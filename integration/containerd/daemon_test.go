@@ -37,7 +37,7 @@ type daemon struct {
 // startDaemon starts containerd (CRI off) with the shim on its PATH and a
 // hull configuration whose state root is the daemon's own, and imports the
 // busybox image.
-func startDaemon(t *testing.T, containerdPath, ctrPath string) *daemon {
+func startDaemon(t testing.TB, containerdPath, ctrPath string) *daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp(env.workDir, "d")
 	if err != nil {
@@ -91,7 +91,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return d
 }
 
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = d.cmd.Wait(); close(done) }()
@@ -125,7 +125,7 @@ func (d *daemon) stop(t *testing.T) {
 
 // ctr runs ctr against the daemon and returns its stdout, stderr and exit
 // code.
-func (d *daemon) ctr(t *testing.T, args ...string) (string, string, int) {
+func (d *daemon) ctr(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -146,7 +146,7 @@ func (d *daemon) ctr(t *testing.T, args ...string) (string, string, int) {
 }
 
 // mustCtr runs ctr and fails the test when it fails.
-func (d *daemon) mustCtr(t *testing.T, args ...string) string {
+func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 	t.Helper()
 	out, errOut, code := d.ctr(t, args...)
 	if code != 0 {
@@ -194,7 +194,7 @@ func (d *daemon) leftovers() []string {
 
 // checkClean fails the test when the case left anything, after giving the
 // shims a moment to exit.
-func (d *daemon) checkClean(t *testing.T) {
+func (d *daemon) checkClean(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -238,7 +238,7 @@ func errorsAs(err error, target any) bool { return errors.As(err, target) }
 
 // forget removes a container whatever its state, for a case that failed
 // half-way.
-func (d *daemon) forget(t *testing.T, id string) {
+func (d *daemon) forget(t testing.TB, id string) {
 	d.ctr(t, "task", "delete", "-f", id)
 	d.ctr(t, "container", "delete", id)
 }

@@ -61,7 +61,7 @@ func setup() error {
 // daemonBinaries finds containerd and ctr of a version: "1.6" is Debian's,
 // on PATH; "2" is Containerd2Version, built once into the cache. In CI a
 // missing daemon is a failure, elsewhere a skip.
-func daemonBinaries(t *testing.T, version string) (containerd, ctr string) {
+func daemonBinaries(t testing.TB, version string) (containerd, ctr string) {
 	t.Helper()
 	missing := func(format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
