@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Run a container with hull through containerd:
 #   ctr run --rm --runtime io.containerd.hull.v2 <busybox> <id> echo hello
-# When no containerd runs, an isolated one is started under a temporary
-# directory (its own root, state and socket) and stopped at the end. The
-# busybox image is built locally (internal/ociimage) and imported.
+# It starts an isolated containerd under a temporary directory (its own root,
+# state and socket; a containerd already running is left alone) with the
+# shim on its PATH, imports a busybox image built locally (`hull image
+# busybox`), runs the container, and removes everything at the end.
 #
-# Environment: HULL_BIN_DIR holds containerd-shim-hull-v2 (default: the one on
-# PATH, else ./bin); HULL_CONFIG a hull configuration for the shim (default:
-# the installed one); CONTAINERD/CTR the binaries (default: from PATH).
+# Environment: HULL_BIN_DIR holds hull and containerd-shim-hull-v2 (default:
+# the ones on PATH, else ./bin); HULL_CONFIG a hull configuration for the
+# shim (default: the installed one); CONTAINERD/CTR the binaries (default:
+# from PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ IMAGE=docker.io/hull/busybox:latest
 ID=hull-demo-$$
 work=$(mktemp -d /tmp/hull-demo.XXXXXX)
 pid=
-address=/run/containerd/containerd.sock
+address=$work/containerd.sock
 
 cleanup() {
 	local rc=$?
@@ -45,10 +47,11 @@ if [[ -z $shim_dir ]]; then
 		shim_dir=$PWD/bin
 	fi
 fi
-[[ -x $shim_dir/containerd-shim-hull-v2 ]] || { echo "demo: no containerd-shim-hull-v2 in $shim_dir (make install, or make build)" >&2; exit 1; }
+for bin in containerd-shim-hull-v2 hull; do
+	[[ -x $shim_dir/$bin ]] || { echo "demo: no $bin in $shim_dir (make install, or make build)" >&2; exit 1; }
+done
 
-if ! "$CTR" -a "$address" version >/dev/null 2>&1; then
-	address=$work/containerd.sock
+{
 	cat >"$work/config.toml" <<TOML
 version = 2
 root = "$work/root"
@@ -68,10 +71,10 @@ TOML
 		kill -0 "$pid" 2>/dev/null || { cat "$work/containerd.log" >&2; exit 1; }
 		sleep 0.1
 	done
-fi
+}
 
 echo "demo: building and importing $IMAGE" >&2
-HULL_OCI_EXPORT=$work/busybox.tar HULL_OCI_NAME=$IMAGE go test -count=1 -run '^TestExportBusybox$' ./internal/ociimage >/dev/null
+"$shim_dir/hull" image busybox --name "$IMAGE" --output "$work/busybox.tar" >/dev/null
 "$CTR" -a "$address" images import "$work/busybox.tar" >/dev/null
 
 echo "+ ctr run --rm --runtime io.containerd.hull.v2 $IMAGE $ID echo hello" >&2

@@ -15,7 +15,7 @@ func newImageCommand(g *globalFlags) *cobra.Command {
 		Use:   "image",
 		Short: "Build and inspect guest images",
 	}
-	cmd.AddCommand(newImageBuildCommand(g))
+	cmd.AddCommand(newImageBuildCommand(g), newImageBusyboxCommand())
 	return cmd
 }
 
