@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -39,7 +38,7 @@ func BenchmarkBoot(b *testing.B) {
 					rss, pss = append(rss, r), append(pss, p)
 				}
 			}
-			fm, am := median(floorTimes), median(agentTimes)
+			fm, am := medianDuration(floorTimes), medianDuration(agentTimes)
 			b.ReportMetric(float64(fm.Milliseconds()), "floor-ms")
 			b.ReportMetric(float64(am.Milliseconds()), "agent-ms")
 			b.ReportMetric(float64(am)/float64(fm), "agent/floor")
@@ -155,10 +154,4 @@ func smapsRollup(pid int) (rss, pss uint64) {
 		}
 	}
 	return rss, pss
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
