@@ -71,6 +71,8 @@ type container struct {
 	execs map[string]*process
 	// execPending holds exec ids being started. Guarded by mu.
 	execPending map[string]bool
+	// oomReported counts the OOM kills already queued. Guarded by mu.
+	oomReported uint64
 }
 
 // lcError adds an errdefs class to a libcontainer error.
@@ -367,6 +369,9 @@ func (s *containerService) RemoveContainer(ctx context.Context, req *api.RemoveC
 	case <-time.After(stopWait):
 		log.G(ctx).WithField("container", c.id).Warn("output of init still open; closing it")
 	}
+	// The notification of a kill that ended the container can arrive after
+	// its cgroup is gone; count the kills while the cgroup still exists.
+	s.reportOOMKills(ctx, c)
 	if err := c.lc.Destroy(); err != nil {
 		return nil, fmt.Errorf("removing container %s: %w", c.id, lcError(err))
 	}

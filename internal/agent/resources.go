@@ -65,14 +65,10 @@ func (c *container) cgroupPath() (string, error) {
 // watchOOM queues an event for every OOM kill in the container's cgroup,
 // until the cgroup goes away. libcontainer's notification fires on every
 // change of memory.events once a kill happened; the counter says whether
-// this change is a new kill.
+// this change is a new kill. RemoveContainer sweeps once more before the
+// cgroup is destroyed, for a notification that comes too late to read it.
 func (s *containerService) watchOOM(ctx context.Context, c *container) {
 	ch, err := c.lc.NotifyOOM()
-	if err != nil {
-		log.G(ctx).WithError(err).WithField("container", c.id).Warn("no OOM notifications")
-		return
-	}
-	dir, err := c.cgroupPath()
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("container", c.id).Warn("no OOM notifications")
 		return
@@ -80,18 +76,29 @@ func (s *containerService) watchOOM(ctx context.Context, c *container) {
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer s.a.recoverPanic(ctx, "oom watch")
-		var seen uint64
 		for range ch {
-			ev, err := readKeyValues(filepath.Join(dir, "memory.events"))
-			if err != nil {
-				continue // the cgroup is going away
-			}
-			for ; seen < ev["oom_kill"]; seen++ {
-				log.G(ctx).WithField("container", c.id).Info("OOM kill in container")
-				s.oom.push(ctx, c.id)
-			}
+			s.reportOOMKills(ctx, c)
 		}
 	}()
+}
+
+// reportOOMKills queues the container's OOM kills that memory.events counts
+// and that were not queued yet.
+func (s *containerService) reportOOMKills(ctx context.Context, c *container) {
+	dir, err := c.cgroupPath()
+	if err != nil {
+		return
+	}
+	ev, err := readKeyValues(filepath.Join(dir, "memory.events"))
+	if err != nil {
+		return // the cgroup is going away
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ; c.oomReported < ev["oom_kill"]; c.oomReported++ {
+		log.G(ctx).WithField("container", c.id).Info("OOM kill in container")
+		s.oom.push(ctx, c.id)
+	}
 }
 
 func (s *containerService) WaitOOM(ctx context.Context, _ *api.WaitOOMRequest) (*api.WaitOOMResponse, error) {
