@@ -13,16 +13,15 @@ import (
 
 // BenchmarkCtrRun times `ctr run --rm <busybox> true` end to end, with hull
 // and with runc (containerd's runc shim) on the same daemon, alternating the
-// two; medians of at least 5 runs each. It also reports the host PSS of one
+// two; medians over -benchtime Nx runs each (make bench uses 5). It also reports the host PSS of one
 // idle pod: QEMU, virtiofsd (both of its processes) and the shim.
 // Debian's containerd 1.6 is the daemon.
 func BenchmarkCtrRun(b *testing.B) {
 	containerdPath, ctrPath := daemonBinaries(b, "1.6")
 	d := startDaemon(b, containerdPath, ctrPath)
 	defer d.stop(b)
-	runs := max(b.N, 5)
 	var hull, runc []time.Duration
-	for i := 0; i < runs; i++ {
+	for i := 0; b.Loop(); i++ {
 		for _, rt := range []struct {
 			name string
 			into *[]time.Duration
