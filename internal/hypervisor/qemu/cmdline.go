@@ -32,6 +32,11 @@ type props struct {
 	kv   []prop
 }
 
+// tcgTBSizeMiB is the TCG translation cache size (QEMU's default is 1 GiB,
+// which an idle guest's translated code fills far enough to show in the
+// host's memory; a small guest's hot code fits in much less).
+const tcgTBSizeMiB = 128
+
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
 
 func p(key, value string) prop { return prop{key, value} }
@@ -112,7 +117,11 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 
 	a.addOpt("name", opt(cfg.ID, pBool("debug-threads", true)))
 	a.addOpt("machine", machineOpt(cfg, l))
-	a.add("accel", l.accel)
+	if l.accel == AccelTCG {
+		a.addOpt("accel", opt(l.accel, p("tb-size", strconv.Itoa(tcgTBSizeMiB))))
+	} else {
+		a.add("accel", l.accel)
+	}
 	a.add("cpu", l.cpuModel)
 	a.add("smp", strconv.FormatUint(uint64(cfg.VCPUs), 10))
 	a.add("m", fmt.Sprintf("%dM", cfg.MemoryMiB))
