@@ -48,11 +48,15 @@ type Agent struct {
 
 	// shutdown receives the grace of the first Shutdown request.
 	shutdown chan time.Duration
-	// serving is closed once every module is loaded (status SERVING):
-	// mounts wait for it, since the file system may be a module.
+	// serving is closed once every module is loaded (status SERVING).
 	serving     chan struct{}
 	servingOnce sync.Once
-	stopping    atomic.Bool
+	// storageReady is closed once the modules of the storage features
+	// (virtio-fs, overlay) are loaded, which the sandbox's mounts need;
+	// they load first among the modules that come after serving began.
+	storageReady     chan struct{}
+	storageReadyOnce sync.Once
+	stopping         atomic.Bool
 
 	mu sync.Mutex
 	// status of Health. Guarded by mu.
@@ -69,15 +73,16 @@ type Agent struct {
 
 func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error) {
 	a := &Agent{
-		initMode:    initMode,
-		transport:   t,
-		ring:        ring,
-		reaper:      newReaper("/proc"),
-		streams:     newStreamTable(streamParkTTL),
-		rpcListener: newConnListener(),
-		shutdown:    make(chan time.Duration, 1),
-		serving:     make(chan struct{}),
-		status:      api.HealthResponse_STATUS_STARTING,
+		initMode:     initMode,
+		transport:    t,
+		ring:         ring,
+		reaper:       newReaper("/proc"),
+		streams:      newStreamTable(streamParkTTL),
+		rpcListener:  newConnListener(),
+		shutdown:     make(chan time.Duration, 1),
+		serving:      make(chan struct{}),
+		storageReady: make(chan struct{}),
+		status:       api.HealthResponse_STATUS_STARTING,
 	}
 	rpc, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(a.intercept))
 	if err != nil {
@@ -112,17 +117,24 @@ func (a *Agent) intercept(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.
 }
 
 // setServing records that every module is loaded.
-func (a *Agent) setServing() { a.servingOnce.Do(func() { close(a.serving) }) }
+func (a *Agent) setServing() {
+	a.setStorageReady()
+	a.servingOnce.Do(func() { close(a.serving) })
+}
 
-// waitServing waits until every module is loaded, at most limit.
-func (a *Agent) waitServing(ctx context.Context, limit time.Duration) error {
+// setStorageReady records that the storage features' modules are loaded.
+func (a *Agent) setStorageReady() { a.storageReadyOnce.Do(func() { close(a.storageReady) }) }
+
+// waitStorageReady waits until the storage features' modules are loaded, at
+// most limit.
+func (a *Agent) waitStorageReady(ctx context.Context, limit time.Duration) error {
 	t := time.NewTimer(limit)
 	defer t.Stop()
 	select {
-	case <-a.serving:
+	case <-a.storageReady:
 		return nil
 	case <-t.C:
-		return fmt.Errorf("kernel modules still loading after %s: %w", limit, errdefs.ErrUnavailable)
+		return fmt.Errorf("storage kernel modules still loading after %s: %w", limit, errdefs.ErrUnavailable)
 	case <-ctx.Done():
 		return ctx.Err()
 	}

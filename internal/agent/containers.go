@@ -26,8 +26,8 @@ const containerStateDir = "/run/hull/libcontainer"
 // after SIGKILL.
 const stopWait = 10 * time.Second
 
-// modulesWait bounds how long CreateSandbox waits for the kernel modules
-// (virtio-fs, overlay) that load after the agent began serving.
+// modulesWait bounds how long CreateSandbox waits for the storage kernel
+// modules (virtio-fs, overlay), which load after the agent began serving.
 const modulesWait = 30 * time.Second
 
 // containerService serves api.ContainersService with runc's libcontainer.
@@ -137,7 +137,7 @@ func (s *containerService) CreateSandbox(ctx context.Context, req *api.CreateSan
 	if req.GetSandboxId() == "" {
 		return nil, fmt.Errorf("creating sandbox: no sandbox id: %w", errdefs.ErrInvalidArgument)
 	}
-	if err := s.a.waitServing(ctx, modulesWait); err != nil {
+	if err := s.a.waitStorageReady(ctx, modulesWait); err != nil {
 		return nil, fmt.Errorf("creating sandbox: %w", err)
 	}
 	s.mu.Lock()

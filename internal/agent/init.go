@@ -145,13 +145,19 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 	go func() {
 		defer a.recoverPanic(ctx, "modules")
 		start := time.Now()
-		rr := loadModules(ctx, rest, loadModule)
+		storage, other := splitStorageModules(rest)
+		sr := loadModules(ctx, storage, loadModule)
+		a.recordModules(ctx, list.Modules, sr)
+		a.setStorageReady()
+		rr := loadModules(ctx, other, loadModule)
 		a.recordModules(ctx, list.Modules, rr)
 		a.mu.Lock()
 		a.status = api.HealthResponse_STATUS_SERVING
 		a.mu.Unlock()
 		a.setServing()
-		log.G(ctx).WithFields(log.Fields{"modules": len(rr.loaded), "failed": len(rr.failed), "took": time.Since(start)}).Debug("modules loaded")
+		log.G(ctx).WithFields(log.Fields{
+			"modules": len(sr.loaded) + len(rr.loaded), "failed": len(sr.failed) + len(rr.failed), "took": time.Since(start),
+		}).Debug("modules loaded")
 	}()
 
 	select {

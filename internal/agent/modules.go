@@ -52,6 +52,21 @@ func splitModules(mods []modlist.Module, transportFeature, bus string) (first, r
 	return first, rest
 }
 
+// splitStorageModules divides the modules that load after serving began
+// into those of the storage features (the sandbox's mounts wait for them)
+// and the rest. Both keep list order, so dependencies still come first: a
+// dependency of a storage module is itself needed by that feature.
+func splitStorageModules(mods []modlist.Module) (storage, rest []modlist.Module) {
+	for _, m := range mods {
+		if m.Needs(modlist.FeatureVirtioFS, modlist.FeatureOverlay) {
+			storage = append(storage, m)
+		} else {
+			rest = append(rest, m)
+		}
+	}
+	return storage, rest
+}
+
 // loadModule loads one module file. A module that is already loaded is not an
 // error.
 func loadModule(ctx context.Context, m modlist.Module) error {

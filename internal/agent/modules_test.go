@@ -117,3 +117,27 @@ func TestDetectBus(t *testing.T) {
 		})
 	}
 }
+
+func TestSplitStorageModules(t *testing.T) {
+	mods := []modlist.Module{
+		{Name: "fuse", Features: []string{modlist.FeatureVirtioFS}},
+		{Name: "virtio_ring", Features: []string{modlist.FeatureVirtioFS, modlist.FeatureNet}},
+		{Name: "failover", Features: []string{modlist.FeatureNet}},
+		{Name: "virtiofs", Features: []string{modlist.FeatureVirtioFS}},
+		{Name: "overlay", Features: []string{modlist.FeatureOverlay}},
+		{Name: "virtio_net", Features: []string{modlist.FeatureNet}},
+	}
+	storage, rest := splitStorageModules(mods)
+	names := func(ms []modlist.Module) (out []string) {
+		for _, m := range ms {
+			out = append(out, m.Name)
+		}
+		return out
+	}
+	if got, want := names(storage), []string{"fuse", "virtio_ring", "virtiofs", "overlay"}; !slices.Equal(got, want) {
+		t.Errorf("storage modules %v, want %v", got, want)
+	}
+	if got, want := names(rest), []string{"failover", "virtio_net"}; !slices.Equal(got, want) {
+		t.Errorf("other modules %v, want %v", got, want)
+	}
+}

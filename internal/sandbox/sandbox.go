@@ -251,10 +251,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
 			return err
 		}},
-		{"wait for agent serving", func(ctx context.Context) error {
-			return s.waitServing(ctx, cfg.DialTimeout)
-		}},
 		{"create guest sandbox", func(ctx context.Context) error {
+			// The agent waits for the storage modules it loads after it
+			// began serving; the rest keep loading meanwhile.
 			return s.createGuestSandbox(ctx, hostname)
 		}},
 	}

@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"fmt"
 	"path/filepath"
 	"time"
 
@@ -77,27 +76,6 @@ func (s *Sandbox) startVirtiofs(ctx context.Context, cfg VirtiofsConfig, undo *c
 // filesystemDevice is the VM device of the share.
 func (s *Sandbox) filesystemDevice() hypervisor.FilesystemDevice {
 	return hypervisor.FilesystemDevice{Tag: storage.FSTag, SocketPath: s.virtiofs.SocketPath()}
-}
-
-// waitServing waits until the agent has loaded the modules of every feature
-// (virtio-fs among them): the agent answers before that, STARTING.
-func (s *Sandbox) waitServing(ctx context.Context, limit time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	for {
-		h, err := s.client.System().Health(ctx, &agent.HealthRequest{})
-		if err != nil {
-			return s.guestError(err)
-		}
-		if h.GetStatus() == agent.HealthResponse_STATUS_SERVING {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("agent still %s after %s: %w", h.GetStatus(), limit, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // createGuestSandbox has the agent set the hostname and mount the share.
