@@ -88,7 +88,7 @@ var cases = []struct {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer pty.Close()
+		defer func() { _ = pty.Close() }()
 		cmd := exec.Command(d.ctrPath, "-a", d.address, "run", "-t", "--rm", "--runtime", runtimeName, imageName, "tty", "sh")
 		f, err := os.OpenFile(slave, os.O_RDWR, 0)
 		if err != nil {
@@ -99,11 +99,14 @@ var cases = []struct {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		f.Close()
+		_ = f.Close() // the child holds its own copy of the slave
 		var out syncBuffer
 		go io.Copy(&out, pty) //nolint:errcheck // ends with the pty
 		waitFor(t, 2*time.Minute, func() bool { return strings.Contains(out.String(), "#") }, "a shell prompt", &out)
-		fmt.Fprint(pty, "tty -s && echo TTY=yes; exit 7\r")
+		if _, err := fmt.Fprint(pty, "tty -s && echo TTY=yes; exit 7\r"); err != nil {
+			_ = cmd.Process.Kill()
+			t.Fatalf("writing to the pty: %v", err)
+		}
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		select {

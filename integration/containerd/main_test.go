@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	code := m.Run()
-	os.RemoveAll(env.workDir)
+	_ = os.RemoveAll(env.workDir) // best-effort teardown of a /tmp directory
 	os.Exit(code)
 }
 
@@ -49,7 +49,7 @@ func setup() error {
 	env.shimDir = filepath.Join(dir, "bin")
 	cmd := exec.Command("go", "build", "-o", filepath.Join(env.shimDir, "containerd-shim-hull-v2"), "github.com/hull-runtime/hull/cmd/containerd-shim-hull-v2")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the shim: %v\n%s", err, out)
+		return fmt.Errorf("building the shim: %w\n%s", err, out)
 	}
 	env.image = filepath.Join(dir, "busybox.tar")
 	if err := ociimage.WriteBusyboxFile(env.image, ociimage.BusyboxOptions{Name: imageName}); err != nil {

@@ -171,7 +171,7 @@ func WriteBusyboxFile(path string, opts BusyboxOptions) (retErr error) {
 	defer func() {
 		retErr = errors.Join(retErr, f.Close())
 		if retErr != nil {
-			os.Remove(path)
+			_ = os.Remove(path) // best effort: the error being returned is the one that matters
 		}
 	}()
 	return WriteBusybox(f, opts)

@@ -44,7 +44,9 @@ func newEventQueue(ctx context.Context, publisher interface {
 				log.G(ctx).WithError(err).WithField("topic", e.topic).Error("publishing event")
 			}
 		}
-		publisher.Close()
+		if err := publisher.Close(); err != nil {
+			log.G(ctx).WithError(err).Warn("closing the event publisher")
+		}
 	}()
 	return q
 }

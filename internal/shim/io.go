@@ -71,7 +71,10 @@ func openIO(ctx context.Context, ns, id string, p stdioPaths) (_ *processIO, ret
 		return pio, nil
 	case "file":
 		// containerd sends both streams to the one file.
-		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		// The file is the user's requested output, for them (and log readers
+		// in the owner's group) to read; containerd's runc shim creates it
+		// 0644, so 0640 is already the tighter choice.
+		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640) //nolint:gosec // G302: a user-requested log file meant to be read by its owner's group
 		if err != nil {
 			return nil, fmt.Errorf("opening log file %s: %w", u.Path, err)
 		}
@@ -84,9 +87,9 @@ func openIO(ctx context.Context, ns, id string, p stdioPaths) (_ *processIO, ret
 	if pio.stdout, err = openOutFifo(ctx, p.stdout); err != nil {
 		return nil, err
 	}
-	switch {
-	case p.stderr == "":
-	case p.stderr == p.stdout:
+	switch p.stderr {
+	case "":
+	case p.stdout:
 		pio.stderr = sharedFile{pio.stdout}
 	default:
 		if pio.stderr, err = openOutFifo(ctx, p.stderr); err != nil {
@@ -132,8 +135,10 @@ func openOutFifo(ctx context.Context, path string) (io.WriteCloser, error) {
 func (pio *processIO) startLogger(ctx context.Context, ns, id string, u *url.URL, stderr bool) (retErr error) {
 	var closers []io.Closer
 	defer func() {
+		// Read ends and the parent's copy of the ready pipe's write end:
+		// nothing was written through them.
 		for _, c := range closers {
-			c.Close()
+			_ = c.Close()
 		}
 	}()
 	outR, outW, err := os.Pipe()
@@ -143,22 +148,22 @@ func (pio *processIO) startLogger(ctx context.Context, ns, id string, u *url.URL
 	closers = append(closers, outR)
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		outW.Close()
+		_ = outW.Close() // error path; nothing written yet
 		return err
 	}
 	closers = append(closers, errR)
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
-		outW.Close()
-		errW.Close()
+		_ = outW.Close() // error path; nothing written yet
+		_ = errW.Close()
 		return err
 	}
 	closers = append(closers, readyR, readyW)
 	cmd := loggerCommand(u, id, ns)
 	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
 	if err := cmd.Start(); err != nil {
-		outW.Close()
-		errW.Close()
+		_ = outW.Close() // error path; nothing written yet
+		_ = errW.Close()
 		return fmt.Errorf("starting logging binary %s: %w", u.Path, err)
 	}
 	pio.logger = cmd.Process
@@ -166,9 +171,9 @@ func (pio *processIO) startLogger(ctx context.Context, ns, id string, u *url.URL
 	if stderr {
 		pio.stderr = errW
 	} else {
-		errW.Close()
+		_ = errW.Close() // stderr is not wanted; nothing is written to it
 	}
-	readyW.Close()
+	_ = readyW.Close() // the binary holds its copy; its closing is the signal
 	closers = closers[:3]
 	// The binary closes its end of the ready pipe once it is set up.
 	if _, err := readyR.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
@@ -194,22 +199,20 @@ func (pio *processIO) stdio(terminal bool) sandbox.IO {
 	return sio
 }
 
-// closeStdin closes the input FIFO.
-func (pio *processIO) closeStdin() {
-	if pio.stdin != nil {
-		pio.stdin.Close()
-	}
-}
-
 // Close closes every stream, which gives containerd's readers EOF, and
 // waits for a logging binary to exit.
 func (pio *processIO) Close(ctx context.Context) {
 	if pio == nil {
 		return
 	}
-	for _, c := range []io.Closer{pio.stdin, pio.stdout, pio.stderr} {
+	if pio.stdin != nil {
+		_ = pio.stdin.Close() // read side: nothing to flush
+	}
+	for _, c := range []io.Closer{pio.stdout, pio.stderr} {
 		if c != nil {
-			c.Close()
+			if err := c.Close(); err != nil {
+				log.G(ctx).WithError(err).Warn("closing process output")
+			}
 		}
 	}
 	if pio.logger == nil {

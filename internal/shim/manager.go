@@ -85,7 +85,7 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	}
 	defer func() {
 		if retErr != nil {
-			socket.Close()
+			_ = socket.Close() // error path: the socket is being removed
 			_ = shim.RemoveSocket(address)
 		}
 	}()
@@ -96,7 +96,8 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
+	// The server gets its own copy of the descriptor; ours is only passed on.
+	defer func() { _ = f.Close() }()
 
 	cmd, err := serverCommand(ctx, id, bundle, opts)
 	if err != nil {
