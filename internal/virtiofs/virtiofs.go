@@ -9,15 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/hull-runtime/hull/internal/child"
 	"golang.org/x/sys/unix"
 )
 
@@ -81,7 +80,7 @@ type Config struct {
 type Daemon struct {
 	cfg  Config
 	cmd  *exec.Cmd
-	out  *tailBuffer
+	out  *child.TailBuffer
 	done chan struct{}
 	// logFile is closed once the daemon has been reaped.
 	logFile *os.File
@@ -195,7 +194,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 		return nil, fmt.Errorf("removing stale socket: %w", err)
 	}
 
-	d := &Daemon{cfg: cfg, out: &tailBuffer{max: 8 << 10}, done: make(chan struct{})}
+	d := &Daemon{cfg: cfg, out: &child.TailBuffer{Max: 8 << 10}, done: make(chan struct{})}
 	var stderr io.Writer = d.out
 	if cfg.LogPath != "" {
 		f, err := os.OpenFile(cfg.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640) //nolint:gosec // G302: the log sits in the sandbox's 0700 state directory
@@ -215,12 +214,6 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 		// The daemon's sandbox child shares its stderr; do not let one
 		// that outlives the daemon hold Wait forever.
 		WaitDelay: killWait,
-		SysProcAttr: &syscall.SysProcAttr{
-			// Signals for the shim's process group do not reach it.
-			Setpgid: true,
-			// A shim that dies without Stop must not leak the daemon.
-			Pdeathsig: syscall.SIGKILL,
-		},
 	}
 	logger := log.G(ctx).WithField("socket", cfg.SocketPath)
 	logger.WithField("argv", strings.Join(args, " ")).Debug("starting virtiofsd")
@@ -251,32 +244,18 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	return d, nil
 }
 
-// launch starts the daemon from a goroutine locked to its OS thread, which
-// then stays blocked in wait(2) until the daemon is reaped. Pdeathsig fires
-// when the forking thread exits, and the Go runtime may end a thread whose
-// goroutine was locked; keeping that thread alive and locked for the whole
-// life of the daemon ties the signal to the death of the shim process.
+// launch starts the daemon with child.Start (its own process group; killed
+// by the kernel if the shim dies without Stop).
 func (d *Daemon) launch() error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := d.cmd.Start(); err != nil {
-			runtime.UnlockOSThread()
-			started <- err
-			return
-		}
-		started <- nil
-		err := d.cmd.Wait()
-		runtime.UnlockOSThread()
+	return child.Start(d.cmd, func(ps *os.ProcessState, err error) {
 		d.mu.Lock()
-		d.state, d.waitErr = d.cmd.ProcessState, err
+		d.state, d.waitErr = ps, err
 		d.mu.Unlock()
 		if d.logFile != nil {
 			_ = d.logFile.Close()
 		}
 		close(d.done)
-	}()
-	return <-started
+	})
 }
 
 // waitListening polls until the daemon's socket is in the listening state.
@@ -386,27 +365,4 @@ func isClosed(c <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	max int
-	mu  sync.Mutex
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
@@ -92,7 +91,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		return err
 	}
 	defer closeFiles(extra)
-	out := &tailBuffer{max: 16 << 10}
+	out := &child.TailBuffer{Max: 16 << 10}
 	cmd := &exec.Cmd{
 		Path:       bin,
 		Args:       args,
@@ -100,14 +99,6 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		Stdout:     out,
 		Stderr:     out,
 		ExtraFiles: extra,
-		SysProcAttr: &syscall.SysProcAttr{
-			// Its own process group: signals for the shim's group do
-			// not reach QEMU; Stop decides when QEMU ends.
-			Setpgid: true,
-			// A shim that dies without Stop must not leak its VM. See
-			// launch for why this is reliable in Go.
-			Pdeathsig: syscall.SIGKILL,
-		},
 	}
 	logger.WithField("argv", strings.Join(args, " ")).Debug("starting qemu")
 	if err := v.launch(cmd); err != nil {
@@ -170,31 +161,17 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	return nil
 }
 
-// launch starts cmd and waits for it in a goroutine locked to its OS
-// thread. Pdeathsig is delivered when the thread that forked the child
-// exits, not the process; the Go runtime may end a thread whose goroutine
-// was locked to it. Forking from a thread that stays locked and blocked in
-// wait(2) until QEMU is reaped ties the signal to the death of the whole
-// shim, which is what we want, at no cost: Wait holds a thread anyway.
+// launch starts QEMU with child.Start (its own process group; killed by the
+// kernel if the shim dies without Stop) and records its process.
 func (v *VM) launch(cmd *exec.Cmd) error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			runtime.UnlockOSThread()
-			started <- err
-			return
-		}
-		v.mu.Lock()
-		v.pid = cmd.Process.Pid
-		v.proc = cmd.Process
-		v.mu.Unlock()
-		started <- nil
-		err := cmd.Wait()
-		runtime.UnlockOSThread()
-		v.exited(cmd.ProcessState, err)
-	}()
-	return <-started
+	if err := child.Start(cmd, v.exited); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.pid = cmd.Process.Pid
+	v.proc = cmd.Process
+	v.mu.Unlock()
+	return nil
 }
 
 // exited records how QEMU ended and closes done.
@@ -356,27 +333,4 @@ func isClosed(c <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	max int
-	mu  sync.Mutex
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

@@ -1,0 +1,75 @@
+// Package child starts the runtime's helper processes (QEMU, virtiofsd) so
+// that they never outlive the runtime, and keeps the tail of their output
+// for error messages.
+package child
+
+import (
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+)
+
+// Start starts cmd in its own process group with SIGKILL as its
+// parent-death signal, and reaps it in the background: exited runs with the
+// outcome once the process has been waited for.
+//
+// The parent-death signal is sent when the thread that forked the child
+// exits, not the process, and the Go runtime may end a thread whose
+// goroutine was locked to it. So the child is forked from a goroutine locked
+// to its thread, and that goroutine stays there, blocked in wait(2), until
+// the child is reaped: the signal then fires only when the whole runtime
+// dies, which is the point, and costs nothing because waiting holds a thread
+// anyway.
+func Start(cmd *exec.Cmd, exited func(*os.ProcessState, error)) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	// Signals for the runtime's process group do not reach the child; its
+	// owner decides when it ends.
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			runtime.UnlockOSThread()
+			started <- err
+			return
+		}
+		started <- nil
+		err := cmd.Wait()
+		runtime.UnlockOSThread()
+		exited(cmd.ProcessState, err)
+	}()
+	return <-started
+}
+
+// TailBuffer keeps the last Max bytes written to it.
+type TailBuffer struct {
+	// Max is the number of bytes kept.
+	Max int
+
+	mu sync.Mutex
+	// b is guarded by mu.
+	b []byte
+}
+
+// Write keeps the end of what was written so far; it never fails.
+func (t *TailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.Max {
+		t.b = append([]byte(nil), t.b[len(t.b)-t.Max:]...)
+	}
+	return len(p), nil
+}
+
+// String returns the bytes kept.
+func (t *TailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
