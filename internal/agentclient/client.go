@@ -185,21 +185,29 @@ var blockingMethods = map[string]bool{
 // turns ttRPC status errors back into errdefs classes.
 func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
 	cctx, cancel := ctx, context.CancelFunc(func() {})
+	// own: the call timeout, not the caller's deadline, bounds this call.
+	own := false
 	if !blockingMethods[info.FullMethod] {
+		callerDL, hasCallerDL := ctx.Deadline()
+		own = !hasCallerDL || time.Until(callerDL) > c.callTimeout
 		cctx, cancel = context.WithTimeout(ctx, c.callTimeout)
 	}
 	defer cancel()
-	if dl, ok := cctx.Deadline(); ok {
+	dl, hasDL := cctx.Deadline()
+	if hasDL {
 		req.TimeoutNano = time.Until(dl).Nanoseconds()
 	}
 	err := invoke(cctx, req, resp)
+	if st := resp.Status; err == nil && st != nil && st.GetCode() != int32(codes.OK) {
+		err = errgrpc.ToNative(status.ErrorProto(st))
+	}
 	switch {
 	case err == nil:
-		if st := resp.Status; st != nil && st.GetCode() != int32(codes.OK) {
-			return errgrpc.ToNative(status.ErrorProto(st))
-		}
 		return nil
-	case cctx.Err() != nil && ctx.Err() == nil:
+	case own && (cctx.Err() != nil || (errdefs.IsDeadlineExceeded(err) && !time.Now().Before(dl))):
+		// Our call timeout passed: the client gave up, or the agent
+		// answered with the same deadline expired on its side (an agent
+		// error of that class before the deadline keeps its own message).
 		return fmt.Errorf("agent at %s did not answer %s within %s: %w", c.endpoint, info.FullMethod, c.callTimeout, context.DeadlineExceeded)
 	case errors.Is(err, ttrpc.ErrClosed):
 		return fmt.Errorf("calling %s: agent connection closed: %w", info.FullMethod, errdefs.ErrUnavailable)
