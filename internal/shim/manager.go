@@ -156,6 +156,11 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	logger := log.G(ctx).WithField("id", id)
 	address, _ := shim.ReadAddress(filepath.Join(bundle, addressFile))
 	alive := address != "" && shim.CanConnect(address)
+	if address != "" && !alive {
+		// First, while containerd still waits for us: its wait for this
+		// command is bounded, and the cleanup below can be slow.
+		_ = shim.RemoveSocket(address)
+	}
 	r, ok, err := readRecord(bundle)
 	switch {
 	case err != nil:
@@ -168,9 +173,6 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		if err := sandbox.Cleanup(ctx, r.StateRoot, r.SandboxID); err != nil {
 			return shim.StopStatus{}, err
 		}
-	}
-	if address != "" && !alive {
-		_ = shim.RemoveSocket(address)
 	}
 	return shim.StopStatus{
 		ExitedAt:   time.Now(),
