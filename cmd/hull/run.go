@@ -1,23 +1,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/hull-runtime/hull/internal/ocispec"
+
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -67,7 +65,7 @@ func runBundle(cmd *cobra.Command, g *globalFlags, bundle, id string, tty bool) 
 	if err != nil {
 		return err
 	}
-	spec, err := loadSpec(filepath.Join(bundle, "config.json"))
+	spec, err := ocispec.ReadSpec(bundle)
 	if err != nil {
 		return err
 	}
@@ -208,49 +206,6 @@ func forwardSignal(ctx context.Context, ctr *sandbox.Container, s syscall.Signal
 	if err := ctr.Signal(ctx, s, false); err != nil {
 		log.G(ctx).WithError(err).Warnf("forwarding %s", s)
 	}
-}
-
-// loadSpec reads a bundle's config.json; a malformed file is an error that
-// names the file and where in it the problem is.
-func loadSpec(path string) (*specs.Spec, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the bundle config: %w", err)
-	}
-	var spec specs.Spec
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&spec); err != nil {
-		var (
-			syn *json.SyntaxError
-			typ *json.UnmarshalTypeError
-		)
-		switch {
-		case errors.As(err, &syn):
-			line, col := position(b, syn.Offset)
-			return nil, fmt.Errorf("%s:%d:%d: malformed JSON: %w: %w", path, line, col, err, errdefs.ErrInvalidArgument)
-		case errors.As(err, &typ):
-			line, col := position(b, typ.Offset)
-			return nil, fmt.Errorf("%s:%d:%d: %w: %w", path, line, col, err, errdefs.ErrInvalidArgument)
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-			return nil, fmt.Errorf("%s: malformed JSON: unexpected end of file: %w", path, errdefs.ErrInvalidArgument)
-		}
-		return nil, fmt.Errorf("%s: %w: %w", path, err, errdefs.ErrInvalidArgument)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%s: malformed JSON: data after the top-level object: %w", path, errdefs.ErrInvalidArgument)
-	}
-	return &spec, nil
-}
-
-// position turns a byte offset into a 1-based line and column.
-func position(b []byte, off int64) (line, col int) {
-	if off > int64(len(b)) {
-		off = int64(len(b))
-	}
-	before := b[:off]
-	line = bytes.Count(before, []byte{'\n'}) + 1
-	col = int(off) - bytes.LastIndexByte(before, '\n')
-	return line, col
 }
 
 func randomID() (string, error) {

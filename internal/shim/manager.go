@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
 
+	"github.com/hull-runtime/hull/internal/ocispec"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -55,7 +56,7 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	spec, err := readSpec(bundle)
+	spec, err := ocispec.ReadSpec(bundle)
 	if err != nil {
 		return "", err
 	}

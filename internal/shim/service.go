@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hull-runtime/hull/internal/ocispec"
+
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/namespaces"
@@ -98,7 +100,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, fmt.Errorf("restoring from a checkpoint: %w", errdefs.ErrNotImplemented)
 	}
-	spec, err := readSpec(r.Bundle)
+	spec, err := ocispec.ReadSpec(r.Bundle)
 	if err != nil {
 		return nil, err
 	}
