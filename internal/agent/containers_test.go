@@ -83,13 +83,6 @@ func TestCheckStorage(t *testing.T) {
 	}
 }
 
-func TestParseMountOptions(t *testing.T) {
-	flags, data := parseMountOptions([]string{"ro", "nodev", "size=10m", "rw", "noexec", "mode=0755"})
-	if flags != unix.MS_NODEV|unix.MS_NOEXEC || data != "size=10m,mode=0755" {
-		t.Errorf("got %#x %q", flags, data)
-	}
-}
-
 func TestParseSpec(t *testing.T) {
 	for _, tc := range []struct {
 		name, spec, want string

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/mountopt"
 )
 
 // storageRoot is the only tree in which the host may ask for mounts.
@@ -44,56 +45,6 @@ func checkMountPoint(p string) error {
 		return fmt.Errorf("mount point %q: not under %s: %w", p, storageRoot, errdefs.ErrInvalidArgument)
 	}
 	return nil
-}
-
-// mountFlags are the options of mount(8) that are flags, with whether they
-// set or clear the flag.
-var mountFlags = map[string]struct {
-	clear bool
-	flag  uintptr
-}{
-	"ro":          {false, unix.MS_RDONLY},
-	"rw":          {true, unix.MS_RDONLY},
-	"nosuid":      {false, unix.MS_NOSUID},
-	"suid":        {true, unix.MS_NOSUID},
-	"nodev":       {false, unix.MS_NODEV},
-	"dev":         {true, unix.MS_NODEV},
-	"noexec":      {false, unix.MS_NOEXEC},
-	"exec":        {true, unix.MS_NOEXEC},
-	"sync":        {false, unix.MS_SYNCHRONOUS},
-	"async":       {true, unix.MS_SYNCHRONOUS},
-	"dirsync":     {false, unix.MS_DIRSYNC},
-	"noatime":     {false, unix.MS_NOATIME},
-	"atime":       {true, unix.MS_NOATIME},
-	"nodiratime":  {false, unix.MS_NODIRATIME},
-	"diratime":    {true, unix.MS_NODIRATIME},
-	"relatime":    {false, unix.MS_RELATIME},
-	"norelatime":  {true, unix.MS_RELATIME},
-	"strictatime": {false, unix.MS_STRICTATIME},
-	"lazytime":    {false, unix.MS_LAZYTIME},
-	"nolazytime":  {true, unix.MS_LAZYTIME},
-	"defaults":    {},
-}
-
-// parseMountOptions splits mount(8) options into flags and the data string
-// passed to the file system.
-func parseMountOptions(opts []string) (uintptr, string) {
-	var (
-		flags uintptr
-		data  []string
-	)
-	for _, o := range opts {
-		if f, ok := mountFlags[o]; ok {
-			if f.clear {
-				flags &^= f.flag
-			} else {
-				flags |= f.flag
-			}
-			continue
-		}
-		data = append(data, o)
-	}
-	return flags, strings.Join(data, ",")
 }
 
 // checkStorage checks a Storage from the host.
@@ -167,7 +118,7 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 		return fmt.Errorf("storage mount point: %w", err)
 	}
 	defer func() { _ = dir.Close() }()
-	flags, data := parseMountOptions(s.GetOptions())
+	flags, data := mountopt.Parse(s.GetOptions())
 	// Mount on the opened directory, not on the path: nothing can be
 	// swapped in between the checks and the mount.
 	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())

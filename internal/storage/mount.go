@@ -176,49 +176,6 @@ func makeTarget(target string, dir bool) error {
 	return f.Close()
 }
 
-// mountFlags maps mount(8) options to flags; the rest go to the
-// filesystem as data.
-var mountFlags = map[string]struct {
-	clear bool
-	flag  uintptr
-}{
-	"ro":          {false, unix.MS_RDONLY},
-	"rw":          {true, unix.MS_RDONLY},
-	"nosuid":      {false, unix.MS_NOSUID},
-	"suid":        {true, unix.MS_NOSUID},
-	"nodev":       {false, unix.MS_NODEV},
-	"dev":         {true, unix.MS_NODEV},
-	"noexec":      {false, unix.MS_NOEXEC},
-	"exec":        {true, unix.MS_NOEXEC},
-	"sync":        {false, unix.MS_SYNCHRONOUS},
-	"async":       {true, unix.MS_SYNCHRONOUS},
-	"noatime":     {false, unix.MS_NOATIME},
-	"atime":       {true, unix.MS_NOATIME},
-	"nodiratime":  {false, unix.MS_NODIRATIME},
-	"diratime":    {true, unix.MS_NODIRATIME},
-	"relatime":    {false, unix.MS_RELATIME},
-	"norelatime":  {true, unix.MS_RELATIME},
-	"strictatime": {false, unix.MS_STRICTATIME},
-}
-
-// parseOptions splits mount options into flags and filesystem data.
-func parseOptions(opts []string) (uintptr, string) {
-	var flags uintptr
-	var data []string
-	for _, o := range opts {
-		if f, ok := mountFlags[o]; ok {
-			if f.clear {
-				flags &^= f.flag
-			} else {
-				flags |= f.flag
-			}
-			continue
-		}
-		data = append(data, o)
-	}
-	return flags, strings.Join(data, ",")
-}
-
 // mountsUnder lists the mount points at or under dir, in the order of
 // /proc/self/mountinfo (parents before children, older before newer on the
 // same point).

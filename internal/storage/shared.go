@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/hull-runtime/hull/internal/mountopt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -268,7 +269,7 @@ func mountRootfs(m Mount, target, staging string) error {
 	if m.Type == "" {
 		return fmt.Errorf("mount of %q has no type: %w", m.Source, errdefs.ErrInvalidArgument)
 	}
-	flags, data := parseOptions(m.Options)
+	flags, data := mountopt.Parse(m.Options)
 	if err := unix.Mount(m.Source, target, m.Type, flags, data); err != nil {
 		return fmt.Errorf("mounting %s (%s) at %s: %w", m.Source, m.Type, target, err)
 	}

@@ -152,11 +152,7 @@ func TestGuestSpec(t *testing.T) {
 	}
 }
 
-func TestParseOptions(t *testing.T) {
-	flags, data := parseOptions([]string{"ro", "nosuid", "lowerdir=/a:/b", "rw", "index=off"})
-	if flags != mountFlags["nosuid"].flag || data != "lowerdir=/a:/b,index=off" {
-		t.Errorf("got %#x %q", flags, data)
-	}
+func TestUnescapeMountinfo(t *testing.T) {
 	if got := unescapeMountinfo(`/tmp/a\040b\\c`); got != `/tmp/a b\\c` {
 		// \\ is not an octal escape: kept as is.
 		t.Errorf("unescape: %q", got)
