@@ -53,6 +53,7 @@ type Client struct {
 	rpc         *ttrpc.Client
 	system      api.SystemService
 	containers  api.ContainersService
+	network     api.NetworkService
 
 	// nextStream is the last stdio stream id handed out.
 	nextStream atomic.Uint64
@@ -126,6 +127,7 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 	c.rpc = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(c.intercept))
 	c.system = api.NewSystemClient(c.rpc)
 	c.containers = api.NewContainersClient(c.rpc)
+	c.network = api.NewNetworkClient(c.rpc)
 	defer func() {
 		if retErr != nil {
 			_ = c.rpc.Close()
@@ -214,6 +216,9 @@ func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.
 	}
 	return err
 }
+
+// Network is the agent's Network service.
+func (c *Client) Network() api.NetworkService { return c.network }
 
 // System is the agent's System service.
 func (c *Client) System() api.SystemService { return c.system }
