@@ -42,6 +42,10 @@ type Container struct {
 	// Rootfs, when not empty, are mounted in order as the container's root
 	// instead of binding Spec.Root.Path.
 	Rootfs []Mount
+	// GuestMounts are indices of bind mounts in Spec.Mounts whose source
+	// is already a guest path below GuestRuntimeDir (the pod's /dev/shm):
+	// nothing is shared for them.
+	GuestMounts []int
 }
 
 // Shared is the shared directory tree of one sandbox.
@@ -151,7 +155,7 @@ func (s *Shared) AddContainer(ctx context.Context, c Container) (_ *specs.Spec, 
 	if err := ValidateID(c.ID); err != nil {
 		return nil, err
 	}
-	g, vols, err := guestSpec(c.ID, c.Spec)
+	g, vols, err := guestSpec(c.ID, c.Spec, c.GuestMounts)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", c.ID, err)
 	}

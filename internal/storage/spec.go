@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -15,6 +16,10 @@ import (
 const (
 	// GuestSharedDir is where the guest mounts the share.
 	GuestSharedDir = "/run/hull/shared"
+	// GuestRuntimeDir holds what the agent makes for the sandbox in the
+	// guest; a bind mount the host keeps in the guest (see
+	// Container.GuestMounts) must have its source below it.
+	GuestRuntimeDir = "/run/hull"
 	// FSTag is the virtio-fs tag of the share.
 	FSTag = "hull"
 
@@ -119,7 +124,7 @@ func checkHooks(h *specs.Hooks) error {
 // guestSpec returns the spec for the guest (a deep copy of spec with the
 // root and the bind sources moved under GuestSharedDir) and the bind
 // volumes to make on the host. It touches nothing on the host.
-func guestSpec(id string, spec *specs.Spec) (*specs.Spec, []volume, error) {
+func guestSpec(id string, spec *specs.Spec, guestMounts []int) (*specs.Spec, []volume, error) {
 	if spec == nil {
 		return nil, nil, fmt.Errorf("no spec: %w", errdefs.ErrInvalidArgument)
 	}
@@ -142,10 +147,22 @@ func guestSpec(id string, spec *specs.Spec) (*specs.Spec, []volume, error) {
 		g.Hooks = nil
 	}
 
+	inGuest := map[int]bool{}
+	for _, i := range guestMounts {
+		if i < 0 || i >= len(g.Mounts) {
+			return nil, nil, fmt.Errorf("guest mount %d: the spec has %d mounts: %w", i, len(g.Mounts), errdefs.ErrInvalidArgument)
+		}
+		m := g.Mounts[i]
+		if b, _ := isBind(m); !b || !strings.HasPrefix(m.Source, GuestRuntimeDir+"/") || path.Clean(m.Source) != m.Source {
+			return nil, nil, fmt.Errorf("guest mount %d (%s): want a bind from below %s, not %q: %w",
+				i, m.Destination, GuestRuntimeDir, m.Source, errdefs.ErrInvalidArgument)
+		}
+		inGuest[i] = true
+	}
 	var vols []volume
 	for i, m := range g.Mounts {
 		bind, rec := isBind(m)
-		if !bind {
+		if !bind || inGuest[i] {
 			continue
 		}
 		if m.Source == "" {

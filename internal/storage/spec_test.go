@@ -42,13 +42,14 @@ func TestGuestSpec(t *testing.T) {
 	proc := specs.Mount{Destination: "/proc", Type: "proc", Source: "proc"}
 	tmpfs := specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "size=64m"}}
 	for _, tc := range []struct {
-		name      string
-		spec      specs.Spec
-		wantRoot  string
-		wantMount []specs.Mount
-		wantVols  []volume
-		wantErr   func(error) bool
-		wantHooks *specs.Hooks
+		name        string
+		spec        specs.Spec
+		wantRoot    string
+		wantMount   []specs.Mount
+		wantVols    []volume
+		wantErr     func(error) bool
+		wantHooks   *specs.Hooks
+		guestMounts []int
 	}{
 		{
 			name:     "relative root, no binds",
@@ -87,6 +88,42 @@ func TestGuestSpec(t *testing.T) {
 			},
 		},
 		{
+			name: "guest mount kept",
+			spec: specs.Spec{Root: &specs.Root{Path: "rootfs"}, Mounts: []specs.Mount{
+				{Destination: "/dev/shm", Type: "bind", Source: "/run/hull/shm", Options: []string{"rbind", "rw"}},
+				{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/c1/hosts", Options: []string{"rbind", "ro"}},
+			}},
+			guestMounts: []int{0},
+			wantRoot:    "/run/hull/shared/c1/rootfs",
+			wantMount: []specs.Mount{
+				{Destination: "/dev/shm", Type: "bind", Source: "/run/hull/shm", Options: []string{"rbind", "rw"}},
+				{Destination: "/etc/hosts", Type: "bind", Source: "/run/hull/shared/c1/volumes/1-hosts", Options: []string{"rbind", "ro"}},
+			},
+			wantVols: []volume{{index: 1, source: "/var/lib/c1/hosts", name: "1-hosts", recursive: true, readOnly: true}},
+		},
+		{
+			name: "guest mount outside the runtime dir",
+			spec: specs.Spec{Root: &specs.Root{Path: "rootfs"}, Mounts: []specs.Mount{
+				{Destination: "/dev/shm", Type: "bind", Source: "/dev/shm", Options: []string{"rbind"}},
+			}},
+			guestMounts: []int{0},
+			wantErr:     errdefs.IsInvalidArgument,
+		},
+		{
+			name: "guest mount escaping",
+			spec: specs.Spec{Root: &specs.Root{Path: "rootfs"}, Mounts: []specs.Mount{
+				{Destination: "/dev/shm", Type: "bind", Source: "/run/hull/../../etc", Options: []string{"rbind"}},
+			}},
+			guestMounts: []int{0},
+			wantErr:     errdefs.IsInvalidArgument,
+		},
+		{
+			name:        "guest mount index out of range",
+			spec:        specs.Spec{Root: &specs.Root{Path: "rootfs"}},
+			guestMounts: []int{3},
+			wantErr:     errdefs.IsInvalidArgument,
+		},
+		{
 			name:    "bind without source",
 			spec:    specs.Spec{Root: &specs.Root{Path: "rootfs"}, Mounts: []specs.Mount{{Destination: "/x", Type: "bind"}}},
 			wantErr: errdefs.IsInvalidArgument,
@@ -120,7 +157,7 @@ func TestGuestSpec(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, _ := json.Marshal(tc.spec)
-			g, vols, err := guestSpec("c1", &tc.spec)
+			g, vols, err := guestSpec("c1", &tc.spec, tc.guestMounts)
 			if after, _ := json.Marshal(tc.spec); string(after) != string(before) {
 				t.Errorf("input spec modified:\n%s\n%s", before, after)
 			}
