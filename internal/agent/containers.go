@@ -241,6 +241,9 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 	if err := checkRootfs(spec); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
+	if err := applyPodNetSysctls(ctx, "/proc/sys", spec); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
 	cfg, err := libcontainerConfig(id, spec)
 	if err != nil {
 		return nil, err

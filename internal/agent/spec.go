@@ -1,13 +1,18 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -180,4 +185,41 @@ func checkID(what, id string) error {
 // idRune tells whether r may appear in an id: [A-Za-z0-9_+.-].
 func idRune(r rune) bool {
 	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_+-.", r)
+}
+
+// applyPodNetSysctls handles the net.* sysctls of a container that has no
+// network namespace of its own. Such a container runs in the guest's
+// namespace, which holds the pod's network (the host mirrors it there), so
+// its network sysctls are the pod's: they are set in the guest and taken out
+// of the spec, where libcontainer would refuse them outside a private
+// network namespace. procSys is /proc/sys (a test directory in tests).
+func applyPodNetSysctls(ctx context.Context, procSys string, s *specs.Spec) error {
+	if s.Linux == nil || len(s.Linux.Sysctl) == 0 {
+		return nil
+	}
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			return nil
+		}
+	}
+	keys := make([]string, 0, len(s.Linux.Sysctl))
+	for k := range s.Linux.Sysctl {
+		if strings.HasPrefix(k, "net.") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		rel := strings.ReplaceAll(k, ".", "/")
+		if !fs.ValidPath(rel) {
+			return fmt.Errorf("sysctl %q: not a valid name: %w", k, errdefs.ErrInvalidArgument)
+		}
+		p := filepath.Join(procSys, rel)
+		if err := os.WriteFile(p, []byte(s.Linux.Sysctl[k]), 0); err != nil {
+			return fmt.Errorf("setting pod sysctl %s=%q: %w: %w", k, s.Linux.Sysctl[k], err, errdefs.ErrInvalidArgument)
+		}
+		log.G(ctx).WithField("sysctl", k).WithField("value", s.Linux.Sysctl[k]).Debug("pod sysctl set in the guest")
+		delete(s.Linux.Sysctl, k)
+	}
+	return nil
 }
