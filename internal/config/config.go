@@ -46,6 +46,10 @@ type Hypervisor struct {
 	KernelParams []string `toml:"kernel_params"`
 	VCPUs        uint32   `toml:"vcpus"`
 	MemoryMiB    uint32   `toml:"memory_mib"`
+	// MaxVCPUs and MaxMemoryMiB cap a pod VM grown by the pod's sizing
+	// annotations; zero means the host's CPUs and memory.
+	MaxVCPUs     uint32 `toml:"max_vcpus"`
+	MaxMemoryMiB uint32 `toml:"max_memory_mib"`
 	// Debug keeps the guest kernel's console output and logs the agent at
 	// debug level.
 	Debug bool `toml:"debug"`
@@ -253,6 +257,12 @@ func (c *Config) Validate() error {
 	}
 	if h.MemoryMiB < 128 {
 		bad("hypervisor.memory_mib", "%d is below the minimum of 128", h.MemoryMiB)
+	}
+	if h.MaxVCPUs != 0 && (h.MaxVCPUs < h.VCPUs || h.MaxVCPUs > 255) {
+		bad("hypervisor.max_vcpus", "%d: want 0 (the host's CPUs) or vcpus..255", h.MaxVCPUs)
+	}
+	if h.MaxMemoryMiB != 0 && h.MaxMemoryMiB < h.MemoryMiB {
+		bad("hypervisor.max_memory_mib", "%d is below memory_mib", h.MaxMemoryMiB)
 	}
 	for i, p := range h.KernelParams {
 		if p == "" || strings.ContainsAny(p, " \t\n") {
