@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
 )
 
@@ -31,13 +32,15 @@ type record struct {
 	ID          string `json:"id"`
 	VMPID       int    `json:"vm_pid,omitempty"`
 	VirtiofsPID int    `json:"virtiofsd_pid,omitempty"`
+	// NetNS is the pod network namespace mirrored into the VM.
+	NetNS string `json:"netns,omitempty"`
 	// Cgroup is the VM's cgroup path below the cgroup root(s).
 	Cgroup string `json:"cgroup,omitempty"`
 }
 
 func (s *Sandbox) record() record {
 	d := s.vm.Describe()
-	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup}
+	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup, NetNS: s.netnsPath}
 	if s.virtiofs != nil {
 		r.VirtiofsPID = s.virtiofs.PID()
 	}
@@ -116,6 +119,9 @@ func Cleanup(ctx context.Context, stateRoot, id string) error {
 	}
 	if r.Cgroup != "" {
 		errs = append(errs, removeCgroup(r.Cgroup))
+	}
+	if r.NetNS != "" {
+		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("cleaning up sandbox %s: %w", id, err)

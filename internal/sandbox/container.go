@@ -51,6 +51,9 @@ type ContainerConfig struct {
 	// Rootfs, when set, are mounted in order as the root filesystem
 	// instead of binding Spec.Root.Path.
 	Rootfs []storage.Mount
+	// GuestMounts are indices of bind mounts in Spec.Mounts whose source
+	// is a guest path (GuestShmDir): nothing is shared for them.
+	GuestMounts []int
 	// Stdio of the init process. Stdio.Terminal must match
 	// Spec.Process.Terminal.
 	Stdio IO
@@ -131,7 +134,9 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) (_ *
 		}
 	}()
 
-	guest, err := s.storage.AddContainer(ctx, storage.Container{ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs})
+	guest, err := s.storage.AddContainer(ctx, storage.Container{
+		ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, GuestMounts: cfg.GuestMounts,
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
@@ -78,6 +79,14 @@ type Config struct {
 	Hostname string
 	// Virtiofs configures the daemon that shares the containers' files.
 	Virtiofs VirtiofsConfig
+	// NetNS is the path of a network namespace (a pod's, set up by CNI) to
+	// mirror into the VM; empty for a VM without network devices.
+	NetNS string
+	// DNS is written to the guest's resolv.conf with the pod network.
+	DNS *agent.DNS
+	// ShmSize is the size in bytes of the pod's /dev/shm in the guest
+	// (GuestShmDir); zero for 64 MiB.
+	ShmSize uint64
 }
 
 // Sandbox is a running VM with its agent.
@@ -94,6 +103,10 @@ type Sandbox struct {
 	// storage is the shared tree; virtiofsd serves it to the guest.
 	storage  *storage.Shared
 	virtiofs *virtiofs.Daemon
+	// network mirrors the pod's network namespace (netnsPath) into the
+	// VM; nil without one.
+	network   *netpod.Network
+	netnsPath string
 
 	// bg is the sandbox's process-lifetime context for its background
 	// loops (process waiters, the OOM loop); Stop cancels it. It carries
@@ -208,8 +221,17 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		{"start virtiofsd", func(ctx context.Context) error {
 			return s.startVirtiofs(ctx, cfg.Virtiofs, &undo)
 		}},
+		{"attach pod network", func(ctx context.Context) error {
+			if cfg.NetNS == "" {
+				return nil
+			}
+			return s.attachNetwork(ctx, cfg.NetNS, &undo)
+		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM
+			if s.network != nil {
+				vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
+			}
 			vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
 			vc.SharedMemory = true
 			vc.ID = cfg.ID
@@ -254,7 +276,10 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		{"create guest sandbox", func(ctx context.Context) error {
 			// The agent waits for the storage modules it loads after it
 			// began serving; the rest keep loading meanwhile.
-			return s.createGuestSandbox(ctx, hostname)
+			return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
+		}},
+		{"configure guest network", func(ctx context.Context) error {
+			return s.configureGuestNetwork(ctx, cfg.DNS)
 		}},
 	}
 	for _, st := range steps {
@@ -346,6 +371,9 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	s.closeContainers()
 	if s.virtiofs != nil {
 		errs = append(errs, s.virtiofs.Stop(ctx))
+	}
+	if s.network != nil {
+		errs = append(errs, s.network.Close(ctx))
 	}
 	if s.storage != nil {
 		errs = append(errs, s.storage.Close(ctx))

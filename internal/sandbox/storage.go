@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -78,8 +79,12 @@ func (s *Sandbox) filesystemDevice() hypervisor.FilesystemDevice {
 	return hypervisor.FilesystemDevice{Tag: storage.FSTag, SocketPath: s.virtiofs.SocketPath()}
 }
 
-// createGuestSandbox has the agent set the hostname and mount the share.
-func (s *Sandbox) createGuestSandbox(ctx context.Context, hostname string) error {
+// createGuestSandbox has the agent set the hostname, mount the share and
+// the pod's /dev/shm.
+func (s *Sandbox) createGuestSandbox(ctx context.Context, hostname string, shmSize uint64) error {
+	if shmSize == 0 {
+		shmSize = defaultShmSize
+	}
 	_, err := s.client.Containers().CreateSandbox(ctx, &agent.CreateSandboxRequest{
 		SandboxId: s.id,
 		Hostname:  hostname,
@@ -87,6 +92,11 @@ func (s *Sandbox) createGuestSandbox(ctx context.Context, hostname string) error
 			Source:     storage.FSTag,
 			Fstype:     "virtiofs",
 			MountPoint: storage.GuestSharedDir,
+		}, {
+			Source:     "shm",
+			Fstype:     "tmpfs",
+			Options:    []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%dk", (shmSize+1023)/1024)},
+			MountPoint: GuestShmDir,
 		}},
 	})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -69,6 +70,9 @@ type service struct {
 	// containers are the tasks, by container ID; an ID being created
 	// maps to nil. Guarded by mu.
 	containers map[string]*container
+	// podShm is the host source of the pod sandbox's /dev/shm bind, which
+	// the pod's members bind too; guarded by mu.
+	podShm string
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -112,6 +116,10 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
+	r0, err := containerRole(spec.Annotations)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.reserve(r.ID); err != nil {
 		return nil, err
 	}
@@ -120,7 +128,11 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			s.unreserve(ctx, r.ID)
 		}
 	}()
-	sb, err := s.sandbox(ctx, r.ID, r.Bundle, r.Options, spec.Hostname, spec.Annotations)
+	plan, err := podSpec(spec, r0, s.isPodPid, s.podShmSource())
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", r.ID, err)
+	}
+	sb, err := s.sandbox(ctx, sandboxRequest{id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, role: r0, plan: plan})
 	if err != nil {
 		return nil, err
 	}
@@ -137,8 +149,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		ID:     r.ID,
 		Bundle: r.Bundle,
 		Spec:   spec,
-		Rootfs: rootfs,
-		Stdio:  pio.stdio(r.Terminal),
+		Rootfs:      rootfs,
+		GuestMounts: plan.guestMounts,
+		Stdio:       pio.stdio(r.Terminal),
 	})
 	if err != nil {
 		pio.Close(ctx)
@@ -183,46 +196,100 @@ func (s *service) unreserve(ctx context.Context, id string) {
 	}
 }
 
-// sandbox returns the pod's sandbox, starting it for the first container.
-// Each container's bundle gets the record `shim delete` needs.
-func (s *service) sandbox(ctx context.Context, id, bundle string, opts *anypb.Any, hostname string, annotations map[string]string) (*sandbox.Sandbox, error) {
+// sandboxRequest is what the sandbox of a container's create needs.
+type sandboxRequest struct {
+	id, bundle string
+	opts       *anypb.Any
+	// spec is the container's guest spec (after podSpec).
+	spec *specs.Spec
+	role role
+	plan guestPlan
+}
+
+// sandbox returns the pod's sandbox, starting it for the first container:
+// sized by the pod's annotations, with the pod's network namespace
+// mirrored into it. Each container's bundle gets the record `shim delete`
+// needs.
+func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandbox, error) {
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	s.mu.Lock()
 	sb, rec := s.sb, record{SandboxID: s.sandboxID, StateRoot: s.stateRoot}
 	s.mu.Unlock()
+	annotations := r.spec.Annotations
 	if sb != nil {
-		if want := sandboxID(id, annotations); want != rec.SandboxID {
-			return nil, fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", id, want, rec.SandboxID, errdefs.ErrFailedPrecondition)
+		if want := sandboxID(r.id, annotations); want != rec.SandboxID {
+			return nil, fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", r.id, want, rec.SandboxID, errdefs.ErrFailedPrecondition)
 		}
-		return sb, writeRecord(bundle, rec)
+		if r.role != rolePodMember {
+			return nil, fmt.Errorf("container %s is a %s, but sandbox %s runs already: %w", r.id, r.role, rec.SandboxID, errdefs.ErrFailedPrecondition)
+		}
+		return sb, writeRecord(r.bundle, rec)
+	}
+	if r.role == rolePodMember {
+		return nil, fmt.Errorf("container %s joins pod %s, whose sandbox container this shim does not run: %w", r.id, sandboxID(r.id, annotations), errdefs.ErrFailedPrecondition)
 	}
 
-	cfg, err := loadConfig(opts)
+	cfg, err := loadConfig(r.opts)
 	if err != nil {
 		return nil, err
 	}
-	rec = record{SandboxID: sandboxID(id, annotations), StateRoot: cfg.Runtime.StateDir}
-	if err := writeRecord(bundle, rec); err != nil {
+	rec = record{SandboxID: sandboxID(r.id, annotations), StateRoot: cfg.Runtime.StateDir}
+	if err := writeRecord(r.bundle, rec); err != nil {
 		return nil, err
 	}
 	sc, err := launch.SandboxConfig(cfg, rec.SandboxID)
 	if err != nil {
 		return nil, err
 	}
-	if hostname != "" {
-		sc.Hostname = hostname
+	if r.spec.Hostname != "" {
+		sc.Hostname = r.spec.Hostname
 	}
+	size, err := podSize(vmSize{sc.VM.VCPUs, sc.VM.MemoryMiB}, vmSize{cfg.Hypervisor.MaxVCPUs, cfg.Hypervisor.MaxMemoryMiB}, annotations)
+	if err != nil {
+		return nil, err
+	}
+	sc.VM.VCPUs, sc.VM.MemoryMiB = size.vcpus, size.memoryMiB
+	sc.NetNS = r.plan.netns
+	if sc.NetNS != "" {
+		if sc.DNS, err = specDNS(r.spec); err != nil {
+			return nil, err
+		}
+	}
+	sc.ShmSize = tmpfsSize(r.plan.shmSource)
 	sb, err = sandbox.Start(ctx, sc)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	s.sb, s.sandboxID, s.stateRoot = sb, rec.SandboxID, rec.StateRoot
+	s.podShm = r.plan.shmSource
 	s.mu.Unlock()
 	go s.forwardOOM(sb)
-	log.G(ctx).WithField("sandbox", rec.SandboxID).Info("sandbox started")
+	log.G(ctx).WithFields(log.Fields{
+		"sandbox": rec.SandboxID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS,
+	}).Info("sandbox started")
 	return sb, nil
+}
+
+// isPodPid reports whether pid is the guest PID of a container's init in
+// this shim: the namespaces a pod member may join.
+func (s *service) isPodPid(pid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.containers {
+		if c != nil && c.init.getPid() == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// podShmSource is the host source of the pod sandbox's /dev/shm.
+func (s *service) podShmSource() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.podShm
 }
 
 // forwardOOM publishes the sandbox's OOM kills until it stops.
@@ -239,6 +306,7 @@ func (s *service) stopSandbox(ctx context.Context) {
 	s.mu.Lock()
 	sb := s.sb
 	s.sb = nil
+	s.podShm = ""
 	s.mu.Unlock()
 	if sb == nil {
 		return

@@ -1,10 +1,62 @@
 package shim
 
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/netpod"
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
 // Annotations that group the containers of a pod in one sandbox: CRI's and
 // CRI-O's.
 var sandboxAnnotations = []string{
 	"io.kubernetes.cri.sandbox-id",
 	"io.kubernetes.cri-o.SandboxID",
+}
+
+// Annotations that say whether a container is a pod's sandbox or one of its
+// workloads, with the values both use.
+var containerTypeAnnotations = []string{
+	"io.kubernetes.cri.container-type",
+	"io.kubernetes.cri-o.ContainerType",
+}
+
+const (
+	containerTypeSandbox   = "sandbox"
+	containerTypeContainer = "container"
+)
+
+// role is a container's place in its pod.
+type role int
+
+const (
+	// roleSingle is a container outside any pod (ctr run): it is a pod of
+	// one, its own sandbox.
+	roleSingle role = iota
+	// rolePodSandbox is a pod's sandbox ("pause") container: the first of
+	// the pod, whose namespaces the others join.
+	rolePodSandbox
+	// rolePodMember is a workload container of a pod.
+	rolePodMember
+)
+
+func (r role) String() string {
+	switch r {
+	case rolePodSandbox:
+		return "pod sandbox"
+	case rolePodMember:
+		return "pod container"
+	}
+	return "single container"
 }
 
 // sandboxID returns the sandbox a container belongs to: its pod's, or its
@@ -16,4 +68,152 @@ func sandboxID(id string, annotations map[string]string) string {
 		}
 	}
 	return id
+}
+
+// containerRole reads the container-type annotations. An unknown type is an
+// error rather than a guess.
+func containerRole(annotations map[string]string) (role, error) {
+	for _, a := range containerTypeAnnotations {
+		switch v, ok := annotations[a]; {
+		case !ok:
+			continue
+		case v == containerTypeSandbox:
+			return rolePodSandbox, nil
+		case v == containerTypeContainer:
+			return rolePodMember, nil
+		default:
+			return 0, fmt.Errorf("annotation %s=%q: want %q or %q: %w", a, v, containerTypeSandbox, containerTypeContainer, errdefs.ErrInvalidArgument)
+		}
+	}
+	return roleSingle, nil
+}
+
+// guestPlan is what a container's spec asks of the VM beyond the container
+// itself.
+type guestPlan struct {
+	// netns is the host network namespace to mirror into the VM (the pod's,
+	// set up by CNI); empty for none.
+	netns string
+	// shmSource is the host source of the pod sandbox's /dev/shm bind,
+	// which the pod's containers share; empty when it has none.
+	shmSource string
+	// guestMounts are the indices of mounts rewritten to guest sources.
+	guestMounts []int
+}
+
+// podSpec turns a container's spec into the one the guest runs, in place:
+//
+//   - Network: the VM is the pod. A pod sandbox's or a single container's
+//     network namespace with a path (the pod's, made by CNI) is mirrored
+//     into the VM, and the container uses the guest's own namespace, which
+//     then holds the pod network; a pod member always uses the guest's
+//     namespace. A new namespace without a path stays: an isolated one, as
+//     under runc.
+//   - IPC, UTS and PID: a pod member joins the namespaces of its pod's
+//     containers by the /proc/<pid>/ns paths containerd writes; the PIDs are
+//     the guest PIDs this shim reported, so the paths hold in the guest. A
+//     path that names no container of the pod cannot be joined from a VM.
+//   - /dev/shm: the pod shares one tmpfs in the guest (sandbox.GuestShmDir)
+//     instead of the host tmpfs containerd made.
+//
+// known reports whether a guest PID is the init of a container in the pod;
+// podShm is the pod's /dev/shm source recorded from its sandbox.
+func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (guestPlan, error) {
+	var plan guestPlan
+	if spec.Linux != nil {
+		kept := spec.Linux.Namespaces[:0:0]
+		for _, ns := range spec.Linux.Namespaces {
+			switch {
+			case ns.Type == specs.NetworkNamespace && r == rolePodMember:
+				continue
+			case ns.Type == specs.NetworkNamespace && ns.Path != "":
+				plan.netns = ns.Path
+				continue
+			case ns.Path == "":
+			case r != rolePodMember:
+				return guestPlan{}, fmt.Errorf("%s namespace %q: a %s cannot join a host namespace from a VM: %w", ns.Type, ns.Path, r, errdefs.ErrInvalidArgument)
+			default:
+				pid, ok := nsPathPID(ns.Path, ns.Type)
+				if !ok || !known(pid) {
+					return guestPlan{}, fmt.Errorf("%s namespace %q: names no container of this pod: %w", ns.Type, ns.Path, errdefs.ErrInvalidArgument)
+				}
+			}
+			kept = append(kept, ns)
+		}
+		spec.Linux.Namespaces = kept
+	}
+	for i, m := range spec.Mounts {
+		if path.Clean(m.Destination) != "/dev/shm" || !isBindMount(m) {
+			continue
+		}
+		switch {
+		case r == rolePodSandbox:
+			plan.shmSource = m.Source
+		case r == rolePodMember && podShm != "" && m.Source == podShm:
+		default:
+			continue
+		}
+		spec.Mounts[i].Source = sandbox.GuestShmDir
+		plan.guestMounts = append(plan.guestMounts, i)
+	}
+	return plan, nil
+}
+
+// nsPathPID parses /proc/<pid>/ns/<kind> for a namespace type.
+func nsPathPID(p string, t specs.LinuxNamespaceType) (uint32, bool) {
+	kind := map[specs.LinuxNamespaceType]string{
+		specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
+		specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.MountNamespace: "mnt",
+		specs.TimeNamespace: "time",
+	}[t]
+	rest, ok := strings.CutPrefix(p, "/proc/")
+	if !ok || kind == "" {
+		return 0, false
+	}
+	num, tail, ok := strings.Cut(rest, "/")
+	if !ok || tail != "ns/"+kind {
+		return 0, false
+	}
+	pid, err := strconv.ParseUint(num, 10, 32)
+	if err != nil || pid == 0 {
+		return 0, false
+	}
+	return uint32(pid), true
+}
+
+// isBindMount reports whether a spec mount is a bind mount.
+func isBindMount(m specs.Mount) bool {
+	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
+}
+
+// specDNS reads the resolv.conf that the spec binds into the container
+// (containerd's per-pod file) for the guest; nil when there is none.
+func specDNS(spec *specs.Spec) (*agent.DNS, error) {
+	for _, m := range spec.Mounts {
+		if path.Clean(m.Destination) != "/etc/resolv.conf" || !isBindMount(m) {
+			continue
+		}
+		if !path.IsAbs(m.Source) {
+			return nil, nil
+		}
+		dns, err := netpod.ParseResolvConf(m.Source)
+		if err != nil {
+			return nil, fmt.Errorf("the pod's resolv.conf: %w", err)
+		}
+		return dns, nil
+	}
+	return nil, nil
+}
+
+// tmpfsSize is the size in bytes of the tmpfs mounted at p, or zero when p
+// is empty or not a tmpfs.
+func tmpfsSize(p string) uint64 {
+	if p == "" {
+		return 0
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		return 0
+	}
+	return st.Blocks * uint64(st.Bsize)
 }

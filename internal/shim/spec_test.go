@@ -1,0 +1,186 @@
+package shim
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+func TestContainerRole(t *testing.T) {
+	for _, tc := range []struct {
+		ann  map[string]string
+		want role
+		bad  bool
+	}{
+		{ann: nil, want: roleSingle},
+		{ann: map[string]string{"io.kubernetes.cri.container-type": "sandbox"}, want: rolePodSandbox},
+		{ann: map[string]string{"io.kubernetes.cri.container-type": "container"}, want: rolePodMember},
+		{ann: map[string]string{"io.kubernetes.cri-o.ContainerType": "sandbox"}, want: rolePodSandbox},
+		{ann: map[string]string{"io.kubernetes.cri-o.ContainerType": "container"}, want: rolePodMember},
+		{ann: map[string]string{"io.kubernetes.cri.container-type": "pause"}, bad: true},
+	} {
+		got, err := containerRole(tc.ann)
+		if tc.bad {
+			if !errdefs.IsInvalidArgument(err) {
+				t.Errorf("%v: got %v, %v; want an invalid argument", tc.ann, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%v: got %v, %v; want %v", tc.ann, got, err, tc.want)
+		}
+	}
+}
+
+// criSandboxSpec is the shape of containerd CRI's pause container spec.
+func criSandboxSpec() *specs.Spec {
+	return &specs.Spec{
+		Hostname: "pod1",
+		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+			{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+		}},
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/sandboxes/p1/shm", Options: []string{"rbind", "ro"}},
+		},
+	}
+}
+
+// criMemberSpec is the shape of a CRI workload container's spec joining a
+// sandbox whose init has PID 7.
+func criMemberSpec() *specs.Spec {
+	return &specs.Spec{
+		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{
+			{Type: specs.MountNamespace},
+			{Type: specs.NetworkNamespace, Path: "/proc/7/ns/net"},
+			{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"},
+			{Type: specs.UTSNamespace, Path: "/proc/7/ns/uts"},
+			{Type: specs.PIDNamespace},
+		}},
+		Mounts: []specs.Mount{
+			{Destination: "/etc/hosts", Type: "bind", Source: "/var/lib/containerd/sandboxes/p1/hosts", Options: []string{"rbind", "rw"}},
+			{Destination: "/dev/shm", Type: "bind", Source: "/run/containerd/sandboxes/p1/shm", Options: []string{"rbind", "rw"}},
+		},
+	}
+}
+
+func TestPodSpecSandbox(t *testing.T) {
+	s := criSandboxSpec()
+	plan, err := podSpec(s, rolePodSandbox, func(uint32) bool { return false }, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.netns != "/var/run/netns/cni-1" || plan.shmSource != "/run/containerd/sandboxes/p1/shm" {
+		t.Errorf("plan %+v", plan)
+	}
+	if !reflect.DeepEqual(plan.guestMounts, []int{1}) || s.Mounts[1].Source != sandbox.GuestShmDir {
+		t.Errorf("shm mount not moved to the guest: %+v, %+v", plan.guestMounts, s.Mounts[1])
+	}
+	want := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}
+	if !reflect.DeepEqual(s.Linux.Namespaces, want) {
+		t.Errorf("namespaces %+v, want %+v", s.Linux.Namespaces, want)
+	}
+}
+
+func TestPodSpecMember(t *testing.T) {
+	s := criMemberSpec()
+	plan, err := podSpec(s, rolePodMember, func(pid uint32) bool { return pid == 7 }, "/run/containerd/sandboxes/p1/shm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.netns != "" || plan.shmSource != "" {
+		t.Errorf("a member asks for pod resources: %+v", plan)
+	}
+	if !reflect.DeepEqual(plan.guestMounts, []int{1}) || s.Mounts[1].Source != sandbox.GuestShmDir || s.Mounts[0].Source != "/var/lib/containerd/sandboxes/p1/hosts" {
+		t.Errorf("mounts %+v, guest %v", s.Mounts, plan.guestMounts)
+	}
+	want := []specs.LinuxNamespace{
+		{Type: specs.MountNamespace},
+		{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"},
+		{Type: specs.UTSNamespace, Path: "/proc/7/ns/uts"},
+		{Type: specs.PIDNamespace},
+	}
+	if !reflect.DeepEqual(s.Linux.Namespaces, want) {
+		t.Errorf("namespaces %+v, want %+v", s.Linux.Namespaces, want)
+	}
+}
+
+func TestPodSpecRefusals(t *testing.T) {
+	known := func(pid uint32) bool { return pid == 7 }
+	for name, tc := range map[string]struct {
+		spec *specs.Spec
+		role role
+	}{
+		"member joins an unknown pid": {
+			role: rolePodMember,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/8/ns/ipc"}}}},
+		},
+		"member joins a host path": {
+			role: rolePodMember,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UTSNamespace, Path: "/var/run/uts/x"}}}},
+		},
+		"member path of another kind": {
+			role: rolePodMember,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/7/ns/uts"}}}},
+		},
+		"single container joins a host namespace": {
+			role: roleSingle,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"}}}},
+		},
+	} {
+		if _, err := podSpec(tc.spec, tc.role, known, ""); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: got %v, want an invalid argument", name, err)
+		}
+	}
+}
+
+func TestPodSpecSingle(t *testing.T) {
+	// ctr run: a new network namespace stays (isolated, as under runc);
+	// a host /dev/shm bind stays a shared bind.
+	s := &specs.Spec{
+		Linux:  &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}, {Type: specs.PIDNamespace}}},
+		Mounts: []specs.Mount{{Destination: "/dev/shm", Type: "tmpfs", Source: "shm"}},
+	}
+	plan, err := podSpec(s, roleSingle, func(uint32) bool { return false }, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.netns != "" || len(plan.guestMounts) != 0 || len(s.Linux.Namespaces) != 2 || s.Mounts[0].Source != "shm" {
+		t.Errorf("plan %+v, spec %+v", plan, s)
+	}
+}
+
+func TestPodSize(t *testing.T) {
+	base := vmSize{vcpus: 1, memoryMiB: 512}
+	limit := vmSize{vcpus: 4, memoryMiB: 4096}
+	for _, tc := range []struct {
+		ann  map[string]string
+		want vmSize
+		bad  bool
+	}{
+		{ann: nil, want: base},
+		{ann: map[string]string{annotationSandboxCPUQuota: "150000", annotationSandboxCPUPeriod: "100000", annotationSandboxMemory: "268435456"}, want: vmSize{3, 768}},
+		{ann: map[string]string{annotationSandboxCPUQuota: "-1", annotationSandboxCPUPeriod: "100000"}, want: base},
+		{ann: map[string]string{annotationSandboxCPUQuota: "0", annotationSandboxMemory: "0"}, want: base},
+		{ann: map[string]string{annotationSandboxCPUQuota: "1000000", annotationSandboxCPUPeriod: "100000", annotationSandboxMemory: "68719476736"}, want: limit},
+		{ann: map[string]string{annotationSandboxMemory: "1"}, want: vmSize{1, 513}},
+		{ann: map[string]string{annotationSandboxMemory: "lots"}, bad: true},
+		{ann: map[string]string{annotationSandboxMemory: "-5"}, bad: true},
+	} {
+		got, err := podSize(base, limit, tc.ann)
+		if tc.bad {
+			if !errdefs.IsInvalidArgument(err) {
+				t.Errorf("%v: got %v, %v; want an invalid argument", tc.ann, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%v: got %+v, %v; want %+v", tc.ann, got, err, tc.want)
+		}
+	}
+}
