@@ -12,14 +12,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hull-runtime/hull/internal/ocispec"
-
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/ocispec"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -86,6 +86,10 @@ func runBundle(cmd *cobra.Command, g *globalFlags, bundle, id string, tty bool) 
 	if spec.Hostname != "" {
 		sc.Hostname = spec.Hostname
 	}
+	// A network namespace the spec names (one made with `ip netns add` and
+	// set up by hand or by CNI) is mirrored into the VM; the container
+	// then uses the guest's namespace, which holds that network.
+	sc.NetNS = takeNetNS(spec)
 
 	// Until the container runs, a signal aborts the run.
 	startCtx, abort := context.WithCancelCause(ctx)
@@ -214,4 +218,19 @@ func randomID() (string, error) {
 		return "", err
 	}
 	return "run-" + hex.EncodeToString(b[:]), nil
+}
+
+// takeNetNS removes a network namespace with a path from the spec and
+// returns the path; "" when the spec names none.
+func takeNetNS(spec *specs.Spec) string {
+	if spec.Linux == nil {
+		return ""
+	}
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace && ns.Path != "" {
+			spec.Linux.Namespaces = append(spec.Linux.Namespaces[:i], spec.Linux.Namespaces[i+1:]...)
+			return ns.Path
+		}
+	}
+	return ""
 }
