@@ -91,6 +91,7 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 	api.RegisterSystemService(rpc, &systemService{a: a})
 	a.containers = newContainerService(a, containerStateDir)
 	api.RegisterContainersService(rpc, a.containers)
+	api.RegisterNetworkService(rpc, newNetworkService(initMode))
 	a.rpc = rpc
 	return a, nil
 }

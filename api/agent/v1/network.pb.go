@@ -3,7 +3,7 @@
 //
 // The host mirrors each interface of the pod's network namespace into the
 // VM as a virtio-net device with the same MAC address (see
-// docs/networking.md). The agent finds each device by that MAC and gives it
+// docs/kubernetes.md, "Networking"). The agent finds each device by that MAC and gives it
 // the pod interface's name, MTU and addresses, then adds the routes and the
 // neighbour entries, and writes the guest's resolv.conf. Containers of a pod
 // use the guest's own network namespace, so they all see this setup.
