@@ -21,6 +21,12 @@
 // can pivot_root, and the reaper leaves the children libcontainer waits
 // for alone.
 //
+// The Network service (network.go) gives the guest the pod's network: the
+// host mirrors each pod interface as a virtio-net device with the same MAC,
+// and the agent names it, addresses it and adds the routes, neighbours and
+// resolv.conf. Pod containers have no network namespace of their own, so
+// they share this one.
+//
 // Outside a VM the same serving code runs on a unix socket (Serve with
 // "unix:<path>"), so that the host client can be tested without a VM.
 package agent
