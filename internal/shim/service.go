@@ -146,9 +146,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		rootfs = append(rootfs, storage.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
 	sc, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
-		ID:     r.ID,
-		Bundle: r.Bundle,
-		Spec:   spec,
+		ID:          r.ID,
+		Bundle:      r.Bundle,
+		Spec:        spec,
 		Rootfs:      rootfs,
 		GuestMounts: plan.guestMounts,
 		Stdio:       pio.stdio(r.Terminal),
