@@ -88,6 +88,10 @@ demo: deps image ## Set up, then run `ctr run --rm --runtime io.containerd.hull.
 e2e: image ## Only the containerd end-to-end suite (containerd 1.6 and 2.x, driven by ctr).
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/containerd/
 
+.PHONY: e2e-cri
+e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 1.6 and 2.x, handlers hull and runc).
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/cri/
+
 .PHONY: protos
 protos: tools ## Generate Go code from api/**/*.proto.
 	protoc -I api/agent/v1 -I /usr/include \

@@ -27,12 +27,35 @@ const DefaultBusybox = "/bin/busybox"
 // DefaultName is the name the busybox image is imported under.
 const DefaultName = "docker.io/hull/busybox:latest"
 
+// DefaultPauseName is the name the pause image (see PauseOptions) is
+// imported under.
+const DefaultPauseName = "docker.io/hull/pause:latest"
+
+// pauseScript is the pause image's program: it sleeps until SIGTERM or
+// SIGINT, then exits 0. The sleep runs in the background so that the shell
+// runs its trap as soon as the signal arrives rather than when sleep ends.
+const pauseScript = `trap 'kill $! 2>/dev/null; exit 0' TERM INT; while :; do sleep 3600 & wait $!; done`
+
 // BusyboxOptions configures WriteBusybox.
 type BusyboxOptions struct {
 	// Busybox is a statically linked busybox; DefaultBusybox when empty.
 	Busybox string
 	// Name is the image's full reference; DefaultName when empty.
 	Name string
+	// Entrypoint and Cmd are the image configuration's; when both are
+	// empty, Cmd is ["sh"].
+	Entrypoint []string
+	Cmd        []string
+}
+
+// PauseOptions returns the options of a pause image, the program a pod
+// sandbox runs (the CRI's sandbox image): busybox whose entrypoint sleeps
+// until SIGTERM or SIGINT and then exits 0. It is named DefaultPauseName.
+func PauseOptions() BusyboxOptions {
+	return BusyboxOptions{
+		Name:       DefaultPauseName,
+		Entrypoint: []string{"/bin/sh", "-c", pauseScript},
+	}
 }
 
 // file is one entry of a layer.
@@ -54,6 +77,9 @@ func WriteBusybox(w io.Writer, opts BusyboxOptions) error {
 	}
 	if opts.Name == "" {
 		opts.Name = DefaultName
+	}
+	if len(opts.Entrypoint) == 0 && len(opts.Cmd) == 0 {
+		opts.Cmd = []string{"sh"}
 	}
 	bin, err := os.ReadFile(opts.Busybox)
 	if err != nil {
@@ -102,14 +128,20 @@ func WriteBusybox(w io.Writer, opts BusyboxOptions) error {
 	if err != nil {
 		return err
 	}
+	imageConfig := map[string]any{
+		"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	}
+	if len(opts.Entrypoint) > 0 {
+		imageConfig["Entrypoint"] = opts.Entrypoint
+	}
+	if len(opts.Cmd) > 0 {
+		imageConfig["Cmd"] = opts.Cmd
+	}
 	config, err := json.Marshal(map[string]any{
 		"created":      Epoch,
 		"architecture": "amd64",
 		"os":           "linux",
-		"config": map[string]any{
-			"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd": []string{"sh"},
-		},
+		"config":       imageConfig,
 		"rootfs": map[string]any{
 			"type":     "layers",
 			"diff_ids": []string{digest(layerTar)},

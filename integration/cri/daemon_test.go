@@ -1,0 +1,491 @@
+package cri
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// handler is a CRI runtime handler the daemons configure.
+type handler struct {
+	// name is the handler's name in the CRI (RuntimeClass.handler).
+	name string
+	// runtimeType is the containerd shim runtime it maps to.
+	runtimeType string
+	// shim is the shim binary's name.
+	shim string
+	// vm says whether each pod is a VM.
+	vm bool
+}
+
+var (
+	runc = handler{name: "runc", runtimeType: "io.containerd.runc.v2", shim: "containerd-shim-runc-v2"}
+	hull = handler{name: "hull", runtimeType: "io.containerd.hull.v2", shim: "containerd-shim-hull-v2", vm: true}
+	// handlers lists runc first: it checks the harness before hull runs.
+	handlers = []handler{runc, hull}
+)
+
+// need fails a case whose handler cannot run here.
+func (h handler) need(t testing.TB) {
+	t.Helper()
+	if h.vm && env.shimErr != nil {
+		t.Fatal(env.shimErr)
+	}
+}
+
+// daemon is an isolated containerd with the CRI plugin: its own root,
+// state, socket, CNI network, pod cgroup parent and hull state root.
+// Everything but the state root is below dir.
+type daemon struct {
+	version   string
+	dir       string
+	address   string
+	ctrPath   string
+	stateRoot string
+	// cgroupParent is the parent of the pods' cgroups, as the kubelet's
+	// /kubepods.
+	cgroupParent string
+	logPath      string
+	net          *network
+	cmd          *exec.Cmd
+	conn         *grpc.ClientConn
+	rt           runtime.RuntimeServiceClient
+	images       runtime.ImageServiceClient
+}
+
+// startDaemon starts containerd of a version ("1.6" or "2") with the CRI
+// plugin, the runc and hull handlers and a CNI network of its own, imports
+// the busybox and pause images into the CRI's namespace and waits until
+// the CRI sees them.
+func startDaemon(t testing.TB, version string) *daemon {
+	t.Helper()
+	needCNI(t)
+	containerdPath, ctrPath, binDir := daemonBinaries(t, version)
+	dir, err := os.MkdirTemp(env.workDir, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// hull's state root is short: a sandbox's sockets are named
+	// <root>/<64-hex sandbox id>/<name>, within the 107 bytes of a unix
+	// socket path.
+	stateRoot, err := os.MkdirTemp("/tmp", "hc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{
+		version:   version,
+		dir:       dir,
+		address:   filepath.Join(dir, "containerd.sock"),
+		ctrPath:   ctrPath,
+		stateRoot: stateRoot,
+		logPath:   filepath.Join(dir, "containerd.log"),
+	}
+	d.net = newNetwork(t, dir)
+	d.cgroupParent = "/" + d.net.name
+	var config string
+	if version == "1.6" {
+		config = configV2(d)
+	} else {
+		config = configV3(d)
+	}
+	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logFile, err := os.Create(d.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = logFile.Close() }() // the daemon holds its own copy
+	d.cmd = exec.Command(containerdPath, "--config", filepath.Join(dir, "config.toml"), "--log-level", "info")
+	path := env.binDir + ":" + os.Getenv("PATH")
+	if binDir != "" {
+		path = env.binDir + ":" + binDir + ":" + os.Getenv("PATH")
+	}
+	d.cmd.Env = append(os.Environ(),
+		"PATH="+path,
+		"HULL_CONFIG="+filepath.Join(dir, "hull.toml"))
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.stop(t) })
+
+	d.conn, err = grpc.NewClient("unix://"+d.address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.rt, d.images = runtime.NewRuntimeServiceClient(d.conn), runtime.NewImageServiceClient(d.conn)
+	waitFor(t, 30*time.Second, "the CRI to serve:\n"+d.logTail(40), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		v, err := d.rt.Version(ctx, &runtime.VersionRequest{})
+		if err == nil {
+			t.Logf("containerd %s: %s %s, CRI %s", version, v.RuntimeName, v.RuntimeVersion, v.RuntimeApiVersion)
+		}
+		return err == nil
+	})
+	for _, archive := range []string{env.busybox, env.pause} {
+		d.mustCtr(t, "-n", "k8s.io", "images", "import", archive)
+	}
+	for _, ref := range []string{busyboxImage, pauseImage} {
+		waitFor(t, 30*time.Second, "the CRI to see image "+ref, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := d.images.ImageStatus(ctx, &runtime.ImageStatusRequest{Image: &runtime.ImageSpec{Image: ref}})
+			return err == nil && st.Image != nil
+		})
+	}
+	return d
+}
+
+// configV2 is containerd 1.x's configuration (version 2): the CRI is one
+// plugin, io.containerd.grpc.v1.cri, with runtimes, CNI and the sandbox
+// image inside.
+func configV2(d *daemon) string {
+	const cri = `plugins."io.containerd.grpc.v1.cri"`
+	return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[%[5]s]
+  sandbox_image = %[6]q
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[%[5]s.containerd]
+  default_runtime_name = "runc"
+[%[5]s.containerd.runtimes.runc]
+  runtime_type = %[7]q
+[%[5]s.containerd.runtimes.hull]
+  runtime_type = %[8]q
+[%[5]s.cni]
+  bin_dir = %[9]q
+  conf_dir = %[10]q
+`, filepath.Join(d.dir, "root"), filepath.Join(d.dir, "state"), d.address, d.address+".ttrpc",
+		cri, pauseImage, runc.runtimeType, hull.runtimeType, cniBinDir, d.net.confDir)
+}
+
+// configV3 is containerd 2.x's configuration (version 3): the CRI is split
+// into io.containerd.cri.v1.images (the sandbox image is a pinned image),
+// io.containerd.cri.v1.runtime (runtimes, CNI with a list of bin dirs,
+// restrict_oom_score_adj) and io.containerd.grpc.v1.cri (the server and
+// its streaming). NRI is off: its socket would be the host's
+// /var/run/nri/nri.sock, shared with every other containerd 2.x.
+func configV3(d *daemon) string {
+	return fmt.Sprintf(`version = 3
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.nri.v1.nri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = %q
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = %q
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.hull]
+  runtime_type = %q
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [%q]
+  conf_dir = %q
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+`, filepath.Join(d.dir, "root"), filepath.Join(d.dir, "state"), d.address, d.address+".ttrpc",
+		pauseImage, runc.runtimeType, hull.runtimeType, cniBinDir, d.net.confDir)
+}
+
+// stop removes what the CRI still has (a failed case), stops the daemon,
+// kills what it left and tears the network down.
+func (d *daemon) stop(t testing.TB) {
+	if d.conn != nil {
+		d.removeAll(t)
+		_ = d.conn.Close() // the daemon goes next
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-done
+	}
+	for _, p := range d.processes() {
+		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	}
+	if des, err := os.ReadDir(d.stateRoot); err == nil {
+		for _, de := range des {
+			if err := sandbox.Cleanup(context.Background(), d.stateRoot, de.Name()); err != nil {
+				t.Logf("cleaning up sandbox %s: %v", de.Name(), err)
+			}
+		}
+	}
+	// containerd leaves its snapshot mounts behind when it stops.
+	_, _ = command("umount", "-R", filepath.Join(d.dir, "root"))
+	if err := os.Remove(d.stateRoot); err != nil {
+		t.Errorf("hull state root: %v", err)
+	}
+	if err := d.net.teardown(); err != nil {
+		t.Errorf("tearing the network down: %v", err)
+	}
+	removeCgroups(d.cgroupParent)
+	if t.Failed() {
+		t.Logf("containerd %s log (%s):\n%s", d.version, d.logPath, d.logTail(300))
+	}
+	if dir := os.Getenv("HULL_CRI_LOGS"); dir != "" {
+		d.keepLog(t, dir)
+	}
+}
+
+// keepLog copies the daemon's log into dir, named after the test.
+func (d *daemon) keepLog(t testing.TB, dir string) {
+	b, err := os.ReadFile(d.logPath)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o750)
+	}
+	if err == nil {
+		name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + ".containerd.log"
+		err = os.WriteFile(filepath.Join(dir, name), b, 0o600)
+	}
+	if err != nil {
+		t.Logf("keeping the containerd log: %v", err)
+	}
+}
+
+// removeAll stops and removes every pod the CRI knows, with their
+// containers, as the kubelet's garbage collector would.
+func (d *daemon) removeAll(t testing.TB) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pods, err := d.rt.ListPodSandbox(ctx, &runtime.ListPodSandboxRequest{})
+	if err != nil {
+		t.Logf("listing pods: %v", err)
+		return
+	}
+	for _, p := range pods.Items {
+		d.forgetPod(t, p.Id)
+	}
+}
+
+// forgetPod stops and removes a pod whatever its state, for a case that
+// failed half-way; a pod that is already gone is fine.
+func (d *daemon) forgetPod(t testing.TB, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := d.rt.StopPodSandbox(ctx, &runtime.StopPodSandboxRequest{PodSandboxId: id}); err != nil && !isNotFound(err) {
+		t.Logf("stopping pod %s: %v", id, err)
+	}
+	if _, err := d.rt.RemovePodSandbox(ctx, &runtime.RemovePodSandboxRequest{PodSandboxId: id}); err != nil && !isNotFound(err) {
+		t.Logf("removing pod %s: %v", id, err)
+	}
+}
+
+// ctr runs ctr against the daemon and returns its stdout, stderr and exit
+// code.
+func (d *daemon) ctr(t testing.TB, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.ctrPath, append([]string{"-a", d.address}, args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return out.String(), errOut.String(), 0
+	case errors.As(err, &exit):
+		return out.String(), errOut.String(), exit.ExitCode()
+	}
+	t.Fatalf("ctr %v: %v", args, err)
+	return "", "", -1
+}
+
+// mustCtr runs ctr and fails the test when it fails.
+func (d *daemon) mustCtr(t testing.TB, args ...string) string {
+	t.Helper()
+	out, errOut, code := d.ctr(t, args...)
+	if code != 0 {
+		t.Fatalf("ctr %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// logTail returns the last n lines of the daemon's log.
+func (d *daemon) logTail(n int) string {
+	b, _ := os.ReadFile(d.logPath)
+	lines := strings.SplitAfter(string(b), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "")
+}
+
+// logSince returns the daemon's log from byte offset off on, for the
+// lines of one failing call.
+func (d *daemon) logSince(off int64) string {
+	b, _ := os.ReadFile(d.logPath)
+	if off > int64(len(b)) {
+		return ""
+	}
+	return string(b[off:])
+}
+
+// logSize is the daemon log's current size, for logSince.
+func (d *daemon) logSize() int64 {
+	fi, err := os.Stat(d.logPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// process is a process of the host.
+type process struct {
+	pid     int
+	cmdline string
+}
+
+func (p process) String() string { return fmt.Sprintf("process %d: %s", p.pid, p.cmdline) }
+
+// processes lists the processes the daemon's pods run on the host: those
+// whose command line names the hull state root (qemu, virtiofsd) and the
+// shims of this daemon (their command line names its socket).
+func (d *daemon) processes() []process {
+	var ps []process
+	for _, p := range allProcesses() {
+		if p.pid == d.cmd.Process.Pid {
+			continue
+		}
+		if strings.Contains(p.cmdline, d.stateRoot) || (strings.Contains(p.cmdline, "containerd-shim") && strings.Contains(p.cmdline, d.address)) {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+func allProcesses() []process {
+	var ps []process
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		ps = append(ps, process{pid: pid, cmdline: strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))})
+	}
+	return ps
+}
+
+// mounts lists the mount points below dir.
+func mounts(dir string) []string {
+	var ms []string
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer func() { _ = f.Close() }() // read-only
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
+			ms = append(ms, fields[4])
+		}
+	}
+	return ms
+}
+
+// cgroupHierarchies lists the mounted cgroup hierarchies (v1 controllers
+// and the unified one).
+func cgroupHierarchies() []string {
+	var hs []string
+	for _, m := range mounts("/sys/fs/cgroup") {
+		if !strings.Contains(strings.TrimPrefix(m, "/sys/fs/cgroup/"), "/") {
+			hs = append(hs, m)
+		}
+	}
+	return hs
+}
+
+// containerCgroups lists the cgroups of containers (and of anything
+// else) below the pods' cgroups, parent/pod<uid>, in every hierarchy. The
+// pods' own cgroups are the kubelet's to remove; the daemon's stop does.
+func containerCgroups(parent string) []string {
+	var cgs []string
+	for _, h := range cgroupHierarchies() {
+		root := filepath.Join(h, parent)
+		_ = filepath.WalkDir(root, func(path string, de os.DirEntry, err error) error {
+			if rel, _ := filepath.Rel(root, path); err == nil && de.IsDir() && strings.Count(rel, "/") >= 1 {
+				cgs = append(cgs, path)
+			}
+			return nil
+		})
+	}
+	return cgs
+}
+
+// removeCgroups removes parent and the (empty) cgroups below it.
+func removeCgroups(parent string) {
+	for _, h := range cgroupHierarchies() {
+		root := filepath.Join(h, parent)
+		var dirs []string
+		_ = filepath.WalkDir(root, func(path string, de os.DirEntry, err error) error {
+			if err == nil && de.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(dirs[i]) // best effort: a busy cgroup is reported by leftovers
+		}
+	}
+}
+
+// isNotFound says whether a CRI call failed because its object does not
+// exist.
+func isNotFound(err error) bool { return status.Code(err) == codes.NotFound }
+
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
