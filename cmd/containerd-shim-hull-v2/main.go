@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"os"
 
 	"github.com/containerd/containerd/runtime/v2/shim"
 
@@ -12,5 +14,12 @@ import (
 )
 
 func main() {
+	if hullshim.InfoRequested(os.Args[1:]) {
+		if err := hullshim.WriteInfo(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "containerd-shim-hull-v2 -info: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	shim.RunManager(context.Background(), hullshim.Manager{}, hullshim.WithoutReaper)
 }

@@ -38,9 +38,13 @@ func newEventQueue(ctx context.Context, publisher interface {
 	Close() error
 }) *eventQueue {
 	q := &eventQueue{ch: make(chan event, eventBuffer)}
+	// The shim's context ends when it shuts down, but the events queued
+	// before (the last TaskDelete) must still reach containerd: publish
+	// with its values and without its end.
+	pctx := context.WithoutCancel(ctx)
 	go func() {
 		for e := range q.ch {
-			if err := publisher.Publish(ctx, e.topic, e.ev); err != nil {
+			if err := publisher.Publish(pctx, e.topic, e.ev); err != nil {
 				log.G(ctx).WithError(err).WithField("topic", e.topic).Error("publishing event")
 			}
 		}

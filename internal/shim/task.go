@@ -236,6 +236,10 @@ func (s *service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.
 	if err != nil {
 		return nil, err
 	}
+	if c.init.exited() {
+		// Its cgroup in the guest is gone or going.
+		return nil, fmt.Errorf("container %s has exited: no statistics: %w", r.ID, errdefs.ErrNotFound)
+	}
 	st, err := c.c.Stats(ctx)
 	if err != nil {
 		return nil, err

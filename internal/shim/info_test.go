@@ -1,0 +1,58 @@
+package shim
+
+import (
+	"bytes"
+	"testing"
+
+	apitypes "github.com/containerd/containerd/api/types"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+func TestInfoRequested(t *testing.T) {
+	if !InfoRequested([]string{"/x/containerd-shim-hull-v2", "-info"}) {
+		t.Error("-info not seen")
+	}
+	if InfoRequested([]string{"/x/containerd-shim-hull-v2", "-namespace", "info", "start"}) {
+		t.Error("an argument named info taken for -info")
+	}
+}
+
+func TestWriteInfo(t *testing.T) {
+	opts, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: "/etc/hull/x.toml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := proto.Marshal(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, stdin := range map[string][]byte{"no options": nil, "hull options": in} {
+		var out bytes.Buffer
+		if err := WriteInfo(bytes.NewReader(stdin), &out); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var info apitypes.RuntimeInfo
+		if err := proto.Unmarshal(out.Bytes(), &info); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if info.GetName() != RuntimeName || info.GetVersion().GetVersion() == "" {
+			t.Errorf("%s: info %+v", name, &info)
+		}
+		if (stdin != nil) != (info.GetOptions() != nil) {
+			t.Errorf("%s: options %v", name, info.GetOptions())
+		}
+	}
+
+	other, err := typeurl.MarshalAnyToProto(&emptypb.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := proto.Marshal(other)
+	if err := WriteInfo(bytes.NewReader(b), &bytes.Buffer{}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("foreign options: got %v, want an invalid argument", err)
+	}
+}
