@@ -61,6 +61,7 @@ func TestParse(t *testing.T) {
 			doc:     "[hypervisor]\nvcpus = 0\nmemory_mib = 16\nkernel = \"vmlinux\"\n[runtime]\ncgroup_parent = \"../x\"\n[image]\nfeatures = [\"gpu\"]\n",
 			wantErr: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.kernel", "runtime.cgroup_parent", `unknown feature "gpu"`},
 		},
+		{name: "sizing caps below the base", doc: "[hypervisor]\nvcpus = 2\nmax_vcpus = 1\nmax_memory_mib = 256\n", wantErr: []string{"hypervisor.max_vcpus", "hypervisor.max_memory_mib"}},
 		{name: "kernel param with space", doc: "[hypervisor]\nkernel_params = [\"a b\"]\n", wantErr: []string{"hypervisor.kernel_params[0]"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
