@@ -88,6 +88,21 @@ func (s *systemService) Shutdown(ctx context.Context, req *api.ShutdownRequest) 
 	return &api.ShutdownResponse{}, nil
 }
 
+// OnlineResources brings the CPUs and memory blocks that the host hot-added
+// online (see hotplug.go).
+func (s *systemService) OnlineResources(ctx context.Context, req *api.OnlineResourcesRequest) (*api.OnlineResourcesResponse, error) {
+	if !s.a.initMode {
+		return nil, fmt.Errorf("onlining cpus and memory: only the agent running as PID 1 of a VM does: %w", errdefs.ErrFailedPrecondition)
+	}
+	start := time.Now()
+	o, err := onlineResources(ctx, hotplugTree{root: sysDevicesSystem}, req.GetVcpus(), req.GetMemoryMib(), waitLimit(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("onlining cpus and memory: %w", err)
+	}
+	log.G(ctx).WithFields(log.Fields{"cpus": o.cpus, "memory_mib": o.memoryMiB, "took": time.Since(start)}).Info("cpus and memory online")
+	return &api.OnlineResourcesResponse{OnlineVcpus: o.cpus, MemoryMib: o.memoryMiB}, nil
+}
+
 // onlineCPUs counts the CPUs in a sysfs CPU list such as "0-3,6".
 func onlineCPUs(path string) uint32 {
 	b, err := os.ReadFile(path)

@@ -39,6 +39,11 @@ type Config struct {
 
 	VCPUs     uint32
 	MemoryMiB uint32
+	// MaxVCPUs and MaxMemoryMiB are what a Resizer may grow the VM to. Zero,
+	// or a value not above VCPUs or MemoryMiB, leaves no room to grow that
+	// resource; drivers that cannot hotplug ignore them.
+	MaxVCPUs     uint32
+	MaxMemoryMiB uint32
 	// SharedMemory backs guest RAM with a shared memfd; vhost-user devices
 	// such as virtio-fs need it.
 	SharedMemory bool

@@ -88,6 +88,27 @@ type Hotplugger interface {
 	AddNetwork(ctx context.Context, n NetworkDevice) error
 }
 
+// Size is how many vCPUs and how much memory a VM has.
+type Size struct {
+	VCPUs     uint32
+	MemoryMiB uint32
+}
+
+// Resizer grows a running VM by CPU and memory hotplug, up to the limits of
+// its Config (MaxVCPUs, MaxMemoryMiB). The guest sees the new vCPUs and
+// memory but has to bring them online itself (the agent's OnlineResources).
+type Resizer interface {
+	// Resize grows the VM to at least vcpus vCPUs and memoryMiB MiB of
+	// memory and returns the size it has then; memory grows in the
+	// driver's granularity, so it may exceed memoryMiB. It never shrinks: a
+	// smaller value leaves that resource as it is. A size beyond the
+	// limits is an ErrInvalidArgument-class error; a machine that cannot
+	// hotplug answers ErrNotImplemented. Every device is added whole or
+	// not at all; after an error the VM may have grown part of the way,
+	// which the next Resize sees.
+	Resize(ctx context.Context, vcpus, memoryMiB uint32) (Size, error)
+}
+
 // Snapshotter saves a paused VM's state to a directory, for VM templating.
 type Snapshotter interface {
 	Snapshot(ctx context.Context, dir string) error
@@ -98,6 +119,9 @@ func AsPauser(vm VM) (Pauser, error) { return as[Pauser](vm, "pause") }
 
 // AsHotplugger returns vm's Hotplugger or an ErrNotImplemented-class error.
 func AsHotplugger(vm VM) (Hotplugger, error) { return as[Hotplugger](vm, "hotplug") }
+
+// AsResizer returns vm's Resizer or an ErrNotImplemented-class error.
+func AsResizer(vm VM) (Resizer, error) { return as[Resizer](vm, "resize") }
 
 // AsSnapshotter returns vm's Snapshotter or an ErrNotImplemented-class error.
 func AsSnapshotter(vm VM) (Snapshotter, error) { return as[Snapshotter](vm, "snapshot") }

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
@@ -75,6 +78,30 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
+// Limits returns how far a VM may grow: hypervisor.max_vcpus and
+// max_memory_mib, where 0 means the host's CPU count (at most 255) and the
+// host's memory.
+func Limits(c *config.Config) (vcpus, memoryMiB uint32) {
+	vcpus, memoryMiB = c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB
+	if vcpus == 0 {
+		vcpus = uint32(min(runtime.NumCPU(), 255))
+	}
+	if memoryMiB == 0 {
+		memoryMiB = hostMemoryMiB()
+	}
+	return vcpus, memoryMiB
+}
+
+// hostMemoryMiB is the host's RAM, or 0 (no room to grow) when it cannot
+// be read.
+func hostMemoryMiB() uint32 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return uint32(min(uint64(si.Totalram)*uint64(si.Unit)>>20, 1<<32-1))
+}
+
 // SandboxConfig builds the configuration to start sandbox id.
 func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 	kernel, initrd, err := Assets(c, false)
@@ -86,6 +113,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 	if c.Hypervisor.Debug {
 		level = "debug"
 	}
+	maxVCPUs, maxMemoryMiB := Limits(c)
 	return sandbox.Config{
 		ID:        id,
 		StateRoot: c.Runtime.StateDir,
@@ -95,6 +123,8 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 			KernelParams: append([]string(nil), c.Hypervisor.KernelParams...),
 			VCPUs:        c.Hypervisor.VCPUs,
 			MemoryMiB:    c.Hypervisor.MemoryMiB,
+			MaxVCPUs:     maxVCPUs,
+			MaxMemoryMiB: maxMemoryMiB,
 			Debug:        c.Hypervisor.Debug,
 		},
 		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {

@@ -529,6 +529,117 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
+type OnlineResourcesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The VM's vCPUs after the hotplug, the boot vCPUs included; 0 waits
+	// for none.
+	Vcpus uint32 `protobuf:"varint,1,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	// The VM's memory after the hotplug in MiB, boot memory included; 0
+	// waits for none. The guest counts memory in whole memory blocks.
+	MemoryMib     uint32 `protobuf:"varint,2,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnlineResourcesRequest) Reset() {
+	*x = OnlineResourcesRequest{}
+	mi := &file_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineResourcesRequest) ProtoMessage() {}
+
+func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
+func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *OnlineResourcesRequest) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *OnlineResourcesRequest) GetMemoryMib() uint32 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+type OnlineResourcesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CPUs online in the guest.
+	OnlineVcpus uint32 `protobuf:"varint,1,opt,name=online_vcpus,json=onlineVcpus,proto3" json:"online_vcpus,omitempty"`
+	// Memory in online memory blocks, in MiB (MemTotal is less: the
+	// kernel keeps part of it).
+	MemoryMib     uint32 `protobuf:"varint,2,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnlineResourcesResponse) Reset() {
+	*x = OnlineResourcesResponse{}
+	mi := &file_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineResourcesResponse) ProtoMessage() {}
+
+func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineResourcesResponse.ProtoReflect.Descriptor instead.
+func (*OnlineResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *OnlineResourcesResponse) GetOnlineVcpus() uint32 {
+	if x != nil {
+		return x.OnlineVcpus
+	}
+	return 0
+}
+
+func (x *OnlineResourcesResponse) GetMemoryMib() uint32 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -564,12 +675,21 @@ const file_agent_proto_rawDesc = "" +
 	"\bprevious\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\bprevious\"B\n" +
 	"\x0fShutdownRequest\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x12\n" +
-	"\x10ShutdownResponse2\xbf\x02\n" +
+	"\x10ShutdownResponse\"M\n" +
+	"\x16OnlineResourcesRequest\x12\x14\n" +
+	"\x05vcpus\x18\x01 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x02 \x01(\rR\tmemoryMib\"[\n" +
+	"\x17OnlineResourcesResponse\x12!\n" +
+	"\fonline_vcpus\x18\x01 \x01(\rR\vonlineVcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xa1\x03\n" +
 	"\x06System\x12E\n" +
 	"\x06Health\x12\x1c.hull.agent.v1.HealthRequest\x1a\x1d.hull.agent.v1.HealthResponse\x12W\n" +
 	"\fGuestDetails\x12\".hull.agent.v1.GuestDetailsRequest\x1a#.hull.agent.v1.GuestDetailsResponse\x12H\n" +
 	"\aSetTime\x12\x1d.hull.agent.v1.SetTimeRequest\x1a\x1e.hull.agent.v1.SetTimeResponse\x12K\n" +
-	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
+	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponse\x12`\n" +
+	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -584,37 +704,41 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_agent_proto_goTypes = []any{
-	(HealthResponse_Status)(0),    // 0: hull.agent.v1.HealthResponse.Status
-	(*HealthRequest)(nil),         // 1: hull.agent.v1.HealthRequest
-	(*HealthResponse)(nil),        // 2: hull.agent.v1.HealthResponse
-	(*GuestDetailsRequest)(nil),   // 3: hull.agent.v1.GuestDetailsRequest
-	(*GuestDetailsResponse)(nil),  // 4: hull.agent.v1.GuestDetailsResponse
-	(*SetTimeRequest)(nil),        // 5: hull.agent.v1.SetTimeRequest
-	(*SetTimeResponse)(nil),       // 6: hull.agent.v1.SetTimeResponse
-	(*ShutdownRequest)(nil),       // 7: hull.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),      // 8: hull.agent.v1.ShutdownResponse
-	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(HealthResponse_Status)(0),      // 0: hull.agent.v1.HealthResponse.Status
+	(*HealthRequest)(nil),           // 1: hull.agent.v1.HealthRequest
+	(*HealthResponse)(nil),          // 2: hull.agent.v1.HealthResponse
+	(*GuestDetailsRequest)(nil),     // 3: hull.agent.v1.GuestDetailsRequest
+	(*GuestDetailsResponse)(nil),    // 4: hull.agent.v1.GuestDetailsResponse
+	(*SetTimeRequest)(nil),          // 5: hull.agent.v1.SetTimeRequest
+	(*SetTimeResponse)(nil),         // 6: hull.agent.v1.SetTimeResponse
+	(*ShutdownRequest)(nil),         // 7: hull.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),        // 8: hull.agent.v1.ShutdownResponse
+	(*OnlineResourcesRequest)(nil),  // 9: hull.agent.v1.OnlineResourcesRequest
+	(*OnlineResourcesResponse)(nil), // 10: hull.agent.v1.OnlineResourcesResponse
+	(*durationpb.Duration)(nil),     // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
-	9,  // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	9,  // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	10, // 3: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	10, // 4: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	9,  // 5: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	11, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	11, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
+	12, // 3: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	12, // 4: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	11, // 5: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
 	1,  // 6: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
 	3,  // 7: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
 	5,  // 8: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
 	7,  // 9: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	2,  // 10: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	4,  // 11: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	6,  // 12: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	8,  // 13: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
+	9,  // 10: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	2,  // 11: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	4,  // 12: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	6,  // 13: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	8,  // 14: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	10, // 15: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -631,7 +755,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

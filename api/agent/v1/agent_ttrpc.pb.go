@@ -12,6 +12,7 @@ type SystemService interface {
 	GuestDetails(context.Context, *GuestDetailsRequest) (*GuestDetailsResponse, error)
 	SetTime(context.Context, *SetTimeRequest) (*SetTimeResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	OnlineResources(context.Context, *OnlineResourcesRequest) (*OnlineResourcesResponse, error)
 }
 
 func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
@@ -44,6 +45,13 @@ func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"OnlineResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req OnlineResourcesRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OnlineResources(ctx, &req)
 			},
 		},
 	})
@@ -86,6 +94,14 @@ func (c *systemClient) SetTime(ctx context.Context, req *SetTimeRequest) (*SetTi
 func (c *systemClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*ShutdownResponse, error) {
 	var resp ShutdownResponse
 	if err := c.client.Call(ctx, "hull.agent.v1.System", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *systemClient) OnlineResources(ctx context.Context, req *OnlineResourcesRequest) (*OnlineResourcesResponse, error) {
+	var resp OnlineResourcesResponse
+	if err := c.client.Call(ctx, "hull.agent.v1.System", "OnlineResources", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

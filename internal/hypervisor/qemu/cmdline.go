@@ -123,8 +123,17 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		a.add("accel", l.accel)
 	}
 	a.add("cpu", l.cpuModel)
-	a.add("smp", strconv.FormatUint(uint64(cfg.VCPUs), 10))
-	a.add("m", fmt.Sprintf("%dM", cfg.MemoryMiB))
+	h := headroomOf(cfg, l.machine)
+	smp := opt(strconv.FormatUint(uint64(cfg.VCPUs), 10))
+	if h.maxVCPUs > 0 {
+		smp = smp.with(pInt("maxcpus", h.maxVCPUs))
+	}
+	a.addOpt("smp", smp)
+	m := opt(fmt.Sprintf("%dM", cfg.MemoryMiB))
+	if h.maxMemoryMiB > 0 {
+		m = m.with(pInt("slots", h.slots), p("maxmem", fmt.Sprintf("%dM", h.maxMemoryMiB)))
+	}
+	a.addOpt("m", m)
 	if cfg.SharedMemory {
 		a.addOpt("object", opt("memory-backend-memfd",
 			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), pBool("share", true)))
@@ -250,6 +259,13 @@ func kernelParams(cfg *hypervisor.Config, l layout) []string {
 	if !cfg.Debug {
 		// Every console line costs time under emulation.
 		ps = append(ps, "quiet")
+	}
+	if headroomOf(cfg, l.machine).maxMemoryMiB > 0 {
+		// The hotplug range lies above 4 GiB, which makes the kernel
+		// reserve a 64 MiB bounce buffer (swiotlb) for devices that cannot
+		// reach it. Ours are virtio devices without an IOMMU, which
+		// never bounce.
+		ps = append(ps, "swiotlb=noforce")
 	}
 	if l.accel == AccelTCG && l.tscKHz > 0 {
 		// Without these, TSC calibration under TCG can hang (microvm) or

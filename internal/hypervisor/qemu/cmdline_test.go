@@ -65,6 +65,16 @@ func TestArgsGolden(t *testing.T) {
 			c.Debug = true
 			return c
 		}(), Options{Accel: AccelTCG, TSCKHz: 2445432, Binary: "/opt/qemu/bin/qemu-system-x86_64"}},
+		{"q35-serial-hotplug", func() hypervisor.Config {
+			c := baseConfig()
+			c.MaxVCPUs, c.MaxMemoryMiB = 4, 4096
+			return c
+		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-vsock-devices-hotplug-memory", func() hypervisor.Config {
+			c := vsock(withDevices(baseConfig()))
+			c.MaxVCPUs, c.MaxMemoryMiB = 2, 1000
+			return c
+		}(), Options{Accel: AccelKVM}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},
 		{"microvm-serial-devices", withDevices(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelKVM}},
@@ -97,6 +107,28 @@ func TestArgsGolden(t *testing.T) {
 	}
 }
 
+// TestArgsMicroVMIgnoresLimits: microvm cannot hotplug, so limits leave
+// its argv as it is without them.
+func TestArgsMicroVMIgnoresLimits(t *testing.T) {
+	args := func(c hypervisor.Config) string {
+		v, err := New(c, Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := v.Args()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(a, " ")
+	}
+	c := withDevices(baseConfig())
+	want := args(c)
+	c.MaxVCPUs, c.MaxMemoryMiB = 8, 8192
+	if got := args(c); got != want {
+		t.Errorf("limits changed the microvm argv:\n%s\nwant\n%s", got, want)
+	}
+}
+
 func golden(t *testing.T, path, got string) {
 	t.Helper()
 	if *update {
@@ -126,6 +158,7 @@ func TestNewRejects(t *testing.T) {
 		{"no kernel", func(c *hypervisor.Config, _ *Options) { c.Kernel = "" }, "no kernel"},
 		{"no vcpus", func(c *hypervisor.Config, _ *Options) { c.VCPUs = 0 }, "vCPUs"},
 		{"tiny memory", func(c *hypervisor.Config, _ *Options) { c.MemoryMiB = 16 }, "memory"},
+		{"too many max vcpus", func(c *hypervisor.Config, _ *Options) { c.MaxVCPUs = 256 }, "at most 256 vCPUs"},
 		{"bad machine", func(_ *hypervisor.Config, o *Options) { o.Machine = "pc" }, "machine"},
 		{"bad accel", func(_ *hypervisor.Config, o *Options) { o.Accel = "hvf" }, "accelerator"},
 		{"escaping cgroup parent", func(_ *hypervisor.Config, o *Options) { o.CgroupParent = "../x" }, "cgroup parent"},

@@ -1,14 +1,24 @@
 // Package qemu is hull's QEMU driver: it runs each VM as one
-// qemu-system-x86_64 process and implements hypervisor.VM and
-// hypervisor.Pauser. It does not hotplug or snapshot yet; the As* helpers of
-// package hypervisor report that as ErrNotImplemented.
+// qemu-system-x86_64 process and implements hypervisor.VM,
+// hypervisor.Pauser and hypervisor.Resizer. It does not hotplug devices or
+// snapshot yet; the As* helpers of package hypervisor report that as
+// ErrNotImplemented.
 //
 // The driver is split by concern: options.go validates the configuration,
 // cmdline.go builds the argv with typed option builders (golden files in
 // testdata/), qmp.go is a small QMP client, process.go starts, watches and
-// stops the process, cgroup.go places it in its cgroup, console.go reads the
-// serial console log and host.go reads host facts (TSC frequency, QEMU
-// version).
+// stops the process, cgroup.go places it in its cgroup, hotplug.go grows a
+// running VM by CPU and memory hotplug, console.go reads the serial console
+// log and host.go reads host facts (TSC frequency, QEMU version).
+//
+// Resize works on q35 only. When the config sets limits above the boot size
+// the VM starts with room to grow (-smp N,maxcpus=M and -m N,slots=S,maxmem=M,
+// maxmem rounded down to whole 128 MiB guest memory blocks); Resize then adds
+// vCPUs with device_add in the free slots that query-hotpluggable-cpus lists,
+// and memory as one pc-dimm per call over a memfd backend (shared like boot
+// memory, for vhost-user), deleting the backend again when the DIMM is
+// refused. The guest must bring both online (the agent does). microvm has no
+// hotplug: its argv ignores the limits and Resize answers ErrNotImplemented.
 //
 // Start runs QEMU with -S, moves it into <CgroupParent>/<VM ID> (cgroup v1
 // in every mounted hierarchy, or v2 when unified), connects to QMP and only

@@ -91,6 +91,9 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	if cfg.MemoryMiB < 64 {
 		return inval("%d MiB of memory: want at least 64", cfg.MemoryMiB)
 	}
+	if cfg.MaxVCPUs > 255 {
+		return inval("at most %d vCPUs: want up to 255", cfg.MaxVCPUs)
+	}
 
 	switch o.Machine {
 	case "":

@@ -20,6 +20,12 @@ import (
 // which gets each command and returns the lines to send.
 func fakeQMP(t *testing.T, answer func(cmd, id string) []string) string {
 	t.Helper()
+	return fakeQMPArgs(t, func(cmd string, _ json.RawMessage, id string) []string { return answer(cmd, id) })
+}
+
+// fakeQMPArgs is fakeQMP with each command's arguments.
+func fakeQMPArgs(t *testing.T, answer func(cmd string, args json.RawMessage, id string) []string) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "qmp.sock")
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -38,13 +44,14 @@ func fakeQMP(t *testing.T, answer func(cmd, id string) []string) string {
 		sc := bufio.NewScanner(c)
 		for sc.Scan() {
 			var m struct {
-				Execute string `json:"execute"`
-				ID      string `json:"id"`
+				Execute   string          `json:"execute"`
+				Arguments json.RawMessage `json:"arguments"`
+				ID        string          `json:"id"`
 			}
 			if json.Unmarshal(sc.Bytes(), &m) != nil {
 				return
 			}
-			lines := answer(m.Execute, m.ID)
+			lines := answer(m.Execute, m.Arguments, m.ID)
 			if lines == nil {
 				return // hang up
 			}

@@ -14,8 +14,9 @@ import (
 )
 
 var (
-	_ hypervisor.VM     = (*VM)(nil)
-	_ hypervisor.Pauser = (*VM)(nil)
+	_ hypervisor.VM      = (*VM)(nil)
+	_ hypervisor.Pauser  = (*VM)(nil)
+	_ hypervisor.Resizer = (*VM)(nil)
 )
 
 // state is where a VM is in its life:
@@ -50,6 +51,11 @@ type VM struct {
 
 	// stopMu serializes Start and Stop.
 	stopMu sync.Mutex
+
+	// resizeMu serializes Resize.
+	resizeMu sync.Mutex
+	// dimmSeq numbers the hot-added DIMMs; guarded by resizeMu.
+	dimmSeq int
 
 	mu sync.Mutex
 	// state of the VM; guarded by mu.

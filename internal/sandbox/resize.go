@@ -1,0 +1,51 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// Resize grows the sandbox's VM to at least vcpus vCPUs and memoryMiB MiB of
+// memory: the driver hot-adds them, then the agent brings them online in
+// the guest. It never shrinks the VM. A driver or machine that cannot
+// hotplug answers ErrNotImplemented, a size beyond the VM's limits
+// (hypervisor.Config's MaxVCPUs and MaxMemoryMiB) ErrInvalidArgument. When
+// the agent call fails after the driver grew the VM, a later Resize (even to
+// the same size) has the agent online what is still offline.
+func (s *Sandbox) Resize(ctx context.Context, vcpus, memoryMiB uint32) error {
+	if st := s.State(); st != StateRunning {
+		return fmt.Errorf("resizing sandbox %s: sandbox is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	}
+	r, err := hypervisor.AsResizer(s.vm)
+	if err != nil {
+		return fmt.Errorf("resizing sandbox %s: %w", s.id, err)
+	}
+	start := time.Now()
+	size, err := r.Resize(ctx, vcpus, memoryMiB)
+	if err != nil {
+		return fmt.Errorf("resizing sandbox %s: %w", s.id, err)
+	}
+	resp, err := s.client.System().OnlineResources(ctx, &agent.OnlineResourcesRequest{
+		Vcpus:     size.VCPUs,
+		MemoryMib: size.MemoryMiB,
+	})
+	if err != nil {
+		return fmt.Errorf("resizing sandbox %s to %d vCPUs and %d MiB: %w", s.id, size.VCPUs, size.MemoryMiB, s.guestError(err))
+	}
+	log.G(ctx).WithFields(log.Fields{
+		"sandbox":          s.id,
+		"vcpus":            size.VCPUs,
+		"memory_mib":       size.MemoryMiB,
+		"guest_vcpus":      resp.GetOnlineVcpus(),
+		"guest_memory_mib": resp.GetMemoryMib(),
+		"took":             time.Since(start),
+	}).Info("sandbox resized")
+	return nil
+}
