@@ -136,7 +136,14 @@ type pod struct {
 // removes it if the case did not.
 func (s *session) runPod(name string) *pod {
 	s.t.Helper()
-	p := &pod{s: s, config: s.podConfig(name)}
+	return s.runPodWith(s.podConfig(name))
+}
+
+// runPodWith runs a pod sandbox of the given configuration.
+func (s *session) runPodWith(config *runtime.PodSandboxConfig) *pod {
+	s.t.Helper()
+	name := config.GetMetadata().GetName()
+	p := &pod{s: s, config: config}
 	id, err := s.runPodSandbox(p.config, s.h.name)
 	if err != nil {
 		s.fail(id.logFrom, "RunPodSandbox %s with handler %s: %v", name, s.h.name, err)

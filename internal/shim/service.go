@@ -60,6 +60,8 @@ type service struct {
 
 	// startMu serializes the start of the sandbox.
 	startMu sync.Mutex
+	// growMu serializes the VM's growth for pod members.
+	growMu sync.Mutex
 
 	mu sync.Mutex
 	// sb is the pod's sandbox, nil before the first create and after the
@@ -73,6 +75,11 @@ type service struct {
 	// podShm is the host source of the pod sandbox's /dev/shm bind, which
 	// the pod's members bind too; guarded by mu.
 	podShm string
+	// size is the VM's size, limit how far it may grow; sizedByAnnotations
+	// is set when the pod's sizing annotations already counted its
+	// containers. Guarded by mu.
+	size, limit        vmSize
+	sizedByAnnotations bool
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -135,6 +142,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	sb, err := s.sandbox(ctx, sandboxRequest{id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, role: r0, plan: plan})
 	if err != nil {
 		return nil, err
+	}
+	if r0 == rolePodMember {
+		s.growFor(ctx, sb, r.ID, spec)
 	}
 	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	pio, err := openIO(ctx, ns, r.ID, paths)
@@ -245,7 +255,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if r.spec.Hostname != "" {
 		sc.Hostname = r.spec.Hostname
 	}
-	size, err := podSize(vmSize{sc.VM.VCPUs, sc.VM.MemoryMiB}, vmSize{cfg.Hypervisor.MaxVCPUs, cfg.Hypervisor.MaxMemoryMiB}, annotations)
+	maxVCPUs, maxMemoryMiB := launch.Limits(cfg)
+	limit := vmSize{maxVCPUs, maxMemoryMiB}
+	size, static, err := podSize(vmSize{sc.VM.VCPUs, sc.VM.MemoryMiB}, limit, annotations)
 	if err != nil {
 		return nil, err
 	}
@@ -264,12 +276,40 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.mu.Lock()
 	s.sb, s.sandboxID, s.stateRoot = sb, rec.SandboxID, rec.StateRoot
 	s.podShm = r.plan.shmSource
+	s.size, s.limit, s.sizedByAnnotations = size, limit, static
 	s.mu.Unlock()
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
 		"sandbox": rec.SandboxID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS,
 	}).Info("sandbox started")
 	return sb, nil
+}
+
+// growFor hot-adds a pod member's CPU and memory limits to the VM when the
+// pod's sizing annotations did not already count them. A VM that cannot
+// grow (microvm, no free slot, at its limit) runs the container all the
+// same: its cgroup in the guest still enforces its limits.
+func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, spec *specs.Spec) {
+	// One growth at a time, so that each counts on the one before.
+	s.growMu.Lock()
+	defer s.growMu.Unlock()
+	s.mu.Lock()
+	cur, limit, static := s.size, s.limit, s.sizedByAnnotations
+	s.mu.Unlock()
+	grow := containerGrowth(spec)
+	want := capSize(cur, grow, limit)
+	if static || want == cur {
+		return
+	}
+	logger := log.G(ctx).WithFields(log.Fields{"container": id, "vcpus": want.vcpus, "memory_mib": want.memoryMiB})
+	if err := sb.Resize(ctx, want.vcpus, want.memoryMiB); err != nil {
+		logger.WithError(err).Warn("growing the VM for a container failed; it runs within the VM's current size")
+		return
+	}
+	s.mu.Lock()
+	s.size = want
+	s.mu.Unlock()
+	logger.Info("VM grown for a container")
 }
 
 // isPodPid reports whether pid is the guest PID of a container's init in

@@ -2,11 +2,10 @@ package shim
 
 import (
 	"fmt"
-	"runtime"
 	"strconv"
 
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // The sizing annotations containerd's CRI (1.6 and later) puts on a pod
@@ -27,10 +26,11 @@ type vmSize struct {
 // podSize grows the base VM size by the pod's limits from the sizing
 // annotations: ceil(quota/period) vCPUs and the memory limit, on top of
 // the base that holds the guest kernel, the agent and the pause container.
-// The result is capped at limit (zero fields: the host's CPUs and memory).
-// Malformed annotations are an error; absent or zero ones add nothing (a
-// pod without limits gets the base size).
-func podSize(base, limit vmSize, annotations map[string]string) (vmSize, error) {
+// The result is capped at limit. static reports whether the annotations
+// sized the pod (then its containers need no hotplug). Malformed
+// annotations are an error; absent or zero ones add nothing (a pod without
+// limits gets the base size).
+func podSize(base, limit vmSize, annotations map[string]string) (size vmSize, static bool, err error) {
 	num := func(key string) (int64, error) {
 		v, ok := annotations[key]
 		if !ok || v == "" {
@@ -44,42 +44,60 @@ func podSize(base, limit vmSize, annotations map[string]string) (vmSize, error) 
 	}
 	period, err := num(annotationSandboxCPUPeriod)
 	if err != nil {
-		return vmSize{}, err
+		return vmSize{}, false, err
 	}
 	quota, err := num(annotationSandboxCPUQuota)
 	if err != nil {
-		return vmSize{}, err
+		return vmSize{}, false, err
 	}
 	mem, err := num(annotationSandboxMemory)
 	if err != nil {
-		return vmSize{}, err
+		return vmSize{}, false, err
 	}
 	if period < 0 || mem < 0 || quota < -1 {
-		return vmSize{}, fmt.Errorf("sizing annotations: negative period %d, quota %d or memory %d: %w", period, quota, mem, errdefs.ErrInvalidArgument)
+		return vmSize{}, false, fmt.Errorf("sizing annotations: negative period %d, quota %d or memory %d: %w", period, quota, mem, errdefs.ErrInvalidArgument)
 	}
-	size := base
-	if quota > 0 && period > 0 {
-		size.vcpus += uint32(min((quota+period-1)/period, 255))
-	}
-	if mem > 0 {
-		size.memoryMiB += uint32(min((mem+(1<<20)-1)>>20, 1<<31))
-	}
-	if limit.vcpus == 0 {
-		limit.vcpus = uint32(min(runtime.NumCPU(), 255))
-	}
-	if limit.memoryMiB == 0 {
-		limit.memoryMiB = hostMemoryMiB()
-	}
-	size.vcpus = max(base.vcpus, min(size.vcpus, limit.vcpus))
-	size.memoryMiB = max(base.memoryMiB, min(size.memoryMiB, limit.memoryMiB))
-	return size, nil
+	grow := vmSize{vcpus: cpusOf(quota, period), memoryMiB: mibOf(mem)}
+	return capSize(base, grow, limit), grow != (vmSize{}), nil
 }
 
-// hostMemoryMiB is the host's RAM, or no cap when it cannot be read.
-func hostMemoryMiB() uint32 {
-	var si unix.Sysinfo_t
-	if err := unix.Sysinfo(&si); err != nil {
-		return 1 << 31
+// containerGrowth is what a pod member's own limits add to its VM when the
+// pod was not sized by annotations.
+func containerGrowth(spec *specs.Spec) vmSize {
+	if spec.Linux == nil || spec.Linux.Resources == nil {
+		return vmSize{}
 	}
-	return uint32(min(uint64(si.Totalram)*uint64(si.Unit)>>20, 1<<31))
+	var g vmSize
+	r := spec.Linux.Resources
+	if c := r.CPU; c != nil && c.Quota != nil && c.Period != nil {
+		g.vcpus = cpusOf(*c.Quota, int64(min(*c.Period, 1<<62)))
+	}
+	if m := r.Memory; m != nil && m.Limit != nil {
+		g.memoryMiB = mibOf(*m.Limit)
+	}
+	return g
+}
+
+// capSize is base grown by grow, within limit and never below base.
+func capSize(base, grow, limit vmSize) vmSize {
+	return vmSize{
+		vcpus:     max(base.vcpus, min(base.vcpus+grow.vcpus, limit.vcpus)),
+		memoryMiB: max(base.memoryMiB, min(base.memoryMiB+grow.memoryMiB, limit.memoryMiB)),
+	}
+}
+
+// cpusOf is ceil(quota/period), zero without a quota.
+func cpusOf(quota, period int64) uint32 {
+	if quota <= 0 || period <= 0 {
+		return 0
+	}
+	return uint32(min((quota+period-1)/period, 255))
+}
+
+// mibOf is bytes in MiB, rounded up; zero for none.
+func mibOf(bytes int64) uint32 {
+	if bytes <= 0 {
+		return 0
+	}
+	return uint32(min((bytes+(1<<20)-1)>>20, 1<<31))
 }

@@ -172,7 +172,7 @@ func TestPodSize(t *testing.T) {
 		{ann: map[string]string{annotationSandboxMemory: "lots"}, bad: true},
 		{ann: map[string]string{annotationSandboxMemory: "-5"}, bad: true},
 	} {
-		got, err := podSize(base, limit, tc.ann)
+		got, static, err := podSize(base, limit, tc.ann)
 		if tc.bad {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Errorf("%v: got %v, %v; want an invalid argument", tc.ann, got, err)
@@ -182,5 +182,25 @@ func TestPodSize(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%v: got %+v, %v; want %+v", tc.ann, got, err, tc.want)
 		}
+		if static != (got != base) {
+			t.Errorf("%v: static %v for size %+v", tc.ann, static, got)
+		}
+	}
+}
+
+func TestContainerGrowth(t *testing.T) {
+	quota, period, mem := int64(250000), uint64(100000), int64(100<<20+1)
+	s := &specs.Spec{Linux: &specs.Linux{Resources: &specs.LinuxResources{
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+		Memory: &specs.LinuxMemory{Limit: &mem},
+	}}}
+	if g := containerGrowth(s); g != (vmSize{3, 101}) {
+		t.Errorf("growth %+v, want 3 vCPUs and 101 MiB", g)
+	}
+	if g := containerGrowth(&specs.Spec{}); g != (vmSize{}) {
+		t.Errorf("growth without limits %+v", g)
+	}
+	if got := capSize(vmSize{1, 512}, vmSize{3, 101}, vmSize{2, 4096}); got != (vmSize{2, 613}) {
+		t.Errorf("capped %+v", got)
 	}
 }
