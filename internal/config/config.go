@@ -154,7 +154,7 @@ func Defaults() *Config {
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
 			KernelPackage: "linux-image-cloud-amd64",
-			Compression:   "zstd",
+			Compression:   "none",
 			Features:      slices.Clone(modlist.AllFeatures),
 			CacheDir:      "/var/cache/hull",
 		},

@@ -46,7 +46,8 @@ type Options struct {
 	Features []string
 	// Format is FormatInitrd (default); the image formats are not built yet.
 	Format string
-	// Compression of the initrd: zstd (default), lz4, gzip or none.
+	// Compression of the initrd: none (default: the guest boots fastest
+	// when it need not decompress), zstd, lz4 or gzip.
 	Compression string
 	// OutputDir receives the kernel, the initrd and the manifest. Default
 	// DefaultOutputDir.
@@ -66,7 +67,7 @@ func (o *Options) setDefaults() {
 		o.Format = FormatInitrd
 	}
 	if o.Compression == "" {
-		o.Compression = CompressionZstd
+		o.Compression = CompressionNone
 	}
 	if o.OutputDir == "" {
 		o.OutputDir = DefaultOutputDir

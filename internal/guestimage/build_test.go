@@ -72,6 +72,11 @@ func TestBuild(t *testing.T) {
 				if err != nil {
 					t.Fatalf("build %d: %v", i, err)
 				}
+				// The default: the guest boots fastest from an uncompressed
+				// initrd (docs/benchmarks.md, Boot).
+				if m.Initrd.Compression != CompressionNone {
+					t.Errorf("initrd compression %q, want the default %q", m.Initrd.Compression, CompressionNone)
+				}
 				if m.Kernel.Format != tc.wantFormat || m.Kernel.File != tc.wantFile {
 					t.Errorf("kernel %s %s, want %s %s", m.Kernel.Format, m.Kernel.File, tc.wantFormat, tc.wantFile)
 				}

@@ -41,7 +41,7 @@ type InitrdSpec struct {
 	Kernel *Kernel
 	// Features select the modules; empty means all.
 	Features []string
-	// Compression is one of the Compression* names; empty means zstd.
+	// Compression is one of the Compression* names; empty means none.
 	Compression string
 	// ExtraFiles are added to the tree; they may not replace other entries.
 	ExtraFiles []File
@@ -57,7 +57,7 @@ type InitrdSpec struct {
 // list it packed. The same spec and inputs give the same bytes.
 func WriteInitrd(ctx context.Context, w io.Writer, spec InitrdSpec) (*modlist.List, error) {
 	if spec.Compression == "" {
-		spec.Compression = CompressionZstd
+		spec.Compression = CompressionNone
 	}
 	t, list, err := initrdTree(ctx, spec)
 	if err != nil {
