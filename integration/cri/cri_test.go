@@ -43,6 +43,8 @@ var cases = []struct {
 	{name: "missing image", run: missingImage},
 	{name: "missing executable", run: missingExecutable},
 	{name: "pod VM sizing", run: podSizing, vmOnly: true},
+	{name: "pod VM killed", run: vmKilled, vmOnly: true},
+	{name: "pod shim killed", run: shimKilled, vmOnly: true},
 }
 
 // page is what the web container serves.

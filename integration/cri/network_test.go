@@ -34,7 +34,12 @@ type network struct {
 	// lock holds the slot (flock) as long as the daemon runs; the kernel
 	// releases it when a crashed run ends.
 	lock *os.File
+	// ipForward is the host's net.ipv4.ip_forward before the run: the
+	// bridge plugin (isGateway) turns it on, teardown puts it back.
+	ipForward []byte
 }
+
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 
 // newNetwork takes a free slot and writes its conflist into dir/cni/conf.
 // The CRI plugin adds the loopback network of each pod itself, with the
@@ -61,6 +66,11 @@ func newNetwork(t testing.TB, dir string) *network {
 	if n.lock == nil {
 		t.Fatalf("all %d CNI network slots (/run/lock/hull-cri-*.lock) are taken", maxSlots)
 	}
+	fwd, err := os.ReadFile(ipForwardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.ipForward = fwd
 	// A bridge of this slot is a crashed run's: the slot is ours now.
 	if err := n.deleteBridge(); err != nil {
 		t.Fatal(err)
@@ -98,6 +108,9 @@ func newNetwork(t testing.TB, dir string) *network {
 // and frees the slot.
 func (n *network) teardown() error {
 	err := errors.Join(n.deleteBridge(), os.RemoveAll(n.dataDir))
+	if now, rerr := os.ReadFile(ipForwardPath); rerr == nil && string(now) != string(n.ipForward) {
+		err = errors.Join(err, os.WriteFile(ipForwardPath, n.ipForward, 0o644))
+	}
 	for _, f := range n.cacheFiles() {
 		err = errors.Join(err, os.Remove(f))
 	}
