@@ -78,16 +78,22 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
+// defaultMaxMemoryMiB caps the default memory limit (the host's memory) at
+// 512 GiB: QEMU refuses a maxmem that, with the hotplug slots and the PCI
+// window, needs more than the 40 physical address bits of the CPU models
+// it emulates (about 960 GiB), and no pod VM needs more here.
+const defaultMaxMemoryMiB = 512 << 10
+
 // Limits returns how far a VM may grow: hypervisor.max_vcpus and
 // max_memory_mib, where 0 means the host's CPU count (at most 255) and the
-// host's memory.
+// host's memory (at most 512 GiB).
 func Limits(c *config.Config) (vcpus, memoryMiB uint32) {
 	vcpus, memoryMiB = c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB
 	if vcpus == 0 {
 		vcpus = uint32(min(runtime.NumCPU(), 255))
 	}
 	if memoryMiB == 0 {
-		memoryMiB = hostMemoryMiB()
+		memoryMiB = min(hostMemoryMiB(), defaultMaxMemoryMiB)
 	}
 	return vcpus, memoryMiB
 }

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,16 +29,24 @@ func (s *Sandbox) Resize(ctx context.Context, vcpus, memoryMiB uint32) error {
 		return fmt.Errorf("resizing sandbox %s: %w", s.id, err)
 	}
 	start := time.Now()
-	size, err := r.Resize(ctx, vcpus, memoryMiB)
-	if err != nil {
-		return fmt.Errorf("resizing sandbox %s: %w", s.id, err)
+	size, grewErr := r.Resize(ctx, vcpus, memoryMiB)
+	if grewErr != nil {
+		grewErr = fmt.Errorf("resizing sandbox %s: %w", s.id, grewErr)
+		if size.VCPUs == 0 {
+			return grewErr
+		}
+		// Part of the growth happened (vCPUs before a refused DIMM):
+		// have the guest use what was added all the same.
 	}
 	resp, err := s.client.System().OnlineResources(ctx, &agent.OnlineResourcesRequest{
 		Vcpus:     size.VCPUs,
 		MemoryMib: size.MemoryMiB,
 	})
 	if err != nil {
-		return fmt.Errorf("resizing sandbox %s to %d vCPUs and %d MiB: %w", s.id, size.VCPUs, size.MemoryMiB, s.guestError(err))
+		return errors.Join(grewErr, fmt.Errorf("resizing sandbox %s to %d vCPUs and %d MiB: %w", s.id, size.VCPUs, size.MemoryMiB, s.guestError(err)))
+	}
+	if grewErr != nil {
+		return grewErr
 	}
 	log.G(ctx).WithFields(log.Fields{
 		"sandbox":          s.id,

@@ -75,11 +75,13 @@ type service struct {
 	// podShm is the host source of the pod sandbox's /dev/shm bind, which
 	// the pod's members bind too; guarded by mu.
 	podShm string
-	// size is the VM's size, limit how far it may grow; sizedByAnnotations
-	// is set when the pod's sizing annotations already counted its
-	// containers. Guarded by mu.
-	size, limit        vmSize
+	// base is the VM's boot size, size its current one, limit how far it
+	// may grow; sizedByAnnotations is set when the pod's sizing
+	// annotations already counted its containers; grown holds what each
+	// live pod member asked to add. Guarded by mu.
+	base, size, limit  vmSize
 	sizedByAnnotations bool
+	grown              map[string]vmSize
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -199,6 +201,7 @@ func (s *service) reserve(id string) error {
 func (s *service) unreserve(ctx context.Context, id string) {
 	s.mu.Lock()
 	delete(s.containers, id)
+	delete(s.grown, id)
 	empty := len(s.containers) == 0
 	s.mu.Unlock()
 	if empty {
@@ -276,7 +279,8 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.mu.Lock()
 	s.sb, s.sandboxID, s.stateRoot = sb, rec.SandboxID, rec.StateRoot
 	s.podShm = r.plan.shmSource
-	s.size, s.limit, s.sizedByAnnotations = size, limit, static
+	s.base, s.size, s.limit, s.sizedByAnnotations = size, size, alignLimit(size, limit), static
+	s.grown = map[string]vmSize{}
 	s.mu.Unlock()
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
@@ -286,19 +290,25 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 }
 
 // growFor hot-adds a pod member's CPU and memory limits to the VM when the
-// pod's sizing annotations did not already count them. A VM that cannot
-// grow (microvm, no free slot, at its limit) runs the container all the
-// same: its cgroup in the guest still enforces its limits.
+// pod's sizing annotations did not already count them. The VM grows to its
+// boot size plus the limits of the live members, so a container restarted
+// under a new ID (its predecessor deleted) adds nothing new. A VM that
+// cannot grow (microvm, no free slot, at its limit) runs the container all
+// the same: its cgroup in the guest still enforces its limits.
 func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, spec *specs.Spec) {
 	// One growth at a time, so that each counts on the one before.
 	s.growMu.Lock()
 	defer s.growMu.Unlock()
 	s.mu.Lock()
-	cur, limit, static := s.size, s.limit, s.sizedByAnnotations
+	if s.sizedByAnnotations || s.grown == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.grown[id] = containerGrowth(spec)
+	cur := s.size
+	want := growthTarget(s.base, cur, s.limit, s.grown)
 	s.mu.Unlock()
-	grow := containerGrowth(spec)
-	want := capSize(cur, grow, limit)
-	if static || want == cur {
+	if want == cur {
 		return
 	}
 	logger := log.G(ctx).WithFields(log.Fields{"container": id, "vcpus": want.vcpus, "memory_mib": want.memoryMiB})
@@ -445,6 +455,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	pid := c.init.getPid()
 	s.mu.Lock()
 	delete(s.containers, c.id)
+	delete(s.grown, c.id)
 	last := len(s.containers) == 0
 	s.mu.Unlock()
 	if last {

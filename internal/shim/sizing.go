@@ -91,7 +91,22 @@ func cpusOf(quota, period int64) uint32 {
 	if quota <= 0 || period <= 0 {
 		return 0
 	}
+	quota = min(quota, 1<<40) // no overflow below; far beyond 255 CPUs
 	return uint32(min((quota+period-1)/period, 255))
+}
+
+// memoryBlockMiB is the unit in which a VM's memory grows (the guest's
+// memory block size): the limit a VM can reach is its boot memory plus
+// whole blocks.
+const memoryBlockMiB = 128
+
+// alignLimit lowers limit's memory to what growth in whole memory blocks
+// from base can reach, so that a growth capped at it is not refused.
+func alignLimit(base, limit vmSize) vmSize {
+	if limit.memoryMiB > base.memoryMiB {
+		limit.memoryMiB = base.memoryMiB + (limit.memoryMiB-base.memoryMiB)/memoryBlockMiB*memoryBlockMiB
+	}
+	return limit
 }
 
 // mibOf is bytes in MiB, rounded up; zero for none.
@@ -100,4 +115,17 @@ func mibOf(bytes int64) uint32 {
 		return 0
 	}
 	return uint32(min((bytes+(1<<20)-1)>>20, 1<<31))
+}
+
+// growthTarget is the size a VM of boot size base, now at cur, grows to for
+// the live members' growth: base plus their sum, within limit, never below
+// cur (VMs do not shrink).
+func growthTarget(base, cur, limit vmSize, grown map[string]vmSize) vmSize {
+	var sum vmSize
+	for _, g := range grown {
+		sum.vcpus += g.vcpus
+		sum.memoryMiB += g.memoryMiB
+	}
+	want := capSize(base, sum, limit)
+	return vmSize{max(want.vcpus, cur.vcpus), max(want.memoryMiB, cur.memoryMiB)}
 }

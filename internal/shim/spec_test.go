@@ -204,3 +204,30 @@ func TestContainerGrowth(t *testing.T) {
 		t.Errorf("capped %+v", got)
 	}
 }
+
+func TestGrowthTarget(t *testing.T) {
+	base, limit := vmSize{1, 512}, alignLimit(vmSize{1, 512}, vmSize{4, 1000})
+	if limit != (vmSize{4, 896}) {
+		t.Fatalf("aligned limit %+v, want 896 MiB (whole 128 MiB blocks)", limit)
+	}
+	a := vmSize{1, 256}
+	// The first member grows the VM by its limits.
+	cur := growthTarget(base, base, limit, map[string]vmSize{"a": a})
+	if cur != (vmSize{2, 768}) {
+		t.Errorf("after a: %+v", cur)
+	}
+	// Restarted under a new ID, the old one deleted: no more growth.
+	if got := growthTarget(base, cur, limit, map[string]vmSize{"a2": a}); got != cur {
+		t.Errorf("restart grew the VM: %+v", got)
+	}
+	// Deleted members do not shrink it; more members reach the cap.
+	if got := growthTarget(base, cur, limit, map[string]vmSize{}); got != cur {
+		t.Errorf("shrunk: %+v", got)
+	}
+	if got := growthTarget(base, cur, limit, map[string]vmSize{"a": a, "b": a, "c": a, "d": a}); got != limit {
+		t.Errorf("four members: %+v, want the cap %+v", got, limit)
+	}
+	if n := cpusOf(1<<62, 1); n != 255 {
+		t.Errorf("huge quota: %d vCPUs", n)
+	}
+}
