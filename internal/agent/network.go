@@ -345,6 +345,10 @@ func (s *networkService) addRoute(r routePlan) error {
 		Priority: r.metric,
 		Family:   r.family,
 		Table:    unix.RT_TABLE_MAIN,
+		MTU:      r.mtu,
+	}
+	if r.onlink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
 	}
 	if r.gw.IsValid() {
 		nr.Gw = net.IP(r.gw.AsSlice())
@@ -442,6 +446,8 @@ func (s *networkService) ListRoutes(ctx context.Context, _ *api.ListRoutesReques
 				Scope:  uint32(r.Scope),
 				Metric: uint32(r.Priority),
 				Family: uint32(familyNumber(family)),
+				Onlink: r.Flags&int(netlink.FLAG_ONLINK) != 0,
+				Mtu:    uint32(max(r.MTU, 0)),
 			}
 			if p, ok := addrPrefix(r.Dst); ok && p.Bits() > 0 {
 				ar.Destination = p.Masked().String()

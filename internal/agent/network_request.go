@@ -45,6 +45,8 @@ type routePlan struct {
 	device string     // empty only with a gateway
 	scope  netlink.Scope
 	metric int
+	onlink bool
+	mtu    int
 }
 
 // neighPlan is one permanent neighbour entry.
@@ -159,9 +161,12 @@ func parseIP(field, s string) (netip.Addr, error) {
 }
 
 func parseRoute(field string, r *api.Route) (routePlan, error) {
-	rp := routePlan{field: field, device: r.GetDevice(), metric: int(r.GetMetric())}
+	rp := routePlan{field: field, device: r.GetDevice(), metric: int(r.GetMetric()), onlink: r.GetOnlink(), mtu: int(r.GetMtu())}
 	if r.GetMetric() > 1<<31-1 {
 		return rp, invalidf("%s.metric %d: too large", field, r.GetMetric())
+	}
+	if m := r.GetMtu(); m != 0 && (m < 68 || m > 65535) {
+		return rp, invalidf("%s.mtu %d: want 0 or 68 to 65535", field, m)
 	}
 	if r.GetScope() > 255 {
 		return rp, invalidf("%s.scope %d: want 0 to 255", field, r.GetScope())

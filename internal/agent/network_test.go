@@ -120,6 +120,9 @@ func podRequest() *api.ConfigureNetworkRequest {
 			{Destination: "198.18.9.0/24", Device: "eth0"},
 			{Destination: "198.18.7.0/24", Device: "eth0", Source: "198.18.7.2"},
 			{Device: "eth0", Family: 6, Metric: 2000},
+			// A gateway outside every prefix of the link (onlink), with a
+			// path MTU.
+			{Destination: "10.20.0.0/16", Gateway: "10.99.0.1", Device: "eth0", Onlink: true, Mtu: 1300},
 		},
 		Neighbors: []*api.Neighbor{
 			{Ip: "198.18.7.1", Mac: macGW, Device: "eth0"},
@@ -280,6 +283,7 @@ func TestConfigureNetworkLists(t *testing.T) {
 		{Destination: "198.18.7.0/24", Device: "eth0", Source: "198.18.7.2", Scope: 253, Family: 4},
 		{Destination: "198.18.9.0/24", Device: "eth0", Scope: 253, Family: 4},
 		{Gateway: "fd00:7::1", Device: "eth0", Metric: 1024, Family: 6},
+		{Destination: "10.20.0.0/16", Gateway: "10.99.0.1", Device: "eth0", Family: 4, Onlink: true, Mtu: 1300},
 	} {
 		if !slices.ContainsFunc(rs.GetRoutes(), func(r *api.Route) bool { return proto.Equal(r, want) }) {
 			t.Errorf("route %v missing from %v", want, rs.GetRoutes())
@@ -381,9 +385,10 @@ func TestConfigureNetworkInvalid(t *testing.T) {
 		{"mixed families", func(r *api.ConfigureNetworkRequest) { r.Routes[1].Gateway = "fd00:7::1" }, "routes[1]"},
 		{"family against gateway", func(r *api.ConfigureNetworkRequest) { r.Routes[0].Family = 6 }, "routes[0]"},
 		{"bad family", func(r *api.ConfigureNetworkRequest) { r.Routes[0].Family = 5 }, "routes[0].family"},
+		{"bad route mtu", func(r *api.ConfigureNetworkRequest) { r.Routes[6].Mtu = 20 }, "routes[6].mtu"},
 		{"default without family", func(r *api.ConfigureNetworkRequest) {
 			r.Routes = append(r.Routes, &api.Route{Device: "eth0"})
-		}, "routes[6]"},
+		}, "routes[7]"},
 		{"no device nor gateway", func(r *api.ConfigureNetworkRequest) { r.Routes[3].Device = "" }, "routes[3]"},
 		{"unknown route device", func(r *api.ConfigureNetworkRequest) { r.Routes[2].Device = "eth7" }, "routes[2].device"},
 		{"bad scope", func(r *api.ConfigureNetworkRequest) { r.Routes[2].Scope = 256 }, "routes[2].scope"},

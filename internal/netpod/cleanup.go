@@ -54,7 +54,7 @@ func Cleanup(ctx context.Context, nsPath string) error {
 	var errs []error
 	for _, l := range others {
 		name := l.Attrs().Name
-		ok, err := hasIngress(h, l)
+		ok, err := hasOwnIngress(h, l)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -43,6 +43,13 @@ func openNamespace(path string) (netns.NsHandle, error) {
 		_ = ns.Close()
 		return netns.None(), fmt.Errorf("%s is not a network namespace: %w", path, errdefs.ErrInvalidArgument)
 	}
+	if host, err := isHostNamespace(fd); err != nil || host {
+		_ = ns.Close()
+		if err != nil {
+			return netns.None(), fmt.Errorf("network namespace %s: %w", path, err)
+		}
+		return netns.None(), fmt.Errorf("%s is the host's (or the runtime's own) network namespace; hull mirrors only a pod's: %w", path, errdefs.ErrInvalidArgument)
+	}
 	return ns, nil
 }
 
@@ -151,4 +158,24 @@ func classify(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", err, class)
+}
+
+// isHostNamespace reports whether the namespace fd is the network namespace
+// of the host's init or of this process: mirroring it would redirect the
+// host's own traffic into a VM.
+func isHostNamespace(fd int) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return false, err
+	}
+	for _, p := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
+		var o unix.Stat_t
+		if err := unix.Stat(p, &o); err != nil {
+			continue
+		}
+		if o.Dev == st.Dev && o.Ino == st.Ino {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -266,7 +266,7 @@ func (n *Network) Close(ctx context.Context) error {
 func (m *mirror) remove(ctx context.Context, h *netlink.Handle) error {
 	var errs []error
 	if l, err := h.LinkByIndex(m.index); err == nil && l.Attrs().Name == m.name {
-		ok, err := hasIngress(h, l)
+		ok, err := hasOwnIngress(h, l)
 		if err == nil && ok {
 			err = delIngress(h, m.index)
 		}

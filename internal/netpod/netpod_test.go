@@ -137,6 +137,8 @@ func TestAttachErrors(t *testing.T) {
 		{"empty path", "", errdefs.IsInvalidArgument},
 		{"regular file", file, errdefs.IsInvalidArgument},
 		{"not a network namespace", "/proc/self/ns/uts", errdefs.IsInvalidArgument},
+		// Mirroring it would redirect the host's own traffic.
+		{"the runtime's own network namespace", "/proc/self/ns/net", errdefs.IsInvalidArgument},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			n, err := Attach(context.Background(), c.path)

@@ -133,6 +133,8 @@ func guestRoute(ctx context.Context, r netlink.Route, names map[int]string) *age
 		Scope:  uint32(r.Scope),
 		Metric: uint32(r.Priority),
 		Family: 4,
+		Onlink: r.Flags&unix.RTNH_F_ONLINK != 0,
+		Mtu:    uint32(max(r.MTU, 0)),
 	}
 	if r.Family == netlink.FAMILY_V6 {
 		ar.Family = 6

@@ -8,19 +8,32 @@ import (
 	"os"
 	"strings"
 
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 )
+
+// maxResolvConf bounds how much of a resolv.conf is read.
+const maxResolvConf = 64 << 10
 
 // ParseResolvConf reads the resolv.conf at path (containerd's per-pod
 // file) into what the guest's resolv.conf is to hold. A missing file is
 // errdefs.ErrNotFound.
 func ParseResolvConf(path string) (*agent.DNS, error) {
-	f, err := os.Open(path)
+	// The path comes from a bundle's spec: never block on a FIFO, never
+	// follow a last-component symlink, read a regular file of sane size.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reading resolv.conf: %w", classify(err))
 	}
 	defer func() { _ = f.Close() }()
-	dns, err := parseResolvConf(f)
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file: %w", path, errdefs.ErrInvalidArgument)
+	}
+	dns, err := parseResolvConf(io.LimitReader(f, maxResolvConf))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}

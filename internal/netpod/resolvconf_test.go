@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/encoding/prototext"
@@ -92,4 +94,36 @@ func FuzzParseResolvConf(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseResolvConfRefusesOddFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	real := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(real, []byte("nameserver 198.18.0.53\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := ParseResolvConf(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if !errdefs.IsInvalidArgument(err) {
+			t.Errorf("a FIFO: %v, want an invalid argument", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reading a FIFO blocked")
+	}
+	if _, err := ParseResolvConf(link); err == nil {
+		t.Error("a symlink was followed")
+	}
+	if dns, err := ParseResolvConf(real); err != nil || len(dns.GetServers()) != 1 {
+		t.Errorf("the real file: %v, %v", dns, err)
+	}
 }

@@ -26,7 +26,9 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, undo *cleanu
 	}
 	s.network, s.netnsPath = n, nsPath
 	undo.push(n.Close)
-	return nil
+	// Recorded at once: a runtime that dies before the VM runs must
+	// still have its taps and filters removed by Cleanup.
+	return writeRecord(s.stateDir, record{ID: s.id, NetNS: nsPath})
 }
 
 // configureGuestNetwork has the agent give the guest the pod's interfaces,

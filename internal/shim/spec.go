@@ -124,6 +124,14 @@ func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (
 		kept := spec.Linux.Namespaces[:0:0]
 		for _, ns := range spec.Linux.Namespaces {
 			switch {
+			case r == rolePodSandbox && ns.Type == specs.UserNamespace:
+				// containerd then leaves the network namespace to the
+				// runtime and sets CNI up in /proc/<pid>/ns/net of the
+				// PID we report: a guest PID, which on the host names an
+				// unrelated process.
+				return guestPlan{}, fmt.Errorf("pod user namespaces (hostUsers: false) are not supported by hull: %w", errdefs.ErrNotImplemented)
+			case r == rolePodSandbox && ns.Type == specs.NetworkNamespace && ns.Path == "":
+				return guestPlan{}, fmt.Errorf("a pod sandbox whose network namespace the runtime must create is not supported (containerd would set up CNI in a host process's namespace): %w", errdefs.ErrNotImplemented)
 			case ns.Type == specs.NetworkNamespace && r == rolePodMember:
 				continue
 			case ns.Type == specs.NetworkNamespace && ns.Path != "":

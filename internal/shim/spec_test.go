@@ -139,6 +139,18 @@ func TestPodSpecRefusals(t *testing.T) {
 	}
 }
 
+func TestPodSpecSandboxWithoutNetnsPath(t *testing.T) {
+	for name, ns := range map[string][]specs.LinuxNamespace{
+		"user namespace":         {{Type: specs.UserNamespace}, {Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}},
+		"network without a path": {{Type: specs.NetworkNamespace}},
+	} {
+		s := &specs.Spec{Linux: &specs.Linux{Namespaces: ns}}
+		if _, err := podSpec(s, rolePodSandbox, func(uint32) bool { return false }, ""); !errdefs.IsNotImplemented(err) {
+			t.Errorf("%s: got %v, want not implemented", name, err)
+		}
+	}
+}
+
 func TestPodSpecSingle(t *testing.T) {
 	// ctr run: a new network namespace stays (isolated, as under runc);
 	// a host /dev/shm bind stays a shared bind.

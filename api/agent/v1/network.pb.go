@@ -131,7 +131,12 @@ type Route struct {
 	// Metric (priority); 0 for the kernel's default.
 	Metric uint32 `protobuf:"varint,6,opt,name=metric,proto3" json:"metric,omitempty"`
 	// Address family: 4 or 6. Needed for default routes without gateway.
-	Family        uint32 `protobuf:"varint,7,opt,name=family,proto3" json:"family,omitempty"`
+	Family uint32 `protobuf:"varint,7,opt,name=family,proto3" json:"family,omitempty"`
+	// The gateway is on the link even outside its prefixes (ip route's
+	// "onlink").
+	Onlink bool `protobuf:"varint,8,opt,name=onlink,proto3" json:"onlink,omitempty"`
+	// Path MTU of the route (ip route's "mtu"); 0 for the device's.
+	Mtu           uint32 `protobuf:"varint,9,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -211,6 +216,20 @@ func (x *Route) GetMetric() uint32 {
 func (x *Route) GetFamily() uint32 {
 	if x != nil {
 		return x.Family
+	}
+	return 0
+}
+
+func (x *Route) GetOnlink() bool {
+	if x != nil {
+		return x.Onlink
+	}
+	return false
+}
+
+func (x *Route) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
 	}
 	return 0
 }
@@ -612,7 +631,7 @@ const file_network_proto_rawDesc = "" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
 	"\taddresses\x18\x04 \x03(\tR\taddresses\x12\x0e\n" +
-	"\x02up\x18\x05 \x01(\bR\x02up\"\xb9\x01\n" +
+	"\x02up\x18\x05 \x01(\bR\x02up\"\xe3\x01\n" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
@@ -620,7 +639,9 @@ const file_network_proto_rawDesc = "" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x12\x14\n" +
 	"\x05scope\x18\x05 \x01(\rR\x05scope\x12\x16\n" +
 	"\x06metric\x18\x06 \x01(\rR\x06metric\x12\x16\n" +
-	"\x06family\x18\a \x01(\rR\x06family\"D\n" +
+	"\x06family\x18\a \x01(\rR\x06family\x12\x16\n" +
+	"\x06onlink\x18\b \x01(\bR\x06onlink\x12\x10\n" +
+	"\x03mtu\x18\t \x01(\rR\x03mtu\"D\n" +
 	"\bNeighbor\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x16\n" +
