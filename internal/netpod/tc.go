@@ -40,26 +40,16 @@ func delIngress(h *netlink.Handle, index int) error {
 	return nil
 }
 
-// hasIngress reports whether the link index has an ingress qdisc.
-func hasIngress(h *netlink.Handle, link netlink.Link) (bool, error) {
-	return hasQdiscAtIngress(h, link, false)
-}
-
 // hasOwnIngress reports whether link has a plain ingress qdisc, the kind
 // Attach adds: a clsact qdisc, which sits at the same parent, is someone
 // else's and is never removed.
 func hasOwnIngress(h *netlink.Handle, link netlink.Link) (bool, error) {
-	return hasQdiscAtIngress(h, link, true)
-}
-
-func hasQdiscAtIngress(h *netlink.Handle, link netlink.Link, ingressOnly bool) (bool, error) {
 	qs, err := dump(func() ([]netlink.Qdisc, error) { return h.QdiscList(link) })
 	if err != nil {
 		return false, fmt.Errorf("listing the qdiscs of %s: %w", link.Attrs().Name, classify(err))
 	}
 	for _, q := range qs {
-		if q.Attrs().LinkIndex == link.Attrs().Index && q.Attrs().Parent == netlink.HANDLE_INGRESS &&
-			(!ingressOnly || q.Type() == "ingress") {
+		if q.Attrs().LinkIndex == link.Attrs().Index && q.Attrs().Parent == netlink.HANDLE_INGRESS && q.Type() == "ingress" {
 			return true, nil
 		}
 	}
