@@ -14,6 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// hostPollInterval is how often waitHost looks for the host without a
+// SIGIO.
+const hostPollInterval = 100 * time.Millisecond
+
 // findPort returns the device node of the virtio-serial port called name,
 // from /sys/class/virtio-ports/*/name (there is no udev in the guest). It
 // waits until the port shows up or ctx is done: ports appear when the host
@@ -124,8 +128,12 @@ func waitHost(ctx context.Context, f *os.File, sigio <-chan os.Signal) error {
 		return fmt.Errorf("arming SIGIO on the serial port: %w", err)
 	}
 	defer func() { _ = setAsync(false) }()
-	// A safety net for a lost signal; costs one poll a minute.
-	tick := time.NewTicker(time.Minute)
+	// A safety net for a lost SIGIO: a poll every 100 ms while no host is
+	// connected (at boot and between sessions) bounds the delay a lost
+	// signal causes, at a cost a waiting guest does not feel. A poll a
+	// minute let a pod's start (2 vCPUs) outlast the host's 30 s dial
+	// timeout once.
+	tick := time.NewTicker(hostPollInterval)
 	defer tick.Stop()
 	waited := false
 	for {
