@@ -234,6 +234,36 @@ func TestContainer(t *testing.T) {
 		}
 	})
 
+	t.Run("seccomp", func(t *testing.T) {
+		// A profile that allows everything but mkdir and mkdirat, which fail
+		// with EPERM: the guest's libcontainer loads it (libseccomp is
+		// linked into the static agent).
+		bundle, spec := busyboxBundle(t, "sh", "-c", "mkdir /tmp/d; echo mkdir=$?; touch /tmp/f && echo touch=ok")
+		spec.Linux.Seccomp = &specs.LinuxSeccomp{
+			DefaultAction: specs.ActAllow,
+			Architectures: []specs.Arch{specs.ArchX86_64},
+			Syscalls: []specs.LinuxSyscall{{
+				Names:  []string{"mkdir", "mkdirat"},
+				Action: specs.ActErrno,
+			}},
+		}
+		r := runContainer(t, sb, "seccomp", bundle, spec)
+		if r.status != 0 || !strings.Contains(r.stdout, "mkdir=1") || !strings.Contains(r.stdout, "touch=ok") ||
+			!strings.Contains(r.stderr, "Operation not permitted") {
+			t.Errorf("under a profile denying mkdir: stdout %q stderr %q status %d, want mkdir refused with EPERM and touch allowed",
+				r.stdout, r.stderr, r.status)
+		}
+		if _, err := os.Stat(filepath.Join(bundle, "rootfs/tmp/d")); err == nil {
+			t.Error("the directory was made despite the profile")
+		}
+
+		// The same command without the profile makes the directory.
+		bundle, spec = busyboxBundle(t, "sh", "-c", "mkdir /tmp/d; echo mkdir=$?")
+		if r := runContainer(t, sb, "noseccomp", bundle, spec); !strings.Contains(r.stdout, "mkdir=0") {
+			t.Errorf("without the profile: stdout %q stderr %q", r.stdout, r.stderr)
+		}
+	})
+
 	t.Run("read-only rootfs", func(t *testing.T) {
 		bundle, spec := busyboxBundle(t, "sh", "-c", "touch /x")
 		spec.Root.Readonly = true
