@@ -34,9 +34,10 @@ type daemon struct {
 	log       *bytes.Buffer
 }
 
-// startDaemon starts containerd (CRI off) with the shim on its PATH and a
-// hull configuration whose state root is the daemon's own, and imports the
-// busybox image.
+// startDaemon starts containerd (CRI off; NRI off, whose socket containerd
+// 2.x would otherwise share with every other daemon on the host) with the
+// shim on its PATH and a hull configuration whose state root is the
+// daemon's own, and imports the busybox image.
 func startDaemon(t testing.TB, containerdPath, ctrPath string) *daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp(env.workDir, "d")
@@ -53,7 +54,7 @@ func startDaemon(t testing.TB, containerdPath, ctrPath string) *daemon {
 	config := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 [grpc]
   address = %q
 [ttrpc]
