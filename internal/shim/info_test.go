@@ -8,7 +8,9 @@ import (
 	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -54,5 +56,22 @@ func TestWriteInfo(t *testing.T) {
 	b, _ := proto.Marshal(other)
 	if err := WriteInfo(bytes.NewReader(b), &bytes.Buffer{}); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("foreign options: got %v, want an invalid argument", err)
+	}
+}
+
+func TestDecodeAny(t *testing.T) {
+	a, err := typeurl.MarshalAnyToProto(&specs.Process{Args: []string{"true"}, Cwd: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := decodeAny[specs.Process](a, "the spec")
+	if err != nil || len(p.Args) != 1 || p.Args[0] != "true" {
+		t.Fatalf("decoded %+v, %v", p, err)
+	}
+	if _, err := decodeAny[specs.LinuxResources](a, "the resources"); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a process as resources: %v, want an invalid argument", err)
+	}
+	if _, err := decodeAny[specs.Process](&anypb.Any{TypeUrl: "nonsense", Value: []byte{1}}, "the spec"); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("an unknown type: %v, want an invalid argument", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -58,13 +59,9 @@ func (s *service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if r.Spec == nil {
 		return nil, fmt.Errorf("exec %s: no process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
 	}
-	v, err := typeurl.UnmarshalAny(r.Spec)
+	spec, err := decodeAny[specs.Process](r.Spec, "exec "+r.ExecID+": the process spec")
 	if err != nil {
-		return nil, fmt.Errorf("exec %s: decoding the process spec: %w: %w", r.ExecID, err, errdefs.ErrInvalidArgument)
-	}
-	spec, ok := v.(*specs.Process)
-	if !ok {
-		return nil, fmt.Errorf("exec %s: the spec is a %s, not a process: %w", r.ExecID, r.Spec.GetTypeUrl(), errdefs.ErrInvalidArgument)
+		return nil, err
 	}
 	spec.Terminal = r.Terminal
 	c.mu.Lock()
@@ -199,13 +196,9 @@ func (s *service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*em
 	if r.Resources == nil {
 		return nil, fmt.Errorf("updating container %s: no resources: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
-	v, err := typeurl.UnmarshalAny(r.Resources)
+	res, err := decodeAny[specs.LinuxResources](r.Resources, "updating container "+r.ID+": the resources")
 	if err != nil {
-		return nil, fmt.Errorf("updating container %s: decoding resources: %w: %w", r.ID, err, errdefs.ErrInvalidArgument)
-	}
-	res, ok := v.(*specs.LinuxResources)
-	if !ok {
-		return nil, fmt.Errorf("updating container %s: resources of type %s: %w", r.ID, r.Resources.GetTypeUrl(), errdefs.ErrInvalidArgument)
+		return nil, err
 	}
 	if err := c.c.Update(ctx, res); err != nil {
 		return nil, err
@@ -249,4 +242,18 @@ func (s *service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.
 		return nil, err
 	}
 	return &taskapi.StatsResponse{Stats: a}, nil
+}
+
+// decodeAny decodes a typeurl Any that must hold a *T; what names it in
+// errors. Anything else is an invalid argument.
+func decodeAny[T any](a *anypb.Any, what string) (*T, error) {
+	v, err := typeurl.UnmarshalAny(a)
+	if err != nil {
+		return nil, fmt.Errorf("%s: decoding: %w: %w", what, err, errdefs.ErrInvalidArgument)
+	}
+	t, ok := v.(*T)
+	if !ok {
+		return nil, fmt.Errorf("%s is a %s, not a %T: %w", what, a.GetTypeUrl(), t, errdefs.ErrInvalidArgument)
+	}
+	return t, nil
 }
