@@ -3,7 +3,6 @@ package shim
 import (
 	"fmt"
 	"path"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -14,6 +13,7 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/storage"
 )
 
 // Annotations that group the containers of a pod in one sandbox: CRI's and
@@ -151,7 +151,7 @@ func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (
 		spec.Linux.Namespaces = kept
 	}
 	for i, m := range spec.Mounts {
-		if path.Clean(m.Destination) != "/dev/shm" || !isBindMount(m) {
+		if path.Clean(m.Destination) != "/dev/shm" || !storage.IsBind(m) {
 			continue
 		}
 		switch {
@@ -189,16 +189,11 @@ func nsPathPID(p string, t specs.LinuxNamespaceType) (uint32, bool) {
 	return uint32(pid), true
 }
 
-// isBindMount reports whether a spec mount is a bind mount.
-func isBindMount(m specs.Mount) bool {
-	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
-}
-
 // specDNS reads the resolv.conf that the spec binds into the container
 // (containerd's per-pod file) for the guest; nil when there is none.
 func specDNS(spec *specs.Spec) (*agent.DNS, error) {
 	for _, m := range spec.Mounts {
-		if path.Clean(m.Destination) != "/etc/resolv.conf" || !isBindMount(m) {
+		if path.Clean(m.Destination) != "/etc/resolv.conf" || !storage.IsBind(m) {
 			continue
 		}
 		if !path.IsAbs(m.Source) {

@@ -72,6 +72,13 @@ func isBind(m specs.Mount) (bind, recursive bool) {
 	return bind || m.Type == "bind", false
 }
 
+// IsBind reports whether a spec mount is a bind mount, as AddContainer
+// decides which mounts to share: a "bind" or "rbind" option, or type bind.
+func IsBind(m specs.Mount) bool {
+	b, _ := isBind(m)
+	return b
+}
+
 // isReadOnly applies "ro" and "rw" in order; the last one wins.
 func isReadOnly(opts []string) bool {
 	ro := false
