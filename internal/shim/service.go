@@ -381,6 +381,20 @@ func (s *service) container(id string) (*container, error) {
 	return c, nil
 }
 
+// process returns a task and its init process (empty execID) or one of its
+// execs.
+func (s *service) process(id, execID string) (*container, *proc, error) {
+	c, err := s.container(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.proc(execID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
 // Start runs a container's program, or an exec added by Exec.
 func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
 	c, err := s.container(r.ID)

@@ -20,11 +20,7 @@ import (
 
 // State reports a container's or an exec's status.
 func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
-	c, err := s.container(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.proc(r.ExecID)
+	c, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -77,11 +73,7 @@ func (s *service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 
 // Kill signals a process, or with All every process of the container.
 func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.proc(r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -97,11 +89,7 @@ func (s *service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 
 // ResizePty sets the size of a process's terminal.
 func (s *service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.proc(r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -117,11 +105,7 @@ func (s *service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*
 
 // CloseIO closes a process's stdin.
 func (s *service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.proc(r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -208,11 +192,7 @@ func (s *service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*em
 
 // Wait returns a process's exit status once it has exited.
 func (s *service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
-	c, err := s.container(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, err := c.proc(r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
