@@ -130,7 +130,7 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 	bus := detectBus("/sys")
 	first, rest := splitModules(list.Modules, cfg.Transport.Kind, bus)
 	fr := loadModules(ctx, first, loadModule)
-	a.recordModules(ctx, list.Modules, fr)
+	a.recordModules(ctx, list, fr)
 	if len(fr.failed) > 0 {
 		return fmt.Errorf("loading the modules of transport %s: %w", cfg.Transport, errors.Join(mapValues(fr.failed)...))
 	}
@@ -147,10 +147,10 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 		start := time.Now()
 		storage, other := splitStorageModules(rest)
 		sr := loadModules(ctx, storage, loadModule)
-		a.recordModules(ctx, list.Modules, sr)
+		a.recordModules(ctx, list, sr)
 		a.setStorageReady()
 		rr := loadModules(ctx, other, loadModule)
-		a.recordModules(ctx, list.Modules, rr)
+		a.recordModules(ctx, list, rr)
 		a.mu.Lock()
 		a.status = api.HealthResponse_STATUS_SERVING
 		a.mu.Unlock()
@@ -194,7 +194,7 @@ func (a *Agent) serveTransport(ctx context.Context, t channel.Transport) error {
 }
 
 // recordModules adds the outcome of a load to the agent's state.
-func (a *Agent) recordModules(ctx context.Context, all []modlist.Module, r moduleResult) {
+func (a *Agent) recordModules(ctx context.Context, all *modlist.List, r moduleResult) {
 	for _, err := range r.failed {
 		a.addWarning(ctx, err.Error())
 	}

@@ -120,11 +120,13 @@ func loadModules(ctx context.Context, mods []modlist.Module, load func(context.C
 	return r
 }
 
-// features lists the features of mods whose modules are all in loaded,
-// sorted. A module that failed or was not tried makes its features missing.
-func features(mods []modlist.Module, loaded []string) []string {
+// features lists, sorted, the features the kernel has built in and those of
+// the list's modules whose modules are all in loaded. A module that failed or
+// was not tried makes its features missing unless the kernel has them built
+// in.
+func features(list *modlist.List, loaded []string) []string {
 	ok := map[string]bool{}
-	for _, m := range mods {
+	for _, m := range list.Modules {
 		in := slices.Contains(loaded, m.Name)
 		for _, f := range m.Features {
 			if v, seen := ok[f]; !seen {
@@ -133,6 +135,9 @@ func features(mods []modlist.Module, loaded []string) []string {
 				ok[f] = v && in
 			}
 		}
+	}
+	for _, f := range list.Builtin {
+		ok[f] = true
 	}
 	var out []string
 	for f, v := range ok {

@@ -81,10 +81,16 @@ func TestLoadModulesAndFeatures(t *testing.T) {
 	if len(r.failed) != 1 || r.failed["virtio_net"] == nil {
 		t.Fatalf("failed = %v", r.failed)
 	}
-	got := features(testModules, r.loaded)
+	got := features(&modlist.List{Modules: testModules}, r.loaded)
 	want := []string{"bus-mmio", "bus-pci", "overlay", "serial", "vsock"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("features = %q, want %q", got, want)
+	}
+	// A feature the kernel has built in is there whatever its modules did.
+	got = features(&modlist.List{Builtin: []string{"net", "block"}, Modules: testModules}, r.loaded)
+	want = []string{"block", "bus-mmio", "bus-pci", "net", "overlay", "serial", "vsock"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("features with built-ins = %q, want %q", got, want)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"debug/elf"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -97,7 +96,7 @@ func initrdTree(ctx context.Context, spec InitrdSpec) (*tree, *modlist.List, err
 			return nil, nil, fmt.Errorf("resolving modules: %w", err)
 		}
 	}
-	listJSON, err := json.MarshalIndent(list, "", "  ")
+	listData, err := modlist.Encode(list)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -111,7 +110,7 @@ func initrdTree(ctx context.Context, spec InitrdSpec) (*tree, *modlist.List, err
 		{Path: "/tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
 		{Path: "/mnt", Mode: fs.ModeDir | 0o755},
 		{Path: "/init", Mode: 0o755, Source: spec.Init},
-		{Path: modlist.Path, Mode: 0o644, Data: append(listJSON, '\n')},
+		{Path: modlist.Path, Mode: 0o644, Data: listData},
 	}
 	for _, m := range list.Modules {
 		src := filepath.Join(spec.Kernel.Dir, filepath.FromSlash(m.Path))

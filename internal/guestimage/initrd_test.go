@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"debug/elf"
-	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
@@ -108,7 +107,7 @@ func TestWriteInitrd(t *testing.T) {
 				"mnt":                   cpio.TypeDir | 0o755,
 				"tmp":                   cpio.TypeDir | cpio.ModeSticky | 0o777,
 				"etc/hull/extra":        cpio.TypeReg | 0o644,
-				"etc/hull/modules.json": cpio.TypeReg | 0o644,
+				"etc/hull/modules.list": cpio.TypeReg | 0o644,
 			}
 			for _, m := range list.Modules {
 				wantModes[m.Path[1:]] = cpio.TypeReg | 0o644
@@ -120,8 +119,8 @@ func TestWriteInitrd(t *testing.T) {
 					t.Errorf("%s: mode %o, want %o", name, h.Mode, mode)
 				}
 			}
-			var packed modlist.List
-			if err := json.Unmarshal(contents["etc/hull/modules.json"], &packed); err != nil {
+			packed, err := modlist.Parse(contents["etc/hull/modules.list"])
+			if err != nil {
 				t.Fatal(err)
 			}
 			var names []string
