@@ -5,7 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
+	"slices"
+	"strconv"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
 )
@@ -110,21 +114,112 @@ func (r *logRing) stream(ctx context.Context, w io.Writer) error {
 	}
 }
 
-// ringHook copies every log entry into the ring as JSON.
+// ringHook copies every log entry into the ring as a JSON line.
 type ringHook struct {
 	ring *logRing
-	f    logrus.JSONFormatter
 }
 
 func (h *ringHook) Levels() []logrus.Level { return logrus.AllLevels }
 
 func (h *ringHook) Fire(e *logrus.Entry) error {
-	b, err := h.f.Format(e)
-	if err != nil {
-		return err
-	}
-	h.ring.add(bytes.TrimRight(b, "\n"))
+	h.ring.add(formatRingEntry(e))
 	return nil
+}
+
+// ringTimeFormat is the agent's timestamp in the ring: RFC 3339 with
+// nanoseconds.
+const ringTimeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+// formatRingEntry renders e as one JSON object, as logrus's JSONFormatter
+// would (time, level, msg, the fields; a field named like one of those three
+// is kept as "fields.<name>"), without encoding/json: the agent's first log
+// line is on the way to its first answer, and under TCG the first use of
+// encoding/json's reflection alone costs ~30 ms there. Keys are sorted.
+// Values: strings, errors and Stringers (a duration reads "1.5s") as
+// strings, booleans and numbers as such, anything else as its %v text.
+func formatRingEntry(e *logrus.Entry) []byte {
+	keys := make([]string, 0, len(e.Data))
+	for k := range e.Data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b := make([]byte, 0, 128+32*len(keys))
+	b = append(b, '{')
+	for _, k := range keys {
+		name := k
+		if k == "time" || k == "level" || k == "msg" {
+			name = "fields." + k
+		}
+		b = appendJSONString(b, name)
+		b = append(b, ':')
+		b = appendJSONValue(b, e.Data[k])
+		b = append(b, ',')
+	}
+	b = append(b, `"level":`...)
+	b = appendJSONString(b, e.Level.String())
+	b = append(b, `,"msg":`...)
+	b = appendJSONString(b, e.Message)
+	b = append(b, `,"time":`...)
+	// In UTC: formatting in the local zone would load the zone first.
+	b = appendJSONString(b, e.Time.UTC().Format(ringTimeFormat))
+	return append(b, '}')
+}
+
+func appendJSONValue(b []byte, v any) []byte {
+	switch v := v.(type) {
+	case nil:
+		return append(b, "null"...)
+	case string:
+		return appendJSONString(b, v)
+	case error:
+		return appendJSONString(b, v.Error())
+	case fmt.Stringer:
+		return appendJSONString(b, v.String())
+	case bool:
+		return strconv.AppendBool(b, v)
+	case int:
+		return strconv.AppendInt(b, int64(v), 10)
+	case int32:
+		return strconv.AppendInt(b, int64(v), 10)
+	case int64:
+		return strconv.AppendInt(b, v, 10)
+	case uint:
+		return strconv.AppendUint(b, uint64(v), 10)
+	case uint32:
+		return strconv.AppendUint(b, uint64(v), 10)
+	case uint64:
+		return strconv.AppendUint(b, v, 10)
+	case float64:
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return appendJSONString(b, strconv.FormatFloat(v, 'g', -1, 64))
+		}
+		return strconv.AppendFloat(b, v, 'g', -1, 64)
+	}
+	return appendJSONString(b, fmt.Sprint(v))
+}
+
+// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b = append(b, '\\', byte(r))
+		case r == '\n':
+			b = append(b, '\\', 'n')
+		case r == '\r':
+			b = append(b, '\\', 'r')
+		case r == '\t':
+			b = append(b, '\\', 't')
+		case r < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[r>>4], hex[r&0xf])
+		default:
+			// range yields U+FFFD for each invalid byte.
+			b = utf8.AppendRune(b, r)
+		}
+	}
+	return append(b, '"')
 }
 
 // consoleHook writes entries at info level and above as short text lines:
@@ -163,7 +258,7 @@ func newLogger(console io.Writer, ring *logRing, level logrus.Level) *logrus.Log
 	l.Out = io.Discard
 	l.Formatter = discardFormatter{}
 	l.Level = level
-	l.AddHook(&ringHook{ring: ring, f: logrus.JSONFormatter{TimestampFormat: "2006-01-02T15:04:05.000000000Z07:00"}})
+	l.AddHook(&ringHook{ring: ring})
 	l.AddHook(&consoleHook{w: console, f: logrus.TextFormatter{DisableColors: true, DisableTimestamp: true, DisableQuote: true}})
 	return l
 }

@@ -98,3 +98,37 @@ func TestLoggerOutputs(t *testing.T) {
 		t.Fatalf("console = %q", c)
 	}
 }
+
+func TestFormatRingEntry(t *testing.T) {
+	e := &logrus.Entry{
+		Time:    time.Date(2026, 11, 23, 1, 2, 3, 4, time.UTC),
+		Level:   logrus.WarnLevel,
+		Message: "a \"quoted\"\nline\x01\xff",
+		Data: logrus.Fields{
+			"took":   1500 * time.Millisecond,
+			"error":  fmt.Errorf("bad\tthing"),
+			"count":  3,
+			"ok":     true,
+			"ratio":  0.5,
+			"msg":    "clash",
+			"nil":    nil,
+			"struct": struct{ A int }{7},
+		},
+	}
+	b := formatRingEntry(e)
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("not JSON: %v: %s", err, b)
+	}
+	want := map[string]any{
+		"time": "2026-11-23T01:02:03.000000004Z", "level": "warning", "msg": "a \"quoted\"\nline\x01\ufffd",
+		"took": "1.5s", "error": "bad\tthing", "count": float64(3), "ok": true, "ratio": 0.5,
+		"fields.msg": "clash", "nil": nil, "struct": "{7}",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got  %v\nwant %v", got, want)
+	}
+	if !strings.HasPrefix(string(b), `{"count":3,"error":`) {
+		t.Errorf("keys not sorted: %s", b)
+	}
+}
