@@ -127,8 +127,10 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 	if list == nil {
 		list = &modlist.List{}
 	}
-	bus := detectBus("/sys")
-	first, rest := splitModules(list.Modules, cfg.Transport.Kind, bus)
+	var first, rest []modlist.Module
+	if len(list.Modules) > 0 { // a kernel with virtio built in needs no bus
+		first, rest = splitModules(list.Modules, cfg.Transport.Kind, detectBus("/sys"))
+	}
 	fr := loadModules(ctx, first, loadModule)
 	a.recordModules(ctx, list, fr)
 	if len(fr.failed) > 0 {
