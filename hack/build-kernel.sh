@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the prototype guest kernel of issue 2 (virtio transport built in, no
-# module loads at boot) from Debian's kernel source, reproducibly, into a
-# cache directory. Not used by the image builder or CI yet.
+# Build the hull kernel, hull's own guest kernel (docs/guest-kernel.md):
+# everything the agent and the containers use built in, no module support,
+# from Debian's kernel source, reproducibly, into a cache directory.
+# `make kernel` runs it; `make image-hullkernel` builds a guest image with it.
 #
 # Usage: hack/build-kernel.sh [output-dir]
 #   needs: apt-get install linux-source-6.1 build-essential bc bison flex \
-#          libelf-dev libssl-dev dwarves
+#          libelf-dev libssl-dev dwarves   (hack/install-deps.sh does)
 # Environment:
 #   HULL_KERNEL_SOURCE  source tarball (default /usr/src/linux-source-6.1.tar.xz)
 #   HULL_KERNEL_CACHE   cache directory (default /var/cache/hull/kernel)
@@ -16,7 +17,12 @@
 # The config is `make tinyconfig` plus hack/kernel/hull.config; every value
 # the fragment asks for is checked in the final .config. Builds are keyed by
 # the source tarball's and the fragment's hashes, so an unchanged input is not
-# rebuilt. Prints the path of the PVH vmlinux (boot it with QEMU -kernel).
+# rebuilt (and nothing is printed on stderr). Prints the path of the PVH
+# vmlinux (boot it with QEMU -kernel). Beside it lies the final .config
+# (config-<release>), which `hull image build --kernel-config` reads. With an
+# output directory, both are copied there as vmlinux-<release> and
+# config-<release> (only when they changed), with the links vmlinux and config
+# pointing at them.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -76,15 +82,29 @@ if [[ ! -f $build/vmlinux ]]; then
 	echo "build-kernel: building vmlinux in $build with $jobs jobs" >&2
 	mk -j"$jobs" vmlinux
 	echo "build-kernel: built in $(( $(date +%s) - start )) s" >&2
+	built=1
 fi
 
 release=$(cat "$build/include/config/kernel.release")
+# install SRC DST: copy unless DST already has the same bytes (keeps its
+# mtime, so make sees nothing new), atomically.
+install_file() {
+	cmp -s "$1" "$2" 2>/dev/null && return 0
+	cp "$1" "$2.tmp" && mv "$2.tmp" "$2"
+}
 vmlinux=$cache/vmlinux-$release-$cfg_key
-cp "$build/vmlinux" "$vmlinux.tmp" && mv "$vmlinux.tmp" "$vmlinux"
+config=$cache/config-$release-$cfg_key
+install_file "$build/vmlinux" "$vmlinux"
+install_file "$build/.config" "$config"
 if [[ -n $out ]]; then
 	mkdir -p "$out"
-	cp "$vmlinux" "$out/vmlinux-$release"
+	install_file "$vmlinux" "$out/vmlinux-$release"
+	install_file "$config" "$out/config-$release"
+	ln -sfn "vmlinux-$release" "$out/vmlinux"
+	ln -sfn "config-$release" "$out/config"
 	vmlinux=$out/vmlinux-$release
 fi
-echo "build-kernel: $(stat -c %s "$vmlinux") bytes, sha256 $(sha256sum "$vmlinux" | cut -c1-64), release $release" >&2
+if [[ -n ${built:-} ]]; then
+	echo "build-kernel: $(stat -c %s "$vmlinux") bytes, sha256 $(sha256sum "$vmlinux" | cut -c1-64), release $release" >&2
+fi
 echo "$vmlinux"

@@ -25,6 +25,15 @@ packages=(
 	git
 	ca-certificates
 )
+# The hull kernel (`make kernel`, hack/build-kernel.sh) is built from Debian
+# 12's kernel source; elsewhere (Ubuntu) that package does not exist and only
+# `make kernel` and what needs it fail.
+kernel_packages=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev dwarves)
+if grep -qx 'ID=debian' /etc/os-release 2>/dev/null || apt-cache show linux-source-6.1 >/dev/null 2>&1; then
+	packages+=("${kernel_packages[@]}")
+else
+	echo "install-deps: linux-source-6.1 is not available here: the hull kernel (make kernel) cannot be built" >&2
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -24,16 +25,22 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 		agentPath   string
 		output      string
 		kernelDeb   string
+		vmlinux     string
+		kconfig     string
 		compression string
 		features    []string
 		quiet       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build",
-		Short: "Build the guest kernel and initrd from a Debian kernel package",
+		Short: "Build the guest kernel and initrd from a Debian kernel package or a local kernel",
 		Long: "Download the configured Debian kernel package (apt-get download; never installed),\n" +
 			"extract a bootable kernel, collect the kernel modules the image features need, and pack\n" +
-			"them with hull-agent as /init into an initrd. Writes kernel, initrd and manifest.json.",
+			"them with hull-agent as /init into an initrd. Writes kernel, initrd and manifest.json.\n\n" +
+			"With --kernel-vmlinux and --kernel-config, use a locally built kernel instead, such as\n" +
+			"the hull kernel (`make kernel`, docs/guest-kernel.md). It has no modules: every image\n" +
+			"feature must be built in (=y) in its .config, or the build fails naming the missing\n" +
+			"CONFIG_ symbol; the initrd then holds only the agent.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -50,6 +57,8 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			o := guestimage.Options{
 				KernelPackage: c.Image.KernelPackage,
 				KernelDeb:     kernelDeb,
+				KernelVmlinux: vmlinux,
+				KernelConfig:  kconfig,
 				CacheDir:      c.Image.CacheDir,
 				AgentBinary:   agentPath,
 				Features:      c.Image.Features,
@@ -72,14 +81,22 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %d modules\n",
-				o.OutputDir, m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, len(m.Modules))
+			mods := fmt.Sprintf("%d modules", len(m.Modules))
+			if m.Kernel.Local != nil {
+				mods = "no modules, built in: " + strings.Join(m.Builtin, " ")
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %s\n",
+				o.OutputDir, m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, mods)
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&agentPath, "agent", "", "static hull-agent binary (default: beside hull, or ../libexec/hull/hull-agent)")
 	cmd.Flags().StringVar(&output, "output", "", "output directory (default: image.assets_dir)")
 	cmd.Flags().StringVar(&kernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading image.kernel_package")
+	cmd.Flags().StringVar(&vmlinux, "kernel-vmlinux", "", "use this locally built PVH vmlinux (no modules) instead of a kernel package; needs --kernel-config")
+	cmd.Flags().StringVar(&kconfig, "kernel-config", "", "the .config the --kernel-vmlinux kernel was built from: every image feature must be =y in it")
+	cmd.MarkFlagsRequiredTogether("kernel-vmlinux", "kernel-config")
+	cmd.MarkFlagsMutuallyExclusive("kernel-vmlinux", "kernel-deb")
 	cmd.Flags().StringVar(&compression, "compression", "", "initrd compression: zstd, lz4, gzip, none (default: image.compression)")
 	cmd.Flags().StringSliceVar(&features, "features", nil, "image features (default: image.features)")
 	cmd.Flags().BoolVar(&quiet, "quiet", false, "no progress output")

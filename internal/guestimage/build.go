@@ -38,6 +38,14 @@ type Options struct {
 	KernelPackage string
 	// KernelDeb is an already downloaded .deb; it skips apt.
 	KernelDeb string
+	// KernelVmlinux and KernelConfig, always together, name a kernel built
+	// outside any package (the hull kernel, hack/build-kernel.sh): a PVH
+	// vmlinux and its .config. They replace the package (KernelPackage is
+	// ignored, KernelDeb must be empty). Such a kernel has no modules: each
+	// feature must be built in (=y) in KernelConfig, and the initrd carries
+	// no module.
+	KernelVmlinux string
+	KernelConfig  string
 	// CacheDir holds downloaded and unpacked packages. Default DefaultCacheDir.
 	CacheDir string
 	// AgentBinary is the static hull-agent; it becomes /init.
@@ -89,12 +97,19 @@ func (o *Options) validate() error {
 	if _, err := normalizeFeatures(o.Features); err != nil {
 		return err
 	}
+	if (o.KernelVmlinux == "") != (o.KernelConfig == "") {
+		return fmt.Errorf("a local kernel needs both its vmlinux and its .config: %w", errdefs.ErrInvalidArgument)
+	}
+	if o.KernelVmlinux != "" && o.KernelDeb != "" {
+		return fmt.Errorf("a kernel .deb and a local kernel exclude each other: %w", errdefs.ErrInvalidArgument)
+	}
 	return checkStaticExecutable(o.AgentBinary)
 }
 
-// Build makes the guest image: it prepares the kernel package, writes the
-// kernel (the PVH vmlinux, or the bzImage if that cannot be had), the initrd
-// and, last, the manifest into o.OutputDir, and returns the manifest.
+// Build makes the guest image: it prepares the kernel package (or checks the
+// local kernel), writes the kernel (the PVH vmlinux, or the bzImage if that
+// cannot be had), the initrd and, last, the manifest into o.OutputDir, and
+// returns the manifest.
 func Build(ctx context.Context, o Options) (*Manifest, error) {
 	o.setDefaults()
 	if err := o.validate(); err != nil {
@@ -102,30 +117,54 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	features, _ := normalizeFeatures(o.Features)
 	p := newProgress(o.Progress)
+	// A local kernel is checked before anything is written.
+	var lk *LocalKernel
+	if o.KernelVmlinux != "" {
+		var err error
+		if lk, err = PrepareLocalKernel(o.KernelVmlinux, o.KernelConfig); err != nil {
+			return nil, err
+		}
+		if err := lk.CheckFeatures(features); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(o.OutputDir, 0o755); err != nil {
 		return nil, err
-	}
-	k, err := PrepareKernel(ctx, o)
-	if err != nil {
-		return nil, fmt.Errorf("preparing kernel package: %w", err)
 	}
 	m := &Manifest{
 		Builder:  BuilderInfo{Version: version.Version, Commit: version.Commit},
 		Format:   o.Format,
 		Features: features,
 	}
-	if m.Kernel, err = writeKernel(ctx, k, o.OutputDir, p); err != nil {
-		return nil, err
+	var (
+		k       *Kernel
+		release string
+		err     error
+	)
+	if lk != nil {
+		release = lk.Release
+		m.Builtin = features
+		if m.Kernel, err = writeLocalKernel(lk, o.OutputDir, p); err != nil {
+			return nil, err
+		}
+	} else {
+		if k, err = PrepareKernel(ctx, o); err != nil {
+			return nil, fmt.Errorf("preparing kernel package: %w", err)
+		}
+		release = k.Release
+		if m.Kernel, err = writeKernel(ctx, k, o.OutputDir, p); err != nil {
+			return nil, err
+		}
 	}
 	if m.Agent.SHA256, m.Agent.Size, err = hashFile(o.AgentBinary); err != nil {
 		return nil, fmt.Errorf("hashing agent: %w", err)
 	}
 
-	initrd := &InitrdInfo{File: "initrd-" + k.Release + ".img", Compression: o.Compression}
+	initrd := &InitrdInfo{File: "initrd-" + release + ".img", Compression: o.Compression}
 	done := p.start("packing %s initrd", o.Compression)
 	var sum fileSum
 	sum, err = writeFileAtomic(filepath.Join(o.OutputDir, initrd.File), 0o644, func(w io.Writer) error {
-		list, err := WriteInitrd(ctx, w, InitrdSpec{Init: o.AgentBinary, Kernel: k, Features: features, Compression: o.Compression})
+		list, err := WriteInitrd(ctx, w, InitrdSpec{Init: o.AgentBinary, Kernel: k, LocalKernel: lk, Features: features, Compression: o.Compression})
 		if err == nil {
 			m.Modules = list.Modules
 		}
@@ -148,7 +187,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("writing manifest: %w", err)
 	}
-	log.G(ctx).WithFields(log.Fields{"dir": o.OutputDir, "release": k.Release, "kernel": m.Kernel.Format, "modules": len(m.Modules)}).Info("guest image built")
+	log.G(ctx).WithFields(log.Fields{"dir": o.OutputDir, "release": release, "kernel": m.Kernel.Format, "modules": len(m.Modules)}).Info("guest image built")
 	return m, nil
 }
 

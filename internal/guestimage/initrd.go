@@ -38,6 +38,10 @@ type InitrdSpec struct {
 	Init string
 	// Kernel provides the modules; nil packs none (and an empty module list).
 	Kernel *Kernel
+	// LocalKernel, exclusive with Kernel, is a kernel without modules: the
+	// features must all be built in (its config is checked), and the module
+	// list records them as such (modlist.List.Builtin).
+	LocalKernel *LocalKernel
 	// Features select the modules; empty means all.
 	Features []string
 	// Compression is one of the Compression* names; empty means none.
@@ -91,6 +95,15 @@ func initrdTree(ctx context.Context, spec InitrdSpec) (*tree, *modlist.List, err
 		return nil, nil, err
 	}
 	list := &modlist.List{Modules: []modlist.Module{}}
+	if spec.Kernel != nil && spec.LocalKernel != nil {
+		return nil, nil, fmt.Errorf("an initrd is for a kernel package or a local kernel, not both: %w", errdefs.ErrInvalidArgument)
+	}
+	if lk := spec.LocalKernel; lk != nil {
+		if err := lk.CheckFeatures(features); err != nil {
+			return nil, nil, err
+		}
+		list.KernelRelease, list.Builtin = lk.Release, features
+	}
 	if spec.Kernel != nil {
 		if list, err = ResolveModules(ctx, spec.Kernel, features); err != nil {
 			return nil, nil, fmt.Errorf("resolving modules: %w", err)

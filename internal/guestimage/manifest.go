@@ -35,6 +35,9 @@ type Manifest struct {
 	Initrd   *InitrdInfo `json:"initrd,omitempty"`
 	Agent    AgentInfo   `json:"agent"`
 	Features []string    `json:"features"`
+	// Builtin are the features the kernel has built in, so they need no
+	// module: all of Features for a local kernel, none for a package.
+	Builtin []string `json:"builtin,omitempty"`
 	// Modules in load order, as in the image's module list.
 	Modules []modlist.Module `json:"modules"`
 }
@@ -45,7 +48,8 @@ type BuilderInfo struct {
 	Commit  string `json:"commit"`
 }
 
-// KernelInfo describes the kernel file.
+// KernelInfo describes the kernel file. Package and PackageVersion are
+// empty for a local kernel, which Local describes instead.
 type KernelInfo struct {
 	Package        string `json:"package"`
 	PackageVersion string `json:"package_version"`
@@ -56,6 +60,19 @@ type KernelInfo struct {
 	Format string `json:"format"`
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
+	// Local is the origin of a kernel built outside any package (the hull
+	// kernel); nil for a kernel from a package.
+	Local *LocalKernelInfo `json:"local,omitempty"`
+}
+
+// LocalKernelInfo is where a local kernel came from. The vmlinux's sha256
+// is KernelInfo.SHA256: the image's kernel file is a copy of it.
+type LocalKernelInfo struct {
+	// Vmlinux and Config are the absolute paths the builder read.
+	Vmlinux string `json:"vmlinux"`
+	Config  string `json:"config"`
+	// ConfigSHA256 is the sha256 of Config.
+	ConfigSHA256 string `json:"config_sha256"`
 }
 
 // InitrdInfo describes the initrd file.
