@@ -110,8 +110,10 @@ func startBenchVM(b *testing.B, name, assets, machine, initrd string, params []s
 	if err != nil {
 		b.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	start := time.Now()
-	if err := vm.Start(context.Background()); err != nil {
+	if err := vm.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = vm.Stop(context.Background()) })
