@@ -110,12 +110,8 @@ func (d *daemon) stop(t testing.TB) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	if des, err := os.ReadDir(d.stateRoot); err == nil {
-		for _, de := range des {
-			if err := sandbox.Cleanup(context.Background(), d.stateRoot, de.Name()); err != nil {
-				t.Logf("cleaning up sandbox %s: %v", de.Name(), err)
-			}
-		}
+	if err := sandbox.CleanupAll(context.Background(), d.stateRoot); err != nil {
+		t.Logf("cleaning up sandboxes: %v", err)
 	}
 	// containerd leaves its snapshot mounts behind when it stops.
 	_ = exec.Command("umount", "-R", filepath.Join(d.dir, "root")).Run()

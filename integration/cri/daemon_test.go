@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -83,11 +84,14 @@ func startDaemon(t testing.TB, version string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// hull's state root is short: a sandbox's sockets are named
-	// <root>/<64-hex sandbox id>/<name>, within the 107 bytes of a unix
-	// socket path.
-	stateRoot, err := os.MkdirTemp("/tmp", "hc")
-	if err != nil {
+	// hull's state root is longer than the 28 bytes that sockets under
+	// <root>/<64-hex pod id>/ would allow: the pods' state directories
+	// get hashed names (sandbox.StateDir).
+	stateRoot := filepath.Join(dir, "hull-state")
+	if len(stateRoot) <= 28 || len(stateRoot) > config.MaxStateDirLen {
+		t.Fatalf("state root %s: %d bytes, want 29..%d", stateRoot, len(stateRoot), config.MaxStateDirLen)
+	}
+	if err := os.Mkdir(stateRoot, 0o711); err != nil {
 		t.Fatal(err)
 	}
 	d := &daemon{
@@ -244,12 +248,8 @@ func (d *daemon) stop(t testing.TB) {
 	for _, p := range d.processes() {
 		_ = syscall.Kill(p.pid, syscall.SIGKILL)
 	}
-	if des, err := os.ReadDir(d.stateRoot); err == nil {
-		for _, de := range des {
-			if err := sandbox.Cleanup(context.Background(), d.stateRoot, de.Name()); err != nil {
-				t.Logf("cleaning up sandbox %s: %v", de.Name(), err)
-			}
-		}
+	if err := sandbox.CleanupAll(context.Background(), d.stateRoot); err != nil {
+		t.Logf("cleaning up sandboxes: %v", err)
 	}
 	// containerd leaves its snapshot mounts behind when it stops.
 	_, _ = command("umount", "-R", filepath.Join(d.dir, "root"))

@@ -22,6 +22,11 @@ var SearchPaths = []string{
 	"/usr/share/defaults/hull/configuration.toml",
 }
 
+// MaxStateDirLen bounds runtime.state_dir: a sandbox's sockets are
+// <state_dir>/<at most 32 bytes>/virtiofs.sock, and a unix socket path has
+// at most 107 bytes (sandbox.StateDir).
+const MaxStateDirLen = 60
+
 // Config is the whole configuration. Each section is documented in
 // docs/configuration.md.
 type Config struct {
@@ -88,7 +93,8 @@ type Agent struct {
 
 // Runtime configures the host side.
 type Runtime struct {
-	// StateDir holds one directory per sandbox (sockets, console log, pid files).
+	// StateDir holds one directory per sandbox (sockets, console log, pid
+	// files); at most MaxStateDirLen bytes.
 	StateDir string `toml:"state_dir"`
 	// CgroupParent is the cgroup under which each VM gets its own.
 	CgroupParent string `toml:"cgroup_parent"`
@@ -292,6 +298,8 @@ func (c *Config) Validate() error {
 	r := c.Runtime
 	if !filepath.IsAbs(r.StateDir) {
 		bad("runtime.state_dir", "%q is not an absolute path", r.StateDir)
+	} else if len(r.StateDir) > MaxStateDirLen {
+		bad("runtime.state_dir", "%q has %d bytes, at most %d fit: the sandboxes' unix sockets live below it", r.StateDir, len(r.StateDir), MaxStateDirLen)
 	}
 	if r.CgroupParent == "" || strings.Contains(r.CgroupParent, "..") || filepath.IsAbs(r.CgroupParent) {
 		bad("runtime.cgroup_parent", "%q must be a relative cgroup path without ..", r.CgroupParent)

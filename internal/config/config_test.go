@@ -62,6 +62,7 @@ func TestParse(t *testing.T) {
 			wantErr: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.kernel", "runtime.cgroup_parent", `unknown feature "gpu"`},
 		},
 		{name: "sizing caps below the base", doc: "[hypervisor]\nvcpus = 2\nmax_vcpus = 1\nmax_memory_mib = 256\n", wantErr: []string{"hypervisor.max_vcpus", "hypervisor.max_memory_mib"}},
+		{name: "state dir too long", doc: "[runtime]\nstate_dir = \"/" + strings.Repeat("d", MaxStateDirLen) + "\"\n", wantErr: []string{"runtime.state_dir", "at most 60"}},
 		{name: "kernel param with space", doc: "[hypervisor]\nkernel_params = [\"a b\"]\n", wantErr: []string{"hypervisor.kernel_params[0]"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +61,25 @@ func writeRecord(dir string, r record) error {
 	return os.Rename(tmp, filepath.Join(dir, recordName))
 }
 
+// maxPlainDirName is the longest sandbox ID used as its state directory's
+// name as it is. Longer IDs get a hashed name of one byte more, so that a
+// hashed name never equals a plain one.
+const maxPlainDirName = 31
+
+// StateDir is the state directory of sandbox id under stateRoot. The
+// directory holds unix sockets (QEMU's monitor and agent port, virtiofsd's),
+// whose paths may have at most 107 bytes; with the 64 characters of a CRI pod
+// ID in the path, only a state root of up to 28 bytes would do. So an ID
+// longer than 31 bytes is named by a hash instead: "h-" and 30 hex digits of
+// its SHA-256 (120 bits). The sandbox record inside names the full ID.
+func StateDir(stateRoot, id string) string {
+	if len(id) <= maxPlainDirName {
+		return filepath.Join(stateRoot, id)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(stateRoot, "h-"+hex.EncodeToString(sum[:15]))
+}
+
 // Cleanup removes what a sandbox whose runtime died left behind: it kills
 // the processes that run for the sandbox (the hypervisor, virtiofsd and
 // its helpers, found by the record in the state directory, the pid files
@@ -69,18 +90,48 @@ func Cleanup(ctx context.Context, stateRoot, id string) error {
 	if err := errors.Join(locationErrors(id, stateRoot)...); err != nil {
 		return fmt.Errorf("cleaning up sandbox: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	dir := filepath.Join(stateRoot, id)
-	logger := log.G(ctx).WithField("sandbox", id)
+	return cleanupDir(ctx, StateDir(stateRoot, id), id)
+}
+
+// CleanupAll cleans up, as Cleanup does, every sandbox whose state directory
+// is under stateRoot: a sweep after the runtime died (and for tests).
+func CleanupAll(ctx context.Context, stateRoot string) error {
+	if !filepath.IsAbs(stateRoot) {
+		return fmt.Errorf("cleaning up sandboxes: state root %q is not absolute: %w", stateRoot, errdefs.ErrInvalidArgument)
+	}
+	ents, err := os.ReadDir(stateRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cleaning up sandboxes: %w", err)
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.IsDir() {
+			errs = append(errs, cleanupDir(ctx, filepath.Join(stateRoot, e.Name()), e.Name()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupDir is Cleanup of the sandbox whose state directory is dir; name
+// names it in logs and errors until its record says its ID.
+func cleanupDir(ctx context.Context, dir, name string) error {
 	var r record
 	if b, err := os.ReadFile(filepath.Join(dir, recordName)); err == nil {
 		if err := json.Unmarshal(b, &r); err != nil {
-			logger.WithError(err).Warn("unreadable sandbox record")
+			log.G(ctx).WithField("sandbox", name).WithError(err).Warn("unreadable sandbox record")
 		}
 	} else if errors.Is(err, os.ErrNotExist) {
 		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 	}
+	if r.ID != "" {
+		name = r.ID
+	}
+	logger := log.G(ctx).WithField("sandbox", name)
 
 	var errs []error
 	pids := map[int]bool{}
@@ -124,7 +175,7 @@ func Cleanup(ctx context.Context, stateRoot, id string) error {
 		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("cleaning up sandbox %s: %w", id, err)
+		return fmt.Errorf("cleaning up sandbox %s: %w", name, err)
 	}
 	return nil
 }

@@ -171,7 +171,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 	}
 	s := &Sandbox{
 		id:         cfg.ID,
-		stateDir:   filepath.Join(cfg.StateRoot, cfg.ID),
+		stateDir:   StateDir(cfg.StateRoot, cfg.ID),
 		state:      StateNew,
 		oom:        make(chan string, oomBuffer),
 		containers: map[string]*Container{},
