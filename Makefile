@@ -62,7 +62,7 @@ image: build ## Build the guest kernel + initrd into _output/assets (cached kern
 	bin/hull image build --agent bin/hull-agent --output $(TEST_ASSETS)
 
 .PHONY: kernel
-kernel: ## Build the hull kernel from Debian's linux-source-6.1 into _output/kernel (cached by its inputs; the first build takes minutes).
+kernel: ## Build the hull kernel from the distribution's linux-source (tested: Debian 12's 6.1) into _output/kernel (cached by its inputs; the first build takes minutes).
 	@nice -n 10 bash hack/build-kernel.sh $(KERNEL_OUT) >/dev/null
 
 .PHONY: image-hullkernel

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building and testing hull needs on Debian 12 / Ubuntu:
+# Installs what building and testing hull needs on Debian 12 (tested) or
+# another Debian or Ubuntu release:
 # Debian packages (only those missing, so a second run is quick) and the
 # pinned Go code generators. Needs root for apt-get.
 set -euo pipefail
@@ -25,14 +26,27 @@ packages=(
 	git
 	ca-certificates
 )
-# The hull kernel (`make kernel`, hack/build-kernel.sh) is built from Debian
-# 12's kernel source; elsewhere (Ubuntu) that package does not exist and only
-# `make kernel` and what needs it fail.
-kernel_packages=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev dwarves)
-if grep -qx 'ID=debian' /etc/os-release 2>/dev/null || apt-cache show linux-source-6.1 >/dev/null 2>&1; then
+# The hull kernel (`make kernel`, hack/build-kernel.sh; `make test` and
+# `make bench` need it) is built from the distribution's kernel source: the
+# linux-source metapackage (Debian and Ubuntu both have one; it pulls in the
+# current linux-source-<version>). It is tested with Debian 12's 6.1.
+kernel_packages=(linux-source build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils bzip2)
+# has_candidate PKG: apt knows an installable version of PKG.
+has_candidate() {
+	local policy
+	policy=$(apt-cache policy "$1" 2>/dev/null) || return 1
+	[[ $policy =~ Candidate:\ [^\(] ]]
+}
+updated=
+if ! has_candidate linux-source && [[ $(id -u) -eq 0 ]]; then
+	# Most likely no package lists yet (a fresh container): fetch them once.
+	apt-get update -qq
+	updated=1
+fi
+if has_candidate linux-source; then
 	packages+=("${kernel_packages[@]}")
 else
-	echo "install-deps: linux-source-6.1 is not available here: the hull kernel (make kernel) cannot be built" >&2
+	echo "install-deps: apt has no linux-source package here: the hull kernel cannot be built (make kernel, and so make test and make bench, will fail)" >&2
 fi
 
 missing=()
@@ -46,7 +60,7 @@ if ((${#missing[@]})); then
 	fi
 	echo "install-deps: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
+	[[ -n $updated ]] || apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 

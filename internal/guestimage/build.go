@@ -161,9 +161,13 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 
 	initrd := &InitrdInfo{File: "initrd-" + release + ".img", Compression: o.Compression}
+	initrdPath, err := outputPath(o.OutputDir, initrd.File)
+	if err != nil {
+		return nil, err
+	}
 	done := p.start("packing %s initrd", o.Compression)
 	var sum fileSum
-	sum, err = writeFileAtomic(filepath.Join(o.OutputDir, initrd.File), 0o644, func(w io.Writer) error {
+	sum, err = writeFileAtomic(initrdPath, 0o644, func(w io.Writer) error {
 		list, err := WriteInitrd(ctx, w, InitrdSpec{Init: o.AgentBinary, Kernel: k, LocalKernel: lk, Features: features, Compression: o.Compression})
 		if err == nil {
 			m.Modules = list.Modules
@@ -195,6 +199,9 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 // ELF cannot be extracted.
 func writeKernel(ctx context.Context, k *Kernel, dir string, p *progress) (KernelInfo, error) {
 	ki := KernelInfo{Package: k.Package, PackageVersion: k.PackageVersion, Release: k.Release}
+	if err := validRelease(k.Release); err != nil {
+		return ki, err
+	}
 	bz, err := os.ReadFile(k.BzImage())
 	if err != nil {
 		return ki, fmt.Errorf("reading kernel: %w", err)
@@ -210,7 +217,11 @@ func writeKernel(ctx context.Context, k *Kernel, dir string, p *progress) (Kerne
 		data = bz
 		ki.File, ki.Format = "vmlinuz-"+k.Release, KernelFormatBzImage
 	}
-	sum, err := writeFileAtomic(filepath.Join(dir, ki.File), 0o644, func(w io.Writer) error {
+	dst, err := outputPath(dir, ki.File)
+	if err != nil {
+		return ki, err
+	}
+	sum, err := writeFileAtomic(dst, 0o644, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})

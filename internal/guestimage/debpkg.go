@@ -237,6 +237,9 @@ func findRelease(dir string) (string, error) {
 		return "", fmt.Errorf("%s: want one boot/vmlinuz-*, found %d: %w", dir, len(matches), errdefs.ErrNotFound)
 	}
 	rel := strings.TrimPrefix(filepath.Base(matches[0]), "vmlinuz-")
+	if err := validRelease(rel); err != nil {
+		return "", fmt.Errorf("%s: %w", matches[0], err)
+	}
 	if _, err := os.Stat(filepath.Join(dir, "lib", "modules", rel)); err != nil {
 		return "", fmt.Errorf("modules of %s: %w", rel, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
@@ -55,19 +54,6 @@ func parseKconfig(b []byte) (*kconfig, error) {
 	}
 	if len(c.values) == 0 {
 		return nil, fmt.Errorf("no CONFIG_ symbol set: not a kernel .config: %w", errdefs.ErrInvalidArgument)
-	}
-	return c, nil
-}
-
-// readKconfig reads and parses the .config at path.
-func readKconfig(path string) (*kconfig, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading kernel config: %w", err)
-	}
-	c, err := parseKconfig(b)
-	if err != nil {
-		return nil, fmt.Errorf("kernel config %s: %w", path, err)
 	}
 	return c, nil
 }

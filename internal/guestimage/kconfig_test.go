@@ -2,6 +2,8 @@ package guestimage
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -140,5 +142,50 @@ func TestCheckBuiltin(t *testing.T) {
 				t.Errorf("error %v is not a failed precondition", err)
 			}
 		})
+	}
+}
+
+// TestFragmentBuildsFeatures parses the hull kernel's config fragment
+// (hack/kernel/hull.config) and checks that it sets every base symbol and
+// every feature's symbols to =y, so the fragment and the feature table
+// cannot drift apart unnoticed without a kernel build. build-kernel.sh
+// checks that every value the fragment sets survives into the final .config.
+func TestFragmentBuildsFeatures(t *testing.T) {
+	path := filepath.Join("..", "..", "hack", "kernel", "hull.config")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseKconfig(b)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	check := func(what string, syms []string) {
+		for _, s := range syms {
+			if v, ok := c.values[s]; v != "y" {
+				if !ok {
+					v = "not set"
+				}
+				t.Errorf("%s: CONFIG_%s is %s, %s needs =y", path, s, v, what)
+			}
+		}
+	}
+	check("every hull guest", baseSymbols)
+	for _, f := range AllFeatures() {
+		syms := FeatureSymbols(f)
+		if len(syms) == 0 {
+			t.Errorf("feature %s has no symbols", f)
+		}
+		check("feature "+f, syms)
+	}
+	if err := c.checkBuiltin(AllFeatures()); err != nil {
+		t.Errorf("%s: %v", path, err)
+	}
+	// The fragment turns module support off: a local kernel has no modules.
+	if v, ok := c.values["MODULES"]; ok {
+		t.Errorf("%s: CONFIG_MODULES=%s, want it not set", path, v)
+	}
+	if c.str("LOCALVERSION") == "" {
+		t.Errorf("%s: no CONFIG_LOCALVERSION: the release would not tell the hull kernel", path)
 	}
 }

@@ -2,6 +2,8 @@ package guestimage
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -16,14 +18,19 @@ import (
 // it was built from. It comes without modules, so every feature of an image
 // built with it must be built in, which its config tells.
 type LocalKernel struct {
-	// Vmlinux is the absolute path of the PVH ELF kernel.
+	// Vmlinux is the absolute path of the PVH ELF kernel, with symbolic
+	// links resolved.
 	Vmlinux string
-	// Config is the absolute path of the kernel's .config.
+	// Config is the absolute path of the kernel's .config, with symbolic
+	// links resolved.
 	Config string
 	// Release is the kernel's `uname -r`, read from the vmlinux's banner.
 	Release string
 
 	config *kconfig
+	// configSHA256 is the hex sha256 of the config bytes that were parsed
+	// and checked.
+	configSHA256 string
 	// image is the vmlinux as checked: the builder writes these bytes.
 	image []byte
 }
@@ -35,21 +42,26 @@ var bannerPrefix = []byte("Linux version ")
 // maxLocalVmlinux bounds the vmlinux the builder reads into memory.
 const maxLocalVmlinux = 512 << 20
 
+// maxLocalConfig bounds the .config the builder reads into memory.
+const maxLocalConfig = 16 << 20
+
 // PrepareLocalKernel reads a locally built kernel: the vmlinux must be an
-// x86-64 ELF with the PVH entry note, its release comes from its banner, and
-// the config must parse and belong to the same kernel version and local
-// version.
+// x86-64 ELF with the PVH entry note, its release comes from its banner and
+// must be a plain release (validRelease), and the config must parse, carry
+// its version header and belong to the same kernel version and local
+// version. Symbolic links (such as build-kernel.sh's vmlinux and config) are
+// resolved first.
 func PrepareLocalKernel(vmlinux, config string) (*LocalKernel, error) {
 	if vmlinux == "" || config == "" {
 		return nil, fmt.Errorf("a local kernel needs both its vmlinux and its .config: %w", errdefs.ErrInvalidArgument)
 	}
 	var err error
 	k := &LocalKernel{}
-	if k.Vmlinux, err = filepath.Abs(vmlinux); err != nil {
-		return nil, err
+	if k.Vmlinux, err = resolvePath(vmlinux); err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	if k.Config, err = filepath.Abs(config); err != nil {
-		return nil, err
+	if k.Config, err = resolvePath(config); err != nil {
+		return nil, fmt.Errorf("kernel config: %w", err)
 	}
 	b, err := readLimited(k.Vmlinux, maxLocalVmlinux)
 	if err != nil {
@@ -62,13 +74,33 @@ func PrepareLocalKernel(vmlinux, config string) (*LocalKernel, error) {
 	if k.Release, err = bannerRelease(b); err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", k.Vmlinux, err)
 	}
-	if k.config, err = readKconfig(k.Config); err != nil {
-		return nil, err
+	if err := validRelease(k.Release); err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", k.Vmlinux, err)
 	}
+	// The config is read once: the bytes parsed and checked are the bytes
+	// hashed into the manifest.
+	cb, err := readLimited(k.Config, maxLocalConfig)
+	if err != nil {
+		return nil, fmt.Errorf("reading kernel config: %w", err)
+	}
+	if k.config, err = parseKconfig(cb); err != nil {
+		return nil, fmt.Errorf("kernel config %s: %w", k.Config, err)
+	}
+	sum := sha256.Sum256(cb)
+	k.configSHA256 = hex.EncodeToString(sum[:])
 	if err := k.config.matchRelease(k.Release); err != nil {
 		return nil, fmt.Errorf("kernel %s and config %s: %w", k.Vmlinux, k.Config, err)
 	}
 	return k, nil
+}
+
+// resolvePath makes p absolute and resolves its symbolic links.
+func resolvePath(p string) (string, error) {
+	p, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(p)
 }
 
 // CheckFeatures checks that the kernel has every feature built in (and
@@ -122,13 +154,19 @@ func bannerRelease(b []byte) (string, error) {
 }
 
 // matchRelease checks that a release belongs to this config: it starts with
-// the config's kernel version and carries its CONFIG_LOCALVERSION.
+// the config's kernel version, not followed by a digit or a dot (6.1.19 is
+// not 6.1.192), and the rest carries its CONFIG_LOCALVERSION. A config
+// without its version header cannot tell and is refused.
 func (c *kconfig) matchRelease(release string) error {
 	if c.version == "" {
-		return nil // a config without its header says nothing about the version
+		return fmt.Errorf("the config has no version header (\"# Linux/<arch> <version> Kernel Configuration\"), so it cannot be matched to kernel %s: give the .config the kernel was built from: %w",
+			release, errdefs.ErrInvalidArgument)
 	}
 	rest, ok := strings.CutPrefix(release, c.version)
 	local := c.str("LOCALVERSION")
+	if ok && rest != "" && (rest[0] == '.' || rest[0] >= '0' && rest[0] <= '9') {
+		ok = false // another, longer version
+	}
 	if !ok || !strings.Contains(rest, local) {
 		return fmt.Errorf("release %s is not from this config (Linux %s, CONFIG_LOCALVERSION %q): %w",
 			release, c.version, local, errdefs.ErrInvalidArgument)
@@ -137,16 +175,25 @@ func (c *kconfig) matchRelease(release string) error {
 }
 
 // writeLocalKernel copies the vmlinux into dir as vmlinux-<release> and
-// describes it.
+// describes it. Its origin is recorded without any location (the manifest
+// must not depend on where the inputs were): the base names of the files
+// read and the config's sha256 (the vmlinux's is the kernel file's).
 func writeLocalKernel(k *LocalKernel, dir string, p *progress) (KernelInfo, error) {
 	ki := KernelInfo{Release: k.Release, File: "vmlinux-" + k.Release, Format: KernelFormatPVH}
-	cfgSum, _, err := hashFile(k.Config)
-	if err != nil {
-		return ki, fmt.Errorf("hashing kernel config: %w", err)
+	if err := validRelease(k.Release); err != nil {
+		return ki, err
 	}
-	ki.Local = &LocalKernelInfo{Vmlinux: k.Vmlinux, Config: k.Config, ConfigSHA256: cfgSum}
+	ki.Local = &LocalKernelInfo{
+		Vmlinux:      filepath.Base(k.Vmlinux),
+		Config:       filepath.Base(k.Config),
+		ConfigSHA256: k.configSHA256,
+	}
+	dst, err := outputPath(dir, ki.File)
+	if err != nil {
+		return ki, err
+	}
 	done := p.start("copying %s", k.Vmlinux)
-	sum, err := writeFileAtomic(filepath.Join(dir, ki.File), 0o644, func(w io.Writer) error {
+	sum, err := writeFileAtomic(dst, 0o644, func(w io.Writer) error {
 		_, err := w.Write(k.image)
 		return err
 	})

@@ -3,7 +3,9 @@ package guestimage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -46,6 +48,34 @@ func localKernelFiles(t *testing.T, vmlinux []byte, config string) (string, stri
 	return v, c
 }
 
+// localKernelOutput lays out a vmlinux and a .config in a new directory as
+// hack/build-kernel.sh does: vmlinux-<release> and config-<release>, with
+// the links vmlinux and config. It returns the directory.
+func localKernelOutput(t *testing.T, vmlinux []byte, config string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"vmlinux": vmlinux, "config": []byte(config)} {
+		if err := os.WriteFile(filepath.Join(dir, name+"-"+localRelease), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name+"-"+localRelease, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// resolved is p with its symbolic links resolved (a temporary directory may
+// be under one).
+func resolved(t *testing.T, p string) string {
+	t.Helper()
+	r, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func TestBannerRelease(t *testing.T) {
 	for _, tc := range []struct {
 		name, in, want string
@@ -84,6 +114,14 @@ func TestPrepareLocalKernel(t *testing.T) {
 		{"other local version", fakeLocalVmlinux(true, "6.1.0-other"), fullKconfig(), errdefs.ErrInvalidArgument, `CONFIG_LOCALVERSION "-hull"`},
 		{"other version", fakeLocalVmlinux(true, "6.2.0-hull"), fullKconfig(), errdefs.ErrInvalidArgument, "Linux 6.1.0"},
 		{"config not a config", fakeLocalVmlinux(true, localRelease), "this is not a .config\n", errdefs.ErrInvalidArgument, "not a kernel config line"},
+		// The config's version 6.1.0 is a prefix of these, but they are other versions.
+		{"longer version", fakeLocalVmlinux(true, "6.1.01-hull"), fullKconfig(), errdefs.ErrInvalidArgument, "Linux 6.1.0"},
+		{"sublevel version", fakeLocalVmlinux(true, "6.1.0.1-hull"), fullKconfig(), errdefs.ErrInvalidArgument, "Linux 6.1.0"},
+		{"no local version", fakeLocalVmlinux(true, "6.1.0"), fullKconfig(), errdefs.ErrInvalidArgument, `CONFIG_LOCALVERSION "-hull"`},
+		{"config without header", fakeLocalVmlinux(true, localRelease), strings.Replace(fullKconfig(), "# Linux/x86 6.1.0 Kernel Configuration\n", "", 1), errdefs.ErrInvalidArgument, "no version header"},
+		// The banner's release becomes a file name: no path in it.
+		{"release with a path", fakeLocalVmlinux(true, "6.1.0-hull/../../../etc/x"), fullKconfig(), errdefs.ErrInvalidArgument, "not a plain release"},
+		{"release with dots", fakeLocalVmlinux(true, "6.1.0-hull..x"), fullKconfig(), errdefs.ErrInvalidArgument, "not a plain release"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, c := localKernelFiles(t, tc.vmlinux, tc.config)
@@ -97,7 +135,7 @@ func TestPrepareLocalKernel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if k.Release != localRelease || k.Vmlinux != v || k.Config != c {
+			if k.Release != localRelease || k.Vmlinux != resolved(t, v) || k.Config != resolved(t, c) {
 				t.Fatalf("kernel %+v", k)
 			}
 		})
@@ -134,17 +172,28 @@ func readInitrd(t *testing.T, p string) map[string][]byte {
 	}
 }
 
-// TestBuildLocalKernel builds an image with a local kernel twice: the same
-// bytes each time, the kernel copied, no module in the initrd, the features
-// recorded as built in, in the module list and in the manifest.
+// TestBuildLocalKernel builds an image with a local kernel twice, from
+// copies of the inputs in different directories (given once through
+// build-kernel.sh's links, once directly): the same bytes each time, the
+// kernel copied, no module in the initrd, the features recorded as built in,
+// in the module list and in the manifest.
 func TestBuildLocalKernel(t *testing.T) {
 	vmlinuxBytes := fakeLocalVmlinux(true, localRelease)
-	v, c := localKernelFiles(t, vmlinuxBytes, fullKconfig("VIRTIO_PMEM=m"))
+	config := fullKconfig("VIRTIO_PMEM=m")
 	agent := staticInit(t)
 	features := []string{modlist.FeatureVsock, modlist.FeatureBusPCI, modlist.FeatureVirtioFS}
 	want := []string{modlist.FeatureBusPCI, modlist.FeatureVsock, modlist.FeatureVirtioFS} // canonical order
+	in1, in2 := localKernelOutput(t, vmlinuxBytes, config), localKernelOutput(t, vmlinuxBytes, config)
+	if in1 == in2 {
+		t.Fatal("the two builds must read their inputs from different directories")
+	}
+	inputs := [][2]string{
+		{filepath.Join(in1, "vmlinux"), filepath.Join(in1, "config")},
+		{filepath.Join(in2, "vmlinux-"+localRelease), filepath.Join(in2, "config-"+localRelease)},
+	}
 	var outs []string
-	for i := range 2 {
+	for i, in := range inputs {
+		v, c := in[0], in[1]
 		out := filepath.Join(t.TempDir(), "out")
 		// The package options are ignored: no apt, no cache.
 		m, err := Build(context.Background(), Options{
@@ -158,8 +207,9 @@ func TestBuildLocalKernel(t *testing.T) {
 			t.Errorf("kernel %+v", m.Kernel)
 		}
 		cfgSum, _, _ := hashFile(c)
-		if l := m.Kernel.Local; l == nil || l.Vmlinux != v || l.Config != c || l.ConfigSHA256 != cfgSum {
-			t.Errorf("kernel origin %+v, want %s, %s, %s", m.Kernel.Local, v, c, cfgSum)
+		wantLocal := LocalKernelInfo{Vmlinux: "vmlinux-" + localRelease, Config: "config-" + localRelease, ConfigSHA256: cfgSum}
+		if l := m.Kernel.Local; l == nil || *l != wantLocal {
+			t.Errorf("kernel origin %+v, want %+v", m.Kernel.Local, wantLocal)
 		}
 		if !slices.Equal(m.Features, want) || !slices.Equal(m.Builtin, want) || len(m.Modules) != 0 {
 			t.Errorf("features %q, built in %q, modules %v; want %q built in and no module", m.Features, m.Builtin, m.Modules, want)
@@ -199,12 +249,61 @@ func TestBuildLocalKernel(t *testing.T) {
 			t.Errorf("%s differs between builds (%v, %v)", name, errA, errB)
 		}
 	}
-	// The manifest, with the input directory made stable.
+	// The manifest as written: nothing in it depends on where the inputs were.
 	b, err := os.ReadFile(filepath.Join(outs[0], ManifestFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	compareGolden(t, filepath.Join("testdata", "manifest-local.json"), bytes.ReplaceAll(b, []byte(filepath.Dir(v)), []byte("/in")), false)
+	for _, dir := range []string{in1, in2, resolved(t, in1), resolved(t, in2), os.TempDir()} {
+		if bytes.Contains(b, []byte(dir)) {
+			t.Errorf("the manifest names the input location %s:\n%s", dir, b)
+		}
+	}
+	compareGolden(t, filepath.Join("testdata", "manifest-local.json"), b, false)
+}
+
+// TestLocalKernelConfigHashed: the manifest's config_sha256 is that of the
+// config the builder parsed and checked, even if the file changes after.
+func TestLocalKernelConfigHashed(t *testing.T) {
+	config := fullKconfig()
+	v, c := localKernelFiles(t, fakeLocalVmlinux(true, localRelease), config)
+	lk, err := PrepareLocalKernel(v, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(c, []byte(fullKconfig("VIRTIO_FS=m")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ki, err := writeLocalKernel(lk, t.TempDir(), newProgress(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(config))
+	if want := hex.EncodeToString(sum[:]); ki.Local == nil || ki.Local.ConfigSHA256 != want {
+		t.Errorf("kernel origin %+v, want config_sha256 %s (the bytes checked)", ki.Local, want)
+	}
+}
+
+// TestWriteKernelRelease: a kernel whose release is not a plain file name
+// is refused before anything is written.
+func TestWriteKernelRelease(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lk := &LocalKernel{Vmlinux: "/x/vmlinux", Config: "/x/config", Release: "../../escaped", image: []byte("kernel")}
+	if _, err := writeLocalKernel(lk, out, newProgress(nil)); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("local kernel released as %q: %v, want invalid argument", lk.Release, err)
+	}
+	k := &Kernel{Package: "linux-image-x", Release: "6.1.0/../../escaped", Dir: t.TempDir()}
+	if _, err := writeKernel(context.Background(), k, out, newProgress(nil)); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("package kernel released as %q: %v, want invalid argument", k.Release, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 1 {
+		t.Errorf("%s holds %v (%v), want only out", dir, entries, err)
+	}
 }
 
 func TestBuildLocalKernelRejects(t *testing.T) {

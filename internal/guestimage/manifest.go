@@ -65,13 +65,17 @@ type KernelInfo struct {
 	Local *LocalKernelInfo `json:"local,omitempty"`
 }
 
-// LocalKernelInfo is where a local kernel came from. The vmlinux's sha256
-// is KernelInfo.SHA256: the image's kernel file is a copy of it.
+// LocalKernelInfo is where a local kernel came from, without its location
+// (the same inputs anywhere give the same manifest): the hashes identify
+// the inputs. The vmlinux's sha256 is KernelInfo.SHA256: the image's kernel
+// file is a copy of it.
 type LocalKernelInfo struct {
-	// Vmlinux and Config are the absolute paths the builder read.
+	// Vmlinux and Config are the base names of the files the builder read,
+	// symbolic links resolved (vmlinux-6.1.192-hull, config-6.1.192-hull);
+	// informative only.
 	Vmlinux string `json:"vmlinux"`
 	Config  string `json:"config"`
-	// ConfigSHA256 is the sha256 of Config.
+	// ConfigSHA256 is the sha256 of the config the builder parsed and checked.
 	ConfigSHA256 string `json:"config_sha256"`
 }
 
