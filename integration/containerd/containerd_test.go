@@ -57,8 +57,10 @@ var cases = []struct {
 		if _, _, code := d.ctr(t, "task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 5"); code != 5 {
 			t.Errorf("exec exit: got %d, want 5", code)
 		}
-		if out := d.mustCtr(t, "task", "ps", id); !strings.Contains(out, "PID") || len(strings.Split(strings.TrimSpace(out), "\n")) < 2 {
-			t.Errorf("ps: got %q", out)
+		// A running exec shows in ps with its exec ID, as with runc.
+		d.mustCtr(t, "task", "exec", "--detach", "--exec-id", "e3", id, "sleep", "600")
+		if out := d.mustCtr(t, "task", "ps", id); !strings.Contains(out, "PID") || len(strings.Split(strings.TrimSpace(out), "\n")) < 3 || !strings.Contains(out, "e3") {
+			t.Errorf("ps: got %q, want the init and exec e3", out)
 		}
 		d.mustCtr(t, "task", "pause", id)
 		if out := d.mustCtr(t, "task", "ls"); !strings.Contains(out, "PAUSED") {

@@ -7,6 +7,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
@@ -132,9 +133,27 @@ func (s *service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 	if err != nil {
 		return nil, err
 	}
+	// An exec's process carries its exec ID, as runc's shim reports it
+	// (ctr task ps shows it).
+	execOf := map[uint32]string{}
+	c.mu.Lock()
+	for id, p := range c.execs {
+		if pid := p.getPid(); pid > 0 {
+			execOf[pid] = id
+		}
+	}
+	c.mu.Unlock()
 	resp := &taskapi.PidsResponse{}
 	for _, pid := range pids {
-		resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: pid})
+		info := &task.ProcessInfo{Pid: pid}
+		if id, ok := execOf[pid]; ok {
+			a, err := typeurl.MarshalAnyToProto(&options.ProcessDetails{ExecID: id})
+			if err != nil {
+				return nil, fmt.Errorf("process %d of exec %s: %w", pid, id, err)
+			}
+			info.Info = a
+		}
+		resp.Processes = append(resp.Processes, info)
 	}
 	return resp, nil
 }
