@@ -503,6 +503,34 @@ func TestContainerHullRun(t *testing.T) {
 			t.Errorf("hull run with a malformed config.json: status %d stderr %q, want an error naming the file and line 3", code, stderr)
 		}
 	})
+	t.Run("interrupted during boot", func(t *testing.T) {
+		bundle, _ := busyboxBundle(t, "echo", "never")
+		ctx := withTimeout(t, 2*time.Minute)
+		cmd := exec.CommandContext(ctx, hull, "--config", cfgPath, "run", "--bundle", bundle, "--id", "run-int")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// QEMU's pid file: the VM is booting (under TCG for seconds).
+		pidFile := filepath.Join(sandbox.StateDir(c.Runtime.StateDir, "run-int"), "qemu.pid")
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(pidFile); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				t.Fatalf("no %s within a minute; stderr %q", pidFile, stderr.String())
+			}
+		}
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		_ = cmd.Wait()
+		// 128 + SIGINT, a message, and nothing left (the leak check of
+		// containerConfig's cleanup looks for processes, state and cgroups).
+		if code := cmd.ProcessState.ExitCode(); code != 130 || !strings.Contains(stderr.String(), "interrupted by interrupt") || strings.Contains(stdout.String(), "never") {
+			t.Errorf("hull run interrupted during boot: status %d stdout %q stderr %q, want 130 and the reason", code, stdout.String(), stderr.String())
+		}
+	})
 	t.Run("sigterm forwarded", func(t *testing.T) {
 		// The shell is PID 1: without a trap it would ignore SIGTERM.
 		bundle, _ := busyboxBundle(t, "sh", "-c", "trap 'exit 143' TERM; sleep 1000 & echo started; wait")

@@ -20,6 +20,10 @@ func main() {
 			os.Exit(int(ee))
 		}
 		fmt.Fprintln(os.Stderr, "hull:", err)
+		var se statusError
+		if errors.As(err, &se) {
+			os.Exit(se.status)
+		}
 		os.Exit(1)
 	}
 }
@@ -29,3 +33,13 @@ func main() {
 type exitError int
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// statusError is an error that ends the program with its status instead of
+// 1, after its message.
+type statusError struct {
+	status int
+	err    error
+}
+
+func (e statusError) Error() string { return e.err.Error() }
+func (e statusError) Unwrap() error { return e.err }

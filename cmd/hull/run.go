@@ -37,7 +37,9 @@ func newRunCommand(g *globalFlags) *cobra.Command {
 		Short: "Run a container from an OCI bundle in a VM of its own, as `runc run` does",
 		Long: "Boot a VM, create and start the container of the bundle's config.json in it with this\n" +
 			"terminal's stdio, forward signals to it, and tear everything down when it exits.\n" +
-			"Exits with the container's status: its exit code, or 128 + the signal that ended it.",
+			"Exits with the container's status: its exit code, or 128 + the signal that ended it.\n" +
+			"A signal that arrives before the container runs aborts the run, tears down what was\n" +
+			"made, and exits with 128 + that signal.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBundle(cmd, g, bundle, id, tty)
@@ -113,9 +115,11 @@ func runBundle(cmd *cobra.Command, g *globalFlags, bundle, id string, tty bool) 
 			}
 		}
 	}()
+	// A run a signal aborted ends as a shell reports a process that
+	// signal ended: 128 + its number (130 for SIGINT).
 	interrupted := func(err error) error {
 		if cause := context.Cause(startCtx); cause != nil && startCtx.Err() != nil {
-			return fmt.Errorf("%w (%w)", cause, err)
+			return signalStatus(early, fmt.Errorf("%w (%w)", cause, err))
 		}
 		return err
 	}
@@ -164,7 +168,7 @@ func runBundle(cmd *cobra.Command, g *globalFlags, bundle, id string, tty bool) 
 	close(running)
 	<-watcherDone
 	if early != nil {
-		return fmt.Errorf("interrupted by %s: %w", early, errdefs.ErrAborted)
+		return signalStatus(early, fmt.Errorf("interrupted by %s: %w", early, errdefs.ErrAborted))
 	}
 
 	exited := make(chan struct{})
@@ -233,4 +237,12 @@ func takeNetNS(spec *specs.Spec) string {
 		}
 	}
 	return ""
+}
+
+// signalStatus gives err the exit status of a process that sig ended.
+func signalStatus(sig os.Signal, err error) error {
+	if s, ok := sig.(syscall.Signal); ok {
+		return statusError{status: 128 + int(s), err: err}
+	}
+	return err
 }
