@@ -79,6 +79,33 @@ var cases = []struct {
 		d.mustCtr(t, "task", "delete", id)
 		d.mustCtr(t, "container", "delete", id)
 	}},
+	{"same id in two namespaces", func(t *testing.T, d *daemon) {
+		// Each namespace's container gets a VM of its own; neither's state,
+		// cgroup or VM meets the other's.
+		const id, other = "twin", "hull-other"
+		if out, errOut, code := d.ctr(t, "-n", other, "images", "import", env.image); code != 0 {
+			t.Fatalf("importing the image into %s: %s%s", other, out, errOut)
+		}
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		defer d.forget(t, id)
+		d.mustCtr(t, "-n", other, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		defer func() {
+			d.ctr(t, "-n", other, "task", "delete", "-f", id)
+			d.ctr(t, "-n", other, "container", "delete", id)
+			d.ctr(t, "-n", other, "images", "rm", imageName)
+			d.ctr(t, "namespaces", "rm", other)
+		}()
+		for _, ns := range []string{"default", other} {
+			if out := d.mustCtr(t, "-n", ns, "task", "exec", "--exec-id", "e-"+ns, id, "echo", ns); out != ns+"\n" {
+				t.Errorf("exec in %s: got %q", ns, out)
+			}
+		}
+		d.mustCtr(t, "-n", other, "task", "kill", "-s", "KILL", id)
+		waitStatusIn(t, d, other, id, "STOPPED")
+		if out := d.mustCtr(t, "task", "ls"); !strings.Contains(out, "RUNNING") {
+			t.Errorf("default's task after the other's stopped: %q", out)
+		}
+	}},
 	{"forced delete", func(t *testing.T, d *daemon) {
 		const id = "forced"
 		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
@@ -189,8 +216,14 @@ var cases = []struct {
 // waitStatus waits until ctr task ls shows the task in status.
 func waitStatus(t *testing.T, d *daemon, id, status string) {
 	t.Helper()
+	waitStatusIn(t, d, "default", id, status)
+}
+
+// waitStatusIn waits until task id of containerd namespace ns has status.
+func waitStatusIn(t *testing.T, d *daemon, ns, id, status string) {
+	t.Helper()
 	waitFor(t, time.Minute, func() bool {
-		out, _, _ := d.ctr(t, "task", "ls")
+		out, _, _ := d.ctr(t, "-n", ns, "task", "ls")
 		for _, l := range strings.Split(out, "\n") {
 			if f := strings.Fields(l); len(f) >= 3 && f[0] == id && f[2] == status {
 				return true

@@ -417,10 +417,14 @@ func validate(cfg Config) error {
 	return nil
 }
 
+// maxIDLen bounds a sandbox ID: a containerd ID (at most 76 bytes) qualified
+// by its namespace (as long again, and a separator).
+const maxIDLen = 160
+
 // locationErrors checks a sandbox ID and state root.
 func locationErrors(id, stateRoot string) []error {
 	var errs []error
-	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || len(id) > 128 {
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || len(id) > maxIDLen {
 		errs = append(errs, fmt.Errorf("bad sandbox id %q", id))
 	}
 	if !filepath.IsAbs(stateRoot) {

@@ -171,7 +171,7 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		// this container's to remove.
 		logger.Info("the pod's shim is alive; leaving its sandbox")
 	case ok:
-		if err := sandbox.Cleanup(ctx, r.StateRoot, r.SandboxID); err != nil {
+		if err := sandbox.Cleanup(ctx, r.StateRoot, r.hostID()); err != nil {
 			return shim.StopStatus{}, err
 		}
 	}

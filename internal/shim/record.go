@@ -15,8 +15,33 @@ const recordName = "hull-sandbox.json"
 
 // record names the sandbox of a container.
 type record struct {
+	// SandboxID is the pod's ID (the sandbox container's), as containerd
+	// names it.
 	SandboxID string `json:"sandbox_id"`
+	// VMID is the sandbox's ID on the host: the pod's ID qualified by its
+	// containerd namespace (vmID). Records written before it existed have
+	// none: their sandbox is named by SandboxID alone.
+	VMID      string `json:"vm_id,omitempty"`
 	StateRoot string `json:"state_root"`
+}
+
+// hostID is the ID the record's sandbox has on the host.
+func (r record) hostID() string {
+	if r.VMID != "" {
+		return r.VMID
+	}
+	return r.SandboxID
+}
+
+// vmID is the host-side ID of the sandbox of pod podID in containerd
+// namespace ns: "<podID>@<ns>". Two namespaces may use the same container
+// IDs; their VMs, state directories and cgroups must not meet. '@' is in
+// neither a namespace nor a container ID (containerd's identifiers).
+func vmID(ns, podID string) string {
+	if ns == "" {
+		return podID
+	}
+	return podID + "@" + ns
 }
 
 // writeRecord writes the record into the bundle; it is written before the

@@ -67,8 +67,9 @@ type service struct {
 	// sb is the pod's sandbox, nil before the first create and after the
 	// last delete; guarded by mu.
 	sb *sandbox.Sandbox
-	// stateRoot and sandboxID name the sandbox's state; guarded by mu.
-	stateRoot, sandboxID string
+	// stateRoot, sandboxID (the pod's ID) and vmID (its host-side ID,
+	// namespaced) name the sandbox and its state; guarded by mu.
+	stateRoot, sandboxID, vmID string
 	// containers are the tasks, by container ID; an ID being created
 	// maps to nil. Guarded by mu.
 	containers map[string]*container
@@ -141,7 +142,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
-	sb, err := s.sandbox(ctx, sandboxRequest{id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, role: r0, plan: plan})
+	sb, err := s.sandbox(ctx, sandboxRequest{namespace: ns, id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, role: r0, plan: plan})
 	if err != nil {
 		return nil, err
 	}
@@ -211,6 +212,8 @@ func (s *service) unreserve(ctx context.Context, id string) {
 
 // sandboxRequest is what the sandbox of a container's create needs.
 type sandboxRequest struct {
+	// namespace is the containerd namespace of the request.
+	namespace  string
 	id, bundle string
 	opts       *anypb.Any
 	// spec is the container's guest spec (after podSpec).
@@ -227,7 +230,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	s.mu.Lock()
-	sb, rec := s.sb, record{SandboxID: s.sandboxID, StateRoot: s.stateRoot}
+	sb, rec := s.sb, record{SandboxID: s.sandboxID, VMID: s.vmID, StateRoot: s.stateRoot}
 	s.mu.Unlock()
 	annotations := r.spec.Annotations
 	if sb != nil {
@@ -247,11 +250,12 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if err != nil {
 		return nil, err
 	}
-	rec = record{SandboxID: sandboxID(r.id, annotations), StateRoot: cfg.Runtime.StateDir}
+	podID := sandboxID(r.id, annotations)
+	rec = record{SandboxID: podID, VMID: vmID(r.namespace, podID), StateRoot: cfg.Runtime.StateDir}
 	if err := writeRecord(r.bundle, rec); err != nil {
 		return nil, err
 	}
-	sc, err := launch.SandboxConfig(cfg, rec.SandboxID)
+	sc, err := launch.SandboxConfig(cfg, rec.VMID)
 	if err != nil {
 		return nil, err
 	}
@@ -277,14 +281,14 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 		return nil, err
 	}
 	s.mu.Lock()
-	s.sb, s.sandboxID, s.stateRoot = sb, rec.SandboxID, rec.StateRoot
+	s.sb, s.sandboxID, s.vmID, s.stateRoot = sb, rec.SandboxID, rec.VMID, rec.StateRoot
 	s.podShm = r.plan.shmSource
 	s.base, s.size, s.limit, s.sizedByAnnotations = size, size, alignLimit(size, limit), static
 	s.grown = map[string]vmSize{}
 	s.mu.Unlock()
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
-		"sandbox": rec.SandboxID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS,
+		"sandbox": rec.VMID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS,
 	}).Info("sandbox started")
 	return sb, nil
 }

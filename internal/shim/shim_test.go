@@ -101,3 +101,20 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Fatalf("got %+v %t %v, want %+v", got, ok, err, want)
 	}
 }
+
+func TestVMID(t *testing.T) {
+	if got := vmID("k8s.io", "abc"); got != "abc@k8s.io" {
+		t.Errorf("vmID = %q", got)
+	}
+	if vmID("a", "b") == vmID("b", "a") || vmID("default", "x") == vmID("other", "x") {
+		t.Error("two namespaces share a VM ID")
+	}
+	if got := (record{SandboxID: "pod", VMID: "pod@ns"}).hostID(); got != "pod@ns" {
+		t.Errorf("hostID = %q", got)
+	}
+	// A record written before VM IDs were namespaced names the sandbox by
+	// the pod's ID alone.
+	if got := (record{SandboxID: "pod"}).hostID(); got != "pod" {
+		t.Errorf("hostID of an old record = %q", got)
+	}
+}

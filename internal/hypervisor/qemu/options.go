@@ -68,7 +68,9 @@ const (
 	probeTimeout = 2 * time.Second
 )
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+// idPattern is a VM ID: a containerd ID, possibly qualified by its
+// namespace after an '@' (as the shim names a pod's VM).
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@-]{0,159}$`)
 
 // validate checks cfg and o without touching the host and fills in the
 // defaults that need no host lookups.
@@ -77,7 +79,7 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 		return fmt.Errorf("qemu: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
 	}
 	if !idPattern.MatchString(cfg.ID) {
-		return inval("vm id %q: want 1-128 letters, digits, '_', '.' or '-', not starting with a symbol", cfg.ID)
+		return inval("vm id %q: want 1-160 letters, digits, '_', '.', '@' or '-', not starting with a symbol", cfg.ID)
 	}
 	if !filepath.IsAbs(cfg.StateDir) {
 		return inval("state dir %q is not an absolute path", cfg.StateDir)
