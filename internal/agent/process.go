@@ -317,13 +317,13 @@ func (nopWriteCloser) Close() error { return nil }
 // read in progress.
 func recvConsole(sock *os.File, limit time.Duration) (*os.File, error) {
 	type res struct {
-		f   *os.File
+		fd  int
 		err error
 	}
 	ch := make(chan res, 1)
 	go func() {
-		f, err := utils.RecvFile(sock) //nolint:staticcheck // SA1019: its replacement (cmsg.RecvFile) is internal to runc; replace before runc 1.6 removes it
-		ch <- res{f, err}
+		fd, err := recvFD(sock)
+		ch <- res{fd, err}
 	}()
 	var r res
 	select {
@@ -335,17 +335,53 @@ func recvConsole(sock *os.File, limit time.Duration) (*os.File, error) {
 	if r.err != nil {
 		return nil, fmt.Errorf("receiving the terminal: %w", r.err)
 	}
-	fd, err := unix.Dup(int(r.f.Fd()))
-	_ = r.f.Close()
+	if err := unix.SetNonblock(r.fd, true); err != nil {
+		_ = unix.Close(r.fd)
+		return nil, fmt.Errorf("receiving the terminal: %w", err)
+	}
+	return os.NewFile(uintptr(r.fd), "pty-master"), nil
+}
+
+// recvFD receives the one file descriptor a message on the unix socket sock
+// carries (SCM_RIGHTS), close-on-exec. The message's data (libcontainer
+// sends the terminal's name) is dropped. A message with no descriptor or
+// with more than one is an error; extra descriptors are closed.
+func recvFD(sock *os.File) (int, error) {
+	rc, err := sock.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("receiving the terminal: %w", err)
+		return -1, err
 	}
-	unix.CloseOnExec(fd)
-	if err := unix.SetNonblock(fd, true); err != nil {
-		_ = unix.Close(fd)
-		return nil, fmt.Errorf("receiving the terminal: %w", err)
+	data := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4*4)) // room to see (and close) extras
+	var oobn int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, oobn, _, _, rerr = unix.Recvmsg(int(fd), data, oob, unix.MSG_CMSG_CLOEXEC)
+		return !errors.Is(rerr, unix.EAGAIN)
+	})
+	if err == nil {
+		err = rerr
 	}
-	return os.NewFile(uintptr(fd), "pty-master"), nil
+	if err != nil {
+		return -1, err
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return -1, err
+	}
+	var fds []int
+	for i := range msgs {
+		if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	if len(fds) != 1 {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+		return -1, fmt.Errorf("want one file descriptor in the message, got %d", len(fds))
+	}
+	return fds[0], nil
 }
 
 // closeStdin closes the process's input. With a terminal there is no
