@@ -37,10 +37,7 @@ import (
 // ±15% against ±50% and more), so it tells a real change from noise with
 // fewer runs.
 func BenchmarkBoot(b *testing.B) {
-	hullAssets := os.Getenv("HULL_TEST_ASSETS_HULLKERNEL")
-	if hullAssets == "" {
-		b.Fatal("HULL_TEST_ASSETS_HULLKERNEL is not set: run `make bench`, which builds the hull kernel's image")
-	}
+	hullAssets, _ := hullKernelAssets(b)
 	for _, kernel := range []struct{ name, assets string }{{"debian", env.assetsDir}, {"hull", hullAssets}} {
 		for _, machine := range []string{"q35", "microvm"} {
 			b.Run(kernel.name+"/"+machine, func(b *testing.B) {
