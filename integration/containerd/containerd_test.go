@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -104,6 +105,18 @@ var cases = []struct {
 		waitStatusIn(t, d, other, id, "STOPPED")
 		if out := d.mustCtr(t, "task", "ls"); !strings.Contains(out, "RUNNING") {
 			t.Errorf("default's task after the other's stopped: %q", out)
+		}
+	}},
+	{"run with piped stdin", func(t *testing.T, d *daemon) {
+		// ctr closes the process's stdin (CloseIO) as soon as it has written
+		// the last byte into the FIFO; everything must still arrive.
+		data := make([]byte, 8<<20)
+		for i := range data {
+			data[i] = byte(i * 7 / 3)
+		}
+		out, errOut, code := d.ctrIn(t, bytes.NewReader(data), "run", "--rm", "--runtime", runtimeName, imageName, "stdin-pipe", "sha256sum")
+		if want := fmt.Sprintf("%x  -\n", sha256.Sum256(data)); out != want || code != 0 {
+			t.Errorf("sha256sum of 8 MiB of stdin: got %q (stderr %q, exit %d), want %q", out, errOut, code, want)
 		}
 	}},
 	{"forced delete", func(t *testing.T, d *daemon) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,11 +125,17 @@ func (d *daemon) stop(t testing.TB) {
 // code.
 func (d *daemon) ctr(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
+	return d.ctrIn(t, nil, args...)
+}
+
+// ctrIn is ctr with stdin as ctr's standard input (nil: none).
+func (d *daemon) ctrIn(t testing.TB, stdin io.Reader, args ...string) (string, string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, d.ctrPath, append([]string{"-a", d.address}, args...)...)
 	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
 	err := cmd.Run()
 	stderr := withoutDeprecations(errOut.String())
 	var exit *exec.ExitError

@@ -295,9 +295,6 @@ func (c *Container) ResizeTTY(ctx context.Context, width, height uint32) error {
 	return c.init.ResizeTTY(ctx, width, height)
 }
 
-// CloseStdin closes the init process's standard input.
-func (c *Container) CloseStdin(ctx context.Context) error { return c.init.CloseStdin(ctx) }
-
 // Exec starts an additional process in the running container. execID must
 // be unique among the container's processes.
 func (c *Container) Exec(ctx context.Context, execID string, proc *specs.Process, pio IO) (_ *Process, retErr error) {

@@ -120,17 +120,6 @@ func (st *stdio) waitOutput(ctx context.Context) error {
 	}
 }
 
-// closeStdin ends the process's input from the host side.
-func (st *stdio) closeStdin() error {
-	if st.stdin == nil {
-		return nil
-	}
-	if err := st.stdin.CloseWrite(); err != nil && !isClosedErr(err) {
-		return err
-	}
-	return nil
-}
-
 // close closes every stream; copies still running end.
 func (st *stdio) close() {
 	if st == nil {

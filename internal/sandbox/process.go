@@ -183,20 +183,3 @@ func (p *Process) ResizeTTY(ctx context.Context, width, height uint32) error {
 	}
 	return nil
 }
-
-// CloseStdin closes the process's standard input: the stream's write side,
-// and through the agent the pipe, in case the process's stdin was not ours
-// to close (no stdin stream, or a terminal).
-func (p *Process) CloseStdin(ctx context.Context) error {
-	if err := p.io.closeStdin(); err != nil {
-		return fmt.Errorf("closing stdin of %s: %w", p.name(), err)
-	}
-	_, err := p.c.sb.client.Containers().CloseStdin(ctx, &agent.CloseStdinRequest{
-		ContainerId: p.c.id,
-		ExecId:      p.execID,
-	})
-	if err != nil {
-		return fmt.Errorf("closing stdin of %s: %w", p.name(), p.c.sb.guestError(err))
-	}
-	return nil
-}

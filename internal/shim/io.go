@@ -32,7 +32,14 @@ type stdioPaths struct {
 // processIO is the host end of a process's stdio: what the sandbox copies
 // from and to.
 type processIO struct {
-	stdin          io.ReadCloser
+	stdin io.ReadCloser
+	// stdinHold is a write end of the stdin FIFO that the shim keeps open,
+	// as containerd's runc shim does: the process sees EOF only once
+	// CloseIO closed it and every client's write end is closed too, after
+	// whatever they wrote has been read. Without it a client that detaches
+	// would end the process's input, and CloseIO could cut off data still
+	// in the FIFO.
+	stdinHold      io.Closer
 	stdout, stderr io.WriteCloser
 	// logger is the binary:// logging process, when there is one.
 	logger *os.Process
@@ -54,6 +61,11 @@ func openIO(ctx context.Context, ns, id string, p stdioPaths) (_ *processIO, ret
 			return nil, fmt.Errorf("opening stdin %s: %w", p.stdin, err)
 		}
 		pio.stdin = f
+		w, err := fifo.OpenFifo(ctx, p.stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening stdin %s for writing: %w", p.stdin, err)
+		}
+		pio.stdinHold = w
 	}
 	if p.terminal {
 		// A terminal merges the output into stdout.
@@ -199,12 +211,21 @@ func (pio *processIO) stdio(terminal bool) sandbox.IO {
 	return sio
 }
 
+// closeStdin lets the process's input end once the clients' write ends
+// are closed (CloseIO).
+func (pio *processIO) closeStdin() {
+	if pio != nil && pio.stdinHold != nil {
+		_ = pio.stdinHold.Close()
+	}
+}
+
 // Close closes every stream, which gives containerd's readers EOF, and
 // waits for a logging binary to exit.
 func (pio *processIO) Close(ctx context.Context) {
 	if pio == nil {
 		return
 	}
+	pio.closeStdin()
 	if pio.stdin != nil {
 		_ = pio.stdin.Close() // read side: nothing to flush
 	}

@@ -104,21 +104,19 @@ func (s *service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*
 	return &emptypb.Empty{}, nil
 }
 
-// CloseIO closes a process's stdin.
-func (s *service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
+// CloseIO lets a process's stdin end: the shim drops its own write end of
+// the FIFO, and the process sees EOF once the clients have closed theirs
+// and everything they wrote has reached it.
+func (s *service) CloseIO(_ context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
 	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	if !r.Stdin || p.exited() {
-		return &emptypb.Empty{}, nil
-	}
-	sp, err := p.running("closing stdin")
-	if err != nil {
-		return nil, err
-	}
-	if err := sp.CloseStdin(ctx); err != nil {
-		return nil, err
+	if r.Stdin {
+		p.mu.Lock()
+		pio := p.io
+		p.mu.Unlock()
+		pio.closeStdin()
 	}
 	return &emptypb.Empty{}, nil
 }
