@@ -193,6 +193,35 @@ func TestContainer(t *testing.T) {
 		}
 	})
 
+	t.Run("tty input closed", func(t *testing.T) {
+		// As with containerd's runc shim, the terminal of a process whose
+		// input the host closes is hung up: a shell waiting in read reads
+		// end of file and ends. Before, it waited forever.
+		ctx := withTimeout(t, time.Minute)
+		bundle, spec := busyboxBundle(t, "sh", "-c", "echo ready; read x; echo read returned $?")
+		spec.Process.Terminal = true
+		stdinR, stdinW := io.Pipe()
+		var out syncBuffer
+		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "tty-hup", Bundle: bundle, Spec: spec,
+			Stdio: sandbox.IO{Stdin: stdinR, Stdout: &out, Terminal: true, Width: 80, Height: 24}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer deleteContainer(t, ctr)
+		if err := ctr.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		out.waitFor(t, "ready", 30*time.Second)
+		_ = stdinW.Close()
+		st, err := ctr.Wait(ctx)
+		if err != nil {
+			t.Fatalf("waiting for the hung-up shell: %v (output %q)", err, out.String())
+		}
+		if st.Code == 128+int(syscall.SIGKILL) {
+			t.Errorf("the shell was killed (output %q), want it to end by itself", out.String())
+		}
+	})
+
 	t.Run("env cwd user hostname", func(t *testing.T) {
 		bundle, spec := busyboxBundle(t, "sh", "-c", `echo "$FOO|$(pwd)|$(id -u)|$(hostname)"`)
 		spec.Process.Env = append(spec.Process.Env, "FOO=bar baz")

@@ -313,7 +313,7 @@ func (s *containerService) start(ctx context.Context, lc *libcontainer.Container
 		return nil, err
 	}
 	p := &process{cid: cid, execID: execID, lp: lp, pid: pid, io: pio, exited: make(chan struct{}), done: make(chan struct{})}
-	if err := pio.started(ctx); err != nil {
+	if err := pio.started(ctx, p.exited); err != nil {
 		_ = lp.Signal(unix.SIGKILL)
 		_, _ = lp.Wait()
 		s.a.reaper.release(pid)

@@ -149,8 +149,10 @@ type procIO struct {
 	mu sync.Mutex
 	// stdin closes the process's input once. Guarded by mu.
 	stdin io.Closer
-	// console is the pty master. Guarded by mu.
+	// console is the pty master; nil after a hangup. Guarded by mu.
 	console *os.File
+	// exited is closed when the process has exited.
+	exited <-chan struct{}
 
 	copies sync.WaitGroup
 }
@@ -258,8 +260,10 @@ func pipe() (r, w *os.File, err error) {
 }
 
 // started closes the process's ends in the agent, receives the pty master
-// and starts the copies. After it, finish must run.
-func (pio *procIO) started(ctx context.Context) error {
+// and starts the copies; exited is closed when the process has exited.
+// After it, finish must run.
+func (pio *procIO) started(ctx context.Context, exited <-chan struct{}) error {
+	pio.exited = exited
 	for _, f := range pio.childFiles {
 		_ = f.Close()
 	}
@@ -292,7 +296,7 @@ func (pio *procIO) started(ctx context.Context) error {
 	if pio.stdinConn != nil {
 		var dst io.WriteCloser
 		if pio.console != nil {
-			dst = nopWriteCloser{pio.console}
+			dst = hangupCloser{Writer: pio.console, pio: pio}
 		} else {
 			dst = &onceCloser{Writer: pio.stdinPipe, c: pio.stdinPipe}
 			pio.mu.Lock()
@@ -308,9 +312,40 @@ func (pio *procIO) started(ctx context.Context) error {
 	return nil
 }
 
-type nopWriteCloser struct{ io.Writer }
+// hangupCloser is the input of a process with a terminal: closing it hangs
+// the terminal up.
+type hangupCloser struct {
+	io.Writer
+	pio *procIO
+}
 
-func (nopWriteCloser) Close() error { return nil }
+func (h hangupCloser) Close() error { return h.pio.hangup() }
+
+// hangup hangs up the terminal of a process whose input the host has
+// ended, as containerd's runc shim does: it closes the pty master. The
+// process then reads end of file from the terminal, and the kernel sends
+// SIGHUP to the terminal's session (which the init of a PID namespace
+// without a handler for it does not get). What the process writes after
+// that is lost. A process that has exited keeps its terminal, so that the
+// rest of its output still reaches the host.
+func (pio *procIO) hangup() error {
+	select {
+	case <-pio.exited:
+		return nil
+	default:
+	}
+	pio.mu.Lock()
+	m := pio.console
+	pio.console = nil
+	pio.mu.Unlock()
+	if m == nil {
+		return nil
+	}
+	if err := m.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("hanging up the terminal: %w", err)
+	}
+	return nil
+}
 
 // recvConsole receives the pty master that the container's init sends on
 // the console socket, and makes it non-blocking so that Close interrupts a
@@ -384,8 +419,8 @@ func recvFD(sock *os.File) (int, error) {
 	return fds[0], nil
 }
 
-// closeStdin closes the process's input. With a terminal there is no
-// input to close apart from the terminal itself; the call is a no-op.
+// closeStdin closes the process's input pipe. With a terminal the input
+// ends when the host closes its stream (see hangup); the call is a no-op.
 func (pio *procIO) closeStdin() error {
 	pio.mu.Lock()
 	c := pio.stdin
