@@ -163,20 +163,8 @@ func TestContainer(t *testing.T) {
 
 	t.Run("tty", func(t *testing.T) {
 		ctx := withTimeout(t, time.Minute)
-		bundle, spec := busyboxBundle(t, "sh", "-c", "stty size; read x; stty size")
-		spec.Process.Terminal = true
-		stdinR, stdinW := io.Pipe()
+		ctr, stdinW, out := startTTY(ctx, t, sb, "tty", "stty size; read x; stty size")
 		defer func() { _ = stdinW.Close() }()
-		var out syncBuffer
-		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "tty", Bundle: bundle, Spec: spec,
-			Stdio: sandbox.IO{Stdin: stdinR, Stdout: &out, Terminal: true, Width: 80, Height: 24}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer deleteContainer(t, ctr)
-		if err := ctr.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
 		out.waitFor(t, "24 80", 30*time.Second)
 		if err := ctr.ResizeTTY(ctx, 100, 40); err != nil {
 			t.Fatal(err)
@@ -198,19 +186,7 @@ func TestContainer(t *testing.T) {
 		// input the host closes is hung up: a shell waiting in read reads
 		// end of file and ends. Before, it waited forever.
 		ctx := withTimeout(t, time.Minute)
-		bundle, spec := busyboxBundle(t, "sh", "-c", "echo ready; read x; echo read returned $?")
-		spec.Process.Terminal = true
-		stdinR, stdinW := io.Pipe()
-		var out syncBuffer
-		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "tty-hup", Bundle: bundle, Spec: spec,
-			Stdio: sandbox.IO{Stdin: stdinR, Stdout: &out, Terminal: true, Width: 80, Height: 24}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer deleteContainer(t, ctr)
-		if err := ctr.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		ctr, stdinW, out := startTTY(ctx, t, sb, "tty-hup", "echo ready; read x; echo read returned $?")
 		out.waitFor(t, "ready", 30*time.Second)
 		_ = stdinW.Close()
 		st, err := ctr.Wait(ctx)
@@ -601,4 +577,25 @@ func TestContainerCleanup(t *testing.T) {
 	if err := sandbox.Cleanup(context.Background(), c.Runtime.StateDir, "orphan"); err != nil {
 		t.Errorf("second cleanup: %v", err)
 	}
+}
+
+// startTTY starts a busybox container running script in sh with an 80x24
+// terminal, and returns it with the write end of its input and its output.
+// The container is deleted when the test ends.
+func startTTY(ctx context.Context, t *testing.T, sb *sandbox.Sandbox, id, script string) (*sandbox.Container, *io.PipeWriter, *syncBuffer) {
+	t.Helper()
+	bundle, spec := busyboxBundle(t, "sh", "-c", script)
+	spec.Process.Terminal = true
+	stdinR, stdinW := io.Pipe()
+	out := &syncBuffer{}
+	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: id, Bundle: bundle, Spec: spec,
+		Stdio: sandbox.IO{Stdin: stdinR, Stdout: out, Terminal: true, Width: 80, Height: 24}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteContainer(t, ctr) })
+	if err := ctr.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ctr, stdinW, out
 }
