@@ -13,6 +13,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -40,7 +41,7 @@ func benchSandbox(b *testing.B, id string) *sandbox.Sandbox {
 	c := testConfig(b)
 	c.Agent.Transport = "serial"
 	c.Hypervisor.MemoryMiB = 1024
-	return startSandboxTB(b, c, id)
+	return startSandbox(b, c, id)
 }
 
 // BenchmarkContainerStartExit measures create + start + exit + delete of
@@ -160,7 +161,7 @@ func BenchmarkVirtiofsRead(b *testing.B) {
 	run := func(name string, args ...string) time.Duration {
 		proc := *spec.Process
 		proc.Args = args
-		var errOut syncBuffer
+		var errOut e2e.SyncBuffer
 		start := time.Now()
 		p, err := ctr.Exec(ctx, name, &proc, sandbox.IO{Stderr: &errOut})
 		if err != nil {

@@ -19,7 +19,7 @@ import (
 )
 
 // startSandbox boots a sandbox of c and registers its stop.
-func startSandbox(t *testing.T, c *config.Config, id string) *sandbox.Sandbox {
+func startSandbox(t testing.TB, c *config.Config, id string) *sandbox.Sandbox {
 	t.Helper()
 	sc, err := launch.SandboxConfig(c, id)
 	if err != nil {

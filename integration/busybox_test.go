@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,8 +18,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
-	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -164,42 +163,6 @@ func mountsUnder(root string) []string {
 	return found
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
-}
-
-// waitFor polls until the buffer contains want, failing after d.
-func (s *syncBuffer) waitFor(t testing.TB, want string, d time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(s.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("output %q does not show %q after %s", s.String(), want, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // result is what a container run produced.
 type result struct {
 	stdout, stderr string
@@ -211,7 +174,7 @@ type result struct {
 func runContainer(t *testing.T, sb *sandbox.Sandbox, id, bundle string, spec *specs.Spec) result {
 	t.Helper()
 	ctx := withTimeout(t, 2*time.Minute)
-	var stdout, stderr syncBuffer
+	var stdout, stderr e2e.SyncBuffer
 	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
 		ID: id, Bundle: bundle, Spec: spec,
 		Stdio: sandbox.IO{Stdout: &stdout, Stderr: &stderr},
@@ -251,23 +214,4 @@ func writeHullConfig(t testing.TB, c *config.Config) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// startSandboxTB is startSandbox for tests and benchmarks alike.
-func startSandboxTB(t testing.TB, c *config.Config, id string) *sandbox.Sandbox {
-	t.Helper()
-	sc, err := launch.SandboxConfig(c, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := sandbox.Start(withTimeout(t, 2*time.Minute), sc)
-	if err != nil {
-		t.Fatalf("starting sandbox: %v", err)
-	}
-	t.Cleanup(func() {
-		if sb.State() == sandbox.StateRunning {
-			_ = sb.Stop(context.Background())
-		}
-	})
-	return sb
 }

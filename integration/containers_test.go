@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -42,7 +43,7 @@ func TestContainer(t *testing.T) {
 		// included, as under runc.
 		ctx := withTimeout(t, time.Minute)
 		bundle, spec := busyboxBundle(t, "sh", "-c", "sleep 1000 & echo started; wait")
-		var out syncBuffer
+		var out e2e.SyncBuffer
 		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "signals", Bundle: bundle, Spec: spec, Stdio: sandbox.IO{Stdout: &out}})
 		if err != nil {
 			t.Fatal(err)
@@ -57,15 +58,15 @@ func TestContainer(t *testing.T) {
 		if ctr.State() != sandbox.ContainerRunning {
 			t.Errorf("state %s after start", ctr.State())
 		}
-		out.waitFor(t, "started", 30*time.Second)
+		out.WaitFor(t, "started", 30*time.Second)
 		proc := *spec.Process
 		proc.Args = []string{"sh", "-c", "echo started; exec sleep 1000"}
-		var execOut syncBuffer
+		var execOut e2e.SyncBuffer
 		p, err := ctr.Exec(ctx, "sleeper", &proc, sandbox.IO{Stdout: &execOut})
 		if err != nil {
 			t.Fatal(err)
 		}
-		execOut.waitFor(t, "started", 30*time.Second)
+		execOut.WaitFor(t, "started", 30*time.Second)
 		time.Sleep(200 * time.Millisecond) // let the shell exec sleep
 		pids, err := ctr.Pids(ctx)
 		if err != nil || len(pids) != 3 || !slices.Contains(pids, ctr.Init().Pid()) || !slices.Contains(pids, p.Pid()) {
@@ -139,7 +140,7 @@ func TestContainer(t *testing.T) {
 		if err := ctr.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		var out syncBuffer
+		var out e2e.SyncBuffer
 		proc := *spec.Process
 		proc.Args = []string{"sh", "-c", "while [ ! -e /tmp/ready ]; do sleep 0.1; done; cat /tmp/ready; read line; echo got $line; exit 7"}
 		p, err := ctr.Exec(ctx, "e1", &proc, sandbox.IO{Stdin: strings.NewReader("hello\n"), Stdout: &out})
@@ -165,7 +166,7 @@ func TestContainer(t *testing.T) {
 		ctx := withTimeout(t, time.Minute)
 		ctr, stdinW, out := startTTY(ctx, t, sb, "tty", "stty size; read x; stty size")
 		defer func() { _ = stdinW.Close() }()
-		out.waitFor(t, "24 80", 30*time.Second)
+		out.WaitFor(t, "24 80", 30*time.Second)
 		if err := ctr.ResizeTTY(ctx, 100, 40); err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +188,7 @@ func TestContainer(t *testing.T) {
 		// end of file and ends. Before, it waited forever.
 		ctx := withTimeout(t, time.Minute)
 		ctr, stdinW, out := startTTY(ctx, t, sb, "tty-hup", "echo ready; read x; echo read returned $?")
-		out.waitFor(t, "ready", 30*time.Second)
+		out.WaitFor(t, "ready", 30*time.Second)
 		_ = stdinW.Close()
 		st, err := ctr.Wait(ctx)
 		if err != nil {
@@ -541,12 +542,12 @@ func TestContainerHullRun(t *testing.T) {
 		bundle, _ := busyboxBundle(t, "sh", "-c", "trap 'exit 143' TERM; sleep 1000 & echo started; wait")
 		ctx := withTimeout(t, 2*time.Minute)
 		cmd := exec.CommandContext(ctx, hull, "--config", cfgPath, "run", "--bundle", bundle, "--id", "run-term")
-		var stdout syncBuffer
+		var stdout e2e.SyncBuffer
 		cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		stdout.waitFor(t, "started", time.Minute)
+		stdout.WaitFor(t, "started", time.Minute)
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 		if code := cmd.ProcessState.ExitCode(); code != 143 {
@@ -563,12 +564,12 @@ func TestContainerCleanup(t *testing.T) {
 	bundle, _ := busyboxBundle(t, "sh", "-c", "echo started; sleep 1000")
 	ctx := withTimeout(t, 2*time.Minute)
 	cmd := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfgPath, "run", "--bundle", bundle, "--id", "orphan")
-	var stdout syncBuffer
+	var stdout e2e.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stdout.waitFor(t, "started", time.Minute)
+	stdout.WaitFor(t, "started", time.Minute)
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	if err := sandbox.Cleanup(context.Background(), c.Runtime.StateDir, "orphan"); err != nil {
@@ -582,12 +583,12 @@ func TestContainerCleanup(t *testing.T) {
 // startTTY starts a busybox container running script in sh with an 80x24
 // terminal, and returns it with the write end of its input and its output.
 // The container is deleted when the test ends.
-func startTTY(ctx context.Context, t *testing.T, sb *sandbox.Sandbox, id, script string) (*sandbox.Container, *io.PipeWriter, *syncBuffer) {
+func startTTY(ctx context.Context, t *testing.T, sb *sandbox.Sandbox, id, script string) (*sandbox.Container, *io.PipeWriter, *e2e.SyncBuffer) {
 	t.Helper()
 	bundle, spec := busyboxBundle(t, "sh", "-c", script)
 	spec.Process.Terminal = true
 	stdinR, stdinW := io.Pipe()
-	out := &syncBuffer{}
+	out := &e2e.SyncBuffer{}
 	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: id, Bundle: bundle, Spec: spec,
 		Stdio: sandbox.IO{Stdin: stdinR, Stdout: out, Terminal: true, Width: 80, Height: 24}})
 	if err != nil {

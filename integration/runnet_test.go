@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // TestHullRunNetns runs a bundle whose spec names a network namespace set
@@ -54,13 +56,13 @@ func TestHullRunNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stdout syncBuffer
+	var stdout e2e.SyncBuffer
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stdout.waitFor(t, "ready", time.Minute)
+	stdout.WaitFor(t, "ready", time.Minute)
 	out := stdout.String()
 	if !strings.Contains(out, "198.18.11.2/24") || !strings.Contains(out, "default via 198.18.11.1") {
 		t.Errorf("the container's view of the network:\n%s\nwant eth0 with 198.18.11.2/24 and the default route", out)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containerd/console"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // TestContainerd runs every case against each containerd version.
@@ -142,7 +144,7 @@ var cases = []struct {
 			t.Fatal(err)
 		}
 		_ = f.Close() // the child holds its own copy of the slave
-		var out syncBuffer
+		var out e2e.SyncBuffer
 		go io.Copy(&out, pty) //nolint:errcheck // ends with the pty
 		waitFor(t, 2*time.Minute, func() bool { return strings.Contains(out.String(), "#") }, "a shell prompt", &out)
 		if _, err := fmt.Fprint(pty, "tty -s && echo TTY=yes; exit 7\r"); err != nil {
@@ -258,22 +260,4 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool, what string, o
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -94,15 +95,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 }
 
 func (d *daemon) stop(t testing.TB) {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = d.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-done
-	}
+	e2e.Stop(d.cmd, 15*time.Second)
 	// A failed case may leave shims and sandboxes: remove them so that
 	// the next case and the next run start clean.
 	for _, l := range d.leftovers() {

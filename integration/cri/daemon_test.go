@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -236,15 +237,7 @@ func (d *daemon) stop(t testing.TB) {
 		d.removeAll(t)
 		_ = d.conn.Close() // the daemon goes next
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = d.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-done
-	}
+	e2e.Stop(d.cmd, 15*time.Second)
 	for _, p := range d.processes() {
 		_ = syscall.Kill(p.pid, syscall.SIGKILL)
 	}

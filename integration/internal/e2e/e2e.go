@@ -1,0 +1,163 @@
+// Package e2e holds what the end-to-end suites share: finding (or building)
+// the containerd daemons they drive, building the shim, and a buffer that a
+// process writes while a test reads it.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Containerd2Version is the containerd 2.x the suites run, built once into
+// the cache.
+const Containerd2Version = "v2.4.2"
+
+// Missing reports a missing tool or daemon: in CI a failure, elsewhere a
+// skip.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") != "" {
+		t.Fatalf("CI: %s", msg)
+	}
+	t.Skip(msg)
+}
+
+// DaemonBinaries finds containerd and ctr of a version, with the other
+// commands of containerd's module that extra names (containerd-shim-runc-v2):
+// "1.6" is Debian's, on PATH (dir is empty); "2" is Containerd2Version, in
+// HULL_CONTAINERD2_DIR or /var/cache/hull, built there with go install when
+// absent in CI or with HULL_BUILD_CONTAINERD set.
+func DaemonBinaries(t testing.TB, version string, extra ...string) (containerd, ctr, dir string) {
+	t.Helper()
+	cmds := append([]string{"containerd", "ctr"}, extra...)
+	if version == "1.6" {
+		var absent []string
+		for _, c := range cmds {
+			if _, err := exec.LookPath(c); err != nil {
+				absent = append(absent, c)
+			}
+		}
+		if len(absent) > 0 {
+			Missing(t, "%s not found (apt-get install containerd)", strings.Join(absent, ", "))
+		}
+		containerd, _ = exec.LookPath("containerd")
+		ctr, _ = exec.LookPath("ctr")
+		return containerd, ctr, ""
+	}
+	dir = os.Getenv("HULL_CONTAINERD2_DIR")
+	if dir == "" {
+		dir = filepath.Join("/var/cache/hull", "containerd-"+Containerd2Version)
+	}
+	containerd, ctr = filepath.Join(dir, "containerd"), filepath.Join(dir, "ctr")
+	var absent []string
+	for _, c := range cmds {
+		if _, err := os.Stat(filepath.Join(dir, c)); err != nil { //nolint:gosec // G703: dir is the cache directory that whoever runs the tests chose
+			absent = append(absent, c)
+		}
+	}
+	if len(absent) == 0 {
+		return containerd, ctr, dir
+	}
+	if os.Getenv("CI") == "" && os.Getenv("HULL_BUILD_CONTAINERD") == "" {
+		Missing(t, "%s %s not in %s: set HULL_BUILD_CONTAINERD=1 to build (go install, a few minutes)", strings.Join(absent, ", "), Containerd2Version, dir)
+	}
+	t.Logf("building %s %s into %s", strings.Join(absent, ", "), Containerd2Version, dir)
+	args := []string{"install", "-tags", "no_btrfs"}
+	for _, c := range absent {
+		args = append(args, "github.com/containerd/containerd/v2/cmd/"+c+"@"+Containerd2Version)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
+	cmd.Dir = os.TempDir()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		Missing(t, "building containerd %s: %v\n%s", Containerd2Version, err, out)
+	}
+	return containerd, ctr, dir
+}
+
+// BuildShim builds containerd-shim-hull-v2 into dir.
+func BuildShim(dir string) error {
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "containerd-shim-hull-v2"), "github.com/hull-runtime/hull/cmd/containerd-shim-hull-v2")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building the shim: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// SyncBuffer is a bytes.Buffer safe for a writer and concurrent readers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Bytes returns a copy of what was written so far.
+func (s *SyncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}
+
+// WaitFor polls until the buffer contains want, failing after d.
+func (s *SyncBuffer) WaitFor(t testing.TB, want string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(s.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("output %q does not show %q after %s", s.String(), want, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Prepare checks that the suite can run (root, HULL_ASSETS_DIR set; target
+// is the make target that sets it) and makes its work directory in /tmp
+// named after prefix.
+func Prepare(prefix, target string) (assetsDir, workDir string, err error) {
+	if os.Geteuid() != 0 {
+		return "", "", fmt.Errorf("they need root (VMs, mounts, network namespaces, containerd)")
+	}
+	assetsDir = os.Getenv("HULL_ASSETS_DIR")
+	if assetsDir == "" {
+		return "", "", fmt.Errorf("HULL_ASSETS_DIR must be set; run `make %s`", target)
+	}
+	workDir, err = os.MkdirTemp("/tmp", prefix)
+	if err != nil {
+		return "", "", err
+	}
+	return assetsDir, workDir, nil
+}
+
+// Stop ends a daemon: SIGTERM, then SIGKILL when it is still there after
+// grace. It returns once the process has been waited for.
+func Stop(cmd *exec.Cmd, grace time.Duration) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
