@@ -121,6 +121,30 @@ var cases = []struct {
 			t.Errorf("sha256sum of 8 MiB of stdin: got %q (stderr %q, exit %d), want %q", out, errOut, code, want)
 		}
 	}},
+	{"run with short or empty stdin", func(t *testing.T, d *daemon) {
+		// The input is in the FIFO before the container exists; ctr may ask
+		// for CloseIO early, or not at all.
+		for i, in := range []string{"hi\n", ""} {
+			out, errOut, code := d.ctrIn(t, strings.NewReader(in), "run", "--rm", "--runtime", runtimeName, imageName, fmt.Sprintf("stdin-short%d", i), "cat")
+			if out != in || code != 0 {
+				t.Errorf("cat of %q: got %q (stderr %q, exit %d)", in, out, errOut, code)
+			}
+		}
+	}},
+	{"exec with stdin", func(t *testing.T, d *daemon) {
+		const id = "exec-stdin"
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
+		defer func() {
+			d.mustCtr(t, "task", "delete", "-f", id)
+			d.mustCtr(t, "container", "delete", id)
+		}()
+		for i, in := range []string{"hi\n", ""} {
+			out, errOut, code := d.ctrIn(t, strings.NewReader(in), "task", "exec", "--exec-id", fmt.Sprintf("cat%d", i), id, "cat")
+			if out != in || code != 0 {
+				t.Errorf("exec cat of %q: got %q (stderr %q, exit %d)", in, out, errOut, code)
+			}
+		}
+	}},
 	{"forced delete", func(t *testing.T, d *daemon) {
 		const id = "forced"
 		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")

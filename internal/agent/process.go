@@ -151,6 +151,8 @@ type procIO struct {
 	stdin io.Closer
 	// console is the pty master; nil after a hangup. Guarded by mu.
 	console *os.File
+	// hungUp is set once hangup closed the terminal. Guarded by mu.
+	hungUp bool
 	// exited is closed when the process has exited.
 	exited <-chan struct{}
 
@@ -321,13 +323,15 @@ type hangupCloser struct {
 
 func (h hangupCloser) Close() error { return h.pio.hangup() }
 
-// hangup hangs up the terminal of a process whose input the host has
-// ended, as containerd's runc shim does: it closes the pty master. The
-// process then reads end of file from the terminal, and the kernel sends
-// SIGHUP to the terminal's session (which the init of a PID namespace
-// without a handler for it does not get). What the process writes after
-// that is lost. A process that has exited keeps its terminal, so that the
-// rest of its output still reaches the host.
+// hangup hangs up the terminal of a process whose input stream has ended
+// or failed, as containerd's runc shim does when its stdin copy ends: it
+// closes the pty master. The process then reads end of file from the
+// terminal, and the kernel sends SIGHUP to the terminal's session (which
+// the init of a PID namespace without a handler for it does not get). Lost
+// with the master: output not yet copied to the host, input the process
+// has not read yet, and whatever it writes later. A process seen to have
+// exited keeps its terminal so that the rest of its output reaches the
+// host; one that exits just as the check is made may lose its last output.
 func (pio *procIO) hangup() error {
 	select {
 	case <-pio.exited:
@@ -336,7 +340,7 @@ func (pio *procIO) hangup() error {
 	}
 	pio.mu.Lock()
 	m := pio.console
-	pio.console = nil
+	pio.console, pio.hungUp = nil, m != nil
 	pio.mu.Unlock()
 	if m == nil {
 		return nil
@@ -437,8 +441,11 @@ func (pio *procIO) closeStdin() error {
 // resize sets the terminal's window size.
 func (pio *procIO) resize(width, height uint32) error {
 	pio.mu.Lock()
-	m := pio.console
+	m, hungUp := pio.console, pio.hungUp
 	pio.mu.Unlock()
+	if hungUp {
+		return nil // the terminal is gone; a size has no one to reach
+	}
 	if m == nil {
 		return fmt.Errorf("process has no terminal: %w", errdefs.ErrFailedPrecondition)
 	}

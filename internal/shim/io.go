@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -32,14 +33,7 @@ type stdioPaths struct {
 // processIO is the host end of a process's stdio: what the sandbox copies
 // from and to.
 type processIO struct {
-	stdin io.ReadCloser
-	// stdinHold is a write end of the stdin FIFO that the shim keeps open,
-	// as containerd's runc shim does: the process sees EOF only once
-	// CloseIO closed it and every client's write end is closed too, after
-	// whatever they wrote has been read. Without it a client that detaches
-	// would end the process's input, and CloseIO could cut off data still
-	// in the FIFO.
-	stdinHold      io.Closer
+	stdin          io.ReadCloser
 	stdout, stderr io.WriteCloser
 	// logger is the binary:// logging process, when there is one.
 	logger *os.Process
@@ -61,11 +55,6 @@ func openIO(ctx context.Context, ns, id string, p stdioPaths) (_ *processIO, ret
 			return nil, fmt.Errorf("opening stdin %s: %w", p.stdin, err)
 		}
 		pio.stdin = f
-		w, err := fifo.OpenFifo(ctx, p.stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			return nil, fmt.Errorf("opening stdin %s for writing: %w", p.stdin, err)
-		}
-		pio.stdinHold = w
 	}
 	if p.terminal {
 		// A terminal merges the output into stdout.
@@ -211,12 +200,33 @@ func (pio *processIO) stdio(terminal bool) sandbox.IO {
 	return sio
 }
 
-// closeStdin lets the process's input end once the clients' write ends
-// are closed (CloseIO).
+// stdinDrainLimit bounds how long closeStdin waits for the input still in
+// the FIFO to be taken.
+const stdinDrainLimit = 10 * time.Second
+
+// closeStdin ends the process's input (CloseIO). Clients such as ctr ask
+// for it right after their last write, before they close their end of the
+// FIFO, so the FIFO may still hold input. closeStdin waits, at most
+// stdinDrainLimit, until the copy into the guest has read all of it, then
+// closes the read end: the copy ends there and half-closes the stream after
+// everything it read, and the process reads end of file after the last
+// byte. What a client writes later is not delivered.
 func (pio *processIO) closeStdin() {
-	if pio != nil && pio.stdinHold != nil {
-		_ = pio.stdinHold.Close()
+	if pio == nil || pio.stdin == nil {
+		return
 	}
+	if sc, ok := pio.stdin.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			// TIOCINQ is FIONREAD: the bytes a pipe holds.
+			for end := time.Now().Add(stdinDrainLimit); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+				n, ierr := 0, error(nil)
+				if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil || ierr != nil || n == 0 {
+					break
+				}
+			}
+		}
+	}
+	_ = pio.stdin.Close()
 }
 
 // Close closes every stream, which gives containerd's readers EOF, and
@@ -225,7 +235,6 @@ func (pio *processIO) Close(ctx context.Context) {
 	if pio == nil {
 		return
 	}
-	pio.closeStdin()
 	if pio.stdin != nil {
 		_ = pio.stdin.Close() // read side: nothing to flush
 	}

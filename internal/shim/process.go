@@ -53,9 +53,12 @@ type proc struct {
 	pid uint32
 	io  *processIO
 	// run is set once the process's program has been started.
-	run      bool
-	status   uint32
-	exitedAt time.Time
+	run bool
+	// stdinClosed is set by a CloseIO that came before the stdio was
+	// recorded; prepare carries it out.
+	stdinClosed bool
+	status      uint32
+	exitedAt    time.Time
 }
 
 func newProc(id string, paths stdioPaths, spec *specs.Process) *proc {
@@ -85,6 +88,20 @@ func (p *proc) prepare(sp *sandbox.Process, pio *processIO) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sp, p.pid, p.io = sp, sp.Pid(), pio
+	if p.stdinClosed {
+		go pio.closeStdin()
+	}
+}
+
+// closeStdin ends the process's stdin (CloseIO), or has prepare do it.
+func (p *proc) closeStdin() {
+	p.mu.Lock()
+	pio := p.io
+	if pio == nil {
+		p.stdinClosed = true
+	}
+	p.mu.Unlock()
+	pio.closeStdin()
 }
 
 func (p *proc) markRunning() {

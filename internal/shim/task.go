@@ -104,19 +104,18 @@ func (s *service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*
 	return &emptypb.Empty{}, nil
 }
 
-// CloseIO lets a process's stdin end: the shim drops its own write end of
-// the FIFO, and the process sees EOF once the clients have closed theirs
-// and everything they wrote has reached it.
+// CloseIO ends a process's stdin once the input already in the FIFO has
+// been taken (processIO.closeStdin). Before the process's stdio is
+// recorded, the request is kept for prepare: ctr asks as soon as it has
+// written its input, which may be while the guest still creates the
+// process.
 func (s *service) CloseIO(_ context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
 	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	if r.Stdin {
-		p.mu.Lock()
-		pio := p.io
-		p.mu.Unlock()
-		pio.closeStdin()
+		p.closeStdin()
 	}
 	return &emptypb.Empty{}, nil
 }
