@@ -31,7 +31,9 @@
 // it runs a standard guest at native speed; otherwise it falls back to TCG
 // and says so in Describe's warnings. Under TCG it passes the host TSC
 // frequency to the guest (tsc_early_khz, tsc=reliable), without which the
-// guest's TSC calibration is slow or, on microvm, hangs.
+// guest's TSC calibration is slow or, on microvm, hangs, and runs all vCPUs
+// in one host thread (thread=single), because multi-vCPU guests hung now
+// and then with a thread per vCPU.
 //
 // State directory files: qmp.sock, qemu.pid, the agent socket for the
 // serial transport when the config gives none (agent.sock), and
