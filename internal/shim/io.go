@@ -33,7 +33,9 @@ type stdioPaths struct {
 // processIO is the host end of a process's stdio: what the sandbox copies
 // from and to.
 type processIO struct {
-	stdin          io.ReadCloser
+	stdin io.ReadCloser
+	// stdinPath is the stdin FIFO's path.
+	stdinPath      string
 	stdout, stderr io.WriteCloser
 	// logger is the binary:// logging process, when there is one.
 	logger *os.Process
@@ -54,7 +56,7 @@ func openIO(ctx context.Context, ns, id string, p stdioPaths) (_ *processIO, ret
 		if err != nil {
 			return nil, fmt.Errorf("opening stdin %s: %w", p.stdin, err)
 		}
-		pio.stdin = f
+		pio.stdin, pio.stdinPath = f, p.stdin
 	}
 	if p.terminal {
 		// A terminal merges the output into stdout.
@@ -215,18 +217,30 @@ func (pio *processIO) closeStdin() {
 	if pio == nil || pio.stdin == nil {
 		return
 	}
-	if sc, ok := pio.stdin.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			// TIOCINQ is FIONREAD: the bytes a pipe holds.
-			for end := time.Now().Add(stdinDrainLimit); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
-				n, ierr := 0, error(nil)
-				if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil || ierr != nil || n == 0 {
-					break
-				}
-			}
+	waitFIFOEmpty(pio.stdinPath, stdinDrainLimit)
+	_ = pio.stdin.Close()
+}
+
+// waitFIFOEmpty returns once the FIFO at path holds no data, after limit,
+// or at once when path is not a FIFO that can be asked. It asks through a
+// descriptor of its own, opened without waiting for a writer, so it reads
+// nothing and does not depend on whether a client ever opened the FIFO.
+func waitFIFOEmpty(path string, limit time.Duration) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer func() { _ = unix.Close(fd) }()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return
+	}
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		// TIOCINQ is FIONREAD: the bytes the pipe holds.
+		if n, err := unix.IoctlGetInt(fd, unix.TIOCINQ); err != nil || n == 0 {
+			return
 		}
 	}
-	_ = pio.stdin.Close()
 }
 
 // Close closes every stream, which gives containerd's readers EOF, and

@@ -79,3 +79,36 @@ func TestCloseStdinDrains(t *testing.T) {
 		t.Fatalf("copied %d bytes of %d", dst.Len(), len(data))
 	}
 }
+
+// TestCloseStdinNoWriter checks that CloseIO for a FIFO that no client
+// opened returns at once and ends the copy.
+func TestCloseStdinNoWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stdin")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	pio, err := openIO(ctx, "default", "nowriter", stdioPaths{stdin: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.Close(ctx)
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, pio.stdin)
+		copied <- err
+	}()
+	start := time.Now()
+	pio.closeStdin()
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("closeStdin took %s with no writer", took)
+	}
+	select {
+	case err := <-copied:
+		if err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, fifo.ErrReadClosed) {
+			t.Fatalf("copy: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the copy did not end after closeStdin")
+	}
+}
