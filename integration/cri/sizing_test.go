@@ -8,20 +8,19 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// sizingMemory is the limit the sizing case asks for: 256 MiB. The VMs
-// start at the default 512 MiB, so either way the VM must reach 768 MiB.
-//
-// The case asks for no CPU: under TCG on the CI host a guest with a second
-// vCPU (at boot or hot-added) intermittently stops answering (2 of ~20
-// runs), which would make the case flaky. CPU sizing is covered by the
-// shim's unit tests (podSize, growthTarget) and CPU hotplug by TestHotplug.
-const sizingMemory = 256 << 20
+// The limits the sizing case asks for: 256 MiB and one CPU (quota equal to
+// the period). The VMs start at the default 512 MiB and one vCPU, so either
+// way the VM must reach 768 MiB and two vCPUs.
+const (
+	sizingMemory    = 256 << 20
+	sizingCPUPeriod = 100000
+)
 
 // podSizing checks both ways a pod's VM gets its size: from the pod's
 // resources (containerd's sandbox sizing annotations, applied at boot) and,
 // for a pod without them, by hotplug when a container with limits arrives.
 func podSizing(t *testing.T, s *session) {
-	limits := &runtime.LinuxContainerResources{MemoryLimitInBytes: sizingMemory}
+	limits := &runtime.LinuxContainerResources{MemoryLimitInBytes: sizingMemory, CpuPeriod: sizingCPUPeriod, CpuQuota: sizingCPUPeriod}
 
 	// Sized at boot by the pod's resources.
 	config := s.podConfig("sized")
@@ -47,11 +46,11 @@ func podSizing(t *testing.T, s *session) {
 }
 
 // checkGuestSize expects the guest, seen from container id, to have grown
-// to 768 MiB and kept its one vCPU.
+// to 768 MiB and two vCPUs.
 func checkGuestSize(t *testing.T, p *pod, id string) {
 	t.Helper()
-	if n := guestCPUs(t, p, id); n != 1 {
-		t.Errorf("guest has %d vCPUs online, want 1", n)
+	if n := guestCPUs(t, p, id); n != 2 {
+		t.Errorf("guest has %d vCPUs online, want 2", n)
 	}
 	// MemTotal is RAM less what the kernel keeps: 512 MiB shows ~469 MiB,
 	// 768 MiB ~725 MiB.
