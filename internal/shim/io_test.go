@@ -39,16 +39,8 @@ func (w *slowWriter) Len() int {
 // client's last write (as ctr does), lets the copy take everything the FIFO
 // still holds before the input ends.
 func TestCloseStdinDrains(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "stdin")
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	pio, err := openIO(ctx, "default", "drain", stdioPaths{stdin: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pio.Close(ctx)
+	path, pio := openStdinFIFO(t, "drain")
 
 	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
 	if err != nil {
@@ -83,16 +75,7 @@ func TestCloseStdinDrains(t *testing.T) {
 // TestCloseStdinNoWriter checks that CloseIO for a FIFO that no client
 // opened returns at once and ends the copy.
 func TestCloseStdinNoWriter(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "stdin")
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	pio, err := openIO(ctx, "default", "nowriter", stdioPaths{stdin: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pio.Close(ctx)
+	_, pio := openStdinFIFO(t, "nowriter")
 	copied := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(io.Discard, pio.stdin)
@@ -111,4 +94,20 @@ func TestCloseStdinNoWriter(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the copy did not end after closeStdin")
 	}
+}
+
+// openStdinFIFO makes a stdin FIFO and opens it as the shim does for a
+// process id; the stdio is closed when the test ends.
+func openStdinFIFO(t *testing.T, id string) (string, *processIO) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "stdin")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pio, err := openIO(context.Background(), "default", id, stdioPaths{stdin: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pio.Close(context.Background()) })
+	return path, pio
 }
