@@ -95,6 +95,11 @@ func TestBoot(t *testing.T) {
 			if len(d.GetWarnings()) > 0 {
 				t.Errorf("guest warnings: %v", d.GetWarnings())
 			}
+			// The boot's milestones on the guest clock come in order.
+			if st, sv, fa := d.GetAgentStart().AsDuration(), d.GetBootToServe().AsDuration(), d.GetFirstAnswer().AsDuration(); st <= 0 || sv < st || fa < sv || fa > health.GetUptime().AsDuration() {
+				t.Errorf("guest clock: agent main %v, serving %v, first answer %v, uptime %v: want 0 < main <= serving <= first answer <= uptime",
+					st, sv, fa, health.GetUptime().AsDuration())
+			}
 			// The transport's driver: a loaded module, or built into the
 			// image's kernel (the hull kernel: no modules at all).
 			if contains(env.manifest.Builtin, "serial") {

@@ -83,7 +83,9 @@ func newBootCommand(g *globalFlags) *cobra.Command {
 				fmt.Fprintf(&b, "transport: %s\n", details.GetTransport())
 				fmt.Fprintf(&b, "features:  %v\n", details.GetFeatures())
 				fmt.Fprintf(&b, "modules:   %v\n", details.GetModules())
-				fmt.Fprintf(&b, "boot to serve (guest clock): %s\n", details.GetBootToServe().AsDuration())
+				fmt.Fprintf(&b, "guest clock: agent main %s, serving %s, first answer %s\n",
+					details.GetAgentStart().AsDuration().Round(time.Millisecond), details.GetBootToServe().AsDuration().Round(time.Millisecond),
+					details.GetFirstAnswer().AsDuration().Round(time.Millisecond))
 				for _, w := range details.GetWarnings() {
 					fmt.Fprintf(&b, "  guest warning: %s\n", w)
 				}

@@ -67,8 +67,9 @@ type Agent struct {
 	features []string
 	// warnings met while starting. Guarded by mu.
 	warnings []string
-	// bootToServe is the time from kernel start to serving. Guarded by mu.
-	bootToServe time.Duration
+	// Guest clock readings of the boot's milestones (GuestDetails): main
+	// began, the transport opened, the first call was answered. Guarded by mu.
+	agentStart, bootToServe, firstAnswer time.Duration
 }
 
 func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error) {
@@ -111,6 +112,7 @@ func (a *Agent) intercept(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.
 			e.WithError(err).Debug("call failed")
 			err = errgrpc.ToGRPC(err)
 		} else {
+			a.markAnswered()
 			e.Debug("call")
 		}
 	}()
@@ -180,6 +182,15 @@ func (a *Agent) markServing(ctx context.Context) {
 	}
 }
 
+// markAnswered records the guest clock of the first call answered.
+func (a *Agent) markAnswered() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.firstAnswer == 0 {
+		a.firstAnswer = uptime()
+	}
+}
+
 // recoverPanic keeps a panic in a helper goroutine from killing PID 1 (and
 // with it the kernel). Deferred at the top of every goroutine the agent starts.
 func (a *Agent) recoverPanic(ctx context.Context, what string) {
@@ -213,6 +224,7 @@ type ServeOptions struct {
 // no clock changes, no power off. It returns when ctx is done or a Shutdown
 // request was served.
 func Serve(ctx context.Context, o ServeOptions) error {
+	start := uptime()
 	level := logrus.InfoLevel
 	if o.LogLevel != "" {
 		l, err := logrus.ParseLevel(o.LogLevel)
@@ -265,6 +277,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if err != nil {
 		return err
 	}
+	a.agentStart = start
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go a.reaper.run(ctx)

@@ -75,6 +75,7 @@ func setupGuest() []string {
 // is told to shut down or meets a fatal error it powers the VM off, because
 // PID 1 exiting would panic the kernel.
 func RunInit() {
+	start := uptime()
 	console := io.Writer(os.Stderr)
 	ring := newLogRing(ringLines, ringBytes)
 	logger := newLogger(console, ring, logrus.InfoLevel)
@@ -104,6 +105,7 @@ func RunInit() {
 	if err != nil {
 		fatal(ctx, err)
 	}
+	a.agentStart = start
 	for _, w := range warnings {
 		a.addWarning(ctx, w)
 	}

@@ -56,7 +56,9 @@ func (s *systemService) GuestDetails(ctx context.Context, _ *api.GuestDetailsReq
 	r.Features = append([]string(nil), s.a.features...)
 	r.Modules = append([]string(nil), s.a.modules...)
 	r.Warnings = append([]string(nil), s.a.warnings...)
+	r.AgentStart = durationpb.New(s.a.agentStart)
 	r.BootToServe = durationpb.New(s.a.bootToServe)
+	r.FirstAnswer = durationpb.New(s.a.firstAnswer)
 	s.a.mu.Unlock()
 	return r, nil
 }

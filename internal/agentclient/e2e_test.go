@@ -117,6 +117,10 @@ func TestAgentOverUnixYamux(t *testing.T) {
 			!strings.HasPrefix(d.GetTransport(), "unix:") || d.GetBootToServe().AsDuration() <= 0 {
 			t.Fatalf("details = %v", d)
 		}
+		// Dial's health check was the first answer, after main and serving.
+		if st, sv, fa := d.GetAgentStart().AsDuration(), d.GetBootToServe().AsDuration(), d.GetFirstAnswer().AsDuration(); st <= 0 || sv < st || fa < sv {
+			t.Fatalf("agent main %v, serving %v, first answer %v: want 0 < main <= serving <= first answer", st, sv, fa)
+		}
 	})
 	t.Run("set time refused outside a VM", func(t *testing.T) {
 		_, err := c.System().SetTime(ctx, &api.SetTimeRequest{Time: timestamppb.Now()})

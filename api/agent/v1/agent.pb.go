@@ -236,10 +236,15 @@ type GuestDetailsResponse struct {
 	Modules []string `protobuf:"bytes,9,rep,name=modules,proto3" json:"modules,omitempty"`
 	// The transport the agent serves on, as named on the kernel command line.
 	Transport string `protobuf:"bytes,10,opt,name=transport,proto3" json:"transport,omitempty"`
-	// Agent's own start and the time it took from kernel start to serving.
+	// Guest clock when the agent opened its transport and began to serve.
 	BootToServe *durationpb.Duration `protobuf:"bytes,11,opt,name=boot_to_serve,json=bootToServe,proto3" json:"boot_to_serve,omitempty"`
 	// Errors met while loading modules or mounting; empty when all went well.
-	Warnings      []string `protobuf:"bytes,12,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Warnings []string `protobuf:"bytes,12,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// Guest clock (CLOCK_BOOTTIME) when the agent's main began: the kernel's
+	// boot, the initramfs unpack and the agent's own runtime start lie before.
+	AgentStart *durationpb.Duration `protobuf:"bytes,13,opt,name=agent_start,json=agentStart,proto3" json:"agent_start,omitempty"`
+	// Guest clock when the agent first answered a call.
+	FirstAnswer   *durationpb.Duration `protobuf:"bytes,14,opt,name=first_answer,json=firstAnswer,proto3" json:"first_answer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,6 +359,20 @@ func (x *GuestDetailsResponse) GetBootToServe() *durationpb.Duration {
 func (x *GuestDetailsResponse) GetWarnings() []string {
 	if x != nil {
 		return x.Warnings
+	}
+	return nil
+}
+
+func (x *GuestDetailsResponse) GetAgentStart() *durationpb.Duration {
+	if x != nil {
+		return x.AgentStart
+	}
+	return nil
+}
+
+func (x *GuestDetailsResponse) GetFirstAnswer() *durationpb.Duration {
+	if x != nil {
+		return x.FirstAnswer
 	}
 	return nil
 }
@@ -654,7 +673,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSTATUS_SERVING\x10\x01\x12\x13\n" +
 	"\x0fSTATUS_STARTING\x10\x02\"\x15\n" +
-	"\x13GuestDetailsRequest\"\xd3\x03\n" +
+	"\x13GuestDetailsRequest\"\xcd\x04\n" +
 	"\x14GuestDetailsResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12#\n" +
@@ -668,7 +687,10 @@ const file_agent_proto_rawDesc = "" +
 	"\ttransport\x18\n" +
 	" \x01(\tR\ttransport\x12=\n" +
 	"\rboot_to_serve\x18\v \x01(\v2\x19.google.protobuf.DurationR\vbootToServe\x12\x1a\n" +
-	"\bwarnings\x18\f \x03(\tR\bwarnings\"@\n" +
+	"\bwarnings\x18\f \x03(\tR\bwarnings\x12:\n" +
+	"\vagent_start\x18\r \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"agentStart\x12<\n" +
+	"\ffirst_answer\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\vfirstAnswer\"@\n" +
 	"\x0eSetTimeRequest\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"I\n" +
 	"\x0fSetTimeResponse\x126\n" +
@@ -724,24 +746,26 @@ var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
 	11, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
 	11, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	12, // 3: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	12, // 4: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	11, // 5: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	1,  // 6: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
-	3,  // 7: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
-	5,  // 8: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
-	7,  // 9: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	9,  // 10: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
-	2,  // 11: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	4,  // 12: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	6,  // 13: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	8,  // 14: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	10, // 15: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	11, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
+	11, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
+	12, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	12, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	11, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	1,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
+	3,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
+	5,  // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
+	7,  // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
+	9,  // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	2,  // 13: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	4,  // 14: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	6,  // 15: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	8,  // 16: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	10, // 17: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
