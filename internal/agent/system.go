@@ -170,3 +170,7 @@ func meminfo(path string) (total, avail uint64, err error) {
 	}
 	return total, avail, nil
 }
+
+func (s *systemService) DebugConsole(ctx context.Context, r *api.DebugConsoleRequest) (*api.DebugConsoleResponse, error) {
+	return nil, fmt.Errorf("debug console: %w", errdefs.ErrNotImplemented)
+}

@@ -15,7 +15,14 @@ const (
 	ParamTransport = "hull.transport"
 	// ParamLog is the agent's log level (logrus names: debug, info, ...).
 	ParamLog = "hull.log"
+	// ParamDebugConsole=1 lets the agent serve System.DebugConsole.
+	ParamDebugConsole = "hull.debug_console"
 )
+
+// DebugShellPath is where a guest image holds its debug shell (a static
+// binary that runs a shell when called as "sh", such as busybox), if it
+// has one.
+const DebugShellPath = "/usr/libexec/hull/debug-shell"
 
 // Defaults of the agent endpoint.
 const (

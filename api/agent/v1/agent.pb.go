@@ -81,7 +81,123 @@ func (x HealthResponse_Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthResponse_Status.Descriptor instead.
 func (HealthResponse_Status) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1, 0}
+	return file_agent_proto_rawDescGZIP(), []int{3, 0}
+}
+
+type DebugConsoleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stdio channel that carries the terminal, opened before the call.
+	StreamId uint64 `protobuf:"varint,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	// Terminal size in characters; 0 leaves the kernel's default.
+	Width  uint32 `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	Height uint32 `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
+	// TERM of the shell; empty means "vt100".
+	Term          string `protobuf:"bytes,4,opt,name=term,proto3" json:"term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DebugConsoleRequest) Reset() {
+	*x = DebugConsoleRequest{}
+	mi := &file_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugConsoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugConsoleRequest) ProtoMessage() {}
+
+func (x *DebugConsoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugConsoleRequest.ProtoReflect.Descriptor instead.
+func (*DebugConsoleRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DebugConsoleRequest) GetStreamId() uint64 {
+	if x != nil {
+		return x.StreamId
+	}
+	return 0
+}
+
+func (x *DebugConsoleRequest) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *DebugConsoleRequest) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *DebugConsoleRequest) GetTerm() string {
+	if x != nil {
+		return x.Term
+	}
+	return ""
+}
+
+type DebugConsoleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shell's PID in the guest.
+	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DebugConsoleResponse) Reset() {
+	*x = DebugConsoleResponse{}
+	mi := &file_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugConsoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugConsoleResponse) ProtoMessage() {}
+
+func (x *DebugConsoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugConsoleResponse.ProtoReflect.Descriptor instead.
+func (*DebugConsoleResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DebugConsoleResponse) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
 }
 
 type HealthRequest struct {
@@ -92,7 +208,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -104,7 +220,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -117,7 +233,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_proto_rawDescGZIP(), []int{2}
 }
 
 type HealthResponse struct {
@@ -132,7 +248,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -144,7 +260,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -157,7 +273,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HealthResponse) GetStatus() HealthResponse_Status {
@@ -189,7 +305,7 @@ type GuestDetailsRequest struct {
 
 func (x *GuestDetailsRequest) Reset() {
 	*x = GuestDetailsRequest{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +317,7 @@ func (x *GuestDetailsRequest) String() string {
 func (*GuestDetailsRequest) ProtoMessage() {}
 
 func (x *GuestDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +330,7 @@ func (x *GuestDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GuestDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 type GuestDetailsResponse struct {
@@ -251,7 +367,7 @@ type GuestDetailsResponse struct {
 
 func (x *GuestDetailsResponse) Reset() {
 	*x = GuestDetailsResponse{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +379,7 @@ func (x *GuestDetailsResponse) String() string {
 func (*GuestDetailsResponse) ProtoMessage() {}
 
 func (x *GuestDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +392,7 @@ func (x *GuestDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GuestDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GuestDetailsResponse) GetKernelRelease() string {
@@ -386,7 +502,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +514,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +527,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -431,7 +547,7 @@ type SetTimeResponse struct {
 
 func (x *SetTimeResponse) Reset() {
 	*x = SetTimeResponse{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +559,7 @@ func (x *SetTimeResponse) String() string {
 func (*SetTimeResponse) ProtoMessage() {}
 
 func (x *SetTimeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +572,7 @@ func (x *SetTimeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeResponse.ProtoReflect.Descriptor instead.
 func (*SetTimeResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetTimeResponse) GetPrevious() *timestamppb.Timestamp {
@@ -477,7 +593,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +605,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +618,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ShutdownRequest) GetGrace() *durationpb.Duration {
@@ -520,7 +636,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +648,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +661,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type OnlineResourcesRequest struct {
@@ -562,7 +678,7 @@ type OnlineResourcesRequest struct {
 
 func (x *OnlineResourcesRequest) Reset() {
 	*x = OnlineResourcesRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +690,7 @@ func (x *OnlineResourcesRequest) String() string {
 func (*OnlineResourcesRequest) ProtoMessage() {}
 
 func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +703,7 @@ func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *OnlineResourcesRequest) GetVcpus() uint32 {
@@ -617,7 +733,7 @@ type OnlineResourcesResponse struct {
 
 func (x *OnlineResourcesResponse) Reset() {
 	*x = OnlineResourcesResponse{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +745,7 @@ func (x *OnlineResourcesResponse) String() string {
 func (*OnlineResourcesResponse) ProtoMessage() {}
 
 func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +758,7 @@ func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesResponse.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OnlineResourcesResponse) GetOnlineVcpus() uint32 {
@@ -663,7 +779,14 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\rhull.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\vagent.proto\x12\rhull.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n" +
+	"\x13DebugConsoleRequest\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x03 \x01(\rR\x06height\x12\x12\n" +
+	"\x04term\x18\x04 \x01(\tR\x04term\"(\n" +
+	"\x14DebugConsoleResponse\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\"\x0f\n" +
 	"\rHealthRequest\"\xf1\x01\n" +
 	"\x0eHealthResponse\x12<\n" +
 	"\x06status\x18\x01 \x01(\x0e2$.hull.agent.v1.HealthResponse.StatusR\x06status\x12#\n" +
@@ -705,13 +828,14 @@ const file_agent_proto_rawDesc = "" +
 	"\x17OnlineResourcesResponse\x12!\n" +
 	"\fonline_vcpus\x18\x01 \x01(\rR\vonlineVcpus\x12\x1d\n" +
 	"\n" +
-	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xa1\x03\n" +
+	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xfa\x03\n" +
 	"\x06System\x12E\n" +
 	"\x06Health\x12\x1c.hull.agent.v1.HealthRequest\x1a\x1d.hull.agent.v1.HealthResponse\x12W\n" +
 	"\fGuestDetails\x12\".hull.agent.v1.GuestDetailsRequest\x1a#.hull.agent.v1.GuestDetailsResponse\x12H\n" +
 	"\aSetTime\x12\x1d.hull.agent.v1.SetTimeRequest\x1a\x1e.hull.agent.v1.SetTimeResponse\x12K\n" +
 	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponse\x12`\n" +
-	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
+	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponse\x12W\n" +
+	"\fDebugConsole\x12\".hull.agent.v1.DebugConsoleRequest\x1a#.hull.agent.v1.DebugConsoleResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -726,43 +850,47 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_agent_proto_goTypes = []any{
 	(HealthResponse_Status)(0),      // 0: hull.agent.v1.HealthResponse.Status
-	(*HealthRequest)(nil),           // 1: hull.agent.v1.HealthRequest
-	(*HealthResponse)(nil),          // 2: hull.agent.v1.HealthResponse
-	(*GuestDetailsRequest)(nil),     // 3: hull.agent.v1.GuestDetailsRequest
-	(*GuestDetailsResponse)(nil),    // 4: hull.agent.v1.GuestDetailsResponse
-	(*SetTimeRequest)(nil),          // 5: hull.agent.v1.SetTimeRequest
-	(*SetTimeResponse)(nil),         // 6: hull.agent.v1.SetTimeResponse
-	(*ShutdownRequest)(nil),         // 7: hull.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),        // 8: hull.agent.v1.ShutdownResponse
-	(*OnlineResourcesRequest)(nil),  // 9: hull.agent.v1.OnlineResourcesRequest
-	(*OnlineResourcesResponse)(nil), // 10: hull.agent.v1.OnlineResourcesResponse
-	(*durationpb.Duration)(nil),     // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
+	(*DebugConsoleRequest)(nil),     // 1: hull.agent.v1.DebugConsoleRequest
+	(*DebugConsoleResponse)(nil),    // 2: hull.agent.v1.DebugConsoleResponse
+	(*HealthRequest)(nil),           // 3: hull.agent.v1.HealthRequest
+	(*HealthResponse)(nil),          // 4: hull.agent.v1.HealthResponse
+	(*GuestDetailsRequest)(nil),     // 5: hull.agent.v1.GuestDetailsRequest
+	(*GuestDetailsResponse)(nil),    // 6: hull.agent.v1.GuestDetailsResponse
+	(*SetTimeRequest)(nil),          // 7: hull.agent.v1.SetTimeRequest
+	(*SetTimeResponse)(nil),         // 8: hull.agent.v1.SetTimeResponse
+	(*ShutdownRequest)(nil),         // 9: hull.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),        // 10: hull.agent.v1.ShutdownResponse
+	(*OnlineResourcesRequest)(nil),  // 11: hull.agent.v1.OnlineResourcesRequest
+	(*OnlineResourcesResponse)(nil), // 12: hull.agent.v1.OnlineResourcesResponse
+	(*durationpb.Duration)(nil),     // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
-	11, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	11, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	11, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
-	11, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
-	12, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	12, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	11, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	1,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
-	3,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
-	5,  // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
-	7,  // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	9,  // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
-	2,  // 13: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	4,  // 14: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	6,  // 15: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	8,  // 16: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	10, // 17: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
-	13, // [13:18] is the sub-list for method output_type
-	8,  // [8:13] is the sub-list for method input_type
+	13, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	13, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
+	13, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
+	13, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
+	14, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	14, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	13, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	3,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
+	5,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
+	7,  // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
+	9,  // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
+	11, // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	1,  // 13: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
+	4,  // 14: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	6,  // 15: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	8,  // 16: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	10, // 17: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	12, // 18: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	2,  // 19: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -779,7 +907,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

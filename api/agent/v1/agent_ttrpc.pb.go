@@ -13,6 +13,7 @@ type SystemService interface {
 	SetTime(context.Context, *SetTimeRequest) (*SetTimeResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	OnlineResources(context.Context, *OnlineResourcesRequest) (*OnlineResourcesResponse, error)
+	DebugConsole(context.Context, *DebugConsoleRequest) (*DebugConsoleResponse, error)
 }
 
 func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
@@ -52,6 +53,13 @@ func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
 					return nil, err
 				}
 				return svc.OnlineResources(ctx, &req)
+			},
+			"DebugConsole": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req DebugConsoleRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.DebugConsole(ctx, &req)
 			},
 		},
 	})
@@ -102,6 +110,14 @@ func (c *systemClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*Shu
 func (c *systemClient) OnlineResources(ctx context.Context, req *OnlineResourcesRequest) (*OnlineResourcesResponse, error) {
 	var resp OnlineResourcesResponse
 	if err := c.client.Call(ctx, "hull.agent.v1.System", "OnlineResources", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *systemClient) DebugConsole(ctx context.Context, req *DebugConsoleRequest) (*DebugConsoleResponse, error) {
+	var resp DebugConsoleResponse
+	if err := c.client.Call(ctx, "hull.agent.v1.System", "DebugConsole", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
