@@ -11,6 +11,9 @@ TEST_ASSETS   := $(OUT)/assets
 # The hull kernel (docs/guest-kernel.md): its build output and its guest image.
 KERNEL_OUT        := $(OUT)/kernel
 HULLKERNEL_ASSETS := $(OUT)/assets-hullkernel
+# A static shell to pack into the guest images for `hull exec` (opt-in; the
+# default images have none), e.g. make image DEBUG_SHELL=/bin/busybox.
+DEBUG_SHELL ?=
 # Pinned code generators (protoc itself comes from Debian's protobuf-compiler).
 PROTOC_GEN_GO_VERSION       := v1.36.12
 PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
@@ -59,7 +62,7 @@ bin/hull-agent:
 
 .PHONY: image
 image: build ## Build the guest kernel + initrd into _output/assets (cached kernel download).
-	bin/hull image build --agent bin/hull-agent --output $(TEST_ASSETS)
+	bin/hull image build --agent bin/hull-agent --output $(TEST_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: kernel
 kernel: ## Build the hull kernel from the distribution's linux-source (tested: Debian 12's 6.1) into _output/kernel (cached by its inputs; the first build takes minutes).
@@ -67,7 +70,7 @@ kernel: ## Build the hull kernel from the distribution's linux-source (tested: D
 
 .PHONY: image-hullkernel
 image-hullkernel: build kernel ## Build the guest image with the hull kernel (no modules) into _output/assets-hullkernel.
-	bin/hull image build --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS)
+	bin/hull image build --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: unit
 unit: ## Run the unit tests with the race detector.
@@ -127,7 +130,7 @@ install: build ## Install binaries, guest assets and the default configuration.
 	install -D -m 0755 bin/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-hull-v2
 	install -D -m 0755 bin/hull-agent $(DESTDIR)$(PREFIX)/libexec/hull/hull-agent
 	install -D -m 0644 config/configuration.toml $(DESTDIR)/usr/share/defaults/hull/configuration.toml
-	bin/hull image build --agent bin/hull-agent --output $(ASSETS_DIR)
+	bin/hull image build --agent bin/hull-agent --output $(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the kernel download cache).

@@ -178,9 +178,19 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 		} else {
 			add("guest assets", statusOK, "%s: kernel %s, initrd %s, %d modules, match the manifest",
 				c.Image.AssetsDir, m.Kernel.Release, m.Initrd.Compression, len(m.Modules))
+			add("debug shell", statusOK, "%s", debugShellDetail(m))
 		}
 	}
 	return rs
+}
+
+// debugShellDetail says whether the guest image has a debug shell for
+// `hull exec`; having none is the default, not a fault.
+func debugShellDetail(m *guestimage.Manifest) string {
+	if m.DebugShell == nil {
+		return "no (hull exec needs an image built with --debug-shell)"
+	}
+	return fmt.Sprintf("yes: %s, %d bytes, sha256 %s", m.DebugShell.Path, m.DebugShell.Size, m.DebugShell.SHA256)
 }
 
 func findVirtiofsd() string {

@@ -54,6 +54,7 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 				assets["error"] = err.Error()
 			} else {
 				assets["manifest"] = m
+				assets["debug_shell"] = m.DebugShell != nil
 				if err := m.Verify(c.Image.AssetsDir); err != nil {
 					assets["error"] = err.Error()
 				}
@@ -87,6 +88,7 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 				fmt.Fprintf(&sb, "# guest assets: %s: %v\n", c.Image.AssetsDir, e)
 			} else if m, ok := assets["manifest"].(*guestimage.Manifest); ok {
 				fmt.Fprintf(&sb, "# guest assets: %s: kernel %s, initrd %s\n", c.Image.AssetsDir, m.Kernel.File, m.Initrd.File)
+				fmt.Fprintf(&sb, "# debug shell: %s\n", debugShellDetail(m))
 			}
 			b, err := c.Encode()
 			if err != nil {

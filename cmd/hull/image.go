@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/guestimage"
 )
 
@@ -29,6 +30,7 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 		kconfig     string
 		compression string
 		features    []string
+		debugShell  string
 		quiet       bool
 	)
 	cmd := &cobra.Command{
@@ -40,7 +42,10 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			"With --kernel-vmlinux and --kernel-config, use a locally built kernel instead, such as\n" +
 			"the hull kernel (`make kernel`, docs/guest-kernel.md). It has no modules: every image\n" +
 			"feature must be built in (=y) in its .config, or the build fails naming the missing\n" +
-			"CONFIG_ symbol; the initrd then holds only the agent.",
+			"CONFIG_ symbol; the initrd then holds only the agent.\n\n" +
+			"With --debug-shell, also pack a static shell binary for debugging with `hull exec`\n" +
+			"(opt-in; images have no shell by default). It must be a static x86-64 executable that\n" +
+			"runs a shell when called as \"sh\", such as busybox-static's /bin/busybox (about 2 MB).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -64,6 +69,7 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 				Features:      c.Image.Features,
 				Compression:   c.Image.Compression,
 				OutputDir:     c.Image.AssetsDir,
+				DebugShell:    debugShell,
 			}
 			if output != "" {
 				o.OutputDir = output
@@ -85,6 +91,9 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			if m.Kernel.Local != nil {
 				mods = "no modules, built in: " + strings.Join(m.Builtin, " ")
 			}
+			if m.DebugShell != nil {
+				mods += ", debug shell " + m.DebugShell.Path
+			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %s\n",
 				o.OutputDir, m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, mods)
 			return err
@@ -99,6 +108,8 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 	cmd.MarkFlagsMutuallyExclusive("kernel-vmlinux", "kernel-deb")
 	cmd.Flags().StringVar(&compression, "compression", "", "initrd compression: zstd, lz4, gzip, none (default: image.compression)")
 	cmd.Flags().StringSliceVar(&features, "features", nil, "image features (default: image.features)")
+	cmd.Flags().StringVar(&debugShell, "debug-shell", "", "for debugging with hull exec: pack the static shell binary at `PATH` (e.g. /bin/busybox from busybox-static) as "+
+		channel.DebugShellPath+"; opt-in, adds its size (about 2 MB) to the initrd")
 	cmd.Flags().BoolVar(&quiet, "quiet", false, "no progress output")
 	return cmd
 }

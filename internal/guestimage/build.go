@@ -60,6 +60,11 @@ type Options struct {
 	// OutputDir receives the kernel, the initrd and the manifest. Default
 	// DefaultOutputDir.
 	OutputDir string
+	// DebugShell is a host file to pack at channel.DebugShellPath for `hull
+	// exec`: a static x86-64 executable that runs a shell when called as
+	// "sh", such as busybox-static's /bin/busybox. Symbolic links are
+	// followed. Empty (the default) packs no shell.
+	DebugShell string
 	// Progress receives a line per long step with its duration; nil is quiet.
 	Progress io.Writer
 }
@@ -117,6 +122,17 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	features, _ := normalizeFeatures(o.Features)
 	p := newProgress(o.Progress)
+	// The debug shell, like a local kernel, is checked before anything is
+	// written.
+	var extra []File
+	var shell *DebugShellInfo
+	if o.DebugShell != "" {
+		data, info, err := readDebugShell(o.DebugShell)
+		if err != nil {
+			return nil, err
+		}
+		extra, shell = []File{{Path: info.Path, Mode: 0o755, Data: data}}, info
+	}
 	// A local kernel is checked before anything is written.
 	var lk *LocalKernel
 	if o.KernelVmlinux != "" {
@@ -132,9 +148,10 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, err
 	}
 	m := &Manifest{
-		Builder:  BuilderInfo{Version: version.Version, Commit: version.Commit},
-		Format:   o.Format,
-		Features: features,
+		Builder:    BuilderInfo{Version: version.Version, Commit: version.Commit},
+		Format:     o.Format,
+		Features:   features,
+		DebugShell: shell,
 	}
 	var (
 		k       *Kernel
@@ -168,7 +185,9 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	done := p.start("packing %s initrd", o.Compression)
 	var sum fileSum
 	sum, err = writeFileAtomic(initrdPath, 0o644, func(w io.Writer) error {
-		list, err := WriteInitrd(ctx, w, InitrdSpec{Init: o.AgentBinary, Kernel: k, LocalKernel: lk, Features: features, Compression: o.Compression})
+		list, err := WriteInitrd(ctx, w, InitrdSpec{
+			Init: o.AgentBinary, Kernel: k, LocalKernel: lk, Features: features, Compression: o.Compression, ExtraFiles: extra,
+		})
 		if err == nil {
 			m.Modules = list.Modules
 		}

@@ -22,9 +22,10 @@
 //     modules.builtin lists are skipped. The order is topological with ties
 //     broken by name, which keeps the output deterministic.
 //  4. WriteInitrd assembles a file tree (/init, the modules, the module list
-//     at modlist.Path, the device node and mount point skeleton, extra files)
-//     and packs it as a newc cpio archive, optionally compressed with zstd,
-//     lz4 (the legacy frame the kernel decompresses) or gzip.
+//     at modlist.Path, the device node and mount point skeleton, extra files
+//     such as the opt-in debug shell at channel.DebugShellPath) and packs it
+//     as a newc cpio archive, optionally compressed with zstd, lz4 (the
+//     legacy frame the kernel decompresses) or gzip.
 //  5. Build writes the kernel, the initrd and manifest.json into the output
 //     directory, each atomically (temporary file, then rename), the manifest
 //     last. ReadManifest and Manifest.Verify check an installed image.

@@ -40,6 +40,9 @@ type Manifest struct {
 	Builtin []string `json:"builtin,omitempty"`
 	// Modules in load order, as in the image's module list.
 	Modules []modlist.Module `json:"modules"`
+	// DebugShell is the debug shell packed into the initrd; nil (and left
+	// out) when the image has none (Options.DebugShell).
+	DebugShell *DebugShellInfo `json:"debug_shell,omitempty"`
 }
 
 // BuilderInfo identifies the hull build that made the image.
@@ -90,6 +93,15 @@ type InitrdInfo struct {
 
 // AgentInfo identifies the agent packed as /init.
 type AgentInfo struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// DebugShellInfo identifies the debug shell packed into the initrd. The
+// initrd's checksum covers it: it is not a file of the output directory.
+type DebugShellInfo struct {
+	// Path is where the guest has it: channel.DebugShellPath.
+	Path   string `json:"path"`
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
 }
