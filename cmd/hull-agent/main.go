@@ -36,6 +36,7 @@ func main() {
 	}
 	listen := flag.String("listen", "", "serve on `addr`: unix:<path> (yamux sessions, as on virtio-serial) or vsock:<port>")
 	level := flag.String("log-level", "info", "log `level`")
+	debugShell := flag.String("debug-shell", "", "serve System.DebugConsole, running the shell at `path` (off by default)")
 	flag.Parse()
 	if *listen == "" || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "hull-agent: not PID 1: give --listen to serve outside a VM")
@@ -44,7 +45,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
-	if err := agent.Serve(ctx, agent.ServeOptions{Listen: *listen, LogLevel: *level, Console: os.Stderr}); err != nil {
+	o := agent.ServeOptions{Listen: *listen, LogLevel: *level, Console: os.Stderr, DebugConsole: *debugShell != "", DebugShell: *debugShell}
+	if err := agent.Serve(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "hull-agent:", err)
 		os.Exit(1)
 	}

@@ -42,6 +42,11 @@ type Agent struct {
 	// streams parks the stdio channels until a process claims them.
 	streams    *streamTable
 	containers *containerService
+	// debugShell is the shell System.DebugConsole runs; empty when the
+	// debug console is off (the default). Set before serving begins.
+	debugShell string
+	// consoles are the running debug consoles.
+	consoles *consoleSet
 
 	rpc         *ttrpc.Server
 	rpcListener *connListener
@@ -79,6 +84,7 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 		ring:         ring,
 		reaper:       newReaper("/proc"),
 		streams:      newStreamTable(streamParkTTL),
+		consoles:     newConsoleSet(),
 		rpcListener:  newConnListener(),
 		shutdown:     make(chan time.Duration, 1),
 		serving:      make(chan struct{}),
@@ -218,6 +224,12 @@ type ServeOptions struct {
 	LogLevel string
 	// Console receives the text log at info level and above.
 	Console io.Writer
+	// DebugConsole lets the agent serve System.DebugConsole, which in a VM
+	// the kernel command line enables (hull.debug_console=1).
+	DebugConsole bool
+	// DebugShell is the shell DebugConsole runs; empty means
+	// channel.DebugShellPath.
+	DebugShell string
 }
 
 // Serve runs the agent's serving code outside a VM: no mounts, no modules,
@@ -278,6 +290,14 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	a.agentStart = start
+	if o.DebugConsole {
+		a.debugShell = o.DebugShell
+		if a.debugShell == "" {
+			a.debugShell = channel.DebugShellPath
+		}
+	}
+	// Last out: the consoles' shells are children of this process.
+	defer a.consoles.endAll(ctx, consoleKillDelay+time.Second)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go a.reaper.run(ctx)

@@ -13,6 +13,8 @@ import (
 type bootConfig struct {
 	Transport channel.Transport
 	LogLevel  logrus.Level
+	// DebugConsole enables System.DebugConsole.
+	DebugConsole bool
 }
 
 func defaultBootConfig() bootConfig {
@@ -42,6 +44,16 @@ func parseCmdline(cmdline string) (bootConfig, []string) {
 				continue
 			}
 			c.LogLevel = lvl
+		case channel.ParamDebugConsole:
+			switch v {
+			case "1":
+				c.DebugConsole = true
+			case "0":
+				c.DebugConsole = false
+			default:
+				c.DebugConsole = false
+				warnings = append(warnings, fmt.Sprintf("%s=%q: want 1 or 0; the debug console stays off", channel.ParamDebugConsole, v))
+			}
 		}
 	}
 	return c, warnings

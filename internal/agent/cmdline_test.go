@@ -46,8 +46,30 @@ func TestParseCmdline(t *testing.T) {
 			warnings: []string{"bad vsock port", `hull.log="loud": unknown log level; using info`},
 		},
 		{
+			name:    "debug console on",
+			cmdline: "quiet hull.debug_console=1",
+			want:    bootConfig{Transport: def.Transport, LogLevel: logrus.InfoLevel, DebugConsole: true},
+		},
+		{
+			name:    "debug console off, last wins",
+			cmdline: "hull.debug_console=1 hull.debug_console=0",
+			want:    def,
+		},
+		{
+			name:     "debug console bad value is off",
+			cmdline:  "hull.debug_console=1 hull.debug_console=yes",
+			want:     def,
+			warnings: []string{`hull.debug_console="yes": want 1 or 0; the debug console stays off`},
+		},
+		{
+			name:     "debug console without value is off",
+			cmdline:  "hull.debug_console",
+			want:     def,
+			warnings: []string{`hull.debug_console="": want 1 or 0`},
+		},
+		{
 			name:    "similar names ignored",
-			cmdline: "hull.transports=vsock:1 xhull.log=debug hull.log",
+			cmdline: "hull.transports=vsock:1 xhull.log=debug hull.debug_consoles=1 hull.log",
 			want:    def,
 			warnings: []string{
 				`hull.log="": unknown log level`,

@@ -21,6 +21,11 @@
 // can pivot_root, and the reaper leaves the children libcontainer waits
 // for alone.
 //
+// System.DebugConsole (console.go), off unless the kernel command line
+// has hull.debug_console=1, runs the image's debug shell as root in the
+// guest's own namespaces on a new terminal, which one stdio channel carries
+// both ways; the shell is hung up and then killed when the host goes away.
+//
 // The Network service (network.go) gives the guest the pod's network: the
 // host mirrors each pod interface as a virtio-net device with the same MAC,
 // and the agent names it, addresses it and adds the routes, neighbours and

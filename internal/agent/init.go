@@ -109,6 +109,10 @@ func RunInit() {
 	for _, w := range warnings {
 		a.addWarning(ctx, w)
 	}
+	if cfg.DebugConsole {
+		a.debugShell = channel.DebugShellPath
+		log.G(ctx).WithField("shell", a.debugShell).Info("debug console enabled")
+	}
 	go a.reaper.run(ctx)
 	fatal(ctx, a.run(ctx, cfg)) // run returns only on a fatal error
 }
@@ -174,6 +178,10 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 		log.G(ctx).WithField("grace", grace).Info("shutdown requested")
 		// Let the reply leave before anything stops.
 		time.Sleep(100 * time.Millisecond)
+		// A hung-up debug shell exits on SIGHUP; an interactive shell
+		// ignores the SIGTERM of terminateAll and would hold it for the
+		// whole grace. terminateAll kills whatever is left.
+		a.consoles.endAll(ctx, 0)
 		terminateAll(ctx, grace)
 		powerOff(ctx)
 		return nil

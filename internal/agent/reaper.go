@@ -165,27 +165,33 @@ func (r *reaper) zombies() ([]int, error) {
 
 // procStat is the part of /proc/<pid>/stat the agent reads.
 type procStat struct {
-	state byte
-	ppid  int
+	state   byte
+	ppid    int
+	pgrp    int
+	session int
 }
 
-// parseStat reads state and ppid from a /proc/<pid>/stat line. The command
-// name is in parentheses and may contain anything, parentheses included, so
-// the fields start after the last ')'.
+// parseStat reads state, ppid, process group and session from a
+// /proc/<pid>/stat line. The command name is in parentheses and may contain
+// anything, parentheses included, so the fields start after the last ')'.
 func parseStat(b []byte) (procStat, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
 		return procStat{}, errors.New("stat: no command name")
 	}
 	f := bytes.Fields(b[i+1:])
-	if len(f) < 2 || len(f[0]) != 1 {
+	if len(f) < 4 || len(f[0]) != 1 {
 		return procStat{}, errors.New("stat: short line")
 	}
-	ppid, err := strconv.Atoi(string(f[1]))
-	if err != nil {
-		return procStat{}, fmt.Errorf("stat: ppid: %w", err)
+	var ids [3]int
+	for i, name := range []string{"ppid", "pgrp", "session"} {
+		n, err := strconv.Atoi(string(f[1+i]))
+		if err != nil {
+			return procStat{}, fmt.Errorf("stat: %s: %w", name, err)
+		}
+		ids[i] = n
 	}
-	return procStat{state: f[0][0], ppid: ppid}, nil
+	return procStat{state: f[0][0], ppid: ids[0], pgrp: ids[1], session: ids[2]}, nil
 }
 
 func waitStatusString(ws unix.WaitStatus) string {

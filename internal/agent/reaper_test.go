@@ -21,11 +21,13 @@ func TestParseStat(t *testing.T) {
 		want procStat
 		err  bool
 	}{
-		{name: "plain", in: "42 (sleep) Z 1 42 42 0 -1", want: procStat{state: 'Z', ppid: 1}},
-		{name: "parens and spaces in comm", in: "7 (a) b (c) S 3 7 7", want: procStat{state: 'S', ppid: 3}},
-		{name: "no comm", in: "7 sleep S 3", err: true},
+		{name: "plain", in: "42 (sleep) Z 1 40 39 0 -1", want: procStat{state: 'Z', ppid: 1, pgrp: 40, session: 39}},
+		{name: "parens and spaces in comm", in: "7 (a) b (c) S 3 7 6", want: procStat{state: 'S', ppid: 3, pgrp: 7, session: 6}},
+		{name: "no comm", in: "7 sleep S 3 7 7", err: true},
 		{name: "short", in: "7 (x) S", err: true},
-		{name: "bad ppid", in: "7 (x) S y", err: true},
+		{name: "no session", in: "7 (x) S 3 7", err: true},
+		{name: "bad ppid", in: "7 (x) S y 7 7", err: true},
+		{name: "bad session", in: "7 (x) S 3 7 y", err: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseStat([]byte(tc.in))
