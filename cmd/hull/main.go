@@ -1,5 +1,6 @@
 // Command hull is hull's administration tool: host checks, the effective
-// environment, guest image builds, and a developer boot of a VM.
+// environment, guest image builds, a developer boot of a VM, and the debug
+// console of a running sandbox.
 package main
 
 import (

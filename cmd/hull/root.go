@@ -42,6 +42,7 @@ func newRootCommand() *cobra.Command {
 		newImageCommand(g),
 		newBootCommand(g),
 		newRunCommand(g),
+		newExecCommand(g),
 		newVersionCommand(),
 	)
 	return root

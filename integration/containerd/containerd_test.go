@@ -2,11 +2,13 @@ package containerd
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -144,6 +146,33 @@ var cases = []struct {
 				t.Errorf("exec cat of %q: got %q (stderr %q, exit %d)", in, out, errOut, code)
 			}
 		}
+	}},
+	{"debug console through the shim", func(t *testing.T, d *daemon) {
+		// A runtime configuration of its own (ctr's --runtime-config-path,
+		// containerd's runtime options): the image with a debug shell, the
+		// console on, the daemon's state root.
+		cfg := filepath.Join(d.dir, "hull-console.toml")
+		body := fmt.Sprintf("[image]\nassets_dir = %q\n[agent]\ndebug_console = true\n[runtime]\nstate_dir = %q\n", debugImage(t), d.stateRoot)
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		const id = "console"
+		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, "--runtime-config-path", cfg, imageName, id, "sleep", "600")
+		defer d.forget(t, id)
+		// The shim names the sandbox console@default; hull exec finds it by
+		// the container's ID. The shell sees the pod's container.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfg, "exec", id)
+		cmd.Stdin = strings.NewReader("ps\necho hull-$((6*7))\n")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "hull-42") || !strings.Contains(string(out), "sleep 600") {
+			t.Errorf("hull exec: %v; output %q, want hull-42 and the container's sleep 600", err, out)
+		}
+		d.mustCtr(t, "task", "kill", "-s", "KILL", id)
+		waitStatus(t, d, id, "STOPPED")
+		d.mustCtr(t, "task", "delete", id)
+		d.mustCtr(t, "container", "delete", id)
 	}},
 	{"forced delete", func(t *testing.T, d *daemon) {
 		const id = "forced"

@@ -1,10 +1,13 @@
 package containerd
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/ociimage"
@@ -18,6 +21,32 @@ var env struct {
 	shimDir string
 	// image is the busybox OCI archive.
 	image string
+	// binDir holds hull and hull-agent (HULL_BIN_DIR).
+	binDir string
+}
+
+// debugAssets is a guest image with a debug shell, built on first use.
+var debugAssets struct {
+	sync.Once
+	dir string
+	err error
+}
+
+// debugImage returns the image with a debug shell (e2e.BuildDebugImage).
+func debugImage(t *testing.T) string {
+	t.Helper()
+	debugAssets.Do(func() {
+		out := filepath.Join(env.workDir, "assets-debug-shell")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if debugAssets.err = e2e.BuildDebugImage(ctx, env.binDir, out); debugAssets.err == nil {
+			debugAssets.dir = out
+		}
+	})
+	if debugAssets.err != nil {
+		t.Fatal(debugAssets.err)
+	}
+	return debugAssets.dir
 }
 
 func TestMain(m *testing.M) {
@@ -36,6 +65,9 @@ func setup() error {
 		return err
 	}
 	env.assetsDir, env.workDir = assets, dir
+	if env.binDir = os.Getenv("HULL_BIN_DIR"); env.binDir == "" {
+		return fmt.Errorf("HULL_BIN_DIR must be set; run `make e2e`")
+	}
 	env.shimDir = filepath.Join(dir, "bin")
 	if err := e2e.BuildShim(env.shimDir); err != nil {
 		return err

@@ -89,6 +89,9 @@ type Agent struct {
 	CallTimeout Duration `toml:"call_timeout"`
 	// LogLevel is the agent's log level.
 	LogLevel string `toml:"log_level"`
+	// DebugConsole lets `hull exec` open a root shell in each VM started
+	// from now on (the guest image needs a debug shell). For debugging only.
+	DebugConsole bool `toml:"debug_console"`
 }
 
 // Runtime configures the host side.

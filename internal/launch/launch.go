@@ -144,6 +144,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		Hostname:      id,
 		// virtio-fs with the daemon's defaults: cache=auto, and a mount
 		// namespace sandbox (it needs root, which the runtime has).
-		Virtiofs: sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto},
+		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto},
+		DebugConsole: c.Agent.DebugConsole,
 	}, nil
 }

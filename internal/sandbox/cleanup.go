@@ -80,6 +80,48 @@ func StateDir(stateRoot, id string) string {
 	return filepath.Join(stateRoot, "h-"+hex.EncodeToString(sum[:15]))
 }
 
+// Find returns the state directory and full ID of the sandbox named id
+// under stateRoot: the sandbox of that ID, or else the only one whose ID is
+// id qualified by a containerd namespace ("<id>@<namespace>", as the shim
+// names its sandboxes). Sandboxes are known by their records.
+func Find(stateRoot, id string) (dir, fullID string, err error) {
+	if err := errors.Join(locationErrors(id, stateRoot)...); err != nil {
+		return "", "", fmt.Errorf("finding sandbox: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	readID := func(dir string) string {
+		var r record
+		b, err := os.ReadFile(filepath.Join(dir, recordName))
+		if err != nil || json.Unmarshal(b, &r) != nil {
+			return ""
+		}
+		return r.ID
+	}
+	if d := StateDir(stateRoot, id); readID(d) == id {
+		return d, id, nil
+	}
+	ents, err := os.ReadDir(stateRoot)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", "", fmt.Errorf("finding sandbox %s: %w", id, err)
+	}
+	var dirs, ids []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		d := filepath.Join(stateRoot, e.Name())
+		if rid := readID(d); strings.HasPrefix(rid, id+"@") {
+			dirs, ids = append(dirs, d), append(ids, rid)
+		}
+	}
+	switch len(dirs) {
+	case 0:
+		return "", "", fmt.Errorf("no sandbox %s under %s: %w", id, stateRoot, errdefs.ErrNotFound)
+	case 1:
+		return dirs[0], ids[0], nil
+	}
+	return "", "", fmt.Errorf("%s names several sandboxes (%s); give the full ID: %w", id, strings.Join(ids, ", "), errdefs.ErrInvalidArgument)
+}
+
 // Cleanup removes what a sandbox whose runtime died left behind: it kills
 // the processes that run for the sandbox (the hypervisor, virtiofsd and
 // its helpers, found by the record in the state directory, the pid files

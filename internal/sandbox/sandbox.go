@@ -18,6 +18,7 @@ import (
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -87,6 +88,9 @@ type Config struct {
 	// ShmSize is the size in bytes of the pod's /dev/shm in the guest
 	// (GuestShmDir); zero for 64 MiB.
 	ShmSize uint64
+	// DebugConsole lets the agent start its debug shell and the sandbox
+	// serve it on ConsoleSocketName (`hull exec`).
+	DebugConsole bool
 }
 
 // Sandbox is a running VM with its agent.
@@ -120,6 +124,9 @@ type Sandbox struct {
 	// containers holds the containers created and not deleted, and
 	// reserves IDs being created (nil value); guarded by mu.
 	containers map[string]*Container
+	// consoles serves debug consoles when the Config enables them;
+	// guarded by mu.
+	consoles *consoleServer
 }
 
 // ID returns the sandbox's ID.
@@ -241,7 +248,11 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 				return err
 			}
 			vc.Agent = ep
-			vc.KernelParams = append(agentclient.KernelParams(ep, cfg.AgentLogLevel), vc.KernelParams...)
+			params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
+			if cfg.DebugConsole {
+				params = append(params, channel.ParamDebugConsole+"=1")
+			}
+			vc.KernelParams = append(params, vc.KernelParams...)
 			vm, err := cfg.NewVM(vc)
 			if err != nil {
 				return err
@@ -280,6 +291,12 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		}},
 		{"configure guest network", func(ctx context.Context) error {
 			return s.configureGuestNetwork(ctx, cfg.DNS)
+		}},
+		{"serve debug consoles", func(ctx context.Context) error {
+			if !cfg.DebugConsole {
+				return nil
+			}
+			return s.listenConsoles(&undo)
 		}},
 	}
 	for _, st := range steps {
@@ -338,6 +355,8 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	// No new consoles; the open ones end as the guest shuts down.
+	s.closeConsoles()
 	if s.client != nil {
 		if s.vmAlive() {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -89,6 +90,29 @@ func BuildShim(dir string) error {
 	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "containerd-shim-hull-v2"), "github.com/hull-runtime/hull/cmd/containerd-shim-hull-v2")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building the shim: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// DebugShell is the debug shell the suites put into their debug images.
+const DebugShell = "/bin/busybox"
+
+// BuildDebugImage builds into out, with the hull and hull-agent binaries of
+// binDir and the default kernel package (cached by `make image`), a guest
+// image with DebugShell as its debug shell, for `hull exec`.
+func BuildDebugImage(ctx context.Context, binDir, out string) error {
+	if _, err := os.Stat(DebugShell); err != nil {
+		return fmt.Errorf("the debug console tests need busybox-static (%s): %w", DebugShell, err)
+	}
+	// The defaults, not whatever /etc/hull holds on this machine.
+	cfg := filepath.Join(filepath.Dir(out), "image-defaults.toml")
+	if err := os.WriteFile(cfg, []byte("# defaults\n"), 0o600); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "hull"), "--config", cfg, "image", "build", "--quiet",
+		"--agent", filepath.Join(binDir, "hull-agent"), "--debug-shell", DebugShell, "--output", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("hull image build --debug-shell: %w\n%s", err, b)
 	}
 	return nil
 }

@@ -1,0 +1,155 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestFind(t *testing.T) {
+	root := t.TempDir()
+	long := strings.Repeat("cd", 32) // a CRI pod ID: a hashed directory
+	for _, id := range []string{"plain", "web@default", "web@k8s.io", "db@default", long + "@k8s.io"} {
+		dir := StateDir(root, id)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeRecord(dir, record{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		id, want string
+		err      func(error) bool
+	}{
+		{id: "plain", want: "plain"},
+		{id: "db", want: "db@default"},
+		{id: "web@k8s.io", want: "web@k8s.io"},
+		{id: long, want: long + "@k8s.io"},
+		{id: "web", err: errdefs.IsInvalidArgument}, // two namespaces
+		{id: "nothing", err: errdefs.IsNotFound},
+		{id: "pla", err: errdefs.IsNotFound}, // no prefix matching but "@"
+		{id: "../etc", err: errdefs.IsInvalidArgument},
+	} {
+		dir, full, err := Find(root, tc.id)
+		if tc.err != nil {
+			if !tc.err(err) {
+				t.Errorf("Find(%q) = %q, %v; want an error of the other class", tc.id, full, err)
+			}
+			continue
+		}
+		if err != nil || full != tc.want || dir != StateDir(root, tc.want) {
+			t.Errorf("Find(%q) = %q, %q, %v; want %q", tc.id, dir, full, err, tc.want)
+		}
+	}
+}
+
+// fakeConsole serves one console request on dir's socket with reply, then
+// writes after to the client and echoes what it reads until the client
+// closes. It returns the request it got.
+func fakeConsole(t *testing.T, dir string, reply ConsoleReply, after string) <-chan ConsoleRequest {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(dir, ConsoleSocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	got := make(chan ConsoleRequest, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.Close() }()
+		line, err := bufio.NewReader(c).ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var r ConsoleRequest
+		_ = json.Unmarshal(line, &r)
+		got <- r
+		_ = writeReply(c, reply)
+		_, _ = io.WriteString(c, after)
+		_, _ = io.Copy(c, c)
+	}()
+	return got
+}
+
+func TestDialConsole(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	t.Run("no socket", func(t *testing.T) {
+		_, _, err := DialConsole(ctx, t.TempDir(), ConsoleRequest{})
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "debug_console = true") {
+			t.Fatalf("err = %v, want FailedPrecondition naming the setting", err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		dir := t.TempDir()
+		fakeConsole(t, dir, ConsoleReply{Error: "the guest image has no debug shell"}, "")
+		_, _, err := DialConsole(ctx, dir, ConsoleRequest{})
+		if err == nil || !strings.Contains(err.Error(), "no debug shell") {
+			t.Fatalf("err = %v, want the sandbox's reason", err)
+		}
+	})
+	t.Run("terminal follows the reply", func(t *testing.T) {
+		dir := t.TempDir()
+		// The terminal's first bytes arrive with the reply line: none may
+		// be lost to the reply's reading.
+		got := fakeConsole(t, dir, ConsoleReply{PID: 42}, "prompt# ")
+		c, pid, err := DialConsole(ctx, dir, ConsoleRequest{Term: "xterm", Width: 100, Height: 30})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = c.Close() }()
+		if pid != 42 {
+			t.Errorf("pid %d, want 42", pid)
+		}
+		if r := <-got; r != (ConsoleRequest{Term: "xterm", Width: 100, Height: 30}) {
+			t.Errorf("request %+v", r)
+		}
+		if _, err := io.WriteString(c, "typed"); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len("prompt# typed"))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "prompt# typed" {
+			t.Fatalf("read %q, %v; want the bytes after the reply, then the echo", buf, err)
+		}
+	})
+	t.Run("server never answers", func(t *testing.T) {
+		dir := t.TempDir()
+		l, err := net.Listen("unix", filepath.Join(dir, ConsoleSocketName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = l.Close() }()
+		sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer scancel()
+		if _, _, err := DialConsole(sctx, dir, ConsoleRequest{}); err == nil || !strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
+			t.Fatalf("err = %v, want the deadline", err)
+		}
+	})
+}
+
+func TestReadLine(t *testing.T) {
+	r := strings.NewReader("first\nrest")
+	if l, err := readLine(r, 10); err != nil || string(l) != "first" {
+		t.Fatalf("readLine = %q, %v", l, err)
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "rest" {
+		t.Errorf("left %q, want the bytes after the line untouched", rest)
+	}
+	if _, err := readLine(strings.NewReader(strings.Repeat("x", 20)+"\n"), 10); err == nil {
+		t.Error("a line over the limit was read")
+	}
+}
