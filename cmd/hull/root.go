@@ -43,6 +43,7 @@ func newRootCommand() *cobra.Command {
 		newBootCommand(g),
 		newRunCommand(g),
 		newExecCommand(g),
+		newAgentCommand(g),
 		newVersionCommand(),
 	)
 	return root

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/channel"
@@ -215,6 +216,14 @@ func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.
 		return fmt.Errorf("calling %s: agent connection closed: %w", info.FullMethod, errdefs.ErrUnavailable)
 	}
 	return err
+}
+
+// Invoke calls method of service (its full name, "hull.agent.v1.System")
+// with req and decodes the answer into resp. It is the raw call under the
+// typed service clients, for tools that pick the method at run time: it
+// gets the same call timeout and errdefs classes as every typed call.
+func (c *Client) Invoke(ctx context.Context, service, method string, req, resp proto.Message) error {
+	return c.rpc.Call(ctx, service, method, req, resp)
 }
 
 // Network is the agent's Network service.

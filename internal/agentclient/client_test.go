@@ -127,6 +127,61 @@ func TestClosedConnection(t *testing.T) {
 	}
 }
 
+// TestInvoke: a raw call by name decodes the answer into the given message
+// and goes through the client's interceptor like a typed call: the call
+// timeout bounds it and agent errors come back as errdefs classes.
+func TestInvoke(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		svc      stubSystem
+		service  string
+		method   string
+		check    func(error) bool
+		message  string
+		wantResp bool
+	}{
+		{
+			name: "answer decoded", service: "hull.agent.v1.System", method: "Health",
+			check: func(err error) bool { return err == nil }, wantResp: true,
+		},
+		{
+			name: "call timeout applies", svc: stubSystem{delay: time.Hour}, service: "hull.agent.v1.System", method: "Health",
+			check: errdefs.IsDeadlineExceeded, message: "did not answer /hull.agent.v1.System/Health within 100ms",
+		},
+		{
+			name: "agent error keeps its class", svc: stubSystem{err: errdefs.ErrNotFound}, service: "hull.agent.v1.System", method: "Health",
+			check: errdefs.IsNotFound,
+		},
+		{
+			name: "unknown method", service: "hull.agent.v1.System", method: "Nope",
+			check: errdefs.IsNotImplemented, message: "Nope",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := stubClient(t, tc.svc, 100*time.Millisecond)
+			resp := &api.HealthResponse{}
+			// The outer bound only keeps a call that ignores the client's
+			// timeout from hanging the test.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			start := time.Now()
+			err := c.Invoke(ctx, tc.service, tc.method, &api.HealthRequest{}, resp)
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("call took %s", d)
+			}
+			if !tc.check(err) {
+				t.Fatalf("error = %v", err)
+			}
+			if tc.message != "" && (err == nil || !strings.Contains(err.Error(), tc.message)) {
+				t.Fatalf("error %q does not say %q", err, tc.message)
+			}
+			if got := resp.GetStatus() == api.HealthResponse_STATUS_SERVING; got != tc.wantResp {
+				t.Fatalf("response = %v, want decoded answer: %v", resp, tc.wantResp)
+			}
+		})
+	}
+}
+
 func TestKernelParams(t *testing.T) {
 	for _, tc := range []struct {
 		name  string

@@ -138,6 +138,11 @@ func (s *Sandbox) VM() hypervisor.VM { return s.vm }
 // System returns the agent's System client.
 func (s *Sandbox) System() agent.SystemService { return s.client.System() }
 
+// Agent returns the sandbox's connection to its agent, for tools that call
+// the agent directly (`hull agent call --boot`). Calls made through it
+// bypass the sandbox's own record of containers and processes.
+func (s *Sandbox) Agent() *agentclient.Client { return s.client }
+
 // State returns the current lifecycle state.
 func (s *Sandbox) State() State {
 	s.mu.Lock()
