@@ -7,16 +7,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containerd/console"
+
 	"github.com/hull-runtime/hull/integration/internal/e2e"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // debugImageOnce builds the debug image once per test run.
@@ -100,7 +105,7 @@ func TestDebugConsole(t *testing.T) {
 			t.Fatalf("no pid line in %q", out)
 		}
 		pid, _ := strconv.Atoi(m[1])
-		// The shell ended with its input (^D) and the agent reaped it.
+		// The shell ended with its input (the exit typed after it) and the agent reaped it.
 		if !gone(t, pid) {
 			t.Errorf("shell %d is still in the guest after its console ended", pid)
 		}
@@ -151,6 +156,74 @@ func TestDebugConsole(t *testing.T) {
 		}
 	})
 
+	t.Run("interactive terminal follows its size", func(t *testing.T) {
+		// hull exec on a terminal of its own: raw mode, the initial size,
+		// and a resize (SIGWINCH) passed on to the guest's terminal.
+		pty, slave, err := console.NewPty()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = pty.Close() }()
+		if err := pty.Resize(console.WinSize{Width: 100, Height: 30}); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(filepath.Join(env.binDir, "hull"), "--config", cfgPath, "exec", "console")
+		f, err := os.OpenFile(slave, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = f, f, f
+		cmd.Env = append(os.Environ(), "TERM=xterm")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		_ = f.Close() // the child holds its own copy
+		var waitErr error
+		done := make(chan struct{})
+		go func() { waitErr = cmd.Wait(); close(done) }()
+		defer func() {
+			select {
+			case <-done:
+			default:
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		}()
+		var out e2e.SyncBuffer
+		go io.Copy(&out, pty) //nolint:errcheck // ends with the pty
+		// ask types a command until its answer shows up in the output.
+		ask := func(cmdline, want string) {
+			t.Helper()
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(out.String(), want) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no %q in the output %q", want, out.String())
+				}
+				if _, err := io.WriteString(pty, cmdline+"\r"); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		}
+		ask(`echo "size=$(stty size) term=$TERM"`, "size=30 100 term=xterm")
+		if err := pty.Resize(console.WinSize{Width: 132, Height: 50}); err != nil {
+			t.Fatal(err)
+		}
+		ask(`echo "size=$(stty size)"`, "size=50 132")
+		if _, err := io.WriteString(pty, "exit\r"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+			if waitErr != nil {
+				t.Errorf("hull exec: %v; output %q", waitErr, out.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("hull exec did not end after exit; output %q", out.String())
+		}
+	})
+
 	t.Run("unknown sandbox", func(t *testing.T) {
 		_, stderr, code := hullExec(t, cfgPath, "nothing-here", strings.NewReader(""))
 		if code == 0 || !strings.Contains(stderr, "no sandbox nothing-here") {
@@ -186,4 +259,50 @@ func TestDebugConsoleRefused(t *testing.T) {
 			t.Errorf("status %d, stderr %q; want a failure naming the missing shell", code, stderr)
 		}
 	})
+}
+
+// TestDebugConsoleStopFrozen stops a sandbox whose guest no longer answers
+// while a console is open: Stop must still release everything promptly.
+func TestDebugConsoleStopFrozen(t *testing.T) {
+	c := containerConfig(t)
+	c.Image.AssetsDir = debugImage(t)
+	c.Agent.DebugConsole = true
+	sb := startSandbox(t, c, "frozen")
+	dir, _, err := sandbox.Find(c.Runtime.StateDir, "frozen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := withTimeout(t, 3*time.Minute)
+	conn, pid, err := sandbox.DialConsole(ctx, dir, sandbox.ConsoleRequest{Width: 80, Height: 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	if pid == 0 {
+		t.Error("console without a pid")
+	}
+	var out e2e.SyncBuffer
+	copied := make(chan struct{})
+	go func() { _, _ = io.Copy(&out, conn); close(copied) }()
+	out.WaitFor(t, "hull-debug# ", time.Minute)
+	qemu := sb.VM().Describe().PID
+	if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = syscall.Kill(qemu, syscall.SIGCONT) }()
+	start := time.Now()
+	if err := sb.Stop(ctx); err != nil {
+		t.Logf("stop of a frozen sandbox: %v", err)
+	}
+	// The agent calls time out (10 s and 5 s) and QEMU gets its stop
+	// timeout before it is killed; a console waiting for the frozen guest
+	// would hold Stop for yamux's five-minute stream timeout.
+	if took := time.Since(start); took > 90*time.Second {
+		t.Errorf("Stop took %v with a console open on a frozen guest", took)
+	}
+	select {
+	case <-copied:
+	case <-time.After(10 * time.Second):
+		t.Error("the console's connection is still open after Stop")
+	}
 }

@@ -7,9 +7,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
+	"time"
 
 	"github.com/containerd/console"
+	"github.com/containerd/log"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -51,7 +55,7 @@ func newExecCommand(g *globalFlags) *cobra.Command {
 					}
 				}
 			}
-			conn, _, err := sandbox.DialConsole(ctx, dir, req)
+			conn, pid, err := sandbox.DialConsole(ctx, dir, req)
 			if err != nil {
 				return err
 			}
@@ -66,6 +70,8 @@ func newExecCommand(g *globalFlags) *cobra.Command {
 					return fmt.Errorf("terminal: %w", err)
 				}
 				defer func() { _ = term.Reset() }()
+				stopResize := followResize(ctx, term, dir, pid)
+				defer stopResize()
 			}
 			if err := runConsole(conn, in, out, term != nil); err != nil && ctx.Err() == nil {
 				return err
@@ -111,4 +117,37 @@ func (l *lastByteWriter) Write(p []byte) (int, error) {
 		l.last = p[n-1]
 	}
 	return n, err
+}
+
+// followResize gives the console the local terminal's size whenever it
+// changes (SIGWINCH), until the returned function is called.
+func followResize(ctx context.Context, term console.Console, dir string, pid uint32) func() {
+	winch := make(chan os.Signal, 1)
+	signal.Notify(winch, unix.SIGWINCH)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-winch:
+			}
+			sz, err := term.Size()
+			if err != nil || sz.Width == 0 || sz.Height == 0 {
+				continue
+			}
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := sandbox.ResizeConsole(rctx, dir, pid, uint32(sz.Width), uint32(sz.Height)); err != nil {
+				log.G(ctx).WithError(err).Debug("resizing the debug console")
+			}
+			rcancel()
+		}
+	}()
+	return func() {
+		signal.Stop(winch)
+		cancel()
+		<-done
+	}
 }

@@ -137,6 +137,55 @@ func (s *consoleSet) endAll(ctx context.Context, wait time.Duration) {
 	}
 }
 
+// resize sets the terminal size of the console whose shell is pid.
+func (s *consoleSet) resize(pid int, rows, cols uint16) error {
+	s.mu.Lock()
+	var c *debugConsole
+	for rc := range s.running {
+		if rc.pid == pid {
+			c = rc
+			break
+		}
+	}
+	s.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("no debug console with shell pid %d: %w", pid, errdefs.ErrNotFound)
+	}
+	return c.resize(rows, cols)
+}
+
+// resize sets the terminal's size; the kernel sends SIGWINCH to its
+// foreground job. A console hung up or ended has no terminal to size.
+func (c *debugConsole) resize(rows, cols uint16) error {
+	select {
+	case <-c.hungUp:
+		return fmt.Errorf("debug console of pid %d: hung up: %w", c.pid, errdefs.ErrFailedPrecondition)
+	case <-c.exited:
+		return fmt.Errorf("debug console of pid %d: the shell has exited: %w", c.pid, errdefs.ErrFailedPrecondition)
+	default:
+	}
+	rc, err := c.master.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	// Control holds the descriptor: a master closed meanwhile gives
+	// ErrClosed, never an ioctl on a reused descriptor.
+	err = rc.Control(func(fd uintptr) {
+		serr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	})
+	if errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("debug console of pid %d: it has ended: %w", c.pid, errdefs.ErrFailedPrecondition)
+	}
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("sizing the debug console's terminal: %w", err)
+	}
+	return nil
+}
+
 // startConsole starts a debug shell on the stdio channel req names and
 // returns its pid. On error nothing is left: no process, no open file, and
 // the channel, once claimed, closed.
@@ -228,9 +277,11 @@ func (a *Agent) startConsole(ctx context.Context, req *api.DebugConsoleRequest) 
 	go func() {
 		defer a.recoverPanic(ctx, "debug console wait")
 		_ = cmd.Wait() // an exit status other than 0 is an error; the state has it
-		a.reaper.release(pid)
+		// exited at once: the reaped shell's pid may be reused, and the
+		// kill in supervise checks exited first.
 		c.state = cmd.ProcessState
 		close(c.exited)
+		a.reaper.release(pid)
 	}()
 	go func() {
 		defer a.recoverPanic(ctx, "debug console output")

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -179,4 +180,15 @@ func (s *systemService) DebugConsole(ctx context.Context, req *api.DebugConsoleR
 		return nil, fmt.Errorf("debug console: %w", err)
 	}
 	return &api.DebugConsoleResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *systemService) ResizeDebugConsole(ctx context.Context, req *api.ResizeDebugConsoleRequest) (*api.ResizeDebugConsoleResponse, error) {
+	w, h := req.GetWidth(), req.GetHeight()
+	if w == 0 || h == 0 || w > math.MaxUint16 || h > math.MaxUint16 || req.GetPid() == 0 || req.GetPid() > math.MaxInt32 {
+		return nil, fmt.Errorf("resizing debug console of pid %d to %dx%d: %w", req.GetPid(), w, h, errdefs.ErrInvalidArgument)
+	}
+	if err := s.a.consoles.resize(int(req.GetPid()), uint16(h), uint16(w)); err != nil {
+		return nil, err
+	}
+	return &api.ResizeDebugConsoleResponse{}, nil
 }

@@ -301,6 +301,28 @@ func TestDebugConsole(t *testing.T) {
 		}
 		cs.waitEnded(t, 5*time.Second)
 	})
+	t.Run("resize", func(t *testing.T) {
+		cs := openConsole(t, c, &api.DebugConsoleRequest{Width: 80, Height: 24})
+		cs.waitOutput(t, `hull-debug# `)
+		if _, err := c.System().ResizeDebugConsole(ctx, &api.ResizeDebugConsoleRequest{Pid: uint32(cs.pid), Width: 132, Height: 50}); err != nil {
+			t.Fatal(err)
+		}
+		cs.write(t, "echo \"size=$(stty size)\"; exit\n")
+		if m := cs.waitOutput(t, `size=(\d+ \d+)`); m[1] != "50 132" {
+			t.Errorf("stty size %q after the resize, want \"50 132\"", m[1])
+		}
+		cs.waitEnded(t, 5*time.Second)
+		// Ended: the console is no longer there to resize.
+		_, err := c.System().ResizeDebugConsole(ctx, &api.ResizeDebugConsoleRequest{Pid: uint32(cs.pid), Width: 100, Height: 40})
+		if !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("resize of an ended console: %v, want not found or failed precondition", err)
+		}
+		for _, r := range []*api.ResizeDebugConsoleRequest{{Pid: uint32(cs.pid)}, {Width: 10, Height: 10}, {Pid: 1, Width: 1 << 17, Height: 10}} {
+			if _, err := c.System().ResizeDebugConsole(ctx, r); !errdefs.IsInvalidArgument(err) {
+				t.Errorf("resize %v: %v, want invalid argument", r, err)
+			}
+		}
+	})
 	t.Run("background job keeps the terminal", func(t *testing.T) {
 		cs := openConsole(t, c, &api.DebugConsoleRequest{})
 		cs.write(t, "sleep 1000 & echo \"bg=$! ready-$((1+1))\"; exit 0\n")

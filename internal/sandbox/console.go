@@ -42,13 +42,17 @@ const (
 	consoleStartTimeout = 30 * time.Second
 )
 
-// ConsoleRequest is what a console client asks for.
+// ConsoleRequest is what a console client asks for: a new console, or with
+// ResizePID the new size of a running one (the connection then ends with
+// the reply).
 type ConsoleRequest struct {
 	// Term is the shell's TERM; empty leaves the agent's default.
 	Term string `json:"term,omitempty"`
 	// Width and Height of the terminal in characters; 0 leaves the default.
 	Width  uint32 `json:"width,omitempty"`
 	Height uint32 `json:"height,omitempty"`
+	// ResizePID names the console to resize by its shell's guest PID.
+	ResizePID uint32 `json:"resize_pid,omitempty"`
 }
 
 // ConsoleReply answers a ConsoleRequest: the shell's PID in the guest, or
@@ -62,12 +66,15 @@ type ConsoleReply struct {
 type consoleServer struct {
 	l  net.Listener
 	wg sync.WaitGroup
+	// ctx bounds the agent calls of the consoles; closeConsoles cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu sync.Mutex
 	// open are the client connections and guest streams of the consoles
 	// being served; guarded by mu. closed is set by closeConsoles, after
 	// which nothing new is taken.
-	open   map[io.Closer]struct{}
+	open   map[net.Conn]struct{}
 	closed bool
 }
 
@@ -93,6 +100,19 @@ func (s *Sandbox) DebugConsole(ctx context.Context, r ConsoleRequest) (agentclie
 	return stream, resp.GetPid(), nil
 }
 
+// ResizeDebugConsole sets the terminal size of the debug console whose
+// shell has guest PID pid.
+func (s *Sandbox) ResizeDebugConsole(ctx context.Context, pid, width, height uint32) error {
+	if st := s.State(); st != StateRunning {
+		return fmt.Errorf("debug console: sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	}
+	_, err := s.client.System().ResizeDebugConsole(ctx, &agent.ResizeDebugConsoleRequest{Pid: pid, Width: width, Height: height})
+	if err != nil {
+		return fmt.Errorf("resizing the debug console: %w", s.guestError(err))
+	}
+	return nil
+}
+
 // listenConsoles serves ConsoleSocketName until closeConsoles.
 func (s *Sandbox) listenConsoles(undo *cleanups) error {
 	path := filepath.Join(s.stateDir, ConsoleSocketName)
@@ -104,7 +124,8 @@ func (s *Sandbox) listenConsoles(undo *cleanups) error {
 		_ = l.Close()
 		return err
 	}
-	cs := &consoleServer{l: l, open: map[io.Closer]struct{}{}}
+	cs := &consoleServer{l: l, open: map[net.Conn]struct{}{}}
+	cs.ctx, cs.cancel = context.WithCancel(s.bg)
 	s.mu.Lock()
 	s.consoles = cs
 	s.mu.Unlock()
@@ -112,11 +133,30 @@ func (s *Sandbox) listenConsoles(undo *cleanups) error {
 	cs.wg.Add(1)
 	go func() {
 		defer cs.wg.Done()
+		// Whatever ends the loop, no client may wait on a socket that is
+		// no longer served.
+		defer func() { _ = l.Close() }()
+		delay := 5 * time.Millisecond
 		for {
 			c, err := l.Accept()
 			if err != nil {
-				return // closed
+				var ne net.Error
+				if errors.Is(err, net.ErrClosed) || !errors.As(err, &ne) || !ne.Timeout() && !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) {
+					if !errors.Is(err, net.ErrClosed) {
+						log.G(s.bg).WithError(err).WithField("sandbox", s.id).Warn("debug console socket: no longer accepting")
+					}
+					return
+				}
+				// Out of descriptors, for a moment: try again.
+				select {
+				case <-cs.ctx.Done():
+					return
+				case <-time.After(delay):
+				}
+				delay = min(2*delay, time.Second)
+				continue
 			}
+			delay = 5 * time.Millisecond
 			if !cs.track(c) {
 				_ = c.Close()
 				return
@@ -141,9 +181,14 @@ func (s *Sandbox) closeConsoles() {
 	if cs == nil {
 		return
 	}
+	cs.cancel()
 	cs.mu.Lock()
 	cs.closed = true
 	for c := range cs.open {
+		// Close alone does not end a read of a guest stream on virtio-serial
+		// (yamux only half-closes it) when the guest no longer answers; a
+		// deadline does.
+		_ = c.SetDeadline(time.Unix(1, 0))
 		_ = c.Close()
 	}
 	cs.mu.Unlock()
@@ -152,7 +197,7 @@ func (s *Sandbox) closeConsoles() {
 }
 
 // track records c to be closed by closeConsoles; false once that began.
-func (cs *consoleServer) track(c io.Closer) bool {
+func (cs *consoleServer) track(c net.Conn) bool {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.closed {
@@ -163,7 +208,7 @@ func (cs *consoleServer) track(c io.Closer) bool {
 }
 
 // untrack closes c and forgets it.
-func (cs *consoleServer) untrack(c io.Closer) {
+func (cs *consoleServer) untrack(c net.Conn) {
 	cs.mu.Lock()
 	delete(cs.open, c)
 	cs.mu.Unlock()
@@ -173,7 +218,7 @@ func (cs *consoleServer) untrack(c io.Closer) {
 // serveConsole runs one client's console: request, reply, then the
 // terminal both ways until either side ends.
 func (s *Sandbox) serveConsole(cs *consoleServer, c net.Conn) {
-	ctx := s.bg
+	ctx := cs.ctx
 	_ = c.SetReadDeadline(time.Now().Add(consoleRequestTimeout))
 	line, err := readLine(c, consoleRequestLimit)
 	var req ConsoleRequest
@@ -185,6 +230,16 @@ func (s *Sandbox) serveConsole(cs *consoleServer, c net.Conn) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	if req.ResizePID != 0 {
+		rctx, cancel := context.WithTimeout(ctx, consoleStartTimeout)
+		defer cancel()
+		var reply ConsoleReply
+		if err := s.ResizeDebugConsole(rctx, req.ResizePID, req.Width, req.Height); err != nil {
+			reply.Error = err.Error()
+		}
+		_ = writeReply(c, reply)
+		return
+	}
 	sctx, cancel := context.WithTimeout(ctx, consoleStartTimeout)
 	stream, pid, err := s.DebugConsole(sctx, req)
 	cancel()
@@ -250,14 +305,40 @@ func writeReply(w io.Writer, r ConsoleReply) error {
 // dir: it sends r and returns the connection that carries the terminal once
 // the shell runs, with its guest PID.
 func DialConsole(ctx context.Context, dir string, r ConsoleRequest) (net.Conn, uint32, error) {
+	c, reply, err := consoleCall(ctx, dir, r)
+	if err != nil {
+		return nil, 0, fmt.Errorf("debug console: %w", err)
+	}
+	return c, reply.PID, nil
+}
+
+// ResizeConsole sets the terminal size of the debug console whose shell has
+// guest PID pid, in the sandbox whose state directory is dir.
+func ResizeConsole(ctx context.Context, dir string, pid, width, height uint32) error {
+	if pid == 0 {
+		return fmt.Errorf("resizing a debug console: no pid: %w", errdefs.ErrInvalidArgument)
+	}
+	c, _, err := consoleCall(ctx, dir, ConsoleRequest{ResizePID: pid, Width: width, Height: height})
+	if err != nil {
+		return fmt.Errorf("resizing the debug console: %w", err)
+	}
+	return c.Close()
+}
+
+// consoleCall sends r on dir's console socket and returns the connection
+// and the sandbox's reply; an error reply is an error.
+func consoleCall(ctx context.Context, dir string, r ConsoleRequest) (net.Conn, ConsoleReply, error) {
 	path := filepath.Join(dir, ConsoleSocketName)
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, 0, fmt.Errorf("sandbox in %s serves no debug console: it starts one only with [agent] debug_console = true in the configuration, for VMs started after the change: %w", dir, errdefs.ErrFailedPrecondition)
+		if _, serr := os.Stat(filepath.Join(dir, recordName)); errors.Is(serr, os.ErrNotExist) {
+			return nil, ConsoleReply{}, fmt.Errorf("the sandbox in %s is gone: %w", dir, errdefs.ErrNotFound)
+		}
+		return nil, ConsoleReply{}, fmt.Errorf("sandbox in %s serves no debug console: it serves one only with [agent] debug_console = true in the configuration when it started, and not while it stops: %w", dir, errdefs.ErrFailedPrecondition)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("connecting to the debug console: %w", err)
+		return nil, ConsoleReply{}, fmt.Errorf("connecting to the debug console: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -284,8 +365,8 @@ func DialConsole(ctx context.Context, dir string, r ConsoleRequest) (net.Conn, u
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
-		return nil, 0, fmt.Errorf("debug console: %w", err)
+		return nil, ConsoleReply{}, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	return c, reply.PID, nil
+	return c, reply, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -89,9 +90,19 @@ func TestDialConsole(t *testing.T) {
 	defer cancel()
 
 	t.Run("no socket", func(t *testing.T) {
-		_, _, err := DialConsole(ctx, t.TempDir(), ConsoleRequest{})
+		dir := t.TempDir()
+		if err := writeRecord(dir, record{ID: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := DialConsole(ctx, dir, ConsoleRequest{})
 		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "debug_console = true") {
 			t.Fatalf("err = %v, want FailedPrecondition naming the setting", err)
+		}
+	})
+	t.Run("sandbox gone", func(t *testing.T) {
+		_, _, err := DialConsole(ctx, t.TempDir(), ConsoleRequest{})
+		if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "gone") {
+			t.Fatalf("err = %v, want NotFound saying the sandbox is gone", err)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
@@ -126,6 +137,24 @@ func TestDialConsole(t *testing.T) {
 			t.Fatalf("read %q, %v; want the bytes after the reply, then the echo", buf, err)
 		}
 	})
+	t.Run("resize", func(t *testing.T) {
+		dir := t.TempDir()
+		got := fakeConsole(t, dir, ConsoleReply{}, "")
+		if err := ResizeConsole(ctx, dir, 7, 120, 40); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-got; r != (ConsoleRequest{ResizePID: 7, Width: 120, Height: 40}) {
+			t.Errorf("request %+v", r)
+		}
+		dir = t.TempDir()
+		fakeConsole(t, dir, ConsoleReply{Error: "no debug console with shell pid 7"}, "")
+		if err := ResizeConsole(ctx, dir, 7, 120, 40); err == nil || !strings.Contains(err.Error(), "pid 7") {
+			t.Errorf("err = %v, want the sandbox's reason", err)
+		}
+		if err := ResizeConsole(ctx, dir, 0, 1, 1); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("pid 0: %v", err)
+		}
+	})
 	t.Run("server never answers", func(t *testing.T) {
 		dir := t.TempDir()
 		l, err := net.Listen("unix", filepath.Join(dir, ConsoleSocketName))
@@ -152,4 +181,73 @@ func TestReadLine(t *testing.T) {
 	if _, err := readLine(strings.NewReader(strings.Repeat("x", 20)+"\n"), 10); err == nil {
 		t.Error("a line over the limit was read")
 	}
+}
+
+// TestConsoleServer drives the sandbox's side of console.sock with requests
+// that never reach the agent: a sandbox that is not running refuses them.
+func TestConsoleServer(t *testing.T) {
+	dir := t.TempDir()
+	s := &Sandbox{id: "t", stateDir: dir, state: StateStarting, bg: context.Background()}
+	var undo cleanups
+	if err := s.listenConsoles(&undo); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.closeConsoles)
+	if fi, err := os.Stat(filepath.Join(dir, ConsoleSocketName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket: %v, %v; want mode 0600", fi, err)
+	}
+	ask := func(t *testing.T, line string) ConsoleReply {
+		t.Helper()
+		c, err := net.Dial("unix", filepath.Join(dir, ConsoleSocketName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = c.Close() }()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, line); err != nil {
+			t.Fatal(err)
+		}
+		reply, err := readLine(c, consoleRequestLimit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r ConsoleReply
+		if err := json.Unmarshal(reply, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, tc := range []struct{ name, line, want string }{
+		{"not json", "hello\n", "bad console request"},
+		{"too long", strings.Repeat("x", consoleRequestLimit+10) + "\n", "bad console request"},
+		{"sandbox not running", `{"term":"xterm"}` + "\n", "sandbox t is starting"},
+		{"resize, sandbox not running", `{"resize_pid":3,"width":80,"height":24}` + "\n", "sandbox t is starting"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if r := ask(t, tc.line); r.PID != 0 || !strings.Contains(r.Error, tc.want) {
+				t.Errorf("reply %+v, want an error with %q", r, tc.want)
+			}
+		})
+	}
+	t.Run("close ends a client that says nothing", func(t *testing.T) {
+		c, err := net.Dial("unix", filepath.Join(dir, ConsoleSocketName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = c.Close() }()
+		// Let the server take the connection before it closes.
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		s.closeConsoles()
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("closeConsoles took %v with a silent client (the request wait is %v)", took, consoleRequestTimeout)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("client read after close: %v, want EOF", err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, ConsoleSocketName)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket after close: %v, want it gone", err)
+		}
+	})
 }

@@ -81,7 +81,7 @@ func (x HealthResponse_Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthResponse_Status.Descriptor instead.
 func (HealthResponse_Status) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3, 0}
+	return file_agent_proto_rawDescGZIP(), []int{5, 0}
 }
 
 type DebugConsoleRequest struct {
@@ -200,6 +200,104 @@ func (x *DebugConsoleResponse) GetPid() uint32 {
 	return 0
 }
 
+type ResizeDebugConsoleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The console's shell, as DebugConsole returned it.
+	Pid uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// The new size in characters; both must be non-zero.
+	Width         uint32 `protobuf:"varint,2,opt,name=width,proto3" json:"width,omitempty"`
+	Height        uint32 `protobuf:"varint,3,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizeDebugConsoleRequest) Reset() {
+	*x = ResizeDebugConsoleRequest{}
+	mi := &file_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizeDebugConsoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizeDebugConsoleRequest) ProtoMessage() {}
+
+func (x *ResizeDebugConsoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizeDebugConsoleRequest.ProtoReflect.Descriptor instead.
+func (*ResizeDebugConsoleRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResizeDebugConsoleRequest) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ResizeDebugConsoleRequest) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *ResizeDebugConsoleRequest) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+type ResizeDebugConsoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizeDebugConsoleResponse) Reset() {
+	*x = ResizeDebugConsoleResponse{}
+	mi := &file_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizeDebugConsoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizeDebugConsoleResponse) ProtoMessage() {}
+
+func (x *ResizeDebugConsoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizeDebugConsoleResponse.ProtoReflect.Descriptor instead.
+func (*ResizeDebugConsoleResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{3}
+}
+
 type HealthRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -208,7 +306,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +318,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +331,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 type HealthResponse struct {
@@ -248,7 +346,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +358,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +371,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HealthResponse) GetStatus() HealthResponse_Status {
@@ -305,7 +403,7 @@ type GuestDetailsRequest struct {
 
 func (x *GuestDetailsRequest) Reset() {
 	*x = GuestDetailsRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +415,7 @@ func (x *GuestDetailsRequest) String() string {
 func (*GuestDetailsRequest) ProtoMessage() {}
 
 func (x *GuestDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +428,7 @@ func (x *GuestDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GuestDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 type GuestDetailsResponse struct {
@@ -367,7 +465,7 @@ type GuestDetailsResponse struct {
 
 func (x *GuestDetailsResponse) Reset() {
 	*x = GuestDetailsResponse{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +477,7 @@ func (x *GuestDetailsResponse) String() string {
 func (*GuestDetailsResponse) ProtoMessage() {}
 
 func (x *GuestDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +490,7 @@ func (x *GuestDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GuestDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GuestDetailsResponse) GetKernelRelease() string {
@@ -502,7 +600,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +612,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +625,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -547,7 +645,7 @@ type SetTimeResponse struct {
 
 func (x *SetTimeResponse) Reset() {
 	*x = SetTimeResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +657,7 @@ func (x *SetTimeResponse) String() string {
 func (*SetTimeResponse) ProtoMessage() {}
 
 func (x *SetTimeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +670,7 @@ func (x *SetTimeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeResponse.ProtoReflect.Descriptor instead.
 func (*SetTimeResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetTimeResponse) GetPrevious() *timestamppb.Timestamp {
@@ -593,7 +691,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +703,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +716,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ShutdownRequest) GetGrace() *durationpb.Duration {
@@ -636,7 +734,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +746,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +759,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type OnlineResourcesRequest struct {
@@ -678,7 +776,7 @@ type OnlineResourcesRequest struct {
 
 func (x *OnlineResourcesRequest) Reset() {
 	*x = OnlineResourcesRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +788,7 @@ func (x *OnlineResourcesRequest) String() string {
 func (*OnlineResourcesRequest) ProtoMessage() {}
 
 func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +801,7 @@ func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OnlineResourcesRequest) GetVcpus() uint32 {
@@ -733,7 +831,7 @@ type OnlineResourcesResponse struct {
 
 func (x *OnlineResourcesResponse) Reset() {
 	*x = OnlineResourcesResponse{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +843,7 @@ func (x *OnlineResourcesResponse) String() string {
 func (*OnlineResourcesResponse) ProtoMessage() {}
 
 func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +856,7 @@ func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesResponse.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OnlineResourcesResponse) GetOnlineVcpus() uint32 {
@@ -786,7 +884,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x06height\x18\x03 \x01(\rR\x06height\x12\x12\n" +
 	"\x04term\x18\x04 \x01(\tR\x04term\"(\n" +
 	"\x14DebugConsoleResponse\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\"\x0f\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\"[\n" +
+	"\x19ResizeDebugConsoleRequest\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
+	"\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x03 \x01(\rR\x06height\"\x1c\n" +
+	"\x1aResizeDebugConsoleResponse\"\x0f\n" +
 	"\rHealthRequest\"\xf1\x01\n" +
 	"\x0eHealthResponse\x12<\n" +
 	"\x06status\x18\x01 \x01(\x0e2$.hull.agent.v1.HealthResponse.StatusR\x06status\x12#\n" +
@@ -828,14 +931,15 @@ const file_agent_proto_rawDesc = "" +
 	"\x17OnlineResourcesResponse\x12!\n" +
 	"\fonline_vcpus\x18\x01 \x01(\rR\vonlineVcpus\x12\x1d\n" +
 	"\n" +
-	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xfa\x03\n" +
+	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xe5\x04\n" +
 	"\x06System\x12E\n" +
 	"\x06Health\x12\x1c.hull.agent.v1.HealthRequest\x1a\x1d.hull.agent.v1.HealthResponse\x12W\n" +
 	"\fGuestDetails\x12\".hull.agent.v1.GuestDetailsRequest\x1a#.hull.agent.v1.GuestDetailsResponse\x12H\n" +
 	"\aSetTime\x12\x1d.hull.agent.v1.SetTimeRequest\x1a\x1e.hull.agent.v1.SetTimeResponse\x12K\n" +
 	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponse\x12`\n" +
 	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponse\x12W\n" +
-	"\fDebugConsole\x12\".hull.agent.v1.DebugConsoleRequest\x1a#.hull.agent.v1.DebugConsoleResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
+	"\fDebugConsole\x12\".hull.agent.v1.DebugConsoleRequest\x1a#.hull.agent.v1.DebugConsoleResponse\x12i\n" +
+	"\x12ResizeDebugConsole\x12(.hull.agent.v1.ResizeDebugConsoleRequest\x1a).hull.agent.v1.ResizeDebugConsoleResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -850,47 +954,51 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_agent_proto_goTypes = []any{
-	(HealthResponse_Status)(0),      // 0: hull.agent.v1.HealthResponse.Status
-	(*DebugConsoleRequest)(nil),     // 1: hull.agent.v1.DebugConsoleRequest
-	(*DebugConsoleResponse)(nil),    // 2: hull.agent.v1.DebugConsoleResponse
-	(*HealthRequest)(nil),           // 3: hull.agent.v1.HealthRequest
-	(*HealthResponse)(nil),          // 4: hull.agent.v1.HealthResponse
-	(*GuestDetailsRequest)(nil),     // 5: hull.agent.v1.GuestDetailsRequest
-	(*GuestDetailsResponse)(nil),    // 6: hull.agent.v1.GuestDetailsResponse
-	(*SetTimeRequest)(nil),          // 7: hull.agent.v1.SetTimeRequest
-	(*SetTimeResponse)(nil),         // 8: hull.agent.v1.SetTimeResponse
-	(*ShutdownRequest)(nil),         // 9: hull.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),        // 10: hull.agent.v1.ShutdownResponse
-	(*OnlineResourcesRequest)(nil),  // 11: hull.agent.v1.OnlineResourcesRequest
-	(*OnlineResourcesResponse)(nil), // 12: hull.agent.v1.OnlineResourcesResponse
-	(*durationpb.Duration)(nil),     // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
+	(HealthResponse_Status)(0),         // 0: hull.agent.v1.HealthResponse.Status
+	(*DebugConsoleRequest)(nil),        // 1: hull.agent.v1.DebugConsoleRequest
+	(*DebugConsoleResponse)(nil),       // 2: hull.agent.v1.DebugConsoleResponse
+	(*ResizeDebugConsoleRequest)(nil),  // 3: hull.agent.v1.ResizeDebugConsoleRequest
+	(*ResizeDebugConsoleResponse)(nil), // 4: hull.agent.v1.ResizeDebugConsoleResponse
+	(*HealthRequest)(nil),              // 5: hull.agent.v1.HealthRequest
+	(*HealthResponse)(nil),             // 6: hull.agent.v1.HealthResponse
+	(*GuestDetailsRequest)(nil),        // 7: hull.agent.v1.GuestDetailsRequest
+	(*GuestDetailsResponse)(nil),       // 8: hull.agent.v1.GuestDetailsResponse
+	(*SetTimeRequest)(nil),             // 9: hull.agent.v1.SetTimeRequest
+	(*SetTimeResponse)(nil),            // 10: hull.agent.v1.SetTimeResponse
+	(*ShutdownRequest)(nil),            // 11: hull.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),           // 12: hull.agent.v1.ShutdownResponse
+	(*OnlineResourcesRequest)(nil),     // 13: hull.agent.v1.OnlineResourcesRequest
+	(*OnlineResourcesResponse)(nil),    // 14: hull.agent.v1.OnlineResourcesResponse
+	(*durationpb.Duration)(nil),        // 15: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 16: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
-	13, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	13, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	13, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
-	13, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
-	14, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	14, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	13, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	3,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
-	5,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
-	7,  // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
-	9,  // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	11, // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	15, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	15, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
+	15, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
+	15, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
+	16, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	16, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	15, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	5,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
+	7,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
+	9,  // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
+	11, // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
+	13, // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
 	1,  // 13: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
-	4,  // 14: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	6,  // 15: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	8,  // 16: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	10, // 17: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	12, // 18: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
-	2,  // 19: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
-	14, // [14:20] is the sub-list for method output_type
-	8,  // [8:14] is the sub-list for method input_type
+	3,  // 14: hull.agent.v1.System.ResizeDebugConsole:input_type -> hull.agent.v1.ResizeDebugConsoleRequest
+	6,  // 15: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	8,  // 16: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	10, // 17: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	12, // 18: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	14, // 19: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	2,  // 20: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
+	4,  // 21: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -907,7 +1015,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -14,6 +14,7 @@ type SystemService interface {
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	OnlineResources(context.Context, *OnlineResourcesRequest) (*OnlineResourcesResponse, error)
 	DebugConsole(context.Context, *DebugConsoleRequest) (*DebugConsoleResponse, error)
+	ResizeDebugConsole(context.Context, *ResizeDebugConsoleRequest) (*ResizeDebugConsoleResponse, error)
 }
 
 func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
@@ -60,6 +61,13 @@ func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
 					return nil, err
 				}
 				return svc.DebugConsole(ctx, &req)
+			},
+			"ResizeDebugConsole": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ResizeDebugConsoleRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ResizeDebugConsole(ctx, &req)
 			},
 		},
 	})
@@ -118,6 +126,14 @@ func (c *systemClient) OnlineResources(ctx context.Context, req *OnlineResources
 func (c *systemClient) DebugConsole(ctx context.Context, req *DebugConsoleRequest) (*DebugConsoleResponse, error) {
 	var resp DebugConsoleResponse
 	if err := c.client.Call(ctx, "hull.agent.v1.System", "DebugConsole", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *systemClient) ResizeDebugConsole(ctx context.Context, req *ResizeDebugConsoleRequest) (*ResizeDebugConsoleResponse, error) {
+	var resp ResizeDebugConsoleResponse
+	if err := c.client.Call(ctx, "hull.agent.v1.System", "ResizeDebugConsole", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
