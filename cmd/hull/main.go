@@ -1,6 +1,6 @@
 // Command hull is hull's administration tool: host checks, the effective
-// environment, guest image builds, a developer boot of a VM, and the debug
-// console of a running sandbox.
+// environment, guest image builds, a developer boot of a VM, the debug
+// console of a running sandbox, and calls to an agent's methods by name.
 package main
 
 import (
