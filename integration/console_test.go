@@ -111,6 +111,22 @@ func TestDebugConsole(t *testing.T) {
 		}
 	})
 
+	t.Run("exit status", func(t *testing.T) {
+		for _, tc := range []struct {
+			script string
+			want   int
+		}{
+			{"echo hull-$((6*7))\nexit 3\n", 3},
+			{"kill -KILL $$\n", 137}, // 128 + SIGKILL
+			{"false\n", 1},           // the typed exit keeps the last status
+		} {
+			out, stderr, code := hullExec(t, cfgPath, "console", strings.NewReader(tc.script))
+			if code != tc.want || stderr != "" {
+				t.Errorf("script %q: status %d, stderr %q (output %q); want %d and no message", tc.script, code, stderr, out, tc.want)
+			}
+		}
+	})
+
 	t.Run("client killed", func(t *testing.T) {
 		ctx := withTimeout(t, time.Minute)
 		cmd := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfgPath, "exec", "console")

@@ -18,6 +18,10 @@ import (
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
+// consoleWaitTimeout bounds asking for the shell's status once its
+// console has ended.
+const consoleWaitTimeout = 30 * time.Second
+
 // consoleExit is typed after piped input: ^D would not do, because the
 // shell's line editor only takes it for the end of input when it arrives at
 // its prompt, and the kernel's terminal swallows one that comes earlier.
@@ -32,7 +36,8 @@ func newExecCommand(g *globalFlags) *cobra.Command {
 			"(the shim names its sandbox <id>@<namespace>; give that when the ID is in several\n" +
 			"namespaces). It needs [agent] debug_console = true in the configuration when the\n" +
 			"sandbox started, and a guest image with a debug shell (hull image build --debug-shell).\n" +
-			"On a terminal the shell is interactive; piped input is typed into it, followed by exit.",
+			"On a terminal the shell is interactive; piped input is typed into it, followed by exit.\n" +
+			"hull exec exits with the shell's status (128 + the signal when a signal ended it).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -76,7 +81,20 @@ func newExecCommand(g *globalFlags) *cobra.Command {
 			if err := runConsole(conn, in, out, term != nil); err != nil && ctx.Err() == nil {
 				return err
 			}
-			return ctx.Err()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// The shell has exited: hull exec ends with its status.
+			wctx, cancel := context.WithTimeout(ctx, consoleWaitTimeout)
+			defer cancel()
+			status, err := sandbox.WaitConsole(wctx, dir, pid)
+			if err != nil {
+				return fmt.Errorf("the console ended, its shell's status is unknown: %w", err)
+			}
+			if status != 0 {
+				return exitError(status)
+			}
+			return nil
 		},
 	}
 }

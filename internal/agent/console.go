@@ -31,6 +31,9 @@ const (
 	// the pty's buffer and reaches the host in milliseconds; the bound only
 	// matters when a background job still holds the terminal.
 	consoleDrainGrace = 2 * time.Second
+	// consoleStatusTTL is how long WaitDebugConsole still answers for a
+	// console that has ended.
+	consoleStatusTTL = 5 * time.Minute
 )
 
 // The debug shell's environment; TERM comes from the request.
@@ -79,12 +82,21 @@ type consoleSet struct {
 	running map[*debugConsole]struct{}
 	// closed is set by endAll: no console starts after it. Guarded by mu.
 	closed bool
+	// ended keeps the exit status of consoles that ended less than
+	// consoleStatusTTL ago, by shell pid. Guarded by mu.
+	ended map[int]endedConsole
 	// supervisors counts the running supervise goroutines; Add under mu.
 	supervisors sync.WaitGroup
 }
 
+// endedConsole is the outcome of a console that has ended.
+type endedConsole struct {
+	status int32
+	at     time.Time
+}
+
 func newConsoleSet() *consoleSet {
-	return &consoleSet{running: map[*debugConsole]struct{}{}}
+	return &consoleSet{running: map[*debugConsole]struct{}{}, ended: map[int]endedConsole{}}
 }
 
 // add registers c, unless the set was closed.
@@ -99,11 +111,49 @@ func (s *consoleSet) add(c *debugConsole) bool {
 	return true
 }
 
+// remove forgets c, whose shell has exited, and keeps its status for
+// wait.
 func (s *consoleSet) remove(c *debugConsole) {
+	status, _ := exitStatus(c.state)
+	now := time.Now()
 	s.mu.Lock()
 	delete(s.running, c)
+	for pid, e := range s.ended {
+		if now.Sub(e.at) > consoleStatusTTL {
+			delete(s.ended, pid)
+		}
+	}
+	s.ended[c.pid] = endedConsole{status: status, at: now}
 	s.mu.Unlock()
 	s.supervisors.Done()
+}
+
+// wait waits until the shell of the console pid has exited, or ctx is
+// done, and returns its exit status (runc's: 128 + signal for a signal).
+func (s *consoleSet) wait(ctx context.Context, pid int) (int32, error) {
+	s.mu.Lock()
+	var c *debugConsole
+	for rc := range s.running {
+		if rc.pid == pid {
+			c = rc
+			break
+		}
+	}
+	e, ended := s.ended[pid]
+	s.mu.Unlock()
+	switch {
+	case c != nil:
+		select {
+		case <-c.exited:
+			status, _ := exitStatus(c.state)
+			return status, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	case ended && time.Since(e.at) <= consoleStatusTTL:
+		return e.status, nil
+	}
+	return 0, fmt.Errorf("no debug console with shell pid %d (ended ones are kept %s): %w", pid, consoleStatusTTL, errdefs.ErrNotFound)
 }
 
 // endAll refuses new consoles, hangs up the running ones and waits up to

@@ -182,6 +182,17 @@ func (s *systemService) DebugConsole(ctx context.Context, req *api.DebugConsoleR
 	return &api.DebugConsoleResponse{Pid: uint32(pid)}, nil
 }
 
+func (s *systemService) WaitDebugConsole(ctx context.Context, req *api.WaitDebugConsoleRequest) (*api.WaitDebugConsoleResponse, error) {
+	if req.GetPid() == 0 || req.GetPid() > math.MaxInt32 {
+		return nil, fmt.Errorf("waiting for debug console of pid %d: %w", req.GetPid(), errdefs.ErrInvalidArgument)
+	}
+	status, err := s.a.consoles.wait(ctx, int(req.GetPid()))
+	if err != nil {
+		return nil, err
+	}
+	return &api.WaitDebugConsoleResponse{ExitStatus: status}, nil
+}
+
 func (s *systemService) ResizeDebugConsole(ctx context.Context, req *api.ResizeDebugConsoleRequest) (*api.ResizeDebugConsoleResponse, error) {
 	w, h := req.GetWidth(), req.GetHeight()
 	if w == 0 || h == 0 || w > math.MaxUint16 || h > math.MaxUint16 || req.GetPid() == 0 || req.GetPid() > math.MaxInt32 {

@@ -179,8 +179,9 @@ func (c *Client) waitHealth(ctx context.Context) error {
 // exits, a container runs out of memory. They get no CallTimeout; only
 // their context ends them.
 var blockingMethods = map[string]bool{
-	"/hull.agent.v1.Containers/WaitProcess": true,
-	"/hull.agent.v1.Containers/WaitOOM":     true,
+	"/hull.agent.v1.Containers/WaitProcess":  true,
+	"/hull.agent.v1.Containers/WaitOOM":      true,
+	"/hull.agent.v1.System/WaitDebugConsole": true,
 }
 
 // intercept gives every call but the blockingMethods the client's timeout

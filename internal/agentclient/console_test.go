@@ -301,6 +301,59 @@ func TestDebugConsole(t *testing.T) {
 		}
 		cs.waitEnded(t, 5*time.Second)
 	})
+	t.Run("wait", func(t *testing.T) {
+		cs := openConsole(t, c, &api.DebugConsoleRequest{})
+		cs.waitOutput(t, `hull-debug# `)
+		// Waiting while the shell runs returns when it exits.
+		type result struct {
+			status int32
+			err    error
+		}
+		got := make(chan result, 1)
+		go func() {
+			r, err := c.System().WaitDebugConsole(ctx, &api.WaitDebugConsoleRequest{Pid: uint32(cs.pid)})
+			got <- result{r.GetExitStatus(), err}
+		}()
+		select {
+		case r := <-got:
+			t.Fatalf("WaitDebugConsole returned %+v while the shell runs", r)
+		case <-time.After(200 * time.Millisecond):
+		}
+		cs.write(t, "exit 3\n")
+		select {
+		case r := <-got:
+			if r.err != nil || r.status != 3 {
+				t.Errorf("WaitDebugConsole = %d, %v; want 3", r.status, r.err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("WaitDebugConsole did not return after the shell exited")
+		}
+		cs.waitEnded(t, 5*time.Second)
+		// Once ended, the status is still there.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			r, err := c.System().WaitDebugConsole(ctx, &api.WaitDebugConsoleRequest{Pid: uint32(cs.pid)})
+			if err == nil && r.GetExitStatus() == 3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("WaitDebugConsole after the end = %v, %v; want 3", r, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// A hung-up shell ends by SIGHUP: 128 + 1.
+		hup := openConsole(t, c, &api.DebugConsoleRequest{})
+		hup.waitOutput(t, `hull-debug# `)
+		if err := hup.s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := c.System().WaitDebugConsole(ctx, &api.WaitDebugConsoleRequest{Pid: uint32(hup.pid)}); err != nil || r.GetExitStatus() != 129 {
+			t.Errorf("WaitDebugConsole of a hung-up shell = %v, %v; want 129", r, err)
+		}
+		if _, err := c.System().WaitDebugConsole(ctx, &api.WaitDebugConsoleRequest{Pid: 1 << 30}); !errdefs.IsNotFound(err) {
+			t.Errorf("WaitDebugConsole of no console: %v, want not found", err)
+		}
+	})
 	t.Run("resize", func(t *testing.T) {
 		cs := openConsole(t, c, &api.DebugConsoleRequest{Width: 80, Height: 24})
 		cs.waitOutput(t, `hull-debug# `)

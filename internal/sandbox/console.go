@@ -43,8 +43,8 @@ const (
 )
 
 // ConsoleRequest is what a console client asks for: a new console, or with
-// ResizePID the new size of a running one (the connection then ends with
-// the reply).
+// ResizePID the new size of a running one, or with WaitPID its shell's exit
+// status (the connection then ends with the reply).
 type ConsoleRequest struct {
 	// Term is the shell's TERM; empty leaves the agent's default.
 	Term string `json:"term,omitempty"`
@@ -53,6 +53,8 @@ type ConsoleRequest struct {
 	Height uint32 `json:"height,omitempty"`
 	// ResizePID names the console to resize by its shell's guest PID.
 	ResizePID uint32 `json:"resize_pid,omitempty"`
+	// WaitPID names the console whose shell's exit status to wait for.
+	WaitPID uint32 `json:"wait_pid,omitempty"`
 }
 
 // ConsoleReply answers a ConsoleRequest: the shell's PID in the guest, or
@@ -60,6 +62,8 @@ type ConsoleRequest struct {
 type ConsoleReply struct {
 	PID   uint32 `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
+	// ExitStatus answers WaitPID: the exit code, or 128 + the signal.
+	ExitStatus *int32 `json:"exit_status,omitempty"`
 }
 
 // consoleServer serves ConsoleSocketName for one sandbox.
@@ -111,6 +115,19 @@ func (s *Sandbox) ResizeDebugConsole(ctx context.Context, pid, width, height uin
 		return fmt.Errorf("resizing the debug console: %w", s.guestError(err))
 	}
 	return nil
+}
+
+// WaitDebugConsole waits until the shell of the debug console pid has
+// exited and returns its exit status (the agent keeps it a few minutes).
+func (s *Sandbox) WaitDebugConsole(ctx context.Context, pid uint32) (int32, error) {
+	if st := s.State(); st != StateRunning {
+		return 0, fmt.Errorf("debug console: sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	}
+	r, err := s.client.System().WaitDebugConsole(ctx, &agent.WaitDebugConsoleRequest{Pid: pid})
+	if err != nil {
+		return 0, fmt.Errorf("waiting for the debug console: %w", s.guestError(err))
+	}
+	return r.GetExitStatus(), nil
 }
 
 // listenConsoles serves ConsoleSocketName until closeConsoles.
@@ -230,6 +247,16 @@ func (s *Sandbox) serveConsole(cs *consoleServer, c net.Conn) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	if req.WaitPID != 0 {
+		var reply ConsoleReply
+		if status, err := s.WaitDebugConsole(ctx, req.WaitPID); err != nil {
+			reply.Error = err.Error()
+		} else {
+			reply.ExitStatus = &status
+		}
+		_ = writeReply(c, reply)
+		return
+	}
 	if req.ResizePID != 0 {
 		rctx, cancel := context.WithTimeout(ctx, consoleStartTimeout)
 		defer cancel()
@@ -323,6 +350,25 @@ func ResizeConsole(ctx context.Context, dir string, pid, width, height uint32) e
 		return fmt.Errorf("resizing the debug console: %w", err)
 	}
 	return c.Close()
+}
+
+// WaitConsole waits until the shell of the debug console pid, in the
+// sandbox whose state directory is dir, has exited and returns its exit
+// status: the exit code, or 128 + the signal that ended it.
+func WaitConsole(ctx context.Context, dir string, pid uint32) (int, error) {
+	if pid == 0 {
+		return 0, fmt.Errorf("waiting for a debug console: no pid: %w", errdefs.ErrInvalidArgument)
+	}
+	c, reply, err := consoleCall(ctx, dir, ConsoleRequest{WaitPID: pid})
+	if err == nil && reply.ExitStatus == nil {
+		err = errors.New("the sandbox answered without a status")
+		_ = c.Close()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("waiting for the debug console: %w", err)
+	}
+	_ = c.Close()
+	return int(*reply.ExitStatus), nil
 }
 
 // consoleCall sends r on dir's console socket and returns the connection

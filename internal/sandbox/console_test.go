@@ -155,6 +155,29 @@ func TestDialConsole(t *testing.T) {
 			t.Errorf("pid 0: %v", err)
 		}
 	})
+	t.Run("wait", func(t *testing.T) {
+		dir := t.TempDir()
+		three := int32(3)
+		got := fakeConsole(t, dir, ConsoleReply{ExitStatus: &three}, "")
+		if status, err := WaitConsole(ctx, dir, 9); err != nil || status != 3 {
+			t.Fatalf("WaitConsole = %d, %v; want 3", status, err)
+		}
+		if r := <-got; r != (ConsoleRequest{WaitPID: 9}) {
+			t.Errorf("request %+v", r)
+		}
+		// A zero status is a status too; no status at all is an error.
+		dir = t.TempDir()
+		zero := int32(0)
+		fakeConsole(t, dir, ConsoleReply{ExitStatus: &zero}, "")
+		if status, err := WaitConsole(ctx, dir, 9); err != nil || status != 0 {
+			t.Errorf("WaitConsole = %d, %v; want 0", status, err)
+		}
+		dir = t.TempDir()
+		fakeConsole(t, dir, ConsoleReply{}, "")
+		if _, err := WaitConsole(ctx, dir, 9); err == nil {
+			t.Error("a reply without a status was taken for one")
+		}
+	})
 	t.Run("server never answers", func(t *testing.T) {
 		dir := t.TempDir()
 		l, err := net.Listen("unix", filepath.Join(dir, ConsoleSocketName))

@@ -81,7 +81,7 @@ func (x HealthResponse_Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthResponse_Status.Descriptor instead.
 func (HealthResponse_Status) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5, 0}
+	return file_agent_proto_rawDescGZIP(), []int{7, 0}
 }
 
 type DebugConsoleRequest struct {
@@ -298,6 +298,97 @@ func (*ResizeDebugConsoleResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
+type WaitDebugConsoleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The console's shell, as DebugConsole returned it.
+	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitDebugConsoleRequest) Reset() {
+	*x = WaitDebugConsoleRequest{}
+	mi := &file_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitDebugConsoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitDebugConsoleRequest) ProtoMessage() {}
+
+func (x *WaitDebugConsoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitDebugConsoleRequest.ProtoReflect.Descriptor instead.
+func (*WaitDebugConsoleRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WaitDebugConsoleRequest) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+type WaitDebugConsoleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As runc reports it: the exit code, or 128 + the signal number when a
+	// signal ended the shell.
+	ExitStatus    int32 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitDebugConsoleResponse) Reset() {
+	*x = WaitDebugConsoleResponse{}
+	mi := &file_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitDebugConsoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitDebugConsoleResponse) ProtoMessage() {}
+
+func (x *WaitDebugConsoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitDebugConsoleResponse.ProtoReflect.Descriptor instead.
+func (*WaitDebugConsoleResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WaitDebugConsoleResponse) GetExitStatus() int32 {
+	if x != nil {
+		return x.ExitStatus
+	}
+	return 0
+}
+
 type HealthRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -306,7 +397,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -318,7 +409,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -331,7 +422,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 type HealthResponse struct {
@@ -346,7 +437,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +449,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +462,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HealthResponse) GetStatus() HealthResponse_Status {
@@ -403,7 +494,7 @@ type GuestDetailsRequest struct {
 
 func (x *GuestDetailsRequest) Reset() {
 	*x = GuestDetailsRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +506,7 @@ func (x *GuestDetailsRequest) String() string {
 func (*GuestDetailsRequest) ProtoMessage() {}
 
 func (x *GuestDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +519,7 @@ func (x *GuestDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GuestDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type GuestDetailsResponse struct {
@@ -465,7 +556,7 @@ type GuestDetailsResponse struct {
 
 func (x *GuestDetailsResponse) Reset() {
 	*x = GuestDetailsResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +568,7 @@ func (x *GuestDetailsResponse) String() string {
 func (*GuestDetailsResponse) ProtoMessage() {}
 
 func (x *GuestDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +581,7 @@ func (x *GuestDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GuestDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GuestDetailsResponse) GetKernelRelease() string {
@@ -600,7 +691,7 @@ type SetTimeRequest struct {
 
 func (x *SetTimeRequest) Reset() {
 	*x = SetTimeRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +703,7 @@ func (x *SetTimeRequest) String() string {
 func (*SetTimeRequest) ProtoMessage() {}
 
 func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +716,7 @@ func (x *SetTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetTimeRequest) GetTime() *timestamppb.Timestamp {
@@ -645,7 +736,7 @@ type SetTimeResponse struct {
 
 func (x *SetTimeResponse) Reset() {
 	*x = SetTimeResponse{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -657,7 +748,7 @@ func (x *SetTimeResponse) String() string {
 func (*SetTimeResponse) ProtoMessage() {}
 
 func (x *SetTimeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -670,7 +761,7 @@ func (x *SetTimeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeResponse.ProtoReflect.Descriptor instead.
 func (*SetTimeResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetTimeResponse) GetPrevious() *timestamppb.Timestamp {
@@ -691,7 +782,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +794,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +807,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShutdownRequest) GetGrace() *durationpb.Duration {
@@ -734,7 +825,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +837,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +850,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 type OnlineResourcesRequest struct {
@@ -776,7 +867,7 @@ type OnlineResourcesRequest struct {
 
 func (x *OnlineResourcesRequest) Reset() {
 	*x = OnlineResourcesRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +879,7 @@ func (x *OnlineResourcesRequest) String() string {
 func (*OnlineResourcesRequest) ProtoMessage() {}
 
 func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +892,7 @@ func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OnlineResourcesRequest) GetVcpus() uint32 {
@@ -831,7 +922,7 @@ type OnlineResourcesResponse struct {
 
 func (x *OnlineResourcesResponse) Reset() {
 	*x = OnlineResourcesResponse{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +934,7 @@ func (x *OnlineResourcesResponse) String() string {
 func (*OnlineResourcesResponse) ProtoMessage() {}
 
 func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +947,7 @@ func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesResponse.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OnlineResourcesResponse) GetOnlineVcpus() uint32 {
@@ -889,7 +980,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
 	"\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n" +
 	"\x06height\x18\x03 \x01(\rR\x06height\"\x1c\n" +
-	"\x1aResizeDebugConsoleResponse\"\x0f\n" +
+	"\x1aResizeDebugConsoleResponse\"+\n" +
+	"\x17WaitDebugConsoleRequest\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\";\n" +
+	"\x18WaitDebugConsoleResponse\x12\x1f\n" +
+	"\vexit_status\x18\x01 \x01(\x05R\n" +
+	"exitStatus\"\x0f\n" +
 	"\rHealthRequest\"\xf1\x01\n" +
 	"\x0eHealthResponse\x12<\n" +
 	"\x06status\x18\x01 \x01(\x0e2$.hull.agent.v1.HealthResponse.StatusR\x06status\x12#\n" +
@@ -931,7 +1027,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x17OnlineResourcesResponse\x12!\n" +
 	"\fonline_vcpus\x18\x01 \x01(\rR\vonlineVcpus\x12\x1d\n" +
 	"\n" +
-	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xe5\x04\n" +
+	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xca\x05\n" +
 	"\x06System\x12E\n" +
 	"\x06Health\x12\x1c.hull.agent.v1.HealthRequest\x1a\x1d.hull.agent.v1.HealthResponse\x12W\n" +
 	"\fGuestDetails\x12\".hull.agent.v1.GuestDetailsRequest\x1a#.hull.agent.v1.GuestDetailsResponse\x12H\n" +
@@ -939,7 +1035,8 @@ const file_agent_proto_rawDesc = "" +
 	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponse\x12`\n" +
 	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponse\x12W\n" +
 	"\fDebugConsole\x12\".hull.agent.v1.DebugConsoleRequest\x1a#.hull.agent.v1.DebugConsoleResponse\x12i\n" +
-	"\x12ResizeDebugConsole\x12(.hull.agent.v1.ResizeDebugConsoleRequest\x1a).hull.agent.v1.ResizeDebugConsoleResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
+	"\x12ResizeDebugConsole\x12(.hull.agent.v1.ResizeDebugConsoleRequest\x1a).hull.agent.v1.ResizeDebugConsoleResponse\x12c\n" +
+	"\x10WaitDebugConsole\x12&.hull.agent.v1.WaitDebugConsoleRequest\x1a'.hull.agent.v1.WaitDebugConsoleResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -954,51 +1051,55 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_agent_proto_goTypes = []any{
 	(HealthResponse_Status)(0),         // 0: hull.agent.v1.HealthResponse.Status
 	(*DebugConsoleRequest)(nil),        // 1: hull.agent.v1.DebugConsoleRequest
 	(*DebugConsoleResponse)(nil),       // 2: hull.agent.v1.DebugConsoleResponse
 	(*ResizeDebugConsoleRequest)(nil),  // 3: hull.agent.v1.ResizeDebugConsoleRequest
 	(*ResizeDebugConsoleResponse)(nil), // 4: hull.agent.v1.ResizeDebugConsoleResponse
-	(*HealthRequest)(nil),              // 5: hull.agent.v1.HealthRequest
-	(*HealthResponse)(nil),             // 6: hull.agent.v1.HealthResponse
-	(*GuestDetailsRequest)(nil),        // 7: hull.agent.v1.GuestDetailsRequest
-	(*GuestDetailsResponse)(nil),       // 8: hull.agent.v1.GuestDetailsResponse
-	(*SetTimeRequest)(nil),             // 9: hull.agent.v1.SetTimeRequest
-	(*SetTimeResponse)(nil),            // 10: hull.agent.v1.SetTimeResponse
-	(*ShutdownRequest)(nil),            // 11: hull.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),           // 12: hull.agent.v1.ShutdownResponse
-	(*OnlineResourcesRequest)(nil),     // 13: hull.agent.v1.OnlineResourcesRequest
-	(*OnlineResourcesResponse)(nil),    // 14: hull.agent.v1.OnlineResourcesResponse
-	(*durationpb.Duration)(nil),        // 15: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 16: google.protobuf.Timestamp
+	(*WaitDebugConsoleRequest)(nil),    // 5: hull.agent.v1.WaitDebugConsoleRequest
+	(*WaitDebugConsoleResponse)(nil),   // 6: hull.agent.v1.WaitDebugConsoleResponse
+	(*HealthRequest)(nil),              // 7: hull.agent.v1.HealthRequest
+	(*HealthResponse)(nil),             // 8: hull.agent.v1.HealthResponse
+	(*GuestDetailsRequest)(nil),        // 9: hull.agent.v1.GuestDetailsRequest
+	(*GuestDetailsResponse)(nil),       // 10: hull.agent.v1.GuestDetailsResponse
+	(*SetTimeRequest)(nil),             // 11: hull.agent.v1.SetTimeRequest
+	(*SetTimeResponse)(nil),            // 12: hull.agent.v1.SetTimeResponse
+	(*ShutdownRequest)(nil),            // 13: hull.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),           // 14: hull.agent.v1.ShutdownResponse
+	(*OnlineResourcesRequest)(nil),     // 15: hull.agent.v1.OnlineResourcesRequest
+	(*OnlineResourcesResponse)(nil),    // 16: hull.agent.v1.OnlineResourcesResponse
+	(*durationpb.Duration)(nil),        // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
-	15, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	15, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	15, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
-	15, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
-	16, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	16, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	15, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	5,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
-	7,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
-	9,  // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
-	11, // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	13, // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	17, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	17, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
+	17, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
+	17, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
+	18, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	18, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	17, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	7,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
+	9,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
+	11, // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
+	13, // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
+	15, // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
 	1,  // 13: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
 	3,  // 14: hull.agent.v1.System.ResizeDebugConsole:input_type -> hull.agent.v1.ResizeDebugConsoleRequest
-	6,  // 15: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	8,  // 16: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	10, // 17: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	12, // 18: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	14, // 19: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
-	2,  // 20: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
-	4,  // 21: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
+	5,  // 15: hull.agent.v1.System.WaitDebugConsole:input_type -> hull.agent.v1.WaitDebugConsoleRequest
+	8,  // 16: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	10, // 17: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	12, // 18: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	14, // 19: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	16, // 20: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	2,  // 21: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
+	4,  // 22: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
+	6,  // 23: hull.agent.v1.System.WaitDebugConsole:output_type -> hull.agent.v1.WaitDebugConsoleResponse
+	16, // [16:24] is the sub-list for method output_type
+	8,  // [8:16] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -1015,7 +1116,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

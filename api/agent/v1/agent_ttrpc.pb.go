@@ -15,6 +15,7 @@ type SystemService interface {
 	OnlineResources(context.Context, *OnlineResourcesRequest) (*OnlineResourcesResponse, error)
 	DebugConsole(context.Context, *DebugConsoleRequest) (*DebugConsoleResponse, error)
 	ResizeDebugConsole(context.Context, *ResizeDebugConsoleRequest) (*ResizeDebugConsoleResponse, error)
+	WaitDebugConsole(context.Context, *WaitDebugConsoleRequest) (*WaitDebugConsoleResponse, error)
 }
 
 func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
@@ -68,6 +69,13 @@ func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
 					return nil, err
 				}
 				return svc.ResizeDebugConsole(ctx, &req)
+			},
+			"WaitDebugConsole": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req WaitDebugConsoleRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitDebugConsole(ctx, &req)
 			},
 		},
 	})
@@ -134,6 +142,14 @@ func (c *systemClient) DebugConsole(ctx context.Context, req *DebugConsoleReques
 func (c *systemClient) ResizeDebugConsole(ctx context.Context, req *ResizeDebugConsoleRequest) (*ResizeDebugConsoleResponse, error) {
 	var resp ResizeDebugConsoleResponse
 	if err := c.client.Call(ctx, "hull.agent.v1.System", "ResizeDebugConsole", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *systemClient) WaitDebugConsole(ctx context.Context, req *WaitDebugConsoleRequest) (*WaitDebugConsoleResponse, error) {
+	var resp WaitDebugConsoleResponse
+	if err := c.client.Call(ctx, "hull.agent.v1.System", "WaitDebugConsole", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
