@@ -119,7 +119,7 @@ func newAgentCallCommand(g *globalFlags) *cobra.Command {
 					return err
 				}
 				return t.with(ctx, g, func(c *agentclient.Client) error {
-					if err := agentctl.NewCaller(c, t.timeout).Run(ctx, steps, out); err != nil {
+					if err := agentctl.NewCaller(c, 0).Run(ctx, steps, out); err != nil {
 						return fmt.Errorf("%s: %w", name, err)
 					}
 					return nil
@@ -138,7 +138,7 @@ func newAgentCallCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			return t.with(ctx, g, func(c *agentclient.Client) error {
-				resp, err := agentctl.NewCaller(c, t.timeout).Call(ctx, m, req)
+				resp, err := agentctl.NewCaller(c, 0).Call(ctx, m, req)
 				if err != nil {
 					return err
 				}
@@ -153,7 +153,7 @@ func newAgentCallCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&t.addr, "addr", "", "agent address: unix:PATH or vsock:CID:PORT")
 	cmd.Flags().BoolVar(&t.boot, "boot", false, "boot a throwaway VM with the configured assets and call its agent")
-	cmd.Flags().DurationVar(&t.timeout, "timeout", agentclient.DefaultCallTimeout, "bound of each call; of connecting too with --addr; given with --boot, it replaces agent.call_timeout")
+	cmd.Flags().DurationVar(&t.timeout, "timeout", agentclient.DefaultCallTimeout, "bound of each call but those that wait by design (WaitProcess, WaitOOM, WaitDebugConsole: ^C ends them); of connecting too with --addr; given with --boot, it replaces agent.call_timeout")
 	cmd.Flags().StringVarP(&script, "file", "f", "", "run the calls of a script `FILE`, one per line (- for standard input)")
 	return cmd
 }

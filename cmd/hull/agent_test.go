@@ -102,11 +102,34 @@ func TestAgentCall(t *testing.T) {
 			// A missing configuration keeps a broken check from booting.
 			{"agent", "call", "--config", "/nonexistent/hull.toml", "--addr", addr, "--boot", "System.Health"},
 		} {
-			if _, err := runHull(t, "", args...); !errdefs.IsInvalidArgument(err) {
-				t.Errorf("%v: error = %v, want invalid argument", args, err)
+			if _, err := runHull(t, "", args...); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "exactly one of --addr and --boot") {
+				t.Errorf("%v: error = %v, want invalid argument asking for one target", args, err)
 			}
 		}
 	})
+}
+
+// TestAgentCallBlocking checks that --timeout bounds ordinary calls but not
+// the ones that wait by design: the command's context alone ends those.
+func TestAgentCallBlocking(t *testing.T) {
+	addr := serveAgent(t)
+	cmd := newRootCommand()
+	var out bytes.Buffer
+	cmd.SetArgs([]string{"agent", "call", "--addr", addr, "--timeout", "500ms", "Containers.WaitOOM"})
+	cmd.SetIn(strings.NewReader(""))
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := cmd.ExecuteContext(ctx)
+	if took := time.Since(start); took < 1500*time.Millisecond || err == nil {
+		t.Fatalf("WaitOOM ended after %v with %v: the call timeout cut a call that waits by design", took, err)
+	}
+	// An ordinary call to a missing socket still fails at once.
+	if _, err := runHull(t, "", "agent", "call", "--addr", "unix:/nonexistent/agent.sock", "--timeout", "500ms", "System.Health"); err == nil {
+		t.Error("a call to a missing agent succeeded")
+	}
 }
 
 func TestAgentList(t *testing.T) {

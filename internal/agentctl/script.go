@@ -8,6 +8,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -32,8 +33,13 @@ func ParseScript(r io.Reader) ([]Step, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, maxScriptLine)
 	var steps []Step
-	for n := 1; sc.Scan(); n++ {
+	n := 0
+	for sc.Scan() {
+		n++
 		line := strings.TrimSpace(sc.Text())
+		if n == 1 {
+			line = strings.TrimPrefix(line, "\ufeff") // a byte order mark
+		}
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -52,7 +58,10 @@ func ParseScript(r io.Reader) ([]Step, error) {
 		steps = append(steps, Step{Line: n, Method: m, Request: req})
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading script: %w", err)
+		return nil, fmt.Errorf("reading script: line %d: %w", n+1, err)
+	}
+	if len(steps) == 0 {
+		return nil, fmt.Errorf("the script has no calls: %w", errdefs.ErrInvalidArgument)
 	}
 	return steps, nil
 }

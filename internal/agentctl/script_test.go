@@ -24,7 +24,16 @@ func TestParseScript(t *testing.T) {
 				"Containers.RemoveContainer\t{\"container_id\": \"c1\", \"force\": true}\nContainers.ListProcesses{\"container_id\":\"c1\"}\n",
 			want: []string{"3 System.Health", "4 System.GuestDetails", "5 Containers.RemoveContainer", "6 Containers.ListProcesses"},
 		},
-		{name: "only comments", script: "# nothing\n", want: []string{}},
+		{name: "only comments", script: "# nothing\n\n", errs: []string{"no calls"}},
+		{name: "byte order mark and CRLF", script: "\ufeffSystem.Health\r\n# x\r\nSystem.GuestDetails {}\r\n", want: []string{"1 System.Health", "3 System.GuestDetails"}},
+		{
+			// A CreateContainer line with a base64 OCI spec passes 64 KiB,
+			// bufio.Scanner's default limit.
+			name:   "long line",
+			script: "System.Health\nContainers.CreateContainer {\"container_id\": \"c1\", \"spec\": \"" + strings.Repeat("QUFB", 50000) + "\"}\n",
+			want:   []string{"1 System.Health", "2 Containers.CreateContainer"},
+		},
+		{name: "line over the limit", script: "System.Health\n" + strings.Repeat("x", maxScriptLine+1) + "\n", errs: []string{"line 2: ", "too long"}},
 		{name: "bad method on line 2", script: "System.Health\nSystem.Helth {}\n", errs: []string{"line 2: ", "did you mean System.Health"}},
 		{name: "bad request on line 3", script: "System.Health\n\nContainers.RemoveContainer {\"id\": \"c1\"}\n", errs: []string{"line 3: ", `unknown field "id"`}},
 	} {
