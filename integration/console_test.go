@@ -252,6 +252,78 @@ func TestDebugConsole(t *testing.T) {
 	}
 }
 
+// TestDebugConsoleHullRun opens the console of a sandbox that hull run
+// started: hull exec sees the container's process in the VM.
+func TestDebugConsoleHullRun(t *testing.T) {
+	c := containerConfig(t)
+	c.Image.AssetsDir = debugImage(t)
+	c.Agent.DebugConsole = true
+	cfgPath := writeHullConfig(t, c)
+	bundle, _ := busyboxBundle(t, "sleep", "600")
+	ctx := withTimeout(t, 3*time.Minute)
+	run := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfgPath, "run", "--bundle", bundle, "--id", "run-console")
+	var runErr e2e.SyncBuffer
+	run.Stderr = &runErr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = run.Wait(); close(done) }()
+	defer func() {
+		select {
+		case <-done:
+		default: // a failed test: stop it the way a user would
+			_ = run.Process.Signal(syscall.SIGINT)
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = run.Process.Kill()
+				<-done
+			}
+		}
+	}()
+	// The console socket appears once the sandbox runs.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		dir, _, err := sandbox.Find(c.Runtime.StateDir, "run-console")
+		if err == nil {
+			if _, err := os.Stat(filepath.Join(dir, sandbox.ConsoleSocketName)); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no console socket for hull run's sandbox; hull run: %s", runErr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The console serves from the sandbox's start; the container follows.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		out, stderr, code := hullExec(t, cfgPath, "run-console", strings.NewReader("ps\necho hull-$((6*7))\n"))
+		if code != 0 || !strings.Contains(out, "hull-42") {
+			t.Fatalf("hull exec: status %d, stderr %q, output %q; want hull-42", code, stderr, out)
+		}
+		if strings.Contains(out, "sleep 600") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the container's sleep 600 never showed in the VM: %q", out)
+		}
+	}
+	// From the VM, root can end the container: hull run then ends with
+	// its status and tears everything down.
+	if _, stderr, code := hullExec(t, cfgPath, "run-console", strings.NewReader("kill -KILL $(pidof sleep)\n")); code != 0 {
+		t.Fatalf("hull exec kill: status %d, stderr %q", code, stderr)
+	}
+	select {
+	case <-done:
+		if code := run.ProcessState.ExitCode(); code != 137 {
+			t.Errorf("hull run ended with %d, want 137 (SIGKILL); stderr %s", code, runErr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("hull run did not end after its container was killed; stderr %s", runErr.String())
+	}
+}
+
 // TestDebugConsoleRefused checks the two ways a console is refused: the
 // configuration does not enable it, or the guest image has no shell.
 func TestDebugConsoleRefused(t *testing.T) {
