@@ -187,6 +187,18 @@ func (s *consoleSet) endAll(ctx context.Context, wait time.Duration) {
 	}
 }
 
+// dropStreamWait bounds the wait for a refused call's channel: the host
+// opens it before the call, so it is normally there already.
+const dropStreamWait = time.Second
+
+// dropStream closes the stdio channel id of a refused call, once it has
+// arrived, if it has not been claimed.
+func (a *Agent) dropStream(ctx context.Context, id uint64) {
+	if conn, err := a.streams.claim(ctx, id, dropStreamWait); err == nil {
+		_ = conn.Close()
+	}
+}
+
 // resize sets the terminal size of the console whose shell is pid.
 func (s *consoleSet) resize(pid int, rows, cols uint16) error {
 	s.mu.Lock()
@@ -240,6 +252,15 @@ func (c *debugConsole) resize(rows, cols uint16) error {
 // returns its pid. On error nothing is left: no process, no open file, and
 // the channel, once claimed, closed.
 func (a *Agent) startConsole(ctx context.Context, req *api.DebugConsoleRequest) (_ int, retErr error) {
+	if id := req.GetStreamId(); id != 0 {
+		// A refused console closes the channel the host opened for it
+		// at once, rather than leaving it parked until its TTL.
+		defer func() {
+			if retErr != nil {
+				a.dropStream(ctx, id)
+			}
+		}()
+	}
 	shell := a.debugShell
 	if shell == "" {
 		return 0, fmt.Errorf("disabled: set debug_console = true in the [agent] section of the hull configuration, "+

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -253,6 +254,12 @@ func TestDebugConsoleRefused(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("DebugConsole error %q does not say %q", err, w)
 				}
+			}
+			// The channel opened for the refused console is closed at
+			// once, not left parked in the agent until its TTL.
+			_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := s.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+				t.Errorf("read of the refused console's channel: %v, want EOF", err)
 			}
 		})
 	}
