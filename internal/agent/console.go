@@ -128,17 +128,22 @@ func (s *consoleSet) remove(c *debugConsole) {
 	s.supervisors.Done()
 }
 
+// findLocked returns the running console whose shell is pid, or nil.
+// The caller holds mu.
+func (s *consoleSet) findLocked(pid int) *debugConsole {
+	for c := range s.running {
+		if c.pid == pid {
+			return c
+		}
+	}
+	return nil
+}
+
 // wait waits until the shell of the console pid has exited, or ctx is
 // done, and returns its exit status (runc's: 128 + signal for a signal).
 func (s *consoleSet) wait(ctx context.Context, pid int) (int32, error) {
 	s.mu.Lock()
-	var c *debugConsole
-	for rc := range s.running {
-		if rc.pid == pid {
-			c = rc
-			break
-		}
-	}
+	c := s.findLocked(pid)
 	e, ended := s.ended[pid]
 	s.mu.Unlock()
 	switch {
@@ -202,13 +207,7 @@ func (a *Agent) dropStream(ctx context.Context, id uint64) {
 // resize sets the terminal size of the console whose shell is pid.
 func (s *consoleSet) resize(pid int, rows, cols uint16) error {
 	s.mu.Lock()
-	var c *debugConsole
-	for rc := range s.running {
-		if rc.pid == pid {
-			c = rc
-			break
-		}
-	}
+	c := s.findLocked(pid)
 	s.mu.Unlock()
 	if c == nil {
 		return fmt.Errorf("no debug console with shell pid %d: %w", pid, errdefs.ErrNotFound)

@@ -86,8 +86,8 @@ type consoleServer struct {
 // returns the stream that carries the terminal and the shell's guest PID.
 // The agent serves it only when the sandbox's Config enabled it.
 func (s *Sandbox) DebugConsole(ctx context.Context, r ConsoleRequest) (agentclient.Stream, uint32, error) {
-	if st := s.State(); st != StateRunning {
-		return nil, 0, fmt.Errorf("debug console: sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	if err := s.consoleReady(); err != nil {
+		return nil, 0, err
 	}
 	id := s.client.NewStreamID()
 	stream, err := s.client.OpenStream(ctx, id)
@@ -104,11 +104,19 @@ func (s *Sandbox) DebugConsole(ctx context.Context, r ConsoleRequest) (agentclie
 	return stream, resp.GetPid(), nil
 }
 
+// consoleReady refuses the console calls of a sandbox that is not running.
+func (s *Sandbox) consoleReady() error {
+	if st := s.State(); st != StateRunning {
+		return fmt.Errorf("debug console: sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
 // ResizeDebugConsole sets the terminal size of the debug console whose
 // shell has guest PID pid.
 func (s *Sandbox) ResizeDebugConsole(ctx context.Context, pid, width, height uint32) error {
-	if st := s.State(); st != StateRunning {
-		return fmt.Errorf("debug console: sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	if err := s.consoleReady(); err != nil {
+		return err
 	}
 	_, err := s.client.System().ResizeDebugConsole(ctx, &agent.ResizeDebugConsoleRequest{Pid: pid, Width: width, Height: height})
 	if err != nil {
@@ -120,8 +128,8 @@ func (s *Sandbox) ResizeDebugConsole(ctx context.Context, pid, width, height uin
 // WaitDebugConsole waits until the shell of the debug console pid has
 // exited and returns its exit status (the agent keeps it a few minutes).
 func (s *Sandbox) WaitDebugConsole(ctx context.Context, pid uint32) (int32, error) {
-	if st := s.State(); st != StateRunning {
-		return 0, fmt.Errorf("debug console: sandbox %s is %s: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	if err := s.consoleReady(); err != nil {
+		return 0, err
 	}
 	r, err := s.client.System().WaitDebugConsole(ctx, &agent.WaitDebugConsoleRequest{Pid: pid})
 	if err != nil {
