@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,30 +23,8 @@ import (
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
-// debugImageOnce builds the debug image once per test run.
-var debugImageOnce struct {
-	sync.Once
-	dir string
-	err error
-}
-
-// debugImage returns a guest image like the test image but with
-// busybox-static as its debug shell, built on first use.
-func debugImage(t *testing.T) string {
-	t.Helper()
-	debugImageOnce.Do(func() {
-		out := filepath.Join(env.workDir, "assets-debug-shell")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if debugImageOnce.err = e2e.BuildDebugImage(ctx, env.binDir, out); debugImageOnce.err == nil {
-			debugImageOnce.dir = out
-		}
-	})
-	if debugImageOnce.err != nil {
-		t.Fatal(debugImageOnce.err)
-	}
-	return debugImageOnce.dir
-}
+// debugImage returns the suite's guest image with a debug shell.
+func debugImage(t *testing.T) string { return e2e.DebugImage(t, env.binDir, env.workDir) }
 
 // hullExec runs `hull exec id` with stdin and returns its output, error
 // output and exit status.

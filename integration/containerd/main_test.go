@@ -1,13 +1,10 @@
 package containerd
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/ociimage"
@@ -25,29 +22,8 @@ var env struct {
 	binDir string
 }
 
-// debugAssets is a guest image with a debug shell, built on first use.
-var debugAssets struct {
-	sync.Once
-	dir string
-	err error
-}
-
-// debugImage returns the image with a debug shell (e2e.BuildDebugImage).
-func debugImage(t *testing.T) string {
-	t.Helper()
-	debugAssets.Do(func() {
-		out := filepath.Join(env.workDir, "assets-debug-shell")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if debugAssets.err = e2e.BuildDebugImage(ctx, env.binDir, out); debugAssets.err == nil {
-			debugAssets.dir = out
-		}
-	})
-	if debugAssets.err != nil {
-		t.Fatal(debugAssets.err)
-	}
-	return debugAssets.dir
-}
+// debugImage returns the suite's guest image with a debug shell.
+func debugImage(t *testing.T) string { return e2e.DebugImage(t, env.binDir, env.workDir) }
 
 func TestMain(m *testing.M) {
 	if err := setup(); err != nil {

@@ -97,10 +97,33 @@ func BuildShim(dir string) error {
 // DebugShell is the debug shell the suites put into their debug images.
 const DebugShell = "/bin/busybox"
 
-// BuildDebugImage builds into out, with the hull and hull-agent binaries of
-// binDir and the default kernel package (cached by `make image`), a guest
-// image with DebugShell as its debug shell, for `hull exec`.
-func BuildDebugImage(ctx context.Context, binDir, out string) error {
+// debugImage is the image DebugImage built, once per test binary.
+var debugImage struct {
+	sync.Once
+	dir string
+	err error
+}
+
+// DebugImage returns a guest image with DebugShell as its debug shell, for
+// `hull exec`, built on first use into workDir with the hull and hull-agent
+// binaries of binDir and the default kernel package (cached by `make image`).
+func DebugImage(t testing.TB, binDir, workDir string) string {
+	t.Helper()
+	debugImage.Do(func() {
+		out := filepath.Join(workDir, "assets-debug-shell")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if debugImage.err = buildDebugImage(ctx, binDir, out); debugImage.err == nil {
+			debugImage.dir = out
+		}
+	})
+	if debugImage.err != nil {
+		t.Fatal(debugImage.err)
+	}
+	return debugImage.dir
+}
+
+func buildDebugImage(ctx context.Context, binDir, out string) error {
 	if _, err := os.Stat(DebugShell); err != nil {
 		return fmt.Errorf("the debug console tests need busybox-static (%s): %w", DebugShell, err)
 	}
