@@ -1,6 +1,7 @@
 // Package child starts the runtime's helper processes (QEMU, virtiofsd) so
-// that they never outlive the runtime, and keeps the tail of their output
-// for error messages.
+// that they never outlive the runtime, keeps the tail of their output for
+// error messages, and bounds the logs they (or the guest) write on disk
+// (LogFile).
 package child
 
 import (
