@@ -12,9 +12,10 @@ import (
 
 // Files in the state directory.
 const (
-	qmpSocketName  = "qmp.sock"
-	consoleLogName = "console.log"
-	pidFileName    = "qemu.pid"
+	qmpSocketName     = "qmp.sock"
+	consoleSocketName = "console.sock"
+	consoleLogName    = "console.log"
+	pidFileName       = "qemu.pid"
 )
 
 // firstExtraFD is the descriptor number of the first exec.Cmd.ExtraFiles
@@ -165,7 +166,12 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 
 	a.chardevSocket("qmp", filepath.Join(cfg.StateDir, qmpSocketName), true)
 	a.addOpt("mon", opt("", p("chardev", "qmp"), p("mode", "control")))
-	a.addOpt("chardev", opt("file", p("id", "console"), p("path", filepath.Join(cfg.StateDir, consoleLogName))))
+	// The serial console goes to a socket that the driver reads into a
+	// bounded log (see console.go). wait=on: QEMU waits for the driver
+	// before it goes on, so no output is lost and, while the driver does
+	// not read, the guest's serial port stalls instead of a buffer growing.
+	a.addOpt("chardev", opt("socket", p("id", "console"), p("path", filepath.Join(cfg.StateDir, consoleSocketName)),
+		pBool("server", true), pBool("wait", true)))
 	a.add("serial", "chardev:console")
 
 	switch ag := cfg.Agent; ag.Transport {

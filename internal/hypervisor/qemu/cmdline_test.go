@@ -282,33 +282,39 @@ func TestNoHotplug(t *testing.T) {
 	}
 }
 
+// TestConsoleTail reads the console log of a VM that is not running, as
+// after its exit: the rotated part and the current file.
 func TestConsoleTail(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "console.log")
-	var long strings.Builder
-	for i := 0; i < 100; i++ {
-		long.WriteString("line ")
-		long.WriteString(strings.Repeat("x", i))
-		long.WriteString("\r\n")
-	}
 	tests := []struct {
 		name    string
+		rotated string
 		content string
 		n       int
-		max     int64
 		want    []string
 	}{
-		{"crlf", "a\r\nb\r\nc\r\n", 2, 1024, []string{"b", "c"}},
-		{"no final newline", "a\nb", 5, 1024, []string{"a", "b"}},
-		{"empty", "", 3, 1024, nil},
-		{"cut first line", long.String(), 1000, 120, []string{"line " + strings.Repeat("x", 99)}},
+		{"crlf", "", "a\r\nb\r\nc\r\n", 2, []string{"b", "c"}},
+		{"no final newline", "", "a\nb", 5, []string{"a", "b"}},
+		{"empty", "", "", 3, nil},
+		{"across the rotation", "cut\r\nline one\r\nline t", "wo\r\nline three\r\n", 5, []string{"line one", "line two", "line three"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.StateDir = t.TempDir()
+			v, err := New(cfg, Options{Accel: AccelTCG, TSCKHz: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(cfg.StateDir, consoleLogName)
 			if err := os.WriteFile(p, []byte(tc.content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			got := tailLines(p, tc.n, tc.max)
+			if tc.rotated != "" {
+				if err := os.WriteFile(p+".1", []byte(tc.rotated), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := v.ConsoleTail(tc.n)
 			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}

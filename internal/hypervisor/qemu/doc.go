@@ -8,8 +8,18 @@
 // cmdline.go builds the argv with typed option builders (golden files in
 // testdata/), qmp.go is a small QMP client, process.go starts, watches and
 // stops the process, cgroup.go places it in its cgroup, hotplug.go grows a
-// running VM by CPU and memory hotplug, console.go reads the serial console
-// log and host.go reads host facts (TSC frequency, QEMU version).
+// running VM by CPU and memory hotplug, console.go copies the serial
+// console into its bounded log and reads its tail, and host.go reads host
+// facts (TSC frequency, QEMU version).
+//
+// The guest's serial console is untrusted output of any volume. QEMU writes
+// it to a unix socket (console.sock, server=on,wait=on: QEMU waits for the
+// driver before it opens its monitor, so nothing is lost); one goroutine
+// copies it through a fixed buffer into console.log, which child.LogFile
+// rotates to console.log.1 at Options.ConsoleLogMax bytes. When the copy
+// falls behind, QEMU's serial port stops taking bytes and the guest's
+// console stalls: neither host memory nor the state directory grows with
+// what the guest writes.
 //
 // Resize works on q35 only. When the config sets limits above the boot size
 // the VM starts with room to grow (-smp N,maxcpus=M and -m N,slots=S,maxmem=M,
@@ -35,7 +45,8 @@
 // in one host thread (thread=single), because multi-vCPU guests hung now
 // and then with a thread per vCPU.
 //
-// State directory files: qmp.sock, qemu.pid, the agent socket for the
-// serial transport when the config gives none (agent.sock), and
-// console.log. Stop removes all but console.log.
+// State directory files: qmp.sock, console.sock, qemu.pid, the agent
+// socket for the serial transport when the config gives none (agent.sock),
+// and console.log (with console.log.1 once it rotated). Stop removes all
+// but the console log.
 package qemu

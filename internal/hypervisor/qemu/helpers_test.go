@@ -57,7 +57,8 @@ func requireQEMU(t *testing.T) string {
 // testInitrd builds (once per test binary) an initramfs whose init prints
 // testMarker, then powers off when the kernel command line has
 // hulltest=poweroff (the kernel passes it to init as an environment
-// variable), else sleeps.
+// variable), writes numbered lines to the console without end with
+// hulltest=flood, else sleeps.
 func testInitrd(t *testing.T) string {
 	t.Helper()
 	initrdOnce.Do(func() { initrdPath, initrdErr = buildInitrd() })
@@ -88,6 +89,7 @@ func buildInitrd() (string, error) {
 	script := "#!/bin/busybox sh\n" +
 		"echo '" + testMarker + "'\n" +
 		"if [ \"$hulltest\" = poweroff ]; then /bin/busybox poweroff -f; fi\n" +
+		"i=0; while [ \"$hulltest\" = flood ]; do echo \"flood line $i\"; i=$((i+1)); done\n" +
 		"exec /bin/busybox sleep 3600\n"
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte(script), 0o755); err != nil {
 		return "", err

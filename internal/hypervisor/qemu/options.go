@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/kvm"
 )
@@ -57,6 +58,10 @@ type Options struct {
 	// StopTimeout bounds the orderly stop (QMP quit) before SIGKILL; 5s
 	// when zero.
 	StopTimeout time.Duration
+	// ConsoleLogMax bounds the console log: console.log holds at most this
+	// many bytes before it is rotated to console.log.1 (child.LogFile);
+	// child.DefaultLogMax when zero.
+	ConsoleLogMax int64
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }
@@ -120,6 +125,12 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	}
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = defaultStopTimeout
+	}
+	if o.ConsoleLogMax < 0 {
+		return inval("console log bound %d: want a positive size, or 0 for the default", o.ConsoleLogMax)
+	}
+	if o.ConsoleLogMax == 0 {
+		o.ConsoleLogMax = child.DefaultLogMax
 	}
 
 	switch a := &cfg.Agent; a.Transport {

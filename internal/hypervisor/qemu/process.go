@@ -84,6 +84,15 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		}
 	})
 
+	lg, err := child.OpenLog(v.consolePath(), v.opts.ConsoleLogMax)
+	if err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	undo.push(func() { _ = lg.Close() })
+	v.mu.Lock()
+	v.consoleLog = lg
+	v.mu.Unlock()
+
 	args := buildArgs(&v.cfg, v.layout)
 	args[0] = bin
 	extra, err := dupFiles(extraFDs(&v.cfg))
@@ -139,7 +148,16 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 
 	dctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	q, err := dialQMP(dctx, v.qmpPath(), func() bool { return !isClosed(v.done) }, v.onEvent)
+	alive := func() bool { return !isClosed(v.done) }
+	con, err := dialConsole(dctx, v.consoleSocketPath(), lg, alive)
+	if err != nil {
+		return exitedErr("connecting to its console", err)
+	}
+	undo.push(func() { con.close(0) })
+	v.mu.Lock()
+	v.console = con
+	v.mu.Unlock()
+	q, err := dialQMP(dctx, v.qmpPath(), alive, v.onEvent)
 	if err != nil {
 		return exitedErr("connecting to its monitor", err)
 	}
@@ -213,12 +231,13 @@ func (v *VM) onEvent(name string, data json.RawMessage) {
 // Stop ends QEMU: QMP quit, then SIGKILL after Options.StopTimeout or when
 // ctx is done, whichever comes first. Then it removes the cgroup and the
 // sockets and pid file in the state directory; the console log stays for
-// post-mortems (the state directory belongs to the caller).
+// post-mortems and ConsoleTail (the state directory belongs to the
+// caller).
 func (v *VM) Stop(ctx context.Context) error {
 	v.stopMu.Lock()
 	defer v.stopMu.Unlock()
 	v.mu.Lock()
-	st, q, proc, cg := v.state, v.qmp, v.proc, v.cgroup
+	st, q, proc, cg, con, lg := v.state, v.qmp, v.proc, v.cgroup, v.console, v.consoleLog
 	if st == stateStopped {
 		v.mu.Unlock()
 		return nil
@@ -249,6 +268,18 @@ func (v *VM) Stop(ctx context.Context) error {
 	}
 	if q != nil {
 		q.close()
+	}
+	if con != nil {
+		// QEMU's end closes the socket; the copy then ends once it has
+		// written QEMU's last output.
+		wait := time.Duration(0)
+		if isClosed(v.done) {
+			wait = killWait
+		}
+		con.close(wait)
+	}
+	if lg != nil {
+		_ = lg.Close()
 	}
 	if cg != nil && isClosed(v.done) {
 		if err := cg.delete(); err != nil {
@@ -294,9 +325,9 @@ func (v *VM) checkFiles() error {
 }
 
 // removeStateFiles removes what QEMU creates in the state directory,
-// except the console log.
+// except the console log (console.log and console.log.1).
 func (v *VM) removeStateFiles() {
-	files := []string{v.qmpPath(), v.pidPath()}
+	files := []string{v.qmpPath(), v.consoleSocketPath(), v.pidPath()}
 	if a := v.cfg.Agent; a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.cfg.StateDir {
 		files = append(files, a.SocketPath)
 	}

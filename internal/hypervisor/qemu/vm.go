@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/kvm"
 )
@@ -70,6 +71,10 @@ type VM struct {
 	qmp *qmpConn
 	// cgroup holds the QEMU process; guarded by mu.
 	cgroup *vmCgroup
+	// consoleLog is the bounded console log once Start opened it, and
+	// console its reader while QEMU runs; guarded by mu.
+	consoleLog *child.LogFile
+	console    *console
 	// stopRequested tells the waiter that an exit was asked for; guarded
 	// by mu.
 	stopRequested bool
@@ -187,9 +192,12 @@ func (v *VM) Describe() hypervisor.Description {
 }
 
 func (v *VM) consolePath() string { return filepath.Join(v.cfg.StateDir, consoleLogName) }
-func (v *VM) qmpPath() string     { return filepath.Join(v.cfg.StateDir, qmpSocketName) }
-func (v *VM) pidPath() string     { return filepath.Join(v.cfg.StateDir, pidFileName) }
-func (v *VM) cgroupPath() string  { return filepath.Join("/", v.opts.CgroupParent, v.cfg.ID) }
+func (v *VM) consoleSocketPath() string {
+	return filepath.Join(v.cfg.StateDir, consoleSocketName)
+}
+func (v *VM) qmpPath() string    { return filepath.Join(v.cfg.StateDir, qmpSocketName) }
+func (v *VM) pidPath() string    { return filepath.Join(v.cfg.StateDir, pidFileName) }
+func (v *VM) cgroupPath() string { return filepath.Join("/", v.opts.CgroupParent, v.cfg.ID) }
 
 // Pause stops the vCPUs.
 func (v *VM) Pause(ctx context.Context) error {

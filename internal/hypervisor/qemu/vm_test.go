@@ -312,3 +312,79 @@ func TestStopKillsUnresponsiveQEMU(t *testing.T) {
 		t.Errorf("cgroup left: %v", dirs)
 	}
 }
+
+// TestConsoleBounded boots a guest that writes to its serial console
+// without end and checks that the console log and its rotated part stay
+// within the bound while ConsoleTail keeps returning the newest lines,
+// during the flood and after Stop.
+func TestConsoleBounded(t *testing.T) {
+	const bound = 32 << 10
+	v := newTestVM(t, MachineMicroVM, "hulltest=flood")
+	v.opts.ConsoleLogMax = bound
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(v.cfg.StateDir, consoleLogName)
+	rotated := log + ".1"
+	lastLine := func() int {
+		tail := v.ConsoleTail(1)
+		if len(tail) != 1 {
+			return -1
+		}
+		n, err := strconv.Atoi(strings.TrimPrefix(tail[0], "flood line "))
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	rotations, last := 0, -1
+	var prevRotatedIno uint64
+	for rotations < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rotations within 3 minutes; console:\n%s", rotations, strings.Join(v.ConsoleTail(10), "\n"))
+		}
+		for _, f := range []string{log, rotated} {
+			if st, err := os.Stat(f); err == nil && st.Size() > bound {
+				t.Fatalf("%s has %d bytes, bound %d", f, st.Size(), bound)
+			}
+		}
+		if st, err := os.Stat(rotated); err == nil {
+			if ino := st.Sys().(*syscall.Stat_t).Ino; ino != prevRotatedIno {
+				rotations, prevRotatedIno = rotations+1, ino
+			}
+		}
+		if n := lastLine(); n > last {
+			last = n
+		}
+		select {
+		case <-v.Done():
+			t.Fatalf("vm exited during the flood:\n%s", strings.Join(v.ConsoleTail(10), "\n"))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if last < 0 {
+		t.Fatalf("ConsoleTail never returned a flood line: %q", v.ConsoleTail(3))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := lastLine()
+	if n < last {
+		t.Fatalf("after stop the last console line is %d (%q), before it was %d", n, v.ConsoleTail(1), last)
+	}
+	var total int64
+	for _, f := range []string{log, rotated} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += st.Size()
+	}
+	t.Logf("%d rotations; last line %d; %d bytes kept", rotations, n, total)
+	if total > 2*bound {
+		t.Fatalf("%d bytes kept, bound 2*%d", total, bound)
+	}
+}
