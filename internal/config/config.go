@@ -102,7 +102,17 @@ type Runtime struct {
 	// CgroupParent is the cgroup under which each VM gets its own.
 	CgroupParent string `toml:"cgroup_parent"`
 	LogLevel     string `toml:"log_level"`
+	// GuestLogMaxBytes bounds each log file that the guest can fill (the
+	// VM console log, virtiofsd's log): at this size the file is rotated
+	// once to <name>.1, so each log takes at most twice as much.
+	GuestLogMaxBytes int64 `toml:"guest_log_max_bytes"`
 }
+
+// Bounds of runtime.guest_log_max_bytes.
+const (
+	minGuestLogMaxBytes = 4 << 10
+	maxGuestLogMaxBytes = 1 << 30
+)
 
 // Image configures the guest assets and `hull image build`.
 type Image struct {
@@ -159,6 +169,8 @@ func Defaults() *Config {
 			StateDir:     "/run/hull",
 			CgroupParent: "hull",
 			LogLevel:     "info",
+			// Some thousands of console lines: enough for a post-mortem.
+			GuestLogMaxBytes: 1 << 20,
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -308,6 +320,9 @@ func (c *Config) Validate() error {
 		bad("runtime.cgroup_parent", "%q must be a relative cgroup path without ..", r.CgroupParent)
 	}
 	oneOf("runtime.log_level", r.LogLevel, levels...)
+	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {
+		bad("runtime.guest_log_max_bytes", "%d is outside %d..%d", r.GuestLogMaxBytes, int64(minGuestLogMaxBytes), int64(maxGuestLogMaxBytes))
+	}
 
 	im := c.Image
 	if !filepath.IsAbs(im.AssetsDir) {

@@ -75,6 +75,7 @@ func QEMUOptions(c *config.Config) qemu.Options {
 		TSCKHz:       q.TSCKHz,
 		CgroupParent: c.Runtime.CgroupParent,
 		StopTimeout:  q.StopTimeout.Duration,
+		ConsoleMax:   c.Runtime.GuestLogMaxBytes,
 	}
 }
 
@@ -144,7 +145,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		Hostname:      id,
 		// virtio-fs with the daemon's defaults: cache=auto, and a mount
 		// namespace sandbox (it needs root, which the runtime has).
-		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto},
+		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},
 		DebugConsole: c.Agent.DebugConsole,
 	}, nil
 }

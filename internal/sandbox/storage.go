@@ -36,6 +36,8 @@ type VirtiofsConfig struct {
 	Cache string
 	// ThreadPoolSize of the daemon; zero keeps its default.
 	ThreadPoolSize int
+	// LogMax bounds the daemon's log, virtiofsd.log (virtiofs.Config.LogMax).
+	LogMax int64
 }
 
 // createStorage makes the shared tree under the state directory.
@@ -65,6 +67,7 @@ func (s *Sandbox) startVirtiofs(ctx context.Context, cfg VirtiofsConfig, undo *c
 		Sandbox:        virtiofs.SandboxNamespace,
 		ThreadPoolSize: cfg.ThreadPoolSize,
 		LogPath:        filepath.Join(s.stateDir, virtiofsLogName),
+		LogMax:         cfg.LogMax,
 	})
 	if err != nil {
 		return err

@@ -25,6 +25,10 @@
 //   - -o cache=auto is the default here: cache=none makes MAP_SHARED mmap
 //     in the guest fail with ENODEV.
 //
+// The daemon's stderr goes to a log bounded by Config.LogMax (child.LogFile:
+// one current file and one rotated part): with debug logging the daemon
+// writes a line per guest request, so the guest drives its volume.
+//
 // The daemon gets PR_SET_PDEATHSIG(SIGKILL) from a goroutine locked to the
 // OS thread that forked it and waits for it, the approach of the QEMU
 // driver: a shim that dies without calling Stop does not leak it.

@@ -69,8 +69,15 @@ type Config struct {
 	Syslog bool
 	// ExtraArgs are appended to the command line.
 	ExtraArgs []string
-	// LogPath, when set, receives the daemon's stderr (appended).
+	// LogPath, when set, receives the daemon's stderr and stdout in a log
+	// bounded at LogMax bytes plus one rotated part, <LogPath>.1
+	// (child.LogFile); a new daemon starts it afresh. Its log lines can be
+	// driven by the guest's requests, so they are bounded like the guest
+	// console.
 	LogPath string
+	// LogMax is the bound of the log at LogPath; child.DefaultLogMax when
+	// zero.
+	LogMax int64
 	// StopTimeout bounds the wait after SIGTERM in Stop before SIGKILL;
 	// 3s when zero.
 	StopTimeout time.Duration
@@ -83,7 +90,7 @@ type Daemon struct {
 	out  *child.TailBuffer
 	done chan struct{}
 	// logFile is closed once the daemon has been reaped.
-	logFile *os.File
+	logFile *child.LogFile
 
 	mu sync.Mutex
 	// state is guarded by mu.
@@ -127,6 +134,9 @@ func (c *Config) validate() error {
 	}
 	if c.ThreadPoolSize < 0 {
 		return inval("thread pool size %d", c.ThreadPoolSize)
+	}
+	if c.LogMax < 0 {
+		return inval("log bound %d: want a positive size, or 0 for the default", c.LogMax)
 	}
 	return nil
 }
@@ -197,7 +207,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	d := &Daemon{cfg: cfg, out: &child.TailBuffer{Max: 8 << 10}, done: make(chan struct{})}
 	var stderr io.Writer = d.out
 	if cfg.LogPath != "" {
-		f, err := os.OpenFile(cfg.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640) //nolint:gosec // G302: the log sits in the sandbox's 0700 state directory
+		f, err := child.OpenLog(cfg.LogPath, cfg.LogMax)
 		if err != nil {
 			return nil, fmt.Errorf("virtiofsd log: %w", err)
 		}

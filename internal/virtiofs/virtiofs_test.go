@@ -86,6 +86,7 @@ func TestValidate(t *testing.T) {
 		{"cache", Config{SocketPath: "/vfs.sock", SharedDir: "/x", Cache: "sometimes"}},
 		{"sandbox", Config{SocketPath: "/vfs.sock", SharedDir: "/x", Sandbox: "none"}},
 		{"threads", Config{SocketPath: "/vfs.sock", SharedDir: "/x", ThreadPoolSize: -1}},
+		{"log bound", Config{SocketPath: "/vfs.sock", SharedDir: "/x", LogMax: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Start(context.Background(), tc.cfg)
@@ -161,6 +162,43 @@ func TestStartStop(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), "Waiting for vhost-user socket") {
 		t.Errorf("log file lacks the daemon's output: %q", b)
+	}
+}
+
+// TestLogBounded runs a stand-in daemon that writes far more than the
+// log's bound to stderr and dies: the log and its rotated part stay within
+// the bound and hold the end of the output.
+func TestLogBounded(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "virtiofsd")
+	script := "#!/bin/sh\ni=0\nwhile [ $i -lt 5000 ]; do echo \"flood line $i\" >&2; i=$((i+1)); done\nexit 1\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "virtiofsd.log")
+	const bound = 4096
+	_, err := Start(context.Background(), Config{
+		Binary: bin, SocketPath: filepath.Join(dir, "vfs.sock"), SharedDir: dir,
+		LogPath: logPath, LogMax: bound,
+	})
+	if !errdefs.IsUnavailable(err) {
+		t.Fatalf("got %v, want the stand-in's early exit", err)
+	}
+	for _, f := range []string{logPath, logPath + ".1"} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > bound {
+			t.Errorf("%s has %d bytes, bound %d", f, st.Size(), bound)
+		}
+	}
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(string(b), "flood line 4999\n") {
+		t.Errorf("log does not end with the last line: ...%q", b[max(0, len(b)-40):])
 	}
 }
 

@@ -16,7 +16,7 @@
 // it to a unix socket (console.sock, server=on,wait=on: QEMU waits for the
 // driver before it opens its monitor, so nothing is lost); one goroutine
 // copies it through a fixed buffer into console.log, which child.LogFile
-// rotates to console.log.1 at Options.ConsoleLogMax bytes. When the copy
+// rotates to console.log.1 at Options.ConsoleMax bytes. When the copy
 // falls behind, QEMU's serial port stops taking bytes and the guest's
 // console stalls: neither host memory nor the state directory grows with
 // what the guest writes.

@@ -58,10 +58,10 @@ type Options struct {
 	// StopTimeout bounds the orderly stop (QMP quit) before SIGKILL; 5s
 	// when zero.
 	StopTimeout time.Duration
-	// ConsoleLogMax bounds the console log: console.log holds at most this
+	// ConsoleMax bounds the console log: console.log holds at most this
 	// many bytes before it is rotated to console.log.1 (child.LogFile);
 	// child.DefaultLogMax when zero.
-	ConsoleLogMax int64
+	ConsoleMax int64
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }
@@ -126,11 +126,11 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = defaultStopTimeout
 	}
-	if o.ConsoleLogMax < 0 {
-		return inval("console log bound %d: want a positive size, or 0 for the default", o.ConsoleLogMax)
+	if o.ConsoleMax < 0 {
+		return inval("console log bound %d: want a positive size, or 0 for the default", o.ConsoleMax)
 	}
-	if o.ConsoleLogMax == 0 {
-		o.ConsoleLogMax = child.DefaultLogMax
+	if o.ConsoleMax == 0 {
+		o.ConsoleMax = child.DefaultLogMax
 	}
 
 	switch a := &cfg.Agent; a.Transport {

@@ -84,7 +84,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		}
 	})
 
-	lg, err := child.OpenLog(v.consolePath(), v.opts.ConsoleLogMax)
+	lg, err := child.OpenLog(v.consolePath(), v.opts.ConsoleMax)
 	if err != nil {
 		return fmt.Errorf("console log: %w", err)
 	}

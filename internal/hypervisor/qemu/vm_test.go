@@ -320,7 +320,7 @@ func TestStopKillsUnresponsiveQEMU(t *testing.T) {
 func TestConsoleBounded(t *testing.T) {
 	const bound = 32 << 10
 	v := newTestVM(t, MachineMicroVM, "hulltest=flood")
-	v.opts.ConsoleLogMax = bound
+	v.opts.ConsoleMax = bound
 	if err := v.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
