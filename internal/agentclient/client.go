@@ -39,7 +39,8 @@ type Options struct {
 	// Abort is closed when the VM has died; Dial then returns at once.
 	Abort <-chan struct{}
 	// Log receives the agent's log lines, with source=agent and the
-	// agent's fields. Nil means the logger of Dial's context.
+	// agent's fields as guest.<key> (see relogEntry), rate-limited. Nil
+	// means the logger of Dial's context.
 	Log *log.Entry
 	// NoLogStream leaves the agent's log where it is.
 	NoLogStream bool
@@ -59,9 +60,10 @@ type Client struct {
 	// nextStream is the last stdio stream id handed out.
 	nextStream atomic.Uint64
 
-	// logConn is the log channel, nil without one.
+	// logConn is the log channel, nil without one; logs relays it.
 	logConn net.Conn
 	logDone chan struct{}
+	logs    *logRelay
 
 	closeOnce sync.Once
 	closeErr  error
@@ -143,14 +145,25 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 			// The agent serves without its log reaching the host.
 			log.G(ctx).WithError(err).WithField("agent", name).Warn("cannot stream the agent's log")
 		} else {
-			c.logConn, c.logDone = lc, make(chan struct{})
+			c.logConn, c.logDone, c.logs = lc, make(chan struct{}), newLogRelay(o.Log)
 			go func() {
 				defer close(c.logDone)
-				forwardLogs(o.Log, lc)
+				c.logs.forward(lc)
 			}()
 		}
 	}
 	return c, nil
+}
+
+// DroppedLogLines is how many lines of the agent's log the host dropped
+// because the agent logged faster than the relay's rate limit (a few
+// hundred lines a second, with a burst of a thousand). Zero without a log
+// stream.
+func (c *Client) DroppedLogLines() uint64 {
+	if c.logs == nil {
+		return 0
+	}
+	return c.logs.Dropped()
 }
 
 // waitHealth calls Health until it answers or ctx is done.

@@ -11,7 +11,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
-	"github.com/sirupsen/logrus"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/hypervisor"
@@ -197,47 +196,6 @@ func TestKernelParams(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := KernelParams(tc.ep, tc.level); !slices.Equal(got, tc.want) {
 				t.Fatalf("KernelParams = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestRelog(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		line   string
-		level  logrus.Level
-		msg    string
-		fields map[string]any
-	}{
-		{
-			name: "json", line: `{"level":"debug","msg":"module loaded","module":"virtio","time":"2026-01-01T00:00:00Z"}`,
-			level: logrus.DebugLevel, msg: "module loaded",
-			fields: map[string]any{"source": "agent", "module": "virtio", "agent_time": "2026-01-01T00:00:00Z"},
-		},
-		{
-			name: "fatal is lowered", line: `{"level":"fatal","msg":"boom"}`,
-			level: logrus.ErrorLevel, msg: "boom", fields: map[string]any{"source": "agent"},
-		},
-		{
-			name: "not json", line: `plain text`,
-			level: logrus.InfoLevel, msg: "plain text", fields: map[string]any{"source": "agent"},
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var logs captureLog
-			relog(logs.entry(), []byte(tc.line))
-			if len(logs.entries) != 1 {
-				t.Fatalf("%d entries", len(logs.entries))
-			}
-			e := logs.entries[0]
-			if e.Level != tc.level || e.Message != tc.msg || len(e.Data) != len(tc.fields) {
-				t.Fatalf("entry = %v %q %v", e.Level, e.Message, e.Data)
-			}
-			for k, v := range tc.fields {
-				if e.Data[k] != v {
-					t.Errorf("field %s = %v, want %v", k, e.Data[k], v)
-				}
 			}
 		})
 	}

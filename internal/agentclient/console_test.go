@@ -202,9 +202,9 @@ func endedLog(t *testing.T, logs *captureLog, pid int) string {
 	for time.Now().Before(deadline) {
 		logs.mu.Lock()
 		for _, e := range logs.entries {
-			if e.Message == "debug console ended" && fmt.Sprint(e.Data["pid"]) == strconv.Itoa(pid) {
+			if e.Message == "debug console ended" && fmt.Sprint(e.Data["guest.pid"]) == strconv.Itoa(pid) {
 				logs.mu.Unlock()
-				return fmt.Sprint(e.Data["status"])
+				return fmt.Sprint(e.Data["guest.status"])
 			}
 		}
 		logs.mu.Unlock()

@@ -130,12 +130,12 @@ func TestAgentOverUnixYamux(t *testing.T) {
 	})
 	t.Run("log lines arrive", func(t *testing.T) {
 		e := logs.find(t, "agent serving")
-		if e.Data["source"] != "agent" || e.Level != logrus.InfoLevel || e.Data["transport"] == nil || e.Data["agent_time"] == nil {
+		if e.Data["source"] != "agent" || e.Level != logrus.InfoLevel || e.Data["guest.transport"] == nil || e.Data["agent_time"] == nil {
 			t.Fatalf("entry = %v %v", e.Level, e.Data)
 		}
 		// Debug lines of the calls above come through with their fields.
 		e = logs.find(t, "call failed")
-		if e.Level != logrus.DebugLevel || e.Data["method"] != "/hull.agent.v1.System/SetTime" {
+		if e.Level != logrus.DebugLevel || e.Data["guest.method"] != "/hull.agent.v1.System/SetTime" {
 			t.Fatalf("entry = %v %v", e.Level, e.Data)
 		}
 	})
