@@ -22,9 +22,11 @@ import (
 var env struct {
 	assetsDir string
 	binDir    string
-	// silentInit and floorInit are test guest inits built by TestMain.
+	// silentInit, floorInit and floodInit are test guest inits built by
+	// TestMain.
 	silentInit string
 	floorInit  string
+	floodInit  string
 	workDir    string
 	manifest   *guestimage.Manifest
 }
@@ -67,7 +69,7 @@ func setup() (int, error) {
 		return 0, err
 	}
 	env.workDir = dir
-	for name, dst := range map[string]*string{"silentinit": &env.silentInit, "floorinit": &env.floorInit} {
+	for name, dst := range map[string]*string{"silentinit": &env.silentInit, "floorinit": &env.floorInit, "floodinit": &env.floodInit} {
 		*dst = filepath.Join(dir, name)
 		cmd := exec.Command("go", "build", "-o", *dst, "./testdata/"+name)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
