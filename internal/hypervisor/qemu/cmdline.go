@@ -13,7 +13,7 @@ import (
 // Files in the state directory.
 const (
 	qmpSocketName     = "qmp.sock"
-	consoleSocketName = "console.sock"
+	consoleSocketName = "serial.sock"
 	consoleLogName    = "console.log"
 	pidFileName       = "qemu.pid"
 )

@@ -13,7 +13,7 @@
 // facts (TSC frequency, QEMU version).
 //
 // The guest's serial console is untrusted output of any volume. QEMU writes
-// it to a unix socket (console.sock, server=on,wait=on: QEMU waits for the
+// it to a unix socket (serial.sock, server=on,wait=on: QEMU waits for the
 // driver before it opens its monitor, so nothing is lost); one goroutine
 // copies it through a fixed buffer into console.log, which child.LogFile
 // rotates to console.log.1 at Options.ConsoleMax bytes. When the copy
@@ -45,7 +45,7 @@
 // in one host thread (thread=single), because multi-vCPU guests hung now
 // and then with a thread per vCPU.
 //
-// State directory files: qmp.sock, console.sock, qemu.pid, the agent
+// State directory files: qmp.sock, serial.sock, qemu.pid, the agent
 // socket for the serial transport when the config gives none (agent.sock),
 // and console.log (with console.log.1 once it rotated). Stop removes all
 // but the console log.
