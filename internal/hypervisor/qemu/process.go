@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -136,7 +137,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 			v.mu.Lock()
 			e := v.exit
 			v.mu.Unlock()
-			return fmt.Errorf("qemu exited while %s (%s): %s: %w", step, e, strings.TrimSpace(out.String()), hypervisor.ErrVMExited)
+			return fmt.Errorf("qemu exited while %s (%s): %s: %w", step, e, qemuOutput(out.String()), hypervisor.ErrVMExited)
 		default:
 			return fmt.Errorf("%s: %w", step, err)
 		}
@@ -177,6 +178,15 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	logger.WithField("pid", cmd.Process.Pid).WithField("accel", v.layout.accel).
 		WithField("machine", v.layout.machine).Info("qemu started")
 	return nil
+}
+
+// qemuOutput is QEMU's output for an error message, without the notice
+// that it waits for the console connection (wait=on), which it prints on
+// every start.
+func qemuOutput(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	lines = slices.DeleteFunc(lines, func(l string) bool { return strings.Contains(l, "QEMU waiting for connection on:") })
+	return strings.Join(lines, "\n")
 }
 
 // launch starts QEMU with child.Start (its own process group; killed by the

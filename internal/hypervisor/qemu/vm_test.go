@@ -242,6 +242,9 @@ func TestStartFailure(t *testing.T) {
 				t.Fatalf("got %v, want an error naming %q", err, tc.want)
 			}
 			t.Logf("error: %v", err)
+			if strings.Contains(err.Error(), "waiting for connection") {
+				t.Errorf("error quotes QEMU's console-connection notice: %v", err)
+			}
 			if dirs := cgroupDirs(v.cgroupPath()); len(dirs) > 0 {
 				t.Errorf("cgroup left: %v", dirs)
 			}
