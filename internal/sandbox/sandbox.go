@@ -191,9 +191,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		return nil, err
 	}
 	s := &Sandbox{
-		id:         cfg.ID,
-		stateDir:   StateDir(cfg.StateRoot, cfg.ID),
-		state:      StateNew,
+		id:          cfg.ID,
+		stateDir:    StateDir(cfg.StateRoot, cfg.ID),
+		state:       StateNew,
 		oom:         make(chan string, oomBuffer),
 		killTimeout: cfg.KillTimeout,
 		containers:  map[string]*Container{},
