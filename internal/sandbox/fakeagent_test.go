@@ -274,4 +274,3 @@ func stillRunning(t *testing.T, p *Process, d time.Duration) {
 		t.Fatalf("%s ended (%+v, %v); want it running", p.name(), st, err)
 	}
 }
-
