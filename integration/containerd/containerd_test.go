@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -172,6 +173,45 @@ var cases = []struct {
 		d.mustCtr(t, "task", "kill", "-s", "KILL", id)
 		waitStatus(t, d, id, "STOPPED")
 		d.mustCtr(t, "task", "delete", id)
+		d.mustCtr(t, "container", "delete", id)
+	}},
+	{"kill not reported by the guest", func(t *testing.T, d *daemon) {
+		// A process outside the container (from the debug console) holds
+		// the container's stdout pipe open: the agent, which reports an
+		// init's exit once its output has ended, never reports the kill.
+		// The host declares the task dead after agent.kill_timeout and
+		// stops the VM.
+		cfg := filepath.Join(d.dir, "hull-kill.toml")
+		body := fmt.Sprintf("[image]\nassets_dir = %q\n[agent]\ndebug_console = true\nkill_timeout = \"3s\"\ndial_timeout = \"120s\"\n[runtime]\nstate_dir = %q\n", debugImage(t), d.stateRoot)
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		const id = "kill-unreported"
+		logURI := "file://" + filepath.Join(d.dir, id+".log")
+		d.mustCtr(t, "run", "-d", "--log-uri", logURI, "--runtime", runtimeName, "--runtime-config-path", cfg, imageName, id, "sleep", "601")
+		defer d.forget(t, id)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfg, "exec", id)
+		cmd.Stdin = strings.NewReader(`pidof() { for d in /proc/[0-9]*; do [ "$(tr '\0' ' ' <$d/cmdline 2>/dev/null)" = "$1 " ] && echo ${d#/proc/}; done; }
+P=$(pidof 'sleep 601')
+setsid sleep 900 >/proc/$P/fd/1 2>&1 </dev/null &
+sleep 1
+H=$(pidof 'sleep 900')
+echo "held:$(readlink /proc/$P/fd/1):$(readlink /proc/$H/fd/1):"
+`)
+		out, err := cmd.CombinedOutput()
+		m := regexp.MustCompile(`held:(pipe:\[\d+\]):(pipe:\[\d+\]):`).FindStringSubmatch(string(out))
+		if err != nil || m == nil || m[1] != m[2] {
+			t.Fatalf("hull exec: %v; output %q, want the container's stdout pipe held by another process", err, out)
+		}
+		d.mustCtr(t, "task", "kill", "-s", "KILL", id)
+		waitStatus(t, d, id, "STOPPED")
+		// ctr task delete reports the task's status: as its own exit
+		// status (2.x) or in a warning (1.6).
+		if _, errOut, code := d.ctr(t, "task", "delete", id); code != 137 && !strings.Contains(errOut, "exit code 137") {
+			t.Errorf("task delete: exit %d (%s), want status 137", code, errOut)
+		}
 		d.mustCtr(t, "container", "delete", id)
 	}},
 	{"forced delete", func(t *testing.T, d *daemon) {

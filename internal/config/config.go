@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -87,6 +88,11 @@ type Agent struct {
 	DialTimeout Duration `toml:"dial_timeout"`
 	// CallTimeout bounds each agent call that has no deadline of its own.
 	CallTimeout Duration `toml:"call_timeout"`
+	// KillTimeout is how long the host waits for the guest to report the
+	// exit of a process it was told to SIGKILL, or to remove a container,
+	// before it declares the process dead (status 137) or drops the
+	// container from its records on its own.
+	KillTimeout Duration `toml:"kill_timeout"`
 	// LogLevel is the agent's log level.
 	LogLevel string `toml:"log_level"`
 	// DebugConsole lets `hull exec` open a root shell in each VM started
@@ -106,6 +112,11 @@ type Runtime struct {
 	// VM console log, virtiofsd's log): at this size the file is rotated
 	// once to <name>.1, so each log takes at most twice as much.
 	GuestLogMaxBytes int64 `toml:"guest_log_max_bytes"`
+	// EnableAnnotations are the hull-specific annotations (io.hull.* and
+	// hull.io/*) a container may carry: regular expressions matched
+	// against the whole key after its prefix. A hull annotation no entry
+	// matches is refused. Empty allows none.
+	EnableAnnotations []string `toml:"enable_annotations"`
 }
 
 // Bounds of runtime.guest_log_max_bytes.
@@ -163,6 +174,7 @@ func Defaults() *Config {
 			VsockPort:   1024,
 			DialTimeout: Duration{30 * time.Second},
 			CallTimeout: Duration{30 * time.Second},
+			KillTimeout: Duration{5 * time.Second},
 			LogLevel:    "info",
 		},
 		Runtime: Runtime{
@@ -170,7 +182,8 @@ func Defaults() *Config {
 			CgroupParent: "hull",
 			LogLevel:     "info",
 			// Some thousands of console lines: enough for a post-mortem.
-			GuestLogMaxBytes: 1 << 20,
+			GuestLogMaxBytes:  1 << 20,
+			EnableAnnotations: []string{},
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -308,6 +321,9 @@ func (c *Config) Validate() error {
 	if a.CallTimeout.Duration <= 0 {
 		bad("agent.call_timeout", "must be positive")
 	}
+	if a.KillTimeout.Duration <= 0 {
+		bad("agent.kill_timeout", "must be positive")
+	}
 	oneOf("agent.log_level", a.LogLevel, levels...)
 
 	r := c.Runtime
@@ -322,6 +338,11 @@ func (c *Config) Validate() error {
 	oneOf("runtime.log_level", r.LogLevel, levels...)
 	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {
 		bad("runtime.guest_log_max_bytes", "%d is outside %d..%d", r.GuestLogMaxBytes, int64(minGuestLogMaxBytes), int64(maxGuestLogMaxBytes))
+	}
+	for i, re := range r.EnableAnnotations {
+		if _, err := CompileAnnotation(re); err != nil {
+			bad(fmt.Sprintf("runtime.enable_annotations[%d]", i), "%v", err)
+		}
 	}
 
 	im := c.Image
@@ -354,4 +375,18 @@ func (c *Config) Encode() ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// CompileAnnotation compiles an entry of runtime.enable_annotations: a
+// regular expression that must match the whole annotation key after its
+// io.hull. or hull.io/ prefix.
+func CompileAnnotation(expr string) (*regexp.Regexp, error) {
+	if expr == "" {
+		return nil, errors.New("empty expression")
+	}
+	re, err := regexp.Compile(`^(?:` + expr + `)$`)
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w", expr, err)
+	}
+	return re, nil
 }

@@ -141,6 +141,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		VsockPort:     c.Agent.VsockPort,
 		DialTimeout:   c.Agent.DialTimeout.Duration,
 		CallTimeout:   c.Agent.CallTimeout.Duration,
+		KillTimeout:   c.Agent.KillTimeout.Duration,
 		AgentLogLevel: level,
 		Hostname:      id,
 		// virtio-fs with the daemon's defaults: cache=auto, and a mount

@@ -71,6 +71,8 @@ type Container struct {
 	// execs holds the processes started by Exec, by exec ID, and
 	// reserves (nil) the IDs of those being started; guarded by mu.
 	execs map[string]*Process
+	// oomRate limits the container's OOM events; guarded by mu.
+	oomRate window
 }
 
 // ID returns the container's ID.
@@ -429,7 +431,14 @@ func (c *Container) Update(ctx context.Context, r *specs.LinuxResources) error {
 
 // Delete removes the container from the guest and its files from the shared
 // storage, and closes its processes' streams. A container that still runs
-// (or is paused) is deleted only with force, which kills it first.
+// (or is paused) is deleted only with force, which kills it first: each of
+// its processes the guest does not report gone within the kill timeout is
+// declared dead (KilledStatus).
+//
+// The host's records do not depend on the guest: when the agent refuses the
+// removal or does not answer within the kill timeout, the container is
+// dropped all the same (what the guest kept is in its own VM, which goes
+// with the sandbox).
 func (c *Container) Delete(ctx context.Context, force bool) error {
 	c.mu.Lock()
 	st := c.state
@@ -440,16 +449,37 @@ func (c *Container) Delete(ctx context.Context, force bool) error {
 	case (st == ContainerRunning || st == ContainerPaused) && !force:
 		return fmt.Errorf("deleting container %s: it is %s: %w", c.id, st, errdefs.ErrFailedPrecondition)
 	}
-	if err := c.sb.removeInGuest(ctx, c.id, force); err != nil {
-		return fmt.Errorf("deleting container %s: %w", c.id, c.sb.guestError(err))
+	procs := c.processes()
+	if force {
+		for _, p := range procs {
+			p.armKill()
+		}
 	}
-	var errs []error
-	for _, p := range c.processes() {
+	rctx, cancel := context.WithTimeout(ctx, c.sb.killTimeout)
+	err := c.sb.removeInGuest(rctx, c.id, force)
+	cancel()
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("container", c.id).
+			Warn("the guest did not remove the container; dropping it from the host's records")
+	}
+	for _, p := range procs {
+		if force && p.State() == ProcessRunning {
+			// Armed above: it ends within the kill timeout, unless
+			// ctx ends first.
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+				p.declareKilled()
+			}
+		}
 		p.io.close()
 		p.abandon(fmt.Errorf("%s: deleted before it started: %w", p.name(), errdefs.ErrNotFound))
 	}
-	if err := c.sb.storage.RemoveContainer(ctx, c.id); err != nil {
-		errs = append(errs, err)
+	var errs []error
+	if c.sb.storage != nil {
+		if err := c.sb.storage.RemoveContainer(ctx, c.id); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.transition(ContainerDeleted); err != nil {
 		errs = append(errs, err)

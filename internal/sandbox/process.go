@@ -28,13 +28,28 @@ var processTransitions = map[ProcessState][]ProcessState{
 	ProcessRunning: {ProcessExited},
 }
 
+// KilledStatus is the exit code of a process ended by SIGKILL (128 + 9),
+// the code the host declares for one whose exit the guest did not report
+// in time.
+const KilledStatus = 128 + int(syscall.SIGKILL)
+
+// maxExitCode is the largest exit code a process can have; a guest that
+// reports more is lying, and the process is reported lost (255).
+const maxExitCode = 255
+
 // ExitStatus is how a process ended.
 type ExitStatus struct {
 	// Code is the exit code, or 128 + the signal number when a signal
 	// ended the process (as runc reports it).
 	Code int
-	// At is when the guest saw the process exit.
+	// At is when the guest saw the process exit (the host's clock when
+	// the host declared it).
 	At time.Time
+	// Declared is set when the guest did not report the exit of a
+	// process told to SIGKILL within the kill timeout, and the host
+	// declared it dead with KilledStatus. The guest's report, should it
+	// come later, is ignored.
+	Declared bool
 }
 
 // Process is a container's init process or one started by Exec.
@@ -50,11 +65,13 @@ type Process struct {
 	done chan struct{}
 
 	mu sync.Mutex
-	// state, exit and waitErr are guarded by mu; exit and waitErr are
-	// final once done is closed.
+	// state, exit, waitErr and killArmed are guarded by mu; exit and
+	// waitErr are final once done is closed.
 	state   ProcessState
 	exit    ExitStatus
 	waitErr error
+	// killArmed is set once a SIGKILL started the kill timeout.
+	killArmed bool
 }
 
 // ID is the exec ID, or "" for the init process.
@@ -99,7 +116,7 @@ func (p *Process) watch() {
 	})
 	var exit ExitStatus
 	if err == nil {
-		exit = ExitStatus{Code: int(resp.GetExitStatus()), At: resp.GetExitedAt().AsTime()}
+		exit = p.guestExit(resp)
 		// The agent has sent all output before answering; the copies end
 		// as soon as they have read it. Bound the wait anyway: a host
 		// writer that blocks must not hold the exit forever.
@@ -116,13 +133,78 @@ func (p *Process) watch() {
 			err = fmt.Errorf("waiting for %s: %w", p.name(), p.c.sb.guestError(err))
 		}
 	}
-	p.io.close()
+	p.settle(exit, err)
+}
+
+// guestExit checks the exit status the guest reports: a code outside
+// 0..255 is no process's and becomes 255; a time that is missing or in the future is
+// replaced by the host's clock.
+func (p *Process) guestExit(resp *agent.WaitProcessResponse) ExitStatus {
+	now := time.Now()
+	exit := ExitStatus{Code: int(resp.GetExitStatus()), At: now}
+	if exit.Code < 0 || exit.Code > maxExitCode {
+		log.G(p.c.sb.bg).WithField("container", p.c.id).WithField("status", resp.GetExitStatus()).
+			Warnf("%s: the guest reported an impossible exit status; reporting %d", p.name(), maxExitCode)
+		exit.Code = maxExitCode
+	}
+	if ts := resp.GetExitedAt(); ts.IsValid() && ts.AsTime().After(time.Unix(0, 0)) && !ts.AsTime().After(now) {
+		exit.At = ts.AsTime()
+	}
+	return exit
+}
+
+// settle records how the process ended, once: it closes its streams, sets
+// the exit or the error that ended the wait and releases Wait. It reports
+// whether this call settled it; later calls (a guest report after the host
+// declared the process dead) change nothing.
+func (p *Process) settle(exit ExitStatus, err error) bool {
 	p.mu.Lock()
+	if p.state == ProcessExited {
+		p.mu.Unlock()
+		return false
+	}
 	p.state, p.exit, p.waitErr = ProcessExited, exit, err
 	p.mu.Unlock()
+	p.io.close()
 	close(p.done)
 	if p.execID == "" {
 		p.c.initExited()
+	}
+	return true
+}
+
+// armKill starts the kill timeout of a running process told to SIGKILL:
+// unless the guest reports its exit within the sandbox's kill timeout, the
+// host declares it dead (declareKilled). Only the first SIGKILL arms it.
+func (p *Process) armKill() {
+	p.mu.Lock()
+	if p.killArmed || p.state != ProcessRunning {
+		p.mu.Unlock()
+		return
+	}
+	p.killArmed = true
+	p.mu.Unlock()
+	sb := p.c.sb
+	go func() {
+		t := time.NewTimer(sb.killTimeout)
+		defer t.Stop()
+		select {
+		case <-p.done:
+		case <-sb.bg.Done():
+			// The sandbox stops: the waiter ends the process.
+		case <-t.C:
+			p.declareKilled()
+		}
+	}()
+}
+
+// declareKilled ends a process the guest was told to kill and did not
+// report gone: its exit is KilledStatus, now.
+func (p *Process) declareKilled() {
+	if p.settle(ExitStatus{Code: KilledStatus, At: time.Now(), Declared: true}, nil) {
+		log.G(p.c.sb.bg).WithField("container", p.c.id).
+			Warnf("%s: the guest did not report its exit within %s of SIGKILL; declared dead with status %d",
+				p.name(), p.c.sb.killTimeout, KilledStatus)
 	}
 }
 
@@ -153,10 +235,20 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 }
 
 // Signal sends sig to the process, or with all to every process of the
-// container.
+// container. SIGKILL also starts the kill timeout of each process it is
+// meant for, whatever the guest answers: a process the guest does not
+// report gone in time is declared dead by the host.
 func (p *Process) Signal(ctx context.Context, sig syscall.Signal, all bool) error {
 	if p.State() == ProcessExited {
 		return fmt.Errorf("signalling %s: exited: %w", p.name(), errdefs.ErrNotFound)
+	}
+	if sig == syscall.SIGKILL {
+		p.armKill()
+		if all {
+			for _, q := range p.c.processes() {
+				q.armKill()
+			}
+		}
 	}
 	_, err := p.c.sb.client.Containers().SignalProcess(ctx, &agent.SignalProcessRequest{
 		ContainerId: p.c.id,

@@ -37,6 +37,9 @@ const rollbackTimeout = 30 * time.Second
 // vmExitGrace is how long an agent error waits to learn whether the VM died.
 const vmExitGrace = 2 * time.Second
 
+// DefaultKillTimeout is Config.KillTimeout when it is zero.
+const DefaultKillTimeout = 5 * time.Second
+
 // State is where a sandbox is in its life.
 type State string
 
@@ -74,6 +77,10 @@ type Config struct {
 	// each agent call without its own deadline.
 	DialTimeout time.Duration
 	CallTimeout time.Duration
+	// KillTimeout is how long the guest has to report the exit of a
+	// process told to SIGKILL, or to remove a container, before the host
+	// acts on its own; zero means DefaultKillTimeout.
+	KillTimeout time.Duration
 	// AgentLogLevel is handed to the agent on the kernel command line.
 	AgentLogLevel string
 	// Hostname of the VM; the sandbox ID when empty.
@@ -120,6 +127,8 @@ type Sandbox struct {
 	// oom receives the IDs of containers that met an OOM kill; the OOM
 	// loop closes it when it ends.
 	oom chan string
+	// killTimeout is Config.KillTimeout.
+	killTimeout time.Duration
 
 	// containers holds the containers created and not deleted, and
 	// reserves IDs being created (nil value); guarded by mu.
@@ -182,11 +191,15 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		return nil, err
 	}
 	s := &Sandbox{
-		id:         cfg.ID,
-		stateDir:   StateDir(cfg.StateRoot, cfg.ID),
-		state:      StateNew,
-		oom:        make(chan string, oomBuffer),
-		containers: map[string]*Container{},
+		id:          cfg.ID,
+		stateDir:    StateDir(cfg.StateRoot, cfg.ID),
+		state:       StateNew,
+		oom:         make(chan string, oomBuffer),
+		killTimeout: cfg.KillTimeout,
+		containers:  map[string]*Container{},
+	}
+	if s.killTimeout == 0 {
+		s.killTimeout = DefaultKillTimeout
 	}
 	s.bg, s.cancelBg = context.WithCancel(context.WithoutCancel(ctx))
 	if err := s.transition(StateStarting); err != nil {
@@ -432,7 +445,7 @@ func validate(cfg Config) error {
 	default:
 		errs = append(errs, fmt.Errorf("unknown agent transport %q", cfg.Transport))
 	}
-	if cfg.DialTimeout <= 0 || cfg.CallTimeout <= 0 {
+	if cfg.DialTimeout <= 0 || cfg.CallTimeout <= 0 || cfg.KillTimeout < 0 {
 		errs = append(errs, errors.New("agent timeouts must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {

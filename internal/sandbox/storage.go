@@ -112,23 +112,42 @@ func (s *Sandbox) createGuestSandbox(ctx context.Context, hostname string, shmSi
 // one of its processes for lack of memory. One loop per sandbox asks the
 // agent; the channel is closed when the sandbox stops or its VM is gone.
 // While nobody reads, up to 64 events wait and the loop pauses.
+//
+// The guest names the container, so only the IDs of the sandbox's own live
+// containers are delivered, each at most oomPerContainer times per
+// oomWindow; the rest are dropped and counted (oomFilter).
 func (s *Sandbox) OOMEvents() <-chan string { return s.oom }
 
 // oomLoop keeps one WaitOOM call outstanding for the life of the sandbox.
+// However fast the guest answers, it asks at most oomPerLoop times per
+// oomWindow.
 func (s *Sandbox) oomLoop() {
 	defer close(s.oom)
 	ctx := s.bg
 	logger := log.G(ctx).WithField("sandbox", s.id)
 	delay := 100 * time.Millisecond
+	f := oomFilter{owned: s.liveContainer, logger: logger}
+	pace := window{n: oomPerLoop, period: oomWindow}
 	for {
+		if wait := pace.wait(time.Now()); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
+			}
+		}
 		resp, err := s.client.Containers().WaitOOM(ctx, &agent.WaitOOMRequest{})
 		switch {
 		case ctx.Err() != nil:
 			return
 		case err == nil:
 			delay = 100 * time.Millisecond
+			id := resp.GetContainerId()
+			if !f.admit(id, time.Now()) {
+				continue
+			}
 			select {
-			case s.oom <- resp.GetContainerId():
+			case s.oom <- id:
 			case <-ctx.Done():
 				return
 			}

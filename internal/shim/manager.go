@@ -60,7 +60,13 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	address, err := shim.SocketAddress(ctx, opts.Address, sandboxID(id, spec.Annotations))
+	// The socket is the pod's: only the annotations of the runtime that
+	// owns them route a container to it (trustedAnnotations).
+	annotations, err := trustedAnnotations(spec.Annotations)
+	if err != nil {
+		return "", fmt.Errorf("container %s: %w", id, err)
+	}
+	address, err := shim.SocketAddress(ctx, opts.Address, sandboxID(id, annotations))
 	if err != nil {
 		return "", err
 	}

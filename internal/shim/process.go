@@ -26,8 +26,10 @@ const vmLostStatus = 255
 type container struct {
 	id     string
 	bundle string
-	c      *sandbox.Container
-	init   *proc
+	// role is the container's place in its pod.
+	role role
+	c    *sandbox.Container
+	init *proc
 
 	mu sync.Mutex
 	// execs are the processes added by Exec, by exec ID; guarded by mu.
@@ -197,6 +199,38 @@ func (s *service) watch(c *container, p *proc) {
 		ExitStatus:  status,
 		ExitedAt:    timestamppb.New(at),
 	})
+	if err == nil && st.Declared && p.id == "" && s.vmOrphaned(c) {
+		// The guest ignores a SIGKILL, or lies about it: stop its VM
+		// rather than leave it running with nothing the host still
+		// counts on in it. The pod's delete and the shim's shutdown
+		// then complete whatever the guest does.
+		log.G(s.bg).WithField("container", c.id).WithField("role", c.role.String()).
+			Warn("the guest did not report a killed container's exit; stopping the VM")
+		s.stopSandbox(s.bg)
+	}
+}
+
+// vmOrphaned reports whether the VM has nothing left to run once the
+// container c's init process is gone: c is the pod's sandbox container, or
+// no other container of the shim has a process whose exit is not known.
+func (s *service) vmOrphaned(c *container) bool {
+	if c.role == rolePodSandbox {
+		return true
+	}
+	s.mu.Lock()
+	others := make([]*container, 0, len(s.containers))
+	for _, o := range s.containers {
+		if o != nil && o != c {
+			others = append(others, o)
+		}
+	}
+	s.mu.Unlock()
+	for _, o := range others {
+		if !o.init.exited() {
+			return false
+		}
+	}
+	return true
 }
 
 // proc finds a task's process: the init process for an empty execID.

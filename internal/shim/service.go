@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"sync"
 	"time"
 
@@ -83,6 +84,9 @@ type service struct {
 	base, size, limit  vmSize
 	sizedByAnnotations bool
 	grown              map[string]vmSize
+	// allowAnnotations is the pod's runtime.enable_annotations, compiled
+	// when its sandbox started; guarded by mu.
+	allowAnnotations []*regexp.Regexp
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -126,7 +130,11 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	r0, err := containerRole(spec.Annotations)
+	annotations, err := trustedAnnotations(spec.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", r.ID, err)
+	}
+	r0, err := containerRole(annotations)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +150,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
-	sb, err := s.sandbox(ctx, sandboxRequest{namespace: ns, id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, role: r0, plan: plan})
+	sb, err := s.sandbox(ctx, sandboxRequest{
+		namespace: ns, id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, annotations: annotations, role: r0, plan: plan,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +180,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		pio.Close(ctx)
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, c: sc, init: newProc("", paths, nil), execs: map[string]*proc{}}
+	c := &container{id: r.ID, bundle: r.Bundle, role: r0, c: sc, init: newProc("", paths, nil), execs: map[string]*proc{}}
 	c.init.prepare(sc.Init(), pio)
 	s.mu.Lock()
 	s.containers[r.ID] = c
@@ -218,8 +228,11 @@ type sandboxRequest struct {
 	opts       *anypb.Any
 	// spec is the container's guest spec (after podSpec).
 	spec *specs.Spec
-	role role
-	plan guestPlan
+	// annotations are the runtime annotations of spec hull trusts
+	// (trustedAnnotations).
+	annotations map[string]string
+	role        role
+	plan        guestPlan
 }
 
 // sandbox returns the pod's sandbox, starting it for the first container:
@@ -232,8 +245,14 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.mu.Lock()
 	sb, rec := s.sb, record{SandboxID: s.sandboxID, VMID: s.vmID, StateRoot: s.stateRoot}
 	s.mu.Unlock()
-	annotations := r.spec.Annotations
+	annotations := r.annotations
 	if sb != nil {
+		s.mu.Lock()
+		allow := s.allowAnnotations
+		s.mu.Unlock()
+		if err := checkHullAnnotations(allow, r.spec.Annotations); err != nil {
+			return nil, fmt.Errorf("container %s: %w", r.id, err)
+		}
 		if want := sandboxID(r.id, annotations); want != rec.SandboxID {
 			return nil, fmt.Errorf("container %s belongs to sandbox %s, this shim serves %s: %w", r.id, want, rec.SandboxID, errdefs.ErrFailedPrecondition)
 		}
@@ -249,6 +268,13 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	cfg, err := loadConfig(r.opts)
 	if err != nil {
 		return nil, err
+	}
+	allow, err := compileAllowList(cfg.Runtime.EnableAnnotations)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHullAnnotations(allow, r.spec.Annotations); err != nil {
+		return nil, fmt.Errorf("container %s: %w", r.id, err)
 	}
 	podID := sandboxID(r.id, annotations)
 	rec = record{SandboxID: podID, VMID: vmID(r.namespace, podID), StateRoot: cfg.Runtime.StateDir}
@@ -285,6 +311,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.podShm = r.plan.shmSource
 	s.base, s.size, s.limit, s.sizedByAnnotations = size, size, alignLimit(size, limit), static
 	s.grown = map[string]vmSize{}
+	s.allowAnnotations = allow
 	s.mu.Unlock()
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
@@ -346,9 +373,15 @@ func (s *service) podShmSource() string {
 	return s.podShm
 }
 
-// forwardOOM publishes the sandbox's OOM kills until it stops.
+// forwardOOM publishes the sandbox's OOM kills until it stops. The sandbox
+// delivers only the IDs of its own containers, within a rate limit; an ID
+// that is not a task of this shim as well is dropped.
 func (s *service) forwardOOM(sb *sandbox.Sandbox) {
 	for id := range sb.OOMEvents() {
+		if _, err := s.container(id); err != nil {
+			log.G(s.bg).WithField("sandbox", sb.ID()).Debug("dropped an OOM event for a container that is not a task of this shim")
+			continue
+		}
 		s.events.publish(&eventstypes.TaskOOM{ContainerID: id})
 	}
 }

@@ -1,0 +1,276 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+	"github.com/hashicorp/yamux"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/channel"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+)
+
+// fakeAgent is an agent for unit tests that behaves as told: it serves the
+// agent's ttRPC services on the serial transport's protocol (sync, yamux,
+// channel headers) on a unix socket, as QEMU's end of the port would carry
+// them.
+type fakeAgent struct {
+	api.ContainersService
+
+	// exits delivers the answer of each WaitProcess, by "container/exec";
+	// a WaitProcess without one blocks until its context ends.
+	mu    sync.Mutex
+	exits map[string]chan int32
+	// signals records the SignalProcess calls, as "container/exec/signal".
+	signals []string
+	// removeErr is RemoveContainer's answer; hangRemove makes it block.
+	removeErr  error
+	hangRemove bool
+	// ooms feeds WaitOOM.
+	ooms chan string
+}
+
+func newFakeAgent() *fakeAgent {
+	return &fakeAgent{exits: map[string]chan int32{}, ooms: make(chan string, 1024)}
+}
+
+func (a *fakeAgent) exitChan(key string) chan int32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ch, ok := a.exits[key]
+	if !ok {
+		ch = make(chan int32, 1)
+		a.exits[key] = ch
+	}
+	return ch
+}
+
+// exit makes the guest report the exit of a process.
+func (a *fakeAgent) exit(container, exec string, status int32) {
+	a.exitChan(container + "/" + exec) <- status
+}
+
+func (a *fakeAgent) WaitProcess(ctx context.Context, r *api.WaitProcessRequest) (*api.WaitProcessResponse, error) {
+	select {
+	case st := <-a.exitChan(r.GetContainerId() + "/" + r.GetExecId()):
+		return &api.WaitProcessResponse{ExitStatus: st, ExitedAt: timestamppb.Now()}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (a *fakeAgent) SignalProcess(_ context.Context, r *api.SignalProcessRequest) (*api.SignalProcessResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.signals = append(a.signals, r.GetContainerId()+"/"+r.GetExecId())
+	return &api.SignalProcessResponse{}, nil
+}
+
+func (a *fakeAgent) RemoveContainer(ctx context.Context, _ *api.RemoveContainerRequest) (*api.RemoveContainerResponse, error) {
+	a.mu.Lock()
+	err, hang := a.removeErr, a.hangRemove
+	a.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &api.RemoveContainerResponse{}, nil
+}
+
+func (a *fakeAgent) WaitOOM(ctx context.Context, _ *api.WaitOOMRequest) (*api.WaitOOMResponse, error) {
+	select {
+	case id := <-a.ooms:
+		return &api.WaitOOMResponse{ContainerId: id}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// healthySystem answers Health.
+type healthySystem struct{ api.SystemService }
+
+func (healthySystem) Health(context.Context, *api.HealthRequest) (*api.HealthResponse, error) {
+	return &api.HealthResponse{Status: api.HealthResponse_STATUS_SERVING}, nil
+}
+
+// connListener hands the RPC channels to the ttRPC server.
+type connListener struct {
+	c    chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.c:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.UnixAddr{Name: "fake-agent"} }
+
+// serve runs the fake agent on a unix socket and returns a client
+// connected to it.
+func (a *fakeAgent) serve(t *testing.T) *agentclient.Client {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.RegisterContainersService(srv, a)
+	api.RegisterSystemService(srv, healthySystem{})
+	rpcs := &connListener{c: make(chan net.Conn), done: make(chan struct{})}
+	go func() { _ = srv.Serve(ctx, rpcs) }()
+	go func() {
+		conn, err := ul.Accept()
+		if err != nil {
+			return
+		}
+		synced, err := channel.SyncAgent(conn)
+		if err != nil {
+			_ = conn.Close()
+			return
+		}
+		sess, err := yamux.Server(synced, channel.YamuxConfig(ctx))
+		if err != nil {
+			_ = conn.Close()
+			return
+		}
+		context.AfterFunc(ctx, func() { _ = sess.Close() })
+		for {
+			st, err := sess.AcceptStream()
+			if err != nil {
+				return
+			}
+			go func() {
+				h, err := channel.ReadHeader(st)
+				if err != nil || h.Kind != channel.KindRPC {
+					_ = channel.WriteAck(st, channel.AckBadKind)
+					_ = st.Close()
+					return
+				}
+				if channel.WriteAck(st, channel.AckOK) != nil {
+					return
+				}
+				select {
+				case rpcs.c <- st:
+				case <-ctx.Done():
+				}
+			}()
+		}
+	}()
+	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer dcancel()
+	c, err := agentclient.Dial(dctx, hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, SocketPath: sock},
+		agentclient.Options{DialTimeout: 10 * time.Second, CallTimeout: 10 * time.Second, NoLogStream: true})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Close()
+		cancel()
+		_ = srv.Close()
+		_ = ul.Close()
+	})
+	return c
+}
+
+// stoppableVM is a VM that runs until Stop.
+type stoppableVM struct {
+	staticVM
+	done chan struct{}
+	once sync.Once
+}
+
+func (v *stoppableVM) Stop(context.Context) error {
+	v.once.Do(func() { close(v.done) })
+	return nil
+}
+func (v *stoppableVM) Done() <-chan struct{} { return v.done }
+
+// testSandbox is a running sandbox whose agent is a.
+func testSandbox(t *testing.T, a *fakeAgent, killTimeout time.Duration) *Sandbox {
+	t.Helper()
+	s := &Sandbox{
+		id:          "sb",
+		stateDir:    t.TempDir(),
+		state:       StateRunning,
+		vm:          &stoppableVM{done: make(chan struct{})},
+		client:      a.serve(t),
+		oom:         make(chan string, oomBuffer),
+		killTimeout: killTimeout,
+		containers:  map[string]*Container{},
+	}
+	s.bg, s.cancelBg = context.WithCancel(context.Background())
+	t.Cleanup(s.cancelBg)
+	return s
+}
+
+// runningContainer adds a started container to s, as CreateContainer and
+// Start leave it (without storage or stdio).
+func runningContainer(s *Sandbox, id string) *Container {
+	c := &Container{sb: s, id: id, state: ContainerRunning, execs: map[string]*Process{}}
+	c.init = &Process{c: c, pid: 1, io: &stdio{}, done: make(chan struct{}), state: ProcessRunning}
+	s.release(id, c)
+	go c.init.watch()
+	return c
+}
+
+// runningExec adds a started exec to c.
+func runningExec(c *Container, id string) *Process {
+	p := &Process{c: c, execID: id, pid: 2, io: &stdio{}, done: make(chan struct{}), state: ProcessRunning}
+	c.mu.Lock()
+	c.execs[id] = p
+	c.mu.Unlock()
+	go p.watch()
+	return p
+}
+
+// waitWithin waits for p's exit for at most d.
+func waitWithin(t *testing.T, p *Process, d time.Duration) ExitStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	st, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", p.name(), err)
+	}
+	return st
+}
+
+// stillRunning fails when p exits within d.
+func stillRunning(t *testing.T, p *Process, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if st, err := p.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%s ended (%+v, %v); want it running", p.name(), st, err)
+	}
+}

@@ -1,0 +1,273 @@
+package sandbox
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+)
+
+const testKillTimeout = 300 * time.Millisecond
+
+func TestKillTimeout(t *testing.T) {
+	ctx := context.Background()
+	t.Run("guest never reports the exit", func(t *testing.T) {
+		a := newFakeAgent()
+		s := testSandbox(t, a, testKillTimeout)
+		c := runningContainer(s, "c1")
+		start := time.Now()
+		if err := c.Signal(ctx, syscall.SIGKILL, false); err != nil {
+			t.Fatal(err)
+		}
+		st := waitWithin(t, c.Init(), 10*time.Second)
+		if st.Code != KilledStatus || !st.Declared {
+			t.Fatalf("exit %+v, want %d declared by the host", st, KilledStatus)
+		}
+		if took := time.Since(start); took < testKillTimeout {
+			t.Fatalf("declared dead after %s, before the kill timeout %s", took, testKillTimeout)
+		}
+		if c.State() != ContainerStopped {
+			t.Fatalf("container is %s, want stopped", c.State())
+		}
+		// The guest's late report changes nothing.
+		a.exit("c1", "", 0)
+		time.Sleep(100 * time.Millisecond)
+		if again := waitWithin(t, c.Init(), time.Second); again != st {
+			t.Fatalf("exit changed from %+v to %+v after the guest's report", st, again)
+		}
+	})
+	t.Run("guest reports the exit in time", func(t *testing.T) {
+		a := newFakeAgent()
+		s := testSandbox(t, a, 10*time.Second)
+		c := runningContainer(s, "c1")
+		if err := c.Signal(ctx, syscall.SIGKILL, false); err != nil {
+			t.Fatal(err)
+		}
+		a.exit("c1", "", 3)
+		st := waitWithin(t, c.Init(), 10*time.Second)
+		if st.Code != 3 || st.Declared {
+			t.Fatalf("exit %+v, want the guest's 3", st)
+		}
+	})
+	t.Run("other signals are the guest's business", func(t *testing.T) {
+		a := newFakeAgent()
+		s := testSandbox(t, a, testKillTimeout)
+		c := runningContainer(s, "c1")
+		if err := c.Signal(ctx, syscall.SIGTERM, true); err != nil {
+			t.Fatal(err)
+		}
+		stillRunning(t, c.Init(), 3*testKillTimeout)
+	})
+	t.Run("all covers the execs", func(t *testing.T) {
+		a := newFakeAgent()
+		s := testSandbox(t, a, testKillTimeout)
+		c := runningContainer(s, "c1")
+		e := runningExec(c, "e1")
+		other := runningExec(runningContainer(s, "c2"), "e2")
+		if err := c.Signal(ctx, syscall.SIGKILL, true); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []*Process{c.Init(), e} {
+			if st := waitWithin(t, p, 10*time.Second); st.Code != KilledStatus || !st.Declared {
+				t.Fatalf("%s: exit %+v, want %d declared", p.name(), st, KilledStatus)
+			}
+		}
+		stillRunning(t, other, testKillTimeout)
+	})
+	t.Run("an exec alone", func(t *testing.T) {
+		a := newFakeAgent()
+		s := testSandbox(t, a, testKillTimeout)
+		c := runningContainer(s, "c1")
+		e := runningExec(c, "e1")
+		if err := e.Signal(ctx, syscall.SIGKILL, false); err != nil {
+			t.Fatal(err)
+		}
+		if st := waitWithin(t, e, 10*time.Second); st.Code != KilledStatus || !st.Declared {
+			t.Fatalf("exit %+v, want %d declared", st, KilledStatus)
+		}
+		stillRunning(t, c.Init(), testKillTimeout)
+	})
+}
+
+func TestDeleteWithoutTheGuest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name  string
+		setup func(*fakeAgent)
+	}{
+		{"guest refuses", func(a *fakeAgent) { a.removeErr = errdefs.ErrPermissionDenied }},
+		{"guest does not answer", func(a *fakeAgent) { a.hangRemove = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeAgent()
+			tc.setup(a)
+			s := testSandbox(t, a, testKillTimeout)
+			c := runningContainer(s, "c1")
+			a.exit("c1", "", 0)
+			waitWithin(t, c.Init(), 10*time.Second)
+			if err := c.Delete(ctx, false); err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+			if _, err := s.Container("c1"); !errdefs.IsNotFound(err) {
+				t.Fatalf("the host still has the container: %v", err)
+			}
+			if c.State() != ContainerDeleted {
+				t.Fatalf("container is %s, want deleted", c.State())
+			}
+		})
+	}
+	t.Run("forced, guest silent", func(t *testing.T) {
+		a := newFakeAgent()
+		a.hangRemove = true
+		s := testSandbox(t, a, testKillTimeout)
+		c := runningContainer(s, "c1")
+		e := runningExec(c, "e1")
+		if err := c.Delete(ctx, true); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		for _, p := range []*Process{c.Init(), e} {
+			if st := waitWithin(t, p, time.Second); st.Code != KilledStatus || !st.Declared {
+				t.Fatalf("%s: exit %+v, want %d declared", p.name(), st, KilledStatus)
+			}
+		}
+		if _, err := s.Container("c1"); !errdefs.IsNotFound(err) {
+			t.Fatalf("the host still has the container: %v", err)
+		}
+	})
+}
+
+func TestGuestExitChecked(t *testing.T) {
+	s := &Sandbox{id: "sb", bg: context.Background()}
+	p := &Process{c: &Container{sb: s, id: "c1"}}
+	now := time.Now()
+	for _, tc := range []struct {
+		name     string
+		status   int32
+		at       *timestamppb.Timestamp
+		wantCode int
+		guestAt  bool
+	}{
+		{"plain", 7, timestamppb.New(now.Add(-time.Second)), 7, true},
+		{"signal", 137, timestamppb.New(now.Add(-time.Second)), 137, true},
+		{"beyond 255", 1 << 20, nil, 255, false},
+		{"negative", -1, nil, 255, false},
+		{"in the future", 0, timestamppb.New(now.Add(time.Hour)), 0, false},
+		{"invalid time", 0, &timestamppb.Timestamp{Seconds: -1 << 62}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := p.guestExit(&api.WaitProcessResponse{ExitStatus: tc.status, ExitedAt: tc.at})
+			if st.Code != tc.wantCode {
+				t.Errorf("code %d, want %d", st.Code, tc.wantCode)
+			}
+			if got := tc.at != nil && st.At.Equal(tc.at.AsTime()); got != tc.guestAt {
+				t.Errorf("time %s taken from the guest: %t, want %t", st.At, got, tc.guestAt)
+			}
+			if st.At.After(time.Now()) {
+				t.Errorf("time %s is in the future", st.At)
+			}
+		})
+	}
+}
+
+func TestWindow(t *testing.T) {
+	w := window{n: 3, period: time.Second}
+	t0 := time.Unix(1000, 0)
+	for i := range 3 {
+		if !w.allow(t0.Add(time.Duration(i) * time.Millisecond)) {
+			t.Fatalf("event %d refused", i)
+		}
+	}
+	if w.allow(t0.Add(500 * time.Millisecond)) {
+		t.Fatal("fourth event in the window allowed")
+	}
+	if !w.allow(t0.Add(time.Second)) {
+		t.Fatal("event of the next window refused")
+	}
+	p := window{n: 1, period: time.Second}
+	if d := p.wait(t0); d != 0 {
+		t.Fatalf("first wait %s", d)
+	}
+	if d := p.wait(t0.Add(200 * time.Millisecond)); d != 800*time.Millisecond {
+		t.Fatalf("second wait %s, want 800ms", d)
+	}
+}
+
+func TestOOMFilter(t *testing.T) {
+	owned := &Container{id: "mine"}
+	var hook logCount
+	l := logrus.New()
+	l.Out = nopWriter{}
+	l.AddHook(&hook)
+	f := oomFilter{
+		owned: func(id string) *Container {
+			if id == "mine" {
+				return owned
+			}
+			return nil
+		},
+		logger: logrus.NewEntry(l),
+	}
+	t0 := time.Unix(1000, 0)
+	delivered := 0
+	for i := range 100 {
+		now := t0.Add(time.Duration(i) * time.Millisecond)
+		if f.admit("other", now) {
+			t.Fatal("an event naming another container was admitted")
+		}
+		if f.admit("mine", now) {
+			delivered++
+		}
+	}
+	if delivered != oomPerContainer {
+		t.Fatalf("%d events of one container admitted in 100 ms, want %d", delivered, oomPerContainer)
+	}
+	if hook.n != 1 {
+		t.Fatalf("%d logs of dropped events in 100 ms, want 1", hook.n)
+	}
+	if !f.admit("mine", t0.Add(2*time.Second)) {
+		t.Fatal("an event in a later window was dropped")
+	}
+}
+
+func TestOOMLoopDropsForeignIDs(t *testing.T) {
+	a := newFakeAgent()
+	s := testSandbox(t, a, testKillTimeout)
+	runningContainer(s, "mine")
+	for range 5 {
+		a.ooms <- "../../someone-else"
+	}
+	a.ooms <- "mine"
+	go s.oomLoop()
+	select {
+	case id := <-s.OOMEvents():
+		if id != "mine" {
+			t.Fatalf("OOM event for %q delivered", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no OOM event")
+	}
+	select {
+	case id := <-s.OOMEvents():
+		t.Fatalf("second OOM event %q", id)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+type logCount struct{ n int }
+
+func (h *logCount) Levels() []logrus.Level { return []logrus.Level{logrus.WarnLevel} }
+func (h *logCount) Fire(*logrus.Entry) error {
+	h.n++
+	return nil
+}
+
+type nopWriter struct{}
+
+func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
