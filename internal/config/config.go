@@ -51,8 +51,10 @@ type Hypervisor struct {
 	KernelParams []string `toml:"kernel_params"`
 	VCPUs        uint32   `toml:"vcpus"`
 	MemoryMiB    uint32   `toml:"memory_mib"`
-	// MaxVCPUs and MaxMemoryMiB cap a pod VM grown by the pod's sizing
-	// annotations; zero means the host's CPUs and memory.
+	// MaxVCPUs and MaxMemoryMiB cap the size of a pod VM grown by its
+	// pod's limits; a pod asking for more is refused. Zero means the
+	// host's CPUs and three quarters of its memory; vCPUs never go beyond
+	// the host's CPUs.
 	MaxVCPUs     uint32 `toml:"max_vcpus"`
 	MaxMemoryMiB uint32 `toml:"max_memory_mib"`
 	// Debug keeps the guest kernel's console output and logs the agent at
@@ -99,8 +101,15 @@ type Runtime struct {
 	// StateDir holds one directory per sandbox (sockets, console log, pid
 	// files); at most MaxStateDirLen bytes.
 	StateDir string `toml:"state_dir"`
-	// CgroupParent is the cgroup under which each VM gets its own.
+	// CgroupParent is the cgroup under which each VM gets its own when the
+	// container's spec names no cgroupsPath (hull run, hull boot).
 	CgroupParent string `toml:"cgroup_parent"`
+	// CgroupMemoryOverheadMiB is what the sandbox's cgroup (QEMU and
+	// virtiofsd) may use beyond the VM's memory.
+	CgroupMemoryOverheadMiB uint32 `toml:"cgroup_memory_overhead_mib"`
+	// CgroupCPUOverheadMilli is what the sandbox cgroup's CPU quota adds
+	// to the VM's vCPUs, in thousandths of a CPU.
+	CgroupCPUOverheadMilli uint32 `toml:"cgroup_cpu_overhead_milli"`
 	LogLevel     string `toml:"log_level"`
 }
 
@@ -157,8 +166,10 @@ func Defaults() *Config {
 		},
 		Runtime: Runtime{
 			StateDir:     "/run/hull",
-			CgroupParent: "hull",
-			LogLevel:     "info",
+			CgroupParent:            "hull",
+			CgroupMemoryOverheadMiB: 256,
+			CgroupCPUOverheadMilli:  250,
+			LogLevel:                "info",
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -306,6 +317,12 @@ func (c *Config) Validate() error {
 	}
 	if r.CgroupParent == "" || strings.Contains(r.CgroupParent, "..") || filepath.IsAbs(r.CgroupParent) {
 		bad("runtime.cgroup_parent", "%q must be a relative cgroup path without ..", r.CgroupParent)
+	}
+	if r.CgroupMemoryOverheadMiB < 64 || r.CgroupMemoryOverheadMiB > 1<<20 {
+		bad("runtime.cgroup_memory_overhead_mib", "%d is outside 64..1048576: QEMU alone needs tens of MiB", r.CgroupMemoryOverheadMiB)
+	}
+	if r.CgroupCPUOverheadMilli > 255000 {
+		bad("runtime.cgroup_cpu_overhead_milli", "%d is above 255000", r.CgroupCPUOverheadMilli)
 	}
 	oneOf("runtime.log_level", r.LogLevel, levels...)
 
