@@ -110,7 +110,7 @@ type Runtime struct {
 	// CgroupCPUOverheadMilli is what the sandbox cgroup's CPU quota adds
 	// to the VM's vCPUs, in thousandths of a CPU.
 	CgroupCPUOverheadMilli uint32 `toml:"cgroup_cpu_overhead_milli"`
-	LogLevel     string `toml:"log_level"`
+	LogLevel               string `toml:"log_level"`
 }
 
 // Image configures the guest assets and `hull image build`.
@@ -165,7 +165,7 @@ func Defaults() *Config {
 			LogLevel:    "info",
 		},
 		Runtime: Runtime{
-			StateDir:     "/run/hull",
+			StateDir:                "/run/hull",
 			CgroupParent:            "hull",
 			CgroupMemoryOverheadMiB: 256,
 			CgroupCPUOverheadMilli:  250,

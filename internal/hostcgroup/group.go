@@ -41,6 +41,11 @@ var v2Controllers = []string{"cpu", "memory", "pids"}
 // procRoot is where process information is read; a variable for tests.
 var procRoot = "/proc"
 
+// removeDir removes a cgroup directory (which holds only the kernel's
+// control files); a variable for tests, whose stand-in directories hold
+// real files.
+var removeDir = os.Remove
+
 // Host finds the cgroup mounts of this host from /proc/self/mountinfo.
 // The cpuset hierarchy is left out: a new cpuset group has no CPUs until
 // they are copied in, and the VM is not pinned.
@@ -409,6 +414,11 @@ func (g *Group) SetLimits(l Limits) error {
 			err = writeFile(filepath.Join(d, "cpu.max"), fmt.Sprintf("%d %d", l.CPUQuotaUs, l.CPUPeriodUs))
 		} else if err = writeFile(filepath.Join(d, "cpu.cfs_period_us"), strconv.FormatUint(l.CPUPeriodUs, 10)); err == nil {
 			err = writeFile(filepath.Join(d, "cpu.cfs_quota_us"), strconv.FormatInt(l.CPUQuotaUs, 10))
+			// v1 refuses a quota above an ancestor's (v2 takes the
+			// smaller): then the ancestor's binds the group already.
+			if errors.Is(err, unix.EINVAL) {
+				err = writeFile(filepath.Join(d, "cpu.cfs_quota_us"), "-1")
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("cgroup %s: setting the cpu quota to %d/%d us: %w", g.path, l.CPUQuotaUs, l.CPUPeriodUs, err)
@@ -430,7 +440,7 @@ func (g *Group) Delete() error {
 	for i := len(g.created) - 1; i >= 0; i-- {
 		d := g.created[i]
 		for {
-			err := os.Remove(d)
+			err := removeDir(d)
 			if err == nil || errors.Is(err, os.ErrNotExist) {
 				break
 			}
