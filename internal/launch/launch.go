@@ -79,7 +79,7 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
-// defaultMaxMemoryMiB caps the default memory limit (the host's memory) at
+// defaultMaxMemoryMiB caps the default memory limit (3/4 of the host's memory) at
 // 512 GiB: QEMU refuses a maxmem that, with the hotplug slots and the PCI
 // window, needs more than the 40 physical address bits of the CPU models
 // it emulates (about 960 GiB), and no pod VM needs more here.
