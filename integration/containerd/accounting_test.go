@@ -21,6 +21,13 @@ import (
 func TestAccounting(t *testing.T) {
 	containerdPath, ctrPath := daemonBinaries(t, "1.6")
 	d := startDaemon(t, containerdPath, ctrPath)
+	// ctr's cgroupsPath is /<namespace>/<id>; the runtime leaves the
+	// namespace's group, as runc does: remove it when it is empty.
+	t.Cleanup(func() {
+		for _, h := range v1Hierarchies() {
+			_ = os.Remove(filepath.Join(h, "default"))
+		}
+	})
 
 	t.Run("cgroupfs path", func(t *testing.T) {
 		defer d.checkClean(t)
