@@ -38,6 +38,10 @@ type FS struct {
 // CPU for the limits, pids for accounting.
 var v2Controllers = []string{"cpu", "memory", "pids"}
 
+// v1MountOptions are the options of a v1 cgroup mount that name no
+// controller (those with a value, "name=systemd", are told apart by '=').
+var v1MountOptions = []string{"rw", "ro", "xattr", "noprefix", "clone_children", "cpuset_v2_mode", "favordynmods"}
+
 // procRoot is where process information is read; a variable for tests.
 var procRoot = "/proc"
 
@@ -81,7 +85,7 @@ func Host() (FS, error) {
 				switch {
 				case o == "cpuset":
 					cpuset = true
-				case o == "rw" || o == "ro" || strings.Contains(o, "="):
+				case slices.Contains(v1MountOptions, o) || strings.Contains(o, "="):
 				default:
 					ctrls = append(ctrls, o)
 				}

@@ -248,3 +248,42 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+func TestHost(t *testing.T) {
+	const hybrid = `25 24 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:24 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
+28 25 0:25 / /sys/fs/cgroup/memory rw,nosuid shared:12 - cgroup cgroup rw,memory
+29 25 0:26 / /sys/fs/cgroup/cpuset rw,nosuid shared:13 - cgroup cgroup rw,cpuset
+30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:14 - cgroup cgroup rw,cpu,cpuacct
+`
+	const unified = `25 24 0:22 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+`
+	for _, tc := range []struct {
+		name, mountinfo string
+		want            FS
+	}{
+		{"hybrid: the v1 hierarchies but cpuset", hybrid, FS{V1: []Hierarchy{
+			{Mount: "/sys/fs/cgroup/systemd"},
+			{Mount: "/sys/fs/cgroup/memory", Controllers: []string{"memory"}},
+			{Mount: "/sys/fs/cgroup/cpu,cpuacct", Controllers: []string{"cpu", "cpuacct"}},
+		}}},
+		{"unified", unified, FS{Unified: "/sys/fs/cgroup"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			must(t, os.MkdirAll(filepath.Join(dir, "self"), 0o755))
+			write(t, filepath.Join(dir, "self/mountinfo"), tc.mountinfo)
+			old := procRoot
+			procRoot = dir
+			defer func() { procRoot = old }()
+			got, err := Host()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("Host() = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
