@@ -24,15 +24,19 @@ func podAccounting(t *testing.T, s *session) {
 	p := s.runPodWith(config)
 	want := config.Linux.CgroupParent + "/" + p.id
 
-	var pids []int
+	var qemu, virtiofsd []int
 	for _, pr := range s.d.processes() {
-		if strings.HasPrefix(pr.cmdline, "qemu-system") && strings.Contains(pr.cmdline, p.id) || strings.Contains(pr.cmdline, "virtiofsd") {
-			pids = append(pids, pr.pid)
+		switch comm := processComm(pr.pid); {
+		case comm == "qemu-system-x86" && strings.Contains(pr.cmdline, p.id):
+			qemu = append(qemu, pr.pid)
+		case comm == "virtiofsd":
+			virtiofsd = append(virtiofsd, pr.pid)
 		}
 	}
-	if len(pids) < 2 {
-		t.Fatalf("found %v, want QEMU and virtiofsd", pids)
+	if len(qemu) != 1 || len(virtiofsd) == 0 {
+		t.Fatalf("found qemu %v and virtiofsd %v, want one QEMU and virtiofsd", qemu, virtiofsd)
 	}
+	pids := append(qemu, virtiofsd...)
 	for _, pid := range pids {
 		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
 		for _, task := range tasks {
@@ -63,6 +67,12 @@ func podAccounting(t *testing.T, s *session) {
 	if st, err := s.runPodSandbox(big, s.h.name); err == nil || !strings.Contains(err.Error(), "beyond the cap") {
 		t.Errorf("a pod of 1 TiB: id %q, err %v; want a refusal naming the cap", st.id, err)
 	}
+}
+
+// processComm is a process's command name.
+func processComm(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(b))
 }
 
 // memoryCgroupOf reads a task's cgroup in the v1 memory hierarchy.
