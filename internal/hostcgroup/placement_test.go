@@ -41,6 +41,11 @@ func realV2(t *testing.T) FS {
 // group and reads each one's /proc/<pid>/cgroup.
 func TestAddTreeReal(t *testing.T) {
 	fs := realV2(t)
+	// A real cgroup is removed as in production: rmdir, retried while
+	// the killed processes are leaving it.
+	oldRemove := removeDir
+	removeDir = os.Remove
+	defer func() { removeDir = oldRemove }()
 	path := fmt.Sprintf("/hull-test-%d/sandbox", os.Getpid())
 	g, err := Create(fs, path)
 	if err != nil {
