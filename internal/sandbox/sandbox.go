@@ -362,8 +362,8 @@ func (s *Sandbox) withConsole(err error) error {
 // Stop releases the sandbox: the guest's containers (DestroySandbox, best
 // effort), the guest (Shutdown through the agent), the VM, virtiofsd, the
 // shared storage, the cgroup (when the sandbox made it) and the state
-// directory. It always releases the host
-// resources, even when the agent does not answer.
+// directory. It always releases the host resources, even when the agent
+// does not answer.
 func (s *Sandbox) Stop(ctx context.Context) error {
 	if err := s.transition(StateStopping); err != nil {
 		return err
