@@ -400,11 +400,7 @@ func (g *Group) SetLimits(l Limits) error {
 		if d == "" {
 			return fmt.Errorf("cgroup %s: no memory controller: %w", g.path, errdefs.ErrNotImplemented)
 		}
-		file := "memory.limit_in_bytes"
-		if g.fs.Unified != "" {
-			file = "memory.max"
-		}
-		if err := writeFile(filepath.Join(d, file), strconv.FormatInt(l.MemoryBytes, 10)); err != nil {
+		if err := g.setMemory(d, l.MemoryBytes); err != nil {
 			return fmt.Errorf("cgroup %s: setting the memory limit to %d bytes: %w", g.path, l.MemoryBytes, err)
 		}
 	}
@@ -429,6 +425,43 @@ func (g *Group) SetLimits(l Limits) error {
 		}
 	}
 	return nil
+}
+
+// setMemory sets the memory limit in dir and keeps the group out of swap
+// where the host accounts it: memory.swap.max 0 on v2; on v1
+// memory.memsw.limit_in_bytes (memory and swap together) equal to the
+// limit. v1 wants the memory limit at most memsw's at every moment, so a
+// limit that grows moves memsw first.
+func (g *Group) setMemory(dir string, bytes int64) error {
+	v := strconv.FormatInt(bytes, 10)
+	if g.fs.Unified != "" {
+		if err := writeFile(filepath.Join(dir, "memory.max"), v); err != nil {
+			return err
+		}
+		return writeIfExists(filepath.Join(dir, "memory.swap.max"), "0")
+	}
+	mem, memsw := filepath.Join(dir, "memory.limit_in_bytes"), filepath.Join(dir, "memory.memsw.limit_in_bytes")
+	err := writeFile(mem, v)
+	if errors.Is(err, unix.EINVAL) {
+		// Above memsw's: raise that first.
+		if err := writeIfExists(memsw, v); err != nil {
+			return err
+		}
+		err = writeFile(mem, v)
+	}
+	if err != nil {
+		return err
+	}
+	return writeIfExists(memsw, v)
+}
+
+// writeIfExists writes a control file that only some hosts have (swap
+// accounting); a host without it is no error.
+func writeIfExists(file, data string) error {
+	if _, err := os.Stat(file); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return writeFile(file, data)
 }
 
 // deleteWait bounds Delete's wait for a group whose killed processes have

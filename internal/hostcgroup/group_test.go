@@ -63,10 +63,14 @@ func TestCreateV2(t *testing.T) {
 		t.Error("Created() = false for a new group")
 	}
 
+	leaf := filepath.Join(fs.Unified, "kubepods/pod1/sandbox1")
+	write(t, filepath.Join(leaf, "memory.swap.max"), "max")
 	if err := g.SetLimits(Limits{MemoryBytes: 768 << 20, CPUQuotaUs: 125000, CPUPeriodUs: 100000}); err != nil {
 		t.Fatal(err)
 	}
-	leaf := filepath.Join(fs.Unified, "kubepods/pod1/sandbox1")
+	if got := read(t, filepath.Join(leaf, "memory.swap.max")); got != "0" {
+		t.Errorf("memory.swap.max = %q, want no swap", got)
+	}
 	if got := read(t, filepath.Join(leaf, "memory.max")); got != "805306368" {
 		t.Errorf("memory.max = %q", got)
 	}
@@ -156,12 +160,14 @@ func TestV1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mem, cpu := filepath.Join(root, "memory/default/c1"), filepath.Join(root, "cpu,cpuacct/default/c1")
+	write(t, filepath.Join(mem, "memory.memsw.limit_in_bytes"), "9223372036854771712")
 	if err := g.SetLimits(Limits{MemoryBytes: 1 << 30, CPUQuotaUs: 225000, CPUPeriodUs: 100000}); err != nil {
 		t.Fatal(err)
 	}
-	mem, cpu := filepath.Join(root, "memory/default/c1"), filepath.Join(root, "cpu,cpuacct/default/c1")
 	for file, want := range map[string]string{
 		filepath.Join(mem, "memory.limit_in_bytes"):           "1073741824",
+		filepath.Join(mem, "memory.memsw.limit_in_bytes"):     "1073741824",
 		filepath.Join(mem, "memory.move_charge_at_immigrate"): "3",
 		filepath.Join(cpu, "cpu.cfs_period_us"):               "100000",
 		filepath.Join(cpu, "cpu.cfs_quota_us"):                "225000",

@@ -117,3 +117,45 @@ func v2CgroupOf(t *testing.T, pid int) string {
 	}
 	return ""
 }
+
+// TestMemoryLimitReal sets and raises a memory limit in the host's real v1
+// memory hierarchy, where the limit may never exceed memory and swap
+// together (memory.memsw.limit_in_bytes) when the host accounts swap.
+func TestMemoryLimitReal(t *testing.T) {
+	const mount = "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(filepath.Join(mount, "memory.memsw.limit_in_bytes")); err != nil || os.Geteuid() != 0 {
+		msg := "needs root and a cgroup v1 memory hierarchy with swap accounting"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	oldRemove := removeDir
+	removeDir = os.Remove
+	defer func() { removeDir = oldRemove }()
+	fs := FS{V1: []Hierarchy{{Mount: mount, Controllers: []string{"memory"}}}}
+	path := fmt.Sprintf("/hull-test-%d", os.Getpid())
+	g, err := Create(fs, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := g.Delete(); err != nil {
+			t.Error(err)
+		}
+	}()
+	for _, mib := range []int64{256, 1024, 1152} {
+		if err := g.SetLimits(Limits{MemoryBytes: mib << 20}); err != nil {
+			t.Fatalf("%d MiB: %v", mib, err)
+		}
+		for _, f := range []string{"memory.limit_in_bytes", "memory.memsw.limit_in_bytes"} {
+			b, err := os.ReadFile(filepath.Join(mount, path, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.TrimSpace(string(b)); got != fmt.Sprint(mib<<20) {
+				t.Errorf("%d MiB: %s = %s", mib, f, got)
+			}
+		}
+	}
+}
