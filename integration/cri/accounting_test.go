@@ -15,8 +15,8 @@ import (
 // virtiofsd, every thread, live in the sandbox container's cgroup below
 // the pod's cgroup (as containerd sets it: <cgroup parent>/<sandbox id>),
 // whose memory limit is the VM's memory (base 512 MiB and the pod's 256
-// MiB) plus the default 256 MiB overhead; that cgroup goes with the pod,
-// the pod's own stays. A pod asking for more than the VM size cap is
+// MiB) plus the default 256 MiB overhead, and follows the VM when it grows
+// by hotplug; that cgroup goes with the pod, the pod's own stays. A pod asking for more than the VM size cap is
 // refused with a clear error and leaves nothing.
 func podAccounting(t *testing.T, s *session) {
 	config := s.podConfig("charged")
@@ -61,6 +61,27 @@ func podAccounting(t *testing.T, s *session) {
 	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory", config.Linux.CgroupParent)); err != nil {
 		t.Errorf("the pod's cgroup %s, the kubelet's, was removed: %v", config.Linux.CgroupParent, err)
 	}
+
+	// The limit follows the VM when it grows by hotplug for a container
+	// with limits.
+	config = s.podConfig("grown-charged")
+	p = s.runPodWith(config)
+	c := containerConfig("limited", untilTerm("true")...)
+	c.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: sizingMemory, CpuPeriod: sizingCPUPeriod, CpuQuota: sizingCPUPeriod}
+	id := p.run(c)
+	checkGuestSize(t, p, id)
+	dir := filepath.Join("/sys/fs/cgroup/memory", config.Linux.CgroupParent, p.id)
+	for _, f := range []string{"memory.limit_in_bytes", "memory.memsw.limit_in_bytes"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); got < (512+256+256)<<20 {
+			t.Errorf("after growing to 768 MiB, %s = %d, want at least 1 GiB", f, got)
+		}
+	}
+	p.stop()
+	p.remove()
 
 	big := s.podConfig("too-big")
 	big.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: 1 << 40}
