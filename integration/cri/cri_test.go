@@ -43,6 +43,7 @@ var cases = []struct {
 	{name: "missing image", run: missingImage},
 	{name: "missing executable", run: missingExecutable},
 	{name: "pod VM sizing", run: podSizing, vmOnly: true},
+	{name: "pod VM accounting", run: podAccounting, vmOnly: true},
 	{name: "pod VM killed", run: vmKilled, vmOnly: true},
 	{name: "pod shim killed", run: shimKilled, vmOnly: true},
 }

@@ -52,8 +52,10 @@ type Hypervisor struct {
 	KernelParams []string `toml:"kernel_params"`
 	VCPUs        uint32   `toml:"vcpus"`
 	MemoryMiB    uint32   `toml:"memory_mib"`
-	// MaxVCPUs and MaxMemoryMiB cap a pod VM grown by the pod's sizing
-	// annotations; zero means the host's CPUs and memory.
+	// MaxVCPUs and MaxMemoryMiB cap the size of a pod VM grown by its
+	// pod's limits; a pod asking for more is refused. Zero means the
+	// host's CPUs and three quarters of its memory; vCPUs never go beyond
+	// the host's CPUs.
 	MaxVCPUs     uint32 `toml:"max_vcpus"`
 	MaxMemoryMiB uint32 `toml:"max_memory_mib"`
 	// Debug keeps the guest kernel's console output and logs the agent at
@@ -105,7 +107,8 @@ type Runtime struct {
 	// StateDir holds one directory per sandbox (sockets, console log, pid
 	// files); at most MaxStateDirLen bytes.
 	StateDir string `toml:"state_dir"`
-	// CgroupParent is the cgroup under which each VM gets its own.
+	// CgroupParent is the cgroup under which each VM gets its own when the
+	// container's spec names no cgroupsPath (hull run, hull boot).
 	CgroupParent string `toml:"cgroup_parent"`
 	LogLevel     string `toml:"log_level"`
 	// GuestLogMaxBytes bounds each log file that the guest can fill (the
@@ -117,6 +120,12 @@ type Runtime struct {
 	// against the whole key after its prefix. A hull annotation no entry
 	// matches is refused. Empty allows none.
 	EnableAnnotations []string `toml:"enable_annotations"`
+	// CgroupMemoryOverheadMiB is what the sandbox's cgroup (QEMU and
+	// virtiofsd) may use beyond the VM's memory.
+	CgroupMemoryOverheadMiB uint32 `toml:"cgroup_memory_overhead_mib"`
+	// CgroupCPUOverheadMilli is what the sandbox cgroup's CPU quota adds
+	// to the VM's vCPUs, in thousandths of a CPU.
+	CgroupCPUOverheadMilli uint32 `toml:"cgroup_cpu_overhead_milli"`
 }
 
 // Bounds of runtime.guest_log_max_bytes.
@@ -182,8 +191,10 @@ func Defaults() *Config {
 			CgroupParent: "hull",
 			LogLevel:     "info",
 			// Some thousands of console lines: enough for a post-mortem.
-			GuestLogMaxBytes:  1 << 20,
-			EnableAnnotations: []string{},
+			GuestLogMaxBytes:        1 << 20,
+			EnableAnnotations:       []string{},
+			CgroupMemoryOverheadMiB: 256,
+			CgroupCPUOverheadMilli:  250,
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -334,6 +345,12 @@ func (c *Config) Validate() error {
 	}
 	if r.CgroupParent == "" || strings.Contains(r.CgroupParent, "..") || filepath.IsAbs(r.CgroupParent) {
 		bad("runtime.cgroup_parent", "%q must be a relative cgroup path without ..", r.CgroupParent)
+	}
+	if r.CgroupMemoryOverheadMiB < 64 || r.CgroupMemoryOverheadMiB > 1<<20 {
+		bad("runtime.cgroup_memory_overhead_mib", "%d is outside 64..1048576: QEMU alone needs tens of MiB", r.CgroupMemoryOverheadMiB)
+	}
+	if r.CgroupCPUOverheadMilli > 255000 {
+		bad("runtime.cgroup_cpu_overhead_milli", "%d is above 255000", r.CgroupCPUOverheadMilli)
 	}
 	oneOf("runtime.log_level", r.LogLevel, levels...)
 	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {

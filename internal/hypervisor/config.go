@@ -44,6 +44,12 @@ type Config struct {
 	// resource; drivers that cannot hotplug ignore them.
 	MaxVCPUs     uint32
 	MaxMemoryMiB uint32
+	// Cgroup is an existing cgroup (its path below the cgroup root) that
+	// the driver moves the hypervisor process into, with all its threads,
+	// before the guest runs; the caller made it, sets its limits and
+	// removes it. Empty: the driver makes a cgroup of its own and removes
+	// it when the VM stops.
+	Cgroup string
 	// SharedMemory backs guest RAM with a shared memfd; vhost-user devices
 	// such as virtio-fs need it.
 	SharedMemory bool

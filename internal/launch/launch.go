@@ -14,6 +14,7 @@ import (
 
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
+	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/sandbox"
@@ -79,22 +80,27 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
-// defaultMaxMemoryMiB caps the default memory limit (the host's memory) at
+// defaultMaxMemoryMiB caps the default memory limit (3/4 of the host's memory) at
 // 512 GiB: QEMU refuses a maxmem that, with the hotplug slots and the PCI
 // window, needs more than the 40 physical address bits of the CPU models
 // it emulates (about 960 GiB), and no pod VM needs more here.
 const defaultMaxMemoryMiB = 512 << 10
 
 // Limits returns how far a VM may grow: hypervisor.max_vcpus and
-// max_memory_mib, where 0 means the host's CPU count (at most 255) and the
-// host's memory (at most 512 GiB).
+// max_memory_mib, where 0 means the host's CPU count and three quarters of
+// the host's memory (at most 512 GiB), so that no VM takes the whole node.
+// vCPUs never exceed the host's CPUs (nor 255).
 func Limits(c *config.Config) (vcpus, memoryMiB uint32) {
+	return limits(c, uint32(min(runtime.NumCPU(), 255)), hostMemoryMiB())
+}
+
+func limits(c *config.Config, hostCPUs, hostMiB uint32) (vcpus, memoryMiB uint32) {
 	vcpus, memoryMiB = c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB
-	if vcpus == 0 {
-		vcpus = uint32(min(runtime.NumCPU(), 255))
+	if vcpus == 0 || vcpus > hostCPUs {
+		vcpus = hostCPUs
 	}
 	if memoryMiB == 0 {
-		memoryMiB = min(hostMemoryMiB(), defaultMaxMemoryMiB)
+		memoryMiB = min(uint32(uint64(hostMiB)*3/4), defaultMaxMemoryMiB)
 	}
 	return vcpus, memoryMiB
 }
@@ -121,6 +127,10 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		level = "debug"
 	}
 	maxVCPUs, maxMemoryMiB := Limits(c)
+	cgroupPath, err := hostcgroup.Resolve("", c.Runtime.CgroupParent, id)
+	if err != nil {
+		return sandbox.Config{}, err
+	}
 	return sandbox.Config{
 		ID:        id,
 		StateRoot: c.Runtime.StateDir,
@@ -148,5 +158,10 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		// namespace sandbox (it needs root, which the runtime has).
 		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},
 		DebugConsole: c.Agent.DebugConsole,
+		Cgroup: sandbox.CgroupConfig{
+			Path:              cgroupPath,
+			MemoryOverheadMiB: c.Runtime.CgroupMemoryOverheadMiB,
+			CPUOverheadMilli:  c.Runtime.CgroupCPUOverheadMilli,
+		},
 	}, nil
 }

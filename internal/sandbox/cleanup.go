@@ -36,13 +36,22 @@ type record struct {
 	VirtiofsPID int    `json:"virtiofsd_pid,omitempty"`
 	// NetNS is the pod network namespace mirrored into the VM.
 	NetNS string `json:"netns,omitempty"`
-	// Cgroup is the VM's cgroup path below the cgroup root(s).
+	// Cgroup is the cgroup path below the cgroup root(s) that Cleanup
+	// removes: the sandbox's when the sandbox made it, else the VM
+	// driver's own; empty when the runtime made none (a pod cgroup that
+	// existed is not the runtime's to remove).
 	Cgroup string `json:"cgroup,omitempty"`
 }
 
 func (s *Sandbox) record() record {
 	d := s.vm.Describe()
 	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup, NetNS: s.netnsPath}
+	if s.cgroup != nil {
+		r.Cgroup = ""
+		if s.cgroup.g.Created() {
+			r.Cgroup = s.cgroup.g.Path()
+		}
+	}
 	if s.virtiofs != nil {
 		r.VirtiofsPID = s.virtiofs.PID()
 	}

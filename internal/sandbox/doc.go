@@ -5,7 +5,9 @@
 // it a constructor for the VM.
 //
 // Start runs the boot as an ordered list of named steps (state directory,
-// shared storage, virtiofsd, VM, agent connection, clock, guest sandbox);
+// shared storage, host cgroup, virtiofsd, VM, agent connection, clock,
+// guest sandbox); the host cgroup (cgroup.go) holds virtiofsd and the VMM
+// with limits that follow the VM's size, so the VM is charged to its pod;
 // each step that acquires something pushes its undo on a cleanup stack, and
 // a failed start unwinds the stack so that nothing is left behind: no
 // hypervisor or virtiofsd process, no mount, no cgroup, no state directory.

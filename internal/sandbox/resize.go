@@ -13,9 +13,14 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
+// resizeSlackMiB is how far a grown VM's memory may exceed the size asked
+// for: less than one memory block of the driver (128 MiB for QEMU).
+const resizeSlackMiB = 128
+
 // Resize grows the sandbox's VM to at least vcpus vCPUs and memoryMiB MiB of
-// memory: the driver hot-adds them, then the agent brings them online in
-// the guest. It never shrinks the VM. A driver or machine that cannot
+// memory: the sandbox's cgroup limits are raised first (so that the added
+// memory is never beyond them), the driver hot-adds the resources, then
+// the agent brings them online in the guest. It never shrinks the VM. A driver or machine that cannot
 // hotplug answers ErrNotImplemented, a size beyond the VM's limits
 // (hypervisor.Config's MaxVCPUs and MaxMemoryMiB) ErrInvalidArgument. When
 // the agent call fails after the driver grew the VM, a later Resize (even to
@@ -29,6 +34,12 @@ func (s *Sandbox) Resize(ctx context.Context, vcpus, memoryMiB uint32) error {
 		return fmt.Errorf("resizing sandbox %s: %w", s.id, err)
 	}
 	start := time.Now()
+	if s.cgroup != nil {
+		// Memory grows in the driver's blocks: allow the last one whole.
+		if err := s.cgroup.grow(vcpus, memoryMiB+resizeSlackMiB); err != nil {
+			return fmt.Errorf("resizing sandbox %s: raising its cgroup limits: %w", s.id, err)
+		}
+	}
 	size, grewErr := r.Resize(ctx, vcpus, memoryMiB)
 	if grewErr != nil {
 		grewErr = fmt.Errorf("resizing sandbox %s: %w", s.id, grewErr)

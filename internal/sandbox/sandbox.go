@@ -98,6 +98,8 @@ type Config struct {
 	// DebugConsole lets the agent start its debug shell and the sandbox
 	// serve it on ConsoleSocketName (`hull exec`).
 	DebugConsole bool
+	// Cgroup is where the VMM and virtiofsd are accounted and limited.
+	Cgroup CgroupConfig
 }
 
 // Sandbox is a running VM with its agent.
@@ -118,6 +120,8 @@ type Sandbox struct {
 	// VM; nil without one.
 	network   *netpod.Network
 	netnsPath string
+	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
+	cgroup *hostCgroup
 
 	// bg is the sandbox's process-lifetime context for its background
 	// loops (process waiters, the OOM loop); Stop cancels it. It carries
@@ -243,6 +247,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		{"create shared storage", func(ctx context.Context) error {
 			return s.createStorage(ctx, &undo)
 		}},
+		{"create cgroup", func(ctx context.Context) error {
+			return s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, &undo)
+		}},
 		{"start virtiofsd", func(ctx context.Context) error {
 			return s.startVirtiofs(ctx, cfg.Virtiofs, &undo)
 		}},
@@ -261,6 +268,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			vc.SharedMemory = true
 			vc.ID = cfg.ID
 			vc.StateDir = s.stateDir
+			vc.Cgroup = s.CgroupPath()
 			ep, err := endpoint(cfg)
 			if err != nil {
 				return err
@@ -366,8 +374,9 @@ func (s *Sandbox) withConsole(err error) error {
 
 // Stop releases the sandbox: the guest's containers (DestroySandbox, best
 // effort), the guest (Shutdown through the agent), the VM, virtiofsd, the
-// shared storage and the state directory. It always releases the host
-// resources, even when the agent does not answer.
+// shared storage, the cgroup (when the sandbox made it) and the state
+// directory. It always releases the host resources, even when the agent
+// does not answer.
 func (s *Sandbox) Stop(ctx context.Context) error {
 	if err := s.transition(StateStopping); err != nil {
 		return err
@@ -414,6 +423,9 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	}
 	if s.storage != nil {
 		errs = append(errs, s.storage.Close(ctx))
+	}
+	if s.cgroup != nil {
+		errs = append(errs, s.cgroup.g.Delete())
 	}
 	errs = append(errs, os.RemoveAll(s.stateDir))
 	if err := s.transition(StateStopped); err != nil {

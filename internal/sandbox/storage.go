@@ -74,7 +74,9 @@ func (s *Sandbox) startVirtiofs(ctx context.Context, cfg VirtiofsConfig, undo *c
 	}
 	s.virtiofs = d
 	undo.push(d.Stop)
-	return nil
+	// Into the sandbox's cgroup before QEMU connects: it serves nothing
+	// until then.
+	return s.place(d.PID())
 }
 
 // filesystemDevice is the VM device of the share.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -157,7 +158,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	if r0 == rolePodMember {
-		s.growFor(ctx, sb, r.ID, spec)
+		if err := s.growFor(ctx, sb, r.ID, spec); err != nil {
+			return nil, fmt.Errorf("container %s: %w", r.ID, err)
+		}
 	}
 	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	pio, err := openIO(ctx, ns, r.ID, paths)
@@ -288,6 +291,13 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if r.spec.Hostname != "" {
 		sc.Hostname = r.spec.Hostname
 	}
+	// QEMU and virtiofsd go where containerd put the sandbox container:
+	// for a CRI pod its cgroupsPath is below the pod's cgroup.
+	if r.spec.Linux != nil && r.spec.Linux.CgroupsPath != "" {
+		if sc.Cgroup.Path, err = hostcgroup.Resolve(r.spec.Linux.CgroupsPath, "", ""); err != nil {
+			return nil, err
+		}
+	}
 	maxVCPUs, maxMemoryMiB := launch.Limits(cfg)
 	limit := vmSize{maxVCPUs, maxMemoryMiB}
 	size, static, err := podSize(vmSize{sc.VM.VCPUs, sc.VM.MemoryMiB}, limit, annotations)
@@ -324,33 +334,41 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 // pod's sizing annotations did not already count them. The VM grows to its
 // boot size plus the limits of the live members, so a container restarted
 // under a new ID (its predecessor deleted) adds nothing new. A VM that
-// cannot grow (microvm, no free slot, at its limit) runs the container all
-// the same: its cgroup in the guest still enforces its limits.
-func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, spec *specs.Spec) {
+// cannot grow (microvm, no free slot) runs the container all the same: its
+// cgroup in the guest still enforces its limits. Limits that would take the
+// VM beyond its cap (hypervisor.max_vcpus, max_memory_mib) refuse the
+// container with an ErrInvalidArgument-class error.
+func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, spec *specs.Spec) error {
 	// One growth at a time, so that each counts on the one before.
 	s.growMu.Lock()
 	defer s.growMu.Unlock()
 	s.mu.Lock()
 	if s.sizedByAnnotations || s.grown == nil {
 		s.mu.Unlock()
-		return
+		return nil
 	}
 	s.grown[id] = containerGrowth(spec)
 	cur := s.size
-	want := growthTarget(s.base, cur, s.limit, s.grown)
+	want, err := growthTarget(s.base, cur, s.limit, s.grown)
+	if err != nil {
+		delete(s.grown, id)
+		s.mu.Unlock()
+		return fmt.Errorf("its limits: %w", err)
+	}
 	s.mu.Unlock()
 	if want == cur {
-		return
+		return nil
 	}
 	logger := log.G(ctx).WithFields(log.Fields{"container": id, "vcpus": want.vcpus, "memory_mib": want.memoryMiB})
 	if err := sb.Resize(ctx, want.vcpus, want.memoryMiB); err != nil {
 		logger.WithError(err).Warn("growing the VM for a container failed; it runs within the VM's current size")
-		return
+		return nil
 	}
 	s.mu.Lock()
 	s.size = want
 	s.mu.Unlock()
 	logger.Info("VM grown for a container")
+	return nil
 }
 
 // isPodPid reports whether pid is the guest PID of a container's init in

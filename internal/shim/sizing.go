@@ -26,10 +26,11 @@ type vmSize struct {
 // podSize grows the base VM size by the pod's limits from the sizing
 // annotations: ceil(quota/period) vCPUs and the memory limit, on top of
 // the base that holds the guest kernel, the agent and the pause container.
-// The result is capped at limit. static reports whether the annotations
-// sized the pod (then its containers need no hotplug). Malformed
-// annotations are an error; absent or zero ones add nothing (a pod without
-// limits gets the base size).
+// A size beyond limit (hypervisor.max_vcpus, max_memory_mib) is refused
+// with an ErrInvalidArgument-class error. static reports whether the
+// annotations sized the pod (then its containers need no hotplug).
+// Malformed annotations are an error; absent or zero ones add nothing (a
+// pod without limits gets the base size).
 func podSize(base, limit vmSize, annotations map[string]string) (size vmSize, static bool, err error) {
 	num := func(key string) (int64, error) {
 		v, ok := annotations[key]
@@ -58,7 +59,11 @@ func podSize(base, limit vmSize, annotations map[string]string) (size vmSize, st
 		return vmSize{}, false, fmt.Errorf("sizing annotations: negative period %d, quota %d or memory %d: %w", period, quota, mem, errdefs.ErrInvalidArgument)
 	}
 	grow := vmSize{vcpus: cpusOf(quota, period), memoryMiB: mibOf(mem)}
-	return capSize(base, grow, limit), grow != (vmSize{}), nil
+	size, err = fitSize(base, grow, limit)
+	if err != nil {
+		return vmSize{}, false, fmt.Errorf("pod limits (sizing annotations): %w", err)
+	}
+	return size, grow != (vmSize{}), nil
 }
 
 // containerGrowth is what a pod member's own limits add to its VM when the
@@ -78,12 +83,22 @@ func containerGrowth(spec *specs.Spec) vmSize {
 	return g
 }
 
-// capSize is base grown by grow, within limit and never below base.
-func capSize(base, grow, limit vmSize) vmSize {
-	return vmSize{
-		vcpus:     max(base.vcpus, min(base.vcpus+grow.vcpus, limit.vcpus)),
-		memoryMiB: max(base.memoryMiB, min(base.memoryMiB+grow.memoryMiB, limit.memoryMiB)),
+// fitSize is base grown by grow, or an ErrInvalidArgument-class error
+// when that is beyond limit in vCPUs or memory.
+func fitSize(base, grow, limit vmSize) (vmSize, error) {
+	want := vmSize{
+		vcpus:     uint32(min(uint64(base.vcpus)+uint64(grow.vcpus), 1<<32-1)),
+		memoryMiB: uint32(min(uint64(base.memoryMiB)+uint64(grow.memoryMiB), 1<<32-1)),
 	}
+	if want.vcpus > max(limit.vcpus, base.vcpus) {
+		return vmSize{}, fmt.Errorf("a VM of %d vCPUs (%d for the pod's CPU limits on a base of %d) is beyond the cap of %d (hypervisor.max_vcpus, at most the host's CPUs): %w",
+			want.vcpus, grow.vcpus, base.vcpus, limit.vcpus, errdefs.ErrInvalidArgument)
+	}
+	if want.memoryMiB > max(limit.memoryMiB, base.memoryMiB) {
+		return vmSize{}, fmt.Errorf("a VM of %d MiB (%d MiB for the pod's memory limits on a base of %d MiB) is beyond the cap of %d MiB (hypervisor.max_memory_mib, by default 3/4 of the host's memory): %w",
+			want.memoryMiB, grow.memoryMiB, base.memoryMiB, limit.memoryMiB, errdefs.ErrInvalidArgument)
+	}
+	return want, nil
 }
 
 // cpusOf is ceil(quota/period), zero without a quota.
@@ -118,14 +133,17 @@ func mibOf(bytes int64) uint32 {
 }
 
 // growthTarget is the size a VM of boot size base, now at cur, grows to for
-// the live members' growth: base plus their sum, within limit, never below
-// cur (VMs do not shrink).
-func growthTarget(base, cur, limit vmSize, grown map[string]vmSize) vmSize {
+// the live members' growth: base plus their sum, never below cur (VMs do
+// not shrink). A sum beyond limit is an ErrInvalidArgument-class error.
+func growthTarget(base, cur, limit vmSize, grown map[string]vmSize) (vmSize, error) {
 	var sum vmSize
 	for _, g := range grown {
-		sum.vcpus += g.vcpus
-		sum.memoryMiB += g.memoryMiB
+		sum.vcpus = uint32(min(uint64(sum.vcpus)+uint64(g.vcpus), 1<<32-1))
+		sum.memoryMiB = uint32(min(uint64(sum.memoryMiB)+uint64(g.memoryMiB), 1<<32-1))
 	}
-	want := capSize(base, sum, limit)
-	return vmSize{max(want.vcpus, cur.vcpus), max(want.memoryMiB, cur.memoryMiB)}
+	want, err := fitSize(base, sum, limit)
+	if err != nil {
+		return vmSize{}, err
+	}
+	return vmSize{max(want.vcpus, cur.vcpus), max(want.memoryMiB, cur.memoryMiB)}, nil
 }

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -179,7 +180,12 @@ func TestPodSize(t *testing.T) {
 		{ann: map[string]string{annotationSandboxCPUQuota: "150000", annotationSandboxCPUPeriod: "100000", annotationSandboxMemory: "268435456"}, want: vmSize{3, 768}},
 		{ann: map[string]string{annotationSandboxCPUQuota: "-1", annotationSandboxCPUPeriod: "100000"}, want: base},
 		{ann: map[string]string{annotationSandboxCPUQuota: "0", annotationSandboxMemory: "0"}, want: base},
-		{ann: map[string]string{annotationSandboxCPUQuota: "1000000", annotationSandboxCPUPeriod: "100000", annotationSandboxMemory: "68719476736"}, want: limit},
+		// Exactly at the cap is allowed; beyond it in either resource is
+		// refused, never capped.
+		{ann: map[string]string{annotationSandboxCPUQuota: "300000", annotationSandboxCPUPeriod: "100000", annotationSandboxMemory: "3758096384"}, want: limit},
+		{ann: map[string]string{annotationSandboxCPUQuota: "1000000", annotationSandboxCPUPeriod: "100000", annotationSandboxMemory: "68719476736"}, bad: true},
+		{ann: map[string]string{annotationSandboxCPUQuota: "400000", annotationSandboxCPUPeriod: "100000"}, bad: true},
+		{ann: map[string]string{annotationSandboxMemory: "3759144960"}, bad: true},
 		{ann: map[string]string{annotationSandboxMemory: "1"}, want: vmSize{1, 513}},
 		{ann: map[string]string{annotationSandboxMemory: "lots"}, bad: true},
 		{ann: map[string]string{annotationSandboxMemory: "-5"}, bad: true},
@@ -212,8 +218,13 @@ func TestContainerGrowth(t *testing.T) {
 	if g := containerGrowth(&specs.Spec{}); g != (vmSize{}) {
 		t.Errorf("growth without limits %+v", g)
 	}
-	if got := capSize(vmSize{1, 512}, vmSize{3, 101}, vmSize{2, 4096}); got != (vmSize{2, 613}) {
-		t.Errorf("capped %+v", got)
+	if got, err := fitSize(vmSize{1, 512}, vmSize{3, 101}, vmSize{2, 4096}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("4 vCPUs with a cap of 2: got %+v, %v; want an invalid argument", got, err)
+	} else if !strings.Contains(err.Error(), "hypervisor.max_vcpus") {
+		t.Errorf("error %q does not name the key to change", err)
+	}
+	if got, err := fitSize(vmSize{1, 512}, vmSize{1, 101}, vmSize{2, 4096}); err != nil || got != (vmSize{2, 613}) {
+		t.Errorf("within the cap: %+v, %v", got, err)
 	}
 }
 
@@ -224,20 +235,24 @@ func TestGrowthTarget(t *testing.T) {
 	}
 	a := vmSize{1, 256}
 	// The first member grows the VM by its limits.
-	cur := growthTarget(base, base, limit, map[string]vmSize{"a": a})
-	if cur != (vmSize{2, 768}) {
-		t.Errorf("after a: %+v", cur)
+	cur, err := growthTarget(base, base, limit, map[string]vmSize{"a": a})
+	if err != nil || cur != (vmSize{2, 768}) {
+		t.Errorf("after a: %+v, %v", cur, err)
 	}
 	// Restarted under a new ID, the old one deleted: no more growth.
-	if got := growthTarget(base, cur, limit, map[string]vmSize{"a2": a}); got != cur {
-		t.Errorf("restart grew the VM: %+v", got)
+	if got, err := growthTarget(base, cur, limit, map[string]vmSize{"a2": a}); err != nil || got != cur {
+		t.Errorf("restart grew the VM: %+v, %v", got, err)
 	}
-	// Deleted members do not shrink it; more members reach the cap.
-	if got := growthTarget(base, cur, limit, map[string]vmSize{}); got != cur {
-		t.Errorf("shrunk: %+v", got)
+	// Deleted members do not shrink it.
+	if got, err := growthTarget(base, cur, limit, map[string]vmSize{}); err != nil || got != cur {
+		t.Errorf("shrunk: %+v, %v", got, err)
 	}
-	if got := growthTarget(base, cur, limit, map[string]vmSize{"a": a, "b": a, "c": a, "d": a}); got != limit {
-		t.Errorf("four members: %+v, want the cap %+v", got, limit)
+	// A member that would take the VM beyond the cap is refused.
+	if got, err := growthTarget(base, cur, limit, map[string]vmSize{"a": a, "b": a, "c": a, "d": a}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("four members: %+v, %v; want an invalid argument", got, err)
+	}
+	if got, err := growthTarget(base, cur, limit, map[string]vmSize{"a": a, "b": {0, 129}}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("memory beyond the aligned cap: %+v, %v; want an invalid argument", got, err)
 	}
 	if n := cpusOf(1<<62, 1); n != 255 {
 		t.Errorf("huge quota: %d vCPUs", n)

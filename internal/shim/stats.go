@@ -4,6 +4,7 @@ import (
 	"github.com/containerd/cgroups/v3/cgroup2/stats"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hostcgroup"
 )
 
 // metrics turns the guest's cgroup statistics into containerd's cgroup v2
@@ -56,4 +57,30 @@ func metrics(s *agent.StatsResponse) *stats.Metrics {
 		}
 	}
 	return m
+}
+
+// hostMetrics turns the usage of the sandbox's host cgroup (QEMU and
+// virtiofsd, the VM's guest memory included) into containerd's cgroup v2
+// metrics type, the same type the guest's statistics take.
+func hostMetrics(u hostcgroup.Usage) *stats.Metrics {
+	return &stats.Metrics{
+		CPU: &stats.CPUStat{
+			UsageUsec:     u.CPUUsageUsec,
+			UserUsec:      u.CPUUserUsec,
+			SystemUsec:    u.CPUSystemUsec,
+			NrPeriods:     u.NrPeriods,
+			NrThrottled:   u.NrThrottled,
+			ThrottledUsec: u.ThrottledUsec,
+		},
+		Memory: &stats.MemoryStat{
+			Usage:        u.MemoryBytes,
+			UsageLimit:   u.MemoryLimitBytes,
+			Anon:         u.Anon,
+			File:         u.File,
+			Shmem:        u.Shmem,
+			InactiveFile: u.InactiveFile,
+		},
+		MemoryEvents: &stats.MemoryEvents{OomKill: u.OOMKills},
+		Pids:         &stats.PidsStat{Current: u.Pids},
+	}
 }

@@ -219,11 +219,29 @@ func (s *service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 	return &taskapi.WaitResponse{ExitStatus: code, ExitedAt: timestamppb.New(at)}, nil
 }
 
-// Stats returns a container's cgroup v2 metrics from the guest.
+// Stats returns a container's cgroup v2 metrics. For the sandbox container
+// (a CRI pod's pause container; the only container of a `ctr run`) they
+// are the host side of the pod: the usage of the sandbox's host cgroup,
+// which holds QEMU (the whole guest's memory with it) and virtiofsd. For
+// the other containers they are the container's cgroup in the guest.
 func (s *service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
 	c, err := s.container(r.ID)
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	sb, isSandbox := s.sb, r.ID == s.sandboxID
+	s.mu.Unlock()
+	if isSandbox && sb != nil && sb.CgroupPath() != "" {
+		u, err := sb.HostUsage()
+		if err != nil {
+			return nil, err
+		}
+		a, err := typeurl.MarshalAnyToProto(hostMetrics(u))
+		if err != nil {
+			return nil, err
+		}
+		return &taskapi.StatsResponse{Stats: a}, nil
 	}
 	if c.init.exited() {
 		// Its cgroup in the guest is gone or going.

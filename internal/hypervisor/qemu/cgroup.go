@@ -1,71 +1,49 @@
 package qemu
 
 import (
-	"errors"
-	"fmt"
-	"os"
-
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/containerd/cgroups/v3/cgroup2"
-	"github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/hull-runtime/hull/internal/hostcgroup"
 )
 
-// vmCgroup is the cgroup that holds one QEMU process: a v1 group in every
-// mounted hierarchy on legacy and hybrid hosts, a v2 group on unified
-// hosts. It sets no limits yet; it gives the VM its own accounting and a
-// handle to limit it later.
+// vmCgroup is the cgroup that holds the QEMU process: the one the caller
+// named in hypervisor.Config.Cgroup (the sandbox's, with its limits), or
+// one of the driver's own, <CgroupParent>/<VM ID>, without limits.
 type vmCgroup struct {
 	path string
-	v1   cgroup1.Cgroup
-	v2   *cgroup2.Manager
+	g    *hostcgroup.Group
+	// own is set when the driver made the group and removes it.
+	own bool
 }
 
-// cgroupRoot is the v2 mount point.
-const cgroupRoot = "/sys/fs/cgroup"
+// hostFS finds the host's cgroup mounts; a variable for tests.
+var hostFS = hostcgroup.Host
 
-func newCgroup(path string) (*vmCgroup, error) {
-	cg := &vmCgroup{path: path}
-	var err error
-	switch cgroups.Mode() {
-	case cgroups.Unified:
-		cg.v2, err = cgroup2.NewManager(cgroupRoot, path, &cgroup2.Resources{})
-	case cgroups.Legacy, cgroups.Hybrid:
-		cg.v1, err = cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{})
-	default:
-		return nil, fmt.Errorf("creating cgroup %s: no cgroup file system mounted", path)
-	}
+func newCgroup(given, own string) (*vmCgroup, error) {
+	fs, err := hostFS()
 	if err != nil {
-		return nil, fmt.Errorf("creating cgroup %s: %w", path, err)
+		return nil, err
 	}
-	return cg, nil
+	if given != "" {
+		g, err := hostcgroup.Open(fs, given)
+		if err != nil {
+			return nil, err
+		}
+		return &vmCgroup{path: given, g: g}, nil
+	}
+	g, err := hostcgroup.Create(fs, own)
+	if err != nil {
+		return nil, err
+	}
+	return &vmCgroup{path: own, g: g, own: true}, nil
 }
 
 // add moves every thread of pid into the group.
-func (cg *vmCgroup) add(pid int) error {
-	var err error
-	if cg.v2 != nil {
-		err = cg.v2.AddProc(uint64(pid))
-	} else {
-		err = cg.v1.Add(cgroup1.Process{Pid: pid})
-	}
-	if err != nil {
-		return fmt.Errorf("moving pid %d into cgroup %s: %w", pid, cg.path, err)
-	}
-	return nil
-}
+func (cg *vmCgroup) add(pid int) error { return cg.g.AddTree(pid) }
 
-// delete removes the group, which must hold no process; a group already
-// gone is no error.
+// delete removes the group when the driver made it and is the one that
+// removes it; a group already gone is no error.
 func (cg *vmCgroup) delete() error {
-	var err error
-	if cg.v2 != nil {
-		err = cg.v2.Delete()
-	} else {
-		err = cg.v1.Delete()
+	if !cg.own {
+		return nil
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("removing cgroup %s: %w", cg.path, err)
-	}
-	return nil
+	return cg.g.Delete()
 }

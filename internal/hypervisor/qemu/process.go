@@ -75,7 +75,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.removeStateFiles()
 	undo.push(v.removeStateFiles)
 
-	cg, err := newCgroup(v.cgroupPath())
+	cg, err := newCgroup(v.cfg.Cgroup, v.cgroupPath())
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,161 @@
+package hostcgroup
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// realV2 returns a real cgroup v2 mount to place processes in: the host's
+// v2 root, or the controller-less v2 mount of a hybrid host.
+func realV2(t *testing.T) FS {
+	t.Helper()
+	var missing string
+	switch {
+	case os.Geteuid() != 0:
+		missing = "root"
+	default:
+		for _, m := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+			if _, err := os.Stat(filepath.Join(m, "cgroup.procs")); err == nil {
+				if _, err := os.Stat(filepath.Join(m, "cgroup.controllers")); err == nil {
+					return FS{Unified: m}
+				}
+			}
+		}
+		missing = "a cgroup v2 mount"
+	}
+	msg := "placement test needs " + missing
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return FS{}
+}
+
+// TestAddTreeReal moves a shell and the children it forked into a real v2
+// group and reads each one's /proc/<pid>/cgroup.
+func TestAddTreeReal(t *testing.T) {
+	fs := realV2(t)
+	// A real cgroup is removed as in production: rmdir, retried while
+	// the killed processes are leaving it.
+	oldRemove := removeDir
+	removeDir = os.Remove
+	defer func() { removeDir = oldRemove }()
+	path := fmt.Sprintf("/hull-test-%d/sandbox", os.Getpid())
+	g, err := Create(fs, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(fs.Unified, filepath.Dir(path))) })
+	cmd := exec.Command("sh", "-c", "sleep 60 & sleep 60 & echo ready; wait")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, pid := range append(descendants(cmd.Process.Pid), cmd.Process.Pid) {
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+		_ = cmd.Wait()
+		if err := g.Delete(); err != nil {
+			t.Error(err)
+		}
+	}()
+	buf := make([]byte, 6)
+	if _, err := out.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	// Both children forked before the move.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(descendants(cmd.Process.Pid)) < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := g.AddTree(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	pids := append(descendants(cmd.Process.Pid), cmd.Process.Pid)
+	if len(pids) != 3 {
+		t.Fatalf("processes %v, want the shell and two children", pids)
+	}
+	for _, pid := range pids {
+		if got := v2CgroupOf(t, pid); got != path {
+			t.Errorf("pid %d in %q, want %q", pid, got, path)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(fs.Unified, path, "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if !slices.Contains(strings.Fields(string(b)), fmt.Sprint(pid)) {
+			t.Errorf("cgroup.procs %q lacks %d", b, pid)
+		}
+	}
+}
+
+// v2CgroupOf reads the "0::" line of /proc/<pid>/cgroup.
+func v2CgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			return p
+		}
+	}
+	return ""
+}
+
+// TestMemoryLimitReal sets and raises a memory limit in the host's real v1
+// memory hierarchy, where the limit may never exceed memory and swap
+// together (memory.memsw.limit_in_bytes) when the host accounts swap.
+func TestMemoryLimitReal(t *testing.T) {
+	const mount = "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(filepath.Join(mount, "memory.memsw.limit_in_bytes")); err != nil || os.Geteuid() != 0 {
+		msg := "needs root and a cgroup v1 memory hierarchy with swap accounting"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	oldRemove := removeDir
+	removeDir = os.Remove
+	defer func() { removeDir = oldRemove }()
+	fs := FS{V1: []Hierarchy{{Mount: mount, Controllers: []string{"memory"}}}}
+	path := fmt.Sprintf("/hull-test-%d", os.Getpid())
+	g, err := Create(fs, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := g.Delete(); err != nil {
+			t.Error(err)
+		}
+	}()
+	for _, mib := range []int64{256, 1024, 1152} {
+		if err := g.SetLimits(Limits{MemoryBytes: mib << 20}); err != nil {
+			t.Fatalf("%d MiB: %v", mib, err)
+		}
+		for _, f := range []string{"memory.limit_in_bytes", "memory.memsw.limit_in_bytes"} {
+			b, err := os.ReadFile(filepath.Join(mount, path, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.TrimSpace(string(b)); got != fmt.Sprint(mib<<20) {
+				t.Errorf("%d MiB: %s = %s", mib, f, got)
+			}
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/hull-runtime/hull/internal/hostcgroup"
+)
+
+// cpuPeriodUs is the CFS period of the sandbox cgroup's CPU quota.
+const cpuPeriodUs = 100000
+
+// CgroupConfig says where the sandbox's host processes (the VMM and
+// virtiofsd, with all their threads and children) are accounted, and how
+// far they may go.
+type CgroupConfig struct {
+	// Path is the cgroup (from hostcgroup.Resolve) the sandbox creates, or
+	// uses when it exists, before anything runs. Empty: the sandbox makes
+	// none and the VM driver places the VMM in a cgroup of its own,
+	// without limits.
+	Path string
+	// MemoryOverheadMiB is what the group may use beyond the VM's memory:
+	// the VMM's own memory (device models, TCG's translation cache) and
+	// virtiofsd.
+	MemoryOverheadMiB uint32
+	// CPUOverheadMilli is what the group's CPU quota adds to the VM's
+	// vCPUs, in thousandths of a CPU (I/O threads, virtiofsd).
+	CPUOverheadMilli uint32
+}
+
+// hostCgroup is the sandbox's host cgroup with the size its limits follow.
+type hostCgroup struct {
+	cfg CgroupConfig
+	g   *hostcgroup.Group
+
+	mu sync.Mutex
+	// vcpus and memoryMiB are the VM size the limits were last set for;
+	// guarded by mu.
+	vcpus, memoryMiB uint32
+}
+
+// hostFS finds the host's cgroup mounts; a variable for tests.
+var hostFS = hostcgroup.Host
+
+// createCgroup makes the sandbox's cgroup with limits for a VM of vcpus
+// and memoryMiB, before any of its processes runs.
+func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, memoryMiB uint32, undo *cleanups) error {
+	if cfg.Path == "" {
+		return nil
+	}
+	fs, err := hostFS()
+	if err != nil {
+		return err
+	}
+	g, err := hostcgroup.Create(fs, cfg.Path)
+	if err != nil {
+		return err
+	}
+	undo.push(func(context.Context) error { return g.Delete() })
+	hc := &hostCgroup{cfg: cfg, g: g}
+	if err := hc.setLimits(vcpus, memoryMiB); err != nil {
+		return err
+	}
+	s.cgroup = hc
+	log.G(ctx).WithFields(log.Fields{
+		"sandbox": s.id, "cgroup": cfg.Path, "created": g.Created(),
+		"memory_limit_mib": memoryMiB + cfg.MemoryOverheadMiB,
+	}).Debug("sandbox cgroup ready")
+	return nil
+}
+
+// setLimits sets the group's limits for a VM of vcpus and memoryMiB:
+// memory plus the memory overhead, and a CPU quota of the vCPUs plus the
+// CPU overhead.
+func (hc *hostCgroup) setLimits(vcpus, memoryMiB uint32) error {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if err := hc.g.SetLimits(limitsFor(hc.cfg, vcpus, memoryMiB)); err != nil {
+		return err
+	}
+	hc.vcpus, hc.memoryMiB = vcpus, memoryMiB
+	return nil
+}
+
+// grow raises the limits to a VM of at least vcpus and memoryMiB; it never
+// lowers them.
+func (hc *hostCgroup) grow(vcpus, memoryMiB uint32) error {
+	hc.mu.Lock()
+	v, m := max(vcpus, hc.vcpus), max(memoryMiB, hc.memoryMiB)
+	same := v == hc.vcpus && m == hc.memoryMiB
+	hc.mu.Unlock()
+	if same {
+		return nil
+	}
+	return hc.setLimits(v, m)
+}
+
+// limitsFor is the cgroup limits of a VM of vcpus and memoryMiB.
+func limitsFor(cfg CgroupConfig, vcpus, memoryMiB uint32) hostcgroup.Limits {
+	return hostcgroup.Limits{
+		MemoryBytes: int64(memoryMiB+cfg.MemoryOverheadMiB) << 20,
+		CPUQuotaUs:  (int64(vcpus)*1000 + int64(cfg.CPUOverheadMilli)) * cpuPeriodUs / 1000,
+		CPUPeriodUs: cpuPeriodUs,
+	}
+}
+
+// place moves a host process of the sandbox, its threads and children
+// into the sandbox's cgroup; without one it does nothing.
+func (s *Sandbox) place(pid int) error {
+	if s.cgroup == nil {
+		return nil
+	}
+	return s.cgroup.g.AddTree(pid)
+}
+
+// HostUsage reads what the sandbox's host processes use: the VMM and
+// virtiofsd, from the sandbox's cgroup. A sandbox without its own cgroup
+// answers ErrNotImplemented-class.
+func (s *Sandbox) HostUsage() (hostcgroup.Usage, error) {
+	if s.cgroup == nil {
+		return hostcgroup.Usage{}, fmt.Errorf("sandbox %s has no cgroup of its own: %w", s.id, errdefs.ErrNotImplemented)
+	}
+	return s.cgroup.g.Usage()
+}
+
+// CgroupPath is the cgroup of the sandbox's host processes; "" when the
+// sandbox has none of its own.
+func (s *Sandbox) CgroupPath() string {
+	if s.cgroup == nil {
+		return ""
+	}
+	return s.cgroup.g.Path()
+}
