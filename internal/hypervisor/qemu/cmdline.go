@@ -17,6 +17,15 @@ const (
 	pidFileName    = "qemu.pid"
 )
 
+// sandboxOpt is QEMU's own seccomp filter (-sandbox): on top of the
+// default deny list it refuses obsolete system calls, every set*uid/set*gid
+// (QEMU never needs to change its credentials once running), fork and exec
+// (no helper scripts: taps are opened by the runtime, script=no) and
+// scheduler and affinity changes (the runtime places QEMU in its cgroup).
+// A guest that breaks out of device emulation inherits these limits.
+var sandboxOpt = opt("on", p("obsolete", "deny"), p("elevateprivileges", "deny"),
+	p("spawn", "deny"), p("resourcecontrol", "deny"))
+
 // firstExtraFD is the descriptor number of the first exec.Cmd.ExtraFiles
 // entry in the child.
 const firstExtraFD = 3
@@ -116,6 +125,7 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	}
 
 	a.addOpt("name", opt(cfg.ID, pBool("debug-threads", true)))
+	a.addOpt("sandbox", sandboxOpt)
 	a.addOpt("machine", machineOpt(cfg, l))
 	if l.accel == AccelTCG {
 		// One host thread runs every vCPU (QEMU's default is a thread per
