@@ -23,6 +23,16 @@ import (
 // dies, which is the point, and costs nothing because waiting holds a thread
 // anyway.
 func Start(cmd *exec.Cmd, exited func(*os.ProcessState, error)) error {
+	return StartPrepared(cmd, nil, exited)
+}
+
+// StartPrepared is Start with prepare run first on the thread that forks
+// the child, so that per-thread state it sets (a seccomp filter,
+// no_new_privs) is inherited by the child and by nothing else: that thread
+// is never handed back to the Go runtime, it exits once the child is
+// reaped (or at once if prepare or the start fails). A nil prepare is
+// Start.
+func StartPrepared(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessState, error)) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -33,14 +43,26 @@ func Start(cmd *exec.Cmd, exited func(*os.ProcessState, error)) error {
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		// A goroutine that ends locked takes its thread with it.
+		unlock := func() {
+			if prepare == nil {
+				runtime.UnlockOSThread()
+			}
+		}
+		if prepare != nil {
+			if err := prepare(); err != nil {
+				started <- err
+				return
+			}
+		}
 		if err := cmd.Start(); err != nil {
-			runtime.UnlockOSThread()
+			unlock()
 			started <- err
 			return
 		}
 		started <- nil
 		err := cmd.Wait()
-		runtime.UnlockOSThread()
+		unlock()
 		exited(cmd.ProcessState, err)
 	}()
 	return <-started
