@@ -75,6 +75,9 @@ func QEMUOptions(c *config.Config) qemu.Options {
 		TSCKHz:       q.TSCKHz,
 		CgroupParent: c.Runtime.CgroupParent,
 		StopTimeout:  q.StopTimeout.Duration,
+
+		RunAsUIDBase:  q.RunAsUIDBase,
+		RunAsUIDCount: q.RunAsUIDCount,
 	}
 }
 

@@ -22,9 +22,16 @@ const (
 // (QEMU never needs to change its credentials once running), fork and exec
 // (no helper scripts: taps are opened by the runtime, script=no) and
 // scheduler and affinity changes (the runtime places QEMU in its cgroup).
-// A guest that breaks out of device emulation inherits these limits.
-var sandboxOpt = opt("on", p("obsolete", "deny"), p("elevateprivileges", "deny"),
-	p("spawn", "deny"), p("resourcecontrol", "deny"))
+// A guest that breaks out of device emulation inherits these limits. With
+// runAs, set*uid stay allowed: see runas.go.
+func sandboxOpt(runAs bool) props {
+	elevate := "deny"
+	if runAs {
+		elevate = "allow"
+	}
+	return opt("on", p("obsolete", "deny"), p("elevateprivileges", elevate),
+		p("spawn", "deny"), p("resourcecontrol", "deny"))
+}
 
 // firstExtraFD is the descriptor number of the first exec.Cmd.ExtraFiles
 // entry in the child.
@@ -113,6 +120,8 @@ type layout struct {
 	accel    string
 	cpuModel string
 	tscKHz   uint64
+	// runAs is the user and group ID QEMU drops to; 0 keeps it root.
+	runAs uint32
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -125,7 +134,10 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	}
 
 	a.addOpt("name", opt(cfg.ID, pBool("debug-threads", true)))
-	a.addOpt("sandbox", sandboxOpt)
+	a.addOpt("sandbox", sandboxOpt(l.runAs != 0))
+	if l.runAs != 0 {
+		a.add("runas", fmt.Sprintf("%d:%d", l.runAs, l.runAs))
+	}
 	a.addOpt("machine", machineOpt(cfg, l))
 	if l.accel == AccelTCG {
 		// One host thread runs every vCPU (QEMU's default is a thread per
