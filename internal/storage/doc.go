@@ -65,10 +65,10 @@
 // attached, so there is no moment in which the guest could see it writable.
 // (Remounting read-only after the bind would not do: a remount changes one
 // mount, not the copies propagation already made in shared/ and in
-// virtiofsd's namespace. Without open_tree, before Linux 5.2 or under a
-// seccomp filter, the bind is made and remounted read-only in the private
-// staging/ directory and then moved into place, its submounts remounted
-// one by one.)
+// virtiofsd's namespace. Without open_tree and mount_setattr, before Linux
+// 5.12 or under a seccomp filter, the bind is made and remounted read-only
+// in the private staging/ directory and then moved into place, its
+// submounts remounted one by one.)
 //
 // # nosuid, nodev
 //

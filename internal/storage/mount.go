@@ -14,12 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// oldMountAPI is set once open_tree turned out unavailable (Linux before
-// 5.2, or a seccomp filter); bind then uses mount(2). Tests set it to cover
+// oldMountAPI is set once open_tree or mount_setattr turned out
+// unavailable (Linux before 5.12, or a seccomp filter); bind then uses
+// mount(2). Tests set it to cover
 // that path.
 var oldMountAPI atomic.Bool
 
-// errNoNewAPI is returned by bindNew when open_tree is not available.
+// errNoNewAPI is returned by bindNew when open_tree or mount_setattr is not
+// available.
 var errNoNewAPI = errors.New("new mount API unavailable")
 
 // bindSpec is one bind mount to make.
@@ -76,7 +78,13 @@ func bindNew(b bindSpec, target string) error {
 	if b.recursive {
 		setFlags |= unix.AT_RECURSIVE
 	}
-	if err := unix.MountSetattr(fd, "", setFlags, &unix.MountAttr{Attr_set: attr}); err != nil {
+	err = unix.MountSetattr(fd, "", setFlags, &unix.MountAttr{Attr_set: attr})
+	if errors.Is(err, unix.ENOSYS) {
+		// open_tree without mount_setattr: Linux 5.2 to 5.11. The
+		// detached copy goes away with fd.
+		return errNoNewAPI
+	}
+	if err != nil {
 		return fmt.Errorf("setting nosuid,nodev (and ro) on %s: %w", b.path, err)
 	}
 	if err := makeTarget(target, isDir); err != nil {
