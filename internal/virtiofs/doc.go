@@ -25,6 +25,11 @@
 //   - -o cache=auto is the default here: cache=none makes MAP_SHARED mmap
 //     in the guest fail with ENODEV.
 //
+// The daemon runs without CAP_MKNOD, CAP_FSETID and CAP_SETFCAP
+// (-o modcaps) and under a seccomp filter the runtime installs on the thread
+// that forks it (seccomp.go): whatever the guest asks, it creates no device
+// node and no set-user-ID or set-group-ID file on the host.
+//
 // The daemon gets PR_SET_PDEATHSIG(SIGKILL) from a goroutine locked to the
 // OS thread that forked it and waits for it, the approach of the QEMU
 // driver: a shim that dies without calling Stop does not leak it.
