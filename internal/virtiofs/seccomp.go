@@ -149,7 +149,7 @@ func installFilter(raw []bpf.RawInstruction) error {
 		filter[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
 	}
 	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	if _, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&fprog))); errno != 0 {
+	if _, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&fprog))); errno != 0 { //nolint:gosec // G103: seccomp(2) takes the address of a sock_fprog; KeepAlive below keeps its filter alive
 		return fmt.Errorf("installing seccomp filter: %w", errno)
 	}
 	runtime.KeepAlive(filter)
