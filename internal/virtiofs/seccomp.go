@@ -15,7 +15,7 @@ import (
 // and chmod by a file's owner needs no capability, so dropping CAP_FSETID
 // does not stop a setuid-root file. A seccomp filter, installed on the
 // thread that forks the daemon and so inherited by it and its sandbox
-// child, refuses with EPERM:
+// child, refuses with EPERM (ENOSYS for the last item):
 //
 //   - chmod, fchmod, fchmodat and fchmodat2 with S_ISUID or S_ISGID in the
 //     mode;
@@ -39,6 +39,8 @@ const (
 const (
 	retAllow = unix.SECCOMP_RET_ALLOW
 	retEPERM = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
+	// retENOSYS makes a caller fall back to an older call.
+	retENOSYS = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
 	// x32SyscallBit marks the x32 ABI's system call numbers on x86-64.
 	x32SyscallBit = 0x40000000
 	// privBits are the mode bits refused: set-user-ID and set-group-ID.
@@ -58,7 +60,8 @@ const (
 	openRule
 	// mknodRule refuses a mode argument with privBits or of a device.
 	mknodRule
-	// denyRule refuses the call.
+	// denyRule refuses the call as unimplemented (ENOSYS), so that a
+	// caller falls back to calls the filter can see (openat for openat2).
 	denyRule
 )
 
@@ -103,7 +106,7 @@ func (r rule) block() []bpf.Instruction {
 			deny,
 		}
 	case denyRule:
-		return []bpf.Instruction{deny}
+		return []bpf.Instruction{bpf.RetConstant{Val: retENOSYS}}
 	default:
 		return checkMode
 	}
