@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Start starts cmd in its own process group with SIGKILL as its
@@ -24,6 +26,17 @@ import (
 // dies, which is the point, and costs nothing because waiting holds a thread
 // anyway.
 func Start(cmd *exec.Cmd, exited func(*os.ProcessState, error)) error {
+	return StartPrepared(cmd, nil, exited)
+}
+
+// StartPrepared is Start with prepare run first on the thread that forks
+// the child, so that per-thread state it sets (a seccomp filter,
+// no_new_privs) is inherited by the child and by nothing else: that thread
+// is never handed back to the Go runtime, it exits once the child is
+// reaped (or at once if prepare or the start fails). It is never the
+// process's main thread, which the Go runtime does not end. A nil prepare
+// is Start.
+func StartPrepared(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessState, error)) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -32,18 +45,41 @@ func Start(cmd *exec.Cmd, exited func(*os.ProcessState, error)) error {
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	started := make(chan error, 1)
-	go func() {
+	var run func()
+	run = func() {
 		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
+		if prepare != nil && unix.Gettid() == unix.Getpid() {
+			// The Go runtime never ends the main thread (it parks a
+			// goroutine's exit there for good), so it would keep what
+			// prepare sets: start over on another thread. While this
+			// goroutine holds the main thread the new one cannot get it.
+			go run()
 			runtime.UnlockOSThread()
+			return
+		}
+		// A goroutine that ends locked takes its thread with it.
+		unlock := func() {
+			if prepare == nil {
+				runtime.UnlockOSThread()
+			}
+		}
+		if prepare != nil {
+			if err := prepare(); err != nil {
+				started <- err
+				return
+			}
+		}
+		if err := cmd.Start(); err != nil {
+			unlock()
 			started <- err
 			return
 		}
 		started <- nil
 		err := cmd.Wait()
-		runtime.UnlockOSThread()
+		unlock()
 		exited(cmd.ProcessState, err)
-	}()
+	}
+	go run()
 	return <-started
 }
 

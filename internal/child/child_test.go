@@ -1,12 +1,16 @@
 package child
 
 import (
+	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestTailBuffer(t *testing.T) {
@@ -58,5 +62,54 @@ func TestStart(t *testing.T) {
 	}
 	if err := Start(exec.Command("/no/such/program"), func(*os.ProcessState, error) { t.Error("exited called for a process that never started") }); err == nil {
 		t.Error("starting a missing program succeeded")
+	}
+}
+
+// TestStartPrepared checks that what prepare sets on the forking thread
+// (no_new_privs here) reaches the child and does not stay in this process,
+// and that a failing prepare starts nothing.
+func TestStartPrepared(t *testing.T) {
+	out := &TailBuffer{Max: 256}
+	cmd := exec.Command("grep", "NoNewPrivs", "/proc/self/status")
+	cmd.Stdout = out
+	done := make(chan struct{})
+	prepare := func() error { return unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }
+	if err := StartPrepared(cmd, prepare, func(*os.ProcessState, error) { close(done) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("exited was not called")
+	}
+	if !strings.Contains(out.String(), "NoNewPrivs:\t1") {
+		t.Errorf("child status %q: want NoNewPrivs 1", out.String())
+	}
+	// The prepared thread (never the main one) exits after exited
+	// returns; give it a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tainted := 0
+		tasks, _ := filepath.Glob("/proc/self/task/*/status")
+		for _, p := range tasks {
+			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "NoNewPrivs:\t1") {
+				tainted++
+			}
+		}
+		if tainted == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d threads of the test process still have no_new_privs", tainted)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	boom := errors.New("boom")
+	err := StartPrepared(exec.Command("true"), func() error { return boom }, func(*os.ProcessState, error) {
+		t.Error("exited called for a process that never started")
+	})
+	if !errors.Is(err, boom) {
+		t.Errorf("got %v, want the prepare error", err)
 	}
 }

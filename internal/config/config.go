@@ -77,6 +77,12 @@ type QEMU struct {
 	// TSCKHz is the host TSC frequency given to the guest kernel; 0 detects it.
 	TSCKHz      uint64   `toml:"tsc_khz"`
 	StopTimeout Duration `toml:"stop_timeout"`
+	// RunAsUIDBase, when not 0, makes each QEMU drop root after it set up
+	// its devices (-runas) to a user ID of its own from
+	// [RunAsUIDBase, RunAsUIDBase+RunAsUIDCount), with the same group ID.
+	RunAsUIDBase uint32 `toml:"run_as_uid_base"`
+	// RunAsUIDCount is the size of that range: how many VMs may run at once.
+	RunAsUIDCount uint32 `toml:"run_as_uid_count"`
 }
 
 // Agent configures the channel to the agent.
@@ -173,9 +179,10 @@ func Defaults() *Config {
 			VCPUs:        1,
 			MemoryMiB:    512,
 			QEMU: QEMU{
-				Machine:     "q35",
-				Accel:       "auto",
-				StopTimeout: Duration{5 * time.Second},
+				Machine:       "q35",
+				Accel:         "auto",
+				StopTimeout:   Duration{5 * time.Second},
+				RunAsUIDCount: 1024,
 			},
 		},
 		Agent: Agent{
@@ -319,6 +326,9 @@ func (c *Config) Validate() error {
 	absOrEmpty("hypervisor.qemu.path", h.QEMU.Path)
 	if h.QEMU.StopTimeout.Duration <= 0 {
 		bad("hypervisor.qemu.stop_timeout", "must be positive")
+	}
+	if h.QEMU.RunAsUIDBase != 0 && (h.QEMU.RunAsUIDCount == 0 || uint64(h.QEMU.RunAsUIDBase)+uint64(h.QEMU.RunAsUIDCount) > 1<<31) {
+		bad("hypervisor.qemu.run_as_uid_count", "must be positive, and the range must end below 2^31")
 	}
 
 	a := c.Agent

@@ -64,6 +64,8 @@ func TestParse(t *testing.T) {
 		{name: "sizing caps below the base", doc: "[hypervisor]\nvcpus = 2\nmax_vcpus = 1\nmax_memory_mib = 256\n", wantErr: []string{"hypervisor.max_vcpus", "hypervisor.max_memory_mib"}},
 		{name: "state dir too long", doc: "[runtime]\nstate_dir = \"/" + strings.Repeat("d", MaxStateDirLen) + "\"\n", wantErr: []string{"runtime.state_dir", "at most 60"}},
 		{name: "guest log bound below the minimum", doc: "[runtime]\nguest_log_max_bytes = 100\n", wantErr: []string{"runtime.guest_log_max_bytes"}},
+		{name: "run-as range without ids", doc: "[hypervisor.qemu]\nrun_as_uid_base = 100000\nrun_as_uid_count = 0\n", wantErr: []string{"hypervisor.qemu.run_as_uid_count"}},
+		{name: "run-as range past 2^31", doc: "[hypervisor.qemu]\nrun_as_uid_base = 2147483000\n", wantErr: []string{"hypervisor.qemu.run_as_uid_count"}},
 		{name: "kernel param with space", doc: "[hypervisor]\nkernel_params = [\"a b\"]\n", wantErr: []string{"hypervisor.kernel_params[0]"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

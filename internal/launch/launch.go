@@ -77,6 +77,9 @@ func QEMUOptions(c *config.Config) qemu.Options {
 		CgroupParent: c.Runtime.CgroupParent,
 		StopTimeout:  q.StopTimeout.Duration,
 		ConsoleMax:   c.Runtime.GuestLogMaxBytes,
+
+		RunAsUIDBase:  q.RunAsUIDBase,
+		RunAsUIDCount: q.RunAsUIDCount,
 	}
 }
 

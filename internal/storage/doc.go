@@ -65,10 +65,21 @@
 // attached, so there is no moment in which the guest could see it writable.
 // (Remounting read-only after the bind would not do: a remount changes one
 // mount, not the copies propagation already made in shared/ and in
-// virtiofsd's namespace. Without open_tree, before Linux 5.2 or under a
-// seccomp filter, the bind is made and remounted read-only in the private
-// staging/ directory and then moved into place; a read-only rbind is then
-// read-only at its top mount only.)
+// virtiofsd's namespace. Without open_tree and mount_setattr, before Linux
+// 5.12 or under a seccomp filter, the bind is made and remounted read-only
+// in the private staging/ directory and then moved into place, its
+// submounts remounted one by one.)
+//
+// # nosuid, nodev
+//
+// Every bind (volumes and a bound root, rbind submounts included), the
+// overlay or other rootfs mount and shared/ itself are nosuid,nodev on the
+// host, set the same way as read-only above. A set-user-ID file or a device
+// node in the tree (from the image, or written by the guest) grants nothing
+// to a host process that reaches it through the shared tree. The guest is
+// unaffected: virtio-fs reports modes as they are and the guest's own mount
+// options decide. What virtiofsd itself refuses to create is package
+// virtiofs's concern.
 // The root filesystem stays writable on the host even when root.readonly is
 // set: the container's runtime in the guest must still create mount points
 // in it before it remounts it read-only, exactly as runc does on a host, and

@@ -14,12 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// oldMountAPI is set once open_tree turned out unavailable (Linux before
-// 5.2, or a seccomp filter); bind then uses mount(2). Tests set it to cover
+// oldMountAPI is set once open_tree or mount_setattr turned out
+// unavailable (Linux before 5.12, or a seccomp filter); bind then uses
+// mount(2). Tests set it to cover
 // that path.
 var oldMountAPI atomic.Bool
 
-// errNoNewAPI is returned by bindNew when open_tree is not available.
+// errNoNewAPI is returned by bindNew when open_tree or mount_setattr is not
+// available.
 var errNoNewAPI = errors.New("new mount API unavailable")
 
 // bindSpec is one bind mount to make.
@@ -68,14 +70,22 @@ func bindNew(b bindSpec, target string) error {
 	if err != nil {
 		return err
 	}
+	attr := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
 	if b.readOnly {
-		setFlags := uint(unix.AT_EMPTY_PATH)
-		if b.recursive {
-			setFlags |= unix.AT_RECURSIVE
-		}
-		if err := unix.MountSetattr(fd, "", setFlags, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-			return fmt.Errorf("making %s read-only: %w", b.path, err)
-		}
+		attr |= unix.MOUNT_ATTR_RDONLY
+	}
+	setFlags := uint(unix.AT_EMPTY_PATH)
+	if b.recursive {
+		setFlags |= unix.AT_RECURSIVE
+	}
+	err = unix.MountSetattr(fd, "", setFlags, &unix.MountAttr{Attr_set: attr})
+	if errors.Is(err, unix.ENOSYS) {
+		// open_tree without mount_setattr: Linux 5.2 to 5.11. The
+		// detached copy goes away with fd.
+		return errNoNewAPI
+	}
+	if err != nil {
+		return fmt.Errorf("setting nosuid,nodev (and ro) on %s: %w", b.path, err)
 	}
 	if err := makeTarget(target, isDir); err != nil {
 		return err
@@ -87,11 +97,11 @@ func bindNew(b bindSpec, target string) error {
 }
 
 // bindOld binds through /proc/self/fd of an O_PATH|O_NOFOLLOW descriptor.
-// A read-only bind is made and remounted read-only in the private staging
-// directory and only then moved to target: a remount changes one mount, not
-// the copies that propagation already made of it (in shared/ and in
-// virtiofsd's namespace), so remounting at target would leave those
-// writable. A read-only rbind is read-only only at its top mount here.
+// The bind is made and remounted nosuid,nodev (and read-only) in the
+// private staging directory and only then moved to target: a remount
+// changes one mount, not the copies that propagation already made of it (in
+// shared/ and in virtiofsd's namespace), so remounting at target would leave
+// those without the flags.
 func bindOld(b bindSpec, target, staging string) (retErr error) {
 	fd := b.dirfd
 	if b.path != "" {
@@ -106,11 +116,8 @@ func bindOld(b bindSpec, target, staging string) (retErr error) {
 	if err != nil {
 		return err
 	}
-	at := target
-	if b.readOnly {
-		at = filepath.Join(staging, filepath.Base(target))
-		defer func() { _ = os.Remove(at) }()
-	}
+	at := filepath.Join(staging, filepath.Base(target))
+	defer func() { _ = os.Remove(at) }()
 	if err := makeTarget(at, isDir); err != nil {
 		return err
 	}
@@ -121,16 +128,20 @@ func bindOld(b bindSpec, target, staging string) (retErr error) {
 	if err := unix.Mount(fmt.Sprintf("/proc/self/fd/%d", fd), at, "", flags, ""); err != nil {
 		return fmt.Errorf("bind mounting %s at %s: %w", b.path, at, err)
 	}
-	if !b.readOnly {
-		return nil
-	}
 	defer func() {
 		if retErr != nil {
 			_ = unix.Unmount(at, unix.MNT_DETACH)
 		}
 	}()
-	if err := unix.Mount("", at, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-		return fmt.Errorf("remounting %s read-only: %w", at, err)
+	// An rbind's submounts are remounted one by one, parents first.
+	points, err := mountsUnder(at)
+	if err != nil {
+		return err
+	}
+	for _, p := range points {
+		if err := unix.Mount("", p, "", remountFlags(p, b.readOnly), ""); err != nil {
+			return fmt.Errorf("remounting %s nosuid,nodev: %w", p, err)
+		}
 	}
 	if err := makeTarget(target, isDir); err != nil {
 		return err
@@ -139,6 +150,26 @@ func bindOld(b bindSpec, target, staging string) (retErr error) {
 		return fmt.Errorf("moving %s to %s: %w", at, target, err)
 	}
 	return nil
+}
+
+// keptFlags are the per-mount flags a bind remount must repeat to keep:
+// MS_REMOUNT|MS_BIND sets them all at once.
+const keptFlags = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC |
+	unix.MS_NOATIME | unix.MS_NODIRATIME | unix.MS_RELATIME
+
+// remountFlags are the flags that remount the bind at path nosuid,nodev
+// (and read-only) and keep what else it had (noexec, atime flags); statfs's
+// ST_* values of these flags are the MS_* ones.
+func remountFlags(path string, readOnly bool) uintptr {
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err == nil {
+		flags |= uintptr(st.Flags) & keptFlags
+	}
+	if readOnly {
+		flags |= unix.MS_RDONLY
+	}
+	return flags
 }
 
 // sourceKind reports whether fd is a directory; symlinks and anything but

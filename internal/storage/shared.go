@@ -126,7 +126,7 @@ func New(ctx context.Context, stateDir string) (_ *Shared, retErr error) {
 		return nil, fmt.Errorf("binding %s: %w", s.shared, err)
 	}
 	undo.push(func() error { return unmountAll(s.shared) })
-	if err := unix.Mount("", s.shared, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+	if err := unix.Mount("", s.shared, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		return nil, fmt.Errorf("remounting %s read-only: %w", s.shared, err)
 	}
 	if err := unix.Mount("", s.shared, "", unix.MS_SLAVE, ""); err != nil {
@@ -274,6 +274,10 @@ func mountRootfs(m Mount, target, staging string) error {
 		return fmt.Errorf("mount of %q has no type: %w", m.Source, errdefs.ErrInvalidArgument)
 	}
 	flags, data := mountopt.Parse(m.Options)
+	// Whatever the options say: nothing on the host runs or opens a
+	// device through the shared tree, and virtio-fs hands the guest its
+	// modes regardless.
+	flags |= unix.MS_NOSUID | unix.MS_NODEV
 	if err := unix.Mount(m.Source, target, m.Type, flags, data); err != nil {
 		return fmt.Errorf("mounting %s (%s) at %s: %w", m.Source, m.Type, target, err)
 	}

@@ -163,6 +163,11 @@ func TestAddRemoveContainer(t *testing.T) {
 			if got := readFile(t, filepath.Join(d, "volumes", "2-ro", "sub", "c")); got != "submount\n" {
 				t.Errorf("submount of the rbind: %q", got)
 			}
+			// Every mount the guest sees is nosuid,nodev, in shared/ as
+			// in mounts/.
+			for _, top := range []string{d, filepath.Join(s.mounts, "c1")} {
+				requireNosuidNodev(t, top, 5)
+			}
 			// The root stays writable on the host (see doc.go).
 			if err := os.WriteFile(filepath.Join(d, "rootfs", "new"), nil, 0o644); err != nil {
 				t.Errorf("writing the rootfs: %v", err)
@@ -177,9 +182,9 @@ func TestAddRemoveContainer(t *testing.T) {
 					t.Errorf("writing %s: %v, want EROFS", p, err)
 				}
 			}
-			// Read-only reaches submounts with the new API only.
+			// Read-only reaches submounts.
 			err = os.WriteFile(filepath.Join(d, "volumes", "2-ro", "sub", "c"), []byte("x"), 0o644)
-			if api == "new" && !isEROFS(err) {
+			if !isEROFS(err) {
 				t.Errorf("writing the ro submount: %v, want EROFS", err)
 			}
 			// The guest cannot change the tree around the mounts.
@@ -306,12 +311,47 @@ func TestRootfsMounts(t *testing.T) {
 	if readFile(t, filepath.Join(root, "etc", "hello")) != "from the image\n" || readFile(t, filepath.Join(root, "etc", "upper")) != "upper\n" {
 		t.Error("overlay content not visible")
 	}
+	requireNosuidNodev(t, root, 1)
 	writeFile(t, filepath.Join(root, "written"), "x")
 	if readFile(t, filepath.Join(upper, "written")) != "x" {
 		t.Error("write did not reach the upper dir")
 	}
 	if err := s.RemoveContainer(ctx, "c"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// requireNosuidNodev checks in /proc/self/mountinfo that the mounts at and
+// under dir, at least min of them, all have nosuid and nodev among their
+// per-mount options.
+func requireNosuidNodev(t *testing.T, dir string, min int) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID parent major:minor root mountpoint options ...
+		f := strings.Fields(line)
+		if len(f) < 6 {
+			continue
+		}
+		p := unescapeMountinfo(f[4])
+		if p != dir && !strings.HasPrefix(p, dir+"/") {
+			continue
+		}
+		n++
+		opts := map[string]bool{}
+		for _, o := range strings.Split(f[5], ",") {
+			opts[o] = true
+		}
+		if !opts["nosuid"] || !opts["nodev"] {
+			t.Errorf("mount %s has options %s, want nosuid and nodev", p, f[5])
+		}
+	}
+	if n < min {
+		t.Errorf("%d mounts under %s, want at least %d", n, dir, min)
 	}
 }
 

@@ -28,6 +28,10 @@
 // The daemon's stderr goes to a log bounded by Config.LogMax (child.LogFile:
 // one current file and one rotated part): with debug logging the daemon
 // writes a line per guest request, so the guest drives its volume.
+// The daemon runs without CAP_MKNOD, CAP_FSETID and CAP_SETFCAP
+// (-o modcaps) and under a seccomp filter the runtime installs on the thread
+// that forks it (seccomp.go): whatever the guest asks, it creates no device
+// node and no set-user-ID or set-group-ID file on the host.
 //
 // The daemon gets PR_SET_PDEATHSIG(SIGKILL) from a goroutine locked to the
 // OS thread that forked it and waits for it, the approach of the QEMU

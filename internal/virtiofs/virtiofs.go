@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/hull-runtime/hull/internal/child"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +48,15 @@ const (
 	// maxSocketPath is sun_path's size minus the terminating NUL.
 	maxSocketPath = 107
 )
+
+// droppedCaps are the capabilities removed from the daemon's default set
+// (-o modcaps): CAP_MKNOD (device nodes for the host's disks), CAP_FSETID
+// (a write by a non-owner clears set-user-ID bits; chmod g+s by a
+// non-member clears the set-group-ID bit) and CAP_SETFCAP (file
+// capabilities through the security.capability xattr, should xattrs be
+// enabled). CAP_SETUID and CAP_SETGID stay: the daemon switches its own
+// credentials to the guest caller's to create files with the right owner.
+const droppedCaps = "-mknod:-fsetid:-setfcap"
 
 // Config says how to run one virtiofsd.
 type Config struct {
@@ -148,6 +158,7 @@ func (c *Config) args(bin string) []string {
 		"-o", "source=" + c.SharedDir,
 		"-o", "cache=" + c.Cache,
 		"-o", "sandbox=" + c.Sandbox,
+		"-o", "modcaps=" + droppedCaps,
 	}
 	if c.Xattr {
 		a = append(a, "-o", "xattr")
@@ -214,6 +225,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 		d.logFile = f
 		stderr = io.MultiWriter(d.out, f)
 	}
+	filter, err := filterProgram()
+	if err != nil {
+		if d.logFile != nil {
+			_ = d.logFile.Close()
+		}
+		return nil, err
+	}
 	args := cfg.args(bin)
 	d.cmd = &exec.Cmd{
 		Path:   bin,
@@ -227,7 +245,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	}
 	logger := log.G(ctx).WithField("socket", cfg.SocketPath)
 	logger.WithField("argv", strings.Join(args, " ")).Debug("starting virtiofsd")
-	if err := d.launch(); err != nil {
+	if err := d.launch(filter); err != nil {
 		if d.logFile != nil {
 			_ = d.logFile.Close()
 		}
@@ -254,10 +272,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	return d, nil
 }
 
-// launch starts the daemon with child.Start (its own process group; killed
-// by the kernel if the shim dies without Stop).
-func (d *Daemon) launch() error {
-	return child.Start(d.cmd, func(ps *os.ProcessState, err error) {
+// launch starts the daemon with child.StartPrepared (its own process group;
+// killed by the kernel if the shim dies without Stop), with the seccomp
+// filter installed on the forking thread (see seccomp.go).
+func (d *Daemon) launch(filter []bpf.RawInstruction) error {
+	return child.StartPrepared(d.cmd, func() error { return installFilter(filter) }, func(ps *os.ProcessState, err error) {
 		d.mu.Lock()
 		d.state, d.waitErr = ps, err
 		d.mu.Unlock()

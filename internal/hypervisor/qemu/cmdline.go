@@ -18,6 +18,22 @@ const (
 	pidFileName       = "qemu.pid"
 )
 
+// sandboxOpt is QEMU's own seccomp filter (-sandbox): on top of the
+// default deny list it refuses obsolete system calls, every set*uid/set*gid
+// (QEMU never needs to change its credentials once running), fork and exec
+// (no helper scripts: taps are opened by the runtime, script=no) and
+// scheduler and affinity changes (the runtime places QEMU in its cgroup).
+// A guest that breaks out of device emulation inherits these limits. With
+// runAs, set*uid stay allowed: see runas.go.
+func sandboxOpt(runAs bool) props {
+	elevate := "deny"
+	if runAs {
+		elevate = "allow"
+	}
+	return opt("on", p("obsolete", "deny"), p("elevateprivileges", elevate),
+		p("spawn", "deny"), p("resourcecontrol", "deny"))
+}
+
 // firstExtraFD is the descriptor number of the first exec.Cmd.ExtraFiles
 // entry in the child.
 const firstExtraFD = 3
@@ -105,6 +121,8 @@ type layout struct {
 	accel    string
 	cpuModel string
 	tscKHz   uint64
+	// runAs is the user and group ID QEMU drops to; 0 keeps it root.
+	runAs uint32
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -117,6 +135,10 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	}
 
 	a.addOpt("name", opt(cfg.ID, pBool("debug-threads", true)))
+	a.addOpt("sandbox", sandboxOpt(l.runAs != 0))
+	if l.runAs != 0 {
+		a.add("runas", fmt.Sprintf("%d:%d", l.runAs, l.runAs))
+	}
 	a.addOpt("machine", machineOpt(cfg, l))
 	if l.accel == AccelTCG {
 		// One host thread runs every vCPU (QEMU's default is a thread per

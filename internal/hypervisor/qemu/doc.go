@@ -48,6 +48,10 @@
 // in one host thread (thread=single), because multi-vCPU guests hung now
 // and then with a thread per vCPU.
 //
+// QEMU runs under its own seccomp filter (-sandbox, see sandboxOpt) and,
+// with Options.RunAsUIDBase, drops root after start-up to a user ID leased
+// for the VM alone (runas.go).
+//
 // State directory files: qmp.sock, serial.sock, qemu.pid, the agent
 // socket for the serial transport when the config gives none (agent.sock),
 // and console.log (with console.log.1 once it rotated). Stop removes all

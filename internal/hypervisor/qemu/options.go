@@ -62,6 +62,12 @@ type Options struct {
 	// many bytes before it is rotated to console.log.1 (child.LogFile);
 	// child.DefaultLogMax when zero.
 	ConsoleMax int64
+	// RunAsUIDBase, when not 0, runs each QEMU as a user and group ID of
+	// its own from [RunAsUIDBase, RunAsUIDBase+RunAsUIDCount) once its
+	// devices are open (see runas.go); 0 keeps QEMU root.
+	RunAsUIDBase uint32
+	// RunAsUIDCount is the size of that range.
+	RunAsUIDCount uint32
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }
@@ -131,6 +137,11 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	}
 	if o.ConsoleMax == 0 {
 		o.ConsoleMax = child.DefaultLogMax
+	}
+	if o.RunAsUIDBase != 0 {
+		if o.RunAsUIDCount == 0 || uint64(o.RunAsUIDBase)+uint64(o.RunAsUIDCount) > 1<<31 {
+			return inval("run-as range %d+%d: want a positive count and an end below 2^31", o.RunAsUIDBase, o.RunAsUIDCount)
+		}
 	}
 
 	switch a := &cfg.Agent; a.Transport {

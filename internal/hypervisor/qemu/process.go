@@ -94,7 +94,19 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.consoleLog = lg
 	v.mu.Unlock()
 
-	args := buildArgs(&v.cfg, v.layout)
+	l := v.layout
+	if v.opts.RunAsUIDBase != 0 {
+		lease, err := leaseUID(v.opts.RunAsUIDBase, v.opts.RunAsUIDCount)
+		if err != nil {
+			return err
+		}
+		v.mu.Lock()
+		v.uid = lease
+		v.mu.Unlock()
+		undo.push(v.releaseUID)
+		l.runAs = lease.uid
+	}
+	args := buildArgs(&v.cfg, l)
 	args[0] = bin
 	extra, err := dupFiles(extraFDs(&v.cfg))
 	if err != nil {
@@ -214,6 +226,7 @@ func (v *VM) exited(ps *os.ProcessState, err error) {
 	} else if err != nil {
 		e.Signal = "unknown (" + err.Error() + ")"
 	}
+	v.releaseUID()
 	v.mu.Lock()
 	e.Requested = v.stopRequested || v.shutdownReason == "guest-shutdown"
 	v.exit = e
@@ -222,6 +235,16 @@ func (v *VM) exited(ps *os.ProcessState, err error) {
 	}
 	v.mu.Unlock()
 	close(v.done)
+}
+
+// releaseUID gives back the user ID QEMU ran as, once it has been reaped
+// or never started.
+func (v *VM) releaseUID() {
+	v.mu.Lock()
+	l := v.uid
+	v.uid = nil
+	v.mu.Unlock()
+	l.release()
 }
 
 // onEvent notes QMP events that explain an exit.

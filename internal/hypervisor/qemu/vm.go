@@ -80,6 +80,9 @@ type VM struct {
 	stopRequested bool
 	// shutdownReason is the reason of QMP's SHUTDOWN event; guarded by mu.
 	shutdownReason string
+	// uid is the user ID QEMU runs as, with Options.RunAsUIDBase, until it
+	// has been reaped; guarded by mu.
+	uid *uidLease
 	// exit is how QEMU ended, valid once done is closed; guarded by mu.
 	exit hypervisor.Exit
 }

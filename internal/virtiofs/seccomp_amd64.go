@@ -1,0 +1,19 @@
+package virtiofs
+
+import "golang.org/x/sys/unix"
+
+func seccompRules() (arch uint32, rules []rule, ok bool) {
+	return unix.AUDIT_ARCH_X86_64, []rule{
+		{nr: unix.SYS_CHMOD, kind: modeRule, mode: 1},
+		{nr: unix.SYS_FCHMOD, kind: modeRule, mode: 1},
+		{nr: unix.SYS_FCHMODAT, kind: modeRule, mode: 2},
+		{nr: unix.SYS_FCHMODAT2, kind: modeRule, mode: 2},
+		{nr: unix.SYS_CREAT, kind: modeRule, mode: 1},
+		{nr: unix.SYS_OPEN, kind: openRule, flags: 1, mode: 2},
+		{nr: unix.SYS_OPENAT, kind: openRule, flags: 2, mode: 3},
+		{nr: unix.SYS_MKNOD, kind: mknodRule, mode: 1},
+		{nr: unix.SYS_MKNODAT, kind: mknodRule, mode: 2},
+		{nr: unix.SYS_OPENAT2, kind: denyRule},
+		{nr: unix.SYS_IO_URING_SETUP, kind: denyRule},
+	}, true
+}
