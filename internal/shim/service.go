@@ -250,6 +250,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if err != nil {
 		return nil, err
 	}
+	if err := applyLogLevel(log.G(s.bg).Logger, cfg.Runtime.LogLevel); err != nil {
+		return nil, fmt.Errorf("runtime.log_level: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
 	podID := sandboxID(r.id, annotations)
 	rec = record{SandboxID: podID, VMID: vmID(r.namespace, podID), StateRoot: cfg.Runtime.StateDir}
 	if err := writeRecord(r.bundle, rec); err != nil {
