@@ -159,7 +159,7 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 		add("qemu", statusOK, "%s: %s", qemuPath, v)
 	}
 	if vfs, err := virtiofs.Lookup(); err != nil {
-		add("virtiofsd", statusFail, "%v (apt-get install qemu-system-x86 on Debian 12, virtiofsd on later releases)", err)
+		add("virtiofsd", statusFail, "%v (Debian 12: apt-get install qemu-system-x86; newer releases: apt-get install virtiofsd)", err)
 	} else if v, err := programVersion(ctx, vfs, "--version"); err != nil {
 		add("virtiofsd", statusFail, "virtiofsd not usable: %v", err)
 	} else {
