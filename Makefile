@@ -4,7 +4,9 @@ SHELL := /bin/bash
 GO            ?= go
 PREFIX        ?= /usr/local
 DESTDIR       ?=
-ASSETS_DIR    ?= $(DESTDIR)/usr/share/hull
+# Where `make install` puts the guest image: image.assets_dir of the shipped
+# configuration.
+ASSETS_DIR    ?= /usr/share/hull
 OUT           := $(CURDIR)/_output
 TOOLS         := $(OUT)/tools
 TEST_ASSETS   := $(OUT)/assets
@@ -27,7 +29,9 @@ LDFLAGS := -X github.com/hull-runtime/hull/internal/version.Version=$(VERSION) \
 AGENT_TAGS    := netgo,osusergo,seccomp
 AGENT_LDFLAGS := $(LDFLAGS) -s -w -linkmode external -extldflags -static
 
-export PATH := $(TOOLS):$(PATH)
+# Go from go.dev's tarball lives in /usr/local/go/bin, which sudo's
+# secure_path drops: look there after PATH, so `sudo make ...` finds it.
+export PATH := $(TOOLS):$(PATH):/usr/local/go/bin
 
 .DEFAULT_GOAL := help
 
@@ -106,6 +110,10 @@ e2e: image ## Only the containerd end-to-end suite (containerd 1.6 and 2.x, driv
 e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 1.6 and 2.x, handlers hull and runc).
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/cri/
 
+.PHONY: docs-check
+docs-check: ## Check that docs/kubernetes.md's marked blocks are well-formed and agree (the CRI suite runs them).
+	$(GO) test -count=1 -run 'TestKubernetesDoc|TestDocBlocks' ./integration/internal/e2e/
+
 .PHONY: protos
 protos: tools ## Generate Go code from api/**/*.proto.
 	protoc -I api/agent/v1 -I /usr/include \
@@ -124,13 +132,63 @@ lint: ## Run gofmt, go vet and golangci-lint (pinned).
 	@test -x $(TOOLS)/golangci-lint || GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	$(TOOLS)/golangci-lint run ./...
 
+# Every file `make install` writes, as mode:source:destination (below
+# DESTDIR); install and uninstall both read this list. The guest image is
+# the other installed thing: kernel, initrd and manifest in $(ASSETS_DIR).
+# /etc/hull is the administrator's: neither target touches it.
+INSTALL_FILES := \
+	0755:bin/hull:$(PREFIX)/bin/hull \
+	0755:bin/containerd-shim-hull-v2:$(PREFIX)/bin/containerd-shim-hull-v2 \
+	0755:bin/hull-agent:$(PREFIX)/libexec/hull/hull-agent \
+	0644:config/configuration.toml:/usr/share/defaults/hull/configuration.toml
+# Directories that hold only hull's files: uninstall removes them once empty.
+INSTALL_DIRS := $(PREFIX)/libexec/hull /usr/share/defaults/hull $(ASSETS_DIR)
+
+.PHONY: install-prereqs
+install-prereqs: # Fail early, saying what to install, when make install cannot work here.
+	@missing=(); \
+	command -v $(GO) >/dev/null || { echo "install: Go $$(sed -n 's/^go //p' go.mod) or later is needed (https://go.dev/dl; /usr/local/go/bin is searched)" >&2; exit 1; }; \
+	for p in gcc libc6-dev libseccomp-dev qemu-system-x86; do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing+=($$p); \
+	done; \
+	if (( $${#missing[@]} )); then echo "install: missing Debian packages; run: apt-get install $${missing[*]}" >&2; exit 1; fi
+
 .PHONY: install
-install: build ## Install binaries, guest assets and the default configuration.
-	install -D -m 0755 bin/hull $(DESTDIR)$(PREFIX)/bin/hull
-	install -D -m 0755 bin/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-hull-v2
-	install -D -m 0755 bin/hull-agent $(DESTDIR)$(PREFIX)/libexec/hull/hull-agent
-	install -D -m 0644 config/configuration.toml $(DESTDIR)/usr/share/defaults/hull/configuration.toml
-	bin/hull image build --agent bin/hull-agent --output $(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+install: install-prereqs build ## Install binaries, guest image and default configuration (paths: make install-list).
+	@set -e; for f in $(INSTALL_FILES); do \
+		IFS=: read -r mode src dst <<<"$$f"; \
+		echo "install $$src -> $(DESTDIR)$$dst"; \
+		install -D -m "$$mode" "$$src" "$(DESTDIR)$$dst"; \
+	done
+	bin/hull image build --agent bin/hull-agent --output $(DESTDIR)$(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+
+.PHONY: uninstall
+uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kernel cache /var/cache/hull).
+	@set -e; for f in $(INSTALL_FILES); do \
+		IFS=: read -r mode src dst <<<"$$f"; \
+		echo "remove $(DESTDIR)$$dst"; rm -f "$(DESTDIR)$$dst"; \
+	done
+	rm -f $(DESTDIR)$(ASSETS_DIR)/manifest.json $(DESTDIR)$(ASSETS_DIR)/vmlinux-* $(DESTDIR)$(ASSETS_DIR)/initrd-*.img
+	@for d in $(INSTALL_DIRS); do \
+		if [[ -d $(DESTDIR)$$d ]]; then rmdir $(DESTDIR)$$d || { echo "uninstall: $(DESTDIR)$$d holds files hull did not install; left in place" >&2; }; fi; \
+	done
+
+.PHONY: install-list
+install-list: ## List the paths make install writes.
+	@for f in $(INSTALL_FILES); do IFS=: read -r mode src dst <<<"$$f"; echo "$$dst"; done
+	@echo "$(ASSETS_DIR)/ (guest image: vmlinux-<release>, initrd-<release>.img, manifest.json)"
+
+.PHONY: check-install
+check-install: ## Install into a temporary DESTDIR, uninstall, and fail if anything is left.
+	@set -e; dest=$$(mktemp -d /tmp/hull-destdir.XXXXXX); trap 'rm -rf "$$dest"' EXIT; \
+	$(MAKE) -s -f $(firstword $(MAKEFILE_LIST)) install DESTDIR=$$dest >/dev/null; \
+	for f in $(INSTALL_FILES); do IFS=: read -r mode src dst <<<"$$f"; \
+		test -f "$$dest$$dst" || { echo "check-install: $$dst was not installed" >&2; exit 1; }; done; \
+	test -f "$$dest$(ASSETS_DIR)/manifest.json" || { echo "check-install: no guest image in $(ASSETS_DIR)" >&2; exit 1; }; \
+	$(MAKE) -s -f $(firstword $(MAKEFILE_LIST)) uninstall DESTDIR=$$dest >/dev/null; \
+	left=$$(find "$$dest" -mindepth 1 \( -type f -o -type l \)); \
+	if [[ -n $$left ]]; then echo "check-install: uninstall left:" >&2; echo "$$left" >&2; exit 1; fi; \
+	echo "check-install: install and uninstall under $$dest: nothing left"
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the kernel download cache).

@@ -194,7 +194,7 @@ func (t agentTarget) with(ctx context.Context, g *globalFlags, f func(*agentclie
 			}
 		}
 		// The agent replays its recent log to every new reader, lines of
-		// earlier sessions included: only worth it when asked for.
+		// earlier connections included: only worth it when asked for.
 		c, err := agentclient.Dial(ctx, ep, agentclient.Options{
 			DialTimeout: t.timeout, CallTimeout: t.timeout,
 			NoLogStream: log.GetLevel() < log.InfoLevel,

@@ -17,6 +17,7 @@ import (
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/kvm"
 	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
 // Check outcomes.
@@ -32,9 +33,6 @@ type checkResult struct {
 	Status string `json:"status"`
 	Detail string `json:"detail"`
 }
-
-// virtiofsdPaths are where distributions install virtiofsd.
-var virtiofsdPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd"}
 
 func newCheckCommand(g *globalFlags) *cobra.Command {
 	var (
@@ -160,9 +158,10 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 	} else {
 		add("qemu", statusOK, "%s: %s", qemuPath, v)
 	}
-	vfs := findVirtiofsd()
-	if v, err := programVersion(ctx, vfs, "--version"); err != nil {
-		add("virtiofsd", statusFail, "virtiofsd not usable: %v (looked in %s)", err, strings.Join(virtiofsdPaths, ", "))
+	if vfs, err := virtiofs.Lookup(); err != nil {
+		add("virtiofsd", statusFail, "%v (Debian 12: apt-get install qemu-system-x86; newer releases: apt-get install virtiofsd)", err)
+	} else if v, err := programVersion(ctx, vfs, "--version"); err != nil {
+		add("virtiofsd", statusFail, "virtiofsd not usable: %v", err)
 	} else {
 		add("virtiofsd", statusOK, "%s: %s", vfs, v)
 	}
@@ -193,16 +192,10 @@ func debugShellDetail(m *guestimage.Manifest) string {
 	return fmt.Sprintf("yes: %s, %d bytes, sha256 %s", m.DebugShell.Path, m.DebugShell.Size, m.DebugShell.SHA256)
 }
 
+// findVirtiofsd returns the virtiofsd the runtime would run, or "".
 func findVirtiofsd() string {
-	if p, err := exec.LookPath("virtiofsd"); err == nil {
-		return p
-	}
-	for _, p := range virtiofsdPaths {
-		if exists(p) {
-			return p
-		}
-	}
-	return ""
+	p, _ := virtiofs.Lookup()
+	return p
 }
 
 // programVersion runs "path flag" and returns the first line of its output.

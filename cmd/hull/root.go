@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -15,17 +16,25 @@ import (
 type globalFlags struct {
 	configPath string
 	logLevel   string
-	assetsDir  string
+	// logLevelSet says that --log-level was given: it then wins over the
+	// configuration's runtime.log_level.
+	logLevelSet bool
+	assetsDir   string
 }
 
 func newRootCommand() *cobra.Command {
-	g := &globalFlags{}
+	return newRootCommandWith(&globalFlags{})
+}
+
+// newRootCommandWith is the root command with its global flags in g.
+func newRootCommandWith(g *globalFlags) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "hull",
 		Short:         "Administer the hull VM-isolated container runtime",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			g.logLevelSet = cmd.Flags().Changed("log-level")
 			if err := log.SetLevel(g.logLevel); err != nil {
 				return err
 			}
@@ -34,7 +43,7 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", "", "configuration file (default: "+config.SearchPaths[0]+", then "+config.SearchPaths[1]+")")
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error (default: warn, or debug/trace when the configuration's runtime.log_level says so)")
 	root.PersistentFlags().StringVar(&g.assetsDir, "assets-dir", "", "guest assets directory (overrides image.assets_dir)")
 	root.AddCommand(
 		newCheckCommand(g),
@@ -65,6 +74,27 @@ func (g *globalFlags) load(ctx context.Context) (*config.Config, error) {
 			return nil, err
 		}
 	}
+	if !g.logLevelSet {
+		if err := raiseLogLevel(c.Runtime.LogLevel); err != nil {
+			return nil, err
+		}
+	}
 	log.G(ctx).WithField("source", c.Source).Debug("configuration loaded")
 	return c, nil
+}
+
+// raiseLogLevel turns on hull's debug (or trace) lines when the
+// configuration's runtime.log_level asks for them, as it does for the
+// shim's. Quieter settings leave hull at its interactive default (warn):
+// runtime.log_level = "info", the default, is the shim's level for
+// containerd's log and would bury a command's output.
+func raiseLogLevel(level string) error {
+	l, err := logrus.ParseLevel(level)
+	if err != nil {
+		return fmt.Errorf("runtime.log_level: %w", err)
+	}
+	if l >= logrus.DebugLevel && l > logrus.GetLevel() {
+		logrus.SetLevel(l)
+	}
+	return nil
 }

@@ -42,6 +42,7 @@ var cases = []struct {
 	{name: "unknown runtime handler", run: unknownHandler},
 	{name: "missing image", run: missingImage},
 	{name: "missing executable", run: missingExecutable},
+	{name: "doc sample pod", run: docSamplePod, vmOnly: true},
 	{name: "pod VM sizing", run: podSizing, vmOnly: true},
 	{name: "pod VM accounting", run: podAccounting, vmOnly: true},
 	{name: "pod VM killed", run: vmKilled, vmOnly: true},

@@ -105,12 +105,21 @@ func startDaemon(t testing.TB, version string) *daemon {
 	}
 	d.net = newNetwork(t, dir)
 	d.cgroupParent = "/" + d.net.name
+	// The hull handler is configured as docs/kubernetes.md says.
+	versionLine, hullTables, err := e2e.ContainerdRuntime(version)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var config string
 	if version == "1.6" {
 		config = configV2(d)
 	} else {
 		config = configV3(d)
 	}
+	if first, _, _ := strings.Cut(config, "\n"); first != versionLine {
+		t.Fatalf("%s gives containerd %s %q, the suite writes %q", e2e.KubernetesDoc, version, versionLine, first)
+	}
+	config += hullTables
 	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
@@ -167,7 +176,7 @@ func startDaemon(t testing.TB, version string) *daemon {
 
 // configV2 is containerd 1.x's configuration (version 2): the CRI is one
 // plugin, io.containerd.grpc.v1.cri, with runtimes, CNI and the sandbox
-// image inside.
+// image inside. The hull runtime's tables come from docs/kubernetes.md.
 func configV2(d *daemon) string {
 	const cri = `plugins."io.containerd.grpc.v1.cri"`
 	return fmt.Sprintf(`version = 2
@@ -186,20 +195,19 @@ state = %q
   default_runtime_name = "runc"
 [%[5]s.containerd.runtimes.runc]
   runtime_type = %[7]q
-[%[5]s.containerd.runtimes.hull]
-  runtime_type = %[8]q
 [%[5]s.cni]
-  bin_dir = %[9]q
-  conf_dir = %[10]q
+  bin_dir = %[8]q
+  conf_dir = %[9]q
 `, filepath.Join(d.dir, "root"), filepath.Join(d.dir, "state"), d.address, d.address+".ttrpc",
-		cri, pauseImage, runc.runtimeType, hull.runtimeType, cniBinDir, d.net.confDir)
+		cri, pauseImage, runc.runtimeType, cniBinDir, d.net.confDir)
 }
 
 // configV3 is containerd 2.x's configuration (version 3): the CRI is split
 // into io.containerd.cri.v1.images (the sandbox image is a pinned image),
 // io.containerd.cri.v1.runtime (runtimes, CNI with a list of bin dirs,
 // restrict_oom_score_adj) and io.containerd.grpc.v1.cri (the server and
-// its streaming). NRI is off: its socket would be the host's
+// its streaming); the hull runtime's tables come from docs/kubernetes.md.
+// NRI is off: its socket would be the host's
 // /var/run/nri/nri.sock, shared with every other containerd 2.x.
 func configV3(d *daemon) string {
 	return fmt.Sprintf(`version = 3
@@ -218,8 +226,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   default_runtime_name = "runc"
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = %q
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.hull]
-  runtime_type = %q
 [plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = [%q]
   conf_dir = %q
@@ -227,7 +233,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 `, filepath.Join(d.dir, "root"), filepath.Join(d.dir, "state"), d.address, d.address+".ttrpc",
-		pauseImage, runc.runtimeType, hull.runtimeType, cniBinDir, d.net.confDir)
+		pauseImage, runc.runtimeType, cniBinDir, d.net.confDir)
 }
 
 // stop removes what the CRI still has (a failed case), stops the daemon,

@@ -272,6 +272,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if err != nil {
 		return nil, err
 	}
+	if err := applyLogLevel(log.G(s.bg).Logger, cfg.Runtime.LogLevel); err != nil {
+		return nil, fmt.Errorf("runtime.log_level: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
 	allow, err := compileAllowList(cfg.Runtime.EnableAnnotations)
 	if err != nil {
 		return nil, err
