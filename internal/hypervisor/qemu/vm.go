@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/kvm"
 )
@@ -64,6 +65,9 @@ type VM struct {
 	// by mu.
 	pid  int
 	proc *os.Process
+	// started is the QEMU process's identity for the sandbox record;
+	// guarded by mu.
+	started child.Process
 	// binary is the resolved QEMU path once Start ran; guarded by mu.
 	binary string
 	// qmp is the monitor connection while QEMU runs; guarded by mu.
@@ -155,6 +159,7 @@ func (v *VM) pidOf() int {
 func (v *VM) Describe() hypervisor.Description {
 	v.mu.Lock()
 	pid, bin, st := v.pid, v.binary, v.state
+	startTime := v.started.StartTime
 	var cg string
 	if v.cgroup != nil {
 		cg = v.cgroup.path
@@ -164,7 +169,7 @@ func (v *VM) Describe() hypervisor.Description {
 		bin, _ = lookBinary(v.opts.Binary)
 	}
 	if st == stateExited || st == stateStopped {
-		pid = 0
+		pid, startTime = 0, 0
 	}
 	if cg == "" {
 		cg = v.cgroupPath()
@@ -173,6 +178,7 @@ func (v *VM) Describe() hypervisor.Description {
 		Driver:     "qemu",
 		Binary:     bin,
 		PID:        pid,
+		StartTime:  startTime,
 		Accel:      v.layout.accel,
 		Machine:    v.layout.machine,
 		ConsoleLog: v.consolePath(),
