@@ -144,3 +144,22 @@ func TestKillGroup(t *testing.T) {
 		t.Error("the leader's helper in its process group still runs")
 	}
 }
+
+// FuzzParseStat: any command name, which a process chooses itself, leaves
+// the fields after it intact, and no input panics.
+func FuzzParseStat(f *testing.F) {
+	f.Add("qemu", uint64(123456))
+	f.Add("a) S 1 1 (b", uint64(1))
+	f.Add(")", uint64(18446744073709551615))
+	f.Fuzz(func(t *testing.T, comm string, start uint64) {
+		_, _ = parseStat([]byte(comm))
+		stat := fmt.Sprintf("42 (%s) S 1 7 0 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 %d 1000 10", comm, start)
+		got, err := parseStat([]byte(stat))
+		if err != nil {
+			t.Fatalf("%q: %v", stat, err)
+		}
+		if got.startTime != start || got.pgrp != 7 || got.state != 'S' {
+			t.Fatalf("%q: parsed %+v", stat, got)
+		}
+	})
+}
