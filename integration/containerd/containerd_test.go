@@ -57,6 +57,7 @@ var cases = []struct {
 		const id = "detached"
 		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
 		defer d.forget(t, id)
+		checkTaskPidIsVMM(t, d, id)
 		if out := d.mustCtr(t, "task", "exec", "--exec-id", "e1", id, "echo", "from exec"); out != "from exec\n" {
 			t.Errorf("exec: got %q", out)
 		}
@@ -353,4 +354,30 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool, what string, o
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// checkTaskPidIsVMM checks that the PID `ctr task ls` shows for task id is
+// a host process of the task: its VMM, QEMU.
+func checkTaskPidIsVMM(t *testing.T, d *daemon, id string) {
+	t.Helper()
+	out := d.mustCtr(t, "task", "ls")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] != id {
+			continue
+		}
+		exe, err := os.Readlink("/proc/" + f[1] + "/exe")
+		if err != nil {
+			t.Fatalf("task ls shows pid %s for %s: %v", f[1], id, err)
+		}
+		if !strings.Contains(filepath.Base(exe), "qemu-system") {
+			t.Errorf("task ls shows pid %s for %s, whose program is %s, not the VMM", f[1], id, exe)
+		}
+		cmdline, err := os.ReadFile("/proc/" + f[1] + "/cmdline")
+		if err != nil || !strings.Contains(string(cmdline), d.stateRoot) {
+			t.Errorf("pid %s is a qemu of another sandbox: %q, %v", f[1], cmdline, err)
+		}
+		return
+	}
+	t.Fatalf("task ls shows no task %s:\n%s", id, out)
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +62,15 @@ func podLifecycle(t *testing.T, s *session) {
 	p := s.runPod("web")
 	if p.ip == "" {
 		t.Fatal("PodSandboxStatus: no pod IP")
+	}
+	if s.h.vm {
+		// The members join the namespaces of /proc/<this pid>: the host
+		// process of the pod, its VMM, never a guest PID.
+		_, info := p.status()
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", info.Pid))
+		if err != nil || !strings.Contains(filepath.Base(exe), "qemu-system") {
+			t.Errorf("the sandbox's reported pid %d is %q (%v), not the VMM", info.Pid, exe, err)
+		}
 	}
 	if !s.d.net.subnet.Contains(mustAddr(t, p.ip)) {
 		t.Errorf("pod IP %s outside the network's %s", p.ip, s.d.net.subnet)

@@ -180,6 +180,8 @@ func (s *session) runPodSandbox(config *runtime.PodSandboxConfig, handler string
 // sandboxInfo is the part of the CRI plugin's verbose sandbox status the
 // suite reads (containerd 1.6 and 2.x agree on it).
 type sandboxInfo struct {
+	// Pid is the PID the runtime reported for the sandbox container.
+	Pid            int    `json:"pid"`
 	RuntimeHandler string `json:"runtimeHandler"`
 	RuntimeSpec    struct {
 		Linux struct {

@@ -44,6 +44,12 @@ type Options struct {
 	Log *log.Entry
 	// NoLogStream leaves the agent's log where it is.
 	NoLogStream bool
+	// MaxStreams bounds the channels open to the agent at a time (the
+	// ttRPC connection, the log stream and every stdio stream); an open
+	// beyond it waits for one to close until its context ends. Each
+	// channel may buffer at most one receive window of guest data (256
+	// KiB on the virtio-serial transport). Zero means DefaultMaxStreams.
+	MaxStreams int
 }
 
 // Client is a connection to one agent. Its service clients share one ttRPC
@@ -113,7 +119,9 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 		return fmt.Errorf("%w (last error: %v)", cause, last) //nolint:errorlint // cause classifies the failure; the last dial error is detail, kept out of errors.Is
 	}
 
-	tr, err := newTransport(dctx, ep)
+	// A stream open the agent does not acknowledge within the dial
+	// timeout ends the session.
+	tr, err := newTransport(dctx, ep, limits{maxStreams: o.MaxStreams, openTimeout: o.DialTimeout})
 	if err != nil {
 		return nil, failed(err)
 	}

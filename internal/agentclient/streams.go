@@ -41,15 +41,10 @@ func (c *Client) OpenStream(ctx context.Context, id uint64) (Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening stdio stream %d: %w", id, err)
 	}
-	if s, ok := conn.(Stream); ok {
-		return s, nil // vsock: a real half-close
+	s, ok := conn.(Stream)
+	if !ok {
+		_ = conn.Close()
+		return nil, fmt.Errorf("stdio stream %d: channel without a half-close: %w", id, errdefs.ErrInternal)
 	}
-	return halfCloser{conn}, nil
+	return s, nil
 }
-
-// halfCloser gives a yamux stream CloseWrite: closing a yamux stream sends
-// FIN and leaves the receive side open until the agent closes its side, so
-// Close is the half-close. Close after CloseWrite is harmless.
-type halfCloser struct{ net.Conn }
-
-func (h halfCloser) CloseWrite() error { return h.Close() }

@@ -32,18 +32,27 @@ type errNotYet struct{ err error }
 func (e errNotYet) Error() string { return e.err.Error() }
 func (e errNotYet) Unwrap() error { return e.err }
 
-func newTransport(ctx context.Context, ep hypervisor.AgentEndpoint) (transport, error) {
+func newTransport(ctx context.Context, ep hypervisor.AgentEndpoint, lim limits) (transport, error) {
 	switch ep.Transport {
 	case hypervisor.TransportSerial:
-		return dialSerial(ctx, ep.SocketPath)
+		return dialSerial(ctx, ep.SocketPath, lim)
 	case hypervisor.TransportVsock:
 		port := ep.Port
 		if port == 0 {
 			port = DefaultVsockPort
 		}
-		return vsockTransport{cid: ep.CID, port: port}, nil
+		return vsockTransport{cid: ep.CID, port: port, slots: newSlots(lim.maxStreams)}, nil
 	}
 	return nil, fmt.Errorf("agent transport %q: %w", ep.Transport, errdefs.ErrInvalidArgument)
+}
+
+// limits bound what one connection to the agent may hold on the host.
+type limits struct {
+	// maxStreams bounds the host's open channels (ttRPC, log, stdio).
+	maxStreams int
+	// openTimeout bounds the agent's acknowledgement of a yamux stream
+	// the host opened; past it the session ends (channel.HostYamuxConfig).
+	openTimeout time.Duration
 }
 
 // serialTransport is one unix connection to the hypervisor's end of the
@@ -52,14 +61,19 @@ func newTransport(ctx context.Context, ep hypervisor.AgentEndpoint) (transport, 
 // frame until the agent answers: bytes the host writes before the agent opens
 // the port wait in the socket (QEMU reads nothing from it while the guest
 // side is closed), and bytes of an old session are dropped.
+//
+// The host never accepts a stream: what the guest opens is refused by the
+// session's configuration (channel.HostYamuxConfig), and the streams the
+// host opens are at most maxStreams at a time (slots).
 type serialTransport struct {
-	conn net.Conn
-	sess *yamux.Session
+	conn  io.Closer
+	sess  *yamux.Session
+	slots slots
 }
 
 // dialSerial connects to the socket, retrying while it does not exist yet or
 // refuses (the hypervisor is still starting).
-func dialSerial(ctx context.Context, path string) (*serialTransport, error) {
+func dialSerial(ctx context.Context, path string, lim limits) (*serialTransport, error) {
 	if path == "" {
 		return nil, fmt.Errorf("serial agent endpoint without a socket path: %w", errdefs.ErrInvalidArgument)
 	}
@@ -73,12 +87,12 @@ func dialSerial(ctx context.Context, path string) (*serialTransport, error) {
 				_ = conn.Close()
 				return nil, err
 			}
-			sess, err := yamux.Client(synced, channel.YamuxConfig(ctx))
+			t, err := newSerialTransport(ctx, synced, lim)
 			if err != nil {
 				_ = conn.Close()
-				return nil, fmt.Errorf("starting yamux session: %w", err)
+				return nil, err
 			}
-			return &serialTransport{conn: conn, sess: sess}, nil
+			return t, nil
 		}
 		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("connecting to %s: %w", path, err)
@@ -92,12 +106,62 @@ func dialSerial(ctx context.Context, path string) (*serialTransport, error) {
 	}
 }
 
-func (t *serialTransport) open(ctx context.Context) (net.Conn, error) {
-	s, err := t.sess.OpenStream()
+// newSerialTransport starts the host's yamux session on a synchronized
+// connection.
+func newSerialTransport(ctx context.Context, conn io.ReadWriteCloser, lim limits) (*serialTransport, error) {
+	sess, err := yamux.Client(conn, channel.HostYamuxConfig(ctx, lim.openTimeout))
 	if err != nil {
-		return nil, fmt.Errorf("opening yamux stream: %w", err)
+		return nil, fmt.Errorf("starting yamux session: %w", err)
 	}
-	return s, nil
+	return &serialTransport{conn: conn, sess: sess, slots: newSlots(lim.maxStreams)}, nil
+}
+
+// open takes a slot and opens a stream, both until ctx is done. yamux's
+// OpenStream has no context (it waits while HostAcceptBacklog opens are
+// unacknowledged), so it runs aside; if ctx ends first, the stream it opens
+// later is closed and its slot freed then. That wait is bounded by the
+// session's open timeout.
+func (t *serialTransport) open(ctx context.Context) (net.Conn, error) {
+	if err := t.slots.acquire(ctx); err != nil {
+		return nil, err
+	}
+	type result struct {
+		s   *yamux.Stream
+		err error
+	}
+	ch, abandoned := make(chan result), make(chan struct{})
+	go func() {
+		s, err := t.sess.OpenStream()
+		select {
+		case ch <- result{s, err}:
+		case <-abandoned:
+			if s != nil {
+				_ = s.Close()
+			}
+			t.slots.release()
+		}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.slots.release()
+			return nil, fmt.Errorf("opening yamux stream: %w", sessionErr(r.err))
+		}
+		return newSlotConn(r.s, t.slots), nil
+	case <-ctx.Done():
+		close(abandoned)
+		return nil, fmt.Errorf("opening yamux stream: %w", context.Cause(ctx))
+	}
+}
+
+// sessionErr classifies yamux's errors for a stream open: an ended session
+// (the agent broke the protocol, stopped acknowledging opens, or the
+// connection closed) is unavailable.
+func sessionErr(err error) error {
+	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamsExhausted) || errors.Is(err, yamux.ErrRemoteGoAway) {
+		return fmt.Errorf("agent session ended: %w: %w", err, errdefs.ErrUnavailable)
+	}
+	return err
 }
 
 func (t *serialTransport) close() {
@@ -105,21 +169,27 @@ func (t *serialTransport) close() {
 	_ = t.conn.Close()
 }
 
-// vsockTransport dials a new AF_VSOCK connection per channel.
+// vsockTransport dials a new AF_VSOCK connection per channel, at most
+// maxStreams at a time.
 type vsockTransport struct {
 	cid, port uint32
+	slots     slots
 }
 
 func (t vsockTransport) open(ctx context.Context) (net.Conn, error) {
+	if err := t.slots.acquire(ctx); err != nil {
+		return nil, err
+	}
 	c, err := vsock.DialContext(ctx, t.cid, t.port, nil)
 	if err != nil {
+		t.slots.release()
 		if ctx.Err() == nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
 			errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.ENODEV)) {
 			return nil, errNotYet{err}
 		}
 		return nil, err
 	}
-	return c, nil
+	return newSlotConn(c, t.slots), nil
 }
 
 func (vsockTransport) close() {}

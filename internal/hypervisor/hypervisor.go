@@ -62,6 +62,10 @@ type Description struct {
 	Binary  string `json:"binary"`
 	Version string `json:"version,omitempty"`
 	PID     int    `json:"pid,omitempty"`
+	// StartTime is the hypervisor process's start time (field 22 of
+	// /proc/<pid>/stat), recorded when it started: with PID it names the
+	// process even after the PID was reused.
+	StartTime uint64 `json:"start_time,omitempty"`
 	// Accel is the accelerator in use ("kvm" or "tcg").
 	Accel string `json:"accel"`
 	// Machine is the machine model (for QEMU "q35" or "microvm").

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
 )
@@ -29,11 +28,20 @@ const recordName = "sandbox.json"
 // cgroupBusyWait bounds the wait for a killed VM's cgroup to empty.
 const cgroupBusyWait = 10 * time.Second
 
-// record is what Cleanup needs to know of a sandbox whose runtime is gone.
+// record is what Cleanup needs to know of a sandbox whose runtime is gone:
+// what the sandbox's parts created, each named by its owner (the VM driver
+// its process and cgroup, virtiofsd its process, the network its
+// namespace), and nothing else is released. A process is named by its PID
+// with its start time, recorded when it was started, so that a PID reused
+// by an unrelated process is never killed.
 type record struct {
-	ID          string `json:"id"`
-	VMPID       int    `json:"vm_pid,omitempty"`
-	VirtiofsPID int    `json:"virtiofsd_pid,omitempty"`
+	ID    string `json:"id"`
+	VMPID int    `json:"vm_pid,omitempty"`
+	// VMStartTime is the VM process's start time (/proc/<pid>/stat
+	// field 22); a process without one is never killed.
+	VMStartTime       uint64 `json:"vm_start_time,omitempty"`
+	VirtiofsPID       int    `json:"virtiofsd_pid,omitempty"`
+	VirtiofsStartTime uint64 `json:"virtiofsd_start_time,omitempty"`
 	// NetNS is the pod network namespace mirrored into the VM.
 	NetNS string `json:"netns,omitempty"`
 	// Cgroup is the cgroup path below the cgroup root(s) that Cleanup
@@ -46,6 +54,7 @@ type record struct {
 func (s *Sandbox) record() record {
 	d := s.vm.Describe()
 	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup, NetNS: s.netnsPath}
+	r.VMStartTime = d.StartTime
 	if s.cgroup != nil {
 		r.Cgroup = ""
 		if s.cgroup.g.Created() {
@@ -53,9 +62,18 @@ func (s *Sandbox) record() record {
 		}
 	}
 	if s.virtiofs != nil {
-		r.VirtiofsPID = s.virtiofs.PID()
+		p := s.virtiofs.Process()
+		r.VirtiofsPID, r.VirtiofsStartTime = p.PID, p.StartTime
 	}
 	return r
+}
+
+// processes are the processes the record names.
+func (r record) processes() map[string]child.Process {
+	return map[string]child.Process{
+		"vm":        {PID: r.VMPID, StartTime: r.VMStartTime},
+		"virtiofsd": {PID: r.VirtiofsPID, StartTime: r.VirtiofsStartTime},
+	}
 }
 
 func writeRecord(dir string, r record) error {
@@ -131,12 +149,13 @@ func Find(stateRoot, id string) (dir, fullID string, err error) {
 	return "", "", fmt.Errorf("%s names several sandboxes (%s); give the full ID: %w", id, strings.Join(ids, ", "), errdefs.ErrInvalidArgument)
 }
 
-// Cleanup removes what a sandbox whose runtime died left behind: it kills
-// the processes that run for the sandbox (the hypervisor, virtiofsd and
-// its helpers, found by the record in the state directory, the pid files
-// there, and any process whose command line names the state directory),
-// unmounts and removes the shared storage, removes the VM's cgroup and the
-// state directory. A sandbox that left nothing is no error.
+// Cleanup removes what a sandbox whose runtime died left behind, as the
+// record in its state directory names it: it kills the recorded processes
+// (the hypervisor and virtiofsd, each with its process group) that still
+// run with their recorded start time, unmounts and removes the shared
+// storage, removes the VM's cgroup and the state directory; the directory
+// stays, with an error, while anything below it is still mounted. A
+// sandbox that left nothing is no error.
 func Cleanup(ctx context.Context, stateRoot, id string) error {
 	if err := errors.Join(locationErrors(id, stateRoot)...); err != nil {
 		return fmt.Errorf("cleaning up sandbox: %w: %w", err, errdefs.ErrInvalidArgument)
@@ -185,39 +204,35 @@ func cleanupDir(ctx context.Context, dir, name string) error {
 	logger := log.G(ctx).WithField("sandbox", name)
 
 	var errs []error
-	pids := map[int]bool{}
-	for _, pid := range []int{r.VMPID, r.VirtiofsPID} {
-		if pid > 0 && mentions(pid, dir) {
-			pids[pid] = true
-		}
-	}
-	pidFiles, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
-	for _, f := range pidFiles {
-		b, err := os.ReadFile(f)
-		if err != nil {
+	var killed []child.Process
+	for name, p := range r.processes() {
+		if p.PID <= 0 {
 			continue
 		}
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && mentions(pid, dir) {
-			pids[pid] = true
+		if p.StartTime == 0 {
+			logger.WithField("pid", p.PID).Warnf("recorded %s process has no start time; left alone", name)
+			continue
+		}
+		ok, err := p.Kill()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ok {
+			logger.WithField("pid", p.PID).Infof("killed the leftover %s process", name)
+			killed = append(killed, p)
 		}
 	}
-	for _, pid := range processesMentioning(dir) {
-		pids[pid] = true
-	}
-	for pid := range pids {
-		logger.WithField("pid", pid).Info("killing a leftover sandbox process")
-		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("killing pid %d: %w", pid, err))
-		}
-	}
-	for pid := range pids {
-		if !waitGone(ctx, pid, 5*time.Second) {
-			errs = append(errs, fmt.Errorf("pid %d did not die: %w", pid, errdefs.ErrUnavailable))
+	for _, p := range killed {
+		if !waitGone(ctx, p, 5*time.Second) {
+			errs = append(errs, fmt.Errorf("pid %d did not die: %w", p.PID, errdefs.ErrUnavailable))
 		}
 	}
 	if _, err := os.Stat(dir); err == nil {
-		errs = append(errs, storage.Cleanup(ctx, dir))
-		errs = append(errs, os.RemoveAll(dir))
+		if err := storage.Cleanup(ctx, dir); err != nil {
+			errs = append(errs, err, fmt.Errorf("keeping %s: its storage was not released", dir))
+		} else {
+			errs = append(errs, removeTreeIfUnmounted(dir))
+		}
 	}
 	if r.Cgroup != "" {
 		errs = append(errs, removeCgroup(r.Cgroup))
@@ -231,48 +246,17 @@ func cleanupDir(ctx context.Context, dir, name string) error {
 	return nil
 }
 
-// mentions reports whether pid's command line contains dir: a pid from a
-// file is killed only when it still is the process that wrote it.
-func mentions(pid int, dir string) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && bytes.Contains(b, []byte(dir+"/"))
-}
-
-// processesMentioning lists the processes whose command line names a path
-// under dir.
-func processesMentioning(dir string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if mentions(pid, dir) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// waitGone waits until pid has exited (or is a zombie someone else reaps).
-func waitGone(ctx context.Context, pid int, limit time.Duration) bool {
+// waitGone waits until p no longer runs (it exited, or is a zombie that
+// someone else reaps).
+func waitGone(ctx context.Context, p child.Process, limit time.Duration) bool {
 	deadline := time.Now().Add(limit)
-	for {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
-			if f := strings.Fields(string(b[i+1:])); len(f) > 0 && f[0] == "Z" {
-				return true
-			}
-		}
+	for p.Running() {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }
 
 // removeCgroup removes an empty cgroup on the v2 hierarchy or on every v1

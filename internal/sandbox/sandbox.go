@@ -241,7 +241,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 				}
 				return err
 			}
-			undo.push(func(context.Context) error { return os.RemoveAll(s.stateDir) })
+			undo.push(func(context.Context) error { return removeTreeIfUnmounted(s.stateDir) })
 			return nil
 		}},
 		{"create shared storage", func(ctx context.Context) error {
@@ -421,13 +421,21 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	if s.network != nil {
 		errs = append(errs, s.network.Close(ctx))
 	}
+	var storageErr error
 	if s.storage != nil {
-		errs = append(errs, s.storage.Close(ctx))
+		storageErr = s.storage.Close(ctx)
+		errs = append(errs, storageErr)
+	}
+	if storageErr == nil {
+		errs = append(errs, removeTreeIfUnmounted(s.stateDir))
+	} else {
+		// Its mounts may still be there: a recursive removal would
+		// delete what they show.
+		log.G(ctx).WithField("dir", s.stateDir).Warn("keeping the state directory: its storage was not released")
 	}
 	if s.cgroup != nil {
 		errs = append(errs, s.cgroup.g.Delete())
 	}
-	errs = append(errs, os.RemoveAll(s.stateDir))
 	if err := s.transition(StateStopped); err != nil {
 		errs = append(errs, err)
 	}

@@ -195,7 +195,7 @@ func (s *service) watch(c *container, p *proc) {
 	s.events.publish(&eventstypes.TaskExit{
 		ContainerID: c.id,
 		ID:          id,
-		Pid:         sp.Pid(),
+		Pid:         s.hostPid(sp.Pid()),
 		ExitStatus:  status,
 		ExitedAt:    timestamppb.New(at),
 	})

@@ -88,6 +88,9 @@ type service struct {
 	// allowAnnotations is the pod's runtime.enable_annotations, compiled
 	// when its sandbox started; guarded by mu.
 	allowAnnotations []*regexp.Regexp
+	// vmPid is the VMM's host PID, the PID of every task (pids.go), set
+	// once the sandbox started; guarded by mu.
+	vmPid uint32
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -147,7 +150,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 			s.unreserve(ctx, r.ID)
 		}
 	}()
-	plan, err := podSpec(spec, r0, s.isPodPid, s.podShmSource())
+	plan, err := podSpec(spec, r0, s.guestNsPid, s.podShmSource())
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
@@ -194,9 +197,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Rootfs:      r.Rootfs,
 		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Checkpoint:  r.Checkpoint,
-		Pid:         sc.Init().Pid(),
+		Pid:         s.hostPid(sc.Init().Pid()),
 	})
-	return &taskapi.CreateTaskResponse{Pid: sc.Init().Pid()}, nil
+	return &taskapi.CreateTaskResponse{Pid: s.hostPid(sc.Init().Pid())}, nil
 }
 
 // reserve claims a container ID for a create.
@@ -321,6 +324,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	}
 	s.mu.Lock()
 	s.sb, s.sandboxID, s.vmID, s.stateRoot = sb, rec.SandboxID, rec.VMID, rec.StateRoot
+	s.vmPid = vmPid(sb)
 	s.podShm = r.plan.shmSource
 	s.base, s.size, s.limit, s.sizedByAnnotations = size, size, alignLimit(size, limit), static
 	s.grown = map[string]vmSize{}
@@ -372,19 +376,6 @@ func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, s
 	s.mu.Unlock()
 	logger.Info("VM grown for a container")
 	return nil
-}
-
-// isPodPid reports whether pid is the guest PID of a container's init in
-// this shim: the namespaces a pod member may join.
-func (s *service) isPodPid(pid uint32) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.containers {
-		if c != nil && c.init.getPid() == pid {
-			return true
-		}
-	}
-	return false
 }
 
 // podShmSource is the host source of the pod sandbox's /dev/shm.
@@ -466,7 +457,7 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return nil, err
 	}
 	c.init.markRunning()
-	pid := c.init.getPid()
+	pid := s.hostPid(c.init.getPid())
 	s.events.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: pid})
 	go s.watch(c, c.init)
 	return &taskapi.StartResponse{Pid: pid}, nil
@@ -495,9 +486,10 @@ func (s *service) startExec(ctx context.Context, c *container, execID string) (*
 	}
 	p.prepare(sp, pio)
 	p.markRunning()
-	s.events.publish(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: execID, Pid: sp.Pid()})
+	pid := s.hostPid(sp.Pid())
+	s.events.publish(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: execID, Pid: pid})
 	go s.watch(c, p)
-	return &taskapi.StartResponse{Pid: sp.Pid()}, nil
+	return &taskapi.StartResponse{Pid: pid}, nil
 }
 
 // Delete removes an exited exec, or a container that is not running; the
@@ -524,7 +516,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	c.init.closeIO(ctx)
 	c.init.finish(0, time.Now())
 	status, at := c.init.exit()
-	pid := c.init.getPid()
+	pid := s.hostPid(c.init.getPid())
 	s.mu.Lock()
 	delete(s.containers, c.id)
 	delete(s.grown, c.id)
@@ -556,14 +548,15 @@ func (s *service) deleteExec(c *container, execID string) (*taskapi.DeleteRespon
 	// An exec that never started is done with.
 	p.finish(0, time.Now())
 	status, at := p.exit()
-	return &taskapi.DeleteResponse{Pid: p.getPid(), ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
+	return &taskapi.DeleteResponse{Pid: s.hostPid(p.getPid()), ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
 }
 
-// Connect reports the shim's and the task's PIDs (the task's in the guest).
+// Connect reports the shim's and the task's PIDs (the task's is the VMM's,
+// see pids.go).
 func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
 	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid())}
 	if c, err := s.container(r.ID); err == nil {
-		resp.TaskPid = c.init.getPid()
+		resp.TaskPid = s.hostPid(c.init.getPid())
 	}
 	return resp, nil
 }

@@ -110,15 +110,17 @@ type guestPlan struct {
 //     namespace. A new namespace without a path stays: an isolated one, as
 //     under runc.
 //   - IPC, UTS and PID: a pod member joins the namespaces of its pod's
-//     containers by the /proc/<pid>/ns paths containerd writes; the PIDs are
-//     the guest PIDs this shim reported, so the paths hold in the guest. A
-//     path that names no container of the pod cannot be joined from a VM.
+//     sandbox container by the /proc/<pid>/ns paths containerd writes, with
+//     the PID this shim reported for it: the VMM's host PID (see pids.go).
+//     The path is rewritten to the sandbox container's init in the guest. A
+//     path that names any other PID cannot be joined from a VM.
 //   - /dev/shm: the pod shares one tmpfs in the guest (sandbox.GuestShmDir)
 //     instead of the host tmpfs containerd made.
 //
-// known reports whether a guest PID is the init of a container in the pod;
-// podShm is the pod's /dev/shm source recorded from its sandbox.
-func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (guestPlan, error) {
+// guestNsPid maps a PID this shim reported (the VMM's) to the guest PID of
+// the pod's sandbox container's init, false for any other PID; podShm is
+// the pod's /dev/shm source recorded from its sandbox.
+func podSpec(spec *specs.Spec, r role, guestNsPid func(uint32) (uint32, bool), podShm string) (guestPlan, error) {
 	var plan guestPlan
 	if spec.Linux != nil {
 		kept := spec.Linux.Namespaces[:0:0]
@@ -127,8 +129,8 @@ func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (
 			case r == rolePodSandbox && ns.Type == specs.UserNamespace:
 				// containerd then leaves the network namespace to the
 				// runtime and sets CNI up in /proc/<pid>/ns/net of the
-				// PID we report: a guest PID, which on the host names an
-				// unrelated process.
+				// PID we report: the VMM's, whose network namespace is
+				// the host's.
 				return guestPlan{}, fmt.Errorf("pod user namespaces (hostUsers: false) are not supported by hull: %w", errdefs.ErrNotImplemented)
 			case r == rolePodSandbox && ns.Type == specs.NetworkNamespace && ns.Path == "":
 				return guestPlan{}, fmt.Errorf("a pod sandbox whose network namespace the runtime must create is not supported (containerd would set up CNI in a host process's namespace): %w", errdefs.ErrNotImplemented)
@@ -142,9 +144,14 @@ func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (
 				return guestPlan{}, fmt.Errorf("%s namespace %q: a %s cannot join a host namespace from a VM: %w", ns.Type, ns.Path, r, errdefs.ErrInvalidArgument)
 			default:
 				pid, ok := nsPathPID(ns.Path, ns.Type)
-				if !ok || !known(pid) {
+				var guest uint32
+				if ok {
+					guest, ok = guestNsPid(pid)
+				}
+				if !ok {
 					return guestPlan{}, fmt.Errorf("%s namespace %q: names no container of this pod: %w", ns.Type, ns.Path, errdefs.ErrInvalidArgument)
 				}
+				ns.Path = fmt.Sprintf("/proc/%d/ns/%s", guest, nsKinds[ns.Type])
 			}
 			kept = append(kept, ns)
 		}
@@ -167,13 +174,16 @@ func podSpec(spec *specs.Spec, r role, known func(uint32) bool, podShm string) (
 	return plan, nil
 }
 
+// nsKinds are the names of the namespace types in /proc/<pid>/ns.
+var nsKinds = map[specs.LinuxNamespaceType]string{
+	specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
+	specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.MountNamespace: "mnt",
+	specs.TimeNamespace: "time",
+}
+
 // nsPathPID parses /proc/<pid>/ns/<kind> for a namespace type.
 func nsPathPID(p string, t specs.LinuxNamespaceType) (uint32, bool) {
-	kind := map[specs.LinuxNamespaceType]string{
-		specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts",
-		specs.UserNamespace: "user", specs.CgroupNamespace: "cgroup", specs.MountNamespace: "mnt",
-		specs.TimeNamespace: "time",
-	}[t]
+	kind := nsKinds[t]
 	rest, ok := strings.CutPrefix(p, "/proc/")
 	if !ok || kind == "" {
 		return 0, false

@@ -72,7 +72,7 @@ func criMemberSpec() *specs.Spec {
 
 func TestPodSpecSandbox(t *testing.T) {
 	s := criSandboxSpec()
-	plan, err := podSpec(s, rolePodSandbox, func(uint32) bool { return false }, "")
+	plan, err := podSpec(s, rolePodSandbox, func(uint32) (uint32, bool) { return 0, false }, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,9 @@ func TestPodSpecSandbox(t *testing.T) {
 
 func TestPodSpecMember(t *testing.T) {
 	s := criMemberSpec()
-	plan, err := podSpec(s, rolePodMember, func(pid uint32) bool { return pid == 7 }, "/run/containerd/sandboxes/p1/shm")
+	// 7 is the VMM's PID, reported for the sandbox container; 3 is that
+	// container's init in the guest.
+	plan, err := podSpec(s, rolePodMember, vmmIs7, "/run/containerd/sandboxes/p1/shm")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +104,8 @@ func TestPodSpecMember(t *testing.T) {
 	}
 	want := []specs.LinuxNamespace{
 		{Type: specs.MountNamespace},
-		{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc"},
-		{Type: specs.UTSNamespace, Path: "/proc/7/ns/uts"},
+		{Type: specs.IPCNamespace, Path: "/proc/3/ns/ipc"},
+		{Type: specs.UTSNamespace, Path: "/proc/3/ns/uts"},
 		{Type: specs.PIDNamespace},
 	}
 	if !reflect.DeepEqual(s.Linux.Namespaces, want) {
@@ -111,8 +113,16 @@ func TestPodSpecMember(t *testing.T) {
 	}
 }
 
+// vmmIs7 maps the VMM's PID 7 to the sandbox container's guest PID 3.
+func vmmIs7(pid uint32) (uint32, bool) {
+	if pid == 7 {
+		return 3, true
+	}
+	return 0, false
+}
+
 func TestPodSpecRefusals(t *testing.T) {
-	known := func(pid uint32) bool { return pid == 7 }
+	known := vmmIs7
 	for name, tc := range map[string]struct {
 		spec *specs.Spec
 		role role
@@ -124,6 +134,18 @@ func TestPodSpecRefusals(t *testing.T) {
 		"member joins a host path": {
 			role: rolePodMember,
 			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UTSNamespace, Path: "/var/run/uts/x"}}}},
+		},
+		"member names the sandbox container's guest pid": {
+			role: rolePodMember,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/3/ns/ipc"}}}},
+		},
+		"member path with a trailing part": {
+			role: rolePodMember,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/7/ns/ipc/x"}}}},
+		},
+		"member path through dot-dot": {
+			role: rolePodMember,
+			spec: &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/7/../8/ns/ipc"}}}},
 		},
 		"member path of another kind": {
 			role: rolePodMember,
@@ -146,7 +168,7 @@ func TestPodSpecSandboxWithoutNetnsPath(t *testing.T) {
 		"network without a path": {{Type: specs.NetworkNamespace}},
 	} {
 		s := &specs.Spec{Linux: &specs.Linux{Namespaces: ns}}
-		if _, err := podSpec(s, rolePodSandbox, func(uint32) bool { return false }, ""); !errdefs.IsNotImplemented(err) {
+		if _, err := podSpec(s, rolePodSandbox, func(uint32) (uint32, bool) { return 0, false }, ""); !errdefs.IsNotImplemented(err) {
 			t.Errorf("%s: got %v, want not implemented", name, err)
 		}
 	}
@@ -159,7 +181,7 @@ func TestPodSpecSingle(t *testing.T) {
 		Linux:  &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.NetworkNamespace}, {Type: specs.PIDNamespace}}},
 		Mounts: []specs.Mount{{Destination: "/dev/shm", Type: "tmpfs", Source: "shm"}},
 	}
-	plan, err := podSpec(s, roleSingle, func(uint32) bool { return false }, "")
+	plan, err := podSpec(s, roleSingle, func(uint32) (uint32, bool) { return 0, false }, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 		ID:       r.ID,
 		ExecID:   r.ExecID,
 		Bundle:   c.bundle,
-		Pid:      p.getPid(),
+		Pid:      s.hostPid(p.getPid()),
 		Status:   status,
 		Stdin:    p.paths.stdin,
 		Stdout:   p.paths.stdout,
@@ -120,7 +120,8 @@ func (s *service) CloseIO(_ context.Context, r *taskapi.CloseIORequest) (*emptyp
 	return &emptypb.Empty{}, nil
 }
 
-// Pids lists the PIDs, in the guest, of a container's processes.
+// Pids lists a container's processes by their PIDs in the guest: unlike
+// every other PID the shim reports, these name no host process (pids.go).
 func (s *service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.PidsResponse, error) {
 	c, err := s.container(r.ID)
 	if err != nil {

@@ -102,6 +102,9 @@ type Daemon struct {
 	// logFile is closed once the daemon has been reaped.
 	logFile *child.LogFile
 
+	// started is the daemon's identity, set once by launch.
+	started child.Process
+
 	mu sync.Mutex
 	// state is guarded by mu.
 	state *os.ProcessState
@@ -274,9 +277,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 
 // launch starts the daemon with child.StartPrepared (its own process group;
 // killed by the kernel if the shim dies without Stop), with the seccomp
-// filter installed on the forking thread (see seccomp.go).
+// filter installed on the forking thread (see seccomp.go), and records its
+// identity (PID and start time) for a cleanup after a crash.
 func (d *Daemon) launch(filter []bpf.RawInstruction) error {
-	return child.StartPrepared(d.cmd, func() error { return installFilter(filter) }, func(ps *os.ProcessState, err error) {
+	err := child.StartPrepared(d.cmd, func() error { return installFilter(filter) }, func(ps *os.ProcessState, err error) {
 		d.mu.Lock()
 		d.state, d.waitErr = ps, err
 		d.mu.Unlock()
@@ -285,6 +289,17 @@ func (d *Daemon) launch(filter []bpf.RawInstruction) error {
 		}
 		close(d.done)
 	})
+	if err != nil {
+		return err
+	}
+	started, err := child.IdentifyChild(d.cmd.Process.Pid, d.done)
+	if err != nil {
+		// Only its identity lets a cleanup find it after a crash.
+		_ = d.cmd.Process.Kill()
+		return err
+	}
+	d.started = started
+	return nil
 }
 
 // waitListening polls until the daemon's socket is in the listening state.
@@ -335,6 +350,10 @@ func listening(pid int, path string) (bool, error) {
 
 // PID is the daemon's process ID.
 func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
+// Process is the daemon's identity, recorded when it started: what a
+// cleanup after a crash may kill.
+func (d *Daemon) Process() child.Process { return d.started }
 
 // Done is closed when the daemon has exited and been reaped.
 func (d *Daemon) Done() <-chan struct{} { return d.done }

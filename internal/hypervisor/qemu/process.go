@@ -207,8 +207,14 @@ func (v *VM) launch(cmd *exec.Cmd) error {
 	if err := child.Start(cmd, v.exited); err != nil {
 		return err
 	}
+	started, err := child.IdentifyChild(cmd.Process.Pid, v.done)
+	if err != nil {
+		// Only its identity lets a cleanup find it after a crash.
+		_ = cmd.Process.Kill()
+		return err
+	}
 	v.mu.Lock()
-	v.pid = cmd.Process.Pid
+	v.pid, v.started = cmd.Process.Pid, started
 	v.proc = cmd.Process
 	v.mu.Unlock()
 	return nil

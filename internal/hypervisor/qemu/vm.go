@@ -65,6 +65,9 @@ type VM struct {
 	// by mu.
 	pid  int
 	proc *os.Process
+	// started is the QEMU process's identity for the sandbox record;
+	// guarded by mu.
+	started child.Process
 	// binary is the resolved QEMU path once Start ran; guarded by mu.
 	binary string
 	// qmp is the monitor connection while QEMU runs; guarded by mu.
@@ -163,6 +166,7 @@ func (v *VM) pidOf() int {
 func (v *VM) Describe() hypervisor.Description {
 	v.mu.Lock()
 	pid, bin, st := v.pid, v.binary, v.state
+	startTime := v.started.StartTime
 	var cg string
 	if v.cgroup != nil {
 		cg = v.cgroup.path
@@ -172,7 +176,7 @@ func (v *VM) Describe() hypervisor.Description {
 		bin, _ = lookBinary(v.opts.Binary)
 	}
 	if st == stateExited || st == stateStopped {
-		pid = 0
+		pid, startTime = 0, 0
 	}
 	if cg == "" {
 		cg = v.cgroupPath()
@@ -181,6 +185,7 @@ func (v *VM) Describe() hypervisor.Description {
 		Driver:     "qemu",
 		Binary:     bin,
 		PID:        pid,
+		StartTime:  startTime,
 		Accel:      v.layout.accel,
 		Machine:    v.layout.machine,
 		ConsoleLog: v.consolePath(),

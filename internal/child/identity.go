@@ -1,0 +1,120 @@
+package child
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Process names one process for later: its PID with its start time, which
+// together never name another process, even after the PID was reused.
+type Process struct {
+	PID int `json:"pid"`
+	// StartTime is field 22 of /proc/<pid>/stat: when the process
+	// started, in clock ticks after boot.
+	StartTime uint64 `json:"start_time"`
+}
+
+// procStat is what the runtime reads of /proc/<pid>/stat.
+type procStat struct {
+	state     byte
+	pgrp      int
+	startTime uint64
+}
+
+// parseStat parses the contents of /proc/<pid>/stat. The command name (the
+// second field) is in parentheses and may hold anything, spaces and
+// parentheses too, so the fields are counted from the last ')'.
+func parseStat(b []byte) (procStat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, errors.New("no command name in stat")
+	}
+	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22.
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || len(f[0]) != 1 {
+		return procStat{}, fmt.Errorf("stat has %d fields after the command name, want at least 20", len(f))
+	}
+	pgrp, err := strconv.Atoi(f[2])
+	if err != nil {
+		return procStat{}, fmt.Errorf("stat process group: %w", err)
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("stat start time: %w", err)
+	}
+	return procStat{state: f[0][0], pgrp: pgrp, startTime: start}, nil
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(b)
+}
+
+// Identify names the process pid now is. Only a parent that has not
+// reaped pid yet can be sure that it names its child.
+func Identify(pid int) (Process, error) {
+	if pid <= 0 {
+		return Process{}, fmt.Errorf("no process %d", pid)
+	}
+	st, err := readStat(pid)
+	if err != nil {
+		return Process{}, fmt.Errorf("identifying process %d: %w", pid, err)
+	}
+	return Process{PID: pid, StartTime: st.startTime}, nil
+}
+
+// Running reports whether p still runs: its PID names a live process (not
+// a zombie) with p's start time.
+func (p Process) Running() bool {
+	if p.PID <= 0 || p.StartTime == 0 {
+		return false
+	}
+	st, err := readStat(p.PID)
+	return err == nil && st.startTime == p.StartTime && st.state != 'Z'
+}
+
+// Kill sends SIGKILL to p if it still runs, and to its process group when
+// p leads one (Start makes every child a group leader, so the group holds
+// what the child started). A process that no longer runs, or whose PID now
+// names another process, is left alone: Kill reports false.
+func (p Process) Kill() (bool, error) {
+	if p.PID <= 0 || p.StartTime == 0 {
+		return false, nil
+	}
+	st, err := readStat(p.PID)
+	if err != nil || st.startTime != p.StartTime || st.state == 'Z' {
+		return false, nil
+	}
+	target := p.PID
+	if st.pgrp == p.PID {
+		target = -p.PID
+	}
+	if err := unix.Kill(target, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+		return true, fmt.Errorf("killing process %d: %w", p.PID, err)
+	}
+	return true, nil
+}
+
+// IdentifyChild names the child pid that Start started; reaped is closed
+// once the child has been waited for (the exited callback). Read before
+// the child was reaped, its PID cannot have been reused. A child reaped
+// before it was identified needs no identity: IdentifyChild then returns
+// the zero Process, which names nothing, and no error.
+func IdentifyChild(pid int, reaped <-chan struct{}) (Process, error) {
+	p, err := Identify(pid)
+	select {
+	case <-reaped:
+		return Process{}, nil
+	default:
+	}
+	return p, err
+}
