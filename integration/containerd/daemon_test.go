@@ -42,6 +42,42 @@ type daemon struct {
 // daemon's own, and imports the busybox image.
 func startDaemon(t testing.TB, containerdPath, ctrPath string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, containerdPath, ctrPath, daemonOptions{})
+}
+
+// daemonOptions change the hull configuration of a daemon.
+type daemonOptions struct {
+	// assetsDir is the guest image; empty means the suite's.
+	assetsDir string
+	// kernelParams are [hypervisor] kernel_params.
+	kernelParams []string
+}
+
+// hullConfig is the hull configuration of the daemon with o.
+func (d *daemon) hullConfig(o daemonOptions) string {
+	if o.assetsDir == "" {
+		o.assetsDir = env.assetsDir
+	}
+	params := make([]string, len(o.kernelParams))
+	for i, p := range o.kernelParams {
+		params[i] = strconv.Quote(p)
+	}
+	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n",
+		strings.Join(params, ", "), o.assetsDir, d.stateRoot)
+}
+
+// setHullConfig rewrites the hull configuration, which every shim started
+// from then on reads.
+func (d *daemon) setHullConfig(t testing.TB, o daemonOptions) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(d.dir, "hull.toml"), []byte(d.hullConfig(o)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startDaemonWith is startDaemon with the hull configuration o.
+func startDaemonWith(t testing.TB, containerdPath, ctrPath string, o daemonOptions) *daemon {
+	t.Helper()
 	dir, err := os.MkdirTemp(env.workDir, "d")
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +98,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 [ttrpc]
   address = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.address, d.address+".ttrpc")
-	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	hullConfig := d.hullConfig(o)
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
