@@ -22,6 +22,9 @@ import (
 // imageName is the busybox image's reference.
 const imageName = "docker.io/hull/busybox:latest"
 
+// daemonLogTail is how many lines of containerd's log a failed case shows.
+const daemonLogTail = 300
+
 // runtimeName is hull's runtime in containerd.
 const runtimeName = "io.containerd.hull.v2"
 
@@ -146,7 +149,12 @@ func (d *daemon) stop(t testing.TB) {
 	// containerd leaves its snapshot mounts behind when it stops.
 	_ = exec.Command("umount", "-R", filepath.Join(d.dir, "root")).Run()
 	if t.Failed() {
-		t.Logf("containerd log:\n%s", d.log)
+		// The tail: a guest that floods its log makes the whole one huge.
+		lines := strings.Split(d.log.String(), "\n")
+		if len(lines) > daemonLogTail {
+			lines = lines[len(lines)-daemonLogTail:]
+		}
+		t.Logf("containerd log (last %d lines):\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 }
 

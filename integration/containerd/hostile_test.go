@@ -2,7 +2,6 @@ package containerd
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,56 +51,6 @@ const (
 	hostileForeignID  = "hostile-foreign-container"
 )
 
-// hostileImage is the guest image with the hostile agent, built once per
-// test binary.
-var hostileImage struct {
-	sync.Once
-	dir string
-	err error
-}
-
-// hostileAssets returns the guest image whose agent is the hostile test
-// build (tag hulltest_hostile), building the agent and the image on first
-// use into the suite's work directory.
-func hostileAssets(t *testing.T) string {
-	t.Helper()
-	hostileImage.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		dir := filepath.Join(env.workDir, "hostile")
-		hostileImage.dir = filepath.Join(dir, "assets")
-		hostileImage.err = buildHostileImage(ctx, dir)
-	})
-	if hostileImage.err != nil {
-		t.Fatal(hostileImage.err)
-	}
-	return hostileImage.dir
-}
-
-func buildHostileImage(ctx context.Context, dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	agent := filepath.Join(dir, "hull-agent")
-	// The Makefile's agent build (AGENT_TAGS, AGENT_LDFLAGS) plus the tag.
-	build := exec.CommandContext(ctx, "go", "build", "-tags", "netgo,osusergo,seccomp,hulltest_hostile",
-		"-ldflags", "-s -w -linkmode external -extldflags -static", "-o", agent, "github.com/hull-runtime/hull/cmd/hull-agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the hostile agent: %w\n%s", err, out)
-	}
-	cfg := filepath.Join(dir, "image-defaults.toml")
-	if err := os.WriteFile(cfg, []byte("# defaults\n"), 0o600); err != nil {
-		return err
-	}
-	img := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfg, "image", "build", "--quiet",
-		"--agent", agent, "--output", filepath.Join(dir, "assets"))
-	if out, err := img.CombinedOutput(); err != nil {
-		return fmt.Errorf("hull image build with the hostile agent: %w\n%s", err, out)
-	}
-	return nil
-}
-
 // hostileCase is one misbehaviour of the guest and what the host must do.
 type hostileCase struct {
 	name string
@@ -117,7 +65,7 @@ type hostileCase struct {
 // mode and checks the host stays within its bounds, sees only the events
 // it should, and leaves nothing behind after kill and delete.
 func TestHostileAgent(t *testing.T) {
-	assets := hostileAssets(t)
+	assets := e2e.HostileImage(t, env.binDir, env.workDir)
 	for _, version := range []string{"1.6", "2"} {
 		t.Run("containerd-"+version, func(t *testing.T) {
 			containerdPath, ctrPath := daemonBinaries(t, version)
