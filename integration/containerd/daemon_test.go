@@ -36,7 +36,8 @@ type daemon struct {
 	ctrPath   string
 	stateRoot string
 	cmd       *exec.Cmd
-	log       *bytes.Buffer
+	// log is what containerd (and the shims through it) wrote.
+	log *e2e.SyncBuffer
 }
 
 // startDaemon starts containerd (CRI off; NRI off, whose socket containerd
@@ -90,7 +91,7 @@ func startDaemonWith(t testing.TB, containerdPath, ctrPath string, o daemonOptio
 		address:   filepath.Join(dir, "containerd.sock"),
 		ctrPath:   ctrPath,
 		stateRoot: filepath.Join(dir, "hull"),
-		log:       &bytes.Buffer{},
+		log:       &e2e.SyncBuffer{},
 	}
 	config := fmt.Sprintf(`version = 2
 root = %q
