@@ -24,8 +24,10 @@ const (
 	// bound, and room for one line.
 	hostileConsoleMax = 2<<20 + 64<<10
 	// hostileShimRSSMax bounds the shim's resident memory while the guest
-	// floods its log and opens streams.
-	hostileShimRSSMax = 200 << 20
+	// floods its log and opens streams: about twice a quiet shim's (~25
+	// MiB). Unbounded, 500 guest-opened streams hold a 256 KiB receive
+	// window each (~175 MiB RSS measured).
+	hostileShimRSSMax = 64 << 20
 	// hostileLogLineMax bounds one line the host logs for the guest.
 	hostileLogLineMax = 64 << 10
 	// hostileLogLinesPerSecond bounds the guest log lines the host relays
