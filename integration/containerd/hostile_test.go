@@ -73,12 +73,15 @@ func TestHostileAgent(t *testing.T) {
 			containerdPath, ctrPath := daemonBinaries(t, version)
 			for _, c := range hostileCases {
 				t.Run(c.name, func(t *testing.T) {
+					id := "hostile-" + strings.ReplaceAll(c.name, " ", "-")
+					cgroupsBefore := cgroupsNamed(id)
+					// Last, after the daemon and its shims are gone: a
+					// case that failed may leave its cgroups.
+					t.Cleanup(func() { removeCgroups(cgroupsNamed(id)) })
 					o := daemonOptions{assetsDir: assets}
 					d := startDaemonWith(t, containerdPath, ctrPath, o)
 					o.kernelParams = []string{"hull.hostile=" + c.modes(d)}
 					d.setHullConfig(t, o)
-					id := "hostile-" + strings.ReplaceAll(c.name, " ", "-")
-					cgroupsBefore := cgroupsNamed(id)
 					d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
 					defer func() {
 						d.forget(t, id)
@@ -346,6 +349,23 @@ func cgroupsNamed(id string) []string {
 		}
 	}
 	return found
+}
+
+// removeCgroups removes the cgroup directories dirs and those below them,
+// deepest first; best effort, as a busy cgroup stays.
+func removeCgroups(dirs []string) {
+	for _, root := range dirs {
+		var all []string
+		_ = filepath.WalkDir(root, func(p string, de os.DirEntry, err error) error {
+			if err == nil && de.IsDir() {
+				all = append(all, p)
+			}
+			return nil
+		})
+		for i := len(all) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(all[i])
+		}
+	}
 }
 
 // grepLines returns the lines of s that contain sub, at most five.
