@@ -73,7 +73,7 @@ func TestHostileAgent(t *testing.T) {
 			containerdPath, ctrPath := daemonBinaries(t, version)
 			for _, c := range hostileCases {
 				t.Run(c.name, func(t *testing.T) {
-					id := "hostile-" + strings.ReplaceAll(c.name, " ", "-")
+					id := "hostile-" + regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(c.name, "-")
 					cgroupsBefore := cgroupsNamed(id)
 					// Last, after the daemon and its shims are gone: a
 					// case that failed may leave its cgroups.
