@@ -115,8 +115,13 @@ var hostileCases = []hostileCase{
 		killAndDelete(t, d, id)
 	}},
 	{"forged log keys", modes("logkeys"), func(t *testing.T, d *daemon, id string) {
-		time.Sleep(hostileWatch)
+		time.Sleep(hostileWatch / 2)
+		early := strings.Count(d.log.String(), "hostile forged keys")
+		time.Sleep(hostileWatch / 2)
 		checkShimRSS(t, d)
+		if late := strings.Count(d.log.String(), "hostile forged keys"); late <= early {
+			t.Errorf("the relay stopped: %d forged entries relayed after %s, still %d after %s (the guest sends 1 MiB lines among them)", early, hostileWatch/2, late, hostileWatch)
+		}
 		var relayed, long int
 		var split, shadowed []string
 		topLevel := regexp.MustCompile(`(^|\s)(sandbox=forged-sandbox|namespace=forged-namespace)`)

@@ -111,6 +111,13 @@ func hostileStart(ctx context.Context, a *Agent, cmdline string) {
 	if h.modes["console"] {
 		go hostileConsole()
 	}
+	if h.modes["logkeys"] {
+		// Let a line of 1 MiB and more through the ring whole. No other
+		// goroutine runs yet.
+		a.ring.mu.Lock()
+		a.ring.maxBytes = 4 << 20
+		a.ring.mu.Unlock()
+	}
 	if h.modes["logkeys"] || h.modes["logflood"] {
 		go h.logs(a.ring)
 	}
@@ -135,7 +142,7 @@ func (h *hostile) logs(ring *logRing) {
 		b = appendJSONString(b, msg)
 		return append(b, '}')
 	}
-	big := []byte(`{"level":"info","msg":"` + strings.Repeat("x", 1<<20) + `"}`)
+	big := []byte(`{"level":"info","msg":"hostile big line ` + strings.Repeat("x", 1<<20) + `"}`)
 	for i := 0; ; i++ {
 		if h.modes["logkeys"] {
 			ring.add(forged("hostile forged keys"))
