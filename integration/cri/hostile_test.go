@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,7 +36,16 @@ func TestCRIHostile(t *testing.T) {
 	assets := e2e.HostileImage(t, hullBin, env.workDir)
 	for _, version := range []string{"1.6", "2"} {
 		t.Run("containerd-"+version, func(t *testing.T) {
-			d := startDaemon(t, version)
+			// Last, after the daemon stopped: a pod that StopPodSandbox and
+			// RemovePodSandbox could not end keeps its network namespace
+			// and the sandbox's /dev/shm mount, which the daemon's own
+			// teardown leaves.
+			var (
+				d  *daemon
+				ns string
+			)
+			t.Cleanup(func() { forgetStuckPod(t, d, ns) })
+			d = startDaemon(t, version)
 			cfg := fmt.Sprintf("[hypervisor]\nkernel_params = [%q]\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n",
 				"hull.hostile=nowait,noremove", assets, d.stateRoot)
 			if err := os.WriteFile(filepath.Join(d.dir, "hull.toml"), []byte(cfg), 0o600); err != nil {
@@ -43,6 +53,7 @@ func TestCRIHostile(t *testing.T) {
 			}
 			s := d.begin(t, hull)
 			p := s.runPod("hostile")
+			ns = p.netns
 			p.run(containerConfig("victim", "sleep", "600"))
 			for _, step := range []struct {
 				name string
@@ -55,5 +66,25 @@ func TestCRIHostile(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// forgetStuckPod removes what a pod the CRI could not end leaves after the
+// daemon stopped: its network namespace (with the pod's veth end) and the
+// mounts below the daemon's directory.
+func forgetStuckPod(t *testing.T, d *daemon, netns string) {
+	if d == nil {
+		return
+	}
+	if _, err := os.Lstat(netns); netns != "" && err == nil {
+		if out, err := command("ip", "netns", "delete", filepath.Base(netns)); err != nil {
+			t.Logf("deleting network namespace %s: %v: %s", netns, err, out)
+		}
+	}
+	ms := mounts(d.dir)
+	for i := len(ms) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(ms[i], syscall.MNT_DETACH); err != nil {
+			t.Logf("unmounting %s: %v", ms[i], err)
+		}
 	}
 }
