@@ -41,10 +41,10 @@ func TestCRIHostile(t *testing.T) {
 			// and the sandbox's /dev/shm mount, which the daemon's own
 			// teardown leaves.
 			var (
-				d  *daemon
-				ns string
+				d         *daemon
+				podID, ns string
 			)
-			t.Cleanup(func() { forgetStuckPod(t, d, ns) })
+			t.Cleanup(func() { forgetStuckPod(t, d, podID, ns) })
 			d = startDaemon(t, version)
 			cfg := fmt.Sprintf("[hypervisor]\nkernel_params = [%q]\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n",
 				"hull.hostile=nowait,noremove", assets, d.stateRoot)
@@ -53,7 +53,7 @@ func TestCRIHostile(t *testing.T) {
 			}
 			s := d.begin(t, hull)
 			p := s.runPod("hostile")
-			ns = p.netns
+			podID, ns = p.id, p.netns
 			p.run(containerConfig("victim", "sleep", "600"))
 			for _, step := range []struct {
 				name string
@@ -70,11 +70,17 @@ func TestCRIHostile(t *testing.T) {
 }
 
 // forgetStuckPod removes what a pod the CRI could not end leaves after the
-// daemon stopped: its network namespace (with the pod's veth end) and the
-// mounts below the daemon's directory.
-func forgetStuckPod(t *testing.T, d *daemon, netns string) {
+// daemon stopped: its network namespace (with the pod's veth end), its CNI
+// result cache and the mounts below the daemon's directory.
+func forgetStuckPod(t *testing.T, d *daemon, podID, netns string) {
 	if d == nil {
 		return
+	}
+	if podID != "" {
+		cached, _ := filepath.Glob("/var/lib/cni/results/*-" + podID + "-*")
+		for _, c := range cached {
+			_ = os.Remove(c)
+		}
 	}
 	if _, err := os.Lstat(netns); netns != "" && err == nil {
 		if out, err := command("ip", "netns", "delete", filepath.Base(netns)); err != nil {
