@@ -80,6 +80,18 @@ image-hullkernel: build kernel ## Build the guest image with the hull kernel (no
 unit: ## Run the unit tests with the race detector.
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
+# How long `make fuzz` runs each fuzz target.
+FUZZTIME ?= 10m
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target in turn, FUZZTIME each (default 10m); crashers land in the package's testdata/fuzz.
+	@set -e; $(GO) test -list '^Fuzz' $$($(GO) list ./... | grep -v /integration) \
+		| awk '/^Fuzz/ { t[n++] = $$1 } /^ok / { for (i = 0; i < n; i++) print $$2, t[i]; n = 0 }' \
+		| while read -r pkg target; do \
+			echo "== $$pkg $$target"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg </dev/null; \
+		done
+
 .PHONY: integration
 integration: image image-hullkernel ## Boot real VMs: integration tests (root, QEMU).
 	$(MAKE) integration-only

@@ -22,6 +22,9 @@ import (
 // imageName is the busybox image's reference.
 const imageName = "docker.io/hull/busybox:latest"
 
+// daemonLogTail is how many lines of containerd's log a failed case shows.
+const daemonLogTail = 300
+
 // runtimeName is hull's runtime in containerd.
 const runtimeName = "io.containerd.hull.v2"
 
@@ -33,7 +36,8 @@ type daemon struct {
 	ctrPath   string
 	stateRoot string
 	cmd       *exec.Cmd
-	log       *bytes.Buffer
+	// log is what containerd (and the shims through it) wrote.
+	log *e2e.SyncBuffer
 }
 
 // startDaemon starts containerd (CRI off; NRI off, whose socket containerd
@@ -41,6 +45,42 @@ type daemon struct {
 // shim on its PATH and a hull configuration whose state root is the
 // daemon's own, and imports the busybox image.
 func startDaemon(t testing.TB, containerdPath, ctrPath string) *daemon {
+	t.Helper()
+	return startDaemonWith(t, containerdPath, ctrPath, daemonOptions{})
+}
+
+// daemonOptions change the hull configuration of a daemon.
+type daemonOptions struct {
+	// assetsDir is the guest image; empty means the suite's.
+	assetsDir string
+	// kernelParams are [hypervisor] kernel_params.
+	kernelParams []string
+}
+
+// hullConfig is the hull configuration of the daemon with o.
+func (d *daemon) hullConfig(o daemonOptions) string {
+	if o.assetsDir == "" {
+		o.assetsDir = env.assetsDir
+	}
+	params := make([]string, len(o.kernelParams))
+	for i, p := range o.kernelParams {
+		params[i] = strconv.Quote(p)
+	}
+	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n",
+		strings.Join(params, ", "), o.assetsDir, d.stateRoot)
+}
+
+// setHullConfig rewrites the hull configuration, which every shim started
+// from then on reads.
+func (d *daemon) setHullConfig(t testing.TB, o daemonOptions) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(d.dir, "hull.toml"), []byte(d.hullConfig(o)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startDaemonWith is startDaemon with the hull configuration o.
+func startDaemonWith(t testing.TB, containerdPath, ctrPath string, o daemonOptions) *daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp(env.workDir, "d")
 	if err != nil {
@@ -51,7 +91,7 @@ func startDaemon(t testing.TB, containerdPath, ctrPath string) *daemon {
 		address:   filepath.Join(dir, "containerd.sock"),
 		ctrPath:   ctrPath,
 		stateRoot: filepath.Join(dir, "hull"),
-		log:       &bytes.Buffer{},
+		log:       &e2e.SyncBuffer{},
 	}
 	config := fmt.Sprintf(`version = 2
 root = %q
@@ -62,7 +102,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 [ttrpc]
   address = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.address, d.address+".ttrpc")
-	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	hullConfig := d.hullConfig(o)
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -110,7 +150,12 @@ func (d *daemon) stop(t testing.TB) {
 	// containerd leaves its snapshot mounts behind when it stops.
 	_ = exec.Command("umount", "-R", filepath.Join(d.dir, "root")).Run()
 	if t.Failed() {
-		t.Logf("containerd log:\n%s", d.log)
+		// The tail: a guest that floods its log makes the whole one huge.
+		lines := strings.Split(d.log.String(), "\n")
+		if len(lines) > daemonLogTail {
+			lines = lines[len(lines)-daemonLogTail:]
+		}
+		t.Logf("containerd log (last %d lines):\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 }
 

@@ -91,7 +91,11 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 		storageReady: make(chan struct{}),
 		status:       api.HealthResponse_STATUS_STARTING,
 	}
-	rpc, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(a.intercept))
+	interceptors := []ttrpc.UnaryServerInterceptor{a.intercept}
+	if testHooks.interceptor != nil {
+		interceptors = append(interceptors, testHooks.interceptor)
+	}
+	rpc, err := ttrpc.NewServer(ttrpc.WithChainUnaryServerInterceptor(interceptors...))
 	if err != nil {
 		return nil, fmt.Errorf("creating ttrpc server: %w", err)
 	}

@@ -139,6 +139,9 @@ func (a *Agent) serveSession(ctx context.Context, rwc io.ReadWriteCloser) error 
 	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
 	defer stop()
 	defer func() { _ = sess.Close() }()
+	if testHooks.session != nil {
+		go testHooks.session(ctx, sess)
+	}
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {

@@ -113,6 +113,9 @@ func RunInit() {
 		a.debugShell = channel.DebugShellPath
 		log.G(ctx).WithField("shell", a.debugShell).Info("debug console enabled")
 	}
+	if testHooks.start != nil {
+		testHooks.start(ctx, a, string(cmdline))
+	}
 	go a.reaper.run(ctx)
 	fatal(ctx, a.run(ctx, cfg)) // run returns only on a fatal error
 }

@@ -39,13 +39,19 @@ var flags = map[string]struct {
 
 // Parse splits mount(8) options into mount(2) flags and the data string
 // passed to the file system. Later options win over earlier ones ("ro" then
-// "rw" is read-write).
+// "rw" is read-write). An element may hold several options separated by
+// commas, as mount(8) -o does: each counts, so that a flag cannot hide in
+// the data behind another option.
 func Parse(opts []string) (uintptr, string) {
 	var (
 		set  uintptr
 		data []string
 	)
+	var split []string
 	for _, o := range opts {
+		split = append(split, strings.Split(o, ",")...)
+	}
+	for _, o := range split {
 		if f, ok := flags[o]; ok {
 			if f.clear {
 				set &^= f.flag

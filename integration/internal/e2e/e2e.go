@@ -208,3 +208,59 @@ func Stop(cmd *exec.Cmd, grace time.Duration) {
 		<-done
 	}
 }
+
+// HostileAgentTag is the build tag of the hostile test agent
+// (internal/agent/hostile.go).
+const HostileAgentTag = "hulltest_hostile"
+
+// hostileImage is the image HostileImage built, once per test binary.
+var hostileImage struct {
+	sync.Once
+	dir string
+	err error
+}
+
+// HostileImage returns a guest image whose agent is the hostile test build
+// (the Makefile's agent build plus HostileAgentTag), built on first use
+// into workDir with the hull binary of binDir and the default kernel
+// package (cached by `make image`). Its behaviours are chosen with the
+// kernel parameter hull.hostile.
+func HostileImage(t testing.TB, binDir, workDir string) string {
+	t.Helper()
+	hostileImage.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		dir := filepath.Join(workDir, "hostile")
+		if hostileImage.err = buildHostileImage(ctx, binDir, dir); hostileImage.err == nil {
+			hostileImage.dir = filepath.Join(dir, "assets")
+		}
+	})
+	if hostileImage.err != nil {
+		t.Fatal(hostileImage.err)
+	}
+	return hostileImage.dir
+}
+
+func buildHostileImage(ctx context.Context, binDir, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: a test's scratch directory
+		return err
+	}
+	agent := filepath.Join(dir, "hull-agent")
+	build := exec.CommandContext(ctx, "go", "build", "-tags", "netgo,osusergo,seccomp,"+HostileAgentTag,
+		"-ldflags", "-s -w -linkmode external -extldflags -static", "-o", agent, "github.com/hull-runtime/hull/cmd/hull-agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("building the hostile agent: %w\n%s", err, out)
+	}
+	// The defaults, not whatever /etc/hull holds on this machine.
+	cfg := filepath.Join(dir, "image-defaults.toml")
+	if err := os.WriteFile(cfg, []byte("# defaults\n"), 0o600); err != nil {
+		return err
+	}
+	img := exec.CommandContext(ctx, filepath.Join(binDir, "hull"), "--config", cfg, "image", "build", "--quiet",
+		"--agent", agent, "--output", filepath.Join(dir, "assets"))
+	if out, err := img.CombinedOutput(); err != nil {
+		return fmt.Errorf("hull image build with the hostile agent: %w\n%s", err, out)
+	}
+	return nil
+}
