@@ -26,15 +26,23 @@ import (
 // processes apart; they are documented as such and name nothing on the
 // host.
 
-// hostPid is the PID reported for a process whose guest PID is guest: the
-// VMM's, or 0 while the process has none.
-func (s *service) hostPid(guest uint32) uint32 {
-	if guest == 0 {
-		return 0
-	}
+// hostPid is the PID reported for a process the host created (an init
+// after Create, an exec after its Start): the VMM's. What the guest says a
+// process's PID is plays no part, so a guest that reports 0, 1 or a host
+// daemon's PID changes nothing containerd is told.
+func (s *service) hostPid() uint32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.vmPid
+}
+
+// pidOf is hostPid for p, or 0 while p is an exec not started: the host's
+// own record (p.prepared), not the guest, tells which.
+func (s *service) pidOf(p *proc) uint32 {
+	if !p.prepared() {
+		return 0
+	}
+	return s.hostPid()
 }
 
 // guestNsPid maps the PID reported for the pod's sandbox container, the

@@ -5,32 +5,40 @@ import (
 )
 
 // podWithPids is a shim whose VMM has PID 4242 and whose pod sandbox
-// container "pod" and member "app" run as guest PIDs 1 and 57.
+// container "pod" and member "app" run as guest PIDs 1 and 57; "app" has an
+// exec "late" not started yet and an exec "forged" whose guest PID the
+// guest reported as 0.
 func podWithPids() *service {
 	s := &service{containers: map[string]*container{}, sandboxID: "pod", vmPid: 4242}
 	for id, pid := range map[string]uint32{"pod": 1, "app": 57} {
 		p := newProc("", stdioPaths{}, nil)
-		p.pid = pid
+		p.pid, p.made = pid, true
 		s.containers[id] = &container{id: id, init: p, execs: map[string]*proc{}}
 	}
+	app := s.containers["app"]
+	app.execs["late"] = newProc("late", stdioPaths{}, nil)
+	forged := newProc("forged", stdioPaths{}, nil)
+	forged.made = true
+	app.execs["forged"] = forged
 	return s
 }
 
 func TestHostPid(t *testing.T) {
 	s := podWithPids()
+	app := s.containers["app"]
 	for _, tc := range []struct {
-		name  string
-		guest uint32
-		want  uint32
+		name string
+		p    *proc
+		want uint32
 	}{
-		{"sandbox init", 1, 4242},
-		{"member", 57, 4242},
-		{"an exec", 300, 4242},
-		{"not started", 0, 0},
+		{"sandbox init", s.containers["pod"].init, 4242},
+		{"member", app.init, 4242},
+		{"exec not started", app.execs["late"], 0},
+		{"guest reported PID 0", app.execs["forged"], 4242},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := s.hostPid(tc.guest); got != tc.want {
-				t.Errorf("hostPid(%d) = %d, want %d", tc.guest, got, tc.want)
+			if got := s.pidOf(tc.p); got != tc.want {
+				t.Errorf("pidOf(%s) = %d, want %d", tc.name, got, tc.want)
 			}
 		})
 	}

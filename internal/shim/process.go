@@ -49,13 +49,18 @@ type proc struct {
 	done chan struct{}
 
 	mu sync.Mutex
-	// sp, pid, io, run, status and exitedAt are guarded by mu; status
-	// and exitedAt are final once done is closed.
+	// sp, pid, io, run, made, status and exitedAt are guarded by mu; status
+	// and exitedAt are final once done is closed. pid is the guest's
+	// number for the process, as the guest reported it: it names nothing
+	// on the host and is never reported to containerd (see pids.go).
 	sp  *sandbox.Process
 	pid uint32
 	io  *processIO
 	// run is set once the process's program has been started.
 	run bool
+	// made is set once the host created the process in the sandbox
+	// (prepare): from then on it has a PID to report.
+	made bool
 	// stdinClosed is set by a CloseIO that came before the stdio was
 	// recorded; prepare carries it out.
 	stdinClosed bool
@@ -77,7 +82,7 @@ func (p *proc) exited() bool {
 }
 
 // sandboxProcess returns the sandbox's process, nil for an exec not
-// started.
+// started (and for a process of a unit test).
 func (p *proc) sandboxProcess() *sandbox.Process {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -89,7 +94,7 @@ func (p *proc) sandboxProcess() *sandbox.Process {
 func (p *proc) prepare(sp *sandbox.Process, pio *processIO) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.sp, p.pid, p.io = sp, sp.Pid(), pio
+	p.sp, p.pid, p.io, p.made = sp, sp.Pid(), pio, true
 	if p.stdinClosed {
 		go pio.closeStdin()
 	}
@@ -104,6 +109,13 @@ func (p *proc) closeStdin() {
 	}
 	p.mu.Unlock()
 	pio.closeStdin()
+}
+
+// prepared reports whether the host created the process (prepare ran).
+func (p *proc) prepared() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.made
 }
 
 func (p *proc) markRunning() {
@@ -195,7 +207,7 @@ func (s *service) watch(c *container, p *proc) {
 	s.events.publish(&eventstypes.TaskExit{
 		ContainerID: c.id,
 		ID:          id,
-		Pid:         s.hostPid(sp.Pid()),
+		Pid:         s.hostPid(),
 		ExitStatus:  status,
 		ExitedAt:    timestamppb.New(at),
 	})

@@ -197,9 +197,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Rootfs:      r.Rootfs,
 		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Checkpoint:  r.Checkpoint,
-		Pid:         s.hostPid(sc.Init().Pid()),
+		Pid:         s.hostPid(),
 	})
-	return &taskapi.CreateTaskResponse{Pid: s.hostPid(sc.Init().Pid())}, nil
+	return &taskapi.CreateTaskResponse{Pid: s.hostPid()}, nil
 }
 
 // reserve claims a container ID for a create.
@@ -457,7 +457,7 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return nil, err
 	}
 	c.init.markRunning()
-	pid := s.hostPid(c.init.getPid())
+	pid := s.pidOf(c.init)
 	s.events.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: pid})
 	go s.watch(c, c.init)
 	return &taskapi.StartResponse{Pid: pid}, nil
@@ -486,7 +486,7 @@ func (s *service) startExec(ctx context.Context, c *container, execID string) (*
 	}
 	p.prepare(sp, pio)
 	p.markRunning()
-	pid := s.hostPid(sp.Pid())
+	pid := s.hostPid()
 	s.events.publish(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: execID, Pid: pid})
 	go s.watch(c, p)
 	return &taskapi.StartResponse{Pid: pid}, nil
@@ -516,7 +516,7 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	c.init.closeIO(ctx)
 	c.init.finish(0, time.Now())
 	status, at := c.init.exit()
-	pid := s.hostPid(c.init.getPid())
+	pid := s.pidOf(c.init)
 	s.mu.Lock()
 	delete(s.containers, c.id)
 	delete(s.grown, c.id)
@@ -548,7 +548,7 @@ func (s *service) deleteExec(c *container, execID string) (*taskapi.DeleteRespon
 	// An exec that never started is done with.
 	p.finish(0, time.Now())
 	status, at := p.exit()
-	return &taskapi.DeleteResponse{Pid: s.hostPid(p.getPid()), ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
+	return &taskapi.DeleteResponse{Pid: s.pidOf(p), ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
 }
 
 // Connect reports the shim's and the task's PIDs (the task's is the VMM's,
@@ -556,7 +556,7 @@ func (s *service) deleteExec(c *container, execID string) (*taskapi.DeleteRespon
 func (s *service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
 	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid())}
 	if c, err := s.container(r.ID); err == nil {
-		resp.TaskPid = s.hostPid(c.init.getPid())
+		resp.TaskPid = s.pidOf(c.init)
 	}
 	return resp, nil
 }

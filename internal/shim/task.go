@@ -33,7 +33,7 @@ func (s *service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 		ID:       r.ID,
 		ExecID:   r.ExecID,
 		Bundle:   c.bundle,
-		Pid:      s.hostPid(p.getPid()),
+		Pid:      s.pidOf(p),
 		Status:   status,
 		Stdin:    p.paths.stdin,
 		Stdout:   p.paths.stdout,

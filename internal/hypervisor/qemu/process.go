@@ -108,7 +108,14 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	}
 	args := buildArgs(&v.cfg, l)
 	args[0] = bin
-	extra, err := dupFiles(extraFDs(&v.cfg))
+	fds := extraFDs(&v.cfg)
+	if v.uid != nil {
+		// QEMU inherits the lease (after the descriptors its argv counts),
+		// so the ID stays taken for as long as QEMU lives, whatever
+		// becomes of the runtime (see uidLease).
+		fds = append(fds, uintptr(v.uid.fd))
+	}
+	extra, err := dupFiles(fds)
 	if err != nil {
 		return err
 	}

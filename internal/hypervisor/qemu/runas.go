@@ -29,11 +29,16 @@ import (
 // uidLease holds one user ID of the range for one VM: a unix socket
 // bound to the abstract address "@hull-qemu-uid-<uid>", which no other
 // socket in the network namespace can bind while it is open. The runtime
-// keeps it until the VM's QEMU has been reaped. The kernel closes it when
-// the runtime dies, which also kills QEMU (its parent-death signal), so a
-// crashed runtime leaks no ID and there is no file to clean up. Every
-// runtime process that uses a range must run in the same network namespace
-// (the host's, where containerd starts shims).
+// keeps it until the VM's QEMU has been reaped, and QEMU inherits a copy:
+// the address stays bound while either lives, so an ID is never handed to a
+// second VM while the QEMU that ran as it is still there, and there is no
+// file to clean up. This matters because the kernel clears a process's
+// parent-death signal when its user IDs change: a QEMU that dropped root
+// does not die with a crashed runtime. containerd then runs the shim's
+// delete, whose crash cleanup (sandbox.Cleanup) kills QEMU by its recorded
+// PID and start time, which frees the ID. Every runtime process that uses a
+// range must run in the same network namespace (the host's, where
+// containerd starts shims).
 type uidLease struct {
 	uid uint32
 	fd  int
