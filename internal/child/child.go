@@ -37,6 +37,16 @@ func Start(cmd *exec.Cmd, exited func(*os.ProcessState, error)) error {
 // process's main thread, which the Go runtime does not end. A nil prepare
 // is Start.
 func StartPrepared(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessState, error)) error {
+	_, err := StartIdentified(cmd, prepare, exited)
+	return err
+}
+
+// StartIdentified is StartPrepared that also returns the child's identity
+// (PID and start time), read before the child can have been reaped, so its
+// PID cannot have been reused by then. A child that cannot be identified
+// is killed (and still reaped, with exited) and its start is an error:
+// only its identity lets a cleanup find it after the runtime crashed.
+func StartIdentified(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessState, error)) (Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -44,7 +54,11 @@ func StartPrepared(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessS
 	// owner decides when it ends.
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	started := make(chan error, 1)
+	type outcome struct {
+		p   Process
+		err error
+	}
+	started := make(chan outcome, 1)
 	var run func()
 	run = func() {
 		runtime.LockOSThread()
@@ -65,22 +79,29 @@ func StartPrepared(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessS
 		}
 		if prepare != nil {
 			if err := prepare(); err != nil {
-				started <- err
+				started <- outcome{err: err}
 				return
 			}
 		}
 		if err := cmd.Start(); err != nil {
 			unlock()
-			started <- err
+			started <- outcome{err: err}
 			return
 		}
-		started <- nil
-		err := cmd.Wait()
+		// Not waited for yet, the child keeps its PID even if it
+		// already exited (a zombie still has its stat).
+		p, err := Identify(cmd.Process.Pid)
+		if err != nil {
+			_ = cmd.Process.Kill()
+		}
+		started <- outcome{p, err}
+		err = cmd.Wait()
 		unlock()
 		exited(cmd.ProcessState, err)
 	}
 	go run()
-	return <-started
+	o := <-started
+	return o.p, o.err
 }
 
 // TailBuffer keeps the last Max bytes written to it.

@@ -113,3 +113,36 @@ func TestStartPrepared(t *testing.T) {
 		t.Errorf("got %v, want the prepare error", err)
 	}
 }
+
+// TestStartIdentified checks that the identity comes from the child itself,
+// even for a child that exits at once (read before it is reaped).
+func TestStartIdentified(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"running", []string{"sleep", "5"}},
+		{"exits at once", []string{"true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan struct{})
+			cmd := exec.Command(tc.args[0], tc.args[1:]...)
+			p, err := StartIdentified(cmd, nil, func(*os.ProcessState, error) { close(done) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); <-done }()
+			if p.PID != cmd.Process.Pid || p.StartTime == 0 {
+				t.Errorf("identity %+v, want PID %d with a start time", p, cmd.Process.Pid)
+			}
+			select {
+			case <-done:
+				return // reaped: nothing to compare with any more
+			default:
+			}
+			if now, err := Identify(cmd.Process.Pid); err == nil && now != p {
+				t.Errorf("identity %+v, the running child is %+v", p, now)
+			}
+		})
+	}
+}

@@ -103,18 +103,3 @@ func (p Process) Kill() (bool, error) {
 	}
 	return true, nil
 }
-
-// IdentifyChild names the child pid that Start started; reaped is closed
-// once the child has been waited for (the exited callback). Read before
-// the child was reaped, its PID cannot have been reused. A child reaped
-// before it was identified needs no identity: IdentifyChild then returns
-// the zero Process, which names nothing, and no error.
-func IdentifyChild(pid int, reaped <-chan struct{}) (Process, error) {
-	p, err := Identify(pid)
-	select {
-	case <-reaped:
-		return Process{}, nil
-	default:
-	}
-	return p, err
-}

@@ -137,7 +137,7 @@ type Runtime struct {
 // Bounds of runtime.guest_log_max_bytes.
 const (
 	minGuestLogMaxBytes = 4 << 10
-	maxGuestLogMaxBytes = 1 << 30
+	maxGuestLogMaxBytes = 64 << 20
 )
 
 // Image configures the guest assets and `hull image build`.

@@ -275,12 +275,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 	return d, nil
 }
 
-// launch starts the daemon with child.StartPrepared (its own process group;
+// launch starts the daemon with child.StartIdentified (its own process group;
 // killed by the kernel if the shim dies without Stop), with the seccomp
 // filter installed on the forking thread (see seccomp.go), and records its
 // identity (PID and start time) for a cleanup after a crash.
 func (d *Daemon) launch(filter []bpf.RawInstruction) error {
-	err := child.StartPrepared(d.cmd, func() error { return installFilter(filter) }, func(ps *os.ProcessState, err error) {
+	started, err := child.StartIdentified(d.cmd, func() error { return installFilter(filter) }, func(ps *os.ProcessState, err error) {
 		d.mu.Lock()
 		d.state, d.waitErr = ps, err
 		d.mu.Unlock()
@@ -290,12 +290,6 @@ func (d *Daemon) launch(filter []bpf.RawInstruction) error {
 		close(d.done)
 	})
 	if err != nil {
-		return err
-	}
-	started, err := child.IdentifyChild(d.cmd.Process.Pid, d.done)
-	if err != nil {
-		// Only its identity lets a cleanup find it after a crash.
-		_ = d.cmd.Process.Kill()
 		return err
 	}
 	d.started = started

@@ -208,16 +208,11 @@ func qemuOutput(s string) string {
 	return strings.Join(lines, "\n")
 }
 
-// launch starts QEMU with child.Start (its own process group; killed by the
+// launch starts QEMU with child.StartIdentified (its own process group; killed by the
 // kernel if the shim dies without Stop) and records its process.
 func (v *VM) launch(cmd *exec.Cmd) error {
-	if err := child.Start(cmd, v.exited); err != nil {
-		return err
-	}
-	started, err := child.IdentifyChild(cmd.Process.Pid, v.done)
+	started, err := child.StartIdentified(cmd, nil, v.exited)
 	if err != nil {
-		// Only its identity lets a cleanup find it after a crash.
-		_ = cmd.Process.Kill()
 		return err
 	}
 	v.mu.Lock()
