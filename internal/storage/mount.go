@@ -158,13 +158,18 @@ const keptFlags = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEX
 	unix.MS_NOATIME | unix.MS_NODIRATIME | unix.MS_RELATIME
 
 // remountFlags are the flags that remount the bind at path nosuid,nodev
-// (and read-only) and keep what else it had (noexec, atime flags); statfs's
-// ST_* values of these flags are the MS_* ones.
+// (and read-only) and keep what else it had (noexec, atime flags). statfs's
+// ST_* values of these flags are the MS_* ones but for relatime
+// (ST_RELATIME is 0x1000, MS_BIND's value), which is mapped.
 func remountFlags(path string, readOnly bool) uintptr {
 	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err == nil {
-		flags |= uintptr(st.Flags) & keptFlags
+		f := uintptr(st.Flags)
+		if f&unix.ST_RELATIME != 0 {
+			f = f&^unix.ST_RELATIME | unix.MS_RELATIME
+		}
+		flags |= f & keptFlags
 	}
 	if readOnly {
 		flags |= unix.MS_RDONLY
