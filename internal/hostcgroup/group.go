@@ -186,6 +186,18 @@ func Open(fs FS, path string) (*Group, error) {
 	return g, nil
 }
 
+// Recorded returns the group at path that a runtime made and recorded
+// before it died (the sandbox record's cgroup): Delete removes its
+// directory in each hierarchy where it still exists, and no ancestor.
+func Recorded(fs FS, path string) (*Group, error) {
+	if err := checkPath(path); err != nil {
+		return nil, fmt.Errorf("cgroup %q: %w", path, err)
+	}
+	g := &Group{fs: fs, path: path}
+	g.created = g.dirs()
+	return g, nil
+}
+
 // Path is the group's path below the cgroup root.
 func (g *Group) Path() string { return g.path }
 

@@ -293,3 +293,32 @@ func TestHost(t *testing.T) {
 		})
 	}
 }
+
+// TestRecorded checks the crash cleanup's handle: it removes the recorded
+// group (made by another Group, as a runtime that died made it), not its
+// ancestors, takes a group already gone as done, and refuses a bad path.
+func TestRecorded(t *testing.T) {
+	fs := fakeV2(t)
+	if _, err := Create(fs, "/hull/sb1"); err != nil {
+		t.Fatal(err)
+	}
+	g, err := Recorded(fs, "/hull/sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(fs.Unified, "hull/sb1")); !os.IsNotExist(err) {
+		t.Errorf("recorded group left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(fs.Unified, "hull")); err != nil {
+		t.Errorf("ancestor removed: %v", err)
+	}
+	if g, err := Recorded(fs, "/hull/gone"); err != nil || g.Delete() != nil {
+		t.Errorf("a group already gone: %v", err)
+	}
+	if _, err := Recorded(fs, "/hull/../etc"); err == nil {
+		t.Error("a path with .. accepted")
+	}
+}

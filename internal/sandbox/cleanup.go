@@ -14,9 +14,9 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/child"
+	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
 )
@@ -24,9 +24,6 @@ import (
 // recordName is the file in the state directory that tells Cleanup what a
 // runtime that died left running.
 const recordName = "sandbox.json"
-
-// cgroupBusyWait bounds the wait for a killed VM's cgroup to empty.
-const cgroupBusyWait = 10 * time.Second
 
 // record is what Cleanup needs to know of a sandbox whose runtime is gone:
 // what the sandbox's parts created, each named by its owner (the VM driver
@@ -259,38 +256,16 @@ func waitGone(ctx context.Context, p child.Process, limit time.Duration) bool {
 	return true
 }
 
-// removeCgroup removes an empty cgroup on the v2 hierarchy or on every v1
-// hierarchy that has it.
-func removeCgroup(rel string) error {
-	rel = filepath.Join("/", rel)
-	if rel == "/" {
-		return nil
+// removeCgroup removes the cgroup a sandbox record names: the runtime made
+// it, and its processes are gone.
+func removeCgroup(path string) error {
+	fs, err := hostcgroup.Host()
+	if err != nil {
+		return err
 	}
-	roots := []string{"/sys/fs/cgroup"}
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
-		entries, _ := os.ReadDir("/sys/fs/cgroup")
-		roots = roots[:0]
-		for _, e := range entries {
-			roots = append(roots, filepath.Join("/sys/fs/cgroup", e.Name()))
-		}
+	g, err := hostcgroup.Recorded(fs, path)
+	if err != nil {
+		return err
 	}
-	var errs []error
-	for _, root := range roots {
-		dir := filepath.Join(root, rel)
-		// A killed process leaves its cgroup a moment after it is seen
-		// dead: retry while the group is busy.
-		deadline := time.Now().Add(cgroupBusyWait)
-		for {
-			err := unix.Rmdir(dir)
-			if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-				break
-			}
-			if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
-				errs = append(errs, fmt.Errorf("removing cgroup %s: %w", dir, err))
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return errors.Join(errs...)
+	return g.Delete()
 }
