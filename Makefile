@@ -77,8 +77,9 @@ image-hullkernel: build kernel ## Build the guest image with the hull kernel (no
 	bin/hull image build --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: unit
-unit: ## Run the unit tests with the race detector.
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+unit: ## Run the unit tests with the race detector (the QEMU driver's boot the kernel of _output/assets, from make image).
+	HULL_TEST_KERNEL=$${HULL_TEST_KERNEL:-$$(ls $(TEST_ASSETS)/vmlinux-* 2>/dev/null | head -n1)} \
+		$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
 # How long `make fuzz` runs each fuzz target.
 FUZZTIME ?= 10m

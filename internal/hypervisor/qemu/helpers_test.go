@@ -19,8 +19,6 @@ func fakeProbe(usable bool) func(context.Context) kvm.Result {
 	}
 }
 
-const defaultTestKernel = "/tmp/kpkg/root/boot/vmlinuz-6.1.0-56-cloud-amd64"
-
 // testMarker is what the test init prints on the console.
 const testMarker = "HULL-TEST-MARKER up"
 
@@ -28,18 +26,18 @@ const testMarker = "HULL-TEST-MARKER up"
 // kernel, busybox or cpio is missing and CI is set; it skips otherwise.
 func requireQEMU(t *testing.T) string {
 	t.Helper()
+	// make unit sets it to the kernel of the image make image builds.
 	kernel := os.Getenv("HULL_TEST_KERNEL")
-	if kernel == "" {
-		kernel = defaultTestKernel
-	}
 	var missing []string
 	for _, bin := range []string{DefaultBinary, "busybox", "cpio"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			missing = append(missing, bin+" in PATH")
 		}
 	}
-	if _, err := os.Stat(kernel); err != nil {
-		missing = append(missing, "kernel "+kernel+" (set HULL_TEST_KERNEL)")
+	if kernel == "" {
+		missing = append(missing, "a guest kernel: set HULL_TEST_KERNEL (make unit does, after make image)")
+	} else if _, err := os.Stat(kernel); err != nil {
+		missing = append(missing, "kernel "+kernel+" (HULL_TEST_KERNEL)")
 	}
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (for cgroups)")
