@@ -166,10 +166,12 @@ func (p *Process) settle(exit ExitStatus, err error) bool {
 	p.state, p.exit, p.waitErr = ProcessExited, exit, err
 	p.mu.Unlock()
 	p.io.close()
-	close(p.done)
+	// The container is stopped before anyone waiting for its init sees
+	// the exit, so a delete that follows the wait finds it stopped.
 	if p.execID == "" {
 		p.c.initExited()
 	}
+	close(p.done)
 	return true
 }
 
