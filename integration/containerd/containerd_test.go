@@ -53,6 +53,17 @@ var cases = []struct {
 			t.Errorf("got stdout %q stderr %q exit %d, want \"out\\n\" \"err\\n\" 3", out, errOut, code)
 		}
 	}},
+	{"container sees its own cgroup", func(t *testing.T, d *daemon) {
+		// A cgroup mount shows the container's own cgroup and limits, as
+		// runc shows it on a cgroup-v2 host, whatever the host's version.
+		out, errOut, code := d.ctr(t, "run", "--rm", "--runtime", runtimeName, "--memory-limit", "67108864", "--cpus", "0.5",
+			"--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro",
+			imageName, "own-cgroup", "sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /proc/self/cgroup; touch /sys/fs/cgroup/x")
+		want := "67108864\n50000 100000\n0::/\n"
+		if !strings.HasPrefix(out, want) || !strings.Contains(errOut, "Read-only file system") || code == 0 {
+			t.Errorf("got stdout %q stderr %q exit %d, want stdout %q and a read-only mount", out, errOut, code, want)
+		}
+	}},
 	{"detached task lifecycle", func(t *testing.T, d *daemon) {
 		const id = "detached"
 		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")

@@ -41,6 +41,12 @@ func podSizing(t *testing.T, s *session) {
 	c.Linux.Resources = limits
 	id = p.run(c)
 	checkGuestSize(t, p, id)
+	// The container sees its own cgroup at /sys/fs/cgroup (the mount CRI
+	// adds), with its limits, as runc shows it on a cgroup-v2 host.
+	r := p.execSync(id, 30, "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max")
+	if want := "268435456\n100000 100000\n"; r.ExitCode != 0 || string(r.Stdout) != want {
+		t.Errorf("the container's cgroup limits: exit %d, %q %q, want %q", r.ExitCode, r.Stdout, r.Stderr, want)
+	}
 	p.stop()
 	p.remove()
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/cgroups"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
@@ -112,6 +113,17 @@ func TestParseSpec(t *testing.T) {
 	}
 	if s.Linux.CgroupsPath != "/hull/c1" {
 		t.Errorf("cgroups path %q", s.Linux.CgroupsPath)
+	}
+	if n := s.Linux.Namespaces; len(n) != 1 || n[0].Type != specs.CgroupNamespace || n[0].Path != "" {
+		t.Errorf("namespaces %+v, want a new cgroup namespace", n)
+	}
+	// A cgroup namespace the spec names is kept, not doubled.
+	s, err = parseSpec("c1", []byte(`{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"cgroup","path":"/proc/1/ns/cgroup"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Linux.Namespaces; len(n) != 1 || n[0].Path != "/proc/1/ns/cgroup" {
+		t.Errorf("namespaces %+v, want the spec's cgroup namespace alone", n)
 	}
 }
 

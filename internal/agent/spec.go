@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -48,6 +49,14 @@ func parseSpec(id string, b []byte) (*specs.Spec, error) {
 	}
 	if s.Linux.CgroupsPath == "" {
 		s.Linux.CgroupsPath = path.Join(cgroupParent, id)
+	}
+	// The guest has cgroup v2 alone. As runc does on a cgroup-v2 host, each
+	// container gets a cgroup namespace of its own, so that a cgroup mount
+	// in it (CRI adds one at /sys/fs/cgroup) shows the container's own
+	// cgroup with its limits (memory.max, cpu.max), not the guest's root,
+	// whatever cgroup version the host runs.
+	if !slices.ContainsFunc(s.Linux.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.CgroupNamespace }) {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 	}
 	if s.Hooks != nil && (len(s.Hooks.Prestart) > 0 || len(s.Hooks.CreateRuntime) > 0 || //nolint:staticcheck // Prestart is deprecated, still refused
 		len(s.Hooks.CreateContainer) > 0 || len(s.Hooks.Poststart) > 0 || len(s.Hooks.Poststop) > 0) {
