@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"os"
@@ -9,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -259,8 +263,46 @@ func TestAutoAccelFallsBackToTCG(t *testing.T) {
 			if d.Accel != tc.wantAccel || (len(d.Warnings) > 0) != tc.warn {
 				t.Errorf("accel %s warnings %q, want %s warn=%v", d.Accel, d.Warnings, tc.wantAccel, tc.warn)
 			}
-			if tc.warn && !strings.Contains(d.Warnings[0], "KVM unusable: test says no; using TCG") {
+			if tc.warn && !strings.Contains(d.Warnings[0], "KVM unusable: test says no; falling back to TCG") {
 				t.Errorf("warning %q", d.Warnings[0])
+			}
+		})
+	}
+}
+
+// TestStartLogsTCGFallback: Start logs the fallback at warning level, first
+// thing, so the shim's log says why a VM runs under emulation even when the
+// start fails.
+func TestStartLogsTCGFallback(t *testing.T) {
+	tests := []struct {
+		name   string
+		usable bool
+		warn   bool
+	}{
+		{"kvm usable", true, false},
+		{"kvm unusable", false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.StateDir = t.TempDir()
+			v, err := New(cfg, Options{ProbeKVM: fakeProbe(tc.usable), TSCKHz: 1, Binary: "/nonexistent/qemu-system-x86_64"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			logger, hook := logtest.NewNullLogger()
+			ctx := log.WithLogger(context.Background(), logrus.NewEntry(logger))
+			if err := v.Start(ctx); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Fatalf("Start with a missing binary: %v", err)
+			}
+			warned := false
+			for _, e := range hook.AllEntries() {
+				if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "falling back to TCG") {
+					warned = true
+				}
+			}
+			if warned != tc.warn {
+				t.Errorf("warned about TCG: %v, want %v (log: %v)", warned, tc.warn, hook.AllEntries())
 			}
 		})
 	}

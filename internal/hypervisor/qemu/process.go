@@ -64,6 +64,11 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		}
 	}()
 	logger := log.G(ctx).WithField("vm", v.cfg.ID)
+	// A fallback to TCG must not go unnoticed: a KVM host would run its
+	// guests many times slower.
+	for _, w := range v.warnings {
+		logger.Warn(w)
+	}
 
 	bin, err := lookBinary(v.opts.Binary)
 	if err != nil {
