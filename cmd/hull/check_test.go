@@ -1,11 +1,14 @@
 package main
 
 import (
+	"io/fs"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/guestimage"
+	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 )
 
 // TestDebugShellDetail: hull check and hull env say "yes" with the shell's
@@ -27,6 +30,30 @@ func TestDebugShellDetail(t *testing.T) {
 				if !strings.HasPrefix(got, tc.want[0]) || !strings.Contains(got, w) {
 					t.Errorf("detail %q, want it to start with %q and say %q", got, tc.want[0], w)
 				}
+			}
+		})
+	}
+}
+
+// TestVhostNetCheck: hull check says vhost-net is used exactly when the
+// driver's test of the device passes, and why not otherwise.
+func TestVhostNetCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status string
+		want   string
+	}{
+		{"opens", nil, statusOK, "pod NICs use vhost-net"},
+		{"missing", &fs.PathError{Op: "open", Path: qemu.VhostNetDevice, Err: syscall.ENOENT},
+			statusWarn, "open /dev/vhost-net: no such file or directory: pod NICs run without vhost-net"},
+		{"refused", &fs.PathError{Op: "open", Path: qemu.VhostNetDevice, Err: syscall.EACCES},
+			statusWarn, "permission denied: pod NICs run without vhost-net"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, detail := vhostNetCheck(tc.err)
+			if st != tc.status || !strings.Contains(detail, tc.want) {
+				t.Errorf("got %s %q, want %s with %q", st, detail, tc.status, tc.want)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,20 +95,40 @@ func TestArgsGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// One option per line: readable diffs.
-			var b strings.Builder
-			b.WriteString(args[0])
-			for _, a := range args[1:] {
-				if strings.HasPrefix(a, "-") {
-					b.WriteString("\n")
-				} else {
-					b.WriteString(" ")
-				}
-				b.WriteString(a)
-			}
-			b.WriteString("\n")
-			golden(t, filepath.Join("testdata", tc.name+".argv"), b.String())
+			golden(t, filepath.Join("testdata", tc.name+".argv"), argvText(args))
 		})
+	}
+}
+
+// TestArgsGoldenKVMHost covers every argv a KVM host produces: both
+// machines, both agent transports, with and without vhost-net, the
+// accelerator chosen by the probe (accel = "auto").
+func TestArgsGoldenKVMHost(t *testing.T) {
+	for _, machine := range []string{MachineQ35, MachineMicroVM} {
+		for _, transport := range []hypervisor.Transport{hypervisor.TransportVsock, hypervisor.TransportSerial} {
+			for _, vhostNet := range []bool{true, false} {
+				name := fmt.Sprintf("kvm-%s-%s-vhost-net-%s", machine, transport, map[bool]string{true: "on", false: "off"}[vhostNet])
+				t.Run(name, func(t *testing.T) {
+					cfg := withDevices(baseConfig())
+					if transport == hypervisor.TransportVsock {
+						cfg = vsock(cfg)
+					}
+					v, err := New(cfg, Options{Machine: machine, ProbeKVM: fakeProbe(true)})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if d := v.Describe(); d.Accel != AccelKVM || len(d.Warnings) > 0 {
+						t.Fatalf("accel %s, warnings %q: want kvm without warnings", d.Accel, d.Warnings)
+					}
+					v.layout.vhostNet = vhostNet // as Start sets it when /dev/vhost-net opens
+					args, err := v.Args()
+					if err != nil {
+						t.Fatal(err)
+					}
+					golden(t, filepath.Join("testdata", name+".argv"), argvText(args))
+				})
+			}
+		}
 	}
 }
 
@@ -131,6 +152,22 @@ func TestArgsMicroVMIgnoresLimits(t *testing.T) {
 	if got := args(c); got != want {
 		t.Errorf("limits changed the microvm argv:\n%s\nwant\n%s", got, want)
 	}
+}
+
+// argvText is args with one option per line: readable diffs.
+func argvText(args []string) string {
+	var b strings.Builder
+	b.WriteString(args[0])
+	for _, a := range args[1:] {
+		if strings.HasPrefix(a, "-") {
+			b.WriteString("\n")
+		} else {
+			b.WriteString(" ")
+		}
+		b.WriteString(a)
+	}
+	b.WriteString("\n")
+	return b.String()
 }
 
 func golden(t *testing.T, path, got string) {

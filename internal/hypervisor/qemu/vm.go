@@ -129,7 +129,9 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 	return v, nil
 }
 
-// Args returns QEMU's full argv, program first, as Start runs it.
+// Args returns QEMU's full argv, program first, as Start runs it on a host
+// where /dev/vhost-net does not open; where it opens, Start adds vhost=on
+// and the vhost-net descriptors to each NIC (see vhostnet.go).
 func (v *VM) Args() ([]string, error) {
 	return buildArgs(&v.cfg, v.layout), nil
 }
