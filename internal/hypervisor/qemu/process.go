@@ -114,7 +114,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	fds := extraFDs(&v.cfg)
 	vhost, err := vhostNetFiles(&v.cfg)
 	if err != nil {
-		logger.WithError(err).Info("qemu: NICs without vhost-net")
+		logger.WithError(err).Info("qemu: pod NICs without vhost-net")
 	}
 	defer closeFiles(vhost)
 	for _, f := range vhost {

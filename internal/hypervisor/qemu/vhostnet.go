@@ -76,9 +76,5 @@ func vhostNetFiles(cfg *hypervisor.Config) ([]*os.File, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	fs, err := openVhostNet(n)
-	if err != nil {
-		return nil, fmt.Errorf("guest networking without vhost-net: %w", err)
-	}
-	return fs, nil
+	return openVhostNet(n)
 }
