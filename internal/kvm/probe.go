@@ -223,7 +223,7 @@ func probeDevice(ctx context.Context, r *Result, timeout time.Duration, run chil
 		if line == "ok" || strings.HasPrefix(line, "error ") {
 			return false // final; do not wait for the child's exit
 		}
-		return !(strings.HasPrefix(line, "marker c ") && parseReport(lines).emulated())
+		return !strings.HasPrefix(line, "marker c ") || !parseReport(lines).emulated()
 	})
 	rep := parseReport(lines)
 	r.Markers = rep.markers
