@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
 	"io/fs"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
+	"github.com/hull-runtime/hull/internal/kvm"
 )
 
 // TestDebugShellDetail: hull check and hull env say "yes" with the shell's
@@ -54,6 +60,35 @@ func TestVhostNetCheck(t *testing.T) {
 			st, detail := vhostNetCheck(tc.err)
 			if st != tc.status || !strings.Contains(detail, tc.want) {
 				t.Errorf("got %s %q, want %s with %q", st, detail, tc.status, tc.want)
+			}
+		})
+	}
+}
+
+// TestResolveAccel: hull env says which accelerator a VM gets, and logs
+// the fallback to TCG at warning level.
+func TestResolveAccel(t *testing.T) {
+	for _, tc := range []struct {
+		name, accel string
+		usable      bool
+		want        string
+		warn        bool
+	}{
+		{"auto, kvm usable", "auto", true, "kvm", false},
+		{"auto, kvm unusable", "auto", false, "tcg", true},
+		{"tcg configured", "tcg", true, "tcg", false},
+		{"kvm configured", "kvm", false, "kvm", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logger, hook := logtest.NewNullLogger()
+			ctx := log.WithLogger(context.Background(), logrus.NewEntry(logger))
+			got := resolveAccel(ctx, tc.accel, kvm.Result{Usable: tc.usable, Reason: "test says no"})
+			warned := false
+			for _, e := range hook.AllEntries() {
+				warned = warned || (e.Level == logrus.WarnLevel && strings.Contains(e.Message, "falling back to TCG") && e.Data["kvm"] == "test says no")
+			}
+			if got != tc.want || warned != tc.warn {
+				t.Errorf("got %s, warned %v; want %s, warned %v", got, warned, tc.want, tc.warn)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -46,16 +47,7 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 			// The verdict the runtime uses: the cached one when there is
 			// one (see kvm.ProbeCached).
 			probe := kvm.ProbeCached(ctx, kvm.DefaultTimeout, "")
-			accel := c.Hypervisor.QEMU.Accel
-			if accel == "auto" {
-				accel = "tcg"
-				if probe.Usable {
-					accel = "kvm"
-				} else {
-					log.G(ctx).WithField("kvm", probe.Reason).
-						Warn("KVM unusable: falling back to TCG, guests run under software emulation, many times slower")
-				}
-			}
+			accel := resolveAccel(ctx, c.Hypervisor.QEMU.Accel, probe)
 			assets := map[string]any{"dir": c.Image.AssetsDir}
 			if m, err := guestimage.ReadManifest(c.Image.AssetsDir); err != nil {
 				assets["error"] = err.Error()
@@ -112,4 +104,19 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// resolveAccel is the accelerator a VM gets with the configured accel and
+// the probe's verdict; a fallback from "auto" to TCG is logged at warning
+// level, as the shim logs it when a VM starts.
+func resolveAccel(ctx context.Context, accel string, probe kvm.Result) string {
+	if accel != "auto" {
+		return accel
+	}
+	if probe.Usable {
+		return "kvm"
+	}
+	log.G(ctx).WithField("kvm", probe.Reason).
+		Warn("KVM unusable: falling back to TCG, guests run under software emulation, many times slower")
+	return "tcg"
 }
