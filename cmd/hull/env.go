@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os/exec"
 	"runtime"
 	"strings"
+	"time"
 
+	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
 	"github.com/hull-runtime/hull/internal/guestimage"
@@ -41,14 +44,10 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 			if verr != nil {
 				vfsVersion = "unavailable: " + verr.Error()
 			}
-			probe := kvm.Probe(ctx, kvm.DefaultTimeout)
-			accel := c.Hypervisor.QEMU.Accel
-			if accel == "auto" {
-				accel = "tcg"
-				if probe.Usable {
-					accel = "kvm"
-				}
-			}
+			// The verdict the runtime uses: the cached one when there is
+			// one (see kvm.ProbeCached).
+			probe := kvm.ProbeCached(ctx, kvm.DefaultTimeout, "")
+			accel := resolveAccel(ctx, c.Hypervisor.QEMU.Accel, probe)
 			assets := map[string]any{"dir": c.Image.AssetsDir}
 			if m, err := guestimage.ReadManifest(c.Image.AssetsDir); err != nil {
 				assets["error"] = err.Error()
@@ -67,7 +66,7 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 				"hull":   map[string]string{"version": version.Version, "commit": version.Commit, "go": runtime.Version()},
 				"config": map[string]any{"source": source, "effective": c},
 				"host": map[string]any{
-					"kvm": probe, "accel": accel, "agent_transport": launch.Transport(c),
+					"kvm": probe, "kvm_cached": probe.Cached, "accel": accel, "agent_transport": launch.Transport(c),
 				},
 				"qemu":      map[string]string{"path": qemuPath, "version": qemuVersion},
 				"virtiofsd": map[string]string{"path": vfs, "version": vfsVersion},
@@ -83,7 +82,11 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 			fmt.Fprintf(&sb, "# hull %s (commit %s, %s)\n", version.Version, version.Commit, runtime.Version())
 			fmt.Fprintf(&sb, "# configuration: %s\n", source)
 			fmt.Fprintf(&sb, "# qemu: %s (%s)\n# virtiofsd: %s (%s)\n", qemuPath, qemuVersion, vfs, vfsVersion)
-			fmt.Fprintf(&sb, "# accelerator: %s (kvm: %s)\n# agent transport: %s\n", accel, probe.Reason, launch.Transport(c))
+			cached := ""
+			if probe.Cached {
+				cached = ", cached " + probe.At.Format(time.RFC3339)
+			}
+			fmt.Fprintf(&sb, "# accelerator: %s (kvm: %s%s)\n# agent transport: %s\n", accel, probe.Reason, cached, launch.Transport(c))
 			if e, ok := assets["error"]; ok {
 				fmt.Fprintf(&sb, "# guest assets: %s: %v\n", c.Image.AssetsDir, e)
 			} else if m, ok := assets["manifest"].(*guestimage.Manifest); ok {
@@ -101,4 +104,19 @@ func newEnvCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// resolveAccel is the accelerator a VM gets with the configured accel and
+// the probe's verdict; a fallback from "auto" to TCG is logged at warning
+// level, as the shim logs it when a VM starts.
+func resolveAccel(ctx context.Context, accel string, probe kvm.Result) string {
+	if accel != "auto" {
+		return accel
+	}
+	if probe.Usable {
+		return "kvm"
+	}
+	log.G(ctx).WithField("kvm", probe.Reason).
+		Warn("KVM unusable: falling back to TCG, guests run under software emulation, many times slower")
+	return "tcg"
 }

@@ -25,6 +25,10 @@ type cacheEntry struct {
 	Result Result `json:"result"`
 }
 
+// cacheVersion starts every key; a change to what the probe decides, or
+// how, changes it, so that no verdict of an older probe is reused.
+const cacheVersion = "v2"
+
 // cacheKey names this boot and this /dev/kvm: the boot ID, the device
 // number, inode and change time of the node (which change when the module
 // providing it is reloaded) and the KVM modules loaded.
@@ -37,24 +41,30 @@ func cacheKey(dev string, modules []string) (string, error) {
 	if err := syscall.Stat(dev, &st); err != nil {
 		return "", &os.PathError{Op: "stat", Path: dev, Err: err}
 	}
-	return fmt.Sprintf("boot=%s dev=%d ino=%d ctime=%d.%09d modules=%s",
+	return fmt.Sprintf("%s boot=%s dev=%d ino=%d ctime=%d.%09d modules=%s", cacheVersion,
 		strings.TrimSpace(string(id)), st.Rdev, st.Ino, st.Ctim.Sec, st.Ctim.Nsec,
 		strings.Join(modules, ",")), nil
 }
 
 // ProbeCached returns the result cached in file (DefaultCacheFile when
 // empty) when it was made on this boot for this /dev/kvm, and otherwise
-// runs Probe and caches its result. Failing to read or write the cache only
-// costs a probe.
+// runs Probe and caches its result when it is conclusive: a negative
+// verdict that came from the time limit (a stalled or loaded host) is
+// never kept, so the next call probes again. Failing to read or write the
+// cache only costs a probe.
 func ProbeCached(ctx context.Context, timeout time.Duration, file string) Result {
+	return probeCached(ctx, Device, file, func(ctx context.Context) Result { return Probe(ctx, timeout) })
+}
+
+func probeCached(ctx context.Context, dev, file string, probe func(context.Context) Result) Result {
 	if file == "" {
 		file = DefaultCacheFile
 	}
 	facts := hostFacts()
-	key, err := cacheKey(Device, facts.Modules)
+	key, err := cacheKey(dev, facts.Modules)
 	if err != nil {
 		// No device or no boot ID: probing is cheap and says why.
-		return Probe(ctx, timeout)
+		return probe(ctx)
 	}
 	if b, err := os.ReadFile(file); err == nil {
 		var e cacheEntry
@@ -63,9 +73,10 @@ func ProbeCached(ctx context.Context, timeout time.Duration, file string) Result
 			return e.Result
 		}
 	}
-	r := Probe(ctx, timeout)
-	if ctx.Err() != nil {
-		// Cut short by the caller, not a verdict on KVM.
+	r := probe(ctx)
+	if ctx.Err() != nil || !r.Conclusive {
+		// Cut short by the caller, or decided by the clock: not a
+		// verdict on KVM to keep until the next reboot.
 		return r
 	}
 	if err := writeCache(file, cacheEntry{Key: key, Result: r}); err != nil {

@@ -16,11 +16,14 @@
 // runs fine under kvm_pvm. What tells the two apart is speed. Probe boots a
 // hand-assembled guest (guest.go) that takes the steps a standard kernel
 // takes (real mode, protected mode, long mode by itself, the kernel half of
-// the address space) and then runs a short calibration loop and a loop of 20
-// million iterations. Native guest code finishes in milliseconds; under
-// emulation the calibration loop shows the rate, and Probe stops as soon as
-// the long loop cannot finish within the time limit (about 50 ms on a
-// kvm_pvm host).
+// the address space) and then runs five short calibration loops and a loop
+// of 20 million iterations. Native guest code finishes in milliseconds.
+// Under emulation every calibration loop runs at a few hundred thousand
+// iterations per second, and Probe stops once all five did (about 150 ms
+// on a kvm_pvm host). A stall of the host thread (steal time on a cloud VM,
+// a loaded host at boot) stretches one loop, never makes one faster: one
+// loop at native speed means the vCPU runs guest code natively, and Probe
+// then waits for the long loop, up to its time limit.
 //
 // The guest runs in a child process: the running binary re-executed through
 // /proc/self/exe with an environment variable that this package's init
@@ -29,6 +32,9 @@
 // vCPU stuck in KVM_RUN cannot hold up the caller: the parent kills the
 // child at the deadline and does not wait for it to be reaped.
 //
-// ProbeCached keeps the result in /run/hull, keyed by the boot ID and the
-// identity of /dev/kvm, so a reboot or a reloaded KVM module probes again.
+// ProbeCached keeps a conclusive result in /run/hull, keyed by the boot ID
+// and the identity of /dev/kvm, so a reboot or a reloaded KVM module probes
+// again. A negative verdict that the time limit decided (a guest that hung,
+// or showed native speed and did not finish in time) is not conclusive and
+// never cached: the next call probes again.
 package kvm

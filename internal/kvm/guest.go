@@ -3,6 +3,8 @@ package kvm
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -16,7 +18,7 @@ import (
 //	'H'  code running in the kernel half of the address space at
 //	     0xffffffff80000000 (__START_KERNEL_map), where a standard kernel
 //	     lives once decompressed
-//	'c'  after a short calibration loop
+//	'c'  after each of calibrationRounds short calibration loops
 //	'C'  after a loop of 20 million iterations, which takes milliseconds
 //	     when the vCPU runs guest code natively and minutes when KVM
 //	     emulates it instruction by instruction
@@ -106,11 +108,14 @@ var codeHigh = []byte{
 	0xb0, 'H', // mov al, 'H'
 	0x66, 0xba, markerPort, 0x00, // mov dx, port
 	0xee,                         // out dx, al
-	0xb9, 0x00, 0x00, 0x00, 0x00, // mov ecx, shortLoop (patched)
-	0xff, 0xc9, // 1: dec ecx
-	0x75, 0xfc, // jnz 1b
+	0xbb, 0x00, 0x00, 0x00, 0x00, // mov ebx, calibrationRounds (patched)
+	0xb9, 0x00, 0x00, 0x00, 0x00, // 1: mov ecx, shortLoop (patched)
+	0xff, 0xc9, // 2: dec ecx
+	0x75, 0xfc, // jnz 2b
 	0xb0, 'c', // mov al, 'c'
-	0xee,                         // out dx, al
+	0xee,       // out dx, al
+	0xff, 0xcb, // dec ebx
+	0x75, 0xf0, // jnz 1b
 	0xb9, 0x00, 0x00, 0x00, 0x00, // mov ecx, longLoop (patched)
 	0xff, 0xc9, // 1: dec ecx
 	0x75, 0xfc, // jnz 1b
@@ -119,31 +124,50 @@ var codeHigh = []byte{
 	0xf4, // hlt
 }
 
-// Offsets of the loop counts in codeHigh.
+// Offsets of the patched counts in codeHigh.
 const (
-	shortLoopOff = 8
-	longLoopOff  = 20
+	roundsOff    = 8
+	shortLoopOff = 13
+	longLoopOff  = 29
 )
 
-// The loops: shortLoop calibrates, longLoop is the real test. A vCPU that
-// runs guest code natively does longLoop (two instructions per iteration)
-// in a few milliseconds; one that emulates each instruction needs minutes.
+// The loops. Each calibration round of shortLoop iterations takes a few
+// microseconds when the vCPU runs guest code natively (two instructions per
+// iteration, plus one exit to the host) and tens of milliseconds when KVM
+// emulates each instruction; a stall of the host thread (steal time, a
+// loaded host) can stretch one round, but not every round, so the fastest
+// round tells the guest's speed. longLoop is the real test: a few
+// milliseconds natively, minutes under emulation.
 const (
-	shortLoop = 20_000
-	longLoop  = 20_000_000
+	calibrationRounds = 5
+	shortLoop         = 5_000
+	longLoop          = 20_000_000
 )
 
 // wantMarkers is what a guest that completed every step wrote.
-const wantMarkers = "RPLHcC"
+var wantMarkers = "RPLH" + strings.Repeat("c", calibrationRounds) + "C"
 
-// stepNames explain how far a guest got, by the markers it wrote.
-var stepNames = map[string]string{
-	"":      "did not run real-mode code",
-	"R":     "stopped entering 32-bit protected mode",
-	"RP":    "stopped entering long mode with standard 4-level paging",
-	"RPL":   "stopped jumping to the kernel half of the address space (0xffffffff80000000)",
-	"RPLH":  "did not finish a short loop",
-	"RPLHc": "did not finish a loop of " + fmt.Sprint(longLoop) + " iterations",
+// describeMarkers says how far a guest that wrote markers got.
+func describeMarkers(markers string) string {
+	if !strings.HasPrefix(wantMarkers, markers) {
+		return "wrote unexpected markers " + strconv.Quote(markers)
+	}
+	switch n := len(markers); {
+	case n == 0:
+		return "did not run real-mode code"
+	case n == 1:
+		return "stopped entering 32-bit protected mode"
+	case n == 2:
+		return "stopped entering long mode with standard 4-level paging"
+	case n == 3:
+		return "stopped jumping to the kernel half of the address space (0xffffffff80000000)"
+	case n < 4+calibrationRounds:
+		return fmt.Sprintf("did not finish calibration loop %d of %d", n-3, calibrationRounds)
+	case n == 4+calibrationRounds:
+		return fmt.Sprintf("did not finish a loop of %d iterations", longLoop)
+	default:
+		return "ran every step"
+	}
 }
 
 // load writes page tables, GDT and code into guest memory.
@@ -167,15 +191,19 @@ func load(mem []byte) {
 	copy(mem[code32Addr:], code32)
 	copy(mem[code64Addr:], code64)
 	copy(mem[codeHighAddr:], codeHigh)
+	le.PutUint32(mem[codeHighAddr+roundsOff:], calibrationRounds)
 	le.PutUint32(mem[codeHighAddr+shortLoopOff:], shortLoop)
 	le.PutUint32(mem[codeHighAddr+longLoopOff:], longLoop)
 }
 
 // runGuest boots the probe guest on dev and returns the markers it wrote,
-// calling mark for each as it comes with the time since the guest started.
+// calling mark for each as it comes with the time since the guest started
+// and the time the guest ran since its previous exit (the KVM_RUN call that
+// ended with this marker, which leaves out the host's own work between
+// exits).
 // A guest that hangs makes runGuest hang: the caller runs it in a process it
 // can kill.
-func runGuest(dev string, mark func(byte, time.Duration)) (markers string, err error) {
+func runGuest(dev string, mark func(marker byte, at, ran time.Duration)) (markers string, err error) {
 	m, err := newMachine(dev, guestMemSize)
 	if err != nil {
 		return "", err
@@ -198,8 +226,10 @@ func runGuest(dev string, mark func(byte, time.Duration)) (markers string, err e
 		return "", err
 	}
 	start := time.Now()
-	for i := 0; i < 16; i++ {
+	for i := 0; i < 2*len(wantMarkers); i++ {
+		entered := time.Now()
 		reason, err := m.runOnce()
+		ran := time.Since(entered)
 		if err != nil {
 			return markers, err
 		}
@@ -210,7 +240,7 @@ func runGuest(dev string, mark func(byte, time.Duration)) (markers string, err e
 				return markers, fmt.Errorf("unexpected I/O exit on port %#x", port)
 			}
 			markers += string(data)
-			mark(data, time.Since(start))
+			mark(data, time.Since(start), ran)
 		case exitHLT:
 			return markers, nil
 		default:

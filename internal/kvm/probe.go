@@ -29,6 +29,13 @@ type Result struct {
 	Usable bool `json:"usable"`
 	// Reason says why KVM is or is not usable, in one sentence.
 	Reason string `json:"reason"`
+	// Conclusive is true when the verdict does not depend on how busy the
+	// host was: the guest finished (Usable), misbehaved, or ran every
+	// calibration loop at emulation speed. A negative verdict that came
+	// from the time limit (a guest that hung, or that showed native speed
+	// once but did not finish in time) is not conclusive, and ProbeCached
+	// does not keep it.
+	Conclusive bool `json:"conclusive"`
 	// Took is how long the probe ran.
 	Took time.Duration `json:"took"`
 	// At is when the probe ran.
@@ -41,12 +48,15 @@ type Result struct {
 	// Device is the probed device node.
 	Device string `json:"device"`
 	// Markers are the steps the probe guest reported, in order: R (real
-	// mode), P (protected mode), L (long mode), H (kernel half), c (short
-	// loop), C (long loop). See guest.go.
+	// mode), P (protected mode), L (long mode), H (kernel half), c (one per
+	// calibration loop), C (long loop). See guest.go.
 	Markers string `json:"markers"`
-	// LoopsPerSec is the speed of the guest's calibration loop, in
+	// LoopsPerSec is the speed of the fastest calibration loop, in
 	// iterations per second; 0 when the guest did not get that far.
 	LoopsPerSec uint64 `json:"loops_per_sec,omitempty"`
+	// RoundLoopsPerSec is the speed of each calibration loop the guest
+	// finished, in order.
+	RoundLoopsPerSec []uint64 `json:"round_loops_per_sec,omitempty"`
 	// CPUVirt is "vmx" or "svm" when the CPU advertises hardware
 	// virtualization in /proc/cpuinfo, else empty.
 	CPUVirt string `json:"cpu_virt,omitempty"`
@@ -56,6 +66,16 @@ type Result struct {
 	// PVM is true when the paravirtual kvm_pvm module provides /dev/kvm.
 	PVM bool `json:"pvm"`
 }
+
+// slowRate is the calibration speed, in loop iterations per second, below
+// which a calibration loop ran at emulation speed. Emulation (kvm_pvm with
+// a standard guest) runs 0.2 to 0.5 million; a vCPU that runs guest code
+// natively runs hundreds of millions to billions, a few microseconds per
+// loop even with the exit to the host of nested virtualization. A loop is
+// counted slow only when it took more than 1 ms, so a single stall of the
+// host thread longer than that slows one loop; the verdict "emulation
+// speed" needs every loop slow.
+const slowRate = 5_000_000
 
 // childEnv carries the device to probe to the child process; its presence
 // makes the process a probe child (see init).
@@ -70,11 +90,15 @@ func init() {
 	}
 }
 
-// runChild runs the probe guest and writes a line per marker, then "ok" or
-// "error <message>". Write errors are ignored: w is the pipe to the parent,
-// and a parent that stopped reading has given up on the probe.
+// runChild runs the probe guest and writes a line per marker ("marker",
+// the marker, the nanoseconds since the guest started and those the guest
+// ran since its previous exit), then "ok" or "error <message>". Write
+// errors are ignored: w is the pipe to the parent, and a parent that
+// stopped reading has given up on the probe.
 func runChild(dev string, w io.Writer) int {
-	_, err := runGuest(dev, func(b byte, at time.Duration) { _, _ = fmt.Fprintf(w, "marker %c %d\n", b, at) })
+	_, err := runGuest(dev, func(b byte, at, ran time.Duration) {
+		_, _ = fmt.Fprintf(w, "marker %c %d %d\n", b, at, ran)
+	})
 	if err != nil {
 		_, _ = fmt.Fprintf(w, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 		return 0
@@ -83,16 +107,25 @@ func runChild(dev string, w io.Writer) int {
 	return 0
 }
 
+// childRunner runs a probe child for dev and hands each line it writes to
+// line until line returns false or ctx ends (see runChildProcess). Tests
+// replace it to play children that stall.
+type childRunner func(ctx context.Context, dev string, line func(string) bool) error
+
 // Probe tells whether KVM on this host really runs a standard guest. It
 // boots a tiny guest in a child process and kills it at the time limit
 // (timeout, or DefaultTimeout when zero, or ctx's deadline when sooner), so
 // it returns promptly even when the guest hangs inside KVM_RUN.
 func Probe(ctx context.Context, timeout time.Duration) Result {
+	return probe(ctx, Device, timeout, runChildProcess)
+}
+
+func probe(ctx context.Context, dev string, timeout time.Duration, run childRunner) Result {
 	start := time.Now()
 	r := hostFacts()
-	r.Device = Device
+	r.Device = dev
 	r.At = start
-	probeDevice(ctx, &r, timeout)
+	probeDevice(ctx, &r, timeout, run)
 	r.Took = time.Since(start)
 	if !r.Usable && r.PVM {
 		r.Reason += "; /dev/kvm is the paravirtual kvm_pvm, which runs only PVM-enabled guest kernels at native speed"
@@ -103,24 +136,35 @@ func Probe(ctx context.Context, timeout time.Duration) Result {
 // report is what the probe child wrote.
 type report struct {
 	markers string
-	at      map[byte]time.Duration
-	done    bool
-	err     string
+	// rounds are the times the calibration loops ran, in order.
+	rounds []time.Duration
+	// long is the time the long loop ran.
+	long time.Duration
+	done bool
+	err  string
 }
 
 func parseReport(lines []string) report {
-	r := report{at: map[byte]time.Duration{}}
+	var r report
 	for _, line := range lines {
 		kind, rest, _ := strings.Cut(line, " ")
 		switch kind {
 		case "marker":
-			m, ns, _ := strings.Cut(rest, " ")
-			if len(m) != 1 {
+			f := strings.Fields(rest)
+			if len(f) != 3 || len(f[0]) != 1 {
 				continue
 			}
-			r.markers += m
-			if n, err := strconv.ParseInt(ns, 10, 64); err == nil {
-				r.at[m[0]] = time.Duration(n)
+			_, err1 := strconv.ParseInt(f[1], 10, 64)
+			ran, err2 := strconv.ParseInt(f[2], 10, 64)
+			if err1 != nil || err2 != nil || ran < 0 {
+				continue
+			}
+			r.markers += f[0]
+			switch f[0] {
+			case "c":
+				r.rounds = append(r.rounds, time.Duration(ran))
+			case "C":
+				r.long = time.Duration(ran)
 			}
 		case "ok":
 			r.done = true
@@ -131,18 +175,31 @@ func parseReport(lines []string) report {
 	return r
 }
 
-// loopRate is the calibration loop's speed in iterations per second, or 0
-// when the guest did not get through it.
-func (r report) loopRate() uint64 {
-	h, ok1 := r.at['H']
-	c, ok2 := r.at['c']
-	if !ok1 || !ok2 || c <= h {
-		return 0
+// rate is a calibration loop's speed in iterations per second.
+func rate(ran time.Duration) uint64 {
+	if ran <= 0 {
+		return shortLoop * uint64(time.Second)
 	}
-	return uint64(shortLoop * int64(time.Second) / int64(c-h))
+	return uint64(shortLoop * int64(time.Second) / int64(ran))
 }
 
-func probeDevice(ctx context.Context, r *Result, timeout time.Duration) {
+// rates are the speeds of the calibration loops and the fastest of them.
+func (r report) rates() (each []uint64, best uint64) {
+	for _, d := range r.rounds {
+		each = append(each, rate(d))
+		best = max(best, rate(d))
+	}
+	return each, best
+}
+
+// emulated is true when the guest ran every calibration loop, each at
+// emulation speed.
+func (r report) emulated() bool {
+	_, best := r.rates()
+	return len(r.rounds) == calibrationRounds && best < slowRate
+}
+
+func probeDevice(ctx context.Context, r *Result, timeout time.Duration, run childRunner) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
@@ -156,48 +213,48 @@ func probeDevice(ctx context.Context, r *Result, timeout time.Duration) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	deadline, _ := ctx.Deadline()
 
-	// Once the calibration loop is done, a guest too slow to finish the
-	// long loop in time is known; do not wait for the deadline then.
+	// Once every calibration loop ran at emulation speed the verdict is
+	// known; do not wait for the long loop then. A single fast loop means
+	// the vCPU can run natively: wait for the long loop, to the deadline.
 	var lines []string
-	slow := false
-	err := runChildProcess(ctx, r.Device, func(line string) bool {
+	err := run(ctx, r.Device, func(line string) bool {
 		lines = append(lines, line)
 		if line == "ok" || strings.HasPrefix(line, "error ") {
 			return false // final; do not wait for the child's exit
 		}
-		rate := parseReport(lines).loopRate()
-		if strings.HasPrefix(line, "marker c") && rate > 0 &&
-			time.Duration(float64(longLoop)/float64(rate)*float64(time.Second)) > time.Until(deadline) {
-			slow = true
-			return false
-		}
-		return true
+		return !strings.HasPrefix(line, "marker c ") || !parseReport(lines).emulated()
 	})
 	rep := parseReport(lines)
 	r.Markers = rep.markers
-	r.LoopsPerSec = rep.loopRate()
-	step, ok := stepNames[rep.markers]
-	if !ok {
-		step = "wrote unexpected markers " + strconv.Quote(rep.markers)
-	}
+	r.RoundLoopsPerSec, r.LoopsPerSec = rep.rates()
+	step := describeMarkers(rep.markers)
 	switch {
 	case rep.done && rep.markers == wantMarkers:
-		r.Usable = true
+		r.Usable, r.Conclusive = true, true
 		r.Reason = fmt.Sprintf("a test guest booted like a standard kernel and ran %d loop iterations in %s",
-			longLoop, (rep.at['C'] - rep.at['c']).Round(time.Microsecond))
+			longLoop, rep.long.Round(time.Microsecond))
 	case rep.done:
+		r.Conclusive = true
 		r.Reason = "the test guest halted early: it " + step
 	case rep.err != "" && rep.markers == "":
+		// Cheap to try again, and may depend on the caller (permissions).
 		r.Reason = "cannot run a test guest: " + rep.err
 	case rep.err != "":
+		r.Conclusive = true
 		r.Reason = fmt.Sprintf("the test guest %s: %s", step, rep.err)
-	case slow || (ctx.Err() != nil && r.LoopsPerSec > 0):
-		r.Reason = fmt.Sprintf("guest code runs at emulation speed (%d loop iterations/s, hardware-assisted KVM runs hundreds of millions): the test guest would not finish a loop of %d iterations within %s",
-			r.LoopsPerSec, longLoop, timeout)
+	case rep.emulated():
+		r.Conclusive = true
+		r.Reason = fmt.Sprintf("guest code runs at emulation speed: the fastest of %d calibration loops ran %d iterations/s, hardware-assisted KVM runs hundreds of millions",
+			calibrationRounds, r.LoopsPerSec)
+	case ctx.Err() != nil && r.LoopsPerSec >= slowRate:
+		r.Reason = fmt.Sprintf("the test guest ran a calibration loop at native speed (%d iterations/s) but %s within %s: the host may be overloaded; not a verdict on KVM, the next probe tries again",
+			r.LoopsPerSec, step, timeout)
+	case ctx.Err() != nil && r.LoopsPerSec > 0:
+		r.Reason = fmt.Sprintf("guest code runs slowly (%d loop iterations/s at best) and the test guest %s within %s; not conclusive, the next probe tries again",
+			r.LoopsPerSec, step, timeout)
 	case ctx.Err() != nil:
-		r.Reason = fmt.Sprintf("the test guest hung: it %s within %s", step, timeout)
+		r.Reason = fmt.Sprintf("the test guest hung: it %s within %s; not conclusive, the next probe tries again", step, timeout)
 	case err != nil:
 		r.Reason = "running the probe child: " + err.Error()
 	default:

@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,8 +17,8 @@ const slack = time.Second
 func TestProbe(t *testing.T) {
 	const limit = 2 * time.Second
 	r := Probe(context.Background(), limit)
-	t.Logf("usable=%v took=%s markers=%q loops/s=%d cpu_virt=%q modules=%v pvm=%v\nreason: %s",
-		r.Usable, r.Took, r.Markers, r.LoopsPerSec, r.CPUVirt, r.Modules, r.PVM, r.Reason)
+	t.Logf("usable=%v conclusive=%v took=%s markers=%q loops/s=%d rounds=%v cpu_virt=%q modules=%v pvm=%v\nreason: %s",
+		r.Usable, r.Conclusive, r.Took, r.Markers, r.LoopsPerSec, r.RoundLoopsPerSec, r.CPUVirt, r.Modules, r.PVM, r.Reason)
 	if r.Took > limit+slack {
 		t.Errorf("probe took %s, limit %s", r.Took, limit)
 	}
@@ -57,9 +58,9 @@ func TestProbeDevice(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := Result{Device: tc.device}
-			probeDevice(context.Background(), &r, time.Second)
-			if r.Usable || !strings.Contains(r.Reason, tc.reason) {
-				t.Errorf("got usable=%v reason %q, want unusable with %q", r.Usable, r.Reason, tc.reason)
+			probeDevice(context.Background(), &r, time.Second, runChildProcess)
+			if r.Usable || r.Conclusive || !strings.Contains(r.Reason, tc.reason) {
+				t.Errorf("got usable=%v conclusive=%v reason %q, want unusable, inconclusive, with %q", r.Usable, r.Conclusive, r.Reason, tc.reason)
 			}
 		})
 	}
@@ -72,22 +73,138 @@ func TestParseReport(t *testing.T) {
 		markers string
 		done    bool
 		err     string
-		rate    uint64
+		best    uint64
 	}{
 		{"empty", nil, "", false, "", 0},
-		{"complete", []string{"marker R 10", "marker P 20", "marker L 30", "marker H 1000", "marker c 21000", "marker C 40000", "ok"},
-			"RPLHcC", true, "", 1_000_000_000},
-		{"emulated", []string{"marker R 10", "marker P 20", "marker L 30", "marker H 0", "marker c 40000000"},
-			"RPLHc", false, "", 500_000},
+		{"complete", native(), wantMarkers, true, "", 500_000_000},
+		{"emulated", emulation()[:9], "RPLHccccc", false, "", 250_000},
 		{"error", []string{"error KVM_CREATE_VM: bad address"}, "", false, "KVM_CREATE_VM: bad address", 0},
-		{"garbage", []string{"marker", "marker RR 1", "hello"}, "", false, "", 0},
+		{"garbage", []string{"marker", "marker RR 1 1", "marker c 1", "marker c 1 -5", "marker c x 7", "marker c 2 1000000", "hello"}, "c", false, "", 5_000_000},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := parseReport(tc.lines)
-			if r.markers != tc.markers || r.done != tc.done || r.err != tc.err || r.loopRate() != tc.rate {
-				t.Errorf("got markers=%q done=%v err=%q rate=%d, want %q %v %q %d",
-					r.markers, r.done, r.err, r.loopRate(), tc.markers, tc.done, tc.err, tc.rate)
+			_, best := r.rates()
+			if r.markers != tc.markers || r.done != tc.done || r.err != tc.err || best != tc.best {
+				t.Errorf("got markers=%q done=%v err=%q best=%d, want %q %v %q %d",
+					r.markers, r.done, r.err, best, tc.markers, tc.done, tc.err, tc.best)
+			}
+		})
+	}
+}
+
+// Lines of a probe child: marker m after the guest ran for ran.
+func mark(m byte, ran time.Duration) string { return fmt.Sprintf("marker %c 0 %d", m, ran) }
+
+// boot is the lines up to the kernel half.
+func boot() []string {
+	return []string{mark('R', time.Millisecond), mark('P', time.Microsecond), mark('L', time.Microsecond), mark('H', time.Microsecond)}
+}
+
+// rounds are the calibration loops, taking these times.
+func rounds(ran ...time.Duration) []string {
+	var ls []string
+	for _, d := range ran {
+		ls = append(ls, mark('c', d))
+	}
+	return ls
+}
+
+func lines(parts ...[]string) []string {
+	var ls []string
+	for _, p := range parts {
+		ls = append(ls, p...)
+	}
+	return ls
+}
+
+const us = time.Microsecond
+
+// native is a child on hardware-assisted KVM.
+func native() []string {
+	return lines(boot(), rounds(10*us, 12*us, 10*us, 11*us, 10*us), []string{mark('C', 15*time.Millisecond), "ok"})
+}
+
+// emulation is a child under kvm_pvm: 250,000 iterations/s.
+func emulation() []string {
+	return lines(boot(), rounds(20*time.Millisecond, 20*time.Millisecond, 21*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond),
+		[]string{mark('C', 80*time.Second), "ok"})
+}
+
+// child plays a probe child that writes ls, then, when hang is set, writes
+// nothing more until the probe gives up. It counts the lines the probe
+// read in *read.
+func child(ls []string, hang bool, read *int) childRunner {
+	return func(ctx context.Context, _ string, line func(string) bool) error {
+		for _, l := range ls {
+			*read++
+			if !line(l) {
+				return nil
+			}
+		}
+		if hang {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}
+}
+
+// fakeDevice is a file standing for /dev/kvm: probeDevice and the cache
+// key stat it.
+func fakeDevice(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kvm")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestProbeStalls plays probe children on hosts that stall: a stall of the
+// host thread slows one calibration loop, and must not make a KVM that
+// runs guest code natively look like emulation; a verdict reached by the
+// time limit is never conclusive.
+func TestProbeStalls(t *testing.T) {
+	const ms = time.Millisecond
+	tests := []struct {
+		name       string
+		lines      []string
+		hang       bool
+		usable     bool
+		conclusive bool
+		reason     string
+		// read is how many lines the probe reads before it decides; 0
+		// for all of them.
+		read int
+	}{
+		{name: "native", lines: native(), usable: true, conclusive: true, reason: "ran 20000000 loop iterations in 15ms"},
+		{name: "first loop stalled 2ms", lines: lines(boot(), rounds(2*ms, 10*us, 10*us, 10*us, 10*us), []string{mark('C', 15*ms), "ok"}),
+			usable: true, conclusive: true},
+		{name: "four loops stalled 50ms", lines: lines(boot(), rounds(50*ms, 50*ms, 10*us, 50*ms, 50*ms), []string{mark('C', 15*ms), "ok"}),
+			usable: true, conclusive: true},
+		{name: "long loop stalled past the limit", lines: lines(boot(), rounds(2*ms, 10*us, 10*us, 10*us, 3*ms)), hang: true,
+			reason: "native speed (500000000 iterations/s)"},
+		{name: "emulation", lines: emulation(), conclusive: true, reason: "emulation speed: the fastest of 5 calibration loops ran 250000 iterations/s",
+			read: 9},
+		{name: "emulation cut short by the limit", lines: lines(boot(), rounds(20*ms, 20*ms)), hang: true, reason: "runs slowly (250000 loop iterations/s at best)"},
+		{name: "hung in real mode", lines: []string{mark('R', ms)}, hang: true, reason: "hung: it stopped entering 32-bit protected mode"},
+		{name: "halted early", lines: lines(boot()[:2], []string{"ok"}), conclusive: true, reason: "halted early: it stopped entering long mode"},
+		{name: "guest fault", lines: lines(boot(), []string{"error unexpected exit SHUTDOWN"}), conclusive: true,
+			reason: "did not finish calibration loop 1 of 5: unexpected exit SHUTDOWN"},
+		{name: "cannot open", lines: []string{"error open /dev/kvm: permission denied"}, reason: "cannot run a test guest"},
+		{name: "child died", lines: boot()[:1], reason: "ended without a result"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			read := 0
+			r := probe(context.Background(), fakeDevice(t), 100*time.Millisecond, child(tc.lines, tc.hang, &read))
+			if r.Usable != tc.usable || r.Conclusive != tc.conclusive || !strings.Contains(r.Reason, tc.reason) {
+				t.Errorf("got usable=%v conclusive=%v reason %q\nwant usable=%v conclusive=%v reason with %q",
+					r.Usable, r.Conclusive, r.Reason, tc.usable, tc.conclusive, tc.reason)
+			}
+			if want := tc.read; want != 0 && read != want {
+				t.Errorf("the probe read %d lines, want %d (it decides once every loop was slow)", read, want)
 			}
 		})
 	}
@@ -115,40 +232,47 @@ func TestCPUVirtFlag(t *testing.T) {
 	}
 }
 
+// TestProbeCached: a conclusive result is kept for the boot and the
+// device; a negative that came from the time limit is never kept.
 func TestProbeCached(t *testing.T) {
-	if _, err := os.Stat(Device); err != nil {
-		t.Skipf("%s: %v", Device, err)
+	stalled := lines(boot(), rounds(2*time.Millisecond, 10*us, 10*us, 10*us, 10*us))
+	steps := []struct {
+		name   string
+		bootID string
+		lines  []string
+		hang   bool
+		usable bool
+		cached bool
+	}{
+		{"stalled past the limit", "boot-1", stalled, true, false, false},
+		{"not kept", "boot-1", native(), false, true, false},
+		{"kept", "boot-1", stalled, true, true, true},
+		{"reboot", "boot-2", emulation(), false, false, false},
+		{"conclusive negative kept", "boot-2", native(), false, false, true},
+		{"reboot again", "boot-3", []string{mark('R', time.Millisecond)}, true, false, false},
+		{"hang not kept", "boot-3", emulation(), false, false, false},
+		{"emulation kept", "boot-3", native(), false, false, true},
 	}
 	dir := t.TempDir()
+	dev := fakeDevice(t)
 	file := filepath.Join(dir, "sub", "kvm-probe.json")
 	bootID := filepath.Join(dir, "boot_id")
 	old := bootIDFile
 	bootIDFile = bootID
 	t.Cleanup(func() { bootIDFile = old })
-
-	steps := []struct {
-		name   string
-		bootID string
-		cached bool
-	}{
-		{"first probe", "boot-1", false},
-		{"same boot", "boot-1", true},
-		{"after a reboot", "boot-2", false},
-		{"same boot again", "boot-2", true},
-	}
-	var first Result
-	for i, s := range steps {
+	for _, s := range steps {
 		if err := os.WriteFile(bootID, []byte(s.bootID+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r := ProbeCached(context.Background(), 2*time.Second, file)
-		if r.Cached != s.cached {
-			t.Errorf("%s: cached=%v, want %v", s.name, r.Cached, s.cached)
-		}
-		if i == 0 {
-			first = r
-		} else if r.Usable != first.Usable {
-			t.Errorf("%s: result changed: %+v vs %+v", s.name, r, first)
+		probes := 0
+		r := probeCached(context.Background(), dev, file, func(ctx context.Context) Result {
+			probes++
+			read := 0
+			return probe(ctx, dev, 50*time.Millisecond, child(s.lines, s.hang, &read))
+		})
+		if r.Cached != s.cached || r.Usable != s.usable || (probes == 0) != s.cached {
+			t.Errorf("%s: cached=%v usable=%v probes=%d, want cached=%v usable=%v (%s)",
+				s.name, r.Cached, r.Usable, probes, s.cached, s.usable, r.Reason)
 		}
 	}
 }

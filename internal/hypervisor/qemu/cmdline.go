@@ -123,6 +123,9 @@ type layout struct {
 	tscKHz   uint64
 	// runAs is the user and group ID QEMU drops to; 0 keeps it root.
 	runAs uint32
+	// vhostNet gives every NIC queue a vhost-net descriptor, passed after
+	// the tap descriptors (see vhostnet.go).
+	vhostNet bool
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -225,6 +228,7 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	}
 
 	fd := firstExtraFD
+	vhostFD := firstExtraFD + len(extraFDs(cfg))
 	for _, n := range cfg.Networks {
 		nd := opt("tap", p("id", "net-"+n.ID))
 		if len(n.FDs) > 0 {
@@ -235,9 +239,22 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 			}
 			nd = nd.with(p("fds", strings.Join(fds, ":")))
 		} else {
-			// Never vhost=on: there is no /dev/vhost-net on every host,
-			// and QEMU does not fall back.
 			nd = nd.with(p("ifname", n.TapName), p("script", "no"), p("downscript", "no"))
+		}
+		// vhost=on only with descriptors the runtime opened: QEMU fails
+		// when it cannot open /dev/vhost-net itself, and a QEMU that
+		// drops root needs no access to the device.
+		if l.vhostNet {
+			vfds := make([]string, max(len(n.FDs), 1))
+			for i := range vfds {
+				vfds[i] = strconv.Itoa(vhostFD)
+				vhostFD++
+			}
+			if len(n.FDs) > 0 {
+				nd = nd.with(p("vhost", "on"), p("vhostfds", strings.Join(vfds, ":")))
+			} else {
+				nd = nd.with(p("vhost", "on"), p("vhostfd", vfds[0]))
+			}
 		}
 		a.addOpt("netdev", nd)
 		kv := []prop{p("id", "nic-"+n.ID), p("netdev", "net-"+n.ID)}
@@ -310,8 +327,9 @@ func kernelParams(cfg *hypervisor.Config, l layout) []string {
 	return append(ps, cfg.KernelParams...)
 }
 
-// extraFiles are the descriptors Start passes to QEMU, in the order the
-// fds= numbers of buildArgs count them.
+// extraFDs are the tap descriptors Start passes to QEMU, in the order the
+// fds= numbers of buildArgs count them; the vhost-net descriptors follow
+// them.
 func extraFDs(cfg *hypervisor.Config) []uintptr {
 	var fds []uintptr
 	for _, n := range cfg.Networks {

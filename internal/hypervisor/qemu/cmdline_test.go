@@ -1,14 +1,19 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -90,20 +95,40 @@ func TestArgsGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// One option per line: readable diffs.
-			var b strings.Builder
-			b.WriteString(args[0])
-			for _, a := range args[1:] {
-				if strings.HasPrefix(a, "-") {
-					b.WriteString("\n")
-				} else {
-					b.WriteString(" ")
-				}
-				b.WriteString(a)
-			}
-			b.WriteString("\n")
-			golden(t, filepath.Join("testdata", tc.name+".argv"), b.String())
+			golden(t, filepath.Join("testdata", tc.name+".argv"), argvText(args))
 		})
+	}
+}
+
+// TestArgsGoldenKVMHost covers every argv a KVM host produces: both
+// machines, both agent transports, with and without vhost-net, the
+// accelerator chosen by the probe (accel = "auto").
+func TestArgsGoldenKVMHost(t *testing.T) {
+	for _, machine := range []string{MachineQ35, MachineMicroVM} {
+		for _, transport := range []hypervisor.Transport{hypervisor.TransportVsock, hypervisor.TransportSerial} {
+			for _, vhostNet := range []bool{true, false} {
+				name := fmt.Sprintf("kvm-%s-%s-vhost-net-%s", machine, transport, map[bool]string{true: "on", false: "off"}[vhostNet])
+				t.Run(name, func(t *testing.T) {
+					cfg := withDevices(baseConfig())
+					if transport == hypervisor.TransportVsock {
+						cfg = vsock(cfg)
+					}
+					v, err := New(cfg, Options{Machine: machine, ProbeKVM: fakeProbe(true)})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if d := v.Describe(); d.Accel != AccelKVM || len(d.Warnings) > 0 {
+						t.Fatalf("accel %s, warnings %q: want kvm without warnings", d.Accel, d.Warnings)
+					}
+					v.layout.vhostNet = vhostNet // as Start sets it when /dev/vhost-net opens
+					args, err := v.Args()
+					if err != nil {
+						t.Fatal(err)
+					}
+					golden(t, filepath.Join("testdata", name+".argv"), argvText(args))
+				})
+			}
+		}
 	}
 }
 
@@ -127,6 +152,22 @@ func TestArgsMicroVMIgnoresLimits(t *testing.T) {
 	if got := args(c); got != want {
 		t.Errorf("limits changed the microvm argv:\n%s\nwant\n%s", got, want)
 	}
+}
+
+// argvText is args with one option per line: readable diffs.
+func argvText(args []string) string {
+	var b strings.Builder
+	b.WriteString(args[0])
+	for _, a := range args[1:] {
+		if strings.HasPrefix(a, "-") {
+			b.WriteString("\n")
+		} else {
+			b.WriteString(" ")
+		}
+		b.WriteString(a)
+	}
+	b.WriteString("\n")
+	return b.String()
 }
 
 func golden(t *testing.T, path, got string) {
@@ -259,8 +300,46 @@ func TestAutoAccelFallsBackToTCG(t *testing.T) {
 			if d.Accel != tc.wantAccel || (len(d.Warnings) > 0) != tc.warn {
 				t.Errorf("accel %s warnings %q, want %s warn=%v", d.Accel, d.Warnings, tc.wantAccel, tc.warn)
 			}
-			if tc.warn && !strings.Contains(d.Warnings[0], "KVM unusable: test says no; using TCG") {
+			if tc.warn && !strings.Contains(d.Warnings[0], "KVM unusable: test says no; falling back to TCG") {
 				t.Errorf("warning %q", d.Warnings[0])
+			}
+		})
+	}
+}
+
+// TestStartLogsTCGFallback: Start logs the fallback at warning level, first
+// thing, so the shim's log says why a VM runs under emulation even when the
+// start fails.
+func TestStartLogsTCGFallback(t *testing.T) {
+	tests := []struct {
+		name   string
+		usable bool
+		warn   bool
+	}{
+		{"kvm usable", true, false},
+		{"kvm unusable", false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig()
+			cfg.StateDir = t.TempDir()
+			v, err := New(cfg, Options{ProbeKVM: fakeProbe(tc.usable), TSCKHz: 1, Binary: "/nonexistent/qemu-system-x86_64"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			logger, hook := logtest.NewNullLogger()
+			ctx := log.WithLogger(context.Background(), logrus.NewEntry(logger))
+			if err := v.Start(ctx); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Fatalf("Start with a missing binary: %v", err)
+			}
+			warned := false
+			for _, e := range hook.AllEntries() {
+				if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "falling back to TCG") {
+					warned = true
+				}
+			}
+			if warned != tc.warn {
+				t.Errorf("warned about TCG: %v, want %v (log: %v)", warned, tc.warn, hook.AllEntries())
 			}
 		})
 	}

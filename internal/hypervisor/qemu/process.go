@@ -64,6 +64,11 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		}
 	}()
 	logger := log.G(ctx).WithField("vm", v.cfg.ID)
+	// A fallback to TCG must not go unnoticed: a KVM host would run its
+	// guests many times slower.
+	for _, w := range v.warnings {
+		logger.Warn(w)
+	}
 
 	bin, err := lookBinary(v.opts.Binary)
 	if err != nil {
@@ -106,9 +111,18 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		undo.push(v.releaseUID)
 		l.runAs = lease.uid
 	}
+	fds := extraFDs(&v.cfg)
+	vhost, err := vhostNetFiles(&v.cfg)
+	if err != nil {
+		logger.WithError(err).Info("qemu: pod NICs without vhost-net")
+	}
+	defer closeFiles(vhost)
+	for _, f := range vhost {
+		fds = append(fds, f.Fd())
+	}
+	l.vhostNet = len(vhost) > 0
 	args := buildArgs(&v.cfg, l)
 	args[0] = bin
-	fds := extraFDs(&v.cfg)
 	if v.uid != nil {
 		// QEMU inherits the lease (after the descriptors its argv counts),
 		// so the ID stays taken for as long as QEMU lives, whatever
@@ -195,7 +209,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		v.state = stateRunning
 	}
 	logger.WithField("pid", cmd.Process.Pid).WithField("accel", v.layout.accel).
-		WithField("machine", v.layout.machine).Info("qemu started")
+		WithField("machine", v.layout.machine).WithField("vhost_net", l.vhostNet).Info("qemu started")
 	return nil
 }
 

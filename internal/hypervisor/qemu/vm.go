@@ -91,7 +91,9 @@ type VM struct {
 }
 
 // New checks cfg and o and returns a VM ready to Start. With AccelAuto it
-// runs the cached KVM probe (at most a couple of seconds, once per boot).
+// runs the cached KVM probe (at most a couple of seconds, once per boot
+// when its verdict is conclusive); a fallback to TCG is one of the
+// warnings that Describe reports and Start logs.
 func New(cfg hypervisor.Config, o Options) (*VM, error) {
 	cfg.KernelParams = append([]string(nil), cfg.KernelParams...)
 	if err := validate(&cfg, &o); err != nil {
@@ -112,7 +114,7 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 			v.layout.accel = AccelKVM
 		} else {
 			v.layout.accel = AccelTCG
-			v.warnings = append(v.warnings, fmt.Sprintf("KVM unusable: %s; using TCG (slow)", r.Reason))
+			v.warnings = append(v.warnings, fmt.Sprintf("KVM unusable: %s; falling back to TCG: the guest runs under software emulation, many times slower", r.Reason))
 		}
 	}
 	if v.layout.cpuModel == "" {
@@ -127,7 +129,9 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 	return v, nil
 }
 
-// Args returns QEMU's full argv, program first, as Start runs it.
+// Args returns QEMU's full argv, program first, as Start runs it on a host
+// where /dev/vhost-net does not open; where it opens, Start adds vhost=on
+// and the vhost-net descriptors to each NIC (see vhostnet.go).
 func (v *VM) Args() ([]string, error) {
 	return buildArgs(&v.cfg, v.layout), nil
 }
