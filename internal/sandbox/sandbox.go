@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -18,7 +16,6 @@ import (
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
-	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -73,6 +70,10 @@ type Config struct {
 	// Transport is the agent transport (vsock or serial); VsockPort its port.
 	Transport hypervisor.Transport
 	VsockPort uint32
+	// VsockFallback lets a VM whose vsock device fails at start
+	// (hypervisor.ErrVsockUnavailable) start again with the serial
+	// transport, with a warning. Set when vsock was chosen automatically.
+	VsockFallback bool
 	// DialTimeout bounds VM start to the agent's first answer; CallTimeout
 	// each agent call without its own deadline.
 	DialTimeout time.Duration
@@ -259,7 +260,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			}
 			return s.attachNetwork(ctx, cfg.NetNS, &undo)
 		}},
-		{"create vm", func(ctx context.Context) error {
+		{"start vm", func(ctx context.Context) error {
 			vc := cfg.VM
 			if s.network != nil {
 				vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
@@ -269,25 +270,11 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			vc.ID = cfg.ID
 			vc.StateDir = s.stateDir
 			vc.Cgroup = s.CgroupPath()
-			ep, err := endpoint(cfg)
+			vm, err := startVM(ctx, cfg, vc)
+			if vm != nil {
+				s.vm = vm // its console explains a failed start
+			}
 			if err != nil {
-				return err
-			}
-			vc.Agent = ep
-			params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
-			if cfg.DebugConsole {
-				params = append(params, channel.ParamDebugConsole+"=1")
-			}
-			vc.KernelParams = append(params, vc.KernelParams...)
-			vm, err := cfg.NewVM(vc)
-			if err != nil {
-				return err
-			}
-			s.vm = vm
-			return nil
-		}},
-		{"start vm", func(ctx context.Context) error {
-			if err := s.vm.Start(ctx); err != nil {
 				return err
 			}
 			undo.push(s.vm.Stop)
@@ -490,26 +477,3 @@ func locationErrors(id, stateRoot string) []error {
 	return errs
 }
 
-func endpoint(cfg Config) (hypervisor.AgentEndpoint, error) {
-	switch cfg.Transport {
-	case hypervisor.TransportVsock:
-		cid, err := randomCID()
-		if err != nil {
-			return hypervisor.AgentEndpoint{}, err
-		}
-		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: cid, Port: cfg.VsockPort}, nil
-	default:
-		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}, nil
-	}
-}
-
-// randomCID picks a guest context ID. CIDs 0-2 are reserved and 0xffffffff
-// is VMADDR_CID_ANY; a collision with another VM makes QEMU fail to start,
-// which Start reports.
-func randomCID() (uint32, error) {
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return 0, err
-	}
-	return 3 + binary.LittleEndian.Uint32(b[:])%(0xfffffffe-3), nil
-}
