@@ -476,4 +476,3 @@ func locationErrors(id, stateRoot string) []error {
 	}
 	return errs
 }
-

@@ -21,7 +21,7 @@ type scriptedVM struct {
 	start         func(hypervisor.Config) error
 }
 
-func (v *scriptedVM) Start(context.Context) error      { return v.start(v.cfg) }
+func (v *scriptedVM) Start(context.Context) error     { return v.start(v.cfg) }
 func (v *scriptedVM) Agent() hypervisor.AgentEndpoint { return v.cfg.Agent }
 
 // starter injects Start's results in turn (nil once they run out) and
