@@ -18,6 +18,8 @@ import (
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // hostShell is the debug shell the agent binary runs on the host.
@@ -203,4 +205,60 @@ func TestAgentBinaryOverVsock(t *testing.T) {
 			t.Error("Health answered by a killed agent")
 		}
 	})
+}
+
+// TestVsockUnavailableAtStart boots real QEMU with a vsock agent endpoint
+// on this host, which has no /dev/vhost-vsock, so QEMU fails to set up the
+// device: with the fallback ("auto" chose vsock) the sandbox starts over
+// serial and its agent answers; without it ("vsock" configured) the start
+// fails at once with ErrVsockUnavailable and QEMU's reason, leaving nothing
+// behind (testConfig's leak check).
+func TestVsockUnavailableAtStart(t *testing.T) {
+	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
+		t.Fatal("this test needs a host without /dev/vhost-vsock (QEMU failing to open it); this one has it")
+	}
+	for _, tc := range []struct {
+		name     string
+		fallback bool
+	}{
+		{"auto falls back to serial", true},
+		{"configured vsock fails clearly", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testConfig(t)
+			sc, err := launch.SandboxConfig(c, "vsock-fallback")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// As launch sets them where /dev/vhost-vsock opens.
+			sc.Transport, sc.VsockFallback = hypervisor.TransportVsock, tc.fallback
+			start := time.Now()
+			sb, err := sandbox.Start(withTimeout(t, 2*time.Minute), sc)
+			if !tc.fallback {
+				if err == nil {
+					_ = sb.Stop(context.Background())
+					t.Fatal("the sandbox started over vsock without vhost-vsock")
+				}
+				if !errors.Is(err, hypervisor.ErrVsockUnavailable) || !strings.Contains(err.Error(), "vhost-vsock") {
+					t.Errorf("start error = %v, want ErrVsockUnavailable with QEMU's reason", err)
+				}
+				t.Logf("failed in %s: %v", time.Since(start).Round(time.Millisecond), err)
+				return
+			}
+			if err != nil {
+				t.Fatalf("starting sandbox: %v", err)
+			}
+			defer func() { _ = sb.Stop(context.Background()) }()
+			if ep := sb.VM().Agent(); ep.Transport != hypervisor.TransportSerial {
+				t.Errorf("agent endpoint %+v, want the serial fallback", ep)
+			}
+			d, err := sb.System().GuestDetails(withTimeout(t, time.Minute), &api.GuestDetailsRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(d.GetTransport(), "serial:") {
+				t.Errorf("guest agent serves %q, want serial", d.GetTransport())
+			}
+		})
+	}
 }

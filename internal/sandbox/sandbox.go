@@ -16,6 +16,7 @@ import (
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -190,11 +191,18 @@ func (c cleanups) run(ctx context.Context) error {
 }
 
 // Start boots a sandbox: state directory, VM, agent connection, clock. On
-// error everything it made is undone.
-func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
+// error everything it made is undone. A vsock VM whose guest CID is taken
+// is started again with another; one whose vsock device fails is started
+// again over serial when cfg.VsockFallback allows (startAttempts).
+func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
+	return startAttempts(ctx, cfg, start)
+}
+
+// start makes one attempt at Start with the agent endpoint ep.
+func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *Sandbox, retErr error) {
 	s := &Sandbox{
 		id:          cfg.ID,
 		stateDir:    StateDir(cfg.StateRoot, cfg.ID),
@@ -260,7 +268,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			}
 			return s.attachNetwork(ctx, cfg.NetNS, &undo)
 		}},
-		{"start vm", func(ctx context.Context) error {
+		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM
 			if s.network != nil {
 				vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
@@ -270,11 +278,21 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			vc.ID = cfg.ID
 			vc.StateDir = s.stateDir
 			vc.Cgroup = s.CgroupPath()
-			vm, err := startVM(ctx, cfg, vc)
-			if vm != nil {
-				s.vm = vm // its console explains a failed start
+			vc.Agent = ep
+			params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
+			if cfg.DebugConsole {
+				params = append(params, channel.ParamDebugConsole+"=1")
 			}
+			vc.KernelParams = append(params, vc.KernelParams...)
+			vm, err := cfg.NewVM(vc)
 			if err != nil {
+				return err
+			}
+			s.vm = vm
+			return nil
+		}},
+		{"start vm", func(ctx context.Context) error {
+			if err := s.vm.Start(ctx); err != nil {
 				return err
 			}
 			undo.push(s.vm.Stop)

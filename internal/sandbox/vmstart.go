@@ -10,25 +10,24 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/hull-runtime/hull/internal/agentclient"
-	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
-// maxCIDAttempts bounds the guest CIDs startVM tries when the hypervisor
-// finds each one taken by another VM. Collisions of random 32-bit CIDs are
-// rare; several in a row mean something else is wrong.
+// maxCIDAttempts bounds the guest CIDs startAttempts tries when the
+// hypervisor finds each one taken by another VM. Collisions of random
+// 32-bit CIDs are rare; several in a row mean something else is wrong.
 const maxCIDAttempts = 5
 
-// startVM builds the VM of vc with cfg's agent endpoint and starts it. For
-// vsock it picks a random guest CID, and another one when the hypervisor
-// reports it in use (hypervisor.ErrCIDInUse), at most maxCIDAttempts times.
-// When the hypervisor cannot set up vsock at all
+// startAttempts runs start with an agent endpoint on cfg.Transport. For
+// vsock it picks a random guest CID, and starts again with another one when
+// the hypervisor reports it in use (hypervisor.ErrCIDInUse), at most
+// maxCIDAttempts times. When the hypervisor cannot set up vsock at all
 // (hypervisor.ErrVsockUnavailable) and cfg.VsockFallback is set, it starts
-// the VM once more with the serial transport and logs a warning; without
-// VsockFallback that error is returned. A failed Start leaves nothing
-// behind (the hypervisor.VM contract), so each attempt starts clean. The VM
-// of the last attempt is returned also on error, for its console.
-func startVM(ctx context.Context, cfg Config, vc hypervisor.Config) (hypervisor.VM, error) {
+// again with the serial transport and logs a warning; without VsockFallback
+// that error is returned. Each attempt is a whole start: a failed one has
+// undone everything it made, the VM's companions included (virtiofsd
+// serves one hypervisor connection, so a new QEMU needs a new one).
+func startAttempts(ctx context.Context, cfg Config, start func(context.Context, Config, hypervisor.AgentEndpoint) (*Sandbox, error)) (*Sandbox, error) {
 	transport := cfg.Transport
 	cidAttempts := 0
 	for {
@@ -36,36 +35,26 @@ func startVM(ctx context.Context, cfg Config, vc hypervisor.Config) (hypervisor.
 		if err != nil {
 			return nil, err
 		}
-		c := vc
-		c.Agent = ep
-		params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
-		if cfg.DebugConsole {
-			params = append(params, channel.ParamDebugConsole+"=1")
-		}
-		c.KernelParams = append(params, vc.KernelParams...)
-		vm, err := cfg.NewVM(c)
-		if err != nil {
-			return nil, err
-		}
-		err = vm.Start(ctx)
+		s, err := start(ctx, cfg, ep)
 		if err == nil {
-			return vm, nil
+			return s, nil
 		}
 		if transport != hypervisor.TransportVsock || ctx.Err() != nil {
-			return vm, err
+			return nil, err
 		}
 		switch {
 		case errors.Is(err, hypervisor.ErrCIDInUse):
 			cidAttempts++
 			if cidAttempts >= maxCIDAttempts {
-				return vm, fmt.Errorf("%d random guest CIDs in use in a row: %w", cidAttempts, err)
+				return nil, fmt.Errorf("%d random guest CIDs in use in a row: %w", cidAttempts, err)
 			}
-			log.G(ctx).WithError(err).WithField("cid", ep.CID).Warn("vsock guest CID in use; trying another")
+			log.G(ctx).WithError(err).WithFields(log.Fields{"sandbox": cfg.ID, "cid": ep.CID}).Warn("vsock guest CID in use; starting again with another")
 		case errors.Is(err, hypervisor.ErrVsockUnavailable) && cfg.VsockFallback:
-			log.G(ctx).WithError(err).Warn("vsock unavailable to the hypervisor; starting the VM with the serial agent transport")
+			log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).
+				Warn("vsock unavailable to the hypervisor; starting again with the serial agent transport (set agent.transport to skip vsock)")
 			transport = hypervisor.TransportSerial
 		default:
-			return vm, err
+			return nil, err
 		}
 	}
 }
@@ -87,7 +76,7 @@ func endpoint(transport hypervisor.Transport, vsockPort uint32) (hypervisor.Agen
 
 // randomCID picks a guest context ID. CIDs 0-2 are reserved and 0xffffffff
 // is VMADDR_CID_ANY; a collision with another VM makes the hypervisor fail
-// with hypervisor.ErrCIDInUse, and startVM tries another.
+// with hypervisor.ErrCIDInUse, and startAttempts tries another.
 func randomCID() (uint32, error) {
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {

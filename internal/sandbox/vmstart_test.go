@@ -5,45 +5,30 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
-
-	"github.com/containerd/errdefs"
 
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
-// scriptedVM is a VM whose Start returns the next error of its starter.
-type scriptedVM struct {
-	hypervisor.VM // nil: only Start and Agent are called
-	cfg           hypervisor.Config
-	start         func(hypervisor.Config) error
-}
-
-func (v *scriptedVM) Start(context.Context) error     { return v.start(v.cfg) }
-func (v *scriptedVM) Agent() hypervisor.AgentEndpoint { return v.cfg.Agent }
-
-// starter injects Start's results in turn (nil once they run out) and
-// records the configuration of every VM built.
+// starter injects the results of whole start attempts in turn (success
+// once they run out) and records the endpoint of each.
 type starter struct {
-	errs    []error
-	started []hypervisor.Config
+	errs     []error
+	attempts []hypervisor.AgentEndpoint
 }
 
-func (s *starter) newVM(c hypervisor.Config) (hypervisor.VM, error) {
-	return &scriptedVM{cfg: c, start: func(c hypervisor.Config) error {
-		s.started = append(s.started, c)
-		if len(s.errs) == 0 {
-			return nil
-		}
-		err := s.errs[0]
-		s.errs = s.errs[1:]
-		return err
-	}}, nil
+func (s *starter) start(_ context.Context, _ Config, ep hypervisor.AgentEndpoint) (*Sandbox, error) {
+	s.attempts = append(s.attempts, ep)
+	if len(s.errs) == 0 {
+		return &Sandbox{id: "x"}, nil
+	}
+	err := s.errs[0]
+	s.errs = s.errs[1:]
+	return nil, err
 }
 
-func TestStartVM(t *testing.T) {
+func TestStartAttempts(t *testing.T) {
 	// As the QEMU driver reports them.
 	cidInUse := fmt.Errorf("starting vm x: qemu exited: ...: %w: %w", hypervisor.ErrVMExited, hypervisor.ErrCIDInUse)
 	noVsock := fmt.Errorf("starting vm x: qemu exited: ...: %w: %w", hypervisor.ErrVMExited, hypervisor.ErrVsockUnavailable)
@@ -102,48 +87,42 @@ func TestStartVM(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := &starter{errs: tc.errs}
-			cfg := Config{Transport: tc.transport, VsockPort: 1024, VsockFallback: tc.fallback, NewVM: st.newVM, AgentLogLevel: "debug"}
-			vc := hypervisor.Config{ID: "x", KernelParams: []string{"user=1"}}
-			vm, err := startVM(context.Background(), cfg, vc)
-			if tc.wantErr == nil && err != nil {
-				t.Fatalf("startVM = %v", err)
+			cfg := Config{ID: "x", Transport: tc.transport, VsockPort: 1024, VsockFallback: tc.fallback}
+			sb, err := startAttempts(context.Background(), cfg, st.start)
+			if tc.wantErr == nil && (err != nil || sb == nil) {
+				t.Fatalf("startAttempts = %v, %v", sb, err)
 			}
-			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
-				t.Fatalf("startVM = %v, want %v", err, tc.wantErr)
+			if tc.wantErr != nil && (!errors.Is(err, tc.wantErr) || sb != nil) {
+				t.Fatalf("startAttempts = %v, %v; want %v", sb, err, tc.wantErr)
 			}
 			var got []hypervisor.Transport
 			cids := map[uint32]bool{}
-			for _, c := range st.started {
-				got = append(got, c.Agent.Transport)
-				// The kernel command line tells the agent the
-				// transport of this attempt; the caller's own
-				// parameters follow.
-				param := channel.ParamTransport + "=" + string(c.Agent.Transport) + ":"
-				if !strings.HasPrefix(c.KernelParams[0], param) || c.KernelParams[len(c.KernelParams)-1] != "user=1" {
-					t.Errorf("attempt over %s: kernel params %q", c.Agent.Transport, c.KernelParams)
-				}
-				if c.Agent.Transport == hypervisor.TransportVsock {
-					if c.Agent.CID < 3 || cids[c.Agent.CID] {
-						t.Errorf("guest CID %d: reserved or tried before", c.Agent.CID)
+			for _, ep := range st.attempts {
+				got = append(got, ep.Transport)
+				switch ep.Transport {
+				case hypervisor.TransportVsock:
+					if ep.CID < 3 || ep.CID == 0xffffffff || cids[ep.CID] || ep.Port != 1024 {
+						t.Errorf("vsock endpoint %+v: CID reserved or tried before, or not the port", ep)
 					}
-					cids[c.Agent.CID] = true
+					cids[ep.CID] = true
+				case hypervisor.TransportSerial:
+					if ep.PortName != channel.DefaultSerialPortName {
+						t.Errorf("serial endpoint %+v", ep)
+					}
 				}
 			}
 			if !slices.Equal(got, tc.attempts) {
 				t.Errorf("attempts over %v, want %v", got, tc.attempts)
 			}
-			if vm == nil || vm.Agent() != st.started[len(st.started)-1].Agent {
-				t.Errorf("startVM returned %v, want the last attempt's VM", vm)
-			}
 		})
 	}
 }
 
-func TestStartVMNewVMError(t *testing.T) {
-	cfg := Config{Transport: hypervisor.TransportVsock, NewVM: func(hypervisor.Config) (hypervisor.VM, error) {
-		return nil, fmt.Errorf("bad options: %w", errdefs.ErrInvalidArgument)
-	}}
-	if vm, err := startVM(context.Background(), cfg, hypervisor.Config{}); vm != nil || !errdefs.IsInvalidArgument(err) {
-		t.Fatalf("startVM = %v, %v; want no VM, invalid argument", vm, err)
+func TestStartAttemptsCanceled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	st := &starter{errs: []error{fmt.Errorf("%w: %w", context.Canceled, hypervisor.ErrCIDInUse)}}
+	if _, err := startAttempts(ctx, Config{Transport: hypervisor.TransportVsock, VsockFallback: true}, st.start); err == nil || len(st.attempts) != 1 {
+		t.Fatalf("startAttempts after cancel = %v after %d attempts, want the error after 1", err, len(st.attempts))
 	}
 }
