@@ -303,9 +303,9 @@ func testDebugConsole(t *testing.T, tr testTransport) {
 			t.Errorf("TERM=%s HOME=%s pwd=%s uid=%s session=%s, want vt100 / / 0 %d", m[1], m[2], m[3], m[4], m[5], cs.pid)
 		}
 		cs.waitEnded(t, 5*time.Second)
-		if !gone(cs.pid) {
-			t.Errorf("shell %d still exists after its console ended", cs.pid)
-		}
+		// The output may end (the terminal's last holder exited) a moment
+		// before the agent reaps the shell.
+		waitGone(t, cs.pid, 5*time.Second, gone)
 		if st := endedLog(t, &logs, cs.pid); st != "exit 3" {
 			t.Errorf("logged status %q, want exit 3", st)
 		}
@@ -391,10 +391,19 @@ func testDebugConsole(t *testing.T, tr testTransport) {
 			t.Errorf("stty size %q after the resize, want \"50 132\"", m[1])
 		}
 		cs.waitEnded(t, 5*time.Second)
-		// Ended: the console is no longer there to resize.
-		_, err := c.System().ResizeDebugConsole(ctx, &api.ResizeDebugConsoleRequest{Pid: uint32(cs.pid), Width: 100, Height: 40})
-		if !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-			t.Errorf("resize of an ended console: %v, want not found or failed precondition", err)
+		// Ended: the console is no longer there to resize (once the agent
+		// has seen the end, a moment after the host may have).
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := c.System().ResizeDebugConsole(ctx, &api.ResizeDebugConsoleRequest{Pid: uint32(cs.pid), Width: 100, Height: 40})
+			if errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("resize of an ended console: %v, want not found or failed precondition", err)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		for _, r := range []*api.ResizeDebugConsoleRequest{{Pid: uint32(cs.pid)}, {Width: 10, Height: 10}, {Pid: 1, Width: 1 << 17, Height: 10}} {
 			if _, err := c.System().ResizeDebugConsole(ctx, r); !errdefs.IsInvalidArgument(err) {
