@@ -2,7 +2,10 @@ package qemu
 
 import (
 	"errors"
+	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -61,5 +64,15 @@ func TestVsockFailure(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNewRefusesVsockUnix: the unix stand-in for vsock never reaches QEMU.
+func TestNewRefusesVsockUnix(t *testing.T) {
+	c := baseConfig()
+	c.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3, Port: 1024, VsockUnixDir: "/tmp/x"}
+	_, err := New(c, Options{Accel: AccelTCG, TSCKHz: 1})
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "outside a VM") {
+		t.Fatalf("New = %v, want an invalid-argument error", err)
 	}
 }
