@@ -176,13 +176,17 @@ func TestCloseEndsStreams(t *testing.T) {
 			closed := make(chan error, 1)
 			go func() { closed <- c.Close() }()
 			select {
-			case <-closed:
+			case err := <-closed:
+				if err != nil && !errors.Is(err, net.ErrClosed) {
+					t.Logf("close: %v", err)
+				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("Close did not return")
 			}
 			for i, done := range reads {
 				select {
-				case <-done:
+				case err := <-done:
+					t.Logf("stream %d: read ended with %v", i, err)
 				case <-time.After(5 * time.Second):
 					t.Fatalf("stream %d: read still waiting 5 s after Client.Close", i)
 				}

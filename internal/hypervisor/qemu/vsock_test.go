@@ -59,7 +59,7 @@ func TestVsockFailure(t *testing.T) {
 			// One class only: a CID collision is not a device without
 			// vsock (which would fall back), nor the reverse.
 			for _, other := range []error{hypervisor.ErrCIDInUse, hypervisor.ErrVsockUnavailable} {
-				if other != tc.want && errors.Is(got, other) {
+				if !errors.Is(tc.want, other) && errors.Is(got, other) {
 					t.Errorf("vsockFailure = %v, also %v", got, other)
 				}
 			}
