@@ -34,7 +34,7 @@ func main() {
 	if os.Getpid() == 1 {
 		agent.RunInit() // never returns
 	}
-	listen := flag.String("listen", "", "serve on `addr`: unix:<path> (yamux sessions, as on virtio-serial) or vsock:<port>")
+	listen := flag.String("listen", "", "serve on `addr`: unix:<path> (yamux sessions, as on virtio-serial), vsock:<port>, or vsock-unix:<dir> (one connection per channel, as on vsock, at <dir>/1024)")
 	level := flag.String("log-level", "info", "log `level`")
 	debugShell := flag.String("debug-shell", "", "serve System.DebugConsole, running the shell at `path` (off by default)")
 	flag.Parse()

@@ -129,7 +129,7 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 	}
 
 	// Host devices.
-	transport := launch.Transport(c)
+	transport := launch.ChooseTransport(c)
 	if exists(launch.VhostVsockDevice) {
 		add("vhost-vsock", statusOK, "%s present", launch.VhostVsockDevice)
 	} else if c.Agent.Transport == "vsock" {
@@ -137,7 +137,7 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 	} else {
 		add("vhost-vsock", statusWarn, "%s missing: the agent is reached over virtio-serial", launch.VhostVsockDevice)
 	}
-	add("agent transport", statusOK, "%s", transport)
+	add("agent transport", statusOK, "%s (%s)", transport.Transport, transport.Reason)
 	st, detail := vhostNetCheck(qemu.OpenVhostNet())
 	add("vhost-net", st, "%s", detail)
 	if exists("/dev/net/tun") {

@@ -222,7 +222,10 @@ func uptime() time.Duration {
 // ServeOptions configure Serve.
 type ServeOptions struct {
 	// Listen is "unix:<path>", where every connection is a yamux session
-	// as on the virtio-serial port, or "vsock:<port>".
+	// as on the virtio-serial port, "vsock:<port>", or "vsock-unix:<dir>",
+	// where every connection to the socket channel.VsockUnixSocket(dir,
+	// channel.DefaultVsockPort) is one channel, as on vsock (the same
+	// channel server, reached over unix sockets on hosts without vsock).
 	Listen string
 	// LogLevel is a logrus level name; empty means info.
 	LogLevel string
@@ -284,8 +287,21 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return fmt.Errorf("listening: %w", err)
 		}
 		l, t, serve = vl, vt, (*Agent).serveChannels
+	case channel.TransportVsockUnix:
+		if addr == "" {
+			return fmt.Errorf("listen %q: empty directory: %w", o.Listen, errdefs.ErrInvalidArgument)
+		}
+		sock := channel.VsockUnixSocket(addr, channel.DefaultVsockPort)
+		if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing stale socket: %w", err)
+		}
+		ul, err := net.Listen("unix", sock)
+		if err != nil {
+			return fmt.Errorf("listening: %w", err)
+		}
+		l, t, serve = ul, channel.Transport{Kind: kind, PortName: addr}, (*Agent).serveChannels
 	default:
-		return fmt.Errorf("listen %q: want unix:<path> or vsock:<port>: %w", o.Listen, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("listen %q: want unix:<path>, vsock:<port> or vsock-unix:<dir>: %w", o.Listen, errdefs.ErrInvalidArgument)
 	}
 	defer func() { _ = l.Close() }()
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -155,20 +156,66 @@ func (a *Agent) serveSession(ctx context.Context, rwc io.ReadWriteCloser) error 
 }
 
 // serveChannels handles every connection of l as a channel (vsock: one
-// connection per channel) until l fails or ctx is done.
+// connection per channel) until ctx is done or l fails for good. An accept
+// error of acceptRetry is logged and retried after a pause that grows to
+// maxAcceptDelay; any other error ends serving.
 func (a *Agent) serveChannels(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
 	defer stop()
+	var delay time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("accepting on %s: %w", l.Addr(), err)
+			if !acceptRetryable(err) {
+				return fmt.Errorf("accepting on %s: %w", l.Addr(), err)
+			}
+			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+			log.G(ctx).WithError(err).WithField("retry_in", delay).Warn("accepting a channel")
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
+			}
+			continue
 		}
+		delay = 0
 		go a.handleChannel(ctx, c)
 	}
+}
+
+// Pauses between failed accepts of serveChannels.
+const (
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+// acceptRetry lists the accept errnos after which the listener still
+// works: a connection that went away before it was accepted, or a moment
+// without descriptors or memory (which a closing channel gives back). Any
+// other error (a closed listener) ends serving.
+var acceptRetry = map[syscall.Errno]bool{
+	syscall.ECONNABORTED: true,
+	syscall.ECONNRESET:   true,
+	syscall.EPROTO:       true,
+	syscall.EINTR:        true,
+	syscall.EAGAIN:       true,
+	syscall.EMFILE:       true,
+	syscall.ENFILE:       true,
+	syscall.ENOBUFS:      true,
+	syscall.ENOMEM:       true,
+}
+
+// acceptRetryable reports whether an accept error leaves the listener
+// usable (acceptRetry).
+func acceptRetryable(err error) bool {
+	if errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	var errno syscall.Errno
+	return errors.As(err, &errno) && acceptRetry[errno]
 }
 
 // serveSessions runs a yamux session for every connection of l (unix

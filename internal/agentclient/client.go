@@ -263,7 +263,9 @@ func (c *Client) Close() error {
 		}
 		// Closing a yamux stream only half-closes it: the log reader would
 		// wait for the agent's side, which a frozen guest never sends.
-		// Ending the transport ends every stream at once.
+		// Ending the transport ends every stream at once: the yamux
+		// session, or every connection of a per-channel transport (stdio
+		// streams still open included).
 		c.tr.close()
 		if c.logConn != nil {
 			<-c.logDone
@@ -275,6 +277,9 @@ func (c *Client) Close() error {
 func endpointString(ep hypervisor.AgentEndpoint) string {
 	switch ep.Transport {
 	case hypervisor.TransportVsock:
+		if ep.VsockUnixDir != "" {
+			return fmt.Sprintf("vsock-unix:%s:%d", ep.VsockUnixDir, ep.Port)
+		}
 		return fmt.Sprintf("vsock:%d:%d", ep.CID, ep.Port)
 	case hypervisor.TransportSerial:
 		return "serial:" + ep.SocketPath

@@ -35,13 +35,14 @@ func requireBusybox(t *testing.T) {
 	}
 }
 
-// dialConsoleAgent runs the agent's serving code with o on a unix socket
-// and dials it. The agent's log goes to logs. The channel returned is
-// closed when Serve has returned.
-func dialConsoleAgent(t *testing.T, o agent.ServeOptions, logs *captureLog) (*Client, <-chan struct{}) {
+// dialConsoleAgent runs the agent's serving code with o on tr and dials
+// it. The agent's log goes to logs. The channel returned is closed when
+// Serve has returned.
+func dialConsoleAgent(t *testing.T, tr testTransport, o agent.ServeOptions, logs *captureLog) (*Client, <-chan struct{}) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	o.Listen, o.LogLevel = "unix:"+sock, "debug"
+	var ep hypervisor.AgentEndpoint
+	o.Listen, ep = tr.listen(t.TempDir())
+	o.LogLevel = "debug"
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var serveErr error
@@ -60,7 +61,7 @@ func dialConsoleAgent(t *testing.T, o agent.ServeOptions, logs *captureLog) (*Cl
 			t.Error("agent did not stop")
 		}
 	})
-	c, err := Dial(context.Background(), hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, SocketPath: sock},
+	c, err := Dial(context.Background(), ep,
 		Options{DialTimeout: 10 * time.Second, CallTimeout: 15 * time.Second, Log: logs.entry()})
 	if err != nil {
 		t.Fatal(err)
@@ -76,8 +77,10 @@ type consoleSession struct {
 
 	mu  sync.Mutex
 	out bytes.Buffer // everything read so far; guarded by mu
-	// ended is closed when the stream's output ended.
-	ended chan struct{}
+	// ended is closed when the stream's output ended; endErr is the read
+	// error that ended it.
+	ended  chan struct{}
+	endErr error
 }
 
 // openConsole opens a stream and starts a debug console on it.
@@ -108,6 +111,7 @@ func openConsole(t *testing.T, c *Client, req *api.DebugConsoleRequest) *console
 			cs.out.Write(buf[:n])
 			cs.mu.Unlock()
 			if err != nil {
+				cs.endErr = err
 				return
 			}
 		}
@@ -237,38 +241,50 @@ func TestDebugConsoleRefused(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs captureLog
-			c, _ := dialConsoleAgent(t, tc.opts, &logs)
-			ctx := context.Background()
-			id := c.NewStreamID()
-			s, err := c.OpenStream(ctx, id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = s.Close() }()
-			_, err = c.System().DebugConsole(ctx, &api.DebugConsoleRequest{StreamId: id})
-			if !tc.check(err) {
-				t.Fatalf("DebugConsole error = %v, want failed precondition", err)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("DebugConsole error %q does not say %q", err, w)
-				}
-			}
-			// The channel opened for the refused console is closed at
-			// once, not left parked in the agent until its TTL.
-			_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := s.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-				t.Errorf("read of the refused console's channel: %v, want EOF", err)
+			for _, tr := range testTransports {
+				t.Run(tr.name, func(t *testing.T) { testDebugConsoleRefused(t, tr, tc.opts, tc.check, tc.want) })
 			}
 		})
 	}
 }
 
+func testDebugConsoleRefused(t *testing.T, tr testTransport, opts agent.ServeOptions, check func(error) bool, want []string) {
+	var logs captureLog
+	c, _ := dialConsoleAgent(t, tr, opts, &logs)
+	ctx := context.Background()
+	id := c.NewStreamID()
+	s, err := c.OpenStream(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	_, err = c.System().DebugConsole(ctx, &api.DebugConsoleRequest{StreamId: id})
+	if !check(err) {
+		t.Fatalf("DebugConsole error = %v, want failed precondition", err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("DebugConsole error %q does not say %q", err, w)
+		}
+	}
+	// The channel opened for the refused console is closed at
+	// once, not left parked in the agent until its TTL.
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := s.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("read of the refused console's channel: %v, want EOF", err)
+	}
+}
+
 func TestDebugConsole(t *testing.T) {
 	requireBusybox(t)
+	for _, tr := range testTransports {
+		t.Run(tr.name, func(t *testing.T) { testDebugConsole(t, tr) })
+	}
+}
+
+func testDebugConsole(t *testing.T, tr testTransport) {
 	var logs captureLog
-	c, _ := dialConsoleAgent(t, agent.ServeOptions{DebugConsole: true, DebugShell: hostBusybox}, &logs)
+	c, _ := dialConsoleAgent(t, tr, agent.ServeOptions{DebugConsole: true, DebugShell: hostBusybox}, &logs)
 	ctx := context.Background()
 
 	t.Run("stream id 0", func(t *testing.T) {
@@ -287,13 +303,16 @@ func TestDebugConsole(t *testing.T) {
 			t.Errorf("TERM=%s HOME=%s pwd=%s uid=%s session=%s, want vt100 / / 0 %d", m[1], m[2], m[3], m[4], m[5], cs.pid)
 		}
 		cs.waitEnded(t, 5*time.Second)
-		if !gone(cs.pid) {
-			t.Errorf("shell %d still exists after its console ended", cs.pid)
-		}
+		// The output may end (the terminal's last holder exited) a moment
+		// before the agent reaps the shell.
+		waitGone(t, cs.pid, 5*time.Second, gone)
 		if st := endedLog(t, &logs, cs.pid); st != "exit 3" {
 			t.Errorf("logged status %q, want exit 3", st)
 		}
-		// The terminal and the process's handle are closed once it ended.
+		// The terminal and the process's handle are closed once it ended
+		// (and the host's end of the channel, a socket on vsock, once the
+		// host closed it).
+		_ = cs.s.Close()
 		if got := openFDs(t); got != fds {
 			t.Errorf("%d open files after the console, %d before", got, fds)
 		}
@@ -372,10 +391,19 @@ func TestDebugConsole(t *testing.T) {
 			t.Errorf("stty size %q after the resize, want \"50 132\"", m[1])
 		}
 		cs.waitEnded(t, 5*time.Second)
-		// Ended: the console is no longer there to resize.
-		_, err := c.System().ResizeDebugConsole(ctx, &api.ResizeDebugConsoleRequest{Pid: uint32(cs.pid), Width: 100, Height: 40})
-		if !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-			t.Errorf("resize of an ended console: %v, want not found or failed precondition", err)
+		// Ended: the console is no longer there to resize (once the agent
+		// has seen the end, a moment after the host may have).
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := c.System().ResizeDebugConsole(ctx, &api.ResizeDebugConsoleRequest{Pid: uint32(cs.pid), Width: 100, Height: 40})
+			if errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("resize of an ended console: %v, want not found or failed precondition", err)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		for _, r := range []*api.ResizeDebugConsoleRequest{{Pid: uint32(cs.pid)}, {Width: 10, Height: 10}, {Pid: 1, Width: 1 << 17, Height: 10}} {
 			if _, err := c.System().ResizeDebugConsole(ctx, r); !errdefs.IsInvalidArgument(err) {
@@ -398,6 +426,23 @@ func TestDebugConsole(t *testing.T) {
 		}
 		if goneOrZombie(bg) {
 			t.Errorf("background job %d is gone: the case tests nothing", bg)
+		}
+	})
+	t.Run("host half-closes", func(t *testing.T) {
+		cs := openConsole(t, c, &api.DebugConsoleRequest{})
+		cs.waitOutput(t, `hull-debug# `)
+		// The end of the host's input hangs the terminal up; the
+		// channel's other direction stays open until the shell's end.
+		if err := cs.s.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.System().WaitDebugConsole(ctx, &api.WaitDebugConsoleRequest{Pid: uint32(cs.pid)})
+		if err != nil || r.GetExitStatus() != 129 {
+			t.Errorf("WaitDebugConsole after the host's half-close = %v, %v; want 129 (hangup)", r, err)
+		}
+		cs.waitEnded(t, 10*time.Second)
+		if !errors.Is(cs.endErr, io.EOF) {
+			t.Errorf("the host's read ended with %v, want EOF: a half-close closed the read side", cs.endErr)
 		}
 	})
 	t.Run("host hangs up", func(t *testing.T) {
@@ -442,8 +487,14 @@ func TestDebugConsole(t *testing.T) {
 
 func TestDebugConsoleEndsWithTheAgent(t *testing.T) {
 	requireBusybox(t)
+	for _, tr := range testTransports {
+		t.Run(tr.name, func(t *testing.T) { testDebugConsoleEndsWithTheAgent(t, tr) })
+	}
+}
+
+func testDebugConsoleEndsWithTheAgent(t *testing.T, tr testTransport) {
 	var logs captureLog
-	c, served := dialConsoleAgent(t, agent.ServeOptions{DebugConsole: true, DebugShell: hostBusybox}, &logs)
+	c, served := dialConsoleAgent(t, tr, agent.ServeOptions{DebugConsole: true, DebugShell: hostBusybox}, &logs)
 	cs := openConsole(t, c, &api.DebugConsoleRequest{})
 	cs.write(t, "echo ready-$((1+1)); sleep 1000\n")
 	cs.waitOutput(t, `ready-2`)

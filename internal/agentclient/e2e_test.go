@@ -64,19 +64,52 @@ func (c *captureLog) find(t *testing.T, msg string) *logrus.Entry {
 	return nil
 }
 
-// startAgent runs the agent's serving code on a unix socket, as it runs on
-// the virtio-serial port, and returns the endpoint and a channel that
-// receives Serve's result.
-func startAgent(t *testing.T, delay time.Duration) (hypervisor.AgentEndpoint, <-chan struct{}, *error) {
+// testTransport reaches an agent serving outside a VM over unix sockets,
+// through the host and agent code of one of a VM's transports: only the
+// address family differs.
+type testTransport struct {
+	name string
+	// listen returns the agent's listen address in dir and the endpoint
+	// that reaches it.
+	listen func(dir string) (string, hypervisor.AgentEndpoint)
+	// detail is the prefix of the transport the agent reports in
+	// GuestDetails.
+	detail string
+}
+
+// testTransports are both transports: serial (one yamux session on one
+// connection, as on the virtio-serial port) and vsock (one connection per
+// channel, to the socket standing for the agent's vsock port).
+var testTransports = []testTransport{
+	{
+		name: "serial",
+		listen: func(dir string) (string, hypervisor.AgentEndpoint) {
+			sock := filepath.Join(dir, "agent.sock")
+			return "unix:" + sock, hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, SocketPath: sock}
+		},
+		detail: "unix:",
+	},
+	{
+		name: "vsock",
+		listen: func(dir string) (string, hypervisor.AgentEndpoint) {
+			return "vsock-unix:" + dir, hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, Port: DefaultVsockPort, VsockUnixDir: dir}
+		},
+		detail: "vsock-unix:",
+	},
+}
+
+// startAgent runs the agent's serving code on tr, and returns the endpoint
+// and a channel that receives Serve's result.
+func startAgent(t *testing.T, tr testTransport, delay time.Duration) (hypervisor.AgentEndpoint, <-chan struct{}, *error) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+	listen, ep := tr.listen(t.TempDir())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var serveErr error
 	go func() {
 		defer close(done)
 		time.Sleep(delay)
-		serveErr = agent.Serve(ctx, agent.ServeOptions{Listen: "unix:" + sock, LogLevel: "debug"})
+		serveErr = agent.Serve(ctx, agent.ServeOptions{Listen: listen, LogLevel: "debug"})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -86,11 +119,17 @@ func startAgent(t *testing.T, delay time.Duration) (hypervisor.AgentEndpoint, <-
 			t.Error("agent did not stop")
 		}
 	})
-	return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, SocketPath: sock}, done, &serveErr
+	return ep, done, &serveErr
 }
 
-func TestAgentOverUnixYamux(t *testing.T) {
-	ep, done, serveErr := startAgent(t, 200*time.Millisecond) // Dial has to wait for the socket
+func TestAgentOverTransports(t *testing.T) {
+	for _, tr := range testTransports {
+		t.Run(tr.name, func(t *testing.T) { testAgentOver(t, tr) })
+	}
+}
+
+func testAgentOver(t *testing.T, tr testTransport) {
+	ep, done, serveErr := startAgent(t, tr, 200*time.Millisecond) // Dial has to wait for the socket
 	ctx := context.Background()
 	var logs captureLog
 	c, err := Dial(ctx, ep, Options{DialTimeout: 10 * time.Second, CallTimeout: 5 * time.Second, Log: logs.entry()})
@@ -114,7 +153,7 @@ func TestAgentOverUnixYamux(t *testing.T) {
 			t.Fatal(err)
 		}
 		if d.GetKernelRelease() == "" || d.GetCpus() == 0 || d.GetMemoryTotalBytes() == 0 ||
-			!strings.HasPrefix(d.GetTransport(), "unix:") || d.GetBootToServe().AsDuration() <= 0 {
+			!strings.HasPrefix(d.GetTransport(), tr.detail) || d.GetBootToServe().AsDuration() <= 0 {
 			t.Fatalf("details = %v", d)
 		}
 		// Dial's health check was the first answer, after main and serving.

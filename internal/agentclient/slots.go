@@ -40,21 +40,21 @@ func (s slots) acquire(ctx context.Context) error {
 func (s slots) release() { <-s }
 
 // slotConn is a channel that holds a slot until it is closed. It has
-// CloseWrite: a vsock connection's own half-close; on a yamux stream, whose
-// Close sends FIN and leaves the receive side open until the agent closes
-// its side, Close is the half-close. Close after CloseWrite is harmless.
+// CloseWrite: a vsock (or unix) connection's own half-close; on a yamux
+// stream, whose Close sends FIN and leaves the receive side open until the
+// agent closes its side, Close is the half-close. Close after CloseWrite is
+// harmless.
 type slotConn struct {
 	net.Conn
-	slots slots
-	once  sync.Once
+	// release frees the slot (and forgets the channel); called once.
+	release func()
+	once    sync.Once
 }
-
-func newSlotConn(c net.Conn, s slots) *slotConn { return &slotConn{Conn: c, slots: s} }
 
 // Close closes the connection and frees its slot.
 func (c *slotConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.slots.release)
+	c.once.Do(c.release)
 	return err
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,7 +42,11 @@ func newTransport(ctx context.Context, ep hypervisor.AgentEndpoint, lim limits) 
 		if port == 0 {
 			port = DefaultVsockPort
 		}
-		return vsockTransport{cid: ep.CID, port: port, slots: newSlots(lim.maxStreams)}, nil
+		if ep.VsockUnixDir != "" {
+			sock := channel.VsockUnixSocket(ep.VsockUnixDir, port)
+			return newConnTransport("vsock-unix:"+sock, unixDialer(sock), lim), nil
+		}
+		return newConnTransport(fmt.Sprintf("vsock:%d:%d", ep.CID, port), vsockDialer(ep.CID, port), lim), nil
 	}
 	return nil, fmt.Errorf("agent transport %q: %w", ep.Transport, errdefs.ErrInvalidArgument)
 }
@@ -147,7 +152,7 @@ func (t *serialTransport) open(ctx context.Context) (net.Conn, error) {
 			t.slots.release()
 			return nil, fmt.Errorf("opening yamux stream: %w", sessionErr(r.err))
 		}
-		return newSlotConn(r.s, t.slots), nil
+		return &slotConn{Conn: r.s, release: t.slots.release}, nil
 	case <-ctx.Done():
 		close(abandoned)
 		return nil, fmt.Errorf("opening yamux stream: %w", context.Cause(ctx))
@@ -169,30 +174,140 @@ func (t *serialTransport) close() {
 	_ = t.conn.Close()
 }
 
-// vsockTransport dials a new AF_VSOCK connection per channel, at most
-// maxStreams at a time.
-type vsockTransport struct {
-	cid, port uint32
-	slots     slots
+// connTransport dials a new connection per channel (vsock), at most
+// maxStreams at a time. dial is the address family: AF_VSOCK to the guest's
+// CID and port, or the unix socket standing for that port
+// (hypervisor.AgentEndpoint.VsockUnixDir); everything else (slots, error
+// classes, close) is the same code for both.
+type connTransport struct {
+	// name is the endpoint, for errors.
+	name  string
+	dial  func(ctx context.Context) (net.Conn, error)
+	slots slots
+
+	mu sync.Mutex
+	// conns are the channels open now. Guarded by mu.
+	conns map[*slotConn]struct{}
+	// closed is set by close. Guarded by mu.
+	closed bool
 }
 
-func (t vsockTransport) open(ctx context.Context) (net.Conn, error) {
+func newConnTransport(name string, dial func(context.Context) (net.Conn, error), lim limits) *connTransport {
+	return &connTransport{name: name, dial: dial, slots: newSlots(lim.maxStreams), conns: make(map[*slotConn]struct{})}
+}
+
+// vsockDialer dials AF_VSOCK cid:port.
+func vsockDialer(cid, port uint32) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) { return vsock.DialContext(ctx, cid, port, nil) }
+}
+
+// unixDialer dials the unix socket at path.
+func unixDialer(path string) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+}
+
+func (t *connTransport) open(ctx context.Context) (net.Conn, error) {
 	if err := t.slots.acquire(ctx); err != nil {
 		return nil, err
 	}
-	c, err := vsock.DialContext(ctx, t.cid, t.port, nil)
+	c, err := t.dial(ctx)
 	if err != nil {
 		t.slots.release()
-		if ctx.Err() == nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
-			errors.Is(err, syscall.ETIMEDOUT) || errors.Is(err, syscall.ENODEV)) {
+		if ctx.Err() == nil && dialRetryable(err) {
 			return nil, errNotYet{err}
 		}
-		return nil, err
+		return nil, fmt.Errorf("connecting to %s: %w", t.name, err)
 	}
-	return newSlotConn(c, t.slots), nil
+	sc := &slotConn{Conn: c}
+	sc.release = func() {
+		t.mu.Lock()
+		delete(t.conns, sc)
+		t.mu.Unlock()
+		t.slots.release()
+	}
+	t.mu.Lock()
+	closed := t.closed
+	if !closed {
+		t.conns[sc] = struct{}{}
+	}
+	t.mu.Unlock()
+	if closed {
+		_ = c.Close()
+		t.slots.release()
+		return nil, fmt.Errorf("connection to %s closed: %w", t.name, errdefs.ErrUnavailable)
+	}
+	return sc, nil
 }
 
-func (vsockTransport) close() {}
+// close closes every channel open on t (a full close, both directions: a
+// reader waiting for a frozen guest returns at once) and fails every later
+// open.
+func (t *connTransport) close() {
+	t.mu.Lock()
+	t.closed = true
+	conns := make([]*slotConn, 0, len(t.conns))
+	for c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// dialRetry classifies the errnos of a channel's connect. true: the agent
+// is not there yet, the dial is retried until the dial context ends; false:
+// the host cannot reach the guest this way at all, the dial fails at once.
+// An errno not listed is fatal.
+var dialRetry = map[syscall.Errno]bool{
+	// Nothing listens on the port yet (the agent is starting).
+	syscall.ECONNREFUSED: true,
+	// The guest's vsock driver reset the connection: no listener yet.
+	syscall.ECONNRESET: true,
+	// The guest did not answer within the vsock connect timeout (still
+	// booting, or under load).
+	syscall.ETIMEDOUT: true,
+	// The VM's vhost-vsock device is not running yet: the host has no
+	// guest by that CID.
+	syscall.ENODEV: true,
+	// vsock-unix: the agent has not created its socket yet.
+	syscall.ENOENT: true,
+	// unix: the agent's accept backlog is full for a moment.
+	syscall.EAGAIN: true,
+	syscall.EINTR:  true,
+
+	// The host kernel has no AF_VSOCK (vsock module missing).
+	syscall.EAFNOSUPPORT: false,
+	// No vsock transport reaches the CID (vhost_vsock not loaded).
+	syscall.ENETUNREACH: false,
+	// Not allowed (LSM, permissions on the socket).
+	syscall.EACCES: false,
+	syscall.EPERM:  false,
+	// A bad CID or port.
+	syscall.EINVAL:        false,
+	syscall.EADDRNOTAVAIL: false,
+	// The host is out of descriptors or memory: waiting does not help
+	// within a dial, and spinning makes it worse.
+	syscall.EMFILE:  false,
+	syscall.ENFILE:  false,
+	syscall.ENOMEM:  false,
+	syscall.ENOBUFS: false,
+	// vsock-unix: the path is not a socket.
+	syscall.ENOTSOCK: false,
+}
+
+// dialRetryable reports whether a connect error is worth a retry
+// (dialRetry).
+func dialRetryable(err error) bool {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	return dialRetry[errno]
+}
 
 // openChannel opens a connection on t and its channel h, retrying while the
 // agent is not there yet, until ctx is done.
@@ -208,7 +323,7 @@ func openChannel(ctx context.Context, t transport, h channel.Header) (net.Conn, 
 			_ = c.Close()
 			// A vsock connection that the guest resets before the
 			// agent accepts it is a "not yet" too.
-			if _, isVsock := t.(vsockTransport); isVsock && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+			if _, perConn := t.(*connTransport); perConn && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 				err = errNotYet{err}
 			}
 		}

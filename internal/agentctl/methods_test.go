@@ -95,6 +95,8 @@ func TestParseAddr(t *testing.T) {
 	}{
 		{"unix:/run/agent.sock", "serial 0 0 /run/agent.sock"},
 		{"vsock:3:1024", "vsock 3 1024 "},
+		{"vsock-unix:/run/agent", "vsock 0 1024  /run/agent"},
+		{"vsock-unix:", ""},
 		{"unix:", ""},
 		{"vsock:3", ""},
 		{"vsock:x:1024", ""},
@@ -112,7 +114,11 @@ func TestParseAddr(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := fmt.Sprintf("%s %d %d %s", ep.Transport, ep.CID, ep.Port, ep.SocketPath); got != tc.want {
+			got := fmt.Sprintf("%s %d %d %s", ep.Transport, ep.CID, ep.Port, ep.SocketPath)
+			if ep.VsockUnixDir != "" {
+				got += " " + ep.VsockUnixDir
+			}
+			if got != tc.want {
 				t.Fatalf("ParseAddr(%q) = %q, want %q", tc.in, got, tc.want)
 			}
 		})

@@ -2,6 +2,7 @@ package channel
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -46,7 +47,19 @@ type Transport struct {
 const (
 	TransportSerial = "serial"
 	TransportVsock  = "vsock"
+	// TransportVsockUnix is vsock's channel model (one connection per
+	// channel) over unix sockets, for an agent serving outside a VM:
+	// "vsock-unix:<dir>" listens on VsockUnixSocket(dir, DefaultVsockPort).
+	// The kernel command line never names it.
+	TransportVsockUnix = "vsock-unix"
 )
+
+// VsockUnixSocket is the unix socket that stands for vsock port in dir
+// (TransportVsockUnix): dir plays the guest's context ID, one socket per
+// port.
+func VsockUnixSocket(dir string, port uint32) string {
+	return filepath.Join(dir, strconv.FormatUint(uint64(port), 10))
+}
 
 // DefaultTransport is what the agent uses when the kernel command line names
 // none: the virtio-serial port that needs no vhost-vsock on the host.

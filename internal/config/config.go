@@ -87,8 +87,9 @@ type QEMU struct {
 
 // Agent configures the channel to the agent.
 type Agent struct {
-	// Transport is "auto" (vsock when /dev/vhost-vsock exists, else serial),
-	// "vsock" or "serial".
+	// Transport is "auto" (vsock when /dev/vhost-vsock opens and the guest
+	// image has vsock, else serial; see launch.ChooseTransport), "vsock" or
+	// "serial".
 	Transport string `toml:"transport"`
 	// VsockPort is the port the agent listens on with vsock.
 	VsockPort uint32 `toml:"vsock_port"`

@@ -17,6 +17,12 @@ type AgentEndpoint struct {
 	// Vsock: the guest's context ID and the agent's port.
 	CID  uint32 `json:"cid,omitempty"`
 	Port uint32 `json:"port,omitempty"`
+	// VsockUnixDir, for vsock, replaces AF_VSOCK by unix sockets: the
+	// host reaches port P at the socket <VsockUnixDir>/<P>, one connection
+	// per channel as on AF_VSOCK. It reaches an agent serving outside a VM
+	// (hull-agent --listen vsock-unix:<dir>), so that the vsock code path
+	// runs on hosts without vhost-vsock; no VM driver sets it.
+	VsockUnixDir string `json:"vsock_unix_dir,omitempty"`
 	// Serial: the host unix socket bound to the guest port, and the port's
 	// name as the guest sees it in /sys/class/virtio-ports/*/name.
 	SocketPath string `json:"socket_path,omitempty"`

@@ -13,6 +13,16 @@ import (
 // process has gone.
 var ErrVMExited = fmt.Errorf("vm exited: %w", errdefs.ErrUnavailable)
 
+// ErrCIDInUse is returned (wrapped) by Start when the vsock guest context ID
+// of the VM's agent endpoint belongs to another VM on the host: the same
+// VM may start with another CID.
+var ErrCIDInUse = fmt.Errorf("vsock guest cid in use: %w", errdefs.ErrAlreadyExists)
+
+// ErrVsockUnavailable is returned (wrapped) by Start when the hypervisor
+// cannot set up the VM's vsock device (no vhost-vsock driver, no access to
+// its device): the VM may start with the serial transport instead.
+var ErrVsockUnavailable = fmt.Errorf("vsock device unavailable: %w", errdefs.ErrUnavailable)
+
 // VM is one virtual machine managed by a driver. A VM is started at most once.
 type VM interface {
 	// Start launches the hypervisor process and returns once the hypervisor

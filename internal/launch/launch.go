@@ -5,10 +5,12 @@
 package launch
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
+	"github.com/hull-runtime/hull/internal/modlist"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
@@ -24,19 +27,78 @@ import (
 // VhostVsockDevice is the host device vsock needs.
 const VhostVsockDevice = "/dev/vhost-vsock"
 
-// Transport resolves the configured agent transport: "auto" is vsock when
-// the host has vhost-vsock, serial otherwise.
-func Transport(c *config.Config) hypervisor.Transport {
+// TransportChoice is the agent transport of new sandboxes, and why.
+type TransportChoice struct {
+	Transport hypervisor.Transport
+	// Fallback is set when "auto" chose vsock: a VM whose vsock device
+	// fails at start is started again over serial
+	// (sandbox.Config.VsockFallback). A configured "vsock" fails instead.
+	Fallback bool
+	// Reason says why, for logs and diagnostics.
+	Reason string
+}
+
+// ChooseTransport resolves agent.transport. "vsock" and "serial" are taken
+// as configured. "auto" is vsock when the host's vhost-vsock device opens
+// and the guest image can serve vsock (its manifest lists the vsock
+// feature: the kernel has the virtio vsock transport, built in or as a
+// module the image loads), serial otherwise. A kernel and initrd
+// configured by path have no manifest to tell, so "auto" takes serial for
+// them.
+func ChooseTransport(c *config.Config) TransportChoice {
 	switch c.Agent.Transport {
 	case "vsock":
-		return hypervisor.TransportVsock
+		return TransportChoice{Transport: hypervisor.TransportVsock, Reason: `agent.transport = "vsock"`}
 	case "serial":
-		return hypervisor.TransportSerial
+		return TransportChoice{Transport: hypervisor.TransportSerial, Reason: `agent.transport = "serial"`}
 	}
-	if _, err := os.Stat(VhostVsockDevice); err == nil {
-		return hypervisor.TransportVsock
+	return chooseAuto(VhostVsockDevice, imageVsock(c))
+}
+
+// Transport is the transport of ChooseTransport.
+func Transport(c *config.Config) hypervisor.Transport { return ChooseTransport(c).Transport }
+
+// chooseAuto is "auto": vsock when device opens and image is nil (the
+// guest image serves vsock), serial otherwise.
+func chooseAuto(device string, image error) TransportChoice {
+	serial := func(why string) TransportChoice {
+		return TransportChoice{Transport: hypervisor.TransportSerial, Reason: why}
 	}
-	return hypervisor.TransportSerial
+	if err := openDevice(device); err != nil {
+		return serial(fmt.Sprintf("auto: no usable vhost-vsock (%v)", err))
+	}
+	if image != nil {
+		return serial(fmt.Sprintf("auto: %v", image))
+	}
+	return TransportChoice{Transport: hypervisor.TransportVsock, Fallback: true, Reason: "auto: " + device + " opens and the guest image has vsock"}
+}
+
+// openDevice opens and closes a device read-write, as the hypervisor will:
+// a node that exists is not enough (no driver behind it, no access).
+// Opening /dev/vhost-vsock only allocates an instance without a CID, which
+// the close frees.
+func openDevice(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// imageVsock says why the configured guest image cannot serve vsock, or
+// nil when it can.
+func imageVsock(c *config.Config) error {
+	if c.Hypervisor.Kernel != "" && c.Hypervisor.Initrd != "" {
+		return errors.New("kernel and initrd configured by path: no image manifest says the guest has vsock")
+	}
+	m, err := guestimage.ReadManifest(c.Image.AssetsDir)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(m.Features, modlist.FeatureVsock) {
+		return fmt.Errorf("the guest image in %s was built without the %s feature", c.Image.AssetsDir, modlist.FeatureVsock)
+	}
+	return nil
 }
 
 // Assets returns the kernel and initrd to boot: the configured paths, or the
@@ -130,6 +192,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		level = "debug"
 	}
 	maxVCPUs, maxMemoryMiB := Limits(c)
+	tc := ChooseTransport(c)
 	cgroupPath, err := hostcgroup.Resolve("", c.Runtime.CgroupParent, id)
 	if err != nil {
 		return sandbox.Config{}, err
@@ -150,7 +213,8 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {
 			return qemu.New(hc, opts)
 		},
-		Transport:     Transport(c),
+		Transport:     tc.Transport,
+		VsockFallback: tc.Fallback,
 		VsockPort:     c.Agent.VsockPort,
 		DialTimeout:   c.Agent.DialTimeout.Duration,
 		CallTimeout:   c.Agent.CallTimeout.Duration,

@@ -1,9 +1,16 @@
 package launch
 
 import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/guestimage"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/modlist"
 )
 
 func TestLimits(t *testing.T) {
@@ -39,5 +46,89 @@ func TestSandboxConfigCgroup(t *testing.T) {
 	want := c.Runtime
 	if sc.Cgroup.Path != "/hull/sb1" || sc.Cgroup.MemoryOverheadMiB != want.CgroupMemoryOverheadMiB || sc.Cgroup.CPUOverheadMilli != want.CgroupCPUOverheadMilli {
 		t.Errorf("cgroup config %+v", sc.Cgroup)
+	}
+}
+
+func TestChooseTransport(t *testing.T) {
+	dir := t.TempDir()
+	openable := filepath.Join(dir, "vhost-vsock") // a file opens read-write, as a working device does
+	if err := os.WriteFile(openable, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unopenable := filepath.Join(dir, "dir") // exists, but does not open read-write (EISDIR)
+	if err := os.Mkdir(unopenable, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+	noVsock := errors.New("image without vsock")
+	for _, tc := range []struct {
+		name     string
+		device   string
+		image    error
+		want     hypervisor.Transport
+		fallback bool
+	}{
+		{"device opens, image has vsock", openable, nil, hypervisor.TransportVsock, true},
+		{"no device", missing, nil, hypervisor.TransportSerial, false},
+		{"device does not open", unopenable, nil, hypervisor.TransportSerial, false},
+		{"image without vsock", openable, noVsock, hypervisor.TransportSerial, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := chooseAuto(tc.device, tc.image)
+			if got.Transport != tc.want || got.Fallback != tc.fallback || got.Reason == "" {
+				t.Errorf("chooseAuto = %+v, want %s, fallback %v, with a reason", got, tc.want, tc.fallback)
+			}
+		})
+	}
+	t.Run("configured", func(t *testing.T) {
+		c := config.Defaults()
+		for name, want := range map[string]hypervisor.Transport{"vsock": hypervisor.TransportVsock, "serial": hypervisor.TransportSerial} {
+			c.Agent.Transport = name
+			// A configured transport never falls back: vsock fails
+			// clearly where it cannot work.
+			if got := ChooseTransport(c); got.Transport != want || got.Fallback {
+				t.Errorf("agent.transport = %q: %+v", name, got)
+			}
+		}
+	})
+}
+
+func TestImageVsock(t *testing.T) {
+	write := func(t *testing.T, features []string) string {
+		t.Helper()
+		dir := t.TempDir()
+		b, err := json.Marshal(guestimage.Manifest{Format: "initrd", Features: features})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, guestimage.ManifestFile), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	for _, tc := range []struct {
+		name   string
+		setup  func(t *testing.T, c *config.Config)
+		wantOK bool
+	}{
+		{"manifest with vsock", func(t *testing.T, c *config.Config) {
+			c.Image.AssetsDir = write(t, []string{modlist.FeatureSerial, modlist.FeatureVsock})
+		}, true},
+		{"manifest without vsock", func(t *testing.T, c *config.Config) {
+			c.Image.AssetsDir = write(t, []string{modlist.FeatureSerial})
+		}, false},
+		{"no manifest", func(t *testing.T, c *config.Config) { c.Image.AssetsDir = t.TempDir() }, false},
+		{"kernel and initrd by path", func(t *testing.T, c *config.Config) {
+			c.Image.AssetsDir = write(t, []string{modlist.FeatureVsock})
+			c.Hypervisor.Kernel, c.Hypervisor.Initrd = "/k", "/i"
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := config.Defaults()
+			tc.setup(t, c)
+			if err := imageVsock(c); (err == nil) != tc.wantOK {
+				t.Errorf("imageVsock = %v, want ok %v", err, tc.wantOK)
+			}
+		})
 	}
 }

@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -73,6 +71,10 @@ type Config struct {
 	// Transport is the agent transport (vsock or serial); VsockPort its port.
 	Transport hypervisor.Transport
 	VsockPort uint32
+	// VsockFallback lets a VM whose vsock device fails at start
+	// (hypervisor.ErrVsockUnavailable) start again with the serial
+	// transport, with a warning. Set when vsock was chosen automatically.
+	VsockFallback bool
 	// DialTimeout bounds VM start to the agent's first answer; CallTimeout
 	// each agent call without its own deadline.
 	DialTimeout time.Duration
@@ -189,11 +191,18 @@ func (c cleanups) run(ctx context.Context) error {
 }
 
 // Start boots a sandbox: state directory, VM, agent connection, clock. On
-// error everything it made is undone.
-func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
+// error everything it made is undone. A vsock VM whose guest CID is taken
+// is started again with another; one whose vsock device fails is started
+// again over serial when cfg.VsockFallback allows (startAttempts).
+func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
+	return startAttempts(ctx, cfg, start)
+}
+
+// start makes one attempt at Start with the agent endpoint ep.
+func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *Sandbox, retErr error) {
 	s := &Sandbox{
 		id:          cfg.ID,
 		stateDir:    StateDir(cfg.StateRoot, cfg.ID),
@@ -269,10 +278,6 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			vc.ID = cfg.ID
 			vc.StateDir = s.stateDir
 			vc.Cgroup = s.CgroupPath()
-			ep, err := endpoint(cfg)
-			if err != nil {
-				return err
-			}
 			vc.Agent = ep
 			params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
 			if cfg.DebugConsole {
@@ -488,28 +493,4 @@ func locationErrors(id, stateRoot string) []error {
 		errs = append(errs, fmt.Errorf("state root %q is not absolute", stateRoot))
 	}
 	return errs
-}
-
-func endpoint(cfg Config) (hypervisor.AgentEndpoint, error) {
-	switch cfg.Transport {
-	case hypervisor.TransportVsock:
-		cid, err := randomCID()
-		if err != nil {
-			return hypervisor.AgentEndpoint{}, err
-		}
-		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: cid, Port: cfg.VsockPort}, nil
-	default:
-		return hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}, nil
-	}
-}
-
-// randomCID picks a guest context ID. CIDs 0-2 are reserved and 0xffffffff
-// is VMADDR_CID_ANY; a collision with another VM makes QEMU fail to start,
-// which Start reports.
-func randomCID() (uint32, error) {
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return 0, err
-	}
-	return 3 + binary.LittleEndian.Uint32(b[:])%(0xfffffffe-3), nil
 }

@@ -152,6 +152,9 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 		if a.Port == 0 {
 			return inval("no vsock port for the agent")
 		}
+		if a.VsockUnixDir != "" {
+			return inval("vsock over unix sockets (%s) reaches an agent outside a VM; a VM's agent is on AF_VSOCK", a.VsockUnixDir)
+		}
 	case hypervisor.TransportSerial:
 		if a.SocketPath == "" {
 			a.SocketPath = filepath.Join(cfg.StateDir, "agent.sock")

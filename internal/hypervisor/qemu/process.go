@@ -170,7 +170,12 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 			v.mu.Lock()
 			e := v.exit
 			v.mu.Unlock()
-			return fmt.Errorf("qemu exited while %s (%s): %s: %w", step, e, qemuOutput(out.String()), hypervisor.ErrVMExited)
+			output := qemuOutput(out.String())
+			err := fmt.Errorf("qemu exited while %s (%s): %s: %w", step, e, output, hypervisor.ErrVMExited)
+			if verr := vsockFailure(output); verr != nil {
+				err = fmt.Errorf("%w: %w", err, verr)
+			}
+			return err
 		default:
 			return fmt.Errorf("%s: %w", step, err)
 		}
