@@ -18,6 +18,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/netpod"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // TestNICHotplug boots a q35 VM with no NIC and one root port reserved,
@@ -36,23 +37,7 @@ func TestNICHotplug(t *testing.T) {
 	c.Agent.Transport = "serial"
 	c.Hypervisor.QEMU.Machine = qemu.MachineQ35
 
-	pod, peer := newTestNetns(t), newTestNetns(t)
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	podEnd, peerEnd := "hn"+pod.name[len(pod.name)-8:], "hq"+pod.name[len(pod.name)-8:]
-	ip("link", "add", podEnd, "type", "veth", "peer", "name", peerEnd)
-	ip("link", "set", podEnd, "netns", pod.name)
-	ip("link", "set", peerEnd, "netns", peer.name)
-	ip("-n", pod.name, "link", "set", podEnd, "name", "eth0")
-	ip("-n", pod.name, "addr", "add", "198.18.12.2/24", "dev", "eth0")
-	ip("-n", pod.name, "link", "set", "eth0", "up")
-	ip("-n", pod.name, "route", "add", "default", "via", "198.18.12.1")
-	ip("-n", peer.name, "addr", "add", "198.18.12.1/24", "dev", peerEnd)
-	ip("-n", peer.name, "link", "set", peerEnd, "up")
+	pod, peer := newPodNetns(t, "198.18.12")
 
 	ctx := withTimeout(t, 3*time.Minute)
 	network, err := netpod.Attach(ctx, filepath.Join("/run/netns", pod.name))
@@ -176,4 +161,126 @@ func TestNICHotplug(t *testing.T) {
 	}
 	// testConfig's cleanup checks that no process mentions the state root;
 	// the netns cleanups that the namespaces are gone.
+}
+
+// newPodNetns makes a pod network namespace as CNI would: eth0, one end of
+// a veth, with <net>.2/24 and a default route through <net>.1, the other
+// end's address in a peer namespace. It returns both namespaces.
+func newPodNetns(t *testing.T, net string) (pod, peer *testNetns) {
+	t.Helper()
+	pod, peer = newTestNetns(t), newTestNetns(t)
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	podEnd, peerEnd := "hn"+pod.name[len(pod.name)-8:], "hq"+pod.name[len(pod.name)-8:]
+	ip("link", "add", podEnd, "type", "veth", "peer", "name", peerEnd)
+	ip("link", "set", podEnd, "netns", pod.name)
+	ip("link", "set", peerEnd, "netns", peer.name)
+	ip("-n", pod.name, "link", "set", podEnd, "name", "eth0")
+	ip("-n", pod.name, "addr", "add", net+".2/24", "dev", "eth0")
+	ip("-n", pod.name, "link", "set", "eth0", "up")
+	ip("-n", pod.name, "route", "add", "default", "via", net+".1")
+	ip("-n", peer.name, "addr", "add", net+".1/24", "dev", peerEnd)
+	ip("-n", peer.name, "link", "set", peerEnd, "up")
+	return pod, peer
+}
+
+// TestSandboxHotplugNetwork starts sandboxes that boot without their pod
+// network and get it hot-added once the agent answers (the path of a VM
+// that booted before its pod): the guest has the pod's eth0 with its
+// address, the pod address answers from the veth's peer, and after Stop
+// the pod namespace holds nothing of hull's. A pod with more interfaces
+// than the VM has NIC slots fails to start and leaves nothing.
+func TestSandboxHotplugNetwork(t *testing.T) {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
+	}
+	noHullLeft := func(t *testing.T, pod *testNetns) {
+		t.Helper()
+		out, err := exec.Command("ip", "-n", pod.name, "-d", "link").CombinedOutput()
+		if err != nil || strings.Contains(string(out), "_hull") {
+			t.Errorf("pod namespace after the sandbox: %v\n%s\nwant no hull tap", err, out)
+		}
+		out, err = exec.Command("ip", "netns", "exec", pod.name, "tc", "qdisc", "show", "dev", "eth0").CombinedOutput()
+		if err != nil || strings.Contains(string(out), "ingress") {
+			t.Errorf("qdiscs of eth0 after the sandbox: %v\n%s\nwant no ingress qdisc", err, out)
+		}
+	}
+
+	t.Run("one interface", func(t *testing.T) {
+		c := testConfig(t)
+		c.Agent.Transport = "serial"
+		c.Hypervisor.QEMU.Machine = qemu.MachineQ35
+		pod, peer := newPodNetns(t, "198.18.13")
+		sc, err := launch.SandboxConfig(c, "hpnet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc.NetNS, sc.HotplugNetwork, sc.VM.HotplugNICs = filepath.Join("/run/netns", pod.name), true, 2
+		ctx := withTimeout(t, 3*time.Minute)
+		sb, err := sandbox.Start(ctx, sc)
+		if err != nil {
+			t.Fatalf("starting the sandbox: %v", err)
+		}
+		stopped := false
+		t.Cleanup(func() {
+			if !stopped {
+				_ = sb.Stop(context.Background())
+			}
+		})
+		ifs, err := sb.Agent().Network().ListInterfaces(ctx, &agent.ListInterfacesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(ifs.GetInterfaces(), func(in *agent.Interface) bool { return in.GetName() == "eth0" })
+		if i < 0 || !slices.Contains(ifs.GetInterfaces()[i].GetAddresses(), "198.18.13.2/24") {
+			t.Errorf("guest interfaces %v: want eth0 with 198.18.13.2/24", ifs.GetInterfaces())
+		}
+		out, err := exec.Command("ip", "netns", "exec", peer.name, busybox, "ping", "-c", "3", "-W", "5", "198.18.13.2").CombinedOutput()
+		if err != nil {
+			t.Errorf("ping of the pod address from the peer: %v\n%s", err, out)
+		}
+		stopped = true
+		if err := sb.Stop(context.Background()); err != nil {
+			t.Errorf("stopping the sandbox: %v", err)
+		}
+		noHullLeft(t, pod)
+	})
+
+	t.Run("more interfaces than slots", func(t *testing.T) {
+		c := testConfig(t)
+		c.Agent.Transport = "serial"
+		c.Hypervisor.QEMU.Machine = qemu.MachineQ35
+		pod, peer := newPodNetns(t, "198.18.14")
+		// A second interface that carries the pod network: another veth,
+		// up.
+		podEnd, peerEnd := "hm"+pod.name[len(pod.name)-8:], "hr"+pod.name[len(pod.name)-8:]
+		for _, args := range [][]string{
+			{"link", "add", podEnd, "type", "veth", "peer", "name", peerEnd},
+			{"link", "set", peerEnd, "netns", peer.name},
+			{"link", "set", podEnd, "netns", pod.name},
+			{"-n", pod.name, "link", "set", podEnd, "name", "eth1"},
+			{"-n", pod.name, "link", "set", "eth1", "up"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}
+		sc, err := launch.SandboxConfig(c, "hpnet2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc.NetNS, sc.HotplugNetwork, sc.VM.HotplugNICs = filepath.Join("/run/netns", pod.name), true, 1
+		_, err = sandbox.Start(withTimeout(t, 3*time.Minute), sc)
+		if !errdefs.IsResourceExhausted(err) {
+			t.Fatalf("starting a sandbox with 2 interfaces and 1 slot: got %v, want ResourceExhausted", err)
+		}
+		noHullLeft(t, pod)
+		// testConfig's cleanup checks that no process, mount or cgroup of
+		// the sandbox is left.
+	})
 }
