@@ -27,13 +27,23 @@ import (
 // once the agent answers, has the agent configure it from the namespace's
 // request as at boot, and pings the pod address from the veth's other end:
 // traffic goes peer -> veth -> tc redirect -> tap -> hot-added virtio-net.
-// A second NIC finds no free slot, and nothing is left after the stop.
+// A second NIC finds no free slot, and nothing is left after the stop. It
+// runs on Debian's kernel and on the hull kernel.
 func TestNICHotplug(t *testing.T) {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
 		t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
 	}
+	t.Run("debian", func(t *testing.T) { testNICHotplug(t, busybox, env.assetsDir) })
+	t.Run("hull", func(t *testing.T) {
+		dir, _ := hullKernelAssets(t)
+		testNICHotplug(t, busybox, dir)
+	})
+}
+
+func testNICHotplug(t *testing.T, busybox, assetsDir string) {
 	c := testConfig(t)
+	c.Image.AssetsDir = assetsDir
 	c.Agent.Transport = "serial"
 	c.Hypervisor.QEMU.Machine = qemu.MachineQ35
 
