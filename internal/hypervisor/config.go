@@ -68,6 +68,11 @@ type Config struct {
 	Filesystems []FilesystemDevice
 	Blocks      []BlockDevice
 	Networks    []NetworkDevice
+	// HotplugNICs is how many NICs a NetworkAdder may add while the VM
+	// runs. Drivers reserve a hotplug slot for each at boot (QEMU's q35 a
+	// PCIe root port); a machine that cannot hot-add refuses a value above
+	// zero.
+	HotplugNICs uint32
 
 	// Debug keeps kernel console output (no "quiet").
 	Debug bool

@@ -102,6 +102,19 @@ type Hotplugger interface {
 	AddNetwork(ctx context.Context, n NetworkDevice) error
 }
 
+// NetworkAdder hot-adds virtio-net NICs to a running VM, for a network
+// known only after the VM booted (a pod's network namespace, set up once the
+// VM exists). The guest sees a new PCI device; the agent finds it by its MAC
+// address and configures it as it does a NIC present at boot.
+type NetworkAdder interface {
+	// AddNetwork adds n whole or not at all. n.FDs stay the caller's: the
+	// hypervisor holds copies. A VM whose machine cannot hot-add devices
+	// answers ErrNotImplemented; one with no free slot left (see
+	// Config.HotplugNICs) ErrResourceExhausted; an ID already in use
+	// ErrAlreadyExists.
+	AddNetwork(ctx context.Context, n NetworkDevice) error
+}
+
 // Size is how many vCPUs and how much memory a VM has.
 type Size struct {
 	VCPUs     uint32
@@ -133,6 +146,12 @@ func AsPauser(vm VM) (Pauser, error) { return as[Pauser](vm, "pause") }
 
 // AsHotplugger returns vm's Hotplugger or an ErrNotImplemented-class error.
 func AsHotplugger(vm VM) (Hotplugger, error) { return as[Hotplugger](vm, "hotplug") }
+
+// AsNetworkAdder returns vm's NetworkAdder or an ErrNotImplemented-class
+// error.
+func AsNetworkAdder(vm VM) (NetworkAdder, error) {
+	return as[NetworkAdder](vm, "hot-add network devices")
+}
 
 // AsResizer returns vm's Resizer or an ErrNotImplemented-class error.
 func AsResizer(vm VM) (Resizer, error) { return as[Resizer](vm, "resize") }

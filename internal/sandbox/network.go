@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/containerd/errdefs"
+
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 )
 
@@ -27,8 +30,37 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, undo *cleanu
 	s.network, s.netnsPath = n, nsPath
 	undo.push(n.Close)
 	// Recorded at once: a runtime that dies before the VM runs must
-	// still have its taps and filters removed by Cleanup.
-	return writeRecord(s.stateDir, record{ID: s.id, NetNS: nsPath})
+	// still have its taps and filters removed by Cleanup. A VM that
+	// already runs stays in the record.
+	r := record{ID: s.id, NetNS: nsPath}
+	if s.vm != nil {
+		r = s.record()
+	}
+	return writeRecord(s.stateDir, r)
+}
+
+// hotplugNetwork mirrors the pod's network namespace into a VM that booted
+// without it: the taps are made as for attachNetwork, then each is
+// hot-added as a NIC into the slots the VM reserved (VM.HotplugNICs).
+func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint32, undo *cleanups) error {
+	adder, err := hypervisor.AsNetworkAdder(s.vm)
+	if err != nil {
+		return err
+	}
+	if err := s.attachNetwork(ctx, nsPath, undo); err != nil {
+		return err
+	}
+	devs := s.network.Devices()
+	if uint32(len(devs)) > slots {
+		return fmt.Errorf("the pod network has %d interfaces and the vm room for %d hot-added NICs: %w",
+			len(devs), slots, errdefs.ErrResourceExhausted)
+	}
+	for _, d := range devs {
+		if err := adder.AddNetwork(ctx, d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // configureGuestNetwork has the agent give the guest the pod's interfaces,

@@ -92,6 +92,12 @@ type Config struct {
 	// NetNS is the path of a network namespace (a pod's, set up by CNI) to
 	// mirror into the VM; empty for a VM without network devices.
 	NetNS string
+	// HotplugNetwork boots the VM without the pod network and mirrors NetNS
+	// into it once the agent answers, hot-adding a NIC per interface into
+	// the VM.HotplugNICs slots reserved at boot: the path of a VM that
+	// booted before its pod's network was known. It needs a driver and
+	// machine that can hot-add NICs.
+	HotplugNetwork bool
 	// DNS is written to the guest's resolv.conf with the pod network.
 	DNS *agent.DNS
 	// ShmSize is the size in bytes of the pod's /dev/shm in the guest
@@ -263,7 +269,7 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			return s.startVirtiofs(ctx, cfg.Virtiofs, &undo)
 		}},
 		{"attach pod network", func(ctx context.Context) error {
-			if cfg.NetNS == "" {
+			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
 			return s.attachNetwork(ctx, cfg.NetNS, &undo)
@@ -319,6 +325,12 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			// The agent waits for the storage modules it loads after it
 			// began serving; the rest keep loading meanwhile.
 			return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
+		}},
+		{"hot-add pod network", func(ctx context.Context) error {
+			if cfg.NetNS == "" || !cfg.HotplugNetwork {
+				return nil
+			}
+			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, &undo)
 		}},
 		{"configure guest network", func(ctx context.Context) error {
 			return s.configureGuestNetwork(ctx, cfg.DNS)
@@ -469,6 +481,9 @@ func validate(cfg Config) error {
 	case hypervisor.TransportSerial, hypervisor.TransportVsock:
 	default:
 		errs = append(errs, fmt.Errorf("unknown agent transport %q", cfg.Transport))
+	}
+	if cfg.HotplugNetwork && cfg.NetNS != "" && cfg.VM.HotplugNICs == 0 {
+		errs = append(errs, errors.New("a network hot-added after boot needs NIC hotplug slots (VM.HotplugNICs)"))
 	}
 	if cfg.DialTimeout <= 0 || cfg.CallTimeout <= 0 || cfg.KillTimeout < 0 {
 		errs = append(errs, errors.New("agent timeouts must be positive"))

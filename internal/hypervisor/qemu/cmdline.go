@@ -272,6 +272,13 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		}
 		a.device(b.virtio("net"), kv...)
 	}
+	if l.machine == MachineQ35 {
+		// The pcie.0 root bus takes no hot-added device: each NIC that
+		// may come later gets a root port of its own, in its own chassis.
+		for i := range cfg.HotplugNICs {
+			a.device("pcie-root-port", p("id", nicPortID(i)), p("bus", "pcie.0"), pInt("chassis", i+1))
+		}
+	}
 	return a.args
 }
 

@@ -80,6 +80,11 @@ func TestArgsGolden(t *testing.T) {
 			c.MaxVCPUs, c.MaxMemoryMiB = 2, 1000
 			return c
 		}(), Options{Accel: AccelKVM}},
+		{"q35-serial-hotplug-nics", func() hypervisor.Config {
+			c := baseConfig()
+			c.HotplugNICs = 2
+			return c
+		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},
 		{"microvm-serial-devices", withDevices(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelKVM}},
@@ -230,6 +235,11 @@ func TestNewRejects(t *testing.T) {
 		{"bad mac", func(c *hypervisor.Config, _ *Options) {
 			c.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "t", MAC: "zz"}}
 		}, "MAC"},
+		{"hotplug nics on microvm", func(c *hypervisor.Config, o *Options) {
+			o.Machine = MachineMicroVM
+			c.HotplugNICs = 1
+		}, "cannot hot-add"},
+		{"too many hotplug nics", func(c *hypervisor.Config, _ *Options) { c.HotplugNICs = 9 }, "at most 8"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

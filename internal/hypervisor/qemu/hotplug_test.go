@@ -67,6 +67,8 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 		return fail("GenericError", cmd+" failed as the test wants")
 	}
 	switch cmd {
+	case "getfd", "closefd", "netdev_add", "netdev_del":
+		return reply(struct{}{})
 	case "query-hotpluggable-cpus":
 		return reply(m.cpus)
 	case "query-memory-devices":
@@ -99,6 +101,7 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 					m.cpus[i].QOMPath = "/machine/peripheral/" + args["id"].(string)
 				}
 			}
+		case "virtio-net-pci":
 		default:
 			return fail("GenericError", "unknown driver")
 		}

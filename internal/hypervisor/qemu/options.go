@@ -208,17 +208,37 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 		if err := unique("network", n.ID); err != nil {
 			return err
 		}
-		if n.TapName == "" && len(n.FDs) == 0 {
-			return inval("network %q: neither a tap name nor tap file descriptors", n.ID)
+		if err := validateNetwork(n); err != nil {
+			return err
 		}
-		if n.MAC != "" {
-			if hw, err := net.ParseMAC(n.MAC); err != nil || len(hw) != 6 {
-				return inval("network %q: MAC address %q", n.ID, n.MAC)
-			}
+	}
+	if cfg.HotplugNICs > 0 && o.Machine == MachineMicroVM {
+		return inval("%d hot-pluggable NICs: the %s machine cannot hot-add devices", cfg.HotplugNICs, MachineMicroVM)
+	}
+	if cfg.HotplugNICs > maxHotplugNICs {
+		return inval("%d hot-pluggable NICs: want at most %d", cfg.HotplugNICs, maxHotplugNICs)
+	}
+	return nil
+}
+
+// validateNetwork checks one NIC, at boot or hot-added.
+func validateNetwork(n hypervisor.NetworkDevice) error {
+	inval := func(format string, args ...any) error {
+		return fmt.Errorf("qemu: network %q: "+format+": %w", append([]any{n.ID}, append(args, errdefs.ErrInvalidArgument)...)...)
+	}
+	if !idPattern.MatchString(n.ID) {
+		return inval("want an id of letters, digits, '_', '.' or '-'")
+	}
+	if n.TapName == "" && len(n.FDs) == 0 {
+		return inval("neither a tap name nor tap file descriptors")
+	}
+	if n.MAC != "" {
+		if hw, err := net.ParseMAC(n.MAC); err != nil || len(hw) != 6 {
+			return inval("MAC address %q", n.MAC)
 		}
-		if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
-			return inval("network %q: MTU %d: want 68 to 65535", n.ID, n.MTU)
-		}
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		return inval("MTU %d: want 68 to 65535", n.MTU)
 	}
 	return nil
 }

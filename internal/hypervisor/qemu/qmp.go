@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -192,6 +193,22 @@ func (q *qmpConn) fail(err error) {
 
 // execute runs one command and returns its "return" value.
 func (q *qmpConn) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.executeFD(ctx, cmd, args, -1)
+}
+
+// executeFD runs one command with fd, when not negative, passed along
+// with it as SCM_RIGHTS ancillary data, which is how QEMU's getfd and
+// add-fd receive a descriptor. The descriptor stays the caller's: QEMU
+// holds a copy.
+func (q *qmpConn) executeFD(ctx context.Context, cmd string, args any, fd int) (json.RawMessage, error) {
+	var oob []byte
+	uc, isUnix := q.conn.(*net.UnixConn)
+	if fd >= 0 {
+		if !isUnix {
+			return nil, fmt.Errorf("qmp %s: passing a file descriptor needs a unix socket: %w", cmd, errdefs.ErrNotImplemented)
+		}
+		oob = unix.UnixRights(fd)
+	}
 	q.mu.Lock()
 	if q.err != nil {
 		err := q.err
@@ -220,7 +237,11 @@ func (q *qmpConn) execute(ctx context.Context, cmd string, args any) (json.RawMe
 	} else {
 		_ = q.conn.SetWriteDeadline(time.Time{})
 	}
-	_, err = q.conn.Write(append(b, '\n'))
+	if oob != nil {
+		_, _, err = uc.WriteMsgUnix(append(b, '\n'), oob, nil)
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
 	q.wmu.Unlock()
 	if err != nil {
 		q.forget(id)

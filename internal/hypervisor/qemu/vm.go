@@ -18,6 +18,8 @@ var (
 	_ hypervisor.VM      = (*VM)(nil)
 	_ hypervisor.Pauser  = (*VM)(nil)
 	_ hypervisor.Resizer = (*VM)(nil)
+
+	_ hypervisor.NetworkAdder = (*VM)(nil)
 )
 
 // state is where a VM is in its life:
@@ -57,6 +59,14 @@ type VM struct {
 	resizeMu sync.Mutex
 	// dimmSeq numbers the hot-added DIMMs; guarded by resizeMu.
 	dimmSeq int
+
+	// nicMu serializes AddNetwork.
+	nicMu sync.Mutex
+	// nicPorts holds, for each root port reserved for a hot-added NIC,
+	// the ID of the NIC in it or "" while it is free; guarded by nicMu.
+	nicPorts []string
+	// fdSeq numbers the descriptors passed over QMP; guarded by nicMu.
+	fdSeq int
 
 	mu sync.Mutex
 	// state of the VM; guarded by mu.
@@ -100,6 +110,9 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		return nil, err
 	}
 	v := &VM{cfg: cfg, opts: o, done: make(chan struct{})}
+	if o.Machine == MachineQ35 {
+		v.nicPorts = make([]string, cfg.HotplugNICs)
+	}
 	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz}
 	if v.layout.binary == "" {
 		v.layout.binary = DefaultBinary
