@@ -123,6 +123,10 @@ type layout struct {
 	tscKHz   uint64
 	// runAs is the user and group ID QEMU drops to; 0 keeps it root.
 	runAs uint32
+	// freePageReporting and memMerge are Options.FreePageReporting and
+	// Options.MemMerge.
+	freePageReporting bool
+	memMerge          bool
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -205,6 +209,10 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		a.device("vhost-vsock"+b.suffix, p("id", "vsock"), pInt("guest-cid", ag.CID))
 	}
 
+	if l.freePageReporting {
+		a.device(b.virtio("balloon"), p("id", "balloon"), pBool("free-page-reporting", true))
+	}
+
 	for i, fs := range cfg.Filesystems {
 		id := fmt.Sprintf("fs%d", i)
 		q := fs.QueueSize
@@ -272,7 +280,8 @@ func machineOpt(cfg *hypervisor.Config, l layout) props {
 	if cfg.SharedMemory {
 		o = o.with(p("memory-backend", "mem"))
 	}
-	return o
+	// Also the default of every memory backend, the hotplugged DIMMs' too.
+	return o.with(pBool("mem-merge", l.memMerge))
 }
 
 func blockdevOpt(bd hypervisor.BlockDevice) props {

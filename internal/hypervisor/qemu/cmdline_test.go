@@ -75,6 +75,8 @@ func TestArgsGolden(t *testing.T) {
 			c.MaxVCPUs, c.MaxMemoryMiB = 2, 1000
 			return c
 		}(), Options{Accel: AccelKVM}},
+		{"q35-serial-reclaim-ksm", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true, MemMerge: true}},
+		{"microvm-serial-reclaim", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},
 		{"microvm-serial-devices", withDevices(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelKVM}},

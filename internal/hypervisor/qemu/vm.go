@@ -98,7 +98,8 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		return nil, err
 	}
 	v := &VM{cfg: cfg, opts: o, done: make(chan struct{})}
-	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz}
+	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
+		freePageReporting: o.FreePageReporting, memMerge: o.MemMerge}
 	if v.layout.binary == "" {
 		v.layout.binary = DefaultBinary
 	}
