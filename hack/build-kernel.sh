@@ -125,6 +125,22 @@ export KBUILD_BUILD_TIMESTAMP="1970-01-01 00:00:00 UTC"
 export KBUILD_BUILD_USER=hull KBUILD_BUILD_HOST=hull KBUILD_BUILD_VERSION=1
 mk() { make -s -C "$src" O="$build" ARCH=x86_64 "$@"; }
 
+# progress LOG START copies the build's output into LOG and prints, every
+# 30 s, how many files were compiled so far (about 1,300 for Debian 12's
+# 6.1 with this config) and the time since START.
+progress() {
+	local log=$1 start=$2 line n=0 last=$SECONDS
+	: >"$log"
+	while IFS= read -r line; do
+		printf '%s\n' "$line" >>"$log"
+		[[ $line == "  CC "* ]] && n=$((n + 1))
+		if ((SECONDS - last >= 30)); then
+			last=$SECONDS
+			echo "build-kernel: $n files compiled, $(($(date +%s) - start)) s" >&2
+		fi
+	done
+}
+
 if [[ ! -f $stamp ]]; then
 	mkdir -p "$build"
 	mk tinyconfig >/dev/null
@@ -145,9 +161,16 @@ if [[ ! -f $stamp ]]; then
 	fi
 	[[ -n ${HULL_KERNEL_CONFIG_ONLY:-} ]] && { echo "$build/.config"; exit 0; }
 	start=$(date +%s)
-	echo "build-kernel: building vmlinux in $build with $jobs jobs" >&2
+	log=$build/build.log
+	echo "build-kernel: building vmlinux in $build with $jobs jobs; about 12 minutes on 2 idle cores (full log: $log)" >&2
 	rm -f "$build/vmlinux"
-	mk -j"$jobs" vmlinux
+	# Kbuild's short lines ("  CC      kernel/fork.o") go to the log; a
+	# progress line every 30 s says how far the build is.
+	if ! make -C "$src" O="$build" ARCH=x86_64 -j"$jobs" vmlinux 2>&1 | progress "$log" "$start"; then
+		echo "build-kernel: the build failed; the end of $log:" >&2
+		tail -n 40 "$log" >&2
+		exit 1
+	fi
 	: >"$stamp"
 	echo "build-kernel: built in $(( $(date +%s) - start )) s" >&2
 	built=1

@@ -270,7 +270,7 @@ func taskStatus(t *testing.T, d *daemon, id string) string {
 }
 
 // taskPID is the task's PID in ctr task ls.
-func taskPID(t *testing.T, d *daemon, id string) uint32 {
+func taskPID(t testing.TB, d *daemon, id string) uint32 {
 	t.Helper()
 	out := d.mustCtr(t, "task", "ls")
 	for _, l := range strings.Split(out, "\n") {

@@ -61,7 +61,11 @@ type Hypervisor struct {
 	// Debug keeps the guest kernel's console output and logs the agent at
 	// debug level.
 	Debug bool `toml:"debug"`
-	QEMU  QEMU `toml:"qemu"`
+	// FreePageReporting returns the memory a guest frees to the host (a
+	// virtio-balloon device with free page reporting; the guest image
+	// needs the "balloon" feature).
+	FreePageReporting bool `toml:"free_page_reporting"`
+	QEMU              QEMU `toml:"qemu"`
 }
 
 // QEMU configures the QEMU driver.
@@ -83,6 +87,9 @@ type QEMU struct {
 	RunAsUIDBase uint32 `toml:"run_as_uid_base"`
 	// RunAsUIDCount is the size of that range: how many VMs may run at once.
 	RunAsUIDCount uint32 `toml:"run_as_uid_count"`
+	// MemMerge lets the host's KSM merge identical guest pages across VMs
+	// (QEMU's mem-merge); off by default, as merging is a side channel.
+	MemMerge bool `toml:"mem_merge"`
 }
 
 // Agent configures the channel to the agent.
@@ -179,6 +186,8 @@ func Defaults() *Config {
 			KernelParams: []string{},
 			VCPUs:        1,
 			MemoryMiB:    512,
+			// Memory a guest frees goes back to the host.
+			FreePageReporting: true,
 			QEMU: QEMU{
 				Machine:       "q35",
 				Accel:         "auto",

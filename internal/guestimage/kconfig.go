@@ -91,6 +91,7 @@ var featureSymbols = []struct {
 	{modlist.FeatureNet, []string{"INET", "VIRTIO_NET"}},
 	{modlist.FeatureBlock, []string{"BLK_DEV", "VIRTIO_BLK"}},
 	{modlist.FeaturePmem, []string{"LIBNVDIMM", "BLK_DEV_PMEM", "ACPI_NFIT", "VIRTIO_PMEM", "FS_DAX"}},
+	{modlist.FeatureBalloon, []string{"VIRTIO_BALLOON", "PAGE_REPORTING"}},
 }
 
 // FeatureSymbols returns the config symbols (without CONFIG_) a feature

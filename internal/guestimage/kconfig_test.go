@@ -90,6 +90,7 @@ func TestFeatureSymbols(t *testing.T) {
 		modlist.FeatureNet:      {"INET", "VIRTIO_NET"},
 		modlist.FeatureBlock:    {"BLK_DEV", "VIRTIO_BLK"},
 		modlist.FeaturePmem:     {"LIBNVDIMM", "BLK_DEV_PMEM", "ACPI_NFIT", "VIRTIO_PMEM", "FS_DAX"},
+		modlist.FeatureBalloon:  {"VIRTIO_BALLOON", "PAGE_REPORTING"},
 	}
 	for _, f := range AllFeatures() {
 		if got := FeatureSymbols(f); !slices.Equal(got, want[f]) {

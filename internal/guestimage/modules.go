@@ -43,6 +43,7 @@ var featureRoots = []featureRoot{
 	{modlist.FeatureNet, []string{"virtio_net"}},
 	{modlist.FeatureBlock, []string{"virtio_blk"}},
 	{modlist.FeaturePmem, []string{"virtio_pmem", "nd_pmem", "nfit"}},
+	{modlist.FeatureBalloon, []string{"virtio_balloon"}},
 }
 
 // AllFeatures returns every feature name the builder knows, in canonical

@@ -142,6 +142,9 @@ func QEMUOptions(c *config.Config) qemu.Options {
 
 		RunAsUIDBase:  q.RunAsUIDBase,
 		RunAsUIDCount: q.RunAsUIDCount,
+
+		FreePageReporting: c.Hypervisor.FreePageReporting,
+		MemMerge:          q.MemMerge,
 	}
 }
 

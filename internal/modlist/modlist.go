@@ -63,12 +63,13 @@ const (
 	FeatureNet      = "net"       // virtio-net
 	FeatureBlock    = "block"     // virtio-blk
 	FeaturePmem     = "pmem"      // NVDIMM / virtio-pmem for DAX images
+	FeatureBalloon  = "balloon"   // virtio-balloon: free page reporting gives freed guest memory back
 )
 
 // AllFeatures lists every feature, in the order the documentation uses.
 var AllFeatures = []string{
 	FeatureBusPCI, FeatureBusMMIO, FeatureSerial, FeatureVsock,
-	FeatureVirtioFS, FeatureOverlay, FeatureNet, FeatureBlock, FeaturePmem,
+	FeatureVirtioFS, FeatureOverlay, FeatureNet, FeatureBlock, FeaturePmem, FeatureBalloon,
 }
 
 // Needs reports whether m is needed by any of features.

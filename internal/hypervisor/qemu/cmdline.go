@@ -126,6 +126,10 @@ type layout struct {
 	// vhostNet gives every NIC queue a vhost-net descriptor, passed after
 	// the tap descriptors (see vhostnet.go).
 	vhostNet bool
+	// freePageReporting and memMerge are Options.FreePageReporting and
+	// Options.MemMerge.
+	freePageReporting bool
+	memMerge          bool
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -206,6 +210,10 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		a.device("virtserialport", p("chardev", "agent"), p("name", ag.PortName))
 	case hypervisor.TransportVsock:
 		a.device("vhost-vsock"+b.suffix, p("id", "vsock"), pInt("guest-cid", ag.CID))
+	}
+
+	if l.freePageReporting {
+		a.device(b.virtio("balloon"), p("id", "balloon"), pBool("free-page-reporting", true))
 	}
 
 	for i, fs := range cfg.Filesystems {
@@ -296,7 +304,8 @@ func machineOpt(cfg *hypervisor.Config, l layout) props {
 	if cfg.SharedMemory {
 		o = o.with(p("memory-backend", "mem"))
 	}
-	return o
+	// Also the default of every memory backend, the hotplugged DIMMs' too.
+	return o.with(pBool("mem-merge", l.memMerge))
 }
 
 func blockdevOpt(bd hypervisor.BlockDevice) props {

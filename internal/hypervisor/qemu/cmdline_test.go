@@ -85,6 +85,8 @@ func TestArgsGolden(t *testing.T) {
 			c.HotplugNICs = 2
 			return c
 		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-serial-reclaim-ksm", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true, MemMerge: true}},
+		{"microvm-serial-reclaim", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},
 		{"microvm-serial-devices", withDevices(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelKVM}},
@@ -107,7 +109,8 @@ func TestArgsGolden(t *testing.T) {
 
 // TestArgsGoldenKVMHost covers every argv a KVM host produces: both
 // machines, both agent transports, with and without vhost-net, the
-// accelerator chosen by the probe (accel = "auto").
+// accelerator chosen by the probe (accel = "auto"), with the default
+// configuration's free page reporting.
 func TestArgsGoldenKVMHost(t *testing.T) {
 	for _, machine := range []string{MachineQ35, MachineMicroVM} {
 		for _, transport := range []hypervisor.Transport{hypervisor.TransportVsock, hypervisor.TransportSerial} {
@@ -118,7 +121,7 @@ func TestArgsGoldenKVMHost(t *testing.T) {
 					if transport == hypervisor.TransportVsock {
 						cfg = vsock(cfg)
 					}
-					v, err := New(cfg, Options{Machine: machine, ProbeKVM: fakeProbe(true)})
+					v, err := New(cfg, Options{Machine: machine, ProbeKVM: fakeProbe(true), FreePageReporting: true})
 					if err != nil {
 						t.Fatal(err)
 					}

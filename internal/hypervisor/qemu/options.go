@@ -68,6 +68,16 @@ type Options struct {
 	RunAsUIDBase uint32
 	// RunAsUIDCount is the size of that range.
 	RunAsUIDCount uint32
+	// FreePageReporting adds a virtio-balloon device with free page
+	// reporting: the guest kernel hands the host the memory it frees
+	// (in 2 MiB blocks), and QEMU releases it, so a guest's host memory
+	// shrinks after a peak instead of staying at its high-water mark. The
+	// balloon is never inflated.
+	FreePageReporting bool
+	// MemMerge lets the host's KSM merge identical pages of guest memory
+	// (QEMU's mem-merge). Off by default: merged pages are a side channel
+	// between VMs (write timing tells one guest what another holds).
+	MemMerge bool
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }

@@ -113,7 +113,8 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 	if o.Machine == MachineQ35 {
 		v.nicPorts = make([]string, cfg.HotplugNICs)
 	}
-	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz}
+	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
+		freePageReporting: o.FreePageReporting, memMerge: o.MemMerge}
 	if v.layout.binary == "" {
 		v.layout.binary = DefaultBinary
 	}
