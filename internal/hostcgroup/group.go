@@ -295,6 +295,15 @@ func (g *Group) dir(controller string) string {
 	return ""
 }
 
+// OpenDir opens the group's cgroup v2 directory, for a child to be started
+// in it (CLONE_INTO_CGROUP); on cgroup v1 there is none: nil and no error.
+func (g *Group) OpenDir() (*os.File, error) {
+	if g.fs.Unified == "" {
+		return nil, nil
+	}
+	return os.OpenFile(filepath.Join(g.fs.Unified, g.path), os.O_RDONLY|unix.O_DIRECTORY, 0)
+}
+
 // maxMoveRounds bounds AddTree's passes over a process tree that keeps
 // forking.
 const maxMoveRounds = 10

@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 )
 
@@ -108,13 +109,13 @@ func limitsFor(cfg CgroupConfig, vcpus, memoryMiB uint32) hostcgroup.Limits {
 	}
 }
 
-// place moves a host process of the sandbox, its threads and children
-// into the sandbox's cgroup; without one it does nothing.
-func (s *Sandbox) place(pid int) error {
+// childCgroup is the cgroup the sandbox's host processes start in; nil
+// without one of its own.
+func (s *Sandbox) childCgroup() child.Cgroup {
 	if s.cgroup == nil {
 		return nil
 	}
-	return s.cgroup.g.AddTree(pid)
+	return s.cgroup.g
 }
 
 // HostUsage reads what the sandbox's host processes use: the VMM and
