@@ -113,8 +113,11 @@ func Host() (FS, error) {
 type Group struct {
 	fs   FS
 	path string
-	// created are the group's directories that Create made.
+	// created are the group's directories that Create made (or that
+	// systemd made for its scope).
 	created []string
+	// scope is set when systemd holds the group (CreateUnit).
+	scope *scope
 }
 
 // Create makes the group at path (from Resolve) with the directories
@@ -296,9 +299,10 @@ func (g *Group) dir(controller string) string {
 }
 
 // OpenDir opens the group's cgroup v2 directory, for a child to be started
-// in it (CLONE_INTO_CGROUP); on cgroup v1 there is none: nil and no error.
+// in it (CLONE_INTO_CGROUP); on cgroup v1, and for a systemd scope not
+// started yet, there is none: nil and no error.
 func (g *Group) OpenDir() (*os.File, error) {
-	if g.fs.Unified == "" {
+	if g.fs.Unified == "" || (g.scope != nil && !g.scope.started) {
 		return nil, nil
 	}
 	return os.OpenFile(filepath.Join(g.fs.Unified, g.path), os.O_RDONLY|unix.O_DIRECTORY, 0)
@@ -311,8 +315,14 @@ const maxMoveRounds = 10
 // AddTree moves the process pid, with all its threads, and all its
 // descendants into the group. The process itself moves first, so that
 // what it forks afterwards is born in the group; then each pass moves the
-// descendants found, until a pass finds no new one.
+// descendants found, until a pass finds no new one. The first process of
+// a systemd scope starts the scope, systemd moving it in.
 func (g *Group) AddTree(pid int) error {
+	if g.scope != nil && !g.scope.started {
+		if err := g.startScope(pid); err != nil {
+			return err
+		}
+	}
 	if err := g.add(pid); err != nil {
 		return err
 	}
@@ -414,8 +424,17 @@ type Limits struct {
 // SetLimits writes the limits: memory.max and cpu.max on v2,
 // memory.limit_in_bytes and cpu.cfs_period_us/cpu.cfs_quota_us on v1. A
 // limit whose controller the host lacks is an ErrNotImplemented-class
-// error.
+// error. A systemd scope gets them as unit properties too: at its start
+// when it has not started yet (and then only so), else at once.
 func (g *Group) SetLimits(l Limits) error {
+	if g.scope != nil {
+		if err := g.setScopeLimits(l); err != nil {
+			return err
+		}
+		if !g.scope.started {
+			return nil
+		}
+	}
 	if l.MemoryBytes > 0 {
 		d := g.dir("memory")
 		if d == "" {
@@ -490,10 +509,15 @@ func writeIfExists(file, data string) error {
 const deleteWait = 10 * time.Second
 
 // Delete removes the group's directories that Create made (never one it
-// found, nor an ancestor). A directory still busy (a process not yet gone from it) is retried for a
+// found, nor an ancestor); a systemd scope is stopped first. A directory still busy (a process not yet gone from it) is retried for a
 // few seconds; one already gone is no error.
 func (g *Group) Delete() error {
 	var errs []error
+	if g.scope != nil {
+		if err := g.stopScope(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	deadline := time.Now().Add(deleteWait)
 	for i := len(g.created) - 1; i >= 0; i-- {
 		d := g.created[i]

@@ -24,6 +24,11 @@ type CgroupConfig struct {
 	// none and the VM driver places the VMM in a cgroup of its own,
 	// without limits.
 	Path string
+	// Unit is the systemd scope that the systemd form of the cgroupsPath
+	// names (hostcgroup.SystemdUnit); zero for the cgroupfs form. On a
+	// cgroup v2 host where systemd runs, systemd makes the group as that
+	// scope, delegated; elsewhere the sandbox makes Path itself.
+	Unit hostcgroup.Unit
 	// MemoryOverheadMiB is what the group may use beyond the VM's memory:
 	// the VMM's own memory (device models, TCG's translation cache) and
 	// virtiofsd.
@@ -57,7 +62,12 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 	if err != nil {
 		return err
 	}
-	g, err := hostcgroup.Create(fs, cfg.Path)
+	var g *hostcgroup.Group
+	if cfg.Unit.Name != "" && fs.Unified != "" && hostcgroup.SystemdRunning() {
+		g, err = hostcgroup.CreateUnit(fs, cfg.Path, cfg.Unit)
+	} else {
+		g, err = hostcgroup.Create(fs, cfg.Path)
+	}
 	if err != nil {
 		return err
 	}
@@ -68,7 +78,7 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 	}
 	s.cgroup = hc
 	log.G(ctx).WithFields(log.Fields{
-		"sandbox": s.id, "cgroup": cfg.Path, "created": g.Created(),
+		"sandbox": s.id, "cgroup": cfg.Path, "created": g.Created(), "systemd_unit": g.Unit().Name,
 		"memory_limit_mib": memoryMiB + cfg.MemoryOverheadMiB,
 	}).Debug("sandbox cgroup ready")
 	return nil
