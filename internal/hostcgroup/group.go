@@ -190,14 +190,22 @@ func Open(fs FS, path string) (*Group, error) {
 }
 
 // Recorded returns the group at path that a runtime made and recorded
-// before it died (the sandbox record's cgroup): Delete removes its
-// directory in each hierarchy where it still exists, and no ancestor.
-func Recorded(fs FS, path string) (*Group, error) {
+// before it died (the sandbox record's cgroup), held by the systemd scope
+// unit when that is not empty: Delete stops the scope (one already gone
+// is no error) and removes the group's directory in each hierarchy where
+// it still exists, and no ancestor.
+func Recorded(fs FS, path, unit string) (*Group, error) {
 	if err := checkPath(path); err != nil {
 		return nil, fmt.Errorf("cgroup %q: %w", path, err)
 	}
 	g := &Group{fs: fs, path: path}
 	g.created = g.dirs()
+	if unit != "" {
+		if err := checkName(unit); err != nil || !strings.HasSuffix(unit, ".scope") {
+			return nil, fmt.Errorf("systemd unit %q: %w", unit, errdefs.ErrInvalidArgument)
+		}
+		g.scope = &scope{unit: Unit{Name: unit}, started: true}
+	}
 	return g, nil
 }
 

@@ -302,7 +302,7 @@ func TestRecorded(t *testing.T) {
 	if _, err := Create(fs, "/hull/sb1"); err != nil {
 		t.Fatal(err)
 	}
-	g, err := Recorded(fs, "/hull/sb1")
+	g, err := Recorded(fs, "/hull/sb1", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,10 +315,10 @@ func TestRecorded(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(fs.Unified, "hull")); err != nil {
 		t.Errorf("ancestor removed: %v", err)
 	}
-	if g, err := Recorded(fs, "/hull/gone"); err != nil || g.Delete() != nil {
+	if g, err := Recorded(fs, "/hull/gone", ""); err != nil || g.Delete() != nil {
 		t.Errorf("a group already gone: %v", err)
 	}
-	if _, err := Recorded(fs, "/hull/../etc"); err == nil {
+	if _, err := Recorded(fs, "/hull/../etc", ""); err == nil {
 		t.Error("a path with .. accepted")
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	systemd "github.com/coreos/go-systemd/v22/dbus"
+	godbus "github.com/godbus/dbus/v5"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -96,6 +97,8 @@ type fakeSystemd struct {
 	root string
 	// result is the started job's result ("done" unless set).
 	result string
+	// gone makes StopUnit answer that the unit does not exist.
+	gone bool
 	calls  []string
 	props  map[string][]systemd.Property
 }
@@ -132,6 +135,9 @@ func (f *fakeSystemd) SetUnitPropertiesContext(_ context.Context, name string, r
 
 func (f *fakeSystemd) StopUnitContext(_ context.Context, name, mode string, ch chan<- string) (int, error) {
 	f.calls = append(f.calls, "stop "+name+" "+mode)
+	if f.gone {
+		return 0, godbus.Error{Name: "org.freedesktop.systemd1.NoSuchUnit", Body: []any{"Unit " + name + " not loaded."}}
+	}
 	ch <- "done"
 	return 2, nil
 }
@@ -278,3 +284,30 @@ func TestCreateUnitWithoutSystemd(t *testing.T) {
 	}
 }
 
+
+// TestRecordedScope: crash cleanup stops the recorded scope (one systemd
+// already dropped, when its processes died, is no error) and removes its
+// cgroup.
+func TestRecordedScope(t *testing.T) {
+	for _, gone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gone=%v", gone), func(t *testing.T) {
+			fs := fakeV2(t)
+			f := &fakeSystemd{root: fs.Unified, gone: gone, props: map[string][]systemd.Property{}}
+			withSystemd(t, f)
+			const path = "/system.slice/hull-x.scope"
+			must(t, os.MkdirAll(filepath.Join(fs.Unified, path), 0o755))
+			g, err := Recorded(fs, path, "hull-x.scope")
+			must(t, err)
+			must(t, g.Delete())
+			if want := []string{"stop hull-x.scope replace"}; !slices.Equal(f.calls, want) {
+				t.Errorf("calls %v, want %v", f.calls, want)
+			}
+			if _, err := os.Stat(filepath.Join(fs.Unified, path)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("scope's cgroup left: %v", err)
+			}
+		})
+	}
+	if _, err := Recorded(FS{Unified: "/x"}, "/system.slice/a.scope", "../a.scope"); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a unit name with a slash: %v", err)
+	}
+}
