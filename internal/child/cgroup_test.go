@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/bpf"
@@ -142,9 +143,12 @@ func TestStartIn(t *testing.T) {
 			if noCloneIntoCgroup.Load() != tc.moved {
 				t.Errorf("CLONE_INTO_CGROUP marked unsupported: %v, want %v", noCloneIntoCgroup.Load(), tc.moved)
 			}
-			stop()
-			if !strings.Contains(out.String(), "started") {
-				t.Errorf("output %q lacks the child's", out.String())
+			// The child's output reaches the buffer of the Cmd that ran.
+			for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "started"); {
+				if time.Now().After(deadline) {
+					t.Fatalf("output %q lacks the child's", out.String())
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
 		})
 	}

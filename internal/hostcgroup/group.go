@@ -51,8 +51,8 @@ var procRoot = "/proc"
 var removeDir = os.Remove
 
 // Host finds the cgroup mounts of this host from /proc/self/mountinfo.
-// The cpuset hierarchy is left out: a new cpuset group has no CPUs until
-// they are copied in, and the VM is not pinned.
+// A cpuset hierarchy mounted with noprefix (whose files lack the
+// "cpuset." prefix) is left out.
 func Host() (FS, error) {
 	f, err := os.Open(filepath.Join(procRoot, "self/mountinfo"))
 	if err != nil {
@@ -80,17 +80,13 @@ func Host() (FS, error) {
 			}
 		case "cgroup":
 			var ctrls []string
-			cpuset := false
-			for _, o := range strings.Split(qf[2], ",") {
-				switch {
-				case o == "cpuset":
-					cpuset = true
-				case slices.Contains(v1MountOptions, o) || strings.Contains(o, "="):
-				default:
+			opts := strings.Split(qf[2], ",")
+			for _, o := range opts {
+				if !slices.Contains(v1MountOptions, o) && !strings.Contains(o, "=") {
 					ctrls = append(ctrls, o)
 				}
 			}
-			if !cpuset {
+			if !slices.Contains(ctrls, "cpuset") || !slices.Contains(opts, "noprefix") {
 				fs.V1 = append(fs.V1, Hierarchy{Mount: pf[4], Controllers: ctrls})
 			}
 		}
@@ -156,10 +152,17 @@ func Create(fs FS, path string) (_ *Group, retErr error) {
 	}
 	for _, h := range fs.V1 {
 		dir := h.Mount
+		cpuset := slices.Contains(h.Controllers, "cpuset")
 		for i, e := range elems {
+			parent := dir
 			dir = filepath.Join(dir, e)
 			if err := g.mkdir(dir, i == len(elems)-1); err != nil {
 				return nil, err
+			}
+			if cpuset {
+				if err := inheritCpuset(parent, dir); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -236,6 +239,30 @@ func (g *Group) mkdir(dir string, leaf bool) error {
 	}
 	if leaf {
 		g.created = append(g.created, dir)
+	}
+	return nil
+}
+
+// inheritCpuset gives a v1 cpuset group with no CPUs or memory nodes
+// (as the kernel makes one) its parent's, so that processes can join it
+// and stay within the CPUs their pod's cpuset allows (the kubelet's CPU
+// manager pins pods there). A group that has its own is left as it is.
+func inheritCpuset(parent, dir string) error {
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if strings.TrimSpace(string(b)) != "" {
+			continue
+		}
+		v, err := os.ReadFile(filepath.Join(parent, f))
+		if err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(dir, f), strings.TrimSpace(string(v))); err != nil {
+			return fmt.Errorf("copying %s from %s: %w", f, parent, err)
+		}
 	}
 	return nil
 }

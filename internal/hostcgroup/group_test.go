@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -151,14 +152,44 @@ func TestV1(t *testing.T) {
 		{Mount: filepath.Join(root, "memory"), Controllers: []string{"memory"}},
 		{Mount: filepath.Join(root, "cpu,cpuacct"), Controllers: []string{"cpu", "cpuacct"}},
 		{Mount: filepath.Join(root, "systemd")},
+		{Mount: filepath.Join(root, "cpuset"), Controllers: []string{"cpuset"}},
 	}}
 	for _, h := range fs.V1 {
 		must(t, os.MkdirAll(h.Mount, 0o755))
 	}
+	// The cpuset root has every CPU; the pod's group (made by the
+	// kubelet, pinned) has its own, and a new group below it starts
+	// empty, as the kernel makes it.
+	cpuset := filepath.Join(root, "cpuset")
+	write(t, filepath.Join(cpuset, "cpuset.cpus"), "0-7\n")
+	write(t, filepath.Join(cpuset, "cpuset.mems"), "0\n")
+	must(t, os.MkdirAll(filepath.Join(cpuset, "pod1"), 0o755))
+	write(t, filepath.Join(cpuset, "pod1/cpuset.cpus"), "2-3\n")
+	write(t, filepath.Join(cpuset, "pod1/cpuset.mems"), "0\n")
 	fakeProc(t)
+	pg, err := Create(fs, "/pod1/sandbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"pod1/cpuset.cpus": "2-3\n", "pod1/cpuset.mems": "0\n",
+		"pod1/sandbox/cpuset.cpus": "2-3", "pod1/sandbox/cpuset.mems": "0",
+	} {
+		if got := read(t, filepath.Join(cpuset, file)); got != want {
+			t.Errorf("cpuset %s = %q, want %q", file, got, want)
+		}
+	}
+	must(t, pg.Delete())
 	g, err := Create(fs, "/default/c1")
 	if err != nil {
 		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"default/cpuset.cpus": "0-7", "default/c1/cpuset.cpus": "0-7", "default/c1/cpuset.mems": "0",
+	} {
+		if got := read(t, filepath.Join(cpuset, file)); got != want {
+			t.Errorf("cpuset %s = %q, want %q", file, got, want)
+		}
 	}
 	mem, cpu := filepath.Join(root, "memory/default/c1"), filepath.Join(root, "cpu,cpuacct/default/c1")
 	write(t, filepath.Join(mem, "memory.memsw.limit_in_bytes"), "9223372036854771712")
@@ -269,7 +300,13 @@ func TestHost(t *testing.T) {
 		name, mountinfo string
 		want            FS
 	}{
-		{"hybrid: the v1 hierarchies but cpuset", hybrid, FS{V1: []Hierarchy{
+		{"hybrid: the v1 hierarchies", hybrid, FS{V1: []Hierarchy{
+			{Mount: "/sys/fs/cgroup/systemd"},
+			{Mount: "/sys/fs/cgroup/memory", Controllers: []string{"memory"}},
+			{Mount: "/sys/fs/cgroup/cpuset", Controllers: []string{"cpuset"}},
+			{Mount: "/sys/fs/cgroup/cpu,cpuacct", Controllers: []string{"cpu", "cpuacct"}},
+		}}},
+		{"v1 with a noprefix cpuset left out", strings.Replace(hybrid, "rw,cpuset", "rw,cpuset,noprefix", 1), FS{V1: []Hierarchy{
 			{Mount: "/sys/fs/cgroup/systemd"},
 			{Mount: "/sys/fs/cgroup/memory", Controllers: []string{"memory"}},
 			{Mount: "/sys/fs/cgroup/cpu,cpuacct", Controllers: []string{"cpu", "cpuacct"}},
