@@ -98,9 +98,9 @@ type fakeSystemd struct {
 	// result is the started job's result ("done" unless set).
 	result string
 	// gone makes StopUnit answer that the unit does not exist.
-	gone bool
-	calls  []string
-	props  map[string][]systemd.Property
+	gone  bool
+	calls []string
+	props map[string][]systemd.Property
 }
 
 func (f *fakeSystemd) StartTransientUnitContext(_ context.Context, name, mode string, props []systemd.Property, ch chan<- string) (int, error) {
@@ -283,7 +283,6 @@ func TestCreateUnitWithoutSystemd(t *testing.T) {
 		t.Errorf("got %v, want not implemented", err)
 	}
 }
-
 
 // TestRecordedScope: crash cleanup stops the recorded scope (one systemd
 // already dropped, when its processes died, is no error) and removes its
