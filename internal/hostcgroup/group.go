@@ -319,11 +319,17 @@ func (g *Group) dirs() []string {
 	return ds
 }
 
-// dir is the group's directory that has controller: the v2 one, or the
-// one in the v1 hierarchy carrying it; "" when none does.
+// dir is the group's directory that has controller: the v2 one when the
+// controller is enabled for the group (its cgroup.controllers), or the one
+// in the v1 hierarchy carrying it; "" when none does.
 func (g *Group) dir(controller string) string {
 	if g.fs.Unified != "" {
-		return filepath.Join(g.fs.Unified, g.path)
+		d := filepath.Join(g.fs.Unified, g.path)
+		b, err := readFile(filepath.Join(d, "cgroup.controllers"))
+		if err != nil || !slices.Contains(strings.Fields(string(b)), controller) {
+			return ""
+		}
+		return d
 	}
 	for _, h := range g.fs.V1 {
 		if slices.Contains(h.Controllers, controller) {

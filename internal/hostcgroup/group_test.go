@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 )
 
 // fakeV2 lays out a cgroup v2 root offering cpu, memory, pids and io, with
@@ -65,6 +67,8 @@ func TestCreateV2(t *testing.T) {
 	}
 
 	leaf := filepath.Join(fs.Unified, "kubepods/pod1/sandbox1")
+	// What the kernel shows once the parent enabled them.
+	write(t, filepath.Join(leaf, "cgroup.controllers"), "cpu memory pids\n")
 	write(t, filepath.Join(leaf, "memory.swap.max"), "max")
 	if err := g.SetLimits(Limits{MemoryBytes: 768 << 20, CPUQuotaUs: 125000, CPUPeriodUs: 100000}); err != nil {
 		t.Fatal(err)
@@ -143,6 +147,23 @@ func TestCreateV2WithoutMemoryController(t *testing.T) {
 	defer func() { _ = g.Delete() }()
 	if _, err := os.Stat(filepath.Join(root, "cgroup.subtree_control")); err == nil {
 		t.Error("enabled controllers the root does not offer")
+	}
+	// The group has none: limits and usage are not implemented here,
+	// and no control file is made up.
+	write(t, filepath.Join(root, "hull/x/cgroup.controllers"), "\n")
+	if err := g.SetLimits(Limits{MemoryBytes: 1 << 30}); !errdefs.IsNotImplemented(err) {
+		t.Errorf("memory limit without the controller: %v", err)
+	}
+	if err := g.SetLimits(Limits{CPUQuotaUs: 100000, CPUPeriodUs: 100000}); !errdefs.IsNotImplemented(err) {
+		t.Errorf("cpu limit without the controller: %v", err)
+	}
+	if _, err := g.Usage(); !errdefs.IsNotImplemented(err) {
+		t.Errorf("usage without the memory controller: %v", err)
+	}
+	for _, f := range []string{"memory.max", "cpu.max"} {
+		if _, err := os.Stat(filepath.Join(root, "hull/x", f)); err == nil {
+			t.Errorf("%s written", f)
+		}
 	}
 }
 
@@ -248,6 +269,7 @@ func TestUsageV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := filepath.Join(fs.Unified, "kubepods/pod1/s")
+	write(t, filepath.Join(d, "cgroup.controllers"), "cpu memory pids\n")
 	write(t, filepath.Join(d, "memory.current"), "1048576\n")
 	write(t, filepath.Join(d, "memory.max"), "max\n")
 	write(t, filepath.Join(d, "memory.stat"), "anon 10\nfile 20\nshmem 5\ninactive_file 7\n")

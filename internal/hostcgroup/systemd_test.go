@@ -123,6 +123,10 @@ func (f *fakeSystemd) StartTransientUnitContext(_ context.Context, name, mode st
 	if err := os.MkdirAll(filepath.Join(f.root, dir, name), 0o755); err != nil {
 		return 0, err
 	}
+	// The controllers systemd enables for a unit with accounting on.
+	if err := os.WriteFile(filepath.Join(f.root, dir, name, "cgroup.controllers"), []byte("cpu memory pids\n"), 0o644); err != nil {
+		return 0, err
+	}
 	ch <- "done"
 	return 1, nil
 }

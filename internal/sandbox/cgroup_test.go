@@ -49,6 +49,10 @@ func TestResizeRaisesCgroupFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What the kernel shows once the parent enabled them.
+	if err := os.WriteFile(filepath.Join(root, "pod/sb/cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	hc := &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb", MemoryOverheadMiB: 256, CPUOverheadMilli: 250}, g: g}
 	if err := hc.setLimits(1, 512); err != nil {
 		t.Fatal(err)
