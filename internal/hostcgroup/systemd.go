@@ -93,15 +93,15 @@ type scope struct {
 // scope starts when the group's first process is added (AddTree): systemd
 // moves that process in, and makes the directory; until then OpenDir has
 // none, so that process is started outside and moved at once. Limits set
-// before are the unit's properties at its start. Only a cgroup v2 host
-// with systemd running (SystemdRunning) has such groups; otherwise it is
-// an ErrNotImplemented-class error.
+// before are the unit's properties at its start. It is for a cgroup v2
+// host where systemd runs (SystemdRunning, which the caller checks); on
+// a v1 or hybrid host it is an ErrNotImplemented-class error.
 func CreateUnit(fs FS, path string, u Unit) (*Group, error) {
 	if err := checkPath(path); err != nil {
 		return nil, fmt.Errorf("cgroup %q: %w", path, err)
 	}
-	if fs.Unified == "" || !SystemdRunning() {
-		return nil, fmt.Errorf("systemd unit %s: needs cgroup v2 and systemd: %w", u.Name, errdefs.ErrNotImplemented)
+	if fs.Unified == "" {
+		return nil, fmt.Errorf("systemd unit %s: needs cgroup v2: %w", u.Name, errdefs.ErrNotImplemented)
 	}
 	if err := checkName(u.Slice); err != nil || !strings.HasSuffix(u.Slice, ".slice") {
 		return nil, fmt.Errorf("systemd unit %s: slice %q: %w", u.Name, u.Slice, errdefs.ErrInvalidArgument)

@@ -272,17 +272,22 @@ func TestScopeFailedStart(t *testing.T) {
 	}
 }
 
-// TestCreateUnitWithoutSystemd: with no systemd (this is what a host
-// without it, or a hybrid host, gets), CreateUnit refuses and the sandbox
-// makes the cgroup itself.
+// TestCreateUnitWithoutSystemd: systemd is seen running by its runtime
+// directory only, and a scope needs cgroup v2 (a v1 or hybrid host makes
+// the cgroup itself).
 func TestCreateUnitWithoutSystemd(t *testing.T) {
 	old := systemdRuntimeDir
-	systemdRuntimeDir = filepath.Join(t.TempDir(), "missing")
 	defer func() { systemdRuntimeDir = old }()
+	systemdRuntimeDir = filepath.Join(t.TempDir(), "missing")
 	if SystemdRunning() {
-		t.Fatal("SystemdRunning() without its runtime directory")
+		t.Error("SystemdRunning() without its runtime directory")
 	}
-	_, err := CreateUnit(fakeV2(t), "/system.slice/hull-x.scope", Unit{Slice: "system.slice", Name: "hull-x.scope"})
+	systemdRuntimeDir = t.TempDir()
+	if !SystemdRunning() {
+		t.Error("SystemdRunning() = false with its runtime directory")
+	}
+	v1 := FS{V1: []Hierarchy{{Mount: t.TempDir(), Controllers: []string{"memory"}}}}
+	_, err := CreateUnit(v1, "/system.slice/hull-x.scope", Unit{Slice: "system.slice", Name: "hull-x.scope"})
 	if !errdefs.IsNotImplemented(err) {
 		t.Errorf("got %v, want not implemented", err)
 	}

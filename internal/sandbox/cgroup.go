@@ -52,6 +52,10 @@ type hostCgroup struct {
 // hostFS finds the host's cgroup mounts; a variable for tests.
 var hostFS = hostcgroup.Host
 
+// systemdRunning tells whether systemd is the host's init (then it makes
+// the systemd form's scope); a variable for tests.
+var systemdRunning = hostcgroup.SystemdRunning
+
 // createCgroup makes the sandbox's cgroup with limits for a VM of vcpus
 // and memoryMiB, before any of its processes runs.
 func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, memoryMiB uint32, undo *cleanups) error {
@@ -63,7 +67,7 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 		return err
 	}
 	var g *hostcgroup.Group
-	if cfg.Unit.Name != "" && fs.Unified != "" && hostcgroup.SystemdRunning() {
+	if cfg.Unit.Name != "" && fs.Unified != "" && systemdRunning() {
 		g, err = hostcgroup.CreateUnit(fs, cfg.Path, cfg.Unit)
 	} else {
 		g, err = hostcgroup.Create(fs, cfg.Path)
