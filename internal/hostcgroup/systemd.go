@@ -78,7 +78,9 @@ var dialSystemd = func(ctx context.Context) (systemdConn, error) {
 
 // scope is the systemd side of a group that systemd holds: a transient
 // scope with delegation, started with the group's first process (systemd
-// refuses a scope without one).
+// refuses a scope without one). Its fields change in AddTree, SetLimits
+// and Delete, which a group's owner calls one at a time (the sandbox's
+// start, resize and stop steps), as for the rest of Group.
 type scope struct {
 	unit Unit
 	// started is set once systemd made the unit.
