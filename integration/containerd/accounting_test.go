@@ -159,7 +159,7 @@ func checkPodCgroup(t *testing.T, d *daemon, id, cgroupFlag string) {
 // v1Hierarchies are the host's cgroup v1 mounts of controllers.
 func v1Hierarchies() []string {
 	var out []string
-	for _, c := range []string{"memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer", "systemd"} {
+	for _, c := range []string{"memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "devices", "freezer", "systemd"} {
 		out = append(out, filepath.Join("/sys/fs/cgroup", c))
 	}
 	return out

@@ -5,10 +5,13 @@
 package child
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +50,37 @@ func StartPrepared(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessS
 // is killed (and still reaped, with exited) and its start is an error:
 // only its identity lets a cleanup find it after the runtime crashed.
 func StartIdentified(cmd *exec.Cmd, prepare func() error, exited func(*os.ProcessState, error)) (Process, error) {
+	return StartIn(cmd, prepare, nil, exited)
+}
+
+// Cgroup is the cgroup a child is started in.
+type Cgroup interface {
+	// OpenDir opens the group's cgroup v2 directory for the kernel to
+	// start the child in (CLONE_INTO_CGROUP); nil and no error when the
+	// group has none (cgroup v1).
+	OpenDir() (*os.File, error)
+	// AddTree moves a started child, with its threads and children, into
+	// the group.
+	AddTree(pid int) error
+}
+
+// noCloneIntoCgroup is set once the kernel refused clone3 or its
+// CLONE_INTO_CGROUP flag (before Linux 5.7, or a seccomp profile that
+// answers ENOSYS to clone3, as container runtimes' defaults do): later
+// children are moved after their start without trying again.
+var noCloneIntoCgroup atomic.Bool
+
+// StartIn is StartIdentified with the child placed in cg (nil: left where
+// the runtime is). On cgroup v2 the child is born in the group
+// (CLONE_INTO_CGROUP), so everything it allocates, from its first page,
+// is charged there; where the kernel cannot do that, and on cgroup v1, it
+// is moved with its threads and children right after it started (what it
+// allocated before then stays charged where the runtime is on v2; v1
+// moves the charge with it when the group asks for that). A child that
+// cannot be placed is killed (and still reaped, with exited) and its start
+// is an error. cmd is a plain exec.Cmd (not from exec.CommandContext): a
+// start that falls back to the move begins again from its exported fields.
+func StartIn(cmd *exec.Cmd, prepare func() error, cg Cgroup, exited func(*os.ProcessState, error)) (Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -83,7 +117,8 @@ func StartIdentified(cmd *exec.Cmd, prepare func() error, exited func(*os.Proces
 				return
 			}
 		}
-		if err := cmd.Start(); err != nil {
+		moveAfter, err := startIn(cmd, cg)
+		if err != nil {
 			unlock()
 			started <- outcome{err: err}
 			return
@@ -91,6 +126,9 @@ func StartIdentified(cmd *exec.Cmd, prepare func() error, exited func(*os.Proces
 		// Not waited for yet, the child keeps its PID even if it
 		// already exited (a zombie still has its stat).
 		p, err := Identify(cmd.Process.Pid)
+		if err == nil && moveAfter {
+			err = cg.AddTree(cmd.Process.Pid)
+		}
 		if err != nil {
 			_ = cmd.Process.Kill()
 		}
@@ -102,6 +140,49 @@ func StartIdentified(cmd *exec.Cmd, prepare func() error, exited func(*os.Proces
 	go run()
 	o := <-started
 	return o.p, o.err
+}
+
+// startIn starts cmd in cg's cgroup v2 directory when there is one and the
+// kernel can; moveAfter reports that the child still has to be moved
+// there.
+func startIn(cmd *exec.Cmd, cg Cgroup) (moveAfter bool, err error) {
+	if cg == nil {
+		return false, cmd.Start()
+	}
+	if noCloneIntoCgroup.Load() {
+		return true, cmd.Start()
+	}
+	dir, err := cg.OpenDir()
+	if err != nil {
+		return false, fmt.Errorf("opening the cgroup to start %s in: %w", cmd.Path, err)
+	}
+	if dir == nil {
+		return true, cmd.Start()
+	}
+	defer func() { _ = dir.Close() }()
+	attr := *cmd.SysProcAttr
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = int(dir.Fd())
+	err = cmd.Start()
+	if err == nil || (!errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL)) {
+		return false, err
+	}
+	// clone3 or its flag is unknown here. A Cmd is not started twice:
+	// start a fresh one with the same parts.
+	noCloneIntoCgroup.Store(true)
+	*cmd = exec.Cmd{
+		Path:        cmd.Path,
+		Args:        cmd.Args,
+		Env:         cmd.Env,
+		Dir:         cmd.Dir,
+		Stdin:       cmd.Stdin,
+		Stdout:      cmd.Stdout,
+		Stderr:      cmd.Stderr,
+		ExtraFiles:  cmd.ExtraFiles,
+		SysProcAttr: &attr,
+		WaitDelay:   cmd.WaitDelay,
+	}
+	return true, cmd.Start()
 }
 
 // TailBuffer keeps the last Max bytes written to it.

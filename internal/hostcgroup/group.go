@@ -51,8 +51,8 @@ var procRoot = "/proc"
 var removeDir = os.Remove
 
 // Host finds the cgroup mounts of this host from /proc/self/mountinfo.
-// The cpuset hierarchy is left out: a new cpuset group has no CPUs until
-// they are copied in, and the VM is not pinned.
+// A cpuset hierarchy mounted with noprefix (whose files lack the
+// "cpuset." prefix) is left out.
 func Host() (FS, error) {
 	f, err := os.Open(filepath.Join(procRoot, "self/mountinfo"))
 	if err != nil {
@@ -80,17 +80,13 @@ func Host() (FS, error) {
 			}
 		case "cgroup":
 			var ctrls []string
-			cpuset := false
-			for _, o := range strings.Split(qf[2], ",") {
-				switch {
-				case o == "cpuset":
-					cpuset = true
-				case slices.Contains(v1MountOptions, o) || strings.Contains(o, "="):
-				default:
+			opts := strings.Split(qf[2], ",")
+			for _, o := range opts {
+				if !slices.Contains(v1MountOptions, o) && !strings.Contains(o, "=") {
 					ctrls = append(ctrls, o)
 				}
 			}
-			if !cpuset {
+			if !slices.Contains(ctrls, "cpuset") || !slices.Contains(opts, "noprefix") {
 				fs.V1 = append(fs.V1, Hierarchy{Mount: pf[4], Controllers: ctrls})
 			}
 		}
@@ -113,8 +109,11 @@ func Host() (FS, error) {
 type Group struct {
 	fs   FS
 	path string
-	// created are the group's directories that Create made.
+	// created are the group's directories that Create made (or that
+	// systemd made for its scope).
 	created []string
+	// scope is set when systemd holds the group (CreateUnit).
+	scope *scope
 }
 
 // Create makes the group at path (from Resolve) with the directories
@@ -153,10 +152,17 @@ func Create(fs FS, path string) (_ *Group, retErr error) {
 	}
 	for _, h := range fs.V1 {
 		dir := h.Mount
+		cpuset := slices.Contains(h.Controllers, "cpuset")
 		for i, e := range elems {
+			parent := dir
 			dir = filepath.Join(dir, e)
 			if err := g.mkdir(dir, i == len(elems)-1); err != nil {
 				return nil, err
+			}
+			if cpuset {
+				if err := inheritCpuset(parent, dir); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -187,14 +193,22 @@ func Open(fs FS, path string) (*Group, error) {
 }
 
 // Recorded returns the group at path that a runtime made and recorded
-// before it died (the sandbox record's cgroup): Delete removes its
-// directory in each hierarchy where it still exists, and no ancestor.
-func Recorded(fs FS, path string) (*Group, error) {
+// before it died (the sandbox record's cgroup), held by the systemd scope
+// unit when that is not empty: Delete stops the scope (one already gone
+// is no error) and removes the group's directory in each hierarchy where
+// it still exists, and no ancestor.
+func Recorded(fs FS, path, unit string) (*Group, error) {
 	if err := checkPath(path); err != nil {
 		return nil, fmt.Errorf("cgroup %q: %w", path, err)
 	}
 	g := &Group{fs: fs, path: path}
 	g.created = g.dirs()
+	if unit != "" {
+		if err := checkName(unit); err != nil || !strings.HasSuffix(unit, ".scope") {
+			return nil, fmt.Errorf("systemd unit %q: %w", unit, errdefs.ErrInvalidArgument)
+		}
+		g.scope = &scope{unit: Unit{Name: unit}, started: true}
+	}
 	return g, nil
 }
 
@@ -225,6 +239,30 @@ func (g *Group) mkdir(dir string, leaf bool) error {
 	}
 	if leaf {
 		g.created = append(g.created, dir)
+	}
+	return nil
+}
+
+// inheritCpuset gives a v1 cpuset group with no CPUs or memory nodes
+// (as the kernel makes one) its parent's, so that processes can join it
+// and stay within the CPUs their pod's cpuset allows (the kubelet's CPU
+// manager pins pods there). A group that has its own is left as it is.
+func inheritCpuset(parent, dir string) error {
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if strings.TrimSpace(string(b)) != "" {
+			continue
+		}
+		v, err := os.ReadFile(filepath.Join(parent, f))
+		if err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(dir, f), strings.TrimSpace(string(v))); err != nil {
+			return fmt.Errorf("copying %s from %s: %w", f, parent, err)
+		}
 	}
 	return nil
 }
@@ -281,11 +319,17 @@ func (g *Group) dirs() []string {
 	return ds
 }
 
-// dir is the group's directory that has controller: the v2 one, or the
-// one in the v1 hierarchy carrying it; "" when none does.
+// dir is the group's directory that has controller: the v2 one when the
+// controller is enabled for the group (its cgroup.controllers), or the one
+// in the v1 hierarchy carrying it; "" when none does.
 func (g *Group) dir(controller string) string {
 	if g.fs.Unified != "" {
-		return filepath.Join(g.fs.Unified, g.path)
+		d := filepath.Join(g.fs.Unified, g.path)
+		b, err := readFile(filepath.Join(d, "cgroup.controllers"))
+		if err != nil || !slices.Contains(strings.Fields(string(b)), controller) {
+			return ""
+		}
+		return d
 	}
 	for _, h := range g.fs.V1 {
 		if slices.Contains(h.Controllers, controller) {
@@ -295,6 +339,16 @@ func (g *Group) dir(controller string) string {
 	return ""
 }
 
+// OpenDir opens the group's cgroup v2 directory, for a child to be started
+// in it (CLONE_INTO_CGROUP); on cgroup v1, and for a systemd scope not
+// started yet, there is none: nil and no error.
+func (g *Group) OpenDir() (*os.File, error) {
+	if g.fs.Unified == "" || (g.scope != nil && !g.scope.started) {
+		return nil, nil
+	}
+	return os.OpenFile(filepath.Join(g.fs.Unified, g.path), os.O_RDONLY|unix.O_DIRECTORY, 0)
+}
+
 // maxMoveRounds bounds AddTree's passes over a process tree that keeps
 // forking.
 const maxMoveRounds = 10
@@ -302,8 +356,14 @@ const maxMoveRounds = 10
 // AddTree moves the process pid, with all its threads, and all its
 // descendants into the group. The process itself moves first, so that
 // what it forks afterwards is born in the group; then each pass moves the
-// descendants found, until a pass finds no new one.
+// descendants found, until a pass finds no new one. The first process of
+// a systemd scope starts the scope, systemd moving it in.
 func (g *Group) AddTree(pid int) error {
+	if g.scope != nil && !g.scope.started {
+		if err := g.startScope(pid); err != nil {
+			return err
+		}
+	}
 	if err := g.add(pid); err != nil {
 		return err
 	}
@@ -405,8 +465,17 @@ type Limits struct {
 // SetLimits writes the limits: memory.max and cpu.max on v2,
 // memory.limit_in_bytes and cpu.cfs_period_us/cpu.cfs_quota_us on v1. A
 // limit whose controller the host lacks is an ErrNotImplemented-class
-// error.
+// error. A systemd scope gets them as unit properties too: at its start
+// when it has not started yet (and then only so), else at once.
 func (g *Group) SetLimits(l Limits) error {
+	if g.scope != nil {
+		if err := g.setScopeLimits(l); err != nil {
+			return err
+		}
+		if !g.scope.started {
+			return nil
+		}
+	}
 	if l.MemoryBytes > 0 {
 		d := g.dir("memory")
 		if d == "" {
@@ -481,10 +550,15 @@ func writeIfExists(file, data string) error {
 const deleteWait = 10 * time.Second
 
 // Delete removes the group's directories that Create made (never one it
-// found, nor an ancestor). A directory still busy (a process not yet gone from it) is retried for a
+// found, nor an ancestor); a systemd scope is stopped first. A directory still busy (a process not yet gone from it) is retried for a
 // few seconds; one already gone is no error.
 func (g *Group) Delete() error {
 	var errs []error
+	if g.scope != nil {
+		if err := g.stopScope(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	deadline := time.Now().Add(deleteWait)
 	for i := len(g.created) - 1; i >= 0; i-- {
 		d := g.created[i]

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 )
 
 // fakeV2 lays out a cgroup v2 root offering cpu, memory, pids and io, with
@@ -64,6 +67,8 @@ func TestCreateV2(t *testing.T) {
 	}
 
 	leaf := filepath.Join(fs.Unified, "kubepods/pod1/sandbox1")
+	// What the kernel shows once the parent enabled them.
+	write(t, filepath.Join(leaf, "cgroup.controllers"), "cpu memory pids\n")
 	write(t, filepath.Join(leaf, "memory.swap.max"), "max")
 	if err := g.SetLimits(Limits{MemoryBytes: 768 << 20, CPUQuotaUs: 125000, CPUPeriodUs: 100000}); err != nil {
 		t.Fatal(err)
@@ -143,6 +148,23 @@ func TestCreateV2WithoutMemoryController(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "cgroup.subtree_control")); err == nil {
 		t.Error("enabled controllers the root does not offer")
 	}
+	// The group has none: limits and usage are not implemented here,
+	// and no control file is made up.
+	write(t, filepath.Join(root, "hull/x/cgroup.controllers"), "\n")
+	if err := g.SetLimits(Limits{MemoryBytes: 1 << 30}); !errdefs.IsNotImplemented(err) {
+		t.Errorf("memory limit without the controller: %v", err)
+	}
+	if err := g.SetLimits(Limits{CPUQuotaUs: 100000, CPUPeriodUs: 100000}); !errdefs.IsNotImplemented(err) {
+		t.Errorf("cpu limit without the controller: %v", err)
+	}
+	if _, err := g.Usage(); !errdefs.IsNotImplemented(err) {
+		t.Errorf("usage without the memory controller: %v", err)
+	}
+	for _, f := range []string{"memory.max", "cpu.max"} {
+		if _, err := os.Stat(filepath.Join(root, "hull/x", f)); err == nil {
+			t.Errorf("%s written", f)
+		}
+	}
 }
 
 func TestV1(t *testing.T) {
@@ -151,14 +173,44 @@ func TestV1(t *testing.T) {
 		{Mount: filepath.Join(root, "memory"), Controllers: []string{"memory"}},
 		{Mount: filepath.Join(root, "cpu,cpuacct"), Controllers: []string{"cpu", "cpuacct"}},
 		{Mount: filepath.Join(root, "systemd")},
+		{Mount: filepath.Join(root, "cpuset"), Controllers: []string{"cpuset"}},
 	}}
 	for _, h := range fs.V1 {
 		must(t, os.MkdirAll(h.Mount, 0o755))
 	}
+	// The cpuset root has every CPU; the pod's group (made by the
+	// kubelet, pinned) has its own, and a new group below it starts
+	// empty, as the kernel makes it.
+	cpuset := filepath.Join(root, "cpuset")
+	write(t, filepath.Join(cpuset, "cpuset.cpus"), "0-7\n")
+	write(t, filepath.Join(cpuset, "cpuset.mems"), "0\n")
+	must(t, os.MkdirAll(filepath.Join(cpuset, "pod1"), 0o755))
+	write(t, filepath.Join(cpuset, "pod1/cpuset.cpus"), "2-3\n")
+	write(t, filepath.Join(cpuset, "pod1/cpuset.mems"), "0\n")
 	fakeProc(t)
+	pg, err := Create(fs, "/pod1/sandbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"pod1/cpuset.cpus": "2-3\n", "pod1/cpuset.mems": "0\n",
+		"pod1/sandbox/cpuset.cpus": "2-3", "pod1/sandbox/cpuset.mems": "0",
+	} {
+		if got := read(t, filepath.Join(cpuset, file)); got != want {
+			t.Errorf("cpuset %s = %q, want %q", file, got, want)
+		}
+	}
+	must(t, pg.Delete())
 	g, err := Create(fs, "/default/c1")
 	if err != nil {
 		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"default/cpuset.cpus": "0-7", "default/c1/cpuset.cpus": "0-7", "default/c1/cpuset.mems": "0",
+	} {
+		if got := read(t, filepath.Join(cpuset, file)); got != want {
+			t.Errorf("cpuset %s = %q, want %q", file, got, want)
+		}
 	}
 	mem, cpu := filepath.Join(root, "memory/default/c1"), filepath.Join(root, "cpu,cpuacct/default/c1")
 	write(t, filepath.Join(mem, "memory.memsw.limit_in_bytes"), "9223372036854771712")
@@ -217,6 +269,7 @@ func TestUsageV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := filepath.Join(fs.Unified, "kubepods/pod1/s")
+	write(t, filepath.Join(d, "cgroup.controllers"), "cpu memory pids\n")
 	write(t, filepath.Join(d, "memory.current"), "1048576\n")
 	write(t, filepath.Join(d, "memory.max"), "max\n")
 	write(t, filepath.Join(d, "memory.stat"), "anon 10\nfile 20\nshmem 5\ninactive_file 7\n")
@@ -269,7 +322,13 @@ func TestHost(t *testing.T) {
 		name, mountinfo string
 		want            FS
 	}{
-		{"hybrid: the v1 hierarchies but cpuset", hybrid, FS{V1: []Hierarchy{
+		{"hybrid: the v1 hierarchies", hybrid, FS{V1: []Hierarchy{
+			{Mount: "/sys/fs/cgroup/systemd"},
+			{Mount: "/sys/fs/cgroup/memory", Controllers: []string{"memory"}},
+			{Mount: "/sys/fs/cgroup/cpuset", Controllers: []string{"cpuset"}},
+			{Mount: "/sys/fs/cgroup/cpu,cpuacct", Controllers: []string{"cpu", "cpuacct"}},
+		}}},
+		{"v1 with a noprefix cpuset left out", strings.Replace(hybrid, "rw,cpuset", "rw,cpuset,noprefix", 1), FS{V1: []Hierarchy{
 			{Mount: "/sys/fs/cgroup/systemd"},
 			{Mount: "/sys/fs/cgroup/memory", Controllers: []string{"memory"}},
 			{Mount: "/sys/fs/cgroup/cpu,cpuacct", Controllers: []string{"cpu", "cpuacct"}},
@@ -302,7 +361,7 @@ func TestRecorded(t *testing.T) {
 	if _, err := Create(fs, "/hull/sb1"); err != nil {
 		t.Fatal(err)
 	}
-	g, err := Recorded(fs, "/hull/sb1")
+	g, err := Recorded(fs, "/hull/sb1", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,10 +374,10 @@ func TestRecorded(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(fs.Unified, "hull")); err != nil {
 		t.Errorf("ancestor removed: %v", err)
 	}
-	if g, err := Recorded(fs, "/hull/gone"); err != nil || g.Delete() != nil {
+	if g, err := Recorded(fs, "/hull/gone", ""); err != nil || g.Delete() != nil {
 		t.Errorf("a group already gone: %v", err)
 	}
-	if _, err := Recorded(fs, "/hull/../etc"); err == nil {
+	if _, err := Recorded(fs, "/hull/../etc", ""); err == nil {
 		t.Error("a path with .. accepted")
 	}
 }

@@ -1,6 +1,7 @@
 package hostcgroup
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/internal/child"
 )
 
 // realV2 returns a real cgroup v2 mount to place processes in: the host's
@@ -157,5 +160,111 @@ func TestMemoryLimitReal(t *testing.T) {
 				t.Errorf("%d MiB: %s = %s", mib, f, got)
 			}
 		}
+	}
+}
+
+// bornOnly is a group that refuses moves: a child started in it must have
+// been born there (CLONE_INTO_CGROUP).
+type bornOnly struct{ *Group }
+
+func (bornOnly) AddTree(pid int) error {
+	return fmt.Errorf("pid %d would be moved after its start", pid)
+}
+
+// TestStartInReal starts a child directly in a real v2 group (the kernel's
+// CLONE_INTO_CGROUP, no move) and checks its /proc/<pid>/cgroup, then that
+// the group is removed once the child is gone.
+func TestStartInReal(t *testing.T) {
+	fs := realV2(t)
+	oldRemove := removeDir
+	removeDir = os.Remove
+	defer func() { removeDir = oldRemove }()
+	parent := fmt.Sprintf("/hull-test-%d", os.Getpid())
+	path := parent + "/born"
+	g, err := Create(fs, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = g.Delete()
+		_ = os.Remove(filepath.Join(fs.Unified, parent))
+	})
+	cmd := exec.Command("sleep", "60")
+	exited := make(chan struct{})
+	if _, err := child.StartIn(cmd, nil, bornOnly{g}, func(*os.ProcessState, error) { close(exited) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := v2CgroupOf(t, cmd.Process.Pid); got != path {
+		t.Errorf("child in %q, want %q", got, path)
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+	if err := g.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(fs.Unified, path)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("group left behind: %v", err)
+	}
+}
+
+// TestCpusetReal places a child in a new group of the host's real v1
+// cpuset hierarchy: the group gets its parent's CPUs and memory nodes
+// (else nothing could join it), the child is moved in after its start
+// (cgroup v1 has no CLONE_INTO_CGROUP), and the group is removed after.
+func TestCpusetReal(t *testing.T) {
+	const mount = "/sys/fs/cgroup/cpuset"
+	if _, err := os.Stat(filepath.Join(mount, "cpuset.cpus")); err != nil || os.Geteuid() != 0 {
+		msg := "needs root and a cgroup v1 cpuset hierarchy"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	oldRemove := removeDir
+	removeDir = os.Remove
+	defer func() { removeDir = oldRemove }()
+	fs := FS{V1: []Hierarchy{{Mount: mount, Controllers: []string{"cpuset"}}}}
+	parent := fmt.Sprintf("/hull-test-%d", os.Getpid())
+	path := parent + "/sandbox"
+	g, err := Create(fs, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = g.Delete()
+		_ = os.Remove(filepath.Join(mount, parent))
+	})
+	for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+		root, err := os.ReadFile(filepath.Join(mount, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(mount, path, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(root) {
+			t.Errorf("%s = %q, want the root's %q", f, got, root)
+		}
+	}
+	cmd := exec.Command("sleep", "60")
+	exited := make(chan struct{})
+	if _, err := child.StartIn(cmd, nil, g, func(*os.ProcessState, error) { close(exited) }); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(strings.Split(string(b), "\n"), func(l string) bool { return strings.HasSuffix(l, ":cpuset:"+path) }) {
+		t.Errorf("child not in the cpuset group:\n%s", b)
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+	if err := g.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mount, path)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("group left behind: %v", err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/containerd/errdefs"
 )
 
 // Usage is what a group's processes use, read from its cgroup files; the
@@ -59,6 +61,9 @@ func (g *Group) Usage() (Usage, error) {
 
 func (g *Group) usageV2(u *Usage) error {
 	d := g.dir("memory")
+	if d == "" {
+		return fmt.Errorf("no memory controller: %w", errdefs.ErrNotImplemented)
+	}
 	var err error
 	if u.MemoryBytes, err = readUint(filepath.Join(d, "memory.current")); err != nil {
 		return err

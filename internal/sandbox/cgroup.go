@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 )
 
@@ -23,6 +24,11 @@ type CgroupConfig struct {
 	// none and the VM driver places the VMM in a cgroup of its own,
 	// without limits.
 	Path string
+	// Unit is the systemd scope that the systemd form of the cgroupsPath
+	// names (hostcgroup.SystemdUnit); zero for the cgroupfs form. On a
+	// cgroup v2 host where systemd runs, systemd makes the group as that
+	// scope, delegated; elsewhere the sandbox makes Path itself.
+	Unit hostcgroup.Unit
 	// MemoryOverheadMiB is what the group may use beyond the VM's memory:
 	// the VMM's own memory (device models, TCG's translation cache) and
 	// virtiofsd.
@@ -46,6 +52,10 @@ type hostCgroup struct {
 // hostFS finds the host's cgroup mounts; a variable for tests.
 var hostFS = hostcgroup.Host
 
+// systemdRunning tells whether systemd is the host's init (then it makes
+// the systemd form's scope); a variable for tests.
+var systemdRunning = hostcgroup.SystemdRunning
+
 // createCgroup makes the sandbox's cgroup with limits for a VM of vcpus
 // and memoryMiB, before any of its processes runs.
 func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, memoryMiB uint32, undo *cleanups) error {
@@ -56,7 +66,12 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 	if err != nil {
 		return err
 	}
-	g, err := hostcgroup.Create(fs, cfg.Path)
+	var g *hostcgroup.Group
+	if cfg.Unit.Name != "" && fs.Unified != "" && systemdRunning() {
+		g, err = hostcgroup.CreateUnit(fs, cfg.Path, cfg.Unit)
+	} else {
+		g, err = hostcgroup.Create(fs, cfg.Path)
+	}
 	if err != nil {
 		return err
 	}
@@ -67,7 +82,7 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 	}
 	s.cgroup = hc
 	log.G(ctx).WithFields(log.Fields{
-		"sandbox": s.id, "cgroup": cfg.Path, "created": g.Created(),
+		"sandbox": s.id, "cgroup": cfg.Path, "created": g.Created(), "systemd_unit": g.Unit().Name,
 		"memory_limit_mib": memoryMiB + cfg.MemoryOverheadMiB,
 	}).Debug("sandbox cgroup ready")
 	return nil
@@ -108,13 +123,13 @@ func limitsFor(cfg CgroupConfig, vcpus, memoryMiB uint32) hostcgroup.Limits {
 	}
 }
 
-// place moves a host process of the sandbox, its threads and children
-// into the sandbox's cgroup; without one it does nothing.
-func (s *Sandbox) place(pid int) error {
+// childCgroup is the cgroup the sandbox's host processes start in; nil
+// without one of its own.
+func (s *Sandbox) childCgroup() child.Cgroup {
 	if s.cgroup == nil {
 		return nil
 	}
-	return s.cgroup.g.AddTree(pid)
+	return s.cgroup.g
 }
 
 // HostUsage reads what the sandbox's host processes use: the VMM and

@@ -49,6 +49,10 @@ func TestResizeRaisesCgroupFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What the kernel shows once the parent enabled them.
+	if err := os.WriteFile(filepath.Join(root, "pod/sb/cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	hc := &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb", MemoryOverheadMiB: 256, CPUOverheadMilli: 250}, g: g}
 	if err := hc.setLimits(1, 512); err != nil {
 		t.Fatal(err)
@@ -76,5 +80,56 @@ func TestResizeRaisesCgroupFirst(t *testing.T) {
 	b, _ := os.ReadFile(file)
 	if v, _ := strconv.ParseInt(string(b), 10, 64); v < int64(2048+256)<<20 {
 		t.Errorf("limit lowered to %s", b)
+	}
+}
+
+// TestCreateCgroupChoosesSystemd: the systemd form becomes a scope for
+// systemd to make only on a cgroup v2 host under systemd (its limits held
+// for the scope's start, none written by hand); elsewhere the sandbox
+// uses the directory at the path and writes the limits.
+func TestCreateCgroupChoosesSystemd(t *testing.T) {
+	const path = "/kubepods.slice/kubepods-pod1.slice/cri-containerd-sb.scope"
+	unit := hostcgroup.Unit{Slice: "kubepods-pod1.slice", Name: "cri-containerd-sb.scope"}
+	for _, tc := range []struct {
+		name    string
+		systemd bool
+		unit    hostcgroup.Unit
+		scope   bool
+	}{
+		{"systemd form under systemd", true, unit, true},
+		{"systemd form without systemd", false, unit, false},
+		{"cgroupfs form under systemd", true, hostcgroup.Unit{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The group's directory as the kernel would show it, its
+			// controllers enabled.
+			root := t.TempDir()
+			leaf := filepath.Join(root, path)
+			if err := os.MkdirAll(leaf, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{root, leaf} {
+				if err := os.WriteFile(filepath.Join(d, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			oldFS, oldSystemd := hostFS, systemdRunning
+			hostFS = func() (hostcgroup.FS, error) { return hostcgroup.FS{Unified: root}, nil }
+			systemdRunning = func() bool { return tc.systemd }
+			defer func() { hostFS, systemdRunning = oldFS, oldSystemd }()
+			s := &Sandbox{id: "sb"}
+			var undo cleanups
+			cfg := CgroupConfig{Path: path, Unit: tc.unit, MemoryOverheadMiB: 256}
+			if err := s.createCgroup(context.Background(), cfg, 1, 512, &undo); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.cgroup.g.Unit(); (got.Name != "") != tc.scope || (tc.scope && got != unit) {
+				t.Errorf("unit %+v, want a scope: %v", got, tc.scope)
+			}
+			_, err := os.Stat(filepath.Join(leaf, "memory.max"))
+			if written := err == nil; written == tc.scope {
+				t.Errorf("memory.max written by the sandbox: %v, want %v", written, !tc.scope)
+			}
+		})
 	}
 }

@@ -46,6 +46,9 @@ type record struct {
 	// driver's own; empty when the runtime made none (a pod cgroup that
 	// existed is not the runtime's to remove).
 	Cgroup string `json:"cgroup,omitempty"`
+	// CgroupUnit is the systemd scope that holds Cgroup, which Cleanup
+	// stops; empty when the runtime made the cgroup itself.
+	CgroupUnit string `json:"cgroup_unit,omitempty"`
 }
 
 func (s *Sandbox) record() record {
@@ -55,7 +58,7 @@ func (s *Sandbox) record() record {
 	if s.cgroup != nil {
 		r.Cgroup = ""
 		if s.cgroup.g.Created() {
-			r.Cgroup = s.cgroup.g.Path()
+			r.Cgroup, r.CgroupUnit = s.cgroup.g.Path(), s.cgroup.g.Unit().Name
 		}
 	}
 	if s.virtiofs != nil {
@@ -232,7 +235,7 @@ func cleanupDir(ctx context.Context, dir, name string) error {
 		}
 	}
 	if r.Cgroup != "" {
-		errs = append(errs, removeCgroup(r.Cgroup))
+		errs = append(errs, removeCgroup(r.Cgroup, r.CgroupUnit))
 	}
 	if r.NetNS != "" {
 		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
@@ -256,14 +259,15 @@ func waitGone(ctx context.Context, p child.Process, limit time.Duration) bool {
 	return true
 }
 
-// removeCgroup removes the cgroup a sandbox record names: the runtime made
-// it, and its processes are gone.
-func removeCgroup(path string) error {
+// removeCgroup removes the cgroup a sandbox record names, stopping the
+// systemd scope that holds it if any: the runtime made it, and its
+// processes are gone.
+func removeCgroup(path, unit string) error {
 	fs, err := hostcgroup.Host()
 	if err != nil {
 		return err
 	}
-	g, err := hostcgroup.Recorded(fs, path)
+	g, err := hostcgroup.Recorded(fs, path, unit)
 	if err != nil {
 		return err
 	}

@@ -68,15 +68,14 @@ func (s *Sandbox) startVirtiofs(ctx context.Context, cfg VirtiofsConfig, undo *c
 		ThreadPoolSize: cfg.ThreadPoolSize,
 		LogPath:        filepath.Join(s.stateDir, virtiofsLogName),
 		LogMax:         cfg.LogMax,
+		Cgroup:         s.childCgroup(),
 	})
 	if err != nil {
 		return err
 	}
 	s.virtiofs = d
 	undo.push(d.Stop)
-	// Into the sandbox's cgroup before QEMU connects: it serves nothing
-	// until then.
-	return s.place(d.PID())
+	return nil
 }
 
 // filesystemDevice is the VM device of the share.

@@ -303,6 +303,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 		if sc.Cgroup.Path, err = hostcgroup.Resolve(r.spec.Linux.CgroupsPath, "", ""); err != nil {
 			return nil, err
 		}
+		if sc.Cgroup.Unit, _, err = hostcgroup.SystemdUnit(r.spec.Linux.CgroupsPath); err != nil {
+			return nil, err
+		}
 	}
 	maxVCPUs, maxMemoryMiB := launch.Limits(cfg)
 	limit := vmSize{maxVCPUs, maxMemoryMiB}

@@ -91,6 +91,9 @@ type Config struct {
 	// StopTimeout bounds the wait after SIGTERM in Stop before SIGKILL;
 	// 3s when zero.
 	StopTimeout time.Duration
+	// Cgroup, when set, is the cgroup the daemon runs in, from its start
+	// (see child.StartIn).
+	Cgroup child.Cgroup
 }
 
 // Daemon is a running virtiofsd.
@@ -280,7 +283,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, retErr error) {
 // filter installed on the forking thread (see seccomp.go), and records its
 // identity (PID and start time) for a cleanup after a crash.
 func (d *Daemon) launch(filter []bpf.RawInstruction) error {
-	started, err := child.StartIdentified(d.cmd, func() error { return installFilter(filter) }, func(ps *os.ProcessState, err error) {
+	started, err := child.StartIn(d.cmd, func() error { return installFilter(filter) }, d.cfg.Cgroup, func(ps *os.ProcessState, err error) {
 		d.mu.Lock()
 		d.state, d.waitErr = ps, err
 		d.mu.Unlock()

@@ -36,9 +36,6 @@ func newCgroup(given, own string) (*vmCgroup, error) {
 	return &vmCgroup{path: own, g: g, own: true}, nil
 }
 
-// add moves every thread of pid into the group.
-func (cg *vmCgroup) add(pid int) error { return cg.g.AddTree(pid) }
-
 // delete removes the group when the driver made it and is the one that
 // removes it; a group already gone is no error.
 func (cg *vmCgroup) delete() error {

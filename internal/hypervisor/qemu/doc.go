@@ -30,11 +30,12 @@
 // refused. The guest must bring both online (the agent does). microvm has no
 // hotplug: its argv ignores the limits and Resize answers ErrNotImplemented.
 //
-// Start runs QEMU with -S, moves it (all threads) into the cgroup the
-// Config names (the sandbox's, with its limits), or into one of its own,
-// <CgroupParent>/<VM ID>, when the Config names none (cgroup v1 in every
-// mounted hierarchy but cpuset, or v2 when unified; see package
-// hostcgroup), connects to QMP and only then resumes the vCPUs, so the
+// Start runs QEMU with -S in the cgroup the Config names (the sandbox's,
+// with its limits), or in one of its own, <CgroupParent>/<VM ID>, when the
+// Config names none (cgroup v1 in every mounted hierarchy, or v2 when
+// unified; see package hostcgroup): started there on v2
+// (CLONE_INTO_CGROUP), moved there with all its threads at once otherwise
+// (child.StartIn). It connects to QMP and only then resumes the vCPUs, so the
 // guest never runs outside its cgroup. The
 // process gets SIGKILL from the kernel if the shim dies (Pdeathsig, forked
 // from a thread that stays locked until QEMU is reaped; see launch), runs in

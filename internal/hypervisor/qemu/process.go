@@ -39,8 +39,9 @@ func (c cleanup) run() {
 	}
 }
 
-// Start launches QEMU with its vCPUs stopped (-S), moves it into the VM's
-// cgroup, connects to its monitor and only then lets the guest run (QMP
+// Start launches QEMU with its vCPUs stopped (-S) in the VM's cgroup
+// (started there on cgroup v2, moved there before anything else on v1),
+// connects to its monitor and only then lets the guest run (QMP
 // cont), so no guest instruction runs outside the cgroup. When any step
 // fails, Start undoes the ones before: no process, cgroup or socket is left.
 func (v *VM) Start(ctx context.Context) (retErr error) {
@@ -144,7 +145,7 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		ExtraFiles: extra,
 	}
 	logger.WithField("argv", strings.Join(args, " ")).Debug("starting qemu")
-	if err := v.launch(cmd); err != nil {
+	if err := v.launch(cmd, cg); err != nil {
 		return fmt.Errorf("running %s: %w", bin, err)
 	}
 	undo.push(func() {
@@ -179,10 +180,6 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		default:
 			return fmt.Errorf("%s: %w", step, err)
 		}
-	}
-
-	if err := cg.add(cmd.Process.Pid); err != nil {
-		return exitedErr("joining its cgroup", err)
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, startTimeout)
@@ -227,10 +224,11 @@ func qemuOutput(s string) string {
 	return strings.Join(lines, "\n")
 }
 
-// launch starts QEMU with child.StartIdentified (its own process group; killed by the
-// kernel if the shim dies without Stop) and records its process.
-func (v *VM) launch(cmd *exec.Cmd) error {
-	started, err := child.StartIdentified(cmd, nil, v.exited)
+// launch starts QEMU with child.StartIn (its own process group; killed by the
+// kernel if the shim dies without Stop; born in its cgroup on v2, moved
+// there at once on v1) and records its process.
+func (v *VM) launch(cmd *exec.Cmd, cg *vmCgroup) error {
+	started, err := child.StartIn(cmd, nil, cg.g, v.exited)
 	if err != nil {
 		return err
 	}
