@@ -215,7 +215,9 @@ func TestAgentBinaryOverVsock(t *testing.T) {
 // behind (testConfig's leak check).
 func TestVsockUnavailableAtStart(t *testing.T) {
 	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
-		t.Fatal("this test needs a host without /dev/vhost-vsock (QEMU failing to open it); this one has it")
+		// On a KVM host QEMU opens the device and the failure cannot be
+		// provoked this way; TestVsockTransport boots over vsock there.
+		t.Skip("this host has /dev/vhost-vsock: QEMU does not fail to open it; TestVsockTransport covers vsock here")
 	}
 	for _, tc := range []struct {
 		name     string

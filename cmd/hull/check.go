@@ -186,7 +186,7 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 // vhost-net exactly when that test passes.
 func vhostNetCheck(err error) (status, detail string) {
 	if err == nil {
-		return statusOK, qemu.VhostNetDevice + " opens: pod NICs use vhost-net (the kernel moves their packets)"
+		return statusOK, qemu.VhostNetDevice + " opens: pod NICs use vhost-net under KVM where QEMU starts in its cgroup (cgroup v2)"
 	}
 	return statusWarn, fmt.Sprintf("%v: pod NICs run without vhost-net (QEMU moves every packet; slower)", err)
 }

@@ -29,8 +29,9 @@ func TestFreePageReporting(t *testing.T) {
 }
 
 // BenchmarkMemoryReclaim reports QEMU's PSS for an idle pod, after its
-// container filled 256 MiB of memory, and 30 s after it freed it, with free
-// page reporting on (the default) and off.
+// container filled 256 MiB of memory, and after it freed it (as soon as
+// 200 MiB came back, else 30 s later), with free page reporting on (the
+// default) and off.
 func BenchmarkMemoryReclaim(b *testing.B) {
 	containerdPath, ctrPath := daemonBinaries(b, "1.6")
 	d := startDaemon(b, containerdPath, ctrPath)

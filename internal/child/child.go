@@ -70,6 +70,22 @@ type Cgroup interface {
 // children are moved after their start without trying again.
 var noCloneIntoCgroup atomic.Bool
 
+// BornIn tells whether StartIn would start a child in cg itself (cgroup
+// v2, CLONE_INTO_CGROUP not refused so far) rather than move it there after
+// its start. Kernel threads that a child creates for itself at start-up
+// (vhost workers) follow it only when it was born in the group.
+func BornIn(cg Cgroup) bool {
+	if cg == nil || noCloneIntoCgroup.Load() {
+		return false
+	}
+	d, err := cg.OpenDir()
+	if err != nil || d == nil {
+		return false
+	}
+	_ = d.Close()
+	return true
+}
+
 // StartIn is StartIdentified with the child placed in cg (nil: left where
 // the runtime is). On cgroup v2 the child is born in the group
 // (CLONE_INTO_CGROUP), so everything it allocates, from its first page,

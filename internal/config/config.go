@@ -87,9 +87,6 @@ type QEMU struct {
 	RunAsUIDBase uint32 `toml:"run_as_uid_base"`
 	// RunAsUIDCount is the size of that range: how many VMs may run at once.
 	RunAsUIDCount uint32 `toml:"run_as_uid_count"`
-	// MemMerge lets the host's KSM merge identical guest pages across VMs
-	// (QEMU's mem-merge); off by default, as merging is a side channel.
-	MemMerge bool `toml:"mem_merge"`
 }
 
 // Agent configures the channel to the agent.

@@ -16,7 +16,7 @@ var ErrVMExited = fmt.Errorf("vm exited: %w", errdefs.ErrUnavailable)
 // ErrCIDInUse is returned (wrapped) by Start when the vsock guest context ID
 // of the VM's agent endpoint belongs to another VM on the host: the same
 // VM may start with another CID.
-var ErrCIDInUse = fmt.Errorf("vsock guest cid in use: %w", errdefs.ErrAlreadyExists)
+var ErrCIDInUse = fmt.Errorf("vsock guest cid in use: %w", errdefs.ErrUnavailable)
 
 // ErrVsockUnavailable is returned (wrapped) by Start when the hypervisor
 // cannot set up the VM's vsock device (no vhost-vsock driver, no access to

@@ -144,7 +144,6 @@ func QEMUOptions(c *config.Config) qemu.Options {
 		RunAsUIDCount: q.RunAsUIDCount,
 
 		FreePageReporting: c.Hypervisor.FreePageReporting,
-		MemMerge:          q.MemMerge,
 	}
 }
 

@@ -126,10 +126,8 @@ type layout struct {
 	// vhostNet gives every NIC queue a vhost-net descriptor, passed after
 	// the tap descriptors (see vhostnet.go).
 	vhostNet bool
-	// freePageReporting and memMerge are Options.FreePageReporting and
-	// Options.MemMerge.
+	// freePageReporting is Options.FreePageReporting.
 	freePageReporting bool
-	memMerge          bool
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -304,8 +302,12 @@ func machineOpt(cfg *hypervisor.Config, l layout) props {
 	if cfg.SharedMemory {
 		o = o.with(p("memory-backend", "mem"))
 	}
-	// Also the default of every memory backend, the hotplugged DIMMs' too.
-	return o.with(pBool("mem-merge", l.memMerge))
+	// No KSM merging of guest pages (also the default of every memory
+	// backend, the hotplugged DIMMs' too): merged pages are a side channel
+	// between VMs, the write timing telling one guest what another holds.
+	// KSM skips shared mappings anyway, which guest RAM is with virtio-fs;
+	// this keeps it so for any other memory.
+	return o.with(pBool("mem-merge", false))
 }
 
 func blockdevOpt(bd hypervisor.BlockDevice) props {

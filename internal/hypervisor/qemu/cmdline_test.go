@@ -85,7 +85,7 @@ func TestArgsGolden(t *testing.T) {
 			c.HotplugNICs = 2
 			return c
 		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
-		{"q35-serial-reclaim-ksm", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true, MemMerge: true}},
+		{"q35-serial-reclaim", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial-reclaim", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},

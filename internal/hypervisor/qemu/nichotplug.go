@@ -65,6 +65,11 @@ func (v *VM) AddNetwork(ctx context.Context, n hypervisor.NetworkDevice) error {
 			v.cfg.ID, n.ID, len(v.nicPorts), errdefs.ErrResourceExhausted)
 	}
 	if err := v.plugNIC(ctx, q, n, nicPortID(uint32(port))); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			// QEMU may have plugged the device before the answer was
+			// lost: the port is not offered again.
+			v.nicPorts[port] = "?" + n.ID
+		}
 		return fmt.Errorf("vm %s: adding network %q: %w", v.cfg.ID, n.ID, err)
 	}
 	v.nicPorts[port] = n.ID
@@ -96,10 +101,8 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 		// its own.
 		v.fdSeq++
 		name := fmt.Sprintf("tapfd%d", v.fdSeq)
-		if _, err := q.executeFD(ctx, "getfd", map[string]any{"fdname": name}, int(fd)); err != nil {
-			return err
-		}
-		names[i] = name
+		// Undone even when getfd fails: a reply lost to a timeout may hide
+		// a descriptor QEMU took.
 		undo = append(undo, func(ctx context.Context) error {
 			// netdev_add takes the descriptors it used out of the
 			// monitor's list; only those it did not take are closed here.
@@ -108,6 +111,10 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 			}
 			return nil
 		})
+		if _, err := q.executeFD(ctx, "getfd", map[string]any{"fdname": name}, int(fd)); err != nil {
+			return err
+		}
+		names[i] = name
 	}
 
 	netdev := "net-" + n.ID

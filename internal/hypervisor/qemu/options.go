@@ -74,10 +74,6 @@ type Options struct {
 	// shrinks after a peak instead of staying at its high-water mark. The
 	// balloon is never inflated.
 	FreePageReporting bool
-	// MemMerge lets the host's KSM merge identical pages of guest memory
-	// (QEMU's mem-merge). Off by default: merged pages are a side channel
-	// between VMs (write timing tells one guest what another holds).
-	MemMerge bool
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }

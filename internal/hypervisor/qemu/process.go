@@ -113,9 +113,21 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		l.runAs = lease.uid
 	}
 	fds := extraFDs(&v.cfg)
-	vhost, err := vhostNetFiles(&v.cfg)
-	if err != nil {
-		logger.WithError(err).Info("qemu: pod NICs without vhost-net")
+	var vhost []*os.File
+	switch {
+	case netQueues(&v.cfg) == 0:
+	case l.accel != AccelKVM:
+		// Without KVM, QEMU has no ioeventfd and vhost-net cannot start.
+		logger.Debug("qemu: pod NICs without vhost-net under TCG")
+	case !child.BornIn(cg.g):
+		// vhost-net's kernel worker joins QEMU's cgroups when QEMU sets it
+		// up, before a move after the start could reach it: it would
+		// carry the guest's packets outside the pod's cgroup.
+		logger.Info("qemu: pod NICs without vhost-net: QEMU cannot be started in its cgroup here (cgroup v1, or no CLONE_INTO_CGROUP)")
+	default:
+		if vhost, err = vhostNetFiles(&v.cfg); err != nil {
+			logger.WithError(err).Info("qemu: pod NICs without vhost-net")
+		}
 	}
 	defer closeFiles(vhost)
 	for _, f := range vhost {

@@ -238,7 +238,15 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args any, fd int) (
 		_ = q.conn.SetWriteDeadline(time.Time{})
 	}
 	if oob != nil {
-		_, _, err = uc.WriteMsgUnix(append(b, '\n'), oob, nil)
+		var n int
+		msg := append(b, '\n')
+		n, _, err = uc.WriteMsgUnix(msg, oob, nil)
+		if err == nil && n != len(msg) {
+			// The rest would go without its descriptor: the stream is
+			// out of step with QEMU's parser.
+			err = fmt.Errorf("short write of a command with a descriptor (%d of %d bytes)", n, len(msg))
+			_ = q.conn.Close()
+		}
 	} else {
 		_, err = q.conn.Write(append(b, '\n'))
 	}

@@ -114,7 +114,7 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		v.nicPorts = make([]string, cfg.HotplugNICs)
 	}
 	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
-		freePageReporting: o.FreePageReporting, memMerge: o.MemMerge}
+		freePageReporting: o.FreePageReporting}
 	if v.layout.binary == "" {
 		v.layout.binary = DefaultBinary
 	}
