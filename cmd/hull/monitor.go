@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/containerd/log"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
@@ -37,14 +36,13 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg := prometheus.NewRegistry()
-			m, err := podmetrics.NewMonitor(c.Runtime.StateDir, reg)
+			m, err := podmetrics.NewMonitor(c.Runtime.StateDir)
 			if err != nil {
 				return err
 			}
 			m.ShimTimeout, m.Parallel = shimTimeout, parallel
 			mux := http.NewServeMux()
-			mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{reg, m}, promhttp.HandlerOpts{
+			mux.Handle("/metrics", promhttp.HandlerFor(m, promhttp.HandlerOpts{
 				ErrorHandling:       promhttp.ContinueOnError,
 				MaxRequestsInFlight: 4,
 				Timeout:             shimTimeout + 10*time.Second,

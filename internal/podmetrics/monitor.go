@@ -45,22 +45,24 @@ type Monitor struct {
 	ShimTimeout time.Duration
 	Parallel    int
 
+	// reg holds the monitor's own series, gathered after the shims'.
+	reg       *prometheus.Registry
 	sandboxes prometheus.Gauge
 	failures  prometheus.Counter
 	took      prometheus.Gauge
 }
 
-// NewMonitor returns a monitor of the sandboxes under stateRoot, with its
-// own series registered in reg.
-func NewMonitor(stateRoot string, reg prometheus.Registerer) (*Monitor, error) {
+// NewMonitor returns a monitor of the sandboxes under stateRoot.
+func NewMonitor(stateRoot string) (*Monitor, error) {
 	m := &Monitor{
 		StateRoot: stateRoot,
+		reg:       prometheus.NewRegistry(),
 		sandboxes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "hull_monitor_sandboxes", Help: "Sandboxes whose shim answered the last scrape."}),
 		failures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "hull_monitor_shim_scrape_failures_total", Help: "Shim scrapes that failed or timed out."}),
 		took:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "hull_monitor_scrape_duration_seconds", Help: "Duration of the last scrape of all shims."}),
 	}
 	for _, c := range []prometheus.Collector{m.sandboxes, m.failures, m.took} {
-		if err := reg.Register(c); err != nil {
+		if err := m.reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
@@ -98,7 +100,16 @@ func Sockets(stateRoot string) ([]string, error) {
 // stale.
 func (m *Monitor) Gather() ([]*dto.MetricFamily, error) {
 	start := time.Now()
-	defer func() { m.took.Set(time.Since(start).Seconds()) }()
+	out, err := m.gatherShims()
+	if err != nil {
+		return nil, err
+	}
+	m.took.Set(time.Since(start).Seconds())
+	own, err := m.reg.Gather()
+	return append(out, own...), err
+}
+
+func (m *Monitor) gatherShims() ([]*dto.MetricFamily, error) {
 	socks, err := Sockets(m.StateRoot)
 	if err != nil {
 		return nil, fmt.Errorf("listing sandboxes: %w", err)
@@ -133,10 +144,19 @@ func (m *Monitor) Gather() ([]*dto.MetricFamily, error) {
 	wg.Wait()
 	merged := map[string]*dto.MetricFamily{}
 	answered := 0
+	// Two shims never claim one sandbox label: the second is left out,
+	// so that no series is exposed twice.
+	claimed := map[string]bool{}
 	for _, fams := range results {
 		if fams == nil {
 			continue
 		}
+		id := sandboxLabel(fams)
+		if claimed[id] {
+			m.failures.Inc()
+			continue
+		}
+		claimed[id] = true
 		answered++
 		for name, f := range fams {
 			if !strings.HasPrefix(name, metricPrefix) {
@@ -211,4 +231,18 @@ func shimGet(ctx context.Context, sock, path string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("shim at %s: %s", sock, resp.Status)
 	}
 	return resp.Body, nil
+}
+
+// sandboxLabel is the sandbox label of a shim's series.
+func sandboxLabel(fams map[string]*dto.MetricFamily) string {
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "sandbox" {
+					return l.GetValue()
+				}
+			}
+		}
+	}
+	return ""
 }
