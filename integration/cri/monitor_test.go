@@ -37,7 +37,13 @@ func TestCRIMonitor(t *testing.T) {
 		t.Fatalf("building hull: %v\n%s", err, out)
 	}
 	d := startDaemon(t, "2")
+	// With hypervisor.debug the guest kernel writes to the console, which
+	// hull logs shows.
 	hullConfig := filepath.Join(d.dir, "hull.toml")
+	cfg := fmt.Sprintf("[hypervisor]\ndebug = true\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	if err := os.WriteFile(hullConfig, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	monitorAddr := startMonitor(t, hullBin, hullConfig)
 	prom := startPrometheus(t, promBin, d.dir, monitorAddr)

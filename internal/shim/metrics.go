@@ -18,24 +18,14 @@ const maxStatsContainers = 256
 // serveMetrics serves the sandbox's metrics endpoint in its state
 // directory (podmetrics). A failure is logged: the pod runs without it.
 func (s *service) serveMetrics(ctx context.Context, sb *sandbox.Sandbox, col *podmetrics.Collector) {
-	col.SetSource(podmetrics.Source{
-		HostProcesses: sb.HostProcesses,
-		HostUsage:     sb.HostUsage,
-		Guest: func(ctx context.Context) (podmetrics.Guest, error) { return s.guestMetrics(ctx, sb) },
-		BootPhases: func() []podmetrics.Phase {
-			var out []podmetrics.Phase
-			for _, p := range sb.BootPhases() {
-				out = append(out, podmetrics.Phase{Name: p.Name, Took: p.Took})
-			}
-			return out
-		},
-		Size: func() (uint32, uint32) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			return s.size.vcpus, s.size.memoryMiB
-		},
-		DroppedLogLines: sb.Agent().DroppedLogLines,
-	})
+	src := podmetrics.SandboxSource(sb)
+	src.Guest = func(ctx context.Context) (podmetrics.Guest, error) { return s.guestMetrics(ctx, sb) }
+	src.Size = func() (uint32, uint32) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.size.vcpus, s.size.memoryMiB
+	}
+	col.SetSource(src)
 	srv, err := podmetrics.Serve(sb.StateDir(), col, s.metricsInfo)
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("the sandbox's metrics endpoint does not serve")
