@@ -61,13 +61,13 @@ func newListCommand(g *globalFlags) *cobra.Command {
 				return enc.Encode(entries)
 			}
 			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "SANDBOX\tPOD\tVMM PID\tVCPUS\tMEMORY\tHOST RSS\tCONTAINERS")
+			_, _ = fmt.Fprintln(w, "SANDBOX\tPOD\tVMM PID\tVCPUS\tMEMORY\tHOST RSS\tCONTAINERS")
 			for _, e := range entries {
 				pod := "-"
 				if e.PodName != "" {
 					pod = e.PodNamespace + "/" + e.PodName
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%dMiB\t%dMiB\t%d\n", e.ID, pod, e.VMMPID, e.VCPUs, e.MemoryMiB, e.HostRSSBytes>>20, len(e.Containers))
+				_, _ = fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%dMiB\t%dMiB\t%d\n", e.ID, pod, e.VMMPID, e.VCPUs, e.MemoryMiB, e.HostRSSBytes>>20, len(e.Containers))
 			}
 			return w.Flush()
 		},

@@ -47,7 +47,7 @@ func newLogsCommand(g *globalFlags) *cobra.Command {
 			out := cmd.OutOrStdout()
 			for _, name := range names {
 				if len(names) > 1 {
-					fmt.Fprintf(out, "==> %s <==\n", name)
+					_, _ = fmt.Fprintf(out, "==> %s <==\n", name)
 				}
 				path := filepath.Join(dir, name)
 				for _, p := range []string{child.RotatedPath(path), path} {
@@ -87,7 +87,7 @@ func copyEscaped(w io.Writer, path string) error {
 		if _, err := w.Write(out); err != nil {
 			return err
 		}
-		if rerr == io.EOF {
+		if errors.Is(rerr, io.EOF) {
 			return nil
 		}
 		if rerr != nil {

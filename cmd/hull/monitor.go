@@ -53,7 +53,7 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 			}
 			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 			log.G(ctx).WithField("address", l.Addr().String()).WithField("state_dir", c.Runtime.StateDir).Info("serving metrics")
-			fmt.Fprintf(cmd.ErrOrStderr(), "hull monitor: serving http://%s/metrics\n", l.Addr())
+			_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "hull monitor: serving http://%s/metrics\n", l.Addr())
 			stop := context.AfterFunc(ctx, func() {
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()

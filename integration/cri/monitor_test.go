@@ -158,7 +158,8 @@ func TestCRIMonitor(t *testing.T) {
 		t.Fatalf("hull logs: %v", err)
 	}
 	console, agentLog, _ := strings.Cut(string(logs), "==> agent.log <==")
-	if !strings.Contains(console, "Linux version") || !(strings.Contains(agentLog, "source=agent") || strings.Contains(agentLog, `"source":"agent"`)) {
+	agentLines := strings.Contains(agentLog, "source=agent") || strings.Contains(agentLog, `"source":"agent"`)
+	if !strings.Contains(console, "Linux version") || !agentLines {
 		t.Errorf("hull logs: want the console (kernel banner) and the agent log (source=agent):\n%s", lastLines(string(logs), 40))
 	}
 

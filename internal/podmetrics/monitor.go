@@ -3,6 +3,7 @@ package podmetrics
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -78,7 +79,7 @@ func Sockets(stateRoot string) ([]string, error) {
 	}
 	defer func() { _ = f.Close() }()
 	ents, err := f.ReadDir(maxSandboxes)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	var out []string

@@ -140,7 +140,7 @@ func countDir(dir string) (uint64, error) {
 	for {
 		names, err := f.Readdirnames(256)
 		n += uint64(len(names))
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return n, nil
 		}
 		if err != nil {
