@@ -38,9 +38,10 @@ func TestCRIMonitor(t *testing.T) {
 	}
 	d := startDaemon(t, "2")
 	// With hypervisor.debug the guest kernel writes to the console, which
-	// hull logs shows.
+	// hull logs shows. Two TCG boots at once on a loaded machine get more
+	// than the default 30 s to reach the agent.
 	hullConfig := filepath.Join(d.dir, "hull.toml")
-	cfg := fmt.Sprintf("[hypervisor]\ndebug = true\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	cfg := fmt.Sprintf("[hypervisor]\ndebug = true\n[agent]\ndial_timeout = \"90s\"\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
 	if err := os.WriteFile(hullConfig, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
