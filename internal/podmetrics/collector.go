@@ -21,6 +21,9 @@ const (
 	GuestCacheFor = 5 * time.Second
 	// guestTimeout bounds one read of the guest's numbers.
 	guestTimeout = 2 * time.Second
+	// PSSCacheFor is how long a host process's PSS is reused: reading it
+	// costs far more than the rest of a scrape.
+	PSSCacheFor = 30 * time.Second
 )
 
 // Guest is what the guest reports: its counters and the statistics of its
@@ -69,14 +72,24 @@ type Collector struct {
 	guest    Guest
 	guestAt  time.Time
 	guestErr error
+	// pss holds the last PSS read of each host process, by role; guarded
+	// by mu.
+	pss map[string]pssRead
 
 	d descs
+}
+
+// pssRead is one PSS reading of a host process.
+type pssRead struct {
+	proc  child.Process
+	bytes uint64
+	at    time.Time
 }
 
 // NewCollector returns the collector of the sandbox labels names.
 func NewCollector(labels PodLabels, src Source) *Collector {
 	cl := labels.constLabels()
-	c := &Collector{src: src, labels: labels, d: newDescs(cl)}
+	c := &Collector{src: src, labels: labels, d: newDescs(cl), pss: map[string]pssRead{}}
 	c.rpc = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:        "hull_agent_rpc_duration_seconds",
 		Help:        "Duration of the shim's calls to the agent, by method.",
@@ -204,9 +217,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if src.HostProcesses != nil {
 		procs := src.HostProcesses()
 		for _, role := range sortedKeys(procs) {
-			u, err := ReadProc(procs[role])
+			c.mu.Lock()
+			last, ok := c.pss[role]
+			c.mu.Unlock()
+			fresh := ok && last.proc == procs[role] && time.Since(last.at) < PSSCacheFor
+			u, err := ReadProc(procs[role], !fresh)
 			if err != nil {
 				continue
+			}
+			if fresh {
+				u.PSSBytes = last.bytes
+			} else {
+				c.mu.Lock()
+				c.pss[role] = pssRead{proc: procs[role], bytes: u.PSSBytes, at: time.Now()}
+				c.mu.Unlock()
 			}
 			haveHost = true
 			hostRSS += float64(u.RSSBytes)

@@ -28,18 +28,18 @@ func self(t *testing.T) child.Process {
 
 func TestReadProc(t *testing.T) {
 	t.Run("self", func(t *testing.T) {
-		u, err := ReadProc(self(t))
+		u, err := ReadProc(self(t), true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if u.RSSBytes == 0 || u.Threads == 0 || u.FDs == 0 {
+		if u.RSSBytes == 0 || u.PSSBytes == 0 || u.Threads == 0 || u.FDs == 0 {
 			t.Errorf("got %+v, want RSS, threads and fds", u)
 		}
 	})
 	t.Run("reused pid", func(t *testing.T) {
 		p := self(t)
 		p.StartTime++
-		if _, err := ReadProc(p); !errors.Is(err, errGone) {
+		if _, err := ReadProc(p, false); !errors.Is(err, errGone) {
 			t.Errorf("got %v, want errGone", err)
 		}
 	})
