@@ -218,3 +218,35 @@ func TestMonitor(t *testing.T) {
 		t.Errorf("info %+v, %v", info, err)
 	}
 }
+
+// BenchmarkGather measures a scrape of one shim whose guest numbers are
+// cached: the host side's share of `hull monitor`'s cost per sandbox.
+func BenchmarkGather(b *testing.B) {
+	root := b.TempDir()
+	dir := filepath.Join(root, "a")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	p, err := child.Identify(os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	col := NewCollector(PodLabels{Sandbox: "a"}, Source{
+		HostProcesses: func() map[string]child.Process { return map[string]child.Process{"vmm": p, "virtiofsd": p} },
+		Guest:         fakeGuest,
+	})
+	srv, err := Serve(dir, col, func() Info { return Info{} })
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = srv.Close() }()
+	m, err := NewMonitor(root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := m.Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
