@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/podmetrics"
 	"github.com/hull-runtime/hull/internal/sandbox"
@@ -49,6 +50,8 @@ func BenchmarkMonitorScrape(b *testing.B) {
 func benchMonitorScrape(b *testing.B, n int) {
 	c := testConfig(b)
 	c.Hypervisor.MemoryMiB = 256
+	// Many TCG boots on a loaded machine: room to reach the agent.
+	c.Agent.DialTimeout = config.Duration{Duration: 3 * time.Minute}
 	// Boots two at a time: the machine has two cores.
 	sem := make(chan struct{}, 2)
 	var wg sync.WaitGroup
@@ -112,7 +115,7 @@ func benchMonitorScrape(b *testing.B, n int) {
 // serveBenchSandbox starts a sandbox and serves its metrics endpoint until
 // the benchmark ends.
 func serveBenchSandbox(b *testing.B, sc sandbox.Config) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	sb, err := sandbox.Start(ctx, sc)
 	if err != nil {
