@@ -18,6 +18,7 @@
 // annotations, which cluster users write, and are bounded the same way.
 //
 // Files: proc.go (host processes), collector.go (one sandbox's metrics),
-// labels.go (label values from untrusted input), server.go (the shim's
-// endpoint), monitor.go (the node's scraper).
+// labels.go (label values from untrusted input), sandbox.go (a running
+// sandbox as a Source), server.go (the shim's endpoint), monitor.go (the
+// node's scraper).
 package podmetrics
