@@ -16,6 +16,7 @@ packages=(
 	containernetworking-plugins # CNI bridge/host-local/loopback in /usr/lib/cni for the CRI e2e suite
 	containerd           # the e2e suite and the demo drive a real containerd (1.6 here)
 	runc                 # runc comparison in the benchmarks
+	prometheus           # the CRI suite scrapes `hull monitor` with a real Prometheus server
 	cpio
 	kmod                 # modinfo, for checking module dependency resolution
 	procps               # pgrep/ps for leak checks

@@ -53,6 +53,9 @@ func newRootCommandWith(g *globalFlags) *cobra.Command {
 		newRunCommand(g),
 		newExecCommand(g),
 		newAgentCommand(g),
+		newMonitorCommand(g),
+		newListCommand(g),
+		newLogsCommand(g),
 		newVersionCommand(),
 	)
 	return root

@@ -26,6 +26,10 @@
 // guest's own namespaces on a new terminal, which one stdio channel carries
 // both ways; the shell is hung up and then killed when the host goes away.
 //
+// System.GuestMetrics (guestmetrics.go) reads the guest's memory, CPU,
+// load, interface and disk counters from /proc in the agent's own process,
+// at most 64 interfaces and 64 disks, for the host's metrics endpoint.
+//
 // The Network service (network.go) gives the guest the pod's network: the
 // host mirrors each pod interface as a virtio-net device with the same MAC,
 // and the agent names it, addresses it and adds the routes, neighbours and

@@ -50,6 +50,9 @@ type Options struct {
 	// channel may buffer at most one receive window of guest data (256
 	// KiB on the virtio-serial transport). Zero means DefaultMaxStreams.
 	MaxStreams int
+	// ObserveRPC, when set, is told the method, duration and outcome of
+	// every unary call (for the shim's latency histograms).
+	ObserveRPC func(method string, took time.Duration, err error)
 }
 
 // Client is a connection to one agent. Its service clients share one ttRPC
@@ -57,6 +60,7 @@ type Options struct {
 type Client struct {
 	endpoint    string
 	callTimeout time.Duration
+	observe     func(method string, took time.Duration, err error)
 	tr          transport
 	rpc         *ttrpc.Client
 	system      api.SystemService
@@ -134,7 +138,7 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 	if err != nil {
 		return nil, failed(err)
 	}
-	c := &Client{endpoint: name, callTimeout: o.CallTimeout, tr: tr}
+	c := &Client{endpoint: name, callTimeout: o.CallTimeout, tr: tr, observe: o.ObserveRPC}
 	c.rpc = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(c.intercept))
 	c.system = api.NewSystemClient(c.rpc)
 	c.containers = api.NewContainersClient(c.rpc)
@@ -208,7 +212,11 @@ var blockingMethods = map[string]bool{
 // intercept gives every call but the blockingMethods the client's timeout
 // unless its context ends earlier (and tells the agent the deadline), and
 // turns ttRPC status errors back into errdefs classes.
-func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) (retErr error) {
+	if c.observe != nil {
+		start := time.Now()
+		defer func() { c.observe(info.FullMethod, time.Since(start), retErr) }()
+	}
 	cctx, cancel := ctx, context.CancelFunc(func() {})
 	// own: the call timeout, not the caller's deadline, bounds this call.
 	own := false

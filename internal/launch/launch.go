@@ -227,6 +227,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		// namespace sandbox (it needs root, which the runtime has).
 		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},
 		DebugConsole: c.Agent.DebugConsole,
+		AgentLogMax:  c.Runtime.GuestLogMaxBytes,
 		Cgroup: sandbox.CgroupConfig{
 			Path:              cgroupPath,
 			MemoryOverheadMiB: c.Runtime.CgroupMemoryOverheadMiB,

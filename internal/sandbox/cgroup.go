@@ -150,3 +150,21 @@ func (s *Sandbox) CgroupPath() string {
 	}
 	return s.cgroup.g.Path()
 }
+
+// HostProcesses names the sandbox's host processes by role: "vmm" (the
+// hypervisor) and "virtiofsd", each by its PID and start time as recorded
+// when it started.
+func (s *Sandbox) HostProcesses() map[string]child.Process {
+	r := s.record()
+	m := map[string]child.Process{}
+	if r.VMPID > 0 {
+		m["vmm"] = child.Process{PID: r.VMPID, StartTime: r.VMStartTime}
+	}
+	if r.VirtiofsPID > 0 {
+		m["virtiofsd"] = child.Process{PID: r.VirtiofsPID, StartTime: r.VirtiofsStartTime}
+	}
+	return m
+}
+
+// StateDir returns the sandbox's state directory.
+func (s *Sandbox) StateDir() string { return s.stateDir }

@@ -273,3 +273,37 @@ func removeCgroup(path, unit string) error {
 	}
 	return g.Delete()
 }
+
+// Entry is a sandbox found under a state root by its record.
+type Entry struct {
+	// ID is the sandbox's ID and Dir its state directory.
+	ID, Dir string
+	// VM is the hypervisor process as recorded when it started.
+	VM child.Process
+}
+
+// List returns the sandboxes under stateRoot that have a record (those
+// whose VM started), in state directory order.
+func List(stateRoot string) ([]Entry, error) {
+	ents, err := os.ReadDir(stateRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing sandboxes: %w", err)
+	}
+	var out []Entry
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(stateRoot, e.Name())
+		var r record
+		b, err := os.ReadFile(filepath.Join(dir, recordName))
+		if err != nil || json.Unmarshal(b, &r) != nil || r.ID == "" {
+			continue
+		}
+		out = append(out, Entry{ID: r.ID, Dir: dir, VM: child.Process{PID: r.VMPID, StartTime: r.VMStartTime}})
+	}
+	return out, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,11 +13,13 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/sirupsen/logrus"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/channel"
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -108,6 +111,19 @@ type Config struct {
 	DebugConsole bool
 	// Cgroup is where the VMM and virtiofsd are accounted and limited.
 	Cgroup CgroupConfig
+	// AgentLogMax, when positive, keeps a copy of the agent's relayed log
+	// in AgentLogName in the state directory, bounded at that many bytes
+	// per file (child.LogFile), for `hull logs`.
+	AgentLogMax int64
+	// ObserveAgentRPC, when set, is told of every agent call
+	// (agentclient.Options.ObserveRPC).
+	ObserveAgentRPC func(method string, took time.Duration, err error)
+}
+
+// Phase is one named step of a sandbox's start and how long it took.
+type Phase struct {
+	Name string
+	Took time.Duration
 }
 
 // Sandbox is a running VM with its agent.
@@ -148,7 +164,17 @@ type Sandbox struct {
 	// consoles serves debug consoles when the Config enables them;
 	// guarded by mu.
 	consoles *consoleServer
+	// agentLog is the copy of the agent's log, nil without one; closed by
+	// Stop after the agent connection.
+	agentLog *child.LogFile
+	// phases are the steps of Start with their durations, written by
+	// Start only, before the sandbox is returned.
+	phases []Phase
 }
+
+// BootPhases returns the steps of the sandbox's start with how long each
+// took.
+func (s *Sandbox) BootPhases() []Phase { return append([]Phase(nil), s.phases...) }
 
 // ID returns the sandbox's ID.
 func (s *Sandbox) ID() string { return s.id }
@@ -305,11 +331,22 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
-			c, err := agentclient.Dial(ctx, s.vm.Agent(), agentclient.Options{
+			opts := agentclient.Options{
 				DialTimeout: cfg.DialTimeout,
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
-			})
+				ObserveRPC:  cfg.ObserveAgentRPC,
+			}
+			if cfg.AgentLogMax > 0 {
+				lf, err := child.OpenLog(filepath.Join(s.stateDir, AgentLogName), cfg.AgentLogMax)
+				if err != nil {
+					return fmt.Errorf("agent log: %w", err)
+				}
+				undo.push(func(context.Context) error { return lf.Close() })
+				s.agentLog = lf
+				opts.Log = teeLog(log.G(ctx), lf)
+			}
+			c, err := agentclient.Dial(ctx, s.vm.Agent(), opts)
 			if err != nil {
 				return s.withConsole(err)
 			}
@@ -347,7 +384,9 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 		if err := st.run(ctx); err != nil {
 			return nil, fmt.Errorf("starting sandbox %s: %s: %w", cfg.ID, st.name, err)
 		}
-		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", time.Since(start)).Debugf("sandbox step %q done", st.name)
+		took := time.Since(start)
+		s.phases = append(s.phases, Phase{Name: st.name, Took: took})
+		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", took).Debugf("sandbox step %q done", st.name)
 	}
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
@@ -426,6 +465,9 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 			}
 		}
 		errs = append(errs, s.client.Close())
+	}
+	if s.agentLog != nil {
+		errs = append(errs, s.agentLog.Close())
 	}
 	// The background loops end with the connection; cancel them before
 	// the processes' streams are closed.
@@ -508,4 +550,18 @@ func locationErrors(id, stateRoot string) []error {
 		errs = append(errs, fmt.Errorf("state root %q is not absolute", stateRoot))
 	}
 	return errs
+}
+
+// AgentLogName is the copy of the agent's log in a sandbox's state
+// directory (AgentLogName+".1" its previous part).
+const AgentLogName = "agent.log"
+
+// teeLog is e writing to w as well: the relayed agent log goes to the
+// runtime's log and to the sandbox's bounded agent.log.
+func teeLog(e *log.Entry, w io.Writer) *log.Entry {
+	l := logrus.New()
+	l.SetLevel(e.Logger.GetLevel())
+	l.SetFormatter(e.Logger.Formatter)
+	l.SetOutput(io.MultiWriter(e.Logger.Out, w))
+	return logrus.NewEntry(l).WithFields(e.Data)
 }

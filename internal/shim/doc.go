@@ -15,6 +15,6 @@
 // io.go (stdio: FIFOs, binary:// and file:// URIs), events.go (ordered
 // event publishing), options.go (runtime options and configuration),
 // record.go (the bundle record `delete` reads), spec.go (config.json and
-// the sandbox grouping), stats.go (metrics), errors.go (the ttRPC error
-// boundary).
+// the sandbox grouping), stats.go (metrics), metrics.go (the sandbox's
+// Prometheus endpoint, podmetrics), errors.go (the ttRPC error boundary).
 package shim

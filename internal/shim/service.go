@@ -26,6 +26,7 @@ import (
 
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/podmetrics"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/storage"
 )
@@ -91,6 +92,10 @@ type service struct {
 	// vmPid is the VMM's host PID, the PID of every task (pids.go), set
 	// once the sandbox started; guarded by mu.
 	vmPid uint32
+	// collector measures the sandbox, from its start; metricsServer
+	// serves it once the sandbox runs (metrics.go). Guarded by mu.
+	collector     *podmetrics.Collector
+	metricsServer *podmetrics.Server
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -119,6 +124,11 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 // Create makes a container, starting the pod's VM for its first one. A
 // failed create leaves nothing behind: a VM it started is stopped again.
 func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *taskapi.CreateTaskResponse, retErr error) {
+	defer func() {
+		if retErr != nil {
+			s.countContainer(retErr)
+		}
+	}()
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
 		return nil, fmt.Errorf("restoring from a checkpoint: %w", errdefs.ErrNotImplemented)
 	}
@@ -321,6 +331,8 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 		}
 	}
 	sc.ShmSize = tmpfsSize(r.plan.shmSource)
+	col := podmetrics.NewCollector(podmetrics.LabelsFor(podID, annotations), podmetrics.Source{})
+	sc.ObserveAgentRPC = col.ObserveRPC
 	sb, err = sandbox.Start(ctx, sc)
 	if err != nil {
 		return nil, err
@@ -332,7 +344,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.base, s.size, s.limit, s.sizedByAnnotations = size, size, alignLimit(size, limit), static
 	s.grown = map[string]vmSize{}
 	s.allowAnnotations = allow
+	s.collector = col
 	s.mu.Unlock()
+	s.serveMetrics(ctx, sb, col)
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
 		"sandbox": rec.VMID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS,
@@ -413,6 +427,7 @@ func (s *service) stopSandbox(ctx context.Context) {
 	if sb == nil {
 		return
 	}
+	s.stopMetrics(ctx)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 	defer cancel()
 	if err := sb.Stop(ctx); err != nil {
@@ -457,8 +472,10 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return s.startExec(ctx, c, r.ExecID)
 	}
 	if err := c.c.Start(ctx); err != nil {
+		s.countContainer(err)
 		return nil, err
 	}
+	s.countContainer(nil)
 	c.init.markRunning()
 	pid := s.pidOf(c.init)
 	s.events.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: pid})

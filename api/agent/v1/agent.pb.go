@@ -964,6 +964,604 @@ func (x *OnlineResourcesResponse) GetMemoryMib() uint32 {
 	return 0
 }
 
+type GuestMetricsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestMetricsRequest) Reset() {
+	*x = GuestMetricsRequest{}
+	mi := &file_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestMetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestMetricsRequest) ProtoMessage() {}
+
+func (x *GuestMetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestMetricsRequest.ProtoReflect.Descriptor instead.
+func (*GuestMetricsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{16}
+}
+
+type GuestMetricsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// From /proc/meminfo, in bytes.
+	Memory *GuestMemory `protobuf:"bytes,1,opt,name=memory,proto3" json:"memory,omitempty"`
+	// From the cpu line of /proc/stat, summed over all CPUs.
+	Cpu *GuestCPU `protobuf:"bytes,2,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	// From /proc/loadavg.
+	Load *GuestLoad `protobuf:"bytes,3,opt,name=load,proto3" json:"load,omitempty"`
+	// From /proc/net/dev; the loopback device is left out.
+	Interfaces []*GuestInterface `protobuf:"bytes,4,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// From /proc/diskstats; only whole devices that did I/O.
+	Disks         []*GuestDisk `protobuf:"bytes,5,rep,name=disks,proto3" json:"disks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestMetricsResponse) Reset() {
+	*x = GuestMetricsResponse{}
+	mi := &file_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestMetricsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestMetricsResponse) ProtoMessage() {}
+
+func (x *GuestMetricsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestMetricsResponse.ProtoReflect.Descriptor instead.
+func (*GuestMetricsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GuestMetricsResponse) GetMemory() *GuestMemory {
+	if x != nil {
+		return x.Memory
+	}
+	return nil
+}
+
+func (x *GuestMetricsResponse) GetCpu() *GuestCPU {
+	if x != nil {
+		return x.Cpu
+	}
+	return nil
+}
+
+func (x *GuestMetricsResponse) GetLoad() *GuestLoad {
+	if x != nil {
+		return x.Load
+	}
+	return nil
+}
+
+func (x *GuestMetricsResponse) GetInterfaces() []*GuestInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *GuestMetricsResponse) GetDisks() []*GuestDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+type GuestMemory struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TotalBytes     uint64                 `protobuf:"varint,1,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	FreeBytes      uint64                 `protobuf:"varint,2,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	AvailableBytes uint64                 `protobuf:"varint,3,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`
+	BuffersBytes   uint64                 `protobuf:"varint,4,opt,name=buffers_bytes,json=buffersBytes,proto3" json:"buffers_bytes,omitempty"`
+	CachedBytes    uint64                 `protobuf:"varint,5,opt,name=cached_bytes,json=cachedBytes,proto3" json:"cached_bytes,omitempty"`
+	ShmemBytes     uint64                 `protobuf:"varint,6,opt,name=shmem_bytes,json=shmemBytes,proto3" json:"shmem_bytes,omitempty"`
+	SlabBytes      uint64                 `protobuf:"varint,7,opt,name=slab_bytes,json=slabBytes,proto3" json:"slab_bytes,omitempty"`
+	SwapTotalBytes uint64                 `protobuf:"varint,8,opt,name=swap_total_bytes,json=swapTotalBytes,proto3" json:"swap_total_bytes,omitempty"`
+	SwapFreeBytes  uint64                 `protobuf:"varint,9,opt,name=swap_free_bytes,json=swapFreeBytes,proto3" json:"swap_free_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GuestMemory) Reset() {
+	*x = GuestMemory{}
+	mi := &file_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestMemory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestMemory) ProtoMessage() {}
+
+func (x *GuestMemory) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestMemory.ProtoReflect.Descriptor instead.
+func (*GuestMemory) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GuestMemory) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetFreeBytes() uint64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetAvailableBytes() uint64 {
+	if x != nil {
+		return x.AvailableBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetBuffersBytes() uint64 {
+	if x != nil {
+		return x.BuffersBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetCachedBytes() uint64 {
+	if x != nil {
+		return x.CachedBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetShmemBytes() uint64 {
+	if x != nil {
+		return x.ShmemBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetSlabBytes() uint64 {
+	if x != nil {
+		return x.SlabBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetSwapTotalBytes() uint64 {
+	if x != nil {
+		return x.SwapTotalBytes
+	}
+	return 0
+}
+
+func (x *GuestMemory) GetSwapFreeBytes() uint64 {
+	if x != nil {
+		return x.SwapFreeBytes
+	}
+	return 0
+}
+
+type GuestCPU struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Time in each mode, in microseconds.
+	UserUsec      uint64 `protobuf:"varint,1,opt,name=user_usec,json=userUsec,proto3" json:"user_usec,omitempty"`
+	NiceUsec      uint64 `protobuf:"varint,2,opt,name=nice_usec,json=niceUsec,proto3" json:"nice_usec,omitempty"`
+	SystemUsec    uint64 `protobuf:"varint,3,opt,name=system_usec,json=systemUsec,proto3" json:"system_usec,omitempty"`
+	IdleUsec      uint64 `protobuf:"varint,4,opt,name=idle_usec,json=idleUsec,proto3" json:"idle_usec,omitempty"`
+	IowaitUsec    uint64 `protobuf:"varint,5,opt,name=iowait_usec,json=iowaitUsec,proto3" json:"iowait_usec,omitempty"`
+	IrqUsec       uint64 `protobuf:"varint,6,opt,name=irq_usec,json=irqUsec,proto3" json:"irq_usec,omitempty"`
+	SoftirqUsec   uint64 `protobuf:"varint,7,opt,name=softirq_usec,json=softirqUsec,proto3" json:"softirq_usec,omitempty"`
+	StealUsec     uint64 `protobuf:"varint,8,opt,name=steal_usec,json=stealUsec,proto3" json:"steal_usec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestCPU) Reset() {
+	*x = GuestCPU{}
+	mi := &file_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestCPU) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestCPU) ProtoMessage() {}
+
+func (x *GuestCPU) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestCPU.ProtoReflect.Descriptor instead.
+func (*GuestCPU) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GuestCPU) GetUserUsec() uint64 {
+	if x != nil {
+		return x.UserUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetNiceUsec() uint64 {
+	if x != nil {
+		return x.NiceUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetSystemUsec() uint64 {
+	if x != nil {
+		return x.SystemUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetIdleUsec() uint64 {
+	if x != nil {
+		return x.IdleUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetIowaitUsec() uint64 {
+	if x != nil {
+		return x.IowaitUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetIrqUsec() uint64 {
+	if x != nil {
+		return x.IrqUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetSoftirqUsec() uint64 {
+	if x != nil {
+		return x.SoftirqUsec
+	}
+	return 0
+}
+
+func (x *GuestCPU) GetStealUsec() uint64 {
+	if x != nil {
+		return x.StealUsec
+	}
+	return 0
+}
+
+type GuestLoad struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Load1  float64                `protobuf:"fixed64,1,opt,name=load1,proto3" json:"load1,omitempty"`
+	Load5  float64                `protobuf:"fixed64,2,opt,name=load5,proto3" json:"load5,omitempty"`
+	Load15 float64                `protobuf:"fixed64,3,opt,name=load15,proto3" json:"load15,omitempty"`
+	// Runnable and total scheduling entities.
+	Running       uint32 `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	Total         uint32 `protobuf:"varint,5,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestLoad) Reset() {
+	*x = GuestLoad{}
+	mi := &file_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestLoad) ProtoMessage() {}
+
+func (x *GuestLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestLoad.ProtoReflect.Descriptor instead.
+func (*GuestLoad) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GuestLoad) GetLoad1() float64 {
+	if x != nil {
+		return x.Load1
+	}
+	return 0
+}
+
+func (x *GuestLoad) GetLoad5() float64 {
+	if x != nil {
+		return x.Load5
+	}
+	return 0
+}
+
+func (x *GuestLoad) GetLoad15() float64 {
+	if x != nil {
+		return x.Load15
+	}
+	return 0
+}
+
+func (x *GuestLoad) GetRunning() uint32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *GuestLoad) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+type GuestInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The guest's name for the interface.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RxBytes       uint64 `protobuf:"varint,2,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	RxPackets     uint64 `protobuf:"varint,3,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	RxErrors      uint64 `protobuf:"varint,4,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	RxDropped     uint64 `protobuf:"varint,5,opt,name=rx_dropped,json=rxDropped,proto3" json:"rx_dropped,omitempty"`
+	TxBytes       uint64 `protobuf:"varint,6,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	TxPackets     uint64 `protobuf:"varint,7,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	TxErrors      uint64 `protobuf:"varint,8,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	TxDropped     uint64 `protobuf:"varint,9,opt,name=tx_dropped,json=txDropped,proto3" json:"tx_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestInterface) Reset() {
+	*x = GuestInterface{}
+	mi := &file_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestInterface) ProtoMessage() {}
+
+func (x *GuestInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestInterface.ProtoReflect.Descriptor instead.
+func (*GuestInterface) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GuestInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GuestInterface) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetRxDropped() uint64 {
+	if x != nil {
+		return x.RxDropped
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *GuestInterface) GetTxDropped() uint64 {
+	if x != nil {
+		return x.TxDropped
+	}
+	return 0
+}
+
+type GuestDisk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The guest's name for the device.
+	Name         string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reads        uint64 `protobuf:"varint,2,opt,name=reads,proto3" json:"reads,omitempty"`
+	ReadBytes    uint64 `protobuf:"varint,3,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	Writes       uint64 `protobuf:"varint,4,opt,name=writes,proto3" json:"writes,omitempty"`
+	WrittenBytes uint64 `protobuf:"varint,5,opt,name=written_bytes,json=writtenBytes,proto3" json:"written_bytes,omitempty"`
+	// Time spent doing I/O, in milliseconds.
+	IoTimeMs      uint64 `protobuf:"varint,6,opt,name=io_time_ms,json=ioTimeMs,proto3" json:"io_time_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GuestDisk) Reset() {
+	*x = GuestDisk{}
+	mi := &file_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GuestDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GuestDisk) ProtoMessage() {}
+
+func (x *GuestDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GuestDisk.ProtoReflect.Descriptor instead.
+func (*GuestDisk) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GuestDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GuestDisk) GetReads() uint64 {
+	if x != nil {
+		return x.Reads
+	}
+	return 0
+}
+
+func (x *GuestDisk) GetReadBytes() uint64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *GuestDisk) GetWrites() uint64 {
+	if x != nil {
+		return x.Writes
+	}
+	return 0
+}
+
+func (x *GuestDisk) GetWrittenBytes() uint64 {
+	if x != nil {
+		return x.WrittenBytes
+	}
+	return 0
+}
+
+func (x *GuestDisk) GetIoTimeMs() uint64 {
+	if x != nil {
+		return x.IoTimeMs
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -1027,7 +1625,71 @@ const file_agent_proto_rawDesc = "" +
 	"\x17OnlineResourcesResponse\x12!\n" +
 	"\fonline_vcpus\x18\x01 \x01(\rR\vonlineVcpus\x12\x1d\n" +
 	"\n" +
-	"memory_mib\x18\x02 \x01(\rR\tmemoryMib2\xca\x05\n" +
+	"memory_mib\x18\x02 \x01(\rR\tmemoryMib\"\x15\n" +
+	"\x13GuestMetricsRequest\"\x92\x02\n" +
+	"\x14GuestMetricsResponse\x122\n" +
+	"\x06memory\x18\x01 \x01(\v2\x1a.hull.agent.v1.GuestMemoryR\x06memory\x12)\n" +
+	"\x03cpu\x18\x02 \x01(\v2\x17.hull.agent.v1.GuestCPUR\x03cpu\x12,\n" +
+	"\x04load\x18\x03 \x01(\v2\x18.hull.agent.v1.GuestLoadR\x04load\x12=\n" +
+	"\n" +
+	"interfaces\x18\x04 \x03(\v2\x1d.hull.agent.v1.GuestInterfaceR\n" +
+	"interfaces\x12.\n" +
+	"\x05disks\x18\x05 \x03(\v2\x18.hull.agent.v1.GuestDiskR\x05disks\"\xd0\x02\n" +
+	"\vGuestMemory\x12\x1f\n" +
+	"\vtotal_bytes\x18\x01 \x01(\x04R\n" +
+	"totalBytes\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x02 \x01(\x04R\tfreeBytes\x12'\n" +
+	"\x0favailable_bytes\x18\x03 \x01(\x04R\x0eavailableBytes\x12#\n" +
+	"\rbuffers_bytes\x18\x04 \x01(\x04R\fbuffersBytes\x12!\n" +
+	"\fcached_bytes\x18\x05 \x01(\x04R\vcachedBytes\x12\x1f\n" +
+	"\vshmem_bytes\x18\x06 \x01(\x04R\n" +
+	"shmemBytes\x12\x1d\n" +
+	"\n" +
+	"slab_bytes\x18\a \x01(\x04R\tslabBytes\x12(\n" +
+	"\x10swap_total_bytes\x18\b \x01(\x04R\x0eswapTotalBytes\x12&\n" +
+	"\x0fswap_free_bytes\x18\t \x01(\x04R\rswapFreeBytes\"\x80\x02\n" +
+	"\bGuestCPU\x12\x1b\n" +
+	"\tuser_usec\x18\x01 \x01(\x04R\buserUsec\x12\x1b\n" +
+	"\tnice_usec\x18\x02 \x01(\x04R\bniceUsec\x12\x1f\n" +
+	"\vsystem_usec\x18\x03 \x01(\x04R\n" +
+	"systemUsec\x12\x1b\n" +
+	"\tidle_usec\x18\x04 \x01(\x04R\bidleUsec\x12\x1f\n" +
+	"\viowait_usec\x18\x05 \x01(\x04R\n" +
+	"iowaitUsec\x12\x19\n" +
+	"\birq_usec\x18\x06 \x01(\x04R\airqUsec\x12!\n" +
+	"\fsoftirq_usec\x18\a \x01(\x04R\vsoftirqUsec\x12\x1d\n" +
+	"\n" +
+	"steal_usec\x18\b \x01(\x04R\tstealUsec\"\x7f\n" +
+	"\tGuestLoad\x12\x14\n" +
+	"\x05load1\x18\x01 \x01(\x01R\x05load1\x12\x14\n" +
+	"\x05load5\x18\x02 \x01(\x01R\x05load5\x12\x16\n" +
+	"\x06load15\x18\x03 \x01(\x01R\x06load15\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\rR\arunning\x12\x14\n" +
+	"\x05total\x18\x05 \x01(\rR\x05total\"\x90\x02\n" +
+	"\x0eGuestInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\brx_bytes\x18\x02 \x01(\x04R\arxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\x03 \x01(\x04R\trxPackets\x12\x1b\n" +
+	"\trx_errors\x18\x04 \x01(\x04R\brxErrors\x12\x1d\n" +
+	"\n" +
+	"rx_dropped\x18\x05 \x01(\x04R\trxDropped\x12\x19\n" +
+	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\a \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\ttx_errors\x18\b \x01(\x04R\btxErrors\x12\x1d\n" +
+	"\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped\"\xaf\x01\n" +
+	"\tGuestDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05reads\x18\x02 \x01(\x04R\x05reads\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x03 \x01(\x04R\treadBytes\x12\x16\n" +
+	"\x06writes\x18\x04 \x01(\x04R\x06writes\x12#\n" +
+	"\rwritten_bytes\x18\x05 \x01(\x04R\fwrittenBytes\x12\x1c\n" +
+	"\n" +
+	"io_time_ms\x18\x06 \x01(\x04R\bioTimeMs2\xa3\x06\n" +
 	"\x06System\x12E\n" +
 	"\x06Health\x12\x1c.hull.agent.v1.HealthRequest\x1a\x1d.hull.agent.v1.HealthResponse\x12W\n" +
 	"\fGuestDetails\x12\".hull.agent.v1.GuestDetailsRequest\x1a#.hull.agent.v1.GuestDetailsResponse\x12H\n" +
@@ -1036,7 +1698,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponse\x12W\n" +
 	"\fDebugConsole\x12\".hull.agent.v1.DebugConsoleRequest\x1a#.hull.agent.v1.DebugConsoleResponse\x12i\n" +
 	"\x12ResizeDebugConsole\x12(.hull.agent.v1.ResizeDebugConsoleRequest\x1a).hull.agent.v1.ResizeDebugConsoleResponse\x12c\n" +
-	"\x10WaitDebugConsole\x12&.hull.agent.v1.WaitDebugConsoleRequest\x1a'.hull.agent.v1.WaitDebugConsoleResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
+	"\x10WaitDebugConsole\x12&.hull.agent.v1.WaitDebugConsoleRequest\x1a'.hull.agent.v1.WaitDebugConsoleResponse\x12W\n" +
+	"\fGuestMetrics\x12\".hull.agent.v1.GuestMetricsRequest\x1a#.hull.agent.v1.GuestMetricsResponseB1Z/github.com/hull-runtime/hull/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1051,7 +1714,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_agent_proto_goTypes = []any{
 	(HealthResponse_Status)(0),         // 0: hull.agent.v1.HealthResponse.Status
 	(*DebugConsoleRequest)(nil),        // 1: hull.agent.v1.DebugConsoleRequest
@@ -1070,39 +1733,53 @@ var file_agent_proto_goTypes = []any{
 	(*ShutdownResponse)(nil),           // 14: hull.agent.v1.ShutdownResponse
 	(*OnlineResourcesRequest)(nil),     // 15: hull.agent.v1.OnlineResourcesRequest
 	(*OnlineResourcesResponse)(nil),    // 16: hull.agent.v1.OnlineResourcesResponse
-	(*durationpb.Duration)(nil),        // 17: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*GuestMetricsRequest)(nil),        // 17: hull.agent.v1.GuestMetricsRequest
+	(*GuestMetricsResponse)(nil),       // 18: hull.agent.v1.GuestMetricsResponse
+	(*GuestMemory)(nil),                // 19: hull.agent.v1.GuestMemory
+	(*GuestCPU)(nil),                   // 20: hull.agent.v1.GuestCPU
+	(*GuestLoad)(nil),                  // 21: hull.agent.v1.GuestLoad
+	(*GuestInterface)(nil),             // 22: hull.agent.v1.GuestInterface
+	(*GuestDisk)(nil),                  // 23: hull.agent.v1.GuestDisk
+	(*durationpb.Duration)(nil),        // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
-	17, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	17, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	17, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
-	17, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
-	18, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	18, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	17, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	7,  // 8: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
-	9,  // 9: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
-	11, // 10: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
-	13, // 11: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	15, // 12: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
-	1,  // 13: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
-	3,  // 14: hull.agent.v1.System.ResizeDebugConsole:input_type -> hull.agent.v1.ResizeDebugConsoleRequest
-	5,  // 15: hull.agent.v1.System.WaitDebugConsole:input_type -> hull.agent.v1.WaitDebugConsoleRequest
-	8,  // 16: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	10, // 17: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	12, // 18: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	14, // 19: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	16, // 20: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
-	2,  // 21: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
-	4,  // 22: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
-	6,  // 23: hull.agent.v1.System.WaitDebugConsole:output_type -> hull.agent.v1.WaitDebugConsoleResponse
-	16, // [16:24] is the sub-list for method output_type
-	8,  // [8:16] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	24, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	24, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
+	24, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
+	24, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
+	25, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	25, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	24, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	19, // 8: hull.agent.v1.GuestMetricsResponse.memory:type_name -> hull.agent.v1.GuestMemory
+	20, // 9: hull.agent.v1.GuestMetricsResponse.cpu:type_name -> hull.agent.v1.GuestCPU
+	21, // 10: hull.agent.v1.GuestMetricsResponse.load:type_name -> hull.agent.v1.GuestLoad
+	22, // 11: hull.agent.v1.GuestMetricsResponse.interfaces:type_name -> hull.agent.v1.GuestInterface
+	23, // 12: hull.agent.v1.GuestMetricsResponse.disks:type_name -> hull.agent.v1.GuestDisk
+	7,  // 13: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
+	9,  // 14: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
+	11, // 15: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
+	13, // 16: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
+	15, // 17: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	1,  // 18: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
+	3,  // 19: hull.agent.v1.System.ResizeDebugConsole:input_type -> hull.agent.v1.ResizeDebugConsoleRequest
+	5,  // 20: hull.agent.v1.System.WaitDebugConsole:input_type -> hull.agent.v1.WaitDebugConsoleRequest
+	17, // 21: hull.agent.v1.System.GuestMetrics:input_type -> hull.agent.v1.GuestMetricsRequest
+	8,  // 22: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	10, // 23: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	12, // 24: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	14, // 25: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	16, // 26: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	2,  // 27: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
+	4,  // 28: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
+	6,  // 29: hull.agent.v1.System.WaitDebugConsole:output_type -> hull.agent.v1.WaitDebugConsoleResponse
+	18, // 30: hull.agent.v1.System.GuestMetrics:output_type -> hull.agent.v1.GuestMetricsResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1116,7 +1793,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -16,6 +16,7 @@ type SystemService interface {
 	DebugConsole(context.Context, *DebugConsoleRequest) (*DebugConsoleResponse, error)
 	ResizeDebugConsole(context.Context, *ResizeDebugConsoleRequest) (*ResizeDebugConsoleResponse, error)
 	WaitDebugConsole(context.Context, *WaitDebugConsoleRequest) (*WaitDebugConsoleResponse, error)
+	GuestMetrics(context.Context, *GuestMetricsRequest) (*GuestMetricsResponse, error)
 }
 
 func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
@@ -76,6 +77,13 @@ func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
 					return nil, err
 				}
 				return svc.WaitDebugConsole(ctx, &req)
+			},
+			"GuestMetrics": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req GuestMetricsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.GuestMetrics(ctx, &req)
 			},
 		},
 	})
@@ -150,6 +158,14 @@ func (c *systemClient) ResizeDebugConsole(ctx context.Context, req *ResizeDebugC
 func (c *systemClient) WaitDebugConsole(ctx context.Context, req *WaitDebugConsoleRequest) (*WaitDebugConsoleResponse, error) {
 	var resp WaitDebugConsoleResponse
 	if err := c.client.Call(ctx, "hull.agent.v1.System", "WaitDebugConsole", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *systemClient) GuestMetrics(ctx context.Context, req *GuestMetricsRequest) (*GuestMetricsResponse, error) {
+	var resp GuestMetricsResponse
+	if err := c.client.Call(ctx, "hull.agent.v1.System", "GuestMetrics", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
