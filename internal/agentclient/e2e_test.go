@@ -69,14 +69,21 @@ func (c *captureLog) find(t *testing.T, msg string) *logrus.Entry {
 // receives Serve's result.
 func startAgent(t *testing.T, delay time.Duration) (hypervisor.AgentEndpoint, <-chan struct{}, *error) {
 	t.Helper()
+	return startAgentWith(t, delay, agent.ServeOptions{LogLevel: "debug"})
+}
+
+// startAgentWith is startAgent with o (its Listen is set here).
+func startAgentWith(t *testing.T, delay time.Duration, o agent.ServeOptions) (hypervisor.AgentEndpoint, <-chan struct{}, *error) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
+	o.Listen = "unix:" + sock
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var serveErr error
 	go func() {
 		defer close(done)
 		time.Sleep(delay)
-		serveErr = agent.Serve(ctx, agent.ServeOptions{Listen: "unix:" + sock, LogLevel: "debug"})
+		serveErr = agent.Serve(ctx, o)
 	}()
 	t.Cleanup(func() {
 		cancel()

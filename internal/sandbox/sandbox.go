@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
@@ -22,6 +23,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
+	"github.com/hull-runtime/hull/internal/tracing"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
@@ -100,6 +102,10 @@ type Config struct {
 	DebugConsole bool
 	// Cgroup is where the VMM and virtiofsd are accounted and limited.
 	Cgroup CgroupConfig
+	// Tracing, when not nil, records the start's steps and the agent
+	// calls as spans, turns the agent's spans on and exports them as they
+	// come (guest spans are checked: tracing.Guest). Nil: no tracing.
+	Tracing *tracing.Exporter
 }
 
 // Sandbox is a running VM with its agent.
@@ -140,6 +146,12 @@ type Sandbox struct {
 	// consoles serves debug consoles when the Config enables them;
 	// guarded by mu.
 	consoles *consoleServer
+
+	// guestSpans exports the guest's spans; nil without tracing. The
+	// relay loop runs until stopRelay, and closes relayDone.
+	guestSpans *tracing.Guest
+	stopRelay  context.CancelFunc
+	relayDone  chan struct{}
 }
 
 // ID returns the sandbox's ID.
@@ -205,7 +217,12 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
 	}
-	s.bg, s.cancelBg = context.WithCancel(context.WithoutCancel(ctx))
+	// The background loops outlive the request: its container and trace
+	// do not name their work.
+	s.bg, s.cancelBg = context.WithCancel(tracing.WithoutRequestLog(context.WithoutCancel(ctx)))
+	tr := tracer(cfg.Tracing)
+	ctx, span := tr.Start(ctx, "sandbox start", trace.WithAttributes(sandboxAttr(cfg.ID)))
+	defer func() { endSpan(span, retErr) }()
 	if err := s.transition(StateStarting); err != nil {
 		return nil, err
 	}
@@ -278,6 +295,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			if cfg.DebugConsole {
 				params = append(params, channel.ParamDebugConsole+"=1")
 			}
+			if cfg.Tracing != nil {
+				params = append(params, channel.ParamTracing+"=1")
+			}
 			vc.KernelParams = append(params, vc.KernelParams...)
 			vm, err := cfg.NewVM(vc)
 			if err != nil {
@@ -294,16 +314,26 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
-			c, err := agentclient.Dial(ctx, s.vm.Agent(), agentclient.Options{
+			o := agentclient.Options{
 				DialTimeout: cfg.DialTimeout,
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
-			})
+				// The agent's lines are the sandbox's, not this request's.
+				Log: log.G(s.bg).WithField(tracing.LogSandbox, cfg.ID),
+			}
+			if cfg.Tracing != nil {
+				o.TracerProvider = cfg.Tracing.TracerProvider()
+			}
+			c, err := agentclient.Dial(ctx, s.vm.Agent(), o)
 			if err != nil {
 				return s.withConsole(err)
 			}
 			s.client = c
 			undo.push(func(context.Context) error { return c.Close() })
+			if cfg.Tracing != nil {
+				s.startRelay(cfg.Tracing)
+				undo.push(func(context.Context) error { s.endRelay(); return nil })
+			}
 			return nil
 		}},
 		{"set guest time", func(ctx context.Context) error {
@@ -327,7 +357,10 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 	}
 	for _, st := range steps {
 		start := time.Now()
-		if err := st.run(ctx); err != nil {
+		sctx, sspan := tr.Start(ctx, st.name, trace.WithAttributes(sandboxAttr(cfg.ID)))
+		err := st.run(sctx)
+		endSpan(sspan, err)
+		if err != nil {
 			return nil, fmt.Errorf("starting sandbox %s: %s: %w", cfg.ID, st.name, err)
 		}
 		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", time.Since(start)).Debugf("sandbox step %q done", st.name)
@@ -391,6 +424,12 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 				log.G(ctx).WithError(err).WithField("sandbox", s.id).Warn("destroying the guest sandbox failed; stopping the vm anyway")
 			}
 			cancel()
+		}
+		// The guest's last spans (DestroySandbox's among them) go out
+		// before it shuts down.
+		s.endRelay()
+		if s.guestSpans != nil && s.vmAlive() {
+			s.shipSpans(ctx, s.guestSpans)
 		}
 		if s.vmAlive() {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

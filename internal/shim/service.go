@@ -91,6 +91,9 @@ type service struct {
 	// vmPid is the VMM's host PID, the PID of every task (pids.go), set
 	// once the sandbox started; guarded by mu.
 	vmPid uint32
+
+	// tracing is set up by the first create (tracing.go).
+	tracing shimTracing
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -318,6 +321,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 		}
 	}
 	sc.ShmSize = tmpfsSize(r.plan.shmSource)
+	sc.Tracing = s.tracingExporter()
 	sb, err = sandbox.Start(ctx, sc)
 	if err != nil {
 		return nil, err
