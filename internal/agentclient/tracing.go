@@ -54,9 +54,11 @@ func (s *traceSet) has(id trace.TraceID) bool {
 	return ok
 }
 
-// tracingInterceptor makes a client span for every call but readSpansMethod
-// and carries its context to the agent in the call's metadata
-// (traceparent); the traces of sampled calls are remembered in known.
+// tracingInterceptor makes a client span for every call made within a
+// trace (its context has a span) but readSpansMethod, and carries its
+// context to the agent in the call's metadata (traceparent); the traces of
+// sampled calls are remembered in known. Calls outside any trace (the
+// background loops' waits) make no root span.
 func tracingInterceptor(tp trace.TracerProvider, prop propagation.TextMapPropagator, known *traceSet) ttrpc.UnaryClientInterceptor {
 	otelIntercept := otelttrpc.UnaryClientInterceptor(otelttrpc.WithTracerProvider(tp), otelttrpc.WithPropagators(prop))
 	record := func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
@@ -66,7 +68,7 @@ func tracingInterceptor(tp trace.TracerProvider, prop propagation.TextMapPropaga
 		return invoke(ctx, req, resp)
 	}
 	return func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
-		if info.FullMethod == readSpansMethod {
+		if info.FullMethod == readSpansMethod || !trace.SpanContextFromContext(ctx).IsValid() {
 			return invoke(ctx, req, resp)
 		}
 		return otelIntercept(ctx, req, resp, info, func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response) error {
