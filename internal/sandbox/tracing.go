@@ -65,7 +65,9 @@ func (s *Sandbox) shipSpans(ctx context.Context, g *tracing.Guest) {
 		log.G(ctx).WithError(err).WithField("sandbox", s.id).Debug("reading the guest's spans")
 		return
 	}
-	r, err := g.Export(ctx, resp.GetSpans())
+	// Spans read out of the guest are exported even when the relay stops
+	// meanwhile: they exist nowhere else (the export has its own bound).
+	r, err := g.Export(context.WithoutCancel(ctx), resp.GetSpans())
 	e := log.G(ctx).WithFields(log.Fields{
 		"sandbox": s.id, "exported": r.Exported, "malformed": r.Malformed, "unknown_trace": r.Unknown, "limited": r.Limited,
 	})

@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"time"
 
@@ -58,7 +59,14 @@ func New(ctx context.Context, cfg config.Tracing, service string) (*Exporter, er
 	case "grpc":
 		client = otlptracegrpc.NewClient(otlptracegrpc.WithEndpointURL(cfg.Endpoint), otlptracegrpc.WithTimeout(exportTimeout))
 	case "http":
-		client = otlptracehttp.NewClient(otlptracehttp.WithEndpointURL(cfg.Endpoint), otlptracehttp.WithTimeout(exportTimeout))
+		endpoint, err := url.Parse(cfg.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("tracing endpoint %q: %w: %w", cfg.Endpoint, err, errdefs.ErrInvalidArgument)
+		}
+		if endpoint.Path == "" || endpoint.Path == "/" {
+			endpoint.Path = "/v1/traces"
+		}
+		client = otlptracehttp.NewClient(otlptracehttp.WithEndpointURL(endpoint.String()), otlptracehttp.WithTimeout(exportTimeout))
 	default:
 		return nil, fmt.Errorf("tracing protocol %q: %w", cfg.Protocol, errdefs.ErrInvalidArgument)
 	}
