@@ -117,5 +117,11 @@ func checkSandboxTrace(spans []e2e.Span, tid trace.TraceID, root trace.SpanID) e
 	}
 	// Stop's last call before the shutdown, shipped by its final read.
 	errs = append(errs, guestUnder("hull.agent.v1.Containers/DestroySandbox", root.String()))
+	// The sandbox's background waits join no trace.
+	for _, s := range byID {
+		if s.Name == "hull.agent.v1.Containers/WaitOOM" {
+			errs = append(errs, fmt.Errorf("the background wait %s joined the start's trace", s.Name))
+		}
+	}
 	return errors.Join(errs...)
 }

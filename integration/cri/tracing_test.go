@@ -38,10 +38,13 @@ func TestCRITracing(t *testing.T) {
 	p.stop()
 	p.remove()
 
-	var err error
+	var (
+		traceID string
+		err     error
+	)
 	deadline := time.Now().Add(time.Minute)
 	for {
-		if err = checkPodTrace(col.Spans(t)); err == nil || time.Now().After(deadline) {
+		if traceID, err = checkPodTrace(col.Spans(t)); err == nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(time.Second)
@@ -53,11 +56,22 @@ func TestCRITracing(t *testing.T) {
 		}
 		t.Fatalf("%v\nspans the collector got:\n%s", err, b.String())
 	}
+	// The shim's log (in containerd's) names the pod's container and the
+	// trace of its Create.
+	logged := false
+	for _, line := range strings.Split(d.logTail(100000), "\n") {
+		if strings.Contains(line, "sandbox started") && strings.Contains(line, "container="+p.id) && strings.Contains(line, "trace_id="+traceID) {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Errorf("no shim log line \"sandbox started\" with container=%s and trace_id=%s in containerd's log", p.id, traceID)
+	}
 }
 
-// checkPodTrace finds the trace of the pod start among spans and checks
-// its shape.
-func checkPodTrace(spans []e2e.Span) error {
+// checkPodTrace finds the trace of the pod start among spans, checks its
+// shape and returns its ID.
+func checkPodTrace(spans []e2e.Span) (string, error) {
 	byID := map[string]e2e.Span{}
 	for _, s := range spans {
 		byID[s.SpanID] = s
@@ -86,22 +100,22 @@ func checkPodTrace(spans []e2e.Span) error {
 	}
 	run, ok := find("containerd", criRunSpan, func(e2e.Span) bool { return true })
 	if !ok {
-		return errors.New("no span " + criRunSpan + " from containerd")
+		return "", errors.New("no span " + criRunSpan + " from containerd")
 	}
 	inTrace := func(s e2e.Span) bool { return s.TraceID == run.TraceID }
 	create, ok := find("containerd-shim-hull-v2", shimCreateSpan, func(s e2e.Span) bool { return inTrace(s) && under(s, run.SpanID) })
 	if !ok {
-		return fmt.Errorf("no shim span %s under containerd's %s (trace %s)", shimCreateSpan, criRunSpan, run.TraceID)
+		return "", fmt.Errorf("no shim span %s under containerd's %s (trace %s)", shimCreateSpan, criRunSpan, run.TraceID)
 	}
 	start, ok := find("containerd-shim-hull-v2", sandboxSpan, func(s e2e.Span) bool { return s.ParentID == create.SpanID })
 	if !ok {
-		return fmt.Errorf("no span %q under the shim's Create", sandboxSpan)
+		return "", fmt.Errorf("no span %q under the shim's Create", sandboxSpan)
 	}
 	steps := map[string]e2e.Span{}
 	for _, name := range bootSteps {
 		st, ok := find("containerd-shim-hull-v2", name, func(s e2e.Span) bool { return s.ParentID == start.SpanID })
 		if !ok {
-			return fmt.Errorf("no boot step span %q under %q", name, sandboxSpan)
+			return "", fmt.Errorf("no boot step span %q under %q", name, sandboxSpan)
 		}
 		steps[name] = st
 	}
@@ -109,20 +123,20 @@ func checkPodTrace(spans []e2e.Span) error {
 	// call, itself under the boot step that made it.
 	guest, ok := find("hull-agent", guestCreateSbox, func(s e2e.Span) bool { return inTrace(s) })
 	if !ok {
-		return fmt.Errorf("no guest span %s in the trace", guestCreateSbox)
+		return "", fmt.Errorf("no guest span %s in the trace", guestCreateSbox)
 	}
 	client, ok := byID[guest.ParentID]
 	if !ok || client.Service != "containerd-shim-hull-v2" || client.Name != guestCreateSbox || client.ParentID != steps["create guest sandbox"].SpanID {
-		return fmt.Errorf("the guest's %s has parent %+v, want the shim's client span of the call under the step \"create guest sandbox\"", guestCreateSbox, client)
+		return "", fmt.Errorf("the guest's %s has parent %+v, want the shim's client span of the call under the step \"create guest sandbox\"", guestCreateSbox, client)
 	}
 	if id := guest.Resource["hull.sandbox.id"]; id == "" || id != start.Attrs["hull.sandbox.id"] {
-		return fmt.Errorf("the guest span's resource names sandbox %q, the sandbox span %q", id, start.Attrs["hull.sandbox.id"])
+		return "", fmt.Errorf("the guest span's resource names sandbox %q, the sandbox span %q", id, start.Attrs["hull.sandbox.id"])
 	}
 	// The pause container, created in the guest within the same Create.
 	if _, ok := find("hull-agent", guestCreateCtr, func(s e2e.Span) bool { return inTrace(s) && under(s, create.SpanID) }); !ok {
-		return fmt.Errorf("no guest span %s under the shim's Create", guestCreateCtr)
+		return "", fmt.Errorf("no guest span %s under the shim's Create", guestCreateCtr)
 	}
-	return nil
+	return run.TraceID, nil
 }
 
 // tracingOptions turn tracing on in containerd 2.x and in hull, both

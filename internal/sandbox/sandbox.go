@@ -218,8 +218,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		s.killTimeout = DefaultKillTimeout
 	}
 	// The background loops outlive the request: its container and trace
-	// do not name their work.
-	s.bg, s.cancelBg = context.WithCancel(tracing.WithoutRequestLog(context.WithoutCancel(ctx)))
+	// do not name their work, and their calls (long waits) join no trace.
+	bg := trace.ContextWithSpanContext(context.WithoutCancel(ctx), trace.SpanContext{})
+	s.bg, s.cancelBg = context.WithCancel(tracing.WithoutRequestLog(bg))
 	tr := tracer(cfg.Tracing)
 	ctx, span := tr.Start(ctx, "sandbox start", trace.WithAttributes(sandboxAttr(cfg.ID)))
 	defer func() { endSpan(span, retErr) }()
