@@ -130,7 +130,7 @@ func toAPISpan(s sdktrace.ReadOnlySpan) *api.Span {
 		if i == maxSpanAttributes {
 			break
 		}
-		out.Attributes = append(out.Attributes, &api.Attribute{Key: string(kv.Key), Value: kv.Value.Emit()})
+		out.Attributes = append(out.Attributes, &api.Attribute{Key: string(kv.Key), Value: kv.Value.String()})
 	}
 	return out
 }

@@ -39,7 +39,7 @@ func OtelcolBinary(t testing.TB) string {
 		if err != nil {
 			t.Fatalf("test collector sources: %v", err)
 		}
-		fmt.Fprintf(h, "%s %d\n", f, len(b))
+		_, _ = fmt.Fprintf(h, "%s %d\n", f, len(b))
 		h.Write(b)
 	}
 	dir := filepath.Join(otelcolCache, "otelcol-"+hex.EncodeToString(h.Sum(nil))[:16])
