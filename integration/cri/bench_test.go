@@ -14,6 +14,8 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // BenchmarkCRIPodStart times the kubelet's start of a one-container pod,
@@ -192,4 +194,42 @@ func formatRates(rs []float64) string {
 		parts[i] = fmt.Sprintf("%.1f", r)
 	}
 	return strings.Join(parts, " ")
+}
+
+// BenchmarkCRITracing measures what tracing costs a pod start: a CRI
+// RunPodSandbox and one container started, as BenchmarkCRIPodStart does,
+// on two containerd 2.x daemons, one with tracing off everywhere and one
+// with containerd's and hull's tracing on, exporting to a real collector
+// (alternating pod by pod). Medians, in ms.
+func BenchmarkCRITracing(b *testing.B) {
+	col := e2e.StartCollector(b)
+	modes := []struct {
+		name string
+		d    *daemon
+	}{
+		{"tracing-off", startDaemon(b, "2")},
+		{"tracing-on", startDaemonWith(b, "2", tracingOptions(col))},
+	}
+	times := map[string][]time.Duration{}
+	for i := 0; b.Loop(); i++ {
+		for _, m := range modes {
+			s := m.d.session(b, hull)
+			config := s.podConfig(fmt.Sprintf("trace-%s-%d", m.name, i))
+			start := time.Now()
+			st, err := s.runPodSandbox(config, hull.name)
+			if err != nil {
+				s.fail(st.logFrom, "RunPodSandbox (%s): %v", m.name, err)
+			}
+			p := &pod{s: s, id: st.id, config: config}
+			p.run(containerConfig("c", untilTerm("true")...))
+			times[m.name] = append(times[m.name], time.Since(start))
+			p.stop()
+			p.remove()
+			s.checkClean()
+		}
+	}
+	for _, m := range modes {
+		b.ReportMetric(float64(medianOf(times[m.name]).Milliseconds()), m.name+"-ms")
+		b.Logf("pod start, %s: %v", m.name, times[m.name])
+	}
 }

@@ -79,6 +79,20 @@ type daemon struct {
 // the CRI sees them.
 func startDaemon(t testing.TB, version string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, version, daemonOptions{})
+}
+
+// daemonOptions add to a daemon's setup.
+type daemonOptions struct {
+	// hullConfig is appended to the hull configuration the shim reads.
+	hullConfig string
+	// env is added to containerd's environment.
+	env []string
+}
+
+// startDaemonWith is startDaemon with o.
+func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
+	t.Helper()
 	needCNI(t)
 	containerdPath, ctrPath, binDir := daemonBinaries(t, version)
 	dir, err := os.MkdirTemp(env.workDir, "d")
@@ -120,7 +134,7 @@ func startDaemon(t testing.TB, version string) *daemon {
 		t.Fatalf("%s gives containerd %s %q, the suite writes %q", e2e.KubernetesDoc, version, versionLine, first)
 	}
 	config += hullTables
-	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot) + o.hullConfig
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -139,6 +153,7 @@ func startDaemon(t testing.TB, version string) *daemon {
 	d.cmd.Env = append(os.Environ(),
 		"PATH="+path,
 		"HULL_CONFIG="+filepath.Join(dir, "hull.toml"))
+	d.cmd.Env = append(d.cmd.Env, o.env...)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {

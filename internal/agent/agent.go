@@ -62,6 +62,9 @@ type Agent struct {
 	storageReady     chan struct{}
 	storageReadyOnce sync.Once
 	stopping         atomic.Bool
+	// tracing records spans for the host; nil when off. Set before the
+	// agent serves.
+	tracing *guestTracing
 
 	mu sync.Mutex
 	// status of Health. Guarded by mu.
@@ -91,7 +94,9 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 		storageReady: make(chan struct{}),
 		status:       api.HealthResponse_STATUS_STARTING,
 	}
-	interceptors := []ttrpc.UnaryServerInterceptor{a.intercept}
+	// The span, outermost, sees the calls' errors as ttRPC statuses, and
+	// the trace ID reaches every log line of the call.
+	interceptors := []ttrpc.UnaryServerInterceptor{a.traceIntercept, a.intercept}
 	if testHooks.interceptor != nil {
 		interceptors = append(interceptors, testHooks.interceptor)
 	}
@@ -103,6 +108,7 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 	a.containers = newContainerService(a, containerStateDir)
 	api.RegisterContainersService(rpc, a.containers)
 	api.RegisterNetworkService(rpc, newNetworkService(initMode))
+	api.RegisterTracingService(rpc, &tracingService{a: a})
 	a.rpc = rpc
 	return a, nil
 }
@@ -237,6 +243,9 @@ type ServeOptions struct {
 	// DebugShell is the shell DebugConsole runs; empty means
 	// channel.DebugShellPath.
 	DebugShell string
+	// Tracing records the spans of calls that carry a sampled trace
+	// context, for Tracing.ReadSpans (in a VM: hull.tracing=1).
+	Tracing bool
 }
 
 // Serve runs the agent's serving code outside a VM: no mounts, no modules,
@@ -310,6 +319,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	a.agentStart = start
+	if o.Tracing {
+		a.tracing = newGuestTracing()
+	}
 	if o.DebugConsole {
 		a.debugShell = o.DebugShell
 		if a.debugShell == "" {

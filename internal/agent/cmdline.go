@@ -15,6 +15,8 @@ type bootConfig struct {
 	LogLevel  logrus.Level
 	// DebugConsole enables System.DebugConsole.
 	DebugConsole bool
+	// Tracing records spans for the host (Tracing.ReadSpans).
+	Tracing bool
 }
 
 func defaultBootConfig() bootConfig {
@@ -44,6 +46,11 @@ func parseCmdline(cmdline string) (bootConfig, []string) {
 				continue
 			}
 			c.LogLevel = lvl
+		case channel.ParamTracing:
+			c.Tracing = v == "1"
+			if v != "1" && v != "0" {
+				warnings = append(warnings, fmt.Sprintf("%s=%q: want 1 or 0; tracing stays off", channel.ParamTracing, v))
+			}
 		case channel.ParamDebugConsole:
 			switch v {
 			case "1":

@@ -106,6 +106,9 @@ func RunInit() {
 		fatal(ctx, err)
 	}
 	a.agentStart = start
+	if cfg.Tracing {
+		a.tracing = newGuestTracing()
+	}
 	for _, w := range warnings {
 		a.addWarning(ctx, w)
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -53,6 +55,10 @@ type Options struct {
 	// ObserveRPC, when set, is told the method, duration and outcome of
 	// every unary call (for the shim's latency histograms).
 	ObserveRPC func(method string, took time.Duration, err error)
+	// TracerProvider, when not nil, makes a span of every call (but the
+	// reads of the guest's spans) and carries its trace context to the
+	// agent in the call's metadata. Nil: no tracing.
+	TracerProvider trace.TracerProvider
 }
 
 // Client is a connection to one agent. Its service clients share one ttRPC
@@ -66,6 +72,9 @@ type Client struct {
 	system      api.SystemService
 	containers  api.ContainersService
 	network     api.NetworkService
+	tracing     api.TracingService
+	// traces are the traces carried into the agent; nil without tracing.
+	traces *traceSet
 
 	// nextStream is the last stdio stream id handed out.
 	nextStream atomic.Uint64
@@ -139,8 +148,16 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 		return nil, failed(err)
 	}
 	c := &Client{endpoint: name, callTimeout: o.CallTimeout, tr: tr, observe: o.ObserveRPC}
-	c.rpc = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(c.intercept))
+	// The span, outermost, sees the call's errors as errdefs classes.
+	var interceptors []ttrpc.UnaryClientInterceptor
+	if o.TracerProvider != nil {
+		c.traces = newTraceSet(maxKnownTraces)
+		interceptors = append(interceptors, tracingInterceptor(o.TracerProvider, propagation.TraceContext{}, c.traces))
+	}
+	interceptors = append(interceptors, c.intercept)
+	c.rpc = ttrpc.NewClient(conn, ttrpc.WithChainUnaryClientInterceptor(interceptors...))
 	c.system = api.NewSystemClient(c.rpc)
+	c.tracing = api.NewTracingClient(c.rpc)
 	c.containers = api.NewContainersClient(c.rpc)
 	c.network = api.NewNetworkClient(c.rpc)
 	defer func() {
@@ -258,6 +275,9 @@ func (c *Client) Invoke(ctx context.Context, service, method string, req, resp p
 
 // Network is the agent's Network service.
 func (c *Client) Network() api.NetworkService { return c.network }
+
+// Tracing is the agent's Tracing service.
+func (c *Client) Tracing() api.TracingService { return c.tracing }
 
 // System is the agent's System service.
 func (c *Client) System() api.SystemService { return c.system }

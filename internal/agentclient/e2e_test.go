@@ -102,14 +102,21 @@ var testTransports = []testTransport{
 // and a channel that receives Serve's result.
 func startAgent(t *testing.T, tr testTransport, delay time.Duration) (hypervisor.AgentEndpoint, <-chan struct{}, *error) {
 	t.Helper()
+	return startAgentWith(t, tr, delay, agent.ServeOptions{LogLevel: "debug"})
+}
+
+// startAgentWith is startAgent with o (its Listen is set here).
+func startAgentWith(t *testing.T, tr testTransport, delay time.Duration, o agent.ServeOptions) (hypervisor.AgentEndpoint, <-chan struct{}, *error) {
+	t.Helper()
 	listen, ep := tr.listen(t.TempDir())
+	o.Listen = listen
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	var serveErr error
 	go func() {
 		defer close(done)
 		time.Sleep(delay)
-		serveErr = agent.Serve(ctx, agent.ServeOptions{Listen: listen, LogLevel: "debug"})
+		serveErr = agent.Serve(ctx, o)
 	}()
 	t.Cleanup(func() {
 		cancel()

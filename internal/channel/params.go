@@ -18,6 +18,9 @@ const (
 	ParamLog = "hull.log"
 	// ParamDebugConsole=1 lets the agent serve System.DebugConsole.
 	ParamDebugConsole = "hull.debug_console"
+	// ParamTracing=1 makes the agent record spans of the calls that carry
+	// a sampled trace context and serve them to the host (Tracing).
+	ParamTracing = "hull.tracing"
 )
 
 // DebugShellPath is where a guest image holds its debug shell (a static

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -35,6 +36,7 @@ type Config struct {
 	Agent      Agent      `toml:"agent"`
 	Runtime    Runtime    `toml:"runtime"`
 	Image      Image      `toml:"image"`
+	Tracing    Tracing    `toml:"tracing"`
 
 	// Source is the file the configuration was read from, empty for the
 	// built-in defaults.
@@ -159,6 +161,22 @@ type Image struct {
 	CacheDir string `toml:"cache_dir"`
 }
 
+// Tracing configures the OpenTelemetry spans of the shim, of each pod's
+// boot and agent calls, and of the agent in the guest.
+type Tracing struct {
+	// Enabled turns tracing on; off, no exporter or goroutine exists.
+	Enabled bool `toml:"enabled"`
+	// Endpoint is the OTLP collector's URL: http://host:port for plain
+	// text, https://host:port for TLS. With protocol "http", a URL with
+	// no path gets /v1/traces.
+	Endpoint string `toml:"endpoint"`
+	// Protocol is "grpc" (OTLP/gRPC) or "http" (OTLP/HTTP protobuf).
+	Protocol string `toml:"protocol"`
+	// SamplingRatio is the share of new traces recorded, 0 to 1; a span
+	// whose parent came with a trace context follows the parent's choice.
+	SamplingRatio float64 `toml:"sampling_ratio"`
+}
+
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }
 
@@ -216,6 +234,11 @@ func Defaults() *Config {
 			Compression:   "none",
 			Features:      slices.Clone(modlist.AllFeatures),
 			CacheDir:      "/var/cache/hull",
+		},
+		Tracing: Tracing{
+			Endpoint:      "http://127.0.0.1:4317",
+			Protocol:      "grpc",
+			SamplingRatio: 1,
 		},
 	}
 }
@@ -394,6 +417,14 @@ func (c *Config) Validate() error {
 		if !slices.Contains(modlist.AllFeatures, f) {
 			bad("image.features", "unknown feature %q", f)
 		}
+	}
+	tr := c.Tracing
+	oneOf("tracing.protocol", tr.Protocol, "grpc", "http")
+	if u, err := url.Parse(tr.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("tracing.endpoint", "%q is not an http:// or https:// URL with a host", tr.Endpoint)
+	}
+	if !(tr.SamplingRatio >= 0 && tr.SamplingRatio <= 1) {
+		bad("tracing.sampling_ratio", "%v is outside 0..1", tr.SamplingRatio)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration: %w: %w", err, errdefs.ErrInvalidArgument)

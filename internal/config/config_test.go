@@ -56,6 +56,19 @@ func TestParse(t *testing.T) {
 		{name: "bad duration", doc: "[agent]\ndial_timeout = \"soon\"\n", wantErr: []string{"line 2"}},
 		{name: "wrong type", doc: "[hypervisor]\nvcpus = \"two\"\n", wantErr: []string{"line 2"}},
 		{name: "malformed toml", doc: "[hypervisor\n", wantErr: []string{"line 1"}},
+		{name: "tracing protocol", doc: "[tracing]\nprotocol = \"zipkin\"\n", wantErr: []string{`tracing.protocol: "zipkin" is not one of grpc, http`}},
+		{name: "tracing endpoint without scheme", doc: "[tracing]\nendpoint = \"collector:4317\"\n", wantErr: []string{"tracing.endpoint"}},
+		{name: "tracing sampling ratio", doc: "[tracing]\nsampling_ratio = 1.5\n", wantErr: []string{"tracing.sampling_ratio: 1.5 is outside 0..1"}},
+		{
+			name: "tracing on",
+			doc:  "[tracing]\nenabled = true\nendpoint = \"https://otel.example:4318\"\nprotocol = \"http\"\nsampling_ratio = 0.25\n",
+			check: func(t *testing.T, c *Config) {
+				want := Tracing{Enabled: true, Endpoint: "https://otel.example:4318", Protocol: "http", SamplingRatio: 0.25}
+				if c.Tracing != want {
+					t.Fatalf("tracing = %+v, want %+v", c.Tracing, want)
+				}
+			},
+		},
 		{
 			name:    "several problems at once",
 			doc:     "[hypervisor]\nvcpus = 0\nmemory_mib = 16\nkernel = \"vmlinux\"\n[runtime]\ncgroup_parent = \"../x\"\n[image]\nfeatures = [\"gpu\"]\n",

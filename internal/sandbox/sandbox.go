@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
@@ -23,6 +24,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
+	"github.com/hull-runtime/hull/internal/tracing"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
@@ -118,6 +120,10 @@ type Config struct {
 	// ObserveAgentRPC, when set, is told of every agent call
 	// (agentclient.Options.ObserveRPC).
 	ObserveAgentRPC func(method string, took time.Duration, err error)
+	// Tracing, when not nil, records the start's steps and the agent
+	// calls as spans, turns the agent's spans on and exports them as they
+	// come (guest spans are checked: tracing.Guest). Nil: no tracing.
+	Tracing *tracing.Exporter
 }
 
 // Phase is one named step of a sandbox's start and how long it took.
@@ -170,6 +176,12 @@ type Sandbox struct {
 	// phases are the steps of Start with their durations, written by
 	// Start only, before the sandbox is returned.
 	phases []Phase
+
+	// guestSpans exports the guest's spans; nil without tracing. The
+	// relay loop runs until stopRelay, and closes relayDone.
+	guestSpans *tracing.Guest
+	stopRelay  context.CancelFunc
+	relayDone  chan struct{}
 }
 
 // BootPhases returns the steps of the sandbox's start with how long each
@@ -246,7 +258,13 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
 	}
-	s.bg, s.cancelBg = context.WithCancel(context.WithoutCancel(ctx))
+	// The background loops outlive the request: its container and trace
+	// do not name their work, and their calls (long waits) join no trace.
+	bg := trace.ContextWithSpanContext(context.WithoutCancel(ctx), trace.SpanContext{})
+	s.bg, s.cancelBg = context.WithCancel(tracing.WithoutRequestLog(bg))
+	tr := tracer(cfg.Tracing)
+	ctx, span := tr.Start(ctx, "sandbox start", trace.WithAttributes(sandboxAttr(cfg.ID)))
+	defer func() { endSpan(span, retErr) }()
 	if err := s.transition(StateStarting); err != nil {
 		return nil, err
 	}
@@ -315,6 +333,9 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			if cfg.DebugConsole {
 				params = append(params, channel.ParamDebugConsole+"=1")
 			}
+			if cfg.Tracing != nil {
+				params = append(params, channel.ParamTracing+"=1")
+			}
 			vc.KernelParams = append(params, vc.KernelParams...)
 			vm, err := cfg.NewVM(vc)
 			if err != nil {
@@ -331,11 +352,16 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
-			opts := agentclient.Options{
+			o := agentclient.Options{
 				DialTimeout: cfg.DialTimeout,
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
 				ObserveRPC:  cfg.ObserveAgentRPC,
+				// The agent's lines are the sandbox's, not this request's.
+				Log: log.G(s.bg).WithField(tracing.LogSandbox, cfg.ID),
+			}
+			if cfg.Tracing != nil {
+				o.TracerProvider = cfg.Tracing.TracerProvider()
 			}
 			if cfg.AgentLogMax > 0 {
 				lf, err := child.OpenLog(filepath.Join(s.stateDir, AgentLogName), cfg.AgentLogMax)
@@ -344,14 +370,18 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 				}
 				undo.push(func(context.Context) error { return lf.Close() })
 				s.agentLog = lf
-				opts.Log = teeLog(log.G(ctx), lf)
+				o.Log = teeLog(o.Log, lf)
 			}
-			c, err := agentclient.Dial(ctx, s.vm.Agent(), opts)
+			c, err := agentclient.Dial(ctx, s.vm.Agent(), o)
 			if err != nil {
 				return s.withConsole(err)
 			}
 			s.client = c
 			undo.push(func(context.Context) error { return c.Close() })
+			if cfg.Tracing != nil {
+				s.startRelay(cfg.Tracing)
+				undo.push(func(context.Context) error { s.endRelay(); return nil })
+			}
 			return nil
 		}},
 		{"set guest time", func(ctx context.Context) error {
@@ -381,7 +411,10 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 	}
 	for _, st := range steps {
 		start := time.Now()
-		if err := st.run(ctx); err != nil {
+		sctx, sspan := tr.Start(ctx, st.name, trace.WithAttributes(sandboxAttr(cfg.ID)))
+		err := st.run(sctx)
+		endSpan(sspan, err)
+		if err != nil {
 			return nil, fmt.Errorf("starting sandbox %s: %s: %w", cfg.ID, st.name, err)
 		}
 		took := time.Since(start)
@@ -447,6 +480,12 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 				log.G(ctx).WithError(err).WithField("sandbox", s.id).Warn("destroying the guest sandbox failed; stopping the vm anyway")
 			}
 			cancel()
+		}
+		// The guest's last spans (DestroySandbox's among them) go out
+		// before it shuts down.
+		s.endRelay()
+		if s.guestSpans != nil && s.vmAlive() {
+			s.shipSpans(ctx, s.guestSpans)
 		}
 		if s.vmAlive() {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -96,6 +96,9 @@ type service struct {
 	// serves it once the sandbox runs (metrics.go). Guarded by mu.
 	collector     *podmetrics.Collector
 	metricsServer *podmetrics.Server
+
+	// tracing is set up by the first create (tracing.go).
+	tracing shimTracing
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -333,6 +336,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	sc.ShmSize = tmpfsSize(r.plan.shmSource)
 	col := podmetrics.NewCollector(podmetrics.LabelsFor(podID, annotations), podmetrics.Source{})
 	sc.ObserveAgentRPC = col.ObserveRPC
+	sc.Tracing = s.tracingExporter()
 	sb, err = sandbox.Start(ctx, sc)
 	if err != nil {
 		return nil, err
