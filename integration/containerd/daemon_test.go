@@ -228,7 +228,9 @@ func (d *daemon) leftovers() []string {
 	}
 	if des, err := os.ReadDir(d.stateRoot); err == nil {
 		for _, de := range des {
-			left = append(left, "state "+filepath.Join(d.stateRoot, de.Name()))
+			if p := filepath.Join(d.stateRoot, de.Name()); p != sandbox.BootSlotsDir(d.stateRoot) {
+				left = append(left, "state "+p)
+			}
 		}
 	}
 	return left

@@ -132,7 +132,19 @@ type Runtime struct {
 	// CgroupCPUOverheadMilli is what the sandbox cgroup's CPU quota adds
 	// to the VM's vCPUs, in thousandths of a CPU.
 	CgroupCPUOverheadMilli uint32 `toml:"cgroup_cpu_overhead_milli"`
+
+	// MaxConcurrentBoots bounds how many VMs boot at once on the node
+	// (all runtimes sharing StateDir); later starts wait for a slot. Zero
+	// derives it: the host's CPU count under TCG, four times that with KVM.
+	MaxConcurrentBoots uint32 `toml:"max_concurrent_boots"`
+	// BootWaitTimeout bounds a start's wait for a boot slot; a start that
+	// gets none in time fails saying so. The agent's dial timeout counts
+	// from the moment the slot is taken.
+	BootWaitTimeout Duration `toml:"boot_wait_timeout"`
 }
+
+// MaxMaxConcurrentBoots bounds runtime.max_concurrent_boots.
+const MaxMaxConcurrentBoots = 4096
 
 // Bounds of runtime.guest_log_max_bytes.
 const (
@@ -202,6 +214,7 @@ func Defaults() *Config {
 			EnableAnnotations:       []string{},
 			CgroupMemoryOverheadMiB: 256,
 			CgroupCPUOverheadMilli:  250,
+			BootWaitTimeout:         Duration{3 * time.Minute},
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -363,6 +376,12 @@ func (c *Config) Validate() error {
 		bad("runtime.cgroup_cpu_overhead_milli", "%d is above 255000", r.CgroupCPUOverheadMilli)
 	}
 	oneOf("runtime.log_level", r.LogLevel, levels...)
+	if r.MaxConcurrentBoots > MaxMaxConcurrentBoots {
+		bad("runtime.max_concurrent_boots", "%d is above %d", r.MaxConcurrentBoots, MaxMaxConcurrentBoots)
+	}
+	if r.BootWaitTimeout.Duration <= 0 {
+		bad("runtime.boot_wait_timeout", "must be positive")
+	}
 	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {
 		bad("runtime.guest_log_max_bytes", "%d is outside %d..%d", r.GuestLogMaxBytes, int64(minGuestLogMaxBytes), int64(maxGuestLogMaxBytes))
 	}

@@ -18,6 +18,7 @@ import (
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/bootslot"
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
@@ -73,8 +74,13 @@ type Config struct {
 	// Transport is the agent transport (vsock or serial); VsockPort its port.
 	Transport hypervisor.Transport
 	VsockPort uint32
-	// DialTimeout bounds VM start to the agent's first answer; CallTimeout
-	// each agent call without its own deadline.
+	// BootGate bounds how many VMs boot at once on the node: the start
+	// takes one of its slots before anything else and holds it until the
+	// sandbox runs (or its start failed). Nil boots at once.
+	BootGate *bootslot.Gate
+	// DialTimeout bounds VM start to the agent's first answer (it counts
+	// from the moment the boot slot was taken); CallTimeout each agent
+	// call without its own deadline.
 	DialTimeout time.Duration
 	CallTimeout time.Duration
 	// KillTimeout is how long the guest has to report the exit of a
@@ -222,6 +228,10 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			_ = s.transition(StateStopped)
 		}
 	}()
+	// slot is the boot slot the start holds from its first step until it
+	// returns: a start waiting for one holds nothing else. Released by the
+	// undo stack on failure.
+	var slot *bootslot.Slot
 	hostname := cfg.Hostname
 	if hostname == "" {
 		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
@@ -231,6 +241,18 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 		name string
 		run  func(context.Context) error
 	}{
+		{"wait for a boot slot", func(ctx context.Context) error {
+			if cfg.BootGate == nil {
+				return nil
+			}
+			var err error
+			if slot, err = cfg.BootGate.Acquire(ctx); err != nil {
+				return err
+			}
+			undo.push(func(context.Context) error { return slot.Release() })
+			log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "slot": slot.Index, "slots": cfg.BootGate.Slots, "waited": slot.Waited}).Info("boot slot taken")
+			return nil
+		}},
 		{"create state directory", func(ctx context.Context) error {
 			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil { //nolint:gosec // G301: search-only root (as containerd's); each sandbox's directory is 0700
 				return err
@@ -331,6 +353,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			return nil, fmt.Errorf("starting sandbox %s: %s: %w", cfg.ID, st.name, err)
 		}
 		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", time.Since(start)).Debugf("sandbox step %q done", st.name)
+	}
+	if err := slot.Release(); err != nil {
+		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("releasing the boot slot")
 	}
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
@@ -481,7 +506,7 @@ const maxIDLen = 160
 // locationErrors checks a sandbox ID and state root.
 func locationErrors(id, stateRoot string) []error {
 	var errs []error
-	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || len(id) > maxIDLen {
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || id == bootSlotsName || len(id) > maxIDLen {
 		errs = append(errs, fmt.Errorf("bad sandbox id %q", id))
 	}
 	if !filepath.IsAbs(stateRoot) {
