@@ -79,6 +79,20 @@ type daemon struct {
 // the CRI sees them.
 func startDaemon(t testing.TB, version string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, version, daemonOptions{})
+}
+
+// daemonOptions change the hull configuration of a daemon.
+type daemonOptions struct {
+	// assetsDir is the guest image; empty means the suite's.
+	assetsDir string
+	// runtime is added to the [runtime] table.
+	runtime string
+}
+
+// startDaemonWith is startDaemon with the hull configuration o.
+func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
+	t.Helper()
 	needCNI(t)
 	containerdPath, ctrPath, binDir := daemonBinaries(t, version)
 	dir, err := os.MkdirTemp(env.workDir, "d")
@@ -120,7 +134,10 @@ func startDaemon(t testing.TB, version string) *daemon {
 		t.Fatalf("%s gives containerd %s %q, the suite writes %q", e2e.KubernetesDoc, version, versionLine, first)
 	}
 	config += hullTables
-	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)
+	if o.assetsDir == "" {
+		o.assetsDir = env.assetsDir
+	}
+	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n%s", o.assetsDir, d.stateRoot, o.runtime)
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -252,6 +269,10 @@ func (d *daemon) stop(t testing.TB) {
 	}
 	// containerd leaves its snapshot mounts behind when it stops.
 	_, _ = command("umount", "-R", filepath.Join(d.dir, "root"))
+	// The boot slots are lock files, free once the shims are gone.
+	if err := os.RemoveAll(sandbox.BootSlotsDir(d.stateRoot)); err != nil {
+		t.Errorf("boot slots: %v", err)
+	}
 	if err := os.Remove(d.stateRoot); err != nil {
 		t.Errorf("hull state root: %v", err)
 	}

@@ -94,6 +94,10 @@ type Agent struct {
 	VsockPort uint32 `toml:"vsock_port"`
 	// DialTimeout bounds the time from VM start to the agent's first answer.
 	DialTimeout Duration `toml:"dial_timeout"`
+	// DialTimeoutMaxScale lets the dial timeout grow with the host's load:
+	// a dial starting while the 1-minute load average per CPU is L waits
+	// DialTimeout x min(max(L, 1), DialTimeoutMaxScale). 1 turns it off.
+	DialTimeoutMaxScale uint32 `toml:"dial_timeout_max_scale"`
 	// CallTimeout bounds each agent call that has no deadline of its own.
 	CallTimeout Duration `toml:"call_timeout"`
 	// KillTimeout is how long the host waits for the guest to report the
@@ -201,7 +205,9 @@ func Defaults() *Config {
 			Transport:   "auto",
 			VsockPort:   1024,
 			DialTimeout: Duration{30 * time.Second},
-			CallTimeout: Duration{30 * time.Second},
+			// An overloaded host slows a TCG boot down; up to 2 minutes.
+			DialTimeoutMaxScale: 4,
+			CallTimeout:         Duration{30 * time.Second},
 			KillTimeout: Duration{5 * time.Second},
 			LogLevel:    "info",
 		},
@@ -351,6 +357,9 @@ func (c *Config) Validate() error {
 	}
 	if a.DialTimeout.Duration <= 0 {
 		bad("agent.dial_timeout", "must be positive")
+	}
+	if a.DialTimeoutMaxScale < 1 || a.DialTimeoutMaxScale > 100 {
+		bad("agent.dial_timeout_max_scale", "%d is outside 1..100", a.DialTimeoutMaxScale)
 	}
 	if a.CallTimeout.Duration <= 0 {
 		bad("agent.call_timeout", "must be positive")

@@ -197,14 +197,15 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {
 			return qemu.New(hc, opts)
 		},
-		BootGate:      BootGate(c),
-		Transport:     Transport(c),
-		VsockPort:     c.Agent.VsockPort,
-		DialTimeout:   c.Agent.DialTimeout.Duration,
-		CallTimeout:   c.Agent.CallTimeout.Duration,
-		KillTimeout:   c.Agent.KillTimeout.Duration,
-		AgentLogLevel: level,
-		Hostname:      id,
+		BootGate:            BootGate(c),
+		Transport:           Transport(c),
+		VsockPort:           c.Agent.VsockPort,
+		DialTimeout:         c.Agent.DialTimeout.Duration,
+		DialTimeoutMaxScale: float64(c.Agent.DialTimeoutMaxScale),
+		CallTimeout:         c.Agent.CallTimeout.Duration,
+		KillTimeout:         c.Agent.KillTimeout.Duration,
+		AgentLogLevel:       level,
+		Hostname:            id,
 		// virtio-fs with the daemon's defaults: cache=auto, and a mount
 		// namespace sandbox (it needs root, which the runtime has).
 		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},

@@ -82,7 +82,10 @@ type Config struct {
 	// from the moment the boot slot was taken); CallTimeout each agent
 	// call without its own deadline.
 	DialTimeout time.Duration
-	CallTimeout time.Duration
+	// DialTimeoutMaxScale, above 1, stretches DialTimeout by the host's
+	// load per CPU up to this factor (scaledDialTimeout).
+	DialTimeoutMaxScale float64
+	CallTimeout         time.Duration
 	// KillTimeout is how long the guest has to report the exit of a
 	// process told to SIGKILL, or to remove a container, before the host
 	// acts on its own; zero means DefaultKillTimeout.
@@ -316,8 +319,12 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
+			timeout := scaledDialTimeout(cfg.DialTimeout, cfg.DialTimeoutMaxScale, hostLoadPerCPU())
+			if timeout != cfg.DialTimeout {
+				log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "dial_timeout": timeout}).Info("host under load: dial timeout stretched")
+			}
 			c, err := agentclient.Dial(ctx, s.vm.Agent(), agentclient.Options{
-				DialTimeout: cfg.DialTimeout,
+				DialTimeout: timeout,
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
 			})
