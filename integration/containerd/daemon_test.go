@@ -55,6 +55,8 @@ type daemonOptions struct {
 	assetsDir string
 	// kernelParams are [hypervisor] kernel_params.
 	kernelParams []string
+	// runtime is added to the [runtime] table.
+	runtime string
 }
 
 // hullConfig is the hull configuration of the daemon with o.
@@ -66,8 +68,8 @@ func (d *daemon) hullConfig(o daemonOptions) string {
 	for i, p := range o.kernelParams {
 		params[i] = strconv.Quote(p)
 	}
-	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n",
-		strings.Join(params, ", "), o.assetsDir, d.stateRoot)
+	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n%s",
+		strings.Join(params, ", "), o.assetsDir, d.stateRoot, o.runtime)
 }
 
 // setHullConfig rewrites the hull configuration, which every shim started
