@@ -208,8 +208,8 @@ func Defaults() *Config {
 			// An overloaded host slows a TCG boot down; up to 2 minutes.
 			DialTimeoutMaxScale: 4,
 			CallTimeout:         Duration{30 * time.Second},
-			KillTimeout: Duration{5 * time.Second},
-			LogLevel:    "info",
+			KillTimeout:         Duration{5 * time.Second},
+			LogLevel:            "info",
 		},
 		Runtime: Runtime{
 			StateDir:     "/run/hull",
