@@ -35,7 +35,9 @@ type daemon struct {
 	address   string
 	ctrPath   string
 	stateRoot string
-	cmd       *exec.Cmd
+	// containerdPath is the daemon's binary, for restarts.
+	containerdPath string
+	cmd            *exec.Cmd
 	// log is what containerd (and the shims through it) wrote.
 	log *e2e.SyncBuffer
 }
@@ -110,16 +112,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 			t.Fatal(err)
 		}
 	}
-	d.cmd = exec.Command(containerdPath, "--config", filepath.Join(dir, "config.toml"), "--log-level", "info")
+	d.containerdPath = containerdPath
+	d.launch(t)
+	t.Cleanup(func() { d.stop(t) })
+	if out, errOut, code := d.ctr(t, "images", "import", env.image); code != 0 {
+		t.Fatalf("importing the image: %s%s", out, errOut)
+	}
+	return d
+}
+
+// launch starts containerd and waits until it serves.
+func (d *daemon) launch(t testing.TB) {
+	t.Helper()
+	d.cmd = exec.Command(d.containerdPath, "--config", filepath.Join(d.dir, "config.toml"), "--log-level", "info")
 	d.cmd.Env = append(os.Environ(),
 		"PATH="+env.shimDir+":"+os.Getenv("PATH"),
-		"HULL_CONFIG="+filepath.Join(dir, "hull.toml"))
+		"HULL_CONFIG="+filepath.Join(d.dir, "hull.toml"))
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.stop(t) })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, _, code := d.ctr(t, "version"); code == 0 {
@@ -130,10 +143,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if out, errOut, code := d.ctr(t, "images", "import", env.image); code != 0 {
-		t.Fatalf("importing the image: %s%s", out, errOut)
-	}
-	return d
+}
+
+// restart stops containerd (SIGTERM; the shims stay) and starts it again
+// with the same configuration.
+func (d *daemon) restart(t testing.TB) {
+	t.Helper()
+	e2e.Stop(d.cmd, 15*time.Second)
+	d.launch(t)
 }
 
 func (d *daemon) stop(t testing.TB) {

@@ -60,6 +60,18 @@ func TestFaults(t *testing.T) {
 				t.Errorf("kill and delete took %s", took)
 			}
 		}},
+		{"containerd restarted while the container runs", func(t *testing.T, d *daemon, id string) {
+			d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sh", "-c", "echo before > /tmp/f; sleep 600")
+			d.restart(t)
+			waitStatus(t, d, id, "RUNNING")
+			if out := d.mustCtr(t, "task", "exec", "--exec-id", "after", id, "cat", "/tmp/f"); out != "before\n" {
+				t.Errorf("exec after the restart: %q, want %q", out, "before\n")
+			}
+			d.mustCtr(t, "task", "kill", "-s", "KILL", id)
+			waitStatus(t, d, id, "STOPPED")
+			d.mustCtr(t, "task", "delete", id)
+			d.mustCtr(t, "container", "delete", id)
+		}},
 		{"qemu killed during delete", func(t *testing.T, d *daemon, id string) {
 			d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
 			pid := pidOf("qemu-system", d.stateRoot)
