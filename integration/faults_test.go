@@ -65,6 +65,30 @@ func TestStateDirFull(t *testing.T) {
 	}
 }
 
+// TestGuestMemoryExhausted runs a container without a memory limit that
+// takes all the guest's memory: the guest kernel OOM-kills it (137), and
+// the pod lives on, running the next container.
+func TestGuestMemoryExhausted(t *testing.T) {
+	c := containerConfig(t)
+	c.Image.AssetsDir, _ = hullKernelAssets(t)
+	c.Hypervisor.MemoryMiB = 256
+	sb := startSandbox(t, c, "memhog")
+	bundle, spec := busyboxBundle(t, "tail", "/dev/zero")
+	start := time.Now()
+	r := runContainer(t, sb, "hog", bundle, spec)
+	t.Logf("memory hog ended after %s with %d (stderr %q)", time.Since(start).Round(time.Millisecond), r.status, r.stderr)
+	if r.status != 137 {
+		t.Errorf("memory hog ended with %d, want 137 (OOM-killed)", r.status)
+	}
+	bundle, spec = busyboxBundle(t, "echo", "alive")
+	if r := runContainer(t, sb, "after", bundle, spec); r.stdout != "alive\n" || r.status != 0 {
+		t.Errorf("the next container: stdout %q, status %d; want \"alive\" and 0", r.stdout, r.status)
+	}
+	if sb.State() != sandbox.StateRunning {
+		t.Errorf("sandbox is %s after the guest OOM", sb.State())
+	}
+}
+
 // fillUp writes path until its file system is full.
 func fillUp(path string) error {
 	f, err := os.Create(path)
