@@ -23,9 +23,11 @@ func TestMain(m *testing.M) {
 		if err != nil {
 			os.Exit(3)
 		}
-		os.Stdout.WriteString("held\n")
-		_ = s
+		if _, err := os.Stdout.WriteString("held\n"); err != nil {
+			os.Exit(4)
+		}
 		time.Sleep(time.Hour)
+		_ = s.Release()
 	}
 	os.Exit(m.Run())
 }
