@@ -1,7 +1,9 @@
 package sandbox
 
 import (
+	"fmt"
 	"runtime"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,4 +29,22 @@ func hostLoadPerCPU() float64 {
 		return 0
 	}
 	return float64(si.Loads[0]) / (1 << unix.SI_LOAD_SHIFT) / float64(runtime.NumCPU())
+}
+
+// minStateRoom is the free space a start wants in the state root: its
+// sockets, pid files and record take little, but a VM whose console log
+// cannot be written fails in ways that do not say why.
+const minStateRoom = 1 << 20
+
+// checkRoom fails with ENOSPC when the state root's file system has less
+// than minStateRoom free, before anything starts.
+func checkRoom(root string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return fmt.Errorf("state root %s: %w", root, err)
+	}
+	if free := st.Bavail * uint64(st.Bsize); free < minStateRoom { //nolint:gosec // G115: Bsize is positive
+		return fmt.Errorf("state root %s has %d KiB free, a sandbox needs %d KiB: %w", root, free>>10, minStateRoom>>10, syscall.ENOSPC)
+	}
+	return nil
 }

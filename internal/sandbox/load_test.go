@@ -29,3 +29,12 @@ func TestScaledDialTimeout(t *testing.T) {
 		t.Errorf("host load per CPU %v", l)
 	}
 }
+
+func TestCheckRoom(t *testing.T) {
+	if err := checkRoom(t.TempDir()); err != nil {
+		t.Errorf("a temporary directory: %v", err)
+	}
+	if err := checkRoom("/no/such/root"); err == nil {
+		t.Error("a missing root passed")
+	}
+}

@@ -260,6 +260,9 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil { //nolint:gosec // G301: search-only root (as containerd's); each sandbox's directory is 0700
 				return err
 			}
+			if err := checkRoom(cfg.StateRoot); err != nil {
+				return err
+			}
 			if err := os.Mkdir(s.stateDir, 0o700); err != nil {
 				if errors.Is(err, os.ErrExist) {
 					return fmt.Errorf("sandbox %s exists: %w", cfg.ID, errdefs.ErrAlreadyExists)
