@@ -1,7 +1,11 @@
 package containerd
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,6 +70,32 @@ func TestFaults(t *testing.T) {
 			waitStatus(t, d, id, "RUNNING")
 			if out := d.mustCtr(t, "task", "exec", "--exec-id", "after", id, "cat", "/tmp/f"); out != "before\n" {
 				t.Errorf("exec after the restart: %q, want %q", out, "before\n")
+			}
+			d.mustCtr(t, "task", "kill", "-s", "KILL", id)
+			waitStatus(t, d, id, "STOPPED")
+			d.mustCtr(t, "task", "delete", id)
+			d.mustCtr(t, "container", "delete", id)
+		}},
+		{"agent sent SIGKILL from the debug console", func(t *testing.T, d *daemon, id string) {
+			// The agent is the guest's PID 1: the guest kernel never
+			// delivers SIGKILL to
+			// it, so the pod lives on.
+			cfg := filepath.Join(d.dir, "hull-agent-kill.toml")
+			body := fmt.Sprintf("[image]\nassets_dir = %q\n[agent]\ndebug_console = true\n[runtime]\nstate_dir = %q\n", debugImage(t), d.stateRoot)
+			if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d.mustCtr(t, "run", "-d", "--runtime", runtimeName, "--runtime-config-path", cfg, imageName, id, "sleep", "600")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfg, "exec", id)
+			cmd.Stdin = strings.NewReader("kill -KILL 1; sleep 2; echo agent-$(cat /proc/1/comm)\n")
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "agent-") {
+				t.Fatalf("hull exec: %v; output %q", err, out)
+			}
+			if out := d.mustCtr(t, "task", "exec", "--exec-id", "after", id, "echo", "alive"); out != "alive\n" {
+				t.Errorf("exec after the signals: %q", out)
 			}
 			d.mustCtr(t, "task", "kill", "-s", "KILL", id)
 			waitStatus(t, d, id, "STOPPED")
