@@ -78,8 +78,7 @@ func TestFaults(t *testing.T) {
 		}},
 		{"agent sent SIGKILL from the debug console", func(t *testing.T, d *daemon, id string) {
 			// The agent is the guest's PID 1: the guest kernel never
-			// delivers SIGKILL to
-			// it, so the pod lives on.
+			// delivers SIGKILL to it, so the pod lives on.
 			cfg := filepath.Join(d.dir, "hull-agent-kill.toml")
 			body := fmt.Sprintf("[image]\nassets_dir = %q\n[agent]\ndebug_console = true\n[runtime]\nstate_dir = %q\n", debugImage(t), d.stateRoot)
 			if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
