@@ -5,10 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -104,5 +106,41 @@ func fillUp(path string) error {
 			}
 			return err
 		}
+	}
+}
+
+// TestVMMCgroupLimit fills the guest's memory while the sandbox's host
+// cgroup leaves QEMU only the minimum overhead (64 MiB; QEMU under TCG
+// alone takes more): the host kernel kills QEMU at the cgroup's limit, and
+// the container's wait fails saying the VM exited because its cgroup
+// reached its memory limit. Stop still removes everything (testConfig's
+// leak check).
+func TestVMMCgroupLimit(t *testing.T) {
+	c := containerConfig(t)
+	c.Image.AssetsDir, _ = hullKernelAssets(t)
+	// An idle VM charges far less than its memory, so the pod starts;
+	// the guest's memory filled, QEMU's own memory no longer fits.
+	c.Hypervisor.MemoryMiB = 512
+	c.Runtime.CgroupMemoryOverheadMiB = 64
+	sb := startSandbox(t, c, "vmm-oom")
+	ctx := withTimeout(t, 3*time.Minute)
+	bundle, spec := busyboxBundle(t, "tail", "/dev/zero")
+	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "hog", Bundle: bundle, Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctr.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ctr.Wait(ctx)
+	t.Logf("memory hog: status %+v, error %v", st, err)
+	if err == nil {
+		t.Fatalf("the hog ended with %d inside a live VM; want QEMU killed at its cgroup's limit", st.Code)
+	}
+	if !strings.Contains(err.Error(), "reached its memory limit") || !hypervisor.IsExited(err) {
+		t.Errorf("the error does not say the VM's cgroup reached its memory limit: %v", err)
+	}
+	if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
+		t.Logf("stopping the sandbox of a killed VM: %v", err)
 	}
 }

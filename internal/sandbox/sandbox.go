@@ -388,6 +388,9 @@ func (s *Sandbox) withConsole(err error) error {
 	case <-s.vm.Done():
 		exit, _ := s.vm.Wait(context.Background())
 		fmt.Fprintf(&b, "vm exited (%s)", exit)
+		if cause := s.cgroupOOMCause(); cause != "" {
+			b.WriteString("; " + cause)
+		}
 		err = fmt.Errorf("%w: %w", err, hypervisor.ErrVMExited)
 	default:
 	}
