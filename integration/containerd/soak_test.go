@@ -17,7 +17,7 @@ import (
 
 // Soak timeouts; see the CRI suite's soak for why the boot wait is long.
 const (
-	soakBootWait  = 10 * time.Minute
+	soakBootWait  = 20 * time.Minute
 	soakStartCall = soakBootWait + 2*time.Minute
 	soakCall      = 2 * time.Minute
 	soakExitWait  = time.Minute
@@ -106,15 +106,13 @@ func soakTask(d *daemon, tasks *taskPoller, id string, stats *e2e.SoakStats) (ra
 	ctx, cancel := context.WithTimeout(context.Background(), soakStartCall)
 	defer cancel()
 	start := time.Now()
-	if _, err := soakCtr(ctx, d, "run", "-d", "--runtime", runtimeName, imageName, id,
-		"sh", "-c", `echo "soak `+id+`" > /tmp/data; while [ ! -e /tmp/done ]; do sleep 0.1; done; exit 0`); err != nil {
+	if _, err := soakCtr(ctx, d, append([]string{"run", "-d", "--runtime", runtimeName, imageName, id}, e2e.SoakInit("soak "+id)...)...); err != nil {
 		return false, fmt.Errorf("after %s: %w", time.Since(start).Round(time.Millisecond), err)
 	}
 	stats.Started(time.Since(start))
 	ctx, cancel = context.WithTimeout(context.Background(), soakCall)
 	defer cancel()
-	out, err := soakCtr(ctx, d, "task", "exec", "--exec-id", "soak", id,
-		"sh", "-c", "while [ ! -e /tmp/data ]; do sleep 0.1; done; cat /tmp/data; touch /tmp/done")
+	out, err := soakCtr(ctx, d, append([]string{"task", "exec", "--exec-id", "soak", id}, e2e.SoakExec...)...)
 	if err != nil {
 		return true, err
 	}

@@ -16,12 +16,12 @@ import (
 )
 
 // Soak timeouts. A burst queues at boot admission: with 2 boot slots and
-// boots of 5-15 s on a loaded 2-CPU TCG host, the last of 40 pods waits
-// minutes for its slot, so the soak raises runtime.boot_wait_timeout, and
+// boots of 5-30 s on a loaded 2-CPU TCG host, the last of 40 pods waits
+// up to 10 minutes for its slot, so the soak raises runtime.boot_wait_timeout, and
 // each call's deadline covers that wait, the agent's dial timeout and
 // the rest of the start.
 const (
-	soakBootWait  = 10 * time.Minute
+	soakBootWait  = 20 * time.Minute
 	soakStartCall = soakBootWait + 2*time.Minute
 	soakCall      = 2 * time.Minute
 	// soakExitWait bounds a container's exit after its exec told it to.
@@ -138,7 +138,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 	}
 	netns = info.netns()
 
-	cc := containerConfig("work", "sh", "-c", `echo "soak `+name+`" > /tmp/data; while [ ! -e /tmp/done ]; do sleep 0.1; done; exit 0`)
+	cc := containerConfig("work", e2e.SoakInit("soak "+name)...)
 	cr, err := s.d.rt.CreateContainer(ctx, &runtime.CreateContainerRequest{PodSandboxId: id, Config: cc, SandboxConfig: config})
 	if err != nil {
 		return id, netns, fmt.Errorf("CreateContainer in %s: %w", name, err)
@@ -148,7 +148,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 	}
 	ex, err := s.d.rt.ExecSync(ctx, &runtime.ExecSyncRequest{
 		ContainerId: cr.ContainerId,
-		Cmd:         []string{"sh", "-c", "while [ ! -e /tmp/data ]; do sleep 0.1; done; cat /tmp/data; touch /tmp/done"},
+		Cmd:         e2e.SoakExec,
 		Timeout:     60,
 	})
 	if err != nil {

@@ -184,3 +184,16 @@ func (s *SoakStats) Report(t testing.TB, line string) {
 		t.Errorf("soak report: %v", err)
 	}
 }
+
+// SoakInit is the command of a soak's container: it writes line to
+// /tmp/data, waits for the exec (SoakExec) to leave its PID in /tmp/done
+// and for that process to end, then exits 0. Waiting for the exec's end
+// matters: the exit of a PID namespace's first process kills every other
+// process in it, which would end the exec with 137.
+func SoakInit(line string) []string {
+	return []string{"sh", "-c", fmt.Sprintf(`echo %q > /tmp/data; while [ ! -s /tmp/done ]; do sleep 0.1; done; while kill -0 "$(cat /tmp/done)" 2>/dev/null; do sleep 0.1; done; exit 0`, line)}
+}
+
+// SoakExec is the exec of a soak's container: it prints /tmp/data once the
+// container wrote it, and hands its PID to the container's init.
+var SoakExec = []string{"sh", "-c", `while [ ! -e /tmp/data ]; do sleep 0.1; done; cat /tmp/data; echo $$ > /tmp/done`}
