@@ -127,6 +127,19 @@ e2e: image ## Only the containerd end-to-end suite (containerd 1.6 and 2.x, driv
 e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 1.6 and 2.x, handlers hull and runc).
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/cri/
 
+# make soak: pods started at once per round, rounds, and the burst size of
+# the one-round burst that follows (docs/reliability.md).
+SOAK_PODS   ?= 20
+SOAK_ROUNDS ?= 5
+SOAK_BURST  ?= 40
+SOAK_ENV     = HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin SOAK_REPORT=$(OUT)/soak.txt
+
+.PHONY: soak
+soak: image image-hullkernel ## Soak: SOAK_PODS pods at once x SOAK_ROUNDS rounds, then a SOAK_BURST burst, through ctr and the CRI; figures in _output/soak.txt.
+	$(SOAK_ENV) SOAK_PODS=$(SOAK_PODS) SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -count=1 -p 1 -timeout 180m -v -run '^TestSoak$$' ./integration/containerd/ ./integration/cri/
+	$(SOAK_ENV) SOAK_PODS=$(SOAK_BURST) SOAK_ROUNDS=1 $(GO) test -count=1 -p 1 -timeout 60m -v -run '^TestSoak$$' ./integration/containerd/ ./integration/cri/
+	@cat $(OUT)/soak.txt
+
 .PHONY: docs-check
 docs-check: ## Check that docs/kubernetes.md's marked blocks are well-formed and agree (the CRI suite runs them).
 	$(GO) test -count=1 -run 'TestKubernetesDoc|TestDocBlocks' ./integration/internal/e2e/

@@ -144,6 +144,8 @@ func TestAgentNeverAnswers(t *testing.T) {
 	c.Agent.Transport = "serial"
 	c.Hypervisor.Initrd = customInitrd(t, env.silentInit)
 	c.Agent.DialTimeout = config.Duration{Duration: 8 * time.Second}
+	// The bound itself, not stretched by the host's load.
+	c.Agent.DialTimeoutMaxScale = 1
 	sc, err := launch.SandboxConfig(c, "silent")
 	if err != nil {
 		t.Fatal(err)

@@ -35,7 +35,9 @@ type daemon struct {
 	address   string
 	ctrPath   string
 	stateRoot string
-	cmd       *exec.Cmd
+	// containerdPath is the daemon's binary, for restarts.
+	containerdPath string
+	cmd            *exec.Cmd
 	// log is what containerd (and the shims through it) wrote.
 	log *e2e.SyncBuffer
 }
@@ -57,6 +59,8 @@ type daemonOptions struct {
 	kernelParams []string
 	// hypervisor are more lines of the [hypervisor] table.
 	hypervisor []string
+	// runtime is added to the [runtime] table.
+	runtime string
 }
 
 // hullConfig is the hull configuration of the daemon with o.
@@ -68,8 +72,8 @@ func (d *daemon) hullConfig(o daemonOptions) string {
 	for i, p := range o.kernelParams {
 		params[i] = strconv.Quote(p)
 	}
-	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n%s[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n",
-		strings.Join(params, ", "), strings.Join(append(o.hypervisor, ""), "\n"), o.assetsDir, d.stateRoot)
+	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n%s[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n%s",
+		strings.Join(params, ", "), strings.Join(append(o.hypervisor, ""), "\n"), o.assetsDir, d.stateRoot, o.runtime)
 }
 
 // setHullConfig rewrites the hull configuration, which every shim started
@@ -110,16 +114,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 			t.Fatal(err)
 		}
 	}
-	d.cmd = exec.Command(containerdPath, "--config", filepath.Join(dir, "config.toml"), "--log-level", "info")
+	d.containerdPath = containerdPath
+	d.launch(t)
+	t.Cleanup(func() { d.stop(t) })
+	if out, errOut, code := d.ctr(t, "images", "import", env.image); code != 0 {
+		t.Fatalf("importing the image: %s%s", out, errOut)
+	}
+	return d
+}
+
+// launch starts containerd and waits until it serves.
+func (d *daemon) launch(t testing.TB) {
+	t.Helper()
+	d.cmd = exec.Command(d.containerdPath, "--config", filepath.Join(d.dir, "config.toml"), "--log-level", "info")
 	d.cmd.Env = append(os.Environ(),
 		"PATH="+env.shimDir+":"+os.Getenv("PATH"),
-		"HULL_CONFIG="+filepath.Join(dir, "hull.toml"))
+		"HULL_CONFIG="+filepath.Join(d.dir, "hull.toml"))
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.stop(t) })
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, _, code := d.ctr(t, "version"); code == 0 {
@@ -130,10 +145,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if out, errOut, code := d.ctr(t, "images", "import", env.image); code != 0 {
-		t.Fatalf("importing the image: %s%s", out, errOut)
-	}
-	return d
+}
+
+// restart stops containerd (SIGTERM; the shims stay) and starts it again
+// with the same configuration.
+func (d *daemon) restart(t testing.TB) {
+	t.Helper()
+	e2e.Stop(d.cmd, 15*time.Second)
+	d.launch(t)
 }
 
 func (d *daemon) stop(t testing.TB) {
@@ -230,7 +249,9 @@ func (d *daemon) leftovers() []string {
 	}
 	if des, err := os.ReadDir(d.stateRoot); err == nil {
 		for _, de := range des {
-			left = append(left, "state "+filepath.Join(d.stateRoot, de.Name()))
+			if p := filepath.Join(d.stateRoot, de.Name()); p != sandbox.BootSlotsDir(d.stateRoot) {
+				left = append(left, "state "+p)
+			}
 		}
 	}
 	return left

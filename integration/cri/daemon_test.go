@@ -84,6 +84,10 @@ func startDaemon(t testing.TB, version string) *daemon {
 
 // daemonOptions add to a daemon's setup.
 type daemonOptions struct {
+	// assetsDir is the guest image; empty means the suite's.
+	assetsDir string
+	// runtime is added to the [runtime] table.
+	runtime string
 	// hullConfig is appended to the hull configuration the shim reads.
 	hullConfig string
 	// env is added to containerd's environment.
@@ -134,7 +138,10 @@ func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
 		t.Fatalf("%s gives containerd %s %q, the suite writes %q", e2e.KubernetesDoc, version, versionLine, first)
 	}
 	config += hullTables
-	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot) + o.hullConfig
+	if o.assetsDir == "" {
+		o.assetsDir = env.assetsDir
+	}
+	hullConfig := fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n%s", o.assetsDir, d.stateRoot, o.runtime) + o.hullConfig
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -267,6 +274,10 @@ func (d *daemon) stop(t testing.TB) {
 	}
 	// containerd leaves its snapshot mounts behind when it stops.
 	_, _ = command("umount", "-R", filepath.Join(d.dir, "root"))
+	// The boot slots are lock files, free once the shims are gone.
+	if err := os.RemoveAll(sandbox.BootSlotsDir(d.stateRoot)); err != nil {
+		t.Errorf("boot slots: %v", err)
+	}
 	if err := os.Remove(d.stateRoot); err != nil {
 		t.Errorf("hull state root: %v", err)
 	}

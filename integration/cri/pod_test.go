@@ -13,6 +13,8 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // Timeouts of the CRI calls: VMs boot under TCG on a shared machine here,
@@ -409,7 +411,9 @@ func (s *session) leftovers() []string {
 	}
 	if des, err := os.ReadDir(s.d.stateRoot); err == nil {
 		for _, de := range des {
-			left = append(left, "hull state "+filepath.Join(s.d.stateRoot, de.Name()))
+			if p := filepath.Join(s.d.stateRoot, de.Name()); p != sandbox.BootSlotsDir(s.d.stateRoot) {
+				left = append(left, "hull state "+p)
+			}
 		}
 	}
 	for _, ns := range s.netns {

@@ -101,6 +101,10 @@ type Agent struct {
 	VsockPort uint32 `toml:"vsock_port"`
 	// DialTimeout bounds the time from VM start to the agent's first answer.
 	DialTimeout Duration `toml:"dial_timeout"`
+	// DialTimeoutMaxScale lets the dial timeout grow with the host's load:
+	// a dial starting while the 1-minute load average per CPU is L waits
+	// DialTimeout x min(max(L, 1), DialTimeoutMaxScale). 1 turns it off.
+	DialTimeoutMaxScale uint32 `toml:"dial_timeout_max_scale"`
 	// CallTimeout bounds each agent call that has no deadline of its own.
 	CallTimeout Duration `toml:"call_timeout"`
 	// KillTimeout is how long the host waits for the guest to report the
@@ -139,7 +143,19 @@ type Runtime struct {
 	// CgroupCPUOverheadMilli is what the sandbox cgroup's CPU quota adds
 	// to the VM's vCPUs, in thousandths of a CPU.
 	CgroupCPUOverheadMilli uint32 `toml:"cgroup_cpu_overhead_milli"`
+
+	// MaxConcurrentBoots bounds how many VMs boot at once on the node
+	// (all runtimes sharing StateDir); later starts wait for a slot. Zero
+	// derives it: the host's CPU count under TCG, four times that with KVM.
+	MaxConcurrentBoots uint32 `toml:"max_concurrent_boots"`
+	// BootWaitTimeout bounds a start's wait for a boot slot; a start that
+	// gets none in time fails saying so. The agent's dial timeout counts
+	// from the moment the slot is taken.
+	BootWaitTimeout Duration `toml:"boot_wait_timeout"`
 }
+
+// MaxMaxConcurrentBoots bounds runtime.max_concurrent_boots.
+const MaxMaxConcurrentBoots = 4096
 
 // Bounds of runtime.guest_log_max_bytes.
 const (
@@ -214,9 +230,11 @@ func Defaults() *Config {
 			Transport:   "auto",
 			VsockPort:   1024,
 			DialTimeout: Duration{30 * time.Second},
-			CallTimeout: Duration{30 * time.Second},
-			KillTimeout: Duration{5 * time.Second},
-			LogLevel:    "info",
+			// An overloaded host slows a TCG boot down; up to 2 minutes.
+			DialTimeoutMaxScale: 4,
+			CallTimeout:         Duration{30 * time.Second},
+			KillTimeout:         Duration{5 * time.Second},
+			LogLevel:            "info",
 		},
 		Runtime: Runtime{
 			StateDir:     "/run/hull",
@@ -227,6 +245,7 @@ func Defaults() *Config {
 			EnableAnnotations:       []string{},
 			CgroupMemoryOverheadMiB: 256,
 			CgroupCPUOverheadMilli:  250,
+			BootWaitTimeout:         Duration{3 * time.Minute},
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -369,6 +388,9 @@ func (c *Config) Validate() error {
 	if a.DialTimeout.Duration <= 0 {
 		bad("agent.dial_timeout", "must be positive")
 	}
+	if a.DialTimeoutMaxScale < 1 || a.DialTimeoutMaxScale > 100 {
+		bad("agent.dial_timeout_max_scale", "%d is outside 1..100", a.DialTimeoutMaxScale)
+	}
 	if a.CallTimeout.Duration <= 0 {
 		bad("agent.call_timeout", "must be positive")
 	}
@@ -393,6 +415,12 @@ func (c *Config) Validate() error {
 		bad("runtime.cgroup_cpu_overhead_milli", "%d is above 255000", r.CgroupCPUOverheadMilli)
 	}
 	oneOf("runtime.log_level", r.LogLevel, levels...)
+	if r.MaxConcurrentBoots > MaxMaxConcurrentBoots {
+		bad("runtime.max_concurrent_boots", "%d is above %d", r.MaxConcurrentBoots, MaxMaxConcurrentBoots)
+	}
+	if r.BootWaitTimeout.Duration <= 0 {
+		bad("runtime.boot_wait_timeout", "must be positive")
+	}
 	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {
 		bad("runtime.guest_log_max_bytes", "%d is outside %d..%d", r.GuestLogMaxBytes, int64(minGuestLogMaxBytes), int64(maxGuestLogMaxBytes))
 	}

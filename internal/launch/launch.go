@@ -6,20 +6,24 @@ package launch
 
 import (
 	"errors"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/bootslot"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/modlist"
+	"github.com/hull-runtime/hull/internal/kvm"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
@@ -182,6 +186,49 @@ func hostMemoryMiB() uint32 {
 	return uint32(min(uint64(si.Totalram)*uint64(si.Unit)>>20, 1<<32-1))
 }
 
+// kvmBootFactor is how many more VMs boot at once per host CPU with KVM
+// than under TCG, where a booting guest keeps a host CPU busy.
+const kvmBootFactor = 4
+
+// kvmProbeTimeout bounds the KVM probe MaxConcurrentBoots may run (its
+// result is cached for the host's boot).
+const kvmProbeTimeout = 2 * time.Second
+
+// MaxConcurrentBoots returns runtime.max_concurrent_boots, or when it is 0
+// the bound derived from the host: its CPU count under TCG, kvmBootFactor
+// times that with KVM (hypervisor.qemu.accel, "auto" resolved by the cached
+// KVM probe the QEMU driver also uses).
+func MaxConcurrentBoots(c *config.Config) int {
+	if n := c.Runtime.MaxConcurrentBoots; n > 0 {
+		return int(n)
+	}
+	useKVM := false
+	switch c.Hypervisor.QEMU.Accel {
+	case qemu.AccelKVM:
+		useKVM = true
+	case qemu.AccelAuto, "":
+		useKVM = kvm.ProbeCached(context.Background(), kvmProbeTimeout, "").Usable
+	}
+	return concurrentBoots(runtime.NumCPU(), useKVM)
+}
+
+func concurrentBoots(cpus int, useKVM bool) int {
+	n := max(cpus, 1)
+	if useKVM {
+		n *= kvmBootFactor
+	}
+	return min(n, config.MaxMaxConcurrentBoots)
+}
+
+// BootGate returns the node's boot admission gate for c.
+func BootGate(c *config.Config) *bootslot.Gate {
+	return &bootslot.Gate{
+		Dir:     sandbox.BootSlotsDir(c.Runtime.StateDir),
+		Slots:   MaxConcurrentBoots(c),
+		MaxWait: c.Runtime.BootWaitTimeout.Duration,
+	}
+}
+
 // SandboxConfig builds the configuration to start sandbox id.
 func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 	kernel, initrd, err := Assets(c, false)
@@ -215,14 +262,16 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {
 			return qemu.New(hc, opts)
 		},
-		Transport:     tc.Transport,
-		VsockFallback: tc.Fallback,
-		VsockPort:     c.Agent.VsockPort,
-		DialTimeout:   c.Agent.DialTimeout.Duration,
-		CallTimeout:   c.Agent.CallTimeout.Duration,
-		KillTimeout:   c.Agent.KillTimeout.Duration,
-		AgentLogLevel: level,
-		Hostname:      id,
+		BootGate:            BootGate(c),
+		Transport:           tc.Transport,
+		VsockFallback:       tc.Fallback,
+		VsockPort:           c.Agent.VsockPort,
+		DialTimeout:         c.Agent.DialTimeout.Duration,
+		DialTimeoutMaxScale: float64(c.Agent.DialTimeoutMaxScale),
+		CallTimeout:         c.Agent.CallTimeout.Duration,
+		KillTimeout:         c.Agent.KillTimeout.Duration,
+		AgentLogLevel:       level,
+		Hostname:            id,
 		// virtio-fs with the daemon's defaults: cache=auto, and a mount
 		// namespace sandbox (it needs root, which the runtime has).
 		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},

@@ -132,3 +132,33 @@ func TestImageVsock(t *testing.T) {
 		})
 	}
 }
+
+func TestConcurrentBoots(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cpus   int
+		useKVM bool
+		want   int
+	}{
+		{"TCG: one boot per CPU", 2, false, 2},
+		{"KVM: four per CPU", 2, true, 8},
+		{"never zero", 0, false, 1},
+		{"capped", 4096, true, 4096},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := concurrentBoots(tc.cpus, tc.useKVM); got != tc.want {
+				t.Errorf("concurrentBoots(%d, %v) = %d, want %d", tc.cpus, tc.useKVM, got, tc.want)
+			}
+		})
+	}
+	c := config.Defaults()
+	c.Runtime.MaxConcurrentBoots = 3
+	if g := BootGate(c); g.Slots != 3 || g.MaxWait != c.Runtime.BootWaitTimeout.Duration || g.Dir != "/run/hull/.boot-slots" {
+		t.Errorf("configured gate %+v", g)
+	}
+	c.Runtime.MaxConcurrentBoots = 0
+	c.Hypervisor.QEMU.Accel = "tcg"
+	if n := MaxConcurrentBoots(c); n < 1 {
+		t.Errorf("derived bound %d", n)
+	}
+}

@@ -168,3 +168,18 @@ func (s *Sandbox) HostProcesses() map[string]child.Process {
 
 // StateDir returns the sandbox's state directory.
 func (s *Sandbox) StateDir() string { return s.stateDir }
+
+// cgroupOOMCause says, for an error about a VM that died, that the
+// sandbox's host cgroup reached its memory limit and killed a process (the
+// VMM or virtiofsd); "" when it did not, or without a cgroup of its own.
+func (s *Sandbox) cgroupOOMCause() string {
+	if s.cgroup == nil {
+		return ""
+	}
+	u, err := s.cgroup.g.Usage()
+	if err != nil || u.OOMKills == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the sandbox's host cgroup %s reached its memory limit (%d MiB: the VM's memory plus runtime.cgroup_memory_overhead_mib) and the kernel killed %d of its processes",
+		s.cgroup.g.Path(), u.MemoryLimitBytes>>20, u.OOMKills)
+}

@@ -88,6 +88,14 @@ func writeRecord(dir string, r record) error {
 	return os.Rename(tmp, filepath.Join(dir, recordName))
 }
 
+// bootSlotsName is the directory under a state root that holds the node's
+// boot slots (package bootslot); no sandbox may take its name.
+const bootSlotsName = ".boot-slots"
+
+// BootSlotsDir is where the runtimes sharing stateRoot keep their boot
+// slots.
+func BootSlotsDir(stateRoot string) string { return filepath.Join(stateRoot, bootSlotsName) }
+
 // maxPlainDirName is the longest sandbox ID used as its state directory's
 // name as it is. Longer IDs get a hashed name of one byte more, so that a
 // hashed name never equals a plain one.
@@ -178,7 +186,7 @@ func CleanupAll(ctx context.Context, stateRoot string) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		if e.IsDir() {
+		if e.IsDir() && e.Name() != bootSlotsName {
 			errs = append(errs, cleanupDir(ctx, filepath.Join(stateRoot, e.Name()), e.Name()))
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/bootslot"
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
@@ -80,10 +81,18 @@ type Config struct {
 	// (hypervisor.ErrVsockUnavailable) start again with the serial
 	// transport, with a warning. Set when vsock was chosen automatically.
 	VsockFallback bool
-	// DialTimeout bounds VM start to the agent's first answer; CallTimeout
-	// each agent call without its own deadline.
+	// BootGate bounds how many VMs boot at once on the node: the start
+	// takes one of its slots before anything else and holds it until the
+	// sandbox runs (or its start failed). Nil boots at once.
+	BootGate *bootslot.Gate
+	// DialTimeout bounds VM start to the agent's first answer (it counts
+	// from the moment the boot slot was taken); CallTimeout each agent
+	// call without its own deadline.
 	DialTimeout time.Duration
-	CallTimeout time.Duration
+	// DialTimeoutMaxScale, above 1, stretches DialTimeout by the host's
+	// load per CPU up to this factor (scaledDialTimeout).
+	DialTimeoutMaxScale float64
+	CallTimeout         time.Duration
 	// KillTimeout is how long the guest has to report the exit of a
 	// process told to SIGKILL, or to remove a container, before the host
 	// acts on its own; zero means DefaultKillTimeout.
@@ -281,6 +290,10 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			_ = s.transition(StateStopped)
 		}
 	}()
+	// slot is the boot slot the start holds from its first step until it
+	// returns: a start waiting for one holds nothing else. Released by the
+	// undo stack on failure.
+	var slot *bootslot.Slot
 	hostname := cfg.Hostname
 	if hostname == "" {
 		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
@@ -290,8 +303,23 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 		name string
 		run  func(context.Context) error
 	}{
+		{"wait for a boot slot", func(ctx context.Context) error {
+			if cfg.BootGate == nil {
+				return nil
+			}
+			var err error
+			if slot, err = cfg.BootGate.Acquire(ctx); err != nil {
+				return err
+			}
+			undo.push(func(context.Context) error { return slot.Release() })
+			log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "slot": slot.Index, "slots": cfg.BootGate.Slots, "waited": slot.Waited}).Info("boot slot taken")
+			return nil
+		}},
 		{"create state directory", func(ctx context.Context) error {
 			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil { //nolint:gosec // G301: search-only root (as containerd's); each sandbox's directory is 0700
+				return err
+			}
+			if err := checkRoom(cfg.StateRoot); err != nil {
 				return err
 			}
 			if err := os.Mkdir(s.stateDir, 0o700); err != nil {
@@ -352,8 +380,12 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
+			timeout := scaledDialTimeout(cfg.DialTimeout, cfg.DialTimeoutMaxScale, hostLoadPerCPU())
+			if timeout != cfg.DialTimeout {
+				log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "dial_timeout": timeout}).Info("host under load: dial timeout stretched")
+			}
 			o := agentclient.Options{
-				DialTimeout: cfg.DialTimeout,
+				DialTimeout: timeout,
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
 				ObserveRPC:  cfg.ObserveAgentRPC,
@@ -421,6 +453,9 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 		s.phases = append(s.phases, Phase{Name: st.name, Took: took})
 		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", took).Debugf("sandbox step %q done", st.name)
 	}
+	if err := slot.Release(); err != nil {
+		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("releasing the boot slot")
+	}
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
 	}
@@ -442,6 +477,9 @@ func (s *Sandbox) withConsole(err error) error {
 	case <-s.vm.Done():
 		exit, _ := s.vm.Wait(context.Background())
 		fmt.Fprintf(&b, "vm exited (%s)", exit)
+		if cause := s.cgroupOOMCause(); cause != "" {
+			b.WriteString("; " + cause)
+		}
 		err = fmt.Errorf("%w: %w", err, hypervisor.ErrVMExited)
 	default:
 	}
@@ -582,7 +620,7 @@ const maxIDLen = 160
 // locationErrors checks a sandbox ID and state root.
 func locationErrors(id, stateRoot string) []error {
 	var errs []error
-	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || len(id) > maxIDLen {
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || id == bootSlotsName || len(id) > maxIDLen {
 		errs = append(errs, fmt.Errorf("bad sandbox id %q", id))
 	}
 	if !filepath.IsAbs(stateRoot) {
