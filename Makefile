@@ -50,7 +50,7 @@ tools: ## Install the pinned code generators into _output/tools.
 	@test -x $(TOOLS)/protoc-gen-go-ttrpc || GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
 
 .PHONY: build
-build: bin/hull bin/hull-agent bin/containerd-shim-hull-v2 ## Build all binaries into bin/.
+build: bin/hull bin/hull-agent bin/containerd-shim-hull-v2 bin/hull-runtime ## Build all binaries into bin/.
 
 .PHONY: bin/hull
 bin/hull:
@@ -59,6 +59,10 @@ bin/hull:
 .PHONY: bin/containerd-shim-hull-v2
 bin/containerd-shim-hull-v2:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-hull-v2
+
+.PHONY: bin/hull-runtime
+bin/hull-runtime:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/hull-runtime
 
 .PHONY: bin/hull-agent
 bin/hull-agent:
@@ -152,6 +156,7 @@ lint: ## Run gofmt, go vet and golangci-lint (pinned).
 INSTALL_FILES := \
 	0755:bin/hull:$(PREFIX)/bin/hull \
 	0755:bin/containerd-shim-hull-v2:$(PREFIX)/bin/containerd-shim-hull-v2 \
+	0755:bin/hull-runtime:$(PREFIX)/bin/hull-runtime \
 	0755:bin/hull-agent:$(PREFIX)/libexec/hull/hull-agent \
 	0644:config/configuration.toml:/usr/share/defaults/hull/configuration.toml
 # Directories that hold only hull's files: uninstall removes them once empty.
