@@ -146,7 +146,7 @@ func (s *supervisor) boot(ctx context.Context) (_ *net.UnixListener, retErr erro
 	case plan.own:
 		// create made the supervisor in a namespace of its own, which
 		// the hooks filled.
-		sc.NetNS = fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
+		sc.NetNS, sc.NetNSOwn = fmt.Sprintf("/proc/%d/ns/net", os.Getpid()), true
 	}
 	sb, err := sandbox.Start(ctx, sc)
 	if err != nil {

@@ -90,6 +90,11 @@ type Config struct {
 	// NetNS is the path of a network namespace (a pod's, set up by CNI) to
 	// mirror into the VM; empty for a VM without network devices.
 	NetNS string
+	// NetNSOwn says that NetNS is the runtime process's own network
+	// namespace, made for this sandbox alone (hull-runtime's supervisor
+	// is created in the namespace of its container): it is mirrored
+	// although it is the runtime's own. The host's is always refused.
+	NetNSOwn bool
 	// DNS is written to the guest's resolv.conf with the pod network.
 	DNS *agent.DNS
 	// ShmSize is the size in bytes of the pod's /dev/shm in the guest
@@ -257,7 +262,7 @@ func Start(ctx context.Context, cfg Config) (_ *Sandbox, retErr error) {
 			if cfg.NetNS == "" {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, &undo)
+			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM
