@@ -127,6 +127,10 @@ e2e: image ## Only the containerd end-to-end suite (containerd 1.6 and 2.x, driv
 e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 1.6 and 2.x, handlers hull and runc).
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/cri/
 
+.PHONY: e2e-docker
+e2e-docker: image ## Only the hull-runtime suite against Debian's Docker 20.10 (run under flock /tmp/hull-e2e.lock).
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 20m -v ./integration/docker/
+
 .PHONY: docs-check
 docs-check: ## Check that docs/kubernetes.md's marked blocks are well-formed and agree (the CRI suite runs them).
 	$(GO) test -count=1 -run 'TestKubernetesDoc|TestDocBlocks' ./integration/internal/e2e/

@@ -16,6 +16,8 @@ packages=(
 	containernetworking-plugins # CNI bridge/host-local/loopback in /usr/lib/cni for the CRI e2e suite
 	containerd           # the e2e suite and the demo drive a real containerd (1.6 here)
 	runc                 # runc comparison in the benchmarks
+	docker.io            # Docker 20.10 (dockerd, docker) for the hull-runtime e2e suite; /usr/bin/docker, not a static build elsewhere on PATH
+	podman               # Podman 4.3 (with conmon) for the hull-runtime e2e suite
 	cpio
 	kmod                 # modinfo, for checking module dependency resolution
 	procps               # pgrep/ps for leak checks

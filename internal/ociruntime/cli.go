@@ -151,7 +151,7 @@ func newUnsupportedCommand(name, what string) *cobra.Command {
 		Short:              "Not supported by hull-runtime",
 		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
 		RunE: func(*cobra.Command, []string) error {
-			return fmt.Errorf("%s: %s", what, errNotImplemented(name))
+			return fmt.Errorf("%s: %w", what, errNotImplemented(name))
 		},
 	}
 }

@@ -276,7 +276,7 @@ func newUpdateCommand(g *globals) *cobra.Command {
 			if resources == "" {
 				return fmt.Errorf("update takes its limits from --resources (a JSON file, or - for stdin): %w", errdefs.ErrInvalidArgument)
 			}
-			var r io.Reader = cmd.InOrStdin()
+			r := cmd.InOrStdin()
 			if resources != "-" {
 				f, err := os.Open(resources)
 				if err != nil {
