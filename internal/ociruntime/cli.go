@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containerd/log"
@@ -132,15 +133,22 @@ func (g *globals) setupLog(cmd *cobra.Command) error {
 
 // selfArgs are the global flags to pass to a re-executed hull-runtime.
 func (g *globals) selfArgs() []string {
+	// The child runs in /: relative paths are made absolute here.
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
 	a := []string{"--root", g.root, "--log-format", g.logFormat}
 	if g.logPath != "" {
-		a = append(a, "--log", g.logPath)
+		a = append(a, "--log", abs(g.logPath))
 	}
 	if g.debug {
 		a = append(a, "--debug")
 	}
 	if g.hullConfig != "" {
-		a = append(a, "--hull-config", g.hullConfig)
+		a = append(a, "--hull-config", abs(g.hullConfig))
 	}
 	return a
 }

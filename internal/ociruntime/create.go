@@ -76,7 +76,13 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(g.hullConfig)
+	hullConfig := g.hullConfig
+	if hullConfig != "" {
+		if hullConfig, err = filepath.Abs(hullConfig); err != nil {
+			return err
+		}
+	}
+	cfg, err := config.Load(hullConfig)
 	if err != nil {
 		return fmt.Errorf("loading hull configuration: %w", err)
 	}
@@ -128,6 +134,7 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 	cmd := exec.Command("/proc/self/exe", append(g.selfArgs(), "_supervise", id)...) //nolint:gosec // G204: ourselves
 	cmd.Args[0] = "hull-runtime"
 	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if terminal {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
@@ -163,7 +170,7 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 	}
 	rec := record{
 		ID: id, Bundle: bundle, Rootfs: rootfs, Created: time.Now().UTC(), Owner: "",
-		Annotations: spec.Annotations, Supervisor: proc, HullConfig: g.hullConfig,
+		Annotations: spec.Annotations, Supervisor: proc, HullConfig: hullConfig,
 		SandboxRoot: cfg.Runtime.StateDir, SandboxID: id + sandboxSuffix,
 		Poststart: hooks.poststart, Poststop: hooks.poststop,
 	}

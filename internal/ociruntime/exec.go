@@ -145,6 +145,7 @@ func execProcess(g *globals, id string, args []string, o execOptions) (retErr er
 	cmd := exec.Command("/proc/self/exe", append(g.selfArgs(), "_standin")...) //nolint:gosec // G204: ourselves
 	cmd.Args[0] = "hull-runtime"
 	cmd.ExtraFiles = []*os.File{cf}
+	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if tty != nil {
 		// Its controlling terminal, for SIGWINCH.
