@@ -182,11 +182,16 @@ func (d *daemon) mustRun(t testing.TB, args ...string) string {
 	return out
 }
 
-// leftovers lists what the containers left: processes that mention the
-// daemon's directory (qemu and virtiofsd name the hull state root, the
-// supervisors the runtime root in the exec root), mounts below the hull
-// state root, and sandbox state directories.
+// leftovers lists what the containers left (leftoversOf).
 func (d *daemon) leftovers() []string {
+	return leftoversOf(d.stateRoot, d.dir, filepath.Join(d.dir, "x", "runtime-runc", "moby"))
+}
+
+// leftoversOf lists processes that mention dir (qemu and virtiofsd name
+// the hull state root, the supervisors their configuration or runtime
+// root), mounts below stateRoot, sandbox state directories and, when
+// runtimeRoot is set, container state directories of hull-runtime.
+func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 	var left []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -199,25 +204,27 @@ func (d *daemon) leftovers() []string {
 			continue
 		}
 		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cmdline, d.stateRoot) || strings.Contains(cmdline, "_supervise") && strings.Contains(cmdline, d.dir) {
+		if strings.Contains(cmdline, stateRoot) || strings.Contains(cmdline, "_supervise") && strings.Contains(cmdline, dir) {
 			left = append(left, fmt.Sprintf("process %d: %s", pid, cmdline))
 		}
 	}
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], d.stateRoot) {
+			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], stateRoot) {
 				left = append(left, "mount "+f[4])
 			}
 		}
 	}
-	if des, err := os.ReadDir(d.stateRoot); err == nil {
+	if des, err := os.ReadDir(stateRoot); err == nil {
 		for _, de := range des {
-			left = append(left, "state "+filepath.Join(d.stateRoot, de.Name()))
+			left = append(left, "state "+filepath.Join(stateRoot, de.Name()))
 		}
 	}
-	if des, err := os.ReadDir(filepath.Join(d.dir, "x", "runtime-runc", "moby")); err == nil {
-		for _, de := range des {
-			left = append(left, "runtime state "+de.Name())
+	if runtimeRoot != "" {
+		if des, err := os.ReadDir(runtimeRoot); err == nil {
+			for _, de := range des {
+				left = append(left, "runtime state "+de.Name())
+			}
 		}
 	}
 	return left
@@ -227,9 +234,14 @@ func (d *daemon) leftovers() []string {
 // last supervisors to exit.
 func (d *daemon) checkClean(t testing.TB) {
 	t.Helper()
+	checkClean(t, d.leftovers)
+}
+
+func checkClean(t testing.TB, leftovers func() []string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		left := d.leftovers()
+		left := leftovers()
 		if len(left) == 0 {
 			return
 		}
