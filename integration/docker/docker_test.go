@@ -46,6 +46,10 @@ func TestDocker(t *testing.T) {
 		if _, _, code := d.run("exec", "web", "sh", "-c", "exit 5"); code != 5 {
 			t.Errorf("exec exit status %d, want 5", code)
 		}
+		// A terminal: the master goes to containerd's console socket.
+		if out := d.mustRun(t, "exec", "-t", "web", "tty"); !strings.HasPrefix(out, "/dev/pts/") {
+			t.Errorf("exec -t: tty printed %q, want a /dev/pts terminal", out)
+		}
 		if body := httpGet(t, "http://127.0.0.1:18080/"); body != "hello-web\n" {
 			t.Errorf("GET from the host: %q", body)
 		}
