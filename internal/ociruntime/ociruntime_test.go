@@ -366,3 +366,40 @@ func TestFeatures(t *testing.T) {
 		t.Errorf("features %+v", f)
 	}
 }
+
+// TestLongSocketPath serves and calls the supervisor's socket in a
+// directory whose socket path is longer than a unix address holds, as
+// under containerd's runc shim with Docker's 64-byte IDs.
+func TestLongSocketPath(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("0123456789abcdef", 4))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, sockName)
+	if len(sock) <= maxSockPath {
+		t.Fatalf("%s is short enough for a plain address", sock)
+	}
+	l, err := listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("the socket is not at its path: %v", err)
+	}
+	go func() {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.Close() }()
+		var req request
+		if _, err := recv(c, &req); err == nil {
+			_ = send(c, response{Status: req.Op})
+		}
+	}()
+	resp, err := call(sock, request{Op: opState})
+	if err != nil || resp.Status != opState {
+		t.Fatalf("call: %+v, %v", resp, err)
+	}
+}

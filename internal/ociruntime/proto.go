@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -204,10 +205,47 @@ func call(sock string, req request, files ...*os.File) (response, error) {
 	return resp, resp.Error.err()
 }
 
-func dial(sock string) (*net.UnixConn, error) {
-	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
+func dial(sock string) (c *net.UnixConn, err error) {
+	err = viaShortPath(sock, func(addr string) error {
+		c, err = net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: addr, Net: "unixpacket"})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the container's supervisor: %w: %w", err, errdefs.ErrUnavailable)
 	}
 	return c, nil
+}
+
+// listen listens on the socket at sock.
+func listen(sock string) (l *net.UnixListener, err error) {
+	err = viaShortPath(sock, func(addr string) error {
+		l, err = net.ListenUnix("unixpacket", &net.UnixAddr{Name: addr, Net: "unixpacket"})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The path it would unlink on close may be a /proc/self/fd one;
+	// the supervisor removes the socket by its real path.
+	l.SetUnlinkOnClose(false)
+	return l, nil
+}
+
+// maxSockPath is the longest path a unix socket address holds.
+const maxSockPath = 107
+
+// viaShortPath calls fn with an address for the socket path p that fits a
+// unix socket address: p itself, or, for a longer p (containerd's runc
+// shim puts state under long --root paths, and Docker's IDs are 64 bytes),
+// p's name below /proc/self/fd/<descriptor of p's directory>.
+func viaShortPath(p string, fn func(addr string) error) error {
+	if len(p) <= maxSockPath {
+		return fn(p)
+	}
+	fd, err := unix.Open(filepath.Dir(p), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening the socket's directory: %w", err)
+	}
+	defer func() { _ = unix.Close(fd) }()
+	return fn(fmt.Sprintf("/proc/self/fd/%d/%s", fd, filepath.Base(p)))
 }

@@ -23,8 +23,6 @@ const (
 	recordFile = "state.json"
 	// sockName is the supervisor's socket in the state directory.
 	sockName = "sock"
-	// maxSockPath is the longest unix socket path.
-	maxSockPath = 107
 )
 
 // errNotExist is runc's answer for an ID it does not know; container
@@ -66,12 +64,7 @@ func containerDir(root, id string) (string, error) {
 	if !filepath.IsAbs(root) {
 		return "", fmt.Errorf("--root %q is not absolute: %w", root, errdefs.ErrInvalidArgument)
 	}
-	dir := filepath.Join(root, id)
-	if len(filepath.Join(dir, sockName)) > maxSockPath {
-		return "", fmt.Errorf("state directory %s is too long for its socket (at most %d bytes): use a shorter --root: %w",
-			dir, maxSockPath-len(sockName)-1, errdefs.ErrInvalidArgument)
-	}
-	return dir, nil
+	return filepath.Join(root, id), nil
 }
 
 func writeRecord(dir string, r record) error {

@@ -173,7 +173,7 @@ func (s *supervisor) boot(ctx context.Context) (_ *net.UnixListener, retErr erro
 	}
 	sock := filepath.Join(s.dir, sockName)
 	_ = os.Remove(sock)
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	l, err := listen(sock)
 	if err != nil {
 		_ = ctr.Delete(ctx, true)
 		return nil, fmt.Errorf("listening on %s: %w", sock, err)
