@@ -111,11 +111,22 @@ func runTerminal(t *testing.T, d *daemon) {
 	_ = slave.Close()
 	var out e2e.SyncBuffer
 	go func() { _, _ = io.Copy(&out, master) }()
-	out.WaitFor(t, "# ", bootLimit)
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	// The shell's prompt, unless docker ends first.
+	for !strings.Contains(out.String(), "# ") {
+		select {
+		case err := <-waited:
+			t.Fatalf("docker run -it ended before the prompt: %v; output:\n%s", err, out.String())
+		case <-ctx.Done():
+			t.Fatalf("no prompt within %s; output:\n%s", bootLimit, out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if _, err := master.Write([]byte("echo tty-$((6*7)); tty; exit 4\r")); err != nil {
 		t.Fatal(err)
 	}
-	err = cmd.Wait()
+	err = <-waited
 	var ee *exec.ExitError
 	if !errorsAs(err, &ee) || ee.ExitCode() != 4 {
 		t.Errorf("docker run -it: %v, want exit status 4; output:\n%s", err, out.String())
