@@ -43,6 +43,7 @@ func TestDocker(t *testing.T) {
 		if out := d.mustRun(t, "exec", "web", "cat", "/www/index.html"); out != "hello-web\n" {
 			t.Errorf("exec: %q", out)
 		}
+		assertInVM(t, d.mustRun(t, "exec", "web", "uname", "-r"))
 		if _, _, code := d.run("exec", "web", "sh", "-c", "exit 5"); code != 5 {
 			t.Errorf("exec exit status %d, want 5", code)
 		}
@@ -133,6 +134,19 @@ func runTerminal(t *testing.T, d *daemon) {
 	}
 	if s := out.String(); !strings.Contains(s, "tty-42") || !strings.Contains(s, "/dev/pts/") {
 		t.Errorf("terminal output %q lacks the command's output or a /dev/pts terminal", s)
+	}
+}
+
+// assertInVM checks that a container's `uname -r` is not the host's: the
+// container runs on the guest kernel.
+func assertInVM(t *testing.T, containerRelease string) {
+	t.Helper()
+	host, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := strings.TrimSpace(containerRelease); c == "" || c == strings.TrimSpace(string(host)) {
+		t.Errorf("the container runs on kernel %q, the host's (%q): not in a VM", c, strings.TrimSpace(string(host)))
 	}
 }
 

@@ -127,6 +127,13 @@ func TestPodman(t *testing.T) {
 		if out := p.mustRun(t, "exec", "web", "cat", "/www/index.html"); !strings.Contains(out, "hello-web") {
 			t.Errorf("exec: %q", out)
 		}
+		assertInVM(t, p.mustRun(t, "exec", "web", "uname", "-r"))
+		if rt := strings.TrimSpace(p.mustRun(t, "inspect", "-f", "{{.OCIRuntime}}", "web")); rt != "hull" {
+			t.Errorf("the container's runtime is %q, want hull", rt)
+		}
+		if des, err := os.ReadDir(p.stateRoot); err != nil || len(des) != 1 {
+			t.Errorf("hull's state root holds %d sandboxes (%v), want the container's", len(des), err)
+		}
 		if _, _, code := p.run("exec", "web", "sh", "-c", "exit 5"); code != 5 {
 			t.Errorf("exec exit status %d, want 5", code)
 		}
