@@ -17,6 +17,9 @@ import (
 // podmanBin is Debian's Podman (4.3).
 const podmanBin = "/usr/bin/podman"
 
+// podmanBridge is the bridge of Podman's default network (CNI).
+const podmanBridge = "cni-podman0"
+
 // podman runs Debian's Podman, rootful, with storage, run root and
 // configuration of its own, hull-runtime registered as "hull" in its
 // containers.conf.
@@ -60,8 +63,14 @@ func newPodman(t *testing.T) *podman {
 		// Networks of its own: a reset must not touch the host's.
 		"--network-config-dir", filepath.Join(p.dir, "net"),
 	}
+	// Podman's default network's bridge: removed after the suite when
+	// the suite's containers made it.
+	_, bridgeErr := os.Stat("/sys/class/net/" + podmanBridge)
 	t.Cleanup(func() {
 		p.run("rm", "-af", "-t", "0")
+		if os.IsNotExist(bridgeErr) {
+			_ = exec.Command("ip", "link", "del", podmanBridge).Run()
+		}
 		// Unmounts the storage and removes what podman made here.
 		p.run("system", "reset", "-f")
 		checkClean(t, func() []string { return leftoversOf(p.stateRoot, p.dir, "") })
