@@ -54,7 +54,7 @@ tools: ## Install the pinned code generators into _output/tools.
 	@test -x $(TOOLS)/protoc-gen-go-ttrpc || GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
 
 .PHONY: build
-build: bin/hull bin/hull-agent bin/containerd-shim-hull-v2 ## Build all binaries into bin/.
+build: bin/hull bin/hull-agent bin/containerd-shim-hull-v2 bin/hull-runtime ## Build all binaries into bin/.
 
 .PHONY: bin/hull
 bin/hull:
@@ -63,6 +63,10 @@ bin/hull:
 .PHONY: bin/containerd-shim-hull-v2
 bin/containerd-shim-hull-v2:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-hull-v2
+
+.PHONY: bin/hull-runtime
+bin/hull-runtime:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $@ ./cmd/hull-runtime
 
 .PHONY: bin/hull-agent
 bin/hull-agent:
@@ -140,6 +144,10 @@ soak: image image-hullkernel ## Soak: SOAK_PODS pods at once x SOAK_ROUNDS round
 	$(SOAK_ENV) SOAK_PODS=$(SOAK_BURST) SOAK_ROUNDS=1 $(GO) test -count=1 -p 1 -timeout 60m -v -run '^TestSoak$$' ./integration/containerd/ ./integration/cri/
 	@cat $(OUT)/soak.txt
 
+.PHONY: e2e-docker
+e2e-docker: image ## Only the hull-runtime suite against Debian's Docker 20.10 (run under flock /tmp/hull-e2e.lock).
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 20m -v ./integration/docker/
+
 .PHONY: docs-check
 docs-check: ## Check that docs/kubernetes.md's marked blocks are well-formed and agree (the CRI suite runs them).
 	$(GO) test -count=1 -run 'TestKubernetesDoc|TestDocBlocks' ./integration/internal/e2e/
@@ -169,6 +177,7 @@ lint: ## Run gofmt, go vet and golangci-lint (pinned).
 INSTALL_FILES := \
 	0755:bin/hull:$(PREFIX)/bin/hull \
 	0755:bin/containerd-shim-hull-v2:$(PREFIX)/bin/containerd-shim-hull-v2 \
+	0755:bin/hull-runtime:$(PREFIX)/bin/hull-runtime \
 	0755:bin/hull-agent:$(PREFIX)/libexec/hull/hull-agent \
 	0644:config/configuration.toml:/usr/share/defaults/hull/configuration.toml
 # Directories that hold only hull's files: uninstall removes them once empty.

@@ -17,6 +17,8 @@ packages=(
 	containerd           # the e2e suite and the demo drive a real containerd (1.6 here)
 	runc                 # runc comparison in the benchmarks
 	prometheus           # the CRI suite scrapes `hull monitor` with a real Prometheus server
+	docker.io            # Docker 20.10 (dockerd, docker) for the hull-runtime e2e suite; /usr/bin/docker, not a static build elsewhere on PATH
+	podman               # Podman 4.3 (with conmon) for the hull-runtime e2e suite
 	cpio
 	kmod                 # modinfo, for checking module dependency resolution
 	procps               # pgrep/ps for leak checks

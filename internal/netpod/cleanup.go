@@ -18,7 +18,7 @@ import (
 // removed (Attach may have died between adding it and its filter). Other
 // qdiscs are left alone. A missing namespace is not an error.
 func Cleanup(ctx context.Context, nsPath string) error {
-	ns, err := openNamespace(nsPath)
+	ns, err := openNamespace(nsPath, false)
 	if errdefs.IsNotFound(err) {
 		return nil
 	}

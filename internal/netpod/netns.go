@@ -16,7 +16,7 @@ import (
 // under /var/run/netns or /proc/<pid>/ns/net). A missing path is
 // errdefs.ErrNotFound; a path that is not a network namespace is
 // errdefs.ErrInvalidArgument.
-func openNamespace(path string) (netns.NsHandle, error) {
+func openNamespace(path string, allowOwn bool) (netns.NsHandle, error) {
 	if path == "" {
 		return netns.None(), fmt.Errorf("network namespace path is empty: %w", errdefs.ErrInvalidArgument)
 	}
@@ -43,7 +43,7 @@ func openNamespace(path string) (netns.NsHandle, error) {
 		_ = ns.Close()
 		return netns.None(), fmt.Errorf("%s is not a network namespace: %w", path, errdefs.ErrInvalidArgument)
 	}
-	if host, err := isHostNamespace(fd); err != nil || host {
+	if host, err := isHostNamespace(fd, allowOwn); err != nil || host {
 		_ = ns.Close()
 		if err != nil {
 			return netns.None(), fmt.Errorf("network namespace %s: %w", path, err)
@@ -161,14 +161,18 @@ func classify(err error) error {
 }
 
 // isHostNamespace reports whether the namespace fd is the network namespace
-// of the host's init or of this process: mirroring it would redirect the
-// host's own traffic into a VM.
-func isHostNamespace(fd int) (bool, error) {
+// of the host's init or, unless allowOwn, of this process: mirroring it would
+// redirect the host's own traffic into a VM.
+func isHostNamespace(fd int, allowOwn bool) (bool, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return false, err
 	}
-	for _, p := range []string{"/proc/1/ns/net", "/proc/self/ns/net"} {
+	refused := []string{"/proc/1/ns/net", "/proc/self/ns/net"}
+	if allowOwn {
+		refused = refused[:1]
+	}
+	for _, p := range refused {
 		var o unix.Stat_t
 		if err := unix.Stat(p, &o); err != nil {
 			continue

@@ -68,6 +68,19 @@ func (c cleanup) run(ctx context.Context) {
 	}
 }
 
+// Option changes what Attach accepts.
+type Option func(*options)
+
+type options struct {
+	allowOwn bool
+}
+
+// OwnNamespace lets Attach mirror the calling process's own network
+// namespace: one made for the sandbox alone, such as the namespace
+// hull-runtime's supervisor is created in for a container. The host's
+// (init's) namespace is refused all the same.
+func OwnNamespace() Option { return func(o *options) { o.allowOwn = true } }
+
 // Attach mirrors the network namespace at nsPath (such as
 // /var/run/netns/cni-..., made by containerd's CRI and set up by CNI) as
 // the package documentation describes. A namespace with nothing to mirror
@@ -76,11 +89,15 @@ func (c cleanup) run(ctx context.Context) {
 // errdefs.ErrInvalidArgument, an interface that already has an ingress
 // qdisc or a tap name in use errdefs.ErrAlreadyExists. On error nothing
 // that Attach made is left.
-func Attach(ctx context.Context, nsPath string) (_ *Network, retErr error) {
+func Attach(ctx context.Context, nsPath string, opts ...Option) (_ *Network, retErr error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	ns, err := openNamespace(nsPath)
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ns, err := openNamespace(nsPath, o.allowOwn)
 	if err != nil {
 		return nil, err
 	}

@@ -152,6 +152,30 @@ func TestAttachErrors(t *testing.T) {
 		})
 	}
 
+	t.Run("own namespace allowed, the host's still refused", func(t *testing.T) {
+		// The test runs in the host's namespace: OwnNamespace lifts the
+		// check of the runtime's own, never that of init's.
+		n, err := Attach(context.Background(), "/proc/1/ns/net", OwnNamespace())
+		if err == nil {
+			_ = n.Close(context.Background())
+			t.Fatal("Attach of init's namespace with OwnNamespace succeeded")
+		}
+		// Where init's namespace cannot be opened at all (a sandboxed
+		// init), that refuses it too.
+		if !errdefs.IsInvalidArgument(err) && !errdefs.IsPermissionDenied(err) {
+			t.Errorf("Attach: %v: wrong class", err)
+		}
+		// A namespace of a pod is no one's own: mirrored either way.
+		p := newPod(t)
+		n, err = Attach(context.Background(), p.ns.path, OwnNamespace())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("rollback", func(t *testing.T) {
 		// eth1 already has an ingress qdisc (someone else's): eth0's
 		// mirror, made first, must be undone and eth1's qdisc kept.

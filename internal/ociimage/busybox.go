@@ -175,15 +175,27 @@ func WriteBusybox(w io.Writer, opts BusyboxOptions) error {
 	if err != nil {
 		return err
 	}
+	// Docker 20.10's `docker load` reads only docker-save archives: the
+	// same blobs named by a manifest.json beside the OCI layout (which
+	// containerd's import reads, ignoring manifest.json).
+	dockerManifest, err := json.Marshal([]map[string]any{{
+		"Config":   layoutPath(config),
+		"RepoTags": []string{opts.Name},
+		"Layers":   []string{layoutPath(layer)},
+	}})
+	if err != nil {
+		return err
+	}
 	blobs := [][]byte{config, layer, manifest}
 	out := []file{
+		{name: "manifest.json", mode: 0o644, typeflag: tar.TypeReg, data: dockerManifest},
 		{name: "blobs/", mode: 0o755, typeflag: tar.TypeDir},
 		{name: "blobs/sha256/", mode: 0o755, typeflag: tar.TypeDir},
 		{name: "index.json", mode: 0o644, typeflag: tar.TypeReg, data: index},
 		{name: "oci-layout", mode: 0o644, typeflag: tar.TypeReg, data: []byte(`{"imageLayoutVersion":"1.0.0"}`)},
 	}
 	for _, b := range blobs {
-		out = append(out, file{name: "blobs/sha256/" + strings.TrimPrefix(digest(b), "sha256:"), mode: 0o644, typeflag: tar.TypeReg, data: b})
+		out = append(out, file{name: layoutPath(b), mode: 0o644, typeflag: tar.TypeReg, data: b})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	archive, err := tarball(out)
@@ -270,6 +282,9 @@ func gzipped(b []byte) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// layoutPath is where the OCI layout keeps blob b.
+func layoutPath(b []byte) string { return "blobs/sha256/" + strings.TrimPrefix(digest(b), "sha256:") }
 
 func digest(b []byte) string {
 	sum := sha256.Sum256(b)

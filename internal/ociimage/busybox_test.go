@@ -90,6 +90,25 @@ func TestWriteBusyboxConfig(t *testing.T) {
 			if !slices.Equal(config.Config.Entrypoint, tc.wantEntrypoint) || !slices.Equal(config.Config.Cmd, tc.wantCmd) {
 				t.Errorf("entrypoint %q cmd %q, want %q %q", config.Config.Entrypoint, config.Config.Cmd, tc.wantEntrypoint, tc.wantCmd)
 			}
+			// The docker-save view names the same config and layer.
+			var saved []struct {
+				Config   string
+				RepoTags []string
+				Layers   []string
+			}
+			mustUnmarshal(t, blobs["manifest.json"], &saved)
+			var layers struct{ Layers []struct{ Digest string } }
+			mustUnmarshal(t, blobs[blobPath(index.Manifests[0].Digest)], &layers)
+			if len(saved) != 1 || saved[0].Config != blobPath(manifest.Config.Digest) ||
+				!slices.Equal(saved[0].RepoTags, []string{tc.wantName}) ||
+				len(layers.Layers) != 1 || !slices.Equal(saved[0].Layers, []string{blobPath(layers.Layers[0].Digest)}) {
+				t.Errorf("manifest.json %s does not match the OCI manifest %s", blobs["manifest.json"], blobs[blobPath(index.Manifests[0].Digest)])
+			}
+			for _, p := range append([]string{saved[0].Config}, saved[0].Layers...) {
+				if _, ok := blobs[p]; !ok {
+					t.Errorf("manifest.json names %s, which the archive lacks", p)
+				}
+			}
 		})
 	}
 }

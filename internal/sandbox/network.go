@@ -22,8 +22,12 @@ const defaultShmSize = 64 << 20
 
 // attachNetwork mirrors the pod's network namespace into the VM: a tap with
 // tc redirects per interface, given to the VM as virtio-net devices.
-func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, undo *cleanups) error {
-	n, err := netpod.Attach(ctx, nsPath)
+func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own bool, undo *cleanups) error {
+	var opts []netpod.Option
+	if own {
+		opts = append(opts, netpod.OwnNamespace())
+	}
+	n, err := netpod.Attach(ctx, nsPath, opts...)
 	if err != nil {
 		return err
 	}
@@ -47,7 +51,7 @@ func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint3
 	if err != nil {
 		return err
 	}
-	if err := s.attachNetwork(ctx, nsPath, undo); err != nil {
+	if err := s.attachNetwork(ctx, nsPath, false, undo); err != nil {
 		return err
 	}
 	devs := s.network.Devices()

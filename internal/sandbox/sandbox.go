@@ -112,6 +112,11 @@ type Config struct {
 	// booted before its pod's network was known. It needs a driver and
 	// machine that can hot-add NICs.
 	HotplugNetwork bool
+	// NetNSOwn says that NetNS is the runtime process's own network
+	// namespace, made for this sandbox alone (hull-runtime's supervisor
+	// is created in the namespace of its container): it is mirrored
+	// although it is the runtime's own. The host's is always refused.
+	NetNSOwn bool
 	// DNS is written to the guest's resolv.conf with the pod network.
 	DNS *agent.DNS
 	// ShmSize is the size in bytes of the pod's /dev/shm in the guest
@@ -344,7 +349,7 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, &undo)
+			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM

@@ -1,0 +1,158 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
+)
+
+// podmanBin is Debian's Podman (4.3).
+const podmanBin = "/usr/bin/podman"
+
+// podmanBridge is the bridge of Podman's default network (CNI).
+const podmanBridge = "cni-podman0"
+
+// podman runs Debian's Podman, rootful, with storage, run root and
+// configuration of its own, hull-runtime registered as "hull" in its
+// containers.conf.
+type podman struct {
+	dir, stateRoot string
+	global         []string
+	env            []string
+}
+
+func newPodman(t *testing.T) *podman {
+	t.Helper()
+	if _, err := os.Stat(podmanBin); err != nil {
+		e2e.Missing(t, "%s: %v (apt-get install podman, or make deps)", podmanBin, err)
+	}
+	if out, err := exec.Command(podmanBin, "--version").Output(); err != nil || !strings.Contains(string(out), " 4.3.") {
+		e2e.Missing(t, "%s is not Podman 4.3: %q %v", podmanBin, out, err)
+	}
+	p := &podman{dir: filepath.Join(env.workDir, "p")}
+	p.stateRoot = filepath.Join(p.dir, "hull")
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	hullConfig := filepath.Join(p.dir, "hull.toml")
+	if err := os.WriteFile(hullConfig, []byte(fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, p.stateRoot)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// containers.conf names a runtime by its paths alone: a wrapper adds
+	// the suite's hull configuration.
+	wrapper := filepath.Join(p.dir, "hull-runtime")
+	if err := os.WriteFile(wrapper, []byte(fmt.Sprintf("#!/bin/sh\nexec %s --hull-config %s \"$@\"\n", env.runtime, hullConfig)), 0o755); err != nil { //nolint:gosec // an executable wrapper
+		t.Fatal(err)
+	}
+	conf := filepath.Join(p.dir, "containers.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\n[engine.runtimes]\nhull = [%q]\n", wrapper)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.env = append(os.Environ(), "CONTAINERS_CONF="+conf)
+	p.global = []string{
+		"--root", filepath.Join(p.dir, "storage"), "--runroot", filepath.Join(p.dir, "run"),
+		"--tmpdir", filepath.Join(p.dir, "tmp"), "--storage-driver", "overlay",
+		// Networks of its own: a reset must not touch the host's.
+		"--network-config-dir", filepath.Join(p.dir, "net"),
+	}
+	// Podman's default network's bridge: removed after the suite when
+	// the suite's containers made it.
+	_, bridgeErr := os.Stat("/sys/class/net/" + podmanBridge)
+	t.Cleanup(func() {
+		p.run("rm", "-af", "-t", "0")
+		if os.IsNotExist(bridgeErr) {
+			_ = exec.Command("ip", "link", "del", podmanBridge).Run()
+		}
+		// Unmounts the storage and removes what podman made here.
+		p.run("system", "reset", "-f")
+		checkClean(t, func() []string { return leftoversOf(p.stateRoot, p.dir, "") })
+	})
+	p.mustRun(t, "load", "-i", env.image)
+	return p
+}
+
+func (p *podman) run(args ...string) (string, string, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, podmanBin, append(append([]string(nil), p.global...), args...)...)
+	cmd.Env = p.env
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		code = -1
+		var ee *exec.ExitError
+		if errorsAs(err, &ee) {
+			code = ee.ExitCode()
+		}
+	}
+	return out.String(), errOut.String(), code
+}
+
+func (p *podman) mustRun(t testing.TB, args ...string) string {
+	t.Helper()
+	out, errOut, code := p.run(args...)
+	if code != 0 {
+		t.Fatalf("podman %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// TestPodman runs Podman's main container operations on hull-runtime
+// (rootful, through conmon).
+func TestPodman(t *testing.T) {
+	p := newPodman(t)
+
+	t.Run("run prints and exits with the status", func(t *testing.T) {
+		out, errOut, code := p.run("run", "--rm", "--runtime", "hull", imageName, "sh", "-c", "echo hi; exit 3")
+		if !strings.Contains(out, "hi") || code != 3 {
+			t.Errorf("stdout %q stderr %q status %d; want hi and 3", out, errOut, code)
+		}
+	})
+
+	t.Run("exec, published port, stop", func(t *testing.T) {
+		p.mustRun(t, "run", "-d", "--name", "web", "--runtime", "hull", "-p", "127.0.0.1:18081:80", imageName,
+			"sh", "-c", "mkdir -p /www && echo hello-web > /www/index.html && echo ready && exec httpd -f -p 80 -h /www")
+		deadline := time.Now().Add(bootLimit)
+		for {
+			out, errOut, _ := p.run("logs", "web")
+			if strings.Contains(out+errOut, "ready") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("web did not log ready: %q %q", out, errOut)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if out := p.mustRun(t, "exec", "web", "cat", "/www/index.html"); !strings.Contains(out, "hello-web") {
+			t.Errorf("exec: %q", out)
+		}
+		assertInVM(t, p.mustRun(t, "exec", "web", "uname", "-r"))
+		if rt := strings.TrimSpace(p.mustRun(t, "inspect", "-f", "{{.OCIRuntime}}", "web")); rt != "hull" {
+			t.Errorf("the container's runtime is %q, want hull", rt)
+		}
+		if des, err := os.ReadDir(p.stateRoot); err != nil || len(des) != 1 {
+			t.Errorf("hull's state root holds %d sandboxes (%v), want the container's", len(des), err)
+		}
+		if _, _, code := p.run("exec", "web", "sh", "-c", "exit 5"); code != 5 {
+			t.Errorf("exec exit status %d, want 5", code)
+		}
+		if body := httpGet(t, "http://127.0.0.1:18081/"); body != "hello-web\n" {
+			t.Errorf("GET from the host: %q", body)
+		}
+		p.mustRun(t, "stop", "-t", "2", "web")
+		if code := strings.TrimSpace(p.mustRun(t, "inspect", "-f", "{{.State.ExitCode}}", "web")); code != "137" {
+			t.Errorf("exit code after the grace period %s, want 137", code)
+		}
+		p.mustRun(t, "rm", "web")
+	})
+}

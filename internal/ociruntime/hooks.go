@@ -1,0 +1,123 @@
+package ociruntime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/hull-runtime/hull/internal/child"
+)
+
+// hookOutputMax bounds the output of a hook that an error quotes.
+const hookOutputMax = 4096
+
+// hookKillGrace is how long a hook's output copies may outlast its kill.
+const hookKillGrace = 2 * time.Second
+
+// hostHooks are the hooks of a spec that run on the host, in their order.
+type hostHooks struct {
+	prestart, createRuntime, createContainer, poststart, poststop []specs.Hook
+}
+
+// splitHooks takes the host hooks out of spec; the startContainer hooks
+// stay for the guest, which runs them in the container.
+func splitHooks(spec *specs.Spec) (hostHooks, error) {
+	h := spec.Hooks
+	if h == nil {
+		return hostHooks{}, nil
+	}
+	out := hostHooks{
+		prestart:      h.Prestart, //nolint:staticcheck // deprecated, still what Docker 20.10 uses
+		createRuntime: h.CreateRuntime, createContainer: h.CreateContainer,
+		poststart: h.Poststart, poststop: h.Poststop,
+	}
+	for _, l := range [][]specs.Hook{out.prestart, out.createRuntime, out.createContainer, out.poststart, out.poststop} {
+		for _, hk := range l {
+			if err := validateHook(hk); err != nil {
+				return hostHooks{}, err
+			}
+		}
+	}
+	spec.Hooks = nil
+	if len(h.StartContainer) > 0 {
+		spec.Hooks = &specs.Hooks{StartContainer: h.StartContainer}
+	}
+	return out, nil
+}
+
+func validateHook(h specs.Hook) error {
+	switch {
+	case !filepath.IsAbs(h.Path):
+		return fmt.Errorf("hook path %q is not absolute: %w", h.Path, errdefs.ErrInvalidArgument)
+	case h.Timeout != nil && *h.Timeout <= 0:
+		return fmt.Errorf("hook %s: timeout %d must be positive: %w", h.Path, *h.Timeout, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// runHooks runs hooks in order, each with the state on its stdin, and stops
+// at the first that fails (exits non-zero, or outlives its timeout, when it
+// is killed).
+func runHooks(ctx context.Context, kind string, hooks []specs.Hook, st specs.State) error {
+	if len(hooks) == 0 {
+		return nil
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	for i, h := range hooks {
+		if err := runHook(ctx, h, b); err != nil {
+			return fmt.Errorf("%s hook #%d (%s): %w", kind, i, h.Path, err)
+		}
+	}
+	return nil
+}
+
+func runHook(ctx context.Context, h specs.Hook, state []byte) error {
+	if err := validateHook(h); err != nil {
+		return err
+	}
+	if h.Timeout != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(*h.Timeout)*time.Second)
+		defer cancel()
+	}
+	args := h.Args
+	if len(args) == 0 {
+		args = []string{h.Path}
+	}
+	out := &child.TailBuffer{Max: hookOutputMax}
+	cmd := exec.CommandContext(ctx, h.Path)
+	cmd.Args = args
+	cmd.Env = h.Env
+	if cmd.Env == nil {
+		cmd.Env = []string{}
+	}
+	cmd.Stdin = bytes.NewReader(state)
+	cmd.Stdout, cmd.Stderr = out, out
+	// A hook's children that keep its output open must not hold it.
+	cmd.WaitDelay = hookKillGrace
+	err := cmd.Run()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("timed out after %ds and was killed: %w", *h.Timeout, context.DeadlineExceeded)
+	}
+	if o := strings.TrimSpace(out.String()); o != "" {
+		err = fmt.Errorf("%w; output: %s", err, o)
+	}
+	log.G(ctx).WithError(err).WithField("hook", h.Path).Debug("hook failed")
+	return err
+}

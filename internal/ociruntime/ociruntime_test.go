@@ -1,0 +1,405 @@
+package ociruntime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+func seqpacketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := fileConn(os.NewFile(uintptr(fds[0]), "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := fileConn(os.NewFile(uintptr(fds[1]), "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+	return a, b
+}
+
+func TestProtocol(t *testing.T) {
+	t.Run("message with descriptors", func(t *testing.T) {
+		a, b := seqpacketPair(t)
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = r.Close(); _ = w.Close() }()
+		if err := send(a, request{Op: opExec, Process: &specs.Process{Args: []string{"true"}}}, r, w); err != nil {
+			t.Fatal(err)
+		}
+		var req request
+		files, err := recv(b, &req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if req.Op != opExec || req.Process == nil || req.Process.Args[0] != "true" || len(files) != 2 {
+			t.Fatalf("got %+v with %d files", req, len(files))
+		}
+		// The received write end reaches the original read end.
+		if _, err := files[1].Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1)
+		if _, err := r.Read(buf); err != nil || buf[0] != 'x' {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+		for _, f := range files {
+			_ = f.Close()
+		}
+	})
+	t.Run("too many descriptors", func(t *testing.T) {
+		a, b := seqpacketPair(t)
+		fs := make([]*os.File, maxFDs+1)
+		for i := range fs {
+			f, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = f.Close() }()
+			fs[i] = f
+		}
+		if err := send(a, request{Op: opState}, fs...); err != nil {
+			t.Fatal(err)
+		}
+		var req request
+		if _, err := recv(b, &req); !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("recv: %v, want an invalid argument", err)
+		}
+	})
+	t.Run("error classes cross", func(t *testing.T) {
+		for _, class := range []error{errdefs.ErrNotFound, errdefs.ErrFailedPrecondition, errdefs.ErrNotImplemented, errdefs.ErrInvalidArgument} {
+			a, b := seqpacketPair(t)
+			if err := send(a, response{Error: toWire(errors.Join(errors.New("boom"), class))}); err != nil {
+				t.Fatal(err)
+			}
+			var resp response
+			if _, err := recv(b, &resp); err != nil {
+				t.Fatal(err)
+			}
+			got := resp.Error.err()
+			if !errors.Is(got, class) || !strings.Contains(got.Error(), "boom") {
+				t.Errorf("sent %v, got %v", class, got)
+			}
+		}
+	})
+	t.Run("peer closed", func(t *testing.T) {
+		a, b := seqpacketPair(t)
+		_ = a.Close()
+		var r response
+		if _, err := recv(b, &r); err == nil {
+			t.Fatal("recv after close succeeded")
+		}
+	})
+}
+
+func writeScript(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "hook.sh")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil { //nolint:gosec // test script
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunHooks(t *testing.T) {
+	st := specs.State{Version: specs.Version, ID: "c1", Status: "creating", Pid: 4242, Bundle: "/b"}
+	t.Run("state on stdin, args and env", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "out")
+		hook := writeScript(t, `cat > `+out+`; echo "$0 $1 $FOO" >> `+out)
+		err := runHooks(context.Background(), "prestart", []specs.Hook{{Path: hook, Args: []string{"myhook", "arg1"}, Env: []string{"FOO=bar"}}}, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got specs.State
+		dec := json.NewDecoder(bytes.NewReader(b))
+		if err := dec.Decode(&got); err != nil {
+			t.Fatalf("state %q: %v", b, err)
+		}
+		rest, _ := io.ReadAll(dec.Buffered())
+		if got.Pid != 4242 || got.ID != "c1" || got.Bundle != "/b" || got.Status != "creating" {
+			t.Errorf("state %+v", got)
+		}
+		if !strings.Contains(string(rest), "arg1 bar") {
+			t.Errorf("args and env: %q", rest)
+		}
+	})
+	t.Run("failure stops the list", func(t *testing.T) {
+		marker := filepath.Join(t.TempDir(), "ran")
+		bad := writeScript(t, "echo nope >&2; exit 3")
+		good := writeScript(t, "touch "+marker)
+		err := runHooks(context.Background(), "createRuntime", []specs.Hook{{Path: bad}, {Path: good}}, st)
+		if err == nil || !strings.Contains(err.Error(), "nope") || !strings.Contains(err.Error(), "createRuntime") {
+			t.Fatalf("err %v, want the failure with the hook's output", err)
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Error("a hook after the failing one ran")
+		}
+	})
+	t.Run("timeout kills", func(t *testing.T) {
+		one := 1
+		hook := writeScript(t, "exec sleep 30")
+		start := time.Now()
+		err := runHooks(context.Background(), "prestart", []specs.Hook{{Path: hook, Timeout: &one}}, st)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err %v, want a deadline", err)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("took %s", d)
+		}
+	})
+}
+
+func TestSplitHooks(t *testing.T) {
+	zero := 0
+	for _, tc := range []struct {
+		name      string
+		hooks     *specs.Hooks
+		wantErr   error
+		wantGuest *specs.Hooks
+		wantHost  int
+	}{
+		{"none", nil, nil, nil, 0},
+		{"host only", &specs.Hooks{Prestart: []specs.Hook{{Path: "/a"}}, Poststop: []specs.Hook{{Path: "/b"}}}, nil, nil, 2}, //nolint:staticcheck // prestart
+		{"startContainer stays", &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/a"}}, StartContainer: []specs.Hook{{Path: "/in-guest"}}},
+			nil, &specs.Hooks{StartContainer: []specs.Hook{{Path: "/in-guest"}}}, 1},
+		{"relative path", &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "a"}}}, errdefs.ErrInvalidArgument, nil, 0},
+		{"zero timeout", &specs.Hooks{Poststart: []specs.Hook{{Path: "/a", Timeout: &zero}}}, errdefs.ErrInvalidArgument, nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &specs.Spec{Hooks: tc.hooks}
+			h, err := splitHooks(spec)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := len(h.prestart) + len(h.createRuntime) + len(h.createContainer) + len(h.poststart) + len(h.poststop)
+			if n != tc.wantHost {
+				t.Errorf("%d host hooks, want %d", n, tc.wantHost)
+			}
+			g, _ := json.Marshal(spec.Hooks)
+			w, _ := json.Marshal(tc.wantGuest)
+			if !bytes.Equal(g, w) {
+				t.Errorf("guest hooks %s, want %s", g, w)
+			}
+		})
+	}
+}
+
+func TestPlanNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		ns       []specs.LinuxNamespace
+		want     netPlan
+		wantErr  error
+		wantKept int
+	}{
+		{"new namespace (Docker, nerdctl)", []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}}, netPlan{own: true}, nil, 1},
+		{"namespace path (Podman)", []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/run/netns/cni-1"}}, netPlan{path: "/run/netns/cni-1"}, nil, 0},
+		{"host network", []specs.LinuxNamespace{{Type: specs.MountNamespace}}, netPlan{}, nil, 1},
+		{"another container's ipc", []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"}}, netPlan{}, errdefs.ErrNotImplemented, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &specs.Spec{Linux: &specs.Linux{Namespaces: tc.ns}}
+			got, err := planNetwork(spec)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && err != nil) {
+				t.Fatalf("err %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && (got != tc.want || len(spec.Linux.Namespaces) != tc.wantKept) {
+				t.Errorf("plan %+v with %d namespaces kept, want %+v and %d", got, len(spec.Linux.Namespaces), tc.want, tc.wantKept)
+			}
+		})
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]syscall.Signal{"9": syscall.SIGKILL, "KILL": syscall.SIGKILL, "SIGTERM": syscall.SIGTERM, "term": syscall.SIGTERM} {
+		if got, err := parseSignal(in); err != nil || got != want {
+			t.Errorf("%q: %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"0", "65", "NOPE", ""} {
+		if _, err := parseSignal(in); err == nil {
+			t.Errorf("%q parsed", in)
+		}
+	}
+}
+
+// run runs hull-runtime's command line and returns its status, stdout and
+// the log.
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "log.json")
+	stdout := os.Stdout
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Stdout = w
+	code := Main(append([]string{"--log", logPath, "--log-format", "json"}, args...))
+	os.Stdout = stdout
+	_ = w.Close()
+	var out bytes.Buffer
+	_, _ = out.ReadFrom(r)
+	_ = r.Close()
+	b, _ := os.ReadFile(logPath)
+	return code, out.String(), string(b)
+}
+
+// TestUnknownContainer checks the answers container managers rely on for
+// an ID the runtime does not know: runc's statuses, and "does not exist"
+// in the log's last error (containerd's runc shim matches it).
+func TestUnknownContainer(t *testing.T) {
+	root := t.TempDir()
+	for _, tc := range []struct {
+		args     []string
+		wantCode int
+	}{
+		{[]string{"state", "nope"}, 1},
+		{[]string{"kill", "nope", "KILL"}, 1},
+		{[]string{"delete", "nope"}, 1},
+		{[]string{"delete", "--force", "nope"}, 0},
+		{[]string{"start", "nope"}, 1},
+		{[]string{"exec", "nope", "true"}, 1},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, _, logText := run(t, append([]string{"--root", root}, tc.args...)...)
+			if code != tc.wantCode {
+				t.Errorf("status %d, want %d (log: %s)", code, tc.wantCode, logText)
+			}
+			if tc.wantCode != 0 {
+				var last struct{ Level, Msg string }
+				lines := strings.Split(strings.TrimSpace(logText), "\n")
+				if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+					t.Fatalf("log %q: %v", logText, err)
+				}
+				if last.Level != "error" || !strings.Contains(last.Msg, "does not exist") {
+					t.Errorf("last log line %+v, want an error saying the container does not exist", last)
+				}
+			}
+		})
+	}
+}
+
+// TestStoppedContainer checks a container whose supervisor is gone: state
+// says stopped with PID 0, kill says "container not running", delete
+// removes it.
+func TestStoppedContainer(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "c1")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rec := record{ID: "c1", Bundle: "/b", SandboxRoot: t.TempDir(), SandboxID: "c1" + sandboxSuffix}
+	rec.Supervisor.PID, rec.Supervisor.StartTime = 1<<22+1, 1 // no such process
+	if err := writeRecord(dir, rec); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := run(t, "--root", root, "state", "c1")
+	var st containerState
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 {
+		t.Fatalf("state: %d %q %v", code, out, err)
+	}
+	if st.Status != statusStopped || st.Pid != 0 || st.ID != "c1" || st.Bundle != "/b" {
+		t.Errorf("state %+v", st)
+	}
+	code, _, logText := run(t, "--root", root, "kill", "c1", "TERM")
+	if code != 1 || !strings.Contains(logText, "container not running") {
+		t.Errorf("kill: %d, log %s", code, logText)
+	}
+	if code, _, logText := run(t, "--root", root, "delete", "c1"); code != 0 {
+		t.Fatalf("delete: %d, log %s", code, logText)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("state directory left: %v", err)
+	}
+}
+
+func TestUnsupported(t *testing.T) {
+	for _, cmd := range []string{"checkpoint", "restore", "events"} {
+		code, _, logText := run(t, "--root", t.TempDir(), cmd, "x")
+		if code != 1 || !strings.Contains(logText, "does not implement") {
+			t.Errorf("%s: %d, log %s", cmd, code, logText)
+		}
+	}
+}
+
+func TestFeatures(t *testing.T) {
+	code, out, _ := run(t, "features")
+	var f struct {
+		OCIVersionMax string
+		Hooks         []string
+	}
+	if err := json.Unmarshal([]byte(out), &f); err != nil || code != 0 {
+		t.Fatalf("features: %d %q %v", code, out, err)
+	}
+	if f.OCIVersionMax != specs.Version || len(f.Hooks) != 6 {
+		t.Errorf("features %+v", f)
+	}
+}
+
+// TestLongSocketPath serves and calls the supervisor's socket in a
+// directory whose socket path is longer than a unix address holds, as
+// under containerd's runc shim with Docker's 64-byte IDs.
+func TestLongSocketPath(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("0123456789abcdef", 4))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, sockName)
+	if len(sock) <= maxSockPath {
+		t.Fatalf("%s is short enough for a plain address", sock)
+	}
+	l, err := listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("the socket is not at its path: %v", err)
+	}
+	go func() {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer func() { _ = c.Close() }()
+		var req request
+		if _, err := recv(c, &req); err == nil {
+			_ = send(c, response{Status: req.Op})
+		}
+	}()
+	resp, err := call(sock, request{Op: opState})
+	if err != nil || resp.Status != opState {
+		t.Fatalf("call: %+v, %v", resp, err)
+	}
+}
