@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -72,26 +74,34 @@ func copyEscaped(w io.Writer, path string) error {
 		return err
 	}
 	defer func() { _ = f.Close() }()
-	buf := make([]byte, 32<<10)
-	out := make([]byte, 0, 4*len(buf))
+	r := bufio.NewReaderSize(f, 32<<10)
+	bw := bufio.NewWriterSize(w, 32<<10)
 	for {
-		n, rerr := f.Read(buf)
-		out = out[:0]
-		for _, b := range buf[:n] {
-			if (b < 0x20 && b != '\n' && b != '\t') || b == 0x7f {
-				out = fmt.Appendf(out, `\x%02x`, b)
-				continue
-			}
-			out = append(out, b)
-		}
-		if _, err := w.Write(out); err != nil {
-			return err
-		}
-		if errors.Is(rerr, io.EOF) {
-			return nil
-		}
+		c, size, rerr := r.ReadRune()
 		if rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				return bw.Flush()
+			}
 			return rerr
+		}
+		switch {
+		case c == utf8.RuneError && size == 1:
+			// Not UTF-8: the byte itself, escaped.
+			if err := r.UnreadRune(); err != nil {
+				return err
+			}
+			b, _ := r.ReadByte()
+			_, err = fmt.Fprintf(bw, `\x%02x`, b)
+		case (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f:
+			_, err = fmt.Fprintf(bw, `\x%02x`, c)
+		case c >= 0x80 && c <= 0x9f:
+			// C1 controls (CSI is U+009B) drive terminals as ESC does.
+			_, err = fmt.Fprintf(bw, `\u%04x`, c)
+		default:
+			_, err = bw.WriteRune(c)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }

@@ -15,6 +15,8 @@ func TestCopyEscaped(t *testing.T) {
 		{"escape sequence", "\x1b[2Jgone\r\n", `\x1b[2Jgone\x0d` + "\n"},
 		{"nul and del", "a\x00b\x7f", `a\x00b\x7f`},
 		{"utf8 kept", "héllo\n", "héllo\n"},
+		{"c1 csi", "a\u009b2Jb", `a\u009b2Jb`},
+		{"not utf8", "a\xff\xc2b", `a\xff\xc2b`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "log")

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/otelttrpc"
 	"github.com/containerd/ttrpc"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -109,6 +110,19 @@ func (r *spanRing) take(n int) ([]*api.Span, uint64) {
 	return out, r.dropped
 }
 
+// otlpStatus is the OTLP status code (0 unset, 1 ok, 2 error: Span's
+// status_code) of an OpenTelemetry status code, which numbers ok and error
+// the other way round.
+func otlpStatus(c codes.Code) uint32 {
+	switch c {
+	case codes.Ok:
+		return 1
+	case codes.Error:
+		return 2
+	}
+	return 0
+}
+
 func toAPISpan(s sdktrace.ReadOnlySpan) *api.Span {
 	sc, parent := s.SpanContext(), s.Parent()
 	tid, sid := sc.TraceID(), sc.SpanID()
@@ -119,7 +133,7 @@ func toAPISpan(s sdktrace.ReadOnlySpan) *api.Span {
 		Kind:          uint32(s.SpanKind()),
 		StartUnixNano: uint64(s.StartTime().UnixNano()), //nolint:gosec // G115: the guest clock is after 1970
 		EndUnixNano:   uint64(s.EndTime().UnixNano()),   //nolint:gosec // G115: as above
-		StatusCode:    uint32(s.Status().Code),
+		StatusCode:    otlpStatus(s.Status().Code),
 		StatusMessage: s.Status().Description,
 	}
 	if parent.SpanID().IsValid() {

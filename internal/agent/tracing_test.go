@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -30,5 +31,16 @@ func TestSpanRingKeepsNewest(t *testing.T) {
 	}
 	if got, _ = r.take(10); len(got) != 0 {
 		t.Fatalf("empty ring gave %v", got)
+	}
+}
+
+// TestSpanStatusIsOTLP: a failed call's span reaches the host as an OTLP
+// error (2), an ok one as ok (1), whatever OpenTelemetry's own numbering.
+func TestSpanStatusIsOTLP(t *testing.T) {
+	for code, want := range map[codes.Code]uint32{codes.Unset: 0, codes.Ok: 1, codes.Error: 2} {
+		got := toAPISpan(tracetest.SpanStub{Name: "x", Status: sdktrace.Status{Code: code}}.Snapshot())
+		if got.GetStatusCode() != want {
+			t.Errorf("status %v: OTLP code %d, want %d", code, got.GetStatusCode(), want)
+		}
 	}
 }

@@ -5,8 +5,8 @@
 package launch
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,8 +22,8 @@ import (
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
-	"github.com/hull-runtime/hull/internal/modlist"
 	"github.com/hull-runtime/hull/internal/kvm"
+	"github.com/hull-runtime/hull/internal/modlist"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )

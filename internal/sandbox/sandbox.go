@@ -194,6 +194,10 @@ type Sandbox struct {
 	// guestSpans exports the guest's spans; nil without tracing. The
 	// relay loop runs until stopRelay, and closes relayDone.
 	guestSpans *tracing.Guest
+	// spanDrops counts the guest spans dropped, and spanWarned is when
+	// the last warning about them went out; used by shipSpans alone.
+	spanDrops  tracing.GuestResult
+	spanWarned time.Time
 	stopRelay  context.CancelFunc
 	relayDone  chan struct{}
 }
@@ -528,7 +532,11 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		// before it shuts down.
 		s.endRelay()
 		if s.guestSpans != nil && s.vmAlive() {
-			s.shipSpans(ctx, s.guestSpans)
+			// The last batch gets a short bound of its own: a slow
+			// collector must not hold up the stop.
+			sctx, cancel := context.WithTimeout(ctx, finalSpanTimeout)
+			s.shipSpans(sctx, s.guestSpans)
+			cancel()
 		}
 		if s.vmAlive() {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -17,6 +17,13 @@ import (
 // spanReadInterval is how often a traced sandbox fetches its guest's spans.
 const spanReadInterval = time.Second
 
+// spanWarnInterval spaces the warnings about dropped guest spans;
+// finalSpanTimeout bounds the last read and export of them at Stop.
+const (
+	spanWarnInterval = time.Minute
+	finalSpanTimeout = 3 * time.Second
+)
+
 // tracerName names the sandbox's spans' instrumentation scope.
 const tracerName = "github.com/hull-runtime/hull/internal/sandbox"
 
@@ -67,13 +74,29 @@ func (s *Sandbox) shipSpans(ctx context.Context, g *tracing.Guest) {
 	}
 	// Spans read out of the guest are exported even when the relay stops
 	// meanwhile: they exist nowhere else (the export has its own bound).
-	r, err := g.Export(context.WithoutCancel(ctx), resp.GetSpans())
+	// Only the stop's last batch is bounded by its caller's deadline.
+	ectx := context.WithoutCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ectx, cancel = context.WithDeadline(ectx, dl)
+		defer cancel()
+	}
+	r, err := g.Export(ectx, resp.GetSpans())
+	s.spanDrops.Malformed += r.Malformed
+	s.spanDrops.Unknown += r.Unknown
+	s.spanDrops.Limited += r.Limited
+	// What the guest sends decides how often this would log: at most a
+	// line a minute, with the totals so far.
+	if (err == nil && r.Malformed+r.Unknown+r.Limited == 0) || time.Since(s.spanWarned) < spanWarnInterval {
+		return
+	}
+	s.spanWarned = time.Now()
 	e := log.G(ctx).WithFields(log.Fields{
-		"sandbox": s.id, "exported": r.Exported, "malformed": r.Malformed, "unknown_trace": r.Unknown, "limited": r.Limited,
+		"sandbox": s.id, "malformed_total": s.spanDrops.Malformed, "unknown_trace_total": s.spanDrops.Unknown, "limited_total": s.spanDrops.Limited,
 	})
 	if err != nil {
 		e.WithError(err).Warn("exporting the guest's spans")
-	} else if r.Malformed+r.Unknown+r.Limited > 0 {
+	} else {
 		e.Warn("dropped guest spans")
 	}
 }

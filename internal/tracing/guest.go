@@ -11,6 +11,7 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
 )
@@ -22,6 +23,11 @@ const (
 	// are dropped.
 	GuestSpanBurst      = 1024
 	GuestSpansPerSecond = 256
+	// GuestBytesBurst and GuestBytesPerSecond bound the same in bytes
+	// (each span's OTLP encoding): at most 64 KiB a second of guest spans
+	// per sandbox reach the collector, whatever their size.
+	GuestBytesBurst     = 512 << 10
+	GuestBytesPerSecond = 64 << 10
 	// MaxGuestSpansPerRead is the most spans taken from one read.
 	MaxGuestSpansPerRead = 256
 	maxNameLen           = 256
@@ -46,9 +52,10 @@ type Guest struct {
 	now   func() time.Time
 
 	mu sync.Mutex
-	// tokens and last are the rate limit's bucket; guarded by mu.
-	tokens float64
-	last   time.Time
+	// tokens and bytes are the rate limits' buckets, refilled since last;
+	// guarded by mu.
+	tokens, bytes float64
+	last          time.Time
 }
 
 // Guest returns the relay of the sandbox sandboxID's guest spans. known
@@ -67,6 +74,7 @@ func (e *Exporter) Guest(sandboxID string, known func(trace.TraceID) bool) *Gues
 		known:  known,
 		now:    time.Now,
 		tokens: GuestSpanBurst,
+		bytes:  GuestBytesBurst,
 	}
 }
 
@@ -101,6 +109,10 @@ func (g *Guest) Export(ctx context.Context, spans []*api.Span) (GuestResult, err
 			r.Unknown++
 			continue
 		}
+		if !g.takeBytes(proto.Size(ps)) {
+			r.Limited++
+			continue
+		}
 		out = append(out, ps)
 	}
 	r.Exported = len(out)
@@ -114,14 +126,35 @@ func (g *Guest) Export(ctx context.Context, spans []*api.Span) (GuestResult, err
 func (g *Guest) take(n int) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.now()
-	if !g.last.IsZero() {
-		g.tokens = min(GuestSpanBurst, g.tokens+now.Sub(g.last).Seconds()*GuestSpansPerSecond)
-	}
-	g.last = now
+	g.refill()
 	got := min(n, int(g.tokens))
 	g.tokens -= float64(got)
 	return got
+}
+
+// takeBytes draws n bytes from the byte limit, or nothing when fewer are
+// left.
+func (g *Guest) takeBytes(n int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.refill()
+	if float64(n) > g.bytes {
+		return false
+	}
+	g.bytes -= float64(n)
+	return true
+}
+
+// refill adds to both buckets what the time since the last draw earned;
+// the caller holds mu.
+func (g *Guest) refill() {
+	now := g.now()
+	if !g.last.IsZero() {
+		d := now.Sub(g.last).Seconds()
+		g.tokens = min(GuestSpanBurst, g.tokens+d*GuestSpansPerSecond)
+		g.bytes = min(GuestBytesBurst, g.bytes+d*GuestBytesPerSecond)
+	}
+	g.last = now
 }
 
 // convert checks one guest span and turns it into OTLP's form.

@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
 )
@@ -140,5 +141,49 @@ func TestGuestRateLimit(t *testing.T) {
 	}
 	if r.Exported != GuestSpansPerSecond || r.Limited != len(batch)-GuestSpansPerSecond {
 		t.Fatalf("a second later: %+v, want %d exported and the rest limited", r, GuestSpansPerSecond)
+	}
+}
+
+// TestGuestByteLimit: large spans are limited by their bytes, not only by
+// their number.
+func TestGuestByteLimit(t *testing.T) {
+	g, u := newTestGuest()
+	now := time.Unix(1000, 0)
+	g.now = func() time.Time { return now }
+	big := func() *api.Span {
+		s := goodSpan("big")
+		s.Attributes = nil
+		for i := range maxAttributes {
+			s.Attributes = append(s.Attributes, &api.Attribute{Key: strings.Repeat("k", maxKeyLen-3) + string(rune('a'+i%26)) + "xy", Value: strings.Repeat("v", maxValueLen)})
+		}
+		return s
+	}
+	batch := make([]*api.Span, 100)
+	for i := range batch {
+		batch[i] = big()
+	}
+	sent := func() int {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		n := 0
+		for _, rs := range u.got {
+			n += proto.Size(rs)
+		}
+		u.got = nil
+		return n
+	}
+	r, err := g.Export(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Exported == 0 || r.Limited == 0 || sent() > GuestBytesBurst+4096 {
+		t.Fatalf("at one instant: %+v; want some exported, the rest limited, at most the byte burst sent", r)
+	}
+	now = now.Add(time.Second)
+	if r, err = g.Export(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	if n := sent(); r.Exported == 0 || n > GuestBytesPerSecond+4096 {
+		t.Fatalf("a second later: %+v, %d bytes sent; want at most %d", r, n, GuestBytesPerSecond)
 	}
 }
