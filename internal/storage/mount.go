@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bufio"
+	"io"
 	"errors"
 	"fmt"
 	"os"
@@ -221,8 +222,13 @@ func mountsUnder(dir string) ([]string, error) {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }()
+	return parseMountsUnder(f, dir)
+}
+
+// parseMountsUnder is mountsUnder reading mountinfo from r.
+func parseMountsUnder(r io.Reader, dir string) ([]string, error) {
 	var points []string
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
