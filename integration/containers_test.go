@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/sandbox"
@@ -117,9 +118,17 @@ func TestContainer(t *testing.T) {
 		if err := ctr.Update(ctx, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}); err != nil {
 			t.Errorf("update: %v", err)
 		}
-		stats, err := ctr.Stats(ctx)
-		if err != nil {
-			t.Fatalf("stats: %v", err)
+		// Right after Start the container's init may still be
+		// libcontainer's (a Go process with several threads, which
+		// pids.current counts) until it has executed sleep.
+		var stats *agent.StatsResponse
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if stats, err = ctr.Stats(ctx); err != nil {
+				t.Fatalf("stats: %v", err)
+			}
+			if stats.GetPids().GetCurrent() == 1 || time.Now().After(deadline) {
+				break
+			}
 		}
 		if stats.GetMemory().GetLimit() != uint64(limit) || stats.GetPids().GetCurrent() != 1 {
 			t.Errorf("stats: memory limit %d, pids %d; want %d, 1", stats.GetMemory().GetLimit(), stats.GetPids().GetCurrent(), limit)
