@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // Debian's Docker (docker.io): never another docker found on PATH.
@@ -217,7 +218,10 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 	}
 	if des, err := os.ReadDir(stateRoot); err == nil {
 		for _, de := range des {
-			left = append(left, "state "+filepath.Join(stateRoot, de.Name()))
+			// The node's boot slots stay, empty lock files.
+			if p := filepath.Join(stateRoot, de.Name()); p != sandbox.BootSlotsDir(stateRoot) {
+				left = append(left, "state "+p)
+			}
 		}
 	}
 	if runtimeRoot != "" {
