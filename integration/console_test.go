@@ -288,7 +288,10 @@ func TestDebugConsoleHullRun(t *testing.T) {
 	}
 	// From the VM, root can end the container: hull run then ends with
 	// its status and tears everything down.
-	if _, stderr, code := hullExec(t, cfgPath, "run-console", strings.NewReader("kill -KILL $(pidof sleep)\n")); code != 0 {
+	// The VM may be gone before the console reports its shell's status:
+	// that ends the session without one, which is no failure here.
+	if _, stderr, code := hullExec(t, cfgPath, "run-console", strings.NewReader("kill -KILL $(pidof sleep)\n")); code != 0 &&
+		!strings.Contains(stderr, "the console ended, its shell's status is unknown") {
 		t.Fatalf("hull exec kill: status %d, stderr %q", code, stderr)
 	}
 	select {
