@@ -590,3 +590,18 @@ func writeFile(file, data string) error {
 	}
 	return err
 }
+
+// MoveCharges has the memory that a process already uses move with it into
+// the group, on cgroup v1 (memory.move_charge_at_immigrate: anonymous and
+// file pages). cgroup v2 never moves charges: what a process used before
+// it moved stays charged where it was, and MoveCharges does nothing.
+func (g *Group) MoveCharges() error {
+	if g.fs.Unified != "" {
+		return nil
+	}
+	d := g.dir("memory")
+	if d == "" {
+		return nil
+	}
+	return writeIfExists(filepath.Join(d, "memory.move_charge_at_immigrate"), "3")
+}
