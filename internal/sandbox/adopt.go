@@ -333,11 +333,12 @@ func (s *Sandbox) moveStateDir(cfg Config) error {
 
 // moveCgroup moves virtiofsd and the VM into the pod's cgroup, made (or
 // found) with the limits of cfg's VM size as Start's would be, rewrites the
-// record, and removes the warm cgroup. On cgroup v1 the memory the warm
-// processes use moves with them (MoveCharges); on cgroup v2 it stays
-// charged to the warm cgroup's ancestors (the factory's), and the pod's
-// cgroup is charged from the adoption on. On error the processes are put
-// back and the pod's cgroup removed.
+// record, and removes the warm cgroup. On cgroup v1 kernels that still can,
+// the memory the warm processes use moves with them (MoveCharges); on
+// cgroup v2 (and recent v1 kernels, which removed charge moving) it stays charged to the warm
+// cgroup's ancestors (the factory's), and the pod's cgroup is charged from
+// the adoption on. On error the processes are put back and the pod's
+// cgroup removed.
 func (s *Sandbox) moveCgroup(ctx context.Context, cfg Config) error {
 	r, err := hypervisor.AsRelocator(s.vm)
 	if err != nil {
@@ -348,7 +349,8 @@ func (s *Sandbox) moveCgroup(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := hc.g.MoveCharges(); err != nil {
+	moved, err := hc.g.MoveCharges()
+	if err != nil {
 		return errors.Join(err, hc.g.Delete())
 	}
 	// virtiofsd first: on a systemd host its move starts the pod's scope,
@@ -369,7 +371,7 @@ func (s *Sandbox) moveCgroup(ctx context.Context, cfg Config) error {
 		s.retiredCgroups = append(s.retiredCgroups, old.g)
 	}
 	log.G(ctx).WithFields(log.Fields{
-		"sandbox": cfg.ID, "cgroup": hc.g.Path(), "warm_cgroup": old.g.Path(), "created": hc.g.Created(),
+		"sandbox": cfg.ID, "cgroup": hc.g.Path(), "warm_cgroup": old.g.Path(), "created": hc.g.Created(), "charges_moved": moved,
 		"memory_limit_mib": cfg.VM.MemoryMiB + cfg.Cgroup.MemoryOverheadMiB,
 	}).Debug("sandbox moved to the pod's cgroup")
 	return nil
