@@ -176,6 +176,12 @@ func TestAdoptWarmSandbox(t *testing.T) {
 			t.Errorf("guest MemTotal %d MiB, want it grown to about 768", d.GetMemoryTotalBytes()>>20)
 		}
 
+		// The agent's lines after the move are the pod's, in its directory
+		// (the host's field, not the guest's "guest.sandbox").
+		if b, err := os.ReadFile(filepath.Join(wantDir, sandbox.AgentLogName)); err != nil || !strings.Contains(string(b), " sandbox="+pc.ID) {
+			t.Errorf("agent.log in the pod's directory (%v) has no line of sandbox %s:\n%s", err, pc.ID, b)
+		}
+
 		stopped = true
 		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
 			t.Errorf("stopping: %v", err)

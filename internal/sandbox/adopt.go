@@ -322,6 +322,9 @@ func (s *Sandbox) moveStateDir(cfg Config) error {
 		return err
 	}
 	s.id, s.stateDir = cfg.ID, dir
+	if s.client != nil {
+		s.client.SetLog(s.agentLogEntry(cfg.ID))
+	}
 	// The guest's spans go out under the pod's ID, through the pod's
 	// exporter.
 	if s.guestSpans != nil && cfg.Tracing != nil {
