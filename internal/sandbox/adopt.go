@@ -318,6 +318,14 @@ func (s *Sandbox) moveStateDir(cfg Config) error {
 		inner := move
 		move = func() error { return d.MoveDir(old, dir, inner) }
 	}
+	// The span relay names the sandbox: it stops before the ID changes,
+	// and starts again under the pod's ID, through the pod's exporter (a
+	// failed adoption leaves it stopped; Stop is next). The guest keeps
+	// the spans meanwhile.
+	relay := s.guestSpans != nil && cfg.Tracing != nil
+	if relay {
+		s.endRelay()
+	}
 	if err := r.MoveStateDir(dir, move); err != nil {
 		return err
 	}
@@ -325,10 +333,7 @@ func (s *Sandbox) moveStateDir(cfg Config) error {
 	if s.client != nil {
 		s.client.SetLog(s.agentLogEntry(cfg.ID))
 	}
-	// The guest's spans go out under the pod's ID, through the pod's
-	// exporter.
-	if s.guestSpans != nil && cfg.Tracing != nil {
-		s.endRelay()
+	if relay {
 		s.startRelay(cfg.Tracing)
 	}
 	return writeRecord(dir, s.record())

@@ -351,7 +351,7 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
 	}
-	go s.oomLoop()
+	go s.oomLoop(s.id)
 	return s, nil
 }
 
