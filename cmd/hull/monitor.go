@@ -28,7 +28,9 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 			"Prometheus' text format: each scrape reads the metrics endpoint that every shim serves\n" +
 			"in its sandbox's state directory (runtime.state_dir), in parallel, each within\n" +
 			"--shim-timeout. Series are named hull_* and labelled with the sandbox and, for CRI\n" +
-			"pods, pod_name, pod_namespace and pod_uid (docs/observability.md).",
+			"pods, pod_name, pod_namespace and pod_uid; the node's counts of sandbox and container\n" +
+			"starts by result (hull_sandbox_starts_total, hull_container_starts_total) come from\n" +
+			"the counts file every start updates in the state directory (docs/observability.md).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
