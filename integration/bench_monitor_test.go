@@ -23,9 +23,10 @@ import (
 var benchMonitorSandboxes = []int{1, 20}
 
 // BenchmarkMonitorScrape measures one scrape of `hull monitor` (Monitor's
-// Gather) over N running sandboxes, each a real VM with its agent whose
-// metrics endpoint serves the sandbox as the shim does (SandboxSource, the
-// guest's counters from the agent). It reports the scrape with the guest's
+// Gather) over N running sandboxes, each a real VM (the hull kernel's
+// image, HULL_TEST_ASSETS_HULLKERNEL: the smallest and quickest boot) with
+// its agent whose metrics endpoint serves the sandbox as the shim does
+// (SandboxSource, the guest's counters from the agent). It reports the scrape with the guest's
 // numbers cached (scrape-ms: scrapes closer together than
 // podmetrics.GuestCacheFor) and one scrape that asks every agent
 // (cold-scrape-ms), the CPU time of a cached scrape (cpu-ms/scrape), and
@@ -48,7 +49,9 @@ func BenchmarkMonitorScrape(b *testing.B) {
 }
 
 func benchMonitorScrape(b *testing.B, n int) {
+	assets, _ := hullKernelAssets(b)
 	c := testConfig(b)
+	c.Image.AssetsDir = assets
 	c.Hypervisor.MemoryMiB = 256
 	// Many TCG boots on a loaded machine: room to reach the agent.
 	c.Agent.DialTimeout = config.Duration{Duration: 3 * time.Minute}

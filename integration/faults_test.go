@@ -57,7 +57,7 @@ func TestStateDirFull(t *testing.T) {
 	}
 	ents, _ := os.ReadDir(root)
 	for _, e := range ents {
-		if filepath.Join(root, e.Name()) != sandbox.BootSlotsDir(root) {
+		if !sandbox.IsNodeState(e.Name()) {
 			t.Errorf("the failed start left %s", e.Name())
 		}
 	}

@@ -122,8 +122,9 @@ func assertNoLeaks(t testing.TB, c *config.Config) {
 	if entries, err := os.ReadDir(root); err == nil {
 		names := []string{}
 		for _, e := range entries {
-			// The node's boot slots stay: lock files, held by no one.
-			if filepath.Join(root, e.Name()) != sandbox.BootSlotsDir(root) {
+			// The node's boot slots (lock files, held by no one) and
+			// start counts stay.
+			if !sandbox.IsNodeState(e.Name()) {
 				names = append(names, e.Name())
 			}
 		}

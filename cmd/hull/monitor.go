@@ -28,7 +28,9 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 			"Prometheus' text format: each scrape reads the metrics endpoint that every shim serves\n" +
 			"in its sandbox's state directory (runtime.state_dir), in parallel, each within\n" +
 			"--shim-timeout. Series are named hull_* and labelled with the sandbox and, for CRI\n" +
-			"pods, pod_name, pod_namespace and pod_uid (docs/observability.md).",
+			"pods, pod_name, pod_namespace and pod_uid; the node's counts of sandbox and container\n" +
+			"starts by result (hull_sandbox_starts_total, hull_container_starts_total) come from\n" +
+			"the counts file every start updates in the state directory (docs/observability.md).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -36,7 +38,7 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := podmetrics.NewMonitor(c.Runtime.StateDir)
+			m, err := podmetrics.NewMonitor(c.Runtime.StateDir, monitorOptions()...)
 			if err != nil {
 				return err
 			}
@@ -71,3 +73,9 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 	cmd.Flags().IntVar(&parallel, "parallel", podmetrics.DefaultParallel, "shims scraped at a time")
 	return cmd
 }
+
+// monitorOptions are the monitor's sources beyond the node's sandboxes.
+// The VM factory's status joins here, once a factory serves one, through
+// podmetrics.WithFactorySource; until then the monitor serves no
+// hull_factory_* series.
+func monitorOptions() []podmetrics.Option { return nil }

@@ -249,7 +249,7 @@ func (d *daemon) leftovers() []string {
 	}
 	if des, err := os.ReadDir(d.stateRoot); err == nil {
 		for _, de := range des {
-			if p := filepath.Join(d.stateRoot, de.Name()); p != sandbox.BootSlotsDir(d.stateRoot) {
+			if p := filepath.Join(d.stateRoot, de.Name()); !sandbox.IsNodeState(de.Name()) {
 				left = append(left, "state "+p)
 			}
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/startcount"
 )
 
 // handler is a CRI runtime handler the daemons configure.
@@ -274,9 +275,13 @@ func (d *daemon) stop(t testing.TB) {
 	}
 	// containerd leaves its snapshot mounts behind when it stops.
 	_, _ = command("umount", "-R", filepath.Join(d.dir, "root"))
-	// The boot slots are lock files, free once the shims are gone.
+	// The boot slots are lock files, free once the shims are gone; the
+	// start counts are the daemon's.
 	if err := os.RemoveAll(sandbox.BootSlotsDir(d.stateRoot)); err != nil {
 		t.Errorf("boot slots: %v", err)
+	}
+	if err := os.Remove(startcount.Path(d.stateRoot)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("start counts: %v", err)
 	}
 	if err := os.Remove(d.stateRoot); err != nil {
 		t.Errorf("hull state root: %v", err)

@@ -153,6 +153,33 @@ func TestCRIMonitor(t *testing.T) {
 			t.Errorf("hull list: %+v; want VMM %d, a size, host RSS and 2 containers", e, info.Pid)
 		}
 	}
+	// A pod whose VM never reaches its agent (a dial bound no boot meets)
+	// fails to start and leaves no shim: the node's start counts still
+	// have it.
+	failing := strings.Replace(cfg, `dial_timeout = "90s"`, `dial_timeout = "1ms"`+"\ndial_timeout_max_scale = 1", 1)
+	if err := os.WriteFile(hullConfig, []byte(failing), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.runPodSandbox(s.podConfig("mon-fail"), hull.name); err == nil {
+		s.fail(st.logFrom, "RunPodSandbox mon-fail started a pod whose agent dial bound is 1 ms")
+	}
+	if err := os.WriteFile(hullConfig, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Two pods of two containers each (the sandbox's and the app)
+	// started; one sandbox start failed, before any container of it.
+	for q, want := range map[string]float64{
+		`hull_sandbox_starts_total{result="ok"}`:      2,
+		`hull_sandbox_starts_total{result="error"}`:   1,
+		`hull_container_starts_total{result="ok"}`:    4,
+		`hull_container_starts_total{result="error"}`: 0,
+	} {
+		waitFor(t, 30*time.Second, fmt.Sprintf("Prometheus to have %s = %v", q, want), func() bool {
+			got := prom.query(t, q)
+			return len(got) == 1 && got[0].Value == want
+		})
+	}
+
 	// hull logs shows the VM's console and the agent's log.
 	logs, err := exec.Command(hullBin, "--config", hullConfig, "logs", pods["mon-a"].id).Output()
 	if err != nil {

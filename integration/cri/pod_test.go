@@ -411,7 +411,7 @@ func (s *session) leftovers() []string {
 	}
 	if des, err := os.ReadDir(s.d.stateRoot); err == nil {
 		for _, de := range des {
-			if p := filepath.Join(s.d.stateRoot, de.Name()); p != sandbox.BootSlotsDir(s.d.stateRoot) {
+			if p := filepath.Join(s.d.stateRoot, de.Name()); !sandbox.IsNodeState(de.Name()) {
 				left = append(left, "hull state "+p)
 			}
 		}

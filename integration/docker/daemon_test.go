@@ -218,8 +218,9 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 	}
 	if des, err := os.ReadDir(stateRoot); err == nil {
 		for _, de := range des {
-			// The node's boot slots stay, empty lock files.
-			if p := filepath.Join(stateRoot, de.Name()); p != sandbox.BootSlotsDir(stateRoot) {
+			// The node's boot slots (empty lock files) and start
+			// counts stay.
+			if p := filepath.Join(stateRoot, de.Name()); !sandbox.IsNodeState(de.Name()) {
 				left = append(left, "state "+p)
 			}
 		}

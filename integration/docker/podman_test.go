@@ -144,7 +144,7 @@ func TestPodman(t *testing.T) {
 		}
 		des, err := os.ReadDir(p.stateRoot)
 		des = slices.DeleteFunc(des, func(de os.DirEntry) bool {
-			return filepath.Join(p.stateRoot, de.Name()) == sandbox.BootSlotsDir(p.stateRoot)
+			return sandbox.IsNodeState(de.Name())
 		})
 		if err != nil || len(des) != 1 {
 			t.Errorf("hull's state root holds %d sandboxes (%v), want the container's", len(des), err)

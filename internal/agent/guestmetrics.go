@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // Bounds of GuestMetrics: the /proc bytes read per file and the devices
@@ -78,25 +79,10 @@ func parseGuestMemory(b []byte) *api.GuestMemory {
 		"Buffers": &m.BuffersBytes, "Cached": &m.CachedBytes, "Shmem": &m.ShmemBytes, "Slab": &m.SlabBytes,
 		"SwapTotal": &m.SwapTotalBytes, "SwapFree": &m.SwapFreeBytes,
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		dst := fields[k]
-		if !ok || dst == nil {
-			continue
+	for k, n := range procfs.ParseKB(b) {
+		if dst := fields[k]; dst != nil {
+			*dst = n
 		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(f) > 1 && f[1] == "kB" {
-			n <<= 10
-		}
-		*dst = n
 	}
 	return m
 }

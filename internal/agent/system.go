@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"math"
@@ -18,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/procfs"
 	"github.com/hull-runtime/hull/internal/version"
 )
 
@@ -142,30 +141,8 @@ func meminfo(path string) (total, avail uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(f) > 1 && f[1] == "kB" {
-			n <<= 10
-		}
-		switch k {
-		case "MemTotal":
-			total = n
-		case "MemAvailable":
-			avail = n
-		}
-	}
+	kb := procfs.ParseKB(b)
+	total, avail = kb["MemTotal"], kb["MemAvailable"]
 	if total == 0 {
 		return 0, 0, fmt.Errorf("%s: no MemTotal", path)
 	}

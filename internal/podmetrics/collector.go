@@ -12,6 +12,7 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // Defaults of the Collector's guest reads.
@@ -33,12 +34,6 @@ type Guest struct {
 	Containers map[string]*agent.StatsResponse
 }
 
-// Phase is one named step of a sandbox's start.
-type Phase struct {
-	Name string
-	Took time.Duration
-}
-
 // Source is where a Collector reads one sandbox. Every function may be
 // called concurrently with the sandbox's life; nil ones are skipped.
 type Source struct {
@@ -50,7 +45,7 @@ type Source struct {
 	// Guest asks the agent.
 	Guest func(ctx context.Context) (Guest, error)
 	// BootPhases are the steps of the sandbox's start.
-	BootPhases func() []Phase
+	BootPhases func() []sandbox.Phase
 	// Size is the VM's vCPUs and memory.
 	Size func() (vcpus, memoryMiB uint32)
 	// DroppedLogLines counts the agent log lines the host dropped.

@@ -10,7 +10,8 @@
 //
 // The Monitor (`hull monitor`) finds the sandboxes of a node by listing the
 // state root, scrapes every shim's socket in parallel with a bound and a
-// per-shim timeout, and serves the merged families.
+// per-shim timeout, and serves the merged families, with the node's start
+// counts (package startcount) and, given a source, a VM factory's status.
 //
 // The guest's numbers are untrusted: they only ever become sample values
 // and, sanitized and bounded in length and count, label values of labels
@@ -20,5 +21,6 @@
 // Files: proc.go (host processes), collector.go (one sandbox's metrics),
 // labels.go (label values from untrusted input), sandbox.go (a running
 // sandbox as a Source), server.go (the shim's endpoint), monitor.go (the
-// node's scraper).
+// node's scraper), starts.go (the node's start counts), factory.go (a VM
+// factory's pool and claims).
 package podmetrics

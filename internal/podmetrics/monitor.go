@@ -53,8 +53,27 @@ type Monitor struct {
 	took      prometheus.Gauge
 }
 
-// NewMonitor returns a monitor of the sandboxes under stateRoot.
-func NewMonitor(stateRoot string) (*Monitor, error) {
+// Option configures a Monitor.
+type Option func(*monitorOptions)
+
+type monitorOptions struct {
+	factory FactorySource
+}
+
+// WithFactorySource makes the monitor read a VM factory's status at each
+// scrape and serve it (FactoryCollector): the hook the node's factory
+// plugs into.
+func WithFactorySource(src FactorySource) Option {
+	return func(o *monitorOptions) { o.factory = src }
+}
+
+// NewMonitor returns a monitor of the sandboxes under stateRoot, which
+// also serves the node's start counts there (package startcount).
+func NewMonitor(stateRoot string, opts ...Option) (*Monitor, error) {
+	var o monitorOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	m := &Monitor{
 		StateRoot: stateRoot,
 		reg:       prometheus.NewRegistry(),
@@ -62,7 +81,11 @@ func NewMonitor(stateRoot string) (*Monitor, error) {
 		failures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "hull_monitor_shim_scrape_failures_total", Help: "Shim scrapes that failed or timed out."}),
 		took:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "hull_monitor_scrape_duration_seconds", Help: "Duration of the last scrape of all shims."}),
 	}
-	for _, c := range []prometheus.Collector{m.sandboxes, m.failures, m.took} {
+	own := []prometheus.Collector{m.sandboxes, m.failures, m.took, newStartsCollector(stateRoot)}
+	if o.factory != nil {
+		own = append(own, NewFactoryCollector(o.factory))
+	}
+	for _, c := range own {
 		if err := m.reg.Register(c); err != nil {
 			return nil, err
 		}

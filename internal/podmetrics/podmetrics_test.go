@@ -15,6 +15,7 @@ import (
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/child"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 func self(t *testing.T) child.Process {
@@ -92,7 +93,7 @@ func serveFake(t *testing.T, root, id string, guest func(context.Context) (Guest
 	col := NewCollector(LabelsFor(id, map[string]string{annotationPodName: "pod-" + id, annotationPodNamespace: "ns", annotationPodUID: "uid-" + id}), Source{
 		HostProcesses: func() map[string]child.Process { return map[string]child.Process{"vmm": p} },
 		Guest:         guest,
-		BootPhases:    func() []Phase { return []Phase{{Name: "start vm", Took: time.Second}} },
+		BootPhases:    func() []sandbox.Phase { return []sandbox.Phase{{Name: "start vm", Took: time.Second}} },
 		Size:          func() (uint32, uint32) { return 2, 512 },
 	})
 	col.ObserveRPC("/hull.agent.v1.System/Health", time.Millisecond, nil)

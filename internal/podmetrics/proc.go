@@ -1,7 +1,6 @@
 package podmetrics
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hull-runtime/hull/internal/child"
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times.
@@ -53,11 +53,11 @@ func ReadProc(p child.Process, withPSS bool) (ProcUsage, error) {
 	if b, err = readBounded(dir + "/status"); err != nil {
 		return ProcUsage{}, err
 	}
-	st := parseKB(b)
+	st := procfs.ParseKB(b)
 	u.RSSBytes, u.Threads = st["VmRSS"], st["Threads"]
 	if withPSS {
 		if b, err := readBounded(dir + "/smaps_rollup"); err == nil {
-			u.PSSBytes = parseKB(b)["Pss"]
+			u.PSSBytes = procfs.ParseKB(b)["Pss"]
 		}
 	}
 	u.FDs, _ = countDir(dir + "/fd")
@@ -75,7 +75,7 @@ func RSS(pid int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return parseKB(b)["VmRSS"], nil
+	return procfs.ParseKB(b)["VmRSS"], nil
 }
 
 func readBounded(path string) ([]byte, error) {
@@ -106,31 +106,6 @@ func parseStatCPU(b []byte) (float64, error) {
 		return 0, err
 	}
 	return float64(ut+st) / clockTicks, nil
-}
-
-// parseKB reads "Key: value [kB]" lines; kB values become bytes.
-func parseKB(b []byte) map[string]uint64 {
-	m := map[string]uint64{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		if len(f) > 1 && f[1] == "kB" {
-			n <<= 10
-		}
-		m[k] = n
-	}
-	return m
 }
 
 // countDir counts a directory's entries without holding them all.

@@ -22,13 +22,7 @@ func SandboxSource(sb *sandbox.Sandbox) Source {
 			}
 			return Guest{Metrics: m, Containers: map[string]*agent.StatsResponse{}}, nil
 		},
-		BootPhases: func() []Phase {
-			var out []Phase
-			for _, p := range sb.BootPhases() {
-				out = append(out, Phase{Name: p.Name, Took: p.Took})
-			}
-			return out
-		},
+		BootPhases:      sb.BootPhases,
 		DroppedLogLines: sb.Agent().DroppedLogLines,
 	}
 }

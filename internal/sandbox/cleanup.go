@@ -18,6 +18,7 @@ import (
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/netpod"
+	"github.com/hull-runtime/hull/internal/startcount"
 	"github.com/hull-runtime/hull/internal/storage"
 )
 
@@ -95,6 +96,11 @@ const bootSlotsName = ".boot-slots"
 // BootSlotsDir is where the runtimes sharing stateRoot keep their boot
 // slots.
 func BootSlotsDir(stateRoot string) string { return filepath.Join(stateRoot, bootSlotsName) }
+
+// IsNodeState says whether name, an entry of a state root, is node-wide
+// state that belongs to no sandbox and outlives them all: the boot slots
+// and the start counts (package startcount).
+func IsNodeState(name string) bool { return name == bootSlotsName || name == startcount.Name }
 
 // maxPlainDirName is the longest sandbox ID used as its state directory's
 // name as it is. Longer IDs get a hashed name of one byte more, so that a
@@ -186,7 +192,7 @@ func CleanupAll(ctx context.Context, stateRoot string) error {
 	}
 	var errs []error
 	for _, e := range ents {
-		if e.IsDir() && e.Name() != bootSlotsName {
+		if e.IsDir() && !IsNodeState(e.Name()) {
 			errs = append(errs, cleanupDir(ctx, filepath.Join(stateRoot, e.Name()), e.Name()))
 		}
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
+	"github.com/hull-runtime/hull/internal/startcount"
 	"github.com/hull-runtime/hull/internal/storage"
 	"github.com/hull-runtime/hull/internal/tracing"
 	"github.com/hull-runtime/hull/internal/virtiofs"
@@ -269,7 +270,17 @@ func (c cleanups) run(ctx context.Context) error {
 // error everything it made is undone. A vsock VM whose guest CID is taken
 // is started again with another; one whose vsock device fails is started
 // again over serial when cfg.VsockFallback allows (startAttempts).
-func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
+//
+// Every start under an absolute state root, successful or not, is counted
+// in the node's start counts there (package startcount).
+func Start(ctx context.Context, cfg Config) (sb *Sandbox, err error) {
+	if filepath.IsAbs(cfg.StateRoot) {
+		defer func() {
+			if cerr := startcount.Add(startcount.Path(cfg.StateRoot), startcount.SandboxEvent(err)); cerr != nil {
+				log.G(ctx).WithError(cerr).Warn("counting a sandbox start")
+			}
+		}()
+	}
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
@@ -733,7 +744,7 @@ const maxIDLen = 160
 // locationErrors checks a sandbox ID and state root.
 func locationErrors(id, stateRoot string) []error {
 	var errs []error
-	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || id == bootSlotsName || len(id) > maxIDLen {
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." || IsNodeState(id) || len(id) > maxIDLen {
 		errs = append(errs, fmt.Errorf("bad sandbox id %q", id))
 	}
 	if !filepath.IsAbs(stateRoot) {

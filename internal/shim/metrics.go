@@ -9,6 +9,7 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/podmetrics"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/startcount"
 )
 
 // maxStatsContainers bounds the containers whose guest statistics one
@@ -53,13 +54,19 @@ func (s *service) stopMetrics(ctx context.Context) {
 }
 
 // countContainer counts a container start, or a failed create or start,
-// once the sandbox's collector exists.
-func (s *service) countContainer(err error) {
+// once the sandbox runs: in the sandbox's collector and in the node's start
+// counts (package startcount), which outlive this shim.
+func (s *service) countContainer(ctx context.Context, err error) {
 	s.mu.Lock()
-	col := s.collector
+	col, stateRoot := s.collector, s.stateRoot
 	s.mu.Unlock()
 	if col != nil {
 		col.ContainerStarted(err)
+	}
+	if stateRoot != "" {
+		if cerr := startcount.Add(startcount.Path(stateRoot), startcount.ContainerEvent(err)); cerr != nil {
+			log.G(ctx).WithError(cerr).Warn("counting a container start")
+		}
 	}
 }
 

@@ -139,7 +139,7 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *taskapi.CreateTaskResponse, retErr error) {
 	defer func() {
 		if retErr != nil {
-			s.countContainer(retErr)
+			s.countContainer(ctx, retErr)
 		}
 	}()
 	if r.Checkpoint != "" || r.ParentCheckpoint != "" {
@@ -487,10 +487,10 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 		return s.startExec(ctx, c, r.ExecID)
 	}
 	if err := c.c.Start(ctx); err != nil {
-		s.countContainer(err)
+		s.countContainer(ctx, err)
 		return nil, err
 	}
-	s.countContainer(nil)
+	s.countContainer(ctx, nil)
 	c.init.markRunning()
 	pid := s.pidOf(c.init)
 	s.events.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: pid})
