@@ -17,6 +17,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/startcount"
 )
 
 // startWarm boots a warm sandbox as a VM factory would: a placeholder ID,
@@ -120,9 +121,13 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		pc.NetNS = filepath.Join("/run/netns", pod.name)
 		pc.Hostname = "adopted-pod"
 		pc.VM.MemoryMiB = 768
+		before := readStartCounts(t, c.Runtime.StateDir)
 		start := time.Now()
 		if err := sb.Adopt(ctx, pc); err != nil {
 			t.Fatalf("adopting: %v", err)
+		}
+		if after := readStartCounts(t, c.Runtime.StateDir); after.SandboxOK != before.SandboxOK+1 || after.SandboxError != before.SandboxError {
+			t.Errorf("start counts went from %+v to %+v, want one more started sandbox", before, after)
 		}
 		t.Logf("adopted in %s: %v", time.Since(start).Round(time.Millisecond), sb.BootPhases())
 		if sb.Warm() || sb.ID() != pc.ID {
@@ -287,4 +292,14 @@ func TestAdoptWarmSandbox(t *testing.T) {
 			}
 		}
 	})
+}
+
+// readStartCounts reads the node's start counts under stateRoot.
+func readStartCounts(t *testing.T, stateRoot string) startcount.Counts {
+	t.Helper()
+	c, err := startcount.Read(startcount.Path(stateRoot))
+	if err != nil {
+		t.Fatalf("reading the start counts: %v", err)
+	}
+	return c
 }

@@ -124,8 +124,11 @@ func (s *Sandbox) Warm() bool {
 // network, debug consoles) and grows the VM to cfg.VM's size. Its phases
 // (BootPhases) are the adoption's.
 //
-// A sandbox is given to Adopt once. After an error the caller stops it
-// (Stop releases whatever the adoption made); nothing else is left.
+// A successful adoption counts as a sandbox start in the node's start
+// counts (package startcount); a failed one does not, since its caller
+// starts the pod cold. A sandbox is given to Adopt once. After an error the
+// caller stops it (Stop releases whatever the adoption made); nothing else
+// is left.
 func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 	s.mu.Lock()
 	w := s.warm
@@ -172,6 +175,9 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 	if err := s.runSteps(ctx, tr, cfg.ID, "adopting", steps); err != nil {
 		return err
 	}
+	// A failed adoption is not counted: the caller starts the pod cold,
+	// and Start counts that.
+	countStart(ctx, cfg.StateRoot, nil)
 	log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "warm_sandbox": warmID, "took": time.Since(start)}).Info("warm sandbox adopted")
 	return nil
 }

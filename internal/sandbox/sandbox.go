@@ -274,17 +274,22 @@ func (c cleanups) run(ctx context.Context) error {
 // Every start under an absolute state root, successful or not, is counted
 // in the node's start counts there (package startcount).
 func Start(ctx context.Context, cfg Config) (sb *Sandbox, err error) {
-	if filepath.IsAbs(cfg.StateRoot) {
-		defer func() {
-			if cerr := startcount.Add(startcount.Path(cfg.StateRoot), startcount.SandboxEvent(err)); cerr != nil {
-				log.G(ctx).WithError(cerr).Warn("counting a sandbox start")
-			}
-		}()
-	}
+	defer func() { countStart(ctx, cfg.StateRoot, err) }()
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
 	return startAttempts(ctx, cfg, start)
+}
+
+// countStart adds a pod's sandbox start with its outcome err to the node's
+// start counts under stateRoot, when that is absolute.
+func countStart(ctx context.Context, stateRoot string, err error) {
+	if !filepath.IsAbs(stateRoot) {
+		return
+	}
+	if cerr := startcount.Add(startcount.Path(stateRoot), startcount.SandboxEvent(err)); cerr != nil {
+		log.G(ctx).WithError(cerr).Warn("counting a sandbox start")
+	}
 }
 
 // start makes one attempt at Start with the agent endpoint ep.
