@@ -59,6 +59,15 @@ func checkStorage(s *api.Storage) error {
 		return fmt.Errorf("storage at %s: bind mounts are not storages: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
 	}
 	src := s.GetSource()
+	if serial := s.GetBlockSerial(); serial != "" {
+		if src != "" {
+			return fmt.Errorf("storage at %s: both a source and a disk serial: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
+		}
+		if !serialPattern.MatchString(serial) {
+			return fmt.Errorf("storage at %s: disk serial %q: want 1 to 20 letters, digits, '_' or '-': %w", s.GetMountPoint(), serial, errdefs.ErrInvalidArgument)
+		}
+		src = "/dev/" + serial // stands for the disk in the checks below
+	}
 	if src == "" {
 		return fmt.Errorf("storage at %s: no source: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
 	}
@@ -113,6 +122,14 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	if err := checkStorage(s); err != nil {
 		return err
 	}
+	src := s.GetSource()
+	if serial := s.GetBlockSerial(); serial != "" {
+		dev, err := findDisk(ctx, sysBlock, serial, blockWait)
+		if err != nil {
+			return fmt.Errorf("storage at %s: %w", s.GetMountPoint(), err)
+		}
+		src = dev
+	}
 	dir, err := openNoFollow(s.GetMountPoint())
 	if err != nil {
 		return fmt.Errorf("storage mount point: %w", err)
@@ -122,10 +139,10 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	// Mount on the opened directory, not on the path: nothing can be
 	// swapped in between the checks and the mount.
 	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())
-	if err := unix.Mount(s.GetSource(), target, s.GetFstype(), flags, data); err != nil {
-		return fmt.Errorf("mounting %s (%s) on %s: %w", s.GetSource(), s.GetFstype(), s.GetMountPoint(), err)
+	if err := unix.Mount(src, target, s.GetFstype(), flags, data); err != nil {
+		return fmt.Errorf("mounting %s (%s) on %s: %w", src, s.GetFstype(), s.GetMountPoint(), err)
 	}
-	log.G(ctx).WithFields(log.Fields{"source": s.GetSource(), "fstype": s.GetFstype(), "target": s.GetMountPoint()}).Debug("storage mounted")
+	log.G(ctx).WithFields(log.Fields{"source": src, "fstype": s.GetFstype(), "target": s.GetMountPoint()}).Debug("storage mounted")
 	return nil
 }
 
