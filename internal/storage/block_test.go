@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -153,4 +154,38 @@ func TestBlockRootfsOpen(t *testing.T) {
 
 func fcntlGetfl(f *os.File) (int, error) {
 	return unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+}
+
+// TestAddContainerBlockRootfs: with a block root, nothing is mounted for
+// the root on the host, the guest spec's root is the disk's mount point,
+// and the volumes are still shared; a loop mount never reaches the host's
+// mount(2).
+func TestAddContainerBlockRootfs(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	f := newFixture(t)
+	s := newShared(t, f.state)
+	img := filepath.Join(f.dir, "img")
+	writeFile(t, img, "not a file system")
+	rootfs := []Mount{{Type: "ext4", Source: img, Options: []string{"loop", "rw"}}}
+	g, err := s.AddContainer(ctx, Container{ID: "c", Spec: f.spec(), Bundle: f.bundle, Rootfs: rootfs, BlockRootfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Root.Path != "/run/hull/blockroot/c/rootfs" {
+		t.Errorf("guest root.path %q", g.Root.Path)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "c", "rootfs")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a rootfs directory was made in the shared tree: %v", err)
+	}
+	if readFile(t, filepath.Join(s.Dir(), "c", "volumes", "1-rw", "a")) != "rw volume\n" {
+		t.Error("volume not shared")
+	}
+	if err := s.RemoveContainer(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	// Without the plan, the loop mount is refused before mount(2).
+	if _, err := s.AddContainer(ctx, Container{ID: "d", Spec: f.spec(), Bundle: f.bundle, Rootfs: rootfs}); !errors.Is(err, errdefs.ErrNotImplemented) {
+		t.Errorf("loop mount on the host: got %v, want class %v", err, errdefs.ErrNotImplemented)
+	}
 }
