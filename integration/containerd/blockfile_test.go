@@ -38,7 +38,9 @@ func startBlockfileDaemon(t *testing.T) *daemon {
   fs_type = "ext4"
   mount_options = []
 `, scratch)})
-	d.mustCtr(t, "images", "import", "--snapshotter", blockfileSnapshotter, env.image)
+	// --local: the transfer service unpacks only for the snapshotters its
+	// unpack_config names (the default one).
+	d.mustCtr(t, "images", "import", "--local", "--snapshotter", blockfileSnapshotter, env.image)
 	return d
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -67,6 +68,35 @@ func findDisk(ctx context.Context, sysRoot, serial string, wait time.Duration) (
 			return "", fmt.Errorf("no disk with serial %q appeared within %s: %w", serial, wait, errors.Join(context.DeadlineExceeded, errdefs.ErrNotFound))
 		case <-ctx.Done():
 			return "", fmt.Errorf("waiting for the disk with serial %q: %w", serial, ctx.Err())
+		}
+	}
+}
+
+// mountDisk finds the disk with serial (findDisk) and mounts it with
+// mount, within wait in all. A disk the kernel lists before it can be
+// opened (ENXIO, or no device node yet: ENOENT) is tried again every
+// blockPoll; any other error ends it. It returns the device path.
+func mountDisk(ctx context.Context, sysRoot, serial string, wait time.Duration, mount func(dev string) error) (string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		dev, err := findDisk(ctx, sysRoot, serial, time.Until(deadline))
+		if err != nil {
+			return "", err
+		}
+		err = mount(dev)
+		if err == nil {
+			return dev, nil
+		}
+		if !errors.Is(err, unix.ENXIO) && !errors.Is(err, unix.ENOENT) {
+			return "", fmt.Errorf("mounting %s: %w", dev, err)
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("mounting %s: still %w after %s", dev, err, wait)
+		}
+		select {
+		case <-time.After(blockPoll):
+		case <-ctx.Done():
+			return "", fmt.Errorf("mounting %s: %w", dev, ctx.Err())
 		}
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 func TestFindDisk(t *testing.T) {
@@ -65,6 +67,50 @@ func TestFindDisk(t *testing.T) {
 			}
 			if err != nil || got != tc.want {
 				t.Errorf("got %q, %v, want %q", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMountDisk(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "vda"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "vda", "serial"), []byte("hullroot1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		// errs are what the mount calls return, in turn; nil after them.
+		errs  []error
+		calls int
+		class error
+	}{
+		{name: "at once", calls: 1},
+		{name: "listed before it opens", errs: []error{unix.ENXIO, unix.ENOENT}, calls: 3},
+		{name: "other error ends it", errs: []error{unix.EINVAL}, calls: 1, class: unix.EINVAL},
+		{name: "never opens: bounded", errs: slices.Repeat([]error{unix.ENXIO}, 1000), class: unix.ENXIO},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			dev, err := mountDisk(context.Background(), root, "hullroot1", 300*time.Millisecond, func(dev string) error {
+				calls++
+				if calls <= len(tc.errs) {
+					return tc.errs[calls-1]
+				}
+				return nil
+			})
+			if tc.class != nil {
+				if !errors.Is(err, tc.class) {
+					t.Fatalf("got %q, %v, want class %v", dev, err, tc.class)
+				}
+			} else if err != nil || dev != "/dev/vda" {
+				t.Fatalf("got %q, %v", dev, err)
+			}
+			if tc.calls != 0 && calls != tc.calls {
+				t.Errorf("%d mount calls, want %d", calls, tc.calls)
 			}
 		})
 	}

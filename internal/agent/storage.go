@@ -122,14 +122,6 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	if err := checkStorage(s); err != nil {
 		return err
 	}
-	src := s.GetSource()
-	if serial := s.GetBlockSerial(); serial != "" {
-		dev, err := findDisk(ctx, sysBlock, serial, blockWait)
-		if err != nil {
-			return fmt.Errorf("storage at %s: %w", s.GetMountPoint(), err)
-		}
-		src = dev
-	}
 	dir, err := openNoFollow(s.GetMountPoint())
 	if err != nil {
 		return fmt.Errorf("storage mount point: %w", err)
@@ -139,8 +131,27 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	// Mount on the opened directory, not on the path: nothing can be
 	// swapped in between the checks and the mount.
 	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())
-	if err := unix.Mount(src, target, s.GetFstype(), flags, data); err != nil {
-		return fmt.Errorf("mounting %s (%s) on %s: %w", src, s.GetFstype(), s.GetMountPoint(), err)
+	src := s.GetSource()
+	mount := func() error {
+		if err := unix.Mount(src, target, s.GetFstype(), flags, data); err != nil {
+			return fmt.Errorf("mounting %s (%s) on %s: %w", src, s.GetFstype(), s.GetMountPoint(), err)
+		}
+		return nil
+	}
+	if serial := s.GetBlockSerial(); serial != "" {
+		mount = func() error {
+			var err error
+			src, err = mountDisk(ctx, sysBlock, serial, blockWait, func(dev string) error {
+				return unix.Mount(dev, target, s.GetFstype(), flags, data)
+			})
+			if err != nil {
+				return fmt.Errorf("storage at %s (%s): %w", s.GetMountPoint(), s.GetFstype(), err)
+			}
+			return nil
+		}
+	}
+	if err := mount(); err != nil {
+		return err
 	}
 	log.G(ctx).WithFields(log.Fields{"source": src, "fstype": s.GetFstype(), "target": s.GetMountPoint()}).Debug("storage mounted")
 	return nil
