@@ -178,4 +178,3 @@ func TestBlockRootfs(t *testing.T) {
 		}
 	})
 }
-
