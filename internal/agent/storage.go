@@ -168,6 +168,11 @@ func unmountStorage(ctx context.Context, p string) error {
 	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmounting %s: %w", p, err)
 	}
+	// The mount point and its parent go when empty (a container's
+	// /run/hull/blockroot/<id>/rootfs); a non-empty one stays.
+	if os.Remove(p) == nil && filepath.Dir(p) != storageRoot {
+		_ = os.Remove(filepath.Dir(p))
+	}
 	return nil
 }
 
