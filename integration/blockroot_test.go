@@ -178,3 +178,23 @@ func TestBlockRootfs(t *testing.T) {
 		}
 	})
 }
+
+// TestBlockRootfsMicroVM: microvm cannot hot-add, so a block root is refused
+// as not implemented, and the refused create leaves nothing behind.
+func TestBlockRootfsMicroVM(t *testing.T) {
+	c := containerConfig(t)
+	c.Hypervisor.QEMU.Machine = "microvm"
+	sb := startSandbox(t, c, "blk-micro")
+	bundle, spec := busyboxBundle(t, "true")
+	_, err := sb.CreateContainer(withTimeout(t, time.Minute), sandbox.ContainerConfig{
+		ID: "blk", Bundle: bundle, Spec: spec,
+		Rootfs: []storage.Mount{{Type: "ext4", Source: ext4Image(t, bundle), Options: []string{"loop", "rw"}}},
+	})
+	if !errors.Is(err, errdefs.ErrNotImplemented) {
+		t.Errorf("got %v, want class %v", err, errdefs.ErrNotImplemented)
+	}
+	// The sandbox still takes a shared root.
+	if r := runContainer(t, sb, "shared", bundle, spec); r.status != 0 {
+		t.Errorf("shared root after the refusal: status %d, stderr %q", r.status, r.stderr)
+	}
+}
