@@ -95,7 +95,15 @@ func TestBlockfileRootfs(t *testing.T) {
 	t.Run("two containers in one pod, one after the other", func(t *testing.T) {
 		defer d.checkClean(t)
 		const pod = "bf-pod"
-		podAnn := []string{"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
+		// A pod sandbox brings its network namespace (CNI's, with a
+		// path); an empty one will do.
+		netns := "hull-" + filepath.Base(d.dir)
+		if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add: %v: %s", err, out)
+		}
+		defer func() { _ = exec.Command("ip", "netns", "delete", netns).Run() }()
+		podAnn := []string{"--with-ns", "network:/run/netns/" + netns,
+			"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
 		memberAnn := []string{"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
 		if _, errOut, code := run(t, append(append([]string{"-d"}, podAnn...), imageName, pod, "sleep", "600")...); code != 0 {
 			t.Fatalf("starting the pod sandbox: exit %d: %s", code, errOut)
