@@ -12,6 +12,7 @@ packages=(
 	libprotobuf-dev      # well-known .proto types (duration, timestamp)
 	libseccomp-dev       # static libseccomp for the agent (libcontainer)
 	erofs-utils          # rootfs images
+	e2fsprogs            # mkfs.ext4 and debugfs for the block-device rootfs tests (blockfile snapshotter scratch image)
 	iproute2             # ip and tc, for the pod-network tests
 	containernetworking-plugins # CNI bridge/host-local/loopback in /usr/lib/cni for the CRI e2e suite
 	containerd           # the e2e suite and the demo drive a real containerd (1.6 here)

@@ -61,6 +61,9 @@ type daemonOptions struct {
 	hypervisor []string
 	// runtime is added to the [runtime] table.
 	runtime string
+	// containerd is added to containerd's own configuration (plugin
+	// tables).
+	containerd string
 }
 
 // hullConfig is the hull configuration of the daemon with o.
@@ -107,7 +110,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
   address = %q
 [ttrpc]
   address = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.address, d.address+".ttrpc")
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.address, d.address+".ttrpc") + o.containerd
 	hullConfig := d.hullConfig(o)
 	for name, body := range map[string]string{"config.toml": config, "hull.toml": hullConfig} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {

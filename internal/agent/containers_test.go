@@ -75,6 +75,11 @@ func TestCheckStorage(t *testing.T) {
 		{"no type", &api.Storage{Source: "x", MountPoint: "/run/hull/b"}, false},
 		{"comma option", &api.Storage{Source: "x", Fstype: "tmpfs", Options: []string{"size=1,mode=0"}, MountPoint: "/run/hull/b"}, false},
 		{"outside", &api.Storage{Source: "hull", Fstype: "virtiofs", MountPoint: "/mnt"}, false},
+		{"disk by serial", &api.Storage{BlockSerial: "hullroot1", Fstype: "ext4", MountPoint: "/run/hull/blockroot/c/rootfs"}, true},
+		{"disk serial and source", &api.Storage{BlockSerial: "hullroot1", Source: "/dev/vda", Fstype: "ext4", MountPoint: "/run/hull/b"}, false},
+		{"disk serial with a slash", &api.Storage{BlockSerial: "../vda", Fstype: "ext4", MountPoint: "/run/hull/b"}, false},
+		{"disk serial too long", &api.Storage{BlockSerial: "abcdefghijklmnopqrstu", Fstype: "ext4", MountPoint: "/run/hull/b"}, false},
+		{"disk without type", &api.Storage{BlockSerial: "hullroot1", MountPoint: "/run/hull/b"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := checkStorage(tc.s); tc.ok != (err == nil) {

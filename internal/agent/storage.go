@@ -59,6 +59,15 @@ func checkStorage(s *api.Storage) error {
 		return fmt.Errorf("storage at %s: bind mounts are not storages: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
 	}
 	src := s.GetSource()
+	if serial := s.GetBlockSerial(); serial != "" {
+		if src != "" {
+			return fmt.Errorf("storage at %s: both a source and a disk serial: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
+		}
+		if !serialPattern.MatchString(serial) {
+			return fmt.Errorf("storage at %s: disk serial %q: want 1 to 20 letters, digits, '_' or '-': %w", s.GetMountPoint(), serial, errdefs.ErrInvalidArgument)
+		}
+		src = "/dev/" + serial // stands for the disk in the checks below
+	}
 	if src == "" {
 		return fmt.Errorf("storage at %s: no source: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
 	}
@@ -122,10 +131,29 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	// Mount on the opened directory, not on the path: nothing can be
 	// swapped in between the checks and the mount.
 	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())
-	if err := unix.Mount(s.GetSource(), target, s.GetFstype(), flags, data); err != nil {
-		return fmt.Errorf("mounting %s (%s) on %s: %w", s.GetSource(), s.GetFstype(), s.GetMountPoint(), err)
+	src := s.GetSource()
+	mount := func() error {
+		if err := unix.Mount(src, target, s.GetFstype(), flags, data); err != nil {
+			return fmt.Errorf("mounting %s (%s) on %s: %w", src, s.GetFstype(), s.GetMountPoint(), err)
+		}
+		return nil
 	}
-	log.G(ctx).WithFields(log.Fields{"source": s.GetSource(), "fstype": s.GetFstype(), "target": s.GetMountPoint()}).Debug("storage mounted")
+	if serial := s.GetBlockSerial(); serial != "" {
+		mount = func() error {
+			var err error
+			src, err = mountDisk(ctx, sysBlock, serial, blockWait, func(dev string) error {
+				return unix.Mount(dev, target, s.GetFstype(), flags, data)
+			})
+			if err != nil {
+				return fmt.Errorf("storage at %s (%s): %w", s.GetMountPoint(), s.GetFstype(), err)
+			}
+			return nil
+		}
+	}
+	if err := mount(); err != nil {
+		return err
+	}
+	log.G(ctx).WithFields(log.Fields{"source": src, "fstype": s.GetFstype(), "target": s.GetMountPoint()}).Debug("storage mounted")
 	return nil
 }
 
@@ -139,6 +167,11 @@ func unmountStorage(ctx context.Context, p string) error {
 	}
 	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmounting %s: %w", p, err)
+	}
+	// The mount point and its parent go when empty (a container's
+	// /run/hull/blockroot/<id>/rootfs); a non-empty one stays.
+	if os.Remove(p) == nil && filepath.Dir(p) != storageRoot {
+		_ = os.Remove(filepath.Dir(p))
 	}
 	return nil
 }

@@ -89,6 +89,11 @@ type QEMU struct {
 	RunAsUIDBase uint32 `toml:"run_as_uid_base"`
 	// RunAsUIDCount is the size of that range: how many VMs may run at once.
 	RunAsUIDCount uint32 `toml:"run_as_uid_count"`
+
+	// HotplugDisks is how many disks a q35 VM may have hot-added at once
+	// for block-device container root filesystems: a PCIe root port is
+	// reserved for each at boot. Ignored on microvm, which cannot hot-add.
+	HotplugDisks uint32 `toml:"hotplug_disks"`
 }
 
 // Agent configures the channel to the agent.
@@ -153,6 +158,10 @@ type Runtime struct {
 	// from the moment the slot is taken.
 	BootWaitTimeout Duration `toml:"boot_wait_timeout"`
 }
+
+// MaxHotplugDisks bounds hypervisor.qemu.hotplug_disks (the QEMU
+// driver's own limit).
+const MaxHotplugDisks = 16
 
 // MaxMaxConcurrentBoots bounds runtime.max_concurrent_boots.
 const MaxMaxConcurrentBoots = 4096
@@ -224,6 +233,7 @@ func Defaults() *Config {
 				Accel:         "auto",
 				StopTimeout:   Duration{5 * time.Second},
 				RunAsUIDCount: 1024,
+				HotplugDisks:  4,
 			},
 		},
 		Agent: Agent{
@@ -375,6 +385,9 @@ func (c *Config) Validate() error {
 	absOrEmpty("hypervisor.qemu.path", h.QEMU.Path)
 	if h.QEMU.StopTimeout.Duration <= 0 {
 		bad("hypervisor.qemu.stop_timeout", "must be positive")
+	}
+	if h.QEMU.HotplugDisks > MaxHotplugDisks {
+		bad("hypervisor.qemu.hotplug_disks", "%d: want at most %d", h.QEMU.HotplugDisks, MaxHotplugDisks)
 	}
 	if h.QEMU.RunAsUIDBase != 0 && (h.QEMU.RunAsUIDCount == 0 || uint64(h.QEMU.RunAsUIDBase)+uint64(h.QEMU.RunAsUIDCount) > 1<<31) {
 		bad("hypervisor.qemu.run_as_uid_count", "must be positive, and the range must end below 2^31")

@@ -1,5 +1,7 @@
 package hypervisor
 
+import "os"
+
 // Transport names how the host reaches the agent.
 type Transport string
 
@@ -73,6 +75,11 @@ type Config struct {
 	// PCIe root port); a machine that cannot hot-add refuses a value above
 	// zero.
 	HotplugNICs uint32
+	// HotplugBlocks is how many virtio-blk disks a BlockHotplugger may
+	// have added at once (block-device container root filesystems). Like
+	// HotplugNICs, each takes a hotplug slot reserved at boot; a machine
+	// that cannot hot-add refuses a value above zero.
+	HotplugBlocks uint32
 
 	// Debug keeps kernel console output (no "quiet").
 	Debug bool
@@ -89,11 +96,21 @@ type FilesystemDevice struct {
 
 // BlockDevice is a file or block device given to the guest as virtio-blk.
 type BlockDevice struct {
-	ID       string
-	Path     string
+	ID string
+	// Path names the file for a disk present at boot. A hot-added disk
+	// has File instead: the hypervisor opens nothing by name then.
+	Path string
+	// File is the host's open descriptor of a hot-added disk's image,
+	// opened read-only when ReadOnly, else read-write. The caller keeps
+	// and closes it; the hypervisor holds a copy.
+	File     *os.File
 	ReadOnly bool
 	// Format is "raw" unless set.
 	Format string
+	// Serial is the disk's serial number as the guest reads it
+	// (/sys/block/<disk>/serial): at most 20 bytes of [A-Za-z0-9_-].
+	// The host chooses it so that the guest finds the disk by it.
+	Serial string
 }
 
 // NetworkDevice is a virtio-net NIC backed by a tap device, passed by file

@@ -115,6 +115,23 @@ type NetworkAdder interface {
 	AddNetwork(ctx context.Context, n NetworkDevice) error
 }
 
+// BlockHotplugger hot-adds and removes virtio-blk disks of a running VM
+// (a container's block-device root filesystem). The guest sees a new PCI
+// device; the agent finds the disk by its serial.
+type BlockHotplugger interface {
+	// AddBlock adds b whole or not at all, from b.File (b.Path is not
+	// opened). A VM whose machine cannot hot-add devices answers
+	// ErrNotImplemented; one with no free slot left (see
+	// Config.HotplugBlocks) ErrResourceExhausted; an ID already in use
+	// ErrAlreadyExists.
+	AddBlock(ctx context.Context, b BlockDevice) error
+	// RemoveBlock unplugs the disk added as id. The guest must release
+	// the device: when it does not within the driver's bound, RemoveBlock
+	// forgets the disk (its slot is not reused; it goes with the VM) and
+	// returns nil after logging it. An unknown id is ErrNotFound.
+	RemoveBlock(ctx context.Context, id string) error
+}
+
 // Size is how many vCPUs and how much memory a VM has.
 type Size struct {
 	VCPUs     uint32
@@ -168,6 +185,12 @@ func AsHotplugger(vm VM) (Hotplugger, error) { return as[Hotplugger](vm, "hotplu
 // error.
 func AsNetworkAdder(vm VM) (NetworkAdder, error) {
 	return as[NetworkAdder](vm, "hot-add network devices")
+}
+
+// AsBlockHotplugger returns vm's BlockHotplugger or an
+// ErrNotImplemented-class error.
+func AsBlockHotplugger(vm VM) (BlockHotplugger, error) {
+	return as[BlockHotplugger](vm, "hot-add block devices")
 }
 
 // AsResizer returns vm's Resizer or an ErrNotImplemented-class error.

@@ -229,6 +229,14 @@ func BootGate(c *config.Config) *bootslot.Gate {
 	}
 }
 
+// hotplugDisks is hypervisor.qemu.hotplug_disks on q35, 0 on microvm.
+func hotplugDisks(c *config.Config) uint32 {
+	if c.Hypervisor.QEMU.Machine == qemu.MachineMicroVM {
+		return 0
+	}
+	return c.Hypervisor.QEMU.HotplugDisks
+}
+
 // SandboxConfig builds the configuration to start sandbox id.
 func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 	kernel, initrd, err := Assets(c, false)
@@ -258,6 +266,8 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 			MaxVCPUs:     maxVCPUs,
 			MaxMemoryMiB: maxMemoryMiB,
 			Debug:        c.Hypervisor.Debug,
+			// microvm cannot hot-add: no slots, a block rootfs is refused.
+			HotplugBlocks: hotplugDisks(c),
 		},
 		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {
 			return qemu.New(hc, opts)

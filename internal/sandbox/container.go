@@ -64,6 +64,9 @@ type Container struct {
 	sb   *Sandbox
 	id   string
 	init *Process
+	// disk is the ID of the hot-added disk that holds the root
+	// filesystem, "" when it is shared; set at create.
+	disk string
 
 	mu sync.Mutex
 	// state is guarded by mu.
@@ -136,13 +139,29 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) (_ *
 		}
 	}()
 
+	block, err := storage.BlockRootfsOf(cfg.Rootfs)
+	if err != nil {
+		return nil, err
+	}
 	guest, err := s.storage.AddContainer(ctx, storage.Container{
 		ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, GuestMounts: cfg.GuestMounts,
+		BlockRootfs: block != nil,
 	})
 	if err != nil {
 		return nil, err
 	}
 	undo.push(func(ctx context.Context) error { return s.storage.RemoveContainer(ctx, cfg.ID) })
+	var (
+		disk     string
+		storages []*agent.Storage
+	)
+	if block != nil {
+		d, st, err := s.addBlockRootfs(ctx, cfg.ID, block, &undo)
+		if err != nil {
+			return nil, err
+		}
+		disk, storages = d, []*agent.Storage{st}
+	}
 	spec, err := json.Marshal(guest)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the guest spec: %w", err)
@@ -155,6 +174,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) (_ *
 	resp, err := s.client.Containers().CreateContainer(ctx, &agent.CreateContainerRequest{
 		ContainerId: cfg.ID,
 		Spec:        spec,
+		Storages:    storages,
 		Stdio:       req,
 	})
 	if err != nil {
@@ -165,7 +185,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) (_ *
 	}
 	undo.push(func(ctx context.Context) error { return s.removeInGuest(ctx, cfg.ID, true) })
 
-	c := &Container{sb: s, id: cfg.ID, state: ContainerCreated, execs: map[string]*Process{}}
+	c := &Container{sb: s, id: cfg.ID, disk: disk, state: ContainerCreated, execs: map[string]*Process{}}
 	c.init = &Process{c: c, pid: resp.GetPid(), io: st, done: make(chan struct{}), state: ProcessCreated}
 	st.start(s.bg, cfg.Stdio)
 	s.release(cfg.ID, c)
@@ -476,6 +496,11 @@ func (c *Container) Delete(ctx context.Context, force bool) error {
 		p.abandon(fmt.Errorf("%s: deleted before it started: %w", p.name(), errdefs.ErrNotFound))
 	}
 	var errs []error
+	if c.disk != "" {
+		if err := c.sb.removeBlockRootfs(ctx, c.disk); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.sb.storage != nil {
 		if err := c.sb.storage.RemoveContainer(ctx, c.id); err != nil {
 			errs = append(errs, err)

@@ -181,6 +181,9 @@ type Sandbox struct {
 	// killTimeout is Config.KillTimeout.
 	killTimeout time.Duration
 
+	// diskSeq numbers the disks hot-added for block-device root
+	// filesystems; guarded by mu.
+	diskSeq int
 	// containers holds the containers created and not deleted, and
 	// reserves IDs being created (nil value); guarded by mu.
 	containers map[string]*Container

@@ -43,6 +43,11 @@ type Container struct {
 	// Rootfs, when not empty, are mounted in order as the container's root
 	// instead of binding Spec.Root.Path.
 	Rootfs []Mount
+	// BlockRootfs is set when the root is a disk the caller hands the
+	// guest (see BlockRootfsOf): nothing is mounted for it on the host
+	// and the guest spec's root.path is GuestBlockRootfs, where the agent
+	// mounts the disk.
+	BlockRootfs bool
 	// GuestMounts are indices of bind mounts in Spec.Mounts whose source
 	// is already a guest path below GuestRuntimeDir (the pod's /dev/shm):
 	// nothing is shared for them.
@@ -223,16 +228,22 @@ func (s *Shared) AddContainer(ctx context.Context, c Container) (_ *specs.Spec, 
 	defer func() { _ = unix.Close(bundle) }()
 
 	rootfs := filepath.Join(dir, rootfsName)
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
-		return nil, err
-	}
-	if len(c.Rootfs) > 0 {
+	switch {
+	case c.BlockRootfs:
+		g.Root.Path = GuestBlockRootfs(c.ID)
+	case len(c.Rootfs) > 0:
+		if err := os.Mkdir(rootfs, 0o755); err != nil {
+			return nil, err
+		}
 		for i, m := range c.Rootfs {
 			if err := mountRootfs(m, rootfs, s.staging); err != nil {
 				return nil, fmt.Errorf("rootfs mount %d: %w", i, err)
 			}
 		}
-	} else {
+	default:
+		if err := os.Mkdir(rootfs, 0o755); err != nil {
+			return nil, err
+		}
 		// Recursive like runc's bind of the root.
 		if err := bindFromBundle(bundle, c.Spec.Root.Path, true, false, rootfs, s.staging); err != nil {
 			return nil, fmt.Errorf("root: %w", err)
@@ -298,6 +309,11 @@ func mountRootfs(m Mount, target, staging string) error {
 	}
 	if m.Type == "" {
 		return fmt.Errorf("mount of %q has no type: %w", m.Source, errdefs.ErrInvalidArgument)
+	}
+	if isLoop(m) {
+		// The host makes no loop device: such a root goes to the guest
+		// as a disk (BlockRootfsOf), or not at all.
+		return fmt.Errorf("loop mount of %q (%s): not mounted on the host: %w", m.Source, m.Type, errdefs.ErrNotImplemented)
 	}
 	flags, data := mountopt.Parse(m.Options)
 	// Whatever the options say: nothing on the host runs or opens a

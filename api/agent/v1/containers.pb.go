@@ -36,14 +36,20 @@ const (
 // Storage is a filesystem the agent mounts in the guest.
 type Storage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Source: a virtio-fs tag, a device path, or "none".
+	// Source: a virtio-fs tag, a device path, or "none"; empty with
+	// block_serial.
 	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
 	// Filesystem type: "virtiofs", "ext4", "erofs", "tmpfs", ...
 	Fstype string `protobuf:"bytes,2,opt,name=fstype,proto3" json:"fstype,omitempty"`
 	// Mount options as mount(8) spells them ("ro", "nodev", ...).
 	Options []string `protobuf:"bytes,3,rep,name=options,proto3" json:"options,omitempty"`
 	// Absolute guest path; created when missing.
-	MountPoint    string `protobuf:"bytes,4,opt,name=mount_point,json=mountPoint,proto3" json:"mount_point,omitempty"`
+	MountPoint string `protobuf:"bytes,4,opt,name=mount_point,json=mountPoint,proto3" json:"mount_point,omitempty"`
+	// When set, the source is the virtio-blk disk whose serial this is
+	// (/sys/block/<disk>/serial), and source must be empty: the host
+	// names the disk it hot-added, the agent only finds it, waiting a
+	// bounded time for it to appear.
+	BlockSerial   string `protobuf:"bytes,5,opt,name=block_serial,json=blockSerial,proto3" json:"block_serial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +108,13 @@ func (x *Storage) GetOptions() []string {
 func (x *Storage) GetMountPoint() string {
 	if x != nil {
 		return x.MountPoint
+	}
+	return ""
+}
+
+func (x *Storage) GetBlockSerial() string {
+	if x != nil {
+		return x.BlockSerial
 	}
 	return ""
 }
@@ -2055,13 +2068,14 @@ var File_containers_proto protoreflect.FileDescriptor
 
 const file_containers_proto_rawDesc = "" +
 	"\n" +
-	"\x10containers.proto\x12\rhull.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n" +
+	"\x10containers.proto\x12\rhull.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n" +
 	"\aStorage\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06fstype\x18\x02 \x01(\tR\x06fstype\x12\x18\n" +
 	"\aoptions\x18\x03 \x03(\tR\aoptions\x12\x1f\n" +
 	"\vmount_point\x18\x04 \x01(\tR\n" +
-	"mountPoint\"\x97\x01\n" +
+	"mountPoint\x12!\n" +
+	"\fblock_serial\x18\x05 \x01(\tR\vblockSerial\"\x97\x01\n" +
 	"\x05Stdio\x12\x14\n" +
 	"\x05stdin\x18\x01 \x01(\x04R\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\x04R\x06stdout\x12\x16\n" +

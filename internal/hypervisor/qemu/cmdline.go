@@ -284,6 +284,14 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		for i := range cfg.HotplugNICs {
 			a.device("pcie-root-port", p("id", nicPortID(i)), p("bus", "pcie.0"), pInt("chassis", i+1))
 		}
+		// The same for disks, in chassis numbered after the NICs'. A
+		// virtio-blk device behind a PCIe port is modern-only and needs
+		// no I/O ports: none are reserved, so the disk ports do not eat
+		// into the 64 KiB I/O space.
+		for i := range cfg.HotplugBlocks {
+			a.device("pcie-root-port", p("id", blockPortID(i)), p("bus", "pcie.0"),
+				pInt("chassis", uint64(cfg.HotplugNICs+i+1)), pInt("io-reserve", 0))
+		}
 	}
 	return a.args
 }

@@ -85,6 +85,11 @@ func TestArgsGolden(t *testing.T) {
 			c.HotplugNICs = 2
 			return c
 		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-serial-hotplug-nics-disks", func() hypervisor.Config {
+			c := baseConfig()
+			c.HotplugNICs, c.HotplugBlocks = 1, 2
+			return c
+		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
 		{"q35-serial-reclaim", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial-reclaim", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
@@ -243,6 +248,7 @@ func TestNewRejects(t *testing.T) {
 			c.HotplugNICs = 1
 		}, "cannot hot-add"},
 		{"too many hotplug nics", func(c *hypervisor.Config, _ *Options) { c.HotplugNICs = 9 }, "at most 8"},
+		{"too many hotplug disks", func(c *hypervisor.Config, _ *Options) { c.HotplugBlocks = 17 }, "at most 16"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -30,6 +30,11 @@ type fakeMachine struct {
 	fail map[string]bool
 	// log holds every command after qmp_capabilities, with its arguments.
 	log []string
+	// devices are the IDs of the plugged virtio-blk devices; fdsets
+	// counts the fd sets add-fd made. With fail["DEVICE_DELETED"] the
+	// guest never releases a device.
+	devices []string
+	fdsets  int
 }
 
 func newFakeMachine(plugged, slots int) *fakeMachine {
@@ -67,8 +72,24 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 		return fail("GenericError", cmd+" failed as the test wants")
 	}
 	switch cmd {
-	case "getfd", "closefd", "netdev_add", "netdev_del":
+	case "getfd", "closefd", "netdev_add", "netdev_del", "blockdev-add", "blockdev-del", "remove-fd":
 		return reply(struct{}{})
+	case "add-fd":
+		m.fdsets++
+		return reply(map[string]int{"fdset-id": m.fdsets, "fd": 20 + m.fdsets})
+	case "device_del":
+		i := slices.Index(m.devices, args["id"].(string))
+		if i < 0 {
+			return fail("DeviceNotFound", "Device '"+args["id"].(string)+"' not found")
+		}
+		if m.fail["DEVICE_DELETED"] {
+			// A guest that never releases the device.
+			return reply(struct{}{})
+		}
+		m.devices = slices.Delete(m.devices, i, i+1)
+		ev, _ := json.Marshal(map[string]any{"event": "DEVICE_DELETED", "data": map[string]string{"device": args["id"].(string), "path": "/machine/peripheral/" + args["id"].(string)}})
+		inner, _ := json.Marshal(map[string]any{"event": "DEVICE_DELETED", "data": map[string]string{"path": "/machine/peripheral/" + args["id"].(string) + "/virtio-backend"}})
+		return append(reply(struct{}{}), string(inner), string(ev))
 	case "query-hotpluggable-cpus":
 		return reply(m.cpus)
 	case "query-memory-devices":
@@ -102,6 +123,8 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 				}
 			}
 		case "virtio-net-pci":
+		case "virtio-blk-pci":
+			m.devices = append(m.devices, args["id"].(string))
 		default:
 			return fail("GenericError", "unknown driver")
 		}
@@ -119,7 +142,7 @@ func runningVM(t *testing.T, cfg hypervisor.Config, machine string, m *fakeMachi
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	q, err := dialQMP(ctx, fakeQMPArgs(t, m.answer), func() bool { return true }, nil)
+	q, err := dialQMP(ctx, fakeQMPArgs(t, m.answer), func() bool { return true }, v.onEvent)
 	if err != nil {
 		t.Fatal(err)
 	}

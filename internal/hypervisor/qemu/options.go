@@ -224,6 +224,12 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	if cfg.HotplugNICs > maxHotplugNICs {
 		return inval("%d hot-pluggable NICs: want at most %d", cfg.HotplugNICs, maxHotplugNICs)
 	}
+	if cfg.HotplugBlocks > 0 && o.Machine == MachineMicroVM {
+		return inval("%d hot-pluggable disks: the %s machine cannot hot-add devices", cfg.HotplugBlocks, MachineMicroVM)
+	}
+	if cfg.HotplugBlocks > maxHotplugBlocks {
+		return inval("%d hot-pluggable disks: want at most %d", cfg.HotplugBlocks, maxHotplugBlocks)
+	}
 	return nil
 }
 

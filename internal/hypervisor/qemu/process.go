@@ -284,8 +284,13 @@ func (v *VM) releaseUID() {
 	l.release()
 }
 
-// onEvent notes QMP events that explain an exit.
+// onEvent notes QMP events that explain an exit, and passes on the
+// deletion of devices.
 func (v *VM) onEvent(name string, data json.RawMessage) {
+	if name == "DEVICE_DELETED" {
+		v.deviceDeleted(data)
+		return
+	}
 	if name != "SHUTDOWN" {
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -19,8 +20,9 @@ var (
 	_ hypervisor.Pauser  = (*VM)(nil)
 	_ hypervisor.Resizer = (*VM)(nil)
 
-	_ hypervisor.NetworkAdder = (*VM)(nil)
-	_ hypervisor.Relocator    = (*VM)(nil)
+	_ hypervisor.NetworkAdder    = (*VM)(nil)
+	_ hypervisor.Relocator       = (*VM)(nil)
+	_ hypervisor.BlockHotplugger = (*VM)(nil)
 )
 
 // state is where a VM is in its life:
@@ -70,7 +72,23 @@ type VM struct {
 	// fdSeq numbers the descriptors passed over QMP; guarded by nicMu.
 	fdSeq int
 
+	// blkMu serializes AddBlock and RemoveBlock.
+	blkMu sync.Mutex
+	// blkPorts holds, for each root port reserved for a hot-added disk,
+	// the ID of the disk in it, "" while it is free, or "?"+ID when the
+	// disk may still be there (a lost answer, a guest that did not
+	// release it); guarded by blkMu.
+	blkPorts []string
+	// blkDevs are the disks AddBlock plugged and RemoveBlock has not
+	// removed, by ID; guarded by blkMu.
+	blkDevs map[string]hotBlock
+	// unplugWait bounds RemoveBlock's wait for the guest; set by New.
+	unplugWait time.Duration
+
 	mu sync.Mutex
+	// deleted are RemoveBlock's waits for DEVICE_DELETED, by device ID;
+	// guarded by mu.
+	deleted map[string]chan struct{}
 	// state of the VM; guarded by mu.
 	state state
 	// pid and proc of the QEMU process, unset before it started; guarded
@@ -111,9 +129,11 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 	if err := validate(&cfg, &o); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, opts: o, done: make(chan struct{})}
+	v := &VM{cfg: cfg, opts: o, done: make(chan struct{}),
+		blkDevs: map[string]hotBlock{}, deleted: map[string]chan struct{}{}, unplugWait: defaultUnplugWait}
 	if o.Machine == MachineQ35 {
 		v.nicPorts = make([]string, cfg.HotplugNICs)
+		v.blkPorts = make([]string, cfg.HotplugBlocks)
 	}
 	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
 		freePageReporting: o.FreePageReporting}

@@ -1,0 +1,200 @@
+package integration
+
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
+	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/storage"
+)
+
+// ext4Image makes an ext4 image file of the busybox bundle's root, as
+// containerd's blockfile snapshotter keeps a snapshot.
+func ext4Image(t *testing.T, bundle string) string {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
+	}
+	img := filepath.Join(t.TempDir(), "root.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", filepath.Join(bundle, "rootfs"), img, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	return img
+}
+
+// imageFile reads a file of an ext4 image on the host without mounting it.
+func imageFile(t *testing.T, img, path string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "cat "+path, img).Output()
+	if err != nil {
+		t.Fatalf("debugfs cat %s: %v", path, err)
+	}
+	return string(out)
+}
+
+// TestBlockRootfs runs containers whose root is an ext4 image that a
+// blockfile-style mount list names (type ext4, option loop): the image is
+// hot-added to the VM as a virtio-blk disk and mounted by the agent; the
+// host mounts nothing for it.
+func TestBlockRootfs(t *testing.T) {
+	c := containerConfig(t)
+	c.Hypervisor.QEMU.HotplugDisks = 2
+	sb := startSandbox(t, c, "blk")
+	var rootRW = regexp.MustCompile(`(?m)^/dev/vd[a-z]+ / ext4 rw[, ]`)
+
+	run := func(t *testing.T, id, img string, opts []string, args ...string) (result, error) {
+		t.Helper()
+		ctx := withTimeout(t, 2*time.Minute)
+		bundle, spec := busyboxBundle(t, args...)
+		var stdout, stderr e2e.SyncBuffer
+		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+			ID: id, Bundle: bundle, Spec: spec,
+			Rootfs: []storage.Mount{{Type: "ext4", Source: img, Options: opts}},
+			Stdio:  sandbox.IO{Stdout: &stdout, Stderr: &stderr},
+		})
+		if err != nil {
+			return result{}, err
+		}
+		defer deleteContainer(t, ctr)
+		for _, m := range mountsUnder(c.Runtime.StateDir) {
+			if strings.HasSuffix(m, "/"+id+"/rootfs") {
+				t.Errorf("root mounted on the host at %s", m)
+			}
+		}
+		if err := ctr.Start(ctx); err != nil {
+			t.Fatalf("start %s: %v", id, err)
+		}
+		st, err := ctr.Wait(ctx)
+		if err != nil {
+			t.Fatalf("wait %s: %v", id, err)
+		}
+		return result{stdout: stdout.String(), stderr: stderr.String(), status: st.Code}, nil
+	}
+
+	bundle, _ := busyboxBundle(t, "true")
+	t.Run("read-write root, write reaches the image", func(t *testing.T) {
+		img := ext4Image(t, bundle)
+		r, err := run(t, "blk-rw", img, []string{"loop", "rw"}, "sh", "-c", "echo written > /new && cat /proc/mounts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.status != 0 || !rootRW.MatchString(r.stdout) {
+			t.Fatalf("status %d, stdout %q, stderr %q: want / on /dev/vdX ext4 rw", r.status, r.stdout, r.stderr)
+		}
+		if got := imageFile(t, img, "/new"); got != "written\n" {
+			t.Errorf("image holds %q in /new after the container, want the guest's write", got)
+		}
+	})
+	t.Run("read-only root stays read-only", func(t *testing.T) {
+		img := ext4Image(t, bundle)
+		r, err := run(t, "blk-ro", img, []string{"loop", "ro"}, "sh", "-c", "grep ' / ' /proc/mounts; echo x > /new")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.status == 0 || !regexp.MustCompile(`(?m)^/dev/vd[a-z]+ / ext4 ro[, ]`).MatchString(r.stdout) || !strings.Contains(r.stderr, "Read-only file system") {
+			t.Errorf("status %d, stdout %q, stderr %q: want / on /dev/vdX ext4 ro and the write refused", r.status, r.stdout, r.stderr)
+		}
+	})
+	t.Run("more containers than hotplug ports, one after the other", func(t *testing.T) {
+		// Each delete frees its port: more containers than the 2 ports in
+		// turn all get a disk.
+		for i := range 3 {
+			img := ext4Image(t, bundle)
+			id := "blk-seq" + string(rune('a'+i))
+			r, err := run(t, id, img, []string{"loop", "rw"}, "sh", "-c", "cat /proc/mounts")
+			if err != nil || r.status != 0 || !rootRW.MatchString(r.stdout) {
+				t.Fatalf("%s: %v, status %d, stdout %q, stderr %q", id, err, r.status, r.stdout, r.stderr)
+			}
+		}
+	})
+	t.Run("two at once, a third finds no port", func(t *testing.T) {
+		ctx := withTimeout(t, 2*time.Minute)
+		var ctrs []*sandbox.Container
+		defer func() {
+			for _, ctr := range ctrs {
+				deleteContainer(t, ctr)
+			}
+		}()
+		for i, id := range []string{"blk-one", "blk-two", "blk-three"} {
+			b, spec := busyboxBundle(t, "sleep", "600")
+			ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+				ID: id, Bundle: b, Spec: spec,
+				Rootfs: []storage.Mount{{Type: "ext4", Source: ext4Image(t, bundle), Options: []string{"loop", "rw"}}},
+			})
+			if i == 2 {
+				if !errors.Is(err, errdefs.ErrResourceExhausted) {
+					t.Errorf("third disk: got %v, want class %v", err, errdefs.ErrResourceExhausted)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", id, err)
+			}
+			ctrs = append(ctrs, ctr)
+			if err := ctr.Start(ctx); err != nil {
+				t.Fatalf("start %s: %v", id, err)
+			}
+		}
+		for _, ctr := range ctrs {
+			var out e2e.SyncBuffer
+			proc := *defaultSpec("cat", "/proc/mounts").Process
+			p, err := ctr.Exec(ctx, "e", &proc, sandbox.IO{Stdout: &out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, err := p.Wait(ctx); err != nil || st.Code != 0 || !rootRW.MatchString(out.String()) {
+				t.Errorf("%s: exec %v, status %d, mounts %q", ctr.ID(), err, st.Code, out.String())
+			}
+		}
+	})
+	t.Run("refused mount lists leave nothing", func(t *testing.T) {
+		img := ext4Image(t, bundle)
+		for _, tc := range []struct {
+			name  string
+			typ   string
+			opts  []string
+			class error
+		}{
+			{"xfs", "xfs", []string{"loop"}, errdefs.ErrNotImplemented},
+			{"erofs", "erofs", []string{"ro", "loop"}, errdefs.ErrNotImplemented},
+		} {
+			ctx := withTimeout(t, time.Minute)
+			b, spec := busyboxBundle(t, "true")
+			_, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+				ID: "blk-bad", Bundle: b, Spec: spec,
+				Rootfs: []storage.Mount{{Type: tc.typ, Source: img, Options: tc.opts}},
+			})
+			if !errors.Is(err, tc.class) {
+				t.Errorf("%s: got %v, want class %v", tc.name, err, tc.class)
+			}
+		}
+	})
+}
+
+// TestBlockRootfsMicroVM: microvm cannot hot-add, so a block root is refused
+// as not implemented, and the refused create leaves nothing behind.
+func TestBlockRootfsMicroVM(t *testing.T) {
+	c := containerConfig(t)
+	c.Hypervisor.QEMU.Machine = "microvm"
+	sb := startSandbox(t, c, "blk-micro")
+	bundle, spec := busyboxBundle(t, "true")
+	_, err := sb.CreateContainer(withTimeout(t, time.Minute), sandbox.ContainerConfig{
+		ID: "blk", Bundle: bundle, Spec: spec,
+		Rootfs: []storage.Mount{{Type: "ext4", Source: ext4Image(t, bundle), Options: []string{"loop", "rw"}}},
+	})
+	if !errors.Is(err, errdefs.ErrNotImplemented) {
+		t.Errorf("got %v, want class %v", err, errdefs.ErrNotImplemented)
+	}
+	// The sandbox still takes a shared root.
+	if r := runContainer(t, sb, "shared", bundle, spec); r.status != 0 {
+		t.Errorf("shared root after the refusal: status %d, stderr %q", r.status, r.stderr)
+	}
+}

@@ -1,0 +1,130 @@
+package containerd
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// blockfileSnapshotter is containerd 2.x's built-in snapshotter whose
+// snapshots are ext4 image files, mounted with "loop".
+const blockfileSnapshotter = "blockfile"
+
+// rootMount matches the container's root in its /proc/mounts: a virtio-blk
+// disk with ext4, read-write.
+var rootMount = regexp.MustCompile(`(?m)^/dev/vd[a-z]+ / ext4 rw[, ]`)
+
+// startBlockfileDaemon starts a containerd 2.x whose blockfile snapshotter
+// copies an ext4 scratch image made here, and imports the busybox image
+// into it.
+func startBlockfileDaemon(t *testing.T) *daemon {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
+	}
+	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
+	if out, err := exec.Command("truncate", "-s", "128M", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("truncate: %v: %s", err, out)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	containerdPath, ctrPath := daemonBinaries(t, "2")
+	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{containerd: fmt.Sprintf(`[plugins."io.containerd.snapshotter.v1.blockfile"]
+  scratch_file = %q
+  fs_type = "ext4"
+  mount_options = []
+`, scratch)})
+	// --local: the transfer service unpacks only for the snapshotters its
+	// unpack_config names (the default one).
+	d.mustCtr(t, "images", "import", "--local", "--snapshotter", blockfileSnapshotter, env.image)
+	return d
+}
+
+// loopDevicesOf lists the loop devices whose backing file is below dir.
+func loopDevicesOf(t *testing.T, dir string) []string {
+	t.Helper()
+	out, err := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v: %s", err, out)
+	}
+	var devs []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, dir) {
+			devs = append(devs, strings.TrimSpace(l))
+		}
+	}
+	return devs
+}
+
+// TestBlockfileRootfs runs containers whose root comes from containerd's
+// blockfile snapshotter: the image file reaches the guest as a hot-added
+// virtio-blk disk and the agent mounts it as the root (no loop device or
+// mount on the host).
+func TestBlockfileRootfs(t *testing.T) {
+	d := startBlockfileDaemon(t)
+	run := func(t *testing.T, args ...string) (string, string, int) {
+		t.Helper()
+		return d.ctr(t, append([]string{"run", "--snapshotter", blockfileSnapshotter, "--runtime", runtimeName}, args...)...)
+	}
+
+	t.Run("root is a virtio-blk disk", func(t *testing.T) {
+		defer d.checkClean(t)
+		out, errOut, code := run(t, "--rm", imageName, "bf-one",
+			"sh", "-c", "echo written > /new && cat /new && cat /proc/mounts")
+		if code != 0 || !strings.HasPrefix(out, "written\n") || !rootMount.MatchString(out) {
+			t.Fatalf("got exit %d, stdout %q, stderr %q; want the file read back and / on /dev/vdX ext4 rw", code, out, errOut)
+		}
+		if l := loopDevicesOf(t, d.dir); len(l) > 0 {
+			t.Errorf("loop devices left on the host: %v", l)
+		}
+	})
+
+	t.Run("read-only root stays read-only", func(t *testing.T) {
+		defer d.checkClean(t)
+		out, errOut, code := run(t, "--rm", "--read-only", imageName, "bf-ro",
+			"sh", "-c", "grep ' / ' /proc/mounts; touch /x")
+		if code == 0 || !strings.Contains(errOut, "Read-only file system") || !regexp.MustCompile(`(?m)^/dev/vd[a-z]+ / ext4 ro[, ]`).MatchString(out) {
+			t.Errorf("got exit %d, stdout %q, stderr %q; want / on /dev/vdX ext4 ro and the write refused", code, out, errOut)
+		}
+	})
+
+	t.Run("two containers in one pod, one after the other", func(t *testing.T) {
+		defer d.checkClean(t)
+		const pod = "bf-pod"
+		// A pod sandbox brings its network namespace (CNI's, with a
+		// path); an empty one will do.
+		netns := "hull-" + filepath.Base(d.dir)
+		if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add: %v: %s", err, out)
+		}
+		defer func() { _ = exec.Command("ip", "netns", "delete", netns).Run() }()
+		podAnn := []string{"--with-ns", "network:/run/netns/" + netns,
+			"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
+		memberAnn := []string{"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
+		if _, errOut, code := run(t, append(append([]string{"-d"}, podAnn...), imageName, pod, "sleep", "600")...); code != 0 {
+			t.Fatalf("starting the pod sandbox: exit %d: %s", code, errOut)
+		}
+		defer d.forget(t, pod)
+		// Each member hot-adds a disk of its own; the second reuses the
+		// port the first one's unplug freed.
+		for i, id := range []string{"bf-member1", "bf-member2"} {
+			out, errOut, code := run(t, append(append([]string{"--rm"}, memberAnn...), imageName, id,
+				"sh", "-c", fmt.Sprintf("echo member%d > /f && cat /f && cat /proc/mounts", i+1))...)
+			if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("member%d\n", i+1)) || !rootMount.MatchString(out) {
+				t.Fatalf("member %s: got exit %d, stdout %q, stderr %q", id, code, out, errOut)
+			}
+		}
+		// The sandbox container's own disk is still there and writable.
+		out, errOut, code := d.ctr(t, "task", "exec", "--exec-id", "e1", pod, "sh", "-c", "echo still > /g && cat /g")
+		if code != 0 || out != "still\n" {
+			t.Errorf("exec in the pod sandbox: exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+	})
+	if l := loopDevicesOf(t, d.dir); len(l) > 0 {
+		t.Errorf("loop devices left on the host: %v", l)
+	}
+}
