@@ -17,6 +17,8 @@ TEST_ASSETS   := $(OUT)/assets
 # The hull kernel (docs/guest-kernel.md): its build output and its guest image.
 KERNEL_OUT        := $(OUT)/kernel
 HULLKERNEL_ASSETS := $(OUT)/assets-hullkernel
+# The hull kernel's image with a read-only erofs root image (kind rootfs).
+ROOTFS_ASSETS     := $(OUT)/assets-rootfs
 # A static shell to pack into the guest images for `hull exec` (opt-in; the
 # default images have none), e.g. make image DEBUG_SHELL=/bin/busybox.
 DEBUG_SHELL ?=
@@ -84,6 +86,10 @@ kernel: ## Build the hull kernel from the distribution's linux-source (tested: D
 image-hullkernel: build kernel ## Build the guest image with the hull kernel (no modules) into _output/assets-hullkernel.
 	bin/hull image build --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
+.PHONY: image-rootfs
+image-rootfs: build kernel ## Build the hull kernel's guest image with a read-only erofs root image booted through virtio-pmem with DAX (kind rootfs) into _output/assets-rootfs.
+	bin/hull image build --format erofs --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(ROOTFS_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+
 .PHONY: unit
 unit: ## Run the unit tests with the race detector (the QEMU driver's boot the kernel of _output/assets, from make image).
 	HULL_TEST_KERNEL=$${HULL_TEST_KERNEL:-$$(ls $(TEST_ASSETS)/vmlinux-* 2>/dev/null | head -n1)} \
@@ -102,21 +108,21 @@ fuzz: ## Run every fuzz target in turn, FUZZTIME each (default 10m); crashers la
 		done
 
 .PHONY: integration
-integration: image image-hullkernel ## Boot real VMs: integration tests (root, QEMU).
+integration: image image-hullkernel image-rootfs ## Boot real VMs: integration tests (root, QEMU).
 	$(MAKE) integration-only
 
 .PHONY: test
-test: deps image image-hullkernel ## Set up, then run unit and integration tests (what CI runs).
+test: deps image image-hullkernel image-rootfs ## Set up, then run unit and integration tests (what CI runs).
 	$(MAKE) unit
 	$(MAKE) integration-only
 
 .PHONY: integration-only
 integration-only:
-	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 1 -timeout 50m -v ./integration/... 2>&1 | tee $(OUT)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 1 -timeout 50m -v ./integration/... 2>&1 | tee $(OUT)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
-bench: deps image image-hullkernel ## Run all benchmarks in one go (results and method: docs/benchmarks.md).
-	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -p 1 -run '^$$' -bench . -benchtime 5x -count 1 -timeout 60m ./integration/... 2>&1 | tee $(OUT)/bench.log | grep -vE 'level=(info|debug)'; exit $${PIPESTATUS[0]}
+bench: deps image image-hullkernel image-rootfs ## Run all benchmarks in one go (results and method: docs/benchmarks.md).
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -p 1 -run '^$$' -bench . -benchtime 5x -count 1 -timeout 60m ./integration/... 2>&1 | tee $(OUT)/bench.log | grep -vE 'level=(info|debug)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
 demo: deps image ## Set up, then run `ctr run --rm --runtime io.containerd.hull.v2 <busybox> echo hello`.
