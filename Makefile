@@ -194,7 +194,7 @@ install-prereqs: # Fail early, saying what to install, when make install cannot 
 	@missing=(); \
 	command -v $(GO) >/dev/null || { echo "install: Go $$(sed -n 's/^go //p' go.mod) or later is needed (https://go.dev/dl; /usr/local/go/bin is searched)" >&2; exit 1; }; \
 	case "$(GUEST_KERNEL)" in \
-		hull) kernel_pkgs="linux-source build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils bzip2";; \
+		hull) kernel_pkgs="linux-source build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils bzip2 erofs-utils";; \
 		debian) kernel_pkgs="";; \
 		*) echo "install: GUEST_KERNEL=$(GUEST_KERNEL): want hull or debian" >&2; exit 1;; \
 	esac; \
@@ -204,14 +204,14 @@ install-prereqs: # Fail early, saying what to install, when make install cannot 
 	if (( $${#missing[@]} )); then echo "install: missing Debian packages; run: apt-get install $${missing[*]}" >&2; exit 1; fi
 
 .PHONY: install
-install: install-prereqs build $(if $(filter hull,$(GUEST_KERNEL)),kernel) ## Install binaries, guest image (the hull kernel's; GUEST_KERNEL=debian for Debian's) and default configuration (paths: make install-list).
+install: install-prereqs build $(if $(filter hull,$(GUEST_KERNEL)),kernel) ## Install binaries, guest image (the hull kernel's, booting its erofs root image; GUEST_KERNEL=debian for Debian's initrd) and default configuration (paths: make install-list).
 	@set -e; for f in $(INSTALL_FILES); do \
 		IFS=: read -r mode src dst <<<"$$f"; \
 		echo "install $$src -> $(DESTDIR)$$dst"; \
 		install -D -m "$$mode" "$$src" "$(DESTDIR)$$dst"; \
 	done
 	bin/hull image build --agent bin/hull-agent --output $(DESTDIR)$(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL)) \
-		$(if $(filter hull,$(GUEST_KERNEL)),--kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config)
+		$(if $(filter hull,$(GUEST_KERNEL)),--format erofs --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config)
 
 .PHONY: uninstall
 uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kernel cache /var/cache/hull).
@@ -219,7 +219,7 @@ uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kerne
 		IFS=: read -r mode src dst <<<"$$f"; \
 		echo "remove $(DESTDIR)$$dst"; rm -f "$(DESTDIR)$$dst"; \
 	done
-	rm -f $(DESTDIR)$(ASSETS_DIR)/manifest.json $(DESTDIR)$(ASSETS_DIR)/vmlinux-* $(DESTDIR)$(ASSETS_DIR)/initrd-*.img
+	rm -f $(DESTDIR)$(ASSETS_DIR)/manifest.json $(DESTDIR)$(ASSETS_DIR)/vmlinux-* $(DESTDIR)$(ASSETS_DIR)/initrd-*.img $(DESTDIR)$(ASSETS_DIR)/rootfs-*.erofs
 	@for d in $(INSTALL_DIRS); do \
 		if [[ -d $(DESTDIR)$$d ]]; then rmdir $(DESTDIR)$$d || { echo "uninstall: $(DESTDIR)$$d holds files hull did not install; left in place" >&2; }; fi; \
 	done
@@ -227,7 +227,7 @@ uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kerne
 .PHONY: install-list
 install-list: ## List the paths make install writes.
 	@for f in $(INSTALL_FILES); do IFS=: read -r mode src dst <<<"$$f"; echo "$$dst"; done
-	@echo "$(ASSETS_DIR)/ (guest image: vmlinux-<release>, initrd-<release>.img, manifest.json)"
+	@echo "$(ASSETS_DIR)/ (guest image: vmlinux-<release>, initrd-<release>.img, with the hull kernel rootfs-<release>.erofs, manifest.json)"
 
 .PHONY: check-install
 check-install: ## Install into a temporary DESTDIR, uninstall, and fail if anything is left.

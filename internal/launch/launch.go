@@ -125,7 +125,8 @@ type Boot struct {
 }
 
 // BootAssets returns what the guest boots: the kernel, and the initrd or
-// the root image as image.kind (or else the manifest's kind) says. The
+// the root image as image.kind (or else the manifest's kind, except on
+// microvm, which boots the initrd) says. The
 // configured hypervisor.kernel and hypervisor.initrd replace the image's
 // files for an initrd boot. The root image's path and size come from the
 // operator's manifest and image directory, never from the guest.
@@ -149,6 +150,11 @@ func BootAssets(c *config.Config, verify bool) (Boot, error) {
 	kind := c.Image.Kind
 	if kind == "" {
 		kind = m.ImageKind()
+		// The manifest's kind is a preference: microvm has no virtio-pmem,
+		// so it boots the initrd an erofs build carries too.
+		if kind == guestimage.KindRootfs && c.Hypervisor.QEMU.Machine == qemu.MachineMicroVM && m.Initrd != nil {
+			kind = guestimage.KindInitrd
+		}
 	}
 	switch kind {
 	case guestimage.KindRootfs:

@@ -197,7 +197,8 @@ func TestBootAssets(t *testing.T) {
 		{"manifest kind rootfs", "", "", withRoot, "", "rootfs-x.erofs", nil},
 		{"image.kind initrd over a rootfs image", "initrd", "", withRoot, "initrd-x.img", "", nil},
 		{"image.kind rootfs without a root image", "rootfs", "", initrdOnly, "", "", errdefs.ErrFailedPrecondition},
-		{"rootfs on microvm", "", "microvm", withRoot, "", "", errdefs.ErrInvalidArgument},
+		{"manifest kind rootfs on microvm boots the initrd", "", "microvm", withRoot, "initrd-x.img", "", nil},
+		{"image.kind rootfs on microvm", "rootfs", "microvm", withRoot, "", "", errdefs.ErrInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := config.Defaults()
