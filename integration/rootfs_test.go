@@ -78,9 +78,12 @@ func TestRootfsImage(t *testing.T) {
 	}
 
 	// The container shares the guest's PID namespace, so its /proc/1 is
-	// the agent: /proc/1/mounts is the guest's mount table.
+	// the agent: /proc/1/mounts is the guest's mount table. It is read
+	// through every thread of the agent: a thread that has a root of its
+	// own for a moment (setting up a container) shows only what lies
+	// under that root.
 	bundle, spec := busyboxBundle(t, "sh", "-c", strings.Join([]string{
-		"cat /proc/1/mounts",
+		"cat /proc/1/task/*/mounts | sort -u",
 		"echo container-writes > /written && cat /written",
 	}, " && "))
 	spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
@@ -129,7 +132,7 @@ func TestRootfsImage(t *testing.T) {
 func TestRootfsImageBootsInitrd(t *testing.T) {
 	c, m := rootfsConfig(t, guestimage.KindInitrd)
 	sb := startSandbox(t, c, "rootfs-initrd")
-	bundle, spec := busyboxBundle(t, "cat", "/proc/1/mounts")
+	bundle, spec := busyboxBundle(t, "sh", "-c", "cat /proc/1/task/*/mounts | sort -u")
 	spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
 	r := runContainer(t, sb, "mounts", bundle, spec)
 	if r.status != 0 {
@@ -196,4 +199,12 @@ func smapsOf(pid int, path string) (mapping, error) {
 		return mapping{}, fmt.Errorf("process %d maps no %s", pid, path)
 	}
 	return m, nil
+}
+
+// TestRootfsImageHotplug: the root image shares the device memory range
+// with hot-added DIMMs; vCPU and memory hotplug still reach the whole
+// headroom.
+func TestRootfsImageHotplug(t *testing.T) {
+	c, _ := rootfsConfig(t, guestimage.KindRootfs)
+	testHotplugQ35(t, c)
 }
