@@ -17,6 +17,8 @@ TEST_ASSETS   := $(OUT)/assets
 # The hull kernel (docs/guest-kernel.md): its build output and its guest image.
 KERNEL_OUT        := $(OUT)/kernel
 HULLKERNEL_ASSETS := $(OUT)/assets-hullkernel
+# The hull kernel's image with a read-only erofs root image (kind rootfs).
+ROOTFS_ASSETS     := $(OUT)/assets-rootfs
 # A static shell to pack into the guest images for `hull exec` (opt-in; the
 # default images have none), e.g. make image DEBUG_SHELL=/bin/busybox.
 DEBUG_SHELL ?=
@@ -84,6 +86,10 @@ kernel: ## Build the hull kernel from the distribution's linux-source (tested: D
 image-hullkernel: build kernel ## Build the guest image with the hull kernel (no modules) into _output/assets-hullkernel.
 	bin/hull image build --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
+.PHONY: image-rootfs
+image-rootfs: build kernel ## Build the hull kernel's guest image with a read-only erofs root image booted through virtio-pmem with DAX (kind rootfs) into _output/assets-rootfs.
+	bin/hull image build --format erofs --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(ROOTFS_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+
 .PHONY: unit
 unit: ## Run the unit tests with the race detector (the QEMU driver's boot the kernel of _output/assets, from make image).
 	HULL_TEST_KERNEL=$${HULL_TEST_KERNEL:-$$(ls $(TEST_ASSETS)/vmlinux-* 2>/dev/null | head -n1)} \
@@ -102,21 +108,21 @@ fuzz: ## Run every fuzz target in turn, FUZZTIME each (default 10m); crashers la
 		done
 
 .PHONY: integration
-integration: image image-hullkernel ## Boot real VMs: integration tests (root, QEMU).
+integration: image image-hullkernel image-rootfs ## Boot real VMs: integration tests (root, QEMU).
 	$(MAKE) integration-only
 
 .PHONY: test
-test: deps image image-hullkernel ## Set up, then run unit and integration tests (what CI runs).
+test: deps image image-hullkernel image-rootfs ## Set up, then run unit and integration tests (what CI runs).
 	$(MAKE) unit
 	$(MAKE) integration-only
 
 .PHONY: integration-only
 integration-only:
-	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 1 -timeout 50m -v ./integration/... 2>&1 | tee $(OUT)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 1 -timeout 50m -v ./integration/... 2>&1 | tee $(OUT)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
-bench: deps image image-hullkernel ## Run all benchmarks in one go (results and method: docs/benchmarks.md).
-	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -p 1 -run '^$$' -bench . -benchtime 5x -count 1 -timeout 60m ./integration/... 2>&1 | tee $(OUT)/bench.log | grep -vE 'level=(info|debug)'; exit $${PIPESTATUS[0]}
+bench: deps image image-hullkernel image-rootfs ## Run all benchmarks in one go (results and method: docs/benchmarks.md).
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -p 1 -run '^$$' -bench . -benchtime 5x -count 1 -timeout 60m ./integration/... 2>&1 | tee $(OUT)/bench.log | grep -vE 'level=(info|debug)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
 demo: deps image ## Set up, then run `ctr run --rm --runtime io.containerd.hull.v2 <busybox> echo hello`.
@@ -188,7 +194,7 @@ install-prereqs: # Fail early, saying what to install, when make install cannot 
 	@missing=(); \
 	command -v $(GO) >/dev/null || { echo "install: Go $$(sed -n 's/^go //p' go.mod) or later is needed (https://go.dev/dl; /usr/local/go/bin is searched)" >&2; exit 1; }; \
 	case "$(GUEST_KERNEL)" in \
-		hull) kernel_pkgs="linux-source build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils bzip2";; \
+		hull) kernel_pkgs="linux-source build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils bzip2 erofs-utils";; \
 		debian) kernel_pkgs="";; \
 		*) echo "install: GUEST_KERNEL=$(GUEST_KERNEL): want hull or debian" >&2; exit 1;; \
 	esac; \
@@ -198,14 +204,14 @@ install-prereqs: # Fail early, saying what to install, when make install cannot 
 	if (( $${#missing[@]} )); then echo "install: missing Debian packages; run: apt-get install $${missing[*]}" >&2; exit 1; fi
 
 .PHONY: install
-install: install-prereqs build $(if $(filter hull,$(GUEST_KERNEL)),kernel) ## Install binaries, guest image (the hull kernel's; GUEST_KERNEL=debian for Debian's) and default configuration (paths: make install-list).
+install: install-prereqs build $(if $(filter hull,$(GUEST_KERNEL)),kernel) ## Install binaries, guest image (the hull kernel's, booting its erofs root image; GUEST_KERNEL=debian for Debian's initrd) and default configuration (paths: make install-list).
 	@set -e; for f in $(INSTALL_FILES); do \
 		IFS=: read -r mode src dst <<<"$$f"; \
 		echo "install $$src -> $(DESTDIR)$$dst"; \
 		install -D -m "$$mode" "$$src" "$(DESTDIR)$$dst"; \
 	done
 	bin/hull image build --agent bin/hull-agent --output $(DESTDIR)$(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL)) \
-		$(if $(filter hull,$(GUEST_KERNEL)),--kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config)
+		$(if $(filter hull,$(GUEST_KERNEL)),--format erofs --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config)
 
 .PHONY: uninstall
 uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kernel cache /var/cache/hull).
@@ -213,7 +219,7 @@ uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kerne
 		IFS=: read -r mode src dst <<<"$$f"; \
 		echo "remove $(DESTDIR)$$dst"; rm -f "$(DESTDIR)$$dst"; \
 	done
-	rm -f $(DESTDIR)$(ASSETS_DIR)/manifest.json $(DESTDIR)$(ASSETS_DIR)/vmlinux-* $(DESTDIR)$(ASSETS_DIR)/initrd-*.img
+	rm -f $(DESTDIR)$(ASSETS_DIR)/manifest.json $(DESTDIR)$(ASSETS_DIR)/vmlinux-* $(DESTDIR)$(ASSETS_DIR)/initrd-*.img $(DESTDIR)$(ASSETS_DIR)/rootfs-*.erofs
 	@for d in $(INSTALL_DIRS); do \
 		if [[ -d $(DESTDIR)$$d ]]; then rmdir $(DESTDIR)$$d || { echo "uninstall: $(DESTDIR)$$d holds files hull did not install; left in place" >&2; }; fi; \
 	done
@@ -221,7 +227,7 @@ uninstall: ## Remove everything make install wrote (not /etc/hull, nor the kerne
 .PHONY: install-list
 install-list: ## List the paths make install writes.
 	@for f in $(INSTALL_FILES); do IFS=: read -r mode src dst <<<"$$f"; echo "$$dst"; done
-	@echo "$(ASSETS_DIR)/ (guest image: vmlinux-<release>, initrd-<release>.img, manifest.json)"
+	@echo "$(ASSETS_DIR)/ (guest image: vmlinux-<release>, initrd-<release>.img, with the hull kernel rootfs-<release>.erofs, manifest.json)"
 
 .PHONY: check-install
 check-install: ## Install into a temporary DESTDIR, uninstall, and fail if anything is left.

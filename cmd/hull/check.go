@@ -173,8 +173,12 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 		if err := m.Verify(c.Image.AssetsDir); err != nil {
 			add("guest assets", statusFail, "%s: %v", c.Image.AssetsDir, err)
 		} else {
-			add("guest assets", statusOK, "%s: kernel %s, initrd %s, %d modules, match the manifest",
-				c.Image.AssetsDir, m.Kernel.Release, m.Initrd.Compression, len(m.Modules))
+			kind := m.ImageKind()
+			if c.Image.Kind != "" {
+				kind = c.Image.Kind
+			}
+			add("guest assets", statusOK, "%s: kernel %s, boots %s, initrd %s, %d modules, match the manifest",
+				c.Image.AssetsDir, m.Kernel.Release, kind, m.Initrd.Compression, len(m.Modules))
 			add("debug shell", statusOK, "%s", debugShellDetail(m))
 		}
 	}

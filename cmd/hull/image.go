@@ -29,6 +29,7 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 		vmlinux     string
 		kconfig     string
 		compression string
+		format      string
 		features    []string
 		debugShell  string
 		quiet       bool
@@ -43,6 +44,10 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			"the hull kernel (`make kernel`, docs/guest-kernel.md). It has no modules: every image\n" +
 			"feature must be built in (=y) in its .config, or the build fails naming the missing\n" +
 			"CONFIG_ symbol; the initrd then holds only the agent.\n\n" +
+			"With --format erofs (needs mkfs.erofs from erofs-utils, and a local kernel with virtio-pmem,\n" +
+			"pmem, DAX and erofs built in, such as the hull kernel), also pack the same files as a\n" +
+			"read-only erofs image that the guest boots from through virtio-pmem with DAX; the\n" +
+			"manifest's kind is then \"rootfs\" (image.kind may still pick the initrd).\n\n" +
 			"With --debug-shell, also pack a static shell binary for debugging with `hull exec`\n" +
 			"(opt-in; images have no shell by default). It must be a static x86-64 executable that\n" +
 			"runs a shell when called as \"sh\", such as busybox-static's /bin/busybox (about 2 MB).",
@@ -70,6 +75,7 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 				Compression:   c.Image.Compression,
 				OutputDir:     c.Image.AssetsDir,
 				DebugShell:    debugShell,
+				Format:        format,
 			}
 			if output != "" {
 				o.OutputDir = output
@@ -94,8 +100,11 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 			if m.DebugShell != nil {
 				mods += ", debug shell " + m.DebugShell.Path
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s: kernel %s (%s), initrd %s (%s), %s\n",
-				o.OutputDir, m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, mods)
+			if m.Rootfs != nil {
+				mods += ", root image " + m.Rootfs.File + " (" + m.Rootfs.FSType + ")"
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "guest image in %s (kind %s): kernel %s (%s), initrd %s (%s), %s\n",
+				o.OutputDir, m.ImageKind(), m.Kernel.File, m.Kernel.Release, m.Initrd.File, m.Initrd.Compression, mods)
 			return err
 		},
 	}
@@ -107,6 +116,7 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 	cmd.MarkFlagsRequiredTogether("kernel-vmlinux", "kernel-config")
 	cmd.MarkFlagsMutuallyExclusive("kernel-vmlinux", "kernel-deb")
 	cmd.Flags().StringVar(&compression, "compression", "", "initrd compression: zstd, lz4, gzip, none (default: image.compression)")
+	cmd.Flags().StringVar(&format, "format", guestimage.FormatInitrd, "image format: initrd, or erofs (the initrd and a read-only erofs root image booted through virtio-pmem with DAX)")
 	cmd.Flags().StringSliceVar(&features, "features", nil, "image features (default: image.features)")
 	cmd.Flags().StringVar(&debugShell, "debug-shell", "", "for debugging with hull exec: pack the static shell binary at `PATH` (e.g. /bin/busybox from busybox-static) as "+
 		channel.DebugShellPath+"; opt-in, adds its size (about 2 MB) to the initrd")

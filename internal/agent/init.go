@@ -37,6 +37,17 @@ var initMounts = []mount{
 	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 }
 
+// writableDirs are the directories PID 1 makes writable when its root is
+// read-only (a rootfs image, mounted ro with DAX); /run and /tmp are tmpfs
+// anyway. Each gets a tmpfs holding a copy of the image's files there
+// (/etc has the module list; the agent writes resolv.conf into it). The
+// image has the mount points.
+var writableDirs = []string{"/etc", "/var"}
+
+// writableStaging is where a writable copy is assembled before it is
+// moved over its directory.
+const writableStaging = "/run/.hull-writable"
+
 var initSymlinks = []struct{ target, link string }{
 	{"/proc/self/fd", "/dev/fd"},
 	{"/proc/self/fd/0", "/dev/stdin"},
@@ -59,6 +70,16 @@ func setupGuest() []string {
 			warnings = append(warnings, fmt.Sprintf("mounting %s on %s: %v", m.fstype, m.target, err))
 		}
 	}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		warnings = append(warnings, fmt.Sprintf("statfs /: %v", err))
+	} else if st.Flags&unix.ST_RDONLY != 0 {
+		for _, d := range writableDirs {
+			if err := makeWritable(d); err != nil {
+				warnings = append(warnings, fmt.Sprintf("making %s writable on the read-only root: %v", d, err))
+			}
+		}
+	}
 	for _, s := range initSymlinks {
 		if cur, err := os.Readlink(s.link); err == nil && cur == s.target {
 			continue
@@ -69,6 +90,27 @@ func setupGuest() []string {
 		}
 	}
 	return warnings
+}
+
+// makeWritable puts a tmpfs with a copy of dir's files over dir: the tmpfs
+// is mounted at writableStaging, filled, and moved onto dir.
+func makeWritable(dir string) error {
+	if err := os.MkdirAll(writableStaging, 0o700); err != nil {
+		return err
+	}
+	defer func() { _ = os.Remove(writableStaging) }()
+	if err := unix.Mount("tmpfs", writableStaging, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+		return fmt.Errorf("mounting tmpfs: %w", err)
+	}
+	if err := os.CopyFS(writableStaging, os.DirFS(dir)); err != nil {
+		_ = unix.Unmount(writableStaging, unix.MNT_DETACH)
+		return fmt.Errorf("copying %s: %w", dir, err)
+	}
+	if err := unix.Mount(writableStaging, dir, "", unix.MS_MOVE, ""); err != nil {
+		_ = unix.Unmount(writableStaging, unix.MNT_DETACH)
+		return fmt.Errorf("moving tmpfs onto %s: %w", dir, err)
+	}
+	return nil
 }
 
 // RunInit is the agent as PID 1 of a VM. It never returns: when the agent

@@ -184,6 +184,12 @@ type Image struct {
 	Features []string `toml:"features"`
 	// CacheDir keeps downloaded and unpacked kernel packages.
 	CacheDir string `toml:"cache_dir"`
+
+	// Kind picks what the guest boots from: "initrd", "rootfs" (the
+	// read-only erofs image of `hull image build --format erofs`, mapped
+	// through virtio-pmem with DAX), or "" for the kind the image's
+	// manifest records.
+	Kind string `toml:"kind"`
 }
 
 // Tracing configures the OpenTelemetry spans of the shim, of each pod's
@@ -454,6 +460,7 @@ func (c *Config) Validate() error {
 		bad("image.kernel_package", "must not be empty")
 	}
 	oneOf("image.compression", im.Compression, "zstd", "lz4", "gzip", "none")
+	oneOf("image.kind", im.Kind, "", "initrd", "rootfs")
 	for _, f := range im.Features {
 		if !slices.Contains(modlist.AllFeatures, f) {
 			bad("image.features", "unknown feature %q", f)

@@ -27,7 +27,7 @@ const (
 // Image formats.
 const (
 	FormatInitrd = "initrd" // kernel + cpio initrd with the agent as /init
-	FormatErofs  = "erofs"  // reserved: erofs root image mapped with DAX
+	FormatErofs  = "erofs"  // kernel + read-only erofs root image (KindRootfs), and the initrd
 	FormatExt4   = "ext4"   // reserved: ext4 root image mapped with DAX
 )
 
@@ -52,7 +52,12 @@ type Options struct {
 	AgentBinary string
 	// Features select the modules (modlist.Feature*); empty means all.
 	Features []string
-	// Format is FormatInitrd (default); the image formats are not built yet.
+	// Format is FormatInitrd (default) or FormatErofs: the same files
+	// also as a read-only erofs image that the guest boots from through
+	// virtio-pmem with DAX (KindRootfs, the manifest's kind). An erofs
+	// build needs a local kernel with rootfsSymbols built in; it writes
+	// the initrd too, so that image.kind can pick either. FormatExt4 is
+	// reserved.
 	Format string
 	// Compression of the initrd: none (default: the guest boots fastest
 	// when it need not decompress), zstd, lz4 or gzip.
@@ -90,8 +95,8 @@ func (o *Options) setDefaults() {
 // validate checks what can be checked before any slow step.
 func (o *Options) validate() error {
 	switch o.Format {
-	case FormatInitrd:
-	case FormatErofs, FormatExt4:
+	case FormatInitrd, FormatErofs:
+	case FormatExt4:
 		return fmt.Errorf("image format %s: %w", o.Format, errdefs.ErrNotImplemented)
 	default:
 		return fmt.Errorf("image format %q (want initrd, erofs or ext4): %w", o.Format, errdefs.ErrInvalidArgument)
@@ -107,6 +112,9 @@ func (o *Options) validate() error {
 	}
 	if o.KernelVmlinux != "" && o.KernelDeb != "" {
 		return fmt.Errorf("a kernel .deb and a local kernel exclude each other: %w", errdefs.ErrInvalidArgument)
+	}
+	if o.Format == FormatErofs && o.KernelVmlinux == "" {
+		return checkRootfsKernel(nil)
 	}
 	return checkStaticExecutable(o.AgentBinary)
 }
@@ -143,6 +151,11 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		if err := lk.CheckFeatures(features); err != nil {
 			return nil, err
 		}
+		if o.Format == FormatErofs {
+			if err := checkRootfsKernel(lk); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := os.MkdirAll(o.OutputDir, 0o755); err != nil {
 		return nil, err
@@ -150,6 +163,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	m := &Manifest{
 		Builder:    BuilderInfo{Version: version.Version, Commit: version.Commit},
 		Format:     o.Format,
+		Kind:       KindInitrd,
 		Features:   features,
 		DebugShell: shell,
 	}
@@ -200,6 +214,13 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	initrd.SHA256, initrd.Size = sum.sha256, sum.size
 	m.Initrd = initrd
 
+	if o.Format == FormatErofs {
+		if m.Rootfs, err = writeRootfs(ctx, o, release, lk, features, extra, p); err != nil {
+			return nil, err
+		}
+		m.Kind = KindRootfs
+	}
+
 	b, err := m.marshal()
 	if err != nil {
 		return nil, err
@@ -212,6 +233,46 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	log.G(ctx).WithFields(log.Fields{"dir": o.OutputDir, "release": release, "kernel": m.Kernel.Format, "modules": len(m.Modules)}).Info("guest image built")
 	return m, nil
+}
+
+// writeRootfs writes rootfs-<release>.erofs: the initrd's files as a
+// read-only erofs image.
+func writeRootfs(ctx context.Context, o Options, release string, lk *LocalKernel, features []string, extra []File, p *progress) (*RootfsInfo, error) {
+	ri := &RootfsInfo{File: "rootfs-" + release + ".erofs", FSType: FormatErofs}
+	dst, err := outputPath(o.OutputDir, ri.File)
+	if err != nil {
+		return nil, err
+	}
+	t, err := rootfsTree(ctx, InitrdSpec{Init: o.AgentBinary, LocalKernel: lk, Features: features, ExtraFiles: extra})
+	if err != nil {
+		return nil, err
+	}
+	// mkfs.erofs writes a file of its own: it goes to a temporary name,
+	// then is renamed over dst like every other output.
+	tmp, err := os.CreateTemp(o.OutputDir, "."+ri.File+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	_ = tmp.Close()
+	_ = os.Remove(tmp.Name())
+	done := p.start("packing erofs root image")
+	err = WriteErofs(ctx, tmp.Name(), t)
+	done(err)
+	if err != nil {
+		return nil, fmt.Errorf("writing rootfs image: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil { //nolint:gosec // G302: the image is world-readable like the kernel and initrd
+		_ = os.Remove(tmp.Name())
+		return nil, err
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		_ = os.Remove(tmp.Name())
+		return nil, err
+	}
+	if ri.SHA256, ri.Size, err = hashFile(dst); err != nil {
+		return nil, err
+	}
+	return ri, nil
 }
 
 // writeKernel writes vmlinux-<release>, or vmlinuz-<release> when the PVH

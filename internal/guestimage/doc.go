@@ -36,12 +36,15 @@
 //
 // # Root filesystem images
 //
-// Options.Format reserves "erofs" and "ext4": a read-only image with the agent
-// as init, mapped into the guest through virtio-pmem or an NVDIMM so that the
-// page cache is bypassed (DAX). The initrd path already separates assembling
-// the file tree (tree.go) from packing it (cpio.go); an image format adds a
-// second packer that takes the same tree and writes the image, plus the
-// modules a pmem root needs (the "pmem" feature, and the filesystem module if
-// it is not built in, e.g. erofs on Debian's cloud kernel). Until then those
-// formats fail with an error wrapping errdefs.ErrNotImplemented.
+// Options.Format FormatErofs also packs the initrd's file tree (plus the
+// /etc and /var mount points the agent needs on a read-only root) as a
+// read-only erofs image (erofs.go: the tree is staged in a temporary
+// directory and mkfs.erofs writes it uncompressed, without inline tails, with
+// fixed owners, timestamps and UUID, padded to RootfsAlign). The guest maps
+// it through virtio-pmem and mounts it with DAX (KindRootfs), so its pages
+// are the host's page cache of the file, shared by every VM. Such an image
+// boots without an initrd: the kernel must be a local one with
+// rootfsSymbols built in; with a kernel package the build fails with an
+// error wrapping errdefs.ErrNotImplemented. FormatExt4 stays reserved and
+// fails the same way. docs/guest-images.md describes the whole path.
 package guestimage

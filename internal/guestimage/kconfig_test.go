@@ -172,6 +172,7 @@ func TestFragmentBuildsFeatures(t *testing.T) {
 		}
 	}
 	check("every hull guest", baseSymbols)
+	check("a rootfs image (erofs on virtio-pmem with DAX)", rootfsSymbols)
 	for _, f := range AllFeatures() {
 		syms := FeatureSymbols(f)
 		if len(syms) == 0 {

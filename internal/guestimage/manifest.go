@@ -29,10 +29,18 @@ const (
 // same inputs give the same bytes.
 type Manifest struct {
 	Builder BuilderInfo `json:"builder"`
-	// Format is the image format, "initrd" for now.
-	Format   string      `json:"format"`
-	Kernel   KernelInfo  `json:"kernel"`
-	Initrd   *InitrdInfo `json:"initrd,omitempty"`
+	// Format is the image format the builder was asked for: FormatInitrd
+	// or FormatErofs.
+	Format string `json:"format"`
+	// Kind is what the image boots by default: KindInitrd or KindRootfs
+	// (ImageKind reads it; manifests written before it existed have none
+	// and boot the initrd).
+	Kind   string      `json:"kind,omitempty"`
+	Kernel KernelInfo  `json:"kernel"`
+	Initrd *InitrdInfo `json:"initrd,omitempty"`
+	// Rootfs is the read-only root file system image of a FormatErofs
+	// build; nil otherwise.
+	Rootfs   *RootfsInfo `json:"rootfs,omitempty"`
 	Agent    AgentInfo   `json:"agent"`
 	Features []string    `json:"features"`
 	// Builtin are the features the kernel has built in, so they need no
@@ -91,6 +99,17 @@ type InitrdInfo struct {
 	Size        int64  `json:"size"`
 }
 
+// RootfsInfo describes the root file system image.
+type RootfsInfo struct {
+	// File is relative to the output directory.
+	File string `json:"file"`
+	// FSType is the file system the guest mounts: "erofs".
+	FSType string `json:"fstype"`
+	SHA256 string `json:"sha256"`
+	// Size is a multiple of RootfsAlign.
+	Size int64 `json:"size"`
+}
+
 // AgentInfo identifies the agent packed as /init.
 type AgentInfo struct {
 	SHA256 string `json:"sha256"`
@@ -135,6 +154,23 @@ func (m *Manifest) InitrdPath(dir string) string {
 	return filepath.Join(dir, m.Initrd.File)
 }
 
+// ImageKind is the kind the image boots by default: Kind, or KindInitrd
+// for a manifest without one.
+func (m *Manifest) ImageKind() string {
+	if m.Kind == "" {
+		return KindInitrd
+	}
+	return m.Kind
+}
+
+// RootfsPath is the root image's path for a manifest read from dir, or "".
+func (m *Manifest) RootfsPath(dir string) string {
+	if m.Rootfs == nil {
+		return ""
+	}
+	return filepath.Join(dir, m.Rootfs.File)
+}
+
 // Verify checks that every file the manifest names is in dir with the
 // recorded size and sha256. The error names the first file that is not.
 func (m *Manifest) Verify(dir string) error {
@@ -145,6 +181,9 @@ func (m *Manifest) Verify(dir string) error {
 	files := []want{{m.Kernel.File, m.Kernel.SHA256, m.Kernel.Size}}
 	if m.Initrd != nil {
 		files = append(files, want{m.Initrd.File, m.Initrd.SHA256, m.Initrd.Size})
+	}
+	if m.Rootfs != nil {
+		files = append(files, want{m.Rootfs.File, m.Rootfs.SHA256, m.Rootfs.Size})
 	}
 	for _, f := range files {
 		if f.file == "" || filepath.IsAbs(f.file) || filepath.Base(f.file) != f.file {

@@ -42,6 +42,10 @@ type Config struct {
 
 	Kernel string
 	Initrd string
+	// RootImage, when set, is the guest's root file system: a read-only
+	// image the driver maps into the guest (QEMU: virtio-pmem, DAX) and
+	// boots with the agent as init. Initrd is then usually empty.
+	RootImage *RootImage
 	// KernelParams are appended after the driver's own parameters.
 	KernelParams []string
 
@@ -83,6 +87,18 @@ type Config struct {
 
 	// Debug keeps kernel console output (no "quiet").
 	Debug bool
+}
+
+// RootImage is a host-owned, read-only root file system image. The driver
+// maps it private and read-only: the guest never writes the file, which
+// every VM booting it shares (its pages are the host's page cache).
+type RootImage struct {
+	// Path is the image file, from the operator's image directory.
+	Path string
+	// Size is the file's size in bytes: a whole multiple of 2 MiB.
+	Size int64
+	// FSType is the file system the guest mounts: "erofs".
+	FSType string
 }
 
 // FilesystemDevice is a vhost-user-fs (virtio-fs) share served by a daemon

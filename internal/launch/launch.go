@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/bootslot"
@@ -107,28 +108,80 @@ func imageVsock(c *config.Config) error {
 
 // Assets returns the kernel and initrd to boot: the configured paths, or the
 // files the manifest in the assets directory names (verified against their
-// checksums when verify is set).
+// checksums when verify is set). When the guest boots from the image's root
+// file system instead (BootAssets), initrd is "".
 func Assets(c *config.Config, verify bool) (kernel, initrd string, err error) {
-	kernel, initrd = c.Hypervisor.Kernel, c.Hypervisor.Initrd
-	if kernel != "" && initrd != "" {
-		return kernel, initrd, nil
+	b, err := BootAssets(c, verify)
+	return b.Kernel, b.Initrd, err
+}
+
+// Boot is what a guest boots from.
+type Boot struct {
+	Kernel string
+	// Initrd is empty when Root is set.
+	Initrd string
+	// Root is the read-only root image of a guest of kind "rootfs".
+	Root *hypervisor.RootImage
+}
+
+// BootAssets returns what the guest boots: the kernel, and the initrd or
+// the root image as image.kind (or else the manifest's kind, except on
+// microvm, which boots the initrd) says. The
+// configured hypervisor.kernel and hypervisor.initrd replace the image's
+// files for an initrd boot. The root image's path and size come from the
+// operator's manifest and image directory, never from the guest.
+func BootAssets(c *config.Config, verify bool) (Boot, error) {
+	b := Boot{Kernel: c.Hypervisor.Kernel, Initrd: c.Hypervisor.Initrd}
+	if b.Kernel != "" && b.Initrd != "" && c.Image.Kind != guestimage.KindRootfs {
+		return b, nil
 	}
 	m, err := guestimage.ReadManifest(c.Image.AssetsDir)
 	if err != nil {
-		return "", "", fmt.Errorf("%w; run `hull image build`", err)
+		return Boot{}, fmt.Errorf("%w; run `hull image build`", err)
 	}
 	if verify {
 		if err := m.Verify(c.Image.AssetsDir); err != nil {
-			return "", "", err
+			return Boot{}, err
 		}
 	}
-	if kernel == "" {
-		kernel = filepath.Join(c.Image.AssetsDir, m.Kernel.File)
+	if b.Kernel == "" {
+		b.Kernel = filepath.Join(c.Image.AssetsDir, m.Kernel.File)
 	}
-	if initrd == "" {
-		initrd = filepath.Join(c.Image.AssetsDir, m.Initrd.File)
+	kind := c.Image.Kind
+	if kind == "" {
+		kind = m.ImageKind()
+		// The manifest's kind is a preference: microvm has no virtio-pmem,
+		// so it boots the initrd an erofs build carries too.
+		if kind == guestimage.KindRootfs && c.Hypervisor.QEMU.Machine == qemu.MachineMicroVM && m.Initrd != nil {
+			kind = guestimage.KindInitrd
+		}
 	}
-	return kernel, initrd, nil
+	switch kind {
+	case guestimage.KindRootfs:
+		if m.Rootfs == nil {
+			return Boot{}, fmt.Errorf("image.kind %q: the guest image in %s has no root image; build it with `hull image build --format erofs`: %w",
+				kind, c.Image.AssetsDir, errdefs.ErrFailedPrecondition)
+		}
+		if c.Hypervisor.Initrd != "" {
+			return Boot{}, fmt.Errorf("hypervisor.initrd is set, and the guest boots from its root image (image kind rootfs): %w", errdefs.ErrInvalidArgument)
+		}
+		if c.Hypervisor.QEMU.Machine == qemu.MachineMicroVM {
+			return Boot{}, fmt.Errorf("image kind rootfs needs virtio-pmem, which the %s machine lacks: set hypervisor.qemu.machine = %q: %w",
+				qemu.MachineMicroVM, qemu.MachineQ35, errdefs.ErrInvalidArgument)
+		}
+		b.Initrd = ""
+		b.Root = &hypervisor.RootImage{Path: m.RootfsPath(c.Image.AssetsDir), Size: m.Rootfs.Size, FSType: m.Rootfs.FSType}
+	case guestimage.KindInitrd:
+		if b.Initrd == "" {
+			if m.Initrd == nil {
+				return Boot{}, fmt.Errorf("the guest image in %s has no initrd: %w", c.Image.AssetsDir, errdefs.ErrFailedPrecondition)
+			}
+			b.Initrd = m.InitrdPath(c.Image.AssetsDir)
+		}
+	default:
+		return Boot{}, fmt.Errorf("the guest image in %s has kind %q (want initrd or rootfs): %w", c.Image.AssetsDir, kind, errdefs.ErrDataLoss)
+	}
+	return b, nil
 }
 
 // QEMUOptions maps the configuration onto the QEMU driver's options.
@@ -239,7 +292,7 @@ func hotplugDisks(c *config.Config) uint32 {
 
 // SandboxConfig builds the configuration to start sandbox id.
 func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
-	kernel, initrd, err := Assets(c, false)
+	boot, err := BootAssets(c, false)
 	if err != nil {
 		return sandbox.Config{}, err
 	}
@@ -258,8 +311,9 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		ID:        id,
 		StateRoot: c.Runtime.StateDir,
 		VM: hypervisor.Config{
-			Kernel:       kernel,
-			Initrd:       initrd,
+			Kernel:       boot.Kernel,
+			Initrd:       boot.Initrd,
+			RootImage:    boot.Root,
 			KernelParams: append([]string(nil), c.Hypervisor.KernelParams...),
 			VCPUs:        c.Hypervisor.VCPUs,
 			MemoryMiB:    c.Hypervisor.MemoryMiB,

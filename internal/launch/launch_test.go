@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hypervisor"
@@ -160,5 +162,80 @@ func TestConcurrentBoots(t *testing.T) {
 	c.Hypervisor.QEMU.Accel = "tcg"
 	if n := MaxConcurrentBoots(c); n < 1 {
 		t.Errorf("derived bound %d", n)
+	}
+}
+
+// TestBootAssets: image.kind, or else the manifest's kind, picks the initrd
+// or the root image; a kind the image cannot boot is an error.
+func TestBootAssets(t *testing.T) {
+	writeManifest := func(t *testing.T, m guestimage.Manifest) string {
+		dir := t.TempDir()
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, guestimage.ManifestFile), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	initrdOnly := guestimage.Manifest{Format: "initrd", Kernel: guestimage.KernelInfo{File: "vmlinux-x"},
+		Initrd: &guestimage.InitrdInfo{File: "initrd-x.img"}}
+	old := initrdOnly
+	old.Format = "initrd"
+	withRoot := initrdOnly
+	withRoot.Format, withRoot.Kind = "erofs", guestimage.KindRootfs
+	withRoot.Rootfs = &guestimage.RootfsInfo{File: "rootfs-x.erofs", FSType: "erofs", Size: 4 << 20}
+	for _, tc := range []struct {
+		name, kind, machine string
+		m                   guestimage.Manifest
+		wantInitrd          string // base name
+		wantRoot            string // base name
+		wantErr             error
+	}{
+		{"manifest without kind boots its initrd", "", "", old, "initrd-x.img", "", nil},
+		{"manifest kind rootfs", "", "", withRoot, "", "rootfs-x.erofs", nil},
+		{"image.kind initrd over a rootfs image", "initrd", "", withRoot, "initrd-x.img", "", nil},
+		{"image.kind rootfs without a root image", "rootfs", "", initrdOnly, "", "", errdefs.ErrFailedPrecondition},
+		{"manifest kind rootfs on microvm boots the initrd", "", "microvm", withRoot, "initrd-x.img", "", nil},
+		{"image.kind rootfs on microvm", "rootfs", "microvm", withRoot, "", "", errdefs.ErrInvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := config.Defaults()
+			c.Image.AssetsDir = writeManifest(t, tc.m)
+			c.Image.Kind = tc.kind
+			if tc.machine != "" {
+				c.Hypervisor.QEMU.Machine = tc.machine
+			}
+			b, err := BootAssets(c, false)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("got %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.Kernel != filepath.Join(c.Image.AssetsDir, "vmlinux-x") {
+				t.Errorf("kernel %s", b.Kernel)
+			}
+			if tc.wantInitrd != "" && b.Initrd != filepath.Join(c.Image.AssetsDir, tc.wantInitrd) || tc.wantInitrd == "" && b.Initrd != "" {
+				t.Errorf("initrd %q, want %q", b.Initrd, tc.wantInitrd)
+			}
+			switch {
+			case tc.wantRoot == "" && b.Root != nil:
+				t.Errorf("root image %+v, want none", b.Root)
+			case tc.wantRoot != "" && (b.Root == nil || *b.Root != hypervisor.RootImage{Path: filepath.Join(c.Image.AssetsDir, tc.wantRoot), Size: 4 << 20, FSType: "erofs"}):
+				t.Errorf("root image %+v, want %s", b.Root, tc.wantRoot)
+			}
+			sc, err := SandboxConfig(c, "sb1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.VM.RootImage != b.Root && (sc.VM.RootImage == nil || b.Root == nil || *sc.VM.RootImage != *b.Root) || sc.VM.Initrd != b.Initrd {
+				t.Errorf("sandbox config boots initrd %q, root %+v; want %q, %+v", sc.VM.Initrd, sc.VM.RootImage, b.Initrd, b.Root)
+			}
+		})
 	}
 }

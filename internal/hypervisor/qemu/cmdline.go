@@ -166,7 +166,10 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	a.addOpt("smp", smp)
 	m := opt(fmt.Sprintf("%dM", cfg.MemoryMiB))
 	if h.maxMemoryMiB > 0 {
-		m = m.with(pInt("slots", h.slots), p("maxmem", fmt.Sprintf("%dM", h.maxMemoryMiB)))
+		m = m.with(pInt("slots", h.slots))
+	}
+	if mx := maxMemoryArg(cfg, h); mx > 0 {
+		m = m.with(p("maxmem", fmt.Sprintf("%dM", mx)))
 	}
 	a.addOpt("m", m)
 	if cfg.SharedMemory {
@@ -183,6 +186,15 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		a.add("initrd", cfg.Initrd)
 	}
 	a.add("append", strings.Join(kernelParams(cfg, l), " "))
+	if r := cfg.RootImage; r != nil {
+		// The image is the operator's file, shared by every VM that boots
+		// it: QEMU opens it read-only and maps it private and read-only,
+		// so nothing in the guest can write it. The guest reads its pages
+		// in place (DAX): they are the host's page cache of the file.
+		a.addOpt("object", opt("memory-backend-file", p("id", rootImageMemID), p("mem-path", r.Path),
+			pInt("size", uint64(r.Size)), pBool("share", false), pBool("readonly", true)))
+		a.device("virtio-pmem-pci", p("id", "pmem-root"), p("memdev", rootImageMemID))
+	}
 
 	a.flag("nodefaults")
 	a.flag("no-user-config")
@@ -338,8 +350,8 @@ func kernelParams(cfg *hypervisor.Config, l layout) []string {
 		// Every console line costs time under emulation.
 		ps = append(ps, "quiet")
 	}
-	if headroomOf(cfg, l.machine).maxMemoryMiB > 0 {
-		// The hotplug range lies above 4 GiB, which makes the kernel
+	if maxMemoryArg(cfg, headroomOf(cfg, l.machine)) > 0 {
+		// The hotplug range (and a root image's pmem region) lies above 4 GiB, which makes the kernel
 		// reserve a 64 MiB bounce buffer (swiotlb) for devices that cannot
 		// reach it. Ours are virtio devices without an IOMMU, which
 		// never bounce.
@@ -350,7 +362,37 @@ func kernelParams(cfg *hypervisor.Config, l layout) []string {
 		// fall back to jiffies.
 		ps = append(ps, fmt.Sprintf("tsc_early_khz=%d", l.tscKHz), "tsc=reliable")
 	}
+	if r := cfg.RootImage; r != nil {
+		// The first (only) pmem device, read-only, mounted with DAX; the
+		// agent is its /init.
+		ps = append(ps, "root=/dev/pmem0", "rootfstype="+r.FSType, "rootflags=dax=always", "ro", "init=/init")
+	}
 	return append(ps, cfg.KernelParams...)
+}
+
+// rootImageMemID is the memory backend of the root image.
+const rootImageMemID = "rootimg"
+
+const (
+	// rootImageAlign is the unit of a root image's size: the guest maps
+	// pmem in 2 MiB subsections.
+	rootImageAlign = 2 << 20
+	// maxRootImage bounds a root image (the agent's image is tens of MiB).
+	maxRootImage = 64 << 30
+)
+
+// maxMemoryArg is QEMU's maxmem in MiB, 0 for none: boot memory, the
+// hotplug headroom, and the root image, which virtio-pmem places in the
+// same device memory range as hot-added DIMMs (it takes no DIMM slot).
+func maxMemoryArg(cfg *hypervisor.Config, h headroom) uint32 {
+	var imageMiB uint32
+	if cfg.RootImage != nil {
+		imageMiB = uint32((cfg.RootImage.Size + 1<<20 - 1) >> 20)
+	}
+	if h.maxMemoryMiB == 0 && imageMiB == 0 {
+		return 0
+	}
+	return max(h.maxMemoryMiB, cfg.MemoryMiB) + imageMiB
 }
 
 // extraFDs are the tap descriptors Start passes to QEMU, in the order the

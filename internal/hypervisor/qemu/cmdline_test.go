@@ -51,6 +51,13 @@ func withDevices(c hypervisor.Config) hypervisor.Config {
 	return c
 }
 
+// rootfs boots from a 34 MiB erofs image instead of the initrd.
+func rootfs(c hypervisor.Config) hypervisor.Config {
+	c.Initrd = ""
+	c.RootImage = &hypervisor.RootImage{Path: "/usr/share/hull/rootfs,1.erofs", Size: 34 << 20, FSType: "erofs"}
+	return c
+}
+
 func vsock(c hypervisor.Config) hypervisor.Config {
 	c.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 42, Port: 1024}
 	return c
@@ -90,6 +97,12 @@ func TestArgsGolden(t *testing.T) {
 			c.HotplugNICs, c.HotplugBlocks = 1, 2
 			return c
 		}(), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-serial-rootfs", rootfs(baseConfig()), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"q35-vsock-devices-rootfs-hotplug", func() hypervisor.Config {
+			c := rootfs(vsock(withDevices(baseConfig())))
+			c.MaxVCPUs, c.MaxMemoryMiB = 4, 2048
+			return c
+		}(), Options{Accel: AccelKVM}},
 		{"q35-serial-reclaim", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial-reclaim", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
@@ -249,6 +262,26 @@ func TestNewRejects(t *testing.T) {
 		}, "cannot hot-add"},
 		{"too many hotplug nics", func(c *hypervisor.Config, _ *Options) { c.HotplugNICs = 9 }, "at most 8"},
 		{"too many hotplug disks", func(c *hypervisor.Config, _ *Options) { c.HotplugBlocks = 17 }, "at most 16"},
+		{"root image on microvm", func(c *hypervisor.Config, o *Options) {
+			o.Machine = MachineMicroVM
+			*c = rootfs(*c)
+		}, "virtio-pmem"},
+		{"root image relative", func(c *hypervisor.Config, _ *Options) {
+			*c = rootfs(*c)
+			c.RootImage.Path = "rootfs.erofs"
+		}, "absolute"},
+		{"root image unaligned", func(c *hypervisor.Config, _ *Options) {
+			*c = rootfs(*c)
+			c.RootImage.Size = 3 << 19
+		}, "multiple of 2 MiB"},
+		{"root image empty", func(c *hypervisor.Config, _ *Options) {
+			*c = rootfs(*c)
+			c.RootImage.Size = 0
+		}, "multiple of 2 MiB"},
+		{"root image fstype", func(c *hypervisor.Config, _ *Options) {
+			*c = rootfs(*c)
+			c.RootImage.FSType = "ext4 init=/bin/sh"
+		}, "want erofs"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

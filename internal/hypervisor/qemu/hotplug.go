@@ -98,10 +98,11 @@ func (v *VM) Resize(ctx context.Context, vcpus, memoryMiB uint32) (hypervisor.Si
 	if err != nil {
 		return hypervisor.Size{}, fmt.Errorf("vm %s: resize: %w", v.cfg.ID, err)
 	}
-	dimms, err := queryDIMMs(ctx, q)
+	devs, err := queryMemoryDevices(ctx, q)
 	if err != nil {
 		return hypervisor.Size{}, fmt.Errorf("vm %s: resize: %w", v.cfg.ID, err)
 	}
+	dimms := slices.DeleteFunc(slices.Clone(devs), func(d memoryDevice) bool { return d.Type != "dimm" })
 	size := v.sizeOf(cpus, dimms)
 	from := size
 	if vcpus > size.VCPUs {
@@ -121,7 +122,7 @@ func (v *VM) Resize(ctx context.Context, vcpus, memoryMiB uint32) (hypervisor.Si
 			return size, fmt.Errorf("vm %s: adding %d MiB of memory: all %d memory slots are in use: %w",
 				v.cfg.ID, add, h.slots, errdefs.ErrResourceExhausted)
 		}
-		if err := v.plugDIMM(ctx, q, add); err != nil {
+		if err := v.plugDIMM(ctx, q, add, dimmAddr(devs)); err != nil {
 			return size, fmt.Errorf("vm %s: adding %d MiB of memory to %d MiB: %w", v.cfg.ID, add, size.MemoryMiB, err)
 		}
 		size.MemoryMiB += add
@@ -147,7 +148,35 @@ type memoryDevice struct {
 	Data struct {
 		ID   string `json:"id"`
 		Size uint64 `json:"size"`
+		// Addr is a DIMM's guest physical address; MemAddr a
+		// virtio-pmem device's (the root image).
+		Addr    uint64 `json:"addr"`
+		MemAddr uint64 `json:"memaddr"`
 	} `json:"data"`
+}
+
+// dimmAddr is where the next DIMM goes: 0 (QEMU's choice) when the device
+// memory holds only DIMMs, which are whole memory blocks and so stay
+// aligned; else the first memory block boundary after every device. The
+// guest onlines memory in whole blocks and refuses a DIMM that does not
+// start on one, and QEMU would place it right after the root image's
+// virtio-pmem region, which is only 2 MiB aligned. The alignment gap fits:
+// QEMU sizes device memory with 1 GiB of room per DIMM slot.
+func dimmAddr(devs []memoryDevice) uint64 {
+	var end uint64
+	others := false
+	for _, d := range devs {
+		start := d.Data.Addr
+		if d.Type != "dimm" {
+			others, start = true, d.Data.MemAddr
+		}
+		end = max(end, start+d.Data.Size)
+	}
+	if !others {
+		return 0
+	}
+	const block = memoryBlockMiB << 20
+	return (end + block - 1) / block * block
 }
 
 // sizeOf is the VM's size by QEMU's account: the plugged vCPUs, and the
@@ -177,7 +206,7 @@ func queryCPUs(ctx context.Context, q *qmpConn) ([]hotpluggableCPU, error) {
 	return cpus, nil
 }
 
-func queryDIMMs(ctx context.Context, q *qmpConn) ([]memoryDevice, error) {
+func queryMemoryDevices(ctx context.Context, q *qmpConn) ([]memoryDevice, error) {
 	r, err := q.execute(ctx, "query-memory-devices", nil)
 	if err != nil {
 		return nil, err
@@ -186,7 +215,7 @@ func queryDIMMs(ctx context.Context, q *qmpConn) ([]memoryDevice, error) {
 	if err := json.Unmarshal(r, &devs); err != nil {
 		return nil, fmt.Errorf("qmp query-memory-devices: %w", err)
 	}
-	return slices.DeleteFunc(devs, func(d memoryDevice) bool { return d.Type != "dimm" }), nil
+	return devs, nil
 }
 
 // cpuTopology is the order in which free CPU slots are filled.
@@ -237,7 +266,8 @@ func cpuID(c hotpluggableCPU) string {
 
 // plugDIMM adds one DIMM of mib MiB; the caller holds resizeMu. When the device cannot be added, it
 // deletes the backend it created for it, so nothing is left half added.
-func (v *VM) plugDIMM(ctx context.Context, q *qmpConn, mib uint32) error {
+// addr, when not 0, is the DIMM's guest physical address (dimmAddr).
+func (v *VM) plugDIMM(ctx context.Context, q *qmpConn, mib uint32, addr uint64) error {
 	// Ids are never reused: a backend whose removal failed keeps its own.
 	v.dimmSeq++
 	id := fmt.Sprintf("dimm%d", v.dimmSeq)
@@ -250,7 +280,11 @@ func (v *VM) plugDIMM(ctx context.Context, q *qmpConn, mib uint32) error {
 	}); err != nil {
 		return err
 	}
-	if _, err := q.execute(ctx, "device_add", map[string]any{"driver": "pc-dimm", "id": id, "memdev": backend}); err != nil {
+	dev := map[string]any{"driver": "pc-dimm", "id": id, "memdev": backend}
+	if addr != 0 {
+		dev["addr"] = addr
+	}
+	if _, err := q.execute(ctx, "device_add", dev); err != nil {
 		// The caller's ctx may be what failed: undo with a fresh one.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 		defer cancel()

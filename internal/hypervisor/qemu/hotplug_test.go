@@ -318,3 +318,36 @@ func TestHeadroom(t *testing.T) {
 		})
 	}
 }
+
+func TestDIMMAddr(t *testing.T) {
+	const gib, mib = uint64(1) << 30, uint64(1) << 20
+	dev := func(typ string, at, size uint64) memoryDevice {
+		var d memoryDevice
+		d.Type, d.Data.Size = typ, size
+		if typ == "dimm" {
+			d.Data.Addr = at
+		} else {
+			d.Data.MemAddr = at
+		}
+		return d
+	}
+	for _, tc := range []struct {
+		name string
+		devs []memoryDevice
+		want uint64
+	}{
+		{"no device: QEMU places it", nil, 0},
+		{"only dimms: QEMU places it", []memoryDevice{dev("dimm", 4*gib, 256*mib)}, 0},
+		{"after the root image, on a block boundary", []memoryDevice{dev("virtio-pmem", 4*gib, 12*mib)}, 4*gib + 128*mib},
+		{"after a dimm that follows the root image", []memoryDevice{
+			dev("virtio-pmem", 4*gib, 12*mib), dev("dimm", 4*gib+128*mib, 256*mib),
+		}, 4*gib + 384*mib},
+		{"a root image of whole blocks", []memoryDevice{dev("virtio-pmem", 4*gib, 256*mib)}, 4*gib + 256*mib},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := dimmAddr(tc.devs); got != tc.want {
+				t.Errorf("dimmAddr = %#x, want %#x", got, tc.want)
+			}
+		})
+	}
+}

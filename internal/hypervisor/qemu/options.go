@@ -218,6 +218,20 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 			return err
 		}
 	}
+	if r := cfg.RootImage; r != nil {
+		if o.Machine != MachineQ35 {
+			return inval("a root image needs virtio-pmem, which the %s machine lacks: use %s", o.Machine, MachineQ35)
+		}
+		if !filepath.IsAbs(r.Path) {
+			return inval("root image %q is not an absolute path", r.Path)
+		}
+		if r.Size <= 0 || r.Size%rootImageAlign != 0 || r.Size > maxRootImage {
+			return inval("root image %s: size %d: want a positive multiple of 2 MiB up to %d GiB", r.Path, r.Size, maxRootImage>>30)
+		}
+		if r.FSType != "erofs" {
+			return inval("root image %s: file system %q: want erofs", r.Path, r.FSType)
+		}
+	}
 	if cfg.HotplugNICs > 0 && o.Machine == MachineMicroVM {
 		return inval("%d hot-pluggable NICs: the %s machine cannot hot-add devices", cfg.HotplugNICs, MachineMicroVM)
 	}

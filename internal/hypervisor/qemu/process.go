@@ -391,6 +391,9 @@ func (v *VM) checkFiles() error {
 	for _, b := range v.cfg.Blocks {
 		files = append(files, b.Path)
 	}
+	if v.cfg.RootImage != nil {
+		files = append(files, v.cfg.RootImage.Path)
+	}
 	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
