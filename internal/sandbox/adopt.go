@@ -242,6 +242,8 @@ func adoptMismatch(warm, pod Config) error {
 		return differs("vm.kernel", w.Kernel, p.Kernel)
 	case w.Initrd != p.Initrd:
 		return differs("vm.initrd", w.Initrd, p.Initrd)
+	case !reflect.DeepEqual(w.RootImage, p.RootImage):
+		return differs("vm.root_image", w.RootImage, p.RootImage)
 	case !slices.Equal(w.KernelParams, p.KernelParams):
 		return differs("vm.kernel_params", w.KernelParams, p.KernelParams)
 	case w.Debug != p.Debug:
@@ -254,6 +256,8 @@ func adoptMismatch(warm, pod Config) error {
 		return differs("vm.max_memory_mib", w.MaxMemoryMiB, p.MaxMemoryMiB)
 	case w.HotplugNICs != p.HotplugNICs:
 		return differs("vm.hotplug_nics", w.HotplugNICs, p.HotplugNICs)
+	case w.HotplugBlocks != p.HotplugBlocks:
+		return differs("vm.hotplug_blocks", w.HotplugBlocks, p.HotplugBlocks)
 	case !slices.Equal(w.Filesystems, p.Filesystems):
 		return differs("vm.filesystems", w.Filesystems, p.Filesystems)
 	case !slices.Equal(w.Blocks, p.Blocks):

@@ -61,12 +61,16 @@ func TestAdoptMismatch(t *testing.T) {
 		{"virtiofs", func(c *Config) { c.Virtiofs.Cache = "none" }, "virtiofs"},
 		{"kernel", func(c *Config) { c.VM.Kernel = "/other/vmlinux" }, "vm.kernel"},
 		{"initrd", func(c *Config) { c.VM.Initrd = "/other/initrd" }, "vm.initrd"},
+		{"root image", func(c *Config) {
+			c.VM.RootImage = &hypervisor.RootImage{Path: "/img/rootfs.erofs", Size: 2 << 20, FSType: "erofs"}
+		}, "vm.root_image"},
 		{"kernel params", func(c *Config) { c.VM.KernelParams = []string{"quiet", "debug"} }, "vm.kernel_params"},
 		{"vm debug", func(c *Config) { c.VM.Debug = true }, "vm.debug"},
 		{"shared memory", func(c *Config) { c.VM.SharedMemory = true }, "vm.shared_memory"},
 		{"max vcpus", func(c *Config) { c.VM.MaxVCPUs = 8 }, "vm.max_vcpus"},
 		{"max memory", func(c *Config) { c.VM.MaxMemoryMiB = 8192 }, "vm.max_memory_mib"},
 		{"hotplug nics", func(c *Config) { c.VM.HotplugNICs = 1 }, "vm.hotplug_nics"},
+		{"hotplug disks", func(c *Config) { c.VM.HotplugBlocks = 3 }, "vm.hotplug_blocks"},
 		{"filesystems", func(c *Config) { c.VM.Filesystems = []hypervisor.FilesystemDevice{{Tag: "x", SocketPath: "/s"}} }, "vm.filesystems"},
 		{"blocks", func(c *Config) { c.VM.Blocks = []hypervisor.BlockDevice{{ID: "b", Path: "/dev/null"}} }, "vm.blocks"},
 		{"networks", func(c *Config) { c.VM.Networks = []hypervisor.NetworkDevice{{ID: "n", TapName: "tap0"}} }, "vm.networks"},
