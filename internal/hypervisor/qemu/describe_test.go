@@ -1,0 +1,41 @@
+package qemu
+
+import (
+	"reflect"
+	"testing"
+)
+
+// TestDescribeTellsMachinesApart checks that two VMs whose options give
+// their guests a different machine (a QEMU that keeps root or drops it, a
+// free page reporting balloon or none, another CPU model) describe
+// themselves differently: the adoption of a warm VM (sandbox.Adopt)
+// compares what the driver describes to decide whether the warm VM is the
+// one the pod's configuration would boot.
+func TestDescribeTellsMachinesApart(t *testing.T) {
+	base := Options{Binary: "/bin/true", Machine: MachineQ35, Accel: AccelTCG, TSCKHz: 1}
+	tests := []struct {
+		name   string
+		modify func(*Options)
+	}{
+		{"qemu drops root", func(o *Options) { o.RunAsUIDBase, o.RunAsUIDCount = 200000, 100 }},
+		{"free page reporting", func(o *Options) { o.FreePageReporting = true }},
+		{"cpu model", func(o *Options) { o.CPUModel = "max" }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := base
+			tc.modify(&o)
+			warm, err := New(baseConfig(), base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod, err := New(baseConfig(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w, p := warm.Describe(), pod.Describe(); reflect.DeepEqual(w, p) {
+				t.Errorf("options %+v and %+v describe the same vm %+v: an adoption cannot tell them apart", base, o, w)
+			}
+		})
+	}
+}
