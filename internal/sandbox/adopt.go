@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -273,13 +274,17 @@ func adoptMismatch(warm, pod Config) error {
 }
 
 // descriptionMismatch compares what the warm VM's driver runs with what the
-// pod's configuration would run.
+// pod's configuration would run: the program, the machine and CPU the
+// guest sees, and the hypervisor's own confinement (the user it drops to).
 func descriptionMismatch(warm, pod hypervisor.Description) error {
 	for _, f := range []struct{ field, w, p string }{
 		{"hypervisor.driver", warm.Driver, pod.Driver},
 		{"hypervisor.binary", warm.Binary, pod.Binary},
 		{"hypervisor.machine", warm.Machine, pod.Machine},
 		{"hypervisor.accel", warm.Accel, pod.Accel},
+		{"hypervisor.cpu_model", warm.CPUModel, pod.CPUModel},
+		{"hypervisor.run_as_uids", warm.RunAsUIDs, pod.RunAsUIDs},
+		{"hypervisor.free_page_reporting", strconv.FormatBool(warm.FreePageReporting), strconv.FormatBool(pod.FreePageReporting)},
 	} {
 		if f.w != f.p {
 			return notAdoptable(f.field, "warm %q, pod %q", f.w, f.p)

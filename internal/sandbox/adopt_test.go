@@ -121,6 +121,10 @@ func TestDescriptionMismatch(t *testing.T) {
 		{"binary", func(d *hypervisor.Description) { d.Binary = "/opt/qemu" }, "hypervisor.binary"},
 		{"machine", func(d *hypervisor.Description) { d.Machine = "microvm" }, "hypervisor.machine"},
 		{"accel", func(d *hypervisor.Description) { d.Accel = "kvm" }, "hypervisor.accel"},
+		{"cpu model", func(d *hypervisor.Description) { d.CPUModel = "max" }, "hypervisor.cpu_model"},
+		{"qemu drops root", func(d *hypervisor.Description) { d.RunAsUIDs = "200000-200099" }, "hypervisor.run_as_uids"},
+		{"free page reporting", func(d *hypervisor.Description) { d.FreePageReporting = true }, "hypervisor.free_page_reporting"},
+		{"only the process differs", func(d *hypervisor.Description) { d.PID, d.StartTime, d.StateDir, d.Cgroup = 0, 0, "/x", "/y" }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
