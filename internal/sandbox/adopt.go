@@ -376,12 +376,15 @@ func (s *Sandbox) moveCgroup(ctx context.Context, cfg Config) error {
 		return errors.Join(err, r.MoveCgroup(old.g.Path()), old.g.AddTree(vfs), hc.g.Delete())
 	}
 	s.cgroup = hc
-	if err := writeRecord(s.stateDir, s.record()); err != nil {
-		return err
-	}
+	// The processes have left the warm cgroup: it goes whether or not
+	// the record is rewritten (Stop removes s.cgroup alone).
+	recErr := writeRecord(s.stateDir, s.record())
 	if err := old.g.Delete(); err != nil {
 		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("removing the warm sandbox's cgroup; it is removed at stop")
 		s.retiredCgroups = append(s.retiredCgroups, old.g)
+	}
+	if recErr != nil {
+		return recErr
 	}
 	log.G(ctx).WithFields(log.Fields{
 		"sandbox": cfg.ID, "cgroup": hc.g.Path(), "warm_cgroup": old.g.Path(), "created": hc.g.Created(), "charges_moved": moved,
