@@ -67,6 +67,9 @@ func TestAdoptMismatch(t *testing.T) {
 		{"max vcpus", func(c *Config) { c.VM.MaxVCPUs = 8 }, "vm.max_vcpus"},
 		{"max memory", func(c *Config) { c.VM.MaxMemoryMiB = 8192 }, "vm.max_memory_mib"},
 		{"hotplug nics", func(c *Config) { c.VM.HotplugNICs = 1 }, "vm.hotplug_nics"},
+		// The shim's configuration (launch.SandboxConfig) reserves no NIC
+		// slots: a cold start attaches the pod network at boot.
+		{"pod network, the pod reserving no slots", func(c *Config) { c.NetNS, c.VM.HotplugNICs = "/var/run/netns/p", 0 }, ""},
 		{"filesystems", func(c *Config) { c.VM.Filesystems = []hypervisor.FilesystemDevice{{Tag: "x", SocketPath: "/s"}} }, "vm.filesystems"},
 		{"blocks", func(c *Config) { c.VM.Blocks = []hypervisor.BlockDevice{{ID: "b", Path: "/dev/null"}} }, "vm.blocks"},
 		{"networks", func(c *Config) { c.VM.Networks = []hypervisor.NetworkDevice{{ID: "n", TapName: "tap0"}} }, "vm.networks"},
