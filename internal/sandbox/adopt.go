@@ -163,7 +163,12 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 			return s.moveCgroup(ctx, cfg)
 		}},
 	}
-	steps = append(steps, s.podSteps(cfg, true, &undo)...)
+	// The pod network goes into the slots the warm VM reserved: a pod
+	// configured for a cold start (the shim's) reserves none, its network
+	// being attached at boot.
+	podCfg := cfg
+	podCfg.VM.HotplugNICs = w.cfg.VM.HotplugNICs
+	steps = append(steps, s.podSteps(podCfg, true, &undo)...)
 	steps = append(steps, step{"grow vm", func(ctx context.Context) error {
 		if cfg.VM.VCPUs <= w.cfg.VM.VCPUs && cfg.VM.MemoryMiB <= w.cfg.VM.MemoryMiB {
 			return nil
@@ -247,8 +252,8 @@ func adoptMismatch(warm, pod Config) error {
 		return differs("vm.max_vcpus", w.MaxVCPUs, p.MaxVCPUs)
 	case w.MaxMemoryMiB != p.MaxMemoryMiB:
 		return differs("vm.max_memory_mib", w.MaxMemoryMiB, p.MaxMemoryMiB)
-	case w.HotplugNICs != p.HotplugNICs:
-		return differs("vm.hotplug_nics", w.HotplugNICs, p.HotplugNICs)
+	case p.HotplugNICs > w.HotplugNICs:
+		return notAdoptable("vm.hotplug_nics", "the pod asks for %d NIC hotplug slots, the warm vm has %d", p.HotplugNICs, w.HotplugNICs)
 	case !slices.Equal(w.Filesystems, p.Filesystems):
 		return differs("vm.filesystems", w.Filesystems, p.Filesystems)
 	case !slices.Equal(w.Blocks, p.Blocks):

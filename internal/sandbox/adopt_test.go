@@ -66,7 +66,8 @@ func TestAdoptMismatch(t *testing.T) {
 		{"shared memory", func(c *Config) { c.VM.SharedMemory = true }, "vm.shared_memory"},
 		{"max vcpus", func(c *Config) { c.VM.MaxVCPUs = 8 }, "vm.max_vcpus"},
 		{"max memory", func(c *Config) { c.VM.MaxMemoryMiB = 8192 }, "vm.max_memory_mib"},
-		{"hotplug nics", func(c *Config) { c.VM.HotplugNICs = 1 }, "vm.hotplug_nics"},
+		{"fewer hotplug nics", func(c *Config) { c.VM.HotplugNICs = 1 }, ""},
+		{"more hotplug nics", func(c *Config) { c.VM.HotplugNICs = 3 }, "vm.hotplug_nics"},
 		// The shim's configuration (launch.SandboxConfig) reserves no NIC
 		// slots: a cold start attaches the pod network at boot.
 		{"pod network, the pod reserving no slots", func(c *Config) { c.NetNS, c.VM.HotplugNICs = "/var/run/netns/p", 0 }, ""},
