@@ -310,6 +310,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	}
 	podID := sandboxID(r.id, annotations)
 	rec = record{SandboxID: podID, VMID: vmID(r.namespace, podID), StateRoot: cfg.Runtime.StateDir}
+	if warm := s.warmSandbox(); warm != nil {
+		rec.WarmID = warm.ID()
+	}
 	if err := writeRecord(r.bundle, rec); err != nil {
 		return nil, err
 	}
