@@ -354,6 +354,14 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if err != nil {
 		return nil, err
 	}
+	if rec.WarmID != "" {
+		// The warm sandbox is the pod's now, or stopped: delete must not
+		// look for its ID, which a factory may give another.
+		rec.WarmID = ""
+		if err := writeRecord(r.bundle, rec); err != nil {
+			log.G(ctx).WithError(err).WithField("warm_sandbox", sb.ID()).Warn("the bundle record still names the warm sandbox")
+		}
+	}
 	s.mu.Lock()
 	s.start = start
 	s.sb, s.sandboxID, s.vmID, s.stateRoot = sb, rec.SandboxID, rec.VMID, rec.StateRoot
