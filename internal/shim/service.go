@@ -354,12 +354,12 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	if err != nil {
 		return nil, err
 	}
-	if rec.WarmID != "" {
+	if warmID := rec.WarmID; warmID != "" {
 		// The warm sandbox is the pod's now, or stopped: delete must not
 		// look for its ID, which a factory may give another.
 		rec.WarmID = ""
 		if err := writeRecord(r.bundle, rec); err != nil {
-			log.G(ctx).WithError(err).WithField("warm_sandbox", sb.ID()).Warn("the bundle record still names the warm sandbox")
+			log.G(ctx).WithError(err).WithField("warm_sandbox", warmID).Warn("the bundle record still names the warm sandbox")
 		}
 	}
 	s.mu.Lock()
