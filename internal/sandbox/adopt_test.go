@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -298,4 +300,37 @@ func TestAdoptRefuses(t *testing.T) {
 			t.Fatalf("a refused adoption moved the state directory: %v", err)
 		}
 	})
+}
+
+// TestAdoptMismatchKnowsEveryField makes a new field of Config or
+// hypervisor.Config a decision: either adoptMismatch compares it (it fixes
+// what the VM booted with), or the adoption applies it (the pod's part),
+// or Start fills it in.
+func TestAdoptMismatchKnowsEveryField(t *testing.T) {
+	known := map[reflect.Type][]string{
+		reflect.TypeFor[Config](): {
+			// Compared.
+			"StateRoot", "VM", "Transport", "VsockPort", "VsockFallback", "AgentLogLevel", "DebugConsole",
+			"Tracing", "AgentLogMax", "CallTimeout", "Virtiofs",
+			// The pod's, applied by Adopt (or refused there: NetNSOwn).
+			"ID", "Hostname", "NetNS", "HotplugNetwork", "NetNSOwn", "DNS", "ShmSize", "Cgroup", "KillTimeout",
+			"ObserveAgentRPC", "NewVM",
+			// The boot's alone.
+			"BootGate", "DialTimeout", "DialTimeoutMaxScale",
+		},
+		reflect.TypeFor[hypervisor.Config](): {
+			// Compared.
+			"Kernel", "Initrd", "KernelParams", "VCPUs", "MemoryMiB", "MaxVCPUs", "MaxMemoryMiB", "SharedMemory",
+			"Filesystems", "Blocks", "Networks", "HotplugNICs", "Debug",
+			// Filled in by Start.
+			"ID", "StateDir", "Cgroup", "Agent",
+		},
+	}
+	for typ, names := range known {
+		for f := range typ.Fields() {
+			if !slices.Contains(names, f.Name) {
+				t.Errorf("%s.%s: say whether an adoption compares it (adoptMismatch) or applies it", typ, f.Name)
+			}
+		}
+	}
 }
