@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -37,5 +38,23 @@ func TestDescribeTellsMachinesApart(t *testing.T) {
 				t.Errorf("options %+v and %+v describe the same vm %+v: an adoption cannot tell them apart", base, o, w)
 			}
 		})
+	}
+}
+
+// TestDescribeKnowsEveryOption makes a new option a decision: either
+// Describe reports it (a warm VM with another value is not the machine the
+// option asks for), or it does not change the guest's machine.
+func TestDescribeKnowsEveryOption(t *testing.T) {
+	known := []string{
+		// Described.
+		"Binary", "Machine", "Accel", "CPUModel", "RunAsUIDBase", "RunAsUIDCount", "FreePageReporting",
+		// The host's side of a running VM, or the guest's clock
+		// calibration hint; tests.
+		"TSCKHz", "CgroupParent", "StopTimeout", "ConsoleMax", "ProbeKVM",
+	}
+	for f := range reflect.TypeFor[Options]().Fields() {
+		if !slices.Contains(known, f.Name) {
+			t.Errorf("Options.%s: say whether Describe reports it", f.Name)
+		}
 	}
 }
