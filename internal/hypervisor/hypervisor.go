@@ -79,11 +79,20 @@ type Description struct {
 	// Accel is the accelerator in use ("kvm" or "tcg").
 	Accel string `json:"accel"`
 	// Machine is the machine model (for QEMU "q35" or "microvm").
-	Machine    string   `json:"machine"`
-	ConsoleLog string   `json:"console_log"`
-	StateDir   string   `json:"state_dir"`
-	Cgroup     string   `json:"cgroup,omitempty"`
-	Warnings   []string `json:"warnings,omitempty"`
+	Machine string `json:"machine"`
+	// CPUModel is the CPU the guest sees (QEMU's -cpu).
+	CPUModel string `json:"cpu_model,omitempty"`
+	// RunAsUIDs is the range of user IDs the hypervisor drops root to
+	// once its devices are open ("<first>-<last>"); empty when it keeps
+	// root.
+	RunAsUIDs string `json:"run_as_uids,omitempty"`
+	// FreePageReporting says that the guest has a free page reporting
+	// balloon and hands the memory it frees back to the host.
+	FreePageReporting bool     `json:"free_page_reporting,omitempty"`
+	ConsoleLog        string   `json:"console_log"`
+	StateDir          string   `json:"state_dir"`
+	Cgroup            string   `json:"cgroup,omitempty"`
+	Warnings          []string `json:"warnings,omitempty"`
 }
 
 // Capability interfaces. A driver implements the ones it supports; callers

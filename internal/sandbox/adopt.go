@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -165,7 +166,12 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 			return s.moveCgroup(ctx, cfg)
 		}},
 	}
-	steps = append(steps, s.podSteps(cfg, true, &undo)...)
+	// The pod network goes into the slots the warm VM reserved: a pod
+	// configured for a cold start (the shim's) reserves none, its network
+	// being attached at boot.
+	podCfg := cfg
+	podCfg.VM.HotplugNICs = w.cfg.VM.HotplugNICs
+	steps = append(steps, s.podSteps(podCfg, true, &undo)...)
 	steps = append(steps, step{"grow vm", func(ctx context.Context) error {
 		if cfg.VM.VCPUs <= w.cfg.VM.VCPUs && cfg.VM.MemoryMiB <= w.cfg.VM.MemoryMiB {
 			return nil
@@ -254,10 +260,10 @@ func adoptMismatch(warm, pod Config) error {
 		return differs("vm.max_vcpus", w.MaxVCPUs, p.MaxVCPUs)
 	case w.MaxMemoryMiB != p.MaxMemoryMiB:
 		return differs("vm.max_memory_mib", w.MaxMemoryMiB, p.MaxMemoryMiB)
-	case w.HotplugNICs != p.HotplugNICs:
-		return differs("vm.hotplug_nics", w.HotplugNICs, p.HotplugNICs)
-	case w.HotplugBlocks != p.HotplugBlocks:
-		return differs("vm.hotplug_blocks", w.HotplugBlocks, p.HotplugBlocks)
+	case p.HotplugNICs > w.HotplugNICs:
+		return notAdoptable("vm.hotplug_nics", "the pod asks for %d NIC hotplug slots, the warm vm has %d", p.HotplugNICs, w.HotplugNICs)
+	case p.HotplugBlocks > w.HotplugBlocks:
+		return notAdoptable("vm.hotplug_blocks", "the pod asks for %d disk hotplug slots, the warm vm has %d", p.HotplugBlocks, w.HotplugBlocks)
 	case !slices.Equal(w.Filesystems, p.Filesystems):
 		return differs("vm.filesystems", w.Filesystems, p.Filesystems)
 	case !slices.Equal(w.Blocks, p.Blocks):
@@ -283,13 +289,17 @@ func adoptMismatch(warm, pod Config) error {
 }
 
 // descriptionMismatch compares what the warm VM's driver runs with what the
-// pod's configuration would run.
+// pod's configuration would run: the program, the machine and CPU the
+// guest sees, and the hypervisor's own confinement (the user it drops to).
 func descriptionMismatch(warm, pod hypervisor.Description) error {
 	for _, f := range []struct{ field, w, p string }{
 		{"hypervisor.driver", warm.Driver, pod.Driver},
 		{"hypervisor.binary", warm.Binary, pod.Binary},
 		{"hypervisor.machine", warm.Machine, pod.Machine},
 		{"hypervisor.accel", warm.Accel, pod.Accel},
+		{"hypervisor.cpu_model", warm.CPUModel, pod.CPUModel},
+		{"hypervisor.run_as_uids", warm.RunAsUIDs, pod.RunAsUIDs},
+		{"hypervisor.free_page_reporting", strconv.FormatBool(warm.FreePageReporting), strconv.FormatBool(pod.FreePageReporting)},
 	} {
 		if f.w != f.p {
 			return notAdoptable(f.field, "warm %q, pod %q", f.w, f.p)
@@ -381,12 +391,15 @@ func (s *Sandbox) moveCgroup(ctx context.Context, cfg Config) error {
 		return errors.Join(err, r.MoveCgroup(old.g.Path()), old.g.AddTree(vfs), hc.g.Delete())
 	}
 	s.cgroup = hc
-	if err := writeRecord(s.stateDir, s.record()); err != nil {
-		return err
-	}
+	// The processes have left the warm cgroup: it goes whether or not
+	// the record is rewritten (Stop removes s.cgroup alone).
+	recErr := writeRecord(s.stateDir, s.record())
 	if err := old.g.Delete(); err != nil {
 		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("removing the warm sandbox's cgroup; it is removed at stop")
 		s.retiredCgroups = append(s.retiredCgroups, old.g)
+	}
+	if recErr != nil {
+		return recErr
 	}
 	log.G(ctx).WithFields(log.Fields{
 		"sandbox": cfg.ID, "cgroup": hc.g.Path(), "warm_cgroup": old.g.Path(), "created": hc.g.Created(), "charges_moved": moved,

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +33,7 @@ func warmTestConfig() Config {
 			Kernel: "/usr/share/hull/vmlinux", Initrd: "/usr/share/hull/initrd.img",
 			KernelParams: []string{"quiet"},
 			VCPUs:        1, MemoryMiB: 256, MaxVCPUs: 4, MaxMemoryMiB: 4096,
-			HotplugNICs: 2,
+			HotplugNICs: 2, HotplugBlocks: 2,
 		},
 	}
 }
@@ -69,8 +71,13 @@ func TestAdoptMismatch(t *testing.T) {
 		{"shared memory", func(c *Config) { c.VM.SharedMemory = true }, "vm.shared_memory"},
 		{"max vcpus", func(c *Config) { c.VM.MaxVCPUs = 8 }, "vm.max_vcpus"},
 		{"max memory", func(c *Config) { c.VM.MaxMemoryMiB = 8192 }, "vm.max_memory_mib"},
-		{"hotplug nics", func(c *Config) { c.VM.HotplugNICs = 1 }, "vm.hotplug_nics"},
-		{"hotplug disks", func(c *Config) { c.VM.HotplugBlocks = 3 }, "vm.hotplug_blocks"},
+		{"fewer hotplug nics", func(c *Config) { c.VM.HotplugNICs = 1 }, ""},
+		{"more hotplug nics", func(c *Config) { c.VM.HotplugNICs = 3 }, "vm.hotplug_nics"},
+		// The shim's configuration (launch.SandboxConfig) reserves no NIC
+		// slots: a cold start attaches the pod network at boot.
+		{"pod network, the pod reserving no slots", func(c *Config) { c.NetNS, c.VM.HotplugNICs = "/var/run/netns/p", 0 }, ""},
+		{"fewer hotplug disks", func(c *Config) { c.VM.HotplugBlocks = 1 }, ""},
+		{"more hotplug disks", func(c *Config) { c.VM.HotplugBlocks = 9 }, "vm.hotplug_blocks"},
 		{"filesystems", func(c *Config) { c.VM.Filesystems = []hypervisor.FilesystemDevice{{Tag: "x", SocketPath: "/s"}} }, "vm.filesystems"},
 		{"blocks", func(c *Config) { c.VM.Blocks = []hypervisor.BlockDevice{{ID: "b", Path: "/dev/null"}} }, "vm.blocks"},
 		{"networks", func(c *Config) { c.VM.Networks = []hypervisor.NetworkDevice{{ID: "n", TapName: "tap0"}} }, "vm.networks"},
@@ -125,6 +132,10 @@ func TestDescriptionMismatch(t *testing.T) {
 		{"binary", func(d *hypervisor.Description) { d.Binary = "/opt/qemu" }, "hypervisor.binary"},
 		{"machine", func(d *hypervisor.Description) { d.Machine = "microvm" }, "hypervisor.machine"},
 		{"accel", func(d *hypervisor.Description) { d.Accel = "kvm" }, "hypervisor.accel"},
+		{"cpu model", func(d *hypervisor.Description) { d.CPUModel = "max" }, "hypervisor.cpu_model"},
+		{"qemu drops root", func(d *hypervisor.Description) { d.RunAsUIDs = "200000-200099" }, "hypervisor.run_as_uids"},
+		{"free page reporting", func(d *hypervisor.Description) { d.FreePageReporting = true }, "hypervisor.free_page_reporting"},
+		{"only the process differs", func(d *hypervisor.Description) { d.PID, d.StartTime, d.StateDir, d.Cgroup = 0, 0, "/x", "/y" }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -294,4 +305,37 @@ func TestAdoptRefuses(t *testing.T) {
 			t.Fatalf("a refused adoption moved the state directory: %v", err)
 		}
 	})
+}
+
+// TestAdoptMismatchKnowsEveryField makes a new field of Config or
+// hypervisor.Config a decision: either adoptMismatch compares it (it fixes
+// what the VM booted with), or the adoption applies it (the pod's part),
+// or Start fills it in.
+func TestAdoptMismatchKnowsEveryField(t *testing.T) {
+	known := map[reflect.Type][]string{
+		reflect.TypeFor[Config](): {
+			// Compared.
+			"StateRoot", "VM", "Transport", "VsockPort", "VsockFallback", "AgentLogLevel", "DebugConsole",
+			"Tracing", "AgentLogMax", "CallTimeout", "Virtiofs",
+			// The pod's, applied by Adopt (or refused there: NetNSOwn).
+			"ID", "Hostname", "NetNS", "HotplugNetwork", "NetNSOwn", "DNS", "ShmSize", "Cgroup", "KillTimeout",
+			"ObserveAgentRPC", "NewVM",
+			// The boot's alone.
+			"BootGate", "DialTimeout", "DialTimeoutMaxScale",
+		},
+		reflect.TypeFor[hypervisor.Config](): {
+			// Compared.
+			"Kernel", "Initrd", "RootImage", "KernelParams", "VCPUs", "MemoryMiB", "MaxVCPUs", "MaxMemoryMiB", "SharedMemory",
+			"Filesystems", "Blocks", "Networks", "HotplugNICs", "HotplugBlocks", "Debug",
+			// Filled in by Start.
+			"ID", "StateDir", "Cgroup", "Agent",
+		},
+	}
+	for typ, names := range known {
+		for f := range typ.Fields() {
+			if !slices.Contains(names, f.Name) {
+				t.Errorf("%s.%s: say whether an adoption compares it (adoptMismatch) or applies it", typ, f.Name)
+			}
+		}
+	}
 }

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -177,7 +178,12 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		// this container's to remove.
 		logger.Info("the pod's shim is alive; leaving its sandbox")
 	case ok:
-		if err := sandbox.Cleanup(ctx, r.StateRoot, r.hostID()); err != nil {
+		err := sandbox.Cleanup(ctx, r.StateRoot, r.hostID())
+		if r.WarmID != "" {
+			// Gone when the adoption renamed it; else what it left.
+			err = errors.Join(err, sandbox.Cleanup(ctx, r.StateRoot, r.WarmID))
+		}
+		if err != nil {
 			return shim.StopStatus{}, err
 		}
 	}

@@ -23,6 +23,10 @@ type record struct {
 	// none: their sandbox is named by SandboxID alone.
 	VMID      string `json:"vm_id,omitempty"`
 	StateRoot string `json:"state_root"`
+	// WarmID is the ID of the warm sandbox (WithWarmSandbox) that the
+	// shim adopts for the pod: a shim that dies during the adoption,
+	// before the sandbox takes the pod's ID, leaves it under this one.
+	WarmID string `json:"warm_id,omitempty"`
 }
 
 // hostID is the ID the record's sandbox has on the host.

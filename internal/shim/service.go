@@ -310,6 +310,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	}
 	podID := sandboxID(r.id, annotations)
 	rec = record{SandboxID: podID, VMID: vmID(r.namespace, podID), StateRoot: cfg.Runtime.StateDir}
+	if warm := s.warmSandbox(); warm != nil {
+		rec.WarmID = warm.ID()
+	}
 	if err := writeRecord(r.bundle, rec); err != nil {
 		return nil, err
 	}
@@ -350,6 +353,14 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	sb, start, err := s.startSandbox(ctx, sc)
 	if err != nil {
 		return nil, err
+	}
+	if warmID := rec.WarmID; warmID != "" {
+		// The warm sandbox is the pod's now, or stopped: delete must not
+		// look for its ID, which a factory may give another.
+		rec.WarmID = ""
+		if err := writeRecord(r.bundle, rec); err != nil {
+			log.G(ctx).WithError(err).WithField("warm_sandbox", warmID).Warn("the bundle record still names the warm sandbox")
+		}
 	}
 	s.mu.Lock()
 	s.start = start

@@ -40,6 +40,13 @@ func takeWarmSandbox() *sandbox.Sandbox {
 	return sb
 }
 
+// warmSandbox is the warm sandbox the service still holds, if any.
+func (s *service) warmSandbox() *sandbox.Sandbox {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.warm
+}
+
 // startSandbox gives the pod its sandbox: the warm sandbox adopted with sc,
 // or, without one or when the adoption fails, a sandbox started with sc. It
 // says which (podmetrics.StartCold, ...). A warm sandbox that is not

@@ -239,6 +239,12 @@ func (v *VM) Describe() hypervisor.Description {
 		StateDir:   v.dir(),
 		Cgroup:     cg,
 		Warnings:   append([]string(nil), v.warnings...),
+
+		CPUModel:          v.layout.cpuModel,
+		FreePageReporting: v.layout.freePageReporting,
+	}
+	if o := v.opts; o.RunAsUIDBase != 0 {
+		d.RunAsUIDs = fmt.Sprintf("%d-%d", o.RunAsUIDBase, uint64(o.RunAsUIDBase)+uint64(o.RunAsUIDCount)-1)
 	}
 	if bin != "" {
 		d.Version = qemuVersion(bin)
