@@ -199,6 +199,13 @@ func (s *Sandbox) adoptable(w *warmBoot, cfg Config) error {
 	if !s.vmAlive() {
 		return notAdoptable("vm", "the warm vm exited")
 	}
+	if s.virtiofs != nil {
+		select {
+		case <-s.virtiofs.Done():
+			return notAdoptable("virtiofs", "the warm sandbox's virtiofsd exited")
+		default:
+		}
+	}
 	if err := adoptMismatch(w.cfg, cfg); err != nil {
 		return err
 	}
