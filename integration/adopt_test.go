@@ -8,11 +8,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -250,48 +252,75 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		// testConfig's checks: nothing left in the state root.
 	})
 
-	t.Run("not adoptable", func(t *testing.T) {
-		c := testConfig(t)
-		c.Agent.Transport = "serial"
-		c.Hypervisor.QEMU.Machine = qemu.MachineQ35
-		ctx := withTimeout(t, 3*time.Minute)
-		sb, wc := startWarm(t, ctx, c)
-		stopped := false
-		t.Cleanup(func() {
-			if !stopped {
-				_ = sb.Stop(context.Background())
+	// Each case spoils the adoption its own way, and names the field the
+	// refusal must give.
+	refusals := []struct {
+		name  string
+		spoil func(t *testing.T, procs map[string]child.Process, pc *sandbox.Config)
+		field string
+	}{
+		{"not adoptable", func(_ *testing.T, _ map[string]child.Process, pc *sandbox.Config) {
+			pc.VM.KernelParams = append(pc.VM.KernelParams, "hull.test=1")
+		}, "vm.kernel_params"},
+		{"virtiofsd exited", func(t *testing.T, procs map[string]child.Process, _ *sandbox.Config) {
+			pid := procs["virtiofsd"].PID
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatalf("killing virtiofsd %d: %v", pid, err)
 			}
-		})
-		warmDir, procs := sb.StateDir(), sb.HostProcesses()
-		pc := adoptConfig(t, c, "refused-pod")
-		pc.VM.KernelParams = append(pc.VM.KernelParams, "hull.test=1")
-		err := sb.Adopt(ctx, pc)
-		var na *sandbox.NotAdoptableError
-		if !errors.Is(err, sandbox.ErrNotAdoptable) || !errors.As(err, &na) || na.Field != "vm.kernel_params" {
-			t.Fatalf("adopting with other kernel parameters: got %v, want vm.kernel_params not adoptable", err)
-		}
-		t.Logf("refused: %v", err)
-		if sb.StateDir() != warmDir {
-			t.Errorf("a refused adoption moved the state directory to %s", sb.StateDir())
-		}
-		stopped = true
-		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
-			t.Errorf("stopping: %v", err)
-		}
-		for name, p := range procs {
-			if processAlive(p.PID) {
-				t.Errorf("%s %d alive after stop", name, p.PID)
+			for deadline := time.Now().Add(10 * time.Second); processAlive(pid) && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
 			}
-		}
-		if _, err := os.Stat(warmDir); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s after stop: %v", warmDir, err)
-		}
-		for _, p := range []string{wc.Cgroup.Path, pc.Cgroup.Path} {
-			if dirs := cgroupDirs(p); len(dirs) > 0 {
-				t.Errorf("cgroup left: %v", dirs)
-			}
+		}, "virtiofs"},
+	}
+	for _, rc := range refusals {
+		t.Run(rc.name, func(t *testing.T) { refuseAdoption(t, rc.spoil, rc.field) })
+	}
+}
+
+// refuseAdoption boots a warm sandbox, spoils its adoption with spoil, and
+// checks that Adopt refuses it naming field, and that Stop then leaves
+// nothing.
+func refuseAdoption(t *testing.T, spoil func(*testing.T, map[string]child.Process, *sandbox.Config), field string) {
+	c := testConfig(t)
+	c.Agent.Transport = "serial"
+	c.Hypervisor.QEMU.Machine = qemu.MachineQ35
+	ctx := withTimeout(t, 3*time.Minute)
+	sb, wc := startWarm(t, ctx, c)
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = sb.Stop(context.Background())
 		}
 	})
+	warmDir, procs := sb.StateDir(), sb.HostProcesses()
+	pc := adoptConfig(t, c, "refused-pod")
+	spoil(t, procs, &pc)
+	err := sb.Adopt(ctx, pc)
+	var na *sandbox.NotAdoptableError
+	if !errors.Is(err, sandbox.ErrNotAdoptable) || !errors.As(err, &na) || na.Field != field {
+		t.Fatalf("adopting: got %v, want %s not adoptable", err, field)
+	}
+	t.Logf("refused: %v", err)
+	if sb.StateDir() != warmDir {
+		t.Errorf("a refused adoption moved the state directory to %s", sb.StateDir())
+	}
+	stopped = true
+	if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
+		t.Errorf("stopping: %v", err)
+	}
+	for name, p := range procs {
+		if processAlive(p.PID) {
+			t.Errorf("%s %d alive after stop", name, p.PID)
+		}
+	}
+	if _, err := os.Stat(warmDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after stop: %v", warmDir, err)
+	}
+	for _, p := range []string{wc.Cgroup.Path, pc.Cgroup.Path} {
+		if dirs := cgroupDirs(p); len(dirs) > 0 {
+			t.Errorf("cgroup left: %v", dirs)
+		}
+	}
 }
 
 // readStartCounts reads the node's start counts under stateRoot.
