@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -64,6 +65,55 @@ func NewWarmID() (string, error) {
 // with its pod's configuration.
 type warmBoot struct {
 	cfg Config
+	// files identifies the files the VM booted from (bootFiles), as they
+	// were when its boot ended.
+	files map[string]fileIdentity
+}
+
+// fileIdentity tells a file from one put in its place or changed since: an
+// agent rebuilt into an initrd of the same name, a QEMU upgraded in place.
+type fileIdentity struct {
+	dev, ino uint64
+	size     int64
+	mtime    unix.Timespec
+	ctime    unix.Timespec
+}
+
+// bootFiles are the host files a VM boots from: its kernel, initrd, root
+// image and hypervisor binary.
+func bootFiles(vm hypervisor.Config, binary string) []string {
+	files := []string{vm.Kernel, vm.Initrd, binary}
+	if vm.RootImage != nil {
+		files = append(files, vm.RootImage.Path)
+	}
+	return slices.DeleteFunc(files, func(f string) bool { return f == "" })
+}
+
+// identify returns the identities of files.
+func identify(files []string) (map[string]fileIdentity, error) {
+	ids := make(map[string]fileIdentity, len(files))
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil {
+			return nil, fmt.Errorf("boot file: %w", err)
+		}
+		ids[f] = fileIdentity{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+	}
+	return ids, nil
+}
+
+// changedFile names a file of want that is no longer what it was.
+func changedFile(want map[string]fileIdentity) (string, error) {
+	for _, f := range slices.Sorted(maps.Keys(want)) {
+		now, err := identify([]string{f})
+		if err != nil {
+			return f, err
+		}
+		if now[f] != want[f] {
+			return f, nil
+		}
+	}
+	return "", nil
 }
 
 // StartWarm boots a sandbox that belongs to no pod yet, for a VM factory to
@@ -218,7 +268,17 @@ func (s *Sandbox) adoptable(w *warmBoot, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("the pod's vm configuration: %w", err)
 	}
-	return descriptionMismatch(s.vm.Describe(), pod.Describe())
+	if err := descriptionMismatch(s.vm.Describe(), pod.Describe()); err != nil {
+		return err
+	}
+	// The same paths may hold other files by now.
+	if f, err := changedFile(w.files); f != "" {
+		if err != nil {
+			return notAdoptable("vm.files", "%s: %v", f, err)
+		}
+		return notAdoptable("vm.files", "%s changed since the warm vm booted", f)
+	}
+	return nil
 }
 
 // adoptMismatch says which boot-fixed part of a pod's configuration pod

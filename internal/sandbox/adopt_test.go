@@ -339,3 +339,38 @@ func TestAdoptMismatchKnowsEveryField(t *testing.T) {
 		}
 	}
 }
+
+func TestChangedBootFile(t *testing.T) {
+	dir := t.TempDir()
+	initrd := filepath.Join(dir, "initrd.img")
+	kernel := filepath.Join(dir, "vmlinux")
+	for _, f := range []string{initrd, kernel} {
+		if err := os.WriteFile(f, []byte("boot"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids, err := identify(bootFiles(hypervisor.Config{Kernel: kernel, Initrd: initrd}, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, err := changedFile(ids); f != "" || err != nil {
+		t.Fatalf("nothing changed, got %q, %v", f, err)
+	}
+	// An initrd rebuilt under the same name, same size.
+	next := filepath.Join(dir, "initrd.img.new")
+	if err := os.WriteFile(next, []byte("BOOT"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, initrd); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := changedFile(ids); f != initrd || err != nil {
+		t.Errorf("replaced initrd: got %q, %v, want %s", f, err, initrd)
+	}
+	if err := os.Remove(initrd); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := changedFile(ids); f != initrd || err == nil {
+		t.Errorf("removed initrd: got %q, %v, want %s and an error", f, err, initrd)
+	}
+}

@@ -365,7 +365,11 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("releasing the boot slot")
 	}
 	if warm {
-		s.warm = &warmBoot{cfg: cfg}
+		files, err := identify(bootFiles(cfg.VM, s.vm.Describe().Binary))
+		if err != nil {
+			return nil, err
+		}
+		s.warm = &warmBoot{cfg: cfg, files: files}
 	}
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
