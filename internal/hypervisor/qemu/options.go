@@ -183,7 +183,7 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 		ids[kind+id] = true
 		return nil
 	}
-	if len(cfg.Filesystems) > 0 && !cfg.SharedMemory {
+	if len(cfg.Filesystems) > 0 && !cfg.SharedMemory && cfg.Template == nil {
 		return inval("virtio-fs needs shared memory (Config.SharedMemory)")
 	}
 	for _, fs := range cfg.Filesystems {
@@ -224,7 +224,7 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	if cfg.HotplugNICs > maxHotplugNICs {
 		return inval("%d hot-pluggable NICs: want at most %d", cfg.HotplugNICs, maxHotplugNICs)
 	}
-	return nil
+	return validateTemplate(cfg, o)
 }
 
 // validateNetwork checks one NIC, at boot or hot-added.

@@ -80,6 +80,13 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	}
 	v.removeStateFiles()
 	undo.push(v.removeStateFiles)
+	if v.cfg.Template != nil {
+		undoRAM, err := v.prepareTemplateRAM()
+		if err != nil {
+			return err
+		}
+		undo.push(undoRAM)
+	}
 
 	cg, err := newCgroup(v.cfg.Cgroup, v.cgroupPath())
 	if err != nil {
@@ -213,7 +220,11 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.mu.Lock()
 	v.qmp = q
 	v.mu.Unlock()
-	if _, err := q.execute(dctx, "cont", nil); err != nil {
+	if t := v.cfg.Template; t != nil && t.Restore {
+		if err := v.restore(ctx, q); err != nil {
+			return exitedErr("restoring from the template", err)
+		}
+	} else if _, err := q.execute(dctx, "cont", nil); err != nil {
 		return exitedErr("starting the vCPUs", err)
 	}
 
@@ -286,6 +297,10 @@ func (v *VM) releaseUID() {
 
 // onEvent notes QMP events that explain an exit.
 func (v *VM) onEvent(name string, data json.RawMessage) {
+	if name == "VSERPORT_CHANGE" {
+		v.agentPortEvent(data)
+		return
+	}
 	if name != "SHUTDOWN" {
 		return
 	}
@@ -398,6 +413,9 @@ func (v *VM) checkFiles() error {
 // except the console log (console.log and console.log.1).
 func (v *VM) removeStateFiles() {
 	files := []string{v.qmpPath(), v.consoleSocketPath(), v.pidPath()}
+	if t := v.cfg.Template; t != nil && t.Restore && t.Memory != hypervisor.TemplateMemoryShared {
+		files = append(files, filepath.Join(v.cfg.StateDir, cloneMemoryName))
+	}
 	if a := v.cfg.Agent; a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.cfg.StateDir {
 		files = append(files, a.SocketPath)
 	}
