@@ -10,9 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containerd/errdefs"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
@@ -21,6 +24,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
 // templateVM is one VM of the template tests with its agent client.
@@ -290,5 +294,66 @@ func TestTemplateEntropy(t *testing.T) {
 			}
 			t.Logf("boot ids %s and %s", got[0].bootID, got[1].bootID)
 		})
+	}
+}
+
+// TestTemplateSandbox creates the template of a pod VM configuration with
+// sandbox.CreateTemplate (what `hull factory template create` runs), starts
+// two sandboxes of that configuration, which restore from it, and runs a
+// container in each: its root comes through the virtio-fs share hot-added
+// after the restore, and it sees the hostname and clock the start set. A
+// sandbox of another configuration (one more vCPU) finds no template and
+// boots.
+func TestTemplateSandbox(t *testing.T) {
+	c, _ := hullKernelConfig(t)
+	c.Factory.Template = true
+	c.Factory.TemplateDir = t.TempDir()
+	ctx := withTimeout(t, 5*time.Minute)
+	sc, err := launch.SandboxConfig(c, "tplcreate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		t.Fatalf("creating the template: %v", err)
+	}
+	if _, err := sandbox.CreateTemplate(ctx, sc); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("creating it again: %v, want already exists", err)
+	}
+	ents, _ := os.ReadDir(c.Factory.TemplateDir)
+	if len(ents) != 1 || ents[0].Name() != key {
+		t.Errorf("template dir holds %v, want only %s", ents, key)
+	}
+
+	for _, id := range []string{"tplsb1", "tplsb2"} {
+		sb := startSandbox(t, c, id)
+		if !sb.Restored() {
+			t.Fatalf("%s booted instead of restoring from template %s", id, key)
+		}
+		bundle, spec := busyboxBundle(t, "sh", "-c", "hostname; date +%s")
+		r := runContainer(t, sb, "c-"+id, bundle, spec)
+		lines := strings.Fields(r.stdout)
+		if r.status != 0 || len(lines) != 2 {
+			t.Fatalf("%s: container status %d, output %q, stderr %q", id, r.status, r.stdout, r.stderr)
+		}
+		if lines[0] != "hull-test" {
+			t.Errorf("%s: container hostname %q", id, lines[0])
+		}
+		guestNow, _ := strconv.ParseInt(lines[1], 10, 64)
+		if d := time.Since(time.Unix(guestNow, 0)); d < -5*time.Second || d > time.Minute {
+			t.Errorf("%s: guest clock off by %v: the clock of a clone was not set", id, d)
+		}
+		if err := sb.Stop(ctx); err != nil {
+			t.Errorf("stopping %s: %v", id, err)
+		}
+	}
+
+	c.Hypervisor.VCPUs++
+	sb := startSandbox(t, c, "tplother")
+	if sb.Restored() {
+		t.Error("a sandbox of another vm configuration restored from the template")
+	}
+	if err := sb.Stop(ctx); err != nil {
+		t.Error(err)
 	}
 }

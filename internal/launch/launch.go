@@ -151,6 +151,18 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
+// TemplateConfig is the VM template configuration of c's sandboxes: the
+// template directory, the memory mode, and the QEMU options a saved state
+// depends on (a clone must run the machine the template ran).
+func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig {
+	return &sandbox.TemplateConfig{
+		Root:   c.Factory.TemplateDir,
+		Memory: hypervisor.TemplateMemory(c.Factory.TemplateMemory),
+		DriverKey: fmt.Sprintf("qemu binary=%s machine=%s accel=%s cpu=%s tsc=%d free-page-reporting=%v",
+			opts.Binary, opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting),
+	}
+}
+
 // defaultMaxMemoryMiB caps the default memory limit (3/4 of the host's memory) at
 // 512 GiB: QEMU refuses a maxmem that, with the hotplug slots and the PCI
 // window, needs more than the 40 physical address bits of the CPU models
@@ -246,9 +258,15 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 	if err != nil {
 		return sandbox.Config{}, err
 	}
+	var tpl *sandbox.TemplateConfig
+	if c.Factory.Template {
+		tpl = TemplateConfig(c, opts)
+		tc = TransportChoice{Transport: hypervisor.TransportSerial, Reason: "factory.template = true"}
+	}
 	return sandbox.Config{
 		ID:        id,
 		StateRoot: c.Runtime.StateDir,
+		Template:  tpl,
 		VM: hypervisor.Config{
 			Kernel:       kernel,
 			Initrd:       initrd,

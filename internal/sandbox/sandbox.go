@@ -20,7 +20,6 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/bootslot"
-	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
@@ -134,6 +133,9 @@ type Config struct {
 	// ObserveAgentRPC, when set, is told of every agent call
 	// (agentclient.Options.ObserveRPC).
 	ObserveAgentRPC func(method string, took time.Duration, err error)
+	// Template, when not nil, starts the VM from a saved template of the
+	// same VM configuration when there is one (see template.go).
+	Template *TemplateConfig
 	// Tracing, when not nil, records the start's steps and the agent
 	// calls as spans, turns the agent's spans on and exports them as they
 	// come (guest spans are checked: tracing.Guest). Nil: no tracing.
@@ -187,6 +189,9 @@ type Sandbox struct {
 	// agentLog is the copy of the agent's log, nil without one; closed by
 	// Stop after the agent connection.
 	agentLog *child.LogFile
+	// restored is set when the VM started from a template, by Start
+	// before the VM runs; read-only after.
+	restored bool
 	// phases are the steps of Start with their durations, written by
 	// Start only, before the sandbox is returned.
 	phases []Phase
@@ -356,7 +361,7 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
-			vc := cfg.VM
+			vc := guestVMConfig(cfg, ep)
 			if s.network != nil {
 				vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
 			}
@@ -365,15 +370,17 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			vc.ID = cfg.ID
 			vc.StateDir = s.stateDir
 			vc.Cgroup = s.CgroupPath()
-			vc.Agent = ep
-			params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
-			if cfg.DebugConsole {
-				params = append(params, channel.ParamDebugConsole+"=1")
+			if cfg.Template != nil {
+				tpl, err := cfg.Template.find(ctx, vc)
+				if err != nil {
+					return err
+				}
+				if tpl != nil {
+					vc.Template = tpl
+					vc.MaxVCPUs, vc.MaxMemoryMiB = 0, 0
+					s.restored = true
+				}
 			}
-			if cfg.Tracing != nil {
-				params = append(params, channel.ParamTracing+"=1")
-			}
-			vc.KernelParams = append(params, vc.KernelParams...)
 			vm, err := cfg.NewVM(vc)
 			if err != nil {
 				return err
@@ -424,6 +431,12 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 				undo.push(func(context.Context) error { s.endRelay(); return nil })
 			}
 			return nil
+		}},
+		{"reseed guest rng", func(ctx context.Context) error {
+			if !s.restored {
+				return nil
+			}
+			return reseedGuest(ctx, s.client)
 		}},
 		{"set guest time", func(ctx context.Context) error {
 			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
