@@ -37,7 +37,7 @@ type templateVM struct {
 // startTemplateVM starts a VM of config c on the hull kernel with template
 // t, and dials its agent. The returned stop ends both and removes the
 // state directory; it is also a test cleanup.
-func startTemplateVM(t *testing.T, c *config.Config, id string, tpl *hypervisor.Template) (*templateVM, func()) {
+func startTemplateVM(t testing.TB, c *config.Config, id string, tpl *hypervisor.Template) (*templateVM, func()) {
 	t.Helper()
 	ctx := withTimeout(t, 3*time.Minute)
 	kernel, initrd, err := launch.Assets(c, false)
@@ -95,7 +95,7 @@ func startTemplateVM(t *testing.T, c *config.Config, id string, tpl *hypervisor.
 
 // makeTemplate boots a template VM in a new template directory, checks
 // that its agent answers, closes the connection and saves it.
-func makeTemplate(t *testing.T, c *config.Config) string {
+func makeTemplate(t testing.TB, c *config.Config) string {
 	t.Helper()
 	tdir := filepath.Join(c.Runtime.StateDir, "template")
 	if err := os.Mkdir(tdir, 0o700); err != nil {
@@ -193,7 +193,7 @@ func TestTemplate(t *testing.T) {
 }
 
 // fileDigest returns the SHA-256 of a file, in hex.
-func fileDigest(t *testing.T, path string) string {
+func fileDigest(t testing.TB, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -301,7 +301,8 @@ func TestTemplateEntropy(t *testing.T) {
 // sandbox.CreateTemplate (what `hull factory template create` runs), starts
 // two sandboxes of that configuration, which restore from it, and runs a
 // container in each: its root comes through the virtio-fs share hot-added
-// after the restore, and it sees the hostname and clock the start set. A
+// after the restore, and it sees the hostname and clock the start set; the
+// first grows by CPU and memory hotplug as a booted VM does. A
 // sandbox of another configuration (one more vCPU) finds no template and
 // boots.
 func TestTemplateSandbox(t *testing.T) {
@@ -342,6 +343,19 @@ func TestTemplateSandbox(t *testing.T) {
 		guestNow, _ := strconv.ParseInt(lines[1], 10, 64)
 		if d := time.Since(time.Unix(guestNow, 0)); d < -5*time.Second || d > time.Minute {
 			t.Errorf("%s: guest clock off by %v: the clock of a clone was not set", id, d)
+		}
+		if id == "tplsb1" {
+			// The template's CPU and memory hotplug headroom carries over.
+			if err := sb.Resize(ctx, c.Hypervisor.VCPUs+1, c.Hypervisor.MemoryMiB+128); err != nil {
+				t.Fatalf("%s: growing a restored vm: %v", id, err)
+			}
+			d, err := sb.System().GuestDetails(ctx, &agent.GuestDetailsRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.GetCpus() != c.Hypervisor.VCPUs+1 {
+				t.Errorf("%s: %d cpus online after growing, want %d", id, d.GetCpus(), c.Hypervisor.VCPUs+1)
+			}
 		}
 		if err := sb.Stop(ctx); err != nil {
 			t.Errorf("stopping %s: %v", id, err)

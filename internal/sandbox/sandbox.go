@@ -377,7 +377,6 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 				}
 				if tpl != nil {
 					vc.Template = tpl
-					vc.MaxVCPUs, vc.MaxMemoryMiB = 0, 0
 					s.restored = true
 				}
 			}

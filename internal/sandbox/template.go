@@ -106,12 +106,14 @@ func (t *TemplateConfig) Key(vc hypervisor.Config) (string, error) {
 		Kernel, Initrd fileID
 		Params         []string
 		VCPUs, Memory  uint32
+		MaxVCPUs       uint32
+		MaxMemory      uint32
 		HotplugNICs    uint32
 		Debug          bool
 		Transport      hypervisor.Transport
 		PortName       string
 		Driver         string
-	}{kernel, initrd, vc.KernelParams, vc.VCPUs, vc.MemoryMiB, vc.HotplugNICs, vc.Debug,
+	}{kernel, initrd, vc.KernelParams, vc.VCPUs, vc.MemoryMiB, vc.MaxVCPUs, vc.MaxMemoryMiB, vc.HotplugNICs, vc.Debug,
 		vc.Agent.Transport, vc.Agent.PortName, t.DriverKey})
 	if err != nil {
 		return "", err
@@ -156,13 +158,11 @@ func reseedGuest(ctx context.Context, c *agentclient.Client) error {
 	return err
 }
 
-// templateVMConfig is the VM configuration of cfg's template: the serial
-// transport, no hotplug headroom.
+// templateVMConfig is the VM configuration of cfg's template, on the
+// serial transport.
 func templateVMConfig(cfg Config) hypervisor.Config {
 	ep, _ := endpoint(hypervisor.TransportSerial, 0) // no error for serial
-	vc := guestVMConfig(cfg, ep)
-	vc.MaxVCPUs, vc.MaxMemoryMiB = 0, 0
-	return vc
+	return guestVMConfig(cfg, ep)
 }
 
 // TemplateKeyOf returns the template key of cfg's VM configuration

@@ -100,9 +100,6 @@ func validateTemplate(cfg *hypervisor.Config, o *Options) error {
 	if cfg.Agent.Transport != hypervisor.TransportSerial {
 		return inval("agent transport %q: templates use the serial transport", cfg.Agent.Transport)
 	}
-	if cfg.MaxMemoryMiB > cfg.MemoryMiB || cfg.MaxVCPUs > cfg.VCPUs {
-		return inval("cpu and memory hotplug limits are not supported with templates")
-	}
 	switch t.Memory {
 	case "":
 		t.Memory = hypervisor.TemplateMemoryPrivate

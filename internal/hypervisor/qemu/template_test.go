@@ -92,7 +92,6 @@ func TestNewRejectsTemplate(t *testing.T) {
 		{"vsock", func(c *hypervisor.Config, _ *Options) {
 			c.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3, Port: 1024}
 		}, errdefs.ErrInvalidArgument},
-		{"memory hotplug", func(c *hypervisor.Config, _ *Options) { c.MaxMemoryMiB = 2048 }, errdefs.ErrInvalidArgument},
 		{"unknown memory mode", func(c *hypervisor.Config, _ *Options) { c.Template.Memory = "ksm" }, errdefs.ErrInvalidArgument},
 		{"template with virtio-fs", func(c *hypervisor.Config, _ *Options) { c.Filesystems = fs }, errdefs.ErrInvalidArgument},
 		{"shared clone with virtio-fs", func(c *hypervisor.Config, _ *Options) {
