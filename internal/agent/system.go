@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -123,6 +124,7 @@ func addEntropy(path string, data []byte) error {
 	}
 	var ierr error
 	if err := rc.Control(func(fd uintptr) {
+		//nolint:gosec // G103: RNDADDENTROPY takes the address of a struct rand_pool_info, which buf holds; buf stays referenced below
 		if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
 			ierr = fmt.Errorf("RNDADDENTROPY: %w", e)
 			return
@@ -133,6 +135,7 @@ func addEntropy(path string, data []byte) error {
 	}); err != nil {
 		return err
 	}
+	runtime.KeepAlive(buf)
 	return ierr
 }
 
