@@ -183,6 +183,59 @@ func TestTemplate(t *testing.T) {
 			}
 		})
 	}
+	t.Run("corrupt state", func(t *testing.T) {
+		// A template whose state QEMU cannot load: the start fails with
+		// QEMU's reason and leaves no QEMU, no memory copy and no socket.
+		bad := filepath.Join(c.Runtime.StateDir, "bad-template")
+		if err := os.Mkdir(bad, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = os.RemoveAll(bad) }()
+		if err := os.Link(filepath.Join(tdir, "memory"), filepath.Join(bad, "memory")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bad, "state"), []byte("not a migration stream"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		kernel, initrd, err := launch.Assets(c, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(c.Runtime.StateDir, "badclone")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
+		vm, err := qemu.New(hypervisor.Config{
+			ID: "badclone", StateDir: dir, Kernel: kernel, Initrd: initrd,
+			KernelParams: append(agentclient.KernelParams(ep, "info"), c.Hypervisor.KernelParams...),
+			VCPUs:        c.Hypervisor.VCPUs, MemoryMiB: c.Hypervisor.MemoryMiB, Agent: ep,
+			Template: &hypervisor.Template{Dir: bad, Restore: true},
+		}, launch.QEMUOptions(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = vm.Start(withTimeout(t, time.Minute))
+		if err == nil {
+			_ = vm.Stop(context.Background())
+			t.Fatal("a clone of a corrupt state started")
+		}
+		t.Logf("start error: %v", err)
+		if !strings.Contains(err.Error(), "restoring from the template") {
+			t.Errorf("start error %q does not say the restore failed", err)
+		}
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), "console.log") {
+				t.Errorf("%s left in the state directory", e.Name())
+			}
+		}
+		if pid := vm.Describe().PID; pid != 0 && processAlive(pid) {
+			t.Errorf("qemu pid %d still runs", pid)
+		}
+	})
+
 	after, err := os.ReadFile(filepath.Join(tdir, "state"))
 	if err != nil {
 		t.Fatal(err)
