@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -159,8 +160,26 @@ func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig
 		Root:   c.Factory.TemplateDir,
 		Memory: hypervisor.TemplateMemory(c.Factory.TemplateMemory),
 		DriverKey: fmt.Sprintf("qemu binary=%s machine=%s accel=%s cpu=%s tsc=%d free-page-reporting=%v",
-			opts.Binary, opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting),
+			binaryID(opts.Binary), opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting),
 	}
+}
+
+// binaryID names the QEMU program's version by its resolved path, size and
+// modification time: a QEMU upgraded in place gets new template keys (a
+// state saved by one QEMU version may not load in another).
+func binaryID(bin string) string {
+	if bin == "" {
+		bin = qemu.DefaultBinary
+	}
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		return bin
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return p
+	}
+	return fmt.Sprintf("%s(%d,%d)", p, st.Size(), st.ModTime().UnixNano())
 }
 
 // defaultMaxMemoryMiB caps the default memory limit (3/4 of the host's memory) at
