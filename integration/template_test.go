@@ -119,7 +119,7 @@ func makeTemplate(t testing.TB, c *config.Config) string {
 	default:
 		t.Error("the template VM still runs after Snapshot")
 	}
-	for _, name := range []string{"memory", "state", "state-full"} {
+	for _, name := range []string{"memory", "state"} {
 		st, err := os.Stat(filepath.Join(tdir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -168,6 +168,11 @@ func TestTemplate(t *testing.T) {
 				if _, err := tv.client.System().GuestMetrics(ctx, &agent.GuestMetricsRequest{}); err != nil {
 					t.Fatalf("%s: guest metrics: %v", id, err)
 				}
+				if mode == hypervisor.TemplateMemoryPrivate {
+					if _, err := os.Stat(filepath.Join(tv.dir, "memory")); err != nil {
+						t.Errorf("%s: no private memory copy: %v", id, err)
+					}
+				}
 				stop()
 			}
 			if starts[0] != starts[1] {
@@ -180,7 +185,7 @@ func TestTemplate(t *testing.T) {
 	}
 	t.Run("corrupt state", func(t *testing.T) {
 		// A template whose state QEMU cannot load: the start fails with
-		// QEMU's reason and leaves no QEMU and no socket.
+		// QEMU's reason and leaves no QEMU, no memory copy and no socket.
 		bad := filepath.Join(c.Runtime.StateDir, "bad-template")
 		if err := os.Mkdir(bad, 0o700); err != nil {
 			t.Fatal(err)
@@ -189,7 +194,7 @@ func TestTemplate(t *testing.T) {
 		if err := os.Link(filepath.Join(tdir, "memory"), filepath.Join(bad, "memory")); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(bad, "state-full"), []byte("not a migration stream"), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(bad, "state"), []byte("not a migration stream"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		kernel, initrd, err := launch.Assets(c, false)

@@ -87,10 +87,9 @@ type Config struct {
 type TemplateMemory string
 
 const (
-	// TemplateMemoryPrivate gives each clone RAM of its own (a memfd)
-	// that the restore fills from the template's saved state with RAM:
-	// nothing is shared between clones, and vhost-user devices (virtio-fs)
-	// work.
+	// TemplateMemoryPrivate gives each clone a copy of the template's
+	// memory file, mapped shared: nothing is shared between clones, and
+	// vhost-user devices (virtio-fs) work.
 	TemplateMemoryPrivate TemplateMemory = "private"
 	// TemplateMemoryShared maps the template's memory file private
 	// (copy-on-write) in every clone: the pages a clone does not write stay

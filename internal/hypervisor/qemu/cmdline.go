@@ -169,16 +169,11 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		m = m.with(pInt("slots", h.slots), p("maxmem", fmt.Sprintf("%dM", h.maxMemoryMiB)))
 	}
 	a.addOpt("m", m)
-	if cfg.Template != nil {
-		// Guest RAM is the template's file, or a private clone's memfd
-		// that the restore fills.
-		if path, share := ramFile(cfg); path != "" {
-			a.addOpt("object", opt("memory-backend-file",
-				p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), p("mem-path", path), pBool("share", share)))
-		} else {
-			a.addOpt("object", opt("memory-backend-memfd",
-				p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), pBool("share", true)))
-		}
+	if t := cfg.Template; t != nil {
+		// Guest RAM is a file: the template's, or the clone's copy of it.
+		path, share := ramFile(cfg)
+		a.addOpt("object", opt("memory-backend-file",
+			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), p("mem-path", path), pBool("share", share)))
 	} else if cfg.SharedMemory {
 		a.addOpt("object", opt("memory-backend-memfd",
 			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), pBool("share", true)))

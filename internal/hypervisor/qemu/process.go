@@ -413,6 +413,9 @@ func (v *VM) checkFiles() error {
 // except the console log (console.log and console.log.1).
 func (v *VM) removeStateFiles() {
 	files := []string{v.qmpPath(), v.consoleSocketPath(), v.pidPath()}
+	if t := v.cfg.Template; t != nil && t.Restore && t.Memory != hypervisor.TemplateMemoryShared {
+		files = append(files, filepath.Join(v.cfg.StateDir, cloneMemoryName))
+	}
 	if a := v.cfg.Agent; a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.cfg.StateDir {
 		files = append(files, a.SocketPath)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -21,13 +22,10 @@ import (
 // saved: its RAM lives in a file of the template directory
 // (memory-backend-file, share=on), and QEMU's migration stream, with the
 // capability x-ignore-shared so that the shared RAM is not copied into it,
-// goes to the state file beside it; a second stream, with the RAM, goes
-// to the full state file. A clone starts QEMU with the same machine and
-// devices and -incoming defer, and either maps the template RAM file
-// copy-on-write and loads the state file (shared memory), or has its RAM in
-// a memfd of its own and loads the full state file into it (private
-// memory: QEMU, in the VM's cgroup, writes every page the clone gets), then
-// lets the vCPUs run.
+// goes to the state file beside it. A clone starts QEMU with the same
+// machine and devices and -incoming defer, maps the template RAM (a private
+// copy mapped shared, or the template file itself mapped copy-on-write),
+// reads the state file with migrate-incoming and lets the vCPUs run.
 //
 // The stream goes through a descriptor the driver opens and passes over
 // the monitor (fd:NAME), not exec:, which needs a shell that QEMU's
@@ -36,13 +34,15 @@ import (
 // and clones reserve PCIe root ports for virtio-fs, which a clone hot-adds
 // once it runs.
 
-// Files of a template directory: the RAM file, the device state without
-// the RAM (x-ignore-shared) and the device state with it.
+// Files of a template directory.
 const (
-	templateMemoryName    = "memory"
-	templateStateName     = "state"
-	templateFullStateName = "state-full"
+	templateMemoryName = "memory"
+	templateStateName  = "state"
 )
+
+// cloneMemoryName is a private clone's copy of the template RAM, in its
+// state directory.
+const cloneMemoryName = "memory"
 
 // agentPortID is the device ID of the agent's virtio-serial port in
 // template and clone VMs.
@@ -58,8 +58,8 @@ const restoreTimeout = time.Minute
 
 func fsPortID(i uint32) string { return fmt.Sprintf("fsport%d", i) }
 
-// ramFile returns the guest RAM file of a template or shared clone VM and
-// whether QEMU maps it shared; "" for a private clone, whose RAM is a memfd.
+// ramFile returns the guest RAM file of a template or clone VM and whether
+// QEMU maps it shared.
 func ramFile(cfg *hypervisor.Config) (string, bool) {
 	t := cfg.Template
 	switch {
@@ -69,16 +69,8 @@ func ramFile(cfg *hypervisor.Config) (string, bool) {
 		// Copy-on-write: the guest never writes the template.
 		return filepath.Join(t.Dir, templateMemoryName), false
 	default:
-		return "", true
+		return filepath.Join(cfg.StateDir, cloneMemoryName), true
 	}
-}
-
-// stateFile is the state a clone loads: with its RAM for a private clone.
-func stateFile(t *hypervisor.Template) string {
-	if t.Memory == hypervisor.TemplateMemoryShared {
-		return filepath.Join(t.Dir, templateStateName)
-	}
-	return filepath.Join(t.Dir, templateFullStateName)
 }
 
 // templateBootFilesystems are the virtio-fs devices on QEMU's command line:
@@ -145,8 +137,9 @@ func checkTemplateDir(dir string) error {
 	return nil
 }
 
-// prepareTemplateRAM makes the RAM file of a template VM before QEMU
-// starts, and checks a clone's template files. It returns the undo step.
+// prepareTemplateRAM makes the RAM file a template or clone VM maps before
+// QEMU starts: a fresh file in the template directory for a template, a
+// copy of the template's for a private clone. It returns the undo step.
 func (v *VM) prepareTemplateRAM() (func(), error) {
 	t := v.cfg.Template
 	if err := checkTemplateDir(t.Dir); err != nil {
@@ -169,23 +162,73 @@ func (v *VM) prepareTemplateRAM() (func(), error) {
 		}
 		return func() { _ = os.Remove(src) }, nil
 	}
-	files := []string{stateFile(t)}
-	if t.Memory == hypervisor.TemplateMemoryShared {
-		files = append(files, src)
-	}
-	for _, f := range files {
-		st, err := os.Lstat(f)
+	for _, name := range []string{templateMemoryName, templateStateName} {
+		st, err := os.Lstat(filepath.Join(t.Dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("template: %w: %w", err, errdefs.ErrNotFound)
 		}
 		if !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("template %s is not a regular file: %w", filepath.Base(f), errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("template %s is not a regular file: %w", name, errdefs.ErrInvalidArgument)
 		}
-		if f == src && st.Size() != size {
+		if name == templateMemoryName && st.Size() != size {
 			return nil, fmt.Errorf("template memory is %d bytes, the vm has %d: %w", st.Size(), size, errdefs.ErrInvalidArgument)
 		}
 	}
-	return func() {}, nil
+	if t.Memory == hypervisor.TemplateMemoryShared {
+		return func() {}, nil
+	}
+	dst := filepath.Join(v.cfg.StateDir, cloneMemoryName)
+	_ = os.Remove(dst)
+	if err := copySparse(dst, src); err != nil {
+		_ = os.Remove(dst)
+		return nil, fmt.Errorf("copying the template memory: %w", err)
+	}
+	return func() { _ = os.Remove(dst) }, nil
+}
+
+// copySparse copies the file src to a new file dst (mode 0600), leaving
+// holes where src has them: a template's RAM file holds data only where
+// the guest wrote.
+func copySparse(dst, src string) (retErr error) {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = in.Close() }()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := out.Close(); retErr == nil {
+			retErr = err
+		}
+	}()
+	if err := out.Truncate(st.Size()); err != nil {
+		return err
+	}
+	for off := int64(0); off < st.Size(); {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return fmt.Errorf("seeking data: %w", err)
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seeking a hole: %w", err)
+		}
+		if _, err := io.Copy(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data)); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return nil
 }
 
 // restore loads a clone's state from its template over q (QEMU waits with
@@ -193,13 +236,10 @@ func (v *VM) prepareTemplateRAM() (func(), error) {
 func (v *VM) restore(ctx context.Context, q *qmpConn) error {
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
-	t := v.cfg.Template
-	if t.Memory == hypervisor.TemplateMemoryShared {
-		if err := setIgnoreShared(ctx, q, true); err != nil {
-			return err
-		}
+	if err := setIgnoreShared(ctx, q); err != nil {
+		return err
 	}
-	f, err := os.OpenFile(stateFile(t), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(filepath.Join(v.cfg.Template.Dir, templateStateName), os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("template state: %w", err)
 	}
@@ -250,9 +290,9 @@ func addFilesystem(ctx context.Context, q *qmpConn, fs hypervisor.FilesystemDevi
 	return nil
 }
 
-func setIgnoreShared(ctx context.Context, q *qmpConn, on bool) error {
+func setIgnoreShared(ctx context.Context, q *qmpConn) error {
 	_, err := q.execute(ctx, "migrate-set-capabilities", map[string]any{
-		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
 	})
 	return err
 }
@@ -338,10 +378,10 @@ func (v *VM) Snapshot(ctx context.Context) (retErr error) {
 	default:
 		return fmt.Errorf("vm %s is %s, not running: %w", v.cfg.ID, st, errdefs.ErrFailedPrecondition)
 	}
+	tmp := filepath.Join(t.Dir, templateStateName+".tmp")
 	defer func() {
 		if retErr != nil {
-			_ = os.Remove(filepath.Join(t.Dir, templateStateName))
-			_ = os.Remove(filepath.Join(t.Dir, templateFullStateName))
+			_ = os.Remove(tmp)
 			retErr = fmt.Errorf("vm %s: snapshot: %w", v.cfg.ID, retErr)
 		}
 		if err := v.Stop(context.WithoutCancel(ctx)); err != nil {
@@ -360,50 +400,19 @@ func (v *VM) Snapshot(ctx context.Context) (retErr error) {
 	if err := v.Pause(ctx); err != nil {
 		return err
 	}
-	// The state with the RAM, then without it (the RAM file holds it).
-	// QEMU 7.2 refuses a second migration from the state the first left
-	// it in ("Can't migrate the vm that was paused due to previous
-	// migration"): the vCPUs run for a moment in between, so the second
-	// state is a few instants later, and the RAM file, which QEMU keeps
-	// writing until it quits, matches it.
-	for i, name := range []string{templateFullStateName, templateStateName} {
-		if i > 0 {
-			for _, cmd := range []string{"cont", "stop"} {
-				if _, err := q.execute(ctx, cmd, nil); err != nil {
-					return err
-				}
-			}
-		}
-		if err := setIgnoreShared(ctx, q, i > 0); err != nil {
-			return err
-		}
-		if err := saveState(ctx, q, fmt.Sprintf("migout%d", i), filepath.Join(t.Dir, name)); err != nil {
-			return err
-		}
+	if err := setIgnoreShared(ctx, q); err != nil {
+		return err
 	}
-	log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "dir": t.Dir}).Info("template saved")
-	return nil
-}
-
-// saveState migrates the paused VM into a new file path, through a
-// temporary file renamed into place once the migration completed.
-func saveState(ctx context.Context, q *qmpConn, fdname, path string) (retErr error) {
-	tmp := path + ".tmp"
 	_ = os.Remove(tmp)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		_ = f.Close()
-		if retErr != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err := q.executeFD(ctx, "getfd", map[string]any{"fdname": fdname}, int(f.Fd())); err != nil {
+	defer func() { _ = f.Close() }()
+	if _, err := q.executeFD(ctx, "getfd", map[string]any{"fdname": "migout"}, int(f.Fd())); err != nil {
 		return err
 	}
-	if _, err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:" + fdname}); err != nil {
+	if _, err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:migout"}); err != nil {
 		return err
 	}
 	if err := waitMigration(ctx, q); err != nil {
@@ -412,5 +421,9 @@ func saveState(ctx context.Context, q *qmpConn, fdname, path string) (retErr err
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, filepath.Join(t.Dir, templateStateName)); err != nil {
+		return err
+	}
+	log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "dir": t.Dir}).Info("template saved")
+	return nil
 }

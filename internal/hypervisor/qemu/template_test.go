@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -188,14 +189,11 @@ func TestRestore(t *testing.T) {
 		fail  []string
 		class error
 		log   string
-		// shared restores a clone of shared memory, without virtio-fs.
-		shared bool
 	}{
 		{name: "restore", final: "completed", log: "template-restore.qmp"},
 		{name: "state refused", final: "failed", class: errdefs.ErrUnknown, log: "template-restore-failed.qmp"},
 		{name: "share refused", final: "completed", fail: []string{"device_add"}, class: errdefs.ErrUnknown, log: "template-restore-fs-refused.qmp"},
-		{name: "shared", shared: true, final: "completed", log: "template-restore-shared.qmp"},
-		{name: "capability refused", shared: true, fail: []string{"migrate-set-capabilities"}, class: errdefs.ErrUnknown},
+		{name: "capability refused", fail: []string{"migrate-set-capabilities"}, class: errdefs.ErrUnknown},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -203,14 +201,11 @@ func TestRestore(t *testing.T) {
 			for _, f := range tc.fail {
 				m.fail[f] = true
 			}
-			cfg := templateConfig(true, hypervisor.TemplateMemoryShared)
-			if !tc.shared {
-				cfg = templateConfig(true, hypervisor.TemplateMemoryPrivate)
-				cfg.SharedMemory = true
-				cfg.Filesystems = []hypervisor.FilesystemDevice{{Tag: "rootfs", SocketPath: "/run/hull/fs0.sock"}}
-			}
+			cfg := templateConfig(true, hypervisor.TemplateMemoryPrivate)
+			cfg.SharedMemory = true
+			cfg.Filesystems = []hypervisor.FilesystemDevice{{Tag: "rootfs", SocketPath: "/run/hull/fs0.sock"}}
 			v := templateVM(t, cfg, m)
-			if err := os.WriteFile(stateFile(v.cfg.Template), []byte("state"), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(v.cfg.Template.Dir, templateStateName), []byte("state"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			err := v.restore(context.Background(), v.qmp)
@@ -263,14 +258,12 @@ func TestSnapshot(t *testing.T) {
 			if tc.class == nil && err != nil || tc.class != nil && !errors.Is(err, tc.class) {
 				t.Fatalf("snapshot: %v, want class %v", err, tc.class)
 			}
-			for _, name := range []string{templateStateName, templateFullStateName} {
-				_, serr := os.Stat(filepath.Join(v.cfg.Template.Dir, name))
-				if tc.class == nil && serr != nil || tc.class != nil && serr == nil {
-					t.Errorf("%s: %v after snapshot error %v", name, serr, err)
-				}
-				if _, err := os.Stat(filepath.Join(v.cfg.Template.Dir, name+".tmp")); err == nil {
-					t.Errorf("a temporary %s is left", name)
-				}
+			_, serr := os.Stat(filepath.Join(v.cfg.Template.Dir, templateStateName))
+			if tc.class == nil && serr != nil || tc.class != nil && serr == nil {
+				t.Errorf("state file: %v after snapshot error %v", serr, err)
+			}
+			if _, err := os.Stat(filepath.Join(v.cfg.Template.Dir, templateStateName+".tmp")); err == nil {
+				t.Error("a temporary state file is left")
 			}
 			if v.state != stateStopped {
 				t.Errorf("vm is %s after Snapshot, want stopped", v.state)
@@ -292,4 +285,46 @@ func TestSnapshotNotTemplate(t *testing.T) {
 			t.Errorf("Snapshot of a non-template vm: %v, want failed precondition", err)
 		}
 	}
+}
+
+func TestCopySparse(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{0, 5 << 20, 64<<20 - 4096} {
+		if _, err := f.WriteAt([]byte("data at "+time.Now().String()), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = f.Close()
+	if err := copySparse(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if string(a) != string(b) {
+		t.Error("the copy differs from the original")
+	}
+	var st, dt = statBlocks(t, src), statBlocks(t, dst)
+	if dt > st+64 { // 512-byte blocks; a little slack for the file system
+		t.Errorf("copy takes %d blocks, the sparse original %d", dt, st)
+	}
+	if err := copySparse(dst, src); !errors.Is(err, os.ErrExist) {
+		t.Errorf("copy over an existing file: %v, want exists", err)
+	}
+}
+
+func statBlocks(t *testing.T, path string) int64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks
 }
