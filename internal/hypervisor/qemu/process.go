@@ -80,13 +80,6 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	}
 	v.removeStateFiles()
 	undo.push(v.removeStateFiles)
-	if v.cfg.Template != nil {
-		undoRAM, err := v.prepareTemplateRAM()
-		if err != nil {
-			return err
-		}
-		undo.push(undoRAM)
-	}
 
 	cg, err := newCgroup(v.cfg.Cgroup, v.cgroupPath())
 	if err != nil {
@@ -97,6 +90,14 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 			logger.WithError(err).Warn("start failed: cgroup left behind")
 		}
 	})
+
+	if v.cfg.Template != nil {
+		undoRAM, err := v.prepareTemplateRAM(ctx, cg)
+		if err != nil {
+			return err
+		}
+		undo.push(undoRAM)
+	}
 
 	lg, err := child.OpenLog(v.consolePath(), v.opts.ConsoleMax)
 	if err != nil {

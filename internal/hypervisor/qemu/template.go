@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
@@ -139,8 +141,9 @@ func checkTemplateDir(dir string) error {
 
 // prepareTemplateRAM makes the RAM file a template or clone VM maps before
 // QEMU starts: a fresh file in the template directory for a template, a
-// copy of the template's for a private clone. It returns the undo step.
-func (v *VM) prepareTemplateRAM() (func(), error) {
+// copy of the template's for a private clone (copied in the VM's cgroup
+// cg). It returns the undo step.
+func (v *VM) prepareTemplateRAM(ctx context.Context, cg *vmCgroup) (func(), error) {
 	t := v.cfg.Template
 	if err := checkTemplateDir(t.Dir); err != nil {
 		return nil, err
@@ -179,56 +182,42 @@ func (v *VM) prepareTemplateRAM() (func(), error) {
 	}
 	dst := filepath.Join(v.cfg.StateDir, cloneMemoryName)
 	_ = os.Remove(dst)
-	if err := copySparse(dst, src); err != nil {
+	if err := copyInCgroup(ctx, src, dst, cg); err != nil {
 		_ = os.Remove(dst)
 		return nil, fmt.Errorf("copying the template memory: %w", err)
 	}
 	return func() { _ = os.Remove(dst) }, nil
 }
 
-// copySparse copies the file src to a new file dst (mode 0600), leaving
-// holes where src has them: a template's RAM file holds data only where
-// the guest wrote.
-func copySparse(dst, src string) (retErr error) {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+// copyInCgroup copies the file src to a new file dst, sparse (cp
+// --sparse=always: a template's RAM file holds data only where its guest
+// wrote), in a process placed in the VM's cgroup: the page cache of the
+// copy, which QEMU then maps as guest RAM, is charged to the VM, not to
+// the runtime.
+func copyInCgroup(ctx context.Context, src, dst string, cg *vmCgroup) error {
+	cp, err := exec.LookPath("cp")
 	if err != nil {
 		return err
 	}
-	defer func() { _ = in.Close() }()
-	st, err := in.Stat()
-	if err != nil {
+	out := &child.TailBuffer{Max: 4 << 10}
+	cmd := &exec.Cmd{Path: cp, Args: []string{"cp", "--sparse=always", "--reflink=auto", "--", src, dst}, Stdout: out, Stderr: out}
+	done := make(chan error, 1)
+	if _, err := child.StartIn(cmd, nil, cg.g, func(ps *os.ProcessState, err error) {
+		if err == nil && !ps.Success() {
+			err = fmt.Errorf("cp: %s: %s", ps, strings.TrimSpace(out.String()))
+		}
+		done <- err
+	}); err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
+	select {
+	case err := <-done:
 		return err
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		<-done
+		return ctx.Err()
 	}
-	defer func() {
-		if err := out.Close(); retErr == nil {
-			retErr = err
-		}
-	}()
-	if err := out.Truncate(st.Size()); err != nil {
-		return err
-	}
-	for off := int64(0); off < st.Size(); {
-		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if err != nil {
-			return fmt.Errorf("seeking data: %w", err)
-		}
-		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("seeking a hole: %w", err)
-		}
-		if _, err := io.Copy(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data)); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return nil
 }
 
 // restore loads a clone's state from its template over q (QEMU waits with

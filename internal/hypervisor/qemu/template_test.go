@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -285,46 +284,4 @@ func TestSnapshotNotTemplate(t *testing.T) {
 			t.Errorf("Snapshot of a non-template vm: %v, want failed precondition", err)
 		}
 	}
-}
-
-func TestCopySparse(t *testing.T) {
-	dir := t.TempDir()
-	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
-	f, err := os.Create(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(64 << 20); err != nil {
-		t.Fatal(err)
-	}
-	for _, off := range []int64{0, 5 << 20, 64<<20 - 4096} {
-		if _, err := f.WriteAt([]byte("data at "+time.Now().String()), off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_ = f.Close()
-	if err := copySparse(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	a, _ := os.ReadFile(src)
-	b, _ := os.ReadFile(dst)
-	if string(a) != string(b) {
-		t.Error("the copy differs from the original")
-	}
-	var st, dt = statBlocks(t, src), statBlocks(t, dst)
-	if dt > st+64 { // 512-byte blocks; a little slack for the file system
-		t.Errorf("copy takes %d blocks, the sparse original %d", dt, st)
-	}
-	if err := copySparse(dst, src); !errors.Is(err, os.ErrExist) {
-		t.Errorf("copy over an existing file: %v, want exists", err)
-	}
-}
-
-func statBlocks(t *testing.T, path string) int64 {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks
 }
