@@ -215,8 +215,7 @@ func copyInCgroup(ctx context.Context, src, dst string, cg *vmCgroup) error {
 		return err
 	case <-ctx.Done():
 		_ = cmd.Process.Kill()
-		<-done
-		return ctx.Err()
+		return errors.Join(ctx.Err(), <-done)
 	}
 }
 
