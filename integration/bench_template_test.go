@@ -19,10 +19,12 @@ const benchTemplateVMs = 4
 // three kinds alternating), and the host memory of benchTemplateVMs idle
 // VMs of each kind running at once: the sum of their QEMU processes' PSS
 // (/proc/PID/smaps_rollup), in which pages shared between clones count
-// once in all. Run with -benchtime Nx for N rounds.
+// once in all. The VMs have no free page reporting (shared clones refuse
+// it). Run with -benchtime Nx for N rounds.
 func BenchmarkTemplate(b *testing.B) {
 	c := testConfig(b)
 	c.Image.AssetsDir, _ = hullKernelAssets(b)
+	c.Hypervisor.FreePageReporting = false // for the shared clones
 	tdir := makeTemplate(b, c)
 	kinds := []struct {
 		name string

@@ -139,6 +139,9 @@ func makeTemplate(t testing.TB, c *config.Config) string {
 func TestTemplate(t *testing.T) {
 	c := testConfig(t)
 	c.Image.AssetsDir, _ = hullKernelAssets(t)
+	// Shared clones refuse free page reporting (it would punch holes in
+	// the template file), so the template is made without it.
+	c.Hypervisor.FreePageReporting = false
 	tdir := makeTemplate(t, c)
 	before, err := os.ReadFile(filepath.Join(tdir, "state"))
 	if err != nil {
@@ -321,6 +324,7 @@ func TestTemplateEntropy(t *testing.T) {
 	c := testConfig(t)
 	c.Image.AssetsDir = debugImage(t)
 	c.Hypervisor.KernelParams = append(c.Hypervisor.KernelParams, channel.ParamDebugConsole+"=1")
+	c.Hypervisor.FreePageReporting = false // for the shared clones
 	tdir := makeTemplate(t, c)
 	for _, mode := range []hypervisor.TemplateMemory{hypervisor.TemplateMemoryPrivate, hypervisor.TemplateMemoryShared} {
 		t.Run(string(mode), func(t *testing.T) {

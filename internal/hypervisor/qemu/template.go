@@ -115,6 +115,12 @@ func validateTemplate(cfg *hypervisor.Config, o *Options) error {
 	if len(cfg.Filesystems) > templateFSPorts {
 		return inval("%d virtio-fs shares: a clone takes at most %d", len(cfg.Filesystems), templateFSPorts)
 	}
+	if t.Restore && t.Memory == hypervisor.TemplateMemoryShared && o.FreePageReporting {
+		// QEMU 7.2 discards a reported page of file-backed RAM by
+		// punching a hole in the file, even in a private mapping: the
+		// guest would erase pages of the template itself.
+		return inval("free page reporting would punch holes in the template's memory file; a shared clone needs a template without it")
+	}
 	if t.Restore && t.Memory == hypervisor.TemplateMemoryShared && len(cfg.Filesystems) > 0 {
 		return inval("virtio-fs needs guest RAM mapped shared; the shared template memory mode maps it copy-on-write")
 	}

@@ -96,6 +96,9 @@ func TestNewRejectsTemplate(t *testing.T) {
 		{"shared clone with virtio-fs", func(c *hypervisor.Config, _ *Options) {
 			c.Template.Restore, c.Template.Memory, c.Filesystems = true, hypervisor.TemplateMemoryShared, fs
 		}, errdefs.ErrInvalidArgument},
+		{"shared clone with free page reporting", func(c *hypervisor.Config, o *Options) {
+			c.Template.Restore, c.Template.Memory, o.FreePageReporting = true, hypervisor.TemplateMemoryShared, true
+		}, errdefs.ErrInvalidArgument},
 		{"two shares", func(c *hypervisor.Config, _ *Options) {
 			c.Template.Restore = true
 			c.Filesystems = append(fs, hypervisor.FilesystemDevice{Tag: "b", SocketPath: "/b.sock"})
