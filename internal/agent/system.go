@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -77,6 +80,62 @@ func (s *systemService) SetTime(ctx context.Context, req *api.SetTimeRequest) (*
 	}
 	log.G(ctx).WithFields(log.Fields{"previous": prev, "now": req.GetTime().AsTime()}).Debug("clock set")
 	return &api.SetTimeResponse{Previous: timestamppb.New(prev)}, nil
+}
+
+// Bounds of AddEntropy's data.
+const (
+	minEntropyBytes = 16
+	maxEntropyBytes = 512
+)
+
+func (s *systemService) AddEntropy(ctx context.Context, req *api.AddEntropyRequest) (*api.AddEntropyResponse, error) {
+	if !s.a.initMode {
+		return nil, fmt.Errorf("adding entropy: only the agent running as PID 1 of a VM adds it: %w", errdefs.ErrFailedPrecondition)
+	}
+	data := req.GetData()
+	if len(data) < minEntropyBytes || len(data) > maxEntropyBytes {
+		return nil, fmt.Errorf("adding entropy: %d bytes: want %d to %d: %w", len(data), minEntropyBytes, maxEntropyBytes, errdefs.ErrInvalidArgument)
+	}
+	if err := addEntropy("/dev/urandom", data); err != nil {
+		return nil, fmt.Errorf("adding entropy: %w", err)
+	}
+	log.G(ctx).WithField("bytes", len(data)).Debug("entropy added, rng reseeded")
+	return &api.AddEntropyResponse{}, nil
+}
+
+// addEntropy writes data into the kernel's input pool through the random
+// device at path, credited as len(data)*8 bits (struct rand_pool_info:
+// entropy_count, buf_size, then the bytes), and reseeds the kernel's RNG
+// from the pool.
+func addEntropy(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	buf := make([]byte, 8+len(data))
+	binary.NativeEndian.PutUint32(buf[0:], uint32(8*len(data)))
+	binary.NativeEndian.PutUint32(buf[4:], uint32(len(data)))
+	copy(buf[8:], data)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		//nolint:gosec // G103: RNDADDENTROPY takes the address of a struct rand_pool_info, which buf holds; buf stays referenced below
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+			ierr = fmt.Errorf("RNDADDENTROPY: %w", e)
+			return
+		}
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDRESEEDCRNG, 0); e != 0 {
+			ierr = fmt.Errorf("RNDRESEEDCRNG: %w", e)
+		}
+	}); err != nil {
+		return err
+	}
+	runtime.KeepAlive(buf)
+	return ierr
 }
 
 func (s *systemService) Shutdown(ctx context.Context, req *api.ShutdownRequest) (*api.ShutdownResponse, error) {

@@ -1,9 +1,15 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/containerd/errdefs"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
 )
 
 func TestCountCPUList(t *testing.T) {
@@ -40,6 +46,32 @@ func TestMeminfo(t *testing.T) {
 			total, avail, err := meminfo(p)
 			if (err != nil) != tc.err || total != tc.total || avail != tc.avail {
 				t.Fatalf("meminfo = %d, %d, %v", total, avail, err)
+			}
+		})
+	}
+}
+
+// TestAddEntropyRefuses covers the refusals of AddEntropy that come before
+// the kernel is asked (the ioctls run in the VM tests: TestTemplateEntropy
+// in integration).
+func TestAddEntropyRefuses(t *testing.T) {
+	tests := []struct {
+		name     string
+		initMode bool
+		size     int
+		class    error
+	}{
+		{"not pid 1", false, 32, errdefs.ErrFailedPrecondition},
+		{"empty", true, 0, errdefs.ErrInvalidArgument},
+		{"too short", true, minEntropyBytes - 1, errdefs.ErrInvalidArgument},
+		{"too long", true, maxEntropyBytes + 1, errdefs.ErrInvalidArgument},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &systemService{a: &Agent{initMode: tc.initMode}}
+			_, err := s.AddEntropy(context.Background(), &api.AddEntropyRequest{Data: make([]byte, tc.size)})
+			if !errors.Is(err, tc.class) {
+				t.Errorf("AddEntropy: %v, want class %v", err, tc.class)
 			}
 		})
 	}

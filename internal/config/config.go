@@ -37,6 +37,7 @@ type Config struct {
 	Runtime    Runtime    `toml:"runtime"`
 	Image      Image      `toml:"image"`
 	Tracing    Tracing    `toml:"tracing"`
+	Factory    Factory    `toml:"factory"`
 
 	// Source is the file the configuration was read from, empty for the
 	// built-in defaults.
@@ -208,6 +209,25 @@ type Tracing struct {
 	SamplingRatio float64 `toml:"sampling_ratio"`
 }
 
+// Factory configures how pod VMs start faster than a boot.
+type Factory struct {
+	// Template starts a pod's VM from a saved VM template of its VM
+	// configuration (`hull factory template create`) instead of booting;
+	// without one for the configuration, the VM boots, with a warning.
+	// Needs the serial agent transport and the q35 machine.
+	Template bool `toml:"template"`
+	// TemplateMemory is how a VM started from a template maps the
+	// template's RAM: "private" (a copy per VM: no memory saved, nothing
+	// shared) or "shared" (the template file mapped copy-on-write: the
+	// pages a VM does not write are shared between VMs, a side channel
+	// between tenants; and virtio-fs cannot work on it, so pod VMs refuse
+	// it).
+	TemplateMemory string `toml:"template_memory"`
+	// TemplateDir holds the templates, one directory per configuration
+	// key; root-owned, 0700.
+	TemplateDir string `toml:"template_dir"`
+}
+
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }
 
@@ -274,6 +294,10 @@ func Defaults() *Config {
 			Endpoint:      "http://127.0.0.1:4317",
 			Protocol:      "grpc",
 			SamplingRatio: 1,
+		},
+		Factory: Factory{
+			TemplateMemory: "private",
+			TemplateDir:    "/var/lib/hull/templates",
 		},
 	}
 }
@@ -473,6 +497,17 @@ func (c *Config) Validate() error {
 	}
 	if !(tr.SamplingRatio >= 0 && tr.SamplingRatio <= 1) {
 		bad("tracing.sampling_ratio", "%v is outside 0..1", tr.SamplingRatio)
+	}
+	fa := c.Factory
+	oneOf("factory.template_memory", fa.TemplateMemory, "private", "shared")
+	if !filepath.IsAbs(fa.TemplateDir) || filepath.Clean(fa.TemplateDir) != fa.TemplateDir {
+		bad("factory.template_dir", "%q is not a clean absolute path", fa.TemplateDir)
+	}
+	if fa.Template && c.Agent.Transport == "vsock" {
+		bad("factory.template", "VM templates need the serial agent transport (agent.transport = \"serial\" or \"auto\")")
+	}
+	if fa.Template && c.Hypervisor.QEMU.Machine != "q35" {
+		bad("factory.template", "VM templates need the q35 machine (hypervisor.qemu.machine)")
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration: %w: %w", err, errdefs.ErrInvalidArgument)

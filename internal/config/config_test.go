@@ -59,6 +59,20 @@ func TestParse(t *testing.T) {
 		{name: "tracing protocol", doc: "[tracing]\nprotocol = \"zipkin\"\n", wantErr: []string{`tracing.protocol: "zipkin" is not one of grpc, http`}},
 		{name: "tracing endpoint without scheme", doc: "[tracing]\nendpoint = \"collector:4317\"\n", wantErr: []string{"tracing.endpoint"}},
 		{name: "tracing sampling ratio", doc: "[tracing]\nsampling_ratio = 1.5\n", wantErr: []string{"tracing.sampling_ratio: 1.5 is outside 0..1"}},
+		{name: "factory template memory", doc: "[factory]\ntemplate_memory = \"ksm\"\n", wantErr: []string{`factory.template_memory: "ksm" is not one of private, shared`}},
+		{name: "factory template dir", doc: "[factory]\ntemplate_dir = \"templates\"\n", wantErr: []string{"factory.template_dir"}},
+		{name: "factory template over vsock", doc: "[agent]\ntransport = \"vsock\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the serial agent transport"}},
+		{name: "factory template on microvm", doc: "[hypervisor.qemu]\nmachine = \"microvm\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the q35 machine"}},
+		{
+			name: "factory templates on",
+			doc:  "[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = \"/run/hull/templates\"\n",
+			check: func(t *testing.T, c *Config) {
+				want := Factory{Template: true, TemplateMemory: "shared", TemplateDir: "/run/hull/templates"}
+				if c.Factory != want {
+					t.Fatalf("factory = %+v, want %+v", c.Factory, want)
+				}
+			},
+		},
 		{
 			name: "tracing on",
 			doc:  "[tracing]\nenabled = true\nendpoint = \"https://otel.example:4318\"\nprotocol = \"http\"\nsampling_ratio = 0.25\n",

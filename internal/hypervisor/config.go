@@ -87,6 +87,41 @@ type Config struct {
 
 	// Debug keeps kernel console output (no "quiet").
 	Debug bool
+
+	// Template, when set, makes the VM a template (booted to be saved by
+	// a Snapshotter) or a clone of one (started from the saved state
+	// instead of booting). Nil boots as usual.
+	Template *Template
+}
+
+// TemplateMemory is how a clone maps the RAM of its template.
+type TemplateMemory string
+
+const (
+	// TemplateMemoryPrivate gives each clone a copy of the template's
+	// memory file, mapped shared: nothing is shared between clones, and
+	// vhost-user devices (virtio-fs) work.
+	TemplateMemoryPrivate TemplateMemory = "private"
+	// TemplateMemoryShared maps the template's memory file private
+	// (copy-on-write) in every clone: the pages a clone does not write stay
+	// shared between clones in the host's page cache. vhost-user devices
+	// need RAM mapped shared, so a clone in this mode has no virtio-fs.
+	// Pages shared across tenants are a side channel.
+	TemplateMemoryShared TemplateMemory = "shared"
+)
+
+// Template is the template side of a VM (see Config.Template).
+type Template struct {
+	// Dir is the template directory, host-owned: it holds the guest RAM
+	// file and the device state. It is never derived from anything the
+	// guest or an image says.
+	Dir string
+	// Restore starts the VM from the state saved in Dir; false boots it
+	// with its RAM in Dir, for a Snapshotter to save.
+	Restore bool
+	// Memory is how a clone maps the template RAM; the private mode when
+	// empty.
+	Memory TemplateMemory
 }
 
 // RootImage is a host-owned, read-only root file system image. The driver

@@ -179,9 +179,15 @@ type Relocator interface {
 	MoveCgroup(path string) error
 }
 
-// Snapshotter saves a paused VM's state to a directory, for VM templating.
+// Snapshotter saves a VM booted as a template (Config.Template without
+// Restore) into its template directory, from which clones then start.
 type Snapshotter interface {
-	Snapshot(ctx context.Context, dir string) error
+	// Snapshot waits until the guest has let go of the host's agent
+	// connection (the caller closes its own first), stops the vCPUs, saves
+	// the device state beside the RAM file and ends the VM. A VM that is
+	// not a template answers ErrFailedPrecondition. On error the template
+	// directory holds no state file, and the VM is stopped.
+	Snapshot(ctx context.Context) error
 }
 
 // AsPauser returns vm's Pauser or an ErrNotImplemented-class error.

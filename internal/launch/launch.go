@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -204,6 +205,36 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
+// TemplateConfig is the VM template configuration of c's sandboxes: the
+// template directory, the memory mode, and the QEMU options a saved state
+// depends on (a clone must run the machine the template ran).
+func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig {
+	return &sandbox.TemplateConfig{
+		Root:   c.Factory.TemplateDir,
+		Memory: hypervisor.TemplateMemory(c.Factory.TemplateMemory),
+		DriverKey: fmt.Sprintf("qemu binary=%s machine=%s accel=%s cpu=%s tsc=%d free-page-reporting=%v",
+			binaryID(opts.Binary), opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting),
+	}
+}
+
+// binaryID names the QEMU program's version by its resolved path, size and
+// modification time: a QEMU upgraded in place gets new template keys (a
+// state saved by one QEMU version may not load in another).
+func binaryID(bin string) string {
+	if bin == "" {
+		bin = qemu.DefaultBinary
+	}
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		return bin
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return p
+	}
+	return fmt.Sprintf("%s(%d,%d)", p, st.Size(), st.ModTime().UnixNano())
+}
+
 // defaultMaxMemoryMiB caps the default memory limit (3/4 of the host's memory) at
 // 512 GiB: QEMU refuses a maxmem that, with the hotplug slots and the PCI
 // window, needs more than the 40 physical address bits of the CPU models
@@ -307,9 +338,15 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 	if err != nil {
 		return sandbox.Config{}, err
 	}
+	var tpl *sandbox.TemplateConfig
+	if c.Factory.Template {
+		tpl = TemplateConfig(c, opts)
+		tc = TransportChoice{Transport: hypervisor.TransportSerial, Reason: "factory.template = true"}
+	}
 	return sandbox.Config{
 		ID:        id,
 		StateRoot: c.Runtime.StateDir,
+		Template:  tpl,
 		VM: hypervisor.Config{
 			Kernel:       boot.Kernel,
 			Initrd:       boot.Initrd,

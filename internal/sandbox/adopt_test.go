@@ -320,15 +320,16 @@ func TestAdoptMismatchKnowsEveryField(t *testing.T) {
 			// The pod's, applied by Adopt (or refused there: NetNSOwn).
 			"ID", "Hostname", "NetNS", "HotplugNetwork", "NetNSOwn", "DNS", "ShmSize", "Cgroup", "KillTimeout",
 			"ObserveAgentRPC", "NewVM",
-			// The boot's alone.
-			"BootGate", "DialTimeout", "DialTimeoutMaxScale",
+			// The boot's alone (a warm VM restored from a template is
+			// a VM like any other once it runs).
+			"BootGate", "DialTimeout", "DialTimeoutMaxScale", "Template",
 		},
 		reflect.TypeFor[hypervisor.Config](): {
 			// Compared.
 			"Kernel", "Initrd", "RootImage", "KernelParams", "VCPUs", "MemoryMiB", "MaxVCPUs", "MaxMemoryMiB", "SharedMemory",
 			"Filesystems", "Blocks", "Networks", "HotplugNICs", "HotplugBlocks", "Debug",
 			// Filled in by Start.
-			"ID", "StateDir", "Cgroup", "Agent",
+			"ID", "StateDir", "Cgroup", "Agent", "Template",
 		},
 	}
 	for typ, names := range known {

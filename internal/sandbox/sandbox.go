@@ -21,7 +21,6 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/bootslot"
-	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
@@ -137,6 +136,9 @@ type Config struct {
 	// ObserveAgentRPC, when set, is told of every agent call
 	// (agentclient.Options.ObserveRPC).
 	ObserveAgentRPC func(method string, took time.Duration, err error)
+	// Template, when not nil, starts the VM from a saved template of the
+	// same VM configuration when there is one (see template.go).
+	Template *TemplateConfig
 	// Tracing, when not nil, records the start's steps and the agent
 	// calls as spans, turns the agent's spans on and exports them as they
 	// come (guest spans are checked: tracing.Guest). Nil: no tracing.
@@ -193,6 +195,9 @@ type Sandbox struct {
 	// agentLog is the copy of the agent's log, nil without one; closed by
 	// Stop after the agent connection.
 	agentLog *child.LogFile
+	// restored is set when the VM started from a template, by Start
+	// before the VM runs; read-only after.
+	restored bool
 	// phases are the steps of Start with their durations, written by
 	// Start only, before the sandbox is returned; for an adopted sandbox
 	// the steps of Adopt, written by Adopt before it returns.
@@ -450,7 +455,18 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
-			vm, err := cfg.NewVM(s.vmConfig(cfg, ep))
+			vc := s.vmConfig(cfg, ep)
+			if cfg.Template != nil {
+				tpl, err := cfg.Template.find(ctx, vc)
+				if err != nil {
+					return err
+				}
+				if tpl != nil {
+					vc.Template = tpl
+					s.restored = true
+				}
+			}
+			vm, err := cfg.NewVM(vc)
 			if err != nil {
 				return err
 			}
@@ -500,6 +516,12 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			}
 			return nil
 		}},
+		{"reseed guest rng", func(ctx context.Context) error {
+			if !s.restored {
+				return nil
+			}
+			return reseedGuest(ctx, s.client)
+		}},
 	}
 }
 
@@ -544,7 +566,7 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 // ep: cfg.VM with the sandbox's share, network devices attached at boot,
 // identity, state directory, cgroup and the agent's kernel parameters.
 func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.Config {
-	vc := cfg.VM
+	vc := guestVMConfig(cfg, ep)
 	if s.network != nil {
 		vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
 	}
@@ -553,15 +575,6 @@ func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.C
 	vc.ID = cfg.ID
 	vc.StateDir = s.stateDir
 	vc.Cgroup = s.CgroupPath()
-	vc.Agent = ep
-	params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
-	if cfg.DebugConsole {
-		params = append(params, channel.ParamDebugConsole+"=1")
-	}
-	if cfg.Tracing != nil {
-		params = append(params, channel.ParamTracing+"=1")
-	}
-	vc.KernelParams = append(params, vc.KernelParams...)
 	return vc
 }
 

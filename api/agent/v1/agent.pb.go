@@ -771,6 +771,87 @@ func (x *SetTimeResponse) GetPrevious() *timestamppb.Timestamp {
 	return nil
 }
 
+type AddEntropyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Random bytes from the host's RNG.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddEntropyRequest) Reset() {
+	*x = AddEntropyRequest{}
+	mi := &file_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddEntropyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddEntropyRequest) ProtoMessage() {}
+
+func (x *AddEntropyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddEntropyRequest.ProtoReflect.Descriptor instead.
+func (*AddEntropyRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AddEntropyRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type AddEntropyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddEntropyResponse) Reset() {
+	*x = AddEntropyResponse{}
+	mi := &file_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddEntropyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddEntropyResponse) ProtoMessage() {}
+
+func (x *AddEntropyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddEntropyResponse.ProtoReflect.Descriptor instead.
+func (*AddEntropyResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{13}
+}
+
 type ShutdownRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How long the agent waits for its own children to end after SIGTERM
@@ -782,7 +863,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +875,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +888,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ShutdownRequest) GetGrace() *durationpb.Duration {
@@ -825,7 +906,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +918,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +931,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 type OnlineResourcesRequest struct {
@@ -867,7 +948,7 @@ type OnlineResourcesRequest struct {
 
 func (x *OnlineResourcesRequest) Reset() {
 	*x = OnlineResourcesRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +960,7 @@ func (x *OnlineResourcesRequest) String() string {
 func (*OnlineResourcesRequest) ProtoMessage() {}
 
 func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +973,7 @@ func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *OnlineResourcesRequest) GetVcpus() uint32 {
@@ -922,7 +1003,7 @@ type OnlineResourcesResponse struct {
 
 func (x *OnlineResourcesResponse) Reset() {
 	*x = OnlineResourcesResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1015,7 @@ func (x *OnlineResourcesResponse) String() string {
 func (*OnlineResourcesResponse) ProtoMessage() {}
 
 func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1028,7 @@ func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnlineResourcesResponse.ProtoReflect.Descriptor instead.
 func (*OnlineResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *OnlineResourcesResponse) GetOnlineVcpus() uint32 {
@@ -972,7 +1053,7 @@ type GuestMetricsRequest struct {
 
 func (x *GuestMetricsRequest) Reset() {
 	*x = GuestMetricsRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1065,7 @@ func (x *GuestMetricsRequest) String() string {
 func (*GuestMetricsRequest) ProtoMessage() {}
 
 func (x *GuestMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1078,7 @@ func (x *GuestMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GuestMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type GuestMetricsResponse struct {
@@ -1018,7 +1099,7 @@ type GuestMetricsResponse struct {
 
 func (x *GuestMetricsResponse) Reset() {
 	*x = GuestMetricsResponse{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1111,7 @@ func (x *GuestMetricsResponse) String() string {
 func (*GuestMetricsResponse) ProtoMessage() {}
 
 func (x *GuestMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1124,7 @@ func (x *GuestMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GuestMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GuestMetricsResponse) GetMemory() *GuestMemory {
@@ -1098,7 +1179,7 @@ type GuestMemory struct {
 
 func (x *GuestMemory) Reset() {
 	*x = GuestMemory{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1191,7 @@ func (x *GuestMemory) String() string {
 func (*GuestMemory) ProtoMessage() {}
 
 func (x *GuestMemory) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1204,7 @@ func (x *GuestMemory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestMemory.ProtoReflect.Descriptor instead.
 func (*GuestMemory) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GuestMemory) GetTotalBytes() uint64 {
@@ -1206,7 +1287,7 @@ type GuestCPU struct {
 
 func (x *GuestCPU) Reset() {
 	*x = GuestCPU{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1299,7 @@ func (x *GuestCPU) String() string {
 func (*GuestCPU) ProtoMessage() {}
 
 func (x *GuestCPU) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1312,7 @@ func (x *GuestCPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestCPU.ProtoReflect.Descriptor instead.
 func (*GuestCPU) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GuestCPU) GetUserUsec() uint64 {
@@ -1304,7 +1385,7 @@ type GuestLoad struct {
 
 func (x *GuestLoad) Reset() {
 	*x = GuestLoad{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1397,7 @@ func (x *GuestLoad) String() string {
 func (*GuestLoad) ProtoMessage() {}
 
 func (x *GuestLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1410,7 @@ func (x *GuestLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestLoad.ProtoReflect.Descriptor instead.
 func (*GuestLoad) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GuestLoad) GetLoad1() float64 {
@@ -1385,7 +1466,7 @@ type GuestInterface struct {
 
 func (x *GuestInterface) Reset() {
 	*x = GuestInterface{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1478,7 @@ func (x *GuestInterface) String() string {
 func (*GuestInterface) ProtoMessage() {}
 
 func (x *GuestInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1491,7 @@ func (x *GuestInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestInterface.ProtoReflect.Descriptor instead.
 func (*GuestInterface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GuestInterface) GetName() string {
@@ -1492,7 +1573,7 @@ type GuestDisk struct {
 
 func (x *GuestDisk) Reset() {
 	*x = GuestDisk{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1585,7 @@ func (x *GuestDisk) String() string {
 func (*GuestDisk) ProtoMessage() {}
 
 func (x *GuestDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1598,7 @@ func (x *GuestDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GuestDisk.ProtoReflect.Descriptor instead.
 func (*GuestDisk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GuestDisk) GetName() string {
@@ -1614,7 +1695,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x0eSetTimeRequest\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"I\n" +
 	"\x0fSetTimeResponse\x126\n" +
-	"\bprevious\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\bprevious\"B\n" +
+	"\bprevious\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\bprevious\"'\n" +
+	"\x11AddEntropyRequest\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x14\n" +
+	"\x12AddEntropyResponse\"B\n" +
 	"\x0fShutdownRequest\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x12\n" +
 	"\x10ShutdownResponse\"M\n" +
@@ -1689,12 +1773,14 @@ const file_agent_proto_rawDesc = "" +
 	"\x06writes\x18\x04 \x01(\x04R\x06writes\x12#\n" +
 	"\rwritten_bytes\x18\x05 \x01(\x04R\fwrittenBytes\x12\x1c\n" +
 	"\n" +
-	"io_time_ms\x18\x06 \x01(\x04R\bioTimeMs2\xa3\x06\n" +
+	"io_time_ms\x18\x06 \x01(\x04R\bioTimeMs2\xf6\x06\n" +
 	"\x06System\x12E\n" +
 	"\x06Health\x12\x1c.hull.agent.v1.HealthRequest\x1a\x1d.hull.agent.v1.HealthResponse\x12W\n" +
 	"\fGuestDetails\x12\".hull.agent.v1.GuestDetailsRequest\x1a#.hull.agent.v1.GuestDetailsResponse\x12H\n" +
 	"\aSetTime\x12\x1d.hull.agent.v1.SetTimeRequest\x1a\x1e.hull.agent.v1.SetTimeResponse\x12K\n" +
-	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponse\x12`\n" +
+	"\bShutdown\x12\x1e.hull.agent.v1.ShutdownRequest\x1a\x1f.hull.agent.v1.ShutdownResponse\x12Q\n" +
+	"\n" +
+	"AddEntropy\x12 .hull.agent.v1.AddEntropyRequest\x1a!.hull.agent.v1.AddEntropyResponse\x12`\n" +
 	"\x0fOnlineResources\x12%.hull.agent.v1.OnlineResourcesRequest\x1a&.hull.agent.v1.OnlineResourcesResponse\x12W\n" +
 	"\fDebugConsole\x12\".hull.agent.v1.DebugConsoleRequest\x1a#.hull.agent.v1.DebugConsoleResponse\x12i\n" +
 	"\x12ResizeDebugConsole\x12(.hull.agent.v1.ResizeDebugConsoleRequest\x1a).hull.agent.v1.ResizeDebugConsoleResponse\x12c\n" +
@@ -1714,7 +1800,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_agent_proto_goTypes = []any{
 	(HealthResponse_Status)(0),         // 0: hull.agent.v1.HealthResponse.Status
 	(*DebugConsoleRequest)(nil),        // 1: hull.agent.v1.DebugConsoleRequest
@@ -1729,54 +1815,58 @@ var file_agent_proto_goTypes = []any{
 	(*GuestDetailsResponse)(nil),       // 10: hull.agent.v1.GuestDetailsResponse
 	(*SetTimeRequest)(nil),             // 11: hull.agent.v1.SetTimeRequest
 	(*SetTimeResponse)(nil),            // 12: hull.agent.v1.SetTimeResponse
-	(*ShutdownRequest)(nil),            // 13: hull.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),           // 14: hull.agent.v1.ShutdownResponse
-	(*OnlineResourcesRequest)(nil),     // 15: hull.agent.v1.OnlineResourcesRequest
-	(*OnlineResourcesResponse)(nil),    // 16: hull.agent.v1.OnlineResourcesResponse
-	(*GuestMetricsRequest)(nil),        // 17: hull.agent.v1.GuestMetricsRequest
-	(*GuestMetricsResponse)(nil),       // 18: hull.agent.v1.GuestMetricsResponse
-	(*GuestMemory)(nil),                // 19: hull.agent.v1.GuestMemory
-	(*GuestCPU)(nil),                   // 20: hull.agent.v1.GuestCPU
-	(*GuestLoad)(nil),                  // 21: hull.agent.v1.GuestLoad
-	(*GuestInterface)(nil),             // 22: hull.agent.v1.GuestInterface
-	(*GuestDisk)(nil),                  // 23: hull.agent.v1.GuestDisk
-	(*durationpb.Duration)(nil),        // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
+	(*AddEntropyRequest)(nil),          // 13: hull.agent.v1.AddEntropyRequest
+	(*AddEntropyResponse)(nil),         // 14: hull.agent.v1.AddEntropyResponse
+	(*ShutdownRequest)(nil),            // 15: hull.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),           // 16: hull.agent.v1.ShutdownResponse
+	(*OnlineResourcesRequest)(nil),     // 17: hull.agent.v1.OnlineResourcesRequest
+	(*OnlineResourcesResponse)(nil),    // 18: hull.agent.v1.OnlineResourcesResponse
+	(*GuestMetricsRequest)(nil),        // 19: hull.agent.v1.GuestMetricsRequest
+	(*GuestMetricsResponse)(nil),       // 20: hull.agent.v1.GuestMetricsResponse
+	(*GuestMemory)(nil),                // 21: hull.agent.v1.GuestMemory
+	(*GuestCPU)(nil),                   // 22: hull.agent.v1.GuestCPU
+	(*GuestLoad)(nil),                  // 23: hull.agent.v1.GuestLoad
+	(*GuestInterface)(nil),             // 24: hull.agent.v1.GuestInterface
+	(*GuestDisk)(nil),                  // 25: hull.agent.v1.GuestDisk
+	(*durationpb.Duration)(nil),        // 26: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 27: google.protobuf.Timestamp
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hull.agent.v1.HealthResponse.status:type_name -> hull.agent.v1.HealthResponse.Status
-	24, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
-	24, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
-	24, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
-	24, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
-	25, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
-	25, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
-	24, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
-	19, // 8: hull.agent.v1.GuestMetricsResponse.memory:type_name -> hull.agent.v1.GuestMemory
-	20, // 9: hull.agent.v1.GuestMetricsResponse.cpu:type_name -> hull.agent.v1.GuestCPU
-	21, // 10: hull.agent.v1.GuestMetricsResponse.load:type_name -> hull.agent.v1.GuestLoad
-	22, // 11: hull.agent.v1.GuestMetricsResponse.interfaces:type_name -> hull.agent.v1.GuestInterface
-	23, // 12: hull.agent.v1.GuestMetricsResponse.disks:type_name -> hull.agent.v1.GuestDisk
+	26, // 1: hull.agent.v1.HealthResponse.uptime:type_name -> google.protobuf.Duration
+	26, // 2: hull.agent.v1.GuestDetailsResponse.boot_to_serve:type_name -> google.protobuf.Duration
+	26, // 3: hull.agent.v1.GuestDetailsResponse.agent_start:type_name -> google.protobuf.Duration
+	26, // 4: hull.agent.v1.GuestDetailsResponse.first_answer:type_name -> google.protobuf.Duration
+	27, // 5: hull.agent.v1.SetTimeRequest.time:type_name -> google.protobuf.Timestamp
+	27, // 6: hull.agent.v1.SetTimeResponse.previous:type_name -> google.protobuf.Timestamp
+	26, // 7: hull.agent.v1.ShutdownRequest.grace:type_name -> google.protobuf.Duration
+	21, // 8: hull.agent.v1.GuestMetricsResponse.memory:type_name -> hull.agent.v1.GuestMemory
+	22, // 9: hull.agent.v1.GuestMetricsResponse.cpu:type_name -> hull.agent.v1.GuestCPU
+	23, // 10: hull.agent.v1.GuestMetricsResponse.load:type_name -> hull.agent.v1.GuestLoad
+	24, // 11: hull.agent.v1.GuestMetricsResponse.interfaces:type_name -> hull.agent.v1.GuestInterface
+	25, // 12: hull.agent.v1.GuestMetricsResponse.disks:type_name -> hull.agent.v1.GuestDisk
 	7,  // 13: hull.agent.v1.System.Health:input_type -> hull.agent.v1.HealthRequest
 	9,  // 14: hull.agent.v1.System.GuestDetails:input_type -> hull.agent.v1.GuestDetailsRequest
 	11, // 15: hull.agent.v1.System.SetTime:input_type -> hull.agent.v1.SetTimeRequest
-	13, // 16: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
-	15, // 17: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
-	1,  // 18: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
-	3,  // 19: hull.agent.v1.System.ResizeDebugConsole:input_type -> hull.agent.v1.ResizeDebugConsoleRequest
-	5,  // 20: hull.agent.v1.System.WaitDebugConsole:input_type -> hull.agent.v1.WaitDebugConsoleRequest
-	17, // 21: hull.agent.v1.System.GuestMetrics:input_type -> hull.agent.v1.GuestMetricsRequest
-	8,  // 22: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
-	10, // 23: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
-	12, // 24: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
-	14, // 25: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
-	16, // 26: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
-	2,  // 27: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
-	4,  // 28: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
-	6,  // 29: hull.agent.v1.System.WaitDebugConsole:output_type -> hull.agent.v1.WaitDebugConsoleResponse
-	18, // 30: hull.agent.v1.System.GuestMetrics:output_type -> hull.agent.v1.GuestMetricsResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
+	15, // 16: hull.agent.v1.System.Shutdown:input_type -> hull.agent.v1.ShutdownRequest
+	13, // 17: hull.agent.v1.System.AddEntropy:input_type -> hull.agent.v1.AddEntropyRequest
+	17, // 18: hull.agent.v1.System.OnlineResources:input_type -> hull.agent.v1.OnlineResourcesRequest
+	1,  // 19: hull.agent.v1.System.DebugConsole:input_type -> hull.agent.v1.DebugConsoleRequest
+	3,  // 20: hull.agent.v1.System.ResizeDebugConsole:input_type -> hull.agent.v1.ResizeDebugConsoleRequest
+	5,  // 21: hull.agent.v1.System.WaitDebugConsole:input_type -> hull.agent.v1.WaitDebugConsoleRequest
+	19, // 22: hull.agent.v1.System.GuestMetrics:input_type -> hull.agent.v1.GuestMetricsRequest
+	8,  // 23: hull.agent.v1.System.Health:output_type -> hull.agent.v1.HealthResponse
+	10, // 24: hull.agent.v1.System.GuestDetails:output_type -> hull.agent.v1.GuestDetailsResponse
+	12, // 25: hull.agent.v1.System.SetTime:output_type -> hull.agent.v1.SetTimeResponse
+	16, // 26: hull.agent.v1.System.Shutdown:output_type -> hull.agent.v1.ShutdownResponse
+	14, // 27: hull.agent.v1.System.AddEntropy:output_type -> hull.agent.v1.AddEntropyResponse
+	18, // 28: hull.agent.v1.System.OnlineResources:output_type -> hull.agent.v1.OnlineResourcesResponse
+	2,  // 29: hull.agent.v1.System.DebugConsole:output_type -> hull.agent.v1.DebugConsoleResponse
+	4,  // 30: hull.agent.v1.System.ResizeDebugConsole:output_type -> hull.agent.v1.ResizeDebugConsoleResponse
+	6,  // 31: hull.agent.v1.System.WaitDebugConsole:output_type -> hull.agent.v1.WaitDebugConsoleResponse
+	20, // 32: hull.agent.v1.System.GuestMetrics:output_type -> hull.agent.v1.GuestMetricsResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1793,7 +1883,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -12,6 +12,7 @@ type SystemService interface {
 	GuestDetails(context.Context, *GuestDetailsRequest) (*GuestDetailsResponse, error)
 	SetTime(context.Context, *SetTimeRequest) (*SetTimeResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	AddEntropy(context.Context, *AddEntropyRequest) (*AddEntropyResponse, error)
 	OnlineResources(context.Context, *OnlineResourcesRequest) (*OnlineResourcesResponse, error)
 	DebugConsole(context.Context, *DebugConsoleRequest) (*DebugConsoleResponse, error)
 	ResizeDebugConsole(context.Context, *ResizeDebugConsoleRequest) (*ResizeDebugConsoleResponse, error)
@@ -49,6 +50,13 @@ func RegisterSystemService(srv *ttrpc.Server, svc SystemService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"AddEntropy": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req AddEntropyRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.AddEntropy(ctx, &req)
 			},
 			"OnlineResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req OnlineResourcesRequest
@@ -126,6 +134,14 @@ func (c *systemClient) SetTime(ctx context.Context, req *SetTimeRequest) (*SetTi
 func (c *systemClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*ShutdownResponse, error) {
 	var resp ShutdownResponse
 	if err := c.client.Call(ctx, "hull.agent.v1.System", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *systemClient) AddEntropy(ctx context.Context, req *AddEntropyRequest) (*AddEntropyResponse, error) {
+	var resp AddEntropyResponse
+	if err := c.client.Call(ctx, "hull.agent.v1.System", "AddEntropy", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -172,7 +172,12 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		m = m.with(p("maxmem", fmt.Sprintf("%dM", mx)))
 	}
 	a.addOpt("m", m)
-	if cfg.SharedMemory {
+	if t := cfg.Template; t != nil {
+		// Guest RAM is a file: the template's, or the clone's copy of it.
+		path, share := ramFile(cfg)
+		a.addOpt("object", opt("memory-backend-file",
+			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), p("mem-path", path), pBool("share", share)))
+	} else if cfg.SharedMemory {
 		a.addOpt("object", opt("memory-backend-memfd",
 			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), pBool("share", true)))
 	}
@@ -201,6 +206,10 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	a.add("display", "none")
 	a.flag("no-reboot") // with panic=-1, a guest panic ends QEMU
 	a.flag("S")         // vCPUs start after cgroup placement (see Start)
+	if t := cfg.Template; t != nil && t.Restore {
+		// The state comes over QMP once capabilities are set (restore.go).
+		a.add("incoming", "defer")
+	}
 	a.add("pidfile", filepath.Join(cfg.StateDir, pidFileName))
 
 	a.chardevSocket("qmp", filepath.Join(cfg.StateDir, qmpSocketName), true)
@@ -217,7 +226,12 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	case hypervisor.TransportSerial:
 		a.device(b.virtio("serial"), p("id", "agent-serial"))
 		a.chardevSocket("agent", ag.SocketPath, true)
-		a.device("virtserialport", p("chardev", "agent"), p("name", ag.PortName))
+		port := []prop{p("chardev", "agent"), p("name", ag.PortName)}
+		if cfg.Template != nil {
+			// Named for its VSERPORT_CHANGE events (see Snapshot).
+			port = append([]prop{p("id", agentPortID)}, port...)
+		}
+		a.device("virtserialport", port...)
 	case hypervisor.TransportVsock:
 		a.device("vhost-vsock"+b.suffix, p("id", "vsock"), pInt("guest-cid", ag.CID))
 	}
@@ -226,7 +240,13 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		a.device(b.virtio("balloon"), p("id", "balloon"), pBool("free-page-reporting", true))
 	}
 
-	for i, fs := range cfg.Filesystems {
+	if cfg.Template != nil {
+		// A new VM generation ID for each clone: a guest kernel with a
+		// vmgenid driver reseeds its RNG when it sees the change.
+		a.device("vmgenid", p("id", "vmgenid"), p("guid", "auto"))
+	}
+
+	for i, fs := range templateBootFilesystems(cfg) {
 		id := fmt.Sprintf("fs%d", i)
 		q := fs.QueueSize
 		if q == 0 {
@@ -304,6 +324,14 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 			a.device("pcie-root-port", p("id", blockPortID(i)), p("bus", "pcie.0"),
 				pInt("chassis", uint64(cfg.HotplugNICs+i+1)), pInt("io-reserve", 0))
 		}
+		if cfg.Template != nil {
+			// vhost-user-fs cannot be migrated: a clone gets its shares
+			// after the restore, in ports the template has too, in
+			// chassis numbered after the disks'.
+			for i := range uint32(templateFSPorts) {
+				a.device("pcie-root-port", p("id", fsPortID(i)), p("bus", "pcie.0"), pInt("chassis", uint64(cfg.HotplugNICs+cfg.HotplugBlocks+1+i)))
+			}
+		}
 	}
 	return a.args
 }
@@ -319,7 +347,7 @@ func machineOpt(cfg *hypervisor.Config, l layout) props {
 	default:
 		o = opt("q35", p("vmport", "off"), pBool("sata", false), pBool("smbus", false), pBool("hpet", false))
 	}
-	if cfg.SharedMemory {
+	if cfg.SharedMemory || cfg.Template != nil {
 		o = o.with(p("memory-backend", "mem"))
 	}
 	// No KSM merging of guest pages (also the default of every memory

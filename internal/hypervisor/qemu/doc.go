@@ -1,7 +1,9 @@
 // Package qemu is hull's QEMU driver: it runs each VM as one
 // qemu-system-x86_64 process and implements hypervisor.VM,
-// hypervisor.Pauser and hypervisor.Resizer. It does not hotplug devices or
-// snapshot yet; the As* helpers of package hypervisor report that as
+// hypervisor.Pauser, hypervisor.Resizer, hypervisor.NetworkAdder and
+// hypervisor.Snapshotter (VM templates: template.go boots a VM whose RAM is
+// a template file, saves its device state, and starts clones from it). It
+// does not implement hypervisor.Hotplugger; AsHotplugger reports that as
 // ErrNotImplemented.
 //
 // The driver is split by concern: options.go validates the configuration,

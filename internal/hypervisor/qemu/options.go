@@ -183,7 +183,7 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 		ids[kind+id] = true
 		return nil
 	}
-	if len(cfg.Filesystems) > 0 && !cfg.SharedMemory {
+	if len(cfg.Filesystems) > 0 && !cfg.SharedMemory && cfg.Template == nil {
 		return inval("virtio-fs needs shared memory (Config.SharedMemory)")
 	}
 	for _, fs := range cfg.Filesystems {
@@ -244,7 +244,7 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	if cfg.HotplugBlocks > maxHotplugBlocks {
 		return inval("%d hot-pluggable disks: want at most %d", cfg.HotplugBlocks, maxHotplugBlocks)
 	}
-	return nil
+	return validateTemplate(cfg, o)
 }
 
 // validateNetwork checks one NIC, at boot or hot-added.

@@ -91,6 +91,14 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		}
 	})
 
+	if v.cfg.Template != nil {
+		undoRAM, err := v.prepareTemplateRAM(ctx, cg)
+		if err != nil {
+			return err
+		}
+		undo.push(undoRAM)
+	}
+
 	lg, err := child.OpenLog(v.consolePath(), v.opts.ConsoleMax)
 	if err != nil {
 		return fmt.Errorf("console log: %w", err)
@@ -213,7 +221,11 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.mu.Lock()
 	v.qmp = q
 	v.mu.Unlock()
-	if _, err := q.execute(dctx, "cont", nil); err != nil {
+	if t := v.cfg.Template; t != nil && t.Restore {
+		if err := v.restore(ctx, q); err != nil {
+			return exitedErr("restoring from the template", err)
+		}
+	} else if _, err := q.execute(dctx, "cont", nil); err != nil {
 		return exitedErr("starting the vCPUs", err)
 	}
 
@@ -287,8 +299,12 @@ func (v *VM) releaseUID() {
 // onEvent notes QMP events that explain an exit, and passes on the
 // deletion of devices.
 func (v *VM) onEvent(name string, data json.RawMessage) {
-	if name == "DEVICE_DELETED" {
+	switch name {
+	case "DEVICE_DELETED":
 		v.deviceDeleted(data)
+		return
+	case "VSERPORT_CHANGE":
+		v.agentPortEvent(data)
 		return
 	}
 	if name != "SHUTDOWN" {
@@ -406,6 +422,9 @@ func (v *VM) checkFiles() error {
 // except the console log (console.log and console.log.1).
 func (v *VM) removeStateFiles() {
 	files := []string{v.qmpPath(), v.consoleSocketPath(), v.pidPath()}
+	if t := v.cfg.Template; t != nil && t.Restore && t.Memory != hypervisor.TemplateMemoryShared {
+		files = append(files, filepath.Join(v.dir(), cloneMemoryName))
+	}
 	if a := v.Agent(); a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.dir() {
 		files = append(files, a.SocketPath)
 	}

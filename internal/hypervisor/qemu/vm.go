@@ -23,6 +23,7 @@ var (
 	_ hypervisor.NetworkAdder    = (*VM)(nil)
 	_ hypervisor.Relocator       = (*VM)(nil)
 	_ hypervisor.BlockHotplugger = (*VM)(nil)
+	_ hypervisor.Snapshotter     = (*VM)(nil)
 )
 
 // state is where a VM is in its life:
@@ -118,6 +119,11 @@ type VM struct {
 	uid *uidLease
 	// exit is how QEMU ended, valid once done is closed; guarded by mu.
 	exit hypervisor.Exit
+	// agentPortOpens counts the guest's opens of the agent's serial port
+	// and agentPortOpen is its last state, from QMP events, in template
+	// VMs (see Snapshot); guarded by mu.
+	agentPortOpens int
+	agentPortOpen  bool
 }
 
 // New checks cfg and o and returns a VM ready to Start. With AccelAuto it
@@ -126,6 +132,10 @@ type VM struct {
 // warnings that Describe reports and Start logs.
 func New(cfg hypervisor.Config, o Options) (*VM, error) {
 	cfg.KernelParams = append([]string(nil), cfg.KernelParams...)
+	if cfg.Template != nil {
+		t := *cfg.Template
+		cfg.Template = &t
+	}
 	if err := validate(&cfg, &o); err != nil {
 		return nil, err
 	}

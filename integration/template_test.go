@@ -1,0 +1,430 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/channel"
+	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
+	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// templateVM is one VM of the template tests with its agent client.
+type templateVM struct {
+	vm     *qemu.VM
+	client *agentclient.Client
+	dir    string
+}
+
+// startTemplateVM starts a VM of config c on the hull kernel with template
+// t, and dials its agent. The returned stop ends both and removes the
+// state directory; it is also a test cleanup.
+func startTemplateVM(t testing.TB, c *config.Config, id string, tpl *hypervisor.Template) (*templateVM, func()) {
+	t.Helper()
+	ctx := withTimeout(t, 3*time.Minute)
+	kernel, initrd, err := launch.Assets(c, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(c.Runtime.StateDir, id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
+	vm, err := qemu.New(hypervisor.Config{
+		ID:           id,
+		StateDir:     dir,
+		Kernel:       kernel,
+		Initrd:       initrd,
+		KernelParams: append(agentclient.KernelParams(ep, "info"), c.Hypervisor.KernelParams...),
+		VCPUs:        c.Hypervisor.VCPUs,
+		MemoryMiB:    c.Hypervisor.MemoryMiB,
+		Agent:        ep,
+		Template:     tpl,
+	}, launch.QEMUOptions(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := &templateVM{vm: vm, dir: dir}
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		if tv.client != nil {
+			_ = tv.client.Close()
+		}
+		if err := vm.Stop(context.Background()); err != nil {
+			t.Errorf("stopping vm %s: %v", id, err)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(stop)
+	if err := vm.Start(ctx); err != nil {
+		t.Fatalf("starting vm %s: %v", id, err)
+	}
+	tv.client, err = agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
+		DialTimeout: c.Agent.DialTimeout.Duration, CallTimeout: c.Agent.CallTimeout.Duration, Abort: vm.Done(),
+	})
+	if err != nil {
+		t.Fatalf("dialing the agent of %s: %v\n%s", id, err, strings.Join(vm.ConsoleTail(20), "\n"))
+	}
+	return tv, stop
+}
+
+// makeTemplate boots a template VM in a new template directory, checks
+// that its agent answers, closes the connection and saves it.
+func makeTemplate(t testing.TB, c *config.Config) string {
+	t.Helper()
+	tdir := filepath.Join(c.Runtime.StateDir, "template")
+	if err := os.Mkdir(tdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(tdir) })
+	tv, _ := startTemplateVM(t, c, "tpl", &hypervisor.Template{Dir: tdir})
+	ctx := withTimeout(t, 2*time.Minute)
+	if _, err := tv.client.System().Health(ctx, &agent.HealthRequest{}); err != nil {
+		t.Fatalf("template agent health: %v", err)
+	}
+	if err := tv.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tv.client = nil
+	if err := tv.vm.Snapshot(ctx); err != nil {
+		t.Fatalf("saving the template: %v\n%s", err, strings.Join(tv.vm.ConsoleTail(20), "\n"))
+	}
+	select {
+	case <-tv.vm.Done():
+	default:
+		t.Error("the template VM still runs after Snapshot")
+	}
+	for _, name := range []string{"memory", "state"} {
+		st, err := os.Stat(filepath.Join(tdir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("template %s has mode %v, want 0600", name, st.Mode().Perm())
+		}
+	}
+	return tdir
+}
+
+// TestTemplate saves a VM booted on the hull kernel as a template, then
+// restores two clones from it in each memory mode: each clone's agent
+// answers on a new host connection, its guest kernel reports the same
+// boot as the template's (the state was restored, not booted), and a
+// guest write to RAM never reaches the template's memory file.
+func TestTemplate(t *testing.T) {
+	c := testConfig(t)
+	c.Image.AssetsDir, _ = hullKernelAssets(t)
+	// Shared clones refuse free page reporting (it would punch holes in
+	// the template file), so the template is made without it.
+	c.Hypervisor.FreePageReporting = false
+	tdir := makeTemplate(t, c)
+	before, err := os.ReadFile(filepath.Join(tdir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	memSum := fileDigest(t, filepath.Join(tdir, "memory"))
+
+	for _, mode := range []hypervisor.TemplateMemory{hypervisor.TemplateMemoryPrivate, hypervisor.TemplateMemoryShared} {
+		t.Run(string(mode), func(t *testing.T) {
+			ctx := withTimeout(t, 3*time.Minute)
+			var starts []time.Duration
+			for i := range 2 {
+				id := "clone-" + string(mode) + string(rune('a'+i))
+				tv, stop := startTemplateVM(t, c, id, &hypervisor.Template{Dir: tdir, Restore: true, Memory: mode})
+				d, err := tv.client.System().GuestDetails(ctx, &agent.GuestDetailsRequest{})
+				if err != nil {
+					t.Fatalf("%s: guest details: %v", id, err)
+				}
+				// The agent began to serve before the save: a restored
+				// guest did not boot again.
+				starts = append(starts, d.GetBootToServe().AsDuration())
+				if !strings.HasSuffix(d.GetKernelRelease(), "-hull") {
+					t.Errorf("%s: kernel %q", id, d.GetKernelRelease())
+				}
+				// Guest memory use after the restore writes to the clone's
+				// RAM; the template file must not change.
+				if _, err := tv.client.System().GuestMetrics(ctx, &agent.GuestMetricsRequest{}); err != nil {
+					t.Fatalf("%s: guest metrics: %v", id, err)
+				}
+				if mode == hypervisor.TemplateMemoryPrivate {
+					if _, err := os.Stat(filepath.Join(tv.dir, "memory")); err != nil {
+						t.Errorf("%s: no private memory copy: %v", id, err)
+					}
+				}
+				stop()
+			}
+			if starts[0] != starts[1] {
+				t.Errorf("clones report different boot-to-serve times %v and %v: they booted instead of restoring", starts[0], starts[1])
+			}
+			if got := fileDigest(t, filepath.Join(tdir, "memory")); got != memSum {
+				t.Error("the template memory file changed while clones ran")
+			}
+		})
+	}
+	t.Run("corrupt state", func(t *testing.T) {
+		// A template whose state QEMU cannot load: the start fails with
+		// QEMU's reason and leaves no QEMU, no memory copy and no socket.
+		bad := filepath.Join(c.Runtime.StateDir, "bad-template")
+		if err := os.Mkdir(bad, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = os.RemoveAll(bad) }()
+		if err := os.Link(filepath.Join(tdir, "memory"), filepath.Join(bad, "memory")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bad, "state"), []byte("not a migration stream"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		kernel, initrd, err := launch.Assets(c, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(c.Runtime.StateDir, "badclone")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
+		vm, err := qemu.New(hypervisor.Config{
+			ID: "badclone", StateDir: dir, Kernel: kernel, Initrd: initrd,
+			KernelParams: append(agentclient.KernelParams(ep, "info"), c.Hypervisor.KernelParams...),
+			VCPUs:        c.Hypervisor.VCPUs, MemoryMiB: c.Hypervisor.MemoryMiB, Agent: ep,
+			Template: &hypervisor.Template{Dir: bad, Restore: true},
+		}, launch.QEMUOptions(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = vm.Start(withTimeout(t, time.Minute))
+		if err == nil {
+			_ = vm.Stop(context.Background())
+			t.Fatal("a clone of a corrupt state started")
+		}
+		t.Logf("start error: %v", err)
+		if !strings.Contains(err.Error(), "restoring from the template") {
+			t.Errorf("start error %q does not say the restore failed", err)
+		}
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), "console.log") {
+				t.Errorf("%s left in the state directory", e.Name())
+			}
+		}
+		if pid := vm.Describe().PID; pid != 0 && processAlive(pid) {
+			t.Errorf("qemu pid %d still runs", pid)
+		}
+	})
+
+	after, err := os.ReadFile(filepath.Join(tdir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(before) != string(after) {
+		t.Error("the template state file changed")
+	}
+}
+
+// fileDigest returns the SHA-256 of a file, in hex.
+func fileDigest(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.Close() }() // read-only
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// guestRandom is what a clone's guest reads from its kernel's RNG.
+type guestRandom struct{ urandom, uuid, bootID string }
+
+var (
+	reRandom = regexp.MustCompile(`(?m)^rnd=([0-9a-f]{64})\r?$`)
+	reUUID   = regexp.MustCompile(`(?m)^uuid=([0-9a-f-]{36})\r?$`)
+	reBootID = regexp.MustCompile(`(?m)^boot=([0-9a-f-]{36})\r?$`)
+)
+
+// readGuestRandom reads 32 bytes of /dev/urandom, a random UUID and the
+// boot ID in the guest, through the debug console.
+func readGuestRandom(t *testing.T, ctx context.Context, client *agentclient.Client) guestRandom {
+	t.Helper()
+	id := client.NewStreamID()
+	stream, err := client.OpenStream(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stream.Close() }()
+	if _, err := client.System().DebugConsole(ctx, &agent.DebugConsoleRequest{StreamId: id, Width: 200, Height: 40}); err != nil {
+		t.Fatalf("debug console: %v", err)
+	}
+	script := "echo rnd=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n" +
+		"echo uuid=$(cat /proc/sys/kernel/random/uuid)\n" +
+		"echo boot=$(cat /proc/sys/kernel/random/boot_id)\n" +
+		"exit\n"
+	if _, err := io.WriteString(stream, script); err != nil {
+		t.Fatal(err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = stream.SetReadDeadline(dl)
+	}
+	out, err := io.ReadAll(io.LimitReader(stream, 64<<10))
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Fatalf("reading the console: %v (read %q)", err, out)
+	}
+	var r guestRandom
+	for _, f := range []struct {
+		re  *regexp.Regexp
+		dst *string
+	}{{reRandom, &r.urandom}, {reUUID, &r.uuid}, {reBootID, &r.bootID}} {
+		m := f.re.FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("no %s line in the console output %q", f.re, out)
+		}
+		*f.dst = string(m[1])
+	}
+	return r
+}
+
+// TestTemplateEntropy restores two clones from one template in each memory
+// mode, reseeds each guest's RNG with AddEntropy as a sandbox does, and
+// checks that they read different bytes from /dev/urandom and different
+// random UUIDs. Linux makes the boot ID at its first read; nothing reads it
+// in the template before the save, so each clone makes its own: it is
+// logged, not asserted. It runs on the debug image (Debian's kernel) for
+// its shell.
+func TestTemplateEntropy(t *testing.T) {
+	c := testConfig(t)
+	c.Image.AssetsDir = debugImage(t)
+	c.Hypervisor.KernelParams = append(c.Hypervisor.KernelParams, channel.ParamDebugConsole+"=1")
+	c.Hypervisor.FreePageReporting = false // for the shared clones
+	tdir := makeTemplate(t, c)
+	for _, mode := range []hypervisor.TemplateMemory{hypervisor.TemplateMemoryPrivate, hypervisor.TemplateMemoryShared} {
+		t.Run(string(mode), func(t *testing.T) {
+			ctx := withTimeout(t, 3*time.Minute)
+			var got []guestRandom
+			for i := range 2 {
+				id := "rng-" + string(mode) + string(rune('a'+i))
+				tv, _ := startTemplateVM(t, c, id, &hypervisor.Template{Dir: tdir, Restore: true, Memory: mode})
+				seed := make([]byte, 64)
+				if _, err := rand.Read(seed); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := tv.client.System().AddEntropy(ctx, &agent.AddEntropyRequest{Data: seed}); err != nil {
+					t.Fatalf("%s: adding entropy: %v", id, err)
+				}
+				got = append(got, readGuestRandom(t, ctx, tv.client))
+			}
+			t.Logf("clones: %+v", got)
+			if got[0].urandom == got[1].urandom {
+				t.Errorf("two clones read the same bytes from /dev/urandom: %s", got[0].urandom)
+			}
+			if got[0].uuid == got[1].uuid {
+				t.Errorf("two clones made the same random uuid: %s", got[0].uuid)
+			}
+			t.Logf("boot ids %s and %s", got[0].bootID, got[1].bootID)
+		})
+	}
+}
+
+// TestTemplateSandbox creates the template of a pod VM configuration with
+// sandbox.CreateTemplate (what `hull factory template create` runs), starts
+// two sandboxes of that configuration, which restore from it, and runs a
+// container in each: its root comes through the virtio-fs share hot-added
+// after the restore, and it sees the hostname and clock the start set; the
+// first grows by CPU and memory hotplug as a booted VM does. A
+// sandbox of another configuration (one more vCPU) finds no template and
+// boots.
+func TestTemplateSandbox(t *testing.T) {
+	c, _ := hullKernelConfig(t)
+	c.Factory.Template = true
+	c.Factory.TemplateDir = t.TempDir()
+	ctx := withTimeout(t, 5*time.Minute)
+	sc, err := launch.SandboxConfig(c, "tplcreate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		t.Fatalf("creating the template: %v", err)
+	}
+	if _, err := sandbox.CreateTemplate(ctx, sc); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("creating it again: %v, want already exists", err)
+	}
+	ents, _ := os.ReadDir(c.Factory.TemplateDir)
+	if len(ents) != 1 || ents[0].Name() != key {
+		t.Errorf("template dir holds %v, want only %s", ents, key)
+	}
+
+	for _, id := range []string{"tplsb1", "tplsb2"} {
+		sb := startSandbox(t, c, id)
+		if !sb.Restored() {
+			t.Fatalf("%s booted instead of restoring from template %s", id, key)
+		}
+		bundle, spec := busyboxBundle(t, "sh", "-c", "hostname; date +%s")
+		r := runContainer(t, sb, "c-"+id, bundle, spec)
+		lines := strings.Fields(r.stdout)
+		if r.status != 0 || len(lines) != 2 {
+			t.Fatalf("%s: container status %d, output %q, stderr %q", id, r.status, r.stdout, r.stderr)
+		}
+		if lines[0] != "hull-test" {
+			t.Errorf("%s: container hostname %q", id, lines[0])
+		}
+		guestNow, _ := strconv.ParseInt(lines[1], 10, 64)
+		if d := time.Since(time.Unix(guestNow, 0)); d < -5*time.Second || d > time.Minute {
+			t.Errorf("%s: guest clock off by %v: the clock of a clone was not set", id, d)
+		}
+		if id == "tplsb1" {
+			// The template's CPU and memory hotplug headroom carries over.
+			if err := sb.Resize(ctx, c.Hypervisor.VCPUs+1, c.Hypervisor.MemoryMiB+128); err != nil {
+				t.Fatalf("%s: growing a restored vm: %v", id, err)
+			}
+			d, err := sb.System().GuestDetails(ctx, &agent.GuestDetailsRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.GetCpus() != c.Hypervisor.VCPUs+1 {
+				t.Errorf("%s: %d cpus online after growing, want %d", id, d.GetCpus(), c.Hypervisor.VCPUs+1)
+			}
+		}
+		if err := sb.Stop(ctx); err != nil {
+			t.Errorf("stopping %s: %v", id, err)
+		}
+	}
+
+	c.Hypervisor.VCPUs++
+	sb := startSandbox(t, c, "tplother")
+	if sb.Restored() {
+		t.Error("a sandbox of another vm configuration restored from the template")
+	}
+	if err := sb.Stop(ctx); err != nil {
+		t.Error(err)
+	}
+}
