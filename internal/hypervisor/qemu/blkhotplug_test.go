@@ -94,6 +94,17 @@ device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"bl
 device_del {"id":"blkdev-r1"}`,
 		},
 		{
+			// The disk is still plugged: its ID is not free for another
+			// disk (QEMU would refuse the node name as a generic error).
+			name: "a forgotten disk's id stays taken",
+			fail: []string{"DEVICE_DELETED"},
+			steps: []step{add(disk("r1", false), nil), remove("r1", nil), add(disk("r1", false), errdefs.ErrAlreadyExists)},
+			log: `add-fd
+blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
+device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
+device_del {"id":"blkdev-r1"}`,
+		},
+		{
 			name: "bad input reaches no qmp",
 			steps: []step{add(hypervisor.BlockDevice{ID: "r1"}, errdefs.ErrInvalidArgument),
 				add(hypervisor.BlockDevice{ID: "1abc", File: f}, errdefs.ErrInvalidArgument),
@@ -177,4 +188,34 @@ func TestBlockHotplugUnsupported(t *testing.T) {
 			t.Errorf("got %v, want class %v", err, errdefs.ErrInvalidArgument)
 		}
 	})
+}
+
+// TestBlockHotplugLostAnswer: a caller that gives up while QEMU is still
+// answering add-fd leaves QEMU holding the descriptor in an fd set the
+// driver never learnt the number of; the rollback must still remove it.
+func TestBlockHotplugLostAnswer(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	m := newFakeMachine(2, 2)
+	m.delay["add-fd"] = 300 * time.Millisecond
+	cfg := baseConfig()
+	cfg.HotplugBlocks = 1
+	v := runningVM(t, cfg, MachineQ35, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want class %v", err, context.DeadlineExceeded)
+	}
+	// The fake answers in order: once it answered this, it has handled
+	// the late add-fd too.
+	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.open) != 0 {
+		t.Errorf("fd sets left open in QEMU after the failed add: %v; qmp log:\n%s", m.open, strings.Join(m.log, "\n"))
+	}
 }
