@@ -96,8 +96,8 @@ device_del {"id":"blkdev-r1"}`,
 		{
 			// The disk is still plugged: its ID is not free for another
 			// disk (QEMU would refuse the node name as a generic error).
-			name: "a forgotten disk's id stays taken",
-			fail: []string{"DEVICE_DELETED"},
+			name:  "a forgotten disk's id stays taken",
+			fail:  []string{"DEVICE_DELETED"},
 			steps: []step{add(disk("r1", false), nil), remove("r1", nil), add(disk("r1", false), errdefs.ErrAlreadyExists)},
 			log: `add-fd
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
