@@ -66,7 +66,10 @@ func (v *VM) AddBlock(ctx context.Context, b hypervisor.BlockDevice) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := v.blkDevs[b.ID]; ok || slices.ContainsFunc(v.cfg.Blocks, func(d hypervisor.BlockDevice) bool { return d.ID == b.ID }) {
+	// A disk whose add lost its answer or whose guest kept it ("?"+ID)
+	// may still be plugged under that ID.
+	if _, ok := v.blkDevs[b.ID]; ok || slices.Contains(v.blkPorts, "?"+b.ID) ||
+		slices.ContainsFunc(v.cfg.Blocks, func(d hypervisor.BlockDevice) bool { return d.ID == b.ID }) {
 		return fmt.Errorf("vm %s: a disk named %q is already there: %w", v.cfg.ID, b.ID, errdefs.ErrAlreadyExists)
 	}
 	port := slices.Index(v.blkPorts, "")
@@ -141,20 +144,19 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 		}
 	}()
 
-	r, err := q.executeFD(ctx, "add-fd", nil, int(b.File.Fd()))
-	if err != nil {
+	// The driver numbers the set itself, and the undo is pushed before
+	// add-fd: a reply lost to a timeout may hide a set QEMU made, which
+	// remove-fd then still finds (one that QEMU never made is not an
+	// error there).
+	v.fdsetSeq++
+	set := v.fdsetSeq
+	undo = append(undo, func(ctx context.Context) error { return removeFDSet(ctx, q, set) })
+	if _, err := q.executeFD(ctx, "add-fd", map[string]any{"fdset-id": set}, int(b.File.Fd())); err != nil {
 		return 0, err
 	}
-	var added struct {
-		FDSet int64 `json:"fdset-id"`
-	}
-	if err := json.Unmarshal(r, &added); err != nil {
-		return 0, fmt.Errorf("qmp add-fd: %w", err)
-	}
-	undo = append(undo, func(ctx context.Context) error { return removeFDSet(ctx, q, added.FDSet) })
 
 	node := "blk-" + b.ID
-	file := map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", added.FDSet), "read-only": b.ReadOnly}
+	file := map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "read-only": b.ReadOnly}
 	if _, err := q.execute(ctx, "blockdev-add", map[string]any{
 		"driver": "raw", "node-name": node, "read-only": b.ReadOnly, "file": file,
 	}); err != nil {
@@ -172,7 +174,7 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
 		return 0, err
 	}
-	return added.FDSet, nil
+	return set, nil
 }
 
 // removeFDSet closes QEMU's copies of the descriptors in an fd set; a set

@@ -39,26 +39,26 @@ func TestBlockHotplug(t *testing.T) {
 		{
 			name:  "add read-write and read-only, remove one, reuse its port",
 			steps: []step{add(disk("r1", false), nil), add(disk("r2", true), nil), remove("r1", nil), add(disk("r3", false), nil)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
-add-fd
+add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":true},"node-name":"blk-r2","read-only":true}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}
 device_del {"id":"blkdev-r1"}
 blockdev-del {"node-name":"blk-r1"}
 remove-fd {"fdset-id":1}
-add-fd
+add-fd {"fdset-id":3}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/3","read-only":false},"node-name":"blk-r3","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r3","driver":"virtio-blk-pci","id":"blkdev-r3","serial":"s-r3"}`,
 		},
 		{
 			name:  "same id twice, then no free port, unknown remove",
 			steps: []step{add(disk("r1", false), nil), add(disk("r1", false), errdefs.ErrAlreadyExists), add(disk("r2", false), nil), add(disk("r3", false), errdefs.ErrResourceExhausted), remove("nope", errdefs.ErrNotFound)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
-add-fd
+add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":false},"node-name":"blk-r2","read-only":false}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}`,
 		},
@@ -66,7 +66,7 @@ device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"bl
 			name:  "device refused: node deleted, descriptor closed, port free",
 			fail:  []string{"device_add virtio-blk-pci"},
 			steps: []step{add(disk("r1", false), errdefs.ErrUnknown)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
 blockdev-del {"node-name":"blk-r1"}
@@ -76,7 +76,7 @@ remove-fd {"fdset-id":1}`,
 			name:  "node refused: descriptor closed",
 			fail:  []string{"blockdev-add"},
 			steps: []step{add(disk("r1", true), errdefs.ErrUnknown)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":true},"node-name":"blk-r1","read-only":true}
 remove-fd {"fdset-id":1}`,
 		},
@@ -85,10 +85,10 @@ remove-fd {"fdset-id":1}`,
 			fail: []string{"DEVICE_DELETED"},
 			steps: []step{add(disk("r1", false), nil), add(disk("r2", false), nil), remove("r1", nil), remove("r1", errdefs.ErrNotFound),
 				add(disk("r3", false), errdefs.ErrResourceExhausted)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
-add-fd
+add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":false},"node-name":"blk-r2","read-only":false}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}
 device_del {"id":"blkdev-r1"}`,
@@ -99,7 +99,7 @@ device_del {"id":"blkdev-r1"}`,
 			name:  "a forgotten disk's id stays taken",
 			fail:  []string{"DEVICE_DELETED"},
 			steps: []step{add(disk("r1", false), nil), remove("r1", nil), add(disk("r1", false), errdefs.ErrAlreadyExists)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
 device_del {"id":"blkdev-r1"}`,
