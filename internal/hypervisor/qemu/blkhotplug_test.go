@@ -219,3 +219,32 @@ func TestBlockHotplugLostAnswer(t *testing.T) {
 		t.Errorf("fd sets left open in QEMU after the failed add: %v; qmp log:\n%s", m.open, strings.Join(m.log, "\n"))
 	}
 }
+
+// TestBlockHotplugLostDeviceAdd: a caller that gives up while QEMU is
+// still answering device_add leaves a device QEMU may have plugged; the
+// rollback unplugs it before it deletes the node, so that neither the
+// device nor the node (and the image descriptor it holds) stays.
+func TestBlockHotplugLostDeviceAdd(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	m := newFakeMachine(2, 2)
+	m.delay["device_add"] = 300 * time.Millisecond
+	cfg := baseConfig()
+	cfg.HotplugBlocks = 1
+	v := runningVM(t, cfg, MachineQ35, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err = v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want class %v", err, context.DeadlineExceeded)
+	}
+	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.devices) != 0 || len(m.open) != 0 {
+		t.Errorf("after the failed add QEMU still has devices %v and fd sets %v; qmp log:\n%s", m.devices, m.open, strings.Join(m.log, "\n"))
+	}
+}

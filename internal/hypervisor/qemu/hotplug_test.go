@@ -81,7 +81,13 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 		return fail("GenericError", cmd+" failed as the test wants")
 	}
 	switch cmd {
-	case "getfd", "closefd", "netdev_add", "netdev_del", "blockdev-add", "blockdev-del":
+	case "getfd", "closefd", "netdev_add", "netdev_del", "blockdev-add":
+		return reply(struct{}{})
+	case "blockdev-del":
+		node := args["node-name"].(string)
+		if slices.Contains(m.devices, "blkdev-"+strings.TrimPrefix(node, "blk-")) {
+			return fail("GenericError", "Node "+node+" is in use")
+		}
 		return reply(struct{}{})
 	case "remove-fd":
 		set := int(args["fdset-id"].(float64))
