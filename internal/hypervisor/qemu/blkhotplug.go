@@ -167,11 +167,23 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 		return err
 	})
 
-	dev := map[string]any{"driver": "virtio-blk-pci", "id": "blkdev-" + b.ID, "drive": node, "bus": port}
+	devID := "blkdev-" + b.ID
+	dev := map[string]any{"driver": "virtio-blk-pci", "id": devID, "drive": node, "bus": port}
 	if b.Serial != "" {
 		dev["serial"] = b.Serial
 	}
+	// A device_add whose answer is lost may have plugged the device: it
+	// is unplugged before the node goes (QEMU refuses to delete a node a
+	// device uses).
+	lost := false
+	undo = append(undo, func(ctx context.Context) error {
+		if !lost {
+			return nil
+		}
+		return v.unplugDevice(ctx, q, devID)
+	})
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
+		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 		return 0, err
 	}
 	return set, nil
@@ -211,32 +223,18 @@ func (v *VM) RemoveBlock(ctx context.Context, id string) error {
 		return err
 	}
 	devID := "blkdev-" + id
-	deleted := v.watchDeleted(devID)
-	defer v.unwatchDeleted(devID)
-	_, err = q.execute(ctx, "device_del", map[string]any{"id": devID})
+	err = v.unplugDevice(ctx, q, devID)
 	switch {
 	case hypervisor.IsExited(err):
 		// The device went with the VM.
 		delete(v.blkDevs, id)
 		return nil
-	case errdefs.IsNotFound(err):
-		// DeviceNotFound: it is gone already.
+	case errors.Is(err, errNotReleased):
+		v.forgetBlock(id, d)
+		logger.WithError(err).Warn("the disk stays plugged until the vm stops")
+		return nil
 	case err != nil:
 		return fmt.Errorf("vm %s: removing disk %q: %w", v.cfg.ID, id, err)
-	default:
-		wait := time.NewTimer(v.unplugWait)
-		defer wait.Stop()
-		select {
-		case <-deleted:
-		case <-wait.C:
-			v.forgetBlock(id, d)
-			logger.WithField("waited", v.unplugWait).Warn("the guest did not release the disk; it stays plugged until the vm stops")
-			return nil
-		case <-ctx.Done():
-			v.forgetBlock(id, d)
-			logger.WithError(ctx.Err()).Warn("gave up waiting for the guest to release the disk; it stays plugged until the vm stops")
-			return nil
-		}
 	}
 	var errs []error
 	if _, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": "blk-" + id}); err != nil {
@@ -254,6 +252,35 @@ func (v *VM) RemoveBlock(ctx context.Context, id string) error {
 	v.blkPorts[d.port] = ""
 	logger.Info("disk removed")
 	return nil
+}
+
+// errNotReleased is unplugDevice's error when the guest has not released
+// the device within the bound (or before ctx was done).
+var errNotReleased = errors.New("the guest did not release the device")
+
+// unplugDevice asks QEMU to unplug devID (device_del) and waits for its
+// DEVICE_DELETED, which comes once the guest has released the device, for
+// at most unplugWait or until ctx is done (errNotReleased). A device QEMU
+// does not know is gone already.
+func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
+	deleted := v.watchDeleted(devID)
+	defer v.unwatchDeleted(devID)
+	if _, err := q.execute(ctx, "device_del", map[string]any{"id": devID}); err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	wait := time.NewTimer(v.unplugWait)
+	defer wait.Stop()
+	select {
+	case <-deleted:
+		return nil
+	case <-wait.C:
+		return fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
+	case <-ctx.Done():
+		return fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
+	}
 }
 
 // forgetBlock drops a disk the guest did not release; its port is not
