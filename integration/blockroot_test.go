@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/sandbox"
@@ -196,5 +199,71 @@ func TestBlockRootfsMicroVM(t *testing.T) {
 	// The sandbox still takes a shared root.
 	if r := runContainer(t, sb, "shared", bundle, spec); r.status != 0 {
 		t.Errorf("shared root after the refusal: status %d, stderr %q", r.status, r.stderr)
+	}
+}
+
+// TestBlockRootfsReadOnlyDisk: a read-only root is read-only below the
+// guest's mount too, not only by the "ro" mount option the agent applies.
+// A container with a guest root's privileges finds its root disk, makes a
+// node for it, clears the guest kernel's read-only flag (BLKROSET) and
+// writes a block over it: the guest sees a read-only disk (the host
+// plugged it so), the write fails, and the host's image file keeps its
+// bytes.
+func TestBlockRootfsReadOnlyDisk(t *testing.T) {
+	c := containerConfig(t)
+	c.Hypervisor.QEMU.HotplugDisks = 1
+	sb := startSandbox(t, c, "blk-rodisk")
+	bundle, spec := busyboxBundle(t, "sh", "-c", strings.Join([]string{
+		`dev=$(awk '$2=="/"{print $1}' /proc/mounts); dev=${dev#/dev/}`,
+		`echo "disk=$dev ro=$(cat /sys/block/$dev/ro)"`,
+		`mknod /dev/rootdisk b $(cut -d: -f1 /sys/block/$dev/dev) $(cut -d: -f2 /sys/block/$dev/dev)`,
+		`blockdev --setrw /dev/rootdisk`,
+		`dd if=/dev/urandom of=/dev/rootdisk bs=4096 seek=100 count=1 conv=notrunc,fsync 2>&1`,
+		`echo "dd=$?"`,
+	}, "; "))
+	caps := []string{"CAP_SYS_ADMIN", "CAP_MKNOD"}
+	pc := spec.Process.Capabilities
+	pc.Bounding = append(pc.Bounding, caps...)
+	pc.Effective = append(pc.Effective, caps...)
+	pc.Permitted = append(pc.Permitted, caps...)
+	if spec.Linux.Resources == nil {
+		spec.Linux.Resources = &specs.LinuxResources{}
+	}
+	spec.Linux.Resources.Devices = append(spec.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "b", Access: "rwm"})
+	img := ext4Image(t, bundle)
+	before, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := withTimeout(t, 2*time.Minute)
+	var stdout, stderr e2e.SyncBuffer
+	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+		ID: "blk-rodisk", Bundle: bundle, Spec: spec,
+		Rootfs: []storage.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "ro"}}},
+		Stdio:  sandbox.IO{Stdout: &stdout, Stderr: &stderr},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctr.Start(ctx); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	st, werr := ctr.Wait(ctx)
+	t.Logf("writer: status %d (%v), stdout %q, stderr %q", st.Code, werr, stdout.String(), stderr.String())
+	if werr == nil {
+		deleteContainer(t, ctr)
+	}
+	after, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Errorf("the guest's write to its read-only root disk changed the image file on the host")
+	}
+	if !strings.Contains(stdout.String(), " ro=1") {
+		t.Errorf("the guest sees a writable root disk: stdout %q", stdout.String())
+	}
+	if strings.Contains(stdout.String(), "dd=0") {
+		t.Errorf("the guest's write to its read-only root disk succeeded: stdout %q", stdout.String())
 	}
 }

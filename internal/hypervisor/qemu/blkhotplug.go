@@ -66,7 +66,10 @@ func (v *VM) AddBlock(ctx context.Context, b hypervisor.BlockDevice) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := v.blkDevs[b.ID]; ok || slices.ContainsFunc(v.cfg.Blocks, func(d hypervisor.BlockDevice) bool { return d.ID == b.ID }) {
+	// A disk whose add lost its answer or whose guest kept it ("?"+ID)
+	// may still be plugged under that ID.
+	if _, ok := v.blkDevs[b.ID]; ok || slices.Contains(v.blkPorts, "?"+b.ID) ||
+		slices.ContainsFunc(v.cfg.Blocks, func(d hypervisor.BlockDevice) bool { return d.ID == b.ID }) {
 		return fmt.Errorf("vm %s: a disk named %q is already there: %w", v.cfg.ID, b.ID, errdefs.ErrAlreadyExists)
 	}
 	port := slices.Index(v.blkPorts, "")
@@ -141,20 +144,19 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 		}
 	}()
 
-	r, err := q.executeFD(ctx, "add-fd", nil, int(b.File.Fd()))
-	if err != nil {
+	// The driver numbers the set itself, and the undo is pushed before
+	// add-fd: a reply lost to a timeout may hide a set QEMU made, which
+	// remove-fd then still finds (one that QEMU never made is not an
+	// error there).
+	v.fdsetSeq++
+	set := v.fdsetSeq
+	undo = append(undo, func(ctx context.Context) error { return removeFDSet(ctx, q, set) })
+	if _, err := q.executeFD(ctx, "add-fd", map[string]any{"fdset-id": set}, int(b.File.Fd())); err != nil {
 		return 0, err
 	}
-	var added struct {
-		FDSet int64 `json:"fdset-id"`
-	}
-	if err := json.Unmarshal(r, &added); err != nil {
-		return 0, fmt.Errorf("qmp add-fd: %w", err)
-	}
-	undo = append(undo, func(ctx context.Context) error { return removeFDSet(ctx, q, added.FDSet) })
 
 	node := "blk-" + b.ID
-	file := map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", added.FDSet), "read-only": b.ReadOnly}
+	file := map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "read-only": b.ReadOnly}
 	if _, err := q.execute(ctx, "blockdev-add", map[string]any{
 		"driver": "raw", "node-name": node, "read-only": b.ReadOnly, "file": file,
 	}); err != nil {
@@ -165,14 +167,26 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 		return err
 	})
 
-	dev := map[string]any{"driver": "virtio-blk-pci", "id": "blkdev-" + b.ID, "drive": node, "bus": port}
+	devID := "blkdev-" + b.ID
+	dev := map[string]any{"driver": "virtio-blk-pci", "id": devID, "drive": node, "bus": port}
 	if b.Serial != "" {
 		dev["serial"] = b.Serial
 	}
+	// A device_add whose answer is lost may have plugged the device: it
+	// is unplugged before the node goes (QEMU refuses to delete a node a
+	// device uses).
+	lost := false
+	undo = append(undo, func(ctx context.Context) error {
+		if !lost {
+			return nil
+		}
+		return v.unplugDevice(ctx, q, devID)
+	})
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
+		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 		return 0, err
 	}
-	return added.FDSet, nil
+	return set, nil
 }
 
 // removeFDSet closes QEMU's copies of the descriptors in an fd set; a set
@@ -209,32 +223,18 @@ func (v *VM) RemoveBlock(ctx context.Context, id string) error {
 		return err
 	}
 	devID := "blkdev-" + id
-	deleted := v.watchDeleted(devID)
-	defer v.unwatchDeleted(devID)
-	_, err = q.execute(ctx, "device_del", map[string]any{"id": devID})
+	err = v.unplugDevice(ctx, q, devID)
 	switch {
 	case hypervisor.IsExited(err):
 		// The device went with the VM.
 		delete(v.blkDevs, id)
 		return nil
-	case errdefs.IsNotFound(err):
-		// DeviceNotFound: it is gone already.
+	case errors.Is(err, errNotReleased):
+		v.forgetBlock(id, d)
+		logger.WithError(err).Warn("the disk stays plugged until the vm stops")
+		return nil
 	case err != nil:
 		return fmt.Errorf("vm %s: removing disk %q: %w", v.cfg.ID, id, err)
-	default:
-		wait := time.NewTimer(v.unplugWait)
-		defer wait.Stop()
-		select {
-		case <-deleted:
-		case <-wait.C:
-			v.forgetBlock(id, d)
-			logger.WithField("waited", v.unplugWait).Warn("the guest did not release the disk; it stays plugged until the vm stops")
-			return nil
-		case <-ctx.Done():
-			v.forgetBlock(id, d)
-			logger.WithError(ctx.Err()).Warn("gave up waiting for the guest to release the disk; it stays plugged until the vm stops")
-			return nil
-		}
 	}
 	var errs []error
 	if _, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": "blk-" + id}); err != nil {
@@ -252,6 +252,35 @@ func (v *VM) RemoveBlock(ctx context.Context, id string) error {
 	v.blkPorts[d.port] = ""
 	logger.Info("disk removed")
 	return nil
+}
+
+// errNotReleased is unplugDevice's error when the guest has not released
+// the device within the bound (or before ctx was done).
+var errNotReleased = errors.New("the guest did not release the device")
+
+// unplugDevice asks QEMU to unplug devID (device_del) and waits for its
+// DEVICE_DELETED, which comes once the guest has released the device, for
+// at most unplugWait or until ctx is done (errNotReleased). A device QEMU
+// does not know is gone already.
+func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
+	deleted := v.watchDeleted(devID)
+	defer v.unwatchDeleted(devID)
+	if _, err := q.execute(ctx, "device_del", map[string]any{"id": devID}); err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	wait := time.NewTimer(v.unplugWait)
+	defer wait.Stop()
+	select {
+	case <-deleted:
+		return nil
+	case <-wait.C:
+		return fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
+	case <-ctx.Done():
+		return fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
+	}
 }
 
 // forgetBlock drops a disk the guest did not release; its port is not

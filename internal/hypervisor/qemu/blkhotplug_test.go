@@ -39,26 +39,26 @@ func TestBlockHotplug(t *testing.T) {
 		{
 			name:  "add read-write and read-only, remove one, reuse its port",
 			steps: []step{add(disk("r1", false), nil), add(disk("r2", true), nil), remove("r1", nil), add(disk("r3", false), nil)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
-add-fd
+add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":true},"node-name":"blk-r2","read-only":true}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}
 device_del {"id":"blkdev-r1"}
 blockdev-del {"node-name":"blk-r1"}
 remove-fd {"fdset-id":1}
-add-fd
+add-fd {"fdset-id":3}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/3","read-only":false},"node-name":"blk-r3","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r3","driver":"virtio-blk-pci","id":"blkdev-r3","serial":"s-r3"}`,
 		},
 		{
 			name:  "same id twice, then no free port, unknown remove",
 			steps: []step{add(disk("r1", false), nil), add(disk("r1", false), errdefs.ErrAlreadyExists), add(disk("r2", false), nil), add(disk("r3", false), errdefs.ErrResourceExhausted), remove("nope", errdefs.ErrNotFound)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
-add-fd
+add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":false},"node-name":"blk-r2","read-only":false}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}`,
 		},
@@ -66,7 +66,7 @@ device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"bl
 			name:  "device refused: node deleted, descriptor closed, port free",
 			fail:  []string{"device_add virtio-blk-pci"},
 			steps: []step{add(disk("r1", false), errdefs.ErrUnknown)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
 blockdev-del {"node-name":"blk-r1"}
@@ -76,7 +76,7 @@ remove-fd {"fdset-id":1}`,
 			name:  "node refused: descriptor closed",
 			fail:  []string{"blockdev-add"},
 			steps: []step{add(disk("r1", true), errdefs.ErrUnknown)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":true},"node-name":"blk-r1","read-only":true}
 remove-fd {"fdset-id":1}`,
 		},
@@ -85,12 +85,23 @@ remove-fd {"fdset-id":1}`,
 			fail: []string{"DEVICE_DELETED"},
 			steps: []step{add(disk("r1", false), nil), add(disk("r2", false), nil), remove("r1", nil), remove("r1", errdefs.ErrNotFound),
 				add(disk("r3", false), errdefs.ErrResourceExhausted)},
-			log: `add-fd
+			log: `add-fd {"fdset-id":1}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
 device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
-add-fd
+add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":false},"node-name":"blk-r2","read-only":false}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}
+device_del {"id":"blkdev-r1"}`,
+		},
+		{
+			// The disk is still plugged: its ID is not free for another
+			// disk (QEMU would refuse the node name as a generic error).
+			name:  "a forgotten disk's id stays taken",
+			fail:  []string{"DEVICE_DELETED"},
+			steps: []step{add(disk("r1", false), nil), remove("r1", nil), add(disk("r1", false), errdefs.ErrAlreadyExists)},
+			log: `add-fd {"fdset-id":1}
+blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/1","read-only":false},"node-name":"blk-r1","read-only":false}
+device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"blkdev-r1","serial":"s-r1"}
 device_del {"id":"blkdev-r1"}`,
 		},
 		{
@@ -177,4 +188,63 @@ func TestBlockHotplugUnsupported(t *testing.T) {
 			t.Errorf("got %v, want class %v", err, errdefs.ErrInvalidArgument)
 		}
 	})
+}
+
+// TestBlockHotplugLostAnswer: a caller that gives up while QEMU is still
+// answering add-fd leaves QEMU holding the descriptor in an fd set the
+// driver never learnt the number of; the rollback must still remove it.
+func TestBlockHotplugLostAnswer(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	m := newFakeMachine(2, 2)
+	m.delay["add-fd"] = 300 * time.Millisecond
+	cfg := baseConfig()
+	cfg.HotplugBlocks = 1
+	v := runningVM(t, cfg, MachineQ35, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want class %v", err, context.DeadlineExceeded)
+	}
+	// The fake answers in order: once it answered this, it has handled
+	// the late add-fd too.
+	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.open) != 0 {
+		t.Errorf("fd sets left open in QEMU after the failed add: %v; qmp log:\n%s", m.open, strings.Join(m.log, "\n"))
+	}
+}
+
+// TestBlockHotplugLostDeviceAdd: a caller that gives up while QEMU is
+// still answering device_add leaves a device QEMU may have plugged; the
+// rollback unplugs it before it deletes the node, so that neither the
+// device nor the node (and the image descriptor it holds) stays.
+func TestBlockHotplugLostDeviceAdd(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	m := newFakeMachine(2, 2)
+	m.delay["device_add"] = 300 * time.Millisecond
+	cfg := baseConfig()
+	cfg.HotplugBlocks = 1
+	v := runningVM(t, cfg, MachineQ35, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err = v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want class %v", err, context.DeadlineExceeded)
+	}
+	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.devices) != 0 || len(m.open) != 0 {
+		t.Errorf("after the failed add QEMU still has devices %v and fd sets %v; qmp log:\n%s", m.devices, m.open, strings.Join(m.log, "\n"))
+	}
 }

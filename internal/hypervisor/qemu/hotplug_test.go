@@ -35,10 +35,15 @@ type fakeMachine struct {
 	// guest never releases a device.
 	devices []string
 	fdsets  int
+	// open are the fd sets add-fd made and remove-fd has not removed.
+	open map[int]bool
+	// delay holds back the answer to a command, as a QEMU busy past the
+	// caller's deadline; the answer still comes, late.
+	delay map[string]time.Duration
 }
 
 func newFakeMachine(plugged, slots int) *fakeMachine {
-	m := &fakeMachine{backends: map[string]uint64{}, fail: map[string]bool{}}
+	m := &fakeMachine{backends: map[string]uint64{}, fail: map[string]bool{}, open: map[int]bool{}, delay: map[string]time.Duration{}}
 	// QEMU lists the slots highest first.
 	for i := slots - 1; i >= 0; i-- {
 		c := hotpluggableCPU{Type: "qemu64-x86_64-cpu", Count: 1,
@@ -52,6 +57,10 @@ func newFakeMachine(plugged, slots int) *fakeMachine {
 }
 
 func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []string {
+	m.mu.Lock()
+	d := m.delay[cmd]
+	m.mu.Unlock()
+	time.Sleep(d)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	reply := func(v any) []string {
@@ -72,11 +81,29 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 		return fail("GenericError", cmd+" failed as the test wants")
 	}
 	switch cmd {
-	case "getfd", "closefd", "netdev_add", "netdev_del", "blockdev-add", "blockdev-del", "remove-fd":
+	case "getfd", "closefd", "netdev_add", "netdev_del", "blockdev-add":
+		return reply(struct{}{})
+	case "blockdev-del":
+		node := args["node-name"].(string)
+		if slices.Contains(m.devices, "blkdev-"+strings.TrimPrefix(node, "blk-")) {
+			return fail("GenericError", "Node "+node+" is in use")
+		}
+		return reply(struct{}{})
+	case "remove-fd":
+		set := int(args["fdset-id"].(float64))
+		if !m.open[set] {
+			return fail("GenericError", fmt.Sprintf("File descriptor named 'fdset-id:%d' not found", set))
+		}
+		delete(m.open, set)
 		return reply(struct{}{})
 	case "add-fd":
 		m.fdsets++
-		return reply(map[string]int{"fdset-id": m.fdsets, "fd": 20 + m.fdsets})
+		set := m.fdsets
+		if v, ok := args["fdset-id"]; ok {
+			set = int(v.(float64))
+		}
+		m.open[set] = true
+		return reply(map[string]int{"fdset-id": set, "fd": 20 + m.fdsets})
 	case "device_del":
 		i := slices.Index(m.devices, args["id"].(string))
 		if i < 0 {

@@ -83,6 +83,8 @@ type VM struct {
 	// blkDevs are the disks AddBlock plugged and RemoveBlock has not
 	// removed, by ID; guarded by blkMu.
 	blkDevs map[string]hotBlock
+	// fdsetSeq numbers the fd sets AddBlock makes; guarded by blkMu.
+	fdsetSeq int64
 	// unplugWait bounds RemoveBlock's wait for the guest; set by New.
 	unplugWait time.Duration
 
