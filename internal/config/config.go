@@ -37,6 +37,7 @@ type Config struct {
 	Runtime    Runtime    `toml:"runtime"`
 	Image      Image      `toml:"image"`
 	Tracing    Tracing    `toml:"tracing"`
+	Factory    Factory    `toml:"factory"`
 
 	// Source is the file the configuration was read from, empty for the
 	// built-in defaults.
@@ -208,6 +209,14 @@ type Tracing struct {
 	SamplingRatio float64 `toml:"sampling_ratio"`
 }
 
+// Factory configures the VM factory's warm sandboxes.
+type Factory struct {
+	// WarmUp runs and removes one throwaway container in each warm
+	// sandbox once its VM has booted (sandbox.Config.WarmUp), so that a
+	// pod's first container finds the guest's container path already run.
+	WarmUp bool `toml:"warm_up"`
+}
+
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }
 
@@ -274,6 +283,9 @@ func Defaults() *Config {
 			Endpoint:      "http://127.0.0.1:4317",
 			Protocol:      "grpc",
 			SamplingRatio: 1,
+		},
+		Factory: Factory{
+			WarmUp: true,
 		},
 	}
 }

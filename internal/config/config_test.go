@@ -70,6 +70,15 @@ func TestParse(t *testing.T) {
 			},
 		},
 		{
+			name: "factory warm-up off",
+			doc:  "[factory]\nwarm_up = false\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Factory.WarmUp || !Defaults().Factory.WarmUp {
+					t.Fatalf("factory = %+v, defaults %+v", c.Factory, Defaults().Factory)
+				}
+			},
+		},
+		{
 			name:    "several problems at once",
 			doc:     "[hypervisor]\nvcpus = 0\nmemory_mib = 16\nkernel = \"vmlinux\"\n[runtime]\ncgroup_parent = \"../x\"\n[image]\nfeatures = [\"gpu\"]\n",
 			wantErr: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "hypervisor.kernel", "runtime.cgroup_parent", `unknown feature "gpu"`},
