@@ -138,7 +138,7 @@ func warmUpRootfs(bundle, binary string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("warm-up binary: %w", err)
 	}
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	dst, err := os.OpenFile(filepath.Join(rootfs, warmUpBinaryName), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o555) //nolint:gosec // G302: an executable
 	if err != nil {
 		return "", fmt.Errorf("warm-up rootfs: %w", err)
