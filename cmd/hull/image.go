@@ -2,14 +2,13 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/guestimage"
+	"github.com/hull-runtime/hull/internal/launch"
 )
 
 func newImageCommand(g *globalFlags) *cobra.Command {
@@ -59,9 +58,9 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			if agentPath == "" {
-				agentPath, err = defaultAgentPath()
+				agentPath, err = launch.AgentBinary()
 				if err != nil {
-					return err
+					return fmt.Errorf("%w; pass --agent", err)
 				}
 			}
 			o := guestimage.Options{
@@ -122,23 +121,4 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 		channel.DebugShellPath+"; opt-in, adds its size (about 2 MB) to the initrd")
 	cmd.Flags().BoolVar(&quiet, "quiet", false, "no progress output")
 	return cmd
-}
-
-// defaultAgentPath finds hull-agent next to this binary or in the install
-// layout (<prefix>/bin/hull, <prefix>/libexec/hull/hull-agent).
-func defaultAgentPath() (string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	dir := filepath.Dir(self)
-	for _, p := range []string{
-		filepath.Join(dir, "hull-agent"),
-		filepath.Join(dir, "..", "libexec", "hull", "hull-agent"),
-	} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("hull-agent not found beside %s or in ../libexec/hull; pass --agent", self)
 }

@@ -209,7 +209,8 @@ type Tracing struct {
 	SamplingRatio float64 `toml:"sampling_ratio"`
 }
 
-// Factory configures how pod VMs start faster than a boot.
+// Factory configures how pod VMs start faster than a boot: the VM
+// factory's warm sandboxes and VM templates.
 type Factory struct {
 	// Template starts a pod's VM from a saved VM template of its VM
 	// configuration (`hull factory template create`) instead of booting;
@@ -226,6 +227,10 @@ type Factory struct {
 	// TemplateDir holds the templates, one directory per configuration
 	// key; root-owned, 0700.
 	TemplateDir string `toml:"template_dir"`
+	// WarmUp runs and removes one throwaway container in each warm
+	// sandbox once its VM has booted (sandbox.Config.WarmUp), so that a
+	// pod's first container finds the guest's container path already run.
+	WarmUp bool `toml:"warm_up"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("5s").
@@ -298,6 +303,7 @@ func Defaults() *Config {
 		Factory: Factory{
 			TemplateMemory: "private",
 			TemplateDir:    "/var/lib/hull/templates",
+			WarmUp:         true,
 		},
 	}
 }

@@ -67,7 +67,7 @@ func TestParse(t *testing.T) {
 			name: "factory templates on",
 			doc:  "[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = \"/run/hull/templates\"\n",
 			check: func(t *testing.T, c *Config) {
-				want := Factory{Template: true, TemplateMemory: "shared", TemplateDir: "/run/hull/templates"}
+				want := Factory{Template: true, TemplateMemory: "shared", TemplateDir: "/run/hull/templates", WarmUp: true}
 				if c.Factory != want {
 					t.Fatalf("factory = %+v, want %+v", c.Factory, want)
 				}
@@ -80,6 +80,15 @@ func TestParse(t *testing.T) {
 				want := Tracing{Enabled: true, Endpoint: "https://otel.example:4318", Protocol: "http", SamplingRatio: 0.25}
 				if c.Tracing != want {
 					t.Fatalf("tracing = %+v, want %+v", c.Tracing, want)
+				}
+			},
+		},
+		{
+			name: "factory warm-up off",
+			doc:  "[factory]\nwarm_up = false\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Factory.WarmUp || !Defaults().Factory.WarmUp {
+					t.Fatalf("factory = %+v, defaults %+v", c.Factory, Defaults().Factory)
 				}
 			},
 		},

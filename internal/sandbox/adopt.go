@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -120,6 +121,9 @@ func changedFile(want map[string]fileIdentity) (string, error) {
 // keep until a pod adopts it (Adopt): Start's boot steps (state directory,
 // empty shared storage, cgroup, virtiofsd, VM, agent connection) and none
 // of the pod's (guest sandbox and hostname, network, debug consoles).
+// With cfg.WarmUp its last step ("warm up") runs and removes a throwaway
+// container in the guest (see Config.WarmUp); a failed warm-up fails the
+// start.
 //
 // cfg.ID is the placeholder the sandbox is known by until adopted (the
 // state directory StateDir(cfg.StateRoot, cfg.ID)); empty picks one with
@@ -147,6 +151,9 @@ func StartWarm(ctx context.Context, cfg Config) (*Sandbox, error) {
 	}
 	if cfg.Cgroup.Path == "" {
 		errs = append(errs, errors.New("a warm sandbox needs a cgroup of its own (Cgroup.Path)"))
+	}
+	if cfg.WarmUp && !filepath.IsAbs(cfg.WarmUpBinary) {
+		errs = append(errs, fmt.Errorf("warm-up binary %q is not an absolute path", cfg.WarmUpBinary))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("warm sandbox: %w: %w", err, errdefs.ErrInvalidArgument)

@@ -322,7 +322,7 @@ func TestAdoptMismatchKnowsEveryField(t *testing.T) {
 			"ObserveAgentRPC", "NewVM",
 			// The boot's alone (a warm VM restored from a template is
 			// a VM like any other once it runs).
-			"BootGate", "DialTimeout", "DialTimeoutMaxScale", "Template",
+			"BootGate", "DialTimeout", "DialTimeoutMaxScale", "Template", "WarmUp", "WarmUpBinary",
 		},
 		reflect.TypeFor[hypervisor.Config](): {
 			// Compared.

@@ -119,11 +119,17 @@ func (c *Container) transitionLocked(to ContainerState, from ...ContainerState) 
 // has the agent create it, its init process stopped before the program runs
 // (as `runc create`). A failed create leaves nothing behind, on the host or
 // in the guest.
-func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) (_ *Container, retErr error) {
+func (s *Sandbox) CreateContainer(ctx context.Context, cfg ContainerConfig) (*Container, error) {
+	return s.createContainer(ctx, cfg, StateRunning)
+}
+
+// createContainer is CreateContainer in a sandbox that is in state (a warm
+// start's warm-up creates its container while the sandbox is starting).
+func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, state State) (_ *Container, retErr error) {
 	if err := validateContainer(cfg); err != nil {
 		return nil, fmt.Errorf("creating container %s: %w", cfg.ID, err)
 	}
-	if err := s.reserve(cfg.ID); err != nil {
+	if err := s.reserve(cfg.ID, state); err != nil {
 		return nil, err
 	}
 	var undo cleanups
@@ -209,11 +215,12 @@ func (s *Sandbox) removeInGuest(ctx context.Context, id string, force bool) erro
 	return nil
 }
 
-// reserve claims id for a container being created.
-func (s *Sandbox) reserve(id string) error {
+// reserve claims id for a container being created in a sandbox that is in
+// state.
+func (s *Sandbox) reserve(id string, state State) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.state != StateRunning {
+	if s.state != state {
 		return fmt.Errorf("creating container %s: sandbox %s is %s: %w", id, s.id, s.state, errdefs.ErrFailedPrecondition)
 	}
 	if _, ok := s.containers[id]; ok {

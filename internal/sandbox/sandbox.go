@@ -143,6 +143,16 @@ type Config struct {
 	// calls as spans, turns the agent's spans on and exports them as they
 	// come (guest spans are checked: tracing.Guest). Nil: no tracing.
 	Tracing *tracing.Exporter
+	// WarmUp, for StartWarm only (Start ignores it), runs one throwaway
+	// container in the booted guest as the warm start's last step ("warm
+	// up"), so that a pod's first container finds the guest's container
+	// path already run (warmUp). It needs WarmUpBinary.
+	WarmUp bool
+	// WarmUpBinary is the absolute path of the static executable the
+	// warm-up container runs with -h (exiting 0): a binary the host
+	// trusts, the hull-agent binary, copied into a root filesystem the
+	// host makes.
+	WarmUpBinary string
 }
 
 // Phase is one named step of a sandbox's start and how long it took.
@@ -360,6 +370,11 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 	// undo stack on failure.
 	var slot *bootslot.Slot
 	steps := s.bootSteps(cfg, ep, &slot, &undo)
+	if warm && cfg.WarmUp {
+		steps = append(steps, step{"warm up", func(ctx context.Context) error {
+			return s.warmUp(ctx, cfg)
+		}})
+	}
 	if !warm {
 		steps = append(steps, s.podSteps(cfg, cfg.HotplugNetwork, &undo)...)
 	}
