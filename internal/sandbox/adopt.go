@@ -257,10 +257,14 @@ func (s *Sandbox) adoptable(w *warmBoot, cfg Config) error {
 		return notAdoptable("vm", "the warm vm exited")
 	}
 	if s.virtiofs != nil {
+		// Exited, or dead and not reaped yet.
 		select {
 		case <-s.virtiofs.Done():
 			return notAdoptable("virtiofs", "the warm sandbox's virtiofsd exited")
 		default:
+			if !s.virtiofs.Process().Running() {
+				return notAdoptable("virtiofs", "the warm sandbox's virtiofsd exited")
+			}
 		}
 	}
 	if err := adoptMismatch(w.cfg, cfg); err != nil {
