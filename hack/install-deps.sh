@@ -74,3 +74,7 @@ fi
 
 # The generators are pinned in the Makefile and installed under _output/tools.
 make -s -C "$(dirname "$0")/.." tools
+
+# nerdctl is no Debian package: built from the Go module proxy into
+# /var/cache/hull, keyed by version (hack/build-nerdctl.sh).
+"$(dirname "$0")/build-nerdctl.sh"

@@ -117,7 +117,7 @@ func (s *supervisor) boot(ctx context.Context) (_ *net.UnixListener, retErr erro
 	if spec.Process == nil {
 		return nil, fmt.Errorf("%s/config.json has no process: %w", s.rec.Bundle, errdefs.ErrInvalidArgument)
 	}
-	if _, err := splitHooks(spec); err != nil {
+	if _, err := ocispec.SplitHooks(spec); err != nil {
 		return nil, err
 	}
 	plan, err := planNetwork(spec)

@@ -164,6 +164,11 @@ type Sandbox struct {
 	// VM; nil without one.
 	network   *netpod.Network
 	netnsPath string
+	// ownNetNS and hotplugNICs are Config.VM's: the VMM has a network
+	// namespace of its own, which AttachOwnNetwork mirrors into that many
+	// NIC slots.
+	ownNetNS    bool
+	hotplugNICs uint32
 	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
 	cgroup *hostCgroup
 
@@ -272,6 +277,8 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 		oom:         make(chan string, oomBuffer),
 		killTimeout: cfg.KillTimeout,
 		containers:  map[string]*Container{},
+		ownNetNS:    cfg.VM.OwnNetNS,
+		hotplugNICs: cfg.VM.HotplugNICs,
 	}
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
@@ -353,7 +360,7 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo)
+			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, true, &undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM
@@ -438,7 +445,7 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			if cfg.NetNS == "" || !cfg.HotplugNetwork {
 				return nil
 			}
-			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, &undo)
+			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, true, &undo)
 		}},
 		{"configure guest network", func(ctx context.Context) error {
 			return s.configureGuestNetwork(ctx, cfg.DNS)
