@@ -72,6 +72,9 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 	if err != nil {
 		return err
 	}
+	if err := checkJoins(g.root, spec); err != nil {
+		return err
+	}
 	plan, err := planNetwork(spec)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/child"
 )
 
 func seqpacketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
@@ -305,5 +308,41 @@ func TestLongSocketPath(t *testing.T) {
 	resp, err := call(sock, request{Op: opState})
 	if err != nil || resp.Status != opState {
 		t.Fatalf("call: %+v, %v", resp, err)
+	}
+}
+
+func TestCheckJoins(t *testing.T) {
+	root := t.TempDir()
+	self, err := child.Identify(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "infra")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRecord(dir, record{ID: "infra", Supervisor: self}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		path    string
+		refused bool
+	}{
+		{"a hull-runtime container's supervisor", fmt.Sprintf("/proc/%d/ns/ipc", os.Getpid()), true},
+		{"another process", "/proc/1/ns/ipc", false},
+		{"a named namespace", "/run/netns/cni-1", false},
+		{"not a namespace file", fmt.Sprintf("/proc/%d/ns/ipc/x", os.Getpid()), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: tc.path}}}}
+			err := checkJoins(root, spec)
+			if tc.refused != (err != nil) {
+				t.Fatalf("checkJoins: %v, want refused %v", err, tc.refused)
+			}
+			if tc.refused && (!errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "container infra") || !strings.Contains(err.Error(), "--network")) {
+				t.Errorf("refusal %q: want a not-implemented error naming the container and the alternative", err)
+			}
+		})
 	}
 }
