@@ -302,19 +302,6 @@ func newUpdateCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newEventsCommand(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:                "events CONTAINER_ID",
-		Short:              "Not supported: container managers read events from the supervisor's exit",
-		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
-		RunE: func(*cobra.Command, []string) error {
-			return errNotImplemented("events (OOM and statistics events of a VM's container)")
-		},
-	}
-	_ = g
-	return cmd
-}
-
 func newListCommand(g *globals) *cobra.Command {
 	var format string
 	var quiet bool

@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/child"
 )
 
@@ -252,7 +253,7 @@ func TestStoppedContainer(t *testing.T) {
 }
 
 func TestUnsupported(t *testing.T) {
-	for _, cmd := range []string{"checkpoint", "restore", "events"} {
+	for _, cmd := range []string{"checkpoint", "restore"} {
 		code, _, logText := run(t, "--root", t.TempDir(), cmd, "x")
 		if code != 1 || !strings.Contains(logText, "does not implement") {
 			t.Errorf("%s: %d, log %s", cmd, code, logText)
@@ -344,5 +345,33 @@ func TestCheckJoins(t *testing.T) {
 				t.Errorf("refusal %q: want a not-implemented error naming the container and the alternative", err)
 			}
 		})
+	}
+}
+
+func TestRuncStats(t *testing.T) {
+	io := make([]*agent.IOStats, maxIODevices+5)
+	for i := range io {
+		io[i] = &agent.IOStats{Major: 254, Minor: uint64(i), Rbytes: 4096, Wbytes: 512, Rios: 2, Wios: 1}
+	}
+	got := runcStats(&agent.StatsResponse{
+		Cpu:    &agent.CPUStats{UsageUsec: 1500, UserUsec: 1000, SystemUsec: 500, NrPeriods: 3, NrThrottled: 1, ThrottledUsec: 7},
+		Memory: &agent.MemoryStats{Usage: 8 << 20, Limit: 64 << 20, File: 1 << 20, Anon: 7 << 20, SwapUsage: 5, OomEvents: 2},
+		Pids:   &agent.PidsStats{Current: 3, Limit: 100},
+		Io:     io,
+	})
+	if got.CPU.Usage.Total != 1500000 || got.CPU.Usage.User != 1000000 || got.CPU.Usage.Kernel != 500000 || got.CPU.Throttling.ThrottledTime != 7000 {
+		t.Errorf("cpu %+v: want nanoseconds", got.CPU)
+	}
+	if got.Memory.Usage.Usage != 8<<20 || got.Memory.Usage.Limit != 64<<20 || got.Memory.Cache != 1<<20 || got.Memory.Raw["anon"] != 7<<20 || got.Memory.Swap.Usage != 5 || got.Memory.Usage.Failcnt != 2 {
+		t.Errorf("memory %+v", got.Memory)
+	}
+	if got.Pids.Current != 3 || got.Pids.Limit != 100 {
+		t.Errorf("pids %+v", got.Pids)
+	}
+	if n := len(got.Blkio.IoServiceBytesRecursive); n != 2*maxIODevices {
+		t.Errorf("%d io entries, want %d (bounded)", n, 2*maxIODevices)
+	}
+	if empty := runcStats(&agent.StatsResponse{}); empty.CPU.Usage.Total != 0 || empty.Memory.Raw != nil {
+		t.Errorf("no statistics: %+v", empty)
 	}
 }
