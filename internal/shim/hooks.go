@@ -28,6 +28,18 @@ func checkHostHooks(id string, r role, h ocispec.HostHooks) error {
 		id, r, h.First(), errdefs.ErrNotImplemented)
 }
 
+// checkHookNetwork refuses host hooks to a container that joins a network
+// namespace by path (mirrored into its VM): the hooks' state would name the
+// VMM, which stays in the host's namespace, so a hook that sets up the
+// namespace of the PID it is given would set up the host's.
+func checkHookNetwork(id string, h ocispec.HostHooks, plan guestPlan) error {
+	if h.Empty() || plan.netns == "" {
+		return nil
+	}
+	return fmt.Errorf("container %s joins network namespace %s and has host hooks (%s), whose state would name a process outside it: %w",
+		id, plan.netns, h.First(), errdefs.ErrNotImplemented)
+}
+
 // ownNetwork takes the new network namespace without a path out of a
 // single container's spec that has host hooks: that namespace is the
 // VMM's own (hypervisor.Config.OwnNetNS), which the hooks fill as they

@@ -52,3 +52,24 @@ func TestHostHooks(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckHookNetwork(t *testing.T) {
+	cni := ocispec.HostHooks{CreateRuntime: []specs.Hook{{Path: "/usr/local/bin/nerdctl"}}}
+	for _, tc := range []struct {
+		name    string
+		hooks   ocispec.HostHooks
+		plan    guestPlan
+		refused bool
+	}{
+		{"hooks and a namespace by path", cni, guestPlan{netns: "/var/run/netns/x"}, true},
+		{"hooks, no namespace by path", cni, guestPlan{}, false},
+		{"a namespace by path, no hooks", ocispec.HostHooks{}, guestPlan{netns: "/var/run/netns/x"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkHookNetwork("c", tc.hooks, tc.plan)
+			if tc.refused != errdefs.IsNotImplemented(err) || (!tc.refused && err != nil) {
+				t.Errorf("checkHookNetwork: %v, want refused %v", err, tc.refused)
+			}
+		})
+	}
+}

@@ -174,6 +174,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
+	if err := checkHookNetwork(r.ID, hooks, plan); err != nil {
+		return nil, err
+	}
 	plan.ownNetNS = ownNetwork(spec, r0, hooks)
 	sb, err := s.sandbox(ctx, sandboxRequest{
 		namespace: ns, id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, annotations: annotations, role: r0, plan: plan,
