@@ -20,6 +20,7 @@ packages=(
 	prometheus           # the CRI suite scrapes `hull monitor` with a real Prometheus server
 	docker.io            # Docker 20.10 (dockerd, docker) for the hull-runtime e2e suite; /usr/bin/docker, not a static build elsewhere on PATH
 	podman               # Podman 4.3 (with conmon) for the hull-runtime e2e suite
+	catatonit            # the pause binary of Podman's pod infra containers (podman pod create)
 	cpio
 	kmod                 # modinfo, for checking module dependency resolution
 	procps               # pgrep/ps for leak checks
@@ -75,3 +76,7 @@ fi
 
 # The generators are pinned in the Makefile and installed under _output/tools.
 make -s -C "$(dirname "$0")/.." tools
+
+# nerdctl is no Debian package: built from the Go module proxy into
+# /var/cache/hull, keyed by version (hack/build-nerdctl.sh).
+"$(dirname "$0")/build-nerdctl.sh"

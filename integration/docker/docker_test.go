@@ -2,15 +2,18 @@ package docker
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/console"
+	"github.com/opencontainers/runc/types"
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
@@ -53,6 +56,12 @@ func TestDocker(t *testing.T) {
 		}
 		if body := httpGet(t, "http://127.0.0.1:18080/"); body != "hello-web\n" {
 			t.Errorf("GET from the host: %q", body)
+		}
+		// Statistics as runc's events (containerd's runc shim 1.6 reads
+		// the supervisor's host cgroup instead, for docker stats).
+		ev := runtimeEvents(t, d, strings.TrimSpace(d.mustRun(t, "inspect", "-f", "{{.Id}}", "web")))
+		if ev.Type != "stats" || ev.Data.Memory.Usage.Usage == 0 || ev.Data.Pids.Current == 0 || ev.Data.CPU.Usage.Total == 0 {
+			t.Errorf("hull-runtime events --stats: %+v; want the memory, CPU time and PIDs of the container", ev)
 		}
 		// httpd, PID 1 of its namespace, does not die of SIGTERM: docker
 		// stop kills it after the grace period.
@@ -205,4 +214,24 @@ func httpGet(t *testing.T, url string) string {
 	}
 	t.Fatalf("GET %s: %v", url, last)
 	return ""
+}
+
+// runtimeEvents runs `hull-runtime events --stats` for a container of the
+// daemon.
+func runtimeEvents(t *testing.T, d *daemon, id string) (ev struct {
+	Type string      `json:"type"`
+	ID   string      `json:"id"`
+	Data types.Stats `json:"data"`
+}) {
+	t.Helper()
+	root := filepath.Join(d.dir, "x", "runtime-runc", "moby")
+	out, err := exec.Command(env.runtime, "--root", root, "events", "--stats", id).CombinedOutput()
+	if err != nil {
+		t.Fatalf("hull-runtime events --stats: %v: %s", err, out)
+	}
+	t.Logf("hull-runtime events --stats: %s", out)
+	if err := json.Unmarshal(out, &ev); err != nil {
+		t.Fatalf("hull-runtime events --stats: %v: %s", err, out)
+	}
+	return ev
 }

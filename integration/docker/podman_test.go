@@ -55,7 +55,7 @@ func newPodman(t *testing.T) *podman {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(p.dir, "containers.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\n[engine.runtimes]\nhull = [%q]\n", wrapper)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"hull\"\n\n[engine.runtimes]\nhull = [%q]\n", wrapper)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p.env = append(os.Environ(), "CONTAINERS_CONF="+conf)
@@ -160,5 +160,18 @@ func TestPodman(t *testing.T) {
 			t.Errorf("exit code after the grace period %s, want 137", code)
 		}
 		p.mustRun(t, "rm", "web")
+	})
+
+	// A pod's members join its infra container's namespaces by the
+	// infra's PID, a hull-runtime supervisor whose VM no other container
+	// can join (docs/docker-podman.md): the refusal names the way out.
+	t.Run("pod member refused, naming the alternative", func(t *testing.T) {
+		p.mustRun(t, "pod", "create", "--name", "pod1")
+		defer p.run("pod", "rm", "-f", "-t", "0", "pod1")
+		out, errOut, code := p.run("run", "--rm", "--pod", "pod1", "--runtime", "hull", imageName, "true")
+		t.Logf("podman run --pod: exit %d: %s%s", code, out, errOut)
+		if code == 0 || !strings.Contains(errOut, "hull-runtime container") || !strings.Contains(errOut, "--network NAME") {
+			t.Errorf("podman run --pod: exit %d, %s%s; want a refusal that names the infra container and the alternative", code, out, errOut)
+		}
 	})
 }

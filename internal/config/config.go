@@ -158,6 +158,13 @@ type Runtime struct {
 	// gets none in time fails saying so. The agent's dial timeout counts
 	// from the moment the slot is taken.
 	BootWaitTimeout Duration `toml:"boot_wait_timeout"`
+
+	// HostHooks lets the shim run the runtime-namespace hooks (prestart,
+	// createRuntime, createContainer, poststart, poststop) of a container
+	// outside a CRI pod on the host, as runc does: what nerdctl's CNI
+	// setup needs. Off, such a container is refused. CRI pods' containers
+	// are refused them either way.
+	HostHooks bool `toml:"host_hooks"`
 }
 
 // MaxHotplugDisks bounds hypervisor.qemu.hotplug_disks (the QEMU

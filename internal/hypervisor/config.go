@@ -84,6 +84,13 @@ type Config struct {
 	// HotplugNICs, each takes a hotplug slot reserved at boot; a machine
 	// that cannot hot-add refuses a value above zero.
 	HotplugBlocks uint32
+	// OwnNetNS starts the hypervisor process in a new network namespace
+	// of its own, which lives as long as it does: the namespace of a
+	// container whose network a runtime hook fills after the VM booted
+	// (nerdctl's CNI hook finds it by the VMM's PID), then mirrored into
+	// the VM with hot-added NICs. The hypervisor needs no network of its
+	// own: its devices are unix sockets and passed descriptors.
+	OwnNetNS bool
 
 	// Debug keeps kernel console output (no "quiet").
 	Debug bool

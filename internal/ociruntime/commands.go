@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/ocispec"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -52,7 +53,7 @@ func newStartCommand(g *globals) *cobra.Command {
 				return err
 			}
 			// A failing poststart hook is a warning (runtime-spec).
-			if err := runHooks(ctx, "poststart", rec.Poststart, rec.hookState(statusRunning)); err != nil {
+			if err := ocispec.RunHooks(ctx, "poststart", rec.Poststart, rec.hookState(statusRunning)); err != nil {
 				log.G(ctx).WithError(err).Warn("poststart hook failed")
 			}
 			return nil
@@ -178,7 +179,7 @@ func deleteContainer(ctx context.Context, g *globals, id string, force bool) err
 	if err := sandbox.Cleanup(ctx, rec.SandboxRoot, rec.SandboxID); err != nil {
 		return fmt.Errorf("deleting container %s: %w", id, err)
 	}
-	if err := runHooks(ctx, "poststop", rec.Poststop, rec.hookState(statusStopped)); err != nil {
+	if err := ocispec.RunHooks(ctx, "poststop", rec.Poststop, rec.hookState(statusStopped)); err != nil {
 		log.G(ctx).WithError(err).Warn("poststop hook failed")
 	}
 	return os.RemoveAll(dir)
@@ -298,19 +299,6 @@ func newUpdateCommand(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&resources, "resources", "r", "", "JSON file of linux.resources, or - for stdin")
-	return cmd
-}
-
-func newEventsCommand(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:                "events CONTAINER_ID",
-		Short:              "Not supported: container managers read events from the supervisor's exit",
-		FParseErrWhitelist: cobra.FParseErrWhitelist{UnknownFlags: true},
-		RunE: func(*cobra.Command, []string) error {
-			return errNotImplemented("events (OOM and statistics events of a VM's container)")
-		},
-	}
-	_ = g
 	return cmd
 }
 

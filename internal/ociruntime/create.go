@@ -68,8 +68,11 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 	if spec.Process == nil {
 		return fmt.Errorf("%s/config.json has no process: %w", bundle, errdefs.ErrInvalidArgument)
 	}
-	hooks, err := splitHooks(spec)
+	hooks, err := ocispec.SplitHooks(spec)
 	if err != nil {
+		return err
+	}
+	if err := checkJoins(g.root, spec); err != nil {
 		return err
 	}
 	plan, err := planNetwork(spec)
@@ -172,7 +175,7 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 		ID: id, Bundle: bundle, Rootfs: rootfs, Created: time.Now().UTC(), Owner: "",
 		Annotations: spec.Annotations, Supervisor: proc, HullConfig: hullConfig,
 		SandboxRoot: cfg.Runtime.StateDir, SandboxID: id + sandboxSuffix,
-		Poststart: hooks.poststart, Poststop: hooks.poststop,
+		Poststart: hooks.Poststart, Poststop: hooks.Poststop,
 	}
 	if err := writeRecord(dir, rec); err != nil {
 		return err
@@ -180,13 +183,7 @@ func create(ctx context.Context, g *globals, id string, o createOptions) (retErr
 	// The runtime namespace's hooks run before the VM boots, so that the
 	// network they set up is there to mirror.
 	st := rec.hookState(statusCreating)
-	if err := runHooks(ctx, "prestart", hooks.prestart, st); err != nil {
-		return err
-	}
-	if err := runHooks(ctx, "createRuntime", hooks.createRuntime, st); err != nil {
-		return err
-	}
-	if err := runHooks(ctx, "createContainer", hooks.createContainer, st); err != nil {
+	if err := hooks.BeforeStart(ctx, st); err != nil {
 		return err
 	}
 	booted = true

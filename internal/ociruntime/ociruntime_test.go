@@ -2,21 +2,22 @@ package ociruntime
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/child"
 )
 
 func seqpacketPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
@@ -120,99 +121,6 @@ func writeScript(t *testing.T, body string) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-func TestRunHooks(t *testing.T) {
-	st := specs.State{Version: specs.Version, ID: "c1", Status: "creating", Pid: 4242, Bundle: "/b"}
-	t.Run("state on stdin, args and env", func(t *testing.T) {
-		out := filepath.Join(t.TempDir(), "out")
-		hook := writeScript(t, `cat > `+out+`; echo "$0 $1 $FOO" >> `+out)
-		err := runHooks(context.Background(), "prestart", []specs.Hook{{Path: hook, Args: []string{"myhook", "arg1"}, Env: []string{"FOO=bar"}}}, st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got specs.State
-		dec := json.NewDecoder(bytes.NewReader(b))
-		if err := dec.Decode(&got); err != nil {
-			t.Fatalf("state %q: %v", b, err)
-		}
-		rest, _ := io.ReadAll(dec.Buffered())
-		if got.Pid != 4242 || got.ID != "c1" || got.Bundle != "/b" || got.Status != "creating" {
-			t.Errorf("state %+v", got)
-		}
-		if !strings.Contains(string(rest), "arg1 bar") {
-			t.Errorf("args and env: %q", rest)
-		}
-	})
-	t.Run("failure stops the list", func(t *testing.T) {
-		marker := filepath.Join(t.TempDir(), "ran")
-		bad := writeScript(t, "echo nope >&2; exit 3")
-		good := writeScript(t, "touch "+marker)
-		err := runHooks(context.Background(), "createRuntime", []specs.Hook{{Path: bad}, {Path: good}}, st)
-		if err == nil || !strings.Contains(err.Error(), "nope") || !strings.Contains(err.Error(), "createRuntime") {
-			t.Fatalf("err %v, want the failure with the hook's output", err)
-		}
-		if _, err := os.Stat(marker); err == nil {
-			t.Error("a hook after the failing one ran")
-		}
-	})
-	t.Run("timeout kills", func(t *testing.T) {
-		one := 1
-		hook := writeScript(t, "exec sleep 30")
-		start := time.Now()
-		err := runHooks(context.Background(), "prestart", []specs.Hook{{Path: hook, Timeout: &one}}, st)
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("err %v, want a deadline", err)
-		}
-		if d := time.Since(start); d > 10*time.Second {
-			t.Errorf("took %s", d)
-		}
-	})
-}
-
-func TestSplitHooks(t *testing.T) {
-	zero := 0
-	for _, tc := range []struct {
-		name      string
-		hooks     *specs.Hooks
-		wantErr   error
-		wantGuest *specs.Hooks
-		wantHost  int
-	}{
-		{"none", nil, nil, nil, 0},
-		{"host only", &specs.Hooks{Prestart: []specs.Hook{{Path: "/a"}}, Poststop: []specs.Hook{{Path: "/b"}}}, nil, nil, 2}, //nolint:staticcheck // prestart
-		{"startContainer stays", &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "/a"}}, StartContainer: []specs.Hook{{Path: "/in-guest"}}},
-			nil, &specs.Hooks{StartContainer: []specs.Hook{{Path: "/in-guest"}}}, 1},
-		{"relative path", &specs.Hooks{CreateRuntime: []specs.Hook{{Path: "a"}}}, errdefs.ErrInvalidArgument, nil, 0},
-		{"zero timeout", &specs.Hooks{Poststart: []specs.Hook{{Path: "/a", Timeout: &zero}}}, errdefs.ErrInvalidArgument, nil, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			spec := &specs.Spec{Hooks: tc.hooks}
-			h, err := splitHooks(spec)
-			if tc.wantErr != nil {
-				if !errors.Is(err, tc.wantErr) {
-					t.Fatalf("err %v, want %v", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			n := len(h.prestart) + len(h.createRuntime) + len(h.createContainer) + len(h.poststart) + len(h.poststop)
-			if n != tc.wantHost {
-				t.Errorf("%d host hooks, want %d", n, tc.wantHost)
-			}
-			g, _ := json.Marshal(spec.Hooks)
-			w, _ := json.Marshal(tc.wantGuest)
-			if !bytes.Equal(g, w) {
-				t.Errorf("guest hooks %s, want %s", g, w)
-			}
-		})
-	}
 }
 
 func TestPlanNetwork(t *testing.T) {
@@ -345,7 +253,7 @@ func TestStoppedContainer(t *testing.T) {
 }
 
 func TestUnsupported(t *testing.T) {
-	for _, cmd := range []string{"checkpoint", "restore", "events"} {
+	for _, cmd := range []string{"checkpoint", "restore"} {
 		code, _, logText := run(t, "--root", t.TempDir(), cmd, "x")
 		if code != 1 || !strings.Contains(logText, "does not implement") {
 			t.Errorf("%s: %d, log %s", cmd, code, logText)
@@ -401,5 +309,69 @@ func TestLongSocketPath(t *testing.T) {
 	resp, err := call(sock, request{Op: opState})
 	if err != nil || resp.Status != opState {
 		t.Fatalf("call: %+v, %v", resp, err)
+	}
+}
+
+func TestCheckJoins(t *testing.T) {
+	root := t.TempDir()
+	self, err := child.Identify(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "infra")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRecord(dir, record{ID: "infra", Supervisor: self}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		path    string
+		refused bool
+	}{
+		{"a hull-runtime container's supervisor", fmt.Sprintf("/proc/%d/ns/ipc", os.Getpid()), true},
+		{"another process", "/proc/1/ns/ipc", false},
+		{"a named namespace", "/run/netns/cni-1", false},
+		{"not a namespace file", fmt.Sprintf("/proc/%d/ns/ipc/x", os.Getpid()), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: tc.path}}}}
+			err := checkJoins(root, spec)
+			if tc.refused != (err != nil) {
+				t.Fatalf("checkJoins: %v, want refused %v", err, tc.refused)
+			}
+			if tc.refused && (!errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "container infra") || !strings.Contains(err.Error(), "--network")) {
+				t.Errorf("refusal %q: want a not-implemented error naming the container and the alternative", err)
+			}
+		})
+	}
+}
+
+func TestRuncStats(t *testing.T) {
+	io := make([]*agent.IOStats, maxIODevices+5)
+	for i := range io {
+		io[i] = &agent.IOStats{Major: 254, Minor: uint64(i), Rbytes: 4096, Wbytes: 512, Rios: 2, Wios: 1}
+	}
+	got := runcStats(&agent.StatsResponse{
+		Cpu:    &agent.CPUStats{UsageUsec: 1500, UserUsec: 1000, SystemUsec: 500, NrPeriods: 3, NrThrottled: 1, ThrottledUsec: 7},
+		Memory: &agent.MemoryStats{Usage: 8 << 20, Limit: 64 << 20, File: 1 << 20, Anon: 7 << 20, SwapUsage: 5, OomEvents: 2},
+		Pids:   &agent.PidsStats{Current: 3, Limit: 100},
+		Io:     io,
+	})
+	if got.CPU.Usage.Total != 1500000 || got.CPU.Usage.User != 1000000 || got.CPU.Usage.Kernel != 500000 || got.CPU.Throttling.ThrottledTime != 7000 {
+		t.Errorf("cpu %+v: want nanoseconds", got.CPU)
+	}
+	if got.Memory.Usage.Usage != 8<<20 || got.Memory.Usage.Limit != 64<<20 || got.Memory.Cache != 1<<20 || got.Memory.Raw["anon"] != 7<<20 || got.Memory.Swap.Usage != 5 || got.Memory.Usage.Failcnt != 2 {
+		t.Errorf("memory %+v", got.Memory)
+	}
+	if got.Pids.Current != 3 || got.Pids.Limit != 100 {
+		t.Errorf("pids %+v", got.Pids)
+	}
+	if n := len(got.Blkio.IoServiceBytesRecursive); n != 2*maxIODevices {
+		t.Errorf("%d io entries, want %d (bounded)", n, 2*maxIODevices)
+	}
+	if empty := runcStats(&agent.StatsResponse{}); empty.CPU.Usage.Total != 0 || empty.Memory.Raw != nil {
+		t.Errorf("no statistics: %+v", empty)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/runc/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -43,6 +44,7 @@ const (
 	opPause  = "pause"
 	opResume = "resume"
 	opUpdate = "update"
+	opStats  = "stats"
 )
 
 // request is a message to the supervisor.
@@ -69,6 +71,8 @@ type response struct {
 	Status string `json:"status,omitempty"`
 	// Pids are the container's processes in the guest (pids).
 	Pids []uint32 `json:"pids,omitempty"`
+	// Stats are the container's statistics (stats), runc's.
+	Stats *types.Stats `json:"stats,omitempty"`
 	// Exit is an exec's exit status, in the exec's last message.
 	Exit *int `json:"exit,omitempty"`
 }

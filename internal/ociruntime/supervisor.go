@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -117,7 +118,7 @@ func (s *supervisor) boot(ctx context.Context) (_ *net.UnixListener, retErr erro
 	if spec.Process == nil {
 		return nil, fmt.Errorf("%s/config.json has no process: %w", s.rec.Bundle, errdefs.ErrInvalidArgument)
 	}
-	if _, err := splitHooks(spec); err != nil {
+	if _, err := ocispec.SplitHooks(spec); err != nil {
 		return nil, err
 	}
 	plan, err := planNetwork(spec)
@@ -259,6 +260,11 @@ func (s *supervisor) handle(c *net.UnixConn) {
 		err = s.ctr.Resume(ctx)
 	case opUpdate:
 		err = s.ctr.Update(ctx, req.Resources)
+	case opStats:
+		var st *agent.StatsResponse
+		if st, err = s.ctr.Stats(ctx); err == nil {
+			resp.Stats = runcStats(st)
+		}
 	default:
 		err = fmt.Errorf("unknown operation %q: %w", req.Op, errdefs.ErrNotImplemented)
 	}

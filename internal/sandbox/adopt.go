@@ -330,6 +330,8 @@ func adoptMismatch(warm, pod Config) error {
 		return differs("vm.root_image", w.RootImage, p.RootImage)
 	case !slices.Equal(w.KernelParams, p.KernelParams):
 		return differs("vm.kernel_params", w.KernelParams, p.KernelParams)
+	case w.OwnNetNS != p.OwnNetNS:
+		return differs("vm.own_netns", w.OwnNetNS, p.OwnNetNS)
 	case w.Debug != p.Debug:
 		return differs("vm.debug", w.Debug, p.Debug)
 	case w.SharedMemory != p.SharedMemory:

@@ -68,6 +68,7 @@ func TestAdoptMismatch(t *testing.T) {
 		}, "vm.root_image"},
 		{"kernel params", func(c *Config) { c.VM.KernelParams = []string{"quiet", "debug"} }, "vm.kernel_params"},
 		{"vm debug", func(c *Config) { c.VM.Debug = true }, "vm.debug"},
+		{"own netns", func(c *Config) { c.VM.OwnNetNS = true }, "vm.own_netns"},
 		{"shared memory", func(c *Config) { c.VM.SharedMemory = true }, "vm.shared_memory"},
 		{"max vcpus", func(c *Config) { c.VM.MaxVCPUs = 8 }, "vm.max_vcpus"},
 		{"max memory", func(c *Config) { c.VM.MaxMemoryMiB = 8192 }, "vm.max_memory_mib"},
@@ -327,7 +328,7 @@ func TestAdoptMismatchKnowsEveryField(t *testing.T) {
 		reflect.TypeFor[hypervisor.Config](): {
 			// Compared.
 			"Kernel", "Initrd", "RootImage", "KernelParams", "VCPUs", "MemoryMiB", "MaxVCPUs", "MaxMemoryMiB", "SharedMemory",
-			"Filesystems", "Blocks", "Networks", "HotplugNICs", "HotplugBlocks", "Debug",
+			"Filesystems", "Blocks", "Networks", "HotplugNICs", "HotplugBlocks", "OwnNetNS", "Debug",
 			// Filled in by Start.
 			"ID", "StateDir", "Cgroup", "Agent", "Template",
 		},

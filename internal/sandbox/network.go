@@ -21,8 +21,9 @@ const GuestShmDir = "/run/hull/shm"
 const defaultShmSize = 64 << 20
 
 // attachNetwork mirrors the pod's network namespace into the VM: a tap with
-// tc redirects per interface, given to the VM as virtio-net devices.
-func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own bool, undo *cleanups) error {
+// tc redirects per interface, given to the VM as virtio-net devices. With
+// inRecord, nsPath goes into the crash-cleanup record.
+func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecord bool, undo *cleanups) error {
 	var opts []netpod.Option
 	if own {
 		opts = append(opts, netpod.OwnNamespace())
@@ -33,6 +34,9 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own bool, un
 	}
 	s.network, s.netnsPath = n, nsPath
 	undo.push(n.Close)
+	if !inRecord {
+		return nil
+	}
 	// Recorded at once: a runtime that dies before the VM runs must
 	// still have its taps and filters removed by Cleanup. A VM that
 	// already runs stays in the record.
@@ -46,12 +50,12 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own bool, un
 // hotplugNetwork mirrors the pod's network namespace into a VM that booted
 // without it: the taps are made as for attachNetwork, then each is
 // hot-added as a NIC into the slots the VM reserved (VM.HotplugNICs).
-func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint32, undo *cleanups) error {
+func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint32, inRecord bool, undo *cleanups) error {
 	adder, err := hypervisor.AsNetworkAdder(s.vm)
 	if err != nil {
 		return err
 	}
-	if err := s.attachNetwork(ctx, nsPath, false, undo); err != nil {
+	if err := s.attachNetwork(ctx, nsPath, false, inRecord, undo); err != nil {
 		return err
 	}
 	devs := s.network.Devices()
@@ -65,6 +69,45 @@ func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint3
 		}
 	}
 	return nil
+}
+
+// AttachOwnNetwork mirrors the VMM's own network namespace
+// (hypervisor.Config.OwnNetNS) into the running VM, once something filled
+// it: a createRuntime hook that set up the container's network there, as
+// nerdctl's CNI hook does by the VMM's PID. Each interface is hot-added as a
+// NIC into the VM.HotplugNICs slots reserved at boot, then the guest gets
+// the addresses, routes and dns. The namespace is the VMM's, and its taps
+// and filters die with it, so nothing of it goes into the crash-cleanup
+// record. It is called once, before any container is created; a namespace
+// with only lo adds nothing. On error nothing it made is left.
+func (s *Sandbox) AttachOwnNetwork(ctx context.Context, dns *agent.DNS) (retErr error) {
+	if !s.ownNetNS {
+		return fmt.Errorf("sandbox %s: the vmm has no network namespace of its own: %w", s.id, errdefs.ErrFailedPrecondition)
+	}
+	if s.network != nil {
+		return fmt.Errorf("sandbox %s: network already attached: %w", s.id, errdefs.ErrAlreadyExists)
+	}
+	pid := s.vm.Describe().PID
+	if pid <= 0 || !s.vmAlive() {
+		return fmt.Errorf("sandbox %s: the vmm does not run: %w", s.id, errdefs.ErrFailedPrecondition)
+	}
+	var undo cleanups
+	defer func() {
+		if retErr != nil {
+			_ = undo.run(context.WithoutCancel(ctx))
+			s.network, s.netnsPath = nil, ""
+		}
+	}()
+	// The VMM is the sandbox's child: its PID names it until it is
+	// reaped, which closes Done; a VMM that died meanwhile may have given
+	// its PID away, and what was opened by it is dropped.
+	if err := s.hotplugNetwork(ctx, fmt.Sprintf("/proc/%d/ns/net", pid), s.hotplugNICs, false, &undo); err != nil {
+		return err
+	}
+	if !s.vmAlive() {
+		return fmt.Errorf("sandbox %s: the vmm exited while its network was mirrored: %w", s.id, errdefs.ErrFailedPrecondition)
+	}
+	return s.configureGuestNetwork(ctx, dns)
 }
 
 // configureGuestNetwork has the agent give the guest the pod's interfaces,

@@ -179,6 +179,11 @@ type Sandbox struct {
 	// VM; nil without one.
 	network   *netpod.Network
 	netnsPath string
+	// ownNetNS and hotplugNICs are Config.VM's: the VMM has a network
+	// namespace of its own, which AttachOwnNetwork mirrors into that many
+	// NIC slots.
+	ownNetNS    bool
+	hotplugNICs uint32
 	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
 	cgroup *hostCgroup
 
@@ -333,6 +338,8 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 		oom:         make(chan string, oomBuffer),
 		killTimeout: cfg.KillTimeout,
 		containers:  map[string]*Container{},
+		ownNetNS:    cfg.VM.OwnNetNS,
+		hotplugNICs: cfg.VM.HotplugNICs,
 	}
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
@@ -467,7 +474,7 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, undo)
+			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, true, undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := s.vmConfig(cfg, ep)
@@ -563,7 +570,7 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 			if cfg.NetNS == "" || !hotplugNet {
 				return nil
 			}
-			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, undo)
+			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, true, undo)
 		}},
 		{"configure guest network", func(ctx context.Context) error {
 			return s.configureGuestNetwork(ctx, cfg.DNS)

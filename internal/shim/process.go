@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hull-runtime/hull/internal/ocispec"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -30,6 +31,10 @@ type container struct {
 	role role
 	c    *sandbox.Container
 	init *proc
+	// hooks are the container's host hooks (runtime.host_hooks) and
+	// annotations the annotations of their state.
+	hooks       ocispec.HostHooks
+	annotations map[string]string
 
 	mu sync.Mutex
 	// execs are the processes added by Exec, by exec ID; guarded by mu.

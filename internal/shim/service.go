@@ -153,6 +153,10 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		return nil, fmt.Errorf("%s/config.json has no process: %w", r.Bundle, errdefs.ErrInvalidArgument)
 	}
 	spec.Process.Terminal = r.Terminal
+	hooks, err := ocispec.SplitHooks(spec)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", r.ID, err)
+	}
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return nil, err
@@ -163,6 +167,9 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	}
 	r0, err := containerRole(annotations)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkHostHooks(r.ID, r0, hooks); err != nil {
 		return nil, err
 	}
 	if err := s.reserve(r.ID); err != nil {
@@ -177,11 +184,32 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
+	if err := checkHookNetwork(r.ID, hooks, plan); err != nil {
+		return nil, err
+	}
+	plan.ownNetNS = ownNetwork(spec, r0, hooks)
 	sb, err := s.sandbox(ctx, sandboxRequest{
 		namespace: ns, id: r.ID, bundle: r.Bundle, opts: r.Options, spec: spec, annotations: annotations, role: r0, plan: plan,
+		hostHooks: !hooks.Empty(),
 	})
 	if err != nil {
 		return nil, err
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, role: r0, hooks: hooks, annotations: spec.Annotations, execs: map[string]*proc{}}
+	// The create's hooks run once the VM (and with it the VMM's network
+	// namespace) exists, before the container is made in it; what they
+	// set up in the namespace is then mirrored into the VM.
+	if err := hooks.BeforeStart(ctx, s.hookState(c, specs.StateCreating)); err != nil {
+		return nil, fmt.Errorf("container %s: %w", r.ID, err)
+	}
+	if plan.ownNetNS {
+		dns, err := specDNS(spec)
+		if err != nil {
+			return nil, err
+		}
+		if err := sb.AttachOwnNetwork(ctx, dns); err != nil {
+			return nil, fmt.Errorf("container %s: its network: %w", r.ID, err)
+		}
 	}
 	if r0 == rolePodMember {
 		if err := s.growFor(ctx, sb, r.ID, spec); err != nil {
@@ -209,7 +237,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		pio.Close(ctx)
 		return nil, err
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, role: r0, c: sc, init: newProc("", paths, nil), execs: map[string]*proc{}}
+	c.c, c.init = sc, newProc("", paths, nil)
 	c.init.prepare(sc.Init(), pio)
 	s.mu.Lock()
 	s.containers[r.ID] = c
@@ -262,6 +290,9 @@ type sandboxRequest struct {
 	annotations map[string]string
 	role        role
 	plan        guestPlan
+	// hostHooks says the container has host hooks, which the
+	// configuration must allow (runtime.host_hooks).
+	hostHooks bool
 }
 
 // sandbox returns the pod's sandbox, starting it for the first container:
@@ -297,6 +328,9 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	cfg, err := loadConfig(r.opts)
 	if err != nil {
 		return nil, err
+	}
+	if r.hostHooks && !cfg.Runtime.HostHooks {
+		return nil, fmt.Errorf("container %s has hooks that run on the host, which the shim runs only with runtime.host_hooks = true: %w", r.id, errdefs.ErrNotImplemented)
 	}
 	if err := applyLogLevel(log.G(s.bg).Logger, cfg.Runtime.LogLevel); err != nil {
 		return nil, fmt.Errorf("runtime.log_level: %w: %w", err, errdefs.ErrInvalidArgument)
@@ -341,6 +375,10 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	}
 	sc.VM.VCPUs, sc.VM.MemoryMiB = size.vcpus, size.memoryMiB
 	sc.NetNS = r.plan.netns
+	if r.plan.ownNetNS {
+		sc.VM.OwnNetNS = true
+		sc.VM.HotplugNICs = max(sc.VM.HotplugNICs, ownNetNICs)
+	}
 	if sc.NetNS != "" {
 		if sc.DNS, err = specDNS(r.spec); err != nil {
 			return nil, err
@@ -506,6 +544,7 @@ func (s *service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 	pid := s.pidOf(c.init)
 	s.events.publish(&eventstypes.TaskStart{ContainerID: c.id, Pid: pid})
 	go s.watch(c, c.init)
+	s.warnHooks(ctx, "poststart", c, c.hooks.Poststart, specs.StateRunning)
 	return &taskapi.StartResponse{Pid: pid}, nil
 }
 
@@ -571,6 +610,9 @@ func (s *service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	if last {
 		s.stopSandbox(ctx)
 	}
+	// After the VM: a network hook's teardown (nerdctl's CNI DEL) finds
+	// the namespace gone with the VMM, as it would find runc's.
+	s.warnHooks(ctx, "poststop", c, c.hooks.Poststop, specs.StateStopped)
 	s.events.publish(&eventstypes.TaskDelete{
 		ContainerID: c.id,
 		Pid:         pid,

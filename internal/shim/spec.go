@@ -94,6 +94,10 @@ type guestPlan struct {
 	// netns is the host network namespace to mirror into the VM (the pod's,
 	// set up by CNI); empty for none.
 	netns string
+	// ownNetNS says the VMM gets a network namespace of its own, which
+	// the container's host hooks fill and the sandbox mirrors into the VM
+	// after boot (ownNetwork).
+	ownNetNS bool
 	// shmSource is the host source of the pod sandbox's /dev/shm bind,
 	// which the pod's containers share; empty when it has none.
 	shmSource string

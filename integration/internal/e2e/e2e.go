@@ -85,6 +85,25 @@ func DaemonBinaries(t testing.TB, version string, extra ...string) (containerd, 
 	return containerd, ctr, dir
 }
 
+// NerdctlVersion is the nerdctl the suites run, built once into the cache
+// by hack/build-nerdctl.sh (hack/install-deps.sh runs it).
+const NerdctlVersion = "v2.0.5"
+
+// Nerdctl finds nerdctl: in HULL_NERDCTL_DIR or
+// /var/cache/hull/nerdctl-<NerdctlVersion>.
+func Nerdctl(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("HULL_NERDCTL_DIR")
+	if dir == "" {
+		dir = filepath.Join("/var/cache/hull", "nerdctl-"+NerdctlVersion)
+	}
+	p := filepath.Join(dir, "nerdctl")
+	if _, err := os.Stat(p); err != nil { //nolint:gosec // G703: dir is the cache directory that whoever runs the tests chose
+		Missing(t, "nerdctl %s: %v (hack/build-nerdctl.sh builds it; make deps runs that)", NerdctlVersion, err)
+	}
+	return p
+}
+
 // BuildShim builds containerd-shim-hull-v2 into dir.
 func BuildShim(dir string) error {
 	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "containerd-shim-hull-v2"), "github.com/hull-runtime/hull/cmd/containerd-shim-hull-v2")

@@ -164,6 +164,9 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		Stderr:     out,
 		ExtraFiles: extra,
 	}
+	if v.cfg.OwnNetNS {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	}
 	logger.WithField("argv", strings.Join(args, " ")).Debug("starting qemu")
 	if err := v.launch(cmd, cg); err != nil {
 		return fmt.Errorf("running %s: %w", bin, err)

@@ -1,4 +1,4 @@
-package ociruntime
+package ocispec
 
 import (
 	"bytes"
@@ -24,27 +24,62 @@ const hookOutputMax = 4096
 // hookKillGrace is how long a hook's output copies may outlast its kill.
 const hookKillGrace = 2 * time.Second
 
-// hostHooks are the hooks of a spec that run on the host, in their order.
-type hostHooks struct {
-	prestart, createRuntime, createContainer, poststart, poststop []specs.Hook
+// HostHooks are the hooks of a spec that run in the runtime namespace, on
+// the host, in their order: everything but startContainer, which runs in
+// the container (in the guest).
+type HostHooks struct {
+	Prestart, CreateRuntime, CreateContainer, Poststart, Poststop []specs.Hook
 }
 
-// splitHooks takes the host hooks out of spec; the startContainer hooks
-// stay for the guest, which runs them in the container.
-func splitHooks(spec *specs.Spec) (hostHooks, error) {
+// Empty says there is no host hook.
+func (h HostHooks) Empty() bool {
+	return len(h.Prestart)+len(h.CreateRuntime)+len(h.CreateContainer)+len(h.Poststart)+len(h.Poststop) == 0
+}
+
+// First is the path of the first host hook, for error messages; empty when
+// there is none.
+func (h HostHooks) First() string {
+	for _, l := range [][]specs.Hook{h.Prestart, h.CreateRuntime, h.CreateContainer, h.Poststart, h.Poststop} {
+		if len(l) > 0 {
+			return l[0].Path
+		}
+	}
+	return ""
+}
+
+// BeforeStart runs the hooks of a create, in runc's order (prestart,
+// createRuntime, createContainer), with the state st, and stops at the
+// first that fails.
+func (h HostHooks) BeforeStart(ctx context.Context, st specs.State) error {
+	for _, k := range []struct {
+		kind  string
+		hooks []specs.Hook
+	}{{"prestart", h.Prestart}, {"createRuntime", h.CreateRuntime}, {"createContainer", h.CreateContainer}} {
+		if err := RunHooks(ctx, k.kind, k.hooks, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SplitHooks takes the host hooks out of spec; the startContainer hooks
+// stay for the guest, which runs them in the container. A hook without an
+// absolute path or with a timeout that is not positive is an
+// InvalidArgument error.
+func SplitHooks(spec *specs.Spec) (HostHooks, error) {
 	h := spec.Hooks
 	if h == nil {
-		return hostHooks{}, nil
+		return HostHooks{}, nil
 	}
-	out := hostHooks{
-		prestart:      h.Prestart, //nolint:staticcheck // deprecated, still what Docker 20.10 uses
-		createRuntime: h.CreateRuntime, createContainer: h.CreateContainer,
-		poststart: h.Poststart, poststop: h.Poststop,
+	out := HostHooks{
+		Prestart:      h.Prestart, //nolint:staticcheck // deprecated, still what Docker 20.10 uses
+		CreateRuntime: h.CreateRuntime, CreateContainer: h.CreateContainer,
+		Poststart: h.Poststart, Poststop: h.Poststop,
 	}
-	for _, l := range [][]specs.Hook{out.prestart, out.createRuntime, out.createContainer, out.poststart, out.poststop} {
+	for _, l := range [][]specs.Hook{out.Prestart, out.CreateRuntime, out.CreateContainer, out.Poststart, out.Poststop} {
 		for _, hk := range l {
 			if err := validateHook(hk); err != nil {
-				return hostHooks{}, err
+				return HostHooks{}, err
 			}
 		}
 	}
@@ -65,10 +100,10 @@ func validateHook(h specs.Hook) error {
 	return nil
 }
 
-// runHooks runs hooks in order, each with the state on its stdin, and stops
+// RunHooks runs hooks in order, each with the state on its stdin, and stops
 // at the first that fails (exits non-zero, or outlives its timeout, when it
 // is killed).
-func runHooks(ctx context.Context, kind string, hooks []specs.Hook, st specs.State) error {
+func RunHooks(ctx context.Context, kind string, hooks []specs.Hook, st specs.State) error {
 	if len(hooks) == 0 {
 		return nil
 	}

@@ -1,0 +1,187 @@
+package containerd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
+)
+
+// The nerdctl suite's network: nerdctl's default network ("bridge") from
+// a CNI configuration of the suite's own, on a bridge and in a subnet of
+// the suite's (198.18.0.0/15 is set aside for benchmarking), without NAT,
+// port mapping or firewall rules on the host.
+const (
+	nerdctlBridge  = "hullnd0"
+	nerdctlSubnet  = "198.18.77.0/24"
+	nerdctlGateway = "198.18.77.1"
+)
+
+// nerdctlEnv is nerdctl against a daemon of the suite: its own data root,
+// CNI configuration and namespace.
+type nerdctlEnv struct {
+	bin, dir string
+	d        *daemon
+}
+
+func (n *nerdctlEnv) args(args ...string) []string {
+	return append([]string{
+		"--address", n.d.address, "--namespace", "default",
+		"--data-root", filepath.Join(n.dir, "data"),
+		"--cni-path", "/usr/lib/cni", "--cni-netconfpath", filepath.Join(n.dir, "net.d"),
+	}, args...)
+}
+
+// run runs nerdctl (bounded to 4 minutes) and returns its stdout, stderr
+// and exit status.
+func (n *nerdctlEnv) run(args ...string) (string, string, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, n.bin, n.args(args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		code = -1
+		var ee *exec.ExitError
+		if errorsAs(err, &ee) {
+			code = ee.ExitCode()
+		}
+	}
+	return out.String(), errOut.String(), code
+}
+
+func (n *nerdctlEnv) mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := n.run(args...)
+	if code != 0 {
+		t.Fatalf("nerdctl %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// leftovers is what nerdctl's containers left on the host beyond the
+// daemon's own leftovers: ports of the bridge (veths), addresses the IPAM
+// plugin still holds, containers nerdctl still lists.
+func (n *nerdctlEnv) leftovers() []string {
+	left := n.d.leftovers()
+	if out, err := exec.Command("ip", "-o", "link", "show", "master", nerdctlBridge).CombinedOutput(); err == nil && strings.TrimSpace(string(out)) != "" {
+		left = append(left, "bridge ports: "+strings.TrimSpace(string(out)))
+	}
+	ipam := filepath.Join(n.dir, "ipam", "bridge")
+	if des, err := os.ReadDir(ipam); err == nil {
+		for _, de := range des {
+			if name := de.Name(); name != "lock" && !strings.HasPrefix(name, "last_reserved_ip") {
+				left = append(left, "ipam reservation "+name)
+			}
+		}
+	}
+	if out, _, _ := n.run("ps", "-aq"); strings.TrimSpace(out) != "" {
+		left = append(left, "containers: "+strings.TrimSpace(out))
+	}
+	return left
+}
+
+func (n *nerdctlEnv) checkClean(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := n.leftovers()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestNerdctl runs nerdctl's containers on the shim (`--runtime
+// io.containerd.hull.v2`) with the host hooks docs/docker-podman.md tells
+// to allow: nerdctl's createRuntime hook sets the container's network up
+// by CNI in the VMM's network namespace, which the shim mirrors into the
+// VM; its poststop hook releases it.
+func TestNerdctl(t *testing.T) {
+	bin := e2e.Nerdctl(t)
+	containerdPath, ctrPath := daemonBinaries(t, "2")
+	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{runtime: "host_hooks = true\n"})
+	n := &nerdctlEnv{bin: bin, dir: filepath.Join(d.dir, "nerdctl"), d: d}
+	netconf := filepath.Join(n.dir, "net.d")
+	if err := os.MkdirAll(netconf, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A bridge of a crashed run is ours now.
+	_ = exec.Command("ip", "link", "del", nerdctlBridge).Run()
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", nerdctlBridge).Run() })
+	conflist, err := json.Marshal(map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       "bridge",
+		"plugins": []any{
+			map[string]any{
+				"type": "bridge", "bridge": nerdctlBridge, "isGateway": true, "ipMasq": false,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"dataDir": filepath.Join(n.dir, "ipam"),
+					"ranges":  []any{[]any{map[string]any{"subnet": nerdctlSubnet, "gateway": nerdctlGateway}}},
+					"routes":  []any{map[string]any{"dst": "0.0.0.0/0"}},
+				},
+			},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(netconf, "hull-bridge.conflist"), conflist, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.mustRun(t, "load", "-i", env.image)
+	t.Cleanup(func() {
+		if ids := strings.Fields(func() string { out, _, _ := n.run("ps", "-aq"); return out }()); len(ids) > 0 {
+			n.run(append([]string{"rm", "-f"}, ids...)...)
+		}
+	})
+
+	t.Run("bridge network in the VM", func(t *testing.T) {
+		out, errOut, code := n.run("run", "--rm", "--runtime", runtimeName, "--net", "bridge", imageName,
+			"sh", "-c", "ip -4 -o addr show; uname -r; ping -c 1 -W 10 "+nerdctlGateway)
+		t.Logf("in the container:\n%s", out)
+		if code != 0 {
+			t.Fatalf("nerdctl run: exit %d: %s%s", code, out, errOut)
+		}
+		if !strings.Contains(out, "inet 198.18.77.") {
+			t.Errorf("no address of %s in the container:\n%s", nerdctlSubnet, out)
+		}
+		if !strings.Contains(out, "1 packets received") {
+			t.Errorf("the gateway %s did not answer:\n%s", nerdctlGateway, out)
+		}
+		if host, _ := exec.Command("uname", "-r").Output(); strings.Contains(out, "\n"+string(host)) {
+			t.Errorf("the container runs the host's kernel %s, not the VM's:\n%s", host, out)
+		}
+		n.checkClean(t)
+	})
+
+	t.Run("run --rm true leaves nothing", func(t *testing.T) {
+		n.mustRun(t, "run", "--rm", "--runtime", runtimeName, imageName, "true")
+		n.checkClean(t)
+	})
+
+	t.Run("hooks refused without host_hooks", func(t *testing.T) {
+		d.setHullConfig(t, daemonOptions{})
+		defer d.setHullConfig(t, daemonOptions{runtime: "host_hooks = true\n"})
+		out, errOut, code := n.run("run", "--rm", "--runtime", runtimeName, imageName, "true")
+		if code == 0 || !strings.Contains(errOut, "runtime.host_hooks") {
+			t.Errorf("nerdctl run with host hooks off: exit %d, %s%s; want a refusal naming runtime.host_hooks", code, out, errOut)
+		}
+		n.checkClean(t)
+	})
+}
