@@ -37,6 +37,7 @@ type Config struct {
 	Runtime    Runtime    `toml:"runtime"`
 	Image      Image      `toml:"image"`
 	Tracing    Tracing    `toml:"tracing"`
+	Factory    Factory    `toml:"factory"`
 
 	// Source is the file the configuration was read from, empty for the
 	// built-in defaults.
@@ -193,6 +194,32 @@ type Tracing struct {
 	SamplingRatio float64 `toml:"sampling_ratio"`
 }
 
+// Factory configures the VM factory (`hull factory serve`, docs/factory.md):
+// a pool of shims each holding a booted VM, which pod starts take instead
+// of booting one.
+type Factory struct {
+	// VMCache is how many booted VMs the factory keeps ready; 0 turns the
+	// factory off (`hull factory serve` refuses to run, shims never ask).
+	VMCache uint32 `toml:"vm_cache"`
+	// Socket is the factory's ttRPC socket, which the shim's start asks
+	// for a VM; the warm shims' control sockets are in its directory.
+	Socket string `toml:"socket"`
+	// CgroupParent is the cgroup under which each warm VM gets its own
+	// until a pod takes it (then it moves to the pod's).
+	CgroupParent string `toml:"cgroup_parent"`
+	// ClaimTimeout bounds the shim's whole claim of a warm VM, from its
+	// dial of the factory to the warm shim's acknowledgement; past it the
+	// shim boots a VM of its own.
+	ClaimTimeout Duration `toml:"claim_timeout"`
+}
+
+// MaxFactoryVMCache bounds factory.vm_cache.
+const MaxFactoryVMCache = 64
+
+// MaxFactorySocketLen bounds factory.socket: the warm shims' sockets,
+// <dir>/warm-<16 hex>.sock, must fit a unix socket path (107 bytes).
+const MaxFactorySocketLen = 80
+
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }
 
@@ -258,6 +285,11 @@ func Defaults() *Config {
 			Endpoint:      "http://127.0.0.1:4317",
 			Protocol:      "grpc",
 			SamplingRatio: 1,
+		},
+		Factory: Factory{
+			Socket:       "/run/hull-factory/factory.sock",
+			CgroupParent: "hull-factory",
+			ClaimTimeout: Duration{2 * time.Second},
 		},
 	}
 }
@@ -453,6 +485,22 @@ func (c *Config) Validate() error {
 	}
 	if !(tr.SamplingRatio >= 0 && tr.SamplingRatio <= 1) {
 		bad("tracing.sampling_ratio", "%v is outside 0..1", tr.SamplingRatio)
+	}
+	fa := c.Factory
+	if fa.VMCache > MaxFactoryVMCache {
+		bad("factory.vm_cache", "%d is above %d", fa.VMCache, MaxFactoryVMCache)
+	}
+	if !filepath.IsAbs(fa.Socket) || filepath.Clean(fa.Socket) != fa.Socket || len(fa.Socket) > MaxFactorySocketLen {
+		bad("factory.socket", "%q must be a clean absolute path of at most %d bytes", fa.Socket, MaxFactorySocketLen)
+	} else if d := filepath.Dir(fa.Socket); d == filepath.Clean(r.StateDir) || strings.HasPrefix(d, filepath.Clean(r.StateDir)+"/") {
+		// Every directory under the state root is taken for a sandbox's.
+		bad("factory.socket", "%q must not be below runtime.state_dir", fa.Socket)
+	}
+	if fa.CgroupParent == "" || strings.Contains(fa.CgroupParent, "..") || filepath.IsAbs(fa.CgroupParent) {
+		bad("factory.cgroup_parent", "%q must be a relative cgroup path without ..", fa.CgroupParent)
+	}
+	if fa.ClaimTimeout.Duration <= 0 || fa.ClaimTimeout.Duration > time.Minute {
+		bad("factory.claim_timeout", "%s is outside (0, 1m]", fa.ClaimTimeout)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration: %w: %w", err, errdefs.ErrInvalidArgument)
