@@ -56,6 +56,7 @@ func newRootCommandWith(g *globalFlags) *cobra.Command {
 		newMonitorCommand(g),
 		newListCommand(g),
 		newLogsCommand(g),
+		newFactoryCommand(g),
 		newVersionCommand(),
 	)
 	return root

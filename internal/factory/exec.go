@@ -41,7 +41,7 @@ type execStarter struct {
 // factory's, so its log goes where the factory's does until it is
 // claimed.
 func (e execStarter) start(ctx context.Context, id, socket string) (*process, error) {
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("lifeline: %w", err)
 	}

@@ -55,6 +55,17 @@ func (s service) Status(context.Context, *api.StatusRequest) (*api.StatusRespons
 	return s.pool.Status(), nil
 }
 
+// newServer is the factory's ttRPC server, for callers of the factory's
+// own user only.
+func newServer(pool *Pool) (*ttrpc.Server, error) {
+	srv, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	if err != nil {
+		return nil, err
+	}
+	api.RegisterFactoryService(srv, service{pool: pool})
+	return srv, nil
+}
+
 // Serve runs the factory until ctx ends: it cleans up what an earlier
 // factory left, serves Claim and Status on factory.socket and keeps
 // factory.vm_cache warm shims. At its end the warm shims not claimed stop.
@@ -92,17 +103,16 @@ func Serve(ctx context.Context, o Options) (retErr error) {
 		return fmt.Errorf("factory socket: %w", err)
 	}
 	defer os.Remove(c.Factory.Socket)
-	srv, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
-	if err != nil {
-		_ = l.Close()
-		return err
-	}
 	cleanup := func(ctx context.Context, id string) error {
 		_ = os.Remove(filepath.Join(dir, id+".sock"))
 		return sandbox.Cleanup(ctx, stateRoot, id)
 	}
 	pool := newPool(int(c.Factory.VMCache), dir, execStarter{binary: o.ShimBinary, configPath: o.ConfigPath}.start, cleanup, o.BootTimeout)
-	api.RegisterFactoryService(srv, service{pool: pool})
+	srv, err := newServer(pool)
+	if err != nil {
+		_ = l.Close()
+		return err
+	}
 
 	poolDone := make(chan struct{})
 	go func() {

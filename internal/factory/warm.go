@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -32,26 +31,39 @@ const handoverTimeout = 10 * time.Second
 // away (its lifeline reached end of file) before a claim.
 var ErrLifelineClosed = fmt.Errorf("factory gone before a claim: %w", errdefs.ErrUnavailable)
 
-// WarmShim is a warm shim's side of the factory: the control socket it is
-// claimed on and the lifeline from the factory.
+// WarmShim is a warm shim's side of the factory: the lifeline from the
+// factory and the control socket the shim is claimed on.
 type WarmShim struct {
-	socket   string
-	ln       *net.UnixListener
 	lifeline *os.File
+	ln       *net.UnixListener
 }
 
-// ListenWarm makes the warm shim's control socket at socket (mode 0600)
-// and takes its lifeline (its end of the socket pair the factory made).
-func ListenWarm(socket string, lifeline *os.File) (*WarmShim, error) {
+// Warm takes the warm shim's lifeline (its end of the socket pair the
+// factory made) and returns a context derived from ctx that ends, with
+// cause ErrLifelineClosed, when the factory goes away: the context of the
+// shim's life before a claim. Close (done by Wait) ends the watch.
+func Warm(ctx context.Context, lifeline *os.File) (*WarmShim, context.Context) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		// The factory writes nothing; any read that returns is its end.
+		_, _ = lifeline.Read(make([]byte, 1))
+		cancel(ErrLifelineClosed)
+	}()
+	return &WarmShim{lifeline: lifeline}, ctx
+}
+
+// Listen makes the control socket at socket (mode 0600).
+func (w *WarmShim) Listen(socket string) error {
 	_ = os.Remove(socket) // a socket left by a warm shim of the same ID is stale
 	old := unix.Umask(0o077)
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
 	unix.Umask(old)
 	if err != nil {
-		return nil, fmt.Errorf("warm shim control socket: %w", err)
+		return fmt.Errorf("warm shim control socket: %w", err)
 	}
 	ln.SetUnlinkOnClose(true)
-	return &WarmShim{socket: socket, ln: ln, lifeline: lifeline}, nil
+	w.ln = ln
+	return nil
 }
 
 // Ready tells the factory that the warm shim can be claimed.
@@ -64,7 +76,9 @@ func (w *WarmShim) Ready() error {
 
 // Close closes the control socket (removing it) and the lifeline.
 func (w *WarmShim) Close() {
-	_ = w.ln.Close()
+	if w.ln != nil {
+		_ = w.ln.Close()
+	}
 	_ = w.lifeline.Close()
 }
 
@@ -75,48 +89,24 @@ type Claim struct {
 	Listener *os.File
 }
 
-// Wait waits for a claim, with the lifeline watched until one arrives. A
-// hand-over is read from the first connection whose peer has this
-// process's user ID; prepare then readies the shim to serve it, and only
-// when it succeeds is the hand-over accepted; Wait returns once the
-// claimer committed it. It returns ErrLifelineClosed when the factory went
-// away first, ctx's error when ctx ended, and any other error when a
-// hand-over failed: the claim took the shim out of the factory's pool, so
-// the caller stops its VM and exits. The control socket and the lifeline
-// are closed when Wait returns.
+// Wait waits on the control socket for a claim until ctx ends (Warm's
+// context ends when the factory goes away). A hand-over is read from the
+// first connection whose peer has this process's user ID; prepare then
+// readies the shim to serve it, and only when it succeeds is the
+// hand-over accepted; Wait returns once the claimer committed it. Once a
+// hand-over was read it runs to its end whatever happens to ctx. An error
+// other than ctx's cause means a hand-over failed: the claim took the shim
+// out of the factory's pool, so the caller stops its VM and exits. The
+// control socket and the lifeline are closed when Wait returns.
 func (w *WarmShim) Wait(ctx context.Context, prepare func(Handover, *os.File) error) (*Claim, error) {
 	defer w.Close()
-	var (
-		mu   sync.Mutex
-		gone bool // guarded by mu
-	)
-	watching := make(chan struct{})
-	defer close(watching)
-	go func() {
-		// The factory writes nothing; any read that returns is its end.
-		_, _ = w.lifeline.Read(make([]byte, 1))
-		mu.Lock()
-		gone = true
-		mu.Unlock()
-		select {
-		case <-watching:
-		default:
-			_ = w.ln.Close()
-		}
-	}()
 	stop := context.AfterFunc(ctx, func() { _ = w.ln.Close() })
 	defer stop()
 	for {
 		conn, err := w.ln.AcceptUnix()
 		if err != nil {
-			mu.Lock()
-			g := gone
-			mu.Unlock()
-			switch {
-			case ctx.Err() != nil:
-				return nil, ctx.Err()
-			case g:
-				return nil, ErrLifelineClosed
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
 			}
 			return nil, fmt.Errorf("accepting a hand-over: %w", err)
 		}
