@@ -23,14 +23,13 @@ func main() {
 		}
 		return
 	}
-	opts := []shim.BinaryOpts{hullshim.WithoutReaper}
 	if hullshim.WarmRequested(os.Args[1:]) {
 		sb, err := hullshim.RunWarm(os.Args[2:])
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "containerd-shim-hull-v2 warm: %v\n", err)
 			os.Exit(1)
 		}
-		opts = append(opts, hullshim.WithWarmSandbox(sb))
+		hullshim.WithWarmSandbox(sb)
 	}
-	shim.RunManager(context.Background(), hullshim.Manager{}, opts...)
+	shim.RunManager(context.Background(), hullshim.Manager{}, hullshim.WithoutReaper)
 }

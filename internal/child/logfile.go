@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 )
@@ -19,10 +20,12 @@ const DefaultLogMax = 1 << 20
 // long. Writes go straight to the file: the only memory used is the
 // caller's buffer.
 type LogFile struct {
-	path string
-	max  int64
+	max int64
 
 	mu sync.Mutex
+	// path is the current file's; it changes only when MoveLogs moves the
+	// directory that holds it. Guarded by mu.
+	path string
 	// f is the current file, nil once closed; guarded by mu.
 	f *os.File
 	// size of the current file; guarded by mu.
@@ -52,7 +55,11 @@ func OpenLog(path string, limit int64) (*LogFile, error) {
 }
 
 // Path is the current file of the log.
-func (l *LogFile) Path() string { return l.path }
+func (l *LogFile) Path() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.path
+}
 
 // Write appends p, rotating the file at the bound, possibly in the middle
 // of p (TailLines joins the parts again). It never fails: a log that
@@ -184,4 +191,43 @@ func readTail(path string, limit int64) []byte {
 		return nil
 	}
 	return b
+}
+
+// Rebase is p moved from below dir to the same place below newDir: the path
+// of a file after a rename of a directory that holds it. A path not below
+// dir is returned as it is.
+func Rebase(p, dir, newDir string) string {
+	if p == dir {
+		return newDir
+	}
+	if rel, ok := strings.CutPrefix(p, dir+"/"); ok {
+		return filepath.Join(newDir, rel)
+	}
+	return p
+}
+
+// MoveLogs runs rename, which renames the directory dir (holding some of
+// logs) to newDir, with the writes and rotations of every log held, so
+// that none rotates by a path that no longer exists; when rename succeeds
+// each log below dir then goes on below newDir. Nil logs are skipped.
+func MoveLogs(dir, newDir string, rename func() error, logs ...*LogFile) error {
+	var held []*LogFile
+	for _, l := range logs {
+		if l != nil {
+			l.mu.Lock()
+			held = append(held, l)
+		}
+	}
+	defer func() {
+		for _, l := range held {
+			l.mu.Unlock()
+		}
+	}()
+	if err := rename(); err != nil {
+		return err
+	}
+	for _, l := range held {
+		l.path = Rebase(l.path, dir, newDir)
+	}
+	return nil
 }

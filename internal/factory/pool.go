@@ -2,8 +2,6 @@ package factory
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -14,11 +12,8 @@ import (
 	"github.com/containerd/log"
 
 	api "github.com/hull-runtime/hull/api/factory/v1"
+	"github.com/hull-runtime/hull/internal/sandbox"
 )
-
-// WarmPrefix starts every warm sandbox's placeholder ID (and so its state
-// directory's name under runtime.state_dir).
-const WarmPrefix = "warm-"
 
 // ErrEmpty is a claim on a pool with no ready warm shim.
 var ErrEmpty = fmt.Errorf("no warm VM ready: %w", errdefs.ErrNotFound)
@@ -140,7 +135,12 @@ func (p *Pool) fill() {
 		return
 	}
 	for len(p.shims) < p.wanted {
-		id := newWarmID()
+		id, err := sandbox.NewWarmID()
+		if err != nil {
+			p.failedLocked(err)
+			time.AfterFunc(time.Until(p.retryAt), p.fill)
+			return
+		}
 		w := &warm{id: id, socket: filepath.Join(p.dir, id+".sock"), started: time.Now()}
 		proc, err := p.start(p.bg, id, w.socket)
 		if err != nil {
@@ -287,11 +287,4 @@ func (p *Pool) Status() *api.StatusResponse {
 		r.Vms = append(r.Vms, &api.WarmVM{Id: w.id, Ready: w.ready, AgeSeconds: time.Since(w.started).Seconds(), Pid: uint32(w.p.pid)})
 	}
 	return r
-}
-
-// newWarmID makes a warm sandbox's placeholder ID.
-func newWarmID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return WarmPrefix + hex.EncodeToString(b[:])
 }

@@ -147,7 +147,7 @@ func sweep(ctx context.Context, stateRoot, dir string) {
 		log.G(ctx).WithError(err).Warn("listing warm sandboxes")
 	}
 	for _, e := range ents {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), WarmPrefix) {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), sandbox.WarmIDPrefix) {
 			continue
 		}
 		held, err := Held(filepath.Join(stateRoot, e.Name()))
@@ -159,7 +159,7 @@ func sweep(ctx context.Context, stateRoot, dir string) {
 			log.G(ctx).WithError(err).WithField("warm", e.Name()).Warn("cleaning up a warm VM")
 		}
 	}
-	socks, _ := filepath.Glob(filepath.Join(dir, WarmPrefix+"*.sock"))
+	socks, _ := filepath.Glob(filepath.Join(dir, sandbox.WarmIDPrefix+"*.sock"))
 	for _, s := range socks {
 		_ = os.Remove(s)
 	}

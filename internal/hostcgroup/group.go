@@ -590,3 +590,24 @@ func writeFile(file, data string) error {
 	}
 	return err
 }
+
+// MoveCharges has the memory that a process already uses move with it into
+// the group, on cgroup v1 (memory.move_charge_at_immigrate: anonymous and
+// file pages), and reports whether the kernel does. cgroup v2 never moves
+// charges, nor does a recent v1 kernel (charge moving was removed; it refuses the
+// setting): what a process used before it moved stays charged where it
+// was, and MoveCharges reports false.
+func (g *Group) MoveCharges() (bool, error) {
+	if g.fs.Unified != "" {
+		return false, nil
+	}
+	d := g.dir("memory")
+	if d == "" {
+		return false, nil
+	}
+	err := writeIfExists(filepath.Join(d, "memory.move_charge_at_immigrate"), "3")
+	if errors.Is(err, unix.EINVAL) {
+		return false, nil
+	}
+	return err == nil, err
+}

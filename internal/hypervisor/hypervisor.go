@@ -136,6 +136,23 @@ type Resizer interface {
 	Resize(ctx context.Context, vcpus, memoryMiB uint32) (Size, error)
 }
 
+// Relocator hands a running VM over to another owner: a VM booted ahead of
+// its pod (a VM factory's warm VM) moves into the pod's state directory and
+// cgroup when the pod adopts it.
+type Relocator interface {
+	// MoveStateDir runs rename, which renames the VM's state directory
+	// (Config.StateDir) to dir on the same file system, with the VM's own
+	// writes there held; when rename succeeds the VM's files (sockets,
+	// console log, pid file) are known below dir. The hypervisor process
+	// is not told: its sockets are bound and connected already.
+	MoveStateDir(dir string, rename func() error) error
+	// MoveCgroup moves the hypervisor process, with all its threads, into
+	// the existing cgroup at path (below the cgroup root) that the caller
+	// made, limits and removes, as Config.Cgroup says; a cgroup of the
+	// driver's own that held it is removed.
+	MoveCgroup(path string) error
+}
+
 // Snapshotter saves a paused VM's state to a directory, for VM templating.
 type Snapshotter interface {
 	Snapshot(ctx context.Context, dir string) error
@@ -155,6 +172,9 @@ func AsNetworkAdder(vm VM) (NetworkAdder, error) {
 
 // AsResizer returns vm's Resizer or an ErrNotImplemented-class error.
 func AsResizer(vm VM) (Resizer, error) { return as[Resizer](vm, "resize") }
+
+// AsRelocator returns vm's Relocator or an ErrNotImplemented-class error.
+func AsRelocator(vm VM) (Relocator, error) { return as[Relocator](vm, "change hands") }
 
 // AsSnapshotter returns vm's Snapshotter or an ErrNotImplemented-class error.
 func AsSnapshotter(vm VM) (Snapshotter, error) { return as[Snapshotter](vm, "snapshot") }

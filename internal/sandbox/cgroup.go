@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -62,9 +63,25 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 	if cfg.Path == "" {
 		return nil
 	}
-	fs, err := hostFS()
+	hc, err := newHostCgroup(cfg, vcpus, memoryMiB)
 	if err != nil {
 		return err
+	}
+	undo.push(func(context.Context) error { return hc.g.Delete() })
+	s.cgroup = hc
+	log.G(ctx).WithFields(log.Fields{
+		"sandbox": s.id, "cgroup": cfg.Path, "created": hc.g.Created(), "systemd_unit": hc.g.Unit().Name,
+		"memory_limit_mib": memoryMiB + cfg.MemoryOverheadMiB,
+	}).Debug("sandbox cgroup ready")
+	return nil
+}
+
+// newHostCgroup makes (or finds) the cgroup cfg names, with limits for a
+// VM of vcpus and memoryMiB; on error what it made is removed.
+func newHostCgroup(cfg CgroupConfig, vcpus, memoryMiB uint32) (*hostCgroup, error) {
+	fs, err := hostFS()
+	if err != nil {
+		return nil, err
 	}
 	var g *hostcgroup.Group
 	if cfg.Unit.Name != "" && fs.Unified != "" && systemdRunning() {
@@ -73,19 +90,13 @@ func (s *Sandbox) createCgroup(ctx context.Context, cfg CgroupConfig, vcpus, mem
 		g, err = hostcgroup.Create(fs, cfg.Path)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	undo.push(func(context.Context) error { return g.Delete() })
 	hc := &hostCgroup{cfg: cfg, g: g}
 	if err := hc.setLimits(vcpus, memoryMiB); err != nil {
-		return err
+		return nil, errors.Join(err, g.Delete())
 	}
-	s.cgroup = hc
-	log.G(ctx).WithFields(log.Fields{
-		"sandbox": s.id, "cgroup": cfg.Path, "created": g.Created(), "systemd_unit": g.Unit().Name,
-		"memory_limit_mib": memoryMiB + cfg.MemoryOverheadMiB,
-	}).Debug("sandbox cgroup ready")
-	return nil
+	return hc, nil
 }
 
 // setLimits sets the group's limits for a VM of vcpus and memoryMiB:

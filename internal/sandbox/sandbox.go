@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -22,6 +23,7 @@ import (
 	"github.com/hull-runtime/hull/internal/bootslot"
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/child"
+	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/netpod"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -188,7 +190,8 @@ type Sandbox struct {
 	// Stop after the agent connection.
 	agentLog *child.LogFile
 	// phases are the steps of Start with their durations, written by
-	// Start only, before the sandbox is returned.
+	// Start only, before the sandbox is returned; for an adopted sandbox
+	// the steps of Adopt, written by Adopt before it returns.
 	phases []Phase
 
 	// guestSpans exports the guest's spans; nil without tracing. The
@@ -200,6 +203,16 @@ type Sandbox struct {
 	spanWarned time.Time
 	stopRelay  context.CancelFunc
 	relayDone  chan struct{}
+
+	// observer is told of every agent call (Config.ObserveAgentRPC); nil
+	// for none.
+	observer atomic.Pointer[func(method string, took time.Duration, err error)]
+	// warm is set on a sandbox StartWarm booted until Adopt takes it;
+	// guarded by mu.
+	warm *warmBoot
+	// retiredCgroups are cgroups the sandbox held before an adoption that
+	// could not be removed then; Stop removes them.
+	retiredCgroups []*hostcgroup.Group
 }
 
 // BootPhases returns the steps of the sandbox's start with how long each
@@ -264,7 +277,21 @@ func Start(ctx context.Context, cfg Config) (*Sandbox, error) {
 }
 
 // start makes one attempt at Start with the agent endpoint ep.
-func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *Sandbox, retErr error) {
+func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (*Sandbox, error) {
+	return boot(ctx, cfg, ep, false)
+}
+
+// step is one named step of a sandbox's start or adoption; each is a phase
+// (BootPhases) and a span.
+type step struct {
+	name string
+	run  func(context.Context) error
+}
+
+// boot makes one attempt at a start: the boot steps, then, unless warm,
+// the pod steps. A warm start stops after the boot steps: the sandbox
+// belongs to no pod until Adopt runs the pod steps.
+func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm bool) (_ *Sandbox, retErr error) {
 	s := &Sandbox{
 		id:          cfg.ID,
 		stateDir:    StateDir(cfg.StateRoot, cfg.ID),
@@ -276,12 +303,17 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
 	}
+	s.setObserver(cfg.ObserveAgentRPC)
 	// The background loops outlive the request: its container and trace
 	// do not name their work, and their calls (long waits) join no trace.
 	bg := trace.ContextWithSpanContext(context.WithoutCancel(ctx), trace.SpanContext{})
 	s.bg, s.cancelBg = context.WithCancel(tracing.WithoutRequestLog(bg))
 	tr := tracer(cfg.Tracing)
-	ctx, span := tr.Start(ctx, "sandbox start", trace.WithAttributes(sandboxAttr(cfg.ID)))
+	spanName := "sandbox start"
+	if warm {
+		spanName = "sandbox warm start"
+	}
+	ctx, span := tr.Start(ctx, spanName, trace.WithAttributes(sandboxAttr(cfg.ID)))
 	defer func() { endSpan(span, retErr) }()
 	if err := s.transition(StateStarting); err != nil {
 		return nil, err
@@ -303,25 +335,63 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 	// returns: a start waiting for one holds nothing else. Released by the
 	// undo stack on failure.
 	var slot *bootslot.Slot
-	hostname := cfg.Hostname
-	if hostname == "" {
-		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
+	steps := s.bootSteps(cfg, ep, &slot, &undo)
+	if !warm {
+		steps = append(steps, s.podSteps(cfg, cfg.HotplugNetwork, &undo)...)
 	}
+	if err := s.runSteps(ctx, tr, cfg.ID, "starting", steps); err != nil {
+		return nil, err
+	}
+	if err := slot.Release(); err != nil {
+		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("releasing the boot slot")
+	}
+	if warm {
+		s.warm = &warmBoot{cfg: cfg}
+	}
+	if err := s.transition(StateRunning); err != nil {
+		return nil, err
+	}
+	go s.oomLoop()
+	return s, nil
+}
 
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
+// runSteps runs steps in order, each in a span of its own, and records
+// each as a phase; the first error ends the run, wrapped with what was
+// being done (doing) and the step's name.
+func (s *Sandbox) runSteps(ctx context.Context, tr trace.Tracer, id, doing string, steps []step) error {
+	for _, st := range steps {
+		start := time.Now()
+		sctx, sspan := tr.Start(ctx, st.name, trace.WithAttributes(sandboxAttr(id)))
+		err := st.run(sctx)
+		endSpan(sspan, err)
+		if err != nil {
+			return fmt.Errorf("%s sandbox %s: %s: %w", doing, id, st.name, err)
+		}
+		took := time.Since(start)
+		s.phases = append(s.phases, Phase{Name: st.name, Took: took})
+		log.G(ctx).WithField("sandbox", id).WithField("took", took).Debugf("sandbox step %q done", st.name)
+	}
+	return nil
+}
+
+// bootSteps are the first steps of a start, those that belong to no pod:
+// they boot the VM with its shared storage (empty), virtiofsd and cgroup,
+// and connect to its agent. The pod's network is attached here (before
+// the VM is made, as devices present at boot) when cfg names one and does
+// not ask for it to be hot-added; a warm start names none.
+func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **bootslot.Slot, undo *cleanups) []step {
+	return []step{
 		{"wait for a boot slot", func(ctx context.Context) error {
 			if cfg.BootGate == nil {
 				return nil
 			}
-			var err error
-			if slot, err = cfg.BootGate.Acquire(ctx); err != nil {
+			sl, err := cfg.BootGate.Acquire(ctx)
+			if err != nil {
 				return err
 			}
-			undo.push(func(context.Context) error { return slot.Release() })
-			log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "slot": slot.Index, "slots": cfg.BootGate.Slots, "waited": slot.Waited}).Info("boot slot taken")
+			*slot = sl
+			undo.push(func(context.Context) error { return sl.Release() })
+			log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "slot": sl.Index, "slots": cfg.BootGate.Slots, "waited": sl.Waited}).Info("boot slot taken")
 			return nil
 		}},
 		{"create state directory", func(ctx context.Context) error {
@@ -337,44 +407,27 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 				}
 				return err
 			}
-			undo.push(func(context.Context) error { return removeTreeIfUnmounted(s.stateDir) })
+			dir := s.stateDir
+			undo.push(func(context.Context) error { return removeTreeIfUnmounted(dir) })
 			return nil
 		}},
 		{"create shared storage", func(ctx context.Context) error {
-			return s.createStorage(ctx, &undo)
+			return s.createStorage(ctx, undo)
 		}},
 		{"create cgroup", func(ctx context.Context) error {
-			return s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, &undo)
+			return s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, undo)
 		}},
 		{"start virtiofsd", func(ctx context.Context) error {
-			return s.startVirtiofs(ctx, cfg.Virtiofs, &undo)
+			return s.startVirtiofs(ctx, cfg.Virtiofs, undo)
 		}},
 		{"attach pod network", func(ctx context.Context) error {
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo)
+			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, undo)
 		}},
 		{"create vm", func(ctx context.Context) error {
-			vc := cfg.VM
-			if s.network != nil {
-				vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
-			}
-			vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
-			vc.SharedMemory = true
-			vc.ID = cfg.ID
-			vc.StateDir = s.stateDir
-			vc.Cgroup = s.CgroupPath()
-			vc.Agent = ep
-			params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
-			if cfg.DebugConsole {
-				params = append(params, channel.ParamDebugConsole+"=1")
-			}
-			if cfg.Tracing != nil {
-				params = append(params, channel.ParamTracing+"=1")
-			}
-			vc.KernelParams = append(params, vc.KernelParams...)
-			vm, err := cfg.NewVM(vc)
+			vm, err := cfg.NewVM(s.vmConfig(cfg, ep))
 			if err != nil {
 				return err
 			}
@@ -397,7 +450,7 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 				DialTimeout: timeout,
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
-				ObserveRPC:  cfg.ObserveAgentRPC,
+				ObserveRPC:  s.observeRPC,
 				// The agent's lines are the sandbox's, not this request's.
 				Log: log.G(s.bg).WithField(tracing.LogSandbox, cfg.ID),
 			}
@@ -425,6 +478,19 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			}
 			return nil
 		}},
+	}
+}
+
+// podSteps are the steps that make a booted VM the pod's: the guest's
+// clock, its sandbox (hostname, share, /dev/shm), the pod network and the
+// debug consoles. hotplugNet hot-adds the pod network into the VM's
+// reserved NIC slots rather than expecting it attached at boot.
+func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
+	}
+	return []step{
 		{"set guest time", func(ctx context.Context) error {
 			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
 			return err
@@ -435,10 +501,10 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
 		}},
 		{"hot-add pod network", func(ctx context.Context) error {
-			if cfg.NetNS == "" || !cfg.HotplugNetwork {
+			if cfg.NetNS == "" || !hotplugNet {
 				return nil
 			}
-			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, &undo)
+			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, undo)
 		}},
 		{"configure guest network", func(ctx context.Context) error {
 			return s.configureGuestNetwork(ctx, cfg.DNS)
@@ -447,29 +513,51 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 			if !cfg.DebugConsole {
 				return nil
 			}
-			return s.listenConsoles(&undo)
+			return s.listenConsoles(undo)
 		}},
 	}
-	for _, st := range steps {
-		start := time.Now()
-		sctx, sspan := tr.Start(ctx, st.name, trace.WithAttributes(sandboxAttr(cfg.ID)))
-		err := st.run(sctx)
-		endSpan(sspan, err)
-		if err != nil {
-			return nil, fmt.Errorf("starting sandbox %s: %s: %w", cfg.ID, st.name, err)
-		}
-		took := time.Since(start)
-		s.phases = append(s.phases, Phase{Name: st.name, Took: took})
-		log.G(ctx).WithField("sandbox", cfg.ID).WithField("took", took).Debugf("sandbox step %q done", st.name)
+}
+
+// vmConfig is the VM's configuration for a sandbox of cfg whose agent is at
+// ep: cfg.VM with the sandbox's share, network devices attached at boot,
+// identity, state directory, cgroup and the agent's kernel parameters.
+func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.Config {
+	vc := cfg.VM
+	if s.network != nil {
+		vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
 	}
-	if err := slot.Release(); err != nil {
-		log.G(ctx).WithError(err).WithField("sandbox", cfg.ID).Warn("releasing the boot slot")
+	vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
+	vc.SharedMemory = true
+	vc.ID = cfg.ID
+	vc.StateDir = s.stateDir
+	vc.Cgroup = s.CgroupPath()
+	vc.Agent = ep
+	params := agentclient.KernelParams(ep, cfg.AgentLogLevel)
+	if cfg.DebugConsole {
+		params = append(params, channel.ParamDebugConsole+"=1")
 	}
-	if err := s.transition(StateRunning); err != nil {
-		return nil, err
+	if cfg.Tracing != nil {
+		params = append(params, channel.ParamTracing+"=1")
 	}
-	go s.oomLoop()
-	return s, nil
+	vc.KernelParams = append(params, vc.KernelParams...)
+	return vc
+}
+
+// setObserver makes f the observer of the sandbox's agent calls (nil:
+// none); the agent connection calls it through observeRPC, so that an
+// adopted sandbox's calls are counted by its pod.
+func (s *Sandbox) setObserver(f func(method string, took time.Duration, err error)) {
+	if f == nil {
+		s.observer.Store(nil)
+		return
+	}
+	s.observer.Store(&f)
+}
+
+func (s *Sandbox) observeRPC(method string, took time.Duration, err error) {
+	if f := s.observer.Load(); f != nil {
+		(*f)(method, took, err)
+	}
 }
 
 // withConsole adds the VM's fate and the console tail to an error met while
@@ -584,6 +672,9 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	}
 	if s.cgroup != nil {
 		errs = append(errs, s.cgroup.g.Delete())
+	}
+	for _, g := range s.retiredCgroups {
+		errs = append(errs, g.Delete())
 	}
 	if err := s.transition(StateStopped); err != nil {
 		errs = append(errs, err)

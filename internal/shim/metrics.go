@@ -20,6 +20,9 @@ const maxStatsContainers = 256
 func (s *service) serveMetrics(ctx context.Context, sb *sandbox.Sandbox, col *podmetrics.Collector) {
 	src := podmetrics.SandboxSource(sb)
 	src.Guest = func(ctx context.Context) (podmetrics.Guest, error) { return s.guestMetrics(ctx, sb) }
+	s.mu.Lock()
+	src.Start = s.start
+	s.mu.Unlock()
 	src.Size = func() (uint32, uint32) {
 		s.mu.Lock()
 		defer s.mu.Unlock()

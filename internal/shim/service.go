@@ -99,6 +99,14 @@ type service struct {
 
 	// tracing is set up by the first create (tracing.go).
 	tracing shimTracing
+
+	// warm is the pre-booted sandbox of a warm shim (WithWarmSandbox),
+	// until the first create adopts it or the shim shuts down; guarded by
+	// mu.
+	warm *sandbox.Sandbox
+	// start is how the sandbox started (podmetrics.StartCold, ...);
+	// guarded by mu.
+	start string
 }
 
 var _ taskapi.TaskService = (*service)(nil)
@@ -109,9 +117,11 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		events:     newEventQueue(ctx, publisher),
 		shutdown:   sd,
 		containers: map[string]*container{},
+		warm:       takeWarmSandbox(),
 	}
-	sd.RegisterCallback(func(context.Context) error {
+	sd.RegisterCallback(func(ctx context.Context) error {
 		s.events.close()
+		s.stopWarm(ctx)
 		return nil
 	})
 	return s
@@ -337,11 +347,12 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	col := podmetrics.NewCollector(podmetrics.LabelsFor(podID, annotations), podmetrics.Source{})
 	sc.ObserveAgentRPC = col.ObserveRPC
 	sc.Tracing = s.tracingExporter()
-	sb, err = sandbox.Start(ctx, sc)
+	sb, start, err := s.startSandbox(ctx, sc)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
+	s.start = start
 	s.sb, s.sandboxID, s.vmID, s.stateRoot = sb, rec.SandboxID, rec.VMID, rec.StateRoot
 	s.vmPid = vmPid(sb)
 	s.podShm = r.plan.shmSource
@@ -353,7 +364,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	s.serveMetrics(ctx, sb, col)
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
-		"sandbox": rec.VMID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS,
+		"sandbox": rec.VMID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS, "start": start,
 	}).Info("sandbox started")
 	return sb, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/mountopt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -50,12 +51,13 @@ type Container struct {
 
 // Shared is the shared directory tree of one sandbox.
 type Shared struct {
+	// mu serializes every mount change of the tree, and guards the
+	// tree's paths (which MoveDir changes).
+	mu      sync.Mutex
 	mounts  string
 	shared  string
 	staging string
 
-	// mu serializes every mount change of the tree.
-	mu sync.Mutex
 	// containers holds the IDs added and not removed; guarded by mu.
 	containers map[string]bool
 	// closed is guarded by mu.
@@ -145,7 +147,31 @@ func New(ctx context.Context, stateDir string) (_ *Shared, retErr error) {
 }
 
 // Dir is the host directory virtiofsd serves.
-func (s *Shared) Dir() string { return s.shared }
+func (s *Shared) Dir() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shared
+}
+
+// MoveDir runs rename, which renames the state directory dir that holds the
+// tree to newDir, with every mount change of the tree held; when rename
+// succeeds the tree is then known below newDir. The mounts below the
+// directory move with it (a rename moves mount points below the renamed
+// directory, never the directory itself, which is no mount point).
+func (s *Shared) MoveDir(dir, newDir string, rename func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("moving the shared directory: closed: %w", errdefs.ErrFailedPrecondition)
+	}
+	if err := rename(); err != nil {
+		return err
+	}
+	s.mounts = child.Rebase(s.mounts, dir, newDir)
+	s.shared = child.Rebase(s.shared, dir, newDir)
+	s.staging = child.Rebase(s.staging, dir, newDir)
+	return nil
+}
 
 // AddContainer mounts the container's root filesystem and bind volumes into
 // the shared tree and returns the spec for the guest: root.path and the bind

@@ -109,6 +109,7 @@ type Daemon struct {
 	started child.Process
 
 	mu sync.Mutex
+	// cfg's paths change in MoveDir, under mu; SocketPath reads them.
 	// state is guarded by mu.
 	state *os.ProcessState
 	// waitErr is guarded by mu.
@@ -359,7 +360,28 @@ func (d *Daemon) Done() <-chan struct{} { return d.done }
 func (d *Daemon) Output() string { return d.out.String() }
 
 // SocketPath is the daemon's vhost-user socket.
-func (d *Daemon) SocketPath() string { return d.cfg.SocketPath }
+func (d *Daemon) SocketPath() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.SocketPath
+}
+
+// MoveDir runs rename, which renames the directory dir to newDir, with the
+// daemon's log held (child.MoveLogs); when rename succeeds, the daemon's
+// paths below dir (socket, log, shared directory) are then below newDir.
+// The running daemon is not told: it serves the directory it opened, and
+// its socket is already connected.
+func (d *Daemon) MoveDir(dir, newDir string, rename func() error) error {
+	if err := child.MoveLogs(dir, newDir, rename, d.logFile); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cfg.SocketPath = child.Rebase(d.cfg.SocketPath, dir, newDir)
+	d.cfg.LogPath = child.Rebase(d.cfg.LogPath, dir, newDir)
+	d.cfg.SharedDir = child.Rebase(d.cfg.SharedDir, dir, newDir)
+	return nil
+}
 
 func (d *Daemon) exitString() string {
 	d.mu.Lock()
@@ -397,7 +419,7 @@ func (d *Daemon) Stop(ctx context.Context) error {
 			}
 		}
 	}
-	if err := os.Remove(d.cfg.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(d.SocketPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing virtiofsd socket: %w", err)
 	}
 	return nil

@@ -398,7 +398,7 @@ func (v *VM) checkFiles() error {
 // except the console log (console.log and console.log.1).
 func (v *VM) removeStateFiles() {
 	files := []string{v.qmpPath(), v.consoleSocketPath(), v.pidPath()}
-	if a := v.cfg.Agent; a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.cfg.StateDir {
+	if a := v.Agent(); a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.dir() {
 		files = append(files, a.SocketPath)
 	}
 	for _, f := range files {

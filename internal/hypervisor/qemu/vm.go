@@ -20,6 +20,7 @@ var (
 	_ hypervisor.Resizer = (*VM)(nil)
 
 	_ hypervisor.NetworkAdder = (*VM)(nil)
+	_ hypervisor.Relocator    = (*VM)(nil)
 )
 
 // state is where a VM is in its life:
@@ -45,7 +46,8 @@ func (s state) String() string {
 
 // VM is one QEMU virtual machine.
 type VM struct {
-	// Set by New, read-only after.
+	// Set by New, read-only after, but for cfg.StateDir, cfg.Agent and
+	// cfg.Filesystems' socket paths, which MoveStateDir changes under mu.
 	cfg      hypervisor.Config
 	opts     Options
 	layout   layout
@@ -147,12 +149,19 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 // where /dev/vhost-net does not open; where it opens, Start adds vhost=on
 // and the vhost-net descriptors to each NIC (see vhostnet.go).
 func (v *VM) Args() ([]string, error) {
-	return buildArgs(&v.cfg, v.layout), nil
+	v.mu.Lock()
+	cfg := v.cfg
+	v.mu.Unlock()
+	return buildArgs(&cfg, v.layout), nil
 }
 
 // Agent tells how to reach the agent: the config's endpoint with the
 // driver's defaults filled in.
-func (v *VM) Agent() hypervisor.AgentEndpoint { return v.cfg.Agent }
+func (v *VM) Agent() hypervisor.AgentEndpoint {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.cfg.Agent
+}
 
 // Done is closed when the QEMU process has exited.
 func (v *VM) Done() <-chan struct{} { return v.done }
@@ -207,7 +216,7 @@ func (v *VM) Describe() hypervisor.Description {
 		Accel:      v.layout.accel,
 		Machine:    v.layout.machine,
 		ConsoleLog: v.consolePath(),
-		StateDir:   v.cfg.StateDir,
+		StateDir:   v.dir(),
 		Cgroup:     cg,
 		Warnings:   append([]string(nil), v.warnings...),
 	}
@@ -217,12 +226,19 @@ func (v *VM) Describe() hypervisor.Description {
 	return d
 }
 
-func (v *VM) consolePath() string { return filepath.Join(v.cfg.StateDir, consoleLogName) }
-func (v *VM) consoleSocketPath() string {
-	return filepath.Join(v.cfg.StateDir, consoleSocketName)
+// dir is the VM's state directory now (see MoveStateDir).
+func (v *VM) dir() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.cfg.StateDir
 }
-func (v *VM) qmpPath() string    { return filepath.Join(v.cfg.StateDir, qmpSocketName) }
-func (v *VM) pidPath() string    { return filepath.Join(v.cfg.StateDir, pidFileName) }
+
+func (v *VM) consolePath() string { return filepath.Join(v.dir(), consoleLogName) }
+func (v *VM) consoleSocketPath() string {
+	return filepath.Join(v.dir(), consoleSocketName)
+}
+func (v *VM) qmpPath() string    { return filepath.Join(v.dir(), qmpSocketName) }
+func (v *VM) pidPath() string    { return filepath.Join(v.dir(), pidFileName) }
 func (v *VM) cgroupPath() string { return filepath.Join("/", v.opts.CgroupParent, v.cfg.ID) }
 
 // Pause stops the vCPUs.
