@@ -180,7 +180,7 @@ func formatStatus(st *api.StatusResponse) string {
 		if v.GetReady() {
 			state = "ready"
 		}
-		fmt.Fprintf(&b, "  %-22s %-8s pid %-8d age %s\n", v.GetId(), state, v.GetPid(), (time.Duration(v.GetAgeSeconds()*float64(time.Second))).Round(time.Second))
+		fmt.Fprintf(&b, "  %-22s %-8s pid %-8d age %s\n", v.GetId(), state, v.GetPid(), (time.Duration(v.GetAgeSeconds() * float64(time.Second))).Round(time.Second))
 	}
 	return b.String()
 }

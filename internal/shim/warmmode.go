@@ -173,4 +173,3 @@ func detachStdio() error {
 	}
 	return nil
 }
-
