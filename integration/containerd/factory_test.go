@@ -52,7 +52,7 @@ func startFactory(t testing.TB, d *daemon, vmCache int) *factoryProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logFile.Close()
+	defer func() { _ = logFile.Close() }()
 	f.cmd = exec.Command(filepath.Join(env.binDir, "hull"), "--config", filepath.Join(d.dir, "hull.toml"), "--log-level", "info",
 		"factory", "serve", "--shim", filepath.Join(env.shimDir, "containerd-shim-hull-v2"))
 	f.cmd.Stdout, f.cmd.Stderr = logFile, logFile
@@ -82,7 +82,7 @@ func (f *factoryProc) status(t testing.TB) (*api.StatusResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	return c.Status(ctx)
 }
 

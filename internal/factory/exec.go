@@ -46,13 +46,13 @@ func (e execStarter) start(ctx context.Context, id, socket string) (*process, er
 		return nil, fmt.Errorf("lifeline: %w", err)
 	}
 	ours, theirs := os.NewFile(uintptr(pair[0]), "lifeline"), os.NewFile(uintptr(pair[1]), "lifeline")
-	defer theirs.Close()
+	defer func() { _ = theirs.Close() }()
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		_ = ours.Close()
 		return nil, err
 	}
-	defer null.Close()
+	defer func() { _ = null.Close() }()
 	args := []string{WarmArg, "-id", id, "-socket", socket}
 	if e.configPath != "" {
 		args = append(args, "-config", e.configPath)

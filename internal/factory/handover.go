@@ -108,7 +108,7 @@ func Handoff(ctx context.Context, socket string, listener *os.File, h Handover) 
 		return 0, fmt.Errorf("dialing warm shim: %w", err)
 	}
 	conn := c.(*net.UnixConn)
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}

@@ -114,7 +114,7 @@ func TestHandoff(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer l.Close()
+		defer func() { _ = l.Close() }()
 		_ = l.(*net.UnixListener).SetDeadline(time.Now().Add(5 * time.Second))
 		go func() {
 			if c, err := net.Dial("unix", path); err == nil {
@@ -159,19 +159,29 @@ func TestHandoff(t *testing.T) {
 		}
 	})
 	t.Run("a descriptor that is not a listening socket is refused", func(t *testing.T) {
-		ws := startWarm(t, func(Handover, *os.File) error { return nil })
-		f, err := os.Open(os.DevNull)
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer f.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := Handoff(ctx, ws.socket, f, validHandover(t)); !errors.Is(err, ErrRefused) {
-			t.Fatalf("Handoff = %v, want ErrRefused", err)
+		connected := os.NewFile(uintptr(pair[0]), "connected")
+		defer func() { _ = connected.Close(); _ = unix.Close(pair[1]) }()
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if r := ws.wait(t); !errdefs.IsInvalidArgument(r.err) {
-			t.Fatalf("warm side: %v, want invalid argument", r.err)
+		defer func() { _ = null.Close() }()
+		for name, f := range map[string]*os.File{"not a socket": null, "a connected socket": connected} {
+			t.Run(name, func(t *testing.T) {
+				ws := startWarm(t, func(Handover, *os.File) error { return nil })
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if _, err := Handoff(ctx, ws.socket, f, validHandover(t)); !errors.Is(err, ErrRefused) {
+					t.Fatalf("Handoff = %v, want ErrRefused", err)
+				}
+				if r := ws.wait(t); !errdefs.IsInvalidArgument(r.err) {
+					t.Fatalf("warm side: %v, want invalid argument", r.err)
+				}
+			})
 		}
 	})
 	t.Run("a claimer out of time leaves the warm shim unclaimed", func(t *testing.T) {
@@ -220,7 +230,7 @@ func TestClaimOverTTRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	f := s.next(t)
 	if _, err := c.Claim(ctx, "c1"); !errdefs.IsNotFound(err) {
 		t.Fatalf("claim on an empty pool = %v, want not found", err)

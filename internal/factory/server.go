@@ -81,14 +81,14 @@ func Serve(ctx context.Context, o Options) (retErr error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // G302: a directory: search permission for root alone
 		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer func() { _ = lock.Close() }()
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("another factory holds %s: %w", lock.Name(), errdefs.ErrAlreadyExists)
 	}
@@ -102,7 +102,7 @@ func Serve(ctx context.Context, o Options) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("factory socket: %w", err)
 	}
-	defer os.Remove(c.Factory.Socket)
+	defer func() { _ = os.Remove(c.Factory.Socket) }()
 	cleanup := func(ctx context.Context, id string) error {
 		_ = os.Remove(filepath.Join(dir, id+".sock"))
 		return sandbox.Cleanup(ctx, stateRoot, id)
@@ -187,7 +187,7 @@ func Held(dir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return true, nil

@@ -177,7 +177,7 @@ func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, list
 	if err != nil || cfg.Factory.VMCache == 0 {
 		return 0, false
 	}
-	if _, err := os.Stat(cfg.Factory.Socket); err != nil {
+	if _, err := os.Stat(cfg.Factory.Socket); err != nil { //nolint:gosec // G703: the configuration's path
 		return 0, false
 	}
 	ns, err := namespaces.NamespaceRequired(ctx)
@@ -190,7 +190,7 @@ func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, list
 	if err != nil {
 		return 0, false
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	r, err := c.Claim(ctx, id)
 	if err != nil {
 		return 0, false

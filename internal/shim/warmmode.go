@@ -165,7 +165,7 @@ func detachStdio() error {
 	if err != nil {
 		return err
 	}
-	defer null.Close()
+	defer func() { _ = null.Close() }()
 	for fd := 0; fd <= 2; fd++ {
 		if err := unix.Dup3(int(null.Fd()), fd, 0); err != nil {
 			return err
