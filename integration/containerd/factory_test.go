@@ -188,10 +188,11 @@ func waitNone(t testing.TB, what string, limit time.Duration, list func() []stri
 	}
 }
 
-// TestFactory runs a container from the VM factory's cache with containerd
+// TestFactory runs containers from the VM factory's cache with containerd
 // 2: the pod takes the warm VM (a hit), prints its hostname, exits and
-// leaves nothing; the factory refills; killed with SIGKILL, the factory's
-// warm VM goes with it.
+// leaves nothing; the factory refills; a detached pod's shim runs in
+// containerd's cgroups and, removed, leaves nothing; killed with SIGKILL,
+// the factory's warm VM goes with it.
 func TestFactory(t *testing.T) {
 	containerdPath, ctrPath := daemonBinaries(t, "2")
 	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{assetsDir: factoryAssets()})
@@ -239,13 +240,46 @@ func TestFactory(t *testing.T) {
 	second := readyVM(st)
 	t.Logf("refilled: warm VM %s (shim %d)", second.Id, second.Pid)
 
+	// A running pod from the factory: its shim left the factory's cgroups
+	// for containerd's, as a cold shim is born there; removed, it leaves
+	// nothing.
+	const detached = "factory-detached"
+	d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, detached, "sleep", "600")
+	if st, err := f.status(t); err != nil || st.Hits != 2 {
+		t.Errorf("after the detached run: status %v (%v), want 2 hits", st, err)
+	}
+	shimCgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", second.Pid))
+	containerdCgroup, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", d.cmd.Process.Pid))
+	if len(shimCgroup) == 0 || string(shimCgroup) != string(containerdCgroup) {
+		t.Errorf("the claimed shim's cgroups:\n%s\ncontainerd's:\n%s", shimCgroup, containerdCgroup)
+	}
+	d.mustCtr(t, "task", "kill", "-s", "KILL", detached)
+	waitStatus(t, d, detached, "STOPPED")
+	d.mustCtr(t, "task", "delete", detached)
+	d.mustCtr(t, "container", "delete", detached)
+	waitNone(t, "the detached pod run from the factory", 30*time.Second, func() []string {
+		var left []string
+		factoryProcess := fmt.Sprintf("process %d:", f.cmd.Process.Pid)
+		for _, l := range d.leftovers() {
+			if !strings.Contains(l, "warm-") && !strings.HasPrefix(l, factoryProcess) {
+				left = append(left, l)
+			}
+		}
+		if alive(int(second.Pid)) {
+			left = append(left, fmt.Sprintf("claimed shim %d", second.Pid))
+		}
+		return left
+	})
+	st = f.waitReady(t, first.Id, second.Id)
+	third := readyVM(st)
+
 	// SIGKILL: the warm shim sees its lifeline end and stops its VM.
 	if err := f.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = f.cmd.Wait()
 	waitNone(t, "the killed factory's warm VM", 60*time.Second, func() []string {
-		return warmLeftovers(d, f, second.Pid)
+		return warmLeftovers(d, f, third.Pid)
 	})
 	d.checkClean(t)
 }

@@ -110,6 +110,10 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 
 	// A warm shim of the factory takes the socket, with its booted VM.
 	if pid, ok := claimWarm(ctx, id, bundle, opts, f); ok {
+		// Where a cold server would be born: out of the factory's
+		// cgroups, whose service may be stopped with its processes. Best
+		// effort: a shim left in the factory's cgroups serves all the same.
+		_ = factory.JoinCgroupsOfSelf(pid)
 		if err := shim.AdjustOOMScore(pid); err != nil {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			return "", fmt.Errorf("adjusting the shim server's OOM score: %w", err)
