@@ -8,15 +8,15 @@ import (
 )
 
 // BenchmarkFactoryCtrRun times `ctr run --rm <busybox> true` end to end
-// three ways on one containerd 2 daemon, in turn in each round: with runc,
-// with hull booting the pod's VM (cold), and with hull taking a warm VM
-// from a factory of one (cached); medians over -benchtime Nx rounds (make
+// three ways on one containerd 1.6 daemon (Debian's, as BenchmarkCtrRun),
+// in turn in each round: with runc, with hull booting the pod's VM (cold),
+// and with hull taking a warm VM from a factory of one (cached); medians over -benchtime Nx rounds (make
 // bench uses 5), with the ratios. Each round starts with the factory's VM
 // ready (the refill after the cached run is not timed), and the cold run
 // finds no factory socket (it is moved aside), so that neither run shares
 // the CPU with a warm VM's boot.
 func BenchmarkFactoryCtrRun(b *testing.B) {
-	containerdPath, ctrPath := daemonBinaries(b, "2")
+	containerdPath, ctrPath := daemonBinaries(b, "1.6")
 	d := startDaemonWith(b, containerdPath, ctrPath, daemonOptions{assetsDir: factoryAssets()})
 	f := startFactory(b, d, 1)
 	aside := f.socket + ".aside"
