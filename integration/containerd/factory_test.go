@@ -60,8 +60,14 @@ func startFactory(t testing.TB, d *daemon, vmCache int) *factoryProc {
 	if err := f.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Cgroups of the factory's own, as a service unit has: a claimed shim
+	// must leave them for containerd's.
+	own := ownCgroups(t, f.cmd.Process.Pid)
 	t.Cleanup(func() {
 		e2e.Stop(f.cmd, 30*time.Second)
+		for _, d := range own {
+			_ = os.Remove(d)
+		}
 		for _, cg := range cgroupDirs(f.cgParent) {
 			_ = os.Remove(cg)
 		}
@@ -71,6 +77,34 @@ func startFactory(t testing.TB, d *daemon, vmCache int) *factoryProc {
 		}
 	})
 	return f
+}
+
+// ownCgroups moves pid into cgroups of its own, in the memory and pids
+// hierarchies (cgroup v1) or the unified one, and returns their
+// directories.
+func ownCgroups(t testing.TB, pid int) []string {
+	t.Helper()
+	var dirs []string
+	for _, h := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err != nil {
+			continue
+		}
+		d := filepath.Join(h, fmt.Sprintf("hull-factory-e2e-proc-%d", pid))
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, d)
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(fmt.Sprint(pid)), 0); err != nil {
+			t.Fatal(err)
+		}
+		if h == "/sys/fs/cgroup" {
+			break // unified: the one hierarchy
+		}
+	}
+	if len(dirs) == 0 {
+		t.Fatal("no cgroup hierarchy to put the factory in")
+	}
+	return dirs
 }
 
 // status asks the factory for its status.
