@@ -87,9 +87,10 @@ func inCgroup(t *testing.T, rel string, pid int) bool {
 // eth0 and the grown memory; the state directory carries the pod's name
 // and the warm one is gone; QEMU and virtiofsd are in the pod's cgroup and
 // the warm cgroup is gone. Stop leaves nothing (the test configuration's
-// leak checks: no process, state directory, cgroup or mount). A pod whose
-// configuration the warm VM cannot meet is refused with ErrNotAdoptable,
-// and Stop then leaves nothing either.
+// leak checks: no process, state directory, cgroup or mount). An adoption
+// that fails midway, and a pod whose configuration the warm VM cannot meet
+// (refused with ErrNotAdoptable), leave a sandbox whose Stop leaves nothing
+// either.
 func TestAdoptWarmSandbox(t *testing.T) {
 	t.Run("adopted", func(t *testing.T) {
 		c := containerConfig(t)
@@ -176,6 +177,12 @@ func TestAdoptWarmSandbox(t *testing.T) {
 			t.Errorf("guest MemTotal %d MiB, want it grown to about 768", d.GetMemoryTotalBytes()>>20)
 		}
 
+		// The agent's lines after the move are the pod's, in its directory
+		// (the host's field, not the guest's "guest.sandbox").
+		if b, err := os.ReadFile(filepath.Join(wantDir, sandbox.AgentLogName)); err != nil || !strings.Contains(string(b), " sandbox="+pc.ID) {
+			t.Errorf("agent.log in the pod's directory (%v) has no line of sandbox %s:\n%s", err, pc.ID, b)
+		}
+
 		stopped = true
 		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
 			t.Errorf("stopping: %v", err)
@@ -193,6 +200,49 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		if dirs := cgroupDirs(pc.Cgroup.Path); len(dirs) > 0 {
 			t.Errorf("the pod cgroup is left: %v", dirs)
 		}
+	})
+
+	t.Run("fails midway", func(t *testing.T) {
+		c := testConfig(t)
+		c.Agent.Transport = "serial"
+		c.Hypervisor.QEMU.Machine = qemu.MachineQ35
+		ctx := withTimeout(t, 3*time.Minute)
+		sb, wc := startWarm(t, ctx, c)
+		stopped := false
+		t.Cleanup(func() {
+			if !stopped {
+				_ = sb.Stop(context.Background())
+			}
+		})
+		procs := sb.HostProcesses()
+		// A cgroup path the host refuses: the adoption fails after the
+		// state directory moved, before anything joined the pod's cgroup.
+		pc := adoptConfig(t, c, "midway-pod")
+		pc.Cgroup.Path = "/" + c.Runtime.CgroupParent + "/../escape"
+		err := sb.Adopt(ctx, pc)
+		if err == nil || errors.Is(err, sandbox.ErrNotAdoptable) || !strings.Contains(err.Error(), "move to pod cgroup") {
+			t.Fatalf("adopting with a refused cgroup path: got %v, want a failure at the cgroup move", err)
+		}
+		t.Logf("failed: %v", err)
+		if dir := sandbox.StateDir(c.Runtime.StateDir, pc.ID); sb.StateDir() != dir {
+			t.Errorf("state directory %s, want the pod's %s", sb.StateDir(), dir)
+		}
+		if !inCgroup(t, wc.Cgroup.Path, procs["vmm"].PID) {
+			t.Error("qemu left the warm cgroup")
+		}
+		stopped = true
+		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
+			t.Errorf("stopping: %v", err)
+		}
+		for name, p := range procs {
+			if processAlive(p.PID) {
+				t.Errorf("%s %d alive after stop", name, p.PID)
+			}
+		}
+		if dirs := cgroupDirs(wc.Cgroup.Path); len(dirs) > 0 {
+			t.Errorf("the warm cgroup is left: %v", dirs)
+		}
+		// testConfig's checks: nothing left in the state root.
 	})
 
 	t.Run("not adoptable", func(t *testing.T) {

@@ -184,6 +184,15 @@ func Dial(ctx context.Context, ep hypervisor.AgentEndpoint, o Options) (_ *Clien
 	return c, nil
 }
 
+// SetLog sends the agent's log lines to e from now on (Options.Log): a
+// sandbox that changes hands (a VM factory's warm VM adopted by a pod)
+// relabels them. Without a log stream it does nothing.
+func (c *Client) SetLog(e *log.Entry) {
+	if c.logs != nil && e != nil {
+		c.logs.to.Store(e)
+	}
+}
+
 // DroppedLogLines is how many lines of the agent's log the host dropped
 // because the agent logged faster than the relay's rate limit (a few
 // hundred lines a second, with a burst of a thousand). Zero without a log

@@ -46,9 +46,10 @@ const (
 )
 
 // logRelay re-logs the agent's log stream on the host. Only the goroutine
-// that runs forward uses its fields, except dropped.
+// that runs forward uses its fields, except dropped and to.
 type logRelay struct {
-	to  *log.Entry
+	// to is where the lines go; SetLog changes it from any goroutine.
+	to  atomic.Pointer[log.Entry]
 	now func() time.Time
 
 	// tokens and last are the rate limit's bucket.
@@ -64,7 +65,8 @@ type logRelay struct {
 }
 
 func newLogRelay(to *log.Entry) *logRelay {
-	r := &logRelay{to: to, now: time.Now, tokens: logBurst}
+	r := &logRelay{now: time.Now, tokens: logBurst}
+	r.to.Store(to)
 	r.last = r.now()
 	return r
 }
@@ -116,7 +118,7 @@ func (r *logRelay) allow() bool {
 
 // summary logs how many lines were dropped since the last summary.
 func (r *logRelay) summary() {
-	r.to.WithField("source", "agent").WithField("dropped", r.pending).WithField("dropped_total", r.dropped.Load()).
+	r.to.Load().WithField("source", "agent").WithField("dropped", r.pending).WithField("dropped_total", r.dropped.Load()).
 		Warn("agent log lines dropped: the agent logs faster than the host relays")
 	r.pending, r.lastSummary = 0, r.now()
 }
@@ -135,7 +137,7 @@ func (r *logRelay) line(b []byte, long bool) {
 		r.summary()
 	}
 	level, msg, fields := relogEntry(b, long)
-	r.to.WithFields(fields).Log(level, msg)
+	r.to.Load().WithFields(fields).Log(level, msg)
 }
 
 // relog re-logs one line through to, without rate limit.

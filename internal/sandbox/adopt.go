@@ -318,14 +318,22 @@ func (s *Sandbox) moveStateDir(cfg Config) error {
 		inner := move
 		move = func() error { return d.MoveDir(old, dir, inner) }
 	}
+	// The span relay names the sandbox: it stops before the ID changes,
+	// and starts again under the pod's ID, through the pod's exporter (a
+	// failed adoption leaves it stopped; Stop is next). The guest keeps
+	// the spans meanwhile.
+	relay := s.guestSpans != nil && cfg.Tracing != nil
+	if relay {
+		s.endRelay()
+	}
 	if err := r.MoveStateDir(dir, move); err != nil {
 		return err
 	}
 	s.id, s.stateDir = cfg.ID, dir
-	// The guest's spans go out under the pod's ID, through the pod's
-	// exporter.
-	if s.guestSpans != nil && cfg.Tracing != nil {
-		s.endRelay()
+	if s.client != nil {
+		s.client.SetLog(s.agentLogEntry(cfg.ID))
+	}
+	if relay {
 		s.startRelay(cfg.Tracing)
 	}
 	return writeRecord(dir, s.record())

@@ -244,7 +244,7 @@ func TestOOMLoopDropsForeignIDs(t *testing.T) {
 		a.ooms <- "../../someone-else"
 	}
 	a.ooms <- "mine"
-	go s.oomLoop()
+	go s.oomLoop(s.id)
 	select {
 	case id := <-s.OOMEvents():
 		if id != "mine" {

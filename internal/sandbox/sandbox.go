@@ -351,7 +351,7 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 	if err := s.transition(StateRunning); err != nil {
 		return nil, err
 	}
-	go s.oomLoop()
+	go s.oomLoop(s.id)
 	return s, nil
 }
 
@@ -451,8 +451,7 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 				CallTimeout: cfg.CallTimeout,
 				Abort:       s.vm.Done(),
 				ObserveRPC:  s.observeRPC,
-				// The agent's lines are the sandbox's, not this request's.
-				Log: log.G(s.bg).WithField(tracing.LogSandbox, cfg.ID),
+				Log:         s.agentLogEntry(cfg.ID),
 			}
 			if cfg.Tracing != nil {
 				o.TracerProvider = cfg.Tracing.TracerProvider()
@@ -464,7 +463,7 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 				}
 				undo.push(func(context.Context) error { return lf.Close() })
 				s.agentLog = lf
-				o.Log = teeLog(o.Log, lf)
+				o.Log = s.agentLogEntry(cfg.ID)
 			}
 			c, err := agentclient.Dial(ctx, s.vm.Agent(), o)
 			if err != nil {
@@ -541,6 +540,16 @@ func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.C
 	}
 	vc.KernelParams = append(params, vc.KernelParams...)
 	return vc
+}
+
+// agentLogEntry is where the agent's log lines go for the sandbox id: the
+// sandbox's log (not a request's), and its agent.log when it keeps one.
+func (s *Sandbox) agentLogEntry(id string) *log.Entry {
+	e := log.G(s.bg).WithField(tracing.LogSandbox, id)
+	if s.agentLog != nil {
+		e = teeLog(e, s.agentLog)
+	}
+	return e
 }
 
 // setObserver makes f the observer of the sandbox's agent calls (nil:

@@ -122,10 +122,12 @@ func (s *Sandbox) OOMEvents() <-chan string { return s.oom }
 // oomLoop keeps one WaitOOM call outstanding for the life of the sandbox.
 // However fast the guest answers, it asks at most oomPerLoop times per
 // oomWindow.
-func (s *Sandbox) oomLoop() {
+// Its log lines name the sandbox by id, its ID when the loop started
+// (an adoption changes the ID while the loop runs).
+func (s *Sandbox) oomLoop(id string) {
 	defer close(s.oom)
 	ctx := s.bg
-	logger := log.G(ctx).WithField("sandbox", s.id)
+	logger := log.G(ctx).WithField("sandbox", id)
 	delay := 100 * time.Millisecond
 	f := oomFilter{owned: s.liveContainer, logger: logger}
 	pace := window{n: oomPerLoop, period: oomWindow}
