@@ -164,6 +164,10 @@ protos: tools ## Generate Go code from api/**/*.proto.
 		--go_out=. --go_opt=module=github.com/hull-runtime/hull \
 		--go-ttrpc_out=. --go-ttrpc_opt=module=github.com/hull-runtime/hull \
 		api/agent/v1/*.proto
+	protoc -I api/factory/v1 -I /usr/include \
+		--go_out=. --go_opt=module=github.com/hull-runtime/hull \
+		--go-ttrpc_out=. --go-ttrpc_opt=module=github.com/hull-runtime/hull \
+		api/factory/v1/*.proto
 
 .PHONY: check-protos
 check-protos: protos ## Fail when the generated code differs from the committed one.

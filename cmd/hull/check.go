@@ -182,6 +182,7 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 			add("debug shell", statusOK, "%s", debugShellDetail(m))
 		}
 	}
+	rs = append(rs, factoryCheck(ctx, c))
 	return rs
 }
 

@@ -16,18 +16,6 @@ import (
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
-// newFactoryCommand is the parent of the commands that prepare faster VM
-// starts.
-func newFactoryCommand(g *globalFlags) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "factory",
-		Short: "Prepare VMs that start faster than a boot",
-		Args:  cobra.NoArgs,
-	}
-	cmd.AddCommand(newFactoryTemplateCommand(g))
-	return cmd
-}
-
 func newFactoryTemplateCommand(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "template",

@@ -64,6 +64,8 @@ type daemonOptions struct {
 	// containerd is added to containerd's own configuration (plugin
 	// tables).
 	containerd string
+	// tables are more tables, appended after [runtime].
+	tables string
 }
 
 // hullConfig is the hull configuration of the daemon with o.
@@ -75,8 +77,8 @@ func (d *daemon) hullConfig(o daemonOptions) string {
 	for i, p := range o.kernelParams {
 		params[i] = strconv.Quote(p)
 	}
-	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n%s[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n%s",
-		strings.Join(params, ", "), strings.Join(append(o.hypervisor, ""), "\n"), o.assetsDir, d.stateRoot, o.runtime)
+	return fmt.Sprintf("[hypervisor]\nkernel_params = [%s]\n%s[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n%s\n%s",
+		strings.Join(params, ", "), strings.Join(append(o.hypervisor, ""), "\n"), o.assetsDir, d.stateRoot, o.runtime, o.tables)
 }
 
 // setHullConfig rewrites the hull configuration, which every shim started

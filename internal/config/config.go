@@ -216,9 +216,23 @@ type Tracing struct {
 	SamplingRatio float64 `toml:"sampling_ratio"`
 }
 
-// Factory configures how pod VMs start faster than a boot: the VM
-// factory's warm sandboxes and VM templates.
+// Factory configures how pod VMs start faster than a boot: the VM factory
+// (`hull factory serve`, docs/factory.md), a pool of shims each holding a
+// booted VM, which pod starts take instead of booting one; and VM templates.
 type Factory struct {
+	// VMCache is how many booted VMs the factory keeps ready; 0 turns the
+	// factory off (`hull factory serve` refuses to run, shims never ask).
+	VMCache uint32 `toml:"vm_cache"`
+	// Socket is the factory's ttRPC socket, which the shim's start asks
+	// for a VM; the warm shims' control sockets are in its directory.
+	Socket string `toml:"socket"`
+	// CgroupParent is the cgroup under which each warm VM gets its own
+	// until a pod takes it (then it moves to the pod's).
+	CgroupParent string `toml:"cgroup_parent"`
+	// ClaimTimeout bounds the shim's whole claim of a warm VM, from its
+	// dial of the factory to the warm shim's acknowledgement; past it the
+	// shim boots a VM of its own.
+	ClaimTimeout Duration `toml:"claim_timeout"`
 	// Template starts a pod's VM from a saved VM template of its VM
 	// configuration (`hull factory template create`) instead of booting;
 	// without one for the configuration, the VM boots, with a warning.
@@ -239,6 +253,13 @@ type Factory struct {
 	// pod's first container finds the guest's container path already run.
 	WarmUp bool `toml:"warm_up"`
 }
+
+// MaxFactoryVMCache bounds factory.vm_cache.
+const MaxFactoryVMCache = 64
+
+// MaxFactorySocketLen bounds factory.socket: the warm shims' sockets,
+// <dir>/warm-<16 hex>.sock, must fit a unix socket path (107 bytes).
+const MaxFactorySocketLen = 80
 
 // Duration is a time.Duration written as a Go duration string ("5s").
 type Duration struct{ time.Duration }
@@ -308,6 +329,9 @@ func Defaults() *Config {
 			SamplingRatio: 1,
 		},
 		Factory: Factory{
+			Socket:         "/run/hull-factory/factory.sock",
+			CgroupParent:   "hull-factory",
+			ClaimTimeout:   Duration{2 * time.Second},
 			TemplateMemory: "private",
 			TemplateDir:    "/var/lib/hull/templates",
 			WarmUp:         true,
@@ -512,6 +536,24 @@ func (c *Config) Validate() error {
 		bad("tracing.sampling_ratio", "%v is outside 0..1", tr.SamplingRatio)
 	}
 	fa := c.Factory
+	if fa.VMCache > MaxFactoryVMCache {
+		bad("factory.vm_cache", "%d is above %d", fa.VMCache, MaxFactoryVMCache)
+	}
+	if !filepath.IsAbs(fa.Socket) || filepath.Clean(fa.Socket) != fa.Socket || len(fa.Socket) > MaxFactorySocketLen {
+		bad("factory.socket", "%q must be a clean absolute path of at most %d bytes", fa.Socket, MaxFactorySocketLen)
+	} else if d := filepath.Dir(fa.Socket); d == filepath.Clean(r.StateDir) || strings.HasPrefix(d, filepath.Clean(r.StateDir)+"/") {
+		// Every directory under the state root is taken for a sandbox's.
+		bad("factory.socket", "%q must not be below runtime.state_dir", fa.Socket)
+	}
+	if fa.CgroupParent == "" || strings.Contains(fa.CgroupParent, "..") || filepath.IsAbs(fa.CgroupParent) {
+		bad("factory.cgroup_parent", "%q must be a relative cgroup path without ..", fa.CgroupParent)
+	}
+	if fa.ClaimTimeout.Duration <= 0 || fa.ClaimTimeout.Duration > time.Minute {
+		bad("factory.claim_timeout", "%s is outside (0, 1m]", fa.ClaimTimeout)
+	}
+	if fa.VMCache > 0 && c.Hypervisor.QEMU.Machine != "q35" {
+		bad("factory.vm_cache", "warm VMs need the q35 machine (hypervisor.qemu.machine), which hot-adds the network of the pod that takes one")
+	}
 	oneOf("factory.template_memory", fa.TemplateMemory, "private", "shared")
 	if !filepath.IsAbs(fa.TemplateDir) || filepath.Clean(fa.TemplateDir) != fa.TemplateDir {
 		bad("factory.template_dir", "%q is not a clean absolute path", fa.TemplateDir)

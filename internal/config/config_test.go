@@ -56,18 +56,24 @@ func TestParse(t *testing.T) {
 		{name: "bad duration", doc: "[agent]\ndial_timeout = \"soon\"\n", wantErr: []string{"line 2"}},
 		{name: "wrong type", doc: "[hypervisor]\nvcpus = \"two\"\n", wantErr: []string{"line 2"}},
 		{name: "malformed toml", doc: "[hypervisor\n", wantErr: []string{"line 1"}},
+		{name: "factory cache too big", doc: "[factory]\nvm_cache = 65\n", wantErr: []string{"factory.vm_cache: 65 is above 64"}},
+		{name: "factory socket relative", doc: "[factory]\nsocket = \"f.sock\"\n", wantErr: []string{"factory.socket"}},
+		{name: "factory socket in state dir", doc: "[factory]\nsocket = \"/run/hull/f/f.sock\"\n", wantErr: []string{"must not be below runtime.state_dir"}},
+		{name: "factory claim timeout", doc: "[factory]\nclaim_timeout = \"0s\"\n", wantErr: []string{"factory.claim_timeout"}},
 		{name: "tracing protocol", doc: "[tracing]\nprotocol = \"zipkin\"\n", wantErr: []string{`tracing.protocol: "zipkin" is not one of grpc, http`}},
 		{name: "tracing endpoint without scheme", doc: "[tracing]\nendpoint = \"collector:4317\"\n", wantErr: []string{"tracing.endpoint"}},
 		{name: "tracing sampling ratio", doc: "[tracing]\nsampling_ratio = 1.5\n", wantErr: []string{"tracing.sampling_ratio: 1.5 is outside 0..1"}},
 		{name: "factory template memory", doc: "[factory]\ntemplate_memory = \"ksm\"\n", wantErr: []string{`factory.template_memory: "ksm" is not one of private, shared`}},
 		{name: "factory template dir", doc: "[factory]\ntemplate_dir = \"templates\"\n", wantErr: []string{"factory.template_dir"}},
 		{name: "factory template over vsock", doc: "[agent]\ntransport = \"vsock\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the serial agent transport"}},
+		{name: "factory vm cache on microvm", doc: "[hypervisor.qemu]\nmachine = \"microvm\"\n[factory]\nvm_cache = 1\n", wantErr: []string{"factory.vm_cache: warm VMs need the q35 machine"}},
 		{name: "factory template on microvm", doc: "[hypervisor.qemu]\nmachine = \"microvm\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the q35 machine"}},
 		{
 			name: "factory templates on",
 			doc:  "[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = \"/run/hull/templates\"\n",
 			check: func(t *testing.T, c *Config) {
-				want := Factory{Template: true, TemplateMemory: "shared", TemplateDir: "/run/hull/templates", WarmUp: true}
+				want := Defaults().Factory
+				want.Template, want.TemplateMemory, want.TemplateDir = true, "shared", "/run/hull/templates"
 				if c.Factory != want {
 					t.Fatalf("factory = %+v, want %+v", c.Factory, want)
 				}

@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
 
+	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/factory"
 	"github.com/hull-runtime/hull/internal/ocispec"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -107,6 +109,19 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	// The server gets its own copy of the descriptor; ours is only passed on.
 	defer func() { _ = f.Close() }()
 
+	// A warm shim of the factory takes the socket, with its booted VM.
+	if pid, ok := claimWarm(ctx, id, bundle, opts, f); ok {
+		// Where a cold server would be born: out of the factory's
+		// cgroups, whose service may be stopped with its processes. Best
+		// effort: a shim left in the factory's cgroups serves all the same.
+		_ = factory.JoinCgroupsOfSelf(pid)
+		if err := shim.AdjustOOMScore(pid); err != nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			return "", fmt.Errorf("adjusting the shim server's OOM score: %w", err)
+		}
+		return address, nil
+	}
+
 	cmd, err := serverCommand(ctx, id, bundle, opts)
 	if err != nil {
 		return "", err
@@ -138,15 +153,59 @@ func serverCommand(ctx context.Context, id, bundle string, opts shim.StartOpts) 
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"-namespace", ns, "-id", id, "-address", opts.Address}
-	if opts.Debug {
-		args = append(args, "-debug")
-	}
-	cmd := exec.Command(self, args...)
+	cmd := exec.Command(self, serverArgs(ns, id, opts.Address, opts.Debug)...)
 	cmd.Dir = bundle
 	// Its own process group: a signal to containerd's group is not for it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return cmd, nil
+}
+
+// serverArgs are the shim server's flags.
+func serverArgs(ns, id, address string, debug bool) []string {
+	args := []string{"-namespace", ns, "-id", id, "-address", address}
+	if debug {
+		args = append(args, "-debug")
+	}
+	return args
+}
+
+// claimWarm asks the factory, when the configuration (from $HULL_CONFIG or
+// the search path: `start` gets no runtime options) turns it on and its
+// socket exists, for a warm shim, and hands it the listening socket
+// listener: the shim serves the pod from then on, with the VM it booted.
+// It returns the shim's PID, or false for a miss (factory off, absent,
+// empty, failing or slower than factory.claim_timeout), on which the
+// caller starts a cold server; a miss leaves no warm shim serving.
+// Nothing is logged: `start` may write nothing but the address.
+func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, listener *os.File) (int, bool) {
+	cfg, err := config.Load(os.Getenv(ConfigEnv))
+	if err != nil || cfg.Factory.VMCache == 0 {
+		return 0, false
+	}
+	if _, err := os.Stat(cfg.Factory.Socket); err != nil { //nolint:gosec // G703: the configuration's path
+		return 0, false
+	}
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Factory.ClaimTimeout.Duration)
+	defer cancel()
+	c, err := factory.Dial(ctx, cfg.Factory.Socket)
+	if err != nil {
+		return 0, false
+	}
+	defer func() { _ = c.Close() }()
+	r, err := c.Claim(ctx, id)
+	if err != nil {
+		return 0, false
+	}
+	h := factory.Handover{Namespace: ns, ID: id, Address: opts.Address, Debug: opts.Debug, Bundle: bundle, Env: os.Environ()}
+	pid, err := factory.Handoff(ctx, r.GetControlSocket(), listener, h)
+	if err != nil {
+		return 0, false
+	}
+	return pid, true
 }
 
 // Stop is `containerd-shim-hull-v2 delete`, which containerd runs in the

@@ -1,0 +1,290 @@
+package factory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	api "github.com/hull-runtime/hull/api/factory/v1"
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// ErrEmpty is a claim on a pool with no ready warm shim.
+var ErrEmpty = fmt.Errorf("no warm VM ready: %w", errdefs.ErrNotFound)
+
+// Backoff bounds of the refill after warm shims failed in a row.
+const (
+	minBackoff = time.Second
+	maxBackoff = time.Minute
+)
+
+// process is a started warm shim as the pool sees it.
+type process struct {
+	pid int
+	// ready receives one value: nil once the shim can be claimed, or why
+	// it never will be.
+	ready <-chan error
+	// exited is closed when the shim exited.
+	exited <-chan struct{}
+	// release closes the factory's end of the lifeline: a shim not yet
+	// claimed stops its VM and exits.
+	release func()
+}
+
+// startFunc starts the warm shim id, with its control socket at socket.
+type startFunc func(ctx context.Context, id, socket string) (*process, error)
+
+// cleanupFunc removes what the warm sandbox id left (its VM, virtiofsd,
+// cgroup, state directory): the crash cleanup `shim delete` runs.
+type cleanupFunc func(ctx context.Context, id string) error
+
+// warm is one warm shim of the pool.
+type warm struct {
+	id, socket string
+	started    time.Time
+	p          *process
+	// ready and claimed are guarded by the pool's mu.
+	ready, claimed bool
+}
+
+// Pool keeps Wanted warm shims, refilling it as they are claimed or die.
+// It owns the warm sandboxes' state until each is claimed; a shim that
+// exits unclaimed (and one claimed that never adopted its sandbox) has its
+// state cleaned up by the pool.
+type Pool struct {
+	wanted      int
+	dir         string
+	start       startFunc
+	cleanup     cleanupFunc
+	bootTimeout time.Duration
+
+	// bg is the pool's process-lifetime context, set by Run.
+	bg context.Context
+	wg sync.WaitGroup
+
+	mu sync.Mutex
+	// shims are the warm shims not claimed, by ID; order lists their IDs
+	// oldest first. Guarded by mu.
+	shims map[string]*warm
+	order []string
+	// closing is set once Run's context ended; guarded by mu.
+	closing bool
+	// failures counts the warm shims that failed in a row, and retryAt
+	// is when the refill may start another after them; guarded by mu.
+	failures int
+	retryAt  time.Time
+	// Counters, guarded by mu.
+	hits, misses, refillErrors uint64
+	lastError                  string
+}
+
+// newPool makes a pool of wanted warm shims whose control sockets are in
+// dir.
+func newPool(wanted int, dir string, start startFunc, cleanup cleanupFunc, bootTimeout time.Duration) *Pool {
+	return &Pool{
+		wanted: wanted, dir: dir, start: start, cleanup: cleanup, bootTimeout: bootTimeout,
+		shims: map[string]*warm{},
+	}
+}
+
+// Run fills the pool and keeps it full until ctx ends; then it releases
+// the warm shims not claimed, waits for them to exit and cleans up after
+// them.
+func (p *Pool) Run(ctx context.Context) {
+	p.mu.Lock()
+	p.bg = ctx
+	p.mu.Unlock()
+	p.fill()
+	<-ctx.Done()
+	p.mu.Lock()
+	p.closing = true
+	shims := make([]*warm, 0, len(p.shims))
+	for _, w := range p.shims {
+		shims = append(shims, w)
+	}
+	p.mu.Unlock()
+	for _, w := range shims {
+		w.p.release()
+	}
+	// Each stops its VM on its own; what one left (killed while it
+	// stopped) is cleaned up here.
+	for _, w := range shims {
+		<-w.p.exited
+		p.cleanupNow(w.id)
+	}
+	p.wg.Wait()
+}
+
+// fill starts warm shims until the pool has wanted of them, unless the
+// refill backs off after failures (then it tries again when the backoff
+// ends).
+func (p *Pool) fill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing || p.bg == nil {
+		return
+	}
+	if wait := time.Until(p.retryAt); wait > 0 {
+		time.AfterFunc(wait, p.fill)
+		return
+	}
+	for len(p.shims) < p.wanted {
+		id, err := sandbox.NewWarmID()
+		if err != nil {
+			p.failedLocked(err)
+			time.AfterFunc(time.Until(p.retryAt), p.fill)
+			return
+		}
+		w := &warm{id: id, socket: filepath.Join(p.dir, id+".sock"), started: time.Now()}
+		proc, err := p.start(p.bg, id, w.socket)
+		if err != nil {
+			p.failedLocked(fmt.Errorf("starting warm shim %s: %w", id, err))
+			p.cleanupLater(id)
+			time.AfterFunc(time.Until(p.retryAt), p.fill)
+			return
+		}
+		w.p = proc
+		p.shims[id] = w
+		p.order = append(p.order, id)
+		go p.watch(w)
+	}
+}
+
+// failedLocked counts a refill error and backs the refill off; p.mu held.
+func (p *Pool) failedLocked(err error) {
+	p.refillErrors++
+	p.lastError = err.Error()
+	p.failures++
+	backoff := min(minBackoff<<min(p.failures-1, 10), maxBackoff)
+	p.retryAt = time.Now().Add(backoff)
+	log.G(p.bg).WithError(err).WithField("retry_in", backoff).Warn("warm VM refill failed")
+}
+
+// cleanupLater cleans up after the warm sandbox id in the background.
+func (p *Pool) cleanupLater(id string) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.cleanupNow(id)
+	}()
+}
+
+// cleanupNow cleans up after the warm sandbox id.
+func (p *Pool) cleanupNow(id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.bg), time.Minute)
+	defer cancel()
+	if err := p.cleanup(ctx, id); err != nil {
+		log.G(ctx).WithError(err).WithField("warm", id).Warn("cleaning up a warm VM")
+	}
+}
+
+// watch follows w from its start to its exit. Not counted in p.wg: a
+// claimed shim lives on after the factory.
+func (p *Pool) watch(w *warm) {
+	timer := time.NewTimer(p.bootTimeout)
+	defer timer.Stop()
+	var bootErr error
+	select {
+	case bootErr = <-w.p.ready:
+	case <-timer.C:
+		bootErr = fmt.Errorf("not ready after %s", p.bootTimeout)
+	case <-w.p.exited:
+		bootErr = errors.New("exited before it was ready")
+	}
+	p.mu.Lock()
+	if bootErr == nil {
+		w.ready = true
+		p.failures = 0
+		log.G(p.bg).WithFields(log.Fields{"warm": w.id, "pid": w.p.pid, "took": time.Since(w.started).Round(time.Millisecond)}).Info("warm VM ready")
+	} else if !w.claimed {
+		p.failedLocked(fmt.Errorf("warm shim %s: %w", w.id, bootErr))
+	}
+	p.mu.Unlock()
+	if bootErr != nil {
+		w.p.release()
+	}
+
+	<-w.p.exited
+	p.mu.Lock()
+	claimed, closing := w.claimed, p.closing
+	if !claimed {
+		p.removeLocked(w.id)
+		if bootErr == nil && !p.closing {
+			p.failedLocked(fmt.Errorf("warm shim %s exited unclaimed", w.id))
+		}
+	}
+	p.mu.Unlock()
+	// A claimed shim's sandbox is the pod's once it adopted it (and then
+	// no longer has the warm ID); what still has the warm ID was never
+	// adopted, and is the pool's to clean up. Once the pool closes, Run
+	// cleans up after the shims it released.
+	if claimed || !closing {
+		p.cleanupNow(w.id)
+	}
+	if !claimed {
+		p.fill()
+	}
+}
+
+// removeLocked takes id out of the pool; p.mu held.
+func (p *Pool) removeLocked(id string) {
+	delete(p.shims, id)
+	for i, o := range p.order {
+		if o == id {
+			p.order = append(p.order[:i], p.order[i+1:]...)
+			break
+		}
+	}
+}
+
+// Claim takes the oldest ready warm shim out of the pool and starts a
+// refill. An empty pool is ErrEmpty (a miss).
+func (p *Pool) Claim(ctx context.Context, forID string) (id, socket string, err error) {
+	p.mu.Lock()
+	var w *warm
+	for _, o := range p.order {
+		if s := p.shims[o]; s.ready {
+			w = s
+			break
+		}
+	}
+	if w == nil || p.closing {
+		p.misses++
+		p.mu.Unlock()
+		log.G(ctx).WithField("for", forID).Info("claim missed: no warm VM ready")
+		return "", "", ErrEmpty
+	}
+	w.claimed = true
+	p.removeLocked(w.id)
+	p.hits++
+	p.mu.Unlock()
+	log.G(ctx).WithFields(log.Fields{"warm": w.id, "for": forID}).Info("warm VM claimed")
+	go p.fill()
+	return w.id, w.socket, nil
+}
+
+// Status describes the pool.
+func (p *Pool) Status() *api.StatusResponse {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := &api.StatusResponse{
+		Wanted: uint32(p.wanted), Hits: p.hits, Misses: p.misses,
+		RefillErrors: p.refillErrors, LastError: p.lastError,
+	}
+	for _, id := range p.order {
+		w := p.shims[id]
+		if w.ready {
+			r.Ready++
+		} else {
+			r.Booting++
+		}
+		r.Vms = append(r.Vms, &api.WarmVM{Id: w.id, Ready: w.ready, AgeSeconds: time.Since(w.started).Seconds(), Pid: uint32(w.p.pid)})
+	}
+	return r
+}

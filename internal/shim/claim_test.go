@@ -1,0 +1,182 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+
+	api "github.com/hull-runtime/hull/api/factory/v1"
+	"github.com/hull-runtime/hull/internal/factory"
+)
+
+// fakeFactory answers Claim with a control socket, or with err.
+type fakeFactory struct {
+	socket string
+	err    error
+}
+
+func (f fakeFactory) Claim(context.Context, *api.ClaimRequest) (*api.ClaimResponse, error) {
+	if f.err != nil {
+		return nil, errgrpc.ToGRPC(f.err)
+	}
+	return &api.ClaimResponse{WarmId: "warm-0000000000000000", ControlSocket: f.socket}, nil
+}
+
+func (fakeFactory) Status(context.Context, *api.StatusRequest) (*api.StatusResponse, error) {
+	return &api.StatusResponse{}, nil
+}
+
+// TestClaimWarmMisses checks that every way a claim can fail is a miss
+// (the caller starts a cold server), within factory.claim_timeout.
+func TestClaimWarmMisses(t *testing.T) {
+	dir := t.TempDir()
+	factorySocket := filepath.Join(dir, "factory.sock")
+	writeConfig := func(vmCache int) {
+		t.Helper()
+		cfg := filepath.Join(dir, "hull.toml")
+		body := fmt.Sprintf("[factory]\nvm_cache = %d\nsocket = %q\nclaim_timeout = \"300ms\"\n", vmCache, factorySocket)
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv(ConfigEnv, cfg)
+	}
+	// A warm shim that accepts the hand-over and never answers.
+	silent := filepath.Join(dir, "silent.sock")
+	sl, err := net.Listen("unixpacket", silent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sl.Close() }()
+	go func() {
+		for {
+			c, err := sl.Accept()
+			if err != nil {
+				return
+			}
+			defer func() { _ = c.Close() }()
+		}
+	}()
+	serve := func(f fakeFactory) func() {
+		t.Helper()
+		srv, err := ttrpc.NewServer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		api.RegisterFactoryService(srv, f)
+		l, err := net.Listen("unix", factorySocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = srv.Serve(context.Background(), l) }()
+		return func() { _ = srv.Close(); _ = os.Remove(factorySocket) }
+	}
+	listener, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = listener.Close() }()
+	ctx := namespaces.WithNamespace(context.Background(), "default")
+	opts := shim.StartOpts{Address: "/run/containerd/containerd.sock"}
+
+	cases := []struct {
+		name  string
+		setup func() func()
+	}{
+		{"factory off", func() func() { writeConfig(0); return serve(fakeFactory{socket: silent}) }},
+		{"factory absent", func() func() { writeConfig(1); return func() {} }},
+		{"pool empty", func() func() { writeConfig(1); return serve(fakeFactory{err: errdefs.ErrNotFound}) }},
+		{"warm shim gone", func() func() {
+			writeConfig(1)
+			return serve(fakeFactory{socket: filepath.Join(dir, "gone.sock")})
+		}},
+		{"warm shim silent past the timeout", func() func() { writeConfig(1); return serve(fakeFactory{socket: silent}) }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			stop := c.setup()
+			defer stop()
+			start := time.Now()
+			if pid, ok := claimWarm(ctx, "c1", dir, opts, listener); ok {
+				t.Fatalf("claim succeeded (pid %d), want a miss", pid)
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Fatalf("the miss took %s, past a claim_timeout of 300ms", took)
+			}
+		})
+	}
+}
+
+// TestClaimWarmHit checks the claim that succeeds: the warm shim gets the
+// listening socket and the server's parameters, and claimWarm its PID.
+func TestClaimWarmHit(t *testing.T) {
+	dir := t.TempDir()
+	factorySocket := filepath.Join(dir, "factory.sock")
+	cfg := filepath.Join(dir, "hull.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[factory]\nvm_cache = 1\nsocket = %q\n", factorySocket)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(ConfigEnv, cfg)
+
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lifeline := os.NewFile(uintptr(pair[0]), "factory")
+	defer func() { _ = lifeline.Close() }()
+	w, wctx := factory.Warm(context.Background(), os.NewFile(uintptr(pair[1]), "lifeline"))
+	control := filepath.Join(dir, "warm.sock")
+	if err := w.Listen(control); err != nil {
+		t.Fatal(err)
+	}
+	claimed := make(chan *factory.Claim, 1)
+	go func() {
+		c, err := w.Wait(wctx, func(factory.Handover, *os.File) error { return nil })
+		if err != nil {
+			t.Errorf("warm side: %v", err)
+		}
+		claimed <- c
+	}()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.RegisterFactoryService(srv, fakeFactory{socket: control})
+	l, err := net.Listen("unix", factorySocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(context.Background(), l) }()
+	defer func() { _ = srv.Close() }()
+
+	sl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "shim.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sl.Close() }()
+	listener, err := sl.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = listener.Close() }()
+	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+	pid, ok := claimWarm(ctx, "c1", dir, shim.StartOpts{Address: "/run/containerd/containerd.sock", Debug: true}, listener)
+	if !ok || pid != os.Getpid() {
+		t.Fatalf("claimWarm = %d, %v, want %d, true", pid, ok, os.Getpid())
+	}
+	c := <-claimed
+	if c == nil || c.Namespace != "k8s.io" || c.ID != "c1" || c.Bundle != dir || !c.Debug || len(c.Env) == 0 {
+		t.Fatalf("hand-over %+v", c)
+	}
+	_ = c.Listener.Close()
+}
