@@ -235,18 +235,20 @@ func cleanupDir(ctx context.Context, dir, name string) error {
 			errs = append(errs, fmt.Errorf("pid %d did not die: %w", p.PID, errdefs.ErrUnavailable))
 		}
 	}
+	if r.Cgroup != "" {
+		errs = append(errs, removeCgroup(r.Cgroup, r.CgroupUnit))
+	}
+	if r.NetNS != "" {
+		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
+	}
+	// The directory holds the record: it goes last, so that a cleanup
+	// cut short leaves the record for the next one.
 	if _, err := os.Stat(dir); err == nil {
 		if err := storage.Cleanup(ctx, dir); err != nil {
 			errs = append(errs, err, fmt.Errorf("keeping %s: its storage was not released", dir))
 		} else {
 			errs = append(errs, removeTreeIfUnmounted(dir))
 		}
-	}
-	if r.Cgroup != "" {
-		errs = append(errs, removeCgroup(r.Cgroup, r.CgroupUnit))
-	}
-	if r.NetNS != "" {
-		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("cleaning up sandbox %s: %w", name, err)

@@ -575,15 +575,24 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		storageErr = s.storage.Close(ctx)
 		errs = append(errs, storageErr)
 	}
-	if storageErr == nil {
-		errs = append(errs, removeTreeIfUnmounted(s.stateDir))
-	} else {
+	var cgroupErr error
+	if s.cgroup != nil {
+		cgroupErr = s.cgroup.g.Delete()
+		errs = append(errs, cgroupErr)
+	}
+	// The state directory holds the record Cleanup works from: it goes
+	// last, and stays while anything it names is still there, so that a
+	// runtime killed during this stop, or a later cleanup, finds the
+	// record of what is left.
+	switch {
+	case storageErr != nil:
 		// Its mounts may still be there: a recursive removal would
 		// delete what they show.
 		log.G(ctx).WithField("dir", s.stateDir).Warn("keeping the state directory: its storage was not released")
-	}
-	if s.cgroup != nil {
-		errs = append(errs, s.cgroup.g.Delete())
+	case cgroupErr != nil:
+		log.G(ctx).WithField("dir", s.stateDir).Warn("keeping the state directory: the sandbox's cgroup was not removed")
+	default:
+		errs = append(errs, removeTreeIfUnmounted(s.stateDir))
 	}
 	if err := s.transition(StateStopped); err != nil {
 		errs = append(errs, err)
