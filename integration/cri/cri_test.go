@@ -49,6 +49,7 @@ var cases = []struct {
 	{name: "pod VM accounting", run: podAccounting, vmOnly: true},
 	{name: "pod VM killed", run: vmKilled, vmOnly: true},
 	{name: "pod shim killed", run: shimKilled, vmOnly: true},
+	{name: "containerd restarted", run: containerdRestarted, vmOnly: true},
 }
 
 // page is what the web container serves.

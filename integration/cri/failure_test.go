@@ -1,6 +1,7 @@
 package cri
 
 import (
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -64,5 +65,50 @@ func waitExited(t *testing.T, p *pod, id string) {
 			t.Fatalf("container %s still %v %s after its runtime was killed", id, st.State, exitWait)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// containerdRestarted restarts containerd (SIGTERM, then the same command
+// again) while two pods run, each with a container that wrote a file:
+// after the restart the CRI lists both pods ready with their containers
+// running, an exec in each reads the file back, and stopping and removing
+// them leaves nothing (the session's leftover check). The shims and VMs
+// live through the restart; the new containerd reconnects to them.
+func containerdRestarted(t *testing.T, s *session) {
+	type member struct {
+		p  *pod
+		id string
+	}
+	var ms []member
+	for i := range 2 {
+		p := s.runPod(fmt.Sprintf("restart-%d", i))
+		id := p.run(containerConfig("app", untilTerm(fmt.Sprintf("echo before-%d > /tmp/f", i))...))
+		ms = append(ms, member{p, id})
+	}
+	vms := s.processesOf("qemu-system")
+	s.d.restart(t)
+	if after := s.processesOf("qemu-system"); len(after) != len(vms) {
+		t.Errorf("%d VMs before the restart, %d after", len(vms), len(after))
+	}
+	for i, m := range ms {
+		if got := s.listPods(m.p.id); len(got) != 1 || got[0].State != runtime.PodSandboxState_SANDBOX_READY {
+			t.Errorf("ListPodSandbox after the restart: %v, want pod %s ready", got, m.p.id)
+		}
+		if st := m.p.containerStatus(m.id); st.State != runtime.ContainerState_CONTAINER_RUNNING {
+			t.Errorf("container %s after the restart: %v, want CONTAINER_RUNNING", m.id, st.State)
+		}
+		want := fmt.Sprintf("before-%d\n", i)
+		if r := m.p.execSync(m.id, 30, "cat", "/tmp/f"); r.ExitCode != 0 || string(r.Stdout) != want {
+			t.Errorf("ExecSync after the restart: exit %d stdout %q stderr %q, want %q", r.ExitCode, r.Stdout, r.Stderr, want)
+		}
+	}
+	for _, m := range ms {
+		m.p.stopContainer(m.id, 10)
+		if st := m.p.containerStatus(m.id); st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 0 {
+			t.Errorf("after StopContainer: %v exit %d, want CONTAINER_EXITED exit 0", st.State, st.ExitCode)
+		}
+		m.p.removeContainer(m.id)
+		m.p.stop()
+		m.p.remove()
 	}
 }
