@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -271,3 +272,26 @@ func (h *logCount) Fire(*logrus.Entry) error {
 type nopWriter struct{}
 
 func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestSignalAfterTheVMExited: a signal to a process whose VM exited fails
+// as one to an exited process does (not found), so that a forced delete or
+// a CRI stop waits for the exit instead of failing.
+func TestSignalAfterTheVMExited(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := newFakeAgent()
+	// What the call meets once QEMU is gone: the connection ends.
+	a.signalErr = errdefs.ErrUnavailable
+	s := testSandbox(t, a, testKillTimeout)
+	c := runningContainer(s, "c1")
+	if err := c.Init().Signal(ctx, syscall.SIGKILL, false); err == nil || errdefs.IsNotFound(err) {
+		t.Fatalf("SIGKILL, the VM alive: %v, want the guest's error", err)
+	}
+	if err := s.vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err := c.Init().Signal(ctx, syscall.SIGKILL, false)
+	if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "the VM exited") {
+		t.Fatalf("SIGKILL after the VM exited: %v, want not found, saying the VM exited", err)
+	}
+}
