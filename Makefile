@@ -136,7 +136,7 @@ faults: image image-hullkernel ## Only the fault matrix (docs/reliability.md): k
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 20m -v \
 		-run '^(TestStateDirFull|TestGuestMemoryExhausted|TestVMMCgroupLimit|TestBootAdmission|TestHostCPUPressure)$$' ./integration/
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -v -run '^(TestFaults|TestFaultsDuringDelete)$$' ./integration/containerd/
-	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -v -run '^TestCRI$$/containerd-/hull/(pod_VM_killed|pod_shim_killed|containerd_restarted)$$' ./integration/cri/
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -v -run '^TestCRI$$/containerd-/hull/(pod_VM_killed|pod_shim_killed|containerd_restarted|pod_VM_killed_during_stop|pod_shim_killed_during_stop)$$' ./integration/cri/
 
 # make soak: pods started at once per round, rounds, and the burst size of
 # the one-round burst that follows (docs/reliability.md).

@@ -154,19 +154,20 @@ func TestFaultsDuringDelete(t *testing.T) {
 	type stage struct {
 		name string
 		// run brings task id to the stage, kills the victim (kill)
-		// there and checks the delete's end.
-		run func(t *testing.T, id string, kill func())
+		// there and checks the delete's end (checkDeleteEnd, with
+		// shimKilled).
+		run func(t *testing.T, id string, kill func(), shimKilled bool)
 		// shimOnly: at this stage only the shim is left to kill
 		// (virtiofsd ends with QEMU).
 		shimOnly bool
 	}
 	stages := []stage{
-		{"once the guest took the stop", func(t *testing.T, id string, kill func()) {
+		{"once the guest took the stop", func(t *testing.T, id string, kill func(), shimKilled bool) {
 			stopTaken(t, d, id)
 			kill()
-			finishDelete(t, d, id, "task", "delete", "-f", id)
+			finishDelete(t, d, id, shimKilled, "task", "delete", "-f", id)
 		}, false},
-		{"while the delete waits on the guest", func(t *testing.T, id string, kill func()) {
+		{"while the delete waits on the guest", func(t *testing.T, id string, kill func(), shimKilled bool) {
 			runStopped(t, d, id)
 			vm := pidOf("qemu-system", d.stateRoot)
 			if err := syscall.Kill(vm, syscall.SIGSTOP); err != nil {
@@ -181,15 +182,15 @@ func TestFaultsDuringDelete(t *testing.T) {
 			}
 			kill()
 			_ = syscall.Kill(vm, syscall.SIGCONT) // it may be gone
-			waitDelete(t, d, id, done)
+			waitDelete(t, d, id, done, shimKilled)
 		}, false},
-		{"once the delete powered the VM off", func(t *testing.T, id string, kill func()) {
+		{"once the delete powered the VM off", func(t *testing.T, id string, kill func(), shimKilled bool) {
 			runStopped(t, d, id)
 			vm := pidOf("qemu-system", d.stateRoot)
 			done := deleteInBackground(t, d, id)
 			waitFor(t, deleteBound, func() bool { return !processLives(vm) }, "QEMU to exit during the delete", nil)
 			kill()
-			waitDelete(t, d, id, done)
+			waitDelete(t, d, id, done, shimKilled)
 		}, true},
 	}
 	for i, st := range stages {
@@ -212,7 +213,7 @@ func TestFaultsDuringDelete(t *testing.T) {
 						t.Fatalf("killing %s (%d): %v", v.name, pid, err)
 					}
 					t.Logf("killed %s (%d)", v.name, pid)
-				})
+				}, v.name == "shim")
 			})
 		}
 	}
@@ -270,35 +271,40 @@ func deleteInBackground(t *testing.T, d *daemon, id string) <-chan deleteResult 
 }
 
 // waitDelete waits for the delete done reports and checks its end.
-func waitDelete(t *testing.T, d *daemon, id string, done <-chan deleteResult) {
+func waitDelete(t *testing.T, d *daemon, id string, done <-chan deleteResult, shimKilled bool) {
 	t.Helper()
 	select {
 	case r := <-done:
-		checkDeleteEnd(t, d, id, r)
+		checkDeleteEnd(t, d, id, r, shimKilled)
 	case <-time.After(deleteBound):
 		t.Fatalf("the delete did not end within %s", deleteBound)
 	}
 }
 
 // finishDelete runs a delete (args) and checks its end.
-func finishDelete(t *testing.T, d *daemon, id string, args ...string) {
+func finishDelete(t *testing.T, d *daemon, id string, shimKilled bool, args ...string) {
 	t.Helper()
 	start := time.Now()
 	_, errOut, code := d.ctr(t, args...)
-	checkDeleteEnd(t, d, id, deleteResult{code: code, errOut: errOut, took: time.Since(start)})
+	checkDeleteEnd(t, d, id, deleteResult{code: code, errOut: errOut, took: time.Since(start)}, shimKilled)
 }
 
-// checkDeleteEnd checks a delete's end: within deleteBound, with an error
-// that says something when it failed; after a failure, the task is gone
-// or a forced delete removes it (as the kubelet's retry would), and the
-// container's delete succeeds.
-func checkDeleteEnd(t *testing.T, d *daemon, id string, r deleteResult) {
+// checkDeleteEnd checks a delete's end: within deleteBound. With QEMU or
+// virtiofsd killed, it succeeds: the shim lives and sees the task's
+// process gone with its VM. With the shim killed, the delete in flight
+// may fail (the connection ends; the task may already be gone), saying
+// why. After a failure, the task is gone or a forced delete removes it
+// (as the kubelet's retry would); then the container's delete succeeds.
+func checkDeleteEnd(t *testing.T, d *daemon, id string, r deleteResult, shimKilled bool) {
 	t.Helper()
 	t.Logf("delete: %s", r)
 	if r.took > deleteBound {
 		t.Errorf("the delete took %s, more than %s", r.took, deleteBound)
 	}
 	if r.code != 0 {
+		if !shimKilled {
+			t.Errorf("the delete failed although its shim lives: %s", r)
+		}
 		if strings.TrimSpace(r.errOut) == "" {
 			t.Errorf("the delete failed (exit %d) without saying why", r.code)
 		}

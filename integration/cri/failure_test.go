@@ -2,6 +2,7 @@ package cri
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -110,5 +111,61 @@ func containerdRestarted(t *testing.T, s *session) {
 		m.p.removeContainer(m.id)
 		m.p.stop()
 		m.p.remove()
+	}
+}
+
+// killedDuringStop returns a case that kills the pod's process named
+// victim (its command line contains it) during StopPodSandbox, at a
+// point the test sees: the pod's guest is frozen (QEMU stopped with
+// SIGSTOP) when the stop goes out, the stop has not ended 3 s later (it
+// waits on the guest to kill the container), and then the victim gets
+// SIGKILL and QEMU is let go. The stop must end within slowCall, done or
+// failed with a reason; a failed stop is retried, as the kubelet does;
+// RemovePodSandbox then works and nothing is left (the session's leftover
+// check: processes, mounts, state, netns, taps, CNI, cgroups).
+func killedDuringStop(victim string) func(*testing.T, *session) {
+	return func(t *testing.T, s *session) {
+		p := s.runPod("stop-killed")
+		p.run(containerConfig("app", untilTerm("true")...))
+		vms := s.processesOf("qemu-system")
+		targets := s.processesOf(victim)
+		if len(vms) != 1 || len(targets) != 1 {
+			t.Fatalf("the pod's processes: VMs %v, %s %v; want one each", vms, victim, targets)
+		}
+		vm := vms[0].pid
+		if err := syscall.Kill(vm, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = syscall.Kill(vm, syscall.SIGCONT) }() // it may be gone
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() {
+			ctx, cancel := s.ctx(slowCall)
+			defer cancel()
+			_, err := s.d.rt.StopPodSandbox(ctx, &runtime.StopPodSandboxRequest{PodSandboxId: p.id})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			t.Fatalf("StopPodSandbox ended (%v) while the guest was frozen", err)
+		case <-time.After(3 * time.Second):
+		}
+		if err := syscall.Kill(targets[0].pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = syscall.Kill(vm, syscall.SIGCONT) // it may be gone
+		select {
+		case err := <-done:
+			t.Logf("StopPodSandbox after %s killed: %v, after %s", victim, err, time.Since(start).Round(time.Millisecond))
+			if err != nil {
+				if strings.TrimSpace(err.Error()) == "" {
+					t.Error("StopPodSandbox failed without saying why")
+				}
+				p.stop()
+			}
+		case <-time.After(slowCall + 10*time.Second):
+			t.Fatalf("StopPodSandbox did not end within %s after %s was killed", slowCall, victim)
+		}
+		p.remove()
 	}
 }
