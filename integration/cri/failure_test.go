@@ -120,8 +120,8 @@ func containerdRestarted(t *testing.T, s *session) {
 // SIGSTOP) when the stop goes out, the stop has not ended 3 s later (it
 // waits on the guest to kill the container), and then the victim gets
 // SIGKILL and QEMU is let go. The stop must end within slowCall: done
-// when the shim lives, else done or failed with a reason; a failed stop is
-// retried, as the kubelet does;
+// when the shim lives, else done or failed with a reason, and then a stop
+// and removal retried as the kubelet does (removeLikeKubelet) end it;
 // RemovePodSandbox then works and nothing is left (the session's leftover
 // check: processes, mounts, state, netns, taps, CNI, cgroups).
 func killedDuringStop(victim string) func(*testing.T, *session) {
@@ -158,20 +158,48 @@ func killedDuringStop(victim string) func(*testing.T, *session) {
 		select {
 		case err := <-done:
 			t.Logf("StopPodSandbox after %s killed: %v, after %s", victim, err, time.Since(start).Round(time.Millisecond))
-			if err != nil {
-				if victim != s.h.shim {
-					// The shim lives: it sees the containers gone with
-					// their VM.
+			if victim != s.h.shim {
+				// The shim lives: it sees the containers gone with
+				// their VM, and the stop is done.
+				if err != nil {
 					t.Errorf("StopPodSandbox failed although the pod's shim lives: %v", err)
 				}
-				if strings.TrimSpace(err.Error()) == "" {
-					t.Error("StopPodSandbox failed without saying why")
-				}
 				p.stop()
+				p.remove()
+				return
+			}
+			if err != nil && strings.TrimSpace(err.Error()) == "" {
+				t.Error("StopPodSandbox failed without saying why")
 			}
 		case <-time.After(slowCall + 10*time.Second):
 			t.Fatalf("StopPodSandbox did not end within %s after %s was killed", slowCall, victim)
 		}
-		p.remove()
+		removeLikeKubelet(t, p, exitWait)
+	}
+}
+
+// removeLikeKubelet stops and removes pod p, retrying both for up to limit
+// as the kubelet's pod workers and garbage collector do: after the pod's
+// shim died, containerd 2's CRI may report the stop done before it has
+// handled the containers' exits, and refuse the removal ("container is
+// still running") until it has.
+func removeLikeKubelet(t *testing.T, p *pod, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ctx, cancel := p.s.ctx(slowCall)
+		_, err := p.s.d.rt.StopPodSandbox(ctx, &runtime.StopPodSandboxRequest{PodSandboxId: p.id})
+		if err == nil {
+			_, err = p.s.d.rt.RemovePodSandbox(ctx, &runtime.RemovePodSandboxRequest{PodSandboxId: p.id})
+		}
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s not stopped and removed within %s: %v", p.id, limit, err)
+		}
+		t.Logf("stopping and removing pod %s, again in 1s: %v", p.id, err)
+		time.Sleep(time.Second)
 	}
 }
