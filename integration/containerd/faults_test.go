@@ -47,6 +47,16 @@ func TestFaults(t *testing.T) {
 				return pidOf("containerd-shim-hull-v2", d.address)
 			})
 		}},
+		{"shim killed once virtiofsd runs", func(t *testing.T, d *daemon, id string) {
+			// Before the VM: the sandbox's cgroup, storage and
+			// virtiofsd exist, and the record names them.
+			killAtBoot(t, d, id, func() int {
+				if pidOf("virtiofsd", d.stateRoot) == 0 {
+					return 0
+				}
+				return pidOf("containerd-shim-hull-v2", d.address)
+			})
+		}},
 		{"virtiofsd killed while the container runs", func(t *testing.T, d *daemon, id string) {
 			d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
 			pid := pidOf("virtiofsd", d.stateRoot)
@@ -105,6 +115,7 @@ func TestFaults(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			id := "fault-" + strings.ReplaceAll(c.name, " ", "-")
+			removeStaleCgroups(t, id)
 			defer d.checkClean(t, id)
 			defer d.forget(t, id)
 			c.run(t, d, id)
@@ -202,6 +213,7 @@ func TestFaultsDuringDelete(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				// Short: the pod's hostname is the ID with its namespace.
 				id := fmt.Sprintf("delete-%s-%d", v.name, i+1)
+				removeStaleCgroups(t, id)
 				defer d.checkClean(t, id)
 				defer d.forget(t, id)
 				st.run(t, id, func() {
@@ -361,5 +373,15 @@ func killAtBoot(t *testing.T, d *daemon, id string, pidOf func() int) {
 		}
 	case <-time.After(faultBound):
 		t.Fatalf("the start did not end within %s after process %d was killed", faultBound, killed)
+	}
+}
+
+// removeStaleCgroups removes the empty cgroups named after task id that an
+// earlier run left, so that the case's leftover check sees only its own.
+func removeStaleCgroups(t *testing.T, id string) {
+	t.Helper()
+	if stale := cgroupsNamed(id); len(stale) > 0 {
+		t.Logf("removing cgroups an earlier run left: %v", stale)
+		removeCgroups(stale)
 	}
 }

@@ -52,9 +52,11 @@ type record struct {
 }
 
 func (s *Sandbox) record() record {
-	d := s.vm.Describe()
-	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup, NetNS: s.netnsPath}
-	r.VMStartTime = d.StartTime
+	r := record{ID: s.id, NetNS: s.netnsPath}
+	if s.vm != nil {
+		d := s.vm.Describe()
+		r.VMPID, r.VMStartTime, r.Cgroup = d.PID, d.StartTime, d.Cgroup
+	}
 	if s.cgroup != nil {
 		r.Cgroup = ""
 		if s.cgroup.g.Created() {

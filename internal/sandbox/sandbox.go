@@ -343,17 +343,29 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (_ *San
 		{"create shared storage", func(ctx context.Context) error {
 			return s.createStorage(ctx, &undo)
 		}},
+		// The record is rewritten as soon as each part it names exists, so
+		// that a runtime killed during the start leaves the record of
+		// what to release (shim delete, hull cleanup).
 		{"create cgroup", func(ctx context.Context) error {
-			return s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, &undo)
+			if err := s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, &undo); err != nil {
+				return err
+			}
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"start virtiofsd", func(ctx context.Context) error {
-			return s.startVirtiofs(ctx, cfg.Virtiofs, &undo)
+			if err := s.startVirtiofs(ctx, cfg.Virtiofs, &undo); err != nil {
+				return err
+			}
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"attach pod network", func(ctx context.Context) error {
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo)
+			if err := s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, &undo); err != nil {
+				return err
+			}
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := cfg.VM
