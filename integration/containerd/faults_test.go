@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // faultBound is how long a start or a delete met by a fault may take to
@@ -221,6 +224,9 @@ func TestFaultsDuringDelete(t *testing.T) {
 					if pid == 0 {
 						t.Fatalf("no %s process found", v.name)
 					}
+					if v.name == "shim" {
+						checkSocketOwnOnly(t, d, id, pid)
+					}
 					if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 						t.Fatalf("killing %s (%d): %v", v.name, pid, err)
 					}
@@ -383,5 +389,42 @@ func removeStaleCgroups(t *testing.T, id string) {
 	if stale := cgroupsNamed(id); len(stale) > 0 {
 		t.Logf("removing cgroups an earlier run left: %v", stale)
 		removeCgroups(stale)
+	}
+}
+
+// checkSocketOwnOnly fails when a process other than the shim of task id
+// holds the shim's listening socket (/run/containerd/s/...): a child that
+// inherited it keeps a killed shim's socket accepting connections while it
+// lives, and `shim delete` then takes the shim for alive and leaves its
+// socket.
+func checkSocketOwnOnly(t *testing.T, d *daemon, id string, shim int) {
+	t.Helper()
+	path := e2e.ShimSocket(d.address, ctrNamespace, id)
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inode string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 8 && f[7] == path {
+			inode = f[6]
+		}
+	}
+	if inode == "" {
+		t.Fatalf("no listening socket %s", path)
+	}
+	want := "socket:[" + inode + "]"
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == shim {
+			continue
+		}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == want {
+				t.Errorf("process %d (%s) holds the shim's socket %s (fd %s)", pid, processName(pid), path, fd.Name())
+			}
+		}
 	}
 }
