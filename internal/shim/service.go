@@ -110,10 +110,11 @@ const listenerFD = 3
 
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
 	// The library serves on a duplicate of listenerFD and leaves the
-	// descriptor itself open without close-on-exec: every process the shim
-	// starts (QEMU, virtiofsd) would hold the listening socket, a killed
-	// shim's socket would accept connections while they die, and
-	// `shim delete` would take the shim for alive and leave its socket.
+	// descriptor itself open, without close-on-exec, until the garbage
+	// collector closes it: a process the shim started before then (QEMU,
+	// virtiofsd) would hold the listening socket, a killed shim's socket
+	// would accept connections while it dies, and `shim delete` would
+	// take the shim for alive and leave its socket.
 	unix.CloseOnExec(listenerFD)
 	s := &service{
 		bg:         ctx,
