@@ -155,7 +155,8 @@ var victims = []struct {
 //     remove the container); QEMU is let go once the victim is dead;
 //   - the delete powered the VM off: QEMU exited during the delete (the
 //     agent's shutdown), and the shim is releasing the rest (virtiofsd
-//     ends with QEMU: only the shim is killed).
+//     ends with QEMU: only the shim is killed; a try whose shim ended its
+//     teardown before the kill is repeated, up to three in all).
 //
 // The delete (or, after the first stage, the forced delete that follows
 // the stop) must end within deleteBound, with an error that says what
@@ -198,13 +199,36 @@ func TestFaultsDuringDelete(t *testing.T) {
 			_ = syscall.Kill(vm, syscall.SIGCONT) // it may be gone
 			waitDelete(t, d, id, done, shimKilled)
 		}, false},
-		{"once the delete powered the VM off", func(t *testing.T, id string, kill func(), shimKilled bool) {
-			runStopped(t, d, id)
-			vm := pidOf("qemu-system", d.stateRoot)
-			done := deleteInBackground(t, d, id)
-			waitFor(t, deleteBound, func() bool { return !processLives(vm) }, "QEMU to exit during the delete", nil)
-			kill()
-			waitDelete(t, d, id, done, shimKilled)
+		{"once the delete powered the VM off", func(t *testing.T, id string, _ func(), shimKilled bool) {
+			// The teardown after QEMU's exit may take only
+			// milliseconds: the shim, found before the delete, is
+			// killed as soon as QEMU is seen gone, and a try whose shim
+			// had already ended is done again, with a new task.
+			for try := 1; ; try++ {
+				tid := fmt.Sprintf("%s-%d", id, try)
+				runStopped(t, d, tid)
+				vm := pidOf("qemu-system", d.stateRoot)
+				shim := pidOf("containerd-shim-hull-v2", d.address)
+				checkSocketOwnOnly(t, d, tid, shim)
+				done := deleteInBackground(t, d, tid)
+				deadline := time.Now().Add(deleteBound)
+				for processLives(vm) && time.Now().Before(deadline) {
+					time.Sleep(2 * time.Millisecond)
+				}
+				if processLives(vm) {
+					t.Fatalf("QEMU still runs %s after the delete went out", deleteBound)
+				}
+				if err := syscall.Kill(shim, syscall.SIGKILL); err == nil {
+					t.Logf("killed shim (%d)", shim)
+					waitDelete(t, d, tid, done, shimKilled)
+					return
+				}
+				waitDelete(t, d, tid, done, false)
+				if try == 3 {
+					t.Fatal("three times the shim ended its teardown before it could be killed")
+				}
+				t.Logf("try %d: the shim ended its teardown before the kill; again", try)
+			}
 		}, true},
 	}
 	for i, st := range stages {
@@ -216,9 +240,15 @@ func TestFaultsDuringDelete(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				// Short: the pod's hostname is the ID with its namespace.
 				id := fmt.Sprintf("delete-%s-%d", v.name, i+1)
-				removeStaleCgroups(t, id)
-				defer d.checkClean(t, id)
-				defer d.forget(t, id)
+				ids := []string{id}
+				if st.shimOnly {
+					ids = []string{id + "-1", id + "-2", id + "-3"}
+				}
+				for _, id := range ids {
+					removeStaleCgroups(t, id)
+					defer d.checkClean(t, id)
+					defer d.forget(t, id)
+				}
 				st.run(t, id, func() {
 					pid := v.pid(d)
 					if pid == 0 {
