@@ -137,6 +137,13 @@ e2e: image ## Only the containerd end-to-end suite (containerd 1.6 and 2.x, driv
 e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 1.6 and 2.x, handlers hull and runc).
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/cri/
 
+.PHONY: faults
+faults: image image-hullkernel ## Only the fault matrix (docs/reliability.md): kill -9 at boot, while running and during delete, containerd restarts, host pressure; all part of make test (run under flock /tmp/hull-e2e.lock).
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 20m -v \
+		-run '^(TestStateDirFull|TestGuestMemoryExhausted|TestVMMCgroupLimit|TestBootAdmission|TestHostCPUPressure)$$' ./integration/
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -v -run '^(TestFaults|TestFaultsDuringDelete)$$' ./integration/containerd/
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -v -run '^TestCRI$$/containerd-/hull/(pod_VM_killed|pod_shim_killed|containerd_restarted|pod_VM_killed_during_stop|pod_shim_killed_during_stop)$$' ./integration/cri/
+
 # make soak: pods started at once per round, rounds, and the burst size of
 # the one-round burst that follows (docs/reliability.md).
 SOAK_PODS   ?= 20

@@ -25,6 +25,9 @@ const imageName = "docker.io/hull/busybox:latest"
 // daemonLogTail is how many lines of containerd's log a failed case shows.
 const daemonLogTail = 300
 
+// ctrNamespace is the containerd namespace ctr uses.
+const ctrNamespace = "default"
+
 // runtimeName is hull's runtime in containerd.
 const runtimeName = "io.containerd.hull.v2"
 
@@ -140,6 +143,12 @@ func (d *daemon) launch(t testing.TB) {
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.waitServing(t)
+}
+
+// waitServing waits until containerd answers ctr.
+func (d *daemon) waitServing(t testing.TB) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, _, code := d.ctr(t, "version"); code == 0 {
@@ -153,11 +162,15 @@ func (d *daemon) launch(t testing.TB) {
 }
 
 // restart stops containerd (SIGTERM; the shims stay) and starts it again
-// with the same configuration.
+// with the same configuration (e2e.Restart).
 func (d *daemon) restart(t testing.TB) {
 	t.Helper()
-	e2e.Stop(d.cmd, 15*time.Second)
-	d.launch(t)
+	cmd, err := e2e.Restart(d.cmd, 15*time.Second, d.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = cmd
+	d.waitServing(t)
 }
 
 func (d *daemon) stop(t testing.TB) {
@@ -226,8 +239,9 @@ func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 // leftovers lists what a finished case left: processes that mention the
 // hull state root (qemu, virtiofsd) or the daemon's socket (shims),
 // mounts below the daemon's directory other than containerd's own
-// snapshotter, and sandbox state directories.
-func (d *daemon) leftovers() []string {
+// snapshotter, and sandbox state directories; and of each task in ids,
+// its shim's socket in /run/containerd/s and its cgroups.
+func (d *daemon) leftovers(ids ...string) []string {
 	var left []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -259,16 +273,24 @@ func (d *daemon) leftovers() []string {
 			}
 		}
 	}
+	for _, id := range ids {
+		if sock := e2e.ShimSocket(d.address, ctrNamespace, id); fileExists(sock) {
+			left = append(left, "shim socket "+sock)
+		}
+		for _, cg := range cgroupsNamed(id) {
+			left = append(left, "cgroup "+cg)
+		}
+	}
 	return left
 }
 
-// checkClean fails the test when the case left anything, after giving the
-// shims a moment to exit.
-func (d *daemon) checkClean(t testing.TB) {
+// checkClean fails the test when the case left anything (leftovers, with
+// the traces of the tasks ids), after giving the shims a moment to exit.
+func (d *daemon) checkClean(t testing.TB, ids ...string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		left := d.leftovers()
+		left := d.leftovers(ids...)
 		if len(left) == 0 {
 			return
 		}

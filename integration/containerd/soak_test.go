@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -195,22 +194,12 @@ func (p *taskPoller) stop() {
 }
 
 // soakLeftovers waits up to soakCleanWait for the round to leave nothing
-// and returns what is still there: the daemon's leftovers, the tasks'
-// cgroups (ctr puts a task in /<namespace>/<id>) and the node-wide traces
-// that were not there before the soak.
+// and returns what is still there: the daemon's leftovers with the tasks'
+// traces, and the node-wide traces that were not there before the soak.
 func soakLeftovers(d *daemon, before e2e.HostTraces, ids []string) []string {
 	deadline := time.Now().Add(soakCleanWait)
 	for {
-		left := append(d.leftovers(), before.Since(e2e.Traces())...)
-		for _, id := range ids {
-			dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "default", id))
-			if u := filepath.Join("/sys/fs/cgroup", "default", id); fileExists(u) {
-				dirs = append(dirs, u)
-			}
-			for _, dir := range dirs {
-				left = append(left, "cgroup "+dir)
-			}
-		}
+		left := append(d.leftovers(ids...), before.Since(e2e.Traces())...)
 		if len(left) == 0 || time.Now().After(deadline) {
 			return left
 		}

@@ -49,6 +49,9 @@ var cases = []struct {
 	{name: "pod VM accounting", run: podAccounting, vmOnly: true},
 	{name: "pod VM killed", run: vmKilled, vmOnly: true},
 	{name: "pod shim killed", run: shimKilled, vmOnly: true},
+	{name: "containerd restarted", run: containerdRestarted, vmOnly: true},
+	{name: "pod VM killed during stop", run: killedDuringStop("qemu-system"), vmOnly: true},
+	{name: "pod shim killed during stop", run: killedDuringStop(hull.shim), vmOnly: true},
 }
 
 // page is what the web container serves.

@@ -174,15 +174,7 @@ func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
 		t.Fatal(err)
 	}
 	d.rt, d.images = runtime.NewRuntimeServiceClient(d.conn), runtime.NewImageServiceClient(d.conn)
-	waitFor(t, 30*time.Second, "the CRI to serve:\n"+d.logTail(40), func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		v, err := d.rt.Version(ctx, &runtime.VersionRequest{})
-		if err == nil {
-			t.Logf("containerd %s: %s %s, CRI %s", version, v.RuntimeName, v.RuntimeVersion, v.RuntimeApiVersion)
-		}
-		return err == nil
-	})
+	d.waitServing(t)
 	for _, archive := range []string{env.busybox, env.pause} {
 		d.mustCtr(t, "-n", "k8s.io", "images", "import", archive)
 	}
@@ -195,6 +187,42 @@ func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
 		})
 	}
 	return d
+}
+
+// waitServing waits until the daemon's CRI answers.
+func (d *daemon) waitServing(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		v, err := d.rt.Version(ctx, &runtime.VersionRequest{})
+		cancel()
+		if err == nil {
+			t.Logf("containerd %s: %s %s, CRI %s", d.version, v.RuntimeName, v.RuntimeVersion, v.RuntimeApiVersion)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CRI does not serve: %v; containerd log:\n%s", err, d.logTail(40))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// restart stops containerd (SIGTERM; the shims stay) and starts it again
+// with the same configuration (e2e.Restart), appending to its log.
+func (d *daemon) restart(t testing.TB) {
+	t.Helper()
+	logFile, err := os.OpenFile(d.logPath, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = logFile.Close() }() // the daemon holds its own copy
+	cmd, err := e2e.Restart(d.cmd, 15*time.Second, logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = cmd
+	d.waitServing(t)
 }
 
 // configV2 is containerd 1.x's configuration (version 2): the CRI is one

@@ -133,3 +133,59 @@ func TestCreateCgroupChoosesSystemd(t *testing.T) {
 		})
 	}
 }
+
+// TestStopKeepsRecordUntilCgroupGone: Stop removes the state directory,
+// which holds the record Cleanup works from, only after the sandbox's
+// cgroup: a cgroup that cannot be removed keeps the record, and a
+// removable one goes first.
+func TestStopKeepsRecordUntilCgroupGone(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		removable bool
+	}{
+		{"cgroup removed", true},
+		{"cgroup not removable", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			g, err := hostcgroup.Create(hostcgroup.FS{Unified: root}, "/pod/sb")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.removable {
+				// A file below makes rmdir fail, as a cgroup that still
+				// holds a process does.
+				if err := os.WriteFile(filepath.Join(root, "pod/sb/busy"), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := filepath.Join(t.TempDir(), "sb")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeRecord(dir, record{ID: "sb", Cgroup: "/pod/sb"}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			s := &Sandbox{id: "sb", state: StateRunning, vm: staticVM{}, stateDir: dir, bg: ctx, cancelBg: cancel,
+				cgroup: &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb"}, g: g}}
+			err = s.Stop(context.Background())
+			_, statErr := os.Stat(filepath.Join(dir, recordName))
+			if tc.removable {
+				if err != nil || statErr == nil {
+					t.Errorf("stop: %v; record left: %v", err, statErr == nil)
+				}
+				return
+			}
+			if err == nil {
+				t.Error("stop succeeded although the cgroup stayed")
+			}
+			if statErr != nil {
+				t.Errorf("the record went before the cgroup: %v", statErr)
+			}
+		})
+	}
+}

@@ -53,9 +53,11 @@ type record struct {
 }
 
 func (s *Sandbox) record() record {
-	d := s.vm.Describe()
-	r := record{ID: s.id, VMPID: d.PID, Cgroup: d.Cgroup, NetNS: s.netnsPath}
-	r.VMStartTime = d.StartTime
+	r := record{ID: s.id, NetNS: s.netnsPath}
+	if s.vm != nil {
+		d := s.vm.Describe()
+		r.VMPID, r.VMStartTime, r.Cgroup = d.PID, d.StartTime, d.Cgroup
+	}
 	if s.cgroup != nil {
 		r.Cgroup = ""
 		if s.cgroup.g.Created() {
@@ -241,18 +243,20 @@ func cleanupDir(ctx context.Context, dir, name string) error {
 			errs = append(errs, fmt.Errorf("pid %d did not die: %w", p.PID, errdefs.ErrUnavailable))
 		}
 	}
+	if r.Cgroup != "" {
+		errs = append(errs, removeCgroup(r.Cgroup, r.CgroupUnit))
+	}
+	if r.NetNS != "" {
+		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
+	}
+	// The directory holds the record: it goes last, so that a cleanup
+	// cut short leaves the record for the next one.
 	if _, err := os.Stat(dir); err == nil {
 		if err := storage.Cleanup(ctx, dir); err != nil {
 			errs = append(errs, err, fmt.Errorf("keeping %s: its storage was not released", dir))
 		} else {
 			errs = append(errs, removeTreeIfUnmounted(dir))
 		}
-	}
-	if r.Cgroup != "" {
-		errs = append(errs, removeCgroup(r.Cgroup, r.CgroupUnit))
-	}
-	if r.NetNS != "" {
-		errs = append(errs, netpod.Cleanup(ctx, r.NetNS))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("cleaning up sandbox %s: %w", name, err)

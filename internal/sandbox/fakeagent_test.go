@@ -33,6 +33,8 @@ type fakeAgent struct {
 	exits map[string]chan int32
 	// signals records the SignalProcess calls, as "container/exec/signal".
 	signals []string
+	// signalErr is SignalProcess's answer.
+	signalErr error
 	// removeErr is RemoveContainer's answer; hangRemove makes it block.
 	removeErr  error
 	hangRemove bool
@@ -73,6 +75,9 @@ func (a *fakeAgent) SignalProcess(_ context.Context, r *api.SignalProcessRequest
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.signals = append(a.signals, r.GetContainerId()+"/"+r.GetExecId())
+	if a.signalErr != nil {
+		return nil, a.signalErr
+	}
 	return &api.SignalProcessResponse{}, nil
 }
 

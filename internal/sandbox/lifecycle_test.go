@@ -2,11 +2,13 @@ package sandbox
 
 import (
 	"context"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -271,3 +273,30 @@ func (h *logCount) Fire(*logrus.Entry) error {
 type nopWriter struct{}
 
 func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestSignalAfterTheVMExited: a signal to a process whose VM exited fails
+// as one to an exited process does (not found), so that a forced delete or
+// a CRI stop waits for the exit instead of failing; also when the call
+// fails a moment before the VM is seen gone.
+func TestSignalAfterTheVMExited(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := newFakeAgent()
+	// What the call meets once QEMU is gone: the connection ends.
+	a.signalErr = errgrpc.ToGRPC(errdefs.ErrUnavailable)
+	s := testSandbox(t, a, testKillTimeout)
+	c := runningContainer(s, "c1")
+	// SIGTERM: a SIGKILL would have the process declared killed.
+	if err := c.Init().Signal(ctx, syscall.SIGTERM, false); err == nil || errdefs.IsNotFound(err) {
+		t.Fatalf("SIGTERM, the VM alive: %v, want the guest's error", err)
+	}
+	// The connection ends a moment before QEMU is seen gone.
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_ = s.vm.Stop(ctx)
+	}()
+	err := c.Init().Signal(ctx, syscall.SIGKILL, false)
+	if !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "the VM exited") {
+		t.Fatalf("SIGKILL after the VM exited: %v, want not found, saying the VM exited", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/log"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
 // ProcessState is where a process is in its life.
@@ -258,10 +259,19 @@ func (p *Process) Signal(ctx context.Context, sig syscall.Signal, all bool) erro
 		Signal:      uint32(sig),
 		All:         all,
 	})
-	if err != nil {
-		return fmt.Errorf("signalling %s with %s: %w", p.name(), sig, p.c.sb.guestError(err))
+	if err == nil {
+		return nil
 	}
-	return nil
+	// guestError gives a broken connection a moment to be seen as the
+	// VM's exit: the connection ends a moment before QEMU is reaped.
+	err = p.c.sb.guestError(err)
+	if hypervisor.IsExited(err) || !p.c.sb.vmAlive() {
+		// The process ended with its VM: a signal finds it gone, as one
+		// to a process that exited does, and the caller waits for the
+		// exit the VM's end reports (a forced delete, the CRI's stop).
+		return fmt.Errorf("signalling %s with %s: %w: the VM exited: %v", p.name(), sig, errdefs.ErrNotFound, err) //nolint:errorlint // classed as not found, not as the VM's error
+	}
+	return fmt.Errorf("signalling %s with %s: %w", p.name(), sig, err)
 }
 
 // ResizeTTY sets the size of the process's terminal.

@@ -464,17 +464,29 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 		{"create shared storage", func(ctx context.Context) error {
 			return s.createStorage(ctx, undo)
 		}},
+		// The record is rewritten as soon as each part it names exists, so
+		// that a runtime killed during the start leaves the record of
+		// what to release (shim delete, hull cleanup).
 		{"create cgroup", func(ctx context.Context) error {
-			return s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, undo)
+			if err := s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, undo); err != nil {
+				return err
+			}
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"start virtiofsd", func(ctx context.Context) error {
-			return s.startVirtiofs(ctx, cfg.Virtiofs, undo)
+			if err := s.startVirtiofs(ctx, cfg.Virtiofs, undo); err != nil {
+				return err
+			}
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"attach pod network", func(ctx context.Context) error {
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
-			return s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, true, undo)
+			if err := s.attachNetwork(ctx, cfg.NetNS, cfg.NetNSOwn, true, undo); err != nil {
+				return err
+			}
+			return writeRecord(s.stateDir, s.record())
 		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := s.vmConfig(cfg, ep)
@@ -730,15 +742,24 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 		storageErr = s.storage.Close(ctx)
 		errs = append(errs, storageErr)
 	}
-	if storageErr == nil {
-		errs = append(errs, removeTreeIfUnmounted(s.stateDir))
-	} else {
+	var cgroupErr error
+	if s.cgroup != nil {
+		cgroupErr = s.cgroup.g.Delete()
+		errs = append(errs, cgroupErr)
+	}
+	// The state directory holds the record Cleanup works from: it goes
+	// last, and stays while anything it names is still there, so that a
+	// runtime killed during this stop, or a later cleanup, finds the
+	// record of what is left.
+	switch {
+	case storageErr != nil:
 		// Its mounts may still be there: a recursive removal would
 		// delete what they show.
 		log.G(ctx).WithField("dir", s.stateDir).Warn("keeping the state directory: its storage was not released")
-	}
-	if s.cgroup != nil {
-		errs = append(errs, s.cgroup.g.Delete())
+	case cgroupErr != nil:
+		log.G(ctx).WithField("dir", s.stateDir).Warn("keeping the state directory: the sandbox's cgroup was not removed")
+	default:
+		errs = append(errs, removeTreeIfUnmounted(s.stateDir))
 	}
 	for _, g := range s.retiredCgroups {
 		errs = append(errs, g.Delete())

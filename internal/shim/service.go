@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -111,7 +112,18 @@ type service struct {
 
 var _ taskapi.TaskService = (*service)(nil)
 
+// listenerFD is the descriptor the shim library serves the task API on
+// when Manager.Start hands it the socket (its ExtraFiles[0]).
+const listenerFD = 3
+
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
+	// The library serves on a duplicate of listenerFD and leaves the
+	// descriptor itself open, without close-on-exec, until the garbage
+	// collector closes it: a process the shim started before then (QEMU,
+	// virtiofsd) would hold the listening socket, a killed shim's socket
+	// would accept connections while it dies, and `shim delete` would
+	// take the shim for alive and leave its socket.
+	unix.CloseOnExec(listenerFD)
 	s := &service{
 		bg:         ctx,
 		events:     newEventQueue(ctx, publisher),

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,6 +227,21 @@ func Stop(cmd *exec.Cmd, grace time.Duration) {
 		_ = cmd.Process.Kill()
 		<-done
 	}
+}
+
+// Restart stops a daemon as a service manager does (Stop: SIGTERM, then
+// SIGKILL after grace; a containerd's shims stay) and starts the same
+// command again: binary, arguments, environment, directory and process
+// attributes, writing to out. The caller waits until it serves.
+func Restart(cmd *exec.Cmd, grace time.Duration, out io.Writer) (*exec.Cmd, error) {
+	Stop(cmd, grace)
+	next := exec.Command(cmd.Path, cmd.Args[1:]...) //nolint:gosec // G204: the daemon the test started
+	next.Env, next.Dir, next.SysProcAttr = cmd.Env, cmd.Dir, cmd.SysProcAttr
+	next.Stdout, next.Stderr = out, out
+	if err := next.Start(); err != nil {
+		return nil, fmt.Errorf("restarting %s: %w", cmd.Path, err)
+	}
+	return next, nil
 }
 
 // HostileAgentTag is the build tag of the hostile test agent

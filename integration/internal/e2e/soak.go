@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,6 +53,13 @@ var (
 	shimSocketDir = "/run/containerd/s"
 	netnsDir      = "/run/netns"
 )
+
+// ShimSocket is the socket containerd's shim library gives the shim of
+// task (or pod) id in namespace ns of the containerd serving at address:
+// /run/containerd/s/<sha256 of address/ns/id>.
+func ShimSocket(address, ns, id string) string {
+	return filepath.Join(shimSocketDir, fmt.Sprintf("%x", sha256.Sum256([]byte(filepath.Join(address, ns, id)))))
+}
 
 // HostTraces is a snapshot of node-wide traces of pods: containerd shim
 // sockets, attached loop devices, tap devices and named network
