@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/factory"
 	"github.com/hull-runtime/hull/internal/podmetrics"
 )
 
@@ -38,7 +40,7 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := podmetrics.NewMonitor(c.Runtime.StateDir, monitorOptions()...)
+			m, err := podmetrics.NewMonitor(c.Runtime.StateDir, monitorOptions(c)...)
 			if err != nil {
 				return err
 			}
@@ -74,8 +76,27 @@ func newMonitorCommand(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
-// monitorOptions are the monitor's sources beyond the node's sandboxes.
-// The VM factory's status joins here, once a factory serves one, through
-// podmetrics.WithFactorySource; until then the monitor serves no
-// hull_factory_* series.
-func monitorOptions() []podmetrics.Option { return nil }
+// monitorOptions are the monitor's sources beyond the node's sandboxes:
+// with the VM factory on (factory.vm_cache), its status, read from its
+// socket at each scrape (hull_factory_*).
+func monitorOptions(c *config.Config) []podmetrics.Option {
+	if c.Factory.VMCache == 0 {
+		return nil
+	}
+	socket := c.Factory.Socket
+	return []podmetrics.Option{podmetrics.WithFactorySource(func(ctx context.Context) (podmetrics.FactoryStatus, error) {
+		cl, err := factory.Dial(ctx, socket)
+		if err != nil {
+			return podmetrics.FactoryStatus{}, err
+		}
+		defer func() { _ = cl.Close() }()
+		st, err := cl.Status(ctx)
+		if err != nil {
+			return podmetrics.FactoryStatus{}, err
+		}
+		return podmetrics.FactoryStatus{
+			Wanted: uint64(st.GetWanted()), Ready: uint64(st.GetReady()), Booting: uint64(st.GetBooting()),
+			Hits: st.GetHits(), Misses: st.GetMisses(),
+		}, nil
+	})}
+}

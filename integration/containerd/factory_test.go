@@ -1,8 +1,12 @@
 package containerd
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,6 +255,13 @@ func TestFactory(t *testing.T) {
 	if !strings.Contains(d.log.String(), `start=adopted`) {
 		t.Errorf("the shim's log does not say the sandbox was adopted")
 	}
+	// hull monitor serves the factory's series.
+	metrics := scrapeMonitor(t, filepath.Join(d.dir, "hull.toml"))
+	for _, want := range []string{"hull_factory_up 1", `hull_factory_claims_total{result="hit"} 1`, `hull_factory_claims_total{result="miss"} 0`, "hull_factory_vms_wanted 1"} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("hull monitor's metrics lack %q", want)
+		}
+	}
 	// The pod is gone with everything it had, the warm VM it took with it.
 	waitNone(t, "the pod run from the factory", 30*time.Second, func() []string {
 		var left []string
@@ -316,4 +327,40 @@ func TestFactory(t *testing.T) {
 		return warmLeftovers(d, f, third.Pid)
 	})
 	d.checkClean(t)
+}
+
+// scrapeMonitor runs `hull monitor` with the configuration at config on a
+// free loopback port, and returns its first successful /metrics answer.
+func scrapeMonitor(t *testing.T, config string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	cmd := exec.Command(filepath.Join(env.binDir, "hull"), "--config", config, "monitor", "--listen", addr)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		resp, err := client.Get("http://" + addr + "/metrics")
+		if err != nil {
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			return string(body)
+		}
+	}
+	t.Fatalf("hull monitor served no metrics within 30s; its output:\n%s", out.String())
+	return ""
 }
