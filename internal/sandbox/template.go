@@ -137,6 +137,12 @@ func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config) (*hyper
 		log.G(ctx).WithField("transport", vc.Agent.Transport).Warn("vm templates need the serial agent transport: booting")
 		return nil, nil
 	}
+	if len(vc.Networks) > 0 {
+		// The pod's NICs are on the command line, and a template has
+		// none: the clone's devices would not be its template's.
+		log.G(ctx).WithField("nics", len(vc.Networks)).Warn("vm templates cannot carry the pod network's NICs at boot: booting")
+		return nil, nil
+	}
 	if t.Memory == hypervisor.TemplateMemoryShared {
 		return nil, fmt.Errorf("template memory %q maps guest RAM copy-on-write, and virtio-fs, which a sandbox needs for its containers' files, needs it shared: %w",
 			t.Memory, errdefs.ErrNotImplemented)

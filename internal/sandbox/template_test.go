@@ -85,6 +85,13 @@ func TestTemplateFind(t *testing.T) {
 	if err != nil || got == nil || got.Dir != filepath.Join(dir, key) || !got.Restore || got.Memory != hypervisor.TemplateMemoryPrivate {
 		t.Errorf("template found as %+v, %v", got, err)
 	}
+	// A pod whose NICs are on the command line has devices its template
+	// lacks: QEMU would refuse the state, or the guest never see them.
+	withNICs := vc
+	withNICs.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "tap0", MAC: "02:00:00:00:00:01"}}
+	if got, err := tc.find(ctx, withNICs); got != nil || err != nil {
+		t.Errorf("vm with boot NICs: %v, %v; want none (it boots)", got, err)
+	}
 	vs := vc
 	vs.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3, Port: 1024}
 	if got, err := tc.find(ctx, vs); got != nil || err != nil {

@@ -117,6 +117,12 @@ func validateTemplate(cfg *hypervisor.Config, o *Options) error {
 	if !t.Restore && len(cfg.Filesystems) > 0 {
 		return inval("a template VM has no virtio-fs share (clones add theirs)")
 	}
+	if len(cfg.Networks) > 0 {
+		// A clone must have its template's devices, and a template has
+		// no pod NIC: QEMU refuses the state, or the guest never sees
+		// the NIC.
+		return fmt.Errorf("qemu: template: %d NICs at boot: a template has none, a clone must hot-add them: %w", len(cfg.Networks), errdefs.ErrNotImplemented)
+	}
 	if len(cfg.Filesystems) > templateFSPorts {
 		return inval("%d virtio-fs shares: a clone takes at most %d", len(cfg.Filesystems), templateFSPorts)
 	}

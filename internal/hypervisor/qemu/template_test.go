@@ -102,6 +102,10 @@ func TestNewRejectsTemplate(t *testing.T) {
 		{"shared clone with free page reporting", func(c *hypervisor.Config, o *Options) {
 			c.Template.Restore, c.Template.Memory, o.FreePageReporting = true, hypervisor.TemplateMemoryShared, true
 		}, errdefs.ErrInvalidArgument},
+		{"clone with boot NICs", func(c *hypervisor.Config, _ *Options) {
+			c.Template.Restore = true
+			c.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "tap0", MAC: "02:00:00:00:00:01"}}
+		}, errdefs.ErrNotImplemented},
 		{"two shares", func(c *hypervisor.Config, _ *Options) {
 			c.Template.Restore = true
 			c.Filesystems = append(fs, hypervisor.FilesystemDevice{Tag: "b", SocketPath: "/b.sock"})
