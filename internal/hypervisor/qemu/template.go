@@ -58,6 +58,11 @@ const templateFSPorts = 1
 // allows longer.
 const restoreTimeout = time.Minute
 
+// snapshotTimeout bounds Snapshot (the guest's reopen of the agent port and
+// the save) when the caller's ctx allows longer: a guest that never
+// reopens its port must not hold the caller forever. A variable for tests.
+var snapshotTimeout = 2 * time.Minute
+
 func fsPortID(i uint32) string { return fmt.Sprintf("fsport%d", i) }
 
 // ramFile returns the guest RAM file of a template or clone VM and whether
@@ -383,6 +388,8 @@ func (v *VM) Snapshot(ctx context.Context) (retErr error) {
 	default:
 		return fmt.Errorf("vm %s is %s, not running: %w", v.cfg.ID, st, errdefs.ErrFailedPrecondition)
 	}
+	ctx, cancel := context.WithTimeout(ctx, snapshotTimeout)
+	defer cancel()
 	tmp := filepath.Join(t.Dir, templateStateName+".tmp")
 	defer func() {
 		if retErr != nil {

@@ -284,6 +284,25 @@ func TestSnapshot(t *testing.T) {
 	}
 }
 
+// TestSnapshotBounded: a guest that never reopens its agent port does not
+// hold a caller whose ctx has no deadline.
+func TestSnapshotBounded(t *testing.T) {
+	defer func(d time.Duration) { snapshotTimeout = d }(snapshotTimeout)
+	snapshotTimeout = 100 * time.Millisecond
+	m := &fakeMigration{final: "completed", fail: map[string]bool{}}
+	v := templateVM(t, templateConfig(false, ""), m)
+	done := make(chan error, 1)
+	go func() { done <- v.Snapshot(context.Background()) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("snapshot: %v, want deadline exceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Snapshot still waits for the guest with no deadline")
+	}
+}
+
 func TestSnapshotNotTemplate(t *testing.T) {
 	for _, cfg := range []hypervisor.Config{baseConfig(), templateConfig(true, "")} {
 		v, err := New(cfg, Options{Accel: AccelTCG, TSCKHz: 1})
