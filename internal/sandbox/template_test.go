@@ -61,6 +61,45 @@ func TestTemplateKey(t *testing.T) {
 	}
 }
 
+// TestTemplateKeyReplacedFile: a guest asset replaced by a file of the same
+// size and modification time (cp -p, rsync -t, a package manager) gets a
+// new key, or a clone would restore a guest of the old asset.
+func TestTemplateKeyReplacedFile(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("kernel"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vc := hypervisor.Config{Kernel: kernel, VCPUs: 1, MemoryMiB: 512,
+		Agent: hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial}}
+	tc := &TemplateConfig{Root: dir}
+	before, err := tc.Key(vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := kernel + ".new"
+	if err := os.WriteFile(tmp, []byte("KERNEL"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(tmp, st.ModTime(), st.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, kernel); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tc.Key(vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after == before {
+		t.Error("the key of a replaced kernel of the same size and mtime is unchanged")
+	}
+}
+
 func TestTemplateFind(t *testing.T) {
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "vmlinux")
