@@ -21,6 +21,11 @@ import (
 // hookOutputMax bounds the output of a hook that an error quotes.
 const hookOutputMax = 4096
 
+// defaultHookTimeout bounds a hook whose spec gives no timeout: a hook
+// that hangs must not hold a create or delete forever. A variable for
+// tests.
+var defaultHookTimeout = 2 * time.Minute
+
 // hookKillGrace is how long a hook's output copies may outlast its kill.
 const hookKillGrace = 2 * time.Second
 
@@ -102,7 +107,7 @@ func validateHook(h specs.Hook) error {
 
 // RunHooks runs hooks in order, each with the state on its stdin, and stops
 // at the first that fails (exits non-zero, or outlives its timeout, when it
-// is killed).
+// is killed). A hook without a timeout gets defaultHookTimeout.
 func RunHooks(ctx context.Context, kind string, hooks []specs.Hook, st specs.State) error {
 	if len(hooks) == 0 {
 		return nil
@@ -123,11 +128,12 @@ func runHook(ctx context.Context, h specs.Hook, state []byte) error {
 	if err := validateHook(h); err != nil {
 		return err
 	}
+	timeout := defaultHookTimeout
 	if h.Timeout != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(*h.Timeout)*time.Second)
-		defer cancel()
+		timeout = time.Duration(*h.Timeout) * time.Second
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	args := h.Args
 	if len(args) == 0 {
 		args = []string{h.Path}
@@ -148,7 +154,7 @@ func runHook(ctx context.Context, h specs.Hook, state []byte) error {
 		return nil
 	}
 	if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		err = fmt.Errorf("timed out after %ds and was killed: %w", *h.Timeout, context.DeadlineExceeded)
+		err = fmt.Errorf("timed out after %s and was killed: %w", timeout, context.DeadlineExceeded)
 	}
 	if o := strings.TrimSpace(out.String()); o != "" {
 		err = fmt.Errorf("%w; output: %s", err, o)

@@ -75,6 +75,15 @@ func TestRunHooks(t *testing.T) {
 			t.Errorf("took %s", d)
 		}
 	})
+	t.Run("no timeout is bounded", func(t *testing.T) {
+		defer func(d time.Duration) { defaultHookTimeout = d }(defaultHookTimeout)
+		defaultHookTimeout = 200 * time.Millisecond
+		hook := writeScript(t, "exec sleep 5")
+		err := RunHooks(context.Background(), "poststop", []specs.Hook{{Path: hook}}, st)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err %v, want a deadline", err)
+		}
+	})
 }
 
 func TestSplitHooks(t *testing.T) {

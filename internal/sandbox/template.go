@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -72,23 +71,29 @@ func guestVMConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.Config {
 	return vc
 }
 
-// fileID names a file's version by path, size and modification time:
-// rebuilt guest assets get a new template key.
+// fileID names a file's version in a template key: its path and its
+// identity (identify) but the device number, which may change across
+// reboots. A replaced file gets a new inode and change time, whatever
+// size and modification time it keeps: rebuilt guest assets get a new
+// template key.
 type fileID struct {
-	Path  string    `json:"path"`
-	Size  int64     `json:"size"`
-	MTime time.Time `json:"mtime"`
+	Path  string `json:"path"`
+	Ino   uint64 `json:"ino"`
+	Size  int64  `json:"size"`
+	MTime int64  `json:"mtime"`
+	CTime int64  `json:"ctime"`
 }
 
 func idOf(path string) (fileID, error) {
 	if path == "" {
 		return fileID{}, nil
 	}
-	st, err := os.Stat(path)
+	ids, err := identify([]string{path})
 	if err != nil {
 		return fileID{}, err
 	}
-	return fileID{Path: path, Size: st.Size(), MTime: st.ModTime().UTC()}, nil
+	id := ids[path]
+	return fileID{Path: path, Ino: id.ino, Size: id.size, MTime: id.mtime.Nano(), CTime: id.ctime.Nano()}, nil
 }
 
 // Key returns the template key of the VM configuration vc: the SHA-256 of
@@ -135,6 +140,12 @@ func (t *TemplateConfig) Key(vc hypervisor.Config) (string, error) {
 func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config) (*hypervisor.Template, error) {
 	if vc.Agent.Transport != hypervisor.TransportSerial {
 		log.G(ctx).WithField("transport", vc.Agent.Transport).Warn("vm templates need the serial agent transport: booting")
+		return nil, nil
+	}
+	if len(vc.Networks) > 0 {
+		// The pod's NICs are on the command line, and a template has
+		// none: the clone's devices would not be its template's.
+		log.G(ctx).WithField("nics", len(vc.Networks)).Warn("vm templates cannot carry the pod network's NICs at boot: booting")
 		return nil, nil
 	}
 	if t.Memory == hypervisor.TemplateMemoryShared {

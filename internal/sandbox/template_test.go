@@ -61,6 +61,45 @@ func TestTemplateKey(t *testing.T) {
 	}
 }
 
+// TestTemplateKeyReplacedFile: a guest asset replaced by a file of the same
+// size and modification time (cp -p, rsync -t, a package manager) gets a
+// new key, or a clone would restore a guest of the old asset.
+func TestTemplateKeyReplacedFile(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("kernel"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vc := hypervisor.Config{Kernel: kernel, VCPUs: 1, MemoryMiB: 512,
+		Agent: hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial}}
+	tc := &TemplateConfig{Root: dir}
+	before, err := tc.Key(vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := kernel + ".new"
+	if err := os.WriteFile(tmp, []byte("KERNEL"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(tmp, st.ModTime(), st.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, kernel); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tc.Key(vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after == before {
+		t.Error("the key of a replaced kernel of the same size and mtime is unchanged")
+	}
+}
+
 func TestTemplateFind(t *testing.T) {
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "vmlinux")
@@ -84,6 +123,13 @@ func TestTemplateFind(t *testing.T) {
 	got, err := tc.find(ctx, vc)
 	if err != nil || got == nil || got.Dir != filepath.Join(dir, key) || !got.Restore || got.Memory != hypervisor.TemplateMemoryPrivate {
 		t.Errorf("template found as %+v, %v", got, err)
+	}
+	// A pod whose NICs are on the command line has devices its template
+	// lacks: QEMU would refuse the state, or the guest never see them.
+	withNICs := vc
+	withNICs.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "tap0", MAC: "02:00:00:00:00:01"}}
+	if got, err := tc.find(ctx, withNICs); got != nil || err != nil {
+		t.Errorf("vm with boot NICs: %v, %v; want none (it boots)", got, err)
 	}
 	vs := vc
 	vs.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3, Port: 1024}

@@ -58,6 +58,11 @@ const templateFSPorts = 1
 // allows longer.
 const restoreTimeout = time.Minute
 
+// snapshotTimeout bounds Snapshot (the guest's reopen of the agent port and
+// the save) when the caller's ctx allows longer: a guest that never
+// reopens its port must not hold the caller forever. A variable for tests.
+var snapshotTimeout = 2 * time.Minute
+
 func fsPortID(i uint32) string { return fmt.Sprintf("fsport%d", i) }
 
 // ramFile returns the guest RAM file of a template or clone VM and whether
@@ -116,6 +121,12 @@ func validateTemplate(cfg *hypervisor.Config, o *Options) error {
 	}
 	if !t.Restore && len(cfg.Filesystems) > 0 {
 		return inval("a template VM has no virtio-fs share (clones add theirs)")
+	}
+	if len(cfg.Networks) > 0 {
+		// A clone must have its template's devices, and a template has
+		// no pod NIC: QEMU refuses the state, or the guest never sees
+		// the NIC.
+		return fmt.Errorf("qemu: template: %d NICs at boot: a template has none, a clone must hot-add them: %w", len(cfg.Networks), errdefs.ErrNotImplemented)
 	}
 	if len(cfg.Filesystems) > templateFSPorts {
 		return inval("%d virtio-fs shares: a clone takes at most %d", len(cfg.Filesystems), templateFSPorts)
@@ -377,6 +388,8 @@ func (v *VM) Snapshot(ctx context.Context) (retErr error) {
 	default:
 		return fmt.Errorf("vm %s is %s, not running: %w", v.cfg.ID, st, errdefs.ErrFailedPrecondition)
 	}
+	ctx, cancel := context.WithTimeout(ctx, snapshotTimeout)
+	defer cancel()
 	tmp := filepath.Join(t.Dir, templateStateName+".tmp")
 	defer func() {
 		if retErr != nil {

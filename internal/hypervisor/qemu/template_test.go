@@ -102,6 +102,10 @@ func TestNewRejectsTemplate(t *testing.T) {
 		{"shared clone with free page reporting", func(c *hypervisor.Config, o *Options) {
 			c.Template.Restore, c.Template.Memory, o.FreePageReporting = true, hypervisor.TemplateMemoryShared, true
 		}, errdefs.ErrInvalidArgument},
+		{"clone with boot NICs", func(c *hypervisor.Config, _ *Options) {
+			c.Template.Restore = true
+			c.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "tap0", MAC: "02:00:00:00:00:01"}}
+		}, errdefs.ErrNotImplemented},
 		{"two shares", func(c *hypervisor.Config, _ *Options) {
 			c.Template.Restore = true
 			c.Filesystems = append(fs, hypervisor.FilesystemDevice{Tag: "b", SocketPath: "/b.sock"})
@@ -277,6 +281,25 @@ func TestSnapshot(t *testing.T) {
 				golden(t, filepath.Join("testdata", tc.log), strings.Join(m.log, "\n")+"\n")
 			}
 		})
+	}
+}
+
+// TestSnapshotBounded: a guest that never reopens its agent port does not
+// hold a caller whose ctx has no deadline.
+func TestSnapshotBounded(t *testing.T) {
+	defer func(d time.Duration) { snapshotTimeout = d }(snapshotTimeout)
+	snapshotTimeout = 100 * time.Millisecond
+	m := &fakeMigration{final: "completed", fail: map[string]bool{}}
+	v := templateVM(t, templateConfig(false, ""), m)
+	done := make(chan error, 1)
+	go func() { done <- v.Snapshot(context.Background()) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("snapshot: %v, want deadline exceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Snapshot still waits for the guest with no deadline")
 	}
 }
 
