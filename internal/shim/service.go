@@ -187,9 +187,17 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	if err := s.reserve(r.ID); err != nil {
 		return nil, err
 	}
+	// hooksRan is the container once its create's hooks ran: a create
+	// that fails after them runs its poststop hooks once the VM is gone
+	// (as runc does when it destroys a failed create), so that what they
+	// set up on the host (nerdctl's CNI reservation) is released.
+	var hooksRan *container
 	defer func() {
 		if retErr != nil {
 			s.unreserve(ctx, r.ID)
+			if hooksRan != nil {
+				s.warnHooks(ctx, "poststop", hooksRan, hooksRan.hooks.Poststop, specs.StateStopped)
+			}
 		}
 	}()
 	plan, err := podSpec(spec, r0, s.guestNsPid, s.podShmSource())
@@ -211,6 +219,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 	// The create's hooks run once the VM (and with it the VMM's network
 	// namespace) exists, before the container is made in it; what they
 	// set up in the namespace is then mirrored into the VM.
+	hooksRan = c
 	if err := hooks.BeforeStart(ctx, s.hookState(c, specs.StateCreating)); err != nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
