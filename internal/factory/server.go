@@ -166,19 +166,21 @@ func sweep(ctx context.Context, stateRoot, dir string) {
 }
 
 // Hold marks the warm sandbox whose state directory is dir as held by the
-// calling shim for as long as the returned file stays open (a shared
-// lock on the directory), so that a factory starting meanwhile leaves it
-// alone.
-func Hold(dir string) (*os.File, error) {
-	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+// calling process for the rest of its life (a shared lock on the
+// directory, on a descriptor that is never closed), so that a factory
+// starting meanwhile leaves it alone. The descriptor is a raw one: an
+// *os.File dropped by its caller would be closed by its finalizer at the
+// next garbage collection, and the lock with it.
+func Hold(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("holding %s: %w", dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("holding %s: %w", dir, err)
+	if err := unix.Flock(fd, unix.LOCK_SH); err != nil {
+		_ = unix.Close(fd)
+		return fmt.Errorf("holding %s: %w", dir, err)
 	}
-	return f, nil
+	return nil
 }
 
 // Held tells whether a shim holds the warm sandbox directory dir.
