@@ -35,6 +35,9 @@ type process struct {
 	// release closes the factory's end of the lifeline: a shim not yet
 	// claimed stops its VM and exits.
 	release func()
+	// kill kills the shim (its QEMU and virtiofsd die with it): the end
+	// of a released shim that did not exit in time.
+	kill func()
 }
 
 // startFunc starts the warm shim id, with its control socket at socket.
@@ -63,6 +66,9 @@ type Pool struct {
 	start       startFunc
 	cleanup     cleanupFunc
 	bootTimeout time.Duration
+	// stopWait bounds the wait, at the pool's end, for the released warm
+	// shims to stop their VMs; past it they are killed.
+	stopWait time.Duration
 
 	// bg is the pool's process-lifetime context, set by Run.
 	bg context.Context
@@ -89,9 +95,13 @@ type Pool struct {
 func newPool(wanted int, dir string, start startFunc, cleanup cleanupFunc, bootTimeout time.Duration) *Pool {
 	return &Pool{
 		wanted: wanted, dir: dir, start: start, cleanup: cleanup, bootTimeout: bootTimeout,
-		shims: map[string]*warm{},
+		shims: map[string]*warm{}, stopWait: defaultStopWait,
 	}
 }
+
+// defaultStopWait is the pool's stopWait: below the two minutes the
+// systemd unit gives the factory to stop.
+const defaultStopWait = 90 * time.Second
 
 // Run fills the pool and keeps it full until ctx ends; then it releases
 // the warm shims not claimed, waits for them to exit and cleans up after
@@ -112,10 +122,28 @@ func (p *Pool) Run(ctx context.Context) {
 	for _, w := range shims {
 		w.p.release()
 	}
-	// Each stops its VM on its own; what one left (killed while it
-	// stopped) is cleaned up here.
+	// Each stops its VM on its own, within stopWait, or is killed; what
+	// one left is cleaned up here.
+	deadline := time.NewTimer(p.stopWait)
+	defer deadline.Stop()
+	expired := false
 	for _, w := range shims {
-		<-w.p.exited
+		if !expired {
+			select {
+			case <-w.p.exited:
+			case <-deadline.C:
+				expired = true
+			}
+		}
+		if expired {
+			select {
+			case <-w.p.exited:
+			default:
+				log.G(ctx).WithField("warm", w.id).Warn("warm shim did not stop in time: killing it")
+				w.p.kill()
+				<-w.p.exited
+			}
+		}
 		p.cleanupNow(w.id)
 	}
 	p.wg.Wait()
