@@ -33,7 +33,7 @@ type process struct {
 	// exited is closed when the shim exited.
 	exited <-chan struct{}
 	// release closes the factory's end of the lifeline: a shim not yet
-	// claimed stops its VM and exits.
+	// claimed stops its VM and exits. It may be called more than once.
 	release func()
 	// kill kills the shim (its QEMU and virtiofsd die with it): the end
 	// of a released shim that did not exit in time.
@@ -239,6 +239,9 @@ func (p *Pool) watch(w *warm) {
 	}
 
 	<-w.p.exited
+	// The factory's end of the lifeline, kept open while the shim lived
+	// (closing it sooner would end a claimed shim still in its hand-over).
+	w.p.release()
 	p.mu.Lock()
 	claimed, closing := w.claimed, p.closing
 	if !claimed {

@@ -171,6 +171,16 @@ func TestPool(t *testing.T) {
 		}
 		second.ready <- nil
 		waitStatus(t, p, "refilled", func(r, _ uint32) bool { return r == 1 })
+		// Once the claimed shim exits (its pod is gone), the factory's
+		// end of its lifeline is closed: one descriptor per claim must not
+		// stay open for the factory's life.
+		first.exit()
+		s.waitCleaned(t, first.id)
+		select {
+		case <-first.released:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the lifeline of a claimed shim that exited was never closed")
+		}
 	})
 	t.Run("a shim exiting unclaimed is cleaned up and replaced", func(t *testing.T) {
 		s := newFakeStarter()
