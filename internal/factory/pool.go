@@ -69,6 +69,9 @@ type Pool struct {
 	// stopWait bounds the wait, at the pool's end, for the released warm
 	// shims to stop their VMs; past it they are killed.
 	stopWait time.Duration
+	// claimGrace is how long after its claim a warm shim may still wait
+	// for its claimer; then its lifeline is closed (see Claim).
+	claimGrace time.Duration
 
 	// bg is the pool's process-lifetime context, set by Run.
 	bg context.Context
@@ -95,9 +98,13 @@ type Pool struct {
 func newPool(wanted int, dir string, start startFunc, cleanup cleanupFunc, bootTimeout time.Duration) *Pool {
 	return &Pool{
 		wanted: wanted, dir: dir, start: start, cleanup: cleanup, bootTimeout: bootTimeout,
-		shims: map[string]*warm{}, stopWait: defaultStopWait,
+		shims: map[string]*warm{}, stopWait: defaultStopWait, claimGrace: defaultClaimGrace,
 	}
 }
+
+// defaultClaimGrace is the pool's claimGrace: past the longest
+// factory.claim_timeout, no claimer is still on its way.
+const defaultClaimGrace = time.Minute + 10*time.Second
 
 // defaultStopWait is the pool's stopWait: below the two minutes the
 // systemd unit gives the factory to stop.
@@ -296,6 +303,12 @@ func (p *Pool) Claim(ctx context.Context, forID string) (id, socket string, err 
 	p.hits++
 	p.mu.Unlock()
 	log.G(ctx).WithFields(log.Fields{"warm": w.id, "for": forID}).Info("warm VM claimed")
+	// A claimer whose time ran out before it reached the warm shim never
+	// will: past claimGrace, closing the lifeline ends a shim still
+	// waiting (it stops its VM and exits). One that was handed its socket
+	// closed its own end already, and one in a hand-over runs it to its
+	// end whatever the lifeline does.
+	time.AfterFunc(p.claimGrace, w.p.release)
 	go p.fill()
 	return w.id, w.socket, nil
 }

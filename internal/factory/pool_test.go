@@ -276,6 +276,36 @@ func TestPool(t *testing.T) {
 	})
 }
 
+// TestPoolReleasesAnUnusedClaim checks that a warm shim claimed by a
+// claimer that never reached it (its time ran out between the factory's
+// answer and its dial, or it died) does not keep its VM for the factory's
+// life: past the longest claim, the factory closes its lifeline, which
+// ends a warm shim still waiting (one in a hand-over runs it to its end).
+func TestPoolReleasesAnUnusedClaim(t *testing.T) {
+	s := newFakeStarter()
+	p := newPool(1, t.TempDir(), s.start, s.cleanup, time.Second)
+	p.claimGrace = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	f := s.next(t)
+	f.ready <- nil
+	waitStatus(t, p, "ready", func(ready, _ uint32) bool { return ready == 1 })
+	if _, _, err := p.Claim(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a claimed shim that was never handed a socket kept its lifeline: its VM leaks for the factory's life")
+	}
+	s.waitCleaned(t, f.id)
+}
+
 // TestPoolStopIsBounded checks that the pool's end does not wait forever
 // for a released warm shim that does not exit: past stopWait it is killed
 // (its QEMU and virtiofsd die with it) and cleaned up.
