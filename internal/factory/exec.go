@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -74,7 +75,7 @@ func (e execStarter) start(ctx context.Context, id, socket string) (*process, er
 	go func() {
 		ready <- readReady(ours)
 	}()
-	return &process{pid: cmd.Process.Pid, ready: ready, exited: exited, release: func() { _ = ours.Close() }}, nil
+	return &process{pid: cmd.Process.Pid, ready: ready, exited: exited, release: sync.OnceFunc(func() { _ = ours.Close() }), kill: func() { _ = cmd.Process.Kill() }}, nil
 }
 
 // readReady reads a warm shim's ready message from the lifeline.

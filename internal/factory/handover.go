@@ -117,8 +117,18 @@ func Handoff(ctx context.Context, socket string, listener *os.File, h Handover) 
 	return handoff(conn, listener, h)
 }
 
-// handoff is Handoff on an open connection.
+// handoff is Handoff on an open connection. The peer must run as this
+// process's user (the pod's socket goes to no one else), and its reply
+// must name the peer's own PID, which the kernel tells: the caller acts on
+// that PID (cgroups, OOM score).
 func handoff(conn *net.UnixConn, listener *os.File, h Handover) (int, error) {
+	peer, err := peerCred(conn)
+	if err != nil {
+		return 0, fmt.Errorf("warm shim's credentials: %w", err)
+	}
+	if int(peer.Uid) != os.Geteuid() {
+		return 0, fmt.Errorf("warm shim runs as user %d, not %d: %w", peer.Uid, os.Geteuid(), ErrRefused)
+	}
 	b, err := json.Marshal(h)
 	if err != nil {
 		return 0, err
@@ -136,8 +146,8 @@ func handoff(conn *net.UnixConn, listener *os.File, h Handover) (int, error) {
 	if r.Error != "" {
 		return 0, fmt.Errorf("%w: %s", ErrRefused, r.Error)
 	}
-	if r.PID <= 0 {
-		return 0, fmt.Errorf("hand-over reply without a PID: %w", ErrRefused)
+	if r.PID <= 0 || r.PID != int(peer.Pid) {
+		return 0, fmt.Errorf("hand-over reply names PID %d, the warm shim is %d: %w", r.PID, peer.Pid, ErrRefused)
 	}
 	if _, err := conn.Write([]byte(commitMessage)); err != nil {
 		return 0, fmt.Errorf("committing hand-over: %w", err)

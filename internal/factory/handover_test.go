@@ -218,6 +218,46 @@ func TestHandoff(t *testing.T) {
 
 // TestClaimOverTTRPC runs a claim through the factory's service: a miss on
 // an empty pool, then a hit.
+// TestHandoffChecksThePeer checks that the claimer takes the PID it acts
+// on (cgroups, OOM score) from the kernel, not from the warm shim's
+// reply: a reply naming another process is refused and never committed.
+func TestHandoffChecksThePeer(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "warm.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	committed := make(chan bool, 1)
+	go func() {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			committed <- false
+			return
+		}
+		defer func() { _ = c.Close() }()
+		buf := make([]byte, maxHandoverMessage)
+		oob := make([]byte, unix.CmsgSpace(4))
+		if _, _, _, _, err := c.ReadMsgUnix(buf, oob); err != nil {
+			committed <- false
+			return
+		}
+		_ = writeJSON(c, handoverReply{PID: 1}) // not this process
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		n, _ := c.Read(buf)
+		committed <- string(buf[:n]) == commitMessage
+	}()
+	f, _ := shimListener(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if pid, err := Handoff(ctx, socket, f, validHandover(t)); err == nil {
+		t.Fatalf("Handoff took a reply naming PID %d, not the peer's", pid)
+	}
+	if <-committed {
+		t.Fatal("hand-over committed to a peer whose reply named another PID")
+	}
+}
+
 func TestClaimOverTTRPC(t *testing.T) {
 	s := newFakeStarter()
 	p, _, _ := runPool(t, 1, s)

@@ -33,8 +33,11 @@ type process struct {
 	// exited is closed when the shim exited.
 	exited <-chan struct{}
 	// release closes the factory's end of the lifeline: a shim not yet
-	// claimed stops its VM and exits.
+	// claimed stops its VM and exits. It may be called more than once.
 	release func()
+	// kill kills the shim (its QEMU and virtiofsd die with it): the end
+	// of a released shim that did not exit in time.
+	kill func()
 }
 
 // startFunc starts the warm shim id, with its control socket at socket.
@@ -63,6 +66,12 @@ type Pool struct {
 	start       startFunc
 	cleanup     cleanupFunc
 	bootTimeout time.Duration
+	// stopWait bounds the wait, at the pool's end, for the released warm
+	// shims to stop their VMs; past it they are killed.
+	stopWait time.Duration
+	// claimGrace is how long after its claim a warm shim may still wait
+	// for its claimer; then its lifeline is closed (see Claim).
+	claimGrace time.Duration
 
 	// bg is the pool's process-lifetime context, set by Run.
 	bg context.Context
@@ -89,9 +98,17 @@ type Pool struct {
 func newPool(wanted int, dir string, start startFunc, cleanup cleanupFunc, bootTimeout time.Duration) *Pool {
 	return &Pool{
 		wanted: wanted, dir: dir, start: start, cleanup: cleanup, bootTimeout: bootTimeout,
-		shims: map[string]*warm{},
+		shims: map[string]*warm{}, stopWait: defaultStopWait, claimGrace: defaultClaimGrace,
 	}
 }
+
+// defaultClaimGrace is the pool's claimGrace: past the longest
+// factory.claim_timeout, no claimer is still on its way.
+const defaultClaimGrace = time.Minute + 10*time.Second
+
+// defaultStopWait is the pool's stopWait: below the two minutes the
+// systemd unit gives the factory to stop.
+const defaultStopWait = 90 * time.Second
 
 // Run fills the pool and keeps it full until ctx ends; then it releases
 // the warm shims not claimed, waits for them to exit and cleans up after
@@ -112,10 +129,28 @@ func (p *Pool) Run(ctx context.Context) {
 	for _, w := range shims {
 		w.p.release()
 	}
-	// Each stops its VM on its own; what one left (killed while it
-	// stopped) is cleaned up here.
+	// Each stops its VM on its own, within stopWait, or is killed; what
+	// one left is cleaned up here.
+	deadline := time.NewTimer(p.stopWait)
+	defer deadline.Stop()
+	expired := false
 	for _, w := range shims {
-		<-w.p.exited
+		if !expired {
+			select {
+			case <-w.p.exited:
+			case <-deadline.C:
+				expired = true
+			}
+		}
+		if expired {
+			select {
+			case <-w.p.exited:
+			default:
+				log.G(ctx).WithField("warm", w.id).Warn("warm shim did not stop in time: killing it")
+				w.p.kill()
+				<-w.p.exited
+			}
+		}
 		p.cleanupNow(w.id)
 	}
 	p.wg.Wait()
@@ -211,6 +246,9 @@ func (p *Pool) watch(w *warm) {
 	}
 
 	<-w.p.exited
+	// The factory's end of the lifeline, kept open while the shim lived
+	// (closing it sooner would end a claimed shim still in its hand-over).
+	w.p.release()
 	p.mu.Lock()
 	claimed, closing := w.claimed, p.closing
 	if !claimed {
@@ -265,6 +303,12 @@ func (p *Pool) Claim(ctx context.Context, forID string) (id, socket string, err 
 	p.hits++
 	p.mu.Unlock()
 	log.G(ctx).WithFields(log.Fields{"warm": w.id, "for": forID}).Info("warm VM claimed")
+	// A claimer whose time ran out before it reached the warm shim never
+	// will: past claimGrace, closing the lifeline ends a shim still
+	// waiting (it stops its VM and exits). One that was handed its socket
+	// closed its own end already, and one in a hand-over runs it to its
+	// end whatever the lifeline does.
+	time.AfterFunc(p.claimGrace, w.p.release)
 	go p.fill()
 	return w.id, w.socket, nil
 }

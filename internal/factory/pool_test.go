@@ -29,8 +29,12 @@ type fakeStarter struct {
 	mu       sync.Mutex
 	shims    []*fakeShim
 	failNext int
-	started  chan *fakeShim
-	cleaned  chan string
+	// hang makes the shims ignore their release (a warm shim stuck in its
+	// VM's stop); only a kill ends them.
+	hang    bool
+	killed  []string
+	started chan *fakeShim
+	cleaned chan string
 }
 
 func newFakeStarter() *fakeStarter {
@@ -48,8 +52,19 @@ func (s *fakeStarter) start(_ context.Context, id, _ string) (*process, error) {
 	s.shims = append(s.shims, f)
 	s.started <- f
 	var relOnce sync.Once
+	hang := s.hang
 	return &process{pid: 100 + len(s.shims), ready: f.ready, exited: f.exited, release: func() {
-		relOnce.Do(func() { close(f.released); f.exit() })
+		relOnce.Do(func() {
+			close(f.released)
+			if !hang {
+				f.exit()
+			}
+		})
+	}, kill: func() {
+		s.mu.Lock()
+		s.killed = append(s.killed, id)
+		s.mu.Unlock()
+		f.exit()
 	}}, nil
 }
 
@@ -156,6 +171,16 @@ func TestPool(t *testing.T) {
 		}
 		second.ready <- nil
 		waitStatus(t, p, "refilled", func(r, _ uint32) bool { return r == 1 })
+		// Once the claimed shim exits (its pod is gone), the factory's
+		// end of its lifeline is closed: one descriptor per claim must not
+		// stay open for the factory's life.
+		first.exit()
+		s.waitCleaned(t, first.id)
+		select {
+		case <-first.released:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the lifeline of a claimed shim that exited was never closed")
+		}
 	})
 	t.Run("a shim exiting unclaimed is cleaned up and replaced", func(t *testing.T) {
 		s := newFakeStarter()
@@ -249,6 +274,70 @@ func TestPool(t *testing.T) {
 		f.ready <- nil
 		waitStatus(t, p, "ready", func(r, _ uint32) bool { return r == 1 })
 	})
+}
+
+// TestPoolReleasesAnUnusedClaim checks that a warm shim claimed by a
+// claimer that never reached it (its time ran out between the factory's
+// answer and its dial, or it died) does not keep its VM for the factory's
+// life: past the longest claim, the factory closes its lifeline, which
+// ends a warm shim still waiting (one in a hand-over runs it to its end).
+func TestPoolReleasesAnUnusedClaim(t *testing.T) {
+	s := newFakeStarter()
+	p := newPool(1, t.TempDir(), s.start, s.cleanup, time.Second)
+	p.claimGrace = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	f := s.next(t)
+	f.ready <- nil
+	waitStatus(t, p, "ready", func(ready, _ uint32) bool { return ready == 1 })
+	if _, _, err := p.Claim(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a claimed shim that was never handed a socket kept its lifeline: its VM leaks for the factory's life")
+	}
+	s.waitCleaned(t, f.id)
+}
+
+// TestPoolStopIsBounded checks that the pool's end does not wait forever
+// for a released warm shim that does not exit: past stopWait it is killed
+// (its QEMU and virtiofsd die with it) and cleaned up.
+func TestPoolStopIsBounded(t *testing.T) {
+	s := newFakeStarter()
+	s.hang = true
+	p := newPool(1, t.TempDir(), s.start, s.cleanup, time.Second)
+	p.stopWait = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
+	f := s.next(t)
+	f.ready <- nil
+	waitStatus(t, p, "ready", func(ready, _ uint32) bool { return ready == 1 })
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		f.exit()
+		<-done
+		t.Fatal("the pool's end waited for a warm shim that ignored its release")
+	}
+	s.mu.Lock()
+	killed := slices.Clone(s.killed)
+	s.mu.Unlock()
+	if !slices.Equal(killed, []string{f.id}) {
+		t.Fatalf("killed %v, want [%s]", killed, f.id)
+	}
+	s.waitCleaned(t, f.id)
 }
 
 func TestStatusLists(t *testing.T) {

@@ -78,10 +78,7 @@ func Serve(ctx context.Context, o Options) (retErr error) {
 		return fmt.Errorf("shim binary: %w", err)
 	}
 	dir := filepath.Dir(c.Factory.Socket)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil { //nolint:gosec // G302: a directory: search permission for root alone
+	if err := socketDir(dir); err != nil {
 		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
@@ -137,6 +134,31 @@ func Serve(ctx context.Context, o Options) (retErr error) {
 	return retErr
 }
 
+// socketDir makes dir, the directory of the factory's socket and the warm
+// shims' control sockets, or checks the one there: a directory (not a
+// symbolic link) of this process's user that no one else may enter. One
+// that is not is refused, never changed: factory.socket may name a shared
+// directory (/tmp, /run) whose mode is not the factory's to take, and
+// whose warm-*.sock files are not the factory's to remove.
+func socketDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil { //nolint:gosec // G301: the parents, as any runtime directory's
+		return fmt.Errorf("factory socket directory: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("factory socket directory: %w", err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("factory socket directory: %w", err)
+	}
+	sys, ok := st.Sys().(*unix.Stat_t)
+	if !st.IsDir() || !ok || int(sys.Uid) != os.Geteuid() || st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("factory socket directory %s: must be a directory of user %d with mode 0700, is %v (give factory.socket a directory of its own): %w",
+			dir, os.Geteuid(), st.Mode(), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
 // sweep cleans up, as `shim delete` does, the warm sandboxes an earlier
 // factory left under stateRoot (state directories named warm-*), skipping
 // those whose shim still holds them (a claimed shim that has not yet
@@ -166,19 +188,21 @@ func sweep(ctx context.Context, stateRoot, dir string) {
 }
 
 // Hold marks the warm sandbox whose state directory is dir as held by the
-// calling shim for as long as the returned file stays open (a shared
-// lock on the directory), so that a factory starting meanwhile leaves it
-// alone.
-func Hold(dir string) (*os.File, error) {
-	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+// calling process for the rest of its life (a shared lock on the
+// directory, on a descriptor that is never closed), so that a factory
+// starting meanwhile leaves it alone. The descriptor is a raw one: an
+// *os.File dropped by its caller would be closed by its finalizer at the
+// next garbage collection, and the lock with it.
+func Hold(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("holding %s: %w", dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("holding %s: %w", dir, err)
+	if err := unix.Flock(fd, unix.LOCK_SH); err != nil {
+		_ = unix.Close(fd)
+		return fmt.Errorf("holding %s: %w", dir, err)
 	}
-	return f, nil
+	return nil
 }
 
 // Held tells whether a shim holds the warm sandbox directory dir.

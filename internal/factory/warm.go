@@ -154,16 +154,22 @@ func (w *WarmShim) handle(ctx context.Context, conn *net.UnixConn, prepare func(
 
 // samePeer tells whether conn's peer runs as this process's user.
 func samePeer(conn *net.UnixConn) bool {
+	cred, err := peerCred(conn)
+	return err == nil && int(cred.Uid) == os.Geteuid()
+}
+
+// peerCred returns the credentials of conn's peer (SO_PEERCRED).
+func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return false
+		return nil, err
 	}
 	var cred *unix.Ucred
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || credErr != nil {
-		return false
+	}); err != nil {
+		return nil, err
 	}
-	return int(cred.Uid) == os.Geteuid()
+	return cred, credErr
 }

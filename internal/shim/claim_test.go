@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,13 +21,18 @@ import (
 	"github.com/hull-runtime/hull/internal/factory"
 )
 
-// fakeFactory answers Claim with a control socket, or with err.
+// fakeFactory answers Claim with a control socket, or with err; claims,
+// when set, counts the claims.
 type fakeFactory struct {
 	socket string
 	err    error
+	claims *atomic.Int32
 }
 
 func (f fakeFactory) Claim(context.Context, *api.ClaimRequest) (*api.ClaimResponse, error) {
+	if f.claims != nil {
+		f.claims.Add(1)
+	}
 	if f.err != nil {
 		return nil, errgrpc.ToGRPC(f.err)
 	}
@@ -89,18 +95,26 @@ func TestClaimWarmMisses(t *testing.T) {
 	ctx := namespaces.WithNamespace(context.Background(), "default")
 	opts := shim.StartOpts{Address: "/run/containerd/containerd.sock"}
 
+	// A factory that is off must not be asked: its claim would still be a
+	// miss (the silent shim), so the count is what tells.
+	var offClaims atomic.Int32
 	cases := []struct {
 		name  string
 		setup func() func()
+		check func(t *testing.T)
 	}{
-		{"factory off", func() func() { writeConfig(0); return serve(fakeFactory{socket: silent}) }},
-		{"factory absent", func() func() { writeConfig(1); return func() {} }},
-		{"pool empty", func() func() { writeConfig(1); return serve(fakeFactory{err: errdefs.ErrNotFound}) }},
+		{"factory off", func() func() { writeConfig(0); return serve(fakeFactory{socket: silent, claims: &offClaims}) }, func(t *testing.T) {
+			if n := offClaims.Load(); n != 0 {
+				t.Errorf("the factory was asked %d times with vm_cache = 0", n)
+			}
+		}},
+		{"factory absent", func() func() { writeConfig(1); return func() {} }, nil},
+		{"pool empty", func() func() { writeConfig(1); return serve(fakeFactory{err: errdefs.ErrNotFound}) }, nil},
 		{"warm shim gone", func() func() {
 			writeConfig(1)
 			return serve(fakeFactory{socket: filepath.Join(dir, "gone.sock")})
-		}},
-		{"warm shim silent past the timeout", func() func() { writeConfig(1); return serve(fakeFactory{socket: silent}) }},
+		}, nil},
+		{"warm shim silent past the timeout", func() func() { writeConfig(1); return serve(fakeFactory{socket: silent}) }, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -112,6 +126,9 @@ func TestClaimWarmMisses(t *testing.T) {
 			}
 			if took := time.Since(start); took > 3*time.Second {
 				t.Fatalf("the miss took %s, past a claim_timeout of 300ms", took)
+			}
+			if c.check != nil {
+				c.check(t)
 			}
 		})
 	}

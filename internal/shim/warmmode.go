@@ -120,12 +120,10 @@ func bootWarm(ctx context.Context, id, configFile string) (*sandbox.Sandbox, err
 // holding the sandbox's state directory (factory.Hold) so that a factory
 // starting meanwhile leaves it alone. The VM's exit ends the wait.
 func waitClaim(ctx context.Context, w *factory.WarmShim, sb *sandbox.Sandbox, socket string) (*factory.Claim, error) {
-	hold, err := factory.Hold(sb.StateDir())
-	if err != nil {
+	if err := factory.Hold(sb.StateDir()); err != nil {
 		w.Close()
 		return nil, err
 	}
-	_ = hold // kept open, and so locked, for the process's life
 	if err := w.Listen(socket); err != nil {
 		w.Close()
 		return nil, err
