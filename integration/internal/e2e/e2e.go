@@ -105,13 +105,27 @@ func Nerdctl(t testing.TB) string {
 	return p
 }
 
-// BuildShim builds containerd-shim-hull-v2 into dir.
+// BuildShim builds containerd-shim-hull-v2 into dir, and links the
+// hull-agent of HULL_BIN_DIR beside it, where a warm shim of the VM
+// factory finds the binary of its warm-up container (launch.AgentBinary),
+// as in an installed layout.
 func BuildShim(dir string) error {
 	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "containerd-shim-hull-v2"), "github.com/hull-runtime/hull/cmd/containerd-shim-hull-v2")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building the shim: %w\n%s", err, out)
 	}
-	return nil
+	binDir := os.Getenv("HULL_BIN_DIR")
+	if binDir == "" {
+		return fmt.Errorf("HULL_BIN_DIR must be set (the directory of make build's binaries)")
+	}
+	agent, err := filepath.Abs(filepath.Join(binDir, "hull-agent"))
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(agent); err != nil {
+		return fmt.Errorf("the agent binary: %w (make build)", err)
+	}
+	return os.Symlink(agent, filepath.Join(dir, "hull-agent"))
 }
 
 // DebugShell is the debug shell the suites put into their debug images.
