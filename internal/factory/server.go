@@ -147,14 +147,13 @@ func socketDir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("factory socket directory: %w", err)
 	}
-	st, err := os.Lstat(dir)
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
 		return fmt.Errorf("factory socket directory: %w", err)
 	}
-	sys, ok := st.Sys().(*unix.Stat_t)
-	if !st.IsDir() || !ok || int(sys.Uid) != os.Geteuid() || st.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("factory socket directory %s: must be a directory of user %d with mode 0700, is %v (give factory.socket a directory of its own): %w",
-			dir, os.Geteuid(), st.Mode(), errdefs.ErrFailedPrecondition)
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
+		return fmt.Errorf("factory socket directory %s: must be a directory of user %d with mode 0700, is mode %#o of user %d (give factory.socket a directory of its own): %w",
+			dir, os.Geteuid(), st.Mode, st.Uid, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }

@@ -68,3 +68,18 @@ func TestServeRefusesASharedSocketDir(t *testing.T) {
 		})
 	}
 }
+
+func TestSocketDirAcceptsItsOwn(t *testing.T) {
+	root := t.TempDir()
+	made := filepath.Join(root, "made")
+	if err := socketDir(made); err != nil {
+		t.Fatalf("a directory it makes: %v", err)
+	}
+	if st, err := os.Stat(made); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("made %v (%v), want mode 0700", st, err)
+	}
+	// Once made, a factory starting again takes it as it is.
+	if err := socketDir(made); err != nil {
+		t.Fatalf("an existing private directory: %v", err)
+	}
+}
