@@ -30,6 +30,8 @@ type criFactory struct {
 	socket   string
 	cgParent string
 	logPath  string
+	// hullBin is the hull command it runs.
+	hullBin string
 }
 
 // factoryOptions are the daemon options of a daemon whose hull shims claim
@@ -77,7 +79,8 @@ func (f *criFactory) start(t testing.TB, d *daemon) {
 		t.Fatal(err)
 	}
 	defer func() { _ = logFile.Close() }() // the factory holds its own copy
-	f.cmd = exec.Command(factoryBinaries(t), "--config", filepath.Join(d.dir, "hull.toml"), "--log-level", "info",
+	f.hullBin = factoryBinaries(t)
+	f.cmd = exec.Command(f.hullBin, "--config", filepath.Join(d.dir, "hull.toml"), "--log-level", "info",
 		"factory", "serve", "--shim", filepath.Join(env.binDir, hull.shim))
 	f.cmd.Stdout, f.cmd.Stderr = logFile, logFile
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -138,7 +141,8 @@ func (f *criFactory) waitReady(t testing.TB, not ...string) *api.WarmVM {
 
 // TestCRIFactory runs a kubelet-style pod with containerd 1.6's CRI, the
 // suite's CNI network and a VM factory of one warm VM: the pod adopts the
-// warm VM (a hit, "start=adopted" in the shim's log), its QEMU moves into
+// warm VM (a hit, "start=adopted" in the shim's log and hull monitor's
+// hull_sandbox_start), its QEMU moves into
 // the pod's cgroup, the container runs, exec and the CRI log work, and the
 // host reaches the container's server at the pod's IP. Stopped and
 // removed, the pod leaves nothing, and the factory refills.
@@ -162,6 +166,21 @@ func TestCRIFactory(t *testing.T) {
 	}
 	if log := d.logSince(from); !strings.Contains(log, "start=adopted") {
 		t.Errorf("the shim's log does not say the sandbox was adopted:\n%s", lastLines(log, 40))
+	}
+
+	// hull monitor's sandbox metric says so too.
+	metrics, err := httpGet("http://"+startMonitor(t, f.hullBin, filepath.Join(d.dir, "hull.toml"))+"/metrics", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var startLine string
+	for _, l := range strings.Split(metrics, "\n") {
+		if strings.HasPrefix(l, "hull_sandbox_start{") && strings.Contains(l, `pod_uid="`+p.config.Metadata.Uid+`"`) {
+			startLine = l
+		}
+	}
+	if !strings.Contains(startLine, `start="adopted"`) || !strings.HasSuffix(startLine, " 1") {
+		t.Errorf("hull monitor: the pod's hull_sandbox_start is %q, want start=\"adopted\" 1", startLine)
 	}
 
 	// The VMM, the warm VM's QEMU, is in the pod's cgroup now, every
