@@ -139,7 +139,8 @@ func (f *criFactory) waitReady(t testing.TB, not ...string) *api.WarmVM {
 	}
 }
 
-// TestCRIFactory runs a kubelet-style pod with containerd 1.6's CRI, the
+// TestCRIFactory runs a kubelet-style pod with containerd 1.6's and 2.x's
+// CRI (one daemon each), the
 // suite's CNI network and a VM factory of one warm VM: the pod adopts the
 // warm VM (a hit, "start=adopted" in the shim's log and hull monitor's
 // hull_sandbox_start), its QEMU moves into
@@ -147,9 +148,15 @@ func (f *criFactory) waitReady(t testing.TB, not ...string) *api.WarmVM {
 // host reaches the container's server at the pod's IP. Stopped and
 // removed, the pod leaves nothing, and the factory refills.
 func TestCRIFactory(t *testing.T) {
+	for _, version := range []string{"1.6", "2"} {
+		t.Run("containerd-"+version, func(t *testing.T) { factoryPod(t, version) })
+	}
+}
+
+func factoryPod(t *testing.T, version string) {
 	hull.need(t)
 	opts, f := factoryOptions(t, 1)
-	d := startDaemonWith(t, "1.6", opts)
+	d := startDaemonWith(t, version, opts)
 	f.start(t, d)
 	warm := f.waitReady(t)
 	t.Logf("warm VM %s ready (shim %d) after %.1fs", warm.Id, warm.Pid, warm.AgeSeconds)
