@@ -2,7 +2,6 @@ package cri
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,18 +53,14 @@ func factoryOptions(t testing.TB, vmCache int) (daemonOptions, *criFactory) {
 	}, f
 }
 
-// factoryBinaries returns the hull command of HULL_BIN_DIR (make build's)
-// and puts the hull-agent binary beside the suite's shim, where the warm
-// shims look for it to warm their VMs up (factory.warm_up).
+// factoryBinaries returns the hull command of HULL_BIN_DIR (make build's);
+// the suite's shim directory holds hull-agent beside the shim already
+// (e2e.BuildShim), where warm shims find it for their warm-up.
 func factoryBinaries(t testing.TB) (hullBin string) {
 	t.Helper()
 	dir := os.Getenv("HULL_BIN_DIR")
 	if dir == "" {
 		t.Fatal("HULL_BIN_DIR must name the directory of hull and hull-agent (make build); run `make e2e-cri`")
-	}
-	agent := filepath.Join(env.binDir, "hull-agent")
-	if err := os.Symlink(filepath.Join(dir, "hull-agent"), agent); err != nil && !errors.Is(err, os.ErrExist) {
-		t.Fatal(err)
 	}
 	return filepath.Join(dir, "hull")
 }
