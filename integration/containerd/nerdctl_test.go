@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,12 +19,15 @@ import (
 
 // The nerdctl suite's network: nerdctl's default network ("bridge") from
 // a CNI configuration of the suite's own, on a bridge and in a subnet of
-// the suite's (198.18.0.0/15 is set aside for benchmarking), without NAT,
-// port mapping or firewall rules on the host.
+// the suite's (198.18.0.0/15 is set aside for benchmarking), without
+// masquerading or firewall rules on the host. Its portmap plugin adds NAT
+// rules only for a container published with -p, on the host's loopback
+// address and port nerdctlPort, until the container is removed.
 const (
 	nerdctlBridge  = "hullnd0"
 	nerdctlSubnet  = "198.18.77.0/24"
 	nerdctlGateway = "198.18.77.1"
+	nerdctlPort    = "18081"
 )
 
 // nerdctlEnv is nerdctl against a daemon of the suite: its own data root,
@@ -87,6 +93,17 @@ func (n *nerdctlEnv) leftovers() []string {
 	if out, _, _ := n.run("ps", "-aq"); strings.TrimSpace(out) != "" {
 		left = append(left, "containers: "+strings.TrimSpace(out))
 	}
+	// portmap's rules: the DNAT to a container's address of the suite's
+	// subnet, or anything naming the published port.
+	if out, err := exec.Command("iptables", "-t", "nat", "-S").CombinedOutput(); err != nil {
+		left = append(left, "iptables -t nat -S: "+err.Error()+": "+strings.TrimSpace(string(out)))
+	} else {
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, nerdctlPort) || strings.Contains(line, "198.18.77.") {
+				left = append(left, "nat rule: "+line)
+			}
+		}
+	}
 	return left
 }
 
@@ -136,6 +153,9 @@ func TestNerdctl(t *testing.T) {
 					"routes":  []any{map[string]any{"dst": "0.0.0.0/0"}},
 				},
 			},
+			// nerdctl's -p reaches CNI as the portMappings capability,
+			// which only a plugin that declares it receives.
+			map[string]any{"type": "portmap", "capabilities": map[string]any{"portMappings": true}},
 		},
 	})
 	if err != nil {
@@ -170,6 +190,37 @@ func TestNerdctl(t *testing.T) {
 		n.checkClean(t)
 	})
 
+	t.Run("published port on the host's loopback", func(t *testing.T) {
+		// portmap DNATs 127.0.0.1:nerdctlPort, from the host's own
+		// connections (nat OUTPUT), to the container on the bridge,
+		// masquerading the source to the bridge's address; for a packet
+		// from 127.0.0.1 to leave by the bridge it sets route_localnet on
+		// the bridge (the interface routing the container's address), not
+		// on all interfaces. The bridge goes with the suite, and the
+		// setting with it.
+		id := strings.TrimSpace(n.mustRun(t, "run", "-d", "--runtime", runtimeName, "--net", "bridge",
+			"-p", "127.0.0.1:"+nerdctlPort+":80", imageName,
+			"sh", "-c", "mkdir -p /www && echo hello-nerdctl > /www/index.html && exec httpd -f -p 80 -h /www"))
+		removed := false
+		defer func() {
+			if !removed {
+				n.run("rm", "-f", id)
+			}
+		}()
+		if body := nerdctlHTTPGet(t, "http://127.0.0.1:"+nerdctlPort+"/"); body != "hello-nerdctl\n" {
+			t.Errorf("GET from the host: %q, want %q", body, "hello-nerdctl\n")
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + nerdctlBridge + "/route_localnet"); err != nil || strings.TrimSpace(string(b)) != "1" {
+			t.Errorf("route_localnet of %s: %q, %v; want 1 (set by portmap)", nerdctlBridge, b, err)
+		}
+		n.mustRun(t, "rm", "-f", id)
+		removed = true
+		n.checkClean(t)
+		if out, _ := exec.Command("sh", "-c", "iptables -t nat -S | grep -- "+nerdctlPort).CombinedOutput(); len(out) != 0 {
+			t.Errorf("nat rules naming port %s after rm -f:\n%s", nerdctlPort, out)
+		}
+	})
+
 	t.Run("run --rm true leaves nothing", func(t *testing.T) {
 		n.mustRun(t, "run", "--rm", "--runtime", runtimeName, imageName, "true")
 		n.checkClean(t)
@@ -184,4 +235,30 @@ func TestNerdctl(t *testing.T) {
 		}
 		n.checkClean(t)
 	})
+}
+
+// nerdctlHTTPGet fetches url, retrying for up to a minute while the
+// container's server comes up, and returns the body of a 200 answer.
+func nerdctlHTTPGet(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := c.Get(url)
+		if err == nil {
+			b, rerr := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+			_ = resp.Body.Close()
+			if rerr == nil && resp.StatusCode == http.StatusOK {
+				return string(b)
+			}
+			err = rerr
+			if err == nil {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		time.Sleep(time.Second)
+	}
 }
