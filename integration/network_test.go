@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
@@ -227,12 +228,12 @@ type testNetns struct {
 	ns   netns.NsHandle
 }
 
-// newTestNetns creates hull-nettest-<random> and registers its deletion.
+// newTestNetns creates e2e.TestNetnsPrefix + <random> and registers its deletion.
 func newTestNetns(t *testing.T) *testNetns {
 	t.Helper()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
-	name := "hull-nettest-" + hex.EncodeToString(b)
+	name := e2e.TestNetnsPrefix + hex.EncodeToString(b)
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("creating network namespace %s: %v\n%s", name, err, out)
 	}

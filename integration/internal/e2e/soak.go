@@ -54,6 +54,11 @@ var (
 	netnsDir      = "/run/netns"
 )
 
+// TestNetnsPrefix starts the names of the network namespaces the root
+// suite's tests create as fixtures. They are not pods' traces: a soak that
+// shares the node with those tests does not count them as its leftovers.
+const TestNetnsPrefix = "hull-nettest-"
+
 // ShimSocket is the socket containerd's shim library gives the shim of
 // task (or pod) id in namespace ns of the containerd serving at address:
 // /run/containerd/s/<sha256 of address/ns/id>.
@@ -76,6 +81,9 @@ func Traces() HostTraces {
 	}
 	if ents, err := os.ReadDir(netnsDir); err == nil {
 		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), TestNetnsPrefix) {
+				continue
+			}
 			h["network namespace "+filepath.Join(netnsDir, e.Name())] = true
 		}
 	}
