@@ -363,9 +363,11 @@ func TestTemplateEntropy(t *testing.T) {
 // two sandboxes of that configuration, which restore from it, and runs a
 // container in each: its root comes through the virtio-fs share hot-added
 // after the restore, and it sees the hostname and clock the start set; the
-// first grows by CPU and memory hotplug as a booted VM does. A
-// sandbox of another configuration (one more vCPU) finds no template and
-// boots.
+// first grows by CPU and memory hotplug as a booted VM does. A sandbox
+// with a pod network is restored too, its NIC hot-added after the restore
+// (templateNetworkPod); with the template's state damaged, such a sandbox
+// boots instead. A sandbox of another configuration (one more vCPU) finds
+// no template and boots.
 func TestTemplateSandbox(t *testing.T) {
 	c, _ := hullKernelConfig(t)
 	c.Factory.Template = true
@@ -426,47 +428,16 @@ func TestTemplateSandbox(t *testing.T) {
 	// A pod with a network: the clone has no NIC of the template's, the
 	// pod's eth0 is hot-added once it runs and answers on the pod
 	// address; nothing of hull's is left in the pod namespace after.
-	t.Run("network", func(t *testing.T) {
-		busybox, err := exec.LookPath("busybox")
-		if err != nil {
-			t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
-		}
-		pod, peer := newPodNetns(t, "198.18.16")
-		sc, err := launch.SandboxConfig(c, "tplnet")
-		if err != nil {
+	t.Run("network", func(t *testing.T) { templateNetworkPod(t, c, "tplnet", "198.18.16", true) })
+	// A damaged template: the restore fails, the VM boots instead, and
+	// the pod's network is hot-added into the slots it reserves all the
+	// same.
+	t.Run("damaged template", func(t *testing.T) {
+		state := filepath.Join(c.Factory.TemplateDir, key, "state")
+		if err := os.WriteFile(state, []byte("not a migration stream"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		sc.NetNS = filepath.Join("/run/netns", pod.name)
-		sb, err := sandbox.Start(ctx, sc)
-		if err != nil {
-			t.Fatalf("starting a sandbox with a network: %v", err)
-		}
-		stopped := false
-		t.Cleanup(func() {
-			if !stopped {
-				_ = sb.Stop(context.Background())
-			}
-		})
-		if !sb.Restored() {
-			t.Fatalf("a sandbox with a network booted instead of restoring from template %s", key)
-		}
-		ifs, err := sb.Agent().Network().ListInterfaces(ctx, &agent.ListInterfacesRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := slices.IndexFunc(ifs.GetInterfaces(), func(in *agent.Interface) bool { return in.GetName() == "eth0" })
-		if i < 0 || !slices.Contains(ifs.GetInterfaces()[i].GetAddresses(), "198.18.16.2/24") {
-			t.Errorf("guest interfaces %v: want eth0 with 198.18.16.2/24", ifs.GetInterfaces())
-		}
-		out, err := exec.Command("ip", "netns", "exec", peer.name, busybox, "ping", "-c", "3", "-W", "5", "198.18.16.2").CombinedOutput()
-		if err != nil {
-			t.Errorf("ping of the restored pod's address from the peer: %v\n%s", err, out)
-		}
-		stopped = true
-		if err := sb.Stop(context.Background()); err != nil {
-			t.Errorf("stopping the sandbox: %v", err)
-		}
-		noHullLeft(t, pod)
+		templateNetworkPod(t, c, "tpldamaged", "198.18.17", false)
 	})
 
 	c.Hypervisor.VCPUs++
@@ -545,4 +516,55 @@ func TestTemplateRootfs(t *testing.T) {
 	if after := fileDigest(t, image); after != before {
 		t.Error("the root image changed under its template and clones")
 	}
+}
+
+// templateNetworkPod starts sandbox id of c with a pod network of subnet
+// (<subnet>.2/24 in the pod) and checks that it was restored from its
+// template (or booted, !restored), that the guest has eth0 with the pod
+// address and answers ping from the veth's peer, and that after Stop the
+// pod namespace holds nothing of hull's.
+func templateNetworkPod(t *testing.T, c *config.Config, id, subnet string, restored bool) {
+	t.Helper()
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
+	}
+	ctx := withTimeout(t, 3*time.Minute)
+	pod, peer := newPodNetns(t, subnet)
+	sc, err := launch.SandboxConfig(c, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.NetNS = filepath.Join("/run/netns", pod.name)
+	sb, err := sandbox.Start(ctx, sc)
+	if err != nil {
+		t.Fatalf("starting a sandbox with a network: %v", err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = sb.Stop(context.Background())
+		}
+	})
+	if sb.Restored() != restored {
+		t.Fatalf("sandbox %s: restored from its template %v, want %v", id, sb.Restored(), restored)
+	}
+	ifs, err := sb.Agent().Network().ListInterfaces(ctx, &agent.ListInterfacesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := subnet + ".2"
+	i := slices.IndexFunc(ifs.GetInterfaces(), func(in *agent.Interface) bool { return in.GetName() == "eth0" })
+	if i < 0 || !slices.Contains(ifs.GetInterfaces()[i].GetAddresses(), addr+"/24") {
+		t.Errorf("guest interfaces %v: want eth0 with %s/24", ifs.GetInterfaces(), addr)
+	}
+	out, err := exec.Command("ip", "netns", "exec", peer.name, busybox, "ping", "-c", "3", "-W", "5", addr).CombinedOutput()
+	if err != nil {
+		t.Errorf("ping of the pod's address from the peer: %v\n%s", err, out)
+	}
+	stopped = true
+	if err := sb.Stop(context.Background()); err != nil {
+		t.Errorf("stopping the sandbox: %v", err)
+	}
+	noHullLeft(t, pod)
 }
