@@ -50,16 +50,18 @@ type Source struct {
 	Size func() (vcpus, memoryMiB uint32)
 	// DroppedLogLines counts the agent log lines the host dropped.
 	DroppedLogLines func() uint64
-	// Start says how the sandbox started (StartCold, StartAdopted,
-	// StartWarmRefused); empty for none.
+	// Start says how the sandbox started (StartCold, StartRestored,
+	// StartAdopted, StartWarmRefused); empty for none.
 	Start string
 }
 
 // How a sandbox started, the hull_sandbox_start series' label: a VM booted
-// for it, a VM factory's warm VM adopted, or a warm VM refused (it could
-// not serve the pod's configuration) and a VM booted for it.
+// for it, a VM restored for it from a template (factory.template), a VM
+// factory's warm VM adopted, or a warm VM refused (it could not serve the
+// pod's configuration) and a VM booted for it.
 const (
 	StartCold        = "cold"
+	StartRestored    = "restored"
 	StartAdopted     = "adopted"
 	StartWarmRefused = "warm_refused"
 )

@@ -58,6 +58,9 @@ func (s *service) startSandbox(ctx context.Context, sc sandbox.Config) (*sandbox
 	s.mu.Unlock()
 	if warm == nil {
 		sb, err := sandbox.Start(ctx, sc)
+		if err == nil && sb.Restored() {
+			return sb, podmetrics.StartRestored, nil
+		}
 		return sb, podmetrics.StartCold, err
 	}
 	warmID := warm.ID()
