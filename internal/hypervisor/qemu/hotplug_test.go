@@ -89,7 +89,9 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 	}
 	fail := func(class, desc string) []string {
 		b, _ := json.Marshal(map[string]any{"error": map[string]string{"class": class, "desc": desc}, "id": id})
-		return []string{string(b)}
+		lines := append([]string{string(b)}, m.events...)
+		m.events = nil
+		return lines
 	}
 	if cmd == "qmp_capabilities" {
 		return reply(struct{}{})
