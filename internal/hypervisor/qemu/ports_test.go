@@ -15,7 +15,10 @@ import (
 )
 
 // waitPortFree waits, at most 5 s, until no port of p holds id.
-func waitPortFree(t *testing.T, mu interface{ Lock(); Unlock() }, p *hotPorts, id string) bool {
+func waitPortFree(t *testing.T, mu interface {
+	Lock()
+	Unlock()
+}, p *hotPorts, id string) bool {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
