@@ -23,8 +23,8 @@ const defaultShmSize = 64 << 20
 // attachNetwork mirrors the pod's network namespace into the VM: a tap with
 // tc redirects per interface, given to the VM as virtio-net devices. With
 // inRecord, nsPath goes into the crash-cleanup record.
-func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecord bool, undo *cleanups) error {
-	var opts []netpod.Option
+func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecord bool, undo *cleanups, extra ...netpod.Option) error {
+	opts := extra
 	if own {
 		opts = append(opts, netpod.OwnNamespace())
 	}
@@ -55,7 +55,8 @@ func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint3
 	if err != nil {
 		return err
 	}
-	if err := s.attachNetwork(ctx, nsPath, false, inRecord, undo); err != nil {
+	// More interfaces than slots are refused before any tap is made.
+	if err := s.attachNetwork(ctx, nsPath, false, inRecord, undo, netpod.MaxInterfaces(int(slots))); err != nil {
 		return err
 	}
 	devs := s.podNetwork().Devices()
