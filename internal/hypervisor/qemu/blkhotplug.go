@@ -20,7 +20,8 @@ const (
 	// (a slot of pcie.0 each, no I/O ports).
 	maxHotplugBlocks = 16
 	// defaultUnplugWait bounds how long RemoveBlock waits for the guest to
-	// release a disk (DEVICE_DELETED) before it forgets it.
+	// release a device (DEVICE_DELETED) before the caller goes on
+	// without it; its port waits for QEMU to show it gone.
 	defaultUnplugWait = 10 * time.Second
 )
 
