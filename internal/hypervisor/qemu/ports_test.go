@@ -279,3 +279,43 @@ device_del {"id":"nic-eth0"}`,
 		})
 	}
 }
+
+// TestBlockHotplugLostAddKept: a device_add whose answer is lost, for a
+// device the guest then keeps: the rollback cannot unplug it, so its port
+// waits (it is not offered to the next disk) until QEMU reports the device
+// gone, and then the node goes too.
+func TestBlockHotplugLostAddKept(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	m := newFakeMachine(2, 2)
+	m.delay["device_add"] = 300 * time.Millisecond
+	m.fail["DEVICE_DELETED"] = true
+	cfg := baseConfig()
+	cfg.HotplugBlocks = 1
+	v := runningVM(t, cfg, MachineQ35, m)
+	v.unplugWait = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("AddBlock: got %v, want class %v", err, context.DeadlineExceeded)
+	}
+	m.mu.Lock()
+	m.delay["device_add"] = 0
+	m.mu.Unlock()
+	if err := v.AddBlock(context.Background(), hypervisor.BlockDevice{ID: "r2", File: f}); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("AddBlock into the port of a device that may be there: got %v, want class %v", err, errdefs.ErrResourceExhausted)
+	}
+	m.letGo("blkdev-r1", true)
+	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	if !waitPortFree(t, &v.blkMu, &v.blkPorts, "r1") {
+		t.Fatal("the late DEVICE_DELETED did not free the port of the lost add")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.nodes) != 0 || len(m.open) != 0 {
+		t.Errorf("after the device went qemu still has nodes %v and fd sets %v", m.nodes, m.open)
+	}
+}
