@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -266,4 +268,117 @@ func TestBlockRootfsReadOnlyDisk(t *testing.T) {
 	if strings.Contains(stdout.String(), "dd=0") {
 		t.Errorf("the guest's write to its read-only root disk succeeded: stdout %q", stdout.String())
 	}
+}
+
+// TestBlockRootfsKeptDisk: a guest that refuses to give back a container's
+// root disk (its privileged workload masks the ACPI event through which
+// q35's PCI hotplug asks the guest to eject a device). The container's
+// delete still completes within the unplug bound (10 s) plus the agent's
+// work; QEMU keeps the image open until the VM stops, and then no process
+// holds it and nothing is left.
+func TestBlockRootfsKeptDisk(t *testing.T) {
+	c := containerConfig(t)
+	c.Hypervisor.QEMU.HotplugDisks = 1
+	sb := startSandbox(t, c, "blk-kept")
+	bundle, spec := busyboxBundle(t, "sh", "-c",
+		"echo mask > /sys/firmware/acpi/interrupts/gpe01 && echo gpe01: $(cat /sys/firmware/acpi/interrupts/gpe01)")
+	// A writable sysfs with its firmware directory visible.
+	for i, m := range spec.Mounts {
+		if m.Destination == "/sys" {
+			spec.Mounts[i].Options = slices.DeleteFunc(slices.Clone(m.Options), func(o string) bool { return o == "ro" })
+		}
+	}
+	spec.Linux.MaskedPaths = slices.DeleteFunc(spec.Linux.MaskedPaths, func(p string) bool { return strings.HasPrefix(p, "/sys") })
+	spec.Linux.ReadonlyPaths = slices.DeleteFunc(spec.Linux.ReadonlyPaths, func(p string) bool { return strings.HasPrefix(p, "/sys") })
+	pc := spec.Process.Capabilities
+	pc.Bounding = append(pc.Bounding, "CAP_SYS_ADMIN")
+	pc.Effective = append(pc.Effective, "CAP_SYS_ADMIN")
+	pc.Permitted = append(pc.Permitted, "CAP_SYS_ADMIN")
+	img := ext4Image(t, bundle)
+
+	ctx := withTimeout(t, 3*time.Minute)
+	var stdout, stderr e2e.SyncBuffer
+	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+		ID: "blk-kept", Bundle: bundle, Spec: spec,
+		Rootfs: []storage.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "rw"}}},
+		Stdio:  sandbox.IO{Stdout: &stdout, Stderr: &stderr},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctr.Start(ctx); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	st, err := ctr.Wait(ctx)
+	if err != nil || st.Code != 0 || !strings.Contains(stdout.String(), "gpe01:") || !strings.Contains(stdout.String(), "masked") {
+		t.Fatalf("the workload did not mask the hotplug event: %v, status %d, stdout %q, stderr %q", err, st.Code, stdout.String(), stderr.String())
+	}
+	vmm := sb.HostProcesses()["vmm"].PID
+	if !heldBy(t, img, vmm) {
+		t.Fatalf("qemu (pid %d) does not hold the image while the container runs", vmm)
+	}
+
+	start := time.Now()
+	if err := ctr.Delete(ctx, true); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("delete of a container whose disk the guest keeps took %s", took.Round(time.Millisecond))
+	// The bound: 10 s for the guest, the rest for the agent under TCG.
+	if took > 70*time.Second {
+		t.Errorf("delete took %s, beyond its bound", took)
+	}
+	if !heldBy(t, img, vmm) {
+		t.Fatal("qemu let the image go: the guest did not keep the disk (the test's guest-side hook did not take)")
+	}
+	// Its port stays taken while QEMU has the device.
+	b2, spec2 := busyboxBundle(t, "true")
+	if _, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+		ID: "blk-next", Bundle: b2, Spec: spec2,
+		Rootfs: []storage.Mount{{Type: "ext4", Source: ext4Image(t, b2), Options: []string{"loop", "rw"}}},
+	}); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Errorf("a second disk into the kept one's port: got %v, want class %v", err, errdefs.ErrResourceExhausted)
+	}
+
+	if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if o := openers(t, img); len(o) > 0 {
+		t.Errorf("the image is still open after the vm stopped: %v", o)
+	}
+}
+
+// openers lists the processes with a descriptor open on path, as "pid/fd".
+func openers(t *testing.T, path string) []string {
+	t.Helper()
+	want, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, _ := os.ReadDir("/proc")
+	var found []string
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		dir := filepath.Join("/proc", p.Name(), "fd")
+		fds, _ := os.ReadDir(dir)
+		for _, fd := range fds {
+			if st, err := os.Stat(filepath.Join(dir, fd.Name())); err == nil && os.SameFile(st, want) {
+				found = append(found, p.Name()+"/"+fd.Name())
+			}
+		}
+	}
+	return found
+}
+
+// heldBy tells whether process pid has path open.
+func heldBy(t *testing.T, path string, pid int) bool {
+	t.Helper()
+	for _, o := range openers(t, path) {
+		if filepath.Dir(o) == strconv.Itoa(pid) {
+			return true
+		}
+	}
+	return false
 }

@@ -122,6 +122,10 @@ type NetworkAdder interface {
 	// Config.HotplugNICs) ErrResourceExhausted; an ID already in use
 	// ErrAlreadyExists.
 	AddNetwork(ctx context.Context, n NetworkDevice) error
+	// AddNetworks adds ns all or none: with fewer free slots than NICs it
+	// answers ErrResourceExhausted before it adds any, and when one fails
+	// it removes those it added.
+	AddNetworks(ctx context.Context, ns []NetworkDevice) error
 }
 
 // BlockHotplugger hot-adds and removes virtio-blk disks of a running VM
@@ -136,8 +140,9 @@ type BlockHotplugger interface {
 	AddBlock(ctx context.Context, b BlockDevice) error
 	// RemoveBlock unplugs the disk added as id. The guest must release
 	// the device: when it does not within the driver's bound, RemoveBlock
-	// forgets the disk (its slot is not reused; it goes with the VM) and
-	// returns nil after logging it. An unknown id is ErrNotFound.
+	// logs it and returns nil; the disk's slot, and the hypervisor's hold
+	// on its file, stay until the guest lets the device go (then the slot
+	// is reused) or the VM stops. An unknown id is ErrNotFound.
 	RemoveBlock(ctx context.Context, id string) error
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"sync"
 
 	"github.com/containerd/errdefs"
@@ -73,6 +74,17 @@ type Option func(*options)
 
 type options struct {
 	allowOwn bool
+	// bounded says that at most maxInterfaces interfaces are mirrored.
+	bounded       bool
+	maxInterfaces int
+}
+
+// MaxInterfaces makes Attach refuse, with an ErrResourceExhausted-class
+// error and before it makes any tap, a namespace with more than n
+// interfaces to mirror: a VM that gets its NICs by hotplug has only so
+// many slots.
+func MaxInterfaces(n int) Option {
+	return func(o *options) { o.bounded, o.maxInterfaces = true, n }
 }
 
 // OwnNamespace lets Attach mirror the calling process's own network
@@ -118,11 +130,13 @@ func Attach(ctx context.Context, nsPath string, opts ...Option) (_ *Network, ret
 	if err != nil {
 		return nil, fmt.Errorf("listing the links of %s: %w", nsPath, classify(err))
 	}
+	links = slices.DeleteFunc(links, func(l netlink.Link) bool { return !carriesPodNetwork(ctx, l) })
+	if o.bounded && len(links) > o.maxInterfaces {
+		return nil, fmt.Errorf("network namespace %s has %d interfaces to mirror, the vm room for %d: %w",
+			nsPath, len(links), o.maxInterfaces, errdefs.ErrResourceExhausted)
+	}
 	n := &Network{nsPath: nsPath, ns: ns, h: h}
 	for _, l := range links {
-		if !carriesPodNetwork(ctx, l) {
-			continue
-		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

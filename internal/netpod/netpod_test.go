@@ -197,6 +197,30 @@ func TestAttachErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("more interfaces than the vm has slots for: no tap made", func(t *testing.T) {
+		p := newPod(t)
+		_, err := Attach(context.Background(), p.ns.path, MaxInterfaces(1))
+		if !errdefs.IsResourceExhausted(err) {
+			t.Fatalf("Attach: %v, want resource exhausted", err)
+		}
+		h := p.ns.netlink(t)
+		if taps := tapLinks(t, h); len(taps) != 0 {
+			t.Errorf("taps %q left behind", taps)
+		}
+		for _, l := range []string{"eth0", "eth1"} {
+			if ok, _ := ingressOf(t, h, l); ok {
+				t.Errorf("%s's ingress qdisc left behind", l)
+			}
+		}
+		n, err := Attach(context.Background(), p.ns.path, MaxInterfaces(3))
+		if err != nil {
+			t.Fatalf("Attach within the bound: %v", err)
+		}
+		if err := n.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("canceled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()

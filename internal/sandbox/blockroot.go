@@ -48,8 +48,9 @@ func (s *Sandbox) addBlockRootfs(ctx context.Context, id string, b *storage.Bloc
 
 // removeBlockRootfs unplugs a container's root disk once the guest has
 // removed the container. The driver bounds the wait for the guest: one
-// that keeps the disk does not hold up the delete (the disk goes with
-// the VM).
+// that keeps the disk does not hold up the delete; the hypervisor keeps
+// the disk and its hold on the image until the guest lets it go, at the
+// latest until the VM stops.
 func (s *Sandbox) removeBlockRootfs(ctx context.Context, disk string) error {
 	hp, err := hypervisor.AsBlockHotplugger(s.vm)
 	if err != nil {

@@ -53,7 +53,9 @@ type record struct {
 }
 
 func (s *Sandbox) record() record {
+	s.mu.Lock()
 	r := record{ID: s.id, NetNS: s.netnsPath}
+	s.mu.Unlock()
 	if s.vm != nil {
 		d := s.vm.Describe()
 		r.VMPID, r.VMStartTime, r.Cgroup = d.PID, d.StartTime, d.Cgroup

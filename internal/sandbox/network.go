@@ -23,8 +23,8 @@ const defaultShmSize = 64 << 20
 // attachNetwork mirrors the pod's network namespace into the VM: a tap with
 // tc redirects per interface, given to the VM as virtio-net devices. With
 // inRecord, nsPath goes into the crash-cleanup record.
-func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecord bool, undo *cleanups) error {
-	var opts []netpod.Option
+func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecord bool, undo *cleanups, extra ...netpod.Option) error {
+	opts := extra
 	if own {
 		opts = append(opts, netpod.OwnNamespace())
 	}
@@ -32,7 +32,7 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecor
 	if err != nil {
 		return err
 	}
-	s.network, s.netnsPath = n, nsPath
+	s.setNetwork(n, nsPath)
 	undo.push(n.Close)
 	if !inRecord {
 		return nil
@@ -54,31 +54,43 @@ func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint3
 	if _, err := hypervisor.AsNetworkAdder(s.vm); err != nil {
 		return err
 	}
-	if err := s.attachNetwork(ctx, nsPath, false, inRecord, undo); err != nil {
+	// More interfaces than slots are refused before any tap is made.
+	if err := s.attachNetwork(ctx, nsPath, false, inRecord, undo, netpod.MaxInterfaces(int(slots))); err != nil {
 		return err
 	}
 	return s.addNICs(ctx, slots)
 }
 
 // addNICs hot-adds the attached pod network's devices into the VM's
-// reserved NIC slots, of which it has slots. A failure leaves the NICs
-// added so far in the VM, whose stop releases them with the taps.
+// reserved NIC slots, of which it has slots: all or none (the driver checks
+// its free slots before it adds any, and unplugs those it added when one
+// fails).
 func (s *Sandbox) addNICs(ctx context.Context, slots uint32) error {
 	adder, err := hypervisor.AsNetworkAdder(s.vm)
 	if err != nil {
 		return err
 	}
-	devs := s.network.Devices()
+	devs := s.podNetwork().Devices()
 	if uint32(len(devs)) > slots {
 		return fmt.Errorf("the pod network has %d interfaces and the vm room for %d hot-added NICs: %w",
 			len(devs), slots, errdefs.ErrResourceExhausted)
 	}
-	for _, d := range devs {
-		if err := adder.AddNetwork(ctx, d); err != nil {
-			return err
-		}
-	}
-	return nil
+	return adder.AddNetworks(ctx, devs)
+}
+
+// podNetwork returns the mirrored pod network, nil without one.
+func (s *Sandbox) podNetwork() *netpod.Network {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.network
+}
+
+// setNetwork sets the mirrored pod network and its namespace's path; the
+// caller holds netMu, or is Start before the sandbox is shared.
+func (s *Sandbox) setNetwork(n *netpod.Network, nsPath string) {
+	s.mu.Lock()
+	s.network, s.netnsPath = n, nsPath
+	s.mu.Unlock()
 }
 
 // AttachOwnNetwork mirrors the VMM's own network namespace
@@ -94,7 +106,15 @@ func (s *Sandbox) AttachOwnNetwork(ctx context.Context, dns *agent.DNS) (retErr 
 	if !s.ownNetNS {
 		return fmt.Errorf("sandbox %s: the vmm has no network namespace of its own: %w", s.id, errdefs.ErrFailedPrecondition)
 	}
-	if s.network != nil {
+	s.netMu.Lock()
+	defer s.netMu.Unlock()
+	s.mu.Lock()
+	st, attached := s.state, s.network != nil
+	s.mu.Unlock()
+	if st != StateRunning {
+		return fmt.Errorf("sandbox %s is %s, not running: %w", s.id, st, errdefs.ErrFailedPrecondition)
+	}
+	if attached {
 		return fmt.Errorf("sandbox %s: network already attached: %w", s.id, errdefs.ErrAlreadyExists)
 	}
 	pid := s.vm.Describe().PID
@@ -105,7 +125,7 @@ func (s *Sandbox) AttachOwnNetwork(ctx context.Context, dns *agent.DNS) (retErr 
 	defer func() {
 		if retErr != nil {
 			_ = undo.run(context.WithoutCancel(ctx))
-			s.network, s.netnsPath = nil, ""
+			s.setNetwork(nil, "")
 		}
 	}()
 	// The VMM is the sandbox's child: its PID names it until it is
@@ -123,10 +143,11 @@ func (s *Sandbox) AttachOwnNetwork(ctx context.Context, dns *agent.DNS) (retErr 
 // configureGuestNetwork has the agent give the guest the pod's interfaces,
 // routes, neighbours and DNS.
 func (s *Sandbox) configureGuestNetwork(ctx context.Context, dns *agent.DNS) error {
-	if s.network == nil {
+	n := s.podNetwork()
+	if n == nil {
 		return nil
 	}
-	req := s.network.Request()
+	req := n.Request()
 	if len(req.GetInterfaces()) == 0 && dns == nil {
 		return nil
 	}

@@ -175,8 +175,13 @@ type Sandbox struct {
 	// storage is the shared tree; virtiofsd serves it to the guest.
 	storage  *storage.Shared
 	virtiofs *virtiofs.Daemon
+	// netMu serializes AttachOwnNetwork with Stop's release of the
+	// network, so that a network attached while the sandbox stops is
+	// either released by Stop or undone by AttachOwnNetwork.
+	netMu sync.Mutex
 	// network mirrors the pod's network namespace (netnsPath) into the
-	// VM; nil without one.
+	// VM; nil without one. Both are guarded by mu, and written with netMu
+	// held too.
 	network   *netpod.Network
 	netnsPath string
 	// ownNetNS and hotplugNICs are Config.VM's: the VMM has a network
@@ -630,8 +635,8 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 // identity, state directory, cgroup and the agent's kernel parameters.
 func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.Config {
 	vc := guestVMConfig(cfg, ep)
-	if s.network != nil && !s.nicsAfterRestore {
-		vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
+	if n := s.podNetwork(); n != nil && !s.nicsAfterRestore {
+		vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), n.Devices()...)
 	}
 	vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
 	vc.SharedMemory = true
@@ -763,9 +768,11 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	if s.virtiofs != nil {
 		errs = append(errs, s.virtiofs.Stop(ctx))
 	}
-	if s.network != nil {
-		errs = append(errs, s.network.Close(ctx))
+	s.netMu.Lock()
+	if n := s.podNetwork(); n != nil {
+		errs = append(errs, n.Close(ctx))
 	}
+	s.netMu.Unlock()
 	var storageErr error
 	if s.storage != nil {
 		storageErr = s.storage.Close(ctx)

@@ -182,13 +182,13 @@ func (s *Sandbox) findTemplate(ctx context.Context, cfg Config, ep hypervisor.Ag
 	if err != nil || tpl == nil {
 		return err
 	}
-	if s.network != nil {
-		if n := uint32(len(s.network.Devices())); n > cfg.VM.HotplugNICs {
+	if net := s.podNetwork(); net != nil {
+		if n := uint32(len(net.Devices())); n > cfg.VM.HotplugNICs {
 			log.G(ctx).WithFields(log.Fields{"nics": n, "slots": cfg.VM.HotplugNICs}).
 				Warn("the pod network has more interfaces than a vm restored from a template can hot-add: booting")
 			return nil
 		}
-		s.nicsAfterRestore = len(s.network.Devices()) > 0
+		s.nicsAfterRestore = len(net.Devices()) > 0
 	}
 	s.template = tpl
 	return nil

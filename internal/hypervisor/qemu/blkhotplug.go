@@ -20,7 +20,8 @@ const (
 	// (a slot of pcie.0 each, no I/O ports).
 	maxHotplugBlocks = 16
 	// defaultUnplugWait bounds how long RemoveBlock waits for the guest to
-	// release a disk (DEVICE_DELETED) before it forgets it.
+	// release a device (DEVICE_DELETED) before the caller goes on
+	// without it; its port waits for QEMU to show it gone.
 	defaultUnplugWait = 10 * time.Second
 )
 
@@ -36,11 +37,8 @@ var serialPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
 // blockPortID names the root port number i reserved for a hot-added disk.
 func blockPortID(i uint32) string { return fmt.Sprintf("blkport%d", i) }
 
-// hotBlock is a disk AddBlock plugged.
-type hotBlock struct {
-	port  int
-	fdset int64
-}
+// blockDevPrefix begins the QEMU device ID of a hot-added disk.
+const blockDevPrefix = "blkdev-"
 
 // AddBlock hot-adds a virtio-blk-pci disk on a q35 machine: it passes
 // b.File to QEMU over the monitor socket into an fd set of its own
@@ -66,29 +64,15 @@ func (v *VM) AddBlock(ctx context.Context, b hypervisor.BlockDevice) error {
 	if err != nil {
 		return err
 	}
-	// A disk whose add lost its answer or whose guest kept it ("?"+ID)
-	// may still be plugged under that ID.
-	if _, ok := v.blkDevs[b.ID]; ok || slices.Contains(v.blkPorts, "?"+b.ID) ||
-		slices.ContainsFunc(v.cfg.Blocks, func(d hypervisor.BlockDevice) bool { return d.ID == b.ID }) {
+	if slices.ContainsFunc(v.cfg.Blocks, func(d hypervisor.BlockDevice) bool { return d.ID == b.ID }) {
 		return fmt.Errorf("vm %s: a disk named %q is already there: %w", v.cfg.ID, b.ID, errdefs.ErrAlreadyExists)
 	}
-	port := slices.Index(v.blkPorts, "")
-	if port < 0 {
-		return fmt.Errorf("vm %s: adding disk %q: all %d disk hotplug slots are in use: %w",
-			v.cfg.ID, b.ID, len(v.blkPorts), errdefs.ErrResourceExhausted)
-	}
-	fdset, err := v.plugBlock(ctx, q, b, blockPortID(uint32(port)))
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			// QEMU may have plugged the device before the answer was
-			// lost: the port is not offered again.
-			v.blkPorts[port] = "?" + b.ID
-		}
+	if err := v.hotAdd(ctx, q, &v.blkPorts, b.ID, blockDevPrefix+b.ID, func(ctx context.Context, port string) (releaseFunc, error) {
+		return v.plugBlock(ctx, q, b, port)
+	}); err != nil {
 		return fmt.Errorf("vm %s: adding disk %q: %w", v.cfg.ID, b.ID, err)
 	}
-	v.blkPorts[port] = b.ID
-	v.blkDevs[b.ID] = hotBlock{port: port, fdset: fdset}
-	log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "disk": b.ID, "port": blockPortID(uint32(port)), "read_only": b.ReadOnly}).Info("disk hot-added")
+	log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "disk": b.ID, "port": v.blkPorts.portID(uint32(v.blkPorts.find(b.ID))), "read_only": b.ReadOnly}).Info("disk hot-added")
 	return nil
 }
 
@@ -125,24 +109,26 @@ func (v *VM) hotplugQMP(what string) (*qmpConn, error) {
 	}
 }
 
-// plugBlock runs the QMP steps of AddBlock and returns the fd set that
-// holds the disk's descriptor, undoing the done steps when a later one
-// fails; the caller holds blkMu.
-func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice, port string) (_ int64, retErr error) {
-	var undo []func(context.Context) error
+// plugBlock runs the QMP steps of AddBlock, undoing the done steps when a
+// later one fails, and returns what releases the disk's node and fd set
+// once its device is gone; the caller holds blkMu.
+func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice, port string) (rel releaseFunc, retErr error) {
+	// lost tells that device_add's answer was lost, gone that the
+	// rollback then saw the device unplugged; release is set once there
+	// is something to release.
+	var (
+		lost, gone bool
+		release    releaseFunc
+	)
 	defer func() {
-		if retErr == nil {
-			return
-		}
-		// The caller's ctx may be what failed: undo with a fresh one.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-		defer cancel()
-		for i := len(undo) - 1; i >= 0; i-- {
-			if err := undo[i](rctx); err != nil {
-				retErr = errors.Join(retErr, fmt.Errorf("undoing a step: %w", err))
-			}
+		// After the rollback: a device it could not show gone may
+		// still hold what release drops.
+		if retErr != nil && lost && !gone {
+			rel = release
 		}
 	}()
+	var undo qmpUndo
+	defer func() { undo.run(ctx, &retErr) }()
 
 	// The driver numbers the set itself, and the undo is pushed before
 	// add-fd: a reply lost to a timeout may hide a set QEMU made, which
@@ -150,9 +136,9 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 	// error there).
 	v.fdsetSeq++
 	set := v.fdsetSeq
-	undo = append(undo, func(ctx context.Context) error { return removeFDSet(ctx, q, set) })
+	undo.push(func(ctx context.Context) error { return removeFDSet(ctx, q, set) })
 	if _, err := q.executeFD(ctx, "add-fd", map[string]any{"fdset-id": set}, int(b.File.Fd())); err != nil {
-		return 0, err
+		return nil, err
 	}
 
 	node := "blk-" + b.ID
@@ -160,33 +146,71 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 	if _, err := q.execute(ctx, "blockdev-add", map[string]any{
 		"driver": "raw", "node-name": node, "read-only": b.ReadOnly, "file": file,
 	}); err != nil {
-		return 0, err
+		return nil, err
 	}
-	undo = append(undo, func(ctx context.Context) error {
+	undo.push(func(ctx context.Context) error {
 		_, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": node})
 		return err
 	})
+	release = func(ctx context.Context, q *qmpConn) error {
+		var errs []error
+		if err := deleteNode(ctx, q, node); err != nil {
+			errs = append(errs, err)
+		}
+		if err := removeFDSet(ctx, q, set); err != nil {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
 
-	devID := "blkdev-" + b.ID
+	devID := blockDevPrefix + b.ID
 	dev := map[string]any{"driver": "virtio-blk-pci", "id": devID, "drive": node, "bus": port}
 	if b.Serial != "" {
 		dev["serial"] = b.Serial
 	}
 	// A device_add whose answer is lost may have plugged the device: it
 	// is unplugged before the node goes (QEMU refuses to delete a node a
-	// device uses).
-	lost := false
-	undo = append(undo, func(ctx context.Context) error {
+	// device uses). When the guest does not let it go, the port waits
+	// for it (hotAdd) with the release.
+	undo.push(func(ctx context.Context) error {
 		if !lost {
 			return nil
 		}
-		return v.unplugDevice(ctx, q, devID)
+		err := v.unplugDevice(ctx, q, devID)
+		gone = err == nil
+		return err
 	})
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
 		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
-		return 0, err
+		return nil, err
 	}
-	return set, nil
+	return release, nil
+}
+
+// deleteNode deletes a block node; one QEMU does not have (any more) is
+// not an error.
+func deleteNode(ctx context.Context, q *qmpConn, node string) error {
+	_, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": node})
+	if err == nil {
+		return nil
+	}
+	// QEMU answers a missing node with a generic error: ask it.
+	r, qerr := q.execute(ctx, "query-named-block-nodes", map[string]any{"flat": true})
+	if qerr != nil {
+		return errors.Join(err, qerr)
+	}
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+	}
+	if qerr := json.Unmarshal(r, &nodes); qerr != nil {
+		return errors.Join(err, fmt.Errorf("qmp query-named-block-nodes: %w", qerr))
+	}
+	for _, n := range nodes {
+		if n.NodeName == node {
+			return err
+		}
+	}
+	return nil
 }
 
 // removeFDSet closes QEMU's copies of the descriptors in an fd set; a set
@@ -201,55 +225,46 @@ func removeFDSet(ctx context.Context, q *qmpConn, fdset int64) error {
 // RemoveBlock unplugs a disk AddBlock added: device_del, then it waits for
 // QEMU's DEVICE_DELETED, which comes once the guest has released the
 // device, for at most the unplug bound (10 s) or until ctx is done; then
-// blockdev-del and remove-fd drop QEMU's node and its descriptor, and the
-// port is free again. A guest that does not release the device does not
-// hold up the caller: the disk is forgotten (logged), its port stays taken
-// and the device and its descriptor go with the VM.
+// blockdev-del and remove-fd drop QEMU's node and its descriptor of the
+// image, and the port is free again. A guest that does not release the
+// device does not hold up the caller: RemoveBlock logs it and returns nil,
+// and the port stays taken until QEMU shows the device gone: a late
+// DEVICE_DELETED, or its absence from QEMU's device tree when a later
+// AddBlock needs a port. Then the node and the descriptor are dropped and
+// the port is offered again. At the latest they go with the VM.
 func (v *VM) RemoveBlock(ctx context.Context, id string) error {
 	v.blkMu.Lock()
 	defer v.blkMu.Unlock()
-	d, ok := v.blkDevs[id]
-	if !ok {
+	i := v.blkPorts.find(id)
+	if i < 0 || v.blkPorts.slots[i].state == slotUnsure {
+		return fmt.Errorf("vm %s: disk %q: %w", v.cfg.ID, id, errdefs.ErrNotFound)
+	}
+	if v.blkPorts.slots[i].state == slotUnplugging {
+		// A second remove of a disk the guest keeps: already forgotten.
 		return fmt.Errorf("vm %s: disk %q: %w", v.cfg.ID, id, errdefs.ErrNotFound)
 	}
 	logger := log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "disk": id})
 	q, err := v.hotplugQMP("removing disk " + id)
 	if err != nil {
-		delete(v.blkDevs, id)
 		if hypervisor.IsExited(err) {
 			// The device went with the VM.
+			v.blkPorts.slots[i] = hotSlot{}
 			return nil
 		}
 		return err
 	}
-	devID := "blkdev-" + id
-	err = v.unplugDevice(ctx, q, devID)
+	err = v.hotRemove(ctx, q, &v.blkPorts, id)
 	switch {
 	case hypervisor.IsExited(err):
 		// The device went with the VM.
-		delete(v.blkDevs, id)
+		v.blkPorts.slots[i] = hotSlot{}
 		return nil
 	case errors.Is(err, errNotReleased):
-		v.forgetBlock(id, d)
-		logger.WithError(err).Warn("the disk stays plugged until the vm stops")
+		logger.WithError(err).Warn("the guest keeps the disk: its port and image stay with qemu until the guest lets it go or the vm stops")
 		return nil
 	case err != nil:
 		return fmt.Errorf("vm %s: removing disk %q: %w", v.cfg.ID, id, err)
 	}
-	var errs []error
-	if _, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": "blk-" + id}); err != nil {
-		errs = append(errs, err)
-	}
-	if err := removeFDSet(ctx, q, d.fdset); err != nil {
-		errs = append(errs, err)
-	}
-	delete(v.blkDevs, id)
-	if len(errs) > 0 {
-		// The port stays taken: the node may still be there.
-		v.blkPorts[d.port] = "?" + id
-		return fmt.Errorf("vm %s: removing disk %q: %w", v.cfg.ID, id, errors.Join(errs...))
-	}
-	v.blkPorts[d.port] = ""
 	logger.Info("disk removed")
 	return nil
 }
@@ -261,11 +276,13 @@ var errNotReleased = errors.New("the guest did not release the device")
 // unplugDevice asks QEMU to unplug devID (device_del) and waits for its
 // DEVICE_DELETED, which comes once the guest has released the device, for
 // at most unplugWait or until ctx is done (errNotReleased). A device QEMU
-// does not know is gone already.
+// does not know is gone already. When the wait ends without the event,
+// the device is marked so that its event, when it comes late, frees its
+// port (deviceDeleted, releaseLate).
 func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
 	deleted := v.watchDeleted(devID)
-	defer v.unwatchDeleted(devID)
 	if _, err := q.execute(ctx, "device_del", map[string]any{"id": devID}); err != nil {
+		v.unwatchDeleted(devID, false)
 		if errdefs.IsNotFound(err) {
 			return nil
 		}
@@ -273,21 +290,21 @@ func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
 	}
 	wait := time.NewTimer(v.unplugWait)
 	defer wait.Stop()
+	var err error
 	select {
 	case <-deleted:
+		v.unwatchDeleted(devID, false)
 		return nil
 	case <-wait.C:
-		return fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
+		err = fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
 	case <-ctx.Done():
-		return fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
+		err = fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
 	}
-}
-
-// forgetBlock drops a disk the guest did not release; its port is not
-// offered again. The caller holds blkMu.
-func (v *VM) forgetBlock(id string, d hotBlock) {
-	delete(v.blkDevs, id)
-	v.blkPorts[d.port] = "?" + id
+	if v.unwatchDeleted(devID, true) {
+		// The event came as the wait ended.
+		return nil
+	}
+	return err
 }
 
 // watchDeleted returns a channel closed when QEMU reports that the device
@@ -296,19 +313,34 @@ func (v *VM) watchDeleted(id string) <-chan struct{} {
 	ch := make(chan struct{})
 	v.mu.Lock()
 	v.deleted[id] = ch
+	delete(v.unplugging, id)
 	v.mu.Unlock()
 	return ch
 }
 
-func (v *VM) unwatchDeleted(id string) {
+// unwatchDeleted ends a wait of watchDeleted and reports whether the
+// device was deleted meanwhile; with late, a device not yet deleted is
+// marked so that its DEVICE_DELETED frees its port when it comes.
+func (v *VM) unwatchDeleted(id string, late bool) bool {
 	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.deleted[id]
 	delete(v.deleted, id)
-	v.mu.Unlock()
+	if !ok {
+		// deviceDeleted closed the channel and dropped the wait.
+		return true
+	}
+	if late {
+		v.unplugging[id] = true
+	}
+	return false
 }
 
-// deviceDeleted handles a DEVICE_DELETED event: it wakes RemoveBlock's
-// wait for that device, if any. Events for other devices (and the
-// unnamed inner devices QEMU reports by path alone) are ignored.
+// deviceDeleted handles a DEVICE_DELETED event: it wakes the wait for that
+// device, if any, or, for a device whose unplug stopped waiting, frees its
+// port in a goroutine of its own (releaseLate), started once per such
+// device. Events for other devices (and the unnamed inner devices QEMU
+// reports by path alone) are ignored.
 func (v *VM) deviceDeleted(data json.RawMessage) {
 	var d struct {
 		Device string `json:"device"`
@@ -321,5 +353,10 @@ func (v *VM) deviceDeleted(data json.RawMessage) {
 	if ch, ok := v.deleted[d.Device]; ok {
 		close(ch)
 		delete(v.deleted, d.Device)
+		return
+	}
+	if v.unplugging[d.Device] {
+		delete(v.unplugging, d.Device)
+		go v.releaseLate(d.Device)
 	}
 }

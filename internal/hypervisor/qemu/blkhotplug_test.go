@@ -91,7 +91,8 @@ device_add {"bus":"blkport0","drive":"blk-r1","driver":"virtio-blk-pci","id":"bl
 add-fd {"fdset-id":2}
 blockdev-add {"driver":"raw","file":{"driver":"file","filename":"/dev/fdset/2","read-only":false},"node-name":"blk-r2","read-only":false}
 device_add {"bus":"blkport1","drive":"blk-r2","driver":"virtio-blk-pci","id":"blkdev-r2","serial":"s-r2"}
-device_del {"id":"blkdev-r1"}`,
+device_del {"id":"blkdev-r1"}
+qom-list {"path":"/machine/peripheral"}`,
 		},
 		{
 			// The disk is still plugged: its ID is not free for another

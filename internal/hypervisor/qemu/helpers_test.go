@@ -72,7 +72,7 @@ func buildInitrd() (string, error) {
 		return "", err
 	}
 	root := filepath.Join(dir, "root")
-	for _, d := range []string{"bin", "dev", "proc"} {
+	for _, d := range []string{"bin", "dev", "proc", "sys"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return "", err
 		}
@@ -88,6 +88,7 @@ func buildInitrd() (string, error) {
 		"echo '" + testMarker + "'\n" +
 		"if [ \"$hulltest\" = poweroff ]; then /bin/busybox poweroff -f; fi\n" +
 		"i=0; while [ \"$hulltest\" = flood ]; do echo \"flood line $i\"; i=$((i+1)); done\n" +
+		keepDiskScript +
 		"exec /bin/busybox sleep 3600\n"
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte(script), 0o755); err != nil {
 		return "", err
@@ -104,6 +105,21 @@ func buildInitrd() (string, error) {
 	}
 	return out, nil
 }
+
+// keepDiskScript plays, with hulltest=keepdisk, a guest that refuses to
+// give back a hot-added disk: once a virtio-blk PCI device appears it
+// masks the ACPI GPE through which q35's PCI hotplug asks it to eject a
+// device, then says so on the console (testKeepDisk); QEMU's unplug
+// request then goes unanswered.
+const keepDiskScript = "if [ \"$hulltest\" = keepdisk ]; then\n" +
+	"  /bin/busybox mount -t sysfs sys /sys\n" +
+	"  until /bin/busybox grep -qxE '0x1042|0x1001' /sys/bus/pci/devices/*/device 2>/dev/null; do /bin/busybox sleep 1; done\n" +
+	"  echo mask > /sys/firmware/acpi/interrupts/gpe01\n" +
+	"  echo \"" + testKeepDisk + " $(/bin/busybox cat /sys/firmware/acpi/interrupts/gpe01)\"\n" +
+	"fi\n"
+
+// testKeepDisk is what the test init prints once it keeps the disk.
+const testKeepDisk = "HULL-TEST-KEEPDISK masked"
 
 var (
 	initrdOnce sync.Once

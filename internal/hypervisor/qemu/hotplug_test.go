@@ -40,10 +40,28 @@ type fakeMachine struct {
 	// delay holds back the answer to a command, as a QEMU busy past the
 	// caller's deadline; the answer still comes, late.
 	delay map[string]time.Duration
+	// nodes are the block nodes blockdev-add made and blockdev-del has
+	// not deleted.
+	nodes map[string]bool
+	// events go out after the next answer (a late DEVICE_DELETED).
+	events []string
+}
+
+// letGo plays a guest that releases dev late, after the driver stopped
+// waiting: QEMU drops the device and, with event, reports it with its
+// next answer; without, the event is lost to the driver.
+func (m *fakeMachine) letGo(dev string, event bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.devices = slices.DeleteFunc(m.devices, func(d string) bool { return d == dev })
+	if event {
+		ev, _ := json.Marshal(map[string]any{"event": "DEVICE_DELETED", "data": map[string]string{"device": dev, "path": "/machine/peripheral/" + dev}})
+		m.events = append(m.events, string(ev))
+	}
 }
 
 func newFakeMachine(plugged, slots int) *fakeMachine {
-	m := &fakeMachine{backends: map[string]uint64{}, fail: map[string]bool{}, open: map[int]bool{}, delay: map[string]time.Duration{}}
+	m := &fakeMachine{backends: map[string]uint64{}, fail: map[string]bool{}, open: map[int]bool{}, delay: map[string]time.Duration{}, nodes: map[string]bool{}}
 	// QEMU lists the slots highest first.
 	for i := slots - 1; i >= 0; i-- {
 		c := hotpluggableCPU{Type: "qemu64-x86_64-cpu", Count: 1,
@@ -65,11 +83,15 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 	defer m.mu.Unlock()
 	reply := func(v any) []string {
 		b, _ := json.Marshal(map[string]any{"return": v, "id": id})
-		return []string{string(b)}
+		lines := append([]string{string(b)}, m.events...)
+		m.events = nil
+		return lines
 	}
 	fail := func(class, desc string) []string {
 		b, _ := json.Marshal(map[string]any{"error": map[string]string{"class": class, "desc": desc}, "id": id})
-		return []string{string(b)}
+		lines := append([]string{string(b)}, m.events...)
+		m.events = nil
+		return lines
 	}
 	if cmd == "qmp_capabilities" {
 		return reply(struct{}{})
@@ -77,18 +99,37 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 	m.log = append(m.log, strings.TrimSpace(cmd+" "+string(raw)))
 	var args map[string]any
 	_ = json.Unmarshal(raw, &args)
-	if m.fail[cmd] || cmd == "device_add" && m.fail["device_add "+args["driver"].(string)] {
+	if m.fail[cmd] || cmd == "device_add" && (m.fail["device_add "+args["driver"].(string)] || m.fail["device_add "+args["id"].(string)]) {
 		return fail("GenericError", cmd+" failed as the test wants")
 	}
 	switch cmd {
-	case "getfd", "closefd", "netdev_add", "netdev_del", "blockdev-add":
+	case "getfd", "closefd", "netdev_add", "netdev_del":
+		return reply(struct{}{})
+	case "blockdev-add":
+		m.nodes[args["node-name"].(string)] = true
 		return reply(struct{}{})
 	case "blockdev-del":
 		node := args["node-name"].(string)
+		if !m.nodes[node] {
+			return fail("GenericError", "Failed to find node with node-name='"+node+"'")
+		}
 		if slices.Contains(m.devices, "blkdev-"+strings.TrimPrefix(node, "blk-")) {
 			return fail("GenericError", "Node "+node+" is in use")
 		}
+		delete(m.nodes, node)
 		return reply(struct{}{})
+	case "query-named-block-nodes":
+		var nodes []map[string]string
+		for n := range m.nodes {
+			nodes = append(nodes, map[string]string{"node-name": n})
+		}
+		return reply(nodes)
+	case "qom-list":
+		props := []map[string]string{{"name": "type", "type": "string"}}
+		for _, d := range m.devices {
+			props = append(props, map[string]string{"name": d, "type": "child<device>"})
+		}
+		return reply(props)
 	case "remove-fd":
 		set := int(args["fdset-id"].(float64))
 		if !m.open[set] {
@@ -149,8 +190,7 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 					m.cpus[i].QOMPath = "/machine/peripheral/" + args["id"].(string)
 				}
 			}
-		case "virtio-net-pci":
-		case "virtio-blk-pci":
+		case "virtio-net-pci", "virtio-blk-pci":
 			m.devices = append(m.devices, args["id"].(string))
 		default:
 			return fail("GenericError", "unknown driver")

@@ -21,6 +21,9 @@ const maxHotplugNICs = 8
 // nicPortID names the root port number i reserved for a hot-added NIC.
 func nicPortID(i uint32) string { return fmt.Sprintf("nicport%d", i) }
 
+// nicDevPrefix begins the QEMU device ID of a hot-added NIC.
+const nicDevPrefix = "nic-"
+
 // AddNetwork hot-adds a virtio-net-pci NIC on a q35 machine: it passes the
 // tap descriptors to QEMU over the monitor socket (getfd, one SCM_RIGHTS
 // message per descriptor), creates the tap netdev from them (netdev_add)
@@ -33,67 +36,101 @@ func nicPortID(i uint32) string { return fmt.Sprintf("nicport%d", i) }
 // On microvm it returns an ErrNotImplemented-class error. A hot-added NIC
 // needs n.FDs: QEMU opens no tap by name once it runs.
 func (v *VM) AddNetwork(ctx context.Context, n hypervisor.NetworkDevice) error {
+	return v.AddNetworks(ctx, []hypervisor.NetworkDevice{n})
+}
+
+// AddNetworks hot-adds the NICs ns as AddNetwork does, all or none: before
+// anything reaches QEMU it checks every NIC and that enough ports are free
+// (ErrResourceExhausted naming both counts); when one fails, the ones it
+// added are unplugged again (each wait for the guest bounded as for a
+// disk; a NIC the guest keeps holds its port until QEMU shows it gone, at
+// the latest until the VM stops).
+func (v *VM) AddNetworks(ctx context.Context, ns []hypervisor.NetworkDevice) (retErr error) {
 	if v.layout.machine == MachineMicroVM {
 		return fmt.Errorf("vm %s: the %s machine cannot hot-add devices: %w", v.cfg.ID, MachineMicroVM, errdefs.ErrNotImplemented)
 	}
-	if err := validateNetwork(n); err != nil {
-		return fmt.Errorf("vm %s: %w", v.cfg.ID, err)
-	}
-	if len(n.FDs) == 0 {
-		return fmt.Errorf("vm %s: network %q: a hot-added NIC needs tap file descriptors: %w", v.cfg.ID, n.ID, errdefs.ErrInvalidArgument)
+	for i, n := range ns {
+		if err := validateNetwork(n); err != nil {
+			return fmt.Errorf("vm %s: %w", v.cfg.ID, err)
+		}
+		if len(n.FDs) == 0 {
+			return fmt.Errorf("vm %s: network %q: a hot-added NIC needs tap file descriptors: %w", v.cfg.ID, n.ID, errdefs.ErrInvalidArgument)
+		}
+		if slices.ContainsFunc(ns[:i], func(b hypervisor.NetworkDevice) bool { return b.ID == n.ID }) {
+			return fmt.Errorf("vm %s: network %q named twice: %w", v.cfg.ID, n.ID, errdefs.ErrInvalidArgument)
+		}
 	}
 
 	v.nicMu.Lock()
 	defer v.nicMu.Unlock()
-	v.mu.Lock()
-	st, q := v.state, v.qmp
-	v.mu.Unlock()
-	switch st {
-	case stateRunning, statePaused:
-	case stateExited, stateStopped:
-		return fmt.Errorf("vm %s: adding network %q: %w", v.cfg.ID, n.ID, hypervisor.ErrVMExited)
-	default:
-		return fmt.Errorf("vm %s is %s, not running: %w", v.cfg.ID, st, errdefs.ErrFailedPrecondition)
+	q, err := v.hotplugQMP("adding networks")
+	if err != nil {
+		return err
 	}
-	if slices.ContainsFunc(v.cfg.Networks, func(b hypervisor.NetworkDevice) bool { return b.ID == n.ID }) ||
-		slices.Contains(v.nicPorts, n.ID) {
-		return fmt.Errorf("vm %s: a network named %q is already there: %w", v.cfg.ID, n.ID, errdefs.ErrAlreadyExists)
-	}
-	port := slices.Index(v.nicPorts, "")
-	if port < 0 {
-		return fmt.Errorf("vm %s: adding network %q: all %d NIC hotplug slots are in use: %w",
-			v.cfg.ID, n.ID, len(v.nicPorts), errdefs.ErrResourceExhausted)
-	}
-	if err := v.plugNIC(ctx, q, n, nicPortID(uint32(port))); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			// QEMU may have plugged the device before the answer was
-			// lost: the port is not offered again.
-			v.nicPorts[port] = "?" + n.ID
+	p := &v.nicPorts
+	for _, n := range ns {
+		if slices.ContainsFunc(v.cfg.Networks, func(b hypervisor.NetworkDevice) bool { return b.ID == n.ID }) || p.find(n.ID) >= 0 {
+			return fmt.Errorf("vm %s: a network named %q is already there: %w", v.cfg.ID, n.ID, errdefs.ErrAlreadyExists)
 		}
-		return fmt.Errorf("vm %s: adding network %q: %w", v.cfg.ID, n.ID, err)
 	}
-	v.nicPorts[port] = n.ID
-	log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "network": n.ID, "port": nicPortID(uint32(port))}).Info("nic hot-added")
-	return nil
-}
+	if p.free() < len(ns) {
+		if err := v.settle(ctx, q, p); err != nil {
+			log.G(ctx).WithError(err).WithField("vm", v.cfg.ID).Warn("hotplug ports not settled")
+		}
+	}
+	if free := p.free(); free < len(ns) {
+		return fmt.Errorf("vm %s: adding %d NICs: %d of its %d NIC hotplug slots are free: %w",
+			v.cfg.ID, len(ns), free, len(p.slots), errdefs.ErrResourceExhausted)
+	}
 
-// plugNIC runs the QMP steps of AddNetwork, undoing the done ones when a
-// later one fails; the caller holds nicMu.
-func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice, port string) (retErr error) {
-	// The caller's ctx may be what failed: undo with a fresh one.
-	var undo []func(context.Context) error
+	var added []string
 	defer func() {
 		if retErr == nil {
 			return
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-		defer cancel()
-		for i := len(undo) - 1; i >= 0; i-- {
-			if err := undo[i](rctx); err != nil {
-				retErr = errors.Join(retErr, fmt.Errorf("undoing a step: %w", err))
+		for _, id := range slices.Backward(added) {
+			// The caller's ctx may be what failed; each unplug is
+			// bounded by the unplug wait.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.unplugWait+rollbackTimeout)
+			err := v.hotRemove(rctx, q, p, id)
+			cancel()
+			if err != nil {
+				retErr = errors.Join(retErr, fmt.Errorf("removing network %q again: %w", id, err))
 			}
 		}
 	}()
+	for _, n := range ns {
+		if err := v.hotAdd(ctx, q, p, n.ID, nicDevPrefix+n.ID, func(ctx context.Context, port string) (releaseFunc, error) {
+			return v.plugNIC(ctx, q, n, port)
+		}); err != nil {
+			return fmt.Errorf("vm %s: adding network %q: %w", v.cfg.ID, n.ID, err)
+		}
+		added = append(added, n.ID)
+		log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "network": n.ID, "port": p.portID(uint32(p.find(n.ID)))}).Info("nic hot-added")
+	}
+	return nil
+}
+
+// plugNIC runs the QMP steps of AddNetwork, undoing the done ones when a
+// later one fails, and returns what deletes the NIC's netdev once its
+// device is gone; the caller holds nicMu.
+func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice, port string) (rel releaseFunc, retErr error) {
+	// lost tells that device_add's answer was lost, gone that the
+	// rollback then saw the device unplugged; release is set once there
+	// is something to release.
+	var (
+		lost, gone bool
+		release    releaseFunc
+	)
+	defer func() {
+		// After the rollback: a device it could not show gone may
+		// still hold what release drops.
+		if retErr != nil && lost && !gone {
+			rel = release
+		}
+	}()
+	var undo qmpUndo
+	defer func() { undo.run(ctx, &retErr) }()
 
 	names := make([]string, len(n.FDs))
 	for i, fd := range n.FDs {
@@ -103,7 +140,7 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 		name := fmt.Sprintf("tapfd%d", v.fdSeq)
 		// Undone even when getfd fails: a reply lost to a timeout may hide
 		// a descriptor QEMU took.
-		undo = append(undo, func(ctx context.Context) error {
+		undo.push(func(ctx context.Context) error {
 			// netdev_add takes the descriptors it used out of the
 			// monitor's list; only those it did not take are closed here.
 			if _, err := q.execute(ctx, "closefd", map[string]any{"fdname": name}); err != nil && !errdefs.IsUnknown(err) {
@@ -112,7 +149,7 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 			return nil
 		})
 		if _, err := q.executeFD(ctx, "getfd", map[string]any{"fdname": name}, int(fd)); err != nil {
-			return err
+			return nil, err
 		}
 		names[i] = name
 	}
@@ -125,14 +162,21 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 		args["fds"] = strings.Join(names, ":")
 	}
 	if _, err := q.execute(ctx, "netdev_add", args); err != nil {
-		return err
+		return nil, err
 	}
-	undo = append(undo, func(ctx context.Context) error {
+	undo.push(func(ctx context.Context) error {
 		_, err := q.execute(ctx, "netdev_del", map[string]any{"id": netdev})
 		return err
 	})
+	release = func(ctx context.Context, q *qmpConn) error {
+		if _, err := q.execute(ctx, "netdev_del", map[string]any{"id": netdev}); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
+		return nil
+	}
 
-	dev := map[string]any{"driver": "virtio-net-pci", "id": "nic-" + n.ID, "netdev": netdev, "bus": port}
+	devID := nicDevPrefix + n.ID
+	dev := map[string]any{"driver": "virtio-net-pci", "id": devID, "netdev": netdev, "bus": port}
 	if n.MAC != "" {
 		dev["mac"] = strings.ToLower(n.MAC)
 	}
@@ -143,8 +187,20 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 		dev["mq"] = true
 		dev["vectors"] = 2*q + 2
 	}
-	if _, err := q.execute(ctx, "device_add", dev); err != nil {
+	// A device_add whose answer is lost may have plugged the device: it
+	// is unplugged before its netdev goes. When the guest does not let it
+	// go, the port waits for it (hotAdd) with the release.
+	undo.push(func(ctx context.Context) error {
+		if !lost {
+			return nil
+		}
+		err := v.unplugDevice(ctx, q, devID)
+		gone = err == nil
 		return err
+	})
+	if _, err := q.execute(ctx, "device_add", dev); err != nil {
+		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+		return nil, err
 	}
-	return nil
+	return release, nil
 }

@@ -65,33 +65,33 @@ type VM struct {
 	// dimmSeq numbers the hot-added DIMMs; guarded by resizeMu.
 	dimmSeq int
 
-	// nicMu serializes AddNetwork.
+	// nicMu serializes AddNetwork and AddNetworks.
 	nicMu sync.Mutex
-	// nicPorts holds, for each root port reserved for a hot-added NIC,
-	// the ID of the NIC in it or "" while it is free; guarded by nicMu.
-	nicPorts []string
+	// nicPorts are the root ports reserved for hot-added NICs; guarded
+	// by nicMu.
+	nicPorts hotPorts
 	// fdSeq numbers the descriptors passed over QMP; guarded by nicMu.
 	fdSeq int
 
 	// blkMu serializes AddBlock and RemoveBlock.
 	blkMu sync.Mutex
-	// blkPorts holds, for each root port reserved for a hot-added disk,
-	// the ID of the disk in it, "" while it is free, or "?"+ID when the
-	// disk may still be there (a lost answer, a guest that did not
-	// release it); guarded by blkMu.
-	blkPorts []string
-	// blkDevs are the disks AddBlock plugged and RemoveBlock has not
-	// removed, by ID; guarded by blkMu.
-	blkDevs map[string]hotBlock
+	// blkPorts are the root ports reserved for hot-added disks; guarded
+	// by blkMu.
+	blkPorts hotPorts
 	// fdsetSeq numbers the fd sets AddBlock makes; guarded by blkMu.
 	fdsetSeq int64
-	// unplugWait bounds RemoveBlock's wait for the guest; set by New.
+	// unplugWait bounds the wait for the guest to release a device; set
+	// by New.
 	unplugWait time.Duration
 
 	mu sync.Mutex
-	// deleted are RemoveBlock's waits for DEVICE_DELETED, by device ID;
-	// guarded by mu.
+	// deleted are the waits for DEVICE_DELETED, by device ID; guarded
+	// by mu.
 	deleted map[string]chan struct{}
+	// unplugging are the devices whose unplug stopped waiting for the
+	// guest: their DEVICE_DELETED, when it comes, frees their port;
+	// guarded by mu.
+	unplugging map[string]bool
 	// state of the VM; guarded by mu.
 	state state
 	// pid and proc of the QEMU process, unset before it started; guarded
@@ -142,10 +142,10 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		return nil, err
 	}
 	v := &VM{cfg: cfg, opts: o, done: make(chan struct{}),
-		blkDevs: map[string]hotBlock{}, deleted: map[string]chan struct{}{}, unplugWait: defaultUnplugWait}
+		deleted: map[string]chan struct{}{}, unplugging: map[string]bool{}, unplugWait: defaultUnplugWait}
 	if o.Machine == MachineQ35 {
-		v.nicPorts = make([]string, cfg.HotplugNICs)
-		v.blkPorts = make([]string, cfg.HotplugBlocks)
+		v.nicPorts = newHotPorts("NIC", nicPortID, cfg.HotplugNICs)
+		v.blkPorts = newHotPorts("disk", blockPortID, cfg.HotplugBlocks)
 	}
 	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
 		freePageReporting: o.FreePageReporting}

@@ -19,6 +19,12 @@ import (
 // newTestVM returns an unstarted TCG VM that boots the test initrd.
 func newTestVM(t *testing.T, machine string, params ...string) *VM {
 	t.Helper()
+	return newTestVMWith(t, machine, nil, params...)
+}
+
+// newTestVMWith is newTestVM with edit applied to the VM's config.
+func newTestVMWith(t *testing.T, machine string, edit func(*hypervisor.Config), params ...string) *VM {
+	t.Helper()
 	kernel := requireQEMU(t)
 	id := fmt.Sprintf("hull-test-%s-%d", strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"), time.Now().UnixNano()%100000)
 	cfg := hypervisor.Config{
@@ -31,6 +37,9 @@ func newTestVM(t *testing.T, machine string, params ...string) *VM {
 		MemoryMiB:    256,
 		Agent:        hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial},
 		Debug:        os.Getenv("HULL_TEST_DEBUG") != "",
+	}
+	if edit != nil {
+		edit(&cfg)
 	}
 	// HULL_TEST_CPU overrides the CPU model, for measurements.
 	v, err := New(cfg, Options{Machine: machine, Accel: AccelTCG, CgroupParent: testCgroupParent, CPUModel: os.Getenv("HULL_TEST_CPU")})
