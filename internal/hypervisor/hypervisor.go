@@ -23,6 +23,14 @@ var ErrCIDInUse = fmt.Errorf("vsock guest cid in use: %w", errdefs.ErrUnavailabl
 // its device): the VM may start with the serial transport instead.
 var ErrVsockUnavailable = fmt.Errorf("vsock device unavailable: %w", errdefs.ErrUnavailable)
 
+// ErrRestoreFailed is returned (wrapped) by Start of a VM restored from a
+// template (Config.Template with Restore) when the restore failed before
+// the VM used anything outside it that serves one VM only (the virtio-fs
+// daemon, which a clone connects to last): a VM of the same configuration
+// without the template may boot instead. A restore that failed after is
+// not marked, and the caller must not reuse those companions.
+var ErrRestoreFailed = errors.New("restoring the vm from its template failed before it used its companions")
+
 // VM is one virtual machine managed by a driver. A VM is started at most once.
 type VM interface {
 	// Start launches the hypervisor process and returns once the hypervisor

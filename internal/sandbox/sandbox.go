@@ -517,29 +517,8 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			return nil
 		}},
 		{"start vm", func(ctx context.Context) error {
-			if err := s.vm.Start(ctx); err != nil {
-				if !s.restored || ctx.Err() != nil {
-					return err
-				}
-				// A failed Start has undone what it made: the VM boots
-				// instead (a pod network waiting for the restore is
-				// hot-added into the slots it reserves all the same).
-				log.G(ctx).WithError(err).WithFields(log.Fields{"sandbox": cfg.ID, "template": filepath.Base(s.template.Dir)}).
-					Warn("restoring the vm from its template failed: booting (hull factory template rm removes a damaged template)")
-				s.restored, s.template = false, nil
-				vm, nerr := cfg.NewVM(s.vmConfig(cfg, ep))
-				if nerr != nil {
-					return errors.Join(err, nerr)
-				}
-				s.vm = vm
-				if err := s.vm.Start(ctx); err != nil {
-					return err
-				}
-			}
-			undo.push(s.vm.Stop)
-			if s.restored {
-				log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "template": filepath.Base(s.template.Dir), "nics_after": s.nicsAfterRestore}).
-					Info("vm restored from its template")
+			if err := s.startVM(ctx, cfg, ep, undo); err != nil {
+				return err
 			}
 			return writeRecord(s.stateDir, s.record())
 		}},
@@ -586,6 +565,40 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			return reseedGuest(ctx, s.client)
 		}},
 	}
+}
+
+// startVM is Start's "start vm" step: it starts s.vm and pushes its stop
+// onto undo. When a VM restored from its template fails to start before
+// it used its companions (hypervisor.ErrRestoreFailed: the virtio-fs
+// daemon, which serves one connection, untouched), a VM of the same
+// configuration without the template boots instead; a pod network waiting
+// for the restore is hot-added into the slots it reserves all the same.
+// A restore that failed later fails the start.
+func (s *Sandbox) startVM(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, undo *cleanups) error {
+	if err := s.vm.Start(ctx); err != nil {
+		if !s.restored || ctx.Err() != nil || !errors.Is(err, hypervisor.ErrRestoreFailed) {
+			return err
+		}
+		// The failed Start has undone what it made (its QEMU reaped,
+		// its copy of the template memory removed).
+		log.G(ctx).WithError(err).WithFields(log.Fields{"sandbox": cfg.ID, "template": filepath.Base(s.template.Dir)}).
+			Warn("restoring the vm from its template failed: booting (hull factory template rm removes a damaged template)")
+		s.restored, s.template = false, nil
+		vm, nerr := cfg.NewVM(s.vmConfig(cfg, ep))
+		if nerr != nil {
+			return errors.Join(err, nerr)
+		}
+		s.vm = vm
+		if err := s.vm.Start(ctx); err != nil {
+			return err
+		}
+	}
+	undo.push(s.vm.Stop)
+	if s.restored {
+		log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "template": filepath.Base(s.template.Dir), "nics_after": s.nicsAfterRestore}).
+			Info("vm restored from its template")
+	}
+	return nil
 }
 
 // podSteps are the steps that make a booted VM the pod's: the guest's

@@ -57,10 +57,17 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.mu.Unlock()
 
 	var undo cleanup
+	// A clone's start that fails before its restore hot-adds virtio-fs
+	// has not used the virtio-fs daemon (which serves one connection):
+	// its caller may boot a VM of the same companions (ErrRestoreFailed).
+	companionsUnused := v.cfg.Template != nil && v.cfg.Template.Restore
 	defer func() {
 		if retErr != nil {
 			undo.run()
 			v.setState(stateStopped)
+			if companionsUnused {
+				retErr = fmt.Errorf("%w: %w", retErr, hypervisor.ErrRestoreFailed)
+			}
 			retErr = fmt.Errorf("starting vm %s: %w", v.cfg.ID, retErr)
 		}
 	}()
@@ -225,7 +232,9 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.qmp = q
 	v.mu.Unlock()
 	if t := v.cfg.Template; t != nil && t.Restore {
-		if err := v.restore(ctx, q); err != nil {
+		used, err := v.restore(ctx, q)
+		if err != nil {
+			companionsUnused = !used
 			return exitedErr("restoring from the template", err)
 		}
 	} else if _, err := q.execute(dctx, "cont", nil); err != nil {

@@ -238,35 +238,37 @@ func copyInCgroup(ctx context.Context, src, dst string, cg *vmCgroup) error {
 
 // restore loads a clone's state from its template over q (QEMU waits with
 // -incoming defer), starts the vCPUs and hot-adds the virtio-fs shares.
-func (v *VM) restore(ctx context.Context, q *qmpConn) error {
+// used says whether it got as far as the shares: a virtio-fs daemon serves
+// one connection, and a failure from there on may have used it up.
+func (v *VM) restore(ctx context.Context, q *qmpConn) (used bool, _ error) {
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
 	if err := setIgnoreShared(ctx, q); err != nil {
-		return err
+		return false, err
 	}
 	f, err := os.OpenFile(filepath.Join(v.cfg.Template.Dir, templateStateName), os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return fmt.Errorf("template state: %w", err)
+		return false, fmt.Errorf("template state: %w", err)
 	}
 	defer func() { _ = f.Close() }()
 	if _, err := q.executeFD(ctx, "getfd", map[string]any{"fdname": "migin"}, int(f.Fd())); err != nil {
-		return err
+		return false, err
 	}
 	if _, err := q.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:migin"}); err != nil {
-		return err
+		return false, err
 	}
 	if err := waitMigration(ctx, q); err != nil {
-		return fmt.Errorf("loading the template state: %w", err)
+		return false, fmt.Errorf("loading the template state: %w", err)
 	}
 	if _, err := q.execute(ctx, "cont", nil); err != nil {
-		return err
+		return false, err
 	}
 	for i, fs := range v.cfg.Filesystems {
 		if err := addFilesystem(ctx, q, fs, fmt.Sprintf("fs%d", i), fsPortID(uint32(i))); err != nil {
-			return fmt.Errorf("adding virtio-fs %q: %w", fs.Tag, err)
+			return true, fmt.Errorf("adding virtio-fs %q: %w", fs.Tag, err)
 		}
 	}
-	return nil
+	return len(v.cfg.Filesystems) > 0, nil
 }
 
 // addFilesystem hot-adds a vhost-user-fs device and its socket chardev

@@ -203,11 +203,16 @@ func TestRestore(t *testing.T) {
 		fail  []string
 		class error
 		log   string
+		// used: the restore got to the virtio-fs share, whose daemon
+		// serves one connection.
+		used bool
 	}{
-		{name: "restore", final: "completed", log: "template-restore.qmp"},
+		{name: "restore", final: "completed", log: "template-restore.qmp", used: true},
 		{name: "state refused", final: "failed", class: errdefs.ErrUnknown, log: "template-restore-failed.qmp"},
-		{name: "share refused", final: "completed", fail: []string{"device_add"}, class: errdefs.ErrUnknown, log: "template-restore-fs-refused.qmp"},
+		{name: "share refused", final: "completed", fail: []string{"device_add"}, class: errdefs.ErrUnknown, log: "template-restore-fs-refused.qmp", used: true},
+		{name: "share chardev refused", final: "completed", fail: []string{"chardev-add"}, class: errdefs.ErrUnknown, used: true},
 		{name: "capability refused", fail: []string{"migrate-set-capabilities"}, class: errdefs.ErrUnknown},
+		{name: "cont refused", final: "completed", fail: []string{"cont"}, class: errdefs.ErrUnknown},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,9 +227,12 @@ func TestRestore(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(v.cfg.Template.Dir, templateStateName), []byte("state"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			err := v.restore(context.Background(), v.qmp)
+			used, err := v.restore(context.Background(), v.qmp)
 			if tc.class == nil && err != nil || tc.class != nil && !errors.Is(err, tc.class) {
 				t.Fatalf("restore: %v, want class %v", err, tc.class)
+			}
+			if used != tc.used {
+				t.Errorf("restore used the virtio-fs daemon: %v, want %v", used, tc.used)
 			}
 			if tc.log != "" {
 				golden(t, filepath.Join("testdata", tc.log), strings.Join(m.log, "\n")+"\n")
@@ -235,7 +243,7 @@ func TestRestore(t *testing.T) {
 
 func TestRestoreNoState(t *testing.T) {
 	v := templateVM(t, templateConfig(true, hypervisor.TemplateMemoryShared), &fakeMigration{final: "completed"})
-	if err := v.restore(context.Background(), v.qmp); !errors.Is(err, os.ErrNotExist) {
+	if _, err := v.restore(context.Background(), v.qmp); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("restore without a state file: %v, want not exist", err)
 	}
 }

@@ -407,3 +407,61 @@ func TestConsoleBounded(t *testing.T) {
 		t.Fatalf("%d bytes kept, bound 2*%d", total, bound)
 	}
 }
+
+// TestRestoreFailureBootable: a clone whose template state QEMU refuses
+// fails to start with hypervisor.ErrRestoreFailed (its caller may boot a
+// VM of the same companions instead), and by then its QEMU is gone, with
+// its copy of the template memory and its cgroup.
+func TestRestoreFailureBootable(t *testing.T) {
+	kernel := requireQEMU(t)
+	tdir := filepath.Join(t.TempDir(), "k1")
+	if err := os.Mkdir(tdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const memMiB = 128
+	if err := os.WriteFile(filepath.Join(tdir, templateMemoryName), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(tdir, templateMemoryName), memMiB<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tdir, templateStateName), []byte("not a migration stream"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id := fmt.Sprintf("hull-test-restorefail-%d", time.Now().UnixNano()%100000)
+	cfg := hypervisor.Config{
+		ID:        id,
+		StateDir:  t.TempDir(),
+		Kernel:    kernel,
+		Initrd:    testInitrd(t),
+		VCPUs:     1,
+		MemoryMiB: memMiB,
+		Agent:     hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial},
+		Template:  &hypervisor.Template{Dir: tdir, Restore: true, Memory: hypervisor.TemplateMemoryPrivate},
+	}
+	v, err := New(cfg, Options{Machine: MachineQ35, Accel: AccelTCG, CgroupParent: testCgroupParent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err = v.Start(ctx)
+	if err == nil {
+		_ = v.Stop(ctx)
+		t.Fatal("a clone of a damaged template started")
+	}
+	t.Logf("error: %v", err)
+	if !errors.Is(err, hypervisor.ErrRestoreFailed) {
+		t.Errorf("start: %v, want ErrRestoreFailed", err)
+	}
+	assertNoQEMU(t, id)
+	if dirs := cgroupDirs(v.cgroupPath()); len(dirs) > 0 {
+		t.Errorf("cgroup left: %v", dirs)
+	}
+	entries, _ := os.ReadDir(cfg.StateDir)
+	for _, e := range entries {
+		if e.Name() != consoleLogName {
+			t.Errorf("%s left in the state dir", e.Name())
+		}
+	}
+}
