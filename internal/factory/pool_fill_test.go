@@ -55,13 +55,10 @@ func within(t *testing.T, what string, f func()) {
 
 func runGatedPool(t *testing.T, wanted int, g *gatedStarter) (*Pool, context.CancelFunc, chan struct{}) {
 	t.Helper()
-	p := newPool(wanted, t.TempDir(), g.start, g.cleanup, time.Second)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		p.Run(ctx)
-	}()
+	// No shim here fails its boot: each stays until the test ends.
+	p, cancel, done := runPoolWith(t, wanted, g.start, g.cleanup, time.Minute)
+	// Registered after the pool's own cleanup, so run before it: the
+	// pool's end waits for a start held at the gate.
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -69,7 +66,6 @@ func runGatedPool(t *testing.T, wanted int, g *gatedStarter) (*Pool, context.Can
 		default:
 			close(g.gate)
 		}
-		<-done
 	})
 	return p, cancel, done
 }
@@ -105,14 +101,18 @@ func TestPoolStartsOutsideItsLock(t *testing.T) {
 		g.waitEntered(t)
 		close(g.gate)
 		wg.Wait()
-		waitStatus(t, p, "booting 2", func(_, b uint32) bool { return b == 2 })
+		for deadline := time.Now().Add(5 * time.Second); len(p.Status().Vms) != 2; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d warm VMs, want 2", len(p.Status().Vms))
+			}
+		}
 		select {
 		case id := <-g.entered:
 			t.Fatalf("a third warm shim (%s) was started for a pool of 2", id)
 		default:
 		}
-		if st := p.Status(); len(st.Vms) != 2 {
-			t.Fatalf("%d warm VMs, want 2", len(st.Vms))
+		if st := p.Status(); st.Booting != 2 {
+			t.Fatalf("%d warm VMs booting, want 2", st.Booting)
 		}
 	})
 	t.Run("a shim started as the pool closes is released and cleaned up", func(t *testing.T) {
