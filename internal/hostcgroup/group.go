@@ -12,6 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // Hierarchy is one mounted cgroup v1 hierarchy.
@@ -307,7 +309,7 @@ func (g *Group) dirs() []string {
 func (g *Group) dir(controller string) string {
 	if g.fs.Unified != "" {
 		d := filepath.Join(g.fs.Unified, g.path)
-		b, err := readFile(filepath.Join(d, "cgroup.controllers"))
+		b, err := procfs.ReadFile(filepath.Join(d, "cgroup.controllers"), maxStatFile)
 		if err != nil || !slices.Contains(strings.Fields(string(b)), controller) {
 			return ""
 		}
