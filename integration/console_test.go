@@ -237,54 +237,11 @@ func TestDebugConsoleHullRun(t *testing.T) {
 	c.Agent.DebugConsole = true
 	cfgPath := writeHullConfig(t, c)
 	bundle, _ := busyboxBundle(t, "sleep", "600")
-	ctx := withTimeout(t, 3*time.Minute)
-	run := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfgPath, "run", "--bundle", bundle, "--id", "run-console")
-	var runErr e2e.SyncBuffer
-	run.Stderr = &runErr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = run.Wait(); close(done) }()
-	defer func() {
-		select {
-		case <-done:
-		default: // a failed test: stop it the way a user would
-			_ = run.Process.Signal(syscall.SIGINT)
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = run.Process.Kill()
-				<-done
-			}
-		}
-	}()
-	// The console socket appears once the sandbox runs.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		dir, _, err := sandbox.Find(c.Runtime.StateDir, "run-console")
-		if err == nil {
-			if _, err := os.Stat(filepath.Join(dir, sandbox.ConsoleSocketName)); err == nil {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no console socket for hull run's sandbox; hull run: %s", runErr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	run, done, runErr := startHullRun(t, withTimeout(t, 3*time.Minute), cfgPath, bundle, "run-console")
 	// The console serves from the sandbox's start; the container follows.
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
-		out, stderr, code := hullExec(t, cfgPath, "run-console", strings.NewReader("ps\necho hull-$((6*7))\n"))
-		if code != 0 || !strings.Contains(out, "hull-42") {
-			t.Fatalf("hull exec: status %d, stderr %q, output %q; want hull-42", code, stderr, out)
-		}
-		if strings.Contains(out, "sleep 600") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the container's sleep 600 never showed in the VM: %q", out)
-		}
+	waitConsole(t, c.Runtime.StateDir, cfgPath, "run-console", runErr)
+	if out, stderr, code := hullExec(t, cfgPath, "run-console", strings.NewReader("echo hull-$((6*7))\n")); code != 0 || !strings.Contains(out, "hull-42") {
+		t.Fatalf("hull exec: status %d, stderr %q, output %q; want hull-42", code, stderr, out)
 	}
 	// From the VM, root can end the container: hull run then ends with
 	// its status and tears everything down.

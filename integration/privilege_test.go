@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,29 +43,8 @@ func TestGuestRootCannotPlantPrivilegedFiles(t *testing.T) {
 	writeSpec(t, bundle, spec)
 	const id = "run-priv"
 
-	ctx := withTimeout(t, 3*time.Minute)
-	run := exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfgPath, "run", "--bundle", bundle, "--id", id)
-	var runErr e2e.SyncBuffer
-	run.Stderr = &runErr
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = run.Wait(); close(done) }()
-	defer func() {
-		select {
-		case <-done:
-		default:
-			_ = run.Process.Signal(syscall.SIGINT)
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = run.Process.Kill()
-				<-done
-			}
-		}
-	}()
-	waitConsole(t, c.Runtime.StateDir, cfgPath, id, &runErr)
+	_, done, runErr := startHullRun(t, withTimeout(t, 3*time.Minute), cfgPath, bundle, id)
+	waitConsole(t, c.Runtime.StateDir, cfgPath, id, runErr)
 
 	// The same attempts in the volume and in the container's root.
 	dirs := map[string]string{
@@ -137,6 +117,36 @@ mkfifo fifo; echo r-mkfifo:$?
 	case <-time.After(time.Minute):
 		t.Fatalf("hull run did not end after its container was killed; stderr %s", runErr.String())
 	}
+}
+
+// startHullRun starts `hull run` of bundle as the sandbox id, with its
+// standard error in runErr; done is closed when it exited. A run still
+// going when the test ends is stopped as a user would stop it (SIGINT,
+// then SIGKILL after 30 seconds).
+func startHullRun(t *testing.T, ctx context.Context, cfgPath, bundle, id string) (run *exec.Cmd, done <-chan struct{}, runErr *e2e.SyncBuffer) {
+	t.Helper()
+	run = exec.CommandContext(ctx, filepath.Join(env.binDir, "hull"), "--config", cfgPath, "run", "--bundle", bundle, "--id", id)
+	runErr = &e2e.SyncBuffer{}
+	run.Stderr = runErr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = run.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			_ = run.Process.Signal(syscall.SIGINT)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				_ = run.Process.Kill()
+				<-exited
+			}
+		}
+	})
+	return run, exited, runErr
 }
 
 // waitConsole waits until the debug console of hull run's sandbox id

@@ -298,6 +298,10 @@ func TestFactory(t *testing.T) {
 	if len(shimCgroup) == 0 || string(shimCgroup) != string(containerdCgroup) {
 		t.Errorf("the claimed shim's cgroups:\n%s\ncontainerd's:\n%s", shimCgroup, containerdCgroup)
 	}
+	// Its command line is the pod server's, not the warm shim's.
+	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", second.Pid)); !strings.Contains(string(b), "\x00-id\x00"+detached+"\x00") || strings.Contains(string(b), second.Id) {
+		t.Errorf("the claimed shim's command line: %q, want the server's for %s", strings.ReplaceAll(string(b), "\x00", " "), detached)
+	}
 	d.mustCtr(t, "task", "kill", "-s", "KILL", detached)
 	waitStatus(t, d, detached, "STOPPED")
 	d.mustCtr(t, "task", "delete", detached)

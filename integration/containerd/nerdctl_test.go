@@ -221,6 +221,38 @@ func TestNerdctl(t *testing.T) {
 		}
 	})
 
+	t.Run("a create failing after the hooks releases the network", func(t *testing.T) {
+		// nerdctl's createRuntime hook reserves an address and plugs a
+		// veth into the bridge; then the guest's create fails (the
+		// program does not exist, a create-time error in libcontainer).
+		// The shim runs the poststop hooks once the VM is gone, and
+		// nerdctl's releases both: before the container is removed, which
+		// would not release them.
+		const name = "hull-failed-create"
+		out, errOut, code := n.run("run", "--name", name, "--runtime", runtimeName, "--net", "bridge", imageName, "/no/such/program")
+		defer n.run("rm", "-f", name)
+		if code == 0 || !strings.Contains(out+errOut, "/no/such/program") {
+			t.Fatalf("nerdctl run of a missing program: exit %d, %s%s; want a failed create naming it", code, out, errOut)
+		}
+		var held []string
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			held = held[:0]
+			for _, l := range n.leftovers() {
+				if strings.HasPrefix(l, "ipam reservation ") || strings.HasPrefix(l, "bridge ports: ") {
+					held = append(held, l)
+				}
+			}
+			if len(held) == 0 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(held) > 0 {
+			t.Errorf("after the failed create, the network is still held (poststop hooks not run):\n  %s", strings.Join(held, "\n  "))
+		}
+		n.mustRun(t, "rm", "-f", name)
+		n.checkClean(t)
+	})
+
 	t.Run("run --rm true leaves nothing", func(t *testing.T) {
 		n.mustRun(t, "run", "--rm", "--runtime", runtimeName, imageName, "true")
 		n.checkClean(t)

@@ -24,10 +24,6 @@ const (
 	blockPoll = 20 * time.Millisecond
 )
 
-// serialPattern is what a disk serial from the host may be (virtio-blk
-// gives the guest 20 bytes of it).
-var serialPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
-
 // diskNamePattern is the name of a virtio-blk disk: vda, vdb, ..., vdaa.
 var diskNamePattern = regexp.MustCompile(`^vd[a-z]{1,4}$`)
 

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -30,27 +29,27 @@ const (
 func (s *systemService) GuestMetrics(ctx context.Context, _ *api.GuestMetricsRequest) (*api.GuestMetricsResponse, error) {
 	r := &api.GuestMetricsResponse{}
 	var errs int
-	if b, err := readProc("/proc/meminfo"); err == nil {
+	if b, err := procfs.ReadFile("/proc/meminfo", maxProcRead); err == nil {
 		r.Memory = parseGuestMemory(b)
 	} else {
 		errs++
 	}
-	if b, err := readProc("/proc/stat"); err == nil {
+	if b, err := procfs.ReadFile("/proc/stat", maxProcRead); err == nil {
 		r.Cpu = parseGuestCPU(b)
 	} else {
 		errs++
 	}
-	if b, err := readProc("/proc/loadavg"); err == nil {
+	if b, err := procfs.ReadFile("/proc/loadavg", maxProcRead); err == nil {
 		r.Load = parseGuestLoad(b)
 	} else {
 		errs++
 	}
-	if b, err := readProc("/proc/net/dev"); err == nil {
+	if b, err := procfs.ReadFile("/proc/net/dev", maxProcRead); err == nil {
 		r.Interfaces = parseNetDev(b)
 	} else {
 		errs++
 	}
-	if b, err := readProc("/proc/diskstats"); err == nil {
+	if b, err := procfs.ReadFile("/proc/diskstats", maxProcRead); err == nil {
 		r.Disks = parseDiskstats(b)
 	} else {
 		errs++
@@ -59,16 +58,6 @@ func (s *systemService) GuestMetrics(ctx context.Context, _ *api.GuestMetricsReq
 		return nil, fmt.Errorf("reading /proc: no file readable")
 	}
 	return r, nil
-}
-
-// readProc reads at most maxProcRead bytes of a /proc file.
-func readProc(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	return io.ReadAll(io.LimitReader(f, maxProcRead))
 }
 
 // parseGuestMemory parses /proc/meminfo.

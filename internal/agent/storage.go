@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/mountopt"
 )
 
@@ -63,7 +64,7 @@ func checkStorage(s *api.Storage) error {
 		if src != "" {
 			return fmt.Errorf("storage at %s: both a source and a disk serial: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
 		}
-		if !serialPattern.MatchString(serial) {
+		if !hypervisor.ValidDiskSerial(serial) {
 			return fmt.Errorf("storage at %s: disk serial %q: want 1 to 20 letters, digits, '_' or '-': %w", s.GetMountPoint(), serial, errdefs.ErrInvalidArgument)
 		}
 		src = "/dev/" + serial // stands for the disk in the checks below

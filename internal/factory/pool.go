@@ -84,6 +84,9 @@ type Pool struct {
 	order []string
 	// closing is set once Run's context ended; guarded by mu.
 	closing bool
+	// starting counts the warm shims being started (outside mu), each
+	// holding a place in the pool; guarded by mu.
+	starting int
 	// failures counts the warm shims that failed in a row, and retryAt
 	// is when the refill may start another after them; guarded by mu.
 	failures int
@@ -131,64 +134,104 @@ func (p *Pool) Run(ctx context.Context) {
 	}
 	// Each stops its VM on its own, within stopWait, or is killed; what
 	// one left is cleaned up here.
-	deadline := time.NewTimer(p.stopWait)
-	defer deadline.Stop()
-	expired := false
+	deadline, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.stopWait)
+	defer cancel()
 	for _, w := range shims {
-		if !expired {
-			select {
-			case <-w.p.exited:
-			case <-deadline.C:
-				expired = true
-			}
-		}
-		if expired {
-			select {
-			case <-w.p.exited:
-			default:
-				log.G(ctx).WithField("warm", w.id).Warn("warm shim did not stop in time: killing it")
-				w.p.kill()
-				<-w.p.exited
-			}
-		}
+		p.awaitExit(w, deadline.Done())
 		p.cleanupNow(w.id)
 	}
 	p.wg.Wait()
 }
 
+// awaitExit waits for the released warm shim w to exit, and kills it once
+// deadline is closed.
+func (p *Pool) awaitExit(w *warm, deadline <-chan struct{}) {
+	select {
+	case <-w.p.exited:
+	case <-deadline:
+		select {
+		case <-w.p.exited:
+		default:
+			log.G(p.bg).WithField("warm", w.id).Warn("warm shim did not stop in time: killing it")
+			w.p.kill()
+			<-w.p.exited
+		}
+	}
+}
+
 // fill starts warm shims until the pool has wanted of them, unless the
 // refill backs off after failures (then it tries again when the backoff
-// ends).
+// ends). The shims are started outside p.mu (a start forks and execs the
+// shim binary): a start in progress holds a place in the pool (starting)
+// so that concurrent fills start no more than wanted.
 func (p *Pool) fill() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closing || p.bg == nil {
-		return
-	}
-	if wait := time.Until(p.retryAt); wait > 0 {
-		time.AfterFunc(wait, p.fill)
-		return
-	}
-	for len(p.shims) < p.wanted {
-		id, err := sandbox.NewWarmID()
-		if err != nil {
-			p.failedLocked(err)
-			time.AfterFunc(time.Until(p.retryAt), p.fill)
+	for {
+		ctx, id, ok := p.reserve()
+		if !ok {
 			return
 		}
 		w := &warm{id: id, socket: filepath.Join(p.dir, id+".sock"), started: time.Now()}
-		proc, err := p.start(p.bg, id, w.socket)
-		if err != nil {
-			p.failedLocked(fmt.Errorf("starting warm shim %s: %w", id, err))
-			p.cleanupLater(id)
-			time.AfterFunc(time.Until(p.retryAt), p.fill)
+		proc, err := p.start(ctx, id, w.socket)
+		if !p.add(w, proc, err) {
 			return
 		}
-		w.p = proc
-		p.shims[id] = w
-		p.order = append(p.order, id)
-		go p.watch(w)
 	}
+}
+
+// reserve takes a place in the pool for a warm shim to start, and picks
+// its ID; false when the pool is full, closing or backing off. A place
+// taken is counted in p.wg until add gives it back.
+func (p *Pool) reserve() (context.Context, string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing || p.bg == nil || len(p.shims)+p.starting >= p.wanted {
+		return nil, "", false
+	}
+	if wait := time.Until(p.retryAt); wait > 0 {
+		time.AfterFunc(wait, p.fill)
+		return nil, "", false
+	}
+	id, err := sandbox.NewWarmID()
+	if err != nil {
+		p.failedLocked(err)
+		time.AfterFunc(time.Until(p.retryAt), p.fill)
+		return nil, "", false
+	}
+	p.starting++
+	p.wg.Add(1) // before Run's Wait: p.closing is not set
+	return p.bg, id, true
+}
+
+// add puts the warm shim w that start started (proc, or why not: err) in
+// the place reserve took, and tells whether the refill goes on. A shim
+// started while the pool closed is released at once and cleaned up after,
+// as Run does with those in the pool.
+func (p *Pool) add(w *warm, proc *process, err error) bool {
+	defer p.wg.Done()
+	p.mu.Lock()
+	p.starting--
+	if err != nil {
+		p.failedLocked(fmt.Errorf("starting warm shim %s: %w", w.id, err))
+		p.cleanupLater(w.id)
+		time.AfterFunc(time.Until(p.retryAt), p.fill)
+		p.mu.Unlock()
+		return false
+	}
+	w.p = proc
+	if p.closing {
+		p.mu.Unlock()
+		proc.release()
+		deadline, cancel := context.WithTimeout(context.WithoutCancel(p.bg), p.stopWait)
+		defer cancel()
+		p.awaitExit(w, deadline.Done())
+		p.cleanupNow(w.id)
+		return false
+	}
+	p.shims[w.id] = w
+	p.order = append(p.order, w.id)
+	p.mu.Unlock()
+	go p.watch(w)
+	return true
 }
 
 // failedLocked counts a refill error and backs the refill off; p.mu held.
@@ -320,6 +363,8 @@ func (p *Pool) Status() *api.StatusResponse {
 	r := &api.StatusResponse{
 		Wanted: uint32(p.wanted), Hits: p.hits, Misses: p.misses,
 		RefillErrors: p.refillErrors, LastError: p.lastError,
+		// Those still being started boot too.
+		Booting: uint32(p.starting),
 	}
 	for _, id := range p.order {
 		w := p.shims[id]

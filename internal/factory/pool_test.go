@@ -118,7 +118,14 @@ func waitStatus(t *testing.T, p *Pool, what string, cond func(ready, booting uin
 
 func runPool(t *testing.T, wanted int, s *fakeStarter) (*Pool, context.CancelFunc, chan struct{}) {
 	t.Helper()
-	p := newPool(wanted, t.TempDir(), s.start, s.cleanup, time.Second)
+	return runPoolWith(t, wanted, s.start, s.cleanup, time.Second)
+}
+
+// runPoolWith runs a pool of wanted warm shims started by start, each
+// given bootTimeout to become ready, until the test ends.
+func runPoolWith(t *testing.T, wanted int, start startFunc, cleanup cleanupFunc, bootTimeout time.Duration) (*Pool, context.CancelFunc, chan struct{}) {
+	t.Helper()
+	p := newPool(wanted, t.TempDir(), start, cleanup, bootTimeout)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

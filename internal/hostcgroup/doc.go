@@ -9,7 +9,9 @@
 // systemd make it as a delegated transient scope (v2 under systemd, for the
 // systemd form); sets memory and CPU limits; hands out its v2 directory for
 // processes to be started in (CLONE_INTO_CGROUP) and moves process trees
-// into it; reads its usage; and removes only what it created.
+// into it; reads its usage; and removes only what it created. It also
+// tells which cgroups, in every mounted hierarchy, the calling process is
+// in (SelfDirs), for a process to be moved where it is.
 //
 // It writes the cgroup files itself, below a root it is given (FS), so that
 // tests run against a directory tree standing in for /sys/fs/cgroup. It

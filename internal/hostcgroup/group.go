@@ -1,7 +1,6 @@
 package hostcgroup
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // Hierarchy is one mounted cgroup v1 hierarchy.
@@ -54,45 +55,28 @@ var removeDir = os.Remove
 // A cpuset hierarchy mounted with noprefix (whose files lack the
 // "cpuset." prefix) is left out.
 func Host() (FS, error) {
-	f, err := os.Open(filepath.Join(procRoot, "self/mountinfo"))
+	mounts, err := readMounts()
 	if err != nil {
-		return FS{}, fmt.Errorf("reading mounts: %w", err)
+		return FS{}, err
 	}
-	defer func() { _ = f.Close() }()
 	var fs FS
 	var unified string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		pf, qf := strings.Fields(pre), strings.Fields(post)
-		if len(pf) < 5 || len(qf) < 3 {
-			continue
-		}
-		switch qf[0] {
-		case "cgroup2":
+	for _, m := range mounts {
+		if m.v2 {
 			if unified == "" {
-				unified = pf[4]
+				unified = m.point
 			}
-		case "cgroup":
-			var ctrls []string
-			opts := strings.Split(qf[2], ",")
-			for _, o := range opts {
-				if !slices.Contains(v1MountOptions, o) && !strings.Contains(o, "=") {
-					ctrls = append(ctrls, o)
-				}
-			}
-			if !slices.Contains(ctrls, "cpuset") || !slices.Contains(opts, "noprefix") {
-				fs.V1 = append(fs.V1, Hierarchy{Mount: pf[4], Controllers: ctrls})
+			continue
+		}
+		var ctrls []string
+		for _, o := range m.opts {
+			if !slices.Contains(v1MountOptions, o) && !strings.Contains(o, "=") {
+				ctrls = append(ctrls, o)
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return FS{}, fmt.Errorf("reading mounts: %w", err)
+		if !slices.Contains(ctrls, "cpuset") || !slices.Contains(m.opts, "noprefix") {
+			fs.V1 = append(fs.V1, Hierarchy{Mount: m.point, Controllers: ctrls})
+		}
 	}
 	if len(fs.V1) == 0 {
 		if unified == "" {
@@ -325,7 +309,7 @@ func (g *Group) dirs() []string {
 func (g *Group) dir(controller string) string {
 	if g.fs.Unified != "" {
 		d := filepath.Join(g.fs.Unified, g.path)
-		b, err := readFile(filepath.Join(d, "cgroup.controllers"))
+		b, err := procfs.ReadFile(filepath.Join(d, "cgroup.controllers"), maxStatFile)
 		if err != nil || !slices.Contains(strings.Fields(string(b)), controller) {
 			return ""
 		}

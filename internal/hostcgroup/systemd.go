@@ -171,19 +171,17 @@ func prop(name string, v any) systemd.Property {
 // startScope has systemd make the scope with pid in it, and waits for
 // the job.
 func (g *Group) startScope(pid int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), systemdTimeout)
-	defer cancel()
-	conn, err := dialSystemd(ctx)
-	if err != nil {
-		return fmt.Errorf("connecting to systemd: %w", err)
-	}
-	defer conn.Close()
 	name := g.scope.unit.Name
 	props := scopeProperties(g.scope.unit, pid, g.scope.limits)
-	if err := runJob(ctx, func(ch chan<- string) (int, error) {
-		return conn.StartTransientUnitContext(ctx, name, "fail", props, ch)
+	if err := onSystemd(func(ctx context.Context, conn systemdConn) error {
+		err := runJob(ctx, func(ch chan<- string) (int, error) {
+			return conn.StartTransientUnitContext(ctx, name, "fail", props, ch)
+		})
+		if err != nil {
+			_ = conn.ResetFailedUnitContext(ctx, name)
+		}
+		return err
 	}); err != nil {
-		_ = conn.ResetFailedUnitContext(ctx, name)
 		return fmt.Errorf("starting systemd scope %s in %s: %w", name, g.scope.unit.Slice, err)
 	}
 	g.scope.started = true
@@ -201,14 +199,9 @@ func (g *Group) setScopeLimits(l Limits) error {
 	if !g.scope.started {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), systemdTimeout)
-	defer cancel()
-	conn, err := dialSystemd(ctx)
-	if err != nil {
-		return fmt.Errorf("connecting to systemd: %w", err)
-	}
-	defer conn.Close()
-	if err := conn.SetUnitPropertiesContext(ctx, g.scope.unit.Name, true, limitProperties(l)...); err != nil {
+	if err := onSystemd(func(ctx context.Context, conn systemdConn) error {
+		return conn.SetUnitPropertiesContext(ctx, g.scope.unit.Name, true, limitProperties(l)...)
+	}); err != nil {
 		return fmt.Errorf("setting the limits of systemd scope %s: %w", g.scope.unit.Name, err)
 	}
 	return nil
@@ -220,16 +213,11 @@ func (g *Group) stopScope() error {
 	if !g.scope.started {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), systemdTimeout)
-	defer cancel()
-	conn, err := dialSystemd(ctx)
-	if err != nil {
-		return fmt.Errorf("connecting to systemd: %w", err)
-	}
-	defer conn.Close()
 	name := g.scope.unit.Name
-	err = runJob(ctx, func(ch chan<- string) (int, error) {
-		return conn.StopUnitContext(ctx, name, "replace", ch)
+	err := onSystemd(func(ctx context.Context, conn systemdConn) error {
+		return runJob(ctx, func(ch chan<- string) (int, error) {
+			return conn.StopUnitContext(ctx, name, "replace", ch)
+		})
 	})
 	var derr godbus.Error
 	if errors.As(err, &derr) && derr.Name == "org.freedesktop.systemd1.NoSuchUnit" {
@@ -240,6 +228,18 @@ func (g *Group) stopScope() error {
 	}
 	g.scope.started = false
 	return nil
+}
+
+// onSystemd runs f on a connection to systemd, within systemdTimeout.
+func onSystemd(f func(context.Context, systemdConn) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), systemdTimeout)
+	defer cancel()
+	conn, err := dialSystemd(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting to systemd: %w", err)
+	}
+	defer conn.Close()
+	return f(ctx, conn)
 }
 
 // runJob runs a systemd call that queues a job and waits for its result.

@@ -5,13 +5,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // Usage is what a group's processes use, read from its cgroup files; the
@@ -111,19 +111,9 @@ func (g *Group) usageV1(u *Usage) error {
 	return nil
 }
 
-// readFile reads at most maxStatFile bytes of a cgroup file.
-func readFile(file string) ([]byte, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	return io.ReadAll(io.LimitReader(f, maxStatFile))
-}
-
 // readUint reads a file holding one number; "max" reads as 0.
 func readUint(file string) (uint64, error) {
-	b, err := readFile(file)
+	b, err := procfs.ReadFile(file, maxStatFile)
 	if err != nil {
 		return 0, err
 	}
@@ -142,7 +132,7 @@ func readUint(file string) (uint64, error) {
 // as empty.
 func readKV(file string) map[string]uint64 {
 	m := map[string]uint64{}
-	b, err := readFile(file)
+	b, err := procfs.ReadFile(file, maxStatFile)
 	if err != nil {
 		return m
 	}

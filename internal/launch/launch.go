@@ -225,9 +225,14 @@ func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig
 	}
 }
 
-// binaryID names the QEMU program's version by its resolved path, size and
-// modification time: a QEMU upgraded in place gets new template keys (a
-// state saved by one QEMU version may not load in another).
+// binaryID names the QEMU program's version by its path, with symbolic
+// links resolved, and the identity of the file there: inode, size,
+// modification and change times. A QEMU upgraded or replaced in place gets
+// new template keys (a state saved by one QEMU version may not load in
+// another), whatever size and modification time the new file keeps: a
+// file put in its place has another inode or a later change time, which no
+// one can set back. The device number is left out, as in the template
+// key's guest files: it may change across reboots.
 func binaryID(bin string) string {
 	if bin == "" {
 		bin = qemu.DefaultBinary
@@ -236,11 +241,14 @@ func binaryID(bin string) string {
 	if err != nil {
 		return bin
 	}
-	st, err := os.Stat(p)
-	if err != nil {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		p = r
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
 		return p
 	}
-	return fmt.Sprintf("%s(%d,%d)", p, st.Size(), st.ModTime().UnixNano())
+	return fmt.Sprintf("%s(ino=%d,size=%d,mtime=%d,ctime=%d)", p, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())
 }
 
 // defaultMaxMemoryMiB caps the default memory limit (3/4 of the host's memory) at

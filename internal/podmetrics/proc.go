@@ -43,20 +43,20 @@ func ReadProc(p child.Process, withPSS bool) (ProcUsage, error) {
 	}
 	dir := fmt.Sprintf("/proc/%d", p.PID)
 	var u ProcUsage
-	b, err := readBounded(dir + "/stat")
+	b, err := procfs.ReadFile(dir+"/stat", maxProcFile)
 	if err != nil {
 		return ProcUsage{}, err
 	}
 	if u.CPUSeconds, err = parseStatCPU(b); err != nil {
 		return ProcUsage{}, fmt.Errorf("%s/stat: %w", dir, err)
 	}
-	if b, err = readBounded(dir + "/status"); err != nil {
+	if b, err = procfs.ReadFile(dir+"/status", maxProcFile); err != nil {
 		return ProcUsage{}, err
 	}
 	st := procfs.ParseKB(b)
 	u.RSSBytes, u.Threads = st["VmRSS"], st["Threads"]
 	if withPSS {
-		if b, err := readBounded(dir + "/smaps_rollup"); err == nil {
+		if b, err := procfs.ReadFile(dir+"/smaps_rollup", maxProcFile); err == nil {
 			u.PSSBytes = procfs.ParseKB(b)["Pss"]
 		}
 	}
@@ -71,20 +71,11 @@ func ReadProc(p child.Process, withPSS bool) (ProcUsage, error) {
 // RSS reads the resident set size of a process by PID alone (for `hull
 // list`, which shows what is there now).
 func RSS(pid int) (uint64, error) {
-	b, err := readBounded(fmt.Sprintf("/proc/%d/status", pid))
+	b, err := procfs.ReadFile(fmt.Sprintf("/proc/%d/status", pid), maxProcFile)
 	if err != nil {
 		return 0, err
 	}
 	return procfs.ParseKB(b)["VmRSS"], nil
-}
-
-func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	return io.ReadAll(io.LimitReader(f, maxProcFile))
 }
 
 // parseStatCPU reads utime and stime (fields 14 and 15) of

@@ -1,7 +1,10 @@
 package procfs
 
 import (
+	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -25,5 +28,30 @@ func TestParseKB(t *testing.T) {
 				t.Errorf("ParseKB = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestReadFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		max  int64
+		want string
+	}{
+		{"whole", 64, "0123456789"},
+		{"cut at the bound", 4, "0123"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := ReadFile(path, tc.max)
+			if err != nil || string(b) != tc.want {
+				t.Fatalf("ReadFile(%d) = %q, %v; want %q", tc.max, b, err, tc.want)
+			}
+		})
+	}
+	if _, err := ReadFile(filepath.Join(t.TempDir(), "missing"), 64); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ReadFile of a missing file: %v, want not exist", err)
 	}
 }

@@ -111,15 +111,14 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 
 	// A warm shim of the factory takes the socket, with its booted VM.
 	if pid, ok := claimWarm(ctx, id, bundle, opts, f); ok {
-		// Where a cold server would be born: out of the factory's
-		// cgroups, whose service may be stopped with its processes. Best
-		// effort: a shim left in the factory's cgroups serves all the same.
-		_ = factory.JoinCgroupsOfSelf(pid)
-		if err := shim.AdjustOOMScore(pid); err != nil {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return "", fmt.Errorf("adjusting the shim server's OOM score: %w", err)
+		served, err := settleClaimed(pid, shim.AdjustOOMScore)
+		if err != nil {
+			return "", err
 		}
-		return address, nil
+		if served {
+			return address, nil
+		}
+		// Dropped: a cold server serves the socket, as on a miss.
 	}
 
 	cmd, err := serverCommand(ctx, id, bundle, opts)

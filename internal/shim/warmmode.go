@@ -78,6 +78,10 @@ func RunWarm(args []string) (*sandbox.Sandbox, error) {
 		log.G(ctx).WithError(err).Warn("standard descriptors left as they were")
 	}
 	_ = claim.Listener.Close() // fd 3 is its copy
+	// ps and /proc show the pod's server, not the warm shim it was.
+	if err := setCmdline(os.Args); err != nil {
+		log.G(ctx).WithError(err).Warn("command line left as the warm shim's")
+	}
 	return sb, nil
 }
 

@@ -30,10 +30,6 @@ const (
 // "blkdev-" are added to it.
 var blockIDPattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,23}$`)
 
-// serialPattern is what a disk's serial may be: virtio-blk hands the guest
-// 20 bytes of it.
-var serialPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
-
 // blockPortID names the root port number i reserved for a hot-added disk.
 func blockPortID(i uint32) string { return fmt.Sprintf("blkport%d", i) }
 
@@ -86,7 +82,7 @@ func validateHotBlock(b hypervisor.BlockDevice) error {
 		return inval("want an id of a letter then at most 23 letters, digits, '_' or '-'")
 	case b.File == nil:
 		return inval("a hot-added disk needs an open file")
-	case b.Serial != "" && !serialPattern.MatchString(b.Serial):
+	case b.Serial != "" && !hypervisor.ValidDiskSerial(b.Serial):
 		return inval("serial %q: want 1 to 20 letters, digits, '_' or '-'", b.Serial)
 	case b.Format != "" && b.Format != "raw":
 		return inval("format %q: a hot-added disk is raw", b.Format)

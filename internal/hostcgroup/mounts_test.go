@@ -1,11 +1,18 @@
-package factory
+package hostcgroup
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 )
 
-func TestCgroupDirs(t *testing.T) {
+// TestSelfDirs checks the cgroup directories of this process as read from
+// a stand-in /proc: every mounted hierarchy, named and empty v2 ones too,
+// below a mounted subtree's root.
+func TestSelfDirs(t *testing.T) {
 	const hybridMounts = `30 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
 31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
 32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
@@ -46,6 +53,12 @@ func TestCgroupDirs(t *testing.T) {
 			want:   nil,
 		},
 		{
+			name:   "a v1 line does not match the v2 mount, nor v2 a v1 one",
+			cgroup: "5:pids:/x\n0::/y\n",
+			mounts: "29 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n36 30 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,memory\n",
+			want:   []string{"/sys/fs/cgroup/y"},
+		},
+		{
 			name:   "a hierarchy without a mount is skipped",
 			cgroup: "9:pids:/x\n12:memory:/x\n",
 			mounts: hybridMounts,
@@ -54,7 +67,14 @@ func TestCgroupDirs(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := cgroupDirs(c.cgroup, c.mounts)
+			dir := t.TempDir()
+			must(t, os.MkdirAll(filepath.Join(dir, "self"), 0o755))
+			write(t, filepath.Join(dir, "self/mountinfo"), c.mounts)
+			write(t, filepath.Join(dir, "self/cgroup"), c.cgroup)
+			old := procRoot
+			procRoot = dir
+			defer func() { procRoot = old }()
+			got, err := SelfDirs()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,5 +82,27 @@ func TestCgroupDirs(t *testing.T) {
 				t.Fatalf("got %q, want %q", got, c.want)
 			}
 		})
+	}
+}
+
+// TestSelfDirsOnThisHost reads the real tables: each directory found is a
+// cgroup (it has cgroup.procs) that lists this process.
+func TestSelfDirsOnThisHost(t *testing.T) {
+	dirs, err := SelfDirs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dirs) == 0 {
+		t.Fatal("no cgroup directory found for this process")
+	}
+	self := strconv.Itoa(os.Getpid())
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(strings.Fields(string(b)), self) {
+			t.Errorf("%s/cgroup.procs does not list this process (%s)", d, self)
+		}
 	}
 }
