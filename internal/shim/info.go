@@ -45,7 +45,7 @@ func WriteInfo(stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("reading runtime options: %w", err)
 	}
 	info := &apitypes.RuntimeInfo{
-		Name:    RuntimeName,
+		Name:        RuntimeName,
 		Version:     &apitypes.RuntimeVersion{Version: version.Version, Revision: version.Commit},
 		Annotations: map[string]string{allowMountsAnnotation: allowedMounts},
 	}
