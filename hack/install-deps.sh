@@ -11,7 +11,7 @@ packages=(
 	protobuf-compiler    # protoc for `make protos`
 	libprotobuf-dev      # well-known .proto types (duration, timestamp)
 	libseccomp-dev       # static libseccomp for the agent (libcontainer)
-	erofs-utils          # rootfs images
+	erofs-utils          # rootfs images; mkfs.erofs for containerd's erofs snapshotter in the e2e suite
 	e2fsprogs            # mkfs.ext4 and debugfs for the block-device rootfs tests (blockfile snapshotter scratch image)
 	iproute2             # ip and tc, for the pod-network tests
 	containernetworking-plugins # CNI bridge/host-local/loopback in /usr/lib/cni for the CRI e2e suite

@@ -169,7 +169,7 @@ func TestBlockRootfs(t *testing.T) {
 			class error
 		}{
 			{"xfs", "xfs", []string{"loop"}, errdefs.ErrNotImplemented},
-			{"erofs", "erofs", []string{"ro", "loop"}, errdefs.ErrNotImplemented},
+			{"erofs with dm-verity", "erofs", []string{"ro", "loop", "X-containerd.dmverity=/x.dmverity"}, errdefs.ErrNotImplemented},
 		} {
 			ctx := withTimeout(t, time.Minute)
 			b, spec := busyboxBundle(t, "true")

@@ -80,6 +80,20 @@ func TestCheckStorage(t *testing.T) {
 		{"disk serial with a slash", &api.Storage{BlockSerial: "../vda", Fstype: "ext4", MountPoint: "/run/hull/b"}, false},
 		{"disk serial too long", &api.Storage{BlockSerial: "abcdefghijklmnopqrstu", Fstype: "ext4", MountPoint: "/run/hull/b"}, false},
 		{"disk without type", &api.Storage{BlockSerial: "hullroot1", MountPoint: "/run/hull/b"}, false},
+		{"erofs overlay", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/blockroot/c/rootfs",
+			Options: []string{"lowerdir=/run/hull/erofs/c/layer0:/run/hull/erofs/c/layer1", "upperdir=/run/hull/erofs/c/rw/upper", "workdir=/run/hull/erofs/c/rw/work", "index=off"}}, true},
+		{"read-only overlay", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1"}}, true},
+		{"overlay without lowerdir", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"upperdir=/run/hull/u", "workdir=/run/hull/w"}}, false},
+		{"overlay lower outside /run/hull", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:/etc"}}, false},
+		{"overlay upper outside /run/hull", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1", "upperdir=/tmp/u", "workdir=/run/hull/w"}}, false},
+		{"overlay work unclean", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1", "upperdir=/run/hull/u", "workdir=/run/hull/../w"}}, false},
+		{"overlay empty lower", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := checkStorage(tc.s); tc.ok != (err == nil) {

@@ -85,7 +85,44 @@ func checkStorage(s *api.Storage) error {
 			return fmt.Errorf("storage at %s: bad option %q: %w", s.GetMountPoint(), o, errdefs.ErrInvalidArgument)
 		}
 	}
+	if s.GetFstype() == "overlay" {
+		if _, err := overlayDirs(s); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// overlayDirs checks the directories an overlay storage names (lowerdir,
+// upperdir, workdir): each must be a path under storageRoot, so that the
+// overlay stacks only what other storages mounted, and lowerdir is
+// required. It returns the upper and work directories, which the agent
+// makes (on the writable layer's disk) before mounting.
+func overlayDirs(s *api.Storage) ([]string, error) {
+	var create []string
+	lower := false
+	for _, o := range s.GetOptions() {
+		k, v, _ := strings.Cut(o, "=")
+		var dirs []string
+		switch k {
+		case "lowerdir":
+			dirs, lower = strings.Split(v, ":"), true
+		case "upperdir", "workdir":
+			dirs = []string{v}
+			create = append(create, v)
+		default:
+			continue
+		}
+		for _, d := range dirs {
+			if err := checkMountPoint(d); err != nil {
+				return nil, fmt.Errorf("overlay storage at %s: %s: %w", s.GetMountPoint(), k, err)
+			}
+		}
+	}
+	if !lower {
+		return nil, fmt.Errorf("overlay storage at %s: no lowerdir: %w", s.GetMountPoint(), errdefs.ErrInvalidArgument)
+	}
+	return create, nil
 }
 
 // openNoFollow opens the directory p, creating missing components, without
@@ -132,6 +169,19 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	// Mount on the opened directory, not on the path: nothing can be
 	// swapped in between the checks and the mount.
 	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())
+	if s.GetFstype() == "overlay" {
+		dirs, err := overlayDirs(s)
+		if err != nil {
+			return err
+		}
+		for _, d := range dirs {
+			f, err := openNoFollow(d)
+			if err != nil {
+				return fmt.Errorf("overlay storage at %s: %w", s.GetMountPoint(), err)
+			}
+			_ = f.Close()
+		}
+	}
 	src := s.GetSource()
 	mount := func() error {
 		if err := unix.Mount(src, target, s.GetFstype(), flags, data); err != nil {

@@ -83,7 +83,7 @@ func TestBuild(t *testing.T) {
 				if m.Kernel.Package != "linux-image-"+fakeRelease || m.Kernel.PackageVersion != "6.1.1-1" || m.Kernel.Release != fakeRelease {
 					t.Errorf("kernel %+v", m.Kernel)
 				}
-				if len(m.Modules) != 4 {
+				if len(m.Modules) != 5 {
 					t.Errorf("modules %+v", m.Modules)
 				}
 				if !tc.pvh && !strings.Contains(progress.String(), "warning: cannot boot") {

@@ -26,6 +26,7 @@ func fakeKernel(t *testing.T) *Kernel {
 		mod("kernel/drivers/virtio/virtio.ko", "virtio_ring"),
 		mod("kernel/drivers/virtio/virtio_ring.ko", ""),
 		mod("kernel/drivers/block/virtio_blk.ko", "virtio,virtio_ring"),
+		mod("kernel/fs/erofs/erofs.ko", ""),
 		mod("kernel/fs/overlayfs/overlay.ko", ""),
 	})
 	return &Kernel{Release: fakeRelease, Dir: filepath.Dir(filepath.Dir(filepath.Dir(dir)))}
@@ -130,7 +131,7 @@ func TestWriteInitrd(t *testing.T) {
 			if got, want := packed.KernelRelease, fakeRelease; got != want {
 				t.Errorf("release %q, want %q", got, want)
 			}
-			if got, want := len(names), 4; got != want || names[0] != "overlay" || names[1] != "virtio_ring" {
+			if got, want := len(names), 5; got != want || names[0] != "erofs" || names[1] != "overlay" || names[2] != "virtio_ring" {
 				t.Errorf("modules %v", names)
 			}
 		})

@@ -89,7 +89,7 @@ var featureSymbols = []struct {
 	{modlist.FeatureVirtioFS, []string{"FUSE_FS", "VIRTIO_FS"}},
 	{modlist.FeatureOverlay, []string{"OVERLAY_FS"}},
 	{modlist.FeatureNet, []string{"INET", "VIRTIO_NET"}},
-	{modlist.FeatureBlock, []string{"BLK_DEV", "VIRTIO_BLK"}},
+	{modlist.FeatureBlock, []string{"BLK_DEV", "VIRTIO_BLK", "EROFS_FS"}},
 	{modlist.FeaturePmem, []string{"LIBNVDIMM", "BLK_DEV_PMEM", "ACPI_NFIT", "VIRTIO_PMEM", "FS_DAX"}},
 	{modlist.FeatureBalloon, []string{"VIRTIO_BALLOON", "PAGE_REPORTING"}},
 }

@@ -88,7 +88,7 @@ func TestFeatureSymbols(t *testing.T) {
 		modlist.FeatureVirtioFS: {"FUSE_FS", "VIRTIO_FS"},
 		modlist.FeatureOverlay:  {"OVERLAY_FS"},
 		modlist.FeatureNet:      {"INET", "VIRTIO_NET"},
-		modlist.FeatureBlock:    {"BLK_DEV", "VIRTIO_BLK"},
+		modlist.FeatureBlock:    {"BLK_DEV", "VIRTIO_BLK", "EROFS_FS"},
 		modlist.FeaturePmem:     {"LIBNVDIMM", "BLK_DEV_PMEM", "ACPI_NFIT", "VIRTIO_PMEM", "FS_DAX"},
 		modlist.FeatureBalloon:  {"VIRTIO_BALLOON", "PAGE_REPORTING"},
 	}

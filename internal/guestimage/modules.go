@@ -41,7 +41,7 @@ var featureRoots = []featureRoot{
 	{modlist.FeatureVirtioFS, []string{"virtiofs"}},
 	{modlist.FeatureOverlay, []string{"overlay"}},
 	{modlist.FeatureNet, []string{"virtio_net"}},
-	{modlist.FeatureBlock, []string{"virtio_blk"}},
+	{modlist.FeatureBlock, []string{"virtio_blk", "erofs"}},
 	{modlist.FeaturePmem, []string{"virtio_pmem", "nd_pmem", "nfit"}},
 	{modlist.FeatureBalloon, []string{"virtio_balloon"}},
 }

@@ -64,9 +64,11 @@ type Container struct {
 	sb   *Sandbox
 	id   string
 	init *Process
-	// disk is the ID of the hot-added disk that holds the root
-	// filesystem, "" when it is shared; set at create.
-	disk string
+	// disks are the IDs of the hot-added disks that hold the root
+	// filesystem (one for a block-device root, the layers and the
+	// writable layer for an erofs root), none when it is shared; set at
+	// create.
+	disks []string
 
 	mu sync.Mutex
 	// state is guarded by mu.
@@ -145,28 +147,39 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 		}
 	}()
 
-	block, err := storage.BlockRootfsOf(cfg.Rootfs)
+	erofs, err := storage.ErofsRootfsOf(cfg.Rootfs)
 	if err != nil {
 		return nil, err
 	}
+	var block *storage.BlockRootfs
+	if erofs == nil {
+		if block, err = storage.BlockRootfsOf(cfg.Rootfs); err != nil {
+			return nil, err
+		}
+	}
 	guest, err := s.storage.AddContainer(ctx, storage.Container{
 		ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, GuestMounts: cfg.GuestMounts,
-		BlockRootfs: block != nil,
+		BlockRootfs: block != nil || erofs != nil,
 	})
 	if err != nil {
 		return nil, err
 	}
 	undo.push(func(ctx context.Context) error { return s.storage.RemoveContainer(ctx, cfg.ID) })
 	var (
-		disk     string
+		disks    []string
 		storages []*agent.Storage
 	)
-	if block != nil {
+	switch {
+	case block != nil:
 		d, st, err := s.addBlockRootfs(ctx, cfg.ID, block, &undo)
 		if err != nil {
 			return nil, err
 		}
-		disk, storages = d, []*agent.Storage{st}
+		disks, storages = []string{d}, []*agent.Storage{st}
+	case erofs != nil:
+		if disks, storages, err = s.addErofsRootfs(ctx, cfg.ID, erofs, &undo); err != nil {
+			return nil, err
+		}
 	}
 	spec, err := json.Marshal(guest)
 	if err != nil {
@@ -191,7 +204,7 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 	}
 	undo.push(func(ctx context.Context) error { return s.removeInGuest(ctx, cfg.ID, true) })
 
-	c := &Container{sb: s, id: cfg.ID, disk: disk, state: ContainerCreated, execs: map[string]*Process{}}
+	c := &Container{sb: s, id: cfg.ID, disks: disks, state: ContainerCreated, execs: map[string]*Process{}}
 	c.init = &Process{c: c, pid: resp.GetPid(), io: st, done: make(chan struct{}), state: ProcessCreated}
 	st.start(s.bg, cfg.Stdio)
 	s.release(cfg.ID, c)
@@ -503,8 +516,9 @@ func (c *Container) Delete(ctx context.Context, force bool) error {
 		p.abandon(fmt.Errorf("%s: deleted before it started: %w", p.name(), errdefs.ErrNotFound))
 	}
 	var errs []error
-	if c.disk != "" {
-		if err := c.sb.removeBlockRootfs(ctx, c.disk); err != nil {
+	// The overlay's writable layer first, as the undo of create does.
+	for i := len(c.disks) - 1; i >= 0; i-- {
+		if err := c.sb.removeBlockRootfs(ctx, c.disks[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}

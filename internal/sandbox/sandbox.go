@@ -189,6 +189,9 @@ type Sandbox struct {
 	// NIC slots.
 	ownNetNS    bool
 	hotplugNICs uint32
+	// hotplugBlocks is Config.VM's: how many disks the VM can have
+	// hot-added at once.
+	hotplugBlocks uint32
 	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
 	cgroup *hostCgroup
 
@@ -352,6 +355,8 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 		containers:  map[string]*Container{},
 		ownNetNS:    cfg.VM.OwnNetNS,
 		hotplugNICs: cfg.VM.HotplugNICs,
+
+		hotplugBlocks: cfg.VM.HotplugBlocks,
 	}
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout

@@ -20,18 +20,34 @@ func InfoRequested(args []string) bool {
 	return slices.Contains(args, "-info") || slices.Contains(args, "--info")
 }
 
+// allowMountsAnnotation is the RuntimeInfo annotation through which a shim
+// tells containerd 2.x's mount manager which mount types and transforms
+// ("<transform>/*") it carries out itself (containerd reads it from shims
+// that attach no MountCapabilities to their start reply, which containerd
+// 1.7's shim library cannot).
+const allowMountsAnnotation = "containerd.io/runtime-allow-mounts"
+
+// allowedMounts are the mounts hull takes as containerd's snapshotter gives
+// them: erofs layers and the "format/" and "mkdir/" overlay of containerd's
+// erofs snapshotter, which the guest mounts from hot-added disks
+// (storage.ErofsRootfsOf). Without the claim the mount manager would mount
+// each layer on the host through a loop device. "mkfs/" is not claimed:
+// containerd formats the writable layer's new image file itself.
+const allowedMounts = "erofs,format/*,mkdir/*"
+
 // WriteInfo answers `shim -info`: it reads the runtime options containerd
 // sends on stdin (an Any; empty for none), checks they are hull's, and writes
-// the runtime's RuntimeInfo protobuf. hull declares no mount capabilities
-// and no OCI features document yet.
+// the runtime's RuntimeInfo protobuf, with the mounts hull carries out
+// itself (allowedMounts) and no OCI features document yet.
 func WriteInfo(stdin io.Reader, stdout io.Writer) error {
 	b, err := io.ReadAll(io.LimitReader(stdin, 1<<20))
 	if err != nil {
 		return fmt.Errorf("reading runtime options: %w", err)
 	}
 	info := &apitypes.RuntimeInfo{
-		Name:    RuntimeName,
-		Version: &apitypes.RuntimeVersion{Version: version.Version, Revision: version.Commit},
+		Name:        RuntimeName,
+		Version:     &apitypes.RuntimeVersion{Version: version.Version, Revision: version.Commit},
+		Annotations: map[string]string{allowMountsAnnotation: allowedMounts},
 	}
 	if len(b) > 0 {
 		opts := &anypb.Any{}

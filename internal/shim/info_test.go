@@ -44,6 +44,9 @@ func TestWriteInfo(t *testing.T) {
 		if info.GetName() != RuntimeName || info.GetVersion().GetVersion() == "" {
 			t.Errorf("%s: info %+v", name, &info)
 		}
+		if got := info.GetAnnotations()["containerd.io/runtime-allow-mounts"]; got != "erofs,format/*,mkdir/*" {
+			t.Errorf("%s: mounts claimed %q", name, got)
+		}
 		if (stdin != nil) != (info.GetOptions() != nil) {
 			t.Errorf("%s: options %v", name, info.GetOptions())
 		}

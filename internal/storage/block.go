@@ -59,15 +59,15 @@ func isLoop(m Mount) bool {
 // list) reach the guest: a single loop mount of an image file with a
 // supported file system is a block-device root (returned), anything
 // without a loop mount is mounted on the host and shared as before (nil,
-// nil). The file system comes from the mount's type. The mount lists of
-// containerd's erofs snapshotter (erofs layers, and mount types that
-// containerd's mount manager formats) and loop mounts of other file systems
-// or among several mounts are ErrNotImplemented-class errors; a relative
-// or unclean source is ErrInvalidArgument.
+// nil). The file system comes from the mount's type. erofs mounts (see
+// ErofsRootfsOf, which the caller asks first), mount types with one of
+// containerd's transforms ("format/...", "mkfs/..."), and loop mounts of
+// other file systems or among several mounts are ErrNotImplemented-class
+// errors; a relative or unclean source is ErrInvalidArgument.
 func BlockRootfsOf(mounts []Mount) (*BlockRootfs, error) {
 	for i, m := range mounts {
 		if m.Type == "erofs" || strings.Contains(m.Type, "/") {
-			return nil, fmt.Errorf("rootfs mount %d of type %q (containerd's erofs snapshotter): hull takes overlayfs, bind and blockfile (ext4) root filesystems: %w",
+			return nil, fmt.Errorf("rootfs mount %d of type %q: hull takes overlayfs, bind, blockfile (ext4) and erofs snapshotter root filesystems: %w",
 				i, m.Type, errdefs.ErrNotImplemented)
 		}
 	}
