@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,18 +26,31 @@ func BenchmarkWarmUp(b *testing.B) {
 	c.Hypervisor.QEMU.Machine = qemu.MachineQ35
 	ctx := withTimeout(b, 30*time.Minute)
 	bundle, spec := busyboxBundle(b, "true")
-	firstContainer := func(sb *sandbox.Sandbox, id string) {
+	// firstContainer runs the first container and returns how long its
+	// create, start and wait took.
+	firstContainer := func(sb *sandbox.Sandbox, id string) string {
+		t0 := time.Now()
 		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: id, Bundle: bundle, Spec: spec})
 		if err != nil {
 			b.Fatal(err)
 		}
+		t1 := time.Now()
 		if err := ctr.Start(ctx); err != nil {
 			b.Fatal(err)
 		}
+		t2 := time.Now()
 		st, err := ctr.Wait(ctx)
 		if err != nil || st.Code != 0 {
 			b.Fatalf("first container: status %v, %v", st, err)
 		}
+		return fmt.Sprintf("create %s, start %s, wait %s", t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+	}
+	phases := func(sb *sandbox.Sandbox) string {
+		var s []string
+		for _, p := range sb.BootPhases() {
+			s = append(s, fmt.Sprintf("%s %s", p.Name, p.Took.Round(time.Millisecond)))
+		}
+		return strings.Join(s, ", ")
 	}
 	stop := func(sb *sandbox.Sandbox) {
 		if err := sb.Stop(ctx); err != nil {
@@ -65,8 +79,10 @@ func BenchmarkWarmUp(b *testing.B) {
 			_ = sb.Stop(context.Background())
 			b.Fatal(err)
 		}
-		firstContainer(sb, "first")
+		adoption := phases(sb)
+		ctr := firstContainer(sb, "first")
 		took = time.Since(start)
+		b.Logf("%s (warm-up %v): adoption: %s; first container: %s", id, warmUp, adoption, ctr)
 		stop(sb)
 		return took, warmUpStep
 	}
@@ -82,8 +98,9 @@ func BenchmarkWarmUp(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		firstContainer(sb, "first")
+		ctr := firstContainer(sb, "first")
 		cold = append(cold, time.Since(start))
+		b.Logf("cold %d: first container: %s", i, ctr)
 		stop(sb)
 
 		took, _ := adopted(fmt.Sprintf("bench-plain-%d", i), false)
