@@ -40,6 +40,34 @@ type fakeAgent struct {
 	hangRemove bool
 	// ooms feeds WaitOOM.
 	ooms chan string
+	// destroyErr is DestroySandbox's answer; destroys counts the calls.
+	destroyErr error
+	destroys   int
+	// shutdowns counts the System.Shutdown calls.
+	shutdowns int
+}
+
+func (a *fakeAgent) DestroySandbox(context.Context, *api.DestroySandboxRequest) (*api.DestroySandboxResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.destroys++
+	if a.destroyErr != nil {
+		return nil, errgrpc.ToGRPC(a.destroyErr)
+	}
+	return &api.DestroySandboxResponse{}, nil
+}
+
+// fakeSystem answers Health and counts Shutdown calls in its agent.
+type fakeSystem struct {
+	healthySystem
+	a *fakeAgent
+}
+
+func (s fakeSystem) Shutdown(context.Context, *api.ShutdownRequest) (*api.ShutdownResponse, error) {
+	s.a.mu.Lock()
+	defer s.a.mu.Unlock()
+	s.a.shutdowns++
+	return &api.ShutdownResponse{}, nil
 }
 
 func newFakeAgent() *fakeAgent {
@@ -149,7 +177,7 @@ func (a *fakeAgent) serve(t *testing.T) *agentclient.Client {
 		t.Fatal(err)
 	}
 	api.RegisterContainersService(srv, a)
-	api.RegisterSystemService(srv, healthySystem{})
+	api.RegisterSystemService(srv, fakeSystem{a: a})
 	rpcs := &connListener{c: make(chan net.Conn), done: make(chan struct{})}
 	go func() { _ = srv.Serve(ctx, rpcs) }()
 	go func() {

@@ -300,3 +300,35 @@ func TestSignalAfterTheVMExited(t *testing.T) {
 		t.Fatalf("SIGKILL after the VM exited: %v, want not found, saying the VM exited", err)
 	}
 }
+
+// TestStopSkipsGuestShutdownAfterDestroy checks that Stop ends the VM
+// without the guest's orderly shutdown once the guest destroyed its
+// sandbox (every container gone, every storage unmounted), and asks for
+// the shutdown when it did not.
+func TestStopSkipsGuestShutdownAfterDestroy(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		destroyErr   error
+		wantShutdown int
+	}{
+		{"guest sandbox destroyed", nil, 0},
+		{"destroy failed", errdefs.ErrUnavailable, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeAgent()
+			a.destroyErr = tc.destroyErr
+			s := testSandbox(t, a, time.Second)
+			if err := s.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.destroys != 1 || a.shutdowns != tc.wantShutdown {
+				t.Errorf("DestroySandbox %d calls, Shutdown %d: want 1 and %d", a.destroys, a.shutdowns, tc.wantShutdown)
+			}
+			if s.vmAlive() {
+				t.Error("the vm still runs after Stop")
+			}
+		})
+	}
+}

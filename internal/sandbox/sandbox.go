@@ -676,7 +676,9 @@ func (s *Sandbox) withConsole(err error) error {
 }
 
 // Stop releases the sandbox: the guest's containers (DestroySandbox, best
-// effort), the guest (Shutdown through the agent), the VM, virtiofsd, the
+// effort), the guest (Shutdown through the agent, when DestroySandbox
+// failed; after it succeeded the VM is ended without the guest's
+// power-off), the VM, virtiofsd, the
 // shared storage, the cgroup (when the sandbox made it) and the state
 // directory. It always releases the host resources, even when the agent
 // does not answer.
@@ -688,10 +690,17 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	// No new consoles; the open ones end as the guest shuts down.
 	s.closeConsoles()
 	if s.client != nil {
+		// destroyed: the guest removed every container and unmounted
+		// their storages and the sandbox's (each unmount writes back
+		// what the guest cached), so nothing in the guest is worth its
+		// orderly shutdown.
+		destroyed := false
 		if s.vmAlive() {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if _, err := s.client.Containers().DestroySandbox(dctx, &agent.DestroySandboxRequest{}); err != nil {
 				log.G(ctx).WithError(err).WithField("sandbox", s.id).Warn("destroying the guest sandbox failed; stopping the vm anyway")
+			} else {
+				destroyed = true
 			}
 			cancel()
 		}
@@ -705,7 +714,13 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 			s.shipSpans(sctx, s.guestSpans)
 			cancel()
 		}
-		if s.vmAlive() {
+		// After a destroyed guest sandbox the driver ends the VM at
+		// once (QEMU's quit completes its pending disk writes): the
+		// guest's power-off (its own sync and unmounts, then the
+		// kernel's device shutdown) is slow under TCG and saves
+		// nothing. Otherwise the guest gets its orderly shutdown, to
+		// write back what it may still hold.
+		if s.vmAlive() && !destroyed {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := s.client.System().Shutdown(sctx, &agent.ShutdownRequest{})
 			cancel()
