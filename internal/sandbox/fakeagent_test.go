@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
@@ -45,6 +46,18 @@ type fakeAgent struct {
 	destroys   int
 	// shutdowns counts the System.Shutdown calls.
 	shutdowns int
+	// sandboxCreated, when set, is closed by CreateSandbox's call;
+	// timeSetAfter, when set, makes SetTime wait for it (at most 5 s,
+	// then fail).
+	sandboxCreated chan struct{}
+	timeSetAfter   chan struct{}
+}
+
+func (a *fakeAgent) CreateSandbox(context.Context, *api.CreateSandboxRequest) (*api.CreateSandboxResponse, error) {
+	if a.sandboxCreated != nil {
+		close(a.sandboxCreated)
+	}
+	return &api.CreateSandboxResponse{}, nil
 }
 
 func (a *fakeAgent) DestroySandbox(context.Context, *api.DestroySandboxRequest) (*api.DestroySandboxResponse, error) {
@@ -61,6 +74,20 @@ func (a *fakeAgent) DestroySandbox(context.Context, *api.DestroySandboxRequest) 
 type fakeSystem struct {
 	healthySystem
 	a *fakeAgent
+}
+
+func (s fakeSystem) SetTime(ctx context.Context, _ *api.SetTimeRequest) (*api.SetTimeResponse, error) {
+	if s.a.timeSetAfter == nil {
+		return &api.SetTimeResponse{}, nil
+	}
+	select {
+	case <-s.a.timeSetAfter:
+		return &api.SetTimeResponse{}, nil
+	case <-time.After(5 * time.Second):
+		return nil, errgrpc.ToGRPC(errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func (s fakeSystem) Shutdown(context.Context, *api.ShutdownRequest) (*api.ShutdownResponse, error) {

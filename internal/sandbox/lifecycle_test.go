@@ -332,3 +332,26 @@ func TestStopSkipsGuestShutdownAfterDestroy(t *testing.T) {
 		})
 	}
 }
+
+// TestPodStepsSetTimeWithGuestSandbox checks that a start's or adoption's
+// pod steps set the guest's clock and create the guest sandbox at the same
+// time (one round trip to the guest): the fake agent answers SetTime only
+// once CreateSandbox has arrived. The phases keep their order.
+func TestPodStepsSetTimeWithGuestSandbox(t *testing.T) {
+	a := newFakeAgent()
+	a.sandboxCreated = make(chan struct{})
+	a.timeSetAfter = a.sandboxCreated
+	s := testSandbox(t, a, time.Second)
+	var undo cleanups
+	if err := s.runSteps(t.Context(), tracer(nil), "sb", "starting", s.podSteps(Config{ID: "sb"}, false, &undo)); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range s.phases {
+		names = append(names, p.Name)
+	}
+	want := []string{"hot-add pod network", "set guest time", "create guest sandbox", "configure guest network", "serve debug consoles"}
+	if strings.Join(names, ",") != strings.Join(want, ",") {
+		t.Errorf("phases %q, want %q", names, want)
+	}
+}
