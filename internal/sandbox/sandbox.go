@@ -599,7 +599,9 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 			}
 			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, true, undo)
 		}},
-		// Two calls to the agent, independent: one round trip.
+		// Independent calls to the agent, made at the same time: one
+		// round trip, and the guest's waits (for the storage modules, for
+		// the NICs to show up) overlap.
 		{together: []step{
 			{name: "set guest time", run: func(ctx context.Context) error {
 				_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
@@ -610,9 +612,9 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 				// began serving; the rest keep loading meanwhile.
 				return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
 			}},
-		}},
-		{name: "configure guest network", run: func(ctx context.Context) error {
-			return s.configureGuestNetwork(ctx, cfg.DNS)
+			{name: "configure guest network", run: func(ctx context.Context) error {
+				return s.configureGuestNetwork(ctx, cfg.DNS)
+			}},
 		}},
 		{name: "serve debug consoles", run: func(ctx context.Context) error {
 			if !cfg.DebugConsole {
