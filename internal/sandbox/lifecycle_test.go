@@ -355,3 +355,25 @@ func TestPodStepsSetTimeWithGuestSandbox(t *testing.T) {
 		t.Errorf("phases %q, want %q", names, want)
 	}
 }
+
+// TestRunStepsTogetherError checks that a failed step of a group fails the
+// run with that step's name once the whole group is done, and records no
+// phase of the group.
+func TestRunStepsTogetherError(t *testing.T) {
+	s := &Sandbox{}
+	otherDone := false
+	steps := []step{{together: []step{
+		{name: "fails", run: func(context.Context) error { return errdefs.ErrUnavailable }},
+		{name: "slow", run: func(context.Context) error { time.Sleep(50 * time.Millisecond); otherDone = true; return nil }},
+	}}}
+	err := s.runSteps(t.Context(), tracer(nil), "sb", "starting", steps)
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "starting sandbox sb: fails:") {
+		t.Errorf("run: %v, want the failed step's error under its name", err)
+	}
+	if !otherDone {
+		t.Error("the run returned before the group's other step was done")
+	}
+	if len(s.phases) != 0 {
+		t.Errorf("phases %v recorded for a failed group", s.phases)
+	}
+}
