@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,31 +18,52 @@ import (
 // warm VM booted with and without the warm-up, and, for comparison, a cold
 // Start and the same first container. Each run boots the three (q35,
 // serial agent, 512 MiB, no network), in turn; the deletion of the
-// container and the stops are not timed. It reports the medians and the
-// median warm-up step of the warm starts that ran it.
+// container and the stops are not part of those times. It reports the
+// medians, the median warm-up step of the warm starts that ran it, and
+// the median Stop of all the sandboxes. Each run logs the adoption's
+// phases and the first container's create, start and wait.
 func BenchmarkWarmUp(b *testing.B) {
 	c := testConfig(b)
 	c.Agent.Transport = "serial"
 	c.Hypervisor.QEMU.Machine = qemu.MachineQ35
 	ctx := withTimeout(b, 30*time.Minute)
 	bundle, spec := busyboxBundle(b, "true")
-	firstContainer := func(sb *sandbox.Sandbox, id string) {
+	// firstContainer runs the first container and returns how long its
+	// create, start and wait took.
+	firstContainer := func(sb *sandbox.Sandbox, id string) string {
+		t0 := time.Now()
 		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: id, Bundle: bundle, Spec: spec})
 		if err != nil {
 			b.Fatal(err)
 		}
+		t1 := time.Now()
 		if err := ctr.Start(ctx); err != nil {
 			b.Fatal(err)
 		}
+		t2 := time.Now()
 		st, err := ctr.Wait(ctx)
 		if err != nil || st.Code != 0 {
 			b.Fatalf("first container: status %v, %v", st, err)
 		}
+		return fmt.Sprintf("create %s, start %s, wait %s", t1.Sub(t0), t2.Sub(t1), time.Since(t2))
 	}
+	phases := func(sb *sandbox.Sandbox) string {
+		var s []string
+		for _, p := range sb.BootPhases() {
+			s = append(s, fmt.Sprintf("%s %s", p.Name, p.Took.Round(time.Millisecond)))
+		}
+		return strings.Join(s, ", ")
+	}
+	// stops are the times of the sandboxes' stops (Stop with the exited
+	// first container still in the guest): what a pod's removal and the
+	// end of `ctr run --rm` wait for.
+	var stops []time.Duration
 	stop := func(sb *sandbox.Sandbox) {
+		start := time.Now()
 		if err := sb.Stop(ctx); err != nil {
 			b.Fatal(err)
 		}
+		stops = append(stops, time.Since(start))
 	}
 	// adopted boots a warm sandbox (not timed) and times its adoption by
 	// the pod id up to its first container's exit.
@@ -65,8 +87,10 @@ func BenchmarkWarmUp(b *testing.B) {
 			_ = sb.Stop(context.Background())
 			b.Fatal(err)
 		}
-		firstContainer(sb, "first")
+		adoption := phases(sb)
+		ctr := firstContainer(sb, "first")
 		took = time.Since(start)
+		b.Logf("%s (warm-up %v): adoption: %s; first container: %s", id, warmUp, adoption, ctr)
 		stop(sb)
 		return took, warmUpStep
 	}
@@ -82,8 +106,9 @@ func BenchmarkWarmUp(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		firstContainer(sb, "first")
+		ctr := firstContainer(sb, "first")
 		cold = append(cold, time.Since(start))
+		b.Logf("cold %d: first container: %s", i, ctr)
 		stop(sb)
 
 		took, _ := adopted(fmt.Sprintf("bench-plain-%d", i), false)
@@ -97,4 +122,5 @@ func BenchmarkWarmUp(b *testing.B) {
 	b.ReportMetric(float64(medianDuration(plain).Milliseconds()), "adopt-first-ms")
 	b.ReportMetric(float64(medianDuration(cold).Milliseconds()), "cold-first-ms")
 	b.ReportMetric(float64(medianDuration(steps).Milliseconds()), "warm-up-step-ms")
+	b.ReportMetric(float64(medianDuration(stops).Milliseconds()), "stop-ms")
 }

@@ -208,10 +208,10 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 	// consoles): the caller stops a sandbox whose adoption failed.
 	var undo cleanups
 	steps := []step{
-		{"check warm vm", func(ctx context.Context) error {
+		{name: "check warm vm", run: func(ctx context.Context) error {
 			return s.adoptable(w, cfg)
 		}},
-		{"move state directory", func(ctx context.Context) error {
+		{name: "move state directory", run: func(ctx context.Context) error {
 			s.killTimeout = cfg.KillTimeout
 			if s.killTimeout == 0 {
 				s.killTimeout = DefaultKillTimeout
@@ -219,7 +219,7 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 			s.setObserver(cfg.ObserveAgentRPC)
 			return s.moveStateDir(cfg)
 		}},
-		{"move to pod cgroup", func(ctx context.Context) error {
+		{name: "move to pod cgroup", run: func(ctx context.Context) error {
 			return s.moveCgroup(ctx, cfg)
 		}},
 	}
@@ -229,7 +229,7 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 	podCfg := cfg
 	podCfg.VM.HotplugNICs = w.cfg.VM.HotplugNICs
 	steps = append(steps, s.podSteps(podCfg, true, &undo)...)
-	steps = append(steps, step{"grow vm", func(ctx context.Context) error {
+	steps = append(steps, step{name: "grow vm", run: func(ctx context.Context) error {
 		if cfg.VM.VCPUs <= w.cfg.VM.VCPUs && cfg.VM.MemoryMiB <= w.cfg.VM.MemoryMiB {
 			return nil
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"github.com/hashicorp/yamux"
@@ -40,6 +41,60 @@ type fakeAgent struct {
 	hangRemove bool
 	// ooms feeds WaitOOM.
 	ooms chan string
+	// destroyErr is DestroySandbox's answer; destroys counts the calls.
+	destroyErr error
+	destroys   int
+	// shutdowns counts the System.Shutdown calls.
+	shutdowns int
+	// sandboxCreated, when set, is closed by CreateSandbox's call;
+	// timeSetAfter, when set, makes SetTime wait for it (at most 5 s,
+	// then fail).
+	sandboxCreated chan struct{}
+	timeSetAfter   chan struct{}
+}
+
+func (a *fakeAgent) CreateSandbox(context.Context, *api.CreateSandboxRequest) (*api.CreateSandboxResponse, error) {
+	if a.sandboxCreated != nil {
+		close(a.sandboxCreated)
+	}
+	return &api.CreateSandboxResponse{}, nil
+}
+
+func (a *fakeAgent) DestroySandbox(context.Context, *api.DestroySandboxRequest) (*api.DestroySandboxResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.destroys++
+	if a.destroyErr != nil {
+		return nil, errgrpc.ToGRPC(a.destroyErr)
+	}
+	return &api.DestroySandboxResponse{}, nil
+}
+
+// fakeSystem answers Health and counts Shutdown calls in its agent.
+type fakeSystem struct {
+	healthySystem
+	a *fakeAgent
+}
+
+func (s fakeSystem) SetTime(ctx context.Context, _ *api.SetTimeRequest) (*api.SetTimeResponse, error) {
+	if s.a.timeSetAfter == nil {
+		return &api.SetTimeResponse{}, nil
+	}
+	select {
+	case <-s.a.timeSetAfter:
+		return &api.SetTimeResponse{}, nil
+	case <-time.After(5 * time.Second):
+		return nil, errgrpc.ToGRPC(errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s fakeSystem) Shutdown(context.Context, *api.ShutdownRequest) (*api.ShutdownResponse, error) {
+	s.a.mu.Lock()
+	defer s.a.mu.Unlock()
+	s.a.shutdowns++
+	return &api.ShutdownResponse{}, nil
 }
 
 func newFakeAgent() *fakeAgent {
@@ -149,7 +204,7 @@ func (a *fakeAgent) serve(t *testing.T) *agentclient.Client {
 		t.Fatal(err)
 	}
 	api.RegisterContainersService(srv, a)
-	api.RegisterSystemService(srv, healthySystem{})
+	api.RegisterSystemService(srv, fakeSystem{a: a})
 	rpcs := &connListener{c: make(chan net.Conn), done: make(chan struct{})}
 	go func() { _ = srv.Serve(ctx, rpcs) }()
 	go func() {

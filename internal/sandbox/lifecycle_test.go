@@ -300,3 +300,80 @@ func TestSignalAfterTheVMExited(t *testing.T) {
 		t.Fatalf("SIGKILL after the VM exited: %v, want not found, saying the VM exited", err)
 	}
 }
+
+// TestStopSkipsGuestShutdownAfterDestroy checks that Stop ends the VM
+// without the guest's orderly shutdown once the guest destroyed its
+// sandbox (every container gone, every storage unmounted), and asks for
+// the shutdown when it did not.
+func TestStopSkipsGuestShutdownAfterDestroy(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		destroyErr   error
+		wantShutdown int
+	}{
+		{"guest sandbox destroyed", nil, 0},
+		{"destroy failed", errdefs.ErrUnavailable, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeAgent()
+			a.destroyErr = tc.destroyErr
+			s := testSandbox(t, a, time.Second)
+			if err := s.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.destroys != 1 || a.shutdowns != tc.wantShutdown {
+				t.Errorf("DestroySandbox %d calls, Shutdown %d: want 1 and %d", a.destroys, a.shutdowns, tc.wantShutdown)
+			}
+			if s.vmAlive() {
+				t.Error("the vm still runs after Stop")
+			}
+		})
+	}
+}
+
+// TestPodStepsSetTimeWithGuestSandbox checks that a start's or adoption's
+// pod steps set the guest's clock and create the guest sandbox at the same
+// time (one round trip to the guest): the fake agent answers SetTime only
+// once CreateSandbox has arrived. The phases keep their order.
+func TestPodStepsSetTimeWithGuestSandbox(t *testing.T) {
+	a := newFakeAgent()
+	a.sandboxCreated = make(chan struct{})
+	a.timeSetAfter = a.sandboxCreated
+	s := testSandbox(t, a, time.Second)
+	var undo cleanups
+	if err := s.runSteps(t.Context(), tracer(nil), "sb", "starting", s.podSteps(Config{ID: "sb"}, false, &undo)); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range s.phases {
+		names = append(names, p.Name)
+	}
+	want := []string{"hot-add pod network", "set guest time", "create guest sandbox", "configure guest network", "serve debug consoles"}
+	if strings.Join(names, ",") != strings.Join(want, ",") {
+		t.Errorf("phases %q, want %q", names, want)
+	}
+}
+
+// TestRunStepsTogetherError checks that a failed step of a group fails the
+// run with that step's name once the whole group is done, and records no
+// phase of the group.
+func TestRunStepsTogetherError(t *testing.T) {
+	s := &Sandbox{}
+	otherDone := false
+	steps := []step{{together: []step{
+		{name: "fails", run: func(context.Context) error { return errdefs.ErrUnavailable }},
+		{name: "slow", run: func(context.Context) error { time.Sleep(50 * time.Millisecond); otherDone = true; return nil }},
+	}}}
+	err := s.runSteps(t.Context(), tracer(nil), "sb", "starting", steps)
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "starting sandbox sb: fails:") {
+		t.Errorf("run: %v, want the failed step's error under its name", err)
+	}
+	if !otherDone {
+		t.Error("the run returned before the group's other step was done")
+	}
+	if len(s.phases) != 0 {
+		t.Errorf("phases %v recorded for a failed group", s.phases)
+	}
+}

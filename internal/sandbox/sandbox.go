@@ -340,6 +340,10 @@ func start(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) (*Sandb
 type step struct {
 	name string
 	run  func(context.Context) error
+	// together, when set (name and run unset), are steps run at the
+	// same time, each its own phase and span; the run goes on when all
+	// are done. For steps that share no state but the agent connection.
+	together []step
 }
 
 // boot makes one attempt at a start: the boot steps, then, unless warm,
@@ -395,7 +399,7 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 	var slot *bootslot.Slot
 	steps := s.bootSteps(cfg, ep, &slot, &undo)
 	if warm && cfg.WarmUp {
-		steps = append(steps, step{"warm up", func(ctx context.Context) error {
+		steps = append(steps, step{name: "warm up", run: func(ctx context.Context) error {
 			return s.warmUp(ctx, cfg)
 		}})
 	}
@@ -427,16 +431,34 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 // being done (doing) and the step's name.
 func (s *Sandbox) runSteps(ctx context.Context, tr trace.Tracer, id, doing string, steps []step) error {
 	for _, st := range steps {
-		start := time.Now()
-		sctx, sspan := tr.Start(ctx, st.name, trace.WithAttributes(sandboxAttr(id)))
-		err := st.run(sctx)
-		endSpan(sspan, err)
-		if err != nil {
-			return fmt.Errorf("%s sandbox %s: %s: %w", doing, id, st.name, err)
+		group := st.together
+		if group == nil {
+			group = []step{st}
 		}
-		took := time.Since(start)
-		s.phases = append(s.phases, Phase{Name: st.name, Took: took})
-		log.G(ctx).WithField("sandbox", id).WithField("took", took).Debugf("sandbox step %q done", st.name)
+		took := make([]time.Duration, len(group))
+		errs := make([]error, len(group))
+		run := func(i int) {
+			start := time.Now()
+			sctx, sspan := tr.Start(ctx, group[i].name, trace.WithAttributes(sandboxAttr(id)))
+			errs[i] = group[i].run(sctx)
+			endSpan(sspan, errs[i])
+			took[i] = time.Since(start)
+		}
+		var wg sync.WaitGroup
+		for i := range group[1:] {
+			wg.Go(func() { run(i + 1) })
+		}
+		run(0)
+		wg.Wait()
+		for i, g := range group {
+			if errs[i] != nil {
+				return fmt.Errorf("%s sandbox %s: %s: %w", doing, id, g.name, errs[i])
+			}
+		}
+		for i, g := range group {
+			s.phases = append(s.phases, Phase{Name: g.name, Took: took[i]})
+			log.G(ctx).WithField("sandbox", id).WithField("took", took[i]).Debugf("sandbox step %q done", g.name)
+		}
 	}
 	return nil
 }
@@ -448,7 +470,7 @@ func (s *Sandbox) runSteps(ctx context.Context, tr trace.Tracer, id, doing strin
 // not ask for it to be hot-added; a warm start names none.
 func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **bootslot.Slot, undo *cleanups) []step {
 	return []step{
-		{"wait for a boot slot", func(ctx context.Context) error {
+		{name: "wait for a boot slot", run: func(ctx context.Context) error {
 			if cfg.BootGate == nil {
 				return nil
 			}
@@ -461,7 +483,7 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "slot": sl.Index, "slots": cfg.BootGate.Slots, "waited": sl.Waited}).Info("boot slot taken")
 			return nil
 		}},
-		{"create state directory", func(ctx context.Context) error {
+		{name: "create state directory", run: func(ctx context.Context) error {
 			if err := os.MkdirAll(cfg.StateRoot, 0o711); err != nil { //nolint:gosec // G301: search-only root (as containerd's); each sandbox's directory is 0700
 				return err
 			}
@@ -478,25 +500,25 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			undo.push(func(context.Context) error { return removeTreeIfUnmounted(dir) })
 			return nil
 		}},
-		{"create shared storage", func(ctx context.Context) error {
+		{name: "create shared storage", run: func(ctx context.Context) error {
 			return s.createStorage(ctx, undo)
 		}},
 		// The record is rewritten as soon as each part it names exists, so
 		// that a runtime killed during the start leaves the record of
 		// what to release (shim delete, hull cleanup).
-		{"create cgroup", func(ctx context.Context) error {
+		{name: "create cgroup", run: func(ctx context.Context) error {
 			if err := s.createCgroup(ctx, cfg.Cgroup, cfg.VM.VCPUs, cfg.VM.MemoryMiB, undo); err != nil {
 				return err
 			}
 			return writeRecord(s.stateDir, s.record())
 		}},
-		{"start virtiofsd", func(ctx context.Context) error {
+		{name: "start virtiofsd", run: func(ctx context.Context) error {
 			if err := s.startVirtiofs(ctx, cfg.Virtiofs, undo); err != nil {
 				return err
 			}
 			return writeRecord(s.stateDir, s.record())
 		}},
-		{"attach pod network", func(ctx context.Context) error {
+		{name: "attach pod network", run: func(ctx context.Context) error {
 			if cfg.NetNS == "" || cfg.HotplugNetwork {
 				return nil
 			}
@@ -505,10 +527,10 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			}
 			return writeRecord(s.stateDir, s.record())
 		}},
-		{"find vm template", func(ctx context.Context) error {
+		{name: "find vm template", run: func(ctx context.Context) error {
 			return s.findTemplate(ctx, cfg, ep)
 		}},
-		{"create vm", func(ctx context.Context) error {
+		{name: "create vm", run: func(ctx context.Context) error {
 			vc := s.vmConfig(cfg, ep)
 			if s.template != nil {
 				vc.Template = s.template
@@ -521,13 +543,13 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			s.vm = vm
 			return nil
 		}},
-		{"start vm", func(ctx context.Context) error {
+		{name: "start vm", run: func(ctx context.Context) error {
 			if err := s.startVM(ctx, cfg, ep, undo); err != nil {
 				return err
 			}
 			return writeRecord(s.stateDir, s.record())
 		}},
-		{"connect to agent", func(ctx context.Context) error {
+		{name: "connect to agent", run: func(ctx context.Context) error {
 			timeout := scaledDialTimeout(cfg.DialTimeout, cfg.DialTimeoutMaxScale, hostLoadPerCPU())
 			if timeout != cfg.DialTimeout {
 				log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "dial_timeout": timeout}).Info("host under load: dial timeout stretched")
@@ -563,7 +585,7 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			}
 			return nil
 		}},
-		{"reseed guest rng", func(ctx context.Context) error {
+		{name: "reseed guest rng", run: func(ctx context.Context) error {
 			if !s.restored {
 				return nil
 			}
@@ -616,16 +638,9 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
 	}
 	return []step{
-		{"set guest time", func(ctx context.Context) error {
-			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
-			return err
-		}},
-		{"create guest sandbox", func(ctx context.Context) error {
-			// The agent waits for the storage modules it loads after it
-			// began serving; the rest keep loading meanwhile.
-			return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
-		}},
-		{"hot-add pod network", func(ctx context.Context) error {
+		// First: the guest takes the hot-added NICs in (its PCI hotplug,
+		// the driver's probe) while the host's next calls travel.
+		{name: "hot-add pod network", run: func(ctx context.Context) error {
 			if s.nicsAfterRestore {
 				// Attached before the VM was made, hot-added now.
 				return s.addNICs(ctx, cfg.VM.HotplugNICs)
@@ -635,10 +650,24 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 			}
 			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, true, undo)
 		}},
-		{"configure guest network", func(ctx context.Context) error {
-			return s.configureGuestNetwork(ctx, cfg.DNS)
+		// Independent calls to the agent, made at the same time: one
+		// round trip, and the guest's waits (for the storage modules, for
+		// the NICs to show up) overlap.
+		{together: []step{
+			{name: "set guest time", run: func(ctx context.Context) error {
+				_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
+				return err
+			}},
+			{name: "create guest sandbox", run: func(ctx context.Context) error {
+				// The agent waits for the storage modules it loads after it
+				// began serving; the rest keep loading meanwhile.
+				return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
+			}},
+			{name: "configure guest network", run: func(ctx context.Context) error {
+				return s.configureGuestNetwork(ctx, cfg.DNS)
+			}},
 		}},
-		{"serve debug consoles", func(ctx context.Context) error {
+		{name: "serve debug consoles", run: func(ctx context.Context) error {
 			if !cfg.DebugConsole {
 				return nil
 			}
@@ -728,7 +757,9 @@ func (s *Sandbox) withConsole(err error) error {
 }
 
 // Stop releases the sandbox: the guest's containers (DestroySandbox, best
-// effort), the guest (Shutdown through the agent), the VM, virtiofsd, the
+// effort), the guest (Shutdown through the agent, when DestroySandbox
+// failed; after it succeeded the VM is ended without the guest's
+// power-off), the VM, virtiofsd, the
 // shared storage, the cgroup (when the sandbox made it) and the state
 // directory. It always releases the host resources, even when the agent
 // does not answer.
@@ -740,10 +771,17 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	// No new consoles; the open ones end as the guest shuts down.
 	s.closeConsoles()
 	if s.client != nil {
+		// destroyed: the guest removed every container and unmounted
+		// their storages and the sandbox's (each unmount writes back
+		// what the guest cached), so nothing in the guest is worth its
+		// orderly shutdown.
+		destroyed := false
 		if s.vmAlive() {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if _, err := s.client.Containers().DestroySandbox(dctx, &agent.DestroySandboxRequest{}); err != nil {
 				log.G(ctx).WithError(err).WithField("sandbox", s.id).Warn("destroying the guest sandbox failed; stopping the vm anyway")
+			} else {
+				destroyed = true
 			}
 			cancel()
 		}
@@ -757,7 +795,13 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 			s.shipSpans(sctx, s.guestSpans)
 			cancel()
 		}
-		if s.vmAlive() {
+		// After a destroyed guest sandbox the driver ends the VM at
+		// once (QEMU's quit completes its pending disk writes): the
+		// guest's power-off (its own sync and unmounts, then the
+		// kernel's device shutdown) is slow under TCG and saves
+		// nothing. Otherwise the guest gets its orderly shutdown, to
+		// write back what it may still hold.
+		if s.vmAlive() && !destroyed {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := s.client.System().Shutdown(sctx, &agent.ShutdownRequest{})
 			cancel()
