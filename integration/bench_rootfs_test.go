@@ -155,6 +155,10 @@ func imageBenchConfig(b *testing.B, k imageKind) *config.Config {
 	// Under TCG on a loaded host a guest's first container can take
 	// longer than the suite's 20 s per call.
 	c.Agent.CallTimeout = config.Duration{Duration: 3 * time.Minute}
+	// rootfsBenchVMs TCG boots queue for the boot slots: room for all of
+	// them on a loaded machine.
+	c.Agent.DialTimeout = config.Duration{Duration: 3 * time.Minute}
+	c.Runtime.BootWaitTimeout = config.Duration{Duration: 20 * time.Minute}
 	return c
 }
 
@@ -172,7 +176,7 @@ func startSandboxes(c *config.Config, prefix string, n int) ([]*sandbox.Sandbox,
 				errs[i] = err
 				return
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 			defer cancel()
 			sbs[i], errs[i] = sandbox.Start(ctx, sc)
 		})
