@@ -13,8 +13,9 @@ import (
 )
 
 // tcgCacheSizes are the translation cache sizes BenchmarkTCGCache compares:
-// the size used before, the default, and half the default.
-var tcgCacheSizes = []uint32{128, qemu.DefaultTCGCacheMiB, qemu.DefaultTCGCacheMiB / 2}
+// the default, and a quarter and an eighth of it (below what a boot
+// translates).
+var tcgCacheSizes = []uint32{qemu.DefaultTCGCacheMiB, qemu.DefaultTCGCacheMiB / 4, qemu.DefaultTCGCacheMiB / 8}
 
 // BenchmarkTCGCache measures what the size of TCG's translated-code cache
 // (hypervisor.qemu.tcg_cache_mib, QEMU's tb-size) costs and saves. Each

@@ -98,7 +98,7 @@ type QEMU struct {
 
 	// TCGCacheMiB is the size of TCG's translated-code cache (QEMU's
 	// -accel tcg,tb-size=) in MiB; unused under KVM. 0 is the QEMU
-	// driver's default (qemu.DefaultTCGCacheMiB, the same 32 MiB).
+	// driver's default (qemu.DefaultTCGCacheMiB, the same 128 MiB).
 	TCGCacheMiB uint32 `toml:"tcg_cache_mib"`
 }
 
@@ -305,7 +305,7 @@ func Defaults() *Config {
 				StopTimeout:   Duration{5 * time.Second},
 				RunAsUIDCount: 1024,
 				HotplugDisks:  4,
-				TCGCacheMiB:   32,
+				TCGCacheMiB:   128,
 			},
 		},
 		Agent: Agent{

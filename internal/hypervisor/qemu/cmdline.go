@@ -53,10 +53,11 @@ type props struct {
 // (tb-size). QEMU's own default is 1 GiB. The cache is written from its
 // start and only flushed when full, so a guest's QEMU keeps as much of it
 // resident as the guest has ever had translated, up to the size: a boot
-// alone translates about 45 MiB. Below that size the cache is flushed and
-// the hot code translated again, which costs CPU time; the trade-off is
-// measured in docs/benchmarks.md.
-const DefaultTCGCacheMiB = 32
+// alone translates about 45 MiB, a first container 15 more. A cache
+// smaller than that is flushed again and again and the code translated
+// anew: with 32 MiB each container start took about 4 times the CPU time
+// (docs/benchmarks.md).
+const DefaultTCGCacheMiB = 128
 
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
 
