@@ -95,6 +95,11 @@ type QEMU struct {
 	// for block-device container root filesystems: a PCIe root port is
 	// reserved for each at boot. Ignored on microvm, which cannot hot-add.
 	HotplugDisks uint32 `toml:"hotplug_disks"`
+
+	// TCGCacheMiB is the size of TCG's translated-code cache (QEMU's
+	// -accel tcg,tb-size=) in MiB; unused under KVM. 0 is the QEMU
+	// driver's default (qemu.DefaultTCGCacheMiB, the same 128 MiB).
+	TCGCacheMiB uint32 `toml:"tcg_cache_mib"`
 }
 
 // Agent configures the channel to the agent.
@@ -170,6 +175,13 @@ type Runtime struct {
 // MaxHotplugDisks bounds hypervisor.qemu.hotplug_disks (the QEMU
 // driver's own limit).
 const MaxHotplugDisks = 16
+
+// MinTCGCacheMiB and MaxTCGCacheMiB bound hypervisor.qemu.tcg_cache_mib
+// (besides 0, the default).
+const (
+	MinTCGCacheMiB = 8
+	MaxTCGCacheMiB = 1024
+)
 
 // MaxMaxConcurrentBoots bounds runtime.max_concurrent_boots.
 const MaxMaxConcurrentBoots = 4096
@@ -293,6 +305,7 @@ func Defaults() *Config {
 				StopTimeout:   Duration{5 * time.Second},
 				RunAsUIDCount: 1024,
 				HotplugDisks:  4,
+				TCGCacheMiB:   128,
 			},
 		},
 		Agent: Agent{
@@ -452,6 +465,9 @@ func (c *Config) Validate() error {
 	absOrEmpty("hypervisor.qemu.path", h.QEMU.Path)
 	if h.QEMU.StopTimeout.Duration <= 0 {
 		bad("hypervisor.qemu.stop_timeout", "must be positive")
+	}
+	if c := h.QEMU.TCGCacheMiB; c != 0 && (c < MinTCGCacheMiB || c > MaxTCGCacheMiB) {
+		bad("hypervisor.qemu.tcg_cache_mib", "%d: want 0 (the default) or %d..%d", c, MinTCGCacheMiB, MaxTCGCacheMiB)
 	}
 	if h.QEMU.HotplugDisks > MaxHotplugDisks {
 		bad("hypervisor.qemu.hotplug_disks", "%d: want at most %d", h.QEMU.HotplugDisks, MaxHotplugDisks)

@@ -56,6 +56,8 @@ func TestParse(t *testing.T) {
 		{name: "bad duration", doc: "[agent]\ndial_timeout = \"soon\"\n", wantErr: []string{"line 2"}},
 		{name: "wrong type", doc: "[hypervisor]\nvcpus = \"two\"\n", wantErr: []string{"line 2"}},
 		{name: "malformed toml", doc: "[hypervisor\n", wantErr: []string{"line 1"}},
+		{name: "tcg cache too small", doc: "[hypervisor.qemu]\ntcg_cache_mib = 4\n", wantErr: []string{"hypervisor.qemu.tcg_cache_mib: 4: want 0 (the default) or 8..1024"}},
+		{name: "tcg cache too big", doc: "[hypervisor.qemu]\ntcg_cache_mib = 2048\n", wantErr: []string{"hypervisor.qemu.tcg_cache_mib: 2048"}},
 		{name: "factory cache too big", doc: "[factory]\nvm_cache = 65\n", wantErr: []string{"factory.vm_cache: 65 is above 64"}},
 		{name: "factory socket relative", doc: "[factory]\nsocket = \"f.sock\"\n", wantErr: []string{"factory.socket"}},
 		{name: "factory socket in state dir", doc: "[factory]\nsocket = \"/run/hull/f/f.sock\"\n", wantErr: []string{"must not be below runtime.state_dir"}},

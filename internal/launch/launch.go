@@ -202,6 +202,7 @@ func QEMUOptions(c *config.Config) qemu.Options {
 		RunAsUIDCount: q.RunAsUIDCount,
 
 		FreePageReporting: c.Hypervisor.FreePageReporting,
+		TCGCacheMiB:       q.TCGCacheMiB,
 	}
 }
 

@@ -49,10 +49,15 @@ type props struct {
 	kv   []prop
 }
 
-// tcgTBSizeMiB is the TCG translation cache size (QEMU's default is 1 GiB,
-// which an idle guest's translated code fills far enough to show in the
-// host's memory; a small guest's hot code fits in much less).
-const tcgTBSizeMiB = 128
+// DefaultTCGCacheMiB is the default size of TCG's translated-code cache
+// (tb-size). QEMU's own default is 1 GiB. The cache is written from its
+// start and only flushed when full, so a guest's QEMU keeps as much of it
+// resident as the guest has ever had translated, up to the size: a boot
+// alone translates about 45 MiB, a first container 15 more. A cache
+// smaller than that is flushed again and again and the code translated
+// anew: with 32 MiB each container start took about 4 times the CPU time
+// (docs/benchmarks.md).
+const DefaultTCGCacheMiB = 128
 
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
 
@@ -128,6 +133,8 @@ type layout struct {
 	vhostNet bool
 	// freePageReporting is Options.FreePageReporting.
 	freePageReporting bool
+	// tcgCacheMiB is Options.TCGCacheMiB, the default filled in.
+	tcgCacheMiB uint32
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -153,7 +160,7 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		// code-patching trap; none in 124 boots with one thread, which was
 		// also no slower there. TCG is the fallback when KVM cannot be used,
 		// so a guest that always comes up matters more than parallel vCPUs.
-		a.addOpt("accel", opt(l.accel, p("tb-size", strconv.Itoa(tcgTBSizeMiB)), p("thread", "single")))
+		a.addOpt("accel", opt(l.accel, pInt("tb-size", l.tcgCacheMiB), p("thread", "single")))
 	} else {
 		a.add("accel", l.accel)
 	}

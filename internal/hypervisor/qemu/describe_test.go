@@ -49,8 +49,9 @@ func TestDescribeKnowsEveryOption(t *testing.T) {
 		// Described.
 		"Binary", "Machine", "Accel", "CPUModel", "RunAsUIDBase", "RunAsUIDCount", "FreePageReporting",
 		// The host's side of a running VM, or the guest's clock
-		// calibration hint; tests.
-		"TSCKHz", "CgroupParent", "StopTimeout", "ConsoleMax", "ProbeKVM",
+		// calibration hint; the host's translation cache size, which the
+		// guest does not see; tests.
+		"TSCKHz", "CgroupParent", "StopTimeout", "ConsoleMax", "TCGCacheMiB", "ProbeKVM",
 	}
 	for f := range reflect.TypeFor[Options]().Fields() {
 		if !slices.Contains(known, f.Name) {

@@ -74,6 +74,9 @@ type Options struct {
 	// shrinks after a peak instead of staying at its high-water mark. The
 	// balloon is never inflated.
 	FreePageReporting bool
+	// TCGCacheMiB is the size of TCG's translated-code cache in MiB
+	// (-accel tcg,tb-size=); DefaultTCGCacheMiB when 0. Unused under KVM.
+	TCGCacheMiB uint32
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }

@@ -33,6 +33,30 @@ func TestArgsRunAs(t *testing.T) {
 	}
 }
 
+// TestArgsTCGCache checks that Options.TCGCacheMiB sets tb-size under TCG,
+// that 0 takes the default, and that KVM gets no tb-size.
+func TestArgsTCGCache(t *testing.T) {
+	for _, tc := range []struct {
+		accel string
+		size  uint32
+		want  string
+	}{
+		{AccelTCG, 0, "tcg,tb-size=128,thread=single"},
+		{AccelTCG, 96, "tcg,tb-size=96,thread=single"},
+		{AccelKVM, 96, "kvm"},
+	} {
+		v, err := New(baseConfig(), Options{Accel: tc.accel, TSCKHz: 2445432, TCGCacheMiB: tc.size})
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := buildArgs(&v.cfg, v.layout)
+		i := slices.Index(args, "-accel")
+		if i < 0 || args[i+1] != tc.want {
+			t.Errorf("%s with %d MiB: %q, want -accel %s", tc.accel, tc.size, args, tc.want)
+		}
+	}
+}
+
 func TestLeaseUID(t *testing.T) {
 	// A range no other test or runtime on the machine uses.
 	const base = 1<<31 - 100

@@ -148,7 +148,10 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		v.blkPorts = newHotPorts("disk", blockPortID, cfg.HotplugBlocks)
 	}
 	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
-		freePageReporting: o.FreePageReporting}
+		freePageReporting: o.FreePageReporting, tcgCacheMiB: o.TCGCacheMiB}
+	if v.layout.tcgCacheMiB == 0 {
+		v.layout.tcgCacheMiB = DefaultTCGCacheMiB
+	}
 	if v.layout.binary == "" {
 		v.layout.binary = DefaultBinary
 	}
