@@ -8,8 +8,10 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -418,6 +420,52 @@ func TestTemplateSandbox(t *testing.T) {
 			t.Errorf("stopping %s: %v", id, err)
 		}
 	}
+
+	// A pod with a network: the clone has no NIC of the template's, the
+	// pod's eth0 is hot-added once it runs and answers on the pod
+	// address; nothing of hull's is left in the pod namespace after.
+	t.Run("network", func(t *testing.T) {
+		busybox, err := exec.LookPath("busybox")
+		if err != nil {
+			t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
+		}
+		pod, peer := newPodNetns(t, "198.18.16")
+		sc, err := launch.SandboxConfig(c, "tplnet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc.NetNS = filepath.Join("/run/netns", pod.name)
+		sb, err := sandbox.Start(ctx, sc)
+		if err != nil {
+			t.Fatalf("starting a sandbox with a network: %v", err)
+		}
+		stopped := false
+		t.Cleanup(func() {
+			if !stopped {
+				_ = sb.Stop(context.Background())
+			}
+		})
+		if !sb.Restored() {
+			t.Fatalf("a sandbox with a network booted instead of restoring from template %s", key)
+		}
+		ifs, err := sb.Agent().Network().ListInterfaces(ctx, &agent.ListInterfacesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(ifs.GetInterfaces(), func(in *agent.Interface) bool { return in.GetName() == "eth0" })
+		if i < 0 || !slices.Contains(ifs.GetInterfaces()[i].GetAddresses(), "198.18.16.2/24") {
+			t.Errorf("guest interfaces %v: want eth0 with 198.18.16.2/24", ifs.GetInterfaces())
+		}
+		out, err := exec.Command("ip", "netns", "exec", peer.name, busybox, "ping", "-c", "3", "-W", "5", "198.18.16.2").CombinedOutput()
+		if err != nil {
+			t.Errorf("ping of the restored pod's address from the peer: %v\n%s", err, out)
+		}
+		stopped = true
+		if err := sb.Stop(context.Background()); err != nil {
+			t.Errorf("stopping the sandbox: %v", err)
+		}
+		noHullLeft(t, pod)
+	})
 
 	c.Hypervisor.VCPUs++
 	sb := startSandbox(t, c, "tplother")
