@@ -149,6 +149,7 @@ e2e-factory: image ## The containerd and CRI suites with every pod from the VM f
 	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 40m -v -run '^TestContainerd$$' ./integration/containerd/
 	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 40m -v -run '^TestCRI$$' ./integration/cri/
 	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 40m -v -run '^TestContainerd$$' ./integration/containerd/
+	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 40m -v -run '^TestCRI$$' ./integration/cri/
 
 .PHONY: e2e-factory-ci
 e2e-factory-ci: ## The bounded form of e2e-factory that make test runs: core cases on containerd 2, ctr pods from templates and CRI pods from warm VMs.
