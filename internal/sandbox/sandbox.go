@@ -513,7 +513,23 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 		}},
 		{"start vm", func(ctx context.Context) error {
 			if err := s.vm.Start(ctx); err != nil {
-				return err
+				if !s.restored || ctx.Err() != nil {
+					return err
+				}
+				// A failed Start has undone what it made: the VM boots
+				// instead (a pod network waiting for the restore is
+				// hot-added into the slots it reserves all the same).
+				log.G(ctx).WithError(err).WithFields(log.Fields{"sandbox": cfg.ID, "template": filepath.Base(s.template.Dir)}).
+					Warn("restoring the vm from its template failed: booting (hull factory template rm removes a damaged template)")
+				s.restored, s.template = false, nil
+				vm, nerr := cfg.NewVM(s.vmConfig(cfg, ep))
+				if nerr != nil {
+					return errors.Join(err, nerr)
+				}
+				s.vm = vm
+				if err := s.vm.Start(ctx); err != nil {
+					return err
+				}
 			}
 			undo.push(s.vm.Stop)
 			if s.restored {
