@@ -536,10 +536,12 @@ func templateNetworkPod(t *testing.T, c *config.Config, id, subnet string, resto
 		t.Fatal(err)
 	}
 	sc.NetNS = filepath.Join("/run/netns", pod.name)
+	start := time.Now()
 	sb, err := sandbox.Start(ctx, sc)
 	if err != nil {
 		t.Fatalf("starting a sandbox with a network: %v", err)
 	}
+	t.Logf("sandbox %s started in %v (restored %v): %v", id, time.Since(start).Round(time.Millisecond), sb.Restored(), sb.BootPhases())
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
