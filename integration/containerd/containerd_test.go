@@ -77,7 +77,10 @@ func startModeDaemon(t *testing.T, containerdPath, ctrPath string, mode e2e.Fact
 }
 
 // debugConfigCold is why the cases that run the debug image boot their
-// VMs in every factory mode.
+// VMs in every factory mode. In cache mode the shim's start, which reads
+// the daemon's configuration ($HULL_CONFIG), not the pod's runtime
+// options, claims a warm VM all the same, which the pod then refuses
+// (warm_refused).
 var debugConfigCold = e2e.Cold{Pods: 1, Why: "the pod's runtime configuration (ctr --runtime-config-path) is its own, " +
 	"with the debug image and no factory: a VM of another initrd, which neither a warm VM nor the suite's template is"}
 

@@ -421,8 +421,9 @@ type StartTally map[string]int
 // CheckStarts checks the sandbox starts a case logged (log: containerd's
 // log of the case): in mode, each must have started from the factory
 // (adopted, or restored) but for cold.Pods of them, which must have booted
-// (cold), for the reason cold.Why. Without a factory it checks nothing.
-// It adds the starts to tally.
+// (cold, or warm_refused: a warm VM claimed for the pod could not serve
+// it), for the reason cold.Why. Without a factory it checks nothing. It
+// adds the starts to tally.
 func (f *Factory) CheckStarts(t testing.TB, log string, cold Cold, tally StartTally) {
 	t.Helper()
 	if !f.on() {
@@ -435,14 +436,15 @@ func (f *Factory) CheckStarts(t testing.TB, log string, cold Cold, tally StartTa
 		tally[s.Start]++
 	}
 	wantCold := cold.colds(f.Mode)
-	if counts[podmetrics.StartCold] != wantCold || counts[f.Mode.Start()] != len(starts)-wantCold {
+	booted := counts[podmetrics.StartCold] + counts[podmetrics.StartWarmRefused]
+	if booted != wantCold || counts[f.Mode.Start()] != len(starts)-wantCold {
 		why := ""
 		if wantCold > 0 {
 			why = " (" + cold.Why + ")"
 		}
-		t.Errorf("%s mode: sandbox starts %v, want %d %s and %d cold%s", f.Mode, starts, len(starts)-wantCold, f.Mode.Start(), wantCold, why)
+		t.Errorf("%s mode: sandbox starts %v, want %d %s and %d booted%s", f.Mode, starts, len(starts)-wantCold, f.Mode.Start(), wantCold, why)
 	} else if wantCold > 0 {
-		t.Logf("%s mode: %d of %d sandboxes booted by design: %s", f.Mode, wantCold, len(starts), cold.Why)
+		t.Logf("%s mode: %d of %d sandboxes booted by design (%v): %s", f.Mode, wantCold, len(starts), starts, cold.Why)
 	}
 }
 
