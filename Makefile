@@ -119,6 +119,7 @@ test: deps image image-hullkernel image-rootfs ## Set up, then run unit and inte
 .PHONY: integration-only
 integration-only:
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -p 1 -timeout 50m -v ./integration/... 2>&1 | tee $(OUT)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	$(MAKE) e2e-factory-ci
 
 .PHONY: bench
 bench: deps image image-hullkernel image-rootfs ## Run all benchmarks in one go (results and method: docs/benchmarks.md).
@@ -136,6 +137,24 @@ e2e: image ## Only the containerd end-to-end suite (containerd 1.6 and 2.x, driv
 .PHONY: e2e-cri
 e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 1.6 and 2.x, handlers hull and runc).
 	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 40m -v ./integration/cri/
+
+# The e2e suites in the VM factory's modes (HULL_TEST_FACTORY, docs/factory.md#testing).
+FACTORY_ENV = HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin
+# What CI runs of them (e2e-factory-ci): core cases on containerd 2.
+FACTORY_CI_CTR = ^TestContainerd$$/^containerd-2$$/^(run_--rm_output|detached_task_lifecycle|run_with_piped_stdin|two_concurrent_containers|shim_killed)$$
+FACTORY_CI_CRI = ^TestCRI$$/^containerd-2$$/^hull$$/^(pod_lifecycle|pod_VM_sizing|pod_shim_killed)$$
+
+.PHONY: e2e-factory
+e2e-factory: image ## The containerd and CRI suites with every pod from the VM factory: warm VMs (cache), then templates (run under flock /tmp/hull-e2e.lock).
+	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 40m -v -run '^TestContainerd$$' ./integration/containerd/
+	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 40m -v -run '^TestCRI$$' ./integration/cri/
+	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 40m -v -run '^TestContainerd$$' ./integration/containerd/
+	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 40m -v -run '^TestCRI$$' ./integration/cri/
+
+.PHONY: e2e-factory-ci
+e2e-factory-ci: ## The bounded form of e2e-factory that make test runs: core cases on containerd 2, ctr pods from templates and CRI pods from warm VMs.
+	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 15m -v -run '$(FACTORY_CI_CTR)' ./integration/containerd/ 2>&1 | tee $(OUT)/factory-ci.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 15m -v -run '$(FACTORY_CI_CRI)' ./integration/cri/ 2>&1 | tee -a $(OUT)/factory-ci.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 .PHONY: faults
 faults: image image-hullkernel ## Only the fault matrix (docs/reliability.md): kill -9 at boot, while running and during delete, containerd restarts, host pressure; all part of make test (run under flock /tmp/hull-e2e.lock).

@@ -19,7 +19,7 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 	containerdPath, ctrPath := daemonBinaries(b, "1.6")
 	d := startDaemonWith(b, containerdPath, ctrPath, daemonOptions{assetsDir: factoryAssets()})
 	f := startFactory(b, d, 1)
-	aside := f.socket + ".aside"
+	aside := f.Socket + ".aside"
 	var cold, cached, runc []time.Duration
 	timed := func(into *[]time.Duration, args ...string) {
 		start := time.Now()
@@ -28,17 +28,17 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 	}
 	var hits uint64
 	for i := 0; b.Loop(); i++ {
-		f.waitReady(b)
-		if err := os.Rename(f.socket, aside); err != nil {
+		f.WaitReady(b)
+		if err := os.Rename(f.Socket, aside); err != nil {
 			b.Fatal(err)
 		}
 		timed(&runc, "--runtime", "io.containerd.runc.v2", imageName, fmt.Sprintf("bench-runc-%d", i), "true")
 		timed(&cold, "--runtime", runtimeName, imageName, fmt.Sprintf("bench-cold-%d", i), "true")
-		if err := os.Rename(aside, f.socket); err != nil {
+		if err := os.Rename(aside, f.Socket); err != nil {
 			b.Fatal(err)
 		}
 		timed(&cached, "--runtime", runtimeName, imageName, fmt.Sprintf("bench-cached-%d", i), "true")
-		st, err := f.status(b)
+		st, err := f.Status()
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,20 +22,73 @@ import (
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
-// TestContainerd runs every case against each containerd version.
+// TestContainerd runs every case against each containerd version, its
+// pods' VMs booted or, with HULL_TEST_FACTORY set, from the VM factory
+// (runCases).
 func TestContainerd(t *testing.T) {
 	for _, version := range []string{"1.6", "2"} {
-		t.Run("containerd-"+version, func(t *testing.T) {
-			containerdPath, ctrPath := daemonBinaries(t, version)
-			d := startDaemon(t, containerdPath, ctrPath)
-			for _, c := range cases {
-				t.Run(c.name, func(t *testing.T) {
-					defer d.checkClean(t)
-					c.run(t, d)
-				})
-			}
+		t.Run("containerd-"+version, func(t *testing.T) { runCases(t, version, env.mode) })
+	}
+}
+
+// factoryVMs is the suite's factory.vm_cache in cache mode: the most pods
+// a case starts at once.
+const factoryVMs = 2
+
+// runCases runs the cases against a containerd of version whose pods get
+// their VMs as mode says. With a factory, each case starts with the
+// factory's pool full, each of its sandboxes must start from the factory
+// but those coldCases names, and at the end the factory stops and
+// leaves nothing.
+func runCases(t *testing.T, version string, mode e2e.FactoryMode) {
+	containerdPath, ctrPath := daemonBinaries(t, version)
+	d, f := startModeDaemon(t, containerdPath, ctrPath, mode)
+	tally := e2e.StartTally{}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f.WaitFull(t)
+			from := d.log.Len()
+			defer func() { f.CheckStarts(t, d.log.Since(from), coldCases[c.name], tally) }()
+			defer d.checkClean(t)
+			c.run(t, d)
 		})
 	}
+	f.CheckSuite(t, tally)
+	f.Stop(t, d.stateRoot)
+}
+
+// startModeDaemon starts a daemon (startDaemon) whose hull shims take
+// their VMs from a VM factory of mode (nil for e2e.ModeCold), started
+// with the daemon's hull configuration and the suite's guest image.
+func startModeDaemon(t *testing.T, containerdPath, ctrPath string, mode e2e.FactoryMode) (*daemon, *e2e.Factory) {
+	t.Helper()
+	if mode == e2e.ModeCold {
+		return startDaemon(t, containerdPath, ctrPath), nil
+	}
+	dir, err := os.MkdirTemp(env.workDir, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := e2e.NewFactory(mode, dir, filepath.Base(dir), factoryVMs)
+	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{tables: f.Config()})
+	f.Start(t, filepath.Join(env.binDir, "hull"), d.hullConfigPath(), filepath.Join(env.shimDir, "containerd-shim-hull-v2"))
+	d.factory = f
+	return d, f
+}
+
+// debugConfigCold is why the cases that run the debug image boot their
+// VMs in every factory mode. In cache mode the shim's start, which reads
+// the daemon's configuration ($HULL_CONFIG), not the pod's runtime
+// options, claims a warm VM all the same, which the pod then refuses
+// (warm_refused).
+var debugConfigCold = e2e.Cold{Pods: 1, Why: "the pod's runtime configuration (ctr --runtime-config-path) is its own, " +
+	"with the debug image and no factory: a VM of another initrd, which neither a warm VM nor the suite's template is"}
+
+// coldCases names the cases whose sandboxes, or some of them, cannot
+// start from a factory, and why.
+var coldCases = map[string]e2e.Cold{
+	"debug console through the shim": debugConfigCold,
+	"kill not reported by the guest": debugConfigCold,
 }
 
 var cases = []struct {
@@ -291,10 +345,7 @@ echo "held:$(readlink /proc/$P/fd/1):$(readlink /proc/$H/fd/1):"
 		const id = "qemu-killed"
 		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
 		defer d.forget(t, id)
-		pid := pidOf("qemu-system", d.stateRoot)
-		if pid == 0 {
-			t.Fatal("no qemu process found")
-		}
+		pid := taskPid(t, d, id) // its VMM
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -306,9 +357,11 @@ echo "held:$(readlink /proc/$P/fd/1):$(readlink /proc/$H/fd/1):"
 		const id = "shim-killed"
 		d.mustCtr(t, "run", "-d", "--runtime", runtimeName, imageName, id, "sleep", "600")
 		defer d.forget(t, id)
-		pid := pidOf("containerd-shim-hull-v2", d.address)
-		if pid == 0 {
-			t.Fatal("no shim process found")
+		// The VMM's parent: a claimed warm shim's command line does not
+		// name the daemon.
+		pid := e2e.ParentPid(taskPid(t, d, id))
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !bytes.Contains(cmdline, []byte("containerd-shim-hull-v2")) {
+			t.Fatalf("the task's VMM's parent %d is %q, not its shim", pid, cmdline)
 		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -365,6 +418,24 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool, what string, o
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// taskPid is the PID `ctr task ls` shows for task id: its VMM
+// (checkTaskPidIsVMM).
+func taskPid(t *testing.T, d *daemon, id string) int {
+	t.Helper()
+	out := d.mustCtr(t, "task", "ls")
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id {
+			pid, err := strconv.Atoi(f[1])
+			if err != nil || pid <= 0 {
+				t.Fatalf("task ls shows pid %q for %s", f[1], id)
+			}
+			return pid
+		}
+	}
+	t.Fatalf("task ls shows no task %s:\n%s", id, out)
+	return 0
 }
 
 // checkTaskPidIsVMM checks that the PID `ctr task ls` shows for task id is

@@ -43,7 +43,13 @@ type daemon struct {
 	cmd            *exec.Cmd
 	// log is what containerd (and the shims through it) wrote.
 	log *e2e.SyncBuffer
+	// factory is the VM factory its pods take VMs from, if any.
+	factory *e2e.Factory
 }
+
+// hullConfigPath is the hull configuration of the daemon's shims (and of
+// its factory).
+func (d *daemon) hullConfigPath() string { return filepath.Join(d.dir, "hull.toml") }
 
 // startDaemon starts containerd (CRI off; NRI off, whose socket containerd
 // 2.x would otherwise share with every other daemon on the host) with the
@@ -88,7 +94,7 @@ func (d *daemon) hullConfig(o daemonOptions) string {
 // from then on reads.
 func (d *daemon) setHullConfig(t testing.TB, o daemonOptions) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(d.dir, "hull.toml"), []byte(d.hullConfig(o)), 0o600); err != nil {
+	if err := os.WriteFile(d.hullConfigPath(), []byte(d.hullConfig(o)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -237,25 +243,27 @@ func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 }
 
 // leftovers lists what a finished case left: processes that mention the
-// hull state root (qemu, virtiofsd) or the daemon's socket (shims),
-// mounts below the daemon's directory other than containerd's own
-// snapshotter, and sandbox state directories; and of each task in ids,
-// its shim's socket in /run/containerd/s and its cgroups.
+// hull state root (qemu, virtiofsd) or are shims of the daemon (their
+// command line names its socket or, for a shim claimed from the VM
+// factory, its hull configuration), mounts below the daemon's directory
+// other than containerd's own snapshotter, and sandbox state directories;
+// and of each task in ids, its shim's socket in /run/containerd/s and its
+// cgroups. The VM factory and the warm VMs of its pool are not the cases'
+// (e2e.Factory.Filter).
 func (d *daemon) leftovers(ids ...string) []string {
+	return d.factory.Filter(func() []string { return d.allLeftovers(ids...) })
+}
+
+func (d *daemon) allLeftovers(ids ...string) []string {
 	var left []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() || pid == d.cmd.Process.Pid {
+	for _, p := range e2e.Processes() {
+		if p.Pid == d.cmd.Process.Pid {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cmdline, d.stateRoot) || (strings.Contains(cmdline, "containerd-shim-hull-v2") && strings.Contains(cmdline, d.address)) {
-			left = append(left, fmt.Sprintf("process %d: %s", pid, cmdline))
+		shim := strings.Contains(p.Cmdline, "containerd-shim-hull-v2") &&
+			(strings.Contains(p.Cmdline, d.address) || strings.Contains(p.Cmdline, d.hullConfigPath()))
+		if shim || strings.Contains(p.Cmdline, d.stateRoot) {
+			left = append(left, p.String())
 		}
 	}
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {

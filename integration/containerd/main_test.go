@@ -20,6 +20,9 @@ var env struct {
 	image string
 	// binDir holds hull and hull-agent (HULL_BIN_DIR).
 	binDir string
+	// mode is where TestContainerd's pods get their VMs
+	// (HULL_TEST_FACTORY).
+	mode e2e.FactoryMode
 }
 
 // debugImage returns the suite's guest image with a debug shell.
@@ -41,6 +44,9 @@ func setup() error {
 		return err
 	}
 	env.assetsDir, env.workDir = assets, dir
+	if env.mode, err = e2e.FactoryModeFromEnv(); err != nil {
+		return err
+	}
 	if env.binDir = os.Getenv("HULL_BIN_DIR"); env.binDir == "" {
 		return fmt.Errorf("HULL_BIN_DIR must be set; run `make e2e`")
 	}

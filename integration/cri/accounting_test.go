@@ -24,13 +24,16 @@ func podAccounting(t *testing.T, s *session) {
 	p := s.runPodWith(config)
 	want := config.Linux.CgroupParent + "/" + p.id
 
+	// The pod's VMM is the one the CRI reports (a warm VM's command line
+	// names the warm sandbox, not the pod).
+	_, info := p.status()
 	var qemu, virtiofsd []int
 	for _, pr := range s.d.processes() {
-		switch comm := processComm(pr.pid); {
-		case comm == "qemu-system-x86" && strings.Contains(pr.cmdline, p.id):
-			qemu = append(qemu, pr.pid)
+		switch comm := processComm(pr.Pid); {
+		case comm == "qemu-system-x86" && pr.Pid == info.Pid:
+			qemu = append(qemu, pr.Pid)
 		case comm == "virtiofsd":
-			virtiofsd = append(virtiofsd, pr.pid)
+			virtiofsd = append(virtiofsd, pr.Pid)
 		}
 	}
 	if len(qemu) != 1 || len(virtiofsd) == 0 {

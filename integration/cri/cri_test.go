@@ -12,41 +12,95 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // TestCRI runs every case with each handler (runc first, to check the
-// harness) on each containerd version.
+// harness) on each containerd version, the hull pods' VMs booted or, with
+// HULL_TEST_FACTORY set, from the VM factory (runCases).
 func TestCRI(t *testing.T) {
 	for _, version := range []string{"1.6", "2"} {
-		t.Run("containerd-"+version, func(t *testing.T) {
-			d := startDaemon(t, version)
-			for _, h := range handlers {
-				t.Run(h.name, func(t *testing.T) {
-					for _, c := range cases {
-						if c.vmOnly && !h.vm {
-							// A property of VMs: runc has nothing to size.
-							continue
-						}
-						t.Run(c.name, func(t *testing.T) { c.run(t, d.begin(t, h)) })
+		t.Run("containerd-"+version, func(t *testing.T) { runCases(t, version, env.mode) })
+	}
+}
+
+// factoryVMs is the suite's factory.vm_cache in cache mode: the most pods
+// a case starts at once.
+const factoryVMs = 2
+
+// runCases runs the cases against a containerd of version whose hull pods
+// get their VMs as mode says. With a factory, each hull case starts with
+// the factory's pool full, each of its sandboxes must start from the
+// factory but those the case's cold field names, and at the end the
+// factory stops and leaves nothing.
+func runCases(t *testing.T, version string, mode e2e.FactoryMode) {
+	d, f := startModeDaemon(t, version, mode)
+	tally := e2e.StartTally{}
+	for _, h := range handlers {
+		t.Run(h.name, func(t *testing.T) {
+			for _, c := range cases {
+				if c.vmOnly && !h.vm {
+					// A property of VMs: runc has nothing to size.
+					continue
+				}
+				t.Run(c.name, func(t *testing.T) {
+					if h.vm {
+						f.WaitFull(t)
+						from := d.logSize()
+						// Registered first: runs after the case's pods
+						// are gone and checked.
+						t.Cleanup(func() { f.CheckStarts(t, d.logSince(from), c.cold, tally) })
 					}
+					c.run(t, d.begin(t, h))
 				})
 			}
 		})
 	}
+	f.CheckSuite(t, tally)
+	f.Stop(t, d.stateRoot)
 }
+
+// startModeDaemon starts a daemon (startDaemon) whose hull shims take
+// their VMs from a VM factory of mode (nil for e2e.ModeCold), started
+// with the daemon's hull configuration and the suite's guest image.
+func startModeDaemon(t *testing.T, version string, mode e2e.FactoryMode) (*daemon, *e2e.Factory) {
+	t.Helper()
+	if mode == e2e.ModeCold {
+		return startDaemon(t, version), nil
+	}
+	hull.need(t)
+	dir, err := os.MkdirTemp(env.workDir, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := e2e.NewFactory(mode, dir, filepath.Base(dir), factoryVMs)
+	d := startDaemonWith(t, version, daemonOptions{hullConfig: f.Config()})
+	f.Start(t, factoryBinaries(t), d.hullConfigPath(), filepath.Join(env.binDir, hull.shim))
+	d.factory = f
+	return d, f
+}
+
+// sizedCold is why a pod sized at boot by its resources boots in template
+// mode: the template is a VM of the configuration's default size.
+var sizedCold = e2e.Cold{Pods: 1, Modes: []e2e.FactoryMode{e2e.ModeTemplate},
+	Why: "the pod's resources size its VM at boot: a VM of another size than the template's"}
 
 var cases = []struct {
 	name   string
 	run    func(*testing.T, *session)
 	vmOnly bool
+	// cold names the hull sandboxes of the case that cannot start from
+	// a factory, and why.
+	cold e2e.Cold
 }{
 	{name: "pod lifecycle", run: podLifecycle},
 	{name: "unknown runtime handler", run: unknownHandler},
 	{name: "missing image", run: missingImage},
 	{name: "missing executable", run: missingExecutable},
 	{name: "doc sample pod", run: docSamplePod, vmOnly: true},
-	{name: "pod VM sizing", run: podSizing, vmOnly: true},
-	{name: "pod VM accounting", run: podAccounting, vmOnly: true},
+	{name: "pod VM sizing", run: podSizing, vmOnly: true, cold: sizedCold},
+	{name: "pod VM accounting", run: podAccounting, vmOnly: true, cold: sizedCold},
 	{name: "pod VM killed", run: vmKilled, vmOnly: true},
 	{name: "pod shim killed", run: shimKilled, vmOnly: true},
 	{name: "containerd restarted", run: containerdRestarted, vmOnly: true},
@@ -91,17 +145,19 @@ func podLifecycle(t *testing.T, s *session) {
 
 	// One pod: one shim and, with hull, one VM.
 	for _, proc := range s.d.processes() {
-		t.Logf("pod process %d: %.200s", proc.pid, proc.cmdline)
+		t.Logf("pod process %d: %.200s", proc.Pid, proc.Cmdline)
 	}
 	if shims := s.processesOf(s.h.shim); len(shims) != 1 {
 		t.Errorf("%d %s processes for the pod, want 1: %v", len(shims), s.h.shim, shims)
 	}
 	if s.h.vm {
+		// The pod's VMM is the one the CRI reports (a warm VM's command
+		// line names the warm sandbox, not the pod).
 		vms := s.processesOf("qemu-system")
-		if len(vms) != 1 {
+		if _, info := p.status(); len(vms) != 1 {
 			t.Errorf("%d qemu processes for the pod, want 1: %v", len(vms), vms)
-		} else if !strings.Contains(vms[0].cmdline, p.id) {
-			t.Errorf("the pod's qemu does not name sandbox %s: %v", p.id, vms[0])
+		} else if vms[0].Pid != info.Pid {
+			t.Errorf("the pod's qemu %v is not the sandbox's VMM %d", vms[0], info.Pid)
 		}
 		t.Logf("links in the pod's network namespace:\n%s", netnsLinks(p.netns))
 	}
@@ -259,7 +315,7 @@ func (s *session) listPods(id string) []*runtime.PodSandbox {
 func (s *session) processesOf(name string) []process {
 	var ps []process
 	for _, p := range s.d.processes() {
-		if strings.Contains(p.cmdline, name) {
+		if strings.Contains(p.Cmdline, name) {
 			ps = append(ps, p)
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -68,10 +67,12 @@ type daemon struct {
 	cgroupParent string
 	logPath      string
 	net          *network
-	cmd          *exec.Cmd
-	conn         *grpc.ClientConn
-	rt           runtime.RuntimeServiceClient
-	images       runtime.ImageServiceClient
+	// factory is the VM factory the hull pods take VMs from, if any.
+	factory *e2e.Factory
+	cmd     *exec.Cmd
+	conn    *grpc.ClientConn
+	rt      runtime.RuntimeServiceClient
+	images  runtime.ImageServiceClient
 }
 
 // startDaemon starts containerd of a version ("1.6" or "2") with the CRI
@@ -189,6 +190,10 @@ func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
 	return d
 }
 
+// hullConfigPath is the hull configuration of the daemon's shims (and of
+// its factory).
+func (d *daemon) hullConfigPath() string { return filepath.Join(d.dir, "hull.toml") }
+
 // waitServing waits until the daemon's CRI answers.
 func (d *daemon) waitServing(t testing.TB) {
 	t.Helper()
@@ -296,7 +301,7 @@ func (d *daemon) stop(t testing.TB) {
 	}
 	e2e.Stop(d.cmd, 15*time.Second)
 	for _, p := range d.processes() {
-		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 	}
 	if err := sandbox.CleanupAll(context.Background(), d.stateRoot); err != nil {
 		t.Logf("cleaning up sandboxes: %v", err)
@@ -430,42 +435,34 @@ func (d *daemon) logSize() int64 {
 }
 
 // process is a process of the host.
-type process struct {
-	pid     int
-	cmdline string
-}
-
-func (p process) String() string { return fmt.Sprintf("process %d: %s", p.pid, p.cmdline) }
+type process = e2e.Process
 
 // processes lists the processes the daemon's pods run on the host: those
 // whose command line names the hull state root (qemu, virtiofsd) and the
-// shims of this daemon (their command line names its socket).
+// shims of this daemon (their command line names its socket or, for a
+// shim claimed from the VM factory, its hull configuration). The VM
+// factory and the warm VMs of its pool are not the pods'
+// (e2e.Factory.Filter).
 func (d *daemon) processes() []process {
-	var ps []process
-	for _, p := range allProcesses() {
-		if p.pid == d.cmd.Process.Pid {
-			continue
+	byLine := map[string]process{}
+	kept := d.factory.Filter(func() []string {
+		var lines []string
+		for _, p := range e2e.Processes() {
+			if p.Pid == d.cmd.Process.Pid {
+				continue
+			}
+			shim := strings.Contains(p.Cmdline, "containerd-shim") &&
+				(strings.Contains(p.Cmdline, d.address) || strings.Contains(p.Cmdline, d.hullConfigPath()))
+			if shim || strings.Contains(p.Cmdline, d.stateRoot) {
+				lines = append(lines, p.String())
+				byLine[p.String()] = p
+			}
 		}
-		if strings.Contains(p.cmdline, d.stateRoot) || (strings.Contains(p.cmdline, "containerd-shim") && strings.Contains(p.cmdline, d.address)) {
-			ps = append(ps, p)
-		}
-	}
-	return ps
-}
-
-func allProcesses() []process {
-	var ps []process
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		ps = append(ps, process{pid: pid, cmdline: strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))})
+		return lines
+	})
+	ps := make([]process, 0, len(kept))
+	for _, l := range kept {
+		ps = append(ps, byLine[l])
 	}
 	return ps
 }

@@ -1,56 +1,30 @@
 package cri
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	api "github.com/hull-runtime/hull/api/factory/v1"
 	"github.com/hull-runtime/hull/integration/internal/e2e"
-	"github.com/hull-runtime/hull/internal/factory"
-	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
-// factoryBootTimeout bounds a warm VM's boot (TCG, a loaded host).
-const factoryBootTimeout = 4 * time.Minute
-
-// criFactory is a `hull factory serve` beside a CRI daemon, on a private
-// socket and cgroup parent, sharing the daemon's hull configuration.
-type criFactory struct {
-	cmd      *exec.Cmd
-	socket   string
-	cgParent string
-	logPath  string
-	// hullBin is the hull command it runs.
-	hullBin string
-}
-
 // factoryOptions are the daemon options of a daemon whose hull shims claim
-// warm VMs from a factory of vmCache VMs; startFactory then starts it.
-func factoryOptions(t testing.TB, vmCache int) (daemonOptions, *criFactory) {
+// warm VMs from a factory of vmCache VMs (e2e.Factory); startFactory then
+// starts it.
+func factoryOptions(t testing.TB, vmCache int) (daemonOptions, *e2e.Factory) {
 	t.Helper()
 	dir, err := os.MkdirTemp(env.workDir, "f")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	f := &criFactory{
-		socket:   filepath.Join(dir, "factory.sock"),
-		cgParent: fmt.Sprintf("hull-cri-factory-%d-%s", os.Getpid(), filepath.Base(dir)),
-		logPath:  filepath.Join(dir, "factory.log"),
-	}
-	return daemonOptions{
-		assetsDir:  soakAssets(t),
-		hullConfig: fmt.Sprintf("[factory]\nvm_cache = %d\nsocket = %q\ncgroup_parent = %q\n", vmCache, f.socket, f.cgParent),
-	}, f
+	f := e2e.NewFactory(e2e.ModeCache, dir, filepath.Base(dir), vmCache)
+	return daemonOptions{assetsDir: soakAssets(t), hullConfig: f.Config()}, f
 }
 
 // factoryBinaries returns the hull command of HULL_BIN_DIR (make build's);
@@ -65,73 +39,12 @@ func factoryBinaries(t testing.TB) (hullBin string) {
 	return filepath.Join(dir, "hull")
 }
 
-// start runs `hull factory serve` with d's hull configuration. The test's
-// end stops it (before the daemon stops) and removes its cgroups.
-func (f *criFactory) start(t testing.TB, d *daemon) {
+// startFactory runs `hull factory serve` with d's hull configuration. The
+// test's end stops it (before the daemon stops).
+func startFactory(t testing.TB, f *e2e.Factory, d *daemon) {
 	t.Helper()
-	logFile, err := os.Create(f.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = logFile.Close() }() // the factory holds its own copy
-	f.hullBin = factoryBinaries(t)
-	f.cmd = exec.Command(f.hullBin, "--config", filepath.Join(d.dir, "hull.toml"), "--log-level", "info",
-		"factory", "serve", "--shim", filepath.Join(env.binDir, hull.shim))
-	f.cmd.Stdout, f.cmd.Stderr = logFile, logFile
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := f.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		e2e.Stop(f.cmd, 30*time.Second)
-		for _, cg := range f.cgroups() {
-			_ = os.Remove(cg)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(f.logPath)
-			t.Logf("factory log:\n%s", b)
-		}
-	})
-}
-
-// cgroups lists the factory's cgroup parent in every hierarchy, the warm
-// VMs' cgroups below it first.
-func (f *criFactory) cgroups() []string {
-	warm, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", f.cgParent, sandbox.WarmIDPrefix+"*"))
-	top, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", f.cgParent))
-	return append(warm, top...)
-}
-
-// status asks the factory for its status.
-func (f *criFactory) status() (*api.StatusResponse, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := factory.Dial(ctx, f.socket)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = c.Close() }() // one call
-	return c.Status(ctx)
-}
-
-// waitReady waits for a ready warm VM not in not, and returns it.
-func (f *criFactory) waitReady(t testing.TB, not ...string) *api.WarmVM {
-	t.Helper()
-	deadline := time.Now().Add(factoryBootTimeout)
-	for {
-		st, err := f.status()
-		if err == nil {
-			for _, v := range st.Vms {
-				if v.Ready && !strings.Contains(strings.Join(not, " "), v.Id) {
-					return v
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warm VM ready after %s: status %v, err %v", factoryBootTimeout, st, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	f.Start(t, factoryBinaries(t), d.hullConfigPath(), filepath.Join(env.binDir, hull.shim))
+	d.factory = f
 }
 
 // TestCRIFactory runs a kubelet-style pod with containerd 1.6's and 2.x's
@@ -152,14 +65,14 @@ func factoryPod(t *testing.T, version string) {
 	hull.need(t)
 	opts, f := factoryOptions(t, 1)
 	d := startDaemonWith(t, version, opts)
-	f.start(t, d)
-	warm := f.waitReady(t)
+	startFactory(t, f, d)
+	warm, _ := f.WaitReady(t)
 	t.Logf("warm VM %s ready (shim %d) after %.1fs", warm.Id, warm.Pid, warm.AgeSeconds)
 
 	s := d.session(t, hull)
 	from := d.logSize()
 	p := s.runPod("warm")
-	st, err := f.status()
+	st, err := f.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +84,7 @@ func factoryPod(t *testing.T, version string) {
 	}
 
 	// hull monitor's sandbox metric says so too.
-	metrics, err := httpGet("http://"+startMonitor(t, f.hullBin, filepath.Join(d.dir, "hull.toml"))+"/metrics", time.Minute)
+	metrics, err := httpGet("http://"+startMonitor(t, factoryBinaries(t), d.hullConfigPath())+"/metrics", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,20 +143,14 @@ func factoryPod(t *testing.T, version string) {
 	p.remove()
 
 	// The factory refills; the pod leaves nothing but the new warm VM.
-	next := f.waitReady(t, warm.Id)
+	next, _ := f.WaitReady(t, warm.Id)
 	t.Logf("refilled: warm VM %s (shim %d)", next.Id, next.Pid)
-	factoryProcess := fmt.Sprintf("process %d:", f.cmd.Process.Pid)
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
-		var left []string
-		for _, l := range s.leftovers() {
-			if !strings.Contains(l, next.Id) && !strings.Contains(l, sandbox.StateDir(d.stateRoot, next.Id)) && !strings.HasPrefix(l, factoryProcess) {
-				left = append(left, l)
-			}
-		}
-		if alive(int(warm.Pid)) {
+		left := s.leftovers() // the factory and its pool left out
+		if e2e.Alive(int(warm.Pid)) {
 			left = append(left, fmt.Sprintf("claimed shim %d", warm.Pid))
 		}
-		if cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", f.cgParent, warm.Id)); len(cgs) > 0 {
+		if cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", f.CgroupParent, warm.Id)); len(cgs) > 0 {
 			left = append(left, "warm cgroups "+strings.Join(cgs, " "))
 		}
 		if len(left) == 0 {
@@ -253,17 +160,6 @@ func factoryPod(t *testing.T, version string) {
 			t.Fatalf("the pod from the factory left:\n  %s", strings.Join(left, "\n  "))
 		}
 	}
-}
-
-// alive tells whether pid runs (a zombie does not count).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
 // BenchmarkCRIFactoryPodStart times the kubelet's start of a one-container
@@ -280,7 +176,7 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	plain := startDaemon(b, "1.6")
 	opts, f := factoryOptions(b, 1)
 	warmDaemon := startDaemonWith(b, "1.6", opts)
-	f.start(b, warmDaemon)
+	startFactory(b, f, warmDaemon)
 	modes := []struct {
 		name string
 		d    *daemon
@@ -296,7 +192,8 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 		for _, m := range modes {
 			if m.name == "hull-factory" {
 				b.StopTimer()
-				used = append(used, f.waitReady(b, used...).Id)
+				vm, _ := f.WaitReady(b, used...)
+				used = append(used, vm.Id)
 				b.StartTimer()
 			}
 			s := m.d.session(b, m.h)
@@ -318,14 +215,14 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 				// The refill boots before the next run: it would load
 				// the CPUs of the others' runs.
 				b.StopTimer()
-				f.waitReady(b, used...)
+				f.WaitReady(b, used...)
 				b.StartTimer()
 			} else {
 				s.checkClean()
 			}
 		}
 	}
-	st, err := f.status()
+	st, err := f.Status()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func vmKilled(t *testing.T, s *session) {
 	if len(vms) != 1 {
 		t.Fatalf("%d qemu processes for the pod, want 1: %v", len(vms), vms)
 	}
-	if err := syscall.Kill(vms[0].pid, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(vms[0].Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	waitExited(t, p, id)
@@ -41,7 +41,7 @@ func shimKilled(t *testing.T, s *session) {
 	if len(shims) != 1 {
 		t.Fatalf("%d shims for the pod, want 1: %v", len(shims), shims)
 	}
-	if err := syscall.Kill(shims[0].pid, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(shims[0].Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	waitExited(t, p, id)
@@ -133,7 +133,7 @@ func killedDuringStop(victim string) func(*testing.T, *session) {
 		if len(vms) != 1 || len(targets) != 1 {
 			t.Fatalf("the pod's processes: VMs %v, %s %v; want one each", vms, victim, targets)
 		}
-		vm := vms[0].pid
+		vm := vms[0].Pid
 		if err := syscall.Kill(vm, syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +151,7 @@ func killedDuringStop(victim string) func(*testing.T, *session) {
 			t.Fatalf("StopPodSandbox ended (%v) while the guest was frozen", err)
 		case <-time.After(3 * time.Second):
 		}
-		if err := syscall.Kill(targets[0].pid, syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(targets[0].Pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		_ = syscall.Kill(vm, syscall.SIGCONT) // it may be gone

@@ -32,6 +32,9 @@ var env struct {
 	shimErr error
 	// busybox and pause are the OCI archives of the two images.
 	busybox, pause string
+	// mode is where TestCRI's hull pods get their VMs
+	// (HULL_TEST_FACTORY).
+	mode e2e.FactoryMode
 }
 
 func TestMain(m *testing.M) {
@@ -50,6 +53,9 @@ func setup() error {
 		return err
 	}
 	env.assetsDir, env.workDir = assets, dir
+	if env.mode, err = e2e.FactoryModeFromEnv(); err != nil {
+		return err
+	}
 	env.binDir = filepath.Join(dir, "bin")
 	env.shimErr = e2e.BuildShim(env.binDir)
 	env.busybox = filepath.Join(dir, "busybox.tar")

@@ -384,8 +384,13 @@ func (s *session) checkClean() {
 	}
 }
 
-// leftovers lists what of the case's pods is still there.
+// leftovers lists what of the case's pods is still there. The VM factory
+// and the warm VMs of its pool are not the pods' (e2e.Factory.Filter).
 func (s *session) leftovers() []string {
+	return s.d.factory.Filter(s.allLeftovers)
+}
+
+func (s *session) allLeftovers() []string {
 	var left []string
 	ctx, cancel := s.ctx(quickCall)
 	defer cancel()

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // TestCRITemplate runs a kubelet-style pod with the suite's CNI network
@@ -39,7 +41,7 @@ func templatePod(t *testing.T, version string) {
 		assetsDir:  soakAssets(t),
 		hullConfig: fmt.Sprintf("[factory]\ntemplate = true\ntemplate_dir = %q\n", tdir),
 	}
-	var f *criFactory
+	var f *e2e.Factory
 	if version == "2" {
 		// The factory's socket and cgroup parent, unused until it starts.
 		fopts, ff := factoryOptions(t, 1)
@@ -80,9 +82,9 @@ func templatePod(t *testing.T, version string) {
 		return
 	}
 	// The factory's warm VM is restored from the template, and adopted.
-	f.start(t, d)
-	warm := f.waitReady(t)
-	if b, _ := os.ReadFile(f.logPath); !strings.Contains(string(b), "vm restored from its template") {
+	startFactory(t, f, d)
+	warm, _ := f.WaitReady(t)
+	if b, _ := os.ReadFile(f.LogPath); !strings.Contains(string(b), "vm restored from its template") {
 		t.Errorf("the warm VM was not restored from the template; factory log:\n%s", lastLines(string(b), 40))
 	}
 	from = d.logSize()
@@ -93,12 +95,12 @@ func templatePod(t *testing.T, version string) {
 	servePodWeb(t, p)
 	p.stop()
 	p.remove()
-	next := f.waitReady(t, warm.Id)
-	factoryProcess := fmt.Sprintf("process %d:", f.cmd.Process.Pid)
+	next, _ := f.WaitReady(t, warm.Id)
+	factoryProcess := fmt.Sprintf("process %d:", f.Cmd.Process.Pid)
 	waitNothingLeft(t, s, func(l string) bool {
 		return strings.Contains(l, next.Id) || strings.HasPrefix(l, factoryProcess)
 	})
-	if alive(int(warm.Pid)) {
+	if e2e.Alive(int(warm.Pid)) {
 		t.Errorf("the claimed shim %d still runs after its pod's removal", warm.Pid)
 	}
 }

@@ -192,6 +192,23 @@ func (s *SyncBuffer) String() string {
 	return s.b.String()
 }
 
+// Len is how many bytes were written so far.
+func (s *SyncBuffer) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
+}
+
+// Since returns what was written from offset off on (an earlier Len).
+func (s *SyncBuffer) Since(off int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if off > s.b.Len() {
+		return ""
+	}
+	return string(s.b.Bytes()[off:])
+}
+
 // Bytes returns a copy of what was written so far.
 func (s *SyncBuffer) Bytes() []byte {
 	s.mu.Lock()

@@ -1,0 +1,95 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Process is a process of the host.
+type Process struct {
+	Pid     int
+	Cmdline string
+}
+
+func (p Process) String() string { return fmt.Sprintf("process %d: %s", p.Pid, p.Cmdline) }
+
+// Processes lists the host's processes with a command line, the test's
+// own left out.
+func Processes() []Process {
+	var ps []Process
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		ps = append(ps, Process{Pid: pid, Cmdline: strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))})
+	}
+	return ps
+}
+
+// Alive tells whether pid runs (a zombie does not count).
+func Alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// ParentPid is the parent of pid, 0 when pid is gone.
+func ParentPid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	// After the command: state, then the parent's PID.
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// OwnCgroups moves pid into cgroups of its own named <prefix>-<pid>, in the
+// memory and pids hierarchies (cgroup v1) or the unified one, as a
+// service unit has, and returns their directories (the caller removes
+// them once pid is gone).
+func OwnCgroups(pid int, prefix string) ([]string, error) {
+	var dirs []string
+	for _, h := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err != nil {
+			continue
+		}
+		d := filepath.Join(h, fmt.Sprintf("%s-%d", prefix, pid))
+		if err := os.Mkdir(d, 0o755); err != nil { //nolint:gosec // G301: a cgroup directory
+			return dirs, err
+		}
+		dirs = append(dirs, d)
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil { //nolint:gosec // G306: a cgroup file
+			return dirs, err
+		}
+		if h == "/sys/fs/cgroup" {
+			break // unified: the one hierarchy
+		}
+	}
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("no cgroup hierarchy to put process %d in", pid)
+	}
+	return dirs, nil
+}
