@@ -125,6 +125,19 @@ func (hc *hostCgroup) grow(vcpus, memoryMiB uint32) error {
 	return hc.setLimits(v, m)
 }
 
+// settle lowers the memory limit, which grow raised with a memory block's
+// slack, to that of a VM of exactly memoryMiB, the size the VM reached; it
+// never raises it.
+func (hc *hostCgroup) settle(memoryMiB uint32) error {
+	hc.mu.Lock()
+	v, m := hc.vcpus, hc.memoryMiB
+	hc.mu.Unlock()
+	if m <= memoryMiB {
+		return nil
+	}
+	return hc.setLimits(v, memoryMiB)
+}
+
 // limitsFor is the cgroup limits of a VM of vcpus and memoryMiB.
 func limitsFor(cfg CgroupConfig, vcpus, memoryMiB uint32) hostcgroup.Limits {
 	return hostcgroup.Limits{

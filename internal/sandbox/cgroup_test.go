@@ -83,6 +83,50 @@ func TestResizeRaisesCgroupFirst(t *testing.T) {
 	}
 }
 
+// growingVM grows to the size it is asked for, in blocks of 128 MiB above
+// its 512 MiB base, and never shrinks.
+type growingVM struct {
+	staticVM
+	memoryMiB uint32
+}
+
+func (v *growingVM) Resize(_ context.Context, vcpus, memoryMiB uint32) (hypervisor.Size, error) {
+	v.memoryMiB = max(v.memoryMiB, 512+(max(memoryMiB, 512)-512+127)/128*128)
+	return hypervisor.Size{VCPUs: vcpus, MemoryMiB: v.memoryMiB}, nil
+}
+
+// TestResizeSettlesCgroup checks that a grown VM's memory limit is that of
+// a VM booted at the size reached, the block's slack gone.
+func TestResizeSettlesCgroup(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g, err := hostcgroup.Create(hostcgroup.FS{Unified: root}, "/pod/sb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "pod/sb/cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hc := &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb", MemoryOverheadMiB: 256}, g: g}
+	if err := hc.setLimits(1, 512); err != nil {
+		t.Fatal(err)
+	}
+	s := &Sandbox{id: "sb", state: StateRunning, vm: &growingVM{memoryMiB: 512}, cgroup: hc, client: newFakeAgent().serve(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ ask, want uint32 }{{768, 768}, {800, 896}, {600, 896}} {
+		if err := s.Resize(ctx, 1, tc.ask); err != nil {
+			t.Fatalf("resize to %d: %v", tc.ask, err)
+		}
+		b, _ := os.ReadFile(filepath.Join(root, "pod/sb/memory.max"))
+		if got, want := strings.TrimSpace(string(b)), strconv.FormatInt(int64(tc.want+256)<<20, 10); got != want {
+			t.Errorf("after a resize to %d MiB: memory.max %s, want %s (a %d MiB VM and the overhead)", tc.ask, got, want, tc.want)
+		}
+	}
+}
+
 // TestCreateCgroupChoosesSystemd: the systemd form becomes a scope for
 // systemd to make only on a cgroup v2 host under systemd (its limits held
 // for the scope's start, none written by hand); elsewhere the sandbox

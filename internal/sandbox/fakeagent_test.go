@@ -90,6 +90,10 @@ func (s fakeSystem) SetTime(ctx context.Context, _ *api.SetTimeRequest) (*api.Se
 	}
 }
 
+func (s fakeSystem) OnlineResources(_ context.Context, r *api.OnlineResourcesRequest) (*api.OnlineResourcesResponse, error) {
+	return &api.OnlineResourcesResponse{OnlineVcpus: r.GetVcpus(), MemoryMib: r.GetMemoryMib()}, nil
+}
+
 func (s fakeSystem) Shutdown(context.Context, *api.ShutdownRequest) (*api.ShutdownResponse, error) {
 	s.a.mu.Lock()
 	defer s.a.mu.Unlock()

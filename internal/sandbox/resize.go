@@ -20,7 +20,8 @@ const resizeSlackMiB = 128
 // Resize grows the sandbox's VM to at least vcpus vCPUs and memoryMiB MiB of
 // memory: the sandbox's cgroup limits are raised first (so that the added
 // memory is never beyond them), the driver hot-adds the resources, then
-// the agent brings them online in the guest. It never shrinks the VM. A driver or machine that cannot
+// the agent brings them online in the guest; the memory limit then settles
+// to the size the VM reached. It never shrinks the VM. A driver or machine that cannot
 // hotplug answers ErrNotImplemented, a size beyond the VM's limits
 // (hypervisor.Config's MaxVCPUs and MaxMemoryMiB) ErrInvalidArgument. When
 // the agent call fails after the driver grew the VM, a later Resize (even to
@@ -33,6 +34,8 @@ func (s *Sandbox) Resize(ctx context.Context, vcpus, memoryMiB uint32) error {
 	if err != nil {
 		return fmt.Errorf("resizing sandbox %s: %w", s.id, err)
 	}
+	s.resizeMu.Lock()
+	defer s.resizeMu.Unlock()
 	start := time.Now()
 	if s.cgroup != nil {
 		// Memory grows in the driver's blocks: allow the last one whole.
@@ -48,6 +51,12 @@ func (s *Sandbox) Resize(ctx context.Context, vcpus, memoryMiB uint32) error {
 		}
 		// Part of the growth happened (vCPUs before a refused DIMM):
 		// have the guest use what was added all the same.
+	} else if s.cgroup != nil {
+		// The VM has its size now: the block's slack goes, so that a
+		// grown VM is charged as one booted at that size.
+		if err := s.cgroup.settle(size.MemoryMiB); err != nil {
+			log.G(ctx).WithError(err).WithField("sandbox", s.id).Warn("lowering the sandbox's cgroup memory limit to the grown vm's size; it keeps the higher limit")
+		}
 	}
 	resp, err := s.client.System().OnlineResources(ctx, &agent.OnlineResourcesRequest{
 		Vcpus:     size.VCPUs,

@@ -179,6 +179,9 @@ type Sandbox struct {
 	// network, so that a network attached while the sandbox stops is
 	// either released by Stop or undone by AttachOwnNetwork.
 	netMu sync.Mutex
+	// resizeMu serializes Resize: its raise of the cgroup limits, the
+	// driver's hot-add and the limits' settling to the size reached.
+	resizeMu sync.Mutex
 	// network mirrors the pod's network namespace (netnsPath) into the
 	// VM; nil without one. Both are guarded by mu, and written with netMu
 	// held too.
