@@ -331,15 +331,16 @@ func (v *VM) unwatchDeleted(id string, late bool) bool {
 		return true
 	}
 	if late {
-		v.unplugging[id] = true
+		v.unplugging[id] = &lateUnplug{}
 	}
 	return false
 }
 
 // deviceDeleted handles a DEVICE_DELETED event: it wakes the wait for that
 // device, if any, or, for a device whose unplug stopped waiting, frees its
-// port in a goroutine of its own (releaseLate), started once per such
-// device. Events for other devices (and the unnamed inner devices QEMU
+// port in a goroutine of its own (releaseLate), started once per unplug
+// that stopped waiting (its mark stays, deleted, until the port is
+// freed). Events for other devices (and the unnamed inner devices QEMU
 // reports by path alone) are ignored.
 func (v *VM) deviceDeleted(data json.RawMessage) {
 	var d struct {
@@ -355,8 +356,9 @@ func (v *VM) deviceDeleted(data json.RawMessage) {
 		delete(v.deleted, d.Device)
 		return
 	}
-	if v.unplugging[d.Device] {
-		delete(v.unplugging, d.Device)
-		go v.releaseLate(d.Device)
+	if u := v.unplugging[d.Device]; u != nil && !u.deleted {
+		u.deleted = true
+		v.late.Add(1)
+		go v.releaseLate(d.Device, u)
 	}
 }
