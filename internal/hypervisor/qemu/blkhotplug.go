@@ -275,10 +275,11 @@ var errNotReleased = errors.New("the guest did not release the device")
 
 // unplugDevice asks QEMU to unplug devID (device_del) and waits for its
 // DEVICE_DELETED, which comes once the guest has released the device, for
-// at most unplugWait or until ctx is done (errNotReleased). A device QEMU
-// does not know is gone already. When the wait ends without the event,
-// the device is marked so that its event, when it comes late, frees its
-// port (deviceDeleted, releaseLate).
+// at most unplugWait or until ctx is done (errNotReleased), or until the
+// monitor connection ends (QEMU exited or is stopping: the connection's
+// error). A device QEMU does not know is gone already. When the wait ends
+// without the event, the device is marked so that its event, when it
+// comes late, frees its port (deviceDeleted, releaseLate).
 func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
 	deleted := v.watchDeleted(devID)
 	if _, err := q.execute(ctx, "device_del", map[string]any{"id": devID}); err != nil {
@@ -299,6 +300,10 @@ func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
 		err = fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
 	case <-ctx.Done():
 		err = fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
+	case <-q.closed:
+		// No event comes any more: QEMU exited, or is being stopped.
+		v.unwatchDeleted(devID, false)
+		return fmt.Errorf("device %s: waiting for its release: %w", devID, q.closedErr())
 	}
 	if v.unwatchDeleted(devID, true) {
 		// The event came as the wait ended.

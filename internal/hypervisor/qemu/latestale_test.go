@@ -96,3 +96,46 @@ func TestLateReleaseStale(t *testing.T) {
 		t.Errorf("a stale late release sent %q", m.log)
 	}
 }
+
+// TestUnplugWaitEndsWithQEMU: a RemoveBlock waiting for a guest that keeps
+// the disk returns once QEMU's monitor is gone (QEMU exited or is being
+// stopped), not after the whole unplug bound: no event can come any more,
+// and a sandbox's stop must not wait behind it.
+func TestUnplugWaitEndsWithQEMU(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	m := newFakeMachine(2, 2)
+	m.fail["DEVICE_DELETED"] = true
+	cfg := baseConfig()
+	cfg.HotplugBlocks = 1
+	v := runningVM(t, cfg, MachineQ35, m)
+	v.unplugWait = time.Hour
+	ctx := context.Background()
+	if err := v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- v.RemoveBlock(ctx, "r1") }()
+	// Once device_del is in, QEMU goes.
+	for {
+		m.mu.Lock()
+		asked := slices.Contains(m.log, `device_del {"id":"blkdev-r1"}`)
+		m.mu.Unlock()
+		if asked {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	v.qmp.close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("RemoveBlock once QEMU is gone: %v, want nil (the disk went with the vm)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RemoveBlock still waits for the guest after QEMU's monitor closed")
+	}
+}
