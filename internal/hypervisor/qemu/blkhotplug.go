@@ -143,15 +143,23 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 
 	node := "blk-" + b.ID
 	file := map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "read-only": b.ReadOnly}
+	// The undo is pushed before blockdev-add too: a reply lost to a
+	// timeout may hide a node QEMU made, which holds a copy of the
+	// image's descriptor (a node that is not there is no error).
+	nodeMade := false
+	undo.push(func(ctx context.Context) error {
+		if !nodeMade {
+			return nil
+		}
+		return deleteNode(ctx, q, node)
+	})
 	if _, err := q.execute(ctx, "blockdev-add", map[string]any{
 		"driver": "raw", "node-name": node, "read-only": b.ReadOnly, "file": file,
 	}); err != nil {
+		nodeMade = lostAnswer(err)
 		return nil, err
 	}
-	undo.push(func(ctx context.Context) error {
-		_, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": node})
-		return err
-	})
+	nodeMade = true
 	release = func(ctx context.Context, q *qmpConn) error {
 		var errs []error
 		if err := deleteNode(ctx, q, node); err != nil {
@@ -181,10 +189,16 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 		return err
 	})
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
-		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+		lost = lostAnswer(err)
 		return nil, err
 	}
 	return release, nil
+}
+
+// lostAnswer tells whether err is the caller giving up on a command's
+// answer, after which QEMU may still have run the command.
+func lostAnswer(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // deleteNode deletes a block node; one QEMU does not have (any more) is
