@@ -139,15 +139,23 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 
 	node := "blk-" + b.ID
 	file := map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "read-only": b.ReadOnly}
+	// The undo is pushed before blockdev-add too: a reply lost to a
+	// timeout may hide a node QEMU made, which holds a copy of the
+	// image's descriptor (a node that is not there is no error).
+	nodeMade := false
+	undo.push(func(ctx context.Context) error {
+		if !nodeMade {
+			return nil
+		}
+		return deleteNode(ctx, q, node)
+	})
 	if _, err := q.execute(ctx, "blockdev-add", map[string]any{
 		"driver": "raw", "node-name": node, "read-only": b.ReadOnly, "file": file,
 	}); err != nil {
+		nodeMade = lostAnswer(err)
 		return nil, err
 	}
-	undo.push(func(ctx context.Context) error {
-		_, err := q.execute(ctx, "blockdev-del", map[string]any{"node-name": node})
-		return err
-	})
+	nodeMade = true
 	release = func(ctx context.Context, q *qmpConn) error {
 		var errs []error
 		if err := deleteNode(ctx, q, node); err != nil {
@@ -177,10 +185,16 @@ func (v *VM) plugBlock(ctx context.Context, q *qmpConn, b hypervisor.BlockDevice
 		return err
 	})
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
-		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+		lost = lostAnswer(err)
 		return nil, err
 	}
 	return release, nil
+}
+
+// lostAnswer tells whether err is the caller giving up on a command's
+// answer, after which QEMU may still have run the command.
+func lostAnswer(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // deleteNode deletes a block node; one QEMU does not have (any more) is
@@ -271,10 +285,11 @@ var errNotReleased = errors.New("the guest did not release the device")
 
 // unplugDevice asks QEMU to unplug devID (device_del) and waits for its
 // DEVICE_DELETED, which comes once the guest has released the device, for
-// at most unplugWait or until ctx is done (errNotReleased). A device QEMU
-// does not know is gone already. When the wait ends without the event,
-// the device is marked so that its event, when it comes late, frees its
-// port (deviceDeleted, releaseLate).
+// at most unplugWait or until ctx is done (errNotReleased), or until the
+// monitor connection ends (QEMU exited or is stopping: the connection's
+// error). A device QEMU does not know is gone already. When the wait ends
+// without the event, the device is marked so that its event, when it
+// comes late, frees its port (deviceDeleted, releaseLate).
 func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
 	deleted := v.watchDeleted(devID)
 	if _, err := q.execute(ctx, "device_del", map[string]any{"id": devID}); err != nil {
@@ -295,6 +310,10 @@ func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
 		err = fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
 	case <-ctx.Done():
 		err = fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
+	case <-q.closed:
+		// No event comes any more: QEMU exited, or is being stopped.
+		v.unwatchDeleted(devID, false)
+		return fmt.Errorf("device %s: waiting for its release: %w", devID, q.closedErr())
 	}
 	if v.unwatchDeleted(devID, true) {
 		// The event came as the wait ended.
@@ -327,15 +346,16 @@ func (v *VM) unwatchDeleted(id string, late bool) bool {
 		return true
 	}
 	if late {
-		v.unplugging[id] = true
+		v.unplugging[id] = &lateUnplug{}
 	}
 	return false
 }
 
 // deviceDeleted handles a DEVICE_DELETED event: it wakes the wait for that
 // device, if any, or, for a device whose unplug stopped waiting, frees its
-// port in a goroutine of its own (releaseLate), started once per such
-// device. Events for other devices (and the unnamed inner devices QEMU
+// port in a goroutine of its own (releaseLate), started once per unplug
+// that stopped waiting (its mark stays, deleted, until the port is
+// freed). Events for other devices (and the unnamed inner devices QEMU
 // reports by path alone) are ignored.
 func (v *VM) deviceDeleted(data json.RawMessage) {
 	var d struct {
@@ -351,8 +371,9 @@ func (v *VM) deviceDeleted(data json.RawMessage) {
 		delete(v.deleted, d.Device)
 		return
 	}
-	if v.unplugging[d.Device] {
-		delete(v.unplugging, d.Device)
-		go v.releaseLate(d.Device)
+	if u := v.unplugging[d.Device]; u != nil && !u.deleted {
+		u.deleted = true
+		v.late.Add(1)
+		go v.releaseLate(d.Device, u)
 	}
 }

@@ -161,13 +161,24 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 	} else {
 		args["fds"] = strings.Join(names, ":")
 	}
+	// The undo is pushed before netdev_add too: a reply lost to a
+	// timeout may hide a netdev QEMU made, which holds the taps'
+	// descriptors (a netdev that is not there is no error).
+	netdevMade := false
+	undo.push(func(ctx context.Context) error {
+		if !netdevMade {
+			return nil
+		}
+		if _, err := q.execute(ctx, "netdev_del", map[string]any{"id": netdev}); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
+		return nil
+	})
 	if _, err := q.execute(ctx, "netdev_add", args); err != nil {
+		netdevMade = lostAnswer(err)
 		return nil, err
 	}
-	undo.push(func(ctx context.Context) error {
-		_, err := q.execute(ctx, "netdev_del", map[string]any{"id": netdev})
-		return err
-	})
+	netdevMade = true
 	release = func(ctx context.Context, q *qmpConn) error {
 		if _, err := q.execute(ctx, "netdev_del", map[string]any{"id": netdev}); err != nil && !errdefs.IsNotFound(err) {
 			return err
@@ -199,7 +210,7 @@ func (v *VM) plugNIC(ctx context.Context, q *qmpConn, n hypervisor.NetworkDevice
 		return err
 	})
 	if _, err := q.execute(ctx, "device_add", dev); err != nil {
-		lost = errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+		lost = lostAnswer(err)
 		return nil, err
 	}
 	return release, nil

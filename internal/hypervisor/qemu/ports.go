@@ -232,11 +232,21 @@ func (v *VM) unmarkUnplugging(dev string) {
 	v.mu.Unlock()
 }
 
+// lateUnplug marks one unplug of a device that stopped waiting for the
+// guest; guarded by VM.mu.
+type lateUnplug struct {
+	// deleted: QEMU reported the device deleted, and releaseLate runs.
+	deleted bool
+}
+
 // releaseLate frees the port of dev, whose DEVICE_DELETED came after
-// the unplug stopped waiting: it runs in a goroutine of its own, one per
-// such device (deviceDeleted starts it once), bounded by rollbackTimeout
-// once it holds the table's mutex.
-func (v *VM) releaseLate(dev string) {
+// the unplug u stopped waiting: it runs in a goroutine of its own, one per
+// such unplug (deviceDeleted starts it once), bounded by rollbackTimeout
+// once it holds the table's mutex. While it waited for the mutex, the
+// port may have been freed (settle) and taken by a new device of the same
+// ID: it acts only while u is still the device's mark.
+func (v *VM) releaseLate(dev string, u *lateUnplug) {
+	defer v.late.Done()
 	mu, p := &v.blkMu, &v.blkPorts
 	if strings.HasPrefix(dev, nicDevPrefix) {
 		mu, p = &v.nicMu, &v.nicPorts
@@ -244,10 +254,14 @@ func (v *VM) releaseLate(dev string) {
 	mu.Lock()
 	defer mu.Unlock()
 	v.mu.Lock()
-	q, st := v.qmp, v.state
+	q, st, current := v.qmp, v.state, v.unplugging[dev] == u
 	v.mu.Unlock()
 	if st != stateRunning && st != statePaused {
 		// The device went with the VM.
+		return
+	}
+	if !current {
+		// The port was freed already; it may hold a new device now.
 		return
 	}
 	i := p.findDev(dev)

@@ -241,14 +241,22 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args any, fd int) (
 		var n int
 		msg := append(b, '\n')
 		n, _, err = uc.WriteMsgUnix(msg, oob, nil)
-		if err == nil && n != len(msg) {
+		if n > 0 && n != len(msg) {
 			// The rest would go without its descriptor: the stream is
 			// out of step with QEMU's parser.
-			err = fmt.Errorf("short write of a command with a descriptor (%d of %d bytes)", n, len(msg))
+			err = errors.Join(err, fmt.Errorf("short write of a command with a descriptor (%d of %d bytes)", n, len(msg)))
 			_ = q.conn.Close()
 		}
 	} else {
-		_, err = q.conn.Write(append(b, '\n'))
+		var n int
+		n, err = q.conn.Write(append(b, '\n'))
+		if err != nil && n > 0 {
+			// Part of the command went out (the deadline passed while
+			// QEMU did not read): QEMU may run it once it has the
+			// closing brace, or take the next command as its rest. No
+			// command goes out on that stream any more.
+			_ = q.conn.Close()
+		}
 	}
 	q.wmu.Unlock()
 	if err != nil {

@@ -90,8 +90,12 @@ type VM struct {
 	deleted map[string]chan struct{}
 	// unplugging are the devices whose unplug stopped waiting for the
 	// guest: their DEVICE_DELETED, when it comes, frees their port;
-	// guarded by mu.
-	unplugging map[string]bool
+	// guarded by mu. Each unplug gets a mark of its own, so that a
+	// release started for one device does not free the port of a later
+	// device of the same ID.
+	unplugging map[string]*lateUnplug
+	// late counts the running releaseLate goroutines.
+	late sync.WaitGroup
 	// state of the VM; guarded by mu.
 	state state
 	// pid and proc of the QEMU process, unset before it started; guarded
@@ -142,7 +146,7 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		return nil, err
 	}
 	v := &VM{cfg: cfg, opts: o, done: make(chan struct{}),
-		deleted: map[string]chan struct{}{}, unplugging: map[string]bool{}, unplugWait: defaultUnplugWait}
+		deleted: map[string]chan struct{}{}, unplugging: map[string]*lateUnplug{}, unplugWait: defaultUnplugWait}
 	if o.Machine == MachineQ35 {
 		v.nicPorts = newHotPorts("NIC", nicPortID, cfg.HotplugNICs)
 		v.blkPorts = newHotPorts("disk", blockPortID, cfg.HotplugBlocks)
