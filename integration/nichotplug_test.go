@@ -198,6 +198,20 @@ func newPodNetns(t *testing.T, net string) (pod, peer *testNetns) {
 	return pod, peer
 }
 
+// noHullLeft checks that the pod namespace holds no tap or filter of
+// hull's.
+func noHullLeft(t *testing.T, pod *testNetns) {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", pod.name, "-d", "link").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "_hull") {
+		t.Errorf("pod namespace after the sandbox: %v\n%s\nwant no hull tap", err, out)
+	}
+	out, err = exec.Command("ip", "netns", "exec", pod.name, "tc", "qdisc", "show", "dev", "eth0").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "ingress") {
+		t.Errorf("qdiscs of eth0 after the sandbox: %v\n%s\nwant no ingress qdisc", err, out)
+	}
+}
+
 // TestSandboxHotplugNetwork starts sandboxes that boot without their pod
 // network and get it hot-added once the agent answers (the path of a VM
 // that booted before its pod): the guest has the pod's eth0 with its
@@ -209,18 +223,6 @@ func TestSandboxHotplugNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
 	}
-	noHullLeft := func(t *testing.T, pod *testNetns) {
-		t.Helper()
-		out, err := exec.Command("ip", "-n", pod.name, "-d", "link").CombinedOutput()
-		if err != nil || strings.Contains(string(out), "_hull") {
-			t.Errorf("pod namespace after the sandbox: %v\n%s\nwant no hull tap", err, out)
-		}
-		out, err = exec.Command("ip", "netns", "exec", pod.name, "tc", "qdisc", "show", "dev", "eth0").CombinedOutput()
-		if err != nil || strings.Contains(string(out), "ingress") {
-			t.Errorf("qdiscs of eth0 after the sandbox: %v\n%s\nwant no ingress qdisc", err, out)
-		}
-	}
-
 	t.Run("one interface", func(t *testing.T) {
 		c := testConfig(t)
 		c.Agent.Transport = "serial"

@@ -8,19 +8,23 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -419,6 +423,52 @@ func TestTemplateSandbox(t *testing.T) {
 		}
 	}
 
+	// A pod with a network: the clone has no NIC of the template's, the
+	// pod's eth0 is hot-added once it runs and answers on the pod
+	// address; nothing of hull's is left in the pod namespace after.
+	t.Run("network", func(t *testing.T) {
+		busybox, err := exec.LookPath("busybox")
+		if err != nil {
+			t.Fatalf("busybox (busybox-static) is needed for ping: %v", err)
+		}
+		pod, peer := newPodNetns(t, "198.18.16")
+		sc, err := launch.SandboxConfig(c, "tplnet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc.NetNS = filepath.Join("/run/netns", pod.name)
+		sb, err := sandbox.Start(ctx, sc)
+		if err != nil {
+			t.Fatalf("starting a sandbox with a network: %v", err)
+		}
+		stopped := false
+		t.Cleanup(func() {
+			if !stopped {
+				_ = sb.Stop(context.Background())
+			}
+		})
+		if !sb.Restored() {
+			t.Fatalf("a sandbox with a network booted instead of restoring from template %s", key)
+		}
+		ifs, err := sb.Agent().Network().ListInterfaces(ctx, &agent.ListInterfacesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(ifs.GetInterfaces(), func(in *agent.Interface) bool { return in.GetName() == "eth0" })
+		if i < 0 || !slices.Contains(ifs.GetInterfaces()[i].GetAddresses(), "198.18.16.2/24") {
+			t.Errorf("guest interfaces %v: want eth0 with 198.18.16.2/24", ifs.GetInterfaces())
+		}
+		out, err := exec.Command("ip", "netns", "exec", peer.name, busybox, "ping", "-c", "3", "-W", "5", "198.18.16.2").CombinedOutput()
+		if err != nil {
+			t.Errorf("ping of the restored pod's address from the peer: %v\n%s", err, out)
+		}
+		stopped = true
+		if err := sb.Stop(context.Background()); err != nil {
+			t.Errorf("stopping the sandbox: %v", err)
+		}
+		noHullLeft(t, pod)
+	})
+
 	c.Hypervisor.VCPUs++
 	sb := startSandbox(t, c, "tplother")
 	if sb.Restored() {
@@ -426,5 +476,73 @@ func TestTemplateSandbox(t *testing.T) {
 	}
 	if err := sb.Stop(ctx); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestTemplateRootfs makes a template of a VM booted from the erofs root
+// image (image kind rootfs, virtio-pmem) and restores sandboxes from it:
+// the image's region is mapped shared and read-only, so x-ignore-shared
+// leaves it out of the state file (smaller than the image), the clones
+// map the same file (read-only, shared, no anonymous page), run a
+// container with the guest's root still erofs with DAX, and the image is
+// unchanged after.
+func TestTemplateRootfs(t *testing.T) {
+	c, m := rootfsConfig(t, guestimage.KindRootfs)
+	c.Factory.Template = true
+	c.Factory.TemplateDir = t.TempDir()
+	image := m.RootfsPath(c.Image.AssetsDir)
+	before := fileDigest(t, image)
+	ctx := withTimeout(t, 5*time.Minute)
+	sc, err := launch.SandboxConfig(c, "tplrootcreate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		t.Fatalf("creating the template of a rootfs vm: %v", err)
+	}
+	ist, err := os.Stat(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst, err := os.Stat(filepath.Join(c.Factory.TemplateDir, key, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("root image %d bytes, template state %d bytes", ist.Size(), sst.Size())
+	if sst.Size() >= ist.Size() {
+		t.Errorf("the template state (%d bytes) is not smaller than the root image (%d bytes): the image's region was copied into it", sst.Size(), ist.Size())
+	}
+	for _, id := range []string{"tplroot1", "tplroot2"} {
+		sb := startSandbox(t, c, id)
+		if !sb.Restored() {
+			t.Fatalf("%s booted instead of restoring from template %s", id, key)
+		}
+		bundle, spec := busyboxBundle(t, "sh", "-c", "cat /proc/1/task/*/mounts | sort -u; hostname")
+		spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
+		r := runContainer(t, sb, "c-"+id, bundle, spec)
+		if r.status != 0 {
+			t.Fatalf("%s: container status %d, stdout %q, stderr %q", id, r.status, r.stdout, r.stderr)
+		}
+		if !rootMountPattern.MatchString(r.stdout) {
+			t.Errorf("%s: the guest's root is not erofs mounted ro with dax:\n%s", id, r.stdout)
+		}
+		mp, err := smapsOf(sb.VM().Describe().PID, image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: QEMU's mapping of the image: %s, Rss %d KiB, Anonymous %d KiB", id, mp.perms, mp.rssKiB, mp.anonKiB)
+		if mp.perms != "r--s" {
+			t.Errorf("%s: QEMU maps the image %s, want r--s (read-only, shared)", id, mp.perms)
+		}
+		if mp.anonKiB != 0 {
+			t.Errorf("%s: %d KiB of the image's mapping are anonymous copies, want 0", id, mp.anonKiB)
+		}
+		if err := sb.Stop(ctx); err != nil {
+			t.Errorf("stopping %s: %v", id, err)
+		}
+	}
+	if after := fileDigest(t, image); after != before {
+		t.Error("the root image changed under its template and clones")
 	}
 }

@@ -205,6 +205,14 @@ func QEMUOptions(c *config.Config) qemu.Options {
 	}
 }
 
+// TemplateNICs is how many NIC hotplug slots every VM reserves with
+// factory.template on (templates need q35), the template's as its clones':
+// a template has no NIC of a pod, and a clone hot-adds its pod's network
+// into these slots once restored. It equals the warm VMs' and the own
+// network namespace's reservation, so that templates, warm VMs and cold
+// shims share one template key.
+const TemplateNICs = 4
+
 // TemplateConfig is the VM template configuration of c's sandboxes: the
 // template directory, the memory mode, and the QEMU options a saved state
 // depends on (a clone must run the machine the template ran).
@@ -339,9 +347,11 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		return sandbox.Config{}, err
 	}
 	var tpl *sandbox.TemplateConfig
+	var nicSlots uint32
 	if c.Factory.Template {
 		tpl = TemplateConfig(c, opts)
 		tc = TransportChoice{Transport: hypervisor.TransportSerial, Reason: "factory.template = true"}
+		nicSlots = TemplateNICs
 	}
 	return sandbox.Config{
 		ID:        id,
@@ -359,6 +369,7 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 			Debug:        c.Hypervisor.Debug,
 			// microvm cannot hot-add: no slots, a block rootfs is refused.
 			HotplugBlocks: hotplugDisks(c),
+			HotplugNICs:   nicSlots,
 		},
 		NewVM: func(hc hypervisor.Config) (hypervisor.VM, error) {
 			return qemu.New(hc, opts)

@@ -51,11 +51,21 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, own, inRecor
 // without it: the taps are made as for attachNetwork, then each is
 // hot-added as a NIC into the slots the VM reserved (VM.HotplugNICs).
 func (s *Sandbox) hotplugNetwork(ctx context.Context, nsPath string, slots uint32, inRecord bool, undo *cleanups) error {
-	adder, err := hypervisor.AsNetworkAdder(s.vm)
-	if err != nil {
+	if _, err := hypervisor.AsNetworkAdder(s.vm); err != nil {
 		return err
 	}
 	if err := s.attachNetwork(ctx, nsPath, false, inRecord, undo); err != nil {
+		return err
+	}
+	return s.addNICs(ctx, slots)
+}
+
+// addNICs hot-adds the attached pod network's devices into the VM's
+// reserved NIC slots, of which it has slots. A failure leaves the NICs
+// added so far in the VM, whose stop releases them with the taps.
+func (s *Sandbox) addNICs(ctx context.Context, slots uint32) error {
+	adder, err := hypervisor.AsNetworkAdder(s.vm)
+	if err != nil {
 		return err
 	}
 	devs := s.network.Devices()

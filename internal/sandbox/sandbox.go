@@ -213,6 +213,13 @@ type Sandbox struct {
 	// restored is set when the VM started from a template, by Start
 	// before the VM runs; read-only after.
 	restored bool
+	// template is the template the VM restores from, nil for a boot; and
+	// nicsAfterRestore says that the pod network, attached before the VM
+	// was made, is hot-added once it runs (a template has no NIC of the
+	// pod). Both are set by Start's "find vm template" step, before the
+	// VM is made; read-only after.
+	template         *hypervisor.Template
+	nicsAfterRestore bool
 	// phases are the steps of Start with their durations, written by
 	// Start only, before the sandbox is returned; for an adopted sandbox
 	// the steps of Adopt, written by Adopt before it returns.
@@ -488,17 +495,14 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			}
 			return writeRecord(s.stateDir, s.record())
 		}},
+		{"find vm template", func(ctx context.Context) error {
+			return s.findTemplate(ctx, cfg, ep)
+		}},
 		{"create vm", func(ctx context.Context) error {
 			vc := s.vmConfig(cfg, ep)
-			if cfg.Template != nil {
-				tpl, err := cfg.Template.find(ctx, vc)
-				if err != nil {
-					return err
-				}
-				if tpl != nil {
-					vc.Template = tpl
-					s.restored = true
-				}
+			if s.template != nil {
+				vc.Template = s.template
+				s.restored = true
 			}
 			vm, err := cfg.NewVM(vc)
 			if err != nil {
@@ -512,6 +516,10 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 				return err
 			}
 			undo.push(s.vm.Stop)
+			if s.restored {
+				log.G(ctx).WithFields(log.Fields{"sandbox": cfg.ID, "template": filepath.Base(s.template.Dir), "nics_after": s.nicsAfterRestore}).
+					Info("vm restored from its template")
+			}
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{"connect to agent", func(ctx context.Context) error {
@@ -579,6 +587,10 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 			return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
 		}},
 		{"hot-add pod network", func(ctx context.Context) error {
+			if s.nicsAfterRestore {
+				// Attached before the VM was made, hot-added now.
+				return s.addNICs(ctx, cfg.VM.HotplugNICs)
+			}
 			if cfg.NetNS == "" || !hotplugNet {
 				return nil
 			}
@@ -597,11 +609,12 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 }
 
 // vmConfig is the VM's configuration for a sandbox of cfg whose agent is at
-// ep: cfg.VM with the sandbox's share, network devices attached at boot,
+// ep: cfg.VM with the sandbox's share, network devices attached at boot
+// (not those a restored VM hot-adds),
 // identity, state directory, cgroup and the agent's kernel parameters.
 func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.Config {
 	vc := guestVMConfig(cfg, ep)
-	if s.network != nil {
+	if s.network != nil && !s.nicsAfterRestore {
 		vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), s.network.Devices()...)
 	}
 	vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())

@@ -143,9 +143,10 @@ func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config) (*hyper
 		return nil, nil
 	}
 	if len(vc.Networks) > 0 {
-		// The pod's NICs are on the command line, and a template has
-		// none: the clone's devices would not be its template's.
-		log.G(ctx).WithField("nics", len(vc.Networks)).Warn("vm templates cannot carry the pod network's NICs at boot: booting")
+		// NICs on the command line, which a template has not: the
+		// clone's devices would not be its template's (Start attaches
+		// a pod network before and hot-adds it after the restore).
+		log.G(ctx).WithField("nics", len(vc.Networks)).Warn("vm templates cannot carry NICs at boot: booting")
 		return nil, nil
 	}
 	if t.Memory == hypervisor.TemplateMemoryShared {
@@ -165,6 +166,32 @@ func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config) (*hyper
 		return nil, fmt.Errorf("template %s: %w", key, err)
 	}
 	return &hypervisor.Template{Dir: dir, Restore: true, Memory: t.Memory}, nil
+}
+
+// findTemplate is Start's "find vm template" step: it sets s.template to
+// the template of cfg's VM configuration (agent endpoint ep), if cfg asks
+// for templates and one exists. A template has no NIC of the pod: the pod
+// network, attached before this step, is then hot-added into the VM's
+// reserved NIC slots once the clone runs (s.nicsAfterRestore). A network
+// with more interfaces than slots is attached at boot, and the VM boots.
+func (s *Sandbox) findTemplate(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint) error {
+	if cfg.Template == nil {
+		return nil
+	}
+	tpl, err := cfg.Template.find(ctx, guestVMConfig(cfg, ep))
+	if err != nil || tpl == nil {
+		return err
+	}
+	if s.network != nil {
+		if n := uint32(len(s.network.Devices())); n > cfg.VM.HotplugNICs {
+			log.G(ctx).WithFields(log.Fields{"nics": n, "slots": cfg.VM.HotplugNICs}).
+				Warn("the pod network has more interfaces than a vm restored from a template can hot-add: booting")
+			return nil
+		}
+		s.nicsAfterRestore = len(s.network.Devices()) > 0
+	}
+	s.template = tpl
+	return nil
 }
 
 // reseedGuest gives a clone's kernel RNG fresh host randomness.

@@ -8,13 +8,15 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/ocispec"
 )
 
 // ownNetNICs is how many NIC hotplug slots a VM reserves when its VMM's
 // own network namespace is to be mirrored after boot (the networks of a
-// nerdctl container, one interface each).
-const ownNetNICs = 4
+// nerdctl container, one interface each): the template NIC slots, so that
+// such a VM finds the template of its configuration.
+const ownNetNICs = launch.TemplateNICs
 
 // checkHostHooks refuses host hooks to a container of a CRI pod: its spec
 // derives from a pod spec, and hull runs no host program for it. A

@@ -58,7 +58,10 @@ func (s *service) startSandbox(ctx context.Context, sc sandbox.Config) (*sandbox
 	s.mu.Unlock()
 	if warm == nil {
 		sb, err := sandbox.Start(ctx, sc)
-		return sb, ownStart(sb), err
+		if err == nil && sb.Restored() {
+			return sb, podmetrics.StartRestored, nil
+		}
+		return sb, podmetrics.StartCold, err
 	}
 	warmID := warm.ID()
 	err := warm.Adopt(ctx, sc)
@@ -75,15 +78,6 @@ func (s *service) startSandbox(ctx context.Context, sc sandbox.Config) (*sandbox
 	stopUnserved(ctx, warm)
 	sb, err := sandbox.Start(ctx, sc)
 	return sb, podmetrics.StartWarmRefused, err
-}
-
-// ownStart says how a sandbox the pod started itself (no warm VM adopted)
-// came up: restored from a VM template, or booted.
-func ownStart(sb *sandbox.Sandbox) string {
-	if sb != nil && sb.Restored() {
-		return podmetrics.StartRestored
-	}
-	return podmetrics.StartCold
 }
 
 // stopWarm stops the warm sandbox when no create adopted it.

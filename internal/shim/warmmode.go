@@ -83,7 +83,7 @@ func RunWarm(args []string) (*sandbox.Sandbox, error) {
 
 // warmNICs is how many NIC hotplug slots a warm VM reserves for the
 // network of the pod that adopts it.
-const warmNICs = 4
+const warmNICs = launch.TemplateNICs
 
 // bootWarm starts the warm sandbox id in the factory's cgroup.
 func bootWarm(ctx context.Context, id, configFile string) (*sandbox.Sandbox, error) {

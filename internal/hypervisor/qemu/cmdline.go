@@ -193,11 +193,14 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	a.add("append", strings.Join(kernelParams(cfg, l), " "))
 	if r := cfg.RootImage; r != nil {
 		// The image is the operator's file, shared by every VM that boots
-		// it: QEMU opens it read-only and maps it private and read-only,
-		// so nothing in the guest can write it. The guest reads its pages
-		// in place (DAX): they are the host's page cache of the file.
+		// it: QEMU opens it read-only and maps it read-only, so nothing in
+		// the guest can write it. The guest reads its pages in place
+		// (DAX): they are the host's page cache of the file. A template or
+		// clone maps it shared (still read-only): x-ignore-shared then
+		// leaves the region out of the migration stream, and a clone maps
+		// the same file in its place (see template.go).
 		a.addOpt("object", opt("memory-backend-file", p("id", rootImageMemID), p("mem-path", r.Path),
-			pInt("size", uint64(r.Size)), pBool("share", false), pBool("readonly", true)))
+			pInt("size", uint64(r.Size)), pBool("share", cfg.Template != nil), pBool("readonly", true)))
 		a.device("virtio-pmem-pci", p("id", "pmem-root"), p("memdev", rootImageMemID))
 	}
 

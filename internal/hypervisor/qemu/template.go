@@ -107,11 +107,6 @@ func validateTemplate(cfg *hypervisor.Config, o *Options) error {
 	if cfg.Agent.Transport != hypervisor.TransportSerial {
 		return inval("agent transport %q: templates use the serial transport", cfg.Agent.Transport)
 	}
-	if cfg.RootImage != nil {
-		// The image's read-only backend would be migrated as RAM and
-		// written at the restore: untried, so refused.
-		return fmt.Errorf("qemu: template: a VM booted from a root image (image kind rootfs) cannot be a template or a clone; use an initrd image: %w", errdefs.ErrNotImplemented)
-	}
 	switch t.Memory {
 	case "":
 		t.Memory = hypervisor.TemplateMemoryPrivate

@@ -29,11 +29,19 @@ func TestArgsGoldenTemplate(t *testing.T) {
 		c.Filesystems = []hypervisor.FilesystemDevice{{Tag: "rootfs", SocketPath: "/run/hull/vm/pod-1/fs0.sock"}}
 		return c
 	}
+	// A root image is mapped shared (and read-only) in a template and its
+	// clones, so that x-ignore-shared leaves it out of the state.
+	withRoot := func(c hypervisor.Config) hypervisor.Config {
+		c.RootImage = &hypervisor.RootImage{Path: "/img/rootfs.erofs", Size: 2 << 20, FSType: "erofs"}
+		return c
+	}
 	tests := []struct {
 		name string
 		cfg  hypervisor.Config
 	}{
 		{"q35-serial-template", templateConfig(false, "")},
+		{"q35-serial-template-rootimage", withRoot(templateConfig(false, ""))},
+		{"q35-serial-clone-rootimage", withFS(withRoot(templateConfig(true, hypervisor.TemplateMemoryPrivate)))},
 		{"q35-serial-clone-private", withFS(templateConfig(true, hypervisor.TemplateMemoryPrivate))},
 		{"q35-serial-clone-shared", templateConfig(true, hypervisor.TemplateMemoryShared)},
 	}
@@ -86,9 +94,6 @@ func TestNewRejectsTemplate(t *testing.T) {
 		class error
 	}{
 		{"microvm", func(c *hypervisor.Config, o *Options) { o.Machine, c.HotplugNICs = MachineMicroVM, 0 }, errdefs.ErrNotImplemented},
-		{"root image", func(c *hypervisor.Config, _ *Options) {
-			c.RootImage = &hypervisor.RootImage{Path: "/img/rootfs.erofs", Size: 2 << 20, FSType: "erofs"}
-		}, errdefs.ErrNotImplemented},
 		{"relative dir", func(c *hypervisor.Config, _ *Options) { c.Template.Dir = "templates/k1" }, errdefs.ErrInvalidArgument},
 		{"unclean dir", func(c *hypervisor.Config, _ *Options) { c.Template.Dir = "/var/lib/hull/../k1" }, errdefs.ErrInvalidArgument},
 		{"vsock", func(c *hypervisor.Config, _ *Options) {
