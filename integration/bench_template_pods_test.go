@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,6 +110,11 @@ func BenchmarkTemplatePods(b *testing.B) {
 		pods := startIdlePods(b, kind, "tm-"+kind.name, templatePods, bundle, spec)
 		time.Sleep(5 * time.Second) // idle: the guests settle after the containers' start
 		var per []float64
+		if split, err := qemuPSSSplit(pods.sbs[0]); err == nil {
+			b.Logf("%s: QEMU of pod %s: %s", kind.name, pods.sbs[0].ID(), split)
+		} else {
+			b.Logf("%s: QEMU of pod %s: %v", kind.name, pods.sbs[0].ID(), err)
+		}
 		for _, sb := range pods.sbs {
 			pids := processesMentioning(sb.StateDir() + string(os.PathSeparator))
 			if len(pids) < 2 {
@@ -197,6 +204,49 @@ func startIdlePods(b *testing.B, kind podKind, prefix string, n int, bundle stri
 		}
 	}
 	return pods
+}
+
+// qemuPSSSplit splits the PSS of sb's QEMU (/proc/PID/smaps) into guest
+// RAM (its memfd, or the RAM file in the sandbox's state directory of a VM
+// restored from a template), anonymous memory (QEMU's heap and, under TCG,
+// its translated code) and file mappings (QEMU, its libraries, the guest
+// kernel).
+func qemuPSSSplit(sb *sandbox.Sandbox) (string, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", sb.VM().Describe().PID))
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }()
+	var ram, anon, file uint64
+	var into *uint64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
+			path := ""
+			if len(fields) >= 6 {
+				path = fields[5]
+			}
+			switch {
+			case strings.HasPrefix(path, "/memfd:") || strings.HasPrefix(path, sb.StateDir()+"/"):
+				into = &ram
+			case path == "" || strings.HasPrefix(path, "["):
+				into = &anon
+			default:
+				into = &file
+			}
+			continue
+		}
+		if into != nil && len(fields) >= 2 && fields[0] == "Pss:" {
+			n, _ := strconv.ParseUint(fields[1], 10, 64)
+			*into += n
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	mib := func(kib uint64) float64 { return float64(kib) / 1024 }
+	return fmt.Sprintf("PSS guest RAM %.1f MiB, anonymous (heap, TCG's translated code) %.1f MiB, files %.1f MiB", mib(ram), mib(anon), mib(file)), nil
 }
 
 func formatMiB(xs []float64) string {

@@ -283,10 +283,9 @@ func alive(pid int) bool {
 // whose hull configuration names the factory, one with templates on. Each
 // hull pod must have started its sandbox the way it names (the shim's
 // "sandbox started" line: cold, restored, adopted), and the factory must
-// count a hit for each of its pods, or the benchmark fails; except that
-// while CRI pods cannot start from templates (their NICs on QEMU's command
-// line, which the shim logs as it boots), the template way is reported as
-// not supported and left out.
+// count a hit for each of its pods, or the benchmark fails. The template
+// pods' NICs are hot-added after the restore, as the factory pods' are
+// after the adoption.
 func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	hull.need(b)
 	plain := startDaemon(b, "1.6")
@@ -310,13 +309,9 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	}
 	times := map[string][]time.Duration{}
 	var used []string
-	var unsupported string
 	for i := 0; b.Loop(); i++ {
 		for k := range modes {
 			m := modes[(i+k)%len(modes)]
-			if m.name == "hull-template" && unsupported != "" {
-				continue
-			}
 			if m.name == "hull-factory" {
 				b.StopTimer()
 				used = append(used, f.waitReady(b, used...).Id)
@@ -336,25 +331,16 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 			if cs := p.containerStatus(id); cs.State != runtime.ContainerState_CONTAINER_RUNNING {
 				b.Fatalf("%s: after StartContainer: %v", m.name, cs.State)
 			}
-			record := true
 			if m.start != "" {
 				got, err := e2e.SandboxStart(func() string { return m.d.logSince(st.logFrom) }, st.id+"@k8s.io", 10*time.Second)
 				if err != nil {
 					b.Fatalf("%s: %v", m.name, err)
 				}
 				if got != m.start {
-					log := m.d.logSince(st.logFrom)
-					if m.name == "hull-template" && got == "cold" && len(times[m.name]) == 0 && strings.Contains(log, templateNICsRefused) {
-						unsupported = fmt.Sprintf("the pod booted: %q (shim log)", templateNICsRefused)
-						record = false
-					} else {
-						b.Fatalf("round %d, %s: the sandbox started %s, want %s\n%s", i, m.name, got, m.start, lastLines(log, 40))
-					}
+					b.Fatalf("round %d, %s: the sandbox started %s, want %s\n%s", i, m.name, got, m.start, lastLines(m.d.logSince(st.logFrom), 40))
 				}
 			}
-			if record {
-				times[m.name] = append(times[m.name], elapsed)
-			}
+			times[m.name] = append(times[m.name], elapsed)
 			p.stop()
 			p.remove()
 			if m.name == "hull-factory" {
@@ -376,10 +362,6 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	}
 	for _, m := range modes {
 		ts := times[m.name]
-		if len(ts) == 0 {
-			b.Logf("pod start, %s: not supported: CRI pods cannot start from VM templates yet; %s", m.name, unsupported)
-			continue
-		}
 		med := medianOf(ts)
 		b.ReportMetric(float64(med.Milliseconds()), m.name+"-ms")
 		for _, base := range []string{"runc", "hull-cold"} {
@@ -394,10 +376,6 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 		b.Logf("load average: %s", strings.TrimSpace(string(load)))
 	}
 }
-
-// templateNICsRefused is what the shim logs when a pod whose NICs are on
-// QEMU's command line finds templates on: it boots.
-const templateNICsRefused = "vm templates cannot carry the pod network's NICs at boot: booting"
 
 // startTemplateDaemon starts a containerd 1.6 daemon whose hull
 // configuration has VM templates on (a template directory of its own), and
