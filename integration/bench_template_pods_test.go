@@ -58,6 +58,9 @@ func BenchmarkTemplatePods(b *testing.B) {
 	cold := testConfig(b)
 	cold.Agent.Transport = "serial"
 	cold.Image.AssetsDir, _ = hullKernelAssets(b)
+	// A first container under TCG on a loaded host can take longer than
+	// the tests' 20 s per agent call.
+	cold.Agent.CallTimeout = config.Duration{Duration: 90 * time.Second}
 	tdir := filepath.Join(cold.Runtime.StateDir, "templates")
 	if err := os.Mkdir(tdir, 0o700); err != nil {
 		b.Fatal(err)
