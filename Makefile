@@ -122,7 +122,7 @@ integration-only:
 
 .PHONY: bench
 bench: deps image image-hullkernel image-rootfs ## Run all benchmarks in one go (results and method: docs/benchmarks.md).
-	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -p 1 -run '^$$' -bench . -benchtime 5x -count 1 -timeout 60m ./integration/... 2>&1 | tee $(OUT)/bench.log | grep -vE 'level=(info|debug)'; exit $${PIPESTATUS[0]}
+	HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_TEST_ASSETS_HULLKERNEL=$(HULLKERNEL_ASSETS) HULL_TEST_ASSETS_ROOTFS=$(ROOTFS_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin $(GO) test -p 1 -run '^$$' -bench . -benchtime 5x -count 1 -timeout 120m ./integration/... 2>&1 | tee $(OUT)/bench.log | grep -vE 'level=(info|debug)'; exit $${PIPESTATUS[0]}
 
 .PHONY: demo
 demo: deps image ## Set up, then run `ctr run --rm --runtime io.containerd.hull.v2 <busybox> echo hello`.
