@@ -60,12 +60,12 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 			args = append(args, imageName, id, "true")
 			b.StopTimer()
 			if way.name == "cached" {
-				claimed = readyVM(f.waitReady(b)).Id
 				if _, err := os.Stat(aside); err == nil {
 					if err := os.Rename(aside, f.socket); err != nil {
 						b.Fatal(err)
 					}
 				}
+				claimed = readyVM(f.waitReady(b)).Id
 			} else if _, err := os.Stat(f.socket); err == nil {
 				if err := os.Rename(f.socket, aside); err != nil {
 					b.Fatal(err)
