@@ -3,59 +3,173 @@ package containerd
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
+// ctrRunWays are the ways BenchmarkFactoryCtrRun starts `ctr run --rm
+// <busybox> true`, and what the hull shim must log as the sandbox's start
+// for each ("" for runc).
+var ctrRunWays = []struct{ name, start string }{
+	{"runc", ""},
+	{"cold", "cold"},
+	{"template", "restored"},
+	{"cached", "adopted"},
+}
+
 // BenchmarkFactoryCtrRun times `ctr run --rm <busybox> true` end to end
-// three ways on one containerd 1.6 daemon (Debian's, as BenchmarkCtrRun),
-// in turn in each round: with runc, with hull booting the pod's VM (cold),
-// and with hull taking a warm VM from a factory of one (cached); medians over -benchtime Nx rounds (make
-// bench uses 5), with the ratios. Each round starts with the factory's VM
-// ready (the refill after the cached run is not timed), and the cold run
-// finds no factory socket (it is moved aside), so that neither run shares
-// the CPU with a warm VM's boot.
+// four ways on one containerd 1.6 daemon (Debian's, as BenchmarkCtrRun):
+// with runc; with hull booting the pod's VM (cold); with hull restoring it
+// from a VM template (factory.template = true, private template memory;
+// the template is made once by `hull factory template create`, untimed);
+// and with hull taking a warm VM from a factory of one (cached). One run of
+// each way per round, the order rotating round by round, so that load drift
+// hits all four; medians over -benchtime Nx rounds (make bench uses 5),
+// with ranges and ratios. Before the cached run the factory's VM is ready,
+// and after it the refill is waited for, neither timed, so that no run
+// shares the CPU with a warm VM's boot; the other runs find no factory
+// socket (it is moved aside). Each hull run must have started its sandbox
+// the way it names (the shim's "sandbox started" line: cold, restored,
+// adopted) and each cached run must be a factory hit, or the benchmark
+// fails.
 func BenchmarkFactoryCtrRun(b *testing.B) {
 	containerdPath, ctrPath := daemonBinaries(b, "1.6")
 	d := startDaemonWith(b, containerdPath, ctrPath, daemonOptions{assetsDir: factoryAssets()})
 	f := startFactory(b, d, 1)
+	tplConfig := makeCtrTemplate(b, d)
 	aside := f.Socket + ".aside"
-	var cold, cached, runc []time.Duration
-	timed := func(into *[]time.Duration, args ...string) {
-		start := time.Now()
-		d.mustCtr(b, append([]string{"run", "--rm"}, args...)...)
-		*into = append(*into, time.Since(start))
-	}
+	times := map[string][]time.Duration{}
 	var hits uint64
+	var claimed string
 	for i := 0; b.Loop(); i++ {
-		f.WaitReady(b)
-		if err := os.Rename(f.Socket, aside); err != nil {
-			b.Fatal(err)
+		for k := range ctrRunWays {
+			way := ctrRunWays[(i+k)%len(ctrRunWays)]
+			id := fmt.Sprintf("bench-%s-%d", way.name, i)
+			args := []string{"run", "--rm", "--runtime", runtimeName}
+			switch way.name {
+			case "runc":
+				args[3] = "io.containerd.runc.v2"
+			case "template":
+				args = append(args, "--runtime-config-path", tplConfig)
+			}
+			args = append(args, imageName, id, "true")
+			b.StopTimer()
+			if way.name == "cached" {
+				if _, err := os.Stat(aside); err == nil {
+					if err := os.Rename(aside, f.Socket); err != nil {
+						b.Fatal(err)
+					}
+				}
+				vm, _ := f.WaitReady(b)
+				claimed = vm.Id
+			} else if _, err := os.Stat(f.Socket); err == nil {
+				if err := os.Rename(f.Socket, aside); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StartTimer()
+			start := time.Now()
+			d.mustCtr(b, args...)
+			times[way.name] = append(times[way.name], time.Since(start))
+			b.StopTimer()
+			if way.start != "" {
+				got, err := e2e.WaitSandboxStart(d.log.String, id+"@default", 10*time.Second)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got != way.start {
+					b.Fatalf("round %d, %s: the sandbox started %s, want %s", i, way.name, got, way.start)
+				}
+			}
+			if way.name == "cached" {
+				st, err := f.Status()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if st.Hits != hits+1 {
+					b.Fatalf("round %d: the cached run was not a hit (%d hits, %d misses)", i, st.Hits, st.Misses)
+				}
+				hits = st.Hits
+				// The refill boots now: wait for it, so that the next
+				// run does not share the CPUs with it.
+				f.WaitReady(b, claimed)
+			}
+			b.StartTimer()
 		}
-		timed(&runc, "--runtime", "io.containerd.runc.v2", imageName, fmt.Sprintf("bench-runc-%d", i), "true")
-		timed(&cold, "--runtime", runtimeName, imageName, fmt.Sprintf("bench-cold-%d", i), "true")
-		if err := os.Rename(aside, f.Socket); err != nil {
-			b.Fatal(err)
-		}
-		timed(&cached, "--runtime", runtimeName, imageName, fmt.Sprintf("bench-cached-%d", i), "true")
-		st, err := f.Status()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if st.Hits != hits+1 {
-			b.Fatalf("round %d: the cached run was not a hit (%d hits, %d misses)", i, st.Hits, st.Misses)
-		}
-		hits = st.Hits
 	}
-	cm, hm, rm := medianOf(cold), medianOf(cached), medianOf(runc)
-	b.ReportMetric(float64(cm.Milliseconds()), "cold-ms")
-	b.ReportMetric(float64(hm.Milliseconds()), "cached-ms")
-	b.ReportMetric(float64(rm.Milliseconds()), "runc-ms")
-	b.ReportMetric(cm.Seconds()/rm.Seconds(), "cold/runc")
-	b.ReportMetric(hm.Seconds()/rm.Seconds(), "cached/runc")
-	b.ReportMetric(hm.Seconds()/cm.Seconds(), "cached/cold")
-	b.Logf("ctr run --rm true: cold %v; cached %v; runc %v", cold, cached, runc)
+	reportWays(b, times, "runc", "cold")
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", load)
+		b.Logf("load average: %s", strings.TrimSpace(string(load)))
 	}
+}
+
+// makeCtrTemplate writes a hull configuration beside d's with VM templates
+// on (in a template directory of its own, no factory) and makes its
+// template with `hull factory template create`; it returns the
+// configuration's path, for ctr's --runtime-config-path.
+func makeCtrTemplate(t testing.TB, d *daemon) string {
+	t.Helper()
+	dir := filepath.Join(d.dir, "templates")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(d.dir, "hull-template.toml")
+	body := d.hullConfig(daemonOptions{assetsDir: factoryAssets(), tables: fmt.Sprintf("[factory]\ntemplate = true\ntemplate_dir = %q\n", dir)})
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(env.binDir, "hull"), "--config", path, "factory", "template", "create").CombinedOutput()
+	if err != nil {
+		t.Fatalf("hull factory template create: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
+	return path
+}
+
+// reportWays reports the median of each way's times (ms), and the ratios of
+// each way's median to those of the bases.
+func reportWays(b *testing.B, times map[string][]time.Duration, bases ...string) {
+	b.Helper()
+	for _, way := range ctrRunWays {
+		ts := times[way.name]
+		med := medianOf(ts)
+		b.ReportMetric(float64(med.Milliseconds()), way.name+"-ms")
+		b.Logf("%s: median %v, range %v to %v, runs %v", way.name, med.Round(time.Millisecond),
+			minOf(ts).Round(time.Millisecond), maxOf(ts).Round(time.Millisecond), ts)
+	}
+	for _, base := range bases {
+		bm := medianOf(times[base])
+		if bm <= 0 {
+			continue
+		}
+		for _, way := range ctrRunWays {
+			if way.name != base && (base != "cold" || way.name != "runc") {
+				b.ReportMetric(medianOf(times[way.name]).Seconds()/bm.Seconds(), way.name+"/"+base)
+			}
+		}
+	}
+}
+
+func minOf(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	m := ds[0]
+	for _, d := range ds[1:] {
+		m = min(m, d)
+	}
+	return m
+}
+
+func maxOf(ds []time.Duration) time.Duration {
+	m := time.Duration(0)
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
 }

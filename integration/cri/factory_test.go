@@ -3,7 +3,9 @@ package cri
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -164,32 +166,49 @@ func factoryPod(t *testing.T, version string) {
 
 // BenchmarkCRIFactoryPodStart times the kubelet's start of a one-container
 // pod (RunPodSandbox, CreateContainer and StartContainer of a busybox
-// container that then runs until stopped) three ways, alternating run by
-// run: hull with a cold boot, hull taking a warm VM from a factory of one
-// (the factory's VM is ready before each timed run; its wait is not
-// timed, nor the refill's after the pod), and runc. Each pod is then stopped and removed, untimed, and
-// must leave nothing. Medians over -benchtime Nx runs (make bench uses 5),
-// and the ratios to runc. Two containerd 1.6 daemons: one plain (cold hull
-// and runc), one whose hull configuration names the factory.
+// container that then runs until stopped) four ways: runc; hull booting the
+// pod's VM (cold); hull restoring it from a VM template (factory.template =
+// true, private template memory; the template made once by `hull factory
+// template create`, untimed); and hull taking a warm VM from a factory of
+// one. One pod of each way per round, the order rotating round by round, so
+// that load drift hits all four. The factory's VM is ready before its timed
+// run, and its refill is waited for after the pod, neither timed, so that no
+// run shares the CPUs with a warm VM's boot. Each pod is then stopped and
+// removed, untimed, and must leave nothing. Medians over -benchtime Nx
+// rounds (make bench uses 5), with ranges and the ratios to runc and to
+// cold. Three containerd 1.6 daemons: one plain (cold hull and runc), one
+// whose hull configuration names the factory, one with templates on. Each
+// hull pod must have started its sandbox the way it names (the shim's
+// "sandbox started" line: cold, restored, adopted), and the factory must
+// count a hit for each of its pods, or the benchmark fails. The template
+// pods' NICs are hot-added after the restore, as the factory pods' are
+// after the adoption.
 func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	hull.need(b)
 	plain := startDaemon(b, "1.6")
 	opts, f := factoryOptions(b, 1)
 	warmDaemon := startDaemonWith(b, "1.6", opts)
 	startFactory(b, f, warmDaemon)
+	tplDaemon, err := startTemplateDaemon(b)
+	if err != nil {
+		b.Fatal(err)
+	}
 	modes := []struct {
-		name string
-		d    *daemon
-		h    handler
+		name  string
+		d     *daemon
+		h     handler
+		start string // the shim's start field; "" for runc
 	}{
-		{"runc", plain, runc},
-		{"hull-cold", plain, hull},
-		{"hull-factory", warmDaemon, hull},
+		{"runc", plain, runc, ""},
+		{"hull-cold", plain, hull, "cold"},
+		{"hull-template", tplDaemon, hull, "restored"},
+		{"hull-factory", warmDaemon, hull, "adopted"},
 	}
 	times := map[string][]time.Duration{}
 	var used []string
 	for i := 0; b.Loop(); i++ {
-		for _, m := range modes {
+		for k := range modes {
+			m := modes[(i+k)%len(modes)]
 			if m.name == "hull-factory" {
 				b.StopTimer()
 				vm, _ := f.WaitReady(b, used...)
@@ -205,21 +224,31 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 			}
 			p := &pod{s: s, id: st.id, config: config}
 			id := p.run(containerConfig("c", untilTerm("true")...))
-			times[m.name] = append(times[m.name], time.Since(start))
+			elapsed := time.Since(start)
+			b.StopTimer()
 			if cs := p.containerStatus(id); cs.State != runtime.ContainerState_CONTAINER_RUNNING {
 				b.Fatalf("%s: after StartContainer: %v", m.name, cs.State)
 			}
+			if m.start != "" {
+				got, err := e2e.WaitSandboxStart(func() string { return m.d.logSince(st.logFrom) }, st.id+"@k8s.io", 10*time.Second)
+				if err != nil {
+					b.Fatalf("%s: %v", m.name, err)
+				}
+				if got != m.start {
+					b.Fatalf("round %d, %s: the sandbox started %s, want %s\n%s", i, m.name, got, m.start, lastLines(m.d.logSince(st.logFrom), 40))
+				}
+			}
+			times[m.name] = append(times[m.name], elapsed)
 			p.stop()
 			p.remove()
 			if m.name == "hull-factory" {
-				// The refill boots before the next run: it would load
-				// the CPUs of the others' runs.
-				b.StopTimer()
+				// The refill boots now: it would load the CPUs of the
+				// next runs.
 				f.WaitReady(b, used...)
-				b.StartTimer()
 			} else {
 				s.checkClean()
 			}
+			b.StartTimer()
 		}
 	}
 	st, err := f.Status()
@@ -229,16 +258,45 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	if int(st.Hits) != len(times["hull-factory"]) || st.Misses != 0 {
 		b.Fatalf("factory: %d hits, %d misses for %d pods: not every pod took a warm VM", st.Hits, st.Misses, len(times["hull-factory"]))
 	}
-	runcMedian := medianOf(times["runc"])
 	for _, m := range modes {
-		med := medianOf(times[m.name])
+		ts := times[m.name]
+		med := medianOf(ts)
 		b.ReportMetric(float64(med.Milliseconds()), m.name+"-ms")
-		if m.name != "runc" && runcMedian > 0 {
-			b.ReportMetric(float64(med)/float64(runcMedian), m.name+"/runc")
+		for _, base := range []string{"runc", "hull-cold"} {
+			if bm := medianOf(times[base]); m.name != base && bm > 0 && (base != "hull-cold" || m.name != "runc") {
+				b.ReportMetric(float64(med)/float64(bm), m.name+"/"+base)
+			}
 		}
-		b.Logf("pod start, %s: median %v of %v", m.name, med, times[m.name])
+		b.Logf("pod start, %s: median %v, range %v to %v, runs %v", m.name, med.Round(time.Millisecond),
+			slices.Min(ts).Round(time.Millisecond), slices.Max(ts).Round(time.Millisecond), ts)
 	}
-	if cold, warm := medianOf(times["hull-cold"]), medianOf(times["hull-factory"]); warm > 0 {
-		b.Logf("cold/factory: %.2f", float64(cold)/float64(warm))
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		b.Logf("load average: %s", strings.TrimSpace(string(load)))
 	}
+}
+
+// startTemplateDaemon starts a containerd 1.6 daemon whose hull
+// configuration has VM templates on (a template directory of its own), and
+// makes the template of its pods' VM configuration with `hull factory
+// template create`.
+func startTemplateDaemon(t testing.TB) (*daemon, error) {
+	t.Helper()
+	dir, err := os.MkdirTemp(env.workDir, "t")
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	d := startDaemonWith(t, "1.6", daemonOptions{
+		assetsDir:  soakAssets(t),
+		hullConfig: fmt.Sprintf("[factory]\ntemplate = true\ntemplate_dir = %q\n", dir),
+	})
+	out, err := exec.Command(factoryBinaries(t), "--config", filepath.Join(d.dir, "hull.toml"), "factory", "template", "create").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("hull factory template create: %w\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
+	return d, nil
 }

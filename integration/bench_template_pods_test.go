@@ -1,0 +1,276 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/hull-runtime/hull/internal/config"
+	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/sandbox"
+)
+
+// templatePods is how many idle pods of each kind BenchmarkTemplatePods
+// runs at once for its memory figures.
+const templatePods = 10
+
+// podKind is a way BenchmarkTemplatePods starts a pod's sandbox.
+type podKind struct {
+	name string
+	c    *config.Config
+	// restored is whether its sandboxes must start from the template.
+	restored bool
+}
+
+// BenchmarkTemplatePods compares pods whose VM boots ("cold") with pods
+// whose VM is restored from a VM template (factory.template = true,
+// template_memory = "private", the template made once by
+// sandbox.CreateTemplate, what `hull factory template create` runs), as a
+// pod's shim starts them (sandbox.Start with the configuration's template;
+// the hull kernel's image, q35, serial agent, 1 vCPU, 512 MiB, free page
+// reporting on, no network), each pod with one busybox container that
+// sleeps (its root over virtio-fs):
+//
+//   - "-start-ms": the sandbox's start until that container runs (create
+//     and start returned), one pod of each kind per round, the order
+//     alternating round by round; medians over -benchtime Nx rounds;
+//   - "-pss-total-MiB" and "-pss-per-pod-MiB": with templatePods idle pods
+//     of one kind at once, 5 s after their containers started, the PSS
+//     (/proc/PID/smaps_rollup) of each pod's QEMU and virtiofsd processes:
+//     their sum over the pods, and the median pod (measured once per kind,
+//     after the rounds); "-cgroup-total-MiB" is the memory charged to
+//     the pods' cgroups then, summed, which beside the processes' pages
+//     counts the page cache of a restored VM's RAM copy that its guest
+//     has not touched (mapped by no process, so outside PSS);
+//
+// "template/cold-*" are the ratios. Every template pod must have restored
+// and every cold pod booted, or the benchmark fails. A pod with
+// template_memory = "shared" must be refused (ErrNotImplemented: virtio-fs
+// needs the guest RAM mapped shared); the benchmark logs the refusal.
+func BenchmarkTemplatePods(b *testing.B) {
+	cold := testConfig(b)
+	cold.Agent.Transport = "serial"
+	cold.Image.AssetsDir, _ = hullKernelAssets(b)
+	// A first container under TCG on a loaded host can take longer than
+	// the tests' 20 s per agent call.
+	cold.Agent.CallTimeout = config.Duration{Duration: 90 * time.Second}
+	tdir := filepath.Join(cold.Runtime.StateDir, "templates")
+	if err := os.Mkdir(tdir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = os.RemoveAll(tdir) })
+	cold.Factory.TemplateDir = tdir
+	tpl := *cold
+	tpl.Factory.Template = true
+	tpl.Factory.TemplateMemory = "private"
+	ctx := withTimeout(b, 5*time.Minute)
+	sc, err := launch.SandboxConfig(&tpl, "tpl-create")
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Now()
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		b.Fatalf("creating the template: %v", err)
+	}
+	b.Logf("template %s created in %v", key, time.Since(t0).Round(time.Millisecond))
+
+	shared := tpl
+	shared.Factory.TemplateMemory = "shared"
+	switch sbs, err := startSandboxes(&shared, "tpl-shared", 1); {
+	case err == nil:
+		stopSandboxes(sbs)
+		b.Fatal("a pod sandbox with template_memory = \"shared\" started: its virtio-fs cannot work on RAM mapped copy-on-write")
+	case !errdefs.IsNotImplemented(err):
+		b.Fatalf("a pod sandbox with template_memory = \"shared\": %v, want a not-implemented error", err)
+	default:
+		b.Logf("template_memory = \"shared\": not supported for pods, as designed: %v", err)
+	}
+
+	bundle, spec := busyboxBundle(b, "sleep", "100000")
+	kinds := []podKind{{"cold", cold, false}, {"template", &tpl, true}}
+	starts := map[string][]time.Duration{}
+	for i := 0; b.Loop(); i++ {
+		for k := range kinds {
+			kind := kinds[(i+k)%len(kinds)]
+			t0 := time.Now()
+			pods := startIdlePods(b, kind, fmt.Sprintf("tp-%s-%d", kind.name, i), 1, bundle, spec)
+			starts[kind.name] = append(starts[kind.name], time.Since(t0))
+			pods.stop()
+		}
+	}
+
+	type mem struct{ total, median, lo, hi, charged float64 }
+	mems := map[string]mem{}
+	for _, kind := range kinds {
+		pods := startIdlePods(b, kind, "tm-"+kind.name, templatePods, bundle, spec)
+		time.Sleep(5 * time.Second) // idle: the guests settle after the containers' start
+		var per []float64
+		if split, err := qemuPSSSplit(pods.sbs[0]); err == nil {
+			b.Logf("%s: QEMU of pod %s: %s", kind.name, pods.sbs[0].ID(), split)
+		} else {
+			b.Logf("%s: QEMU of pod %s: %v", kind.name, pods.sbs[0].ID(), err)
+		}
+		for _, sb := range pods.sbs {
+			pids := processesMentioning(sb.StateDir() + string(os.PathSeparator))
+			if len(pids) < 2 {
+				pods.stop()
+				b.Fatalf("%s: %d host processes name its state directory, want QEMU and virtiofsd", sb.ID(), len(pids))
+			}
+			var kib uint64
+			for _, pid := range pids {
+				_, pss := smapsRollup(pid)
+				kib += pss
+			}
+			per = append(per, float64(kib)/1024)
+		}
+		var m mem
+		for _, sb := range pods.sbs {
+			u, err := sb.HostUsage()
+			if err != nil {
+				pods.stop()
+				b.Fatalf("%s: the memory charged to its cgroup: %v", sb.ID(), err)
+			}
+			m.charged += float64(u.MemoryBytes) / (1 << 20)
+		}
+		pods.stop()
+		for _, p := range per {
+			m.total += p
+		}
+		m.median, m.lo, m.hi = medianF(per), slices.Min(per), slices.Max(per)
+		mems[kind.name] = m
+		b.Logf("%s: %d idle pods, PSS (QEMU + virtiofsd) %.1f MiB in all, per pod median %.1f MiB (%.1f to %.1f): %s; charged to their cgroups %.1f MiB in all",
+			kind.name, templatePods, m.total, m.median, m.lo, m.hi, formatMiB(per), m.charged)
+	}
+	for _, kind := range kinds {
+		ts := starts[kind.name]
+		b.ReportMetric(float64(medianDuration(ts).Milliseconds()), kind.name+"-start-ms")
+		b.ReportMetric(mems[kind.name].total, kind.name+"-pss-total-MiB")
+		b.ReportMetric(mems[kind.name].median, kind.name+"-pss-per-pod-MiB")
+		b.ReportMetric(mems[kind.name].charged, kind.name+"-cgroup-total-MiB")
+		b.Logf("%s: pod start median %v, range %v to %v, runs %v", kind.name, medianDuration(ts).Round(time.Millisecond),
+			slices.Min(ts).Round(time.Millisecond), slices.Max(ts).Round(time.Millisecond), ts)
+	}
+	if c := medianDuration(starts["cold"]); c > 0 {
+		b.ReportMetric(medianDuration(starts["template"]).Seconds()/c.Seconds(), "template/cold-start")
+	}
+	if c := mems["cold"].total; c > 0 {
+		b.ReportMetric(mems["template"].total/c, "template/cold-pss")
+	}
+	if c := mems["cold"].charged; c > 0 {
+		b.ReportMetric(mems["template"].charged/c, "template/cold-cgroup")
+	}
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		b.Logf("load average: %s", strings.TrimSpace(string(load)))
+	}
+}
+
+// idlePods are sandboxes, each with a running container.
+type idlePods struct {
+	sbs  []*sandbox.Sandbox
+	ctrs []*sandbox.Container
+}
+
+// stop deletes the containers and stops the sandboxes.
+func (p *idlePods) stop() {
+	for _, ctr := range p.ctrs {
+		_ = ctr.Delete(context.Background(), true)
+	}
+	stopSandboxes(p.sbs)
+}
+
+// startIdlePods starts n sandboxes of kind at once (the boot slots queue
+// the boots), checks that each started the kind's way, and starts in each a
+// container of the bundle (which must keep running); it returns once all
+// containers run. The pods are the caller's to stop; on failure they are
+// stopped.
+func startIdlePods(b *testing.B, kind podKind, prefix string, n int, bundle string, spec *specs.Spec) *idlePods {
+	b.Helper()
+	sbs, err := startSandboxes(kind.c, prefix, n)
+	if err != nil {
+		b.Fatalf("%s: %v", kind.name, err)
+	}
+	pods := &idlePods{sbs: sbs}
+	fail := func(format string, args ...any) {
+		b.Helper()
+		pods.stop()
+		b.Fatalf(format, args...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, sb := range sbs {
+		if sb.Restored() != kind.restored {
+			fail("%s: sandbox %s restored from the template: %v, want %v", kind.name, sb.ID(), sb.Restored(), kind.restored)
+		}
+		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "idle", Bundle: bundle, Spec: spec})
+		if err != nil {
+			fail("%s: creating the container in %s: %v", kind.name, sb.ID(), err)
+		}
+		pods.ctrs = append(pods.ctrs, ctr)
+		if err := ctr.Start(ctx); err != nil {
+			fail("%s: starting the container in %s: %v", kind.name, sb.ID(), err)
+		}
+	}
+	return pods
+}
+
+// qemuPSSSplit splits the PSS of sb's QEMU (/proc/PID/smaps) into guest
+// RAM (its memfd, or the RAM file in the sandbox's state directory of a VM
+// restored from a template), anonymous memory (QEMU's heap and, under TCG,
+// its translated code) and file mappings (QEMU, its libraries, the guest
+// kernel).
+func qemuPSSSplit(sb *sandbox.Sandbox) (string, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", sb.VM().Describe().PID))
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }()
+	var ram, anon, file uint64
+	var into *uint64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
+			path := ""
+			if len(fields) >= 6 {
+				path = fields[5]
+			}
+			switch {
+			case strings.HasPrefix(path, "/memfd:") || strings.HasPrefix(path, sb.StateDir()+"/"):
+				into = &ram
+			case path == "" || strings.HasPrefix(path, "["):
+				into = &anon
+			default:
+				into = &file
+			}
+			continue
+		}
+		if into != nil && len(fields) >= 2 && fields[0] == "Pss:" {
+			n, _ := strconv.ParseUint(fields[1], 10, 64)
+			*into += n
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	mib := func(kib uint64) float64 { return float64(kib) / 1024 }
+	return fmt.Sprintf("PSS guest RAM %.1f MiB, anonymous (heap, TCG's translated code) %.1f MiB, files %.1f MiB", mib(ram), mib(anon), mib(file)), nil
+}
+
+func formatMiB(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf("%.1f", x)
+	}
+	return strings.Join(parts, " ")
+}
