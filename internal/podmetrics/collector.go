@@ -175,7 +175,7 @@ func newDescs(cl prometheus.Labels) descs {
 		memory:       d("hull_sandbox_memory_bytes", "Memory of the sandbox's VM."),
 		bootPhase:    d("hull_boot_phase_seconds", "Duration of one step of the sandbox's start.", "phase"),
 		boot:         d("hull_boot_seconds", "Duration of the sandbox's start, all steps."),
-		start:        d("hull_sandbox_start", "1, labelled with how the sandbox started: cold, adopted (a warm VM), warm_refused (a warm VM refused, then cold).", "start"),
+		start:        d("hull_sandbox_start", "1, labelled with how the sandbox started: cold, restored (from a VM template), adopted (a warm VM), warm_refused (a warm VM refused, then booted or restored).", "start"),
 		guestUp:      d("hull_guest_up", "1 when the last read of the guest's numbers succeeded."),
 		droppedLogs:  d("hull_agent_log_dropped_lines_total", "Agent log lines the host dropped (rate limit)."),
 		gMem:         d("hull_guest_memory_bytes", "Guest memory from /proc/meminfo, by kind.", "kind"),
