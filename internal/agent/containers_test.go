@@ -92,6 +92,10 @@ func TestCheckStorage(t *testing.T) {
 			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1", "upperdir=/tmp/u", "workdir=/run/hull/w"}}, false},
 		{"overlay work unclean", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
 			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1", "upperdir=/run/hull/u", "workdir=/run/hull/../w"}}, false},
+		{"overlay lowerdir+ outside /run/hull", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1", "lowerdir+=/etc"}}, false},
+		{"overlay datadir+ relative", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
+			Options: []string{"lowerdir=/run/hull/l0:/run/hull/l1", "datadir+=etc"}}, false},
 		{"overlay empty lower", &api.Storage{Source: "overlay", Fstype: "overlay", MountPoint: "/run/hull/b",
 			Options: []string{"lowerdir=/run/hull/l0:"}}, false},
 	} {

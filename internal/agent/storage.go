@@ -94,7 +94,7 @@ func checkStorage(s *api.Storage) error {
 }
 
 // overlayDirs checks the directories an overlay storage names (lowerdir,
-// upperdir, workdir): each must be a path under storageRoot, so that the
+// lowerdir+, datadir+, upperdir, workdir): each must be a path under storageRoot, so that the
 // overlay stacks only what other storages mounted, and lowerdir is
 // required. It returns the upper and work directories, which the agent
 // makes (on the writable layer's disk) before mounting.
@@ -107,6 +107,9 @@ func overlayDirs(s *api.Storage) ([]string, error) {
 		switch k {
 		case "lowerdir":
 			dirs, lower = strings.Split(v, ":"), true
+		case "lowerdir+", "datadir+":
+			// One directory each (Linux 6.7), checked as the others.
+			dirs = []string{v}
 		case "upperdir", "workdir":
 			dirs = []string{v}
 			create = append(create, v)

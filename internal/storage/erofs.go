@@ -130,7 +130,10 @@ func ErofsRootfsOf(mounts []Mount) (*ErofsRootfs, error) {
 	if t := strings.TrimPrefix(strings.TrimPrefix(ovl.Type, "format/"), "mkdir/"); t != "overlay" {
 		return nil, notImpl("last mount of type %q: want an overlay over the layers", ovl.Type)
 	}
-	var lower, upper, work string
+	var (
+		lower, upper, work string
+		ro                 bool
+	)
 	for _, o := range splitOptions(ovl.Options) {
 		k, v, _ := strings.Cut(o, "=")
 		switch {
@@ -140,16 +143,28 @@ func ErofsRootfsOf(mounts []Mount) (*ErofsRootfs, error) {
 			upper = v
 		case k == "workdir":
 			work = v
-		case o == "ro" || o == "rw" || o == "" || strings.HasPrefix(o, "X-containerd.mkdir."):
-			// The overlay is read-only without an upper directory; the
-			// guest makes upper and work on the writable layer.
+		case o == "ro":
+			ro = true
+		case o == "rw":
+			ro = false
+		case o == "" || strings.HasPrefix(o, "X-containerd.mkdir."):
+			// The guest makes upper and work on the writable layer.
 		case k == "uidmap" || k == "gidmap":
 			return nil, notImpl("ID-mapped overlay (%s)", k)
+		case strings.HasSuffix(k, "+"):
+			// lowerdir+ and datadir+ (Linux 6.7) name directories, which
+			// may be relative: only the layers are stacked.
+			return nil, notImpl("overlay option %q", o)
 		case strings.Contains(o, "{{") || strings.ContainsRune(o, 0) || strings.Contains(v, "/"):
 			return nil, notImpl("overlay option %q", o)
 		default:
 			e.OverlayOptions = append(e.OverlayOptions, o)
 		}
+	}
+	if ro && e.Upper != nil {
+		// A read-only mount of a writable root: the overlay is mounted
+		// read-only (without an upper directory it is read-only anyway).
+		e.OverlayOptions = append(e.OverlayOptions, "ro")
 	}
 	// lowerdir must name the layers, in order, and nothing else.
 	var from, to int

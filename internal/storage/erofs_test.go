@@ -160,6 +160,22 @@ func TestErofsRootfsOf(t *testing.T) {
 			class:  errdefs.ErrNotImplemented,
 		},
 		{
+			name:   "overlay option naming a relative directory",
+			mounts: []Mount{upper, layer(l1), blockOverlay("{{ mount 1 }}", "lowerdir+=etc")},
+			class:  errdefs.ErrNotImplemented,
+		},
+		{
+			name:   "overlay data-only layer option",
+			mounts: []Mount{upper, layer(l1), blockOverlay("{{ mount 1 }}", "datadir+=x")},
+			class:  errdefs.ErrNotImplemented,
+		},
+		{
+			name:   "a read-only overlay over a writable layer stays read-only",
+			mounts: []Mount{upper, layer(l1), blockOverlay("{{ mount 1 }}", "rw", "index=off,ro")},
+			want: &ErofsRootfs{Layers: []*BlockRootfs{want(l1)}, Upper: &BlockRootfs{Source: rw, FSType: "ext4"},
+				OverlayOptions: []string{"index=off", "ro"}},
+		},
+		{
 			name:   "upper elsewhere on the writable layer",
 			mounts: []Mount{upper, layer(l1), {Type: "overlay", Source: "overlay", Options: []string{"upperdir={{ mount 0 }}/u", "workdir={{ mount 0 }}/work", "lowerdir={{ mount 1 }}"}}},
 			class:  errdefs.ErrNotImplemented,
