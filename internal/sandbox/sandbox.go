@@ -772,9 +772,10 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	s.closeConsoles()
 	if s.client != nil {
 		// destroyed: the guest removed every container and unmounted
-		// their storages and the sandbox's (each unmount writes back
-		// what the guest cached), so nothing in the guest is worth its
-		// orderly shutdown.
+		// their storages and the sandbox's, then synced (which writes
+		// back what the guest cached, a storage detached while busy
+		// included), so nothing in the guest is worth its orderly
+		// shutdown.
 		destroyed := false
 		if s.vmAlive() {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
