@@ -382,3 +382,42 @@ func heldBy(t *testing.T, path string, pid int) bool {
 	}
 	return false
 }
+
+// TestBlockRootfsWriteSurvivesStop: a container still running when its
+// sandbox stops has written to its block root. The stop ends the VM
+// without the guest's power-off once the guest destroyed its sandbox, so
+// that destroy must have written the guest's cached data back to the disk:
+// the image holds the write after the stop.
+func TestBlockRootfsWriteSurvivesStop(t *testing.T) {
+	c := containerConfig(t)
+	c.Hypervisor.QEMU.HotplugDisks = 1
+	sb := startSandbox(t, c, "blk-stop")
+	bundle, spec := busyboxBundle(t, "sh", "-c", "echo written > /new && echo ready && exec sleep 600")
+	img := ext4Image(t, bundle)
+	ctx := withTimeout(t, 3*time.Minute)
+	var stdout, stderr e2e.SyncBuffer
+	ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+		ID: "blk-stop", Bundle: bundle, Spec: spec,
+		Rootfs: []storage.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "rw"}}},
+		Stdio:  sandbox.IO{Stdout: &stdout, Stderr: &stderr},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctr.Start(ctx); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	for !strings.Contains(stdout.String(), "ready") {
+		if ctx.Err() != nil {
+			t.Fatalf("the container did not write: stdout %q, stderr %q", stdout.String(), stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// No delete: the stop finds the container running.
+	if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if got := imageFile(t, img, "/new"); got != "written\n" {
+		t.Errorf("image holds %q in /new after the stop, want the container's write", got)
+	}
+}

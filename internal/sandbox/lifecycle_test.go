@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"syscall"
 	"testing"
@@ -375,5 +376,32 @@ func TestRunStepsTogetherError(t *testing.T) {
 	}
 	if len(s.phases) != 0 {
 		t.Errorf("phases %v recorded for a failed group", s.phases)
+	}
+}
+
+// TestRunStepsTogetherCancel checks that the first step of a group to fail
+// cancels the others' context, and that the run reports that step, not
+// one that failed only for the cancel (listed before it in the group).
+func TestRunStepsTogetherCancel(t *testing.T) {
+	s := &Sandbox{}
+	cancelled := false
+	steps := []step{{together: []step{
+		{name: "waits", run: func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+				cancelled = true
+				return ctx.Err()
+			case <-time.After(30 * time.Second):
+				return errors.New("not cancelled")
+			}
+		}},
+		{name: "fails", run: func(context.Context) error { return errdefs.ErrUnavailable }},
+	}}}
+	err := s.runSteps(t.Context(), tracer(nil), "sb", "starting", steps)
+	if !cancelled {
+		t.Error("the group's other step was not cancelled when one failed")
+	}
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "starting sandbox sb: fails:") {
+		t.Errorf("run: %v, want the failed step's error under its name", err)
 	}
 }

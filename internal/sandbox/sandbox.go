@@ -345,7 +345,9 @@ type step struct {
 	run  func(context.Context) error
 	// together, when set (name and run unset), are steps run at the
 	// same time, each its own phase and span; the run goes on when all
-	// are done. For steps that share no state but the agent connection.
+	// are done. The first to fail cancels the others' context, and the
+	// run fails with its error once all returned. For steps that share
+	// no state but the agent connection.
 	together []step
 }
 
@@ -440,12 +442,26 @@ func (s *Sandbox) runSteps(ctx context.Context, tr trace.Tracer, id, doing strin
 		}
 		took := make([]time.Duration, len(group))
 		errs := make([]error, len(group))
+		// The first step of a group to fail cancels the others (the run
+		// fails whatever they do) and is the one the run reports: the
+		// others may fail only for the cancel.
+		gctx, cancel := context.WithCancel(ctx)
+		var failMu sync.Mutex
+		failed := -1
 		run := func(i int) {
 			start := time.Now()
-			sctx, sspan := tr.Start(ctx, group[i].name, trace.WithAttributes(sandboxAttr(id)))
+			sctx, sspan := tr.Start(gctx, group[i].name, trace.WithAttributes(sandboxAttr(id)))
 			errs[i] = group[i].run(sctx)
 			endSpan(sspan, errs[i])
 			took[i] = time.Since(start)
+			if errs[i] != nil {
+				failMu.Lock()
+				if failed < 0 {
+					failed = i
+					cancel()
+				}
+				failMu.Unlock()
+			}
 		}
 		var wg sync.WaitGroup
 		for i := range group[1:] {
@@ -453,10 +469,9 @@ func (s *Sandbox) runSteps(ctx context.Context, tr trace.Tracer, id, doing strin
 		}
 		run(0)
 		wg.Wait()
-		for i, g := range group {
-			if errs[i] != nil {
-				return fmt.Errorf("%s sandbox %s: %s: %w", doing, id, g.name, errs[i])
-			}
+		cancel()
+		if failed >= 0 {
+			return fmt.Errorf("%s sandbox %s: %s: %w", doing, id, group[failed].name, errs[failed])
 		}
 		for i, g := range group {
 			s.phases = append(s.phases, Phase{Name: g.name, Took: took[i]})
@@ -775,9 +790,10 @@ func (s *Sandbox) Stop(ctx context.Context) error {
 	s.closeConsoles()
 	if s.client != nil {
 		// destroyed: the guest removed every container and unmounted
-		// their storages and the sandbox's (each unmount writes back
-		// what the guest cached), so nothing in the guest is worth its
-		// orderly shutdown.
+		// their storages and the sandbox's, then synced (which writes
+		// back what the guest cached, a storage detached while busy
+		// included), so nothing in the guest is worth its orderly
+		// shutdown.
 		destroyed := false
 		if s.vmAlive() {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
