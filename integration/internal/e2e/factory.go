@@ -117,17 +117,19 @@ func (f *Factory) Config() string {
 // creates the configuration's template. The test's end stops it (Stop).
 func (f *Factory) Start(t testing.TB, hullBin, config, shim string) {
 	t.Helper()
+	// Registered first: a start that fails half way (the factory running,
+	// its cgroups not all made) is stopped and cleaned up all the same.
+	t.Cleanup(func() {
+		if !f.stopped {
+			f.Stop(t, "")
+		}
+	})
 	switch f.Mode {
 	case ModeCache:
 		f.serve(t, hullBin, config, shim)
 	case ModeTemplate:
 		f.createTemplate(t, hullBin, config)
 	}
-	t.Cleanup(func() {
-		if !f.stopped {
-			f.Stop(t, "")
-		}
-	})
 }
 
 func (f *Factory) serve(t testing.TB, hullBin, config, shim string) {
