@@ -32,12 +32,39 @@ func realV2(t *testing.T) FS {
 		}
 		missing = "a cgroup v2 mount"
 	}
-	msg := "placement test needs " + missing
+	missingHost(t, "placement test needs "+missing)
+	return FS{}
+}
+
+// realV1 returns the host's real v1 hierarchy of controller, once it has
+// checked that the test runs as root and that the hierarchy has file;
+// need says what the test needs, for the failure or skip.
+func realV1(t *testing.T, controller, file, need string) FS {
+	t.Helper()
+	mount := "/sys/fs/cgroup/" + controller
+	if _, err := os.Stat(filepath.Join(mount, file)); err != nil || os.Geteuid() != 0 {
+		missingHost(t, "needs root and "+need)
+	}
+	return FS{V1: []Hierarchy{{Mount: mount, Controllers: []string{controller}}}}
+}
+
+// missingHost reports that the host lacks what the test needs: in CI a
+// failure, elsewhere a skip.
+func missingHost(t *testing.T, msg string) {
+	t.Helper()
 	if os.Getenv("CI") != "" {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
-	return FS{}
+}
+
+// realRemove makes the removal of a cgroup directory the production one
+// (rmdir; the package's tests remove their fake trees with RemoveAll); the
+// returned restore is for the test to defer.
+func realRemove() (restore func()) {
+	old := removeDir
+	removeDir = os.Remove
+	return func() { removeDir = old }
 }
 
 // TestAddTreeReal moves a shell and the children it forked into a real v2
@@ -46,9 +73,7 @@ func TestAddTreeReal(t *testing.T) {
 	fs := realV2(t)
 	// A real cgroup is removed as in production: rmdir, retried while
 	// the killed processes are leaving it.
-	oldRemove := removeDir
-	removeDir = os.Remove
-	defer func() { removeDir = oldRemove }()
+	defer realRemove()()
 	path := fmt.Sprintf("/hull-test-%d/sandbox", os.Getpid())
 	g, err := Create(fs, path)
 	if err != nil {
@@ -125,18 +150,9 @@ func v2CgroupOf(t *testing.T, pid int) string {
 // memory hierarchy, where the limit may never exceed memory and swap
 // together (memory.memsw.limit_in_bytes) when the host accounts swap.
 func TestMemoryLimitReal(t *testing.T) {
-	const mount = "/sys/fs/cgroup/memory"
-	if _, err := os.Stat(filepath.Join(mount, "memory.memsw.limit_in_bytes")); err != nil || os.Geteuid() != 0 {
-		msg := "needs root and a cgroup v1 memory hierarchy with swap accounting"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	oldRemove := removeDir
-	removeDir = os.Remove
-	defer func() { removeDir = oldRemove }()
-	fs := FS{V1: []Hierarchy{{Mount: mount, Controllers: []string{"memory"}}}}
+	fs := realV1(t, "memory", "memory.memsw.limit_in_bytes", "a cgroup v1 memory hierarchy with swap accounting")
+	mount := fs.V1[0].Mount
+	defer realRemove()()
 	path := fmt.Sprintf("/hull-test-%d", os.Getpid())
 	g, err := Create(fs, path)
 	if err != nil {
@@ -176,9 +192,7 @@ func (bornOnly) AddTree(pid int) error {
 // the group is removed once the child is gone.
 func TestStartInReal(t *testing.T) {
 	fs := realV2(t)
-	oldRemove := removeDir
-	removeDir = os.Remove
-	defer func() { removeDir = oldRemove }()
+	defer realRemove()()
 	parent := fmt.Sprintf("/hull-test-%d", os.Getpid())
 	path := parent + "/born"
 	g, err := Create(fs, path)
@@ -212,18 +226,9 @@ func TestStartInReal(t *testing.T) {
 // (else nothing could join it), the child is moved in after its start
 // (cgroup v1 has no CLONE_INTO_CGROUP), and the group is removed after.
 func TestCpusetReal(t *testing.T) {
-	const mount = "/sys/fs/cgroup/cpuset"
-	if _, err := os.Stat(filepath.Join(mount, "cpuset.cpus")); err != nil || os.Geteuid() != 0 {
-		msg := "needs root and a cgroup v1 cpuset hierarchy"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	oldRemove := removeDir
-	removeDir = os.Remove
-	defer func() { removeDir = oldRemove }()
-	fs := FS{V1: []Hierarchy{{Mount: mount, Controllers: []string{"cpuset"}}}}
+	fs := realV1(t, "cpuset", "cpuset.cpus", "a cgroup v1 cpuset hierarchy")
+	mount := fs.V1[0].Mount
+	defer realRemove()()
 	parent := fmt.Sprintf("/hull-test-%d", os.Getpid())
 	path := parent + "/sandbox"
 	g, err := Create(fs, path)

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/hull-runtime/hull/internal/atomicfile"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/ocispec"
@@ -215,12 +216,7 @@ func writePidFile(path string, pid int) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)), 0o600); err != nil {
-		return fmt.Errorf("writing the pid file: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
+	if err := atomicfile.Write(path, []byte(strconv.Itoa(pid))); err != nil {
 		return fmt.Errorf("writing the pid file: %w", err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/internal/atomicfile"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/storage"
 )
@@ -72,11 +73,7 @@ func writeRecord(dir string, r record) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, recordFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, recordFile))
+	return atomicfile.Write(filepath.Join(dir, recordFile), b)
 }
 
 // readRecord reads the record of container id; errNotExist (NotFound)
