@@ -6,6 +6,8 @@
 // re-executes this binary as "hull-agent init" to set up every container
 // process. The nsenter package's C constructor has by then joined or made
 // the namespaces; init below hands over to libcontainer before main runs.
+// The first arguments "pause-setup" and "pause" are the two stages of a pod
+// sandbox's process, which the agent starts without libcontainer.
 package main
 
 import (
@@ -25,8 +27,18 @@ import (
 // init runs libcontainer's container setup when this process is
 // "hull-agent init", as runc's own main package does; it does not return.
 func init() {
-	if len(os.Args) > 1 && os.Args[1] == "init" {
+	// Both pause stages are PID 1 of a new PID namespace when the pod
+	// has one: the argument, not the PID, tells them from the VM's init.
+	if len(os.Args) < 2 {
+		return
+	}
+	switch os.Args[1] {
+	case "init":
 		libcontainer.Init()
+	case agent.PauseSetupArg:
+		agent.PauseSetupMain()
+	case agent.PauseArg:
+		agent.PauseMain()
 	}
 }
 

@@ -35,6 +35,10 @@ type containerService struct {
 	a    *Agent
 	root string // libcontainer's state directory
 	oom  *oomQueue
+	// pauseRoot and pauseExe are the mount point of a pod sandbox
+	// process's root and the path of the binary it runs, this one
+	// (podsandbox.go).
+	pauseRoot, pauseExe string
 
 	mu sync.Mutex
 	// sandboxID is set by CreateSandbox. Guarded by mu.
@@ -55,7 +59,7 @@ var _ api.ContainersService = (*containerService)(nil)
 
 func newContainerService(a *Agent, root string) *containerService {
 	return &containerService{
-		a: a, root: root, oom: newOOMQueue(),
+		a: a, root: root, oom: newOOMQueue(), pauseRoot: pauseRootDir, pauseExe: selfExe(),
 		containers: map[string]*container{}, creating: map[string]bool{},
 		sync: func() {
 			if a.initMode {
@@ -65,13 +69,18 @@ func newContainerService(a *Agent, root string) *containerService {
 	}
 }
 
-// container is one container of the sandbox.
+// container is one container of the sandbox: a libcontainer container
+// (lc), or a pod's sandbox container (pod, podsandbox.go).
 type container struct {
 	id   string
 	lc   *libcontainer.Container
+	pod  *podSandbox
 	spec *specs.Spec
 	// mounts are the mount points of the container's storages.
 	mounts []string
+	// copied is the directory of the bind sources the host copied (a
+	// sandbox without a shared file system); "" for none.
+	copied string
 	init   *process
 
 	mu sync.Mutex
@@ -255,12 +264,31 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
 	undo.add(func() { _ = unmountStorages(ctx, mounts) })
+	copied, err := writeCopied(copiedDir, id, req.GetFiles())
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	if copied != "" {
+		undo.add(func() { _ = os.RemoveAll(copied) })
+	}
 	tMounts = time.Since(begin)
 	if err := checkRootfs(spec); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
 	if err := applyPodNetSysctls(ctx, "/proc/sys", spec); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	if req.GetPodSandbox() {
+		ps, p, err := s.createPodSandbox(ctx, id, spec, req.GetStdio())
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", id, err)
+		}
+		c := &container{id: id, pod: ps, spec: spec, mounts: mounts, copied: copied, init: p, execs: map[string]*process{}, execPending: map[string]bool{}}
+		s.mu.Lock()
+		s.containers[id] = c
+		s.mu.Unlock()
+		log.G(ctx).WithFields(log.Fields{"container": id, "pid": p.pid, "mounted": tMounts, "took": time.Since(begin)}).Info("pod sandbox created")
+		return &api.CreateContainerResponse{Pid: uint32(p.pid)}, nil
 	}
 	cfg, err := libcontainerConfig(id, spec)
 	if err != nil {
@@ -295,11 +323,11 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 		}
 	})
 	tCreate = time.Since(begin)
-	p, err := s.start(ctx, lc, lp, pio, id, "")
+	p, err := s.start(ctx, lc, lp, pio, id, "", !ownPIDNamespace(spec))
 	if err != nil {
 		return nil, fmt.Errorf("container %s: starting init: %w", id, err)
 	}
-	c := &container{id: id, lc: lc, spec: spec, mounts: mounts, init: p, execs: map[string]*process{}, execPending: map[string]bool{}}
+	c := &container{id: id, lc: lc, spec: spec, mounts: mounts, copied: copied, init: p, execs: map[string]*process{}, execPending: map[string]bool{}}
 	s.watchOOM(ctx, c)
 	s.mu.Lock()
 	s.containers[id] = c
@@ -315,8 +343,12 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 
 // start starts lp in lc with the reaper held off, then its I/O and its
 // monitor. On error the process is gone (killed and waited for) and pio is
-// closed.
-func (s *containerService) start(ctx context.Context, lc *libcontainer.Container, lp *libcontainer.Process, pio *procIO, cid, execID string) (*process, error) {
+// closed. killRest has the exit of the process kill what is left in the
+// container's cgroup: for the init of a container without a PID namespace
+// of its own (one that joined its pod's), whose exit the kernel does not
+// end the rest with, as runc's shim does; its orphans would otherwise hold
+// its output, and with it the container's exit, open.
+func (s *containerService) start(ctx context.Context, lc *libcontainer.Container, lp *libcontainer.Process, pio *procIO, cid, execID string, killRest bool) (*process, error) {
 	var pid int
 	err := s.a.reaper.spawn(func() ([]int, error) {
 		if err := lc.Start(lp); err != nil {
@@ -337,7 +369,23 @@ func (s *containerService) start(ctx context.Context, lc *libcontainer.Container
 		}
 		return nil, err
 	}
-	p := &process{cid: cid, execID: execID, lp: lp, pid: pid, io: pio, exited: make(chan struct{}), done: make(chan struct{})}
+	p := &process{cid: cid, execID: execID, proc: lp, pid: pid, io: pio, exited: make(chan struct{}), done: make(chan struct{})}
+	if killRest {
+		// What is left may fork: the whole cgroup goes at once.
+		var dir string
+		if st, err := lc.State(); err == nil {
+			dir = st.CgroupPaths[""]
+		}
+		p.onExit = func() {
+			if dir == "" {
+				log.G(ctx).WithField("container", cid).Warn("no cgroup v2 path to kill what the init left in")
+				return
+			}
+			if err := killCgroup(dir); err != nil {
+				log.G(ctx).WithError(err).WithField("container", cid).Warn("killing what the init left")
+			}
+		}
+	}
 	if err := pio.started(ctx, p.exited); err != nil {
 		_ = lp.Signal(unix.SIGKILL)
 		_, _ = lp.Wait()
@@ -356,6 +404,12 @@ func (s *containerService) StartContainer(ctx context.Context, req *api.StartCon
 	c, err := s.get(req.GetContainerId())
 	if err != nil {
 		return nil, err
+	}
+	if c.pod != nil {
+		if err := c.pod.start(c); err != nil {
+			return nil, err
+		}
+		return &api.StartContainerResponse{}, nil
 	}
 	st, err := c.lc.Status()
 	if err != nil {
@@ -376,12 +430,8 @@ func (s *containerService) RemoveContainer(ctx context.Context, req *api.RemoveC
 		return nil, err
 	}
 	if !c.init.hasExited() {
-		st, _ := c.lc.Status()
-		if st != libcontainer.Created && !req.GetForce() {
-			return nil, fmt.Errorf("container %s is %s: stop it first or force: %w", c.id, st, errdefs.ErrFailedPrecondition)
-		}
-		if err := c.lc.Signal(unix.SIGKILL); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
-			return nil, fmt.Errorf("killing container %s: %w", c.id, lcError(err))
+		if err := c.kill(req.GetForce()); err != nil {
+			return nil, err
 		}
 		select {
 		case <-c.init.exited:
@@ -400,11 +450,16 @@ func (s *containerService) RemoveContainer(ctx context.Context, req *api.RemoveC
 	// The notification of a kill that ended the container can arrive after
 	// its cgroup is gone; count the kills while the cgroup still exists.
 	s.reportOOMKills(ctx, c)
-	if err := c.lc.Destroy(); err != nil {
-		return nil, fmt.Errorf("removing container %s: %w", c.id, lcError(err))
+	if err := c.destroy(); err != nil {
+		return nil, err
 	}
 	if err := unmountStorages(ctx, c.mounts); err != nil {
 		return nil, fmt.Errorf("removing container %s: %w", c.id, err)
+	}
+	if c.copied != "" {
+		if err := os.RemoveAll(c.copied); err != nil {
+			return nil, fmt.Errorf("removing container %s: %w", c.id, err)
+		}
 	}
 	s.mu.Lock()
 	delete(s.containers, c.id)
@@ -421,6 +476,9 @@ func (s *containerService) ExecProcess(ctx context.Context, req *api.ExecProcess
 	execID := req.GetExecId()
 	if err := checkID("exec", execID); err != nil {
 		return nil, err
+	}
+	if c.pod != nil {
+		return nil, errPodSandbox("exec in", c.id)
 	}
 	if c.init.hasExited() {
 		return nil, fmt.Errorf("container %s is not running: %w", c.id, errdefs.ErrFailedPrecondition)
@@ -449,7 +507,7 @@ func (s *containerService) ExecProcess(ctx context.Context, req *api.ExecProcess
 	if err != nil {
 		return nil, fmt.Errorf("exec %s in container %s: %w", execID, c.id, err)
 	}
-	p, err := s.start(ctx, c.lc, lp, pio, c.id, execID)
+	p, err := s.start(ctx, c.lc, lp, pio, c.id, execID, false)
 	if err != nil {
 		return nil, fmt.Errorf("exec %s in container %s: %w", execID, c.id, err)
 	}
@@ -472,6 +530,12 @@ func (s *containerService) SignalProcess(ctx context.Context, req *api.SignalPro
 		if req.GetExecId() != "" {
 			return nil, fmt.Errorf("signal all: names a container, not an exec: %w", errdefs.ErrInvalidArgument)
 		}
+		if c.pod != nil {
+			if err := c.pod.signalAll(c, sig); err != nil {
+				return nil, err
+			}
+			return &api.SignalProcessResponse{}, nil
+		}
 		pids, err := c.lc.Processes()
 		if err != nil {
 			return nil, fmt.Errorf("listing processes of %s: %w", c.id, lcError(err))
@@ -486,7 +550,7 @@ func (s *containerService) SignalProcess(ctx context.Context, req *api.SignalPro
 		}
 		return &api.SignalProcessResponse{}, nil
 	}
-	if p == c.init {
+	if p == c.init && c.lc != nil {
 		if p.hasExited() {
 			return nil, fmt.Errorf("container %s: init has exited: %w", c.id, errdefs.ErrNotFound)
 		}
@@ -533,4 +597,52 @@ func (s *containerService) CloseStdin(ctx context.Context, req *api.CloseStdinRe
 		return nil, fmt.Errorf("closing stdin: %w", err)
 	}
 	return &api.CloseStdinResponse{}, nil
+}
+
+// kill kills the init of a container that runs; one that was started
+// only with force.
+func (c *container) kill(force bool) error {
+	if c.pod != nil {
+		if c.pod.isStarted() && !force {
+			return fmt.Errorf("container %s is running: stop it first or force: %w", c.id, errdefs.ErrFailedPrecondition)
+		}
+		if err := c.init.signal(unix.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("killing container %s: %w", c.id, err)
+		}
+		return nil
+	}
+	st, _ := c.lc.Status()
+	if st != libcontainer.Created && !force {
+		return fmt.Errorf("container %s is %s: stop it first or force: %w", c.id, st, errdefs.ErrFailedPrecondition)
+	}
+	if err := c.lc.Signal(unix.SIGKILL); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
+		return fmt.Errorf("killing container %s: %w", c.id, lcError(err))
+	}
+	return nil
+}
+
+// destroy removes what holds the container once its init is gone: its
+// cgroup and libcontainer's state.
+func (c *container) destroy() error {
+	if c.pod != nil {
+		if err := c.pod.cg.Destroy(); err != nil {
+			return fmt.Errorf("removing container %s: its cgroup: %w", c.id, err)
+		}
+		return nil
+	}
+	if err := c.lc.Destroy(); err != nil {
+		return fmt.Errorf("removing container %s: %w", c.id, lcError(err))
+	}
+	return nil
+}
+
+// ownPIDNamespace tells whether the spec gives the container a new PID
+// namespace.
+func ownPIDNamespace(spec *specs.Spec) bool {
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace {
+			return ns.Path == ""
+		}
+	}
+	return false
 }

@@ -34,9 +34,12 @@ const pipeSize = 1 << 20
 type process struct {
 	cid    string
 	execID string // empty for the init process
-	lp     *libcontainer.Process
+	proc   procHandle
 	pid    int
 	io     *procIO
+	// onExit, when set, runs once the process has exited, before its
+	// output is awaited.
+	onExit func()
 
 	// exited is closed when the process has exited; done when, in
 	// addition, its output has reached the host and the stdio channels
@@ -45,6 +48,13 @@ type process struct {
 	done     chan struct{}
 	status   int32
 	exitedAt time.Time
+}
+
+// procHandle is what the agent does with a started process: libcontainer's
+// process of a container, or a pod sandbox's (podsandbox.go).
+type procHandle interface {
+	Signal(os.Signal) error
+	Wait() (*os.ProcessState, error)
 }
 
 // waitStatus maps a wait status to the exit status runc reports: the exit
@@ -96,7 +106,7 @@ func (p *process) signal(sig unix.Signal) error {
 	if p.hasExited() {
 		return fmt.Errorf("process %d has exited: %w", p.pid, errdefs.ErrNotFound)
 	}
-	if err := p.lp.Signal(sig); err != nil {
+	if err := p.proc.Signal(sig); err != nil {
 		if errors.Is(err, os.ErrProcessDone) || errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("process %d has exited: %w", p.pid, errdefs.ErrNotFound)
 		}
@@ -109,7 +119,7 @@ func (p *process) signal(sig unix.Signal) error {
 // for its output and records the status. It runs once per process, in its
 // own goroutine.
 func (p *process) monitor(ctx context.Context, r *reaper) {
-	ps, err := p.lp.Wait()
+	ps, err := p.proc.Wait()
 	r.release(p.pid)
 	st, ok := exitStatus(ps)
 	if !ok {
@@ -117,6 +127,9 @@ func (p *process) monitor(ctx context.Context, r *reaper) {
 	}
 	p.status, p.exitedAt = st, time.Now()
 	close(p.exited)
+	if p.onExit != nil {
+		p.onExit()
+	}
 	grace := time.Duration(0)
 	if p.execID != "" {
 		grace = execOutputGrace

@@ -51,6 +51,9 @@ func (q *oomQueue) pop(ctx context.Context) (string, error) {
 
 // cgroupPath is the container's cgroup v2 directory.
 func (c *container) cgroupPath() (string, error) {
+	if c.pod != nil {
+		return c.pod.cg.Path(""), nil
+	}
 	st, err := c.lc.State()
 	if err != nil {
 		return "", lcError(err)
@@ -68,6 +71,9 @@ func (c *container) cgroupPath() (string, error) {
 // this change is a new kill. RemoveContainer sweeps once more before the
 // cgroup is destroyed, for a notification that comes too late to read it.
 func (s *containerService) watchOOM(ctx context.Context, c *container) {
+	if c.pod != nil {
+		return // its cgroup runs nothing that could use memory
+	}
 	ch, err := c.lc.NotifyOOM()
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("container", c.id).Warn("no OOM notifications")
@@ -114,7 +120,12 @@ func (s *containerService) ListProcesses(ctx context.Context, req *api.ListProce
 	if err != nil {
 		return nil, err
 	}
-	pids, err := c.lc.Processes()
+	var pids []int
+	if c.pod != nil {
+		pids, err = c.pod.cg.GetAllPids()
+	} else {
+		pids, err = c.lc.Processes()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listing processes of %s: %w", c.id, lcError(err))
 	}
@@ -131,6 +142,9 @@ func (s *containerService) PauseContainer(ctx context.Context, req *api.PauseCon
 	if err != nil {
 		return nil, err
 	}
+	if c.pod != nil {
+		return nil, errPodSandbox("pausing", c.id)
+	}
 	if st, err := c.lc.Status(); err == nil && st == libcontainer.Paused {
 		return &api.PauseContainerResponse{}, nil // already frozen
 	}
@@ -145,6 +159,9 @@ func (s *containerService) ResumeContainer(ctx context.Context, req *api.ResumeC
 	if err != nil {
 		return nil, err
 	}
+	if c.pod != nil {
+		return nil, errPodSandbox("resuming", c.id)
+	}
 	if err := c.lc.Resume(); err != nil {
 		return nil, fmt.Errorf("resuming %s: %w", c.id, lcError(err))
 	}
@@ -158,6 +175,9 @@ func (s *containerService) UpdateContainer(ctx context.Context, req *api.UpdateC
 	c, err := s.get(req.GetContainerId())
 	if err != nil {
 		return nil, err
+	}
+	if c.pod != nil {
+		return nil, errPodSandbox("updating", c.id)
 	}
 	var r specs.LinuxResources
 	if err := json.Unmarshal(req.GetResources(), &r); err != nil {
@@ -187,7 +207,15 @@ func (s *containerService) Stats(ctx context.Context, req *api.StatsRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.lc.Stats()
+	var cs *cgroups.Stats
+	if c.pod != nil {
+		cs, err = c.pod.cg.GetStats()
+	} else {
+		var st *libcontainer.Stats
+		if st, err = c.lc.Stats(); err == nil {
+			cs = st.CgroupStats
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stats of %s: %w", c.id, lcError(err))
 	}
@@ -195,7 +223,7 @@ func (s *containerService) Stats(ctx context.Context, req *api.StatsRequest) (*a
 	if dir, err := c.cgroupPath(); err == nil {
 		events, _ = readKeyValues(filepath.Join(dir, "memory.events"))
 	}
-	return statsResponse(st.CgroupStats, events), nil
+	return statsResponse(cs, events), nil
 }
 
 // statsResponse maps libcontainer's cgroup statistics (whose CPU times

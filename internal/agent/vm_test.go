@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,7 @@ func TestContainersInVM(t *testing.T) {
 
 	t.Run("resources", func(t *testing.T) { testResources(t, e) })
 	t.Run("errors", func(t *testing.T) { testErrors(t, e) })
+	t.Run("pod sandbox", func(t *testing.T) { testPodSandbox(t, e) })
 
 	t.Run("measure", func(t *testing.T) {
 		const runs = 5
@@ -410,4 +412,83 @@ func testErrors(t *testing.T, e *vmEnv) {
 	if _, err := e.ctrs.WaitProcess(ctx, &api.WaitProcessRequest{ContainerId: "again"}); !errdefs.IsNotFound(err) {
 		t.Errorf("wait after remove: %v", err)
 	}
+}
+
+// testPodSandbox makes a pod sandbox container (the agent's light process)
+// in the guest, with its cgroup on the guest's cgroup v2, and a container
+// that joins its IPC, UTS and PID namespaces as a pod's member does: the
+// member sees the sandbox's hostname and IPC sysctl, and the pause
+// process as PID 1 with the capabilities the spec both bounds and permits
+// (root keeps them). SIGKILL ends it with 137.
+func testPodSandbox(t *testing.T, e *vmEnv) {
+	ctx := context.Background()
+	ps := e.spec("/pause")
+	ps.Hostname = "vmpod"
+	ps.Linux.Sysctl = map[string]string{"kernel.shmmni": "3456"}
+	oom := -998 // containerd's, below its containers' -997
+	ps.Process.OOMScoreAdj = &oom
+	// The example spec has a cgroup namespace only where the host's
+	// cgroups are v2; the guest's are.
+	ps.Linux.Namespaces = withNamespace(ps.Linux.Namespaces, specs.CgroupNamespace)
+	spec := e.share(t, "psb", ps)
+	t.Cleanup(func() { e.unshare(t, "psb") })
+	r, err := e.ctrs.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: "psb", Spec: spec, PodSandbox: true})
+	if err != nil {
+		t.Fatalf("CreateContainer of a pod sandbox: %v", err)
+	}
+	e.start(t, "psb")
+	pid := r.GetPid()
+	ms := e.spec("sh", "-c", `hostname; cat /proc/sys/kernel/shmmni; tr '\0' ' ' < /proc/1/cmdline; echo; grep CapEff /proc/1/status; cat /proc/1/oom_score_adj; cat /proc/1/cgroup`)
+	ms.Hostname = "" // a member that joins the UTS namespace sets none
+	// A member that joins its cgroup namespace sees the sandbox at the
+	// namespace's root.
+	ms.Linux.Namespaces = withNamespace(ms.Linux.Namespaces, specs.CgroupNamespace)
+	for i, ns := range ms.Linux.Namespaces {
+		switch ns.Type {
+		case specs.IPCNamespace, specs.UTSNamespace, specs.PIDNamespace, specs.CgroupNamespace:
+			kind := map[specs.LinuxNamespaceType]string{specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts", specs.PIDNamespace: "pid", specs.CgroupNamespace: "cgroup"}[ns.Type]
+			ms.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/%s", pid, kind)
+		}
+	}
+	out, errOut, st := e.run(t, "member", ms)
+	t.Logf("the member sees:\n%s", out)
+	// runc's example spec bounds and permits AUDIT_WRITE, KILL and
+	// NET_BIND_SERVICE.
+	want := "vmpod\n3456\n/pause pause \nCapEff:\t0000000020000420\n-998\n0::/\n"
+	if st != 0 || !strings.HasPrefix(out, want) {
+		t.Errorf("member: status %d, stdout %q, stderr %q; want %q first", st, out, errOut, want)
+	}
+	// A member's init that leaves a child behind in the pod's PID
+	// namespace: its exit ends the child, whose output would otherwise
+	// hold the member's exit back.
+	ms.Process.Args = []string{"sh", "-c", "sleep 1000 & echo left a child"}
+	if out, _, st := e.run(t, "leaver", ms); st != 0 || out != "left a child\n" {
+		t.Errorf("member that leaves a child: status %d, stdout %q", st, out)
+	}
+	if _, err := e.ctrs.ExecProcess(ctx, &api.ExecProcessRequest{ContainerId: "psb", ExecId: "x", Process: processJSON(t, *e.spec("true").Process)}); !errdefs.IsNotImplemented(err) {
+		t.Errorf("exec in a pod sandbox: %v, want not implemented", err)
+	}
+	if _, err := e.ctrs.Stats(ctx, &api.StatsRequest{ContainerId: "psb"}); err != nil {
+		t.Errorf("Stats of a pod sandbox: %v", err)
+	}
+	if _, err := e.ctrs.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "psb", Signal: uint32(unix.SIGKILL)}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.wait(t, "psb", ""); st != 137 {
+		t.Errorf("exit status after SIGKILL %d, want 137", st)
+	}
+	if _, err := e.ctrs.RemoveContainer(ctx, &api.RemoveContainerRequest{ContainerId: "psb"}); err != nil {
+		t.Errorf("removing the pod sandbox: %v", err)
+	}
+}
+
+// withNamespace is nss with a namespace of type t of its own added, if it
+// has none of that type.
+func withNamespace(nss []specs.LinuxNamespace, t specs.LinuxNamespaceType) []specs.LinuxNamespace {
+	for _, ns := range nss {
+		if ns.Type == t {
+			return nss
+		}
+	}
+	return append(nss, specs.LinuxNamespace{Type: t})
 }

@@ -33,6 +33,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CopiedFile_Kind int32
+
+const (
+	CopiedFile_REGULAR   CopiedFile_Kind = 0
+	CopiedFile_DIRECTORY CopiedFile_Kind = 1
+	CopiedFile_SYMLINK   CopiedFile_Kind = 2
+)
+
+// Enum value maps for CopiedFile_Kind.
+var (
+	CopiedFile_Kind_name = map[int32]string{
+		0: "REGULAR",
+		1: "DIRECTORY",
+		2: "SYMLINK",
+	}
+	CopiedFile_Kind_value = map[string]int32{
+		"REGULAR":   0,
+		"DIRECTORY": 1,
+		"SYMLINK":   2,
+	}
+)
+
+func (x CopiedFile_Kind) Enum() *CopiedFile_Kind {
+	p := new(CopiedFile_Kind)
+	*p = x
+	return p
+}
+
+func (x CopiedFile_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CopiedFile_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_containers_proto_enumTypes[0].Descriptor()
+}
+
+func (CopiedFile_Kind) Type() protoreflect.EnumType {
+	return &file_containers_proto_enumTypes[0]
+}
+
+func (x CopiedFile_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CopiedFile_Kind.Descriptor instead.
+func (CopiedFile_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_containers_proto_rawDescGZIP(), []int{7, 0}
+}
+
 // Storage is a filesystem the agent mounts in the guest.
 type Storage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -384,8 +433,18 @@ type CreateContainerRequest struct {
 	Spec []byte `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
 	// Filesystems mounted for this container before it is created and
 	// unmounted when it is removed.
-	Storages      []*Storage `protobuf:"bytes,3,rep,name=storages,proto3" json:"storages,omitempty"`
-	Stdio         *Stdio     `protobuf:"bytes,4,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	Storages []*Storage `protobuf:"bytes,3,rep,name=storages,proto3" json:"storages,omitempty"`
+	Stdio    *Stdio     `protobuf:"bytes,4,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	// Files the host copied for the container's bind mounts when the
+	// sandbox has no shared file system, written below
+	// /run/hull/copied/<container_id> before the container is made and
+	// removed with it. Parents come before what they hold.
+	Files []*CopiedFile `protobuf:"bytes,5,rep,name=files,proto3" json:"files,omitempty"`
+	// The container is a pod's sandbox container, which only holds the
+	// pod's IPC, UTS and (when the spec asks) PID namespaces for the
+	// containers that join them: the agent makes it as a light process
+	// (see docs/architecture.md) instead of running the spec's process.
+	PodSandbox    bool `protobuf:"varint,6,opt,name=pod_sandbox,json=podSandbox,proto3" json:"pod_sandbox,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -448,6 +507,120 @@ func (x *CreateContainerRequest) GetStdio() *Stdio {
 	return nil
 }
 
+func (x *CreateContainerRequest) GetFiles() []*CopiedFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *CreateContainerRequest) GetPodSandbox() bool {
+	if x != nil {
+		return x.PodSandbox
+	}
+	return false
+}
+
+// CopiedFile is one entry of a bind mount's source copied from the host: a
+// regular file, a directory or a symbolic link (its target as written,
+// never followed on the host).
+type CopiedFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Relative slash-separated path below the container's copy
+	// directory: clean, without "." or ".." components.
+	Path string          `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Kind CopiedFile_Kind `protobuf:"varint,2,opt,name=kind,proto3,enum=hull.agent.v1.CopiedFile_Kind" json:"kind,omitempty"`
+	// Permission bits (0777 at most).
+	Mode uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid  uint32 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid  uint32 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	// The file's bytes (REGULAR).
+	Data []byte `protobuf:"bytes,6,opt,name=data,proto3" json:"data,omitempty"`
+	// The link's target (SYMLINK).
+	Link          string `protobuf:"bytes,7,opt,name=link,proto3" json:"link,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopiedFile) Reset() {
+	*x = CopiedFile{}
+	mi := &file_containers_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopiedFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopiedFile) ProtoMessage() {}
+
+func (x *CopiedFile) ProtoReflect() protoreflect.Message {
+	mi := &file_containers_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopiedFile.ProtoReflect.Descriptor instead.
+func (*CopiedFile) Descriptor() ([]byte, []int) {
+	return file_containers_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CopiedFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CopiedFile) GetKind() CopiedFile_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return CopiedFile_REGULAR
+}
+
+func (x *CopiedFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *CopiedFile) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *CopiedFile) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *CopiedFile) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *CopiedFile) GetLink() string {
+	if x != nil {
+		return x.Link
+	}
+	return ""
+}
+
 type CreateContainerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// PID of the init process in the guest.
@@ -458,7 +631,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_containers_proto_msgTypes[7]
+	mi := &file_containers_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +643,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[7]
+	mi := &file_containers_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +656,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{7}
+	return file_containers_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateContainerResponse) GetPid() uint32 {
@@ -502,7 +675,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_containers_proto_msgTypes[8]
+	mi := &file_containers_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +687,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[8]
+	mi := &file_containers_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +700,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{8}
+	return file_containers_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartContainerRequest) GetContainerId() string {
@@ -545,7 +718,7 @@ type StartContainerResponse struct {
 
 func (x *StartContainerResponse) Reset() {
 	*x = StartContainerResponse{}
-	mi := &file_containers_proto_msgTypes[9]
+	mi := &file_containers_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +730,7 @@ func (x *StartContainerResponse) String() string {
 func (*StartContainerResponse) ProtoMessage() {}
 
 func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[9]
+	mi := &file_containers_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +743,7 @@ func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerResponse.ProtoReflect.Descriptor instead.
 func (*StartContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{9}
+	return file_containers_proto_rawDescGZIP(), []int{10}
 }
 
 type RemoveContainerRequest struct {
@@ -584,7 +757,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_containers_proto_msgTypes[10]
+	mi := &file_containers_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +769,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[10]
+	mi := &file_containers_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +782,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{10}
+	return file_containers_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -634,7 +807,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_containers_proto_msgTypes[11]
+	mi := &file_containers_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +819,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[11]
+	mi := &file_containers_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +832,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{11}
+	return file_containers_proto_rawDescGZIP(), []int{12}
 }
 
 type ExecProcessRequest struct {
@@ -676,7 +849,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_containers_proto_msgTypes[12]
+	mi := &file_containers_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +861,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[12]
+	mi := &file_containers_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +874,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{12}
+	return file_containers_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -741,7 +914,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_containers_proto_msgTypes[13]
+	mi := &file_containers_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +926,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[13]
+	mi := &file_containers_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +939,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{13}
+	return file_containers_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -790,7 +963,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_containers_proto_msgTypes[14]
+	mi := &file_containers_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +975,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[14]
+	mi := &file_containers_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +988,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{14}
+	return file_containers_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -854,7 +1027,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_containers_proto_msgTypes[15]
+	mi := &file_containers_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1039,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[15]
+	mi := &file_containers_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1052,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{15}
+	return file_containers_proto_rawDescGZIP(), []int{16}
 }
 
 type WaitProcessRequest struct {
@@ -892,7 +1065,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_containers_proto_msgTypes[16]
+	mi := &file_containers_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1077,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[16]
+	mi := &file_containers_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1090,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{16}
+	return file_containers_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WaitProcessRequest) GetContainerId() string {
@@ -946,7 +1119,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_containers_proto_msgTypes[17]
+	mi := &file_containers_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1131,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[17]
+	mi := &file_containers_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1144,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{17}
+	return file_containers_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -1000,7 +1173,7 @@ type ResizeTTYRequest struct {
 
 func (x *ResizeTTYRequest) Reset() {
 	*x = ResizeTTYRequest{}
-	mi := &file_containers_proto_msgTypes[18]
+	mi := &file_containers_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1185,7 @@ func (x *ResizeTTYRequest) String() string {
 func (*ResizeTTYRequest) ProtoMessage() {}
 
 func (x *ResizeTTYRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[18]
+	mi := &file_containers_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1198,7 @@ func (x *ResizeTTYRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTTYRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTTYRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{18}
+	return file_containers_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResizeTTYRequest) GetContainerId() string {
@@ -1064,7 +1237,7 @@ type ResizeTTYResponse struct {
 
 func (x *ResizeTTYResponse) Reset() {
 	*x = ResizeTTYResponse{}
-	mi := &file_containers_proto_msgTypes[19]
+	mi := &file_containers_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1249,7 @@ func (x *ResizeTTYResponse) String() string {
 func (*ResizeTTYResponse) ProtoMessage() {}
 
 func (x *ResizeTTYResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[19]
+	mi := &file_containers_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1262,7 @@ func (x *ResizeTTYResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTTYResponse.ProtoReflect.Descriptor instead.
 func (*ResizeTTYResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{19}
+	return file_containers_proto_rawDescGZIP(), []int{20}
 }
 
 type CloseStdinRequest struct {
@@ -1102,7 +1275,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_containers_proto_msgTypes[20]
+	mi := &file_containers_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1287,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[20]
+	mi := &file_containers_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1300,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{20}
+	return file_containers_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CloseStdinRequest) GetContainerId() string {
@@ -1152,7 +1325,7 @@ type CloseStdinResponse struct {
 
 func (x *CloseStdinResponse) Reset() {
 	*x = CloseStdinResponse{}
-	mi := &file_containers_proto_msgTypes[21]
+	mi := &file_containers_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1337,7 @@ func (x *CloseStdinResponse) String() string {
 func (*CloseStdinResponse) ProtoMessage() {}
 
 func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[21]
+	mi := &file_containers_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,7 +1350,7 @@ func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
 func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{21}
+	return file_containers_proto_rawDescGZIP(), []int{22}
 }
 
 type ListProcessesRequest struct {
@@ -1189,7 +1362,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_containers_proto_msgTypes[22]
+	mi := &file_containers_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1374,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[22]
+	mi := &file_containers_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1387,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{22}
+	return file_containers_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -1233,7 +1406,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_containers_proto_msgTypes[23]
+	mi := &file_containers_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1418,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[23]
+	mi := &file_containers_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1431,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{23}
+	return file_containers_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -1277,7 +1450,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_containers_proto_msgTypes[24]
+	mi := &file_containers_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1462,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[24]
+	mi := &file_containers_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1475,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{24}
+	return file_containers_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatsRequest) GetContainerId() string {
@@ -1325,7 +1498,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_containers_proto_msgTypes[25]
+	mi := &file_containers_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1510,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[25]
+	mi := &file_containers_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1523,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{25}
+	return file_containers_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatsResponse) GetCpu() *CPUStats {
@@ -1395,7 +1568,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_containers_proto_msgTypes[26]
+	mi := &file_containers_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1580,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[26]
+	mi := &file_containers_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1593,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{26}
+	return file_containers_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CPUStats) GetUsageUsec() uint64 {
@@ -1487,7 +1660,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_containers_proto_msgTypes[27]
+	mi := &file_containers_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1672,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[27]
+	mi := &file_containers_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1685,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{27}
+	return file_containers_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MemoryStats) GetUsage() uint64 {
@@ -1609,7 +1782,7 @@ type PidsStats struct {
 
 func (x *PidsStats) Reset() {
 	*x = PidsStats{}
-	mi := &file_containers_proto_msgTypes[28]
+	mi := &file_containers_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1794,7 @@ func (x *PidsStats) String() string {
 func (*PidsStats) ProtoMessage() {}
 
 func (x *PidsStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[28]
+	mi := &file_containers_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1807,7 @@ func (x *PidsStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsStats.ProtoReflect.Descriptor instead.
 func (*PidsStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{28}
+	return file_containers_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PidsStats) GetCurrent() uint64 {
@@ -1665,7 +1838,7 @@ type IOStats struct {
 
 func (x *IOStats) Reset() {
 	*x = IOStats{}
-	mi := &file_containers_proto_msgTypes[29]
+	mi := &file_containers_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1850,7 @@ func (x *IOStats) String() string {
 func (*IOStats) ProtoMessage() {}
 
 func (x *IOStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[29]
+	mi := &file_containers_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1863,7 @@ func (x *IOStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOStats.ProtoReflect.Descriptor instead.
 func (*IOStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{29}
+	return file_containers_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *IOStats) GetMajor() uint64 {
@@ -1744,7 +1917,7 @@ type PauseContainerRequest struct {
 
 func (x *PauseContainerRequest) Reset() {
 	*x = PauseContainerRequest{}
-	mi := &file_containers_proto_msgTypes[30]
+	mi := &file_containers_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1929,7 @@ func (x *PauseContainerRequest) String() string {
 func (*PauseContainerRequest) ProtoMessage() {}
 
 func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[30]
+	mi := &file_containers_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1942,7 @@ func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerRequest.ProtoReflect.Descriptor instead.
 func (*PauseContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{30}
+	return file_containers_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PauseContainerRequest) GetContainerId() string {
@@ -1787,7 +1960,7 @@ type PauseContainerResponse struct {
 
 func (x *PauseContainerResponse) Reset() {
 	*x = PauseContainerResponse{}
-	mi := &file_containers_proto_msgTypes[31]
+	mi := &file_containers_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1972,7 @@ func (x *PauseContainerResponse) String() string {
 func (*PauseContainerResponse) ProtoMessage() {}
 
 func (x *PauseContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[31]
+	mi := &file_containers_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1985,7 @@ func (x *PauseContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerResponse.ProtoReflect.Descriptor instead.
 func (*PauseContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{31}
+	return file_containers_proto_rawDescGZIP(), []int{32}
 }
 
 type ResumeContainerRequest struct {
@@ -1824,7 +1997,7 @@ type ResumeContainerRequest struct {
 
 func (x *ResumeContainerRequest) Reset() {
 	*x = ResumeContainerRequest{}
-	mi := &file_containers_proto_msgTypes[32]
+	mi := &file_containers_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2009,7 @@ func (x *ResumeContainerRequest) String() string {
 func (*ResumeContainerRequest) ProtoMessage() {}
 
 func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[32]
+	mi := &file_containers_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2022,7 @@ func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerRequest.ProtoReflect.Descriptor instead.
 func (*ResumeContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{32}
+	return file_containers_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ResumeContainerRequest) GetContainerId() string {
@@ -1867,7 +2040,7 @@ type ResumeContainerResponse struct {
 
 func (x *ResumeContainerResponse) Reset() {
 	*x = ResumeContainerResponse{}
-	mi := &file_containers_proto_msgTypes[33]
+	mi := &file_containers_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2052,7 @@ func (x *ResumeContainerResponse) String() string {
 func (*ResumeContainerResponse) ProtoMessage() {}
 
 func (x *ResumeContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[33]
+	mi := &file_containers_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2065,7 @@ func (x *ResumeContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerResponse.ProtoReflect.Descriptor instead.
 func (*ResumeContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{33}
+	return file_containers_proto_rawDescGZIP(), []int{34}
 }
 
 type UpdateContainerRequest struct {
@@ -1906,7 +2079,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_containers_proto_msgTypes[34]
+	mi := &file_containers_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2091,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[34]
+	mi := &file_containers_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2104,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{34}
+	return file_containers_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -1956,7 +2129,7 @@ type UpdateContainerResponse struct {
 
 func (x *UpdateContainerResponse) Reset() {
 	*x = UpdateContainerResponse{}
-	mi := &file_containers_proto_msgTypes[35]
+	mi := &file_containers_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2141,7 @@ func (x *UpdateContainerResponse) String() string {
 func (*UpdateContainerResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[35]
+	mi := &file_containers_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2154,7 @@ func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{35}
+	return file_containers_proto_rawDescGZIP(), []int{36}
 }
 
 type WaitOOMRequest struct {
@@ -1992,7 +2165,7 @@ type WaitOOMRequest struct {
 
 func (x *WaitOOMRequest) Reset() {
 	*x = WaitOOMRequest{}
-	mi := &file_containers_proto_msgTypes[36]
+	mi := &file_containers_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2177,7 @@ func (x *WaitOOMRequest) String() string {
 func (*WaitOOMRequest) ProtoMessage() {}
 
 func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[36]
+	mi := &file_containers_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2190,7 @@ func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
 func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{36}
+	return file_containers_proto_rawDescGZIP(), []int{37}
 }
 
 type WaitOOMResponse struct {
@@ -2029,7 +2202,7 @@ type WaitOOMResponse struct {
 
 func (x *WaitOOMResponse) Reset() {
 	*x = WaitOOMResponse{}
-	mi := &file_containers_proto_msgTypes[37]
+	mi := &file_containers_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2214,7 @@ func (x *WaitOOMResponse) String() string {
 func (*WaitOOMResponse) ProtoMessage() {}
 
 func (x *WaitOOMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[37]
+	mi := &file_containers_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2227,7 @@ func (x *WaitOOMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMResponse.ProtoReflect.Descriptor instead.
 func (*WaitOOMResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{37}
+	return file_containers_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WaitOOMResponse) GetContainerId() string {
@@ -2090,12 +2263,28 @@ const file_containers_proto_rawDesc = "" +
 	"\bstorages\x18\x03 \x03(\v2\x16.hull.agent.v1.StorageR\bstorages\"\x17\n" +
 	"\x15CreateSandboxResponse\"\x17\n" +
 	"\x15DestroySandboxRequest\"\x18\n" +
-	"\x16DestroySandboxResponse\"\xaf\x01\n" +
+	"\x16DestroySandboxResponse\"\x81\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x122\n" +
 	"\bstorages\x18\x03 \x03(\v2\x16.hull.agent.v1.StorageR\bstorages\x12*\n" +
-	"\x05stdio\x18\x04 \x01(\v2\x14.hull.agent.v1.StdioR\x05stdio\"+\n" +
+	"\x05stdio\x18\x04 \x01(\v2\x14.hull.agent.v1.StdioR\x05stdio\x12/\n" +
+	"\x05files\x18\x05 \x03(\v2\x19.hull.agent.v1.CopiedFileR\x05files\x12\x1f\n" +
+	"\vpod_sandbox\x18\x06 \x01(\bR\n" +
+	"podSandbox\"\xe5\x01\n" +
+	"\n" +
+	"CopiedFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x122\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1e.hull.agent.v1.CopiedFile.KindR\x04kind\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x05 \x01(\rR\x03gid\x12\x12\n" +
+	"\x04data\x18\x06 \x01(\fR\x04data\x12\x12\n" +
+	"\x04link\x18\a \x01(\tR\x04link\"/\n" +
+	"\x04Kind\x12\v\n" +
+	"\aREGULAR\x10\x00\x12\r\n" +
+	"\tDIRECTORY\x10\x01\x12\v\n" +
+	"\aSYMLINK\x10\x02\"+\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\":\n" +
 	"\x15StartContainerRequest\x12!\n" +
@@ -2228,95 +2417,100 @@ func file_containers_proto_rawDescGZIP() []byte {
 	return file_containers_proto_rawDescData
 }
 
-var file_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_containers_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_containers_proto_goTypes = []any{
-	(*Storage)(nil),                 // 0: hull.agent.v1.Storage
-	(*Stdio)(nil),                   // 1: hull.agent.v1.Stdio
-	(*CreateSandboxRequest)(nil),    // 2: hull.agent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),   // 3: hull.agent.v1.CreateSandboxResponse
-	(*DestroySandboxRequest)(nil),   // 4: hull.agent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),  // 5: hull.agent.v1.DestroySandboxResponse
-	(*CreateContainerRequest)(nil),  // 6: hull.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 7: hull.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 8: hull.agent.v1.StartContainerRequest
-	(*StartContainerResponse)(nil),  // 9: hull.agent.v1.StartContainerResponse
-	(*RemoveContainerRequest)(nil),  // 10: hull.agent.v1.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil), // 11: hull.agent.v1.RemoveContainerResponse
-	(*ExecProcessRequest)(nil),      // 12: hull.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 13: hull.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 14: hull.agent.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil),   // 15: hull.agent.v1.SignalProcessResponse
-	(*WaitProcessRequest)(nil),      // 16: hull.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),     // 17: hull.agent.v1.WaitProcessResponse
-	(*ResizeTTYRequest)(nil),        // 18: hull.agent.v1.ResizeTTYRequest
-	(*ResizeTTYResponse)(nil),       // 19: hull.agent.v1.ResizeTTYResponse
-	(*CloseStdinRequest)(nil),       // 20: hull.agent.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),      // 21: hull.agent.v1.CloseStdinResponse
-	(*ListProcessesRequest)(nil),    // 22: hull.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),   // 23: hull.agent.v1.ListProcessesResponse
-	(*StatsRequest)(nil),            // 24: hull.agent.v1.StatsRequest
-	(*StatsResponse)(nil),           // 25: hull.agent.v1.StatsResponse
-	(*CPUStats)(nil),                // 26: hull.agent.v1.CPUStats
-	(*MemoryStats)(nil),             // 27: hull.agent.v1.MemoryStats
-	(*PidsStats)(nil),               // 28: hull.agent.v1.PidsStats
-	(*IOStats)(nil),                 // 29: hull.agent.v1.IOStats
-	(*PauseContainerRequest)(nil),   // 30: hull.agent.v1.PauseContainerRequest
-	(*PauseContainerResponse)(nil),  // 31: hull.agent.v1.PauseContainerResponse
-	(*ResumeContainerRequest)(nil),  // 32: hull.agent.v1.ResumeContainerRequest
-	(*ResumeContainerResponse)(nil), // 33: hull.agent.v1.ResumeContainerResponse
-	(*UpdateContainerRequest)(nil),  // 34: hull.agent.v1.UpdateContainerRequest
-	(*UpdateContainerResponse)(nil), // 35: hull.agent.v1.UpdateContainerResponse
-	(*WaitOOMRequest)(nil),          // 36: hull.agent.v1.WaitOOMRequest
-	(*WaitOOMResponse)(nil),         // 37: hull.agent.v1.WaitOOMResponse
-	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
+	(CopiedFile_Kind)(0),            // 0: hull.agent.v1.CopiedFile.Kind
+	(*Storage)(nil),                 // 1: hull.agent.v1.Storage
+	(*Stdio)(nil),                   // 2: hull.agent.v1.Stdio
+	(*CreateSandboxRequest)(nil),    // 3: hull.agent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),   // 4: hull.agent.v1.CreateSandboxResponse
+	(*DestroySandboxRequest)(nil),   // 5: hull.agent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),  // 6: hull.agent.v1.DestroySandboxResponse
+	(*CreateContainerRequest)(nil),  // 7: hull.agent.v1.CreateContainerRequest
+	(*CopiedFile)(nil),              // 8: hull.agent.v1.CopiedFile
+	(*CreateContainerResponse)(nil), // 9: hull.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 10: hull.agent.v1.StartContainerRequest
+	(*StartContainerResponse)(nil),  // 11: hull.agent.v1.StartContainerResponse
+	(*RemoveContainerRequest)(nil),  // 12: hull.agent.v1.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil), // 13: hull.agent.v1.RemoveContainerResponse
+	(*ExecProcessRequest)(nil),      // 14: hull.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 15: hull.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 16: hull.agent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),   // 17: hull.agent.v1.SignalProcessResponse
+	(*WaitProcessRequest)(nil),      // 18: hull.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),     // 19: hull.agent.v1.WaitProcessResponse
+	(*ResizeTTYRequest)(nil),        // 20: hull.agent.v1.ResizeTTYRequest
+	(*ResizeTTYResponse)(nil),       // 21: hull.agent.v1.ResizeTTYResponse
+	(*CloseStdinRequest)(nil),       // 22: hull.agent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),      // 23: hull.agent.v1.CloseStdinResponse
+	(*ListProcessesRequest)(nil),    // 24: hull.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),   // 25: hull.agent.v1.ListProcessesResponse
+	(*StatsRequest)(nil),            // 26: hull.agent.v1.StatsRequest
+	(*StatsResponse)(nil),           // 27: hull.agent.v1.StatsResponse
+	(*CPUStats)(nil),                // 28: hull.agent.v1.CPUStats
+	(*MemoryStats)(nil),             // 29: hull.agent.v1.MemoryStats
+	(*PidsStats)(nil),               // 30: hull.agent.v1.PidsStats
+	(*IOStats)(nil),                 // 31: hull.agent.v1.IOStats
+	(*PauseContainerRequest)(nil),   // 32: hull.agent.v1.PauseContainerRequest
+	(*PauseContainerResponse)(nil),  // 33: hull.agent.v1.PauseContainerResponse
+	(*ResumeContainerRequest)(nil),  // 34: hull.agent.v1.ResumeContainerRequest
+	(*ResumeContainerResponse)(nil), // 35: hull.agent.v1.ResumeContainerResponse
+	(*UpdateContainerRequest)(nil),  // 36: hull.agent.v1.UpdateContainerRequest
+	(*UpdateContainerResponse)(nil), // 37: hull.agent.v1.UpdateContainerResponse
+	(*WaitOOMRequest)(nil),          // 38: hull.agent.v1.WaitOOMRequest
+	(*WaitOOMResponse)(nil),         // 39: hull.agent.v1.WaitOOMResponse
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
 }
 var file_containers_proto_depIdxs = []int32{
-	0,  // 0: hull.agent.v1.CreateSandboxRequest.storages:type_name -> hull.agent.v1.Storage
-	0,  // 1: hull.agent.v1.CreateContainerRequest.storages:type_name -> hull.agent.v1.Storage
-	1,  // 2: hull.agent.v1.CreateContainerRequest.stdio:type_name -> hull.agent.v1.Stdio
-	1,  // 3: hull.agent.v1.ExecProcessRequest.stdio:type_name -> hull.agent.v1.Stdio
-	38, // 4: hull.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
-	26, // 5: hull.agent.v1.StatsResponse.cpu:type_name -> hull.agent.v1.CPUStats
-	27, // 6: hull.agent.v1.StatsResponse.memory:type_name -> hull.agent.v1.MemoryStats
-	28, // 7: hull.agent.v1.StatsResponse.pids:type_name -> hull.agent.v1.PidsStats
-	29, // 8: hull.agent.v1.StatsResponse.io:type_name -> hull.agent.v1.IOStats
-	2,  // 9: hull.agent.v1.Containers.CreateSandbox:input_type -> hull.agent.v1.CreateSandboxRequest
-	4,  // 10: hull.agent.v1.Containers.DestroySandbox:input_type -> hull.agent.v1.DestroySandboxRequest
-	6,  // 11: hull.agent.v1.Containers.CreateContainer:input_type -> hull.agent.v1.CreateContainerRequest
-	8,  // 12: hull.agent.v1.Containers.StartContainer:input_type -> hull.agent.v1.StartContainerRequest
-	10, // 13: hull.agent.v1.Containers.RemoveContainer:input_type -> hull.agent.v1.RemoveContainerRequest
-	12, // 14: hull.agent.v1.Containers.ExecProcess:input_type -> hull.agent.v1.ExecProcessRequest
-	14, // 15: hull.agent.v1.Containers.SignalProcess:input_type -> hull.agent.v1.SignalProcessRequest
-	16, // 16: hull.agent.v1.Containers.WaitProcess:input_type -> hull.agent.v1.WaitProcessRequest
-	18, // 17: hull.agent.v1.Containers.ResizeTTY:input_type -> hull.agent.v1.ResizeTTYRequest
-	20, // 18: hull.agent.v1.Containers.CloseStdin:input_type -> hull.agent.v1.CloseStdinRequest
-	22, // 19: hull.agent.v1.Containers.ListProcesses:input_type -> hull.agent.v1.ListProcessesRequest
-	24, // 20: hull.agent.v1.Containers.Stats:input_type -> hull.agent.v1.StatsRequest
-	30, // 21: hull.agent.v1.Containers.PauseContainer:input_type -> hull.agent.v1.PauseContainerRequest
-	32, // 22: hull.agent.v1.Containers.ResumeContainer:input_type -> hull.agent.v1.ResumeContainerRequest
-	34, // 23: hull.agent.v1.Containers.UpdateContainer:input_type -> hull.agent.v1.UpdateContainerRequest
-	36, // 24: hull.agent.v1.Containers.WaitOOM:input_type -> hull.agent.v1.WaitOOMRequest
-	3,  // 25: hull.agent.v1.Containers.CreateSandbox:output_type -> hull.agent.v1.CreateSandboxResponse
-	5,  // 26: hull.agent.v1.Containers.DestroySandbox:output_type -> hull.agent.v1.DestroySandboxResponse
-	7,  // 27: hull.agent.v1.Containers.CreateContainer:output_type -> hull.agent.v1.CreateContainerResponse
-	9,  // 28: hull.agent.v1.Containers.StartContainer:output_type -> hull.agent.v1.StartContainerResponse
-	11, // 29: hull.agent.v1.Containers.RemoveContainer:output_type -> hull.agent.v1.RemoveContainerResponse
-	13, // 30: hull.agent.v1.Containers.ExecProcess:output_type -> hull.agent.v1.ExecProcessResponse
-	15, // 31: hull.agent.v1.Containers.SignalProcess:output_type -> hull.agent.v1.SignalProcessResponse
-	17, // 32: hull.agent.v1.Containers.WaitProcess:output_type -> hull.agent.v1.WaitProcessResponse
-	19, // 33: hull.agent.v1.Containers.ResizeTTY:output_type -> hull.agent.v1.ResizeTTYResponse
-	21, // 34: hull.agent.v1.Containers.CloseStdin:output_type -> hull.agent.v1.CloseStdinResponse
-	23, // 35: hull.agent.v1.Containers.ListProcesses:output_type -> hull.agent.v1.ListProcessesResponse
-	25, // 36: hull.agent.v1.Containers.Stats:output_type -> hull.agent.v1.StatsResponse
-	31, // 37: hull.agent.v1.Containers.PauseContainer:output_type -> hull.agent.v1.PauseContainerResponse
-	33, // 38: hull.agent.v1.Containers.ResumeContainer:output_type -> hull.agent.v1.ResumeContainerResponse
-	35, // 39: hull.agent.v1.Containers.UpdateContainer:output_type -> hull.agent.v1.UpdateContainerResponse
-	37, // 40: hull.agent.v1.Containers.WaitOOM:output_type -> hull.agent.v1.WaitOOMResponse
-	25, // [25:41] is the sub-list for method output_type
-	9,  // [9:25] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	1,  // 0: hull.agent.v1.CreateSandboxRequest.storages:type_name -> hull.agent.v1.Storage
+	1,  // 1: hull.agent.v1.CreateContainerRequest.storages:type_name -> hull.agent.v1.Storage
+	2,  // 2: hull.agent.v1.CreateContainerRequest.stdio:type_name -> hull.agent.v1.Stdio
+	8,  // 3: hull.agent.v1.CreateContainerRequest.files:type_name -> hull.agent.v1.CopiedFile
+	0,  // 4: hull.agent.v1.CopiedFile.kind:type_name -> hull.agent.v1.CopiedFile.Kind
+	2,  // 5: hull.agent.v1.ExecProcessRequest.stdio:type_name -> hull.agent.v1.Stdio
+	40, // 6: hull.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
+	28, // 7: hull.agent.v1.StatsResponse.cpu:type_name -> hull.agent.v1.CPUStats
+	29, // 8: hull.agent.v1.StatsResponse.memory:type_name -> hull.agent.v1.MemoryStats
+	30, // 9: hull.agent.v1.StatsResponse.pids:type_name -> hull.agent.v1.PidsStats
+	31, // 10: hull.agent.v1.StatsResponse.io:type_name -> hull.agent.v1.IOStats
+	3,  // 11: hull.agent.v1.Containers.CreateSandbox:input_type -> hull.agent.v1.CreateSandboxRequest
+	5,  // 12: hull.agent.v1.Containers.DestroySandbox:input_type -> hull.agent.v1.DestroySandboxRequest
+	7,  // 13: hull.agent.v1.Containers.CreateContainer:input_type -> hull.agent.v1.CreateContainerRequest
+	10, // 14: hull.agent.v1.Containers.StartContainer:input_type -> hull.agent.v1.StartContainerRequest
+	12, // 15: hull.agent.v1.Containers.RemoveContainer:input_type -> hull.agent.v1.RemoveContainerRequest
+	14, // 16: hull.agent.v1.Containers.ExecProcess:input_type -> hull.agent.v1.ExecProcessRequest
+	16, // 17: hull.agent.v1.Containers.SignalProcess:input_type -> hull.agent.v1.SignalProcessRequest
+	18, // 18: hull.agent.v1.Containers.WaitProcess:input_type -> hull.agent.v1.WaitProcessRequest
+	20, // 19: hull.agent.v1.Containers.ResizeTTY:input_type -> hull.agent.v1.ResizeTTYRequest
+	22, // 20: hull.agent.v1.Containers.CloseStdin:input_type -> hull.agent.v1.CloseStdinRequest
+	24, // 21: hull.agent.v1.Containers.ListProcesses:input_type -> hull.agent.v1.ListProcessesRequest
+	26, // 22: hull.agent.v1.Containers.Stats:input_type -> hull.agent.v1.StatsRequest
+	32, // 23: hull.agent.v1.Containers.PauseContainer:input_type -> hull.agent.v1.PauseContainerRequest
+	34, // 24: hull.agent.v1.Containers.ResumeContainer:input_type -> hull.agent.v1.ResumeContainerRequest
+	36, // 25: hull.agent.v1.Containers.UpdateContainer:input_type -> hull.agent.v1.UpdateContainerRequest
+	38, // 26: hull.agent.v1.Containers.WaitOOM:input_type -> hull.agent.v1.WaitOOMRequest
+	4,  // 27: hull.agent.v1.Containers.CreateSandbox:output_type -> hull.agent.v1.CreateSandboxResponse
+	6,  // 28: hull.agent.v1.Containers.DestroySandbox:output_type -> hull.agent.v1.DestroySandboxResponse
+	9,  // 29: hull.agent.v1.Containers.CreateContainer:output_type -> hull.agent.v1.CreateContainerResponse
+	11, // 30: hull.agent.v1.Containers.StartContainer:output_type -> hull.agent.v1.StartContainerResponse
+	13, // 31: hull.agent.v1.Containers.RemoveContainer:output_type -> hull.agent.v1.RemoveContainerResponse
+	15, // 32: hull.agent.v1.Containers.ExecProcess:output_type -> hull.agent.v1.ExecProcessResponse
+	17, // 33: hull.agent.v1.Containers.SignalProcess:output_type -> hull.agent.v1.SignalProcessResponse
+	19, // 34: hull.agent.v1.Containers.WaitProcess:output_type -> hull.agent.v1.WaitProcessResponse
+	21, // 35: hull.agent.v1.Containers.ResizeTTY:output_type -> hull.agent.v1.ResizeTTYResponse
+	23, // 36: hull.agent.v1.Containers.CloseStdin:output_type -> hull.agent.v1.CloseStdinResponse
+	25, // 37: hull.agent.v1.Containers.ListProcesses:output_type -> hull.agent.v1.ListProcessesResponse
+	27, // 38: hull.agent.v1.Containers.Stats:output_type -> hull.agent.v1.StatsResponse
+	33, // 39: hull.agent.v1.Containers.PauseContainer:output_type -> hull.agent.v1.PauseContainerResponse
+	35, // 40: hull.agent.v1.Containers.ResumeContainer:output_type -> hull.agent.v1.ResumeContainerResponse
+	37, // 41: hull.agent.v1.Containers.UpdateContainer:output_type -> hull.agent.v1.UpdateContainerResponse
+	39, // 42: hull.agent.v1.Containers.WaitOOM:output_type -> hull.agent.v1.WaitOOMResponse
+	27, // [27:43] is the sub-list for method output_type
+	11, // [11:27] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_containers_proto_init() }
@@ -2329,13 +2523,14 @@ func file_containers_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_containers_proto_rawDesc), len(file_containers_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   38,
+			NumEnums:      1,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_containers_proto_goTypes,
 		DependencyIndexes: file_containers_proto_depIdxs,
+		EnumInfos:         file_containers_proto_enumTypes,
 		MessageInfos:      file_containers_proto_msgTypes,
 	}.Build()
 	File_containers_proto = out.File
