@@ -243,12 +243,12 @@ func writableLayer(m Mount) (*BlockRootfs, error) {
 		return nil, fmt.Errorf("erofs rootfs: the writable layer %s is not formatted (mount type %q; containerd's mount manager formats it): %w",
 			m.Source, m.Type, errdefs.ErrNotImplemented)
 	}
-	if !isLoop(m) {
-		return nil, fmt.Errorf("erofs rootfs: first mount of type %q: want the writable layer's image: %w", m.Type, errdefs.ErrNotImplemented)
-	}
 	b, err := BlockRootfsOf([]Mount{m})
 	if err != nil {
 		return nil, fmt.Errorf("erofs rootfs: writable layer: %w", err)
+	}
+	if b == nil { // not a loop mount
+		return nil, fmt.Errorf("erofs rootfs: first mount of type %q: want the writable layer's image: %w", m.Type, errdefs.ErrNotImplemented)
 	}
 	if b.ReadOnly {
 		return nil, fmt.Errorf("erofs rootfs: writable layer %s mounted read-only under an overlay upper: %w", m.Source, errdefs.ErrNotImplemented)

@@ -100,6 +100,11 @@ func TestErofsRootfsOf(t *testing.T) {
 			class:  errdefs.ErrNotImplemented,
 		},
 		{
+			name:   "writable layer not a loop mount",
+			mounts: []Mount{{Type: "ext4", Source: rw, Options: []string{"rw"}}, layer(l1), blockOverlay("{{ mount 1 }}")},
+			class:  errdefs.ErrNotImplemented,
+		},
+		{
 			name:   "writable layer of another file system",
 			mounts: []Mount{{Type: "xfs", Source: rw, Options: []string{"rw", "loop"}}, layer(l1), blockOverlay("{{ mount 1 }}")},
 			class:  errdefs.ErrNotImplemented,
