@@ -101,6 +101,11 @@ type Description struct {
 	StateDir          string   `json:"state_dir"`
 	Cgroup            string   `json:"cgroup,omitempty"`
 	Warnings          []string `json:"warnings,omitempty"`
+
+	// Firmware is the firmware the VM's options ask for (for QEMU's q35
+	// "qboot" or "seabios"; a template and its clones run SeaBIOS
+	// whatever it says); empty when the machine has only its own.
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Capability interfaces. A driver implements the ones it supports; callers
@@ -146,12 +151,15 @@ type BlockHotplugger interface {
 	// Config.HotplugBlocks) ErrResourceExhausted; an ID already in use
 	// ErrAlreadyExists.
 	AddBlock(ctx context.Context, b BlockDevice) error
-	// RemoveBlock unplugs the disk added as id. The guest must release
-	// the device: when it does not within the driver's bound, RemoveBlock
-	// logs it and returns nil; the disk's slot, and the hypervisor's hold
-	// on its file, stay until the guest lets the device go (then the slot
-	// is reused) or the VM stops. An unknown id is ErrNotFound.
-	RemoveBlock(ctx context.Context, id string) error
+	// RemoveBlock unplugs the disks added as ids, all at once: the
+	// driver asks for every unplug before it waits, once, for the guest.
+	// The guest must release each device: for one it does not release
+	// within the driver's bound, RemoveBlock logs it and goes on; the
+	// disk's slot, and the hypervisor's hold on its file, stay until the
+	// guest lets the device go (then the slot is reused) or the VM stops.
+	// An unknown id is ErrNotFound; the errors of the disks are joined,
+	// and the others are removed all the same.
+	RemoveBlock(ctx context.Context, ids ...string) error
 }
 
 // Size is how many vCPUs and how much memory a VM has.

@@ -232,94 +232,159 @@ func removeFDSet(ctx context.Context, q *qmpConn, fdset int64) error {
 	return nil
 }
 
-// RemoveBlock unplugs a disk AddBlock added: device_del, then it waits for
-// QEMU's DEVICE_DELETED, which comes once the guest has released the
-// device, for at most the unplug bound (10 s) or until ctx is done; then
-// blockdev-del and remove-fd drop QEMU's node and its descriptor of the
-// image, and the port is free again. A guest that does not release the
-// device does not hold up the caller: RemoveBlock logs it and returns nil,
-// and the port stays taken until QEMU shows the device gone: a late
-// DEVICE_DELETED, or its absence from QEMU's device tree when a later
+// RemoveBlock unplugs disks AddBlock added, all at once (the disks of
+// one container's root): a device_del each, then one wait, bounded once
+// by the unplug wait (10 s) or ctx, for QEMU's DEVICE_DELETED events,
+// which come once the guest has released each device; then, for each
+// disk gone, blockdev-del and remove-fd drop QEMU's node and its
+// descriptor of the image, and its port is free again. A guest that does
+// not release a disk does not hold up the caller: RemoveBlock logs it and
+// goes on, and the port stays taken until QEMU shows the device gone: a
+// late DEVICE_DELETED, or its absence from QEMU's device tree when a later
 // AddBlock needs a port. Then the node and the descriptor are dropped and
-// the port is offered again. At the latest they go with the VM.
-func (v *VM) RemoveBlock(ctx context.Context, id string) error {
+// the port is offered again. At the latest they go with the VM. The
+// errors of the disks (an unknown one is ErrNotFound) are joined; the
+// other disks are removed all the same.
+func (v *VM) RemoveBlock(ctx context.Context, ids ...string) error {
 	v.blkMu.Lock()
 	defer v.blkMu.Unlock()
-	i := v.blkPorts.find(id)
-	if i < 0 || v.blkPorts.slots[i].state == slotUnsure {
-		return fmt.Errorf("vm %s: disk %q: %w", v.cfg.ID, id, errdefs.ErrNotFound)
-	}
-	if v.blkPorts.slots[i].state == slotUnplugging {
-		// A second remove of a disk the guest keeps: already forgotten.
-		return fmt.Errorf("vm %s: disk %q: %w", v.cfg.ID, id, errdefs.ErrNotFound)
-	}
-	logger := log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "disk": id})
-	q, err := v.hotplugQMP("removing disk " + id)
-	if err != nil {
-		if hypervisor.IsExited(err) {
-			// The device went with the VM.
-			v.blkPorts.slots[i] = hotSlot{}
-			return nil
+	var (
+		errs []error
+		todo []string
+	)
+	for _, id := range ids {
+		i := v.blkPorts.find(id)
+		// An unsure port holds a disk whose add failed; an unplugging
+		// one a disk removed already, which the guest keeps.
+		if i < 0 || v.blkPorts.slots[i].state == slotUnsure || v.blkPorts.slots[i].state == slotUnplugging || slices.Contains(todo, id) {
+			errs = append(errs, fmt.Errorf("vm %s: disk %q: %w", v.cfg.ID, id, errdefs.ErrNotFound))
+			continue
 		}
-		return err
+		todo = append(todo, id)
 	}
-	err = v.hotRemove(ctx, q, &v.blkPorts, id)
-	switch {
-	case hypervisor.IsExited(err):
-		// The device went with the VM.
-		v.blkPorts.slots[i] = hotSlot{}
-		return nil
-	case errors.Is(err, errNotReleased):
-		logger.WithError(err).Warn("the guest keeps the disk: its port and image stay with qemu until the guest lets it go or the vm stops")
-		return nil
-	case err != nil:
-		return fmt.Errorf("vm %s: removing disk %q: %w", v.cfg.ID, id, err)
+	if len(todo) == 0 {
+		return errors.Join(errs...)
 	}
-	logger.Info("disk removed")
-	return nil
+	q, err := v.hotplugQMP("removing disks")
+	if err != nil {
+		if !hypervisor.IsExited(err) {
+			return errors.Join(append(errs, err)...)
+		}
+		// The devices went with the VM.
+		for _, id := range todo {
+			v.blkPorts.slots[v.blkPorts.find(id)] = hotSlot{}
+		}
+		return errors.Join(errs...)
+	}
+	for k, err := range v.hotRemoveAll(ctx, q, &v.blkPorts, todo) {
+		id := todo[k]
+		logger := log.G(ctx).WithFields(log.Fields{"vm": v.cfg.ID, "disk": id})
+		switch {
+		case hypervisor.IsExited(err):
+			// The device went with the VM.
+			if i := v.blkPorts.find(id); i >= 0 {
+				v.blkPorts.slots[i] = hotSlot{}
+			}
+		case errors.Is(err, errNotReleased):
+			logger.WithError(err).Warn("the guest keeps the disk: its port and image stay with qemu until the guest lets it go or the vm stops")
+		case err != nil:
+			errs = append(errs, fmt.Errorf("vm %s: removing disk %q: %w", v.cfg.ID, id, err))
+		default:
+			logger.Info("disk removed")
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // errNotReleased is unplugDevice's error when the guest has not released
 // the device within the bound (or before ctx was done).
 var errNotReleased = errors.New("the guest did not release the device")
 
-// unplugDevice asks QEMU to unplug devID (device_del) and waits for its
-// DEVICE_DELETED, which comes once the guest has released the device, for
-// at most unplugWait or until ctx is done (errNotReleased), or until the
-// monitor connection ends (QEMU exited or is stopping: the connection's
-// error). A device QEMU does not know is gone already. When the wait ends
-// without the event, the device is marked so that its event, when it
-// comes late, frees its port (deviceDeleted, releaseLate).
+// unplugDevice unplugs devID: unplugDevices of that one.
 func (v *VM) unplugDevice(ctx context.Context, q *qmpConn, devID string) error {
-	deleted := v.watchDeleted(devID)
-	if _, err := q.execute(ctx, "device_del", map[string]any{"id": devID}); err != nil {
-		v.unwatchDeleted(devID, false)
-		if errdefs.IsNotFound(err) {
-			return nil
+	return v.unplugDevices(ctx, q, []string{devID})[0]
+}
+
+// unplugDevices asks QEMU to unplug every device of devs (a device_del
+// each, all sent before any wait), then waits for their DEVICE_DELETED
+// events, which come once the guest has released each device, with one
+// deadline for all: at most unplugWait from the last device_del's answer,
+// or until ctx is done (errNotReleased for each device not yet deleted),
+// or until the monitor connection ends (QEMU exited or is stopping: the
+// connection's error). A device QEMU does not know is gone already. A
+// device_del whose answer was lost (ctx ended after it went out) counts
+// as an unplug the guest has not answered yet (errNotReleased): QEMU may
+// have run it. Once ctx is done, no device_del goes out (a ctx canceled
+// without a deadline would not stop the write): each device not asked
+// yet gets ctx's error, as one whose device_del was not sent, and stays
+// plugged. A device whose wait ends without the event is marked so that
+// its event, when it comes late, frees its port (deviceDeleted,
+// releaseLate). The errors are one per device, in order; nil where the
+// device is gone.
+func (v *VM) unplugDevices(ctx context.Context, q *qmpConn, devs []string) []error {
+	errs := make([]error, len(devs))
+	deleted := make([]<-chan struct{}, len(devs))
+	for i, dev := range devs {
+		if err := ctx.Err(); err != nil {
+			// Not sent: the device stays plugged in its port.
+			errs[i] = fmt.Errorf("device %s: device_del not sent: %w", dev, err)
+			continue
 		}
-		return err
+		deleted[i] = v.watchDeleted(dev)
+		_, err := q.execute(ctx, "device_del", map[string]any{"id": dev})
+		switch {
+		case err == nil:
+			continue
+		case lostAnswer(err):
+			// The command went out and QEMU may run it: the device
+			// is treated as one the guest has not released yet, so
+			// that QEMU's word frees its port (its late event, or
+			// its absence from QEMU's tree).
+			if !v.unwatchDeleted(dev, true) {
+				errs[i] = fmt.Errorf("device %s: device_del's answer lost, %w yet: %w", dev, errNotReleased, err)
+			}
+		default:
+			v.unwatchDeleted(dev, false)
+			if !errdefs.IsNotFound(err) {
+				errs[i] = err
+			}
+		}
+		deleted[i] = nil
 	}
 	wait := time.NewTimer(v.unplugWait)
 	defer wait.Stop()
-	var err error
-	select {
-	case <-deleted:
-		v.unwatchDeleted(devID, false)
-		return nil
-	case <-wait.C:
-		err = fmt.Errorf("device %s: %w within %s", devID, errNotReleased, v.unplugWait)
-	case <-ctx.Done():
-		err = fmt.Errorf("device %s: %w: %w", devID, errNotReleased, ctx.Err())
-	case <-q.closed:
-		// No event comes any more: QEMU exited, or is being stopped.
-		v.unwatchDeleted(devID, false)
-		return fmt.Errorf("device %s: waiting for its release: %w", devID, q.closedErr())
+	var end error
+	for i, dev := range devs {
+		if deleted[i] == nil {
+			continue
+		}
+		if end == nil {
+			select {
+			case <-deleted[i]:
+				v.unwatchDeleted(dev, false)
+				continue
+			case <-wait.C:
+				end = fmt.Errorf("%w within %s", errNotReleased, v.unplugWait)
+			case <-ctx.Done():
+				end = fmt.Errorf("%w: %w", errNotReleased, ctx.Err())
+			case <-q.closed:
+				// No event comes any more: QEMU exited, or is being
+				// stopped.
+				end = fmt.Errorf("waiting for its release: %w", q.closedErr())
+			}
+		}
+		if errors.Is(end, errNotReleased) {
+			if !v.unwatchDeleted(dev, true) {
+				errs[i] = fmt.Errorf("device %s: %w", dev, end)
+			}
+			// Else the event came as the wait ended.
+			continue
+		}
+		if !v.unwatchDeleted(dev, false) {
+			errs[i] = fmt.Errorf("device %s: %w", dev, end)
+		}
 	}
-	if v.unwatchDeleted(devID, true) {
-		// The event came as the wait ended.
-		return nil
-	}
-	return err
+	return errs
 }
 
 // watchDeleted returns a channel closed when QEMU reports that the device

@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +13,7 @@ import (
 )
 
 func TestBlockHotplug(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "disk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
+	f := tempDisk(t)
 	disk := func(id string, ro bool) hypervisor.BlockDevice {
 		return hypervisor.BlockDevice{ID: id, File: f, ReadOnly: ro, Serial: "s-" + id}
 	}
@@ -121,9 +116,7 @@ device_del {"id":"blkdev-r1"}`,
 			for _, f := range tc.fail {
 				m.fail[f] = true
 			}
-			cfg := baseConfig()
-			cfg.HotplugBlocks = 2
-			v := runningVM(t, cfg, MachineQ35, m)
+			v := q35VM(t, m, 2, 0)
 			v.unplugWait = 200 * time.Millisecond
 			b, err := hypervisor.AsBlockHotplugger(v)
 			if err != nil {
@@ -142,9 +135,7 @@ device_del {"id":"blkdev-r1"}`,
 					t.Errorf("%s #%d: got %v, want class %v", what, i, err, s.class)
 				}
 			}
-			m.mu.Lock()
-			got := strings.Join(m.log, "\n")
-			m.mu.Unlock()
+			got := m.qmpLog()
 			if got != tc.log {
 				t.Errorf("qmp log:\n%s\nwant\n%s", got, tc.log)
 			}
@@ -153,11 +144,7 @@ device_del {"id":"blkdev-r1"}`,
 }
 
 func TestBlockHotplugUnsupported(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "disk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
+	f := tempDisk(t)
 	tests := []struct {
 		name    string
 		machine string
@@ -171,12 +158,8 @@ func TestBlockHotplugUnsupported(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := New(baseConfig(), Options{Machine: tc.machine, Accel: AccelTCG, TSCKHz: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			v.state = tc.state
-			err = v.AddBlock(context.Background(), hypervisor.BlockDevice{ID: "r1", File: f})
+			v := vmIn(t, baseConfig(), tc.machine, tc.state)
+			err := v.AddBlock(context.Background(), hypervisor.BlockDevice{ID: "r1", File: f})
 			if !errors.Is(err, tc.class) {
 				t.Errorf("got %v, want class %v", err, tc.class)
 			}
@@ -195,25 +178,19 @@ func TestBlockHotplugUnsupported(t *testing.T) {
 // answering add-fd leaves QEMU holding the descriptor in an fd set the
 // driver never learnt the number of; the rollback must still remove it.
 func TestBlockHotplugLostAnswer(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "disk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
+	f := tempDisk(t)
 	m := newFakeMachine(2, 2)
 	m.delay["add-fd"] = 300 * time.Millisecond
-	cfg := baseConfig()
-	cfg.HotplugBlocks = 1
-	v := runningVM(t, cfg, MachineQ35, m)
+	v := q35VM(t, m, 1, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	err = v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
+	err := v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want class %v", err, context.DeadlineExceeded)
 	}
 	// The fake answers in order: once it answered this, it has handled
 	// the late add-fd too.
-	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	syncQMP(v)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.open) != 0 {
@@ -226,23 +203,17 @@ func TestBlockHotplugLostAnswer(t *testing.T) {
 // rollback unplugs it before it deletes the node, so that neither the
 // device nor the node (and the image descriptor it holds) stays.
 func TestBlockHotplugLostDeviceAdd(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "disk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
+	f := tempDisk(t)
 	m := newFakeMachine(2, 2)
 	m.delay["device_add"] = 300 * time.Millisecond
-	cfg := baseConfig()
-	cfg.HotplugBlocks = 1
-	v := runningVM(t, cfg, MachineQ35, m)
+	v := q35VM(t, m, 1, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	err = v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
+	err := v.AddBlock(ctx, hypervisor.BlockDevice{ID: "r1", File: f, Serial: "s-r1"})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want class %v", err, context.DeadlineExceeded)
 	}
-	_, _ = v.qmp.execute(context.Background(), "query-status", nil)
+	syncQMP(v)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.devices) != 0 || len(m.open) != 0 {

@@ -53,7 +53,7 @@ type props struct {
 // (tb-size). QEMU's own default is 1 GiB. The cache is written from its
 // start and only flushed when full, so a guest's QEMU keeps as much of it
 // resident as the guest has ever had translated, up to the size: a boot
-// alone translates about 45 MiB, a first container 15 more. A cache
+// alone translates about 42 MiB, a first container 15 more. A cache
 // smaller than that is flushed again and again and the code translated
 // anew: with 32 MiB each container start took about 4 times the CPU time
 // (docs/benchmarks.md).
@@ -135,6 +135,21 @@ type layout struct {
 	freePageReporting bool
 	// tcgCacheMiB is Options.TCGCacheMiB, the default filled in.
 	tcgCacheMiB uint32
+	// firmware is Options.Firmware, the default filled in;
+	// firmwarePath is qboot's image found by Start (usesQboot).
+	firmware     string
+	firmwarePath string
+	// ramFD is the descriptor of a private clone's RAM (a memfd) in
+	// QEMU, passed after the vhost-net descriptors.
+	ramFD int
+}
+
+// usesQboot says whether a VM of cfg runs qboot: a q35 VM with that
+// firmware, except a template and its clones, which keep SeaBIOS: qboot
+// does not boot a machine with a vmgenid device (the guest never starts),
+// and clones must run the firmware their template ran.
+func usesQboot(cfg *hypervisor.Config, l layout) bool {
+	return l.machine == MachineQ35 && l.firmware == FirmwareQboot && cfg.Template == nil
 }
 
 // buildArgs returns QEMU's argv, program name first. It reads no host
@@ -181,7 +196,7 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 	a.addOpt("m", m)
 	if t := cfg.Template; t != nil {
 		// Guest RAM is a file: the template's, or the clone's copy of it.
-		path, share := ramFile(cfg)
+		path, share := ramFile(cfg, l.ramFD)
 		a.addOpt("object", opt("memory-backend-file",
 			p("id", "mem"), p("size", fmt.Sprintf("%dM", cfg.MemoryMiB)), p("mem-path", path), pBool("share", share)))
 	} else if cfg.SharedMemory {
@@ -193,6 +208,16 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 		a.add("global", "virtio-mmio.force-legacy=false")
 	}
 
+	if usesQboot(cfg, l) {
+		// By its absolute path (Start finds it in QEMU's data
+		// directory): QEMU would look for a bare name in its working
+		// directory first.
+		bios := l.firmwarePath
+		if bios == "" {
+			bios = qbootFile
+		}
+		a.add("bios", bios)
+	}
 	a.add("kernel", cfg.Kernel)
 	if cfg.Initrd != "" {
 		a.add("initrd", cfg.Initrd)
@@ -384,6 +409,12 @@ func blockdevOpt(bd hypervisor.BlockDevice) props {
 // kernelParams are the driver's parameters, then the caller's.
 func kernelParams(cfg *hypervisor.Config, l layout) []string {
 	ps := []string{"console=ttyS0", "panic=-1", "cryptomgr.notests", "no_timer_check", "rcupdate.rcu_expedited=1"}
+	// The dentry and inode caches' hash tables, which the kernel sizes
+	// from the boot memory (a bucket per 8 and 16 KiB: 768 KiB for 512
+	// MiB) and zeroes at boot, each at an eighth of that: an idle guest
+	// caches a few thousand of each, and a guest that caches hundreds of
+	// thousands walks chains 8 times as long.
+	ps = append(ps, fmt.Sprintf("dhash_entries=%d", uint64(cfg.MemoryMiB)*16), fmt.Sprintf("ihash_entries=%d", uint64(cfg.MemoryMiB)*8))
 	if !cfg.Debug {
 		// Every console line costs time under emulation.
 		ps = append(ps, "quiet")

@@ -104,6 +104,8 @@ func TestArgsGolden(t *testing.T) {
 			return c
 		}(), Options{Accel: AccelKVM}},
 		{"q35-serial-reclaim", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
+		{"q35-serial-seabios", baseConfig(), Options{Accel: AccelTCG, TSCKHz: 2445432, Firmware: FirmwareSeaBIOS}},
+		{"microvm-serial-seabios", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, Firmware: FirmwareSeaBIOS}},
 		{"microvm-serial-reclaim", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432, FreePageReporting: true}},
 		{"microvm-serial", baseConfig(), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 2445432}},
 		{"microvm-vsock", vsock(baseConfig()), Options{Machine: MachineMicroVM, Accel: AccelTCG, TSCKHz: 1000000}},
@@ -228,6 +230,7 @@ func TestNewRejects(t *testing.T) {
 		{"too many max vcpus", func(c *hypervisor.Config, _ *Options) { c.MaxVCPUs = 256 }, "at most 256 vCPUs"},
 		{"bad machine", func(_ *hypervisor.Config, o *Options) { o.Machine = "pc" }, "machine"},
 		{"bad accel", func(_ *hypervisor.Config, o *Options) { o.Accel = "hvf" }, "accelerator"},
+		{"bad firmware", func(_ *hypervisor.Config, o *Options) { o.Firmware = "ovmf" }, "firmware"},
 		{"escaping cgroup parent", func(_ *hypervisor.Config, o *Options) { o.CgroupParent = "../x" }, "cgroup parent"},
 		{"absolute cgroup parent", func(_ *hypervisor.Config, o *Options) { o.CgroupParent = "/x" }, "cgroup parent"},
 		{"no transport", func(c *hypervisor.Config, _ *Options) { c.Agent.Transport = "" }, "transport"},

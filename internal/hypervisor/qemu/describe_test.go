@@ -21,6 +21,7 @@ func TestDescribeTellsMachinesApart(t *testing.T) {
 		{"qemu drops root", func(o *Options) { o.RunAsUIDBase, o.RunAsUIDCount = 200000, 100 }},
 		{"free page reporting", func(o *Options) { o.FreePageReporting = true }},
 		{"cpu model", func(o *Options) { o.CPUModel = "max" }},
+		{"firmware", func(o *Options) { o.Firmware = FirmwareSeaBIOS }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -47,7 +48,7 @@ func TestDescribeTellsMachinesApart(t *testing.T) {
 func TestDescribeKnowsEveryOption(t *testing.T) {
 	known := []string{
 		// Described.
-		"Binary", "Machine", "Accel", "CPUModel", "RunAsUIDBase", "RunAsUIDCount", "FreePageReporting",
+		"Binary", "Machine", "Accel", "CPUModel", "RunAsUIDBase", "RunAsUIDCount", "FreePageReporting", "Firmware",
 		// The host's side of a running VM, or the guest's clock
 		// calibration hint; the host's translation cache size, which the
 		// guest does not see; tests.

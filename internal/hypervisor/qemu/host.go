@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // Host files read for the TSC frequency; variables for tests.
@@ -93,6 +96,42 @@ func parseVersion(out string) string {
 	}
 	v, _, _ := strings.Cut(rest, " ")
 	return v
+}
+
+// firmwareDirs are where QEMU's firmware images are looked for, after the
+// data directory beside the program (<prefix>/share/qemu of a program in
+// <prefix>/bin): the directories distributions and source builds install
+// into.
+var firmwareDirs = []string{"/usr/share/qemu", "/usr/local/share/qemu", "/usr/share/qemu-kvm"}
+
+// firmwarePath returns the absolute path of QEMU's firmware image name for
+// the program bin (resolved), so that QEMU never looks for it in its
+// working directory; an error that names the package and the setting when
+// no data directory has it.
+func firmwarePath(bin, name string) (string, error) {
+	dirs := append([]string{filepath.Join(filepath.Dir(bin), "..", "share", "qemu")}, firmwareDirs...)
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return filepath.Clean(p), nil
+		}
+	}
+	return "", fmt.Errorf("firmware %s of %s not found in %s (Debian and Ubuntu: package qemu-system-data; or set hypervisor.qemu.firmware = %q): %w",
+		name, bin, strings.Join(dirs, ", "), FirmwareSeaBIOS, errdefs.ErrNotFound)
+}
+
+// FirmwareFile is the firmware image a q35 VM of firmware runs from QEMU's
+// data directories, for the QEMU program bin: its absolute path; "" for
+// SeaBIOS (QEMU's default, built in its own search).
+func FirmwareFile(bin, firmware string) (string, error) {
+	if firmware != FirmwareQboot && firmware != "" {
+		return "", nil
+	}
+	p, err := lookBinary(bin)
+	if err != nil {
+		return "", err
+	}
+	return firmwarePath(p, qbootFile)
 }
 
 // lookBinary resolves the QEMU program.

@@ -32,7 +32,8 @@ type fakeMachine struct {
 	log []string
 	// devices are the IDs of the plugged virtio-blk devices; fdsets
 	// counts the fd sets add-fd made. With fail["DEVICE_DELETED"] the
-	// guest never releases a device.
+	// guest never releases a device, with fail["DEVICE_DELETED <id>"]
+	// never that one.
 	devices []string
 	fdsets  int
 	// open are the fd sets add-fd made and remove-fd has not removed.
@@ -150,8 +151,8 @@ func (m *fakeMachine) answer(cmd string, raw json.RawMessage, id string) []strin
 		if i < 0 {
 			return fail("DeviceNotFound", "Device '"+args["id"].(string)+"' not found")
 		}
-		if m.fail["DEVICE_DELETED"] {
-			// A guest that never releases the device.
+		if m.fail["DEVICE_DELETED"] || m.fail["DEVICE_DELETED "+args["id"].(string)] {
+			// A guest that never releases the device (any, or this one).
 			return reply(struct{}{})
 		}
 		m.devices = slices.Delete(m.devices, i, i+1)
@@ -348,11 +349,7 @@ func TestResizeUnsupported(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := New(hotplugConfig(), Options{Machine: tc.machine, Accel: AccelTCG, TSCKHz: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			v.state = tc.state
+			v := vmIn(t, hotplugConfig(), tc.machine, tc.state)
 			if _, err := v.Resize(context.Background(), 3, 640); !errors.Is(err, tc.class) {
 				t.Errorf("got %v, want class %v", err, tc.class)
 			}

@@ -88,14 +88,18 @@ func (v *VM) AddNetworks(ctx context.Context, ns []hypervisor.NetworkDevice) (re
 		if retErr == nil {
 			return
 		}
-		for _, id := range slices.Backward(added) {
-			// The caller's ctx may be what failed; each unplug is
-			// bounded by the unplug wait.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.unplugWait+rollbackTimeout)
-			err := v.hotRemove(rctx, q, p, id)
-			cancel()
+		if len(added) == 0 {
+			return
+		}
+		// The caller's ctx may be what failed; the unplugs go out
+		// together, and their one wait is bounded by the unplug wait.
+		last := slices.Clone(added)
+		slices.Reverse(last)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.unplugWait+rollbackTimeout)
+		defer cancel()
+		for k, err := range v.hotRemoveAll(rctx, q, p, last) {
 			if err != nil {
-				retErr = errors.Join(retErr, fmt.Errorf("removing network %q again: %w", id, err))
+				retErr = errors.Join(retErr, fmt.Errorf("removing network %q again: %w", last[k], err))
 			}
 		}
 	}()

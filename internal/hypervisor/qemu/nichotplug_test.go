@@ -125,12 +125,8 @@ func TestAddNetworkUnsupported(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := New(baseConfig(), Options{Machine: tc.machine, Accel: AccelTCG, TSCKHz: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			v.state = tc.state
-			err = v.AddNetwork(context.Background(), hypervisor.NetworkDevice{ID: "eth0", FDs: []uintptr{0}})
+			v := vmIn(t, baseConfig(), tc.machine, tc.state)
+			err := v.AddNetwork(context.Background(), hypervisor.NetworkDevice{ID: "eth0", FDs: []uintptr{0}})
 			if !errors.Is(err, tc.class) {
 				t.Errorf("got %v, want class %v", err, tc.class)
 			}

@@ -28,6 +28,20 @@ const (
 	AccelTCG  = "tcg"
 )
 
+// Firmware of a q35 VM (Options.Firmware).
+const (
+	// FirmwareQboot is qboot, a minimal firmware that sets up the
+	// machine and jumps to the kernel QEMU loaded (QEMU's qboot.rom; a
+	// microvm's firmware is qboot too). Under TCG it boots with less
+	// translated code and guest memory than SeaBIOS.
+	FirmwareQboot = "qboot"
+	// FirmwareSeaBIOS is QEMU's default PC BIOS.
+	FirmwareSeaBIOS = "seabios"
+)
+
+// qbootFile is qboot's image in QEMU's data directory.
+const qbootFile = "qboot.rom"
+
 // DefaultBinary is looked up in PATH when Options.Binary is empty.
 const DefaultBinary = "qemu-system-x86_64"
 
@@ -77,6 +91,11 @@ type Options struct {
 	// TCGCacheMiB is the size of TCG's translated-code cache in MiB
 	// (-accel tcg,tb-size=); DefaultTCGCacheMiB when 0. Unused under KVM.
 	TCGCacheMiB uint32
+	// Firmware is the firmware of a q35 VM: FirmwareQboot (the default
+	// when empty) or FirmwareSeaBIOS. Ignored on microvm, whose firmware
+	// is QEMU's own (qboot), and by VM templates and their clones, which
+	// run SeaBIOS (see buildArgs).
+	Firmware string
 	// ProbeKVM replaces kvm.ProbeCached when Accel is AccelAuto; for tests.
 	ProbeKVM func(ctx context.Context) kvm.Result
 }
@@ -123,6 +142,13 @@ func validate(cfg *hypervisor.Config, o *Options) error {
 	case MachineQ35, MachineMicroVM:
 	default:
 		return inval("machine %q: want %q or %q", o.Machine, MachineQ35, MachineMicroVM)
+	}
+	switch o.Firmware {
+	case "":
+		o.Firmware = FirmwareQboot
+	case FirmwareQboot, FirmwareSeaBIOS:
+	default:
+		return inval("firmware %q: want %q or %q", o.Firmware, FirmwareQboot, FirmwareSeaBIOS)
 	}
 	switch o.Accel {
 	case "":

@@ -16,7 +16,8 @@ import (
 //
 //	free -> used               (the device_add answered)
 //	free -> unsure             (the device_add's answer was lost)
-//	used -> unplugging         (the guest did not release it in time)
+//	used -> unplugging         (the guest did not release it in time, or
+//	                            it did and the release failed)
 //	used|unsure|unplugging -> free  (QEMU no longer has the device, and
 //	                                  what it used is released)
 //
@@ -198,32 +199,72 @@ func (v *VM) hotAdd(ctx context.Context, q *qmpConn, p *hotPorts, id, dev string
 	return nil
 }
 
-// hotRemove unplugs the device in the port that holds id and, once QEMU
-// reports it deleted, releases what it used and frees the port. A guest
-// that does not release the device within the unplug bound leaves the
-// port unplugging, and hotRemove returns errNotReleased: the port is freed
-// when QEMU's DEVICE_DELETED comes late (deviceDeleted), or when a later
-// hot-add finds the device gone (settle); at the latest the device and
-// all it holds go with the VM. The caller holds the table's mutex.
+// hotRemove unplugs the device in the port that holds id: hotRemoveAll
+// of that one.
 func (v *VM) hotRemove(ctx context.Context, q *qmpConn, p *hotPorts, id string) error {
-	i := p.find(id)
-	if i < 0 {
-		return fmt.Errorf("%s %q: %w", p.kind, id, errdefs.ErrNotFound)
+	return v.hotRemoveAll(ctx, q, p, []string{id})[0]
+}
+
+// hotRemoveAll unplugs the devices in the ports that hold ids, all at
+// once: every device_del goes out first, then one wait, bounded once by
+// the unplug wait (or ctx), takes QEMU's DEVICE_DELETED events of all of
+// them (unplugDevices). Each device QEMU reports deleted has what it used
+// released and its port freed. A device the guest does not release within
+// the bound, or whose device_del's answer was lost (QEMU may have run
+// it), leaves its port unplugging, with errNotReleased for its id: the
+// port is freed when QEMU's DEVICE_DELETED comes late (deviceDeleted), or
+// when a later hot-add finds the device gone (settle); at the latest the
+// device and all it holds go with the VM. The releases run after the wait
+// on a fresh ctx bounded by rollbackTimeout (the wait may have used up
+// ctx); a gone device whose release fails leaves its port unplugging too,
+// for settle to release again. The errors are one per id, in
+// order; nil where the device is gone. The caller holds the table's
+// mutex.
+func (v *VM) hotRemoveAll(ctx context.Context, q *qmpConn, p *hotPorts, ids []string) []error {
+	errs := make([]error, len(ids))
+	var (
+		devs  []string
+		ports []int
+		of    []int
+	)
+	for k, id := range ids {
+		i := p.find(id)
+		switch {
+		case i < 0 || slices.Contains(ports, i):
+			errs[k] = fmt.Errorf("%s %q: %w", p.kind, id, errdefs.ErrNotFound)
+		case p.slots[i].state == slotUnplugging:
+			// Asked already: still waiting for the guest.
+			errs[k] = fmt.Errorf("device %s: %w", p.slots[i].dev, errNotReleased)
+		default:
+			devs, ports, of = append(devs, p.slots[i].dev), append(ports, i), append(of, k)
+		}
 	}
-	s := &p.slots[i]
-	if s.state == slotUnplugging {
-		// Asked already: still waiting for the guest.
-		return fmt.Errorf("device %s: %w", s.dev, errNotReleased)
+	if len(devs) == 0 {
+		return errs
 	}
-	err := v.unplugDevice(ctx, q, s.dev)
-	switch {
-	case errors.Is(err, errNotReleased):
-		s.state = slotUnplugging
-		return err
-	case err != nil:
-		return err
+	gone := v.unplugDevices(ctx, q, devs)
+	// The wait may have used up ctx: what the gone devices used is
+	// released on a fresh bound, as a rollback's steps are.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	for j, err := range gone {
+		i, k := ports[j], of[j]
+		switch {
+		case errors.Is(err, errNotReleased):
+			p.slots[i].state = slotUnplugging
+			errs[k] = err
+		case err != nil:
+			errs[k] = err
+		default:
+			if errs[k] = v.releaseSlot(rctx, q, p, i); errs[k] != nil {
+				// The device is gone but what it used is not
+				// released: settle tries again, as for a device
+				// the guest let go late.
+				p.slots[i].state = slotUnplugging
+			}
+		}
 	}
-	return v.releaseSlot(ctx, q, p, i)
+	return errs
 }
 
 func (v *VM) unmarkUnplugging(dev string) {

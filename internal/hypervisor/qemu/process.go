@@ -98,12 +98,24 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		}
 	})
 
+	// rt times a clone's restore, part by part, for the "qemu started" line.
+	var rt restoreTimes
+	// ram is a private clone's copy of the template RAM, which QEMU
+	// inherits; the runtime's descriptor is closed when Start returns.
+	var ram *os.File
 	if v.cfg.Template != nil {
-		undoRAM, err := v.prepareTemplateRAM(ctx, cg)
+		began := time.Now()
+		f, undoRAM, err := v.prepareTemplateRAM(ctx, cg)
 		if err != nil {
 			return err
 		}
 		undo.push(undoRAM)
+		if f != nil {
+			ram = f
+			defer func() { _ = ram.Close() }()
+		}
+		rt.ramCopy = time.Since(began)
+		rt.ramCopied = allocatedBytes(ram)
 	}
 
 	lg, err := child.OpenLog(v.consolePath(), v.opts.ConsoleMax)
@@ -149,6 +161,16 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		fds = append(fds, f.Fd())
 	}
 	l.vhostNet = len(vhost) > 0
+	if ram != nil {
+		// After the taps and vhost-net descriptors that buildArgs counts.
+		l.ramFD = firstExtraFD + len(fds)
+		fds = append(fds, ram.Fd())
+	}
+	if usesQboot(&v.cfg, l) {
+		if l.firmwarePath, err = firmwarePath(bin, qbootFile); err != nil {
+			return err
+		}
+	}
 	args := buildArgs(&v.cfg, l)
 	args[0] = bin
 	if v.uid != nil {
@@ -170,11 +192,13 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 		Stdout:     out,
 		Stderr:     out,
 		ExtraFiles: extra,
+		Env:        qemuEnv(os.Environ()),
 	}
 	if v.cfg.OwnNetNS {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	}
 	logger.WithField("argv", strings.Join(args, " ")).Debug("starting qemu")
+	launched := time.Now()
 	if err := v.launch(cmd, cg); err != nil {
 		return fmt.Errorf("running %s: %w", bin, err)
 	}
@@ -231,8 +255,9 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	v.mu.Lock()
 	v.qmp = q
 	v.mu.Unlock()
+	rt.monitor = time.Since(launched)
 	if t := v.cfg.Template; t != nil && t.Restore {
-		used, err := v.restore(ctx, q)
+		used, err := v.restore(ctx, q, &rt)
 		if err != nil {
 			companionsUnused = !used
 			return exitedErr("restoring from the template", err)
@@ -246,8 +271,12 @@ func (v *VM) Start(ctx context.Context) (retErr error) {
 	if v.state == stateStarting {
 		v.state = stateRunning
 	}
-	logger.WithField("pid", cmd.Process.Pid).WithField("accel", v.layout.accel).
-		WithField("machine", v.layout.machine).WithField("vhost_net", l.vhostNet).Info("qemu started")
+	logger = logger.WithField("pid", cmd.Process.Pid).WithField("accel", v.layout.accel).
+		WithField("machine", v.layout.machine).WithField("vhost_net", l.vhostNet)
+	if t := v.cfg.Template; t != nil && t.Restore {
+		logger = logger.WithFields(rt.fields())
+	}
+	logger.Info("qemu started")
 	return nil
 }
 
@@ -434,8 +463,8 @@ func (v *VM) checkFiles() error {
 // except the console log (console.log and console.log.1).
 func (v *VM) removeStateFiles() {
 	files := []string{v.qmpPath(), v.consoleSocketPath(), v.pidPath()}
-	if t := v.cfg.Template; t != nil && t.Restore && t.Memory != hypervisor.TemplateMemoryShared {
-		files = append(files, filepath.Join(v.dir(), cloneMemoryName))
+	if privateClone(&v.cfg) {
+		files = append(files, filepath.Join(v.dir(), cloneMemoryFile))
 	}
 	if a := v.Agent(); a.Transport == hypervisor.TransportSerial && filepath.Dir(a.SocketPath) == v.dir() {
 		files = append(files, a.SocketPath)
@@ -443,6 +472,36 @@ func (v *VM) removeStateFiles() {
 	for _, f := range files {
 		_ = os.Remove(f)
 	}
+}
+
+// mallocTunables are the glibc malloc settings QEMU runs with: memory
+// blocks of 128 KiB or more are mapped and unmapped on their own, and the
+// heap is trimmed once 128 KiB at its top are free. glibc's defaults raise
+// both thresholds as a program frees large blocks (up to 32 MiB for the
+// mapping threshold), so that QEMU's heap would keep what it once held (the
+// software TLB's tables, resized during a boot under TCG, among it): about
+// 0.6 MiB more per idle VM (docs/benchmarks.md).
+const mallocTunables = "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072"
+
+// qemuEnv is QEMU's environment: env with mallocTunables added to its
+// GLIBC_TUNABLES, unless that sets a malloc threshold itself (the
+// operator's choice then stands); its other tunables are kept.
+func qemuEnv(env []string) []string {
+	for i, kv := range env {
+		v, ok := strings.CutPrefix(kv, "GLIBC_TUNABLES=")
+		if !ok {
+			continue
+		}
+		if v == "" {
+			v = mallocTunables
+		} else if !strings.Contains(v, "glibc.malloc.mmap_threshold") && !strings.Contains(v, "glibc.malloc.trim_threshold") {
+			v += ":" + mallocTunables
+		}
+		out := slices.Clone(env)
+		out[i] = "GLIBC_TUNABLES=" + v
+		return out
+	}
+	return append(slices.Clip(env), "GLIBC_TUNABLES="+mallocTunables)
 }
 
 // dupFiles duplicates descriptors the caller owns, so that handing them to

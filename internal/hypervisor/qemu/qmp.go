@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -237,8 +238,9 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args any, fd int) (
 	} else {
 		_ = q.conn.SetWriteDeadline(time.Time{})
 	}
+	// n is how much of the command went out.
+	var n int
 	if oob != nil {
-		var n int
 		msg := append(b, '\n')
 		n, _, err = uc.WriteMsgUnix(msg, oob, nil)
 		if n > 0 && n != len(msg) {
@@ -248,7 +250,6 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args any, fd int) (
 			_ = q.conn.Close()
 		}
 	} else {
-		var n int
 		n, err = q.conn.Write(append(b, '\n'))
 		if err != nil && n > 0 {
 			// Part of the command went out (the deadline passed while
@@ -261,6 +262,12 @@ func (q *qmpConn) executeFD(ctx context.Context, cmd string, args any, fd int) (
 	q.wmu.Unlock()
 	if err != nil {
 		q.forget(id)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Nothing went out before the caller's deadline: QEMU
+			// did not get the command, and the connection is as it
+			// was, not closed.
+			return nil, fmt.Errorf("qmp %s: not sent: %w", cmd, err)
+		}
 		return nil, fmt.Errorf("qmp %s: %w", cmd, errors.Join(err, q.closedErr()))
 	}
 

@@ -42,9 +42,14 @@ const (
 	templateStateName  = "state"
 )
 
-// cloneMemoryName is a private clone's copy of the template RAM, in its
-// state directory.
-const cloneMemoryName = "memory"
+// cloneMemoryName names a private clone's copy of the template RAM: a
+// memfd (shown as /memfd:hull-ram in QEMU's maps), which no path on the
+// host names. cloneMemoryFile is the name an earlier version gave the copy
+// in the state directory, removed with the state files.
+const (
+	cloneMemoryName = "hull-ram"
+	cloneMemoryFile = "memory"
+)
 
 // agentPortID is the device ID of the agent's virtio-serial port in
 // template and clone VMs.
@@ -66,8 +71,9 @@ var snapshotTimeout = 2 * time.Minute
 func fsPortID(i uint32) string { return fmt.Sprintf("fsport%d", i) }
 
 // ramFile returns the guest RAM file of a template or clone VM and whether
-// QEMU maps it shared.
-func ramFile(cfg *hypervisor.Config) (string, bool) {
+// QEMU maps it shared. A private clone's is the memfd QEMU inherits as its
+// descriptor ramFD (privateClone).
+func ramFile(cfg *hypervisor.Config, ramFD int) (string, bool) {
 	t := cfg.Template
 	switch {
 	case !t.Restore:
@@ -76,8 +82,15 @@ func ramFile(cfg *hypervisor.Config) (string, bool) {
 		// Copy-on-write: the guest never writes the template.
 		return filepath.Join(t.Dir, templateMemoryName), false
 	default:
-		return filepath.Join(cfg.StateDir, cloneMemoryName), true
+		return fmt.Sprintf("/proc/self/fd/%d", ramFD), true
 	}
+}
+
+// privateClone reports whether cfg is a clone with a private copy of its
+// template's RAM.
+func privateClone(cfg *hypervisor.Config) bool {
+	t := cfg.Template
+	return t != nil && t.Restore && t.Memory != hypervisor.TemplateMemoryShared
 }
 
 // templateBootFilesystems are the virtio-fs devices on QEMU's command line:
@@ -157,20 +170,21 @@ func checkTemplateDir(dir string) error {
 }
 
 // prepareTemplateRAM makes the RAM file a template or clone VM maps before
-// QEMU starts: a fresh file in the template directory for a template, a
-// copy of the template's for a private clone (copied in the VM's cgroup
-// cg). It returns the undo step.
-func (v *VM) prepareTemplateRAM(ctx context.Context, cg *vmCgroup) (func(), error) {
+// QEMU starts: a fresh file in the template directory for a template; for
+// a private clone, a copy of the template's in a memfd (copied in the VM's
+// cgroup cg), which it returns for QEMU to inherit. It returns the undo
+// step.
+func (v *VM) prepareTemplateRAM(ctx context.Context, cg *vmCgroup) (*os.File, func(), error) {
 	t := v.cfg.Template
 	if err := checkTemplateDir(t.Dir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	size := int64(v.cfg.MemoryMiB) << 20
 	src := filepath.Join(t.Dir, templateMemoryName)
 	if !t.Restore {
 		f, err := os.OpenFile(src, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("template memory: %w", err)
+			return nil, nil, fmt.Errorf("template memory: %w", err)
 		}
 		err = f.Truncate(size)
 		if cerr := f.Close(); err == nil {
@@ -178,46 +192,109 @@ func (v *VM) prepareTemplateRAM(ctx context.Context, cg *vmCgroup) (func(), erro
 		}
 		if err != nil {
 			_ = os.Remove(src)
-			return nil, fmt.Errorf("template memory: %w", err)
+			return nil, nil, fmt.Errorf("template memory: %w", err)
 		}
-		return func() { _ = os.Remove(src) }, nil
+		return nil, func() { _ = os.Remove(src) }, nil
 	}
 	for _, name := range []string{templateMemoryName, templateStateName} {
 		st, err := os.Lstat(filepath.Join(t.Dir, name))
 		if err != nil {
-			return nil, fmt.Errorf("template: %w: %w", err, errdefs.ErrNotFound)
+			return nil, nil, fmt.Errorf("template: %w: %w", err, errdefs.ErrNotFound)
 		}
 		if !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("template %s is not a regular file: %w", name, errdefs.ErrInvalidArgument)
+			return nil, nil, fmt.Errorf("template %s is not a regular file: %w", name, errdefs.ErrInvalidArgument)
 		}
 		if name == templateMemoryName && st.Size() != size {
-			return nil, fmt.Errorf("template memory is %d bytes, the vm has %d: %w", st.Size(), size, errdefs.ErrInvalidArgument)
+			return nil, nil, fmt.Errorf("template memory is %d bytes, the vm has %d: %w", st.Size(), size, errdefs.ErrInvalidArgument)
 		}
 	}
 	if t.Memory == hypervisor.TemplateMemoryShared {
-		return func() {}, nil
+		return nil, func() {}, nil
 	}
-	dst := filepath.Join(v.cfg.StateDir, cloneMemoryName)
-	_ = os.Remove(dst)
-	if err := copyInCgroup(ctx, src, dst, cg); err != nil {
-		_ = os.Remove(dst)
-		return nil, fmt.Errorf("copying the template memory: %w", err)
+	ram, err := copyToMemfd(ctx, src, size, cg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("copying the template memory: %w", err)
 	}
-	return func() { _ = os.Remove(dst) }, nil
+	return ram, func() { _ = ram.Close() }, nil
 }
 
-// copyInCgroup copies the file src to a new file dst, sparse (cp
+// copyToMemfd copies the template RAM file src, of size bytes, into a new
+// memfd, sparse: only the data the template's guest wrote takes memory.
+// The memfd lives in memory whatever file system holds the state
+// directory (no write-back of guest RAM to a disk, none to wait for when
+// the VM ends) and goes away with its last descriptor and mapping: nothing
+// to remove after a crash. The copy runs in cg (copyInCgroup), so that its
+// pages are charged to the VM.
+func copyToMemfd(ctx context.Context, src string, size int64, cg *vmCgroup) (*os.File, error) {
+	fd, err := unix.MemfdCreate(cloneMemoryName, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	ram := os.NewFile(uintptr(fd), "memfd:"+cloneMemoryName)
+	if err := copyInCgroup(ctx, src, ram, cg); err != nil {
+		_ = ram.Close()
+		return nil, err
+	}
+	st, err := ram.Stat()
+	if err == nil && st.Size() != size {
+		err = fmt.Errorf("the copy is %d bytes, the template %d: %w", st.Size(), size, errdefs.ErrUnknown)
+	}
+	if err != nil {
+		_ = ram.Close()
+		return nil, err
+	}
+	return ram, nil
+}
+
+// restoreTimes are how long the parts of a clone's start took, for its
+// log line.
+type restoreTimes struct {
+	// ramCopy is the making of the RAM file (a private clone's copy of
+	// the template's), ramCopied the bytes the copy holds (its allocated
+	// blocks: the data the template's guest wrote).
+	ramCopy   time.Duration
+	ramCopied int64
+	// monitor is QEMU's launch until its monitor answered.
+	monitor time.Duration
+	// migration is the state's load until the vCPUs run; filesystems the
+	// hot-add of the virtio-fs shares.
+	migration, filesystems time.Duration
+}
+
+func (rt restoreTimes) fields() log.Fields {
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return log.Fields{
+		"ram_copy_ms":    ms(rt.ramCopy),
+		"ram_copied_mib": rt.ramCopied >> 20,
+		"monitor_ms":     ms(rt.monitor),
+		"migration_ms":   ms(rt.migration),
+		"virtiofs_ms":    ms(rt.filesystems),
+	}
+}
+
+// allocatedBytes is the data f holds (its allocated blocks), 0 when it
+// cannot be read.
+func allocatedBytes(f *os.File) int64 {
+	var st unix.Stat_t
+	if f == nil || unix.Fstat(int(f.Fd()), &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+// copyInCgroup copies the file src into dst (truncated first), sparse (cp
 // --sparse=always: a template's RAM file holds data only where its guest
-// wrote), in a process placed in the VM's cgroup: the page cache of the
-// copy, which QEMU then maps as guest RAM, is charged to the VM, not to
-// the runtime.
-func copyInCgroup(ctx context.Context, src, dst string, cg *vmCgroup) error {
+// wrote), in a process placed in the VM's cgroup: the pages of the copy,
+// which QEMU then maps as guest RAM, are charged to the VM, not to the
+// runtime. cp writes dst through its descriptor 3 (/proc/self/fd/3): no path
+// names it.
+func copyInCgroup(ctx context.Context, src string, dst *os.File, cg *vmCgroup) error {
 	cp, err := exec.LookPath("cp")
 	if err != nil {
 		return err
 	}
 	out := &child.TailBuffer{Max: 4 << 10}
-	cmd := &exec.Cmd{Path: cp, Args: []string{"cp", "--sparse=always", "--reflink=auto", "--", src, dst}, Stdout: out, Stderr: out}
+	cmd := &exec.Cmd{Path: cp, Args: []string{"cp", "--sparse=always", "--", src, "/proc/self/fd/3"}, Stdout: out, Stderr: out, ExtraFiles: []*os.File{dst}}
 	done := make(chan error, 1)
 	if _, err := child.StartIn(cmd, nil, cg.g, func(ps *os.ProcessState, err error) {
 		if err == nil && !ps.Success() {
@@ -240,9 +317,10 @@ func copyInCgroup(ctx context.Context, src, dst string, cg *vmCgroup) error {
 // -incoming defer), starts the vCPUs and hot-adds the virtio-fs shares.
 // used says whether it got as far as the shares: a virtio-fs daemon serves
 // one connection, and a failure from there on may have used it up.
-func (v *VM) restore(ctx context.Context, q *qmpConn) (used bool, _ error) {
+func (v *VM) restore(ctx context.Context, q *qmpConn, rt *restoreTimes) (used bool, _ error) {
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
+	began := time.Now()
 	if err := setIgnoreShared(ctx, q); err != nil {
 		return false, err
 	}
@@ -263,6 +341,9 @@ func (v *VM) restore(ctx context.Context, q *qmpConn) (used bool, _ error) {
 	if _, err := q.execute(ctx, "cont", nil); err != nil {
 		return false, err
 	}
+	rt.migration = time.Since(began)
+	began = time.Now()
+	defer func() { rt.filesystems = time.Since(began) }()
 	for i, fs := range v.cfg.Filesystems {
 		if err := addFilesystem(ctx, q, fs, fmt.Sprintf("fs%d", i), fsPortID(uint32(i))); err != nil {
 			return true, fmt.Errorf("adding virtio-fs %q: %w", fs.Tag, err)

@@ -51,6 +51,9 @@ func TestArgsGoldenTemplate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if privateClone(&tc.cfg) {
+				v.layout.ramFD = firstExtraFD // as Start sets it: the memfd of the RAM copy
+			}
 			args, err := v.Args()
 			if err != nil {
 				t.Fatal(err)
@@ -227,7 +230,7 @@ func TestRestore(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(v.cfg.Template.Dir, templateStateName), []byte("state"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			used, err := v.restore(context.Background(), v.qmp)
+			used, err := v.restore(context.Background(), v.qmp, &restoreTimes{})
 			if tc.class == nil && err != nil || tc.class != nil && !errors.Is(err, tc.class) {
 				t.Fatalf("restore: %v, want class %v", err, tc.class)
 			}
@@ -243,7 +246,7 @@ func TestRestore(t *testing.T) {
 
 func TestRestoreNoState(t *testing.T) {
 	v := templateVM(t, templateConfig(true, hypervisor.TemplateMemoryShared), &fakeMigration{final: "completed"})
-	if _, err := v.restore(context.Background(), v.qmp); !errors.Is(err, os.ErrNotExist) {
+	if _, err := v.restore(context.Background(), v.qmp, &restoreTimes{}); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("restore without a state file: %v, want not exist", err)
 	}
 }

@@ -152,7 +152,7 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		v.blkPorts = newHotPorts("disk", blockPortID, cfg.HotplugBlocks)
 	}
 	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
-		freePageReporting: o.FreePageReporting, tcgCacheMiB: o.TCGCacheMiB}
+		freePageReporting: o.FreePageReporting, tcgCacheMiB: o.TCGCacheMiB, firmware: o.Firmware}
 	if v.layout.tcgCacheMiB == 0 {
 		v.layout.tcgCacheMiB = DefaultTCGCacheMiB
 	}
@@ -261,6 +261,9 @@ func (v *VM) Describe() hypervisor.Description {
 
 		CPUModel:          v.layout.cpuModel,
 		FreePageReporting: v.layout.freePageReporting,
+	}
+	if v.layout.machine == MachineQ35 {
+		d.Firmware = v.layout.firmware
 	}
 	if o := v.opts; o.RunAsUIDBase != 0 {
 		d.RunAsUIDs = fmt.Sprintf("%d-%d", o.RunAsUIDBase, uint64(o.RunAsUIDBase)+uint64(o.RunAsUIDCount)-1)

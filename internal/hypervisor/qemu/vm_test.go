@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
@@ -463,5 +466,55 @@ func TestRestoreFailureBootable(t *testing.T) {
 		if e.Name() != consoleLogName {
 			t.Errorf("%s left in the state dir", e.Name())
 		}
+	}
+}
+
+func TestQEMUEnv(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want []string
+	}{
+		{"adds the malloc tunables", []string{"PATH=/bin"}, []string{"PATH=/bin", "GLIBC_TUNABLES=" + mallocTunables}},
+		{"adds to the operator's", []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2", "PATH=/bin"}, []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2:" + mallocTunables, "PATH=/bin"}},
+		{"keeps the operator's threshold", []string{"PATH=/bin", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4096"}, []string{"PATH=/bin", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4096"}},
+		{"fills an empty one", []string{"GLIBC_TUNABLES="}, []string{"GLIBC_TUNABLES=" + mallocTunables}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := slices.Clone(tc.env)
+			if got := qemuEnv(tc.env); !slices.Equal(got, tc.want) {
+				t.Errorf("qemuEnv(%q) = %q, want %q", tc.env, got, tc.want)
+			}
+			if !slices.Equal(in, tc.env) {
+				t.Errorf("qemuEnv changed its argument: %q", tc.env)
+			}
+		})
+	}
+}
+
+// TestFirmwarePath checks that qboot's image is found by its absolute path
+// in the data directory beside the program, before the distributions'
+// directories, and that a missing image is a not-found error that names
+// the way out.
+func TestFirmwarePath(t *testing.T) {
+	saved := firmwareDirs
+	firmwareDirs = []string{t.TempDir()} // the host's own left out
+	t.Cleanup(func() { firmwareDirs = saved })
+	prefix := t.TempDir()
+	bin := filepath.Join(prefix, "bin", "qemu-system-x86_64")
+	rom := filepath.Join(prefix, "share", "qemu", qbootFile)
+	for _, d := range []string{filepath.Dir(bin), filepath.Dir(rom)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := firmwarePath(bin, qbootFile); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "qemu-system-data") || !strings.Contains(err.Error(), FirmwareSeaBIOS) {
+		t.Errorf("no image: err %v, want not found naming the package and %q", err, FirmwareSeaBIOS)
+	}
+	if err := os.WriteFile(rom, []byte("rom"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := firmwarePath(bin, qbootFile); err != nil || got != rom {
+		t.Errorf("firmwarePath = %q, %v; want %q", got, err, rom)
 	}
 }
