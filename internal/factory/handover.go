@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,14 +99,15 @@ var ErrRefused = fmt.Errorf("warm shim refused the hand-over: %w", errdefs.ErrFa
 
 // Handoff hands the listening shim socket and h to the warm shim at
 // socket, and commits the hand-over once the warm shim accepted it: from
-// then on that shim serves the socket. It returns the shim's PID. An error
-// means the warm shim does not serve (it stops its VM and exits), and the
-// caller starts a shim server of its own; ctx bounds the whole exchange.
+// then on that shim serves the socket. It returns a pidfd of the shim
+// (handoff), the caller's to close. An error means the warm shim does not
+// serve (it stops its VM and exits), and the caller starts a shim server
+// of its own; ctx bounds the whole exchange.
 func Handoff(ctx context.Context, socket string, listener *os.File, h Handover) (int, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unixpacket", socket)
 	if err != nil {
-		return 0, fmt.Errorf("dialing warm shim: %w", err)
+		return -1, fmt.Errorf("dialing warm shim: %w", err)
 	}
 	conn := c.(*net.UnixConn)
 	defer func() { _ = conn.Close() }()
@@ -119,40 +121,59 @@ func Handoff(ctx context.Context, socket string, listener *os.File, h Handover) 
 
 // handoff is Handoff on an open connection. The peer must run as this
 // process's user (the pod's socket goes to no one else), and its reply
-// must name the peer's own PID, which the kernel tells: the caller acts on
-// that PID (cgroups, OOM score).
-func handoff(conn *net.UnixConn, listener *os.File, h Handover) (int, error) {
+// must name the peer's own PID, which the kernel tells.
+//
+// The peer is held by a pidfd, opened on the PID the kernel gave before
+// anything is sent: the peer answers only while it is alive, so a reply
+// that comes proves that the PID was still the peer's when the pidfd was
+// opened, and the pidfd is the peer's whatever becomes of the PID (the
+// factory, the warm shim's parent, reaps it as soon as it exits). The
+// caller acts on the shim through it (kill, wait) and on its PID only
+// while the pidfd shows it alive (cgroups, OOM score). A peer whose pidfd
+// cannot be opened (gone, no pidfd_open, no descriptor left) gets nothing:
+// its wait ends on the closed connection, and it stops its VM and exits,
+// claimed by no one.
+func handoff(conn *net.UnixConn, listener *os.File, h Handover) (_ int, retErr error) {
 	peer, err := peerCred(conn)
 	if err != nil {
-		return 0, fmt.Errorf("warm shim's credentials: %w", err)
+		return -1, fmt.Errorf("warm shim's credentials: %w", err)
 	}
 	if int(peer.Uid) != os.Geteuid() {
-		return 0, fmt.Errorf("warm shim runs as user %d, not %d: %w", peer.Uid, os.Geteuid(), ErrRefused)
+		return -1, fmt.Errorf("warm shim runs as user %d, not %d: %w", peer.Uid, os.Geteuid(), ErrRefused)
 	}
+	pidfd, err := unix.PidfdOpen(int(peer.Pid), 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd of the warm shim %d: %w", peer.Pid, err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = unix.Close(pidfd)
+		}
+	}()
 	b, err := json.Marshal(h)
 	if err != nil {
-		return 0, err
+		return -1, err
 	}
 	if len(b) > maxHandoverMessage {
-		return 0, fmt.Errorf("hand-over of %d bytes, at most %d: %w", len(b), maxHandoverMessage, errdefs.ErrInvalidArgument)
+		return -1, fmt.Errorf("hand-over of %d bytes, at most %d: %w", len(b), maxHandoverMessage, errdefs.ErrInvalidArgument)
 	}
 	if _, _, err := conn.WriteMsgUnix(b, unix.UnixRights(int(listener.Fd())), nil); err != nil {
-		return 0, fmt.Errorf("sending hand-over: %w", err)
+		return -1, fmt.Errorf("sending hand-over: %w", err)
 	}
 	var r handoverReply
 	if err := readJSON(conn, &r); err != nil {
-		return 0, fmt.Errorf("reading hand-over reply: %w", err)
+		return -1, fmt.Errorf("reading hand-over reply: %w", err)
 	}
 	if r.Error != "" {
-		return 0, fmt.Errorf("%w: %s", ErrRefused, r.Error)
+		return -1, fmt.Errorf("%w: %s", ErrRefused, r.Error)
 	}
 	if r.PID <= 0 || r.PID != int(peer.Pid) {
-		return 0, fmt.Errorf("hand-over reply names PID %d, the warm shim is %d: %w", r.PID, peer.Pid, ErrRefused)
+		return -1, fmt.Errorf("hand-over reply names PID %d, the warm shim is %d: %w", r.PID, peer.Pid, ErrRefused)
 	}
 	if _, err := conn.Write([]byte(commitMessage)); err != nil {
-		return 0, fmt.Errorf("committing hand-over: %w", err)
+		return -1, fmt.Errorf("committing hand-over: %w", err)
 	}
-	return r.PID, nil
+	return pidfd, nil
 }
 
 // readJSON reads one message of at most maxHandoverMessage bytes into v.
@@ -251,4 +272,24 @@ func writeJSON(conn *net.UnixConn, v any) error {
 	}
 	_, err = conn.Write(b)
 	return err
+}
+
+// PidfdPID returns the PID of the process pidfd refers to, as the kernel
+// shows it in the descriptor's fdinfo: -1 once that process has exited
+// and been reaped.
+func PidfdPID(pidfd int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", pidfd))
+	if err != nil {
+		return 0, fmt.Errorf("reading a pidfd's fdinfo: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+			pid, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return 0, fmt.Errorf("a pidfd's fdinfo: Pid %q: %w", strings.TrimSpace(v), err)
+			}
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("fd %d is not a pidfd (no Pid in its fdinfo): %w", pidfd, errdefs.ErrNotImplemented)
 }

@@ -95,12 +95,13 @@ func TestHandoff(t *testing.T) {
 		h := validHandover(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		pid, err := Handoff(ctx, ws.socket, f, h)
+		pidfd, err := Handoff(ctx, ws.socket, f, h)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if pid != os.Getpid() {
-			t.Fatalf("pid %d, want %d", pid, os.Getpid())
+		defer func() { _ = unix.Close(pidfd) }()
+		if pid, err := PidfdPID(pidfd); pid != os.Getpid() {
+			t.Fatalf("the pidfd is of PID %d (%v), want the warm shim's %d", pid, err, os.Getpid())
 		}
 		r := ws.wait(t)
 		if r.err != nil {
@@ -306,4 +307,61 @@ func serveForTest(t *testing.T, p *Pool, socket string) func() {
 	}
 	go func() { _ = srv.Serve(context.Background(), l) }()
 	return func() { _ = srv.Close() }
+}
+
+// TestHandoffNoPidfd: a claimer that cannot hold the warm shim by a pidfd
+// (here no descriptor is left: EMFILE; also ENOSYS, or EPERM from a
+// seccomp filter) sends it nothing: the warm shim is claimed by no one
+// (its wait ends, it stops its VM and exits), rather than serving the pod
+// unsupervised.
+func TestHandoffNoPidfd(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "warm.sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close() }()
+	peer, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = peer.Close() }()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	f, _ := shimListener(t)
+	// No descriptor left: the lowest free one is the limit.
+	free, err := unix.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.Close(free)
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	low := old
+	low.Cur = uint64(free)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	pidfd, err := handoff(conn, f, validHandover(t))
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		_ = unix.Close(pidfd)
+		t.Fatal("hand-over made without a pidfd of the warm shim")
+	}
+	if !errors.Is(err, unix.EMFILE) {
+		t.Errorf("handoff: %v, want EMFILE", err)
+	}
+	_ = conn.Close()
+	_ = peer.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := peer.Read(make([]byte, maxHandoverMessage)); n != 0 {
+		t.Errorf("the warm shim got %d bytes (%v), want none", n, err)
+	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/hull-runtime/hull/internal/kvm"
 	"github.com/hull-runtime/hull/internal/modlist"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/storage"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
@@ -203,6 +204,7 @@ func QEMUOptions(c *config.Config) qemu.Options {
 
 		FreePageReporting: c.Hypervisor.FreePageReporting,
 		TCGCacheMiB:       q.TCGCacheMiB,
+		Firmware:          q.Firmware,
 	}
 }
 
@@ -395,7 +397,11 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		Hostname:            id,
 		// virtio-fs with the daemon's defaults: cache=auto, and a mount
 		// namespace sandbox (it needs root, which the runtime has).
-		Virtiofs:     sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},
+		Virtiofs: sandbox.VirtiofsConfig{Cache: virtiofs.CacheAuto, LogMax: c.Runtime.GuestLogMaxBytes},
+		SharedFS: c.Runtime.SharedFS,
+		CopyLimits: storage.CopyLimits{
+			Total: c.Runtime.CopyMaxBytes, File: c.Runtime.CopyMaxFileBytes, Entries: storage.DefaultCopyLimits.Entries,
+		},
 		DebugConsole: c.Agent.DebugConsole,
 		AgentLogMax:  c.Runtime.GuestLogMaxBytes,
 		Cgroup: sandbox.CgroupConfig{

@@ -43,6 +43,23 @@ func (fakeFactory) Status(context.Context, *api.StatusRequest) (*api.StatusRespo
 	return &api.StatusResponse{}, nil
 }
 
+// serveFakeFactory serves f on socket; the returned function stops it and
+// removes the socket.
+func serveFakeFactory(t *testing.T, socket string, f fakeFactory) func() {
+	t.Helper()
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	api.RegisterFactoryService(srv, f)
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(context.Background(), l) }()
+	return func() { _ = srv.Close(); _ = os.Remove(socket) }
+}
+
 // TestClaimWarmMisses checks that every way a claim can fail is a miss
 // (the caller starts a cold server), within factory.claim_timeout.
 func TestClaimWarmMisses(t *testing.T) {
@@ -75,17 +92,7 @@ func TestClaimWarmMisses(t *testing.T) {
 	}()
 	serve := func(f fakeFactory) func() {
 		t.Helper()
-		srv, err := ttrpc.NewServer()
-		if err != nil {
-			t.Fatal(err)
-		}
-		api.RegisterFactoryService(srv, f)
-		l, err := net.Listen("unix", factorySocket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() { _ = srv.Serve(context.Background(), l) }()
-		return func() { _ = srv.Close(); _ = os.Remove(factorySocket) }
+		return serveFakeFactory(t, factorySocket, f)
 	}
 	listener, err := os.Open(os.DevNull)
 	if err != nil {
@@ -121,7 +128,7 @@ func TestClaimWarmMisses(t *testing.T) {
 			stop := c.setup()
 			defer stop()
 			start := time.Now()
-			if pid, ok := claimWarm(ctx, "c1", dir, opts, listener); ok {
+			if pid, ok := claimWarm(ctx, "c1", dir, opts, nil, listener); ok {
 				t.Fatalf("claim succeeded (pid %d), want a miss", pid)
 			}
 			if took := time.Since(start); took > 3*time.Second {
@@ -187,9 +194,13 @@ func TestClaimWarmHit(t *testing.T) {
 	}
 	defer func() { _ = listener.Close() }()
 	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
-	pid, ok := claimWarm(ctx, "c1", dir, shim.StartOpts{Address: "/run/containerd/containerd.sock", Debug: true}, listener)
-	if !ok || pid != os.Getpid() {
-		t.Fatalf("claimWarm = %d, %v, want %d, true", pid, ok, os.Getpid())
+	pidfd, ok := claimWarm(ctx, "c1", dir, shim.StartOpts{Address: "/run/containerd/containerd.sock", Debug: true}, nil, listener)
+	if !ok {
+		t.Fatal("claimWarm missed, want a hit")
+	}
+	defer func() { _ = unix.Close(pidfd) }()
+	if pid, err := factory.PidfdPID(pidfd); pid != os.Getpid() {
+		t.Fatalf("claimWarm's pidfd is of PID %d (%v), want %d", pid, err, os.Getpid())
 	}
 	c := <-claimed
 	if c == nil || c.Namespace != "k8s.io" || c.ID != "c1" || c.Bundle != dir || !c.Debug || len(c.Env) == 0 {

@@ -3,7 +3,9 @@ package shim
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -133,5 +135,25 @@ func FuzzPodSpec(f *testing.F) {
 				t.Fatalf("mount %d source changed from %q to %q", i, before[i].Source, m.Source)
 			}
 		}
+	})
+}
+
+// FuzzStartOptions decodes whatever `start` reads on its standard input:
+// it must not panic, and options it returns must survive a round trip.
+func FuzzStartOptions(f *testing.F) {
+	for _, name := range []string{"legacy-options.bin", "bootstrap-options.bin", "bootstrap-none.bin"} {
+		if b, err := os.ReadFile(filepath.Join("testdata", "startopts", name)); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		opts, err := startOptions(in, "pod1", "k8s.io")
+		if err != nil || opts == nil {
+			return
+		}
+		if _, err := proto.Marshal(opts); err != nil {
+			t.Fatalf("options that do not marshal: %v", err)
+		}
+		_, _ = configPath(opts)
 	})
 }

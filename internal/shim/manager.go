@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/factory"
@@ -48,9 +49,10 @@ func (Manager) Name() string { return RuntimeName }
 // bundle: it starts the shim server of the container's sandbox, or finds it
 // running when the container joins a pod, and returns its address. It
 // replies with the plain address, which containerd 1.6, 1.7 and 2.x all
-// read as a task API v2 shim; whatever containerd writes on stdin (the raw
-// options of 1.6 and 1.7, the BootstrapParams of 2.3+) is not needed here:
-// the options come again with the create request.
+// read as a task API v2 shim. Of what containerd writes on stdin (the bare
+// options of 1.6 to 2.2, the BootstrapParams of 2.3+: startOptions) only
+// the runtime options' configuration path is used, to decide whether to
+// claim a warm VM; the options come again with the create request.
 //
 // It must not write anything but the address: containerd 2.x reads stdout
 // and stderr together.
@@ -109,16 +111,21 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	// The server gets its own copy of the descriptor; ours is only passed on.
 	defer func() { _ = f.Close() }()
 
-	// A warm shim of the factory takes the socket, with its booted VM.
-	if pid, ok := claimWarm(ctx, id, bundle, opts, f); ok {
-		served, err := settleClaimed(pid, shim.AdjustOOMScore)
-		if err != nil {
-			return "", err
+	// A warm shim of the factory takes the socket, with its booted VM, when
+	// the pod's configuration has a factory. Options that cannot be read
+	// claim nothing: the create request, which brings them again, fails on
+	// them or boots.
+	if runtimeOpts, err := stdinStartOptions(id, startNamespace(ctx)); err == nil {
+		if pidfd, ok := claimWarm(ctx, id, bundle, opts, runtimeOpts, f); ok {
+			served, err := settleClaimed(pidfd, shim.AdjustOOMScore)
+			if err != nil {
+				return "", err
+			}
+			if served {
+				return address, nil
+			}
+			// Dropped: a cold server serves the socket, as on a miss.
 		}
-		if served {
-			return address, nil
-		}
-		// Dropped: a cold server serves the socket, as on a miss.
 	}
 
 	cmd, err := serverCommand(ctx, id, bundle, opts)
@@ -168,16 +175,29 @@ func serverArgs(ns, id, address string, debug bool) []string {
 	return args
 }
 
-// claimWarm asks the factory, when the configuration (from $HULL_CONFIG or
-// the search path: `start` gets no runtime options) turns it on and its
-// socket exists, for a warm shim, and hands it the listening socket
-// listener: the shim serves the pod from then on, with the VM it booted.
-// It returns the shim's PID, or false for a miss (factory off, absent,
-// empty, failing or slower than factory.claim_timeout), on which the
-// caller starts a cold server; a miss leaves no warm shim serving.
-// Nothing is logged: `start` may write nothing but the address.
-func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, listener *os.File) (int, bool) {
-	cfg, err := config.Load(os.Getenv(ConfigEnv))
+// startNamespace is the namespace `start` runs in, "" without one.
+func startNamespace(ctx context.Context) string {
+	ns, _ := namespaces.Namespace(ctx)
+	return ns
+}
+
+// claimWarm asks the factory, when the pod's configuration turns it on
+// and its socket exists, for a warm shim, and hands it the listening
+// socket listener: the shim serves the pod from then on, with the VM it
+// booted. The pod's configuration is found as the server finds it
+// (configPath): the file runtimeOpts name, else $HULL_CONFIG, else the
+// search path; a pod whose configuration has no factory claims nothing,
+// whatever factory runs. It returns a pidfd of the shim, or false for a miss
+// (factory off, absent, empty, failing or slower than
+// factory.claim_timeout), on which the caller starts a cold server; a miss
+// leaves no warm shim serving. Nothing is logged: `start` may write
+// nothing but the address.
+func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, runtimeOpts *anypb.Any, listener *os.File) (int, bool) {
+	path, err := configPath(runtimeOpts)
+	if err != nil {
+		return 0, false
+	}
+	cfg, err := config.Load(path)
 	if err != nil || cfg.Factory.VMCache == 0 {
 		return 0, false
 	}
@@ -200,11 +220,11 @@ func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, list
 		return 0, false
 	}
 	h := factory.Handover{Namespace: ns, ID: id, Address: opts.Address, Debug: opts.Debug, Bundle: bundle, Env: os.Environ()}
-	pid, err := factory.Handoff(ctx, r.GetControlSocket(), listener, h)
+	pidfd, err := factory.Handoff(ctx, r.GetControlSocket(), listener, h)
 	if err != nil {
 		return 0, false
 	}
-	return pid, true
+	return pidfd, true
 }
 
 // Stop is `containerd-shim-hull-v2 delete`, which containerd runs in the

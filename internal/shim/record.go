@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/hull-runtime/hull/internal/atomicfile"
 )
 
 // recordName is the file in a container's bundle that tells `shim delete`,
@@ -55,11 +57,10 @@ func writeRecord(bundle string, r record) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(bundle, recordName+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(bundle, recordName), b); err != nil {
 		return fmt.Errorf("writing %s: %w", recordName, err)
 	}
-	return os.Rename(tmp, filepath.Join(bundle, recordName))
+	return nil
 }
 
 // readRecord reads a bundle's record; ok is false when there is none (the

@@ -253,6 +253,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Rootfs:      rootfs,
 		GuestMounts: plan.guestMounts,
 		Stdio:       pio.stdio(r.Terminal),
+		PodSandbox:  r0 == rolePodSandbox,
 	})
 	if err != nil {
 		pio.Close(ctx)
@@ -435,6 +436,7 @@ func (s *service) sandbox(ctx context.Context, r sandboxRequest) (*sandbox.Sandb
 	go s.forwardOOM(sb)
 	log.G(ctx).WithFields(log.Fields{
 		"sandbox": rec.VMID, "vcpus": size.vcpus, "memory_mib": size.memoryMiB, "netns": sc.NetNS, "start": start,
+		"phases": sandbox.FormatPhases(sb.BootPhases()),
 	}).Info("sandbox started")
 	return sb, nil
 }

@@ -79,8 +79,10 @@ func RunWarm(args []string) (*sandbox.Sandbox, error) {
 	}
 	_ = claim.Listener.Close() // fd 3 is its copy
 	// ps and /proc show the pod's server, not the warm shim it was.
-	if err := setCmdline(os.Args); err != nil {
+	if how, err := setCmdline(os.Args); err != nil {
 		log.G(ctx).WithError(err).Warn("command line left as the warm shim's")
+	} else {
+		log.G(ctx).WithField("via", how).Debug("command line set to the server's")
 	}
 	return sb, nil
 }
