@@ -140,9 +140,12 @@ e2e-cri: image ## Only the CRI end-to-end suite (pods through containerd's CRI, 
 
 # The e2e suites in the VM factory's modes (HULL_TEST_FACTORY, docs/factory.md#testing).
 FACTORY_ENV = HULL_ASSETS_DIR=$(TEST_ASSETS) HULL_BIN_DIR=$(CURDIR)/bin
-# What CI runs of them (e2e-factory-ci): core cases on containerd 2.
+# What CI runs of them (e2e-factory-ci): core cases on containerd 2, and on
+# containerd 1.6 a warm VM's hand-over and a pod of its own configuration
+# that must claim none.
 FACTORY_CI_CTR = ^TestContainerd$$/^containerd-2$$/^(run_--rm_output|detached_task_lifecycle|run_with_piped_stdin|two_concurrent_containers|shim_killed)$$
 FACTORY_CI_CRI = ^TestCRI$$/^containerd-2$$/^hull$$/^(pod_lifecycle|pod_VM_sizing|pod_shim_killed)$$
+FACTORY_CI_CTR16 = ^TestContainerd$$/^containerd-1.6$$/^(run_--rm_output|debug_console_through_the_shim)$$
 
 .PHONY: e2e-factory
 e2e-factory: image ## The containerd and CRI suites with every pod from the VM factory: warm VMs (cache), then templates (run under flock /tmp/hull-e2e.lock).
@@ -152,9 +155,10 @@ e2e-factory: image ## The containerd and CRI suites with every pod from the VM f
 	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 40m -v -run '^TestCRI$$' ./integration/cri/
 
 .PHONY: e2e-factory-ci
-e2e-factory-ci: ## The bounded form of e2e-factory that make test runs: core cases on containerd 2, ctr pods from templates and CRI pods from warm VMs.
+e2e-factory-ci: ## The bounded form of e2e-factory that make test runs: core cases on containerd 2, ctr pods from templates and CRI pods from warm VMs; two ctr cases from warm VMs on containerd 1.6.
 	$(FACTORY_ENV) HULL_TEST_FACTORY=template $(GO) test -count=1 -timeout 15m -v -run '$(FACTORY_CI_CTR)' ./integration/containerd/ 2>&1 | tee $(OUT)/factory-ci.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 15m -v -run '$(FACTORY_CI_CRI)' ./integration/cri/ 2>&1 | tee -a $(OUT)/factory-ci.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	$(FACTORY_ENV) HULL_TEST_FACTORY=cache $(GO) test -count=1 -timeout 15m -v -run '$(FACTORY_CI_CTR16)' ./integration/containerd/ 2>&1 | tee -a $(OUT)/factory-ci.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 .PHONY: faults
 faults: image image-hullkernel ## Only the fault matrix (docs/reliability.md): kill -9 at boot, while running and during delete, containerd restarts, host pressure; all part of make test (run under flock /tmp/hull-e2e.lock).

@@ -156,6 +156,16 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 	} else {
 		add("qemu", statusOK, "%s: %s", qemuPath, v)
 	}
+	if c.Hypervisor.QEMU.Machine == qemu.MachineQ35 || c.Hypervisor.QEMU.Machine == "" {
+		switch f, err := qemu.FirmwareFile(qemuPath, c.Hypervisor.QEMU.Firmware); {
+		case err != nil:
+			add("firmware", statusFail, "%v", err)
+		case f == "":
+			add("firmware", statusOK, "%s (QEMU's own)", c.Hypervisor.QEMU.Firmware)
+		default:
+			add("firmware", statusOK, "%s: %s", c.Hypervisor.QEMU.Firmware, f)
+		}
+	}
 	if vfs, err := virtiofs.Lookup(); err != nil {
 		add("virtiofsd", statusFail, "%v (Debian 12: apt-get install qemu-system-x86; newer releases: apt-get install virtiofsd)", err)
 	} else if v, err := programVersion(ctx, vfs, "--version"); err != nil {

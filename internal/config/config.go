@@ -100,6 +100,10 @@ type QEMU struct {
 	// -accel tcg,tb-size=) in MiB; unused under KVM. 0 is the QEMU
 	// driver's default (qemu.DefaultTCGCacheMiB, the same 128 MiB).
 	TCGCacheMiB uint32 `toml:"tcg_cache_mib"`
+
+	// Firmware is a q35 VM's firmware: "qboot" (QEMU's qboot.rom, the
+	// default) or "seabios" (QEMU's default BIOS). Ignored on microvm.
+	Firmware string `toml:"firmware"`
 }
 
 // Agent configures the channel to the agent.
@@ -170,7 +174,29 @@ type Runtime struct {
 	// setup needs. Off, such a container is refused. CRI pods' containers
 	// are refused them either way.
 	HostHooks bool `toml:"host_hooks"`
+
+	// SharedFS is how containers' files reach the guest: "virtio-fs" (a
+	// shared directory served by virtiofsd) or "none" (no shared file
+	// system: container roots must be disks, from containerd's blockfile
+	// or erofs snapshotter, and bind sources are copied into the guest at
+	// create, bounded by CopyMaxBytes and CopyMaxFileBytes).
+	SharedFS string `toml:"shared_fs"`
+	// CopyMaxBytes bounds what is copied for one container with
+	// SharedFS "none" (file data, link targets and paths).
+	CopyMaxBytes int64 `toml:"copy_max_bytes"`
+	// CopyMaxFileBytes bounds one copied file.
+	CopyMaxFileBytes int64 `toml:"copy_max_file_bytes"`
 }
+
+// Values of runtime.shared_fs.
+const (
+	SharedFSVirtioFS = "virtio-fs"
+	SharedFSNone     = "none"
+)
+
+// MaxCopyBytes bounds runtime.copy_max_bytes: the copies travel in one
+// agent request, and ttRPC's messages hold at most 4 MiB.
+const MaxCopyBytes = 3 << 20
 
 // MaxHotplugDisks bounds hypervisor.qemu.hotplug_disks (the QEMU
 // driver's own limit).
@@ -254,8 +280,8 @@ type Factory struct {
 	// template's RAM: "private" (a copy per VM: no memory saved, nothing
 	// shared) or "shared" (the template file mapped copy-on-write: the
 	// pages a VM does not write are shared between VMs, a side channel
-	// between tenants; and virtio-fs cannot work on it, so pod VMs refuse
-	// it).
+	// between tenants; virtio-fs cannot work on it, so it needs
+	// runtime.shared_fs = "none" and no free page reporting).
 	TemplateMemory string `toml:"template_memory"`
 	// TemplateDir holds the templates, one directory per configuration
 	// key; root-owned, 0700.
@@ -306,6 +332,7 @@ func Defaults() *Config {
 				RunAsUIDCount: 1024,
 				HotplugDisks:  4,
 				TCGCacheMiB:   128,
+				Firmware:      "qboot",
 			},
 		},
 		Agent: Agent{
@@ -328,6 +355,9 @@ func Defaults() *Config {
 			CgroupMemoryOverheadMiB: 256,
 			CgroupCPUOverheadMilli:  250,
 			BootWaitTimeout:         Duration{3 * time.Minute},
+			SharedFS:                SharedFSVirtioFS,
+			CopyMaxBytes:            MaxCopyBytes,
+			CopyMaxFileBytes:        1 << 20,
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -462,6 +492,7 @@ func (c *Config) Validate() error {
 	}
 	oneOf("hypervisor.qemu.machine", h.QEMU.Machine, "q35", "microvm")
 	oneOf("hypervisor.qemu.accel", h.QEMU.Accel, "auto", "kvm", "tcg")
+	oneOf("hypervisor.qemu.firmware", h.QEMU.Firmware, "qboot", "seabios")
 	absOrEmpty("hypervisor.qemu.path", h.QEMU.Path)
 	if h.QEMU.StopTimeout.Duration <= 0 {
 		bad("hypervisor.qemu.stop_timeout", "must be positive")
@@ -516,6 +547,13 @@ func (c *Config) Validate() error {
 	}
 	if r.BootWaitTimeout.Duration <= 0 {
 		bad("runtime.boot_wait_timeout", "must be positive")
+	}
+	oneOf("runtime.shared_fs", r.SharedFS, SharedFSVirtioFS, SharedFSNone)
+	if r.CopyMaxBytes < 1 || r.CopyMaxBytes > MaxCopyBytes {
+		bad("runtime.copy_max_bytes", "%d is outside 1..%d (one agent request carries the copies)", r.CopyMaxBytes, int64(MaxCopyBytes))
+	}
+	if r.CopyMaxFileBytes < 1 || r.CopyMaxFileBytes > r.CopyMaxBytes {
+		bad("runtime.copy_max_file_bytes", "%d is outside 1..copy_max_bytes (%d)", r.CopyMaxFileBytes, r.CopyMaxBytes)
 	}
 	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {
 		bad("runtime.guest_log_max_bytes", "%d is outside %d..%d", r.GuestLogMaxBytes, int64(minGuestLogMaxBytes), int64(maxGuestLogMaxBytes))
@@ -579,6 +617,12 @@ func (c *Config) Validate() error {
 	}
 	if fa.Template && c.Hypervisor.QEMU.Machine != "q35" {
 		bad("factory.template", "VM templates need the q35 machine (hypervisor.qemu.machine)")
+	}
+	if fa.Template && fa.TemplateMemory == "shared" && r.SharedFS != SharedFSNone {
+		bad("factory.template_memory", "\"shared\" maps guest RAM copy-on-write, which virtio-fs cannot use: it needs runtime.shared_fs = \"none\"")
+	}
+	if fa.Template && fa.TemplateMemory == "shared" && c.Hypervisor.FreePageReporting {
+		bad("factory.template_memory", "\"shared\" needs hypervisor.free_page_reporting = false: QEMU punches a reported page out of the template's memory file")
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration: %w: %w", err, errdefs.ErrInvalidArgument)

@@ -66,13 +66,18 @@ func TestParse(t *testing.T) {
 		{name: "tracing endpoint without scheme", doc: "[tracing]\nendpoint = \"collector:4317\"\n", wantErr: []string{"tracing.endpoint"}},
 		{name: "tracing sampling ratio", doc: "[tracing]\nsampling_ratio = 1.5\n", wantErr: []string{"tracing.sampling_ratio: 1.5 is outside 0..1"}},
 		{name: "factory template memory", doc: "[factory]\ntemplate_memory = \"ksm\"\n", wantErr: []string{`factory.template_memory: "ksm" is not one of private, shared`}},
+		{name: "shared template with virtio-fs", doc: "[hypervisor]\nfree_page_reporting = false\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\n", wantErr: []string{`factory.template_memory: "shared" maps guest RAM copy-on-write, which virtio-fs cannot use`}},
+		{name: "shared template with free page reporting", doc: "[runtime]\nshared_fs = \"none\"\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\n", wantErr: []string{`needs hypervisor.free_page_reporting = false`}},
+		{name: "shared fs", doc: "[runtime]\nshared_fs = \"9p\"\n", wantErr: []string{`runtime.shared_fs: "9p" is not one of virtio-fs, none`}},
+		{name: "copy max bytes", doc: "[runtime]\ncopy_max_bytes = 4194304\n", wantErr: []string{"runtime.copy_max_bytes: 4194304 is outside 1..3145728"}},
+		{name: "copy max file bytes", doc: "[runtime]\ncopy_max_bytes = 1000\n", wantErr: []string{"runtime.copy_max_file_bytes: 1048576 is outside 1..copy_max_bytes (1000)"}},
 		{name: "factory template dir", doc: "[factory]\ntemplate_dir = \"templates\"\n", wantErr: []string{"factory.template_dir"}},
 		{name: "factory template over vsock", doc: "[agent]\ntransport = \"vsock\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the serial agent transport"}},
 		{name: "factory vm cache on microvm", doc: "[hypervisor.qemu]\nmachine = \"microvm\"\n[factory]\nvm_cache = 1\n", wantErr: []string{"factory.vm_cache: warm VMs need the q35 machine"}},
 		{name: "factory template on microvm", doc: "[hypervisor.qemu]\nmachine = \"microvm\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the q35 machine"}},
 		{
 			name: "factory templates on",
-			doc:  "[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = \"/run/hull/templates\"\n",
+			doc:  "[hypervisor]\nfree_page_reporting = false\n[runtime]\nshared_fs = \"none\"\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = \"/run/hull/templates\"\n",
 			check: func(t *testing.T, c *Config) {
 				want := Defaults().Factory
 				want.Template, want.TemplateMemory, want.TemplateDir = true, "shared", "/run/hull/templates"
@@ -110,6 +115,16 @@ func TestParse(t *testing.T) {
 		{name: "guest log bound below the minimum", doc: "[runtime]\nguest_log_max_bytes = 100\n", wantErr: []string{"runtime.guest_log_max_bytes"}},
 		{name: "run-as range without ids", doc: "[hypervisor.qemu]\nrun_as_uid_base = 100000\nrun_as_uid_count = 0\n", wantErr: []string{"hypervisor.qemu.run_as_uid_count"}},
 		{name: "run-as range past 2^31", doc: "[hypervisor.qemu]\nrun_as_uid_base = 2147483000\n", wantErr: []string{"hypervisor.qemu.run_as_uid_count"}},
+		{name: "unknown firmware", doc: "[hypervisor.qemu]\nfirmware = \"ovmf\"\n", wantErr: []string{"hypervisor.qemu.firmware"}},
+		{
+			name: "seabios firmware",
+			doc:  "[hypervisor.qemu]\nfirmware = \"seabios\"\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Hypervisor.QEMU.Firmware != "seabios" || Defaults().Hypervisor.QEMU.Firmware != "qboot" {
+					t.Fatalf("firmware %q, default %q", c.Hypervisor.QEMU.Firmware, Defaults().Hypervisor.QEMU.Firmware)
+				}
+			},
+		},
 		{name: "kernel param with space", doc: "[hypervisor]\nkernel_params = [\"a b\"]\n", wantErr: []string{"hypervisor.kernel_params[0]"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -322,6 +322,10 @@ func adoptMismatch(warm, pod Config) error {
 		return differs("call_timeout", warm.CallTimeout, pod.CallTimeout)
 	case warm.Virtiofs != pod.Virtiofs:
 		return differs("virtiofs", warm.Virtiofs, pod.Virtiofs)
+	case sharesFS(warm) != sharesFS(pod):
+		return differs("shared_fs", warm.SharedFS, pod.SharedFS)
+	case copyLimits(warm) != copyLimits(pod):
+		return differs("copy limits", copyLimits(warm), copyLimits(pod))
 	case w.Kernel != p.Kernel:
 		return differs("vm.kernel", w.Kernel, p.Kernel)
 	case w.Initrd != p.Initrd:
@@ -380,6 +384,7 @@ func descriptionMismatch(warm, pod hypervisor.Description) error {
 		{"hypervisor.cpu_model", warm.CPUModel, pod.CPUModel},
 		{"hypervisor.run_as_uids", warm.RunAsUIDs, pod.RunAsUIDs},
 		{"hypervisor.free_page_reporting", strconv.FormatBool(warm.FreePageReporting), strconv.FormatBool(pod.FreePageReporting)},
+		{"hypervisor.qemu.firmware", warm.Firmware, pod.Firmware},
 	} {
 		if f.w != f.p {
 			return notAdoptable(f.field, "warm %q, pod %q", f.w, f.p)
@@ -463,12 +468,17 @@ func (s *Sandbox) moveCgroup(ctx context.Context, cfg Config) error {
 	}
 	// virtiofsd first: on a systemd host its move starts the pod's scope,
 	// which the VM driver then finds.
-	vfs := s.virtiofs.PID()
-	if err := hc.g.AddTree(vfs); err != nil {
-		return errors.Join(err, old.g.AddTree(vfs), hc.g.Delete())
+	// A sandbox without the shared file system has no virtiofsd.
+	back := func() error { return nil }
+	if s.virtiofs != nil {
+		vfs := s.virtiofs.PID()
+		back = func() error { return old.g.AddTree(vfs) }
+		if err := hc.g.AddTree(vfs); err != nil {
+			return errors.Join(err, back(), hc.g.Delete())
+		}
 	}
 	if err := r.MoveCgroup(hc.g.Path()); err != nil {
-		return errors.Join(err, r.MoveCgroup(old.g.Path()), old.g.AddTree(vfs), hc.g.Delete())
+		return errors.Join(err, r.MoveCgroup(old.g.Path()), back(), hc.g.Delete())
 	}
 	s.cgroup = hc
 	// The processes have left the warm cgroup: it goes whether or not

@@ -61,6 +61,9 @@ func TestAdoptMismatch(t *testing.T) {
 		{"agent log", func(c *Config) { c.AgentLogMax = 0 }, "agent_log_max"},
 		{"call timeout", func(c *Config) { c.CallTimeout = time.Minute }, "call_timeout"},
 		{"virtiofs", func(c *Config) { c.Virtiofs.Cache = "none" }, "virtiofs"},
+		{"no shared fs", func(c *Config) { c.SharedFS = SharedFSNone }, "shared_fs"},
+		{"shared fs named", func(c *Config) { c.SharedFS = SharedFSVirtioFS }, ""},
+		{"copy limits", func(c *Config) { c.CopyLimits.File = 1 }, "copy limits"},
 		{"kernel", func(c *Config) { c.VM.Kernel = "/other/vmlinux" }, "vm.kernel"},
 		{"initrd", func(c *Config) { c.VM.Initrd = "/other/initrd" }, "vm.initrd"},
 		{"root image", func(c *Config) {
@@ -136,6 +139,7 @@ func TestDescriptionMismatch(t *testing.T) {
 		{"cpu model", func(d *hypervisor.Description) { d.CPUModel = "max" }, "hypervisor.cpu_model"},
 		{"qemu drops root", func(d *hypervisor.Description) { d.RunAsUIDs = "200000-200099" }, "hypervisor.run_as_uids"},
 		{"free page reporting", func(d *hypervisor.Description) { d.FreePageReporting = true }, "hypervisor.free_page_reporting"},
+		{"firmware", func(d *hypervisor.Description) { d.Firmware = "seabios" }, "hypervisor.qemu.firmware"},
 		{"only the process differs", func(d *hypervisor.Description) { d.PID, d.StartTime, d.StateDir, d.Cgroup = 0, 0, "/x", "/y" }, ""},
 	}
 	for _, tc := range tests {
@@ -317,7 +321,7 @@ func TestAdoptMismatchKnowsEveryField(t *testing.T) {
 		reflect.TypeFor[Config](): {
 			// Compared.
 			"StateRoot", "VM", "Transport", "VsockPort", "VsockFallback", "AgentLogLevel", "DebugConsole",
-			"Tracing", "AgentLogMax", "CallTimeout", "Virtiofs",
+			"Tracing", "AgentLogMax", "CallTimeout", "Virtiofs", "SharedFS", "CopyLimits",
 			// The pod's, applied by Adopt (or refused there: NetNSOwn).
 			"ID", "Hostname", "NetNS", "HotplugNetwork", "NetNSOwn", "DNS", "ShmSize", "Cgroup", "KillTimeout",
 			"ObserveAgentRPC", "NewVM",

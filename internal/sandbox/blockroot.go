@@ -3,7 +3,9 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -22,10 +24,11 @@ func (s *Sandbox) addBlockRootfs(ctx context.Context, id string, b *storage.Bloc
 	if err != nil {
 		return "", nil, fmt.Errorf("block-device rootfs: %w", err)
 	}
-	disk, serial, err := s.addDisk(ctx, hp, id, b, undo)
+	disk, serial, err := s.addDisk(ctx, hp, id, b)
 	if err != nil {
 		return "", nil, err
 	}
+	undo.push(func(ctx context.Context) error { return s.removeBlockRootfs(ctx, []string{disk}) })
 	return disk, &agent.Storage{
 		BlockSerial: serial,
 		Fstype:      b.FSType,
@@ -36,8 +39,8 @@ func (s *Sandbox) addBlockRootfs(ctx context.Context, id string, b *storage.Bloc
 
 // addErofsRootfs hands a root from containerd's erofs snapshotter to the
 // guest: every layer image as a read-only disk and the writable layer's
-// image, if any, as a read-write one (addDisk each; the undos it pushes
-// unplug them). It returns the disks' IDs and the storages the agent mounts
+// image, if any, as a read-write one (addDisk each; the one undo it pushes
+// unplugs all it added at once, the writable layer's first). It returns the disks' IDs and the storages the agent mounts
 // in order: each disk, then the overlay over them at the container's root
 // (a lone read-only layer is the root itself). A root that needs more disks
 // than the VM has hotplug ports is refused before any is added.
@@ -56,8 +59,11 @@ func (s *Sandbox) addErofsRootfs(ctx context.Context, id string, e *storage.Erof
 		storages []*agent.Storage
 		lowers   []string
 	)
+	// One undo for all the disks: their unplugs go out together and the
+	// guest gets one wait, not one per disk.
+	undo.push(func(ctx context.Context) error { return s.removeBlockRootfs(ctx, disks) })
 	for i, l := range e.Layers {
-		disk, serial, err := s.addDisk(ctx, hp, id, l, undo)
+		disk, serial, err := s.addDisk(ctx, hp, id, l)
 		if err != nil {
 			return nil, nil, fmt.Errorf("erofs layer %d: %w", i, err)
 		}
@@ -74,7 +80,7 @@ func (s *Sandbox) addErofsRootfs(ctx context.Context, id string, e *storage.Erof
 	}
 	opts := []string{"lowerdir=" + strings.Join(lowers, ":")}
 	if e.Upper != nil {
-		disk, serial, err := s.addDisk(ctx, hp, id, e.Upper, undo)
+		disk, serial, err := s.addDisk(ctx, hp, id, e.Upper)
 		if err != nil {
 			return nil, nil, fmt.Errorf("erofs writable layer: %w", err)
 		}
@@ -95,8 +101,8 @@ func (s *Sandbox) addErofsRootfs(ctx context.Context, id string, e *storage.Erof
 // addDisk opens the image file b (as root, from the path containerd's mount
 // list gave) and hot-adds it to the VM as a virtio-blk disk with a serial
 // the host chose, read-only when b is. It returns the disk's ID and serial;
-// the undo it pushes unplugs the disk.
-func (s *Sandbox) addDisk(ctx context.Context, hp hypervisor.BlockHotplugger, id string, b *storage.BlockRootfs, undo *cleanups) (string, string, error) {
+// the caller's undo unplugs the disk.
+func (s *Sandbox) addDisk(ctx context.Context, hp hypervisor.BlockHotplugger, id string, b *storage.BlockRootfs) (string, string, error) {
 	f, err := b.Open()
 	if err != nil {
 		return "", "", err
@@ -111,23 +117,39 @@ func (s *Sandbox) addDisk(ctx context.Context, hp hypervisor.BlockHotplugger, id
 	if err := hp.AddBlock(ctx, hypervisor.BlockDevice{ID: disk, File: f, ReadOnly: b.ReadOnly, Serial: serial}); err != nil {
 		return "", "", fmt.Errorf("block-device rootfs %s: %w", b.Source, err)
 	}
-	undo.push(func(ctx context.Context) error { return hp.RemoveBlock(ctx, disk) })
 	log.G(ctx).WithFields(log.Fields{"container": id, "disk": disk, "image": b.Source, "fstype": b.FSType, "read_only": b.ReadOnly}).Debug("rootfs disk added")
 	return disk, serial, nil
 }
 
-// removeBlockRootfs unplugs a container's root disk once the guest has
-// removed the container. The driver bounds the wait for the guest: one
-// that keeps the disk does not hold up the delete; the hypervisor keeps
-// the disk and its hold on the image until the guest lets it go, at the
-// latest until the VM stops.
-func (s *Sandbox) removeBlockRootfs(ctx context.Context, disk string) error {
+// removeDisksTimeout bounds the removal of a container's root disks: the
+// driver's one wait for the guest (10 s) and QEMU's commands.
+const removeDisksTimeout = 20 * time.Second
+
+// removeBlockRootfs unplugs a container's root disks, all at once (the
+// writable layer's first), once the guest has removed the container: at
+// a delete, and in the undo of a failed create. It runs on a ctx of its
+// own, bounded by removeDisksTimeout, whatever is left of ctx: a forced
+// delete whose ctx has ended, or an undo whose time removeInGuest used,
+// still removes the disks (the sandbox drops them from its records
+// whatever the outcome). The driver bounds the wait for the guest, once
+// for all the disks: one that keeps them does not hold up the delete
+// beyond it; the hypervisor keeps a kept disk and its hold on the image
+// until the guest lets it go, at the latest until the VM stops.
+func (s *Sandbox) removeBlockRootfs(ctx context.Context, disks []string) error {
+	if len(disks) == 0 {
+		return nil
+	}
 	hp, err := hypervisor.AsBlockHotplugger(s.vm)
 	if err != nil {
 		return err
 	}
-	if err := hp.RemoveBlock(ctx, disk); err != nil {
-		return fmt.Errorf("unplugging rootfs disk %s: %w", disk, err)
+	last := slices.Clone(disks)
+	slices.Reverse(last)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeDisksTimeout)
+	defer cancel()
+	log.G(ctx).WithField("disks", last).Debug("unplugging rootfs disks")
+	if err := hp.RemoveBlock(ctx, last...); err != nil {
+		return fmt.Errorf("unplugging rootfs disks %v: %w", last, err)
 	}
 	return nil
 }

@@ -24,6 +24,28 @@ func TestLimitsFor(t *testing.T) {
 	}
 }
 
+// podCgroup makes a cgroup v2 tree in a temporary directory, its root
+// showing the cpu, memory and pids controllers, and in it the group
+// /pod/sb; with enabled, the group shows those controllers too, as the
+// kernel does once the parent enabled them. It returns the tree's root.
+func podCgroup(t *testing.T, enabled bool) (string, *hostcgroup.Group) {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g, err := hostcgroup.Create(hostcgroup.FS{Unified: root}, "/pod/sb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enabled {
+		if err := os.WriteFile(filepath.Join(root, "pod/sb/cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root, g
+}
+
 // limitReadingVM records the sandbox cgroup's memory limit when asked to
 // grow, then refuses.
 type limitReadingVM struct {
@@ -41,18 +63,7 @@ func (v limitReadingVM) Resize(context.Context, uint32, uint32) (hypervisor.Size
 // TestResizeRaisesCgroupFirst checks that the cgroup limit covers the new
 // memory before the driver adds it.
 func TestResizeRaisesCgroupFirst(t *testing.T) {
-	root := t.TempDir()
-	if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	g, err := hostcgroup.Create(hostcgroup.FS{Unified: root}, "/pod/sb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// What the kernel shows once the parent enabled them.
-	if err := os.WriteFile(filepath.Join(root, "pod/sb/cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	root, g := podCgroup(t, true)
 	hc := &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb", MemoryOverheadMiB: 256, CPUOverheadMilli: 250}, g: g}
 	if err := hc.setLimits(1, 512); err != nil {
 		t.Fatal(err)
@@ -98,17 +109,7 @@ func (v *growingVM) Resize(_ context.Context, vcpus, memoryMiB uint32) (hypervis
 // TestResizeSettlesCgroup checks that a grown VM's memory limit is that of
 // a VM booted at the size reached, the block's slack gone.
 func TestResizeSettlesCgroup(t *testing.T) {
-	root := t.TempDir()
-	if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	g, err := hostcgroup.Create(hostcgroup.FS{Unified: root}, "/pod/sb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "pod/sb/cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	root, g := podCgroup(t, true)
 	hc := &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb", MemoryOverheadMiB: 256}, g: g}
 	if err := hc.setLimits(1, 512); err != nil {
 		t.Fatal(err)
@@ -191,14 +192,7 @@ func TestStopKeepsRecordUntilCgroupGone(t *testing.T) {
 		{"cgroup not removable", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			root := t.TempDir()
-			if err := os.WriteFile(filepath.Join(root, "cgroup.controllers"), []byte("cpu memory pids"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			g, err := hostcgroup.Create(hostcgroup.FS{Unified: root}, "/pod/sb")
-			if err != nil {
-				t.Fatal(err)
-			}
+			root, g := podCgroup(t, false)
 			if !tc.removable {
 				// A file below makes rmdir fail, as a cgroup that still
 				// holds a process does.
@@ -216,7 +210,7 @@ func TestStopKeepsRecordUntilCgroupGone(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			s := &Sandbox{id: "sb", state: StateRunning, vm: staticVM{}, stateDir: dir, bg: ctx, cancelBg: cancel,
 				cgroup: &hostCgroup{cfg: CgroupConfig{Path: "/pod/sb"}, g: g}}
-			err = s.Stop(context.Background())
+			err := s.Stop(context.Background())
 			_, statErr := os.Stat(filepath.Join(dir, recordName))
 			if tc.removable {
 				if err != nil || statErr == nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/hull-runtime/hull/internal/atomicfile"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/hostcgroup"
 	"github.com/hull-runtime/hull/internal/netpod"
@@ -86,11 +87,10 @@ func writeRecord(dir string, r record) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, recordName+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, recordName), b); err != nil {
 		return fmt.Errorf("writing sandbox record: %w", err)
 	}
-	return os.Rename(tmp, filepath.Join(dir, recordName))
+	return nil
 }
 
 // bootSlotsName is the directory under a state root that holds the node's

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -57,6 +58,10 @@ type ContainerConfig struct {
 	// Stdio of the init process. Stdio.Terminal must match
 	// Spec.Process.Terminal.
 	Stdio IO
+	// PodSandbox says the container is a pod's sandbox container, which
+	// the agent makes as a light process that holds the pod's namespaces
+	// instead of running the spec's process.
+	PodSandbox bool
 }
 
 // Container is a container in the sandbox's VM.
@@ -157,14 +162,10 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 			return nil, err
 		}
 	}
-	guest, err := s.storage.AddContainer(ctx, storage.Container{
-		ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, GuestMounts: cfg.GuestMounts,
-		BlockRootfs: block != nil || erofs != nil,
-	})
+	guest, copied, err := s.containerFiles(ctx, cfg, block != nil || erofs != nil, &undo)
 	if err != nil {
 		return nil, err
 	}
-	undo.push(func(ctx context.Context) error { return s.storage.RemoveContainer(ctx, cfg.ID) })
 	var (
 		disks    []string
 		storages []*agent.Storage
@@ -190,12 +191,18 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 		return nil, err
 	}
 	undo.push(func(context.Context) error { st.close(); return nil })
-	resp, err := s.client.Containers().CreateContainer(ctx, &agent.CreateContainerRequest{
+	creq := &agent.CreateContainerRequest{
 		ContainerId: cfg.ID,
 		Spec:        spec,
 		Storages:    storages,
 		Stdio:       req,
-	})
+		Files:       copied,
+		PodSandbox:  cfg.PodSandbox,
+	}
+	if err := checkRequestSize(creq); err != nil {
+		return nil, fmt.Errorf("container %s: %w", cfg.ID, err)
+	}
+	resp, err := s.client.Containers().CreateContainer(ctx, creq)
 	if err != nil {
 		// The guest may have made part of it before failing, or before
 		// the caller gave up.
@@ -210,6 +217,58 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 	s.release(cfg.ID, c)
 	log.G(ctx).WithField("container", cfg.ID).WithField("pid", c.init.pid).Debug("container created")
 	return c, nil
+}
+
+// ErrNeedsSharedFS is the class of a container a sandbox without the
+// shared file system cannot run: its root is a host directory.
+var ErrNeedsSharedFS = fmt.Errorf("the container's root is a host directory, which needs the shared file system (virtio-fs): "+
+	"with shared_fs = \"none\" a root must be a disk, from containerd's blockfile or erofs snapshotter: %w", errdefs.ErrNotImplemented)
+
+// maxRequestBytes is the largest CreateContainer request sent: ttRPC's
+// message limit (4 MiB) less room for its envelope (service, method,
+// metadata).
+const maxRequestBytes = 4<<20 - 64<<10
+
+// checkRequestSize refuses a request the ttRPC connection would not carry
+// (with copied bind sources, the spec and copies may approach the limit).
+func checkRequestSize(req *agent.CreateContainerRequest) error {
+	if n := proto.Size(req); n > maxRequestBytes {
+		return fmt.Errorf("the request to the agent holds %d bytes (spec and copied bind sources), more than the %d one request carries: lower runtime.copy_max_bytes or the copied sources: %w", n, maxRequestBytes, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// containerFiles makes the container's files reach the guest: put into
+// the shared tree (undone by undo), or, in a sandbox without it, the
+// root on a disk (blockRoot) and the bind sources copied, bounded, for
+// the agent to write. It returns the guest spec and the copies.
+func (s *Sandbox) containerFiles(ctx context.Context, cfg ContainerConfig, blockRoot bool, undo *cleanups) (*specs.Spec, []*agent.CopiedFile, error) {
+	if s.storage == nil {
+		if !blockRoot {
+			return nil, nil, ErrNeedsSharedFS
+		}
+		guest, files, err := storage.CopyContainer(cfg.ID, cfg.Spec, cfg.Bundle, cfg.GuestMounts, s.copyLimits)
+		if err != nil {
+			return nil, nil, err
+		}
+		out := make([]*agent.CopiedFile, len(files))
+		for i, f := range files {
+			out[i] = &agent.CopiedFile{
+				Path: f.Path, Kind: agent.CopiedFile_Kind(f.Kind), Mode: f.Mode,
+				Uid: f.UID, Gid: f.GID, Data: f.Data, Link: f.Link,
+			}
+		}
+		return guest, out, nil
+	}
+	guest, err := s.storage.AddContainer(ctx, storage.Container{
+		ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, GuestMounts: cfg.GuestMounts,
+		BlockRootfs: blockRoot,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	undo.push(func(ctx context.Context) error { return s.storage.RemoveContainer(ctx, cfg.ID) })
+	return guest, nil, nil
 }
 
 // removeInGuest has the agent remove a container; a VM that is gone has
@@ -516,11 +575,8 @@ func (c *Container) Delete(ctx context.Context, force bool) error {
 		p.abandon(fmt.Errorf("%s: deleted before it started: %w", p.name(), errdefs.ErrNotFound))
 	}
 	var errs []error
-	// The overlay's writable layer first, as the undo of create does.
-	for i := len(c.disks) - 1; i >= 0; i-- {
-		if err := c.sb.removeBlockRootfs(ctx, c.disks[i]); err != nil {
-			errs = append(errs, err)
-		}
+	if err := c.sb.removeBlockRootfs(ctx, c.disks); err != nil {
+		errs = append(errs, err)
 	}
 	if c.sb.storage != nil {
 		if err := c.sb.storage.RemoveContainer(ctx, c.id); err != nil {

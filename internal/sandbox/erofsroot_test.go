@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -19,9 +20,19 @@ import (
 // (from 1) fails.
 type diskVM struct {
 	staticVM
-	added   []hypervisor.BlockDevice
-	removed []string
-	failAt  int
+	added []hypervisor.BlockDevice
+	// removed holds the disks of each RemoveBlock call.
+	removed [][]string
+	// removeCtx is the state of each RemoveBlock call's ctx.
+	removeCtx []ctxState
+	failAt    int
+}
+
+// ctxState is a ctx's error and deadline when a call got it.
+type ctxState struct {
+	err      error
+	deadline time.Time
+	bounded  bool
 }
 
 func (v *diskVM) AddBlock(_ context.Context, b hypervisor.BlockDevice) error {
@@ -32,8 +43,10 @@ func (v *diskVM) AddBlock(_ context.Context, b hypervisor.BlockDevice) error {
 	return nil
 }
 
-func (v *diskVM) RemoveBlock(_ context.Context, id string) error {
-	v.removed = append(v.removed, id)
+func (v *diskVM) RemoveBlock(ctx context.Context, ids ...string) error {
+	v.removed = append(v.removed, ids)
+	dl, ok := ctx.Deadline()
+	v.removeCtx = append(v.removeCtx, ctxState{ctx.Err(), dl, ok})
 	return nil
 }
 
@@ -84,7 +97,7 @@ func TestAddErofsRootfs(t *testing.T) {
 		if err := undo.run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if want := []string{"root3", "root2", "root1"}; !reflect.DeepEqual(vm.removed, want) {
+		if want := [][]string{{"root3", "root2", "root1"}}; !reflect.DeepEqual(vm.removed, want) {
 			t.Errorf("undo removed %v, want %v", vm.removed, want)
 		}
 	})
@@ -120,7 +133,7 @@ func TestAddErofsRootfs(t *testing.T) {
 		if err := undo.run(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if want := []string{"root2", "root1"}; !reflect.DeepEqual(vm.removed, want) {
+		if want := [][]string{{"root2", "root1"}}; !reflect.DeepEqual(vm.removed, want) {
 			t.Errorf("undo removed %v, want %v", vm.removed, want)
 		}
 	})
@@ -143,4 +156,44 @@ func TestAddErofsRootfs(t *testing.T) {
 			t.Errorf("got %v, want class %v", err, errdefs.ErrNotImplemented)
 		}
 	})
+}
+
+// TestRemoveBlockRootfsOwnBound: the root disks are removed on a ctx of
+// their own, bounded, whatever is left of the caller's: a forced delete
+// whose ctx has ended, or a create's undo whose time the guest used,
+// still unplugs them (the container's record of them goes either way).
+func TestRemoveBlockRootfsOwnBound(t *testing.T) {
+	vm := &diskVM{}
+	s := &Sandbox{id: "sb", vm: vm, hotplugBlocks: 3}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	var undo cleanups
+	if _, _, err := s.addErofsRootfs(context.Background(), "c1", &storage.ErofsRootfs{
+		Layers: []*storage.BlockRootfs{{Source: writeFile(t, "l0"), FSType: "erofs", ReadOnly: true}},
+	}, &undo); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.removeBlockRootfs(ended, []string{"root1", "root2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := undo.run(ended); err != nil {
+		t.Fatal(err)
+	}
+	if want := [][]string{{"root2", "root1"}, {"root1"}}; !reflect.DeepEqual(vm.removed, want) {
+		t.Fatalf("removed %v, want %v", vm.removed, want)
+	}
+	for i, c := range vm.removeCtx {
+		if c.err != nil || !c.bounded || time.Until(c.deadline) > removeDisksTimeout {
+			t.Errorf("RemoveBlock %d got a ctx ended (%v) or unbounded (deadline %v, %v), want one of its own within %s", i, c.err, c.deadline, c.bounded, removeDisksTimeout)
+		}
+	}
+}
+
+func writeFile(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte("image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -51,9 +51,17 @@ type fakeAgent struct {
 	// then fail).
 	sandboxCreated chan struct{}
 	timeSetAfter   chan struct{}
+	// entropyAdded counts the AddEntropy calls answered;
+	// entropyAtSandbox is its value when CreateSandbox arrived (-1:
+	// never arrived).
+	entropyAdded     int
+	entropyAtSandbox int
 }
 
 func (a *fakeAgent) CreateSandbox(context.Context, *api.CreateSandboxRequest) (*api.CreateSandboxResponse, error) {
+	a.mu.Lock()
+	a.entropyAtSandbox = a.entropyAdded
+	a.mu.Unlock()
 	if a.sandboxCreated != nil {
 		close(a.sandboxCreated)
 	}
@@ -88,6 +96,13 @@ func (s fakeSystem) SetTime(ctx context.Context, _ *api.SetTimeRequest) (*api.Se
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+func (s fakeSystem) AddEntropy(context.Context, *api.AddEntropyRequest) (*api.AddEntropyResponse, error) {
+	s.a.mu.Lock()
+	defer s.a.mu.Unlock()
+	s.a.entropyAdded++
+	return &api.AddEntropyResponse{}, nil
 }
 
 func (s fakeSystem) OnlineResources(_ context.Context, r *api.OnlineResourcesRequest) (*api.OnlineResourcesResponse, error) {

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/bootslot"
+	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
 const testKillTimeout = 300 * time.Millisecond
@@ -357,6 +359,81 @@ func TestPodStepsSetTimeWithGuestSandbox(t *testing.T) {
 	}
 }
 
+// TestPodStepsReseedBeforeGuestSandbox checks that a restored guest's RNG
+// is reseeded by a pod's start before the guest sandbox is made (the fake
+// agent notes how many AddEntropy calls it answered when CreateSandbox
+// arrives); that a warm start's sandbox, reseeded as it booted, is not
+// reseeded again by its adoption's pod steps; and that a booted guest is
+// not reseeded.
+func TestPodStepsReseedBeforeGuestSandbox(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		restored, reseedWithPod bool
+		want                    int
+	}{
+		{"restored pod start", true, true, 1},
+		{"adopted warm vm", true, false, 0},
+		{"booted", false, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newFakeAgent()
+			a.entropyAtSandbox = -1
+			s := testSandbox(t, a, time.Second)
+			s.restored, s.reseedWithPod = tc.restored, tc.reseedWithPod
+			var undo cleanups
+			if err := s.runSteps(t.Context(), tracer(nil), "sb", "starting", s.podSteps(Config{ID: "sb"}, false, &undo)); err != nil {
+				t.Fatal(err)
+			}
+			a.mu.Lock()
+			got, atSandbox := a.entropyAdded, a.entropyAtSandbox
+			a.mu.Unlock()
+			if got != tc.want || atSandbox != tc.want {
+				t.Errorf("%d AddEntropy calls, %d of them before CreateSandbox: want %d", got, atSandbox, tc.want)
+			}
+		})
+	}
+}
+
+// TestStartStepsReseedOnce checks that a start's steps, pod steps
+// included or not (a warm start), name the reseed once (a phase name is a
+// metric's label) and that an adoption's pod steps do not name it: a warm
+// VM was reseeded at its restore.
+func TestStartStepsReseedOnce(t *testing.T) {
+	names := func(steps []step) map[string]int {
+		n := map[string]int{}
+		for _, st := range steps {
+			n[st.name]++
+			for _, g := range st.together {
+				n[g.name]++
+			}
+		}
+		return n
+	}
+	var slot *bootslot.Slot
+	var undo cleanups
+	for _, warm := range []bool{false, true} {
+		s := &Sandbox{reseedWithPod: !warm}
+		steps := s.bootSteps(Config{}, hypervisor.AgentEndpoint{}, &slot, &undo)
+		if !warm {
+			steps = append(steps, s.podSteps(Config{ID: "sb"}, false, &undo)...)
+		}
+		for name, n := range names(steps) {
+			if name != "" && n != 1 {
+				t.Errorf("warm %v: step %q %d times", warm, name, n)
+			}
+		}
+		if n := names(steps)["reseed guest rng"]; n != 1 {
+			t.Errorf("warm %v: the reseed %d times, want once", warm, n)
+		}
+		if warm {
+			// The adoption's pod steps, on the warm sandbox.
+			if n := names(s.podSteps(Config{ID: "sb"}, true, &undo))["reseed guest rng"]; n != 0 {
+				t.Errorf("an adoption reseeds %d times, want none", n)
+			}
+		}
+	}
+}
+
 // TestRunStepsTogetherError checks that a failed step of a group fails the
 // run with that step's name once the whole group is done, and records no
 // phase of the group.
@@ -403,5 +480,26 @@ func TestRunStepsTogetherCancel(t *testing.T) {
 	}
 	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "starting sandbox sb: fails:") {
 		t.Errorf("run: %v, want the failed step's error under its name", err)
+	}
+}
+
+// TestFormatPhases checks the phases of a "sandbox started" log line.
+func TestFormatPhases(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		phases []Phase
+		want   string
+	}{
+		{"none", nil, ""},
+		{"one", []Phase{{"start vm", 154812 * time.Microsecond}}, "start vm=154.8ms"},
+		{"instant steps left out", []Phase{{"create vm", 50 * time.Microsecond}, {"connect to agent", 2 * time.Second}, {"reseed guest rng", 0}},
+			"connect to agent=2000.0ms"},
+		{"several", []Phase{{"a", time.Millisecond}, {"b", 1500 * time.Microsecond}}, "a=1.0ms,b=1.5ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := FormatPhases(tc.phases); got != tc.want {
+				t.Errorf("FormatPhases = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -105,6 +105,14 @@ type Config struct {
 	Hostname string
 	// Virtiofs configures the daemon that shares the containers' files.
 	Virtiofs VirtiofsConfig
+	// SharedFS is how the containers' files reach the guest:
+	// SharedFSVirtioFS (the default, also for "") or SharedFSNone, a VM
+	// without a shared file system whose container roots must be disks
+	// and whose bind sources are copied (see storage.CopyContainer).
+	SharedFS string
+	// CopyLimits bound the copies of a container's bind sources with
+	// SharedFSNone; zero fields take storage.DefaultCopyLimits'.
+	CopyLimits storage.CopyLimits
 	// NetNS is the path of a network namespace (a pod's, set up by CNI) to
 	// mirror into the VM; empty for a VM without network devices.
 	NetNS string
@@ -146,7 +154,8 @@ type Config struct {
 	// WarmUp, for StartWarm only (Start ignores it), runs one throwaway
 	// container in the booted guest as the warm start's last step ("warm
 	// up"), so that a pod's first container finds the guest's container
-	// path already run (warmUp). It needs WarmUpBinary.
+	// path already run (warmUp). It needs WarmUpBinary. A VM without the
+	// shared file system (SharedFSNone) skips it (warmsUp).
 	WarmUp bool
 	// WarmUpBinary is the absolute path of the static executable the
 	// warm-up container runs with -h (exiting 0): a binary the host
@@ -195,6 +204,10 @@ type Sandbox struct {
 	// hotplugBlocks is Config.VM's: how many disks the VM can have
 	// hot-added at once.
 	hotplugBlocks uint32
+	// copyLimits are Config.CopyLimits with their defaults: the bounds of
+	// a container's copied bind sources in a VM without the shared file
+	// system (storage nil). Read-only after Start.
+	copyLimits storage.CopyLimits
 	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
 	cgroup *hostCgroup
 
@@ -231,6 +244,11 @@ type Sandbox struct {
 	// VM is made; read-only after.
 	template         *hypervisor.Template
 	nicsAfterRestore bool
+	// reseedWithPod says that a restored guest's RNG is reseeded by the
+	// pod steps, together with their other calls to the agent, rather
+	// than by the boot steps (a warm start, which has no pod steps yet).
+	// Set by Start before its steps run; read-only after.
+	reseedWithPod bool
 	// phases are the steps of Start with their durations, written by
 	// Start only, before the sandbox is returned; for an adopted sandbox
 	// the steps of Adopt, written by Adopt before it returns.
@@ -260,6 +278,23 @@ type Sandbox struct {
 // BootPhases returns the steps of the sandbox's start with how long each
 // took.
 func (s *Sandbox) BootPhases() []Phase { return append([]Phase(nil), s.phases...) }
+
+// FormatPhases writes phases for a log line: each step's name and its
+// duration in milliseconds, "name=12.3ms", separated by commas; steps that
+// took under 0.1 ms are left out.
+func FormatPhases(phases []Phase) string {
+	var b strings.Builder
+	for _, p := range phases {
+		if p.Took < 100*time.Microsecond {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%.1fms", p.Name, float64(p.Took.Microseconds())/1000)
+	}
+	return b.String()
+}
 
 // ID returns the sandbox's ID.
 func (s *Sandbox) ID() string { return s.id }
@@ -351,6 +386,13 @@ type step struct {
 	together []step
 }
 
+// warmsUp reports whether a start runs the warm-up container: a warm
+// start with cfg.WarmUp, of a VM with the shared file system. Without it
+// (SharedFSNone) there is no root for the warm-up container (a container
+// there needs a disk root, which the pod brings): the VM is kept warm
+// booted, its agent connected, without the warm-up.
+func warmsUp(cfg Config, warm bool) bool { return warm && cfg.WarmUp && sharesFS(cfg) }
+
 // boot makes one attempt at a start: the boot steps, then, unless warm,
 // the pod steps. A warm start stops after the boot steps: the sandbox
 // belongs to no pod until Adopt runs the pod steps.
@@ -366,6 +408,7 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 		hotplugNICs: cfg.VM.HotplugNICs,
 
 		hotplugBlocks: cfg.VM.HotplugBlocks,
+		copyLimits:    copyLimits(cfg),
 	}
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
@@ -402,8 +445,11 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 	// returns: a start waiting for one holds nothing else. Released by the
 	// undo stack on failure.
 	var slot *bootslot.Slot
+	// A pod's start reseeds a restored guest with its pod steps, at the
+	// same time as its other calls; a warm VM is reseeded as it boots.
+	s.reseedWithPod = !warm
 	steps := s.bootSteps(cfg, ep, &slot, &undo)
-	if warm && cfg.WarmUp {
+	if warmsUp(cfg, warm) {
 		steps = append(steps, step{name: "warm up", run: func(ctx context.Context) error {
 			return s.warmUp(ctx, cfg)
 		}})
@@ -487,7 +533,7 @@ func (s *Sandbox) runSteps(ctx context.Context, tr trace.Tracer, id, doing strin
 // the VM is made, as devices present at boot) when cfg names one and does
 // not ask for it to be hot-added; a warm start names none.
 func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **bootslot.Slot, undo *cleanups) []step {
-	return []step{
+	steps := []step{
 		{name: "wait for a boot slot", run: func(ctx context.Context) error {
 			if cfg.BootGate == nil {
 				return nil
@@ -519,6 +565,9 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			return nil
 		}},
 		{name: "create shared storage", run: func(ctx context.Context) error {
+			if !sharesFS(cfg) {
+				return nil
+			}
 			return s.createStorage(ctx, undo)
 		}},
 		// The record is rewritten as soon as each part it names exists, so
@@ -531,6 +580,9 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			return writeRecord(s.stateDir, s.record())
 		}},
 		{name: "start virtiofsd", run: func(ctx context.Context) error {
+			if !sharesFS(cfg) {
+				return nil
+			}
 			if err := s.startVirtiofs(ctx, cfg.Virtiofs, undo); err != nil {
 				return err
 			}
@@ -603,13 +655,16 @@ func (s *Sandbox) bootSteps(cfg Config, ep hypervisor.AgentEndpoint, slot **boot
 			}
 			return nil
 		}},
-		{name: "reseed guest rng", run: func(ctx context.Context) error {
+	}
+	if !s.reseedWithPod {
+		steps = append(steps, step{name: "reseed guest rng", run: func(ctx context.Context) error {
 			if !s.restored {
 				return nil
 			}
 			return reseedGuest(ctx, s.client)
-		}},
+		}})
 	}
+	return steps
 }
 
 // startVM is Start's "start vm" step: it starts s.vm and pushes its stop
@@ -655,36 +710,50 @@ func (s *Sandbox) podSteps(cfg Config, hotplugNet bool, undo *cleanups) []step {
 	if hostname == "" {
 		hostname = cfg.ID[:min(len(cfg.ID), maxHostname)]
 	}
-	return []step{
-		// First: the guest takes the hot-added NICs in (its PCI hotplug,
-		// the driver's probe) while the host's next calls travel.
-		{name: "hot-add pod network", run: func(ctx context.Context) error {
-			if s.nicsAfterRestore {
-				// Attached before the VM was made, hot-added now.
-				return s.addNICs(ctx, cfg.VM.HotplugNICs)
-			}
-			if cfg.NetNS == "" || !hotplugNet {
+	hotadd := step{name: "hot-add pod network", run: func(ctx context.Context) error {
+		if s.nicsAfterRestore {
+			// Attached before the VM was made, hot-added now.
+			return s.addNICs(ctx, cfg.VM.HotplugNICs)
+		}
+		if cfg.NetNS == "" || !hotplugNet {
+			return nil
+		}
+		return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, true, undo)
+	}}
+	// First the hot-add (QMP; the guest then takes the NICs in, its PCI
+	// hotplug and the driver's probe) and, for a restored guest, its
+	// reseed (the agent) at the same time: the guest has its fresh
+	// entropy before it configures the pod network or runs anything of
+	// the pod. (A guest with a vmgenid driver reseeds itself at resume.)
+	first := []step{hotadd}
+	if s.reseedWithPod {
+		first = append(first, step{name: "reseed guest rng", run: func(ctx context.Context) error {
+			if !s.restored {
 				return nil
 			}
-			return s.hotplugNetwork(ctx, cfg.NetNS, cfg.VM.HotplugNICs, true, undo)
+			return reseedGuest(ctx, s.client)
+		}})
+	}
+	// Then independent calls to the agent, made at the same time: one
+	// round trip, and the guest's waits (for the storage modules, for
+	// the NICs to show up) overlap.
+	together := []step{
+		{name: "set guest time", run: func(ctx context.Context) error {
+			_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
+			return err
 		}},
-		// Independent calls to the agent, made at the same time: one
-		// round trip, and the guest's waits (for the storage modules, for
-		// the NICs to show up) overlap.
-		{together: []step{
-			{name: "set guest time", run: func(ctx context.Context) error {
-				_, err := s.client.System().SetTime(ctx, &agent.SetTimeRequest{Time: timestamppb.Now()})
-				return err
-			}},
-			{name: "create guest sandbox", run: func(ctx context.Context) error {
-				// The agent waits for the storage modules it loads after it
-				// began serving; the rest keep loading meanwhile.
-				return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
-			}},
-			{name: "configure guest network", run: func(ctx context.Context) error {
-				return s.configureGuestNetwork(ctx, cfg.DNS)
-			}},
+		{name: "create guest sandbox", run: func(ctx context.Context) error {
+			// The agent waits for the storage modules it loads after it
+			// began serving; the rest keep loading meanwhile.
+			return s.createGuestSandbox(ctx, hostname, cfg.ShmSize)
 		}},
+		{name: "configure guest network", run: func(ctx context.Context) error {
+			return s.configureGuestNetwork(ctx, cfg.DNS)
+		}},
+	}
+	return []step{
+		{together: first},
+		{together: together},
 		{name: "serve debug consoles", run: func(ctx context.Context) error {
 			if !cfg.DebugConsole {
 				return nil
@@ -703,8 +772,11 @@ func (s *Sandbox) vmConfig(cfg Config, ep hypervisor.AgentEndpoint) hypervisor.C
 	if n := s.podNetwork(); n != nil && !s.nicsAfterRestore {
 		vc.Networks = append(append([]hypervisor.NetworkDevice(nil), vc.Networks...), n.Devices()...)
 	}
-	vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
-	vc.SharedMemory = true
+	if s.virtiofs != nil {
+		vc.Filesystems = append(append([]hypervisor.FilesystemDevice(nil), vc.Filesystems...), s.filesystemDevice())
+		// vhost-user: virtiofsd maps the guest RAM.
+		vc.SharedMemory = true
+	}
 	vc.ID = cfg.ID
 	vc.StateDir = s.stateDir
 	vc.Cgroup = s.CgroupPath()
@@ -915,6 +987,14 @@ func validate(cfg Config) error {
 	}
 	if cfg.DialTimeout <= 0 || cfg.CallTimeout <= 0 || cfg.KillTimeout < 0 {
 		errs = append(errs, errors.New("agent timeouts must be positive"))
+	}
+	switch cfg.SharedFS {
+	case "", SharedFSVirtioFS, SharedFSNone:
+	default:
+		errs = append(errs, fmt.Errorf("shared file system %q: want %q or %q", cfg.SharedFS, SharedFSVirtioFS, SharedFSNone))
+	}
+	if l := cfg.CopyLimits; l.Total < 0 || l.File < 0 || l.Entries < 0 {
+		errs = append(errs, errors.New("copy limits must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sandbox config: %w: %w", err, errdefs.ErrInvalidArgument)

@@ -40,6 +40,30 @@ type VirtiofsConfig struct {
 	LogMax int64
 }
 
+// The values of Config.SharedFS.
+const (
+	SharedFSVirtioFS = "virtio-fs"
+	SharedFSNone     = "none"
+)
+
+// sharesFS reports whether cfg's VM has the shared file system.
+func sharesFS(cfg Config) bool { return cfg.SharedFS != SharedFSNone }
+
+// copyLimits are cfg.CopyLimits, each zero field the default's.
+func copyLimits(cfg Config) storage.CopyLimits {
+	l, d := cfg.CopyLimits, storage.DefaultCopyLimits
+	if l.Total == 0 {
+		l.Total = d.Total
+	}
+	if l.File == 0 {
+		l.File = d.File
+	}
+	if l.Entries == 0 {
+		l.Entries = d.Entries
+	}
+	return l
+}
+
 // createStorage makes the shared tree under the state directory.
 func (s *Sandbox) createStorage(ctx context.Context, undo *cleanups) error {
 	sh, err := storage.New(ctx, s.stateDir)
@@ -89,19 +113,24 @@ func (s *Sandbox) createGuestSandbox(ctx context.Context, hostname string, shmSi
 	if shmSize == 0 {
 		shmSize = defaultShmSize
 	}
-	_, err := s.client.Containers().CreateSandbox(ctx, &agent.CreateSandboxRequest{
-		SandboxId: s.id,
-		Hostname:  hostname,
-		Storages: []*agent.Storage{{
+	var storages []*agent.Storage
+	if s.virtiofs != nil {
+		storages = append(storages, &agent.Storage{
 			Source:     storage.FSTag,
 			Fstype:     "virtiofs",
 			MountPoint: storage.GuestSharedDir,
-		}, {
-			Source:     "shm",
-			Fstype:     "tmpfs",
-			Options:    []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%dk", (shmSize+1023)/1024)},
-			MountPoint: GuestShmDir,
-		}},
+		})
+	}
+	storages = append(storages, &agent.Storage{
+		Source:     "shm",
+		Fstype:     "tmpfs",
+		Options:    []string{"nosuid", "nodev", "noexec", "mode=1777", fmt.Sprintf("size=%dk", (shmSize+1023)/1024)},
+		MountPoint: GuestShmDir,
+	})
+	_, err := s.client.Containers().CreateSandbox(ctx, &agent.CreateSandboxRequest{
+		SandboxId: s.id,
+		Hostname:  hostname,
+		Storages:  storages,
 	})
 	if err != nil {
 		return s.guestError(err)

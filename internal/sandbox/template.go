@@ -37,8 +37,10 @@ type TemplateConfig struct {
 	// Root is the host-owned directory holding the templates, one
 	// directory per key.
 	Root string
-	// Memory is how a clone maps the template RAM. Sandboxes need
-	// virtio-fs, which works only with hypervisor.TemplateMemoryPrivate.
+	// Memory is how a clone maps the template RAM. A sandbox with the
+	// shared file system (virtio-fs) works only with
+	// hypervisor.TemplateMemoryPrivate; one without it (SharedFSNone)
+	// with either.
 	Memory hypervisor.TemplateMemory
 	// DriverKey describes the driver options a saved state depends on
 	// (machine, accelerator, CPU model); it is part of the key.
@@ -136,8 +138,9 @@ func (t *TemplateConfig) Key(vc hypervisor.Config) (string, error) {
 }
 
 // find returns the template a sandbox of VM configuration vc starts from,
-// or nil when there is none (the VM boots, with a warning).
-func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config) (*hypervisor.Template, error) {
+// or nil when there is none (the VM boots, with a warning). sharedFS says
+// that the sandbox's VM has virtio-fs.
+func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config, sharedFS bool) (*hypervisor.Template, error) {
 	if vc.Agent.Transport != hypervisor.TransportSerial {
 		log.G(ctx).WithField("transport", vc.Agent.Transport).Warn("vm templates need the serial agent transport: booting")
 		return nil, nil
@@ -149,9 +152,10 @@ func (t *TemplateConfig) find(ctx context.Context, vc hypervisor.Config) (*hyper
 		log.G(ctx).WithField("nics", len(vc.Networks)).Warn("vm templates cannot carry NICs at boot: booting")
 		return nil, nil
 	}
-	if t.Memory == hypervisor.TemplateMemoryShared {
-		return nil, fmt.Errorf("template memory %q maps guest RAM copy-on-write, and virtio-fs, which a sandbox needs for its containers' files, needs it shared: %w",
-			t.Memory, errdefs.ErrNotImplemented)
+	if t.Memory == hypervisor.TemplateMemoryShared && sharedFS {
+		return nil, fmt.Errorf("template memory %q maps guest RAM copy-on-write, and virtio-fs (shared_fs = %q) needs it shared; "+
+			"a sandbox with shared_fs = %q can use it: %w",
+			t.Memory, SharedFSVirtioFS, SharedFSNone, errdefs.ErrNotImplemented)
 	}
 	key, err := t.Key(vc)
 	if err != nil {
@@ -178,7 +182,7 @@ func (s *Sandbox) findTemplate(ctx context.Context, cfg Config, ep hypervisor.Ag
 	if cfg.Template == nil {
 		return nil
 	}
-	tpl, err := cfg.Template.find(ctx, guestVMConfig(cfg, ep))
+	tpl, err := cfg.Template.find(ctx, guestVMConfig(cfg, ep), sharesFS(cfg))
 	if err != nil || tpl == nil {
 		return err
 	}

@@ -110,7 +110,7 @@ func TestTemplateFind(t *testing.T) {
 		Agent: hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial}}
 	tc := &TemplateConfig{Root: dir, Memory: hypervisor.TemplateMemoryPrivate}
 	ctx := context.Background()
-	if got, err := tc.find(ctx, vc); got != nil || err != nil {
+	if got, err := tc.find(ctx, vc, true); got != nil || err != nil {
 		t.Errorf("no template: %v, %v; want none and no error (the vm boots)", got, err)
 	}
 	key, _ := tc.Key(vc)
@@ -120,7 +120,7 @@ func TestTemplateFind(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, key, "state"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := tc.find(ctx, vc)
+	got, err := tc.find(ctx, vc, true)
 	if err != nil || got == nil || got.Dir != filepath.Join(dir, key) || !got.Restore || got.Memory != hypervisor.TemplateMemoryPrivate {
 		t.Errorf("template found as %+v, %v", got, err)
 	}
@@ -128,16 +128,19 @@ func TestTemplateFind(t *testing.T) {
 	// lacks: QEMU would refuse the state, or the guest never see them.
 	withNICs := vc
 	withNICs.Networks = []hypervisor.NetworkDevice{{ID: "eth0", TapName: "tap0", MAC: "02:00:00:00:00:01"}}
-	if got, err := tc.find(ctx, withNICs); got != nil || err != nil {
+	if got, err := tc.find(ctx, withNICs, true); got != nil || err != nil {
 		t.Errorf("vm with boot NICs: %v, %v; want none (it boots)", got, err)
 	}
 	vs := vc
 	vs.Agent = hypervisor.AgentEndpoint{Transport: hypervisor.TransportVsock, CID: 3, Port: 1024}
-	if got, err := tc.find(ctx, vs); got != nil || err != nil {
+	if got, err := tc.find(ctx, vs, true); got != nil || err != nil {
 		t.Errorf("vsock vm: %v, %v; want none (it boots)", got, err)
 	}
 	shared := &TemplateConfig{Root: dir, Memory: hypervisor.TemplateMemoryShared}
-	if _, err := shared.find(ctx, vc); !errors.Is(err, errdefs.ErrNotImplemented) {
-		t.Errorf("shared memory for a sandbox: %v, want not implemented", err)
+	if _, err := shared.find(ctx, vc, true); !errors.Is(err, errdefs.ErrNotImplemented) {
+		t.Errorf("shared memory for a sandbox with virtio-fs: %v, want not implemented", err)
+	}
+	if got, err := shared.find(ctx, vc, false); err != nil || got == nil || got.Memory != hypervisor.TemplateMemoryShared {
+		t.Errorf("shared memory for a sandbox without virtio-fs: %v, %v; want the template, shared", got, err)
 	}
 }

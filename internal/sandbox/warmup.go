@@ -46,6 +46,9 @@ func (s *Sandbox) warmUp(ctx context.Context, cfg Config) (retErr error) {
 	if cfg.WarmUpBinary == "" || !filepath.IsAbs(cfg.WarmUpBinary) {
 		return fmt.Errorf("warm-up binary %q is not an absolute path: %w", cfg.WarmUpBinary, errdefs.ErrInvalidArgument)
 	}
+	if !sharesFS(cfg) {
+		return fmt.Errorf("no warm-up with shared_fs = %q: the warm-up container's root is a host directory, which needs virtio-fs: %w", cfg.SharedFS, errdefs.ErrNotImplemented)
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
 	// The undo of each part runs with a context of its own: ctx may be
