@@ -24,26 +24,39 @@ import (
 
 // startWarm boots a warm sandbox as a VM factory would: a placeholder ID,
 // a cgroup of its own (below the test's cgroup parent), NIC hotplug slots
-// and no pod network.
-func startWarm(t *testing.T, ctx context.Context, c *config.Config) (*sandbox.Sandbox, sandbox.Config) {
+// and no pod network. stop stops the sandbox (the test's end does, when
+// the test did not).
+func startWarm(t *testing.T, ctx context.Context, c *config.Config) (sb *sandbox.Sandbox, wc sandbox.Config, stop func()) {
 	t.Helper()
 	id, err := sandbox.NewWarmID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	wc, err := launch.SandboxConfig(c, id)
+	wc, err = launch.SandboxConfig(c, id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	wc.VM.HotplugNICs = 2
-	sb, err := sandbox.StartWarm(ctx, wc)
+	sb, err = sandbox.StartWarm(ctx, wc)
 	if err != nil {
 		t.Fatalf("starting the warm sandbox: %v", err)
 	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = sb.Stop(context.Background())
+		}
+	})
 	if !sb.Warm() || sb.ID() != id || sb.StateDir() != sandbox.StateDir(c.Runtime.StateDir, id) {
 		t.Fatalf("warm sandbox %s in %s (warm %v), want %s", sb.ID(), sb.StateDir(), sb.Warm(), id)
 	}
-	return sb, wc
+	stop = func() {
+		stopped = true
+		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
+			t.Errorf("stopping: %v", err)
+		}
+	}
+	return sb, wc, stop
 }
 
 // adoptConfig is c's configuration for the pod id: wc's warm VM can serve
@@ -101,13 +114,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		c.Hypervisor.VCPUs, c.Hypervisor.MemoryMiB = 1, 512
 		c.Hypervisor.MaxVCPUs, c.Hypervisor.MaxMemoryMiB = 2, 1024
 		ctx := withTimeout(t, 4*time.Minute)
-		sb, wc := startWarm(t, ctx, c)
-		stopped := false
-		t.Cleanup(func() {
-			if !stopped {
-				_ = sb.Stop(context.Background())
-			}
-		})
+		sb, wc, stop := startWarm(t, ctx, c)
 		warmDir := sb.StateDir()
 		procs := sb.HostProcesses()
 		vmm, vfs := procs["vmm"], procs["virtiofsd"]
@@ -190,10 +197,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 			t.Errorf("agent.log in the pod's directory (%v) has no line of sandbox %s:\n%s", err, pc.ID, b)
 		}
 
-		stopped = true
-		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
-			t.Errorf("stopping: %v", err)
-		}
+		stop()
 		for name, p := range procs {
 			if processAlive(p.PID) {
 				t.Errorf("%s %d alive after stop", name, p.PID)
@@ -214,13 +218,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		c.Agent.Transport = "serial"
 		c.Hypervisor.QEMU.Machine = qemu.MachineQ35
 		ctx := withTimeout(t, 3*time.Minute)
-		sb, wc := startWarm(t, ctx, c)
-		stopped := false
-		t.Cleanup(func() {
-			if !stopped {
-				_ = sb.Stop(context.Background())
-			}
-		})
+		sb, wc, stop := startWarm(t, ctx, c)
 		procs := sb.HostProcesses()
 		// A cgroup path the host refuses: the adoption fails after the
 		// state directory moved, before anything joined the pod's cgroup.
@@ -237,10 +235,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		if !inCgroup(t, wc.Cgroup.Path, procs["vmm"].PID) {
 			t.Error("qemu left the warm cgroup")
 		}
-		stopped = true
-		if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
-			t.Errorf("stopping: %v", err)
-		}
+		stop()
 		for name, p := range procs {
 			if processAlive(p.PID) {
 				t.Errorf("%s %d alive after stop", name, p.PID)
@@ -285,13 +280,7 @@ func refuseAdoption(t *testing.T, spoil func(*testing.T, map[string]child.Proces
 	c.Agent.Transport = "serial"
 	c.Hypervisor.QEMU.Machine = qemu.MachineQ35
 	ctx := withTimeout(t, 3*time.Minute)
-	sb, wc := startWarm(t, ctx, c)
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_ = sb.Stop(context.Background())
-		}
-	})
+	sb, wc, stop := startWarm(t, ctx, c)
 	warmDir, procs := sb.StateDir(), sb.HostProcesses()
 	pc := adoptConfig(t, c, "refused-pod")
 	spoil(t, procs, &pc)
@@ -304,10 +293,7 @@ func refuseAdoption(t *testing.T, spoil func(*testing.T, map[string]child.Proces
 	if sb.StateDir() != warmDir {
 		t.Errorf("a refused adoption moved the state directory to %s", sb.StateDir())
 	}
-	stopped = true
-	if err := sb.Stop(withTimeout(t, time.Minute)); err != nil {
-		t.Errorf("stopping: %v", err)
-	}
+	stop()
 	for name, p := range procs {
 		if processAlive(p.PID) {
 			t.Errorf("%s %d alive after stop", name, p.PID)

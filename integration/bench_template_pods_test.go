@@ -18,6 +18,7 @@ import (
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
+	"github.com/hull-runtime/hull/internal/storage"
 )
 
 // templatePods is how many idle pods of each kind BenchmarkTemplatePods
@@ -30,6 +31,10 @@ type podKind struct {
 	c    *config.Config
 	// restored is whether its sandboxes must start from the template.
 	restored bool
+	// diskRoot gives each pod's container a root of its own on a disk
+	// (an ext4 image of the bundle's root, as containerd's blockfile
+	// snapshotter keeps it): what a pod without virtio-fs needs.
+	diskRoot bool
 }
 
 // BenchmarkTemplatePods compares pods whose VM boots ("cold") with pods
@@ -57,6 +62,8 @@ type podKind struct {
 // and every cold pod booted, or the benchmark fails. A pod with
 // template_memory = "shared" must be refused (ErrNotImplemented: virtio-fs
 // needs the guest RAM mapped shared); the benchmark logs the refusal.
+// BenchmarkTemplatePodsShared measures shared template memory for pods
+// without virtio-fs.
 func BenchmarkTemplatePods(b *testing.B) {
 	cold := testConfig(b)
 	cold.Agent.Transport = "serial"
@@ -98,7 +105,7 @@ func BenchmarkTemplatePods(b *testing.B) {
 	}
 
 	bundle, spec := busyboxBundle(b, "sleep", "100000")
-	kinds := []podKind{{"cold", cold, false}, {"template", &tpl, true}}
+	kinds := []podKind{{"cold", cold, false, false}, {"template", &tpl, true, false}}
 	starts := map[string][]time.Duration{}
 	for i := 0; b.Loop(); i++ {
 		for k := range kinds {
@@ -110,47 +117,9 @@ func BenchmarkTemplatePods(b *testing.B) {
 		}
 	}
 
-	type mem struct{ total, median, lo, hi, charged float64 }
-	mems := map[string]mem{}
+	mems := map[string]podMem{}
 	for _, kind := range kinds {
-		pods := startIdlePods(b, kind, "tm-"+kind.name, templatePods, bundle, spec)
-		time.Sleep(5 * time.Second) // idle: the guests settle after the containers' start
-		var per []float64
-		if split, err := qemuPSSSplit(pods.sbs[0]); err == nil {
-			b.Logf("%s: QEMU of pod %s: %s", kind.name, pods.sbs[0].ID(), split)
-		} else {
-			b.Logf("%s: QEMU of pod %s: %v", kind.name, pods.sbs[0].ID(), err)
-		}
-		for _, sb := range pods.sbs {
-			pids := processesMentioning(sb.StateDir() + string(os.PathSeparator))
-			if len(pids) < 2 {
-				pods.stop()
-				b.Fatalf("%s: %d host processes name its state directory, want QEMU and virtiofsd", sb.ID(), len(pids))
-			}
-			var kib uint64
-			for _, pid := range pids {
-				_, pss := smapsRollup(pid)
-				kib += pss
-			}
-			per = append(per, float64(kib)/1024)
-		}
-		var m mem
-		for _, sb := range pods.sbs {
-			u, err := sb.HostUsage()
-			if err != nil {
-				pods.stop()
-				b.Fatalf("%s: the memory charged to its cgroup: %v", sb.ID(), err)
-			}
-			m.charged += float64(u.MemoryBytes) / (1 << 20)
-		}
-		pods.stop()
-		for _, p := range per {
-			m.total += p
-		}
-		m.median, m.lo, m.hi = medianF(per), slices.Min(per), slices.Max(per)
-		mems[kind.name] = m
-		b.Logf("%s: %d idle pods, PSS (QEMU + virtiofsd) %.1f MiB in all, per pod median %.1f MiB (%.1f to %.1f): %s; charged to their cgroups %.1f MiB in all",
-			kind.name, templatePods, m.total, m.median, m.lo, m.hi, formatMiB(per), m.charged)
+		mems[kind.name] = idleMemory(b, kind, bundle, spec)
 	}
 	for _, kind := range kinds {
 		ts := starts[kind.name]
@@ -212,7 +181,11 @@ func startIdlePods(b *testing.B, kind podKind, prefix string, n int, bundle stri
 		if sb.Restored() != kind.restored {
 			fail("%s: sandbox %s restored from the template: %v, want %v", kind.name, sb.ID(), sb.Restored(), kind.restored)
 		}
-		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "idle", Bundle: bundle, Spec: spec})
+		cc := sandbox.ContainerConfig{ID: "idle", Bundle: bundle, Spec: spec}
+		if kind.diskRoot {
+			cc.Rootfs = []storage.Mount{{Type: "ext4", Source: ext4Image(b, bundle), Options: []string{"loop", "rw"}}}
+		}
+		ctr, err := sb.CreateContainer(ctx, cc)
 		if err != nil {
 			fail("%s: creating the container in %s: %v", kind.name, sb.ID(), err)
 		}
@@ -273,4 +246,127 @@ func formatMiB(xs []float64) string {
 		parts[i] = fmt.Sprintf("%.1f", x)
 	}
 	return strings.Join(parts, " ")
+}
+
+// podMem is the memory of templatePods idle pods of one kind, in MiB.
+type podMem struct{ total, median, lo, hi, charged float64 }
+
+// idleMemory starts templatePods idle pods of kind at once and measures,
+// 5 s after their containers started, the PSS of each pod's host
+// processes (QEMU, and virtiofsd when it has one) and the memory charged
+// to the pods' cgroups.
+func idleMemory(b *testing.B, kind podKind, bundle string, spec *specs.Spec) podMem {
+	b.Helper()
+	pods := startIdlePods(b, kind, "tm-"+kind.name, templatePods, bundle, spec)
+	time.Sleep(5 * time.Second) // idle: the guests settle after the containers' start
+	var per []float64
+	if split, err := qemuPSSSplit(pods.sbs[0]); err == nil {
+		b.Logf("%s: QEMU of pod %s: %s", kind.name, pods.sbs[0].ID(), split)
+	} else {
+		b.Logf("%s: QEMU of pod %s: %v", kind.name, pods.sbs[0].ID(), err)
+	}
+	want := 2 // QEMU and virtiofsd
+	if kind.c.Runtime.SharedFS == config.SharedFSNone {
+		want = 1
+	}
+	for _, sb := range pods.sbs {
+		pids := processesMentioning(sb.StateDir() + string(os.PathSeparator))
+		if len(pids) != want {
+			pods.stop()
+			b.Fatalf("%s: %d host processes name its state directory, want %d", sb.ID(), len(pids), want)
+		}
+		var kib uint64
+		for _, pid := range pids {
+			_, pss := smapsRollup(pid)
+			kib += pss
+		}
+		per = append(per, float64(kib)/1024)
+	}
+	var m podMem
+	for _, sb := range pods.sbs {
+		u, err := sb.HostUsage()
+		if err != nil {
+			pods.stop()
+			b.Fatalf("%s: the memory charged to its cgroup: %v", sb.ID(), err)
+		}
+		m.charged += float64(u.MemoryBytes) / (1 << 20)
+	}
+	pods.stop()
+	for _, p := range per {
+		m.total += p
+	}
+	m.median, m.lo, m.hi = medianF(per), slices.Min(per), slices.Max(per)
+	b.Logf("%s: %d idle pods, PSS (QEMU + virtiofsd) %.1f MiB in all, per pod median %.1f MiB (%.1f to %.1f): %s; charged to their cgroups %.1f MiB in all",
+		kind.name, templatePods, m.total, m.median, m.lo, m.hi, formatMiB(per), m.charged)
+	return m
+}
+
+// BenchmarkTemplatePodsShared is BenchmarkTemplatePods' memory figures for
+// pods without virtio-fs (runtime.shared_fs = "none"), where
+// template_memory = "shared" works: templatePods idle pods restored from a
+// template whose RAM file they map copy-on-write ("shared"), against
+// templatePods cold pods of the same configuration ("cold-nofs"; both
+// with free page reporting off, which shared clones need), each pod's
+// busybox sleep container on a disk root of its own (an ext4 image,
+// hot-added as virtio-blk). It reports each kind's PSS of QEMU (the only
+// host process of such a pod) in all and per pod, the memory charged to
+// the pods' cgroups, and "shared/cold-pss" and "shared/cold-cgroup". The
+// PSS of the shared kind counts each page of the template file that n
+// clones map once in all (1/n in each): the host's real cost. Every
+// shared pod must have restored and every cold pod booted. One measure
+// per kind, whatever -benchtime says.
+func BenchmarkTemplatePodsShared(b *testing.B) {
+	cold := testConfig(b)
+	cold.Agent.Transport = "serial"
+	cold.Image.AssetsDir, _ = hullKernelAssets(b)
+	cold.Agent.CallTimeout = config.Duration{Duration: 90 * time.Second}
+	cold.Runtime.SharedFS = config.SharedFSNone
+	cold.Hypervisor.FreePageReporting = false
+	tdir := filepath.Join(cold.Runtime.StateDir, "templates")
+	if err := os.Mkdir(tdir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = os.RemoveAll(tdir) })
+	cold.Factory.TemplateDir = tdir
+	tpl := *cold
+	tpl.Factory.Template = true
+	tpl.Factory.TemplateMemory = "shared"
+	if err := tpl.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	ctx := withTimeout(b, 5*time.Minute)
+	sc, err := launch.SandboxConfig(&tpl, "tpl-create")
+	if err != nil {
+		b.Fatal(err)
+	}
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		b.Fatalf("creating the template: %v", err)
+	}
+	b.Logf("template %s created", key)
+	bundle, spec := busyboxBundle(b, "sleep", "100000")
+	kinds := []podKind{{"cold-nofs", cold, false, true}, {"shared", &tpl, true, true}}
+	mems := map[string]podMem{}
+	for b.Loop() {
+		if len(mems) > 0 {
+			continue
+		}
+		for _, kind := range kinds {
+			mems[kind.name] = idleMemory(b, kind, bundle, spec)
+		}
+	}
+	for _, kind := range kinds {
+		b.ReportMetric(mems[kind.name].total, kind.name+"-pss-total-MiB")
+		b.ReportMetric(mems[kind.name].median, kind.name+"-pss-per-pod-MiB")
+		b.ReportMetric(mems[kind.name].charged, kind.name+"-cgroup-total-MiB")
+	}
+	if c := mems["cold-nofs"].total; c > 0 {
+		b.ReportMetric(mems["shared"].total/c, "shared/cold-pss")
+	}
+	if c := mems["cold-nofs"].charged; c > 0 {
+		b.ReportMetric(mems["shared"].charged/c, "shared/cold-cgroup")
+	}
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		b.Logf("load average: %s", strings.TrimSpace(string(load)))
+	}
 }

@@ -9,12 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containerd/errdefs"
 
-	"github.com/hull-runtime/hull/integration/internal/e2e"
-	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/storage"
 )
 
@@ -114,30 +111,7 @@ func TestErofsRootfs(t *testing.T) {
 
 	run := func(t *testing.T, id string, rootfs []storage.Mount, args ...string) (result, error) {
 		t.Helper()
-		ctx := withTimeout(t, 2*time.Minute)
-		b, spec := busyboxBundle(t, args...)
-		var stdout, stderr e2e.SyncBuffer
-		ctr, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
-			ID: id, Bundle: b, Spec: spec, Rootfs: rootfs,
-			Stdio: sandbox.IO{Stdout: &stdout, Stderr: &stderr},
-		})
-		if err != nil {
-			return result{}, err
-		}
-		defer deleteContainer(t, ctr)
-		for _, m := range mountsUnder(c.Runtime.StateDir) {
-			if strings.Contains(m, "/"+id+"/") {
-				t.Errorf("root mounted on the host at %s", m)
-			}
-		}
-		if err := ctr.Start(ctx); err != nil {
-			t.Fatalf("start %s: %v", id, err)
-		}
-		st, err := ctr.Wait(ctx)
-		if err != nil {
-			t.Fatalf("wait %s: %v", id, err)
-		}
-		return result{stdout: stdout.String(), stderr: stderr.String(), status: st.Code}, nil
+		return runOnRoot(t, sb, c.Runtime.StateDir, id, rootfs, args...)
 	}
 	noLoops := func(t *testing.T, imgs ...string) {
 		t.Helper()

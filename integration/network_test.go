@@ -21,6 +21,7 @@ import (
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -53,24 +54,24 @@ func TestGuestNetwork(t *testing.T) {
 	}
 }
 
-func testGuestNetwork(t *testing.T, machine, ping string) {
-	c := testConfig(t)
-	c.Agent.Transport = "serial"
-	c.Hypervisor.QEMU.Machine = machine
-	ns := newTestNetns(t)
-	tap := ns.addTap(t, "tap0", netTestHostAddr+"/24", netTestHost6+"/64")
-
+// bootAgentVM boots the VM id of c with the QEMU driver, its agent on the
+// serial transport, after edit set its devices in the driver's
+// configuration, and dials its agent, within ctx. stop stops the VM, runs
+// afterStop (nil: nothing), and removes the VM's state directory; the
+// test's end does so when the test did not, and closes the client.
+func bootAgentVM(ctx context.Context, t *testing.T, c *config.Config, id string, edit func(*hypervisor.Config), afterStop func()) (vm *qemu.VM, client *agentclient.Client, stop func()) {
+	t.Helper()
 	kernel, initrd, err := launch.Assets(c, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(c.Runtime.StateDir, "net")
+	dir := filepath.Join(c.Runtime.StateDir, id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
-	vm, err := qemu.New(hypervisor.Config{
-		ID:           "net",
+	hc := hypervisor.Config{
+		ID:           id,
 		StateDir:     dir,
 		Kernel:       kernel,
 		Initrd:       initrd,
@@ -78,18 +79,17 @@ func testGuestNetwork(t *testing.T, machine, ping string) {
 		VCPUs:        c.Hypervisor.VCPUs,
 		MemoryMiB:    c.Hypervisor.MemoryMiB,
 		Agent:        ep,
-		Networks:     []hypervisor.NetworkDevice{{ID: "eth0", FDs: []uintptr{tap.Fd()}, MAC: netTestGuestMAC, MTU: 1500}},
-	}, launch.QEMUOptions(c))
+	}
+	edit(&hc)
+	vm, err = qemu.New(hc, launch.QEMUOptions(c))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := withTimeout(t, 3*time.Minute)
 	if err := vm.Start(ctx); err != nil {
 		t.Fatalf("starting the vm: %v", err)
 	}
-	pid := vm.Describe().PID
 	stopped := false
-	stop := func() {
+	stop = func() {
 		if stopped {
 			return
 		}
@@ -97,20 +97,37 @@ func testGuestNetwork(t *testing.T, machine, ping string) {
 		if err := vm.Stop(context.Background()); err != nil {
 			t.Errorf("stopping the vm: %v", err)
 		}
-		_ = tap.Close()
+		if afterStop != nil {
+			afterStop()
+		}
 		// The driver's state directory is the caller's to remove.
 		if err := os.RemoveAll(dir); err != nil {
 			t.Error(err)
 		}
 	}
 	t.Cleanup(stop)
-	client, err := agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
+	client, err = agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
 		DialTimeout: c.Agent.DialTimeout.Duration, CallTimeout: c.Agent.CallTimeout.Duration, Abort: vm.Done(),
 	})
 	if err != nil {
 		t.Fatalf("dialing the agent: %v\n%s", err, strings.Join(vm.ConsoleTail(20), "\n"))
 	}
-	defer func() { _ = client.Close() }()
+	t.Cleanup(func() { _ = client.Close() })
+	return vm, client, stop
+}
+
+func testGuestNetwork(t *testing.T, machine, ping string) {
+	c := testConfig(t)
+	c.Agent.Transport = "serial"
+	c.Hypervisor.QEMU.Machine = machine
+	ns := newTestNetns(t)
+	tap := ns.addTap(t, "tap0", netTestHostAddr+"/24", netTestHost6+"/64")
+
+	ctx := withTimeout(t, 3*time.Minute)
+	vm, client, stop := bootAgentVM(ctx, t, c, "net", func(hc *hypervisor.Config) {
+		hc.Networks = []hypervisor.NetworkDevice{{ID: "eth0", FDs: []uintptr{tap.Fd()}, MAC: netTestGuestMAC, MTU: 1500}}
+	}, func() { _ = tap.Close() })
+	pid := vm.Describe().PID
 	// virtio_net may still be loading: the agent loads it after it began
 	// serving, and ConfigureNetwork waits for the device.
 	h, err := client.System().Health(ctx, &agent.HealthRequest{})

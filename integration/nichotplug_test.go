@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -13,7 +12,6 @@ import (
 	"github.com/containerd/errdefs"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
-	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -64,54 +62,8 @@ func testNICHotplug(t *testing.T, busybox, assetsDir string) {
 		t.Fatalf("netpod mirrored %d interfaces, want 1 (eth0)", len(devs))
 	}
 
-	kernel, initrd, err := launch.Assets(c, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(c.Runtime.StateDir, "nichp")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
-	vm, err := qemu.New(hypervisor.Config{
-		ID:           "nichp",
-		StateDir:     dir,
-		Kernel:       kernel,
-		Initrd:       initrd,
-		KernelParams: append(agentclient.KernelParams(ep, "info"), c.Hypervisor.KernelParams...),
-		VCPUs:        c.Hypervisor.VCPUs,
-		MemoryMiB:    c.Hypervisor.MemoryMiB,
-		Agent:        ep,
-		HotplugNICs:  1,
-	}, launch.QEMUOptions(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Start(ctx); err != nil {
-		t.Fatalf("starting the vm: %v", err)
-	}
+	vm, client, stop := bootAgentVM(ctx, t, c, "nichp", func(hc *hypervisor.Config) { hc.HotplugNICs = 1 }, nil)
 	pid := vm.Describe().PID
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		if err := vm.Stop(context.Background()); err != nil {
-			t.Errorf("stopping the vm: %v", err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Error(err)
-		}
-	}
-	t.Cleanup(stop)
-	client, err := agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
-		DialTimeout: c.Agent.DialTimeout.Duration, CallTimeout: c.Agent.CallTimeout.Duration, Abort: vm.Done(),
-	})
-	if err != nil {
-		t.Fatalf("dialing the agent: %v\n%s", err, strings.Join(vm.ConsoleTail(20), "\n"))
-	}
-	defer func() { _ = client.Close() }()
 
 	ifs, err := client.Network().ListInterfaces(ctx, &agent.ListInterfacesRequest{})
 	if err != nil {

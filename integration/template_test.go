@@ -176,8 +176,18 @@ func TestTemplate(t *testing.T) {
 					t.Fatalf("%s: guest metrics: %v", id, err)
 				}
 				if mode == hypervisor.TemplateMemoryPrivate {
-					if _, err := os.Stat(filepath.Join(tv.dir, "memory")); err != nil {
+					// The private copy is a memfd that QEMU maps shared
+					// and holds the guest's data; no file of the state
+					// directory (on whatever file system) holds guest RAM.
+					m, err := smapsOf(tv.vm.Describe().PID, "/memfd:hull-ram")
+					switch {
+					case err != nil:
 						t.Errorf("%s: no private memory copy: %v", id, err)
+					case m.perms != "rw-s" || m.rssKiB == 0:
+						t.Errorf("%s: the memory copy is mapped %s with %d KiB resident, want rw-s with the guest's data", id, m.perms, m.rssKiB)
+					}
+					if _, err := os.Stat(filepath.Join(tv.dir, "memory")); err == nil {
+						t.Errorf("%s: a memory file in the state directory", id)
 					}
 				}
 				stop()

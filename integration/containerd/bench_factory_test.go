@@ -46,6 +46,9 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 	times := map[string][]time.Duration{}
 	var hits uint64
 	var claimed string
+	// timelines are each run's start and duration, logged at the end
+	// with the hull shims' lines of its sandbox: where its time went.
+	var timelines []string
 	// The factory's first warm VM boots beside the template's creation:
 	// wait for it, so that no run of the first round shares the CPUs with
 	// it.
@@ -79,8 +82,10 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 			b.StartTimer()
 			start := time.Now()
 			d.mustCtr(b, args...)
-			times[way.name] = append(times[way.name], time.Since(start))
+			took := time.Since(start)
+			times[way.name] = append(times[way.name], took)
 			b.StopTimer()
+			timelines = append(timelines, fmt.Sprintf("%s: ctr run from %s, %v", id, start.UTC().Format("15:04:05.000"), took.Round(time.Millisecond)))
 			if way.start != "" {
 				got, err := e2e.WaitSandboxStart(d.log.String, id+"@default", 10*time.Second)
 				if err != nil {
@@ -114,9 +119,38 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 		}
 	}
 	reportWays(b, times, "runc", "cold")
+	logTimelines(b, d.log.String(), timelines)
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		b.Logf("load average: %s", strings.TrimSpace(string(load)))
 	}
+}
+
+// logTimelines writes each run of timelines (its ID first, then a colon)
+// with the lines of log that name it (for hull: the shim's, among them the
+// start's steps in the "sandbox started" line's phases and a clone's
+// restore, part by part, in "qemu started"): where its time went. They go
+// to the file $HULL_BENCH_TIMELINES when set (a benchmark's log keeps its
+// first lines only), to the benchmark's log otherwise.
+func logTimelines(b *testing.B, log string, timelines []string) {
+	b.Helper()
+	var out strings.Builder
+	lines := strings.Split(log, "\n")
+	for _, tl := range timelines {
+		id, _, _ := strings.Cut(tl, ":")
+		fmt.Fprintln(&out, tl)
+		for _, l := range lines {
+			if !strings.HasPrefix(id, "bench-runc") && strings.Contains(l, id) {
+				fmt.Fprintf(&out, "    %s\n", l)
+			}
+		}
+	}
+	if path := os.Getenv("HULL_BENCH_TIMELINES"); path != "" {
+		if err := os.WriteFile(path, []byte(out.String()), 0o600); err != nil {
+			b.Error(err)
+		}
+		return
+	}
+	b.Log(out.String())
 }
 
 // makeCtrTemplate writes a hull configuration beside d's with VM templates

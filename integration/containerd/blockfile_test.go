@@ -22,6 +22,13 @@ var rootMount = regexp.MustCompile(`(?m)^/dev/vd[a-z]+ / ext4 rw[, ]`)
 // into it.
 func startBlockfileDaemon(t *testing.T) *daemon {
 	t.Helper()
+	return startBlockfileDaemonWith(t, daemonOptions{})
+}
+
+// startBlockfileDaemonWith is startBlockfileDaemon with the hull
+// configuration o (whose containerd lines it sets).
+func startBlockfileDaemonWith(t *testing.T, o daemonOptions) *daemon {
+	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
 	}
@@ -33,11 +40,12 @@ func startBlockfileDaemon(t *testing.T) *daemon {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
 	containerdPath, ctrPath := daemonBinaries(t, "2")
-	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{containerd: fmt.Sprintf(`[plugins."io.containerd.snapshotter.v1.blockfile"]
+	o.containerd = fmt.Sprintf(`[plugins."io.containerd.snapshotter.v1.blockfile"]
   scratch_file = %q
   fs_type = "ext4"
   mount_options = []
-`, scratch)})
+`, scratch)
+	d := startDaemonWith(t, containerdPath, ctrPath, o)
 	// --local: the transfer service unpacks only for the snapshotters its
 	// unpack_config names (the default one).
 	d.mustCtr(t, "images", "import", "--local", "--snapshotter", blockfileSnapshotter, env.image)
@@ -95,36 +103,65 @@ func TestBlockfileRootfs(t *testing.T) {
 	t.Run("two containers in one pod, one after the other", func(t *testing.T) {
 		defer d.checkClean(t)
 		const pod = "bf-pod"
-		// A pod sandbox brings its network namespace (CNI's, with a
-		// path); an empty one will do.
-		netns := "hull-" + filepath.Base(d.dir)
-		if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
-			t.Fatalf("ip netns add: %v: %s", err, out)
-		}
-		defer func() { _ = exec.Command("ip", "netns", "delete", netns).Run() }()
-		podAnn := []string{"--with-ns", "network:/run/netns/" + netns,
-			"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
-		memberAnn := []string{"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
-		if _, errOut, code := run(t, append(append([]string{"-d"}, podAnn...), imageName, pod, "sleep", "600")...); code != 0 {
-			t.Fatalf("starting the pod sandbox: exit %d: %s", code, errOut)
-		}
-		defer d.forget(t, pod)
+		memberAnn, stopPod := startPod(t, d, run, imageName, pod)
+		defer stopPod()
 		// Each member hot-adds a disk of its own; the second reuses the
 		// port the first one's unplug freed.
-		for i, id := range []string{"bf-member1", "bf-member2"} {
-			out, errOut, code := run(t, append(append([]string{"--rm"}, memberAnn...), imageName, id,
-				"sh", "-c", fmt.Sprintf("echo member%d > /f && cat /f && cat /proc/mounts", i+1))...)
-			if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("member%d\n", i+1)) || !rootMount.MatchString(out) {
-				t.Fatalf("member %s: got exit %d, stdout %q, stderr %q", id, code, out, errOut)
-			}
+		runMembers(t, run, memberAnn, imageName, rootMount, "bf-member1", "bf-member2")
+		// The pod sandbox container is the agent's pause process, which
+		// only holds the pod's namespaces: an exec in it is refused, and
+		// the pod lives on.
+		_, errOut, code := d.ctr(t, "task", "exec", "--exec-id", "e1", pod, "true")
+		if code == 0 || !strings.Contains(errOut, "not implemented") {
+			t.Errorf("exec in the pod sandbox: exit %d, stderr %q; want it refused as not implemented", code, errOut)
 		}
-		// The sandbox container's own disk is still there and writable.
-		out, errOut, code := d.ctr(t, "task", "exec", "--exec-id", "e1", pod, "sh", "-c", "echo still > /g && cat /g")
-		if code != 0 || out != "still\n" {
-			t.Errorf("exec in the pod sandbox: exit %d, stdout %q, stderr %q", code, out, errOut)
-		}
+		runMembers(t, run, memberAnn, imageName, rootMount, "bf-member3")
 	})
 	if l := loopDevicesOf(t, d.dir); len(l) > 0 {
 		t.Errorf("loop devices left on the host: %v", l)
+	}
+}
+
+// ctrRun is a test's `ctr run` with its snapshotter and runtime: stdout,
+// stderr and exit code.
+type ctrRun func(t *testing.T, args ...string) (string, string, int)
+
+// startPod starts the pod sandbox container pod of image with run (sleeping,
+// detached), as CRI does: with the CRI annotations and a network namespace
+// of its own, an empty one (a pod's comes from CNI, with a path). It returns
+// the annotations of the pod's members, and the pod's removal for the test
+// to defer.
+func startPod(t *testing.T, d *daemon, run ctrRun, image, pod string) (memberAnn []string, remove func()) {
+	t.Helper()
+	netns := "hull-" + filepath.Base(d.dir)
+	if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	// Deleted even when a start or removal below ends the test; a second
+	// delete is harmless.
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", netns).Run() })
+	podAnn := []string{"--with-ns", "network:/run/netns/" + netns,
+		"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
+	if _, errOut, code := run(t, append(append([]string{"-d"}, podAnn...), image, pod, "sleep", "600")...); code != 0 {
+		t.Fatalf("starting the pod sandbox: exit %d: %s", code, errOut)
+	}
+	memberAnn = []string{"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
+	return memberAnn, func() {
+		defer func() { _ = exec.Command("ip", "netns", "delete", netns).Run() }()
+		d.forget(t, pod)
+	}
+}
+
+// runMembers runs each of ids in a pod (memberAnn), one after the other
+// (--rm): each writes a file of its root and reads it back, and its
+// /proc/mounts must match root.
+func runMembers(t *testing.T, run ctrRun, memberAnn []string, image string, root *regexp.Regexp, ids ...string) {
+	t.Helper()
+	for i, id := range ids {
+		out, errOut, code := run(t, append(append([]string{"--rm"}, memberAnn...), image, id,
+			"sh", "-c", fmt.Sprintf("echo member%d > /f && cat /f && cat /proc/mounts", i+1))...)
+		if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("member%d\n", i+1)) || !root.MatchString(out) {
+			t.Fatalf("member %s: got exit %d, stdout %q, stderr %q", id, code, out, errOut)
+		}
 	}
 }

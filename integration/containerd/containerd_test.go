@@ -46,9 +46,9 @@ func runCases(t *testing.T, version string, mode e2e.FactoryMode) {
 	tally := e2e.StartTally{}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f.WaitFull(t)
+			claims := f.BeginCase(t)
 			from := d.log.Len()
-			defer func() { f.CheckStarts(t, d.log.Since(from), coldCases[c.name], tally) }()
+			defer func() { f.CheckStarts(t, d.log.Since(from), coldCases[c.name], tally, claims) }()
 			defer d.checkClean(t)
 			c.run(t, d)
 		})
@@ -77,11 +77,10 @@ func startModeDaemon(t *testing.T, containerdPath, ctrPath string, mode e2e.Fact
 }
 
 // debugConfigCold is why the cases that run the debug image boot their
-// VMs in every factory mode. In cache mode the shim's start, which reads
-// the daemon's configuration ($HULL_CONFIG), not the pod's runtime
-// options, claims a warm VM all the same, which the pod then refuses
-// (warm_refused).
-var debugConfigCold = e2e.Cold{Pods: 1, Why: "the pod's runtime configuration (ctr --runtime-config-path) is its own, " +
+// VMs in every factory mode. In cache mode the shim's start finds the
+// pod's configuration in its runtime options, as the server does, and
+// claims no warm VM: the factory's counters do not move (Unclaimed).
+var debugConfigCold = e2e.Cold{Pods: 1, Unclaimed: true, Why: "the pod's runtime configuration (ctr --runtime-config-path) is its own, " +
 	"with the debug image and no factory: a VM of another initrd, which neither a warm VM nor the suite's template is"}
 
 // coldCases names the cases whose sandboxes, or some of them, cannot

@@ -235,11 +235,7 @@ func (d *daemon) ctrIn(t testing.TB, stdin io.Reader, args ...string) (string, s
 // mustCtr runs ctr and fails the test when it fails.
 func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 	t.Helper()
-	out, errOut, code := d.ctr(t, args...)
-	if code != 0 {
-		t.Fatalf("ctr %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+	return e2e.MustRunCLI(t, "ctr", func(args ...string) (string, string, int) { return d.ctr(t, args...) }, args...)
 }
 
 // leftovers lists what a finished case left: processes that mention the

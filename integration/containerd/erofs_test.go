@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,28 +142,12 @@ func TestErofsSnapshotter(t *testing.T) {
 	t.Run("two containers in one pod, one after the other", func(t *testing.T) {
 		defer d.checkClean(t)
 		const pod = "erofs-pod"
-		netns := "hull-" + filepath.Base(d.dir)
-		if out, err := exec.Command("ip", "netns", "add", netns).CombinedOutput(); err != nil {
-			t.Fatalf("ip netns add: %v: %s", err, out)
-		}
-		defer func() { _ = exec.Command("ip", "netns", "delete", netns).Run() }()
-		podAnn := []string{"--with-ns", "network:/run/netns/" + netns,
-			"--annotation", "io.kubernetes.cri.container-type=sandbox", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
-		memberAnn := []string{"--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=" + pod}
-		if _, errOut, code := run(t, append(append([]string{"-d"}, podAnn...), imageName, pod, "sleep", "600")...); code != 0 {
-			t.Fatalf("starting the pod sandbox: exit %d: %s", code, errOut)
-		}
-		defer d.forget(t, pod)
+		memberAnn, stopPod := startPod(t, d, run, imageName, pod)
+		defer stopPod()
 		// Each member takes two ports (its layer and its writable
 		// layer) beside the sandbox's two, of the 4 reserved; the second
 		// reuses the ports the first one's delete freed.
-		for i, id := range []string{"erofs-member1", "erofs-member2"} {
-			out, errOut, code := run(t, append(append([]string{"--rm"}, memberAnn...), imageName, id,
-				"sh", "-c", fmt.Sprintf("echo member%d > /f && cat /f && cat /proc/mounts", i+1))...)
-			if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("member%d\n", i+1)) || !overlayRW.MatchString(out) {
-				t.Fatalf("member %s: got exit %d, stdout %q, stderr %q", id, code, out, errOut)
-			}
-		}
+		runMembers(t, run, memberAnn, imageName, overlayRW, "erofs-member1", "erofs-member2")
 	})
 	if l := loopDevicesOf(t, d.dir); len(l) > 0 {
 		t.Errorf("loop devices left on the host: %v", l)

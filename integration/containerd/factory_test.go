@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,9 +57,10 @@ func waitNone(t testing.TB, what string, limit time.Duration, list func() []stri
 
 // TestFactory runs containers from the VM factory's cache with containerd
 // 2: the pod takes the warm VM (a hit), prints its hostname, exits and
-// leaves nothing; the factory refills; a detached pod's shim runs in
-// containerd's cgroups and, removed, leaves nothing; killed with SIGKILL,
-// the factory's warm VM goes with it.
+// leaves nothing; the factory refills; a pod whose own runtime
+// configuration has no factory boots cold and claims nothing; a detached
+// pod's shim runs in containerd's cgroups and, removed, leaves nothing;
+// killed with SIGKILL, the factory's warm VM goes with it.
 func TestFactory(t *testing.T) {
 	containerdPath, ctrPath := daemonBinaries(t, "2")
 	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{assetsDir: factoryAssets()})
@@ -105,6 +107,11 @@ func TestFactory(t *testing.T) {
 	second, _ := f.WaitReady(t, first.Id)
 	t.Logf("refilled: warm VM %s (shim %d)", second.Id, second.Pid)
 
+	// A pod whose own configuration (its runtime options) has no factory
+	// boots, with a warm VM ready that would fit it: its shim's start
+	// claims nothing.
+	podRuntimeConfigCold(t, d, f, "factory-own-config")
+
 	// A running pod from the factory: its shim left the factory's cgroups
 	// for containerd's, as a cold shim is born there; removed, it leaves
 	// nothing.
@@ -144,6 +151,43 @@ func TestFactory(t *testing.T) {
 		return f.Leftovers(d.stateRoot, []*api.WarmVM{third})
 	})
 	d.checkClean(t)
+}
+
+// podRuntimeConfigCold runs a pod id whose runtime options (ctr
+// --runtime-config-path) name a configuration of the same guest image
+// without a factory, while f, a factory of d's configuration ($HULL_CONFIG
+// of the shims), has a warm VM ready: the pod must boot cold, and the
+// factory's hits, misses and warm VMs must not change (the shim's start
+// finds the pod's configuration in the options, as the server does).
+func podRuntimeConfigCold(t *testing.T, d *daemon, f *e2e.Factory, id string) {
+	t.Helper()
+	ready, before := f.WaitReady(t)
+	cfg := filepath.Join(d.dir, "hull-"+id+".toml")
+	if err := os.WriteFile(cfg, []byte(d.hullConfig(daemonOptions{assetsDir: factoryAssets()})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	from := d.log.Len()
+	out := d.mustCtr(t, "run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg, imageName, id, "hostname")
+	if want := id + "@default\n"; out != want {
+		t.Errorf("hostname: got %q, want %q", out, want)
+	}
+	starts := e2e.SandboxStarts(d.log.Since(from))
+	if len(starts) != 1 || starts[0].Start != e2e.ModeCold.Start() {
+		t.Errorf("sandbox starts %v, want one cold", starts)
+	}
+	after, err := f.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Hits != before.Hits || after.Misses != before.Misses {
+		t.Errorf("factory: %d hits, %d misses before the pod, %d and %d after: its shim claimed a warm VM", before.Hits, before.Misses, after.Hits, after.Misses)
+	}
+	if !slices.ContainsFunc(after.Vms, func(v *api.WarmVM) bool { return v.Id == ready.Id }) {
+		t.Errorf("warm VM %s, ready before the pod, is no longer in the pool: %v", ready.Id, after.Vms)
+	}
+	if !t.Failed() {
+		t.Logf("pod %s booted cold; factory %d hits, %d misses, warm VM %s still ready", id, after.Hits, after.Misses, ready.Id)
+	}
 }
 
 // scrapeMonitor runs `hull monitor` with the configuration at config on a

@@ -28,15 +28,7 @@ var env struct {
 // debugImage returns the suite's guest image with a debug shell.
 func debugImage(t *testing.T) string { return e2e.DebugImage(t, env.binDir, env.workDir) }
 
-func TestMain(m *testing.M) {
-	if err := setup(); err != nil {
-		fmt.Fprintf(os.Stderr, "containerd e2e tests cannot run: %v\n", err)
-		os.Exit(2)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(env.workDir) // best-effort teardown of a /tmp directory
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(e2e.Main(m, "containerd e2e tests", setup, &env.workDir)) }
 
 func setup() error {
 	assets, dir, err := e2e.Prepare("hull-ctrd-", "integration")

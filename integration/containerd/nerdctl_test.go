@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -48,30 +47,14 @@ func (n *nerdctlEnv) args(args ...string) []string {
 // run runs nerdctl (bounded to 4 minutes) and returns its stdout, stderr
 // and exit status.
 func (n *nerdctlEnv) run(args ...string) (string, string, int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, n.bin, n.args(args...)...)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		code = -1
-		var ee *exec.ExitError
-		if errorsAs(err, &ee) {
-			code = ee.ExitCode()
-		}
-	}
-	return out.String(), errOut.String(), code
+	return e2e.RunCLI(func(ctx context.Context) *exec.Cmd {
+		return exec.CommandContext(ctx, n.bin, n.args(args...)...)
+	})
 }
 
 func (n *nerdctlEnv) mustRun(t *testing.T, args ...string) string {
 	t.Helper()
-	out, errOut, code := n.run(args...)
-	if code != 0 {
-		t.Fatalf("nerdctl %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+	return e2e.MustRunCLI(t, "nerdctl", n.run, args...)
 }
 
 // leftovers is what nerdctl's containers left on the host beyond the

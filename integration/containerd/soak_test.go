@@ -14,24 +14,8 @@ import (
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
-// Soak timeouts; see the CRI suite's soak for why the boot wait is long.
-const (
-	soakBootWait  = 20 * time.Minute
-	soakStartCall = soakBootWait + 2*time.Minute
-	soakCall      = 2 * time.Minute
-	soakExitWait  = time.Minute
-	soakCleanWait = time.Minute
-)
-
-// soakAssets is the guest image of the soak: the hull kernel's (faster
-// boots) when HULL_TEST_ASSETS_HULLKERNEL names it, else the suite's.
-func soakAssets(t testing.TB) string {
-	if dir := os.Getenv("HULL_TEST_ASSETS_HULLKERNEL"); dir != "" {
-		return dir
-	}
-	t.Logf("HULL_TEST_ASSETS_HULLKERNEL is not set: the soak boots the suite's image %s", env.assetsDir)
-	return env.assetsDir
-}
+// soakAssets is the soak's guest image (e2e.SoakAssets).
+func soakAssets(t testing.TB) string { return e2e.SoakAssets(t, env.assetsDir) }
 
 // TestSoak is the CRI suite's soak through ctr (containerd 2): SOAK_PODS
 // tasks run at once, each in a VM of its own, writing a file that an exec
@@ -45,7 +29,7 @@ func TestSoak(t *testing.T) {
 	containerdPath, ctrPath := daemonBinaries(t, "2")
 	d := startDaemonWith(t, containerdPath, ctrPath, daemonOptions{
 		assetsDir: soakAssets(t),
-		runtime:   fmt.Sprintf("boot_wait_timeout = %q\n", soakBootWait),
+		runtime:   fmt.Sprintf("boot_wait_timeout = %q\n", e2e.SoakBootWait),
 	})
 	stats := &e2e.SoakStats{}
 	leftovers := 0
@@ -69,7 +53,7 @@ func TestSoak(t *testing.T) {
 		tasks.stop()
 		for i := range pods {
 			wg.Go(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), soakCall)
+				ctx, cancel := context.WithTimeout(context.Background(), e2e.SoakCall)
 				defer cancel()
 				if ran[i] {
 					if _, err := soakCtr(ctx, d, "task", "delete", ids[i]); err != nil {
@@ -102,14 +86,14 @@ func TestSoak(t *testing.T) {
 
 // soakTask runs one task up to its exit; ran says whether it started.
 func soakTask(d *daemon, tasks *taskPoller, id string, stats *e2e.SoakStats) (ran bool, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), soakStartCall)
+	ctx, cancel := context.WithTimeout(context.Background(), e2e.SoakStartCall)
 	defer cancel()
 	start := time.Now()
 	if _, err := soakCtr(ctx, d, append([]string{"run", "-d", "--runtime", runtimeName, imageName, id}, e2e.SoakInit("soak "+id)...)...); err != nil {
 		return false, fmt.Errorf("after %s: %w", time.Since(start).Round(time.Millisecond), err)
 	}
 	stats.Started(time.Since(start))
-	ctx, cancel = context.WithTimeout(context.Background(), soakCall)
+	ctx, cancel = context.WithTimeout(context.Background(), e2e.SoakCall)
 	defer cancel()
 	out, err := soakCtr(ctx, d, append([]string{"task", "exec", "--exec-id", "soak", id}, e2e.SoakExec...)...)
 	if err != nil {
@@ -118,8 +102,8 @@ func soakTask(d *daemon, tasks *taskPoller, id string, stats *e2e.SoakStats) (ra
 	if want := "soak " + id + "\n"; out != want {
 		return true, fmt.Errorf("exec in %s: stdout %q, want %q", id, out, want)
 	}
-	if !tasks.wait(id, "STOPPED", soakExitWait) {
-		return true, fmt.Errorf("task %s is not STOPPED %s after its exec told it to exit", id, soakExitWait)
+	if !tasks.wait(id, "STOPPED", e2e.SoakExitWait) {
+		return true, fmt.Errorf("task %s is not STOPPED %s after its exec told it to exit", id, e2e.SoakExitWait)
 	}
 	return true, nil
 }
@@ -150,7 +134,7 @@ func newTaskPoller(d *daemon) *taskPoller {
 	go func() {
 		defer close(p.ended)
 		for {
-			ctx, cancel := context.WithTimeout(context.Background(), soakCall)
+			ctx, cancel := context.WithTimeout(context.Background(), e2e.SoakCall)
 			out, err := soakCtr(ctx, d, "task", "ls")
 			cancel()
 			if err == nil {
@@ -193,11 +177,11 @@ func (p *taskPoller) stop() {
 	<-p.ended
 }
 
-// soakLeftovers waits up to soakCleanWait for the round to leave nothing
+// soakLeftovers waits up to e2e.SoakCleanWait for the round to leave nothing
 // and returns what is still there: the daemon's leftovers with the tasks'
 // traces, and the node-wide traces that were not there before the soak.
 func soakLeftovers(d *daemon, before e2e.HostTraces, ids []string) []string {
-	deadline := time.Now().Add(soakCleanWait)
+	deadline := time.Now().Add(e2e.SoakCleanWait)
 	for {
 		left := append(d.leftovers(ids...), before.Since(e2e.Traces())...)
 		if len(left) == 0 || time.Now().After(deadline) {

@@ -46,11 +46,11 @@ func runCases(t *testing.T, version string, mode e2e.FactoryMode) {
 				}
 				t.Run(c.name, func(t *testing.T) {
 					if h.vm {
-						f.WaitFull(t)
+						claims := f.BeginCase(t)
 						from := d.logSize()
 						// Registered first: runs after the case's pods
 						// are gone and checked.
-						t.Cleanup(func() { f.CheckStarts(t, d.logSince(from), c.cold, tally) })
+						t.Cleanup(func() { f.CheckStarts(t, d.logSince(from), c.cold, tally, claims) })
 					}
 					c.run(t, d.begin(t, h))
 				})
@@ -95,6 +95,7 @@ var cases = []struct {
 	cold e2e.Cold
 }{
 	{name: "pod lifecycle", run: podLifecycle},
+	{name: "pod namespaces", run: podNamespacesCase},
 	{name: "unknown runtime handler", run: unknownHandler},
 	{name: "missing image", run: missingImage},
 	{name: "missing executable", run: missingExecutable},
@@ -223,18 +224,7 @@ func podLifecycle(t *testing.T, s *session) {
 	})
 
 	// Stop and remove, as the kubelet does when the pod is deleted.
-	for _, id := range []string{webID, clientID} {
-		p.stopContainer(id, 30)
-		if st := p.containerStatus(id); st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 0 {
-			t.Errorf("after StopContainer, %s: %v exit %d (%s), want CONTAINER_EXITED exit 0", st.Metadata.GetName(), st.State, st.ExitCode, st.Reason)
-		}
-		p.removeContainer(id)
-	}
-	p.stop()
-	if st, _ := p.status(); st.State != runtime.PodSandboxState_SANDBOX_NOTREADY {
-		t.Errorf("after StopPodSandbox: %v, want SANDBOX_NOTREADY", st.State)
-	}
-	p.remove()
+	p.deleteGracefully(webID, clientID)
 	ctx, cancel := s.ctx(quickCall)
 	defer cancel()
 	if _, err := s.d.rt.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: p.id}); !isNotFound(err) {

@@ -94,6 +94,11 @@ type daemonOptions struct {
 	hullConfig string
 	// env is added to containerd's environment.
 	env []string
+	// containerd is added to containerd's configuration (plugin tables).
+	containerd string
+	// snapshotter, when set, is the hull runtime handler's snapshotter
+	// (containerd 2.x), into which the images are imported too.
+	snapshotter string
 }
 
 // startDaemonWith is startDaemon with o.
@@ -140,6 +145,14 @@ func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
 		t.Fatalf("%s gives containerd %s %q, the suite writes %q", e2e.KubernetesDoc, version, versionLine, first)
 	}
 	config += hullTables
+	if o.snapshotter != "" {
+		const line = "runtime_type = 'io.containerd.hull.v2'\n"
+		if !strings.Contains(config, line) {
+			t.Fatalf("the hull handler's table has no %q", line)
+		}
+		config = strings.Replace(config, line, line+fmt.Sprintf("  snapshotter = %q\n", o.snapshotter), 1)
+	}
+	config += o.containerd
 	if o.assetsDir == "" {
 		o.assetsDir = env.assetsDir
 	}
@@ -178,6 +191,9 @@ func startDaemonWith(t testing.TB, version string, o daemonOptions) *daemon {
 	d.waitServing(t)
 	for _, archive := range []string{env.busybox, env.pause} {
 		d.mustCtr(t, "-n", "k8s.io", "images", "import", archive)
+		if o.snapshotter != "" {
+			d.mustCtr(t, "-n", "k8s.io", "images", "import", "--local", "--snapshotter", o.snapshotter, archive)
+		}
 	}
 	for _, ref := range []string{busyboxImage, pauseImage} {
 		waitFor(t, 30*time.Second, "the CRI to see image "+ref, func() bool {
@@ -398,11 +414,7 @@ func (d *daemon) ctr(t testing.TB, args ...string) (string, string, int) {
 // mustCtr runs ctr and fails the test when it fails.
 func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 	t.Helper()
-	out, errOut, code := d.ctr(t, args...)
-	if code != 0 {
-		t.Fatalf("ctr %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+	return e2e.MustRunCLI(t, "ctr", func(args ...string) (string, string, int) { return d.ctr(t, args...) }, args...)
 }
 
 // logTail returns the last n lines of the daemon's log.

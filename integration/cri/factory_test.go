@@ -117,30 +117,7 @@ func factoryPod(t *testing.T, version string) {
 		t.Errorf("no tasks of QEMU %d", info.Pid)
 	}
 
-	web := containerConfig("web", untilTerm(
-		`mkdir -p /www && printf '`+page+`' > /www/index.html; httpd -f -p 8080 -h /www & echo serving on 8080`)...)
-	id := p.run(web)
-	if cs := p.containerStatus(id); cs.State != runtime.ContainerState_CONTAINER_RUNNING {
-		t.Errorf("container: %v, want CONTAINER_RUNNING", cs.State)
-	}
-	if r := p.execSync(id, 10, "hostname"); r.ExitCode != 0 || string(r.Stdout) != p.config.Hostname+"\n" {
-		t.Errorf("ExecSync hostname: exit %d stdout %q stderr %q, want %q", r.ExitCode, r.Stdout, r.Stderr, p.config.Hostname)
-	}
-	if r := p.execSync(id, 10, "ip", "-4", "-o", "addr", "show"); !strings.Contains(string(r.Stdout), " "+p.ip+"/") {
-		t.Errorf("ExecSync ip addr: %q lacks the pod IP %s", r.Stdout, p.ip)
-	}
-	waitFor(t, 30*time.Second, "the container's output in "+p.logPath(web), func() bool {
-		out, _ := criLog(p.logPath(web), "stdout")
-		return strings.Contains(out, "serving on 8080\n")
-	})
-	if body, err := httpGet(fmt.Sprintf("http://%s:8080/", p.ip), time.Minute); err != nil {
-		t.Errorf("from the host: %v", err)
-	} else if body != page {
-		t.Errorf("from the host: got %q, want %q", body, page)
-	}
-
-	p.stopContainer(id, 30)
-	p.removeContainer(id)
+	servePodWeb(t, p)
 	p.stop()
 	p.remove()
 
@@ -189,7 +166,7 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	opts, f := factoryOptions(b, 1)
 	warmDaemon := startDaemonWith(b, "1.6", opts)
 	startFactory(b, f, warmDaemon)
-	tplDaemon, err := startTemplateDaemon(b)
+	tplDaemon, err := startTemplateDaemon(b, "1.6", "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -279,11 +256,12 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	}
 }
 
-// startTemplateDaemon starts a containerd 1.6 daemon whose hull
-// configuration has VM templates on (a template directory of its own), and
-// makes the template of its pods' VM configuration with `hull factory
-// template create`.
-func startTemplateDaemon(t testing.TB) (*daemon, error) {
+// startTemplateDaemon starts a containerd daemon of version, with the
+// soak guest image, whose hull configuration has VM templates on (a
+// template directory of its own) after factoryConfig (a [factory] table of
+// a VM factory's keys, or empty), and makes the template of its pods' VM
+// configuration with `hull factory template create`.
+func startTemplateDaemon(t testing.TB, version, factoryConfig string) (*daemon, error) {
 	t.Helper()
 	dir, err := os.MkdirTemp(env.workDir, "t")
 	if err != nil {
@@ -293,14 +271,18 @@ func startTemplateDaemon(t testing.TB) (*daemon, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	d := startDaemonWith(t, "1.6", daemonOptions{
+	if factoryConfig == "" {
+		factoryConfig = "[factory]\n"
+	}
+	d := startDaemonWith(t, version, daemonOptions{
 		assetsDir:  soakAssets(t),
-		hullConfig: fmt.Sprintf("[factory]\ntemplate = true\ntemplate_dir = %q\n", dir),
+		hullConfig: factoryConfig + fmt.Sprintf("template = true\ntemplate_dir = %q\n", dir),
 	})
-	out, err := exec.Command(factoryBinaries(t), "--config", filepath.Join(d.dir, "hull.toml"), "factory", "template", "create").CombinedOutput()
+	start := time.Now()
+	out, err := exec.Command(factoryBinaries(t), "--config", d.hullConfigPath(), "factory", "template", "create").CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("hull factory template create: %w\n%s", err, out)
 	}
-	t.Logf("%s", strings.TrimSpace(string(out)))
+	t.Logf("template created in %.1fs: %s", time.Since(start).Seconds(), strings.TrimSpace(string(out)))
 	return d, nil
 }

@@ -37,15 +37,7 @@ var env struct {
 	mode e2e.FactoryMode
 }
 
-func TestMain(m *testing.M) {
-	if err := setup(); err != nil {
-		fmt.Fprintf(os.Stderr, "CRI e2e tests cannot run: %v\n", err)
-		os.Exit(2)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(env.workDir) // best-effort teardown of a /tmp directory
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(e2e.Main(m, "CRI e2e tests", setup, &env.workDir)) }
 
 func setup() error {
 	assets, dir, err := e2e.Prepare("hull-cri-", "e2e-cri")

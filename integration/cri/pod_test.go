@@ -134,6 +134,18 @@ type pod struct {
 	ip, netns string
 }
 
+// waitPool waits, in the VM factory's cache mode, until the factory's pool
+// is full again. A case starts with a full pool (e2e.Factory.BeginCase);
+// one that starts more pods, one after another, than the pool holds calls
+// it before each pod past the pool's size, so that every claim finds a
+// warm VM and a miss stays an error. Other modes have nothing to wait for.
+func (s *session) waitPool() {
+	s.t.Helper()
+	if s.h.vm {
+		s.d.factory.WaitFull(s.t)
+	}
+}
+
 // runPod runs a pod sandbox with the session's handler. The case's end
 // removes it if the case did not.
 func (s *session) runPod(name string) *pod {
@@ -307,6 +319,27 @@ func (p *pod) removeContainer(id string) {
 	if _, err := p.s.d.rt.RemoveContainer(ctx, &runtime.RemoveContainerRequest{ContainerId: id}); err != nil {
 		p.s.fail(from, "RemoveContainer %s: %v", id, err)
 	}
+}
+
+// deleteGracefully deletes the pod as the kubelet does: each of ids
+// stopped (30 s after SIGTERM), which must end it with exit 0, and
+// removed; then the pod stopped, which must leave it not ready, and
+// removed.
+func (p *pod) deleteGracefully(ids ...string) {
+	t := p.s.t
+	t.Helper()
+	for _, id := range ids {
+		p.stopContainer(id, 30)
+		if st := p.containerStatus(id); st.State != runtime.ContainerState_CONTAINER_EXITED || st.ExitCode != 0 {
+			t.Errorf("after StopContainer, %s: %v exit %d (%s), want CONTAINER_EXITED exit 0", st.Metadata.GetName(), st.State, st.ExitCode, st.Reason)
+		}
+		p.removeContainer(id)
+	}
+	p.stop()
+	if st, _ := p.status(); st.State != runtime.PodSandboxState_SANDBOX_NOTREADY {
+		t.Errorf("after StopPodSandbox: %v, want SANDBOX_NOTREADY", st.State)
+	}
+	p.remove()
 }
 
 // stop is StopPodSandbox.

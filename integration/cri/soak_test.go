@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -15,31 +14,8 @@ import (
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
-// Soak timeouts. A burst queues at boot admission: with 2 boot slots and
-// boots of 5-30 s on a loaded 2-CPU TCG host, the last of 40 pods waits
-// up to 10 minutes for its slot, so the soak raises runtime.boot_wait_timeout, and
-// each call's deadline covers that wait, the agent's dial timeout and
-// the rest of the start.
-const (
-	soakBootWait  = 20 * time.Minute
-	soakStartCall = soakBootWait + 2*time.Minute
-	soakCall      = 2 * time.Minute
-	// soakExitWait bounds a container's exit after its exec told it to.
-	soakExitWait = time.Minute
-	// soakCleanWait is how long the leftover check waits for shims and
-	// VMs to go after the last removal.
-	soakCleanWait = time.Minute
-)
-
-// soakAssets is the guest image of the soak: the hull kernel's (faster
-// boots) when HULL_TEST_ASSETS_HULLKERNEL names it, else the suite's.
-func soakAssets(t testing.TB) string {
-	if dir := os.Getenv("HULL_TEST_ASSETS_HULLKERNEL"); dir != "" {
-		return dir
-	}
-	t.Logf("HULL_TEST_ASSETS_HULLKERNEL is not set: the soak boots the suite's image %s", env.assetsDir)
-	return env.assetsDir
-}
+// soakAssets is the soak's guest image (e2e.SoakAssets).
+func soakAssets(t testing.TB) string { return e2e.SoakAssets(t, env.assetsDir) }
 
 // TestSoak starts SOAK_PODS pods at once through the CRI (containerd 2),
 // each running a container that writes a file, is exec'd into to read it
@@ -53,7 +29,7 @@ func TestSoak(t *testing.T) {
 	pods, rounds := e2e.SoakSize(t)
 	d := startDaemonWith(t, "2", daemonOptions{
 		assetsDir: soakAssets(t),
-		runtime:   fmt.Sprintf("boot_wait_timeout = %q\n", soakBootWait),
+		runtime:   fmt.Sprintf("boot_wait_timeout = %q\n", e2e.SoakBootWait),
 	})
 	stats := &e2e.SoakStats{}
 	leftovers := 0
@@ -116,7 +92,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 	call := func(limit time.Duration) (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.Background(), limit)
 	}
-	ctx, cancel := call(soakStartCall)
+	ctx, cancel := call(e2e.SoakStartCall)
 	start := time.Now()
 	resp, err := s.d.rt.RunPodSandbox(ctx, &runtime.RunPodSandboxRequest{Config: config, RuntimeHandler: s.h.name})
 	cancel()
@@ -126,7 +102,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 	stats.Started(time.Since(start))
 	id = resp.PodSandboxId
 
-	ctx, cancel = call(soakCall)
+	ctx, cancel = call(e2e.SoakCall)
 	defer cancel()
 	st, err := s.d.rt.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
 	if err != nil {
@@ -157,7 +133,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 	if want := "soak " + name + "\n"; ex.ExitCode != 0 || string(ex.Stdout) != want {
 		return id, netns, fmt.Errorf("exec in %s: exit %d, stdout %q, stderr %q; want 0 and %q", name, ex.ExitCode, ex.Stdout, ex.Stderr, want)
 	}
-	deadline := time.Now().Add(soakExitWait)
+	deadline := time.Now().Add(e2e.SoakExitWait)
 	for {
 		cs, err := s.d.rt.ContainerStatus(ctx, &runtime.ContainerStatusRequest{ContainerId: cr.ContainerId})
 		if err != nil {
@@ -170,7 +146,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 			return id, netns, nil
 		}
 		if time.Now().After(deadline) {
-			return id, netns, fmt.Errorf("container in %s still %v %s after its exec told it to exit", name, cs.Status.State, soakExitWait)
+			return id, netns, fmt.Errorf("container in %s still %v %s after its exec told it to exit", name, cs.Status.State, e2e.SoakExitWait)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -178,7 +154,7 @@ func soakPod(s *session, config *runtime.PodSandboxConfig, stats *e2e.SoakStats)
 
 // removePod stops and removes a pod with its containers.
 func removePod(d *daemon, id string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), soakCall)
+	ctx, cancel := context.WithTimeout(context.Background(), e2e.SoakCall)
 	defer cancel()
 	if _, err := d.rt.StopPodSandbox(ctx, &runtime.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
 		return fmt.Errorf("StopPodSandbox: %w", err)
@@ -189,11 +165,11 @@ func removePod(d *daemon, id string) error {
 	return nil
 }
 
-// soakLeftovers waits up to soakCleanWait for the session's pods to leave
+// soakLeftovers waits up to e2e.SoakCleanWait for the session's pods to leave
 // nothing, and returns what is still there: the session's leftovers and
 // the node-wide traces that were not there before the soak.
 func soakLeftovers(s *session, before e2e.HostTraces) []string {
-	deadline := time.Now().Add(soakCleanWait)
+	deadline := time.Now().Add(e2e.SoakCleanWait)
 	for {
 		left := append(s.leftovers(), before.Since(e2e.Traces())...)
 		if len(left) == 0 || time.Now().After(deadline) {

@@ -3,8 +3,6 @@ package cri
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,35 +30,24 @@ func TestCRITemplate(t *testing.T) {
 
 func templatePod(t *testing.T, version string) {
 	hull.need(t)
-	tdir, err := os.MkdirTemp(env.workDir, "t")
+	var f *e2e.Factory
+	var factoryConfig string
+	if version == "2" {
+		// The factory's socket and cgroup parent, unused until it starts.
+		var fopts daemonOptions
+		fopts, f = factoryOptions(t, 1)
+		factoryConfig = fopts.hullConfig
+	}
+	d, err := startTemplateDaemon(t, version, factoryConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = os.RemoveAll(tdir) })
-	opts := daemonOptions{
-		assetsDir:  soakAssets(t),
-		hullConfig: fmt.Sprintf("[factory]\ntemplate = true\ntemplate_dir = %q\n", tdir),
-	}
-	var f *e2e.Factory
-	if version == "2" {
-		// The factory's socket and cgroup parent, unused until it starts.
-		fopts, ff := factoryOptions(t, 1)
-		opts.hullConfig = fopts.hullConfig + fmt.Sprintf("template = true\ntemplate_dir = %q\n", tdir)
-		f = ff
-	}
-	d := startDaemonWith(t, version, opts)
 	hullBin := factoryBinaries(t)
-	hullToml := filepath.Join(d.dir, "hull.toml")
-	start := time.Now()
-	out, err := exec.Command(hullBin, "--config", hullToml, "factory", "template", "create").CombinedOutput()
-	if err != nil {
-		t.Fatalf("hull factory template create: %v\n%s", err, out)
-	}
-	t.Logf("template created in %.1fs: %s", time.Since(start).Seconds(), strings.TrimSpace(string(out)))
+	hullToml := d.hullConfigPath()
 
 	s := d.session(t, hull)
 	from := d.logSize()
-	start = time.Now()
+	start := time.Now()
 	p := s.runPod("tpl")
 	t.Logf("RunPodSandbox from the template: %.1fs", time.Since(start).Seconds())
 	if log := d.logSince(from); !strings.Contains(log, "start=restored") || !strings.Contains(log, "vm restored from its template") {

@@ -1,14 +1,11 @@
 package docker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -82,10 +79,7 @@ func startDaemon(t *testing.T) *daemon {
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridgeName).Run() })
 
-	hullConfig := filepath.Join(d.dir, "hull.toml")
-	if err := os.WriteFile(hullConfig, []byte(fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, d.stateRoot)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	hullConfig := writeHullConfig(t, d.dir, d.stateRoot)
 	// The entry docs/docker-podman.md gives, with the suite's config.
 	daemonJSON, err := json.Marshal(map[string]any{
 		"runtimes": map[string]any{"hull": map[string]any{
@@ -157,30 +151,14 @@ func (d *daemon) command(ctx context.Context, args ...string) *exec.Cmd {
 // run runs the docker CLI (bounded to 4 minutes) and returns its stdout,
 // stderr and exit status.
 func (d *daemon) run(args ...string) (string, string, int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := d.command(ctx, args...)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		code = -1
-		var ee *exec.ExitError
-		if errorsAs(err, &ee) {
-			code = ee.ExitCode()
-		}
-	}
-	return out.String(), errOut.String(), code
+	return e2e.RunCLI(func(ctx context.Context) *exec.Cmd {
+		return d.command(ctx, args...)
+	})
 }
 
 func (d *daemon) mustRun(t testing.TB, args ...string) string {
 	t.Helper()
-	out, errOut, code := d.run(args...)
-	if code != 0 {
-		t.Fatalf("docker %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+	return e2e.MustRunCLI(t, "docker", d.run, args...)
 }
 
 // leftovers lists what the containers left (leftoversOf).
@@ -194,19 +172,9 @@ func (d *daemon) leftovers() []string {
 // runtimeRoot is set, container state directories of hull-runtime.
 func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 	var left []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cmdline, stateRoot) || strings.Contains(cmdline, "_supervise") && strings.Contains(cmdline, dir) {
-			left = append(left, fmt.Sprintf("process %d: %s", pid, cmdline))
+	for _, p := range e2e.Processes() {
+		if strings.Contains(p.Cmdline, stateRoot) || strings.Contains(p.Cmdline, "_supervise") && strings.Contains(p.Cmdline, dir) {
+			left = append(left, p.String())
 		}
 	}
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {

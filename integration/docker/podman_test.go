@@ -1,7 +1,6 @@
 package docker
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -44,10 +43,7 @@ func newPodman(t *testing.T) *podman {
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	hullConfig := filepath.Join(p.dir, "hull.toml")
-	if err := os.WriteFile(hullConfig, []byte(fmt.Sprintf("[image]\nassets_dir = %q\n[runtime]\nstate_dir = %q\n", env.assetsDir, p.stateRoot)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	hullConfig := writeHullConfig(t, p.dir, p.stateRoot)
 	// containers.conf names a runtime by its paths alone: a wrapper adds
 	// the suite's hull configuration.
 	wrapper := filepath.Join(p.dir, "hull-runtime")
@@ -82,31 +78,16 @@ func newPodman(t *testing.T) *podman {
 }
 
 func (p *podman) run(args ...string) (string, string, int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, podmanBin, append(append([]string(nil), p.global...), args...)...)
-	cmd.Env = p.env
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	code := 0
-	if err != nil {
-		code = -1
-		var ee *exec.ExitError
-		if errorsAs(err, &ee) {
-			code = ee.ExitCode()
-		}
-	}
-	return out.String(), errOut.String(), code
+	return e2e.RunCLI(func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, podmanBin, append(append([]string(nil), p.global...), args...)...)
+		cmd.Env = p.env
+		return cmd
+	})
 }
 
 func (p *podman) mustRun(t testing.TB, args ...string) string {
 	t.Helper()
-	out, errOut, code := p.run(args...)
-	if code != 0 {
-		t.Fatalf("podman %s: exit %d: %s%s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+	return e2e.MustRunCLI(t, "podman", p.run, args...)
 }
 
 // TestPodman runs Podman's main container operations on hull-runtime

@@ -228,6 +228,21 @@ func (s *SyncBuffer) WaitFor(t testing.TB, want string, d time.Duration) {
 	}
 }
 
+// Main is a suite's TestMain: it runs the tests once setup made the suite
+// ready, then removes the work directory that *workDir names (best effort:
+// a leftover temporary directory must not change the exit status), and
+// returns the exit status. A setup that fails ends the run with status 2,
+// saying why ("<suite> cannot run: ...").
+func Main(m *testing.M, suite string, setup func() error, workDir *string) int {
+	if err := setup(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s cannot run: %v\n", suite, err)
+		return 2
+	}
+	code := m.Run()
+	_ = os.RemoveAll(*workDir)
+	return code
+}
+
 // Prepare checks that the suite can run (root, HULL_ASSETS_DIR set; target
 // is the make target that sets it) and makes its work directory in /tmp
 // named after prefix.

@@ -378,7 +378,10 @@ type SandboxStart struct {
 
 var (
 	sandboxStartedLine = regexp.MustCompile(`msg="sandbox started".*`)
-	logField           = regexp.MustCompile(`\b(sandbox|start)=("[^"]*"|\S+)`)
+	// logField is one key=value of a logfmt line, a quoted value whole:
+	// a key inside another field's quoted value (the start's phases) is
+	// not matched.
+	logField = regexp.MustCompile(`([\w.]+)=("(?:[^"\\]|\\.)*"|\S+)`)
 )
 
 // SandboxStarts finds the shims' "sandbox started" lines in a containerd
@@ -389,9 +392,10 @@ func SandboxStarts(log string) []SandboxStart {
 		var s SandboxStart
 		for _, m := range logField.FindAllStringSubmatch(l, -1) {
 			v := strings.Trim(m[2], `"`)
-			if m[1] == "sandbox" {
+			switch m[1] {
+			case "sandbox":
 				s.Sandbox = v
-			} else {
+			case "start":
 				s.Start = v
 			}
 		}
@@ -407,6 +411,11 @@ type Cold struct {
 	Pods  int
 	Modes []FactoryMode
 	Why   string
+	// Unclaimed says that those pods' own configuration has no factory:
+	// in ModeCache their shims must claim no warm VM (the factory's hits
+	// and misses do not move for them) and they boot cold, never
+	// warm_refused.
+	Unclaimed bool
 }
 
 // colds is how many of a case's pods boot in mode.
@@ -420,13 +429,40 @@ func (c Cold) colds(mode FactoryMode) int {
 // StartTally counts a suite's sandbox starts by how they started.
 type StartTally map[string]int
 
+// Claims are a ModeCache factory's claim counters at a case's start
+// (BeginCase), which CheckStarts compares with the counters at its end.
+type Claims struct {
+	hits, misses uint64
+	// ok is false without a ModeCache factory, or when its status failed.
+	ok bool
+}
+
+// BeginCase readies f for a case: a ModeCache factory's pool is full
+// (WaitFull), and its claim counters are returned for CheckStarts.
+func (f *Factory) BeginCase(t testing.TB) Claims {
+	t.Helper()
+	if !f.on() || f.Mode != ModeCache {
+		return Claims{}
+	}
+	f.WaitFull(t)
+	st, err := f.Status()
+	if err != nil {
+		t.Fatalf("factory status: %v", err)
+	}
+	return Claims{hits: st.Hits, misses: st.Misses, ok: true}
+}
+
 // CheckStarts checks the sandbox starts a case logged (log: containerd's
 // log of the case): in mode, each must have started from the factory
 // (adopted, or restored) but for cold.Pods of them, which must have booted
 // (cold, or warm_refused: a warm VM claimed for the pod could not serve
-// it), for the reason cold.Why. Without a factory it checks nothing. It
-// adds the starts to tally.
-func (f *Factory) CheckStarts(t testing.TB, log string, cold Cold, tally StartTally) {
+// it; only cold when cold.Unclaimed), for the reason cold.Why. In
+// ModeCache the factory's counters since BeginCase (before) must show no
+// miss (each case starts with a full pool, and one that claims more VMs
+// than the pool holds waits for a refill in between: WaitFull), a hit for
+// each adopted sandbox and, with cold.Unclaimed, no claim for its cold
+// pods. Without a factory it checks nothing. It adds the starts to tally.
+func (f *Factory) CheckStarts(t testing.TB, log string, cold Cold, tally StartTally, before Claims) {
 	t.Helper()
 	if !f.on() {
 		return
@@ -439,14 +475,39 @@ func (f *Factory) CheckStarts(t testing.TB, log string, cold Cold, tally StartTa
 	}
 	wantCold := cold.colds(f.Mode)
 	booted := counts[podmetrics.StartCold] + counts[podmetrics.StartWarmRefused]
+	why := ""
+	if wantCold > 0 {
+		why = " (" + cold.Why + ")"
+	}
 	if booted != wantCold || counts[f.Mode.Start()] != len(starts)-wantCold {
-		why := ""
-		if wantCold > 0 {
-			why = " (" + cold.Why + ")"
-		}
 		t.Errorf("%s mode: sandbox starts %v, want %d %s and %d booted%s", f.Mode, starts, len(starts)-wantCold, f.Mode.Start(), wantCold, why)
 	} else if wantCold > 0 {
 		t.Logf("%s mode: %d of %d sandboxes booted by design (%v): %s", f.Mode, wantCold, len(starts), starts, cold.Why)
+	}
+	unclaimed := cold.Unclaimed && wantCold > 0
+	if unclaimed && counts[podmetrics.StartWarmRefused] != 0 {
+		t.Errorf("%s mode: %d sandboxes refused a warm VM they should not have claimed%s", f.Mode, counts[podmetrics.StartWarmRefused], why)
+	}
+	if !before.ok {
+		return
+	}
+	st, err := f.Status()
+	if err != nil {
+		t.Errorf("factory status: %v", err)
+		return
+	}
+	hits, misses := st.Hits-before.hits, st.Misses-before.misses
+	adopted := uint64(counts[podmetrics.StartAdopted]) //nolint:gosec // G115: a count
+	t.Logf("factory during the case: %d hits, %d misses; %d sandboxes adopted", hits, misses, adopted)
+	if misses != 0 {
+		t.Errorf("factory: %d claims missed during the case, which started with a full pool of %d: a pod booted cold where a warm VM was ready, "+
+			"or the case claims more VMs than the pool holds without waiting for a refill (WaitFull)", misses, f.VMCache)
+	}
+	if hits < adopted {
+		t.Errorf("factory: %d hits for %d adopted sandboxes", hits, adopted)
+	}
+	if unclaimed && hits != adopted {
+		t.Errorf("factory: %d hits for %d adopted sandboxes: pods whose configuration has no factory took warm VMs%s", hits, adopted, why)
 	}
 }
 

@@ -11,8 +11,9 @@ time="2026-12-07T06:00:01.1Z" level=info msg="sandbox started" memory_mib=512 ne
 time="2026-12-07T06:00:01.2Z" level=info msg="the warm sandbox cannot serve the pod; starting one for it" field=kernel sandbox=b@default warm_sandbox=warm-0123456789abcdef
 time="2026-12-07T06:00:02Z" level=info msg="sandbox started" memory_mib=768 netns=/var/run/netns/cni-1 sandbox="b c@k8s.io" start=warm_refused vcpus=2
 time="2026-12-07T06:00:03Z" level=info msg="sandbox started" sandbox=c@default start=restored runtime=io.containerd.hull.v2
+time="2026-12-07T06:00:04Z" level=info msg="sandbox started" sandbox=d@default start=cold zphases="create guest sandbox=129.0ms,warm start=1.0ms"
 `
-	want := []SandboxStart{{"a@default", "adopted"}, {"b c@k8s.io", "warm_refused"}, {"c@default", "restored"}}
+	want := []SandboxStart{{"a@default", "adopted"}, {"b c@k8s.io", "warm_refused"}, {"c@default", "restored"}, {"d@default", "cold"}}
 	if got := SandboxStarts(log); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}

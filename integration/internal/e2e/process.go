@@ -1,11 +1,17 @@
 package e2e
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
+	"time"
 )
 
 // Process is a process of the host.
@@ -92,4 +98,36 @@ func OwnCgroups(pid int, prefix string) ([]string, error) {
 		return nil, fmt.Errorf("no cgroup hierarchy to put process %d in", pid)
 	}
 	return dirs, nil
+}
+
+// CLITimeout bounds one run of a container CLI (docker, podman, nerdctl).
+const CLITimeout = 4 * time.Minute
+
+// RunCLI runs the command that cmd makes with a context of CLITimeout, and
+// returns its stdout, stderr and exit status (-1 when it did not exit).
+func RunCLI(cmd func(context.Context) *exec.Cmd) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), CLITimeout)
+	defer cancel()
+	c := cmd(ctx)
+	var out, errOut bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errOut
+	if err := c.Run(); err != nil {
+		code = -1
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		}
+	}
+	return out.String(), errOut.String(), code
+}
+
+// MustRunCLI runs the CLI name through run with args, and fails t unless
+// it exits 0; it returns the stdout.
+func MustRunCLI(t testing.TB, name string, run func(...string) (string, string, int), args ...string) string {
+	t.Helper()
+	out, errOut, code := run(args...)
+	if code != 0 {
+		t.Fatalf("%s %s: exit %d: %s%s", name, strings.Join(args, " "), code, out, errOut)
+	}
+	return out
 }

@@ -28,6 +28,33 @@ const (
 	maxSoakRounds     = 1000
 )
 
+// Soak timeouts. A burst queues at boot admission: with 2 boot slots and
+// boots of 5-30 s on a loaded 2-CPU TCG host, the last of 40 pods waits
+// up to 10 minutes for its slot, so a soak raises runtime.boot_wait_timeout,
+// and each call's deadline covers that wait, the agent's dial timeout and
+// the rest of the start.
+const (
+	SoakBootWait  = 20 * time.Minute
+	SoakStartCall = SoakBootWait + 2*time.Minute
+	SoakCall      = 2 * time.Minute
+	// SoakExitWait bounds a container's exit after its exec told it to.
+	SoakExitWait = time.Minute
+	// SoakCleanWait is how long the leftover check waits for shims and
+	// VMs to go after the last removal.
+	SoakCleanWait = time.Minute
+)
+
+// SoakAssets is the guest image of a soak: the hull kernel's (faster
+// boots) when HULL_TEST_ASSETS_HULLKERNEL names it, else the suite's
+// image suiteAssets.
+func SoakAssets(t testing.TB, suiteAssets string) string {
+	if dir := os.Getenv("HULL_TEST_ASSETS_HULLKERNEL"); dir != "" {
+		return dir
+	}
+	t.Logf("HULL_TEST_ASSETS_HULLKERNEL is not set: the soak boots the suite's image %s", suiteAssets)
+	return suiteAssets
+}
+
 // SoakSize returns how many pods a soak starts at once and how many rounds
 // it runs: SOAK_PODS and SOAK_ROUNDS, or the bounded form.
 func SoakSize(t testing.TB) (pods, rounds int) {

@@ -1,0 +1,60 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/guestimage"
+)
+
+// BenchmarkIdleMemory is the memory goal's measurement alone: the host
+// PSS per VM of rootfsBenchVMs idle sandboxes of the default guest image
+// (the hull kernel's erofs root image, HULL_TEST_ASSETS_ROOTFS) with the
+// default configuration (q35, 1 vCPU, 512 MiB; the agent over serial
+// where vsock is unavailable), idleSettle after the last start, split as
+// BenchmarkImageKind splits it. It also reports what the guests say they
+// use (MemTotal less MemAvailable, from the agent). One round of
+// rootfsBenchVMs VMs per iteration; the figures are medians of the rounds.
+func BenchmarkIdleMemory(b *testing.B) {
+	dir, _ := rootfsAssets(b)
+	var splits []pssSplit
+	var guestUsed []float64
+	for i := 0; b.Loop(); i++ {
+		c := imageBenchConfig(b, imageKind{"hull-rootfs", dir, guestimage.KindRootfs})
+		sbs, err := startSandboxes(c, "idle", rootfsBenchVMs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(idleSettle)
+		split := sandboxPSS(c).per(rootfsBenchVMs)
+		var used float64
+		for _, sb := range sbs {
+			d, err := sb.System().GuestDetails(withTimeout(b, time.Minute), &agent.GuestDetailsRequest{})
+			if err != nil {
+				stopSandboxes(sbs)
+				b.Fatal(err)
+			}
+			used += float64(d.GetMemoryTotalBytes()-d.GetMemoryAvailableBytes()) / (1 << 20)
+		}
+		stopSandboxes(sbs)
+		splits = append(splits, split)
+		guestUsed = append(guestUsed, used/float64(len(sbs)))
+		b.Logf("round %d: PSS per VM with %d VMs: %s; guest MemTotal-MemAvailable %.1f MiB", i, rootfsBenchVMs, split, used/float64(len(sbs)))
+	}
+	pick := func(f func(pssSplit) float64) float64 {
+		v := make([]float64, len(splits))
+		for i, s := range splits {
+			v[i] = f(s)
+		}
+		return medianF(v)
+	}
+	b.ReportMetric(pick(pssSplit.totalMiB), "pss-per-vm-MiB")
+	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.guestRAM) }), "guest-ram-MiB")
+	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.tcg) }), "tcg-MiB")
+	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.qemuAnon) }), "qemu-anon-MiB")
+	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.qemuFiles) }), "qemu-files-MiB")
+	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.image) }), "image-MiB")
+	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.virtiofsd) }), "virtiofsd-MiB")
+	b.ReportMetric(medianF(guestUsed), "guest-used-MiB")
+}
