@@ -79,7 +79,7 @@ func (x CopiedFile_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CopiedFile_Kind.Descriptor instead.
 func (CopiedFile_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{7, 0}
+	return file_containers_proto_rawDescGZIP(), []int{8, 0}
 }
 
 // Storage is a filesystem the agent mounts in the guest.
@@ -444,7 +444,14 @@ type CreateContainerRequest struct {
 	// pod's IPC, UTS and (when the spec asks) PID namespaces for the
 	// containers that join them: the agent makes it as a light process
 	// (see docs/architecture.md) instead of running the spec's process.
-	PodSandbox    bool `protobuf:"varint,6,opt,name=pod_sandbox,json=podSandbox,proto3" json:"pod_sandbox,omitempty"`
+	PodSandbox bool `protobuf:"varint,6,opt,name=pod_sandbox,json=podSandbox,proto3" json:"pod_sandbox,omitempty"`
+	// The pod's emptyDir volumes this container binds (a sandbox without a
+	// shared file system): each is a tmpfs the agent mounts at
+	// /run/hull/emptydir/<name> for the first container that names it and
+	// keeps for the pod's life, whatever container is removed; the spec's
+	// binds name that directory. A later request's parameters for a name
+	// already made are ignored.
+	EmptyDirs     []*EmptyDir `protobuf:"bytes,7,rep,name=empty_dirs,json=emptyDirs,proto3" json:"empty_dirs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +528,95 @@ func (x *CreateContainerRequest) GetPodSandbox() bool {
 	return false
 }
 
+func (x *CreateContainerRequest) GetEmptyDirs() []*EmptyDir {
+	if x != nil {
+		return x.EmptyDirs
+	}
+	return nil
+}
+
+// EmptyDir is a pod's emptyDir volume made in the guest.
+type EmptyDir struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume's name as Kubernetes checks it (a DNS label: at most 63
+	// lowercase letters, digits and '-'), also its directory's.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Permission bits of the directory (07777 at most).
+	Mode uint32 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid  uint32 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid  uint32 `protobuf:"varint,4,opt,name=gid,proto3" json:"gid,omitempty"`
+	// Size of the tmpfs in bytes; 0 for the guest kernel's default (half
+	// the VM's memory).
+	SizeBytes     uint64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmptyDir) Reset() {
+	*x = EmptyDir{}
+	mi := &file_containers_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmptyDir) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmptyDir) ProtoMessage() {}
+
+func (x *EmptyDir) ProtoReflect() protoreflect.Message {
+	mi := &file_containers_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmptyDir.ProtoReflect.Descriptor instead.
+func (*EmptyDir) Descriptor() ([]byte, []int) {
+	return file_containers_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EmptyDir) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EmptyDir) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *EmptyDir) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *EmptyDir) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *EmptyDir) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
 // CopiedFile is one entry of a bind mount's source copied from the host: a
 // regular file, a directory or a symbolic link (its target as written,
 // never followed on the host).
@@ -544,7 +640,7 @@ type CopiedFile struct {
 
 func (x *CopiedFile) Reset() {
 	*x = CopiedFile{}
-	mi := &file_containers_proto_msgTypes[7]
+	mi := &file_containers_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +652,7 @@ func (x *CopiedFile) String() string {
 func (*CopiedFile) ProtoMessage() {}
 
 func (x *CopiedFile) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[7]
+	mi := &file_containers_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +665,7 @@ func (x *CopiedFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopiedFile.ProtoReflect.Descriptor instead.
 func (*CopiedFile) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{7}
+	return file_containers_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CopiedFile) GetPath() string {
@@ -631,7 +727,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_containers_proto_msgTypes[8]
+	mi := &file_containers_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +739,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[8]
+	mi := &file_containers_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +752,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{8}
+	return file_containers_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateContainerResponse) GetPid() uint32 {
@@ -675,7 +771,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_containers_proto_msgTypes[9]
+	mi := &file_containers_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +783,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[9]
+	mi := &file_containers_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +796,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{9}
+	return file_containers_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartContainerRequest) GetContainerId() string {
@@ -718,7 +814,7 @@ type StartContainerResponse struct {
 
 func (x *StartContainerResponse) Reset() {
 	*x = StartContainerResponse{}
-	mi := &file_containers_proto_msgTypes[10]
+	mi := &file_containers_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +826,7 @@ func (x *StartContainerResponse) String() string {
 func (*StartContainerResponse) ProtoMessage() {}
 
 func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[10]
+	mi := &file_containers_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +839,7 @@ func (x *StartContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerResponse.ProtoReflect.Descriptor instead.
 func (*StartContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{10}
+	return file_containers_proto_rawDescGZIP(), []int{11}
 }
 
 type RemoveContainerRequest struct {
@@ -757,7 +853,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_containers_proto_msgTypes[11]
+	mi := &file_containers_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +865,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[11]
+	mi := &file_containers_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +878,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{11}
+	return file_containers_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveContainerRequest) GetContainerId() string {
@@ -807,7 +903,7 @@ type RemoveContainerResponse struct {
 
 func (x *RemoveContainerResponse) Reset() {
 	*x = RemoveContainerResponse{}
-	mi := &file_containers_proto_msgTypes[12]
+	mi := &file_containers_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +915,7 @@ func (x *RemoveContainerResponse) String() string {
 func (*RemoveContainerResponse) ProtoMessage() {}
 
 func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[12]
+	mi := &file_containers_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +928,7 @@ func (x *RemoveContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{12}
+	return file_containers_proto_rawDescGZIP(), []int{13}
 }
 
 type ExecProcessRequest struct {
@@ -849,7 +945,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_containers_proto_msgTypes[13]
+	mi := &file_containers_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +957,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[13]
+	mi := &file_containers_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +970,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{13}
+	return file_containers_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -914,7 +1010,7 @@ type ExecProcessResponse struct {
 
 func (x *ExecProcessResponse) Reset() {
 	*x = ExecProcessResponse{}
-	mi := &file_containers_proto_msgTypes[14]
+	mi := &file_containers_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1022,7 @@ func (x *ExecProcessResponse) String() string {
 func (*ExecProcessResponse) ProtoMessage() {}
 
 func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[14]
+	mi := &file_containers_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1035,7 @@ func (x *ExecProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessResponse.ProtoReflect.Descriptor instead.
 func (*ExecProcessResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{14}
+	return file_containers_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecProcessResponse) GetPid() uint32 {
@@ -963,7 +1059,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_containers_proto_msgTypes[15]
+	mi := &file_containers_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1071,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[15]
+	mi := &file_containers_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1084,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{15}
+	return file_containers_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignalProcessRequest) GetContainerId() string {
@@ -1027,7 +1123,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_containers_proto_msgTypes[16]
+	mi := &file_containers_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1135,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[16]
+	mi := &file_containers_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1148,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{16}
+	return file_containers_proto_rawDescGZIP(), []int{17}
 }
 
 type WaitProcessRequest struct {
@@ -1065,7 +1161,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_containers_proto_msgTypes[17]
+	mi := &file_containers_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1173,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[17]
+	mi := &file_containers_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1186,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{17}
+	return file_containers_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WaitProcessRequest) GetContainerId() string {
@@ -1119,7 +1215,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_containers_proto_msgTypes[18]
+	mi := &file_containers_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1227,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[18]
+	mi := &file_containers_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1240,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{18}
+	return file_containers_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WaitProcessResponse) GetExitStatus() int32 {
@@ -1173,7 +1269,7 @@ type ResizeTTYRequest struct {
 
 func (x *ResizeTTYRequest) Reset() {
 	*x = ResizeTTYRequest{}
-	mi := &file_containers_proto_msgTypes[19]
+	mi := &file_containers_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1281,7 @@ func (x *ResizeTTYRequest) String() string {
 func (*ResizeTTYRequest) ProtoMessage() {}
 
 func (x *ResizeTTYRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[19]
+	mi := &file_containers_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1294,7 @@ func (x *ResizeTTYRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTTYRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTTYRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{19}
+	return file_containers_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResizeTTYRequest) GetContainerId() string {
@@ -1237,7 +1333,7 @@ type ResizeTTYResponse struct {
 
 func (x *ResizeTTYResponse) Reset() {
 	*x = ResizeTTYResponse{}
-	mi := &file_containers_proto_msgTypes[20]
+	mi := &file_containers_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1345,7 @@ func (x *ResizeTTYResponse) String() string {
 func (*ResizeTTYResponse) ProtoMessage() {}
 
 func (x *ResizeTTYResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[20]
+	mi := &file_containers_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1358,7 @@ func (x *ResizeTTYResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTTYResponse.ProtoReflect.Descriptor instead.
 func (*ResizeTTYResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{20}
+	return file_containers_proto_rawDescGZIP(), []int{21}
 }
 
 type CloseStdinRequest struct {
@@ -1275,7 +1371,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_containers_proto_msgTypes[21]
+	mi := &file_containers_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1383,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[21]
+	mi := &file_containers_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1396,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{21}
+	return file_containers_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CloseStdinRequest) GetContainerId() string {
@@ -1325,7 +1421,7 @@ type CloseStdinResponse struct {
 
 func (x *CloseStdinResponse) Reset() {
 	*x = CloseStdinResponse{}
-	mi := &file_containers_proto_msgTypes[22]
+	mi := &file_containers_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1433,7 @@ func (x *CloseStdinResponse) String() string {
 func (*CloseStdinResponse) ProtoMessage() {}
 
 func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[22]
+	mi := &file_containers_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1446,7 @@ func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
 func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{22}
+	return file_containers_proto_rawDescGZIP(), []int{23}
 }
 
 type ListProcessesRequest struct {
@@ -1362,7 +1458,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_containers_proto_msgTypes[23]
+	mi := &file_containers_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1470,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[23]
+	mi := &file_containers_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1483,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{23}
+	return file_containers_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -1406,7 +1502,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_containers_proto_msgTypes[24]
+	mi := &file_containers_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1514,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[24]
+	mi := &file_containers_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1527,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{24}
+	return file_containers_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProcessesResponse) GetPids() []uint32 {
@@ -1450,7 +1546,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_containers_proto_msgTypes[25]
+	mi := &file_containers_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1558,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[25]
+	mi := &file_containers_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1571,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{25}
+	return file_containers_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatsRequest) GetContainerId() string {
@@ -1498,7 +1594,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_containers_proto_msgTypes[26]
+	mi := &file_containers_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1606,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[26]
+	mi := &file_containers_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1619,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{26}
+	return file_containers_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatsResponse) GetCpu() *CPUStats {
@@ -1568,7 +1664,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_containers_proto_msgTypes[27]
+	mi := &file_containers_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1676,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[27]
+	mi := &file_containers_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1689,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{27}
+	return file_containers_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CPUStats) GetUsageUsec() uint64 {
@@ -1660,7 +1756,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_containers_proto_msgTypes[28]
+	mi := &file_containers_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1768,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[28]
+	mi := &file_containers_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1781,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{28}
+	return file_containers_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MemoryStats) GetUsage() uint64 {
@@ -1782,7 +1878,7 @@ type PidsStats struct {
 
 func (x *PidsStats) Reset() {
 	*x = PidsStats{}
-	mi := &file_containers_proto_msgTypes[29]
+	mi := &file_containers_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1890,7 @@ func (x *PidsStats) String() string {
 func (*PidsStats) ProtoMessage() {}
 
 func (x *PidsStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[29]
+	mi := &file_containers_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1903,7 @@ func (x *PidsStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsStats.ProtoReflect.Descriptor instead.
 func (*PidsStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{29}
+	return file_containers_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PidsStats) GetCurrent() uint64 {
@@ -1838,7 +1934,7 @@ type IOStats struct {
 
 func (x *IOStats) Reset() {
 	*x = IOStats{}
-	mi := &file_containers_proto_msgTypes[30]
+	mi := &file_containers_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +1946,7 @@ func (x *IOStats) String() string {
 func (*IOStats) ProtoMessage() {}
 
 func (x *IOStats) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[30]
+	mi := &file_containers_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +1959,7 @@ func (x *IOStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOStats.ProtoReflect.Descriptor instead.
 func (*IOStats) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{30}
+	return file_containers_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *IOStats) GetMajor() uint64 {
@@ -1917,7 +2013,7 @@ type PauseContainerRequest struct {
 
 func (x *PauseContainerRequest) Reset() {
 	*x = PauseContainerRequest{}
-	mi := &file_containers_proto_msgTypes[31]
+	mi := &file_containers_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2025,7 @@ func (x *PauseContainerRequest) String() string {
 func (*PauseContainerRequest) ProtoMessage() {}
 
 func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[31]
+	mi := &file_containers_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2038,7 @@ func (x *PauseContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerRequest.ProtoReflect.Descriptor instead.
 func (*PauseContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{31}
+	return file_containers_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PauseContainerRequest) GetContainerId() string {
@@ -1960,7 +2056,7 @@ type PauseContainerResponse struct {
 
 func (x *PauseContainerResponse) Reset() {
 	*x = PauseContainerResponse{}
-	mi := &file_containers_proto_msgTypes[32]
+	mi := &file_containers_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2068,7 @@ func (x *PauseContainerResponse) String() string {
 func (*PauseContainerResponse) ProtoMessage() {}
 
 func (x *PauseContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[32]
+	mi := &file_containers_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2081,7 @@ func (x *PauseContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseContainerResponse.ProtoReflect.Descriptor instead.
 func (*PauseContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{32}
+	return file_containers_proto_rawDescGZIP(), []int{33}
 }
 
 type ResumeContainerRequest struct {
@@ -1997,7 +2093,7 @@ type ResumeContainerRequest struct {
 
 func (x *ResumeContainerRequest) Reset() {
 	*x = ResumeContainerRequest{}
-	mi := &file_containers_proto_msgTypes[33]
+	mi := &file_containers_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2105,7 @@ func (x *ResumeContainerRequest) String() string {
 func (*ResumeContainerRequest) ProtoMessage() {}
 
 func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[33]
+	mi := &file_containers_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2118,7 @@ func (x *ResumeContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerRequest.ProtoReflect.Descriptor instead.
 func (*ResumeContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{33}
+	return file_containers_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ResumeContainerRequest) GetContainerId() string {
@@ -2040,7 +2136,7 @@ type ResumeContainerResponse struct {
 
 func (x *ResumeContainerResponse) Reset() {
 	*x = ResumeContainerResponse{}
-	mi := &file_containers_proto_msgTypes[34]
+	mi := &file_containers_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2148,7 @@ func (x *ResumeContainerResponse) String() string {
 func (*ResumeContainerResponse) ProtoMessage() {}
 
 func (x *ResumeContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[34]
+	mi := &file_containers_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2161,7 @@ func (x *ResumeContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeContainerResponse.ProtoReflect.Descriptor instead.
 func (*ResumeContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{34}
+	return file_containers_proto_rawDescGZIP(), []int{35}
 }
 
 type UpdateContainerRequest struct {
@@ -2079,7 +2175,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_containers_proto_msgTypes[35]
+	mi := &file_containers_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2187,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[35]
+	mi := &file_containers_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2200,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{35}
+	return file_containers_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpdateContainerRequest) GetContainerId() string {
@@ -2129,7 +2225,7 @@ type UpdateContainerResponse struct {
 
 func (x *UpdateContainerResponse) Reset() {
 	*x = UpdateContainerResponse{}
-	mi := &file_containers_proto_msgTypes[36]
+	mi := &file_containers_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2237,7 @@ func (x *UpdateContainerResponse) String() string {
 func (*UpdateContainerResponse) ProtoMessage() {}
 
 func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[36]
+	mi := &file_containers_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2250,7 @@ func (x *UpdateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerResponse.ProtoReflect.Descriptor instead.
 func (*UpdateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{36}
+	return file_containers_proto_rawDescGZIP(), []int{37}
 }
 
 type WaitOOMRequest struct {
@@ -2165,7 +2261,7 @@ type WaitOOMRequest struct {
 
 func (x *WaitOOMRequest) Reset() {
 	*x = WaitOOMRequest{}
-	mi := &file_containers_proto_msgTypes[37]
+	mi := &file_containers_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2273,7 @@ func (x *WaitOOMRequest) String() string {
 func (*WaitOOMRequest) ProtoMessage() {}
 
 func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[37]
+	mi := &file_containers_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2286,7 @@ func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
 func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{37}
+	return file_containers_proto_rawDescGZIP(), []int{38}
 }
 
 type WaitOOMResponse struct {
@@ -2202,7 +2298,7 @@ type WaitOOMResponse struct {
 
 func (x *WaitOOMResponse) Reset() {
 	*x = WaitOOMResponse{}
-	mi := &file_containers_proto_msgTypes[38]
+	mi := &file_containers_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2214,7 +2310,7 @@ func (x *WaitOOMResponse) String() string {
 func (*WaitOOMResponse) ProtoMessage() {}
 
 func (x *WaitOOMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_containers_proto_msgTypes[38]
+	mi := &file_containers_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2227,7 +2323,7 @@ func (x *WaitOOMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMResponse.ProtoReflect.Descriptor instead.
 func (*WaitOOMResponse) Descriptor() ([]byte, []int) {
-	return file_containers_proto_rawDescGZIP(), []int{38}
+	return file_containers_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WaitOOMResponse) GetContainerId() string {
@@ -2263,7 +2359,7 @@ const file_containers_proto_rawDesc = "" +
 	"\bstorages\x18\x03 \x03(\v2\x16.hull.agent.v1.StorageR\bstorages\"\x17\n" +
 	"\x15CreateSandboxResponse\"\x17\n" +
 	"\x15DestroySandboxRequest\"\x18\n" +
-	"\x16DestroySandboxResponse\"\x81\x02\n" +
+	"\x16DestroySandboxResponse\"\xb9\x02\n" +
 	"\x16CreateContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x122\n" +
@@ -2271,7 +2367,16 @@ const file_containers_proto_rawDesc = "" +
 	"\x05stdio\x18\x04 \x01(\v2\x14.hull.agent.v1.StdioR\x05stdio\x12/\n" +
 	"\x05files\x18\x05 \x03(\v2\x19.hull.agent.v1.CopiedFileR\x05files\x12\x1f\n" +
 	"\vpod_sandbox\x18\x06 \x01(\bR\n" +
-	"podSandbox\"\xe5\x01\n" +
+	"podSandbox\x126\n" +
+	"\n" +
+	"empty_dirs\x18\a \x03(\v2\x17.hull.agent.v1.EmptyDirR\temptyDirs\"u\n" +
+	"\bEmptyDir\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x04 \x01(\rR\x03gid\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x05 \x01(\x04R\tsizeBytes\"\xe5\x01\n" +
 	"\n" +
 	"CopiedFile\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x122\n" +
@@ -2418,7 +2523,7 @@ func file_containers_proto_rawDescGZIP() []byte {
 }
 
 var file_containers_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_containers_proto_goTypes = []any{
 	(CopiedFile_Kind)(0),            // 0: hull.agent.v1.CopiedFile.Kind
 	(*Storage)(nil),                 // 1: hull.agent.v1.Storage
@@ -2428,89 +2533,91 @@ var file_containers_proto_goTypes = []any{
 	(*DestroySandboxRequest)(nil),   // 5: hull.agent.v1.DestroySandboxRequest
 	(*DestroySandboxResponse)(nil),  // 6: hull.agent.v1.DestroySandboxResponse
 	(*CreateContainerRequest)(nil),  // 7: hull.agent.v1.CreateContainerRequest
-	(*CopiedFile)(nil),              // 8: hull.agent.v1.CopiedFile
-	(*CreateContainerResponse)(nil), // 9: hull.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 10: hull.agent.v1.StartContainerRequest
-	(*StartContainerResponse)(nil),  // 11: hull.agent.v1.StartContainerResponse
-	(*RemoveContainerRequest)(nil),  // 12: hull.agent.v1.RemoveContainerRequest
-	(*RemoveContainerResponse)(nil), // 13: hull.agent.v1.RemoveContainerResponse
-	(*ExecProcessRequest)(nil),      // 14: hull.agent.v1.ExecProcessRequest
-	(*ExecProcessResponse)(nil),     // 15: hull.agent.v1.ExecProcessResponse
-	(*SignalProcessRequest)(nil),    // 16: hull.agent.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil),   // 17: hull.agent.v1.SignalProcessResponse
-	(*WaitProcessRequest)(nil),      // 18: hull.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),     // 19: hull.agent.v1.WaitProcessResponse
-	(*ResizeTTYRequest)(nil),        // 20: hull.agent.v1.ResizeTTYRequest
-	(*ResizeTTYResponse)(nil),       // 21: hull.agent.v1.ResizeTTYResponse
-	(*CloseStdinRequest)(nil),       // 22: hull.agent.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),      // 23: hull.agent.v1.CloseStdinResponse
-	(*ListProcessesRequest)(nil),    // 24: hull.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),   // 25: hull.agent.v1.ListProcessesResponse
-	(*StatsRequest)(nil),            // 26: hull.agent.v1.StatsRequest
-	(*StatsResponse)(nil),           // 27: hull.agent.v1.StatsResponse
-	(*CPUStats)(nil),                // 28: hull.agent.v1.CPUStats
-	(*MemoryStats)(nil),             // 29: hull.agent.v1.MemoryStats
-	(*PidsStats)(nil),               // 30: hull.agent.v1.PidsStats
-	(*IOStats)(nil),                 // 31: hull.agent.v1.IOStats
-	(*PauseContainerRequest)(nil),   // 32: hull.agent.v1.PauseContainerRequest
-	(*PauseContainerResponse)(nil),  // 33: hull.agent.v1.PauseContainerResponse
-	(*ResumeContainerRequest)(nil),  // 34: hull.agent.v1.ResumeContainerRequest
-	(*ResumeContainerResponse)(nil), // 35: hull.agent.v1.ResumeContainerResponse
-	(*UpdateContainerRequest)(nil),  // 36: hull.agent.v1.UpdateContainerRequest
-	(*UpdateContainerResponse)(nil), // 37: hull.agent.v1.UpdateContainerResponse
-	(*WaitOOMRequest)(nil),          // 38: hull.agent.v1.WaitOOMRequest
-	(*WaitOOMResponse)(nil),         // 39: hull.agent.v1.WaitOOMResponse
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*EmptyDir)(nil),                // 8: hull.agent.v1.EmptyDir
+	(*CopiedFile)(nil),              // 9: hull.agent.v1.CopiedFile
+	(*CreateContainerResponse)(nil), // 10: hull.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 11: hull.agent.v1.StartContainerRequest
+	(*StartContainerResponse)(nil),  // 12: hull.agent.v1.StartContainerResponse
+	(*RemoveContainerRequest)(nil),  // 13: hull.agent.v1.RemoveContainerRequest
+	(*RemoveContainerResponse)(nil), // 14: hull.agent.v1.RemoveContainerResponse
+	(*ExecProcessRequest)(nil),      // 15: hull.agent.v1.ExecProcessRequest
+	(*ExecProcessResponse)(nil),     // 16: hull.agent.v1.ExecProcessResponse
+	(*SignalProcessRequest)(nil),    // 17: hull.agent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),   // 18: hull.agent.v1.SignalProcessResponse
+	(*WaitProcessRequest)(nil),      // 19: hull.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),     // 20: hull.agent.v1.WaitProcessResponse
+	(*ResizeTTYRequest)(nil),        // 21: hull.agent.v1.ResizeTTYRequest
+	(*ResizeTTYResponse)(nil),       // 22: hull.agent.v1.ResizeTTYResponse
+	(*CloseStdinRequest)(nil),       // 23: hull.agent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),      // 24: hull.agent.v1.CloseStdinResponse
+	(*ListProcessesRequest)(nil),    // 25: hull.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),   // 26: hull.agent.v1.ListProcessesResponse
+	(*StatsRequest)(nil),            // 27: hull.agent.v1.StatsRequest
+	(*StatsResponse)(nil),           // 28: hull.agent.v1.StatsResponse
+	(*CPUStats)(nil),                // 29: hull.agent.v1.CPUStats
+	(*MemoryStats)(nil),             // 30: hull.agent.v1.MemoryStats
+	(*PidsStats)(nil),               // 31: hull.agent.v1.PidsStats
+	(*IOStats)(nil),                 // 32: hull.agent.v1.IOStats
+	(*PauseContainerRequest)(nil),   // 33: hull.agent.v1.PauseContainerRequest
+	(*PauseContainerResponse)(nil),  // 34: hull.agent.v1.PauseContainerResponse
+	(*ResumeContainerRequest)(nil),  // 35: hull.agent.v1.ResumeContainerRequest
+	(*ResumeContainerResponse)(nil), // 36: hull.agent.v1.ResumeContainerResponse
+	(*UpdateContainerRequest)(nil),  // 37: hull.agent.v1.UpdateContainerRequest
+	(*UpdateContainerResponse)(nil), // 38: hull.agent.v1.UpdateContainerResponse
+	(*WaitOOMRequest)(nil),          // 39: hull.agent.v1.WaitOOMRequest
+	(*WaitOOMResponse)(nil),         // 40: hull.agent.v1.WaitOOMResponse
+	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
 }
 var file_containers_proto_depIdxs = []int32{
 	1,  // 0: hull.agent.v1.CreateSandboxRequest.storages:type_name -> hull.agent.v1.Storage
 	1,  // 1: hull.agent.v1.CreateContainerRequest.storages:type_name -> hull.agent.v1.Storage
 	2,  // 2: hull.agent.v1.CreateContainerRequest.stdio:type_name -> hull.agent.v1.Stdio
-	8,  // 3: hull.agent.v1.CreateContainerRequest.files:type_name -> hull.agent.v1.CopiedFile
-	0,  // 4: hull.agent.v1.CopiedFile.kind:type_name -> hull.agent.v1.CopiedFile.Kind
-	2,  // 5: hull.agent.v1.ExecProcessRequest.stdio:type_name -> hull.agent.v1.Stdio
-	40, // 6: hull.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
-	28, // 7: hull.agent.v1.StatsResponse.cpu:type_name -> hull.agent.v1.CPUStats
-	29, // 8: hull.agent.v1.StatsResponse.memory:type_name -> hull.agent.v1.MemoryStats
-	30, // 9: hull.agent.v1.StatsResponse.pids:type_name -> hull.agent.v1.PidsStats
-	31, // 10: hull.agent.v1.StatsResponse.io:type_name -> hull.agent.v1.IOStats
-	3,  // 11: hull.agent.v1.Containers.CreateSandbox:input_type -> hull.agent.v1.CreateSandboxRequest
-	5,  // 12: hull.agent.v1.Containers.DestroySandbox:input_type -> hull.agent.v1.DestroySandboxRequest
-	7,  // 13: hull.agent.v1.Containers.CreateContainer:input_type -> hull.agent.v1.CreateContainerRequest
-	10, // 14: hull.agent.v1.Containers.StartContainer:input_type -> hull.agent.v1.StartContainerRequest
-	12, // 15: hull.agent.v1.Containers.RemoveContainer:input_type -> hull.agent.v1.RemoveContainerRequest
-	14, // 16: hull.agent.v1.Containers.ExecProcess:input_type -> hull.agent.v1.ExecProcessRequest
-	16, // 17: hull.agent.v1.Containers.SignalProcess:input_type -> hull.agent.v1.SignalProcessRequest
-	18, // 18: hull.agent.v1.Containers.WaitProcess:input_type -> hull.agent.v1.WaitProcessRequest
-	20, // 19: hull.agent.v1.Containers.ResizeTTY:input_type -> hull.agent.v1.ResizeTTYRequest
-	22, // 20: hull.agent.v1.Containers.CloseStdin:input_type -> hull.agent.v1.CloseStdinRequest
-	24, // 21: hull.agent.v1.Containers.ListProcesses:input_type -> hull.agent.v1.ListProcessesRequest
-	26, // 22: hull.agent.v1.Containers.Stats:input_type -> hull.agent.v1.StatsRequest
-	32, // 23: hull.agent.v1.Containers.PauseContainer:input_type -> hull.agent.v1.PauseContainerRequest
-	34, // 24: hull.agent.v1.Containers.ResumeContainer:input_type -> hull.agent.v1.ResumeContainerRequest
-	36, // 25: hull.agent.v1.Containers.UpdateContainer:input_type -> hull.agent.v1.UpdateContainerRequest
-	38, // 26: hull.agent.v1.Containers.WaitOOM:input_type -> hull.agent.v1.WaitOOMRequest
-	4,  // 27: hull.agent.v1.Containers.CreateSandbox:output_type -> hull.agent.v1.CreateSandboxResponse
-	6,  // 28: hull.agent.v1.Containers.DestroySandbox:output_type -> hull.agent.v1.DestroySandboxResponse
-	9,  // 29: hull.agent.v1.Containers.CreateContainer:output_type -> hull.agent.v1.CreateContainerResponse
-	11, // 30: hull.agent.v1.Containers.StartContainer:output_type -> hull.agent.v1.StartContainerResponse
-	13, // 31: hull.agent.v1.Containers.RemoveContainer:output_type -> hull.agent.v1.RemoveContainerResponse
-	15, // 32: hull.agent.v1.Containers.ExecProcess:output_type -> hull.agent.v1.ExecProcessResponse
-	17, // 33: hull.agent.v1.Containers.SignalProcess:output_type -> hull.agent.v1.SignalProcessResponse
-	19, // 34: hull.agent.v1.Containers.WaitProcess:output_type -> hull.agent.v1.WaitProcessResponse
-	21, // 35: hull.agent.v1.Containers.ResizeTTY:output_type -> hull.agent.v1.ResizeTTYResponse
-	23, // 36: hull.agent.v1.Containers.CloseStdin:output_type -> hull.agent.v1.CloseStdinResponse
-	25, // 37: hull.agent.v1.Containers.ListProcesses:output_type -> hull.agent.v1.ListProcessesResponse
-	27, // 38: hull.agent.v1.Containers.Stats:output_type -> hull.agent.v1.StatsResponse
-	33, // 39: hull.agent.v1.Containers.PauseContainer:output_type -> hull.agent.v1.PauseContainerResponse
-	35, // 40: hull.agent.v1.Containers.ResumeContainer:output_type -> hull.agent.v1.ResumeContainerResponse
-	37, // 41: hull.agent.v1.Containers.UpdateContainer:output_type -> hull.agent.v1.UpdateContainerResponse
-	39, // 42: hull.agent.v1.Containers.WaitOOM:output_type -> hull.agent.v1.WaitOOMResponse
-	27, // [27:43] is the sub-list for method output_type
-	11, // [11:27] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 3: hull.agent.v1.CreateContainerRequest.files:type_name -> hull.agent.v1.CopiedFile
+	8,  // 4: hull.agent.v1.CreateContainerRequest.empty_dirs:type_name -> hull.agent.v1.EmptyDir
+	0,  // 5: hull.agent.v1.CopiedFile.kind:type_name -> hull.agent.v1.CopiedFile.Kind
+	2,  // 6: hull.agent.v1.ExecProcessRequest.stdio:type_name -> hull.agent.v1.Stdio
+	41, // 7: hull.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
+	29, // 8: hull.agent.v1.StatsResponse.cpu:type_name -> hull.agent.v1.CPUStats
+	30, // 9: hull.agent.v1.StatsResponse.memory:type_name -> hull.agent.v1.MemoryStats
+	31, // 10: hull.agent.v1.StatsResponse.pids:type_name -> hull.agent.v1.PidsStats
+	32, // 11: hull.agent.v1.StatsResponse.io:type_name -> hull.agent.v1.IOStats
+	3,  // 12: hull.agent.v1.Containers.CreateSandbox:input_type -> hull.agent.v1.CreateSandboxRequest
+	5,  // 13: hull.agent.v1.Containers.DestroySandbox:input_type -> hull.agent.v1.DestroySandboxRequest
+	7,  // 14: hull.agent.v1.Containers.CreateContainer:input_type -> hull.agent.v1.CreateContainerRequest
+	11, // 15: hull.agent.v1.Containers.StartContainer:input_type -> hull.agent.v1.StartContainerRequest
+	13, // 16: hull.agent.v1.Containers.RemoveContainer:input_type -> hull.agent.v1.RemoveContainerRequest
+	15, // 17: hull.agent.v1.Containers.ExecProcess:input_type -> hull.agent.v1.ExecProcessRequest
+	17, // 18: hull.agent.v1.Containers.SignalProcess:input_type -> hull.agent.v1.SignalProcessRequest
+	19, // 19: hull.agent.v1.Containers.WaitProcess:input_type -> hull.agent.v1.WaitProcessRequest
+	21, // 20: hull.agent.v1.Containers.ResizeTTY:input_type -> hull.agent.v1.ResizeTTYRequest
+	23, // 21: hull.agent.v1.Containers.CloseStdin:input_type -> hull.agent.v1.CloseStdinRequest
+	25, // 22: hull.agent.v1.Containers.ListProcesses:input_type -> hull.agent.v1.ListProcessesRequest
+	27, // 23: hull.agent.v1.Containers.Stats:input_type -> hull.agent.v1.StatsRequest
+	33, // 24: hull.agent.v1.Containers.PauseContainer:input_type -> hull.agent.v1.PauseContainerRequest
+	35, // 25: hull.agent.v1.Containers.ResumeContainer:input_type -> hull.agent.v1.ResumeContainerRequest
+	37, // 26: hull.agent.v1.Containers.UpdateContainer:input_type -> hull.agent.v1.UpdateContainerRequest
+	39, // 27: hull.agent.v1.Containers.WaitOOM:input_type -> hull.agent.v1.WaitOOMRequest
+	4,  // 28: hull.agent.v1.Containers.CreateSandbox:output_type -> hull.agent.v1.CreateSandboxResponse
+	6,  // 29: hull.agent.v1.Containers.DestroySandbox:output_type -> hull.agent.v1.DestroySandboxResponse
+	10, // 30: hull.agent.v1.Containers.CreateContainer:output_type -> hull.agent.v1.CreateContainerResponse
+	12, // 31: hull.agent.v1.Containers.StartContainer:output_type -> hull.agent.v1.StartContainerResponse
+	14, // 32: hull.agent.v1.Containers.RemoveContainer:output_type -> hull.agent.v1.RemoveContainerResponse
+	16, // 33: hull.agent.v1.Containers.ExecProcess:output_type -> hull.agent.v1.ExecProcessResponse
+	18, // 34: hull.agent.v1.Containers.SignalProcess:output_type -> hull.agent.v1.SignalProcessResponse
+	20, // 35: hull.agent.v1.Containers.WaitProcess:output_type -> hull.agent.v1.WaitProcessResponse
+	22, // 36: hull.agent.v1.Containers.ResizeTTY:output_type -> hull.agent.v1.ResizeTTYResponse
+	24, // 37: hull.agent.v1.Containers.CloseStdin:output_type -> hull.agent.v1.CloseStdinResponse
+	26, // 38: hull.agent.v1.Containers.ListProcesses:output_type -> hull.agent.v1.ListProcessesResponse
+	28, // 39: hull.agent.v1.Containers.Stats:output_type -> hull.agent.v1.StatsResponse
+	34, // 40: hull.agent.v1.Containers.PauseContainer:output_type -> hull.agent.v1.PauseContainerResponse
+	36, // 41: hull.agent.v1.Containers.ResumeContainer:output_type -> hull.agent.v1.ResumeContainerResponse
+	38, // 42: hull.agent.v1.Containers.UpdateContainer:output_type -> hull.agent.v1.UpdateContainerResponse
+	40, // 43: hull.agent.v1.Containers.WaitOOM:output_type -> hull.agent.v1.WaitOOMResponse
+	28, // [28:44] is the sub-list for method output_type
+	12, // [12:28] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_containers_proto_init() }
@@ -2524,7 +2631,7 @@ func file_containers_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_containers_proto_rawDesc), len(file_containers_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
