@@ -35,6 +35,9 @@ type containerService struct {
 	a    *Agent
 	root string // libcontainer's state directory
 	oom  *oomQueue
+	// emptyDirs are the pod's emptyDir volumes, kept until the sandbox
+	// is destroyed.
+	emptyDirs *emptyDirs
 	// pauseRoot and pauseExe are the mount point of a pod sandbox
 	// process's root and the path of the binary it runs, this one
 	// (podsandbox.go).
@@ -59,7 +62,7 @@ var _ api.ContainersService = (*containerService)(nil)
 
 func newContainerService(a *Agent, root string) *containerService {
 	return &containerService{
-		a: a, root: root, oom: newOOMQueue(), pauseRoot: pauseRootDir, pauseExe: selfExe(),
+		a: a, root: root, oom: newOOMQueue(), emptyDirs: newEmptyDirs(emptyDirRoot), pauseRoot: pauseRootDir, pauseExe: selfExe(),
 		containers: map[string]*container{}, creating: map[string]bool{},
 		sync: func() {
 			if a.initMode {
@@ -204,6 +207,9 @@ func (s *containerService) DestroySandbox(ctx context.Context, _ *api.DestroySan
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("destroying sandbox: %w", err)
 	}
+	if err := s.emptyDirs.unmountAll(ctx); err != nil {
+		return nil, fmt.Errorf("destroying sandbox: %w", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := unmountStorages(ctx, s.sandboxMounts); err != nil {
@@ -271,6 +277,16 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 	if copied != "" {
 		undo.add(func() { _ = os.RemoveAll(copied) })
 	}
+	emptyDone, err := s.emptyDirs.acquire(ctx, req.GetEmptyDirs())
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	undo.add(func() { emptyDone(false) })
+	defer func() {
+		if retErr == nil {
+			emptyDone(true)
+		}
+	}()
 	tMounts = time.Since(begin)
 	if err := checkRootfs(spec); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)

@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	api "github.com/hull-runtime/hull/api/agent/v1"
+)
+
+// TestEmptyDirs: a volume is a tmpfs made for the first create that names
+// it, with the mode, owner and size asked; a second create shares it; a
+// failed create unmounts what no create kept, and a kept volume stays
+// until the sandbox is destroyed. Bad names and modes are refused before
+// anything is made.
+func TestEmptyDirs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root: it mounts tmpfs")
+	}
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "emptydir")
+	e := newEmptyDirs(root)
+	t.Cleanup(func() { _ = e.unmountAll(ctx) })
+	scratch := &api.EmptyDir{Name: "scratch", Mode: 0o2777, Uid: 0, Gid: 2000, SizeBytes: 4 << 20}
+	p := filepath.Join(root, "scratch")
+
+	done, err := e.acquire(ctx, []*api.EmptyDir{scratch, scratch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(p, &fs); err != nil || fs.Type != unix.TMPFS_MAGIC || fs.Blocks*uint64(fs.Bsize) != 4<<20 {
+		t.Fatalf("%s: statfs %+v, %v; want a tmpfs of 4 MiB", p, fs, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o2777 || st.Gid != 2000 {
+		t.Errorf("mode %#o, gid %d; want 02777, 2000", st.Mode&0o7777, st.Gid)
+	}
+	if !mounted(t, p) {
+		t.Fatal("not mounted")
+	}
+	// A second create while the first is under way shares the volume
+	// (different parameters are ignored); the first fails: the volume
+	// stays for the second.
+	done2, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o700}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done(false)
+	if !mounted(t, p) {
+		t.Fatal("unmounted while another create holds it")
+	}
+	done2(true)
+	// A kept volume outlives a later failed create.
+	done3, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch"}, {Name: "other", Mode: 0o777}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done3(false)
+	if !mounted(t, p) {
+		t.Error("a kept volume was unmounted by a failed create")
+	}
+	if mounted(t, filepath.Join(root, "other")) {
+		t.Error("the failed create's own volume stays mounted")
+	}
+	if b, err := os.ReadFile(filepath.Join(p, "f")); err != nil || string(b) != "x" {
+		t.Errorf("the volume's file: %q, %v", b, err)
+	}
+
+	for _, bad := range []*api.EmptyDir{
+		{Name: ".."}, {Name: "../etc"}, {Name: "a/b"}, {Name: ""}, {Name: "UPPER"},
+		{Name: "setuid", Mode: 0o10000},
+	} {
+		if _, err := e.acquire(ctx, []*api.EmptyDir{{Name: "fresh"}, bad}); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%+v: %v, want invalid argument", bad, err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "fresh")); !os.IsNotExist(err) {
+			t.Errorf("%+v: a refused request made something: %v", bad, err)
+		}
+	}
+
+	if err := e.unmountAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mounted(t, p) {
+		t.Error("mounted after unmountAll")
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Errorf("%s after unmountAll: %v, want it gone", p, err)
+	}
+}
