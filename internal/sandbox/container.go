@@ -55,6 +55,12 @@ type ContainerConfig struct {
 	// GuestMounts are indices of bind mounts in Spec.Mounts whose source
 	// is a guest path (GuestShmDir): nothing is shared for them.
 	GuestMounts []int
+	// PodUID is the Kubernetes pod's UID when the container is one of a
+	// CRI pod's (from containerd's CRI annotations), "" otherwise. In a
+	// sandbox without a shared file system, the binds of the pod's
+	// emptyDir volumes (the kubelet's directories of this pod) become
+	// directories in the guest (storage.LocalEmptyDirs).
+	PodUID string
 	// Stdio of the init process. Stdio.Terminal must match
 	// Spec.Process.Terminal.
 	Stdio IO
@@ -162,7 +168,7 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 			return nil, err
 		}
 	}
-	guest, copied, err := s.containerFiles(ctx, cfg, block != nil || erofs != nil, &undo)
+	guest, copied, emptyDirs, err := s.containerFiles(ctx, cfg, block != nil || erofs != nil, &undo)
 	if err != nil {
 		return nil, err
 	}
@@ -198,6 +204,7 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 		Stdio:       req,
 		Files:       copied,
 		PodSandbox:  cfg.PodSandbox,
+		EmptyDirs:   emptyDirs,
 	}
 	if err := checkRequestSize(creq); err != nil {
 		return nil, fmt.Errorf("container %s: %w", cfg.ID, err)
@@ -240,16 +247,21 @@ func checkRequestSize(req *agent.CreateContainerRequest) error {
 
 // containerFiles makes the container's files reach the guest: put into
 // the shared tree (undone by undo), or, in a sandbox without it, the
-// root on a disk (blockRoot) and the bind sources copied, bounded, for
-// the agent to write. It returns the guest spec and the copies.
-func (s *Sandbox) containerFiles(ctx context.Context, cfg ContainerConfig, blockRoot bool, undo *cleanups) (*specs.Spec, []*agent.CopiedFile, error) {
+// root on a disk (blockRoot), the pod's emptyDir volumes made in the guest
+// and the other bind sources copied, bounded, for the agent to write. It
+// returns the guest spec, the copies and the emptyDir volumes.
+func (s *Sandbox) containerFiles(ctx context.Context, cfg ContainerConfig, blockRoot bool, undo *cleanups) (*specs.Spec, []*agent.CopiedFile, []*agent.EmptyDir, error) {
 	if s.storage == nil {
 		if !blockRoot {
-			return nil, nil, ErrNeedsSharedFS
+			return nil, nil, nil, ErrNeedsSharedFS
 		}
-		guest, files, err := storage.CopyContainer(cfg.ID, cfg.Spec, cfg.Bundle, cfg.GuestMounts, s.copyLimits)
+		spec, guestMounts, dirs, err := storage.LocalEmptyDirs(s.kubeletPods, cfg.Spec, cfg.PodUID, cfg.GuestMounts)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
+		}
+		guest, files, err := storage.CopyContainer(cfg.ID, spec, cfg.Bundle, guestMounts, s.copyLimits)
+		if err != nil {
+			return nil, nil, nil, err
 		}
 		out := make([]*agent.CopiedFile, len(files))
 		for i, f := range files {
@@ -258,17 +270,21 @@ func (s *Sandbox) containerFiles(ctx context.Context, cfg ContainerConfig, block
 				Uid: f.UID, Gid: f.GID, Data: f.Data, Link: f.Link,
 			}
 		}
-		return guest, out, nil
+		var eds []*agent.EmptyDir
+		for _, d := range dirs {
+			eds = append(eds, &agent.EmptyDir{Name: d.Name, Mode: d.Mode, Uid: d.UID, Gid: d.GID, SizeBytes: d.Size})
+		}
+		return guest, out, eds, nil
 	}
 	guest, err := s.storage.AddContainer(ctx, storage.Container{
 		ID: cfg.ID, Spec: cfg.Spec, Bundle: cfg.Bundle, Rootfs: cfg.Rootfs, GuestMounts: cfg.GuestMounts,
 		BlockRootfs: blockRoot,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	undo.push(func(ctx context.Context) error { return s.storage.RemoveContainer(ctx, cfg.ID) })
-	return guest, nil, nil
+	return guest, nil, nil, nil
 }
 
 // removeInGuest has the agent remove a container; a VM that is gone has

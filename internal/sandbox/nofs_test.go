@@ -3,16 +3,20 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/bootslot"
 	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/storage"
 )
 
 // TestNoSharedFS checks a sandbox without the shared file system: its
@@ -103,5 +107,56 @@ func TestRequestSize(t *testing.T) {
 	}}
 	if err := checkRequestSize(big); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "copy_max_bytes") {
 		t.Errorf("4 MiB: %v, want an invalid-argument error naming copy_max_bytes", err)
+	}
+}
+
+// TestNoSharedFSEmptyDir: in a sandbox without the shared file system, a
+// CRI pod container's bind of one of its pod's emptyDir volumes (the
+// kubelet's directory, by its exact path) becomes a guest directory the
+// request asks the agent to make, with the kubelet directory's mode and
+// owner; nothing of it is copied. Another pod's volume, or any bind of a
+// container without a pod UID, is an ordinary bind: a writable directory,
+// refused.
+func TestNoSharedFSEmptyDir(t *testing.T) {
+	pods := t.TempDir()
+	vol := filepath.Join(pods, "uid-1", "volumes", "kubernetes.io~empty-dir", "scratch")
+	if err := os.MkdirAll(vol, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	spec := &specs.Spec{
+		Root:    &specs.Root{Path: "rootfs"},
+		Process: &specs.Process{Args: []string{"true"}, Cwd: "/"},
+		Mounts: []specs.Mount{
+			{Destination: "/work", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}},
+			{Destination: "/etc/app", Type: "bind", Source: vol, Options: []string{"rbind", "ro"}},
+		},
+	}
+	s := &Sandbox{id: "sb", kubeletPods: pods, copyLimits: storage.DefaultCopyLimits}
+	cfg := ContainerConfig{ID: "c1", Bundle: t.TempDir(), Spec: spec, PodUID: "uid-1"}
+	var undo cleanups
+	guest, files, dirs, err := s.containerFiles(t.Context(), cfg, true, &undo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 0 || len(undo) != 0 {
+		t.Errorf("%d files copied, %d undo steps: want none", len(files), len(undo))
+	}
+	want := []*agent.EmptyDir{{Name: "scratch", Mode: 0o777}}
+	if len(dirs) != 1 || !proto.Equal(dirs[0], want[0]) {
+		t.Errorf("emptyDirs %v, want %v", dirs, want)
+	}
+	for _, m := range guest.Mounts {
+		if m.Source != "/run/hull/emptydir/scratch" {
+			t.Errorf("mount %s: source %q, want the guest directory", m.Destination, m.Source)
+		}
+	}
+	for _, uid := range []string{"uid-2", ""} {
+		cfg.PodUID = uid
+		if _, _, _, err := s.containerFiles(t.Context(), cfg, true, &undo); !errdefs.IsNotImplemented(err) {
+			t.Errorf("pod uid %q: %v, want the writable directory refused", uid, err)
+		}
 	}
 }

@@ -208,6 +208,9 @@ type Sandbox struct {
 	// a container's copied bind sources in a VM without the shared file
 	// system (storage nil). Read-only after Start.
 	copyLimits storage.CopyLimits
+	// kubeletPods is the kubelet's pods directory, where a pod's emptyDir
+	// volumes are recognised (storage.KubeletPodsDir). Read-only.
+	kubeletPods string
 	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
 	cgroup *hostCgroup
 
@@ -409,6 +412,7 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 
 		hotplugBlocks: cfg.VM.HotplugBlocks,
 		copyLimits:    copyLimits(cfg),
+		kubeletPods:   storage.KubeletPodsDir,
 	}
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout

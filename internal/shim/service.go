@@ -252,6 +252,7 @@ func (s *service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (_ *
 		Spec:        spec,
 		Rootfs:      rootfs,
 		GuestMounts: plan.guestMounts,
+		PodUID:      annotations[podUIDAnnotation],
 		Stdio:       pio.stdio(r.Terminal),
 		PodSandbox:  r0 == rolePodSandbox,
 	})

@@ -30,6 +30,11 @@ var containerTypeAnnotations = []string{
 	"io.kubernetes.cri-o.ContainerType",
 }
 
+// podUIDAnnotation is the Kubernetes pod's UID, which containerd's CRI
+// writes on each of the pod's containers (CRI-O writes none). It names the
+// kubelet's directories of the pod's emptyDir volumes.
+const podUIDAnnotation = "io.kubernetes.cri.sandbox-uid"
+
 const (
 	containerTypeSandbox   = "sandbox"
 	containerTypeContainer = "container"
