@@ -24,28 +24,12 @@ import (
 // serves its web page at the pod's IP; nothing is left after it either.
 func TestCRINoSharedFS(t *testing.T) {
 	hull.need(t)
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
-	}
-	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
-	if out, err := exec.Command("truncate", "-s", "128M", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
 	tdir, err := os.MkdirTemp(env.workDir, "t")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(tdir) })
-	d := startDaemonWith(t, "2", daemonOptions{
-		assetsDir:   soakAssets(t),
-		runtime:     "shared_fs = \"none\"\n",
-		hullConfig:  fmt.Sprintf("[hypervisor]\nfree_page_reporting = false\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = %q\n", tdir),
-		snapshotter: "blockfile",
-		containerd:  fmt.Sprintf("[plugins.'io.containerd.snapshotter.v1.blockfile']\n  scratch_file = %q\n  fs_type = 'ext4'\n  mount_options = []\n", scratch),
-	})
+	d := startNoFSDaemon(t, fmt.Sprintf("[hypervisor]\nfree_page_reporting = false\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = %q\n", tdir))
 	s := d.begin(t, hull)
 	p := s.runPod("nofs")
 	cfg := containerConfig("app", untilTerm("true")...)
@@ -106,4 +90,99 @@ func TestCRINoSharedFS(t *testing.T) {
 	p.stop()
 	p.remove()
 	waitNothingLeft(t, s, func(string) bool { return false })
+}
+
+// startNoFSDaemon starts containerd 2.x with hull's runtime.shared_fs =
+// "none" (hullConfig added to hull's configuration) and the blockfile
+// snapshotter on an ext4 scratch file.
+func startNoFSDaemon(t *testing.T, hullConfig string) *daemon {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
+	}
+	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
+	if out, err := exec.Command("truncate", "-s", "128M", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("truncate: %v: %s", err, out)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	return startDaemonWith(t, "2", daemonOptions{
+		assetsDir:   soakAssets(t),
+		runtime:     "shared_fs = \"none\"\n",
+		hullConfig:  hullConfig,
+		snapshotter: "blockfile",
+		containerd:  fmt.Sprintf("[plugins.'io.containerd.snapshotter.v1.blockfile']\n  scratch_file = %q\n  fs_type = 'ext4'\n  mount_options = []\n", scratch),
+	})
+}
+
+// TestCRINoSharedFSEmptyDir runs a pod whose two containers bind the same
+// emptyDir volume (its kubelet directory, made here as the kubelet makes
+// it: /var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>)
+// with shared_fs = "none": the volume is one tmpfs in the guest that both
+// see, a file written by either is read by the other, the host directory
+// receives nothing, and nothing is left after the pod's removal.
+func TestCRINoSharedFSEmptyDir(t *testing.T) {
+	hull.need(t)
+	d := startNoFSDaemon(t, "")
+	s := d.begin(t, hull)
+	p := s.runPod("nofsed")
+	vol := kubeletEmptyDir(t, p.config.GetMetadata().GetUid(), "scratch")
+	writer := containerConfig("writer", untilTerm("true")...)
+	writer.Mounts = []*runtime.Mount{{ContainerPath: "/data", HostPath: vol}}
+	reader := containerConfig("reader", untilTerm("true")...)
+	reader.Mounts = []*runtime.Mount{{ContainerPath: "/shared", HostPath: vol}}
+	wid, rid := p.run(writer), p.run(reader)
+
+	sh := func(id, script, want string) {
+		t.Helper()
+		r := p.execSync(id, 60, "sh", "-c", script)
+		if out := string(r.GetStdout()); r.GetExitCode() != 0 || out != want {
+			t.Fatalf("%s: exit %d, stdout %q, stderr %q; want %q", script, r.GetExitCode(), out, r.GetStderr(), want)
+		}
+	}
+	sh(wid, "echo from-writer > /data/msg && awk '$2 == \"/data\" {print $3}' /proc/mounts", "tmpfs\n")
+	sh(rid, "cat /shared/msg && echo from-reader > /shared/back", "from-writer\n")
+	sh(wid, "cat /data/back", "from-reader\n")
+	if ents, err := os.ReadDir(vol); err != nil || len(ents) != 0 {
+		t.Errorf("the host directory holds %v (%v): want it untouched", ents, err)
+	}
+	for _, id := range []string{wid, rid} {
+		p.stopContainer(id, 10)
+		p.removeContainer(id)
+	}
+	p.stop()
+	p.remove()
+	waitNothingLeft(t, s, func(string) bool { return false })
+	if ents, err := os.ReadDir(vol); err != nil || len(ents) != 0 {
+		t.Errorf("the host directory holds %v (%v) after the pod: want it untouched", ents, err)
+	}
+}
+
+// kubeletEmptyDir makes the kubelet's directory of emptyDir volume name of
+// pod uid (mode 0777, as the kubelet makes it), removed with what it
+// needed to make above it when the test ends.
+func kubeletEmptyDir(t *testing.T, uid, name string) string {
+	t.Helper()
+	const kubelet = "/var/lib/kubelet"
+	// The top-most directory made here is removed at the end.
+	top := filepath.Join(kubelet, "pods", uid)
+	for _, d := range []string{filepath.Join(kubelet, "pods"), kubelet} {
+		if _, err := os.Lstat(d); os.IsNotExist(err) {
+			top = d
+		}
+	}
+	vol := filepath.Join(kubelet, "pods", uid, "volumes", "kubernetes.io~empty-dir", name)
+	if err := os.MkdirAll(vol, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(top); err != nil {
+			t.Errorf("removing %s: %v", top, err)
+		}
+	})
+	if err := os.Chmod(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	return vol
 }
