@@ -120,7 +120,8 @@ func startNoFSDaemon(t *testing.T, hullConfig string) *daemon {
 // emptyDir volume (its kubelet directory, made here as the kubelet makes
 // it: /var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>)
 // with shared_fs = "none": the volume is one tmpfs in the guest that both
-// see, a file written by either is read by the other, the host directory
+// see, a file written by either is read by the other, a container made
+// after both were removed still finds the files, the host directory
 // receives nothing, and nothing is left after the pod's removal.
 func TestCRINoSharedFSEmptyDir(t *testing.T) {
 	hull.need(t)
@@ -151,6 +152,14 @@ func TestCRINoSharedFSEmptyDir(t *testing.T) {
 		p.stopContainer(id, 10)
 		p.removeContainer(id)
 	}
+	// The volume lives as long as the pod: a container made after both
+	// were removed (a restart) finds their files.
+	later := containerConfig("later", untilTerm("true")...)
+	later.Mounts = []*runtime.Mount{{ContainerPath: "/data", HostPath: vol, Readonly: true}}
+	lid := p.run(later)
+	sh(lid, "cat /data/msg /data/back", "from-writer\nfrom-reader\n")
+	p.stopContainer(lid, 10)
+	p.removeContainer(lid)
 	p.stop()
 	p.remove()
 	waitNothingLeft(t, s, func(string) bool { return false })
