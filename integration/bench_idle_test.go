@@ -1,10 +1,14 @@
 package integration
 
 import (
+	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
 )
 
@@ -14,12 +18,13 @@ import (
 // default configuration (q35, 1 vCPU, 512 MiB; the agent over serial
 // where vsock is unavailable), idleSettle after the last start, split as
 // BenchmarkImageKind splits it. It also reports what the guests say they
-// use (MemTotal less MemAvailable, from the agent). One round of
+// use (MemTotal less MemAvailable, from the agent) and the CPU time their
+// QEMUs used up to the measurement (boot and idle). One round of
 // rootfsBenchVMs VMs per iteration; the figures are medians of the rounds.
 func BenchmarkIdleMemory(b *testing.B) {
 	dir, _ := rootfsAssets(b)
 	var splits []pssSplit
-	var guestUsed []float64
+	var guestUsed, cpu []float64
 	for i := 0; b.Loop(); i++ {
 		c := imageBenchConfig(b, imageKind{"hull-rootfs", dir, guestimage.KindRootfs})
 		sbs, err := startSandboxes(c, "idle", rootfsBenchVMs)
@@ -28,6 +33,7 @@ func BenchmarkIdleMemory(b *testing.B) {
 		}
 		time.Sleep(idleSettle)
 		split := sandboxPSS(c).per(rootfsBenchVMs)
+		vmCPU := qemuCPU(c).Seconds() / rootfsBenchVMs
 		var used float64
 		for _, sb := range sbs {
 			d, err := sb.System().GuestDetails(withTimeout(b, time.Minute), &agent.GuestDetailsRequest{})
@@ -40,7 +46,9 @@ func BenchmarkIdleMemory(b *testing.B) {
 		stopSandboxes(sbs)
 		splits = append(splits, split)
 		guestUsed = append(guestUsed, used/float64(len(sbs)))
-		b.Logf("round %d: PSS per VM with %d VMs: %s; guest MemTotal-MemAvailable %.1f MiB", i, rootfsBenchVMs, split, used/float64(len(sbs)))
+		cpu = append(cpu, vmCPU)
+		b.Logf("round %d: PSS per VM with %d VMs: %s; guest MemTotal-MemAvailable %.1f MiB; QEMU CPU time %.2f s per VM",
+			i, rootfsBenchVMs, split, used/float64(len(sbs)), vmCPU)
 	}
 	pick := func(f func(pssSplit) float64) float64 {
 		v := make([]float64, len(splits))
@@ -57,4 +65,19 @@ func BenchmarkIdleMemory(b *testing.B) {
 	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.image) }), "image-MiB")
 	b.ReportMetric(pick(func(s pssSplit) float64 { return mib(s.virtiofsd) }), "virtiofsd-MiB")
 	b.ReportMetric(medianF(guestUsed), "guest-used-MiB")
+	b.ReportMetric(medianF(cpu), "qemu-cpu-s")
+}
+
+// qemuCPU is the CPU time the QEMUs of c's sandboxes have used so far: the
+// boot, and what the idle guests have asked of QEMU since (free page
+// reporting among it).
+func qemuCPU(c *config.Config) time.Duration {
+	var d time.Duration
+	for _, pid := range processesMentioning(c.Runtime.StateDir) {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if strings.TrimSpace(string(comm)) != "virtiofsd" {
+			d += processCPU(pid)
+		}
+	}
+	return d
 }

@@ -162,7 +162,7 @@ func RunInit() {
 		testHooks.start(ctx, a, string(cmdline))
 	}
 	go a.reaper.run(ctx)
-	fatal(ctx, a.run(ctx, cfg)) // run returns only on a fatal error
+	fatal(ctx, a.run(ctx, cfg, string(cmdline))) // run returns only on a fatal error
 }
 
 // fatal logs err and powers off.
@@ -171,9 +171,11 @@ func fatal(ctx context.Context, err error) {
 	powerOff(ctx)
 }
 
-// run loads the transport's modules, serves, loads the other modules, and
-// returns only on a fatal error; a Shutdown request powers off from here.
-func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
+// run loads the transport's modules, serves, loads the other modules (then
+// sets the free page reporting order of the kernel command line, for the
+// balloon module among them), and returns only on a fatal error; a
+// Shutdown request powers off from here.
+func (a *Agent) run(ctx context.Context, cfg bootConfig, cmdline string) error {
 	list, err := modlist.Read(modlist.Path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		a.addWarning(ctx, fmt.Sprintf("module list: %v", err))
@@ -207,6 +209,9 @@ func (a *Agent) run(ctx context.Context, cfg bootConfig) error {
 		a.setStorageReady()
 		rr := loadModules(ctx, other, loadModule)
 		a.recordModules(ctx, list, rr)
+		if err := applyReportingOrder(ctx, "/sys", cmdline); err != nil {
+			a.addWarning(ctx, err.Error())
+		}
 		a.mu.Lock()
 		a.status = api.HealthResponse_STATUS_SERVING
 		a.mu.Unlock()

@@ -84,9 +84,9 @@ type Options struct {
 	RunAsUIDCount uint32
 	// FreePageReporting adds a virtio-balloon device with free page
 	// reporting: the guest kernel hands the host the memory it frees
-	// (in 2 MiB blocks), and QEMU releases it, so a guest's host memory
-	// shrinks after a peak instead of staying at its high-water mark. The
-	// balloon is never inflated.
+	// (down to single pages, see freePageReportingOrder), and QEMU
+	// releases it, so a guest's host memory shrinks after a peak instead
+	// of staying at its high-water mark. The balloon is never inflated.
 	FreePageReporting bool
 	// TCGCacheMiB is the size of TCG's translated-code cache in MiB
 	// (-accel tcg,tb-size=); DefaultTCGCacheMiB when 0. Unused under KVM.
