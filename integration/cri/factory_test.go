@@ -166,9 +166,16 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	opts, f := factoryOptions(b, 1)
 	warmDaemon := startDaemonWith(b, "1.6", opts)
 	startFactory(b, f, warmDaemon)
-	tplDaemon, err := startTemplateDaemon(b, "1.6", "")
-	if err != nil {
-		b.Fatal(err)
+	// HULL_BENCH_WAYS (a comma-separated list of the names below) runs
+	// some ways only, to study one: the figures of docs/benchmarks.md run
+	// them all.
+	ways := os.Getenv("HULL_BENCH_WAYS")
+	var tplDaemon *daemon
+	if ways == "" || slices.Contains(strings.Split(ways, ","), "hull-template") {
+		var err error
+		if tplDaemon, err = startTemplateDaemon(b, "1.6", ""); err != nil {
+			b.Fatal(err)
+		}
 	}
 	modes := []struct {
 		name  string
@@ -181,7 +188,22 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 		{"hull-template", tplDaemon, hull, "restored"},
 		{"hull-factory", warmDaemon, hull, "adopted"},
 	}
+	if ways != "" {
+		keep := strings.Split(ways, ",")
+		modes = slices.DeleteFunc(modes, func(m struct {
+			name  string
+			d     *daemon
+			h     handler
+			start string
+		}) bool {
+			return !slices.Contains(keep, m.name)
+		})
+		if len(modes) == 0 {
+			b.Fatalf("HULL_BENCH_WAYS=%q names no way", ways)
+		}
+	}
 	times := map[string][]time.Duration{}
+	var timelines strings.Builder
 	var used []string
 	// The factory's first warm VM boots beside the template's creation:
 	// wait for it, so that no run of the first round shares the CPUs with
@@ -220,6 +242,16 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 				}
 			}
 			times[m.name] = append(times[m.name], elapsed)
+			if m.start != "" {
+				// The daemon's log of the run: the shim's (the start's
+				// phases) and the guest's lines.
+				fmt.Fprintf(&timelines, "%s round %d: %s at %s\n", m.name, i, elapsed.Round(time.Millisecond), start.UTC().Format("15:04:05.000"))
+				for _, l := range strings.Split(m.d.logSince(st.logFrom), "\n") {
+					if l != "" {
+						fmt.Fprintf(&timelines, "    %s\n", l)
+					}
+				}
+			}
 			p.stop()
 			p.remove()
 			if m.name == "hull-factory" {
@@ -253,6 +285,12 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 	}
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		b.Logf("load average: %s", strings.TrimSpace(string(load)))
+	}
+	// Each hull run's log, to $HULL_BENCH_TIMELINES when set.
+	if path := os.Getenv("HULL_BENCH_TIMELINES"); path != "" {
+		if err := os.WriteFile(path, []byte(timelines.String()), 0o600); err != nil {
+			b.Error(err)
+		}
 	}
 }
 
