@@ -368,6 +368,22 @@ func TestTemplateEntropy(t *testing.T) {
 	}
 }
 
+// createPodTemplate creates the template of c's pod VM with
+// sandbox.CreateTemplate (what `hull factory template create` runs), its
+// VM named id, and returns the template's key.
+func createPodTemplate(t testing.TB, ctx context.Context, c *config.Config, id string) string {
+	t.Helper()
+	sc, err := launch.SandboxConfig(c, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		t.Fatalf("creating the template: %v", err)
+	}
+	return key
+}
+
 // TestTemplateSandbox creates the template of a pod VM configuration with
 // sandbox.CreateTemplate (what `hull factory template create` runs), starts
 // two sandboxes of that configuration, which restore from it, and runs a
@@ -383,13 +399,10 @@ func TestTemplateSandbox(t *testing.T) {
 	c.Factory.Template = true
 	c.Factory.TemplateDir = t.TempDir()
 	ctx := withTimeout(t, 5*time.Minute)
+	key := createPodTemplate(t, ctx, c, "tplcreate")
 	sc, err := launch.SandboxConfig(c, "tplcreate")
 	if err != nil {
 		t.Fatal(err)
-	}
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		t.Fatalf("creating the template: %v", err)
 	}
 	if _, err := sandbox.CreateTemplate(ctx, sc); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("creating it again: %v, want already exists", err)
@@ -474,14 +487,7 @@ func TestTemplateRootfs(t *testing.T) {
 	image := m.RootfsPath(c.Image.AssetsDir)
 	before := fileDigest(t, image)
 	ctx := withTimeout(t, 5*time.Minute)
-	sc, err := launch.SandboxConfig(c, "tplrootcreate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		t.Fatalf("creating the template of a rootfs vm: %v", err)
-	}
+	key := createPodTemplate(t, ctx, c, "tplrootcreate")
 	ist, err := os.Stat(image)
 	if err != nil {
 		t.Fatal(err)
