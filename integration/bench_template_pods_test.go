@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/storage"
@@ -111,9 +112,7 @@ func BenchmarkTemplatePods(b *testing.B) {
 		b.ReportMetric(medianDuration(starts["template"]).Seconds()/c.Seconds(), "template/cold-start")
 	}
 	reportPodMem(b, mems, "cold", "template", "template/cold")
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
-	}
+	e2e.LogLoad(b)
 }
 
 // templateBenchConfig is the cold pod configuration of the template
@@ -349,7 +348,5 @@ func BenchmarkTemplatePodsShared(b *testing.B) {
 		}
 	}
 	reportPodMem(b, mems, "cold-nofs", "shared", "shared/cold")
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
-	}
+	e2e.LogLoad(b)
 }

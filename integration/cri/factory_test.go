@@ -251,9 +251,7 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 		b.Logf("pod start, %s: median %v, range %v to %v, runs %v", m.name, med.Round(time.Millisecond),
 			slices.Min(ts).Round(time.Millisecond), slices.Max(ts).Round(time.Millisecond), ts)
 	}
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
-	}
+	e2e.LogLoad(b)
 }
 
 // startTemplateDaemon starts a containerd daemon of version, with the

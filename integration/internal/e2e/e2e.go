@@ -22,6 +22,15 @@ import (
 // the cache.
 const Containerd2Version = "v2.4.2"
 
+// LogLoad logs the host's load average (/proc/loadavg), which the
+// benchmarks record beside their figures.
+func LogLoad(t testing.TB) {
+	t.Helper()
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		t.Logf("load average: %s", strings.TrimSpace(string(load)))
+	}
+}
+
 // Missing reports a missing tool or daemon: in CI a failure, elsewhere a
 // skip.
 func Missing(t testing.TB, format string, args ...any) {
