@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // TestCRINoSharedFS runs a kubelet-style pod through containerd 2.x's CRI
@@ -24,16 +26,7 @@ import (
 // serves its web page at the pod's IP; nothing is left after it either.
 func TestCRINoSharedFS(t *testing.T) {
 	hull.need(t)
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
-	}
-	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
-	if out, err := exec.Command("truncate", "-s", "128M", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
+	blockfile := e2e.BlockfileSnapshotter(t)
 	tdir, err := os.MkdirTemp(env.workDir, "t")
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +37,7 @@ func TestCRINoSharedFS(t *testing.T) {
 		runtime:     "shared_fs = \"none\"\n",
 		hullConfig:  fmt.Sprintf("[hypervisor]\nfree_page_reporting = false\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = %q\n", tdir),
 		snapshotter: "blockfile",
-		containerd:  fmt.Sprintf("[plugins.'io.containerd.snapshotter.v1.blockfile']\n  scratch_file = %q\n  fs_type = 'ext4'\n  mount_options = []\n", scratch),
+		containerd:  blockfile,
 	})
 	s := d.begin(t, hull)
 	p := s.runPod("nofs")
