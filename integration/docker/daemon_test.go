@@ -44,14 +44,7 @@ type daemon struct {
 // teardown (containers, daemon, bridge) and the leak check.
 func startDaemon(t *testing.T) *daemon {
 	t.Helper()
-	for _, p := range []string{dockerd, dockerCLI} {
-		if _, err := os.Stat(p); err != nil {
-			e2e.Missing(t, "%s: %v (apt-get install docker.io, or make deps)", p, err)
-		}
-	}
-	if out, err := exec.Command(dockerd, "--version").Output(); err != nil || !strings.Contains(string(out), " 20.10.") {
-		e2e.Missing(t, "%s is not Docker 20.10: %q %v", dockerd, out, err)
-	}
+	needTools(t, "docker.io", "Docker 20.10", dockerd, dockerCLI)
 	d := &daemon{dir: filepath.Join(env.workDir, "d")}
 	d.socket = filepath.Join(d.dir, "docker.sock")
 	d.stateRoot = filepath.Join(d.dir, "hull")
