@@ -420,11 +420,7 @@ func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 // logTail returns the last n lines of the daemon's log.
 func (d *daemon) logTail(n int) string {
 	b, _ := os.ReadFile(d.logPath)
-	lines := strings.SplitAfter(string(b), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "")
+	return e2e.LastLines(string(b), n)
 }
 
 // logSince returns the daemon's log from byte offset off on, for the

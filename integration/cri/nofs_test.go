@@ -83,7 +83,7 @@ func TestCRINoSharedFS(t *testing.T) {
 	from := d.logSize()
 	p = s.runPod("nofstpl")
 	if log := d.logSince(from); !strings.Contains(log, "start=restored") || !strings.Contains(log, "vm restored from its template") {
-		t.Errorf("the shim's log does not say the sandbox was restored from its template:\n%s", lastLines(log, 40))
+		t.Errorf("the shim's log does not say the sandbox was restored from its template:\n%s", e2e.LastLines(log, 40))
 	}
 	// The clone's QEMU maps the template's own memory file (a private
 	// clone maps a copy in its state directory).

@@ -109,7 +109,7 @@ func startDaemon(t *testing.T) *daemon {
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("dockerd log (tail):\n%s", tail(string(b), 40))
+			t.Logf("dockerd log (tail):\n%s", e2e.LastLines(string(b), 40))
 		}
 		// What a failed case left running goes first.
 		if ids := strings.Fields(d.mustRun(t, "ps", "-aq")); len(ids) > 0 {
@@ -126,7 +126,7 @@ func startDaemon(t *testing.T) *daemon {
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Fatalf("dockerd did not answer within 60s:\n%s", tail(string(b), 30))
+			t.Fatalf("dockerd did not answer within 60s:\n%s", e2e.LastLines(string(b), 30))
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -200,29 +200,5 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 // last supervisors to exit.
 func (d *daemon) checkClean(t testing.TB) {
 	t.Helper()
-	checkClean(t, d.leftovers)
-}
-
-func checkClean(t testing.TB, leftovers func() []string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		left := leftovers()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	e2e.CheckClean(t, 30*time.Second, d.leftovers)
 }

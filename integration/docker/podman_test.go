@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/sandbox"
@@ -65,7 +66,7 @@ func newPodman(t *testing.T) *podman {
 		}
 		// Unmounts the storage and removes what podman made here.
 		p.run("system", "reset", "-f")
-		checkClean(t, func() []string { return leftoversOf(p.stateRoot, p.dir, "") })
+		e2e.CheckClean(t, 30*time.Second, func() []string { return leftoversOf(p.stateRoot, p.dir, "") })
 	})
 	p.mustRun(t, "load", "-i", env.image)
 	return p
