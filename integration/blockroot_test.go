@@ -63,7 +63,7 @@ func runOnRoot(t *testing.T, sb *sandbox.Sandbox, stateDir, id string, rootfs []
 		return result{}, err
 	}
 	defer deleteContainer(t, ctr)
-	for _, m := range mountsUnder(stateDir) {
+	for _, m := range e2e.MountsUnder(stateDir) {
 		if strings.Contains(m, "/"+id+"/") {
 			t.Errorf("root mounted on the host at %s", m)
 		}

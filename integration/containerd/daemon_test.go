@@ -258,12 +258,9 @@ func (d *daemon) allLeftovers(ids ...string) []string {
 			left = append(left, p.String())
 		}
 	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			f := strings.Fields(l)
-			if len(f) > 4 && strings.HasPrefix(f[4], d.dir) && !strings.HasPrefix(f[4], filepath.Join(d.dir, "root")) {
-				left = append(left, "mount "+f[4])
-			}
+	for _, m := range e2e.MountsUnder(d.dir) {
+		if !strings.HasPrefix(m, filepath.Join(d.dir, "root")) {
+			left = append(left, "mount "+m)
 		}
 	}
 	if des, err := os.ReadDir(d.stateRoot); err == nil {

@@ -435,7 +435,7 @@ func (s *session) allLeftovers() []string {
 	for _, p := range s.d.processes() {
 		left = append(left, p.String())
 	}
-	for _, m := range append(mounts(s.d.dir), mounts(s.d.stateRoot)...) {
+	for _, m := range append(e2e.MountsUnder(s.d.dir), e2e.MountsUnder(s.d.stateRoot)...) {
 		left = append(left, "mount "+m)
 	}
 	if des, err := os.ReadDir(s.d.stateRoot); err == nil {

@@ -170,12 +170,8 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 			left = append(left, p.String())
 		}
 	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], stateRoot) {
-				left = append(left, "mount "+f[4])
-			}
-		}
+	for _, m := range e2e.MountsUnder(stateRoot) {
+		left = append(left, "mount "+m)
 	}
 	if des, err := os.ReadDir(stateRoot); err == nil {
 		for _, de := range des {
