@@ -39,62 +39,12 @@ type templateVM struct {
 }
 
 // startTemplateVM starts a VM of config c on the hull kernel with template
-// t, and dials its agent. The returned stop ends both and removes the
-// state directory; it is also a test cleanup.
+// t, and dials its agent (bootAgentVM). The returned stop ends both and
+// removes the state directory; it is also a test cleanup.
 func startTemplateVM(t testing.TB, c *config.Config, id string, tpl *hypervisor.Template) (*templateVM, func()) {
 	t.Helper()
-	ctx := withTimeout(t, 3*time.Minute)
-	kernel, initrd, err := launch.Assets(c, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(c.Runtime.StateDir, id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
-	vm, err := qemu.New(hypervisor.Config{
-		ID:           id,
-		StateDir:     dir,
-		Kernel:       kernel,
-		Initrd:       initrd,
-		KernelParams: append(agentclient.KernelParams(ep, "info"), c.Hypervisor.KernelParams...),
-		VCPUs:        c.Hypervisor.VCPUs,
-		MemoryMiB:    c.Hypervisor.MemoryMiB,
-		Agent:        ep,
-		Template:     tpl,
-	}, launch.QEMUOptions(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tv := &templateVM{vm: vm, dir: dir}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		if tv.client != nil {
-			_ = tv.client.Close()
-		}
-		if err := vm.Stop(context.Background()); err != nil {
-			t.Errorf("stopping vm %s: %v", id, err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Error(err)
-		}
-	}
-	t.Cleanup(stop)
-	if err := vm.Start(ctx); err != nil {
-		t.Fatalf("starting vm %s: %v", id, err)
-	}
-	tv.client, err = agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
-		DialTimeout: c.Agent.DialTimeout.Duration, CallTimeout: c.Agent.CallTimeout.Duration, Abort: vm.Done(),
-	})
-	if err != nil {
-		t.Fatalf("dialing the agent of %s: %v\n%s", id, err, strings.Join(vm.ConsoleTail(20), "\n"))
-	}
-	return tv, stop
+	vm, client, stop := bootAgentVM(withTimeout(t, 3*time.Minute), t, c, id, func(hc *hypervisor.Config) { hc.Template = tpl }, nil)
+	return &templateVM{vm: vm, client: client, dir: filepath.Join(c.Runtime.StateDir, id)}, stop
 }
 
 // makeTemplate boots a template VM in a new template directory, checks
