@@ -21,6 +21,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // BenchmarkBoot measures, per guest kernel and machine type, QEMU start to
@@ -224,14 +225,9 @@ func processCPU(pid int) time.Duration {
 	if err != nil {
 		return 0
 	}
-	// The fields after the command name, which is in parentheses and may
-	// hold spaces: state is the first, utime the 12th, stime the 13th.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
+	// After the command name: state is f[0], utime f[11], stime f[12].
+	f, err := procfs.StatFields(b)
+	if err != nil || len(f) < 13 {
 		return 0
 	}
 	utime, err1 := strconv.ParseUint(f[11], 10, 64)
