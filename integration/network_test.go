@@ -235,7 +235,7 @@ func testGuestNetwork(t *testing.T, machine, ping string) {
 		t.Errorf("vm still runs 10s after the agent's shutdown")
 	}
 	stop()
-	if processAlive(pid) {
+	if e2e.Alive(pid) {
 		t.Errorf("qemu %d still alive after stop", pid)
 	}
 	// testConfig's cleanup checks that no process mentions the state root.

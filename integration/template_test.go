@@ -21,6 +21,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/config"
@@ -198,7 +199,7 @@ func TestTemplate(t *testing.T) {
 				t.Errorf("%s left in the state directory", e.Name())
 			}
 		}
-		if pid := vm.Describe().PID; pid != 0 && processAlive(pid) {
+		if pid := vm.Describe().PID; pid != 0 && e2e.Alive(pid) {
 			t.Errorf("qemu pid %d still runs", pid)
 		}
 	})
