@@ -286,7 +286,7 @@ func idleMemory(b *testing.B, kind podKind, bundle string, spec *specs.Spec) pod
 		}
 		var kib uint64
 		for _, pid := range pids {
-			_, pss := smapsRollup(pid)
+			_, pss := e2e.SmapsRollup(pid)
 			kib += pss
 		}
 		per = append(per, float64(kib)/1024)

@@ -1,6 +1,9 @@
 package e2e
 
-import "testing"
+import (
+	"os"
+	"testing"
+)
 
 func TestLastLines(t *testing.T) {
 	tests := []struct {
@@ -19,5 +22,18 @@ func TestLastLines(t *testing.T) {
 				t.Errorf("LastLines(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestSmapsRollup(t *testing.T) {
+	rss, pss := SmapsRollup(os.Getpid())
+	if rss == 0 || pss == 0 || pss > rss {
+		t.Errorf("the test's own Rss %d KiB, Pss %d KiB; want both set, Pss at most Rss", rss, pss)
+	}
+	if rss > 16<<20 {
+		t.Errorf("Rss %d KiB: not in KiB", rss)
+	}
+	if rss, pss := SmapsRollup(-1); rss != 0 || pss != 0 {
+		t.Errorf("no process: %d, %d; want zeros", rss, pss)
 	}
 }

@@ -126,3 +126,14 @@ func MustRunCLI(t testing.TB, name string, run func(...string) (string, string, 
 	}
 	return out
 }
+
+// SmapsRollup returns a process's Rss and Pss in KiB
+// (/proc/<pid>/smaps_rollup); zeros when it cannot be read.
+func SmapsRollup(pid int) (rss, pss uint64) {
+	b, err := procfs.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid), 1<<16)
+	if err != nil {
+		return 0, 0
+	}
+	m := procfs.ParseKB(b)
+	return m["Rss"] >> 10, m["Pss"] >> 10
+}
