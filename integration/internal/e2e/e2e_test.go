@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestLastLines(t *testing.T) {
@@ -36,4 +39,39 @@ func TestSmapsRollup(t *testing.T) {
 	if rss, pss := SmapsRollup(-1); rss != 0 || pss != 0 {
 		t.Errorf("no process: %d, %d; want zeros", rss, pss)
 	}
+}
+
+// errRecorder is a testing.TB that keeps what Errorf reports.
+type errRecorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *errRecorder) Helper() {}
+
+func (r *errRecorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+func TestCheckClean(t *testing.T) {
+	t.Run("something stays: one error naming it", func(t *testing.T) {
+		r := &errRecorder{TB: t}
+		CheckClean(r, 0, func() []string { return []string{"mount /x"} })
+		if len(r.errs) != 1 || !strings.Contains(r.errs[0], "mount /x") {
+			t.Errorf("errors %q, want one naming mount /x", r.errs)
+		}
+	})
+	t.Run("gone within the wait: no error", func(t *testing.T) {
+		r := &errRecorder{TB: t}
+		calls := 0
+		CheckClean(r, time.Minute, func() []string {
+			if calls++; calls < 3 {
+				return []string{"process 1"}
+			}
+			return nil
+		})
+		if len(r.errs) != 0 || calls != 3 {
+			t.Errorf("errors %q after %d calls, want none after 3", r.errs, calls)
+		}
+	})
 }
