@@ -14,6 +14,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
@@ -199,7 +200,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 
 		stop()
 		for name, p := range procs {
-			if processAlive(p.PID) {
+			if e2e.Alive(p.PID) {
 				t.Errorf("%s %d alive after stop", name, p.PID)
 			}
 		}
@@ -237,7 +238,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 		}
 		stop()
 		for name, p := range procs {
-			if processAlive(p.PID) {
+			if e2e.Alive(p.PID) {
 				t.Errorf("%s %d alive after stop", name, p.PID)
 			}
 		}
@@ -262,7 +263,7 @@ func TestAdoptWarmSandbox(t *testing.T) {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatalf("killing virtiofsd %d: %v", pid, err)
 			}
-			for deadline := time.Now().Add(10 * time.Second); processAlive(pid) && time.Now().Before(deadline); {
+			for deadline := time.Now().Add(10 * time.Second); e2e.Alive(pid) && time.Now().Before(deadline); {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}, "virtiofs"},
@@ -295,7 +296,7 @@ func refuseAdoption(t *testing.T, spoil func(*testing.T, map[string]child.Proces
 	}
 	stop()
 	for name, p := range procs {
-		if processAlive(p.PID) {
+		if e2e.Alive(p.PID) {
 			t.Errorf("%s %d alive after stop", name, p.PID)
 		}
 	}

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // BenchmarkBoot measures, per guest kernel and machine type, QEMU start to
@@ -212,7 +212,7 @@ func bootAgent(b *testing.B, assets, machine string, i int, measureMemory bool) 
 	}
 	// Idle: let the background module loads finish and the guest settle.
 	time.Sleep(5 * time.Second)
-	rss, pss = smapsRollup(vm.Describe().PID)
+	rss, pss = e2e.SmapsRollup(vm.Describe().PID)
 	return s, rss, pss
 }
 
@@ -224,14 +224,9 @@ func processCPU(pid int) time.Duration {
 	if err != nil {
 		return 0
 	}
-	// The fields after the command name, which is in parentheses and may
-	// hold spaces: state is the first, utime the 12th, stime the 13th.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
+	// After the command name: state is f[0], utime f[11], stime f[12].
+	f, err := procfs.StatFields(b)
+	if err != nil || len(f) < 13 {
 		return 0
 	}
 	utime, err1 := strconv.ParseUint(f[11], 10, 64)
@@ -240,30 +235,6 @@ func processCPU(pid int) time.Duration {
 		return 0
 	}
 	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
-
-// smapsRollup returns a process's Rss and Pss in KiB.
-func smapsRollup(pid int) (rss, pss uint64) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, 0
-	}
-	defer func() { _ = f.Close() }() // read-only
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseUint(fields[1], 10, 64)
-		switch fields[0] {
-		case "Rss:":
-			rss = v
-		case "Pss:":
-			pss = v
-		}
-	}
-	return rss, pss
 }
 
 // BenchmarkAgentStart runs the agent binary on the host, outside any VM

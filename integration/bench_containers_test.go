@@ -216,9 +216,7 @@ func BenchmarkContainerRead(b *testing.B) {
 		_ = os.Remove(filepath.Join(bundle, "rootfs/data", f))
 
 		img := filepath.Join(imgDir, "root.ext4")
-		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", filepath.Join(blkBundle, "rootfs"), img, "160M").CombinedOutput(); err != nil {
-			b.Fatalf("mkfs.ext4: %v: %s", err, out)
-		}
+		e2e.MakeExt4(b, img, "160M", filepath.Join(blkBundle, "rootfs"))
 		bc, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
 			ID: fmt.Sprintf("blk%d", i), Bundle: blkBundle, Spec: blkSpec,
 			Rootfs: []storage.Mount{{Type: "ext4", Source: img, Options: []string{"loop", "rw"}}},

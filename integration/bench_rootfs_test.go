@@ -13,6 +13,7 @@ import (
 	"time"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -255,7 +256,7 @@ func sandboxPSS(c *config.Config) pssSplit {
 	for _, pid := range processesMentioning(c.Runtime.StateDir) {
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		if strings.TrimSpace(string(comm)) == "virtiofsd" {
-			_, pss := smapsRollup(pid)
+			_, pss := e2e.SmapsRollup(pid)
 			s.virtiofsd += pss
 			continue
 		}

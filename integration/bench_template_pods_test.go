@@ -15,8 +15,8 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
-	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/storage"
 )
@@ -65,31 +65,12 @@ type podKind struct {
 // BenchmarkTemplatePodsShared measures shared template memory for pods
 // without virtio-fs.
 func BenchmarkTemplatePods(b *testing.B) {
-	cold := testConfig(b)
-	cold.Agent.Transport = "serial"
-	cold.Image.AssetsDir, _ = hullKernelAssets(b)
-	// A first container under TCG on a loaded host can take longer than
-	// the tests' 20 s per agent call.
-	cold.Agent.CallTimeout = config.Duration{Duration: 90 * time.Second}
-	tdir := filepath.Join(cold.Runtime.StateDir, "templates")
-	if err := os.Mkdir(tdir, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = os.RemoveAll(tdir) })
-	cold.Factory.TemplateDir = tdir
+	cold := templateBenchConfig(b)
 	tpl := *cold
 	tpl.Factory.Template = true
 	tpl.Factory.TemplateMemory = "private"
-	ctx := withTimeout(b, 5*time.Minute)
-	sc, err := launch.SandboxConfig(&tpl, "tpl-create")
-	if err != nil {
-		b.Fatal(err)
-	}
 	t0 := time.Now()
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		b.Fatalf("creating the template: %v", err)
-	}
+	key := createPodTemplate(b, withTimeout(b, 5*time.Minute), &tpl, "tpl-create")
 	b.Logf("template %s created in %v", key, time.Since(t0).Round(time.Millisecond))
 
 	shared := tpl
@@ -124,23 +105,51 @@ func BenchmarkTemplatePods(b *testing.B) {
 	for _, kind := range kinds {
 		ts := starts[kind.name]
 		b.ReportMetric(float64(medianDuration(ts).Milliseconds()), kind.name+"-start-ms")
-		b.ReportMetric(mems[kind.name].total, kind.name+"-pss-total-MiB")
-		b.ReportMetric(mems[kind.name].median, kind.name+"-pss-per-pod-MiB")
-		b.ReportMetric(mems[kind.name].charged, kind.name+"-cgroup-total-MiB")
 		b.Logf("%s: pod start median %v, range %v to %v, runs %v", kind.name, medianDuration(ts).Round(time.Millisecond),
 			slices.Min(ts).Round(time.Millisecond), slices.Max(ts).Round(time.Millisecond), ts)
 	}
 	if c := medianDuration(starts["cold"]); c > 0 {
 		b.ReportMetric(medianDuration(starts["template"]).Seconds()/c.Seconds(), "template/cold-start")
 	}
-	if c := mems["cold"].total; c > 0 {
-		b.ReportMetric(mems["template"].total/c, "template/cold-pss")
+	reportPodMem(b, mems, "cold", "template", "template/cold")
+	e2e.LogLoad(b)
+}
+
+// templateBenchConfig is the cold pod configuration of the template
+// benchmarks: the hull kernel's image, the serial agent, a template
+// directory of its own in the state directory.
+func templateBenchConfig(b *testing.B) *config.Config {
+	b.Helper()
+	c := testConfig(b)
+	c.Agent.Transport = "serial"
+	c.Image.AssetsDir, _ = hullKernelAssets(b)
+	// A first container under TCG on a loaded host can take longer than
+	// the tests' 20 s per agent call.
+	c.Agent.CallTimeout = config.Duration{Duration: 90 * time.Second}
+	tdir := filepath.Join(c.Runtime.StateDir, "templates")
+	if err := os.Mkdir(tdir, 0o700); err != nil {
+		b.Fatal(err)
 	}
-	if c := mems["cold"].charged; c > 0 {
-		b.ReportMetric(mems["template"].charged/c, "template/cold-cgroup")
+	b.Cleanup(func() { _ = os.RemoveAll(tdir) })
+	c.Factory.TemplateDir = tdir
+	return c
+}
+
+// reportPodMem reports the memory figures of the kinds base and other in
+// mems (idleMemory's), and other's over base's as ratio+"-pss" and
+// ratio+"-cgroup".
+func reportPodMem(b *testing.B, mems map[string]podMem, base, other, ratio string) {
+	b.Helper()
+	for _, name := range []string{base, other} {
+		b.ReportMetric(mems[name].total, name+"-pss-total-MiB")
+		b.ReportMetric(mems[name].median, name+"-pss-per-pod-MiB")
+		b.ReportMetric(mems[name].charged, name+"-cgroup-total-MiB")
 	}
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
+	if c := mems[base].total; c > 0 {
+		b.ReportMetric(mems[other].total/c, ratio+"-pss")
+	}
+	if c := mems[base].charged; c > 0 {
+		b.ReportMetric(mems[other].charged/c, ratio+"-cgroup")
 	}
 }
 
@@ -277,7 +286,7 @@ func idleMemory(b *testing.B, kind podKind, bundle string, spec *specs.Spec) pod
 		}
 		var kib uint64
 		for _, pid := range pids {
-			_, pss := smapsRollup(pid)
+			_, pss := e2e.SmapsRollup(pid)
 			kib += pss
 		}
 		per = append(per, float64(kib)/1024)
@@ -316,33 +325,16 @@ func idleMemory(b *testing.B, kind podKind, bundle string, spec *specs.Spec) pod
 // shared pod must have restored and every cold pod booted. One measure
 // per kind, whatever -benchtime says.
 func BenchmarkTemplatePodsShared(b *testing.B) {
-	cold := testConfig(b)
-	cold.Agent.Transport = "serial"
-	cold.Image.AssetsDir, _ = hullKernelAssets(b)
-	cold.Agent.CallTimeout = config.Duration{Duration: 90 * time.Second}
+	cold := templateBenchConfig(b)
 	cold.Runtime.SharedFS = config.SharedFSNone
 	cold.Hypervisor.FreePageReporting = false
-	tdir := filepath.Join(cold.Runtime.StateDir, "templates")
-	if err := os.Mkdir(tdir, 0o700); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = os.RemoveAll(tdir) })
-	cold.Factory.TemplateDir = tdir
 	tpl := *cold
 	tpl.Factory.Template = true
 	tpl.Factory.TemplateMemory = "shared"
 	if err := tpl.Validate(); err != nil {
 		b.Fatal(err)
 	}
-	ctx := withTimeout(b, 5*time.Minute)
-	sc, err := launch.SandboxConfig(&tpl, "tpl-create")
-	if err != nil {
-		b.Fatal(err)
-	}
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		b.Fatalf("creating the template: %v", err)
-	}
+	key := createPodTemplate(b, withTimeout(b, 5*time.Minute), &tpl, "tpl-create")
 	b.Logf("template %s created", key)
 	bundle, spec := busyboxBundle(b, "sleep", "100000")
 	kinds := []podKind{{"cold-nofs", cold, false, true}, {"shared", &tpl, true, true}}
@@ -355,18 +347,6 @@ func BenchmarkTemplatePodsShared(b *testing.B) {
 			mems[kind.name] = idleMemory(b, kind, bundle, spec)
 		}
 	}
-	for _, kind := range kinds {
-		b.ReportMetric(mems[kind.name].total, kind.name+"-pss-total-MiB")
-		b.ReportMetric(mems[kind.name].median, kind.name+"-pss-per-pod-MiB")
-		b.ReportMetric(mems[kind.name].charged, kind.name+"-cgroup-total-MiB")
-	}
-	if c := mems["cold-nofs"].total; c > 0 {
-		b.ReportMetric(mems["shared"].total/c, "shared/cold-pss")
-	}
-	if c := mems["cold-nofs"].charged; c > 0 {
-		b.ReportMetric(mems["shared"].charged/c, "shared/cold-cgroup")
-	}
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
-	}
+	reportPodMem(b, mems, "cold-nofs", "shared", "shared/cold")
+	e2e.LogLoad(b)
 }

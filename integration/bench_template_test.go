@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 )
 
@@ -62,7 +63,7 @@ func BenchmarkTemplate(b *testing.B) {
 		// Idle a moment: the guests settle after the agent's first answer.
 		time.Sleep(2 * time.Second)
 		for _, pid := range pids {
-			_, p := smapsRollup(pid)
+			_, p := e2e.SmapsRollup(pid)
 			pss += p
 		}
 		b.ReportMetric(float64(pss)/1024, kind.name+"-pss-MiB")

@@ -31,13 +31,8 @@ import (
 // containerd's blockfile snapshotter keeps a snapshot.
 func ext4Image(t testing.TB, bundle string) string {
 	t.Helper()
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
-	}
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", filepath.Join(bundle, "rootfs"), img, "32M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
+	e2e.MakeExt4(t, img, "32M", filepath.Join(bundle, "rootfs"))
 	return img
 }
 
@@ -68,7 +63,7 @@ func runOnRoot(t *testing.T, sb *sandbox.Sandbox, stateDir, id string, rootfs []
 		return result{}, err
 	}
 	defer deleteContainer(t, ctr)
-	for _, m := range mountsUnder(stateDir) {
+	for _, m := range e2e.MountsUnder(stateDir) {
 		if strings.Contains(m, "/"+id+"/") {
 			t.Errorf("root mounted on the host at %s", m)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -130,7 +131,7 @@ func TestBoot(t *testing.T) {
 			if !exit.Requested && exit.Code != 0 {
 				t.Errorf("vm ended with %s after an orderly shutdown", exit)
 			}
-			if processAlive(pid) {
+			if e2e.Alive(pid) {
 				t.Errorf("qemu %d still alive after stop", pid)
 			}
 		})

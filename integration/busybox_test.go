@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -136,31 +135,10 @@ func containerConfig(t *testing.T) *config.Config {
 // under root, and unmounts it.
 func assertNoMounts(t testing.TB, root string) {
 	t.Helper()
-	for _, m := range mountsUnder(root) {
+	for _, m := range e2e.MountsUnder(root) {
 		t.Errorf("mount %s left behind", m)
 		_ = exec.Command("umount", "-l", m).Run()
 	}
-}
-
-func mountsUnder(root string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer func() { _ = f.Close() }() // read-only
-	var found []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := strings.ReplaceAll(fields[4], `\040`, " ")
-		if mp == root || strings.HasPrefix(mp, root+"/") {
-			found = append(found, mp)
-		}
-	}
-	return found
 }
 
 // result is what a container run produced.

@@ -391,7 +391,7 @@ func TestContainer(t *testing.T) {
 				if !strings.Contains(err.Error(), tc.want) {
 					t.Errorf("error does not mention %q: %v", tc.want, err)
 				}
-				if m := mountsUnder(filepath.Join(c.Runtime.StateDir, "ctr", "mounts", id)); len(m) > 0 {
+				if m := e2e.MountsUnder(filepath.Join(c.Runtime.StateDir, "ctr", "mounts", id)); len(m) > 0 {
 					t.Errorf("mounts left: %v", m)
 				}
 				if _, err := os.Stat(filepath.Join(c.Runtime.StateDir, "ctr", "mounts", id)); err == nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/storage"
 )
 
@@ -33,13 +34,8 @@ func erofsImage(t *testing.T, dir string) string {
 // formats it for the erofs snapshotter (default_size).
 func emptyExt4(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
-	}
 	img := filepath.Join(t.TempDir(), "rwlayer.img")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "32M").CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
+	e2e.MakeExt4(t, img, "32M", "")
 	return img
 }
 

@@ -55,11 +55,12 @@ func TestGuestNetwork(t *testing.T) {
 }
 
 // bootAgentVM boots the VM id of c with the QEMU driver, its agent on the
-// serial transport, after edit set its devices in the driver's
-// configuration, and dials its agent, within ctx. stop stops the VM, runs
-// afterStop (nil: nothing), and removes the VM's state directory; the
-// test's end does so when the test did not, and closes the client.
-func bootAgentVM(ctx context.Context, t *testing.T, c *config.Config, id string, edit func(*hypervisor.Config), afterStop func()) (vm *qemu.VM, client *agentclient.Client, stop func()) {
+// serial transport, after edit set its devices (or template) in the
+// driver's configuration, and dials its agent, within ctx. stop closes the
+// client, stops the VM, runs afterStop (nil: nothing), and removes the
+// VM's state directory; the test's end does so when the test did not, a
+// failed start included.
+func bootAgentVM(ctx context.Context, t testing.TB, c *config.Config, id string, edit func(*hypervisor.Config), afterStop func()) (vm *qemu.VM, client *agentclient.Client, stop func()) {
 	t.Helper()
 	kernel, initrd, err := launch.Assets(c, false)
 	if err != nil {
@@ -85,17 +86,17 @@ func bootAgentVM(ctx context.Context, t *testing.T, c *config.Config, id string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.Start(ctx); err != nil {
-		t.Fatalf("starting the vm: %v", err)
-	}
 	stopped := false
 	stop = func() {
 		if stopped {
 			return
 		}
 		stopped = true
+		if client != nil {
+			_ = client.Close()
+		}
 		if err := vm.Stop(context.Background()); err != nil {
-			t.Errorf("stopping the vm: %v", err)
+			t.Errorf("stopping vm %s: %v", id, err)
 		}
 		if afterStop != nil {
 			afterStop()
@@ -106,13 +107,15 @@ func bootAgentVM(ctx context.Context, t *testing.T, c *config.Config, id string,
 		}
 	}
 	t.Cleanup(stop)
+	if err := vm.Start(ctx); err != nil {
+		t.Fatalf("starting vm %s: %v", id, err)
+	}
 	client, err = agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
 		DialTimeout: c.Agent.DialTimeout.Duration, CallTimeout: c.Agent.CallTimeout.Duration, Abort: vm.Done(),
 	})
 	if err != nil {
-		t.Fatalf("dialing the agent: %v\n%s", err, strings.Join(vm.ConsoleTail(20), "\n"))
+		t.Fatalf("dialing the agent of %s: %v\n%s", id, err, strings.Join(vm.ConsoleTail(20), "\n"))
 	}
-	t.Cleanup(func() { _ = client.Close() })
 	return vm, client, stop
 }
 
@@ -232,7 +235,7 @@ func testGuestNetwork(t *testing.T, machine, ping string) {
 		t.Errorf("vm still runs 10s after the agent's shutdown")
 	}
 	stop()
-	if processAlive(pid) {
+	if e2e.Alive(pid) {
 		t.Errorf("qemu %d still alive after stop", pid)
 	}
 	// testConfig's cleanup checks that no process mentions the state root.

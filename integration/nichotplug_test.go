@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -118,7 +119,7 @@ func testNICHotplug(t *testing.T, busybox, assetsDir string) {
 	}
 
 	stop()
-	if processAlive(pid) {
+	if e2e.Alive(pid) {
 		t.Errorf("qemu %d still alive after stop", pid)
 	}
 	// testConfig's cleanup checks that no process mentions the state root;

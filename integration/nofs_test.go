@@ -15,7 +15,6 @@ import (
 
 	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
-	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/sandbox"
 	"github.com/hull-runtime/hull/internal/storage"
 )
@@ -235,14 +234,7 @@ func TestTemplateSharedNoFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := withTimeout(t, 8*time.Minute)
-	sc, err := launch.SandboxConfig(c, "tplcreate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		t.Fatalf("creating the template: %v", err)
-	}
+	key := createPodTemplate(t, ctx, c, "tplcreate")
 	memFile := filepath.Join(c.Factory.TemplateDir, key, "memory")
 	before := fileDigest(t, memFile)
 

@@ -21,6 +21,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/agentclient"
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/config"
@@ -39,62 +40,12 @@ type templateVM struct {
 }
 
 // startTemplateVM starts a VM of config c on the hull kernel with template
-// t, and dials its agent. The returned stop ends both and removes the
-// state directory; it is also a test cleanup.
+// t, and dials its agent (bootAgentVM). The returned stop ends both and
+// removes the state directory; it is also a test cleanup.
 func startTemplateVM(t testing.TB, c *config.Config, id string, tpl *hypervisor.Template) (*templateVM, func()) {
 	t.Helper()
-	ctx := withTimeout(t, 3*time.Minute)
-	kernel, initrd, err := launch.Assets(c, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(c.Runtime.StateDir, id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	ep := hypervisor.AgentEndpoint{Transport: hypervisor.TransportSerial, PortName: agentclient.DefaultSerialPortName}
-	vm, err := qemu.New(hypervisor.Config{
-		ID:           id,
-		StateDir:     dir,
-		Kernel:       kernel,
-		Initrd:       initrd,
-		KernelParams: append(agentclient.KernelParams(ep, "info"), c.Hypervisor.KernelParams...),
-		VCPUs:        c.Hypervisor.VCPUs,
-		MemoryMiB:    c.Hypervisor.MemoryMiB,
-		Agent:        ep,
-		Template:     tpl,
-	}, launch.QEMUOptions(c))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tv := &templateVM{vm: vm, dir: dir}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		if tv.client != nil {
-			_ = tv.client.Close()
-		}
-		if err := vm.Stop(context.Background()); err != nil {
-			t.Errorf("stopping vm %s: %v", id, err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Error(err)
-		}
-	}
-	t.Cleanup(stop)
-	if err := vm.Start(ctx); err != nil {
-		t.Fatalf("starting vm %s: %v", id, err)
-	}
-	tv.client, err = agentclient.Dial(ctx, vm.Agent(), agentclient.Options{
-		DialTimeout: c.Agent.DialTimeout.Duration, CallTimeout: c.Agent.CallTimeout.Duration, Abort: vm.Done(),
-	})
-	if err != nil {
-		t.Fatalf("dialing the agent of %s: %v\n%s", id, err, strings.Join(vm.ConsoleTail(20), "\n"))
-	}
-	return tv, stop
+	vm, client, stop := bootAgentVM(withTimeout(t, 3*time.Minute), t, c, id, func(hc *hypervisor.Config) { hc.Template = tpl }, nil)
+	return &templateVM{vm: vm, client: client, dir: filepath.Join(c.Runtime.StateDir, id)}, stop
 }
 
 // makeTemplate boots a template VM in a new template directory, checks
@@ -248,7 +199,7 @@ func TestTemplate(t *testing.T) {
 				t.Errorf("%s left in the state directory", e.Name())
 			}
 		}
-		if pid := vm.Describe().PID; pid != 0 && processAlive(pid) {
+		if pid := vm.Describe().PID; pid != 0 && e2e.Alive(pid) {
 			t.Errorf("qemu pid %d still runs", pid)
 		}
 	})
@@ -368,6 +319,22 @@ func TestTemplateEntropy(t *testing.T) {
 	}
 }
 
+// createPodTemplate creates the template of c's pod VM with
+// sandbox.CreateTemplate (what `hull factory template create` runs), its
+// VM named id, and returns the template's key.
+func createPodTemplate(t testing.TB, ctx context.Context, c *config.Config, id string) string {
+	t.Helper()
+	sc, err := launch.SandboxConfig(c, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := sandbox.CreateTemplate(ctx, sc)
+	if err != nil {
+		t.Fatalf("creating the template: %v", err)
+	}
+	return key
+}
+
 // TestTemplateSandbox creates the template of a pod VM configuration with
 // sandbox.CreateTemplate (what `hull factory template create` runs), starts
 // two sandboxes of that configuration, which restore from it, and runs a
@@ -383,13 +350,10 @@ func TestTemplateSandbox(t *testing.T) {
 	c.Factory.Template = true
 	c.Factory.TemplateDir = t.TempDir()
 	ctx := withTimeout(t, 5*time.Minute)
+	key := createPodTemplate(t, ctx, c, "tplcreate")
 	sc, err := launch.SandboxConfig(c, "tplcreate")
 	if err != nil {
 		t.Fatal(err)
-	}
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		t.Fatalf("creating the template: %v", err)
 	}
 	if _, err := sandbox.CreateTemplate(ctx, sc); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("creating it again: %v, want already exists", err)
@@ -474,14 +438,7 @@ func TestTemplateRootfs(t *testing.T) {
 	image := m.RootfsPath(c.Image.AssetsDir)
 	before := fileDigest(t, image)
 	ctx := withTimeout(t, 5*time.Minute)
-	sc, err := launch.SandboxConfig(c, "tplrootcreate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := sandbox.CreateTemplate(ctx, sc)
-	if err != nil {
-		t.Fatalf("creating the template of a rootfs vm: %v", err)
-	}
+	key := createPodTemplate(t, ctx, c, "tplrootcreate")
 	ist, err := os.Stat(image)
 	if err != nil {
 		t.Fatal(err)

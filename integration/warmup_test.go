@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	agent "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/launch"
@@ -70,18 +70,8 @@ func stateTree(t *testing.T, dir string) (entries, mounts []string) {
 			t.Fatalf("walking %s: %v", root, err)
 		}
 	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Close() }()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		if rel, err := filepath.Rel(dir, fields[4]); err == nil && !strings.HasPrefix(rel, "..") {
+	for _, m := range e2e.MountsUnder(dir) {
+		if rel, err := filepath.Rel(dir, m); err == nil {
 			mounts = append(mounts, rel)
 		}
 	}

@@ -120,9 +120,7 @@ func BenchmarkFactoryCtrRun(b *testing.B) {
 	}
 	reportWays(b, times, "runc", "cold")
 	logTimelines(b, d.log.String(), timelines)
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
-	}
+	e2e.LogLoad(b)
 }
 
 // logTimelines writes each run of timelines (its ID first, then a colon)

@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // ctrBenchImage is one guest image of BenchmarkCtrRun, given to hull by a
@@ -81,7 +82,7 @@ func BenchmarkCtrRun(b *testing.B) {
 		var total uint64
 		var parts []string
 		for _, pid := range podProcesses(d, id) {
-			pss := pssKiB(pid)
+			_, pss := e2e.SmapsRollup(pid)
 			total += pss
 			parts = append(parts, fmt.Sprintf("%s=%dKiB", processName(pid), pss))
 		}
@@ -123,22 +124,6 @@ func waitGone(b *testing.B, d *daemon, id string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	_, _, _ = d.ctr(b, "task", "delete", "-f", id)
-}
-
-func pssKiB(pid int) uint64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0
-	}
-	defer func() { _ = f.Close() }() // read-only
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) >= 2 && fields[0] == "Pss:" {
-			v, _ := strconv.ParseUint(fields[1], 10, 64)
-			return v
-		}
-	}
-	return 0
 }
 
 func processName(pid int) string {

@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // blockfileSnapshotter is containerd 2.x's built-in snapshotter whose
@@ -29,22 +31,8 @@ func startBlockfileDaemon(t *testing.T) *daemon {
 // configuration o (whose containerd lines it sets).
 func startBlockfileDaemonWith(t *testing.T, o daemonOptions) *daemon {
 	t.Helper()
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
-	}
-	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
-	if out, err := exec.Command("truncate", "-s", "128M", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
+	o.containerd = e2e.BlockfileSnapshotter(t)
 	containerdPath, ctrPath := daemonBinaries(t, "2")
-	o.containerd = fmt.Sprintf(`[plugins."io.containerd.snapshotter.v1.blockfile"]
-  scratch_file = %q
-  fs_type = "ext4"
-  mount_options = []
-`, scratch)
 	d := startDaemonWith(t, containerdPath, ctrPath, o)
 	// --local: the transfer service unpacks only for the snapshotters its
 	// unpack_config names (the default one).

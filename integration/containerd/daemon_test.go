@@ -196,11 +196,7 @@ func (d *daemon) stop(t testing.TB) {
 	_ = exec.Command("umount", "-R", filepath.Join(d.dir, "root")).Run()
 	if t.Failed() {
 		// The tail: a guest that floods its log makes the whole one huge.
-		lines := strings.Split(d.log.String(), "\n")
-		if len(lines) > daemonLogTail {
-			lines = lines[len(lines)-daemonLogTail:]
-		}
-		t.Logf("containerd log (last %d lines):\n%s", len(lines), strings.Join(lines, "\n"))
+		t.Logf("containerd log (last %d lines at most):\n%s", daemonLogTail, e2e.LastLines(d.log.String(), daemonLogTail))
 	}
 }
 
@@ -262,12 +258,9 @@ func (d *daemon) allLeftovers(ids ...string) []string {
 			left = append(left, p.String())
 		}
 	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			f := strings.Fields(l)
-			if len(f) > 4 && strings.HasPrefix(f[4], d.dir) && !strings.HasPrefix(f[4], filepath.Join(d.dir, "root")) {
-				left = append(left, "mount "+f[4])
-			}
+	for _, m := range e2e.MountsUnder(d.dir) {
+		if !strings.HasPrefix(m, filepath.Join(d.dir, "root")) {
+			left = append(left, "mount "+m)
 		}
 	}
 	if des, err := os.ReadDir(d.stateRoot); err == nil {
@@ -292,18 +285,7 @@ func (d *daemon) allLeftovers(ids ...string) []string {
 // the traces of the tasks ids), after giving the shims a moment to exit.
 func (d *daemon) checkClean(t testing.TB, ids ...string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		left := d.leftovers(ids...)
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	e2e.CheckClean(t, 15*time.Second, func() []string { return d.leftovers(ids...) })
 }
 
 // pidOf returns the PID of the first process whose command line contains

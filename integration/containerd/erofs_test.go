@@ -1,12 +1,13 @@
 package containerd
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // erofsSnapshotter is containerd 2.x's built-in snapshotter whose layers
@@ -30,22 +31,6 @@ func startErofsDaemon(t *testing.T) *daemon {
 `})
 	d.mustCtr(t, "images", "import", "--local", "--snapshotter", erofsSnapshotter, env.image)
 	return d
-}
-
-// hostMountsUnder lists the mounts below dir.
-func hostMountsUnder(t *testing.T, dir string) []string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ms []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir) {
-			ms = append(ms, f[4])
-		}
-	}
-	return ms
 }
 
 // writableLayerHolding returns the writable layer images of the erofs
@@ -110,7 +95,7 @@ func TestErofsSnapshotter(t *testing.T) {
 		// Neither containerd (its mount manager's targets, the bundle)
 		// nor its snapshotter mounts anything for the container.
 		for _, dir := range []string{filepath.Join(d.dir, "state"), filepath.Join(d.dir, "root")} {
-			if m := hostMountsUnder(t, dir+"/"); len(m) > 0 {
+			if m := e2e.MountsUnder(dir); len(m) > 0 {
 				t.Errorf("mounts on the host while the container runs: %v", m)
 			}
 		}

@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -212,10 +211,10 @@ func TestFaultsDuringDelete(t *testing.T) {
 				checkSocketOwnOnly(t, d, tid, shim)
 				done := deleteInBackground(t, d, tid)
 				deadline := time.Now().Add(deleteBound)
-				for processLives(vm) && time.Now().Before(deadline) {
+				for e2e.Alive(vm) && time.Now().Before(deadline) {
 					time.Sleep(2 * time.Millisecond)
 				}
-				if processLives(vm) {
+				if e2e.Alive(vm) {
 					t.Fatalf("QEMU still runs %s after the delete went out", deleteBound)
 				}
 				if err := syscall.Kill(shim, syscall.SIGKILL); err == nil {
@@ -361,16 +360,6 @@ func checkDeleteEnd(t *testing.T, d *daemon, id string, r deleteResult, shimKill
 		}
 	}
 	d.mustCtr(t, "container", "delete", id)
-}
-
-// processLives says whether process pid exists and is not a zombie.
-func processLives(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // killAtBoot starts task id and sends SIGKILL to the process pidOf finds

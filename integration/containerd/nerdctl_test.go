@@ -92,18 +92,7 @@ func (n *nerdctlEnv) leftovers() []string {
 
 func (n *nerdctlEnv) checkClean(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		left := n.leftovers()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	e2e.CheckClean(t, 30*time.Second, n.leftovers)
 }
 
 // TestNerdctl runs nerdctl's containers on the shim (`--runtime

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // reclaimFillMiB is how much guest memory the container takes and frees.
@@ -39,7 +41,8 @@ func BenchmarkMemoryReclaim(b *testing.B) {
 	pss := func(pids []int) int64 {
 		var total int64
 		for _, pid := range pids {
-			total += int64(pssKiB(pid))
+			_, kib := e2e.SmapsRollup(pid)
+			total += int64(kib)
 		}
 		return total
 	}

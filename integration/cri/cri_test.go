@@ -278,7 +278,7 @@ func missingExecutable(t *testing.T, s *session) {
 	}
 	t.Logf("StartContainer of %s: %v", program, err)
 	if !strings.Contains(err.Error(), program) {
-		t.Errorf("StartContainer of %s: %v, want an error naming the program\ncontainerd log:\n%s", program, err, lastLines(s.d.logSince(from), 40))
+		t.Errorf("StartContainer of %s: %v, want an error naming the program\ncontainerd log:\n%s", program, err, e2e.LastLines(s.d.logSince(from), 40))
 	}
 	if st := p.containerStatus(id); st.State == runtime.ContainerState_CONTAINER_RUNNING {
 		t.Errorf("after a failed StartContainer: %v", st.State)

@@ -1,7 +1,6 @@
 package cri
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -420,11 +419,7 @@ func (d *daemon) mustCtr(t testing.TB, args ...string) string {
 // logTail returns the last n lines of the daemon's log.
 func (d *daemon) logTail(n int) string {
 	b, _ := os.ReadFile(d.logPath)
-	lines := strings.SplitAfter(string(b), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "")
+	return e2e.LastLines(string(b), n)
 }
 
 // logSince returns the daemon's log from byte offset off on, for the
@@ -479,28 +474,11 @@ func (d *daemon) processes() []process {
 	return ps
 }
 
-// mounts lists the mount points below dir.
-func mounts(dir string) []string {
-	var ms []string
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer func() { _ = f.Close() }() // read-only
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
-			ms = append(ms, fields[4])
-		}
-	}
-	return ms
-}
-
 // cgroupHierarchies lists the mounted cgroup hierarchies (v1 controllers
 // and the unified one).
 func cgroupHierarchies() []string {
 	var hs []string
-	for _, m := range mounts("/sys/fs/cgroup") {
+	for _, m := range e2e.MountsUnder("/sys/fs/cgroup") {
 		if !strings.Contains(strings.TrimPrefix(m, "/sys/fs/cgroup/"), "/") {
 			hs = append(hs, m)
 		}

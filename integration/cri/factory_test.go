@@ -82,7 +82,7 @@ func factoryPod(t *testing.T, version string) {
 		t.Errorf("after RunPodSandbox: %d hits, %d misses, want 1 and 0", st.Hits, st.Misses)
 	}
 	if log := d.logSince(from); !strings.Contains(log, "start=adopted") {
-		t.Errorf("the shim's log does not say the sandbox was adopted:\n%s", lastLines(log, 40))
+		t.Errorf("the shim's log does not say the sandbox was adopted:\n%s", e2e.LastLines(log, 40))
 	}
 
 	// hull monitor's sandbox metric says so too.
@@ -238,7 +238,7 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 					b.Fatalf("%s: %v", m.name, err)
 				}
 				if got != m.start {
-					b.Fatalf("round %d, %s: the sandbox started %s, want %s\n%s", i, m.name, got, m.start, lastLines(m.d.logSince(st.logFrom), 40))
+					b.Fatalf("round %d, %s: the sandbox started %s, want %s\n%s", i, m.name, got, m.start, e2e.LastLines(m.d.logSince(st.logFrom), 40))
 				}
 			}
 			times[m.name] = append(times[m.name], elapsed)
@@ -283,9 +283,7 @@ func BenchmarkCRIFactoryPodStart(b *testing.B) {
 		b.Logf("pod start, %s: median %v, range %v to %v, runs %v", m.name, med.Round(time.Millisecond),
 			slices.Min(ts).Round(time.Millisecond), slices.Max(ts).Round(time.Millisecond), ts)
 	}
-	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
-		b.Logf("load average: %s", strings.TrimSpace(string(load)))
-	}
+	e2e.LogLoad(b)
 	// Each hull run's log, to $HULL_BENCH_TIMELINES when set.
 	if path := os.Getenv("HULL_BENCH_TIMELINES"); path != "" {
 		if err := os.WriteFile(path, []byte(timelines.String()), 0o600); err != nil {

@@ -188,7 +188,7 @@ func TestCRIMonitor(t *testing.T) {
 	console, agentLog, _ := strings.Cut(string(logs), "==> agent.log <==")
 	agentLines := strings.Contains(agentLog, "source=agent") || strings.Contains(agentLog, `"source":"agent"`)
 	if !strings.Contains(console, "Linux version") || !agentLines {
-		t.Errorf("hull logs: want the console (kernel banner) and the agent log (source=agent):\n%s", lastLines(string(logs), 40))
+		t.Errorf("hull logs: want the console (kernel banner) and the agent log (source=agent):\n%s", e2e.LastLines(string(logs), 40))
 	}
 
 	// Removed pods' series go stale.

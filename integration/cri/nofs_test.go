@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // TestCRINoSharedFS runs a kubelet-style pod through containerd 2.x's CRI
@@ -74,7 +76,7 @@ func TestCRINoSharedFS(t *testing.T) {
 	from := d.logSize()
 	p = s.runPod("nofstpl")
 	if log := d.logSince(from); !strings.Contains(log, "start=restored") || !strings.Contains(log, "vm restored from its template") {
-		t.Errorf("the shim's log does not say the sandbox was restored from its template:\n%s", lastLines(log, 40))
+		t.Errorf("the shim's log does not say the sandbox was restored from its template:\n%s", e2e.LastLines(log, 40))
 	}
 	// The clone's QEMU maps the template's own memory file (a private
 	// clone maps a copy in its state directory).
@@ -97,22 +99,12 @@ func TestCRINoSharedFS(t *testing.T) {
 // snapshotter on an ext4 scratch file.
 func startNoFSDaemon(t *testing.T, hullConfig string) *daemon {
 	t.Helper()
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Fatalf("mkfs.ext4 not found (apt-get install e2fsprogs): %v", err)
-	}
-	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
-	if out, err := exec.Command("truncate", "-s", "128M", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", scratch).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
 	return startDaemonWith(t, "2", daemonOptions{
 		assetsDir:   soakAssets(t),
 		runtime:     "shared_fs = \"none\"\n",
 		hullConfig:  hullConfig,
 		snapshotter: "blockfile",
-		containerd:  fmt.Sprintf("[plugins.'io.containerd.snapshotter.v1.blockfile']\n  scratch_file = %q\n  fs_type = 'ext4'\n  mount_options = []\n", scratch),
+		containerd:  e2e.BlockfileSnapshotter(t),
 	})
 }
 

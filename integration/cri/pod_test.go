@@ -14,6 +14,7 @@ import (
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
 
@@ -64,7 +65,7 @@ func (s *session) ctx(limit time.Duration) (context.Context, context.CancelFunc)
 // during the call.
 func (s *session) fail(logFrom int64, format string, args ...any) {
 	s.t.Helper()
-	s.t.Fatalf("%s\ncontainerd log during the call:\n%s", fmt.Sprintf(format, args...), lastLines(s.d.logSince(logFrom), 60))
+	s.t.Fatalf("%s\ncontainerd log during the call:\n%s", fmt.Sprintf(format, args...), e2e.LastLines(s.d.logSince(logFrom), 60))
 }
 
 // podConfig is a pod's configuration as the kubelet would write it for
@@ -403,18 +404,8 @@ func criLog(path, stream string) (string, error) {
 // checkClean fails the case when it left anything, after giving shims and
 // VMs a moment to go.
 func (s *session) checkClean() {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		left := s.leftovers()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
-			return
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	s.t.Helper()
+	e2e.CheckClean(s.t, 30*time.Second, s.leftovers)
 }
 
 // leftovers lists what of the case's pods is still there. The VM factory
@@ -444,7 +435,7 @@ func (s *session) allLeftovers() []string {
 	for _, p := range s.d.processes() {
 		left = append(left, p.String())
 	}
-	for _, m := range append(mounts(s.d.dir), mounts(s.d.stateRoot)...) {
+	for _, m := range append(e2e.MountsUnder(s.d.dir), e2e.MountsUnder(s.d.stateRoot)...) {
 		left = append(left, "mount "+m)
 	}
 	if des, err := os.ReadDir(s.d.stateRoot); err == nil {
@@ -469,15 +460,6 @@ func (s *session) allLeftovers() []string {
 		left = append(left, "cgroup "+cg)
 	}
 	return left
-}
-
-// lastLines returns the last n lines of s.
-func lastLines(s string, n int) string {
-	lines := strings.SplitAfter(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "")
 }
 
 func mustAddr(t testing.TB, s string) netip.Addr {

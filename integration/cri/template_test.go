@@ -51,7 +51,7 @@ func templatePod(t *testing.T, version string) {
 	p := s.runPod("tpl")
 	t.Logf("RunPodSandbox from the template: %.1fs", time.Since(start).Seconds())
 	if log := d.logSince(from); !strings.Contains(log, "start=restored") || !strings.Contains(log, "vm restored from its template") {
-		t.Errorf("the shim's log does not say the sandbox was restored from its template:\n%s", lastLines(log, 40))
+		t.Errorf("the shim's log does not say the sandbox was restored from its template:\n%s", e2e.LastLines(log, 40))
 	}
 	metrics, err := httpGet("http://"+startMonitor(t, hullBin, hullToml)+"/metrics", time.Minute)
 	if err != nil {
@@ -72,12 +72,12 @@ func templatePod(t *testing.T, version string) {
 	startFactory(t, f, d)
 	warm, _ := f.WaitReady(t)
 	if b, _ := os.ReadFile(f.LogPath); !strings.Contains(string(b), "vm restored from its template") {
-		t.Errorf("the warm VM was not restored from the template; factory log:\n%s", lastLines(string(b), 40))
+		t.Errorf("the warm VM was not restored from the template; factory log:\n%s", e2e.LastLines(string(b), 40))
 	}
 	from = d.logSize()
 	p = s.runPod("tplwarm")
 	if log := d.logSince(from); !strings.Contains(log, "start=adopted") {
-		t.Errorf("the shim's log does not say the sandbox was adopted:\n%s", lastLines(log, 40))
+		t.Errorf("the shim's log does not say the sandbox was adopted:\n%s", e2e.LastLines(log, 40))
 	}
 	servePodWeb(t, p)
 	p.stop()

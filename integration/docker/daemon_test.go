@@ -44,14 +44,7 @@ type daemon struct {
 // teardown (containers, daemon, bridge) and the leak check.
 func startDaemon(t *testing.T) *daemon {
 	t.Helper()
-	for _, p := range []string{dockerd, dockerCLI} {
-		if _, err := os.Stat(p); err != nil {
-			e2e.Missing(t, "%s: %v (apt-get install docker.io, or make deps)", p, err)
-		}
-	}
-	if out, err := exec.Command(dockerd, "--version").Output(); err != nil || !strings.Contains(string(out), " 20.10.") {
-		e2e.Missing(t, "%s is not Docker 20.10: %q %v", dockerd, out, err)
-	}
+	needTools(t, "docker.io", "Docker 20.10", dockerd, dockerCLI)
 	d := &daemon{dir: filepath.Join(env.workDir, "d")}
 	d.socket = filepath.Join(d.dir, "docker.sock")
 	d.stateRoot = filepath.Join(d.dir, "hull")
@@ -116,7 +109,7 @@ func startDaemon(t *testing.T) *daemon {
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("dockerd log (tail):\n%s", tail(string(b), 40))
+			t.Logf("dockerd log (tail):\n%s", e2e.LastLines(string(b), 40))
 		}
 		// What a failed case left running goes first.
 		if ids := strings.Fields(d.mustRun(t, "ps", "-aq")); len(ids) > 0 {
@@ -133,7 +126,7 @@ func startDaemon(t *testing.T) *daemon {
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Fatalf("dockerd did not answer within 60s:\n%s", tail(string(b), 30))
+			t.Fatalf("dockerd did not answer within 60s:\n%s", e2e.LastLines(string(b), 30))
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -177,12 +170,8 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 			left = append(left, p.String())
 		}
 	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], stateRoot) {
-				left = append(left, "mount "+f[4])
-			}
-		}
+	for _, m := range e2e.MountsUnder(stateRoot) {
+		left = append(left, "mount "+m)
 	}
 	if des, err := os.ReadDir(stateRoot); err == nil {
 		for _, de := range des {
@@ -207,29 +196,5 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 // last supervisors to exit.
 func (d *daemon) checkClean(t testing.TB) {
 	t.Helper()
-	checkClean(t, d.leftovers)
-}
-
-func checkClean(t testing.TB, leftovers func() []string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		left := leftovers()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	e2e.CheckClean(t, 30*time.Second, d.leftovers)
 }

@@ -42,7 +42,7 @@ func TestDocker(t *testing.T) {
 	t.Run("exec, published port, stop after the grace period", func(t *testing.T) {
 		d.mustRun(t, "run", "-d", "--name", "web", "--runtime", "hull", "-p", "127.0.0.1:18080:80", imageName,
 			"sh", "-c", "mkdir -p /www && echo hello-web > /www/index.html && echo ready && exec httpd -f -p 80 -h /www")
-		waitLog(t, d, "web", "ready")
+		waitLog(t, d.run, "web", "ready")
 		if out := d.mustRun(t, "exec", "web", "cat", "/www/index.html"); out != "hello-web\n" {
 			t.Errorf("exec: %q", out)
 		}
@@ -79,7 +79,7 @@ func TestDocker(t *testing.T) {
 	t.Run("stop delivers SIGTERM", func(t *testing.T) {
 		d.mustRun(t, "run", "-d", "--name", "trap", "--runtime", "hull", imageName,
 			"sh", "-c", `trap "exit 42" TERM; echo ready; while :; do sleep 1; done`)
-		waitLog(t, d, "trap", "ready")
+		waitLog(t, d.run, "trap", "ready")
 		d.mustRun(t, "stop", "-t", "60", "trap")
 		if code := strings.TrimSpace(d.mustRun(t, "inspect", "-f", "{{.State.ExitCode}}", "trap")); code != "42" {
 			t.Errorf("exit code %s, want 42 (the TERM trap)", code)
@@ -89,7 +89,7 @@ func TestDocker(t *testing.T) {
 
 	t.Run("rm -f", func(t *testing.T) {
 		d.mustRun(t, "run", "-d", "--name", "gone", "--runtime", "hull", imageName, "sleep", "1000")
-		waitRunning(t, d, "gone")
+		waitRunning(t, d.run, "gone")
 		d.mustRun(t, "rm", "-f", "gone")
 		if out, _, code := d.run("inspect", "gone"); code == 0 {
 			t.Errorf("the container is still there: %s", out)
@@ -159,12 +159,16 @@ func assertInVM(t *testing.T, containerRelease string) {
 	}
 }
 
+// cli runs a container engine's CLI (daemon.run, podman.run) and returns
+// its stdout, stderr and exit status.
+type cli func(args ...string) (string, string, int)
+
 // waitLog waits until the container's log holds want.
-func waitLog(t *testing.T, d *daemon, name, want string) {
+func waitLog(t *testing.T, run cli, name, want string) {
 	t.Helper()
 	deadline := time.Now().Add(bootLimit)
 	for {
-		out, errOut, _ := d.run("logs", name)
+		out, errOut, _ := run("logs", name)
 		if strings.Contains(out+errOut, want) {
 			return
 		}
@@ -175,11 +179,12 @@ func waitLog(t *testing.T, d *daemon, name, want string) {
 	}
 }
 
-func waitRunning(t *testing.T, d *daemon, name string) {
+// waitRunning waits until the container runs.
+func waitRunning(t *testing.T, run cli, name string) {
 	t.Helper()
 	deadline := time.Now().Add(bootLimit)
 	for {
-		out, _, _ := d.run("inspect", "-f", "{{.State.Status}}", name)
+		out, _, _ := run("inspect", "-f", "{{.State.Status}}", name)
 		if strings.TrimSpace(out) == "running" {
 			return
 		}

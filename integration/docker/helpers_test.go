@@ -4,10 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 func openTTY(path string) (*os.File, error) {
@@ -30,4 +34,20 @@ func writeHullConfig(t *testing.T, dir, stateRoot string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// needTools reports (e2e.Missing) a missing one of bins, Debian's package
+// pkg, or a bins[0] whose --version is not product ("Docker 20.10": its
+// version " 20.10.").
+func needTools(t *testing.T, pkg, product string, bins ...string) {
+	t.Helper()
+	for _, p := range bins {
+		if _, err := os.Stat(p); err != nil {
+			e2e.Missing(t, "%s: %v (apt-get install %s, or make deps)", p, err, pkg)
+		}
+	}
+	_, version, _ := strings.Cut(product, " ")
+	if out, err := exec.Command(bins[0], "--version").Output(); err != nil || !strings.Contains(string(out), " "+version+".") {
+		e2e.Missing(t, "%s is not %s: %q %v", bins[0], product, out, err)
+	}
 }

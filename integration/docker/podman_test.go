@@ -32,12 +32,7 @@ type podman struct {
 
 func newPodman(t *testing.T) *podman {
 	t.Helper()
-	if _, err := os.Stat(podmanBin); err != nil {
-		e2e.Missing(t, "%s: %v (apt-get install podman, or make deps)", podmanBin, err)
-	}
-	if out, err := exec.Command(podmanBin, "--version").Output(); err != nil || !strings.Contains(string(out), " 4.3.") {
-		e2e.Missing(t, "%s is not Podman 4.3: %q %v", podmanBin, out, err)
-	}
+	needTools(t, "podman", "Podman 4.3", podmanBin)
 	p := &podman{dir: filepath.Join(env.workDir, "p")}
 	p.stateRoot = filepath.Join(p.dir, "hull")
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
@@ -71,7 +66,7 @@ func newPodman(t *testing.T) *podman {
 		}
 		// Unmounts the storage and removes what podman made here.
 		p.run("system", "reset", "-f")
-		checkClean(t, func() []string { return leftoversOf(p.stateRoot, p.dir, "") })
+		e2e.CheckClean(t, 30*time.Second, func() []string { return leftoversOf(p.stateRoot, p.dir, "") })
 	})
 	p.mustRun(t, "load", "-i", env.image)
 	return p
@@ -105,17 +100,7 @@ func TestPodman(t *testing.T) {
 	t.Run("exec, published port, stop", func(t *testing.T) {
 		p.mustRun(t, "run", "-d", "--name", "web", "--runtime", "hull", "-p", "127.0.0.1:18081:80", imageName,
 			"sh", "-c", "mkdir -p /www && echo hello-web > /www/index.html && echo ready && exec httpd -f -p 80 -h /www")
-		deadline := time.Now().Add(bootLimit)
-		for {
-			out, errOut, _ := p.run("logs", "web")
-			if strings.Contains(out+errOut, "ready") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("web did not log ready: %q %q", out, errOut)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
+		waitLog(t, p.run, "web", "ready")
 		if out := p.mustRun(t, "exec", "web", "cat", "/www/index.html"); !strings.Contains(out, "hello-web") {
 			t.Errorf("exec: %q", out)
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/atomicfile"
 )
 
 const (
@@ -246,7 +248,7 @@ func (s *networkService) apply(p *netPlan, links []netlink.Link) error {
 		}
 	}
 	if p.resolvConf != nil {
-		if err := writeFileAtomic(s.resolvConf, p.resolvConf); err != nil {
+		if err := writeResolvConf(s.resolvConf, p.resolvConf); err != nil {
 			return fmt.Errorf("writing %s: %w", s.resolvConf, err)
 		}
 	}
@@ -521,33 +523,16 @@ func routeString(r routePlan) string {
 	return s
 }
 
-// writeFileAtomic replaces path with data (mode 0644): a reader sees the
-// old file or the new one, never a part. It creates the directory if
-// needed.
-func writeFileAtomic(path string, data []byte) (retErr error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // G301: the guest's /etc is world-readable, as everywhere
+// writeResolvConf replaces the resolver configuration at path with data,
+// creating its directory if needed: a reader sees the old file or the new
+// one, never a part. Every process of every container reads it, so it is
+// mode 0644. It is not synced: the guest's files do not outlive the VM.
+func writeResolvConf(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // G301: the guest's /etc is world-readable, as everywhere
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
+	return atomicfile.WriteFunc(path, atomicfile.Options{Perm: 0o644, NoSync: true}, func(w io.Writer) error {
+		_, err := w.Write(data)
 		return err
-	}
-	defer func() {
-		if retErr != nil {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	// Every process of every container reads the resolver configuration.
-	if err := f.Chmod(0o644); err != nil { //nolint:gosec // G302: resolv.conf must be world-readable
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	})
 }

@@ -457,14 +457,17 @@ func TestConfigureNetworkReadOnly(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomic(t *testing.T) {
+func TestWriteResolvConf(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "etc", "resolv.conf")
 	for _, content := range []string{"nameserver 198.18.7.1\n", "nameserver fd00::1\n"} {
-		if err := writeFileAtomic(p, []byte(content)); err != nil {
+		if err := writeResolvConf(p, []byte(content)); err != nil {
 			t.Fatal(err)
 		}
 		if b, err := os.ReadFile(p); err != nil || string(b) != content {
 			t.Errorf("read back %q (%v), want %q", b, err, content)
+		}
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o644 {
+			t.Errorf("stat: %v, want mode 0644", err)
 		}
 	}
 	ents, err := os.ReadDir(filepath.Dir(p))

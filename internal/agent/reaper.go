@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // reaper waits for the zombies among the agent's children that nobody else
@@ -172,20 +173,18 @@ type procStat struct {
 }
 
 // parseStat reads state, ppid, process group and session from a
-// /proc/<pid>/stat line. The command name is in parentheses and may contain
-// anything, parentheses included, so the fields start after the last ')'.
+// /proc/<pid>/stat line (procfs.StatFields).
 func parseStat(b []byte) (procStat, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return procStat{}, errors.New("stat: no command name")
+	f, err := procfs.StatFields(b)
+	if err != nil {
+		return procStat{}, err
 	}
-	f := bytes.Fields(b[i+1:])
-	if len(f) < 4 || len(f[0]) != 1 {
+	if len(f) < 4 {
 		return procStat{}, errors.New("stat: short line")
 	}
 	var ids [3]int
 	for i, name := range []string{"ppid", "pgrp", "session"} {
-		n, err := strconv.Atoi(string(f[1+i]))
+		n, err := strconv.Atoi(f[1+i])
 		if err != nil {
 			return procStat{}, fmt.Errorf("stat: %s: %w", name, err)
 		}

@@ -21,6 +21,7 @@ import (
 	api "github.com/hull-runtime/hull/api/agent/v1"
 	"github.com/hull-runtime/hull/internal/agent"
 	"github.com/hull-runtime/hull/internal/hypervisor"
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // hostBusybox is the debug shell of the tests: busybox-static's binary.
@@ -171,8 +172,8 @@ func goneOrZombie(pid int) bool {
 	if err != nil {
 		return true
 	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && bytes.HasPrefix(b[i:], []byte(") Z"))
+	f, err := procfs.StatFields(b)
+	return err == nil && f[0] == "Z"
 }
 
 // waitGone waits up to within for done(pid) and returns how long it took.

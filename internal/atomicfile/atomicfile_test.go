@@ -1,6 +1,8 @@
 package atomicfile
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -58,6 +60,51 @@ func TestWrite(t *testing.T) {
 func TestWriteNoDirectory(t *testing.T) {
 	if err := Write(filepath.Join(t.TempDir(), "gone", "record.json"), []byte("x")); err == nil {
 		t.Fatal("Write into a missing directory succeeded")
+	}
+}
+
+func TestWriteFunc(t *testing.T) {
+	fillErr := errors.New("fill failed")
+	tests := []struct {
+		name     string
+		opts     Options
+		fill     string // what fill writes
+		fillErr  error  // what fill returns
+		want     string // the file's content after
+		wantMode os.FileMode
+	}{
+		{name: "default mode", fill: "new", want: "new", wantMode: 0o600},
+		{name: "mode 0644, synced", opts: Options{Perm: 0o644}, fill: "new", want: "new", wantMode: 0o644},
+		{name: "mode 0644, not synced", opts: Options{Perm: 0o644, NoSync: true}, fill: "new", want: "new", wantMode: 0o644},
+		{name: "fill fails: the old file kept", opts: Options{Perm: 0o644}, fill: "part", fillErr: fillErr, want: "old", wantMode: 0o600},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "resolv.conf")
+			if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			err := WriteFunc(path, tt.opts, func(w io.Writer) error {
+				if _, err := io.WriteString(w, tt.fill); err != nil {
+					return err
+				}
+				return tt.fillErr
+			})
+			if !errors.Is(err, tt.fillErr) || (tt.fillErr == nil && err != nil) {
+				t.Fatalf("WriteFunc: %v, want %v", err, tt.fillErr)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != "resolv.conf" {
+				t.Errorf("the directory holds %v, want resolv.conf alone", names(entries))
+			}
+			b, err := os.ReadFile(path)
+			if err != nil || string(b) != tt.want {
+				t.Fatalf("the file holds %q (%v), want %q", b, err, tt.want)
+			}
+			if st, _ := os.Stat(path); st.Mode().Perm() != tt.wantMode {
+				t.Errorf("mode %v, want %v", st.Mode().Perm(), tt.wantMode)
+			}
+		})
 	}
 }
 

@@ -1,14 +1,14 @@
 package child
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // Process names one process for later: its PID with its start time, which
@@ -27,17 +27,14 @@ type procStat struct {
 	startTime uint64
 }
 
-// parseStat parses the contents of /proc/<pid>/stat. The command name (the
-// second field) is in parentheses and may hold anything, spaces and
-// parentheses too, so the fields are counted from the last ')'.
+// parseStat parses the contents of /proc/<pid>/stat (procfs.StatFields).
 func parseStat(b []byte) (procStat, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return procStat{}, errors.New("no command name in stat")
+	f, err := procfs.StatFields(b)
+	if err != nil {
+		return procStat{}, err
 	}
 	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22.
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 || len(f[0]) != 1 {
+	if len(f) < 20 {
 		return procStat{}, fmt.Errorf("stat has %d fields after the command name, want at least 20", len(f))
 	}
 	pgrp, err := strconv.Atoi(f[2])

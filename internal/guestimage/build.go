@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	"github.com/hull-runtime/hull/internal/atomicfile"
 	"github.com/hull-runtime/hull/internal/version"
 )
 
@@ -318,35 +318,18 @@ type fileSum struct {
 	size   int64
 }
 
-// writeFileAtomic writes dst through fill into a temporary file in the same
-// directory, syncs it and renames it over dst; on error nothing is left.
-func writeFileAtomic(dst string, perm os.FileMode, fill func(io.Writer) error) (sum fileSum, err error) {
-	f, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
-	if err != nil {
-		return sum, err
-	}
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
-	}()
+// writeFileAtomic writes dst through fill with atomicfile: into a temporary
+// file in the same directory, synced, then renamed over dst; on error
+// nothing is left. It returns the sha256 and size of what fill wrote.
+func writeFileAtomic(dst string, perm os.FileMode, fill func(io.Writer) error) (fileSum, error) {
 	h := sha256.New()
-	cw := &countWriter{w: io.MultiWriter(f, h)}
-	if err = fill(cw); err != nil {
-		return sum, err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return sum, err
-	}
-	if err = f.Sync(); err != nil {
-		return sum, err
-	}
-	if err = f.Close(); err != nil {
-		return sum, err
-	}
-	if err = os.Rename(f.Name(), dst); err != nil {
-		return sum, err
+	var cw *countWriter
+	err := atomicfile.WriteFunc(dst, atomicfile.Options{Perm: perm}, func(f io.Writer) error {
+		cw = &countWriter{w: io.MultiWriter(f, h)}
+		return fill(cw)
+	})
+	if err != nil {
+		return fileSum{}, err
 	}
 	return fileSum{sha256: hex.EncodeToString(h.Sum(nil)), size: cw.n}, nil
 }

@@ -419,13 +419,8 @@ func parentOf(pid int) int {
 	if err != nil {
 		return 0
 	}
-	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
+	f, err := procfs.StatFields(b)
+	if err != nil || len(f) < 2 {
 		return 0
 	}
 	pp, _ := strconv.Atoi(f[1])

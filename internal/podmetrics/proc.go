@@ -1,13 +1,11 @@
 package podmetrics
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
-	"strings"
 
 	"github.com/hull-runtime/hull/internal/child"
 	"github.com/hull-runtime/hull/internal/procfs"
@@ -79,14 +77,12 @@ func RSS(pid int) (uint64, error) {
 }
 
 // parseStatCPU reads utime and stime (fields 14 and 15) of
-// /proc/<pid>/stat, counting after the command name, which may hold
-// anything.
+// /proc/<pid>/stat (procfs.StatFields).
 func parseStatCPU(b []byte) (float64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("no command name")
+	f, err := procfs.StatFields(b)
+	if err != nil {
+		return 0, err
 	}
-	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3; utime is field 14, f[11].
 	if len(f) < 13 {
 		return 0, fmt.Errorf("%d fields after the command name, want at least 13", len(f))

@@ -1,6 +1,7 @@
 // Package procfs reads the kernel's pseudo-files (/proc, cgroup files)
 // within a bound, and parses the "Key: value [kB]" files of /proc
-// (meminfo, <pid>/status, <pid>/smaps_rollup); it also finds the
+// (meminfo, <pid>/status, <pid>/smaps_rollup) and the fields of
+// <pid>/stat; it also finds the
 // processes holding a file open (/proc/<pid>/fd). The host reads its own
 // processes' files with it and the agent the guest's: it imports nothing
 // but the standard library.

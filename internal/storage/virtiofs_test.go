@@ -17,6 +17,7 @@ import (
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
 	"github.com/hull-runtime/hull/internal/modlist"
+	"github.com/hull-runtime/hull/internal/procfs"
 	"github.com/hull-runtime/hull/internal/virtiofs"
 )
 
@@ -89,9 +90,8 @@ func alive(pid int) bool {
 	if err != nil {
 		return false
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || len(s) < i+3 || s[i+2] != 'Z'
+	f, err := procfs.StatFields(b)
+	return err != nil || f[0] != "Z"
 }
 
 // TestPropagationToVirtiofsd checks without a VM that a container added

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -125,9 +127,8 @@ func alive(pid int) bool {
 	if err != nil {
 		return false
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || len(s) < i+3 || s[i+2] != 'Z'
+	f, err := procfs.StatFields(b)
+	return err != nil || f[0] != "Z"
 }
 
 func TestStartStop(t *testing.T) {

@@ -22,6 +22,15 @@ import (
 // the cache.
 const Containerd2Version = "v2.4.2"
 
+// LogLoad logs the host's load average (/proc/loadavg), which the
+// benchmarks record beside their figures.
+func LogLoad(t testing.TB) {
+	t.Helper()
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		t.Logf("load average: %s", strings.TrimSpace(string(load)))
+	}
+}
+
 // Missing reports a missing tool or daemon: in CI a failure, elsewhere a
 // skip.
 func Missing(t testing.TB, format string, args ...any) {
@@ -344,4 +353,33 @@ func buildHostileImage(ctx context.Context, binDir, dir string) error {
 		return fmt.Errorf("hull image build with the hostile agent: %w\n%s", err, out)
 	}
 	return nil
+}
+
+// CheckClean fails the test when leftovers (what a case left: processes,
+// mounts, state) lists anything after within, which gives shims, VMs and
+// supervisors a moment to go.
+func CheckClean(t testing.TB, within time.Duration, leftovers func() []string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		left := leftovers()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("left behind:\n  %s", strings.Join(left, "\n  "))
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// LastLines returns the last n lines of s (a log), without the final
+// newline.
+func LastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hull-runtime/hull/internal/procfs"
 )
 
 // Process is a process of the host.
@@ -47,9 +49,8 @@ func Alive(pid int) bool {
 	if err != nil {
 		return false
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+	f, err := procfs.StatFields(b)
+	return err != nil || f[0] != "Z"
 }
 
 // ParentPid is the parent of pid, 0 when pid is gone.
@@ -58,14 +59,8 @@ func ParentPid(pid int) int {
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	// After the command: state, then the parent's PID.
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
+	f, err := procfs.StatFields(b)
+	if err != nil || len(f) < 2 {
 		return 0
 	}
 	ppid, _ := strconv.Atoi(f[1])
@@ -130,4 +125,15 @@ func MustRunCLI(t testing.TB, name string, run func(...string) (string, string, 
 		t.Fatalf("%s %s: exit %d: %s%s", name, strings.Join(args, " "), code, out, errOut)
 	}
 	return out
+}
+
+// SmapsRollup returns a process's Rss and Pss in KiB
+// (/proc/<pid>/smaps_rollup); zeros when it cannot be read.
+func SmapsRollup(pid int) (rss, pss uint64) {
+	b, err := procfs.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid), 1<<16)
+	if err != nil {
+		return 0, 0
+	}
+	m := procfs.ParseKB(b)
+	return m["Rss"] >> 10, m["Pss"] >> 10
 }
