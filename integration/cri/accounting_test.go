@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	factoryapi "github.com/hull-runtime/hull/api/factory/v1"
+	"github.com/hull-runtime/hull/integration/internal/e2e"
 )
 
 // podAccounting checks that a pod's VM is charged to the pod: QEMU and
@@ -17,7 +20,8 @@ import (
 // whose memory limit is the VM's memory (base 512 MiB and the pod's 256
 // MiB) plus the default 256 MiB overhead, and follows the VM when it grows
 // by hotplug; that cgroup goes with the pod, the pod's own stays. A pod asking for more than the VM size cap is
-// refused with a clear error and leaves nothing.
+// refused with a clear error and leaves nothing, and with a VM factory
+// claims no warm VM.
 func podAccounting(t *testing.T, s *session) {
 	config := s.podConfig("charged")
 	config.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: sizingMemory, CpuPeriod: sizingCPUPeriod, CpuQuota: sizingCPUPeriod}
@@ -86,14 +90,40 @@ func podAccounting(t *testing.T, s *session) {
 	p.stop()
 	p.remove()
 
-	// A third pod: its shim claims a warm VM before its create refuses
-	// it, and the factory refills while the case runs.
+	// A third pod, beyond the cap: its create refuses it and, with a VM
+	// factory, its shim claims no warm VM for it (a warm VM cannot grow
+	// to its size): the factory's hits and misses stay and its pool
+	// stays full, with nothing refilling.
 	s.waitPool()
+	before := s.cacheStatus()
 	big := s.podConfig("too-big")
 	big.Linux.Resources = &runtime.LinuxContainerResources{MemoryLimitInBytes: 1 << 40}
 	if st, err := s.runPodSandbox(big, s.h.name); err == nil || !strings.Contains(err.Error(), "beyond the cap") {
 		t.Errorf("a pod of 1 TiB: id %q, err %v; want a refusal naming the cap", st.id, err)
 	}
+	if after := s.cacheStatus(); before != nil && after != nil {
+		if after.Hits != before.Hits || after.Misses != before.Misses || after.Ready != before.Ready || after.Booting != 0 {
+			t.Errorf("factory around a pod too big for a warm VM: before %d hits, %d misses, %d ready; after %d hits, %d misses, %d ready, %d booting; want no claim",
+				before.Hits, before.Misses, before.Ready, after.Hits, after.Misses, after.Ready, after.Booting)
+		} else {
+			t.Logf("factory around a pod too big for a warm VM: %d hits, %d misses, %d ready before and after", after.Hits, after.Misses, after.Ready)
+		}
+	}
+}
+
+// cacheStatus is the status of the session's ModeCache VM factory; nil
+// without one.
+func (s *session) cacheStatus() *factoryapi.StatusResponse {
+	s.t.Helper()
+	f := s.d.factory
+	if !s.h.vm || f == nil || f.Mode != e2e.ModeCache {
+		return nil
+	}
+	st, err := f.Status()
+	if err != nil {
+		s.t.Fatalf("factory status: %v", err)
+	}
+	return st
 }
 
 // processComm is a process's command name.

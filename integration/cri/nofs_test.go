@@ -15,8 +15,9 @@ import (
 
 // TestCRINoSharedFS runs a kubelet-style pod through containerd 2.x's CRI
 // with hull's runtime.shared_fs = "none" and the hull handler on the
-// blockfile snapshotter: the pod (its pause container too) and a
-// container run with their roots on disks and no virtiofsd; the files the
+// blockfile snapshotter: the pod and a container run with no virtiofsd,
+// the container's root on a disk and none hot-added for the pod's sandbox
+// (pause) container, which uses no root of its image; the files the
 // CRI binds from the host (/etc/hosts, /etc/hostname, /etc/resolv.conf,
 // /dev/termination-log) are there, copied; nothing is left after the
 // pod's removal. Then, with the template `hull factory template create`
@@ -51,10 +52,13 @@ func TestCRINoSharedFS(t *testing.T) {
 		{ContainerPath: "/var/run/secrets/app", HostPath: filepath.Join(host, "secret"), Readonly: true},
 	}
 	id := p.run(cfg)
-	r := p.execSync(id, 60, "sh", "-c", "cat /etc/hostname; grep -c "+dnsServer+" /etc/resolv.conf; test -f /dev/termination-log && echo termlog; cat /var/run/secrets/app/token; grep -c virtiofs /proc/mounts; grep ' / ' /proc/mounts")
+	// The guest's hot-added root disks (serial hull<disk>): the app's
+	// alone, the pause container gets none.
+	disks := "for f in /sys/block/vd*/serial; do cat $f; echo; done | grep -c '^hull'"
+	r := p.execSync(id, 60, "sh", "-c", "cat /etc/hostname; grep -c "+dnsServer+" /etc/resolv.conf; test -f /dev/termination-log && echo termlog; cat /var/run/secrets/app/token; grep -c virtiofs /proc/mounts; "+disks+"; grep ' / ' /proc/mounts")
 	out := string(r.GetStdout())
-	if r.GetExitCode() != 0 || !strings.HasPrefix(out, "nofs\n1\ntermlog\ns3cret\n0\n/dev/vd") {
-		t.Fatalf("exec: exit %d, stdout %q, stderr %q; want the hostname, the DNS server, the termination log, no virtiofs mount and / on a disk",
+	if r.GetExitCode() != 0 || !strings.HasPrefix(out, "nofs\n1\ntermlog\ns3cret\n0\n1\n/dev/vd") {
+		t.Fatalf("exec: exit %d, stdout %q, stderr %q; want the hostname, the DNS server, the termination log, no virtiofs mount, one root disk (the app's) and / on a disk",
 			r.GetExitCode(), out, r.GetStderr())
 	}
 	for _, pr := range d.processes() {

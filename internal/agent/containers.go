@@ -250,9 +250,12 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 	// How long each part took, for the log line of the create.
 	begin := time.Now()
 	var tMounts, tConfig, tCreate time.Duration
-	spec, err := parseSpec(id, req.GetSpec())
+	spec, err := parseSpec(id, req.GetSpec(), req.GetPodSandbox())
 	if err != nil {
 		return nil, err
+	}
+	if req.GetPodSandbox() && (len(req.GetStorages()) > 0 || len(req.GetFiles()) > 0 || len(req.GetEmptyDirs()) > 0) {
+		return nil, fmt.Errorf("container %s: a pod sandbox gets no storages, files or emptyDir volumes: %w", id, errdefs.ErrInvalidArgument)
 	}
 	for _, st := range req.GetStorages() {
 		if err := checkStorage(st); err != nil {
@@ -288,8 +291,10 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 		}
 	}()
 	tMounts = time.Since(begin)
-	if err := checkRootfs(spec); err != nil {
-		return nil, fmt.Errorf("container %s: %w", id, err)
+	if !req.GetPodSandbox() {
+		if err := checkRootfs(spec); err != nil {
+			return nil, fmt.Errorf("container %s: %w", id, err)
+		}
 	}
 	if err := applyPodNetSysctls(ctx, "/proc/sys", spec); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)

@@ -110,18 +110,20 @@ func TestCheckStorage(t *testing.T) {
 func TestParseSpec(t *testing.T) {
 	for _, tc := range []struct {
 		name, spec, want string
+		pod              bool
 	}{
-		{"empty", ``, "empty spec"},
-		{"not json", `{`, "decoding spec"},
-		{"no root", `{"process":{"args":["sh"],"cwd":"/"}}`, "no root.path"},
-		{"relative root", `{"root":{"path":"rootfs"},"process":{"args":["sh"],"cwd":"/"}}`, "not absolute"},
-		{"no process", `{"root":{"path":"/r"}}`, "no process"},
-		{"no args", `{"root":{"path":"/r"},"process":{"cwd":"/"}}`, "no args"},
-		{"relative cwd", `{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"tmp"}}`, "cwd"},
-		{"host hook", `{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"},"hooks":{"poststop":[{"path":"/x"}]}}`, "hooks"},
+		{"empty", ``, "empty spec", false},
+		{"not json", `{`, "decoding spec", false},
+		{"no root", `{"process":{"args":["sh"],"cwd":"/"}}`, "no root.path", false},
+		{"relative root", `{"root":{"path":"rootfs"},"process":{"args":["sh"],"cwd":"/"}}`, "not absolute", false},
+		{"no process", `{"root":{"path":"/r"}}`, "no process", false},
+		{"no args", `{"root":{"path":"/r"},"process":{"cwd":"/"}}`, "no args", false},
+		{"relative cwd", `{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"tmp"}}`, "cwd", false},
+		{"host hook", `{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"},"hooks":{"poststop":[{"path":"/x"}]}}`, "hooks", false},
+		{"pod sandbox with a root", `{"root":{"path":"/r"},"process":{"args":["/pause"],"cwd":"/"}}`, "gets none", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseSpec("c1", []byte(tc.spec))
+			_, err := parseSpec("c1", []byte(tc.spec), tc.pod)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("parseSpec: %v, want %q", err, tc.want)
 			}
@@ -130,7 +132,11 @@ func TestParseSpec(t *testing.T) {
 			}
 		})
 	}
-	s, err := parseSpec("c1", []byte(`{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"}}`))
+	// A pod sandbox's has no root.
+	if _, err := parseSpec("c1", []byte(`{"process":{"args":["/pause"],"cwd":"/"}}`), true); err != nil {
+		t.Errorf("pod sandbox without a root: %v", err)
+	}
+	s, err := parseSpec("c1", []byte(`{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"}}`), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +147,7 @@ func TestParseSpec(t *testing.T) {
 		t.Errorf("namespaces %+v, want a new cgroup namespace", n)
 	}
 	// A cgroup namespace the spec names is kept, not doubled.
-	s, err = parseSpec("c1", []byte(`{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"cgroup","path":"/proc/1/ns/cgroup"}]}}`))
+	s, err = parseSpec("c1", []byte(`{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"cgroup","path":"/proc/1/ns/cgroup"}]}}`), false)
 	if err != nil {
 		t.Fatal(err)
 	}

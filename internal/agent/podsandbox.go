@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -191,6 +192,15 @@ func pauseSysctlAllowed(k string, own map[specs.LinuxNamespaceType]bool) bool {
 	return false
 }
 
+// pauseLibcontainerConfig converts a pod sandbox's spec with runc's
+// converter, of whose result the cgroup alone is used. The spec has no
+// root (the process makes its own at root); the converter wants one.
+func pauseLibcontainerConfig(id string, spec *specs.Spec, root string) (*configs.Config, error) {
+	withRoot := *spec
+	withRoot.Root = &specs.Root{Path: root, Readonly: true}
+	return libcontainerConfig(id, &withRoot)
+}
+
 // createPodSandbox makes a pod sandbox container's process in its cgroup.
 // On error nothing is left.
 func (s *containerService) createPodSandbox(ctx context.Context, id string, spec *specs.Spec, stdio *api.Stdio) (_ *podSandbox, _ *process, retErr error) {
@@ -205,7 +215,7 @@ func (s *containerService) createPodSandbox(ctx context.Context, id string, spec
 	if err != nil {
 		return nil, nil, fmt.Errorf("encoding the pod sandbox configuration: %w", err)
 	}
-	lcfg, err := libcontainerConfig(id, spec)
+	lcfg, err := pauseLibcontainerConfig(id, spec, s.pauseRoot)
 	if err != nil {
 		return nil, nil, err
 	}

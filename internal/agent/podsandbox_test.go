@@ -37,7 +37,6 @@ func pauseSpec(id string) *specs.Spec {
 			Rlimits:     []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 512}},
 			OOMScoreAdj: &oom,
 		},
-		Root: &specs.Root{Path: "/"},
 		Linux: &specs.Linux{
 			CgroupsPath: "/hull-test/" + id,
 			Namespaces: []specs.LinuxNamespace{
@@ -49,10 +48,9 @@ func pauseSpec(id string) *specs.Spec {
 	}
 }
 
-// specJSON is the spec with a root that exists, encoded.
+// specJSON is the spec encoded.
 func specJSON(t *testing.T, s *specs.Spec) []byte {
 	t.Helper()
-	s.Root.Path = t.TempDir()
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
@@ -371,7 +369,7 @@ wait`)
 		for _, frozen := range []bool{false, true} {
 			id := fmt.Sprintf("pod5-%v", frozen)
 			sp := pauseSpec(id)
-			lcfg, err := libcontainerConfig(id, sp)
+			lcfg, err := pauseLibcontainerConfig(id, sp, s.pauseRoot)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -425,4 +423,35 @@ wait`)
 			t.Errorf("container after a failed create: %v", err)
 		}
 	})
+}
+
+// TestPodSandboxGetsNoRoot: a pod sandbox's create that carries a root,
+// storages or copied files is refused before anything is mounted or made
+// (the host sends none: its process runs on an empty root of its own).
+func TestPodSandboxGetsNoRoot(t *testing.T) {
+	s := newContainerService(&Agent{}, t.TempDir())
+	s.sandboxID = "sb"
+	withRoot := pauseSpec("p1")
+	withRoot.Root = &specs.Root{Path: "/"}
+	spec := specJSON(t, pauseSpec("p1"))
+	for _, tc := range []struct {
+		name, want string
+		req        *api.CreateContainerRequest
+	}{
+		{"root", "gets none", &api.CreateContainerRequest{ContainerId: "p1", Spec: specJSON(t, withRoot), PodSandbox: true}},
+		{"storage", "no storages", &api.CreateContainerRequest{ContainerId: "p1", Spec: spec, PodSandbox: true,
+			Storages: []*api.Storage{{Source: "/dev/vdb", Fstype: "ext4", MountPoint: "/run/hull/block/p1"}}}},
+		{"files", "no storages or files", &api.CreateContainerRequest{ContainerId: "p1", Spec: spec, PodSandbox: true,
+			Files: []*api.CopiedFile{{Path: "f", Data: []byte("x")}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.CreateContainer(context.Background(), tc.req)
+			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("CreateContainer: %v, want an invalid argument naming %q", err, tc.want)
+			}
+			if _, err := s.get("p1"); !errdefs.IsNotFound(err) {
+				t.Errorf("container after a refused create: %v", err)
+			}
+		})
+	}
 }

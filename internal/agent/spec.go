@@ -26,8 +26,9 @@ import (
 const cgroupParent = "/hull"
 
 // parseSpec decodes and checks a container's OCI spec. Paths are guest
-// paths: the root must exist and be a directory.
-func parseSpec(id string, b []byte) (*specs.Spec, error) {
+// paths: the root must exist and be a directory. A pod sandbox's spec has
+// no root: its process runs on an empty root of its own.
+func parseSpec(id string, b []byte, podSandbox bool) (*specs.Spec, error) {
 	var s specs.Spec
 	if len(b) == 0 {
 		return nil, fmt.Errorf("container %s: empty spec: %w", id, errdefs.ErrInvalidArgument)
@@ -35,11 +36,16 @@ func parseSpec(id string, b []byte) (*specs.Spec, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("container %s: decoding spec: %w: %w", id, err, errdefs.ErrInvalidArgument)
 	}
-	if s.Root == nil || s.Root.Path == "" {
+	switch {
+	case podSandbox && s.Root != nil:
+		return nil, fmt.Errorf("container %s: a pod sandbox's spec has a root (%q); it gets none: %w", id, s.Root.Path, errdefs.ErrInvalidArgument)
+	case podSandbox:
+	case s.Root == nil || s.Root.Path == "":
 		return nil, fmt.Errorf("container %s: spec has no root.path: %w", id, errdefs.ErrInvalidArgument)
-	}
-	if err := checkGuestPath("root.path", s.Root.Path); err != nil {
-		return nil, fmt.Errorf("container %s: %w", id, err)
+	default:
+		if err := checkGuestPath("root.path", s.Root.Path); err != nil {
+			return nil, fmt.Errorf("container %s: %w", id, err)
+		}
 	}
 	if err := checkProcess(s.Process); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/storage"
 )
 
 // TestContainersInVM boots the real agent as PID 1 in QEMU with a
@@ -430,7 +431,15 @@ func testPodSandbox(t *testing.T, e *vmEnv) {
 	// The example spec has a cgroup namespace only where the host's
 	// cgroups are v2; the guest's are.
 	ps.Linux.Namespaces = withNamespace(ps.Linux.Namespaces, specs.CgroupNamespace)
-	spec := e.share(t, "psb", ps)
+	// As the host sends it: no root, no mounts, nothing shared.
+	gs, err := storage.PodSandboxSpec(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := json.Marshal(gs)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { e.unshare(t, "psb") })
 	r, err := e.ctrs.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: "psb", Spec: spec, PodSandbox: true})
 	if err != nil {

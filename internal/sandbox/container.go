@@ -66,7 +66,9 @@ type ContainerConfig struct {
 	Stdio IO
 	// PodSandbox says the container is a pod's sandbox container, which
 	// the agent makes as a light process that holds the pod's namespaces
-	// instead of running the spec's process.
+	// instead of running the spec's process. Its root (Rootfs,
+	// Spec.Root) and mounts are not used: nothing of them reaches the
+	// guest.
 	PodSandbox bool
 }
 
@@ -158,37 +160,11 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 		}
 	}()
 
-	erofs, err := storage.ErofsRootfsOf(cfg.Rootfs)
+	r, err := s.containerRoot(ctx, cfg, &undo)
 	if err != nil {
 		return nil, err
 	}
-	var block *storage.BlockRootfs
-	if erofs == nil {
-		if block, err = storage.BlockRootfsOf(cfg.Rootfs); err != nil {
-			return nil, err
-		}
-	}
-	guest, copied, emptyDirs, err := s.containerFiles(ctx, cfg, block != nil || erofs != nil, &undo)
-	if err != nil {
-		return nil, err
-	}
-	var (
-		disks    []string
-		storages []*agent.Storage
-	)
-	switch {
-	case block != nil:
-		d, st, err := s.addBlockRootfs(ctx, cfg.ID, block, &undo)
-		if err != nil {
-			return nil, err
-		}
-		disks, storages = []string{d}, []*agent.Storage{st}
-	case erofs != nil:
-		if disks, storages, err = s.addErofsRootfs(ctx, cfg.ID, erofs, &undo); err != nil {
-			return nil, err
-		}
-	}
-	spec, err := json.Marshal(guest)
+	spec, err := json.Marshal(r.spec)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the guest spec: %w", err)
 	}
@@ -200,11 +176,11 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 	creq := &agent.CreateContainerRequest{
 		ContainerId: cfg.ID,
 		Spec:        spec,
-		Storages:    storages,
+		Storages:    r.storages,
 		Stdio:       req,
-		Files:       copied,
+		Files:       r.copied,
 		PodSandbox:  cfg.PodSandbox,
-		EmptyDirs:   emptyDirs,
+		EmptyDirs:   r.emptyDirs,
 	}
 	if err := checkRequestSize(creq); err != nil {
 		return nil, fmt.Errorf("container %s: %w", cfg.ID, err)
@@ -218,12 +194,70 @@ func (s *Sandbox) createContainer(ctx context.Context, cfg ContainerConfig, stat
 	}
 	undo.push(func(ctx context.Context) error { return s.removeInGuest(ctx, cfg.ID, true) })
 
-	c := &Container{sb: s, id: cfg.ID, disks: disks, state: ContainerCreated, execs: map[string]*Process{}}
+	c := &Container{sb: s, id: cfg.ID, disks: r.disks, state: ContainerCreated, execs: map[string]*Process{}}
 	c.init = &Process{c: c, pid: resp.GetPid(), io: st, done: make(chan struct{}), state: ProcessCreated}
 	st.start(s.bg, cfg.Stdio)
 	s.release(cfg.ID, c)
 	log.G(ctx).WithField("container", cfg.ID).WithField("pid", c.init.pid).Debug("container created")
 	return c, nil
+}
+
+// containerRoot is what a container's create hands the guest besides its
+// stdio.
+type containerRoot struct {
+	// spec is the guest spec.
+	spec *specs.Spec
+	// copied are the bind sources copied into the request, in a
+	// sandbox without the shared file system.
+	copied []*agent.CopiedFile
+	// emptyDirs are the pod's emptyDir volumes the guest makes, in a
+	// sandbox without the shared file system.
+	emptyDirs []*agent.EmptyDir
+	// disks are the hot-added disks of the root, storages the agent's
+	// mounts of them.
+	disks    []string
+	storages []*agent.Storage
+}
+
+// containerRoot makes the container's root and bind sources reach the
+// guest (shared, hot-added or copied), each step pushing its undo. A pod
+// sandbox container gets none of them: the agent runs it on an empty
+// root of its own (storage.PodSandboxSpec). That is decided here, from
+// the configuration the host made of containerd's spec, never from
+// anything the guest says; containerd's rootfs mounts for it are left
+// as they are, for containerd to remove with the snapshot.
+func (s *Sandbox) containerRoot(ctx context.Context, cfg ContainerConfig, undo *cleanups) (containerRoot, error) {
+	if cfg.PodSandbox {
+		g, err := storage.PodSandboxSpec(cfg.Spec)
+		return containerRoot{spec: g}, err
+	}
+	erofs, err := storage.ErofsRootfsOf(cfg.Rootfs)
+	if err != nil {
+		return containerRoot{}, err
+	}
+	var block *storage.BlockRootfs
+	if erofs == nil {
+		if block, err = storage.BlockRootfsOf(cfg.Rootfs); err != nil {
+			return containerRoot{}, err
+		}
+	}
+	var r containerRoot
+	if r.spec, r.copied, r.emptyDirs, err = s.containerFiles(ctx, cfg, block != nil || erofs != nil, undo); err != nil {
+		return containerRoot{}, err
+	}
+	switch {
+	case block != nil:
+		d, st, err := s.addBlockRootfs(ctx, cfg.ID, block, undo)
+		if err != nil {
+			return containerRoot{}, err
+		}
+		r.disks, r.storages = []string{d}, []*agent.Storage{st}
+	case erofs != nil:
+		if r.disks, r.storages, err = s.addErofsRootfs(ctx, cfg.ID, erofs, undo); err != nil {
+			return containerRoot{}, err
+		}
+	}
+	return r, nil
 }
 
 // ErrNeedsSharedFS is the class of a container a sandbox without the
@@ -622,7 +656,7 @@ func validateContainer(cfg ContainerConfig) error {
 	if !filepath.IsAbs(cfg.Bundle) {
 		errs = append(errs, fmt.Errorf("bundle path %q is not absolute", cfg.Bundle))
 	}
-	if len(cfg.Rootfs) == 0 && (cfg.Spec.Root == nil || cfg.Spec.Root.Path == "") {
+	if !cfg.PodSandbox && len(cfg.Rootfs) == 0 && (cfg.Spec.Root == nil || cfg.Spec.Root.Path == "") {
 		errs = append(errs, errors.New("spec has no root.path and no rootfs mounts are given"))
 	}
 	if cfg.Spec.Linux == nil {

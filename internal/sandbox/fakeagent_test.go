@@ -56,6 +56,15 @@ type fakeAgent struct {
 	// never arrived).
 	entropyAdded     int
 	entropyAtSandbox int
+	// created records the CreateContainer requests.
+	created []*api.CreateContainerRequest
+}
+
+func (a *fakeAgent) CreateContainer(_ context.Context, r *api.CreateContainerRequest) (*api.CreateContainerResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.created = append(a.created, r)
+	return &api.CreateContainerResponse{Pid: uint32(len(a.created) + 1)}, nil
 }
 
 func (a *fakeAgent) CreateSandbox(context.Context, *api.CreateSandboxRequest) (*api.CreateSandboxResponse, error) {

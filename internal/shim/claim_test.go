@@ -104,31 +104,40 @@ func TestClaimWarmMisses(t *testing.T) {
 
 	// A factory that is off must not be asked: its claim would still be a
 	// miss (the silent shim), so the count is what tells.
-	var offClaims atomic.Int32
+	var offClaims, bigClaims atomic.Int32
 	cases := []struct {
-		name  string
-		setup func() func()
-		check func(t *testing.T)
+		name        string
+		setup       func() func()
+		check       func(t *testing.T)
+		annotations map[string]string
 	}{
 		{"factory off", func() func() { writeConfig(0); return serve(fakeFactory{socket: silent, claims: &offClaims}) }, func(t *testing.T) {
 			if n := offClaims.Load(); n != 0 {
 				t.Errorf("the factory was asked %d times with vm_cache = 0", n)
 			}
-		}},
-		{"factory absent", func() func() { writeConfig(1); return func() {} }, nil},
-		{"pool empty", func() func() { writeConfig(1); return serve(fakeFactory{err: errdefs.ErrNotFound}) }, nil},
+		}, nil},
+		{"factory absent", func() func() { writeConfig(1); return func() {} }, nil, nil},
+		{"pool empty", func() func() { writeConfig(1); return serve(fakeFactory{err: errdefs.ErrNotFound}) }, nil, nil},
 		{"warm shim gone", func() func() {
 			writeConfig(1)
 			return serve(fakeFactory{socket: filepath.Join(dir, "gone.sock")})
-		}, nil},
-		{"warm shim silent past the timeout", func() func() { writeConfig(1); return serve(fakeFactory{socket: silent}) }, nil},
+		}, nil, nil},
+		{"warm shim silent past the timeout", func() func() { writeConfig(1); return serve(fakeFactory{socket: silent}) }, nil, nil},
+		// A pod beyond what a warm VM grows to (here beyond the 512 GiB
+		// cap of max_memory_mib's default) must not be asked for: the
+		// claim would take a warm VM the pod cannot use.
+		{"pod too big for a warm vm", func() func() { writeConfig(1); return serve(fakeFactory{socket: silent, claims: &bigClaims}) }, func(t *testing.T) {
+			if n := bigClaims.Load(); n != 0 {
+				t.Errorf("the factory was asked %d times for a pod no warm vm serves", n)
+			}
+		}, map[string]string{annotationSandboxMemory: fmt.Sprint(int64(1) << 40)}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			stop := c.setup()
 			defer stop()
 			start := time.Now()
-			if pid, ok := claimWarm(ctx, "c1", dir, opts, nil, listener); ok {
+			if pid, ok := claimWarm(ctx, "c1", dir, opts, nil, c.annotations, listener); ok {
 				t.Fatalf("claim succeeded (pid %d), want a miss", pid)
 			}
 			if took := time.Since(start); took > 3*time.Second {
@@ -194,7 +203,7 @@ func TestClaimWarmHit(t *testing.T) {
 	}
 	defer func() { _ = listener.Close() }()
 	ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
-	pidfd, ok := claimWarm(ctx, "c1", dir, shim.StartOpts{Address: "/run/containerd/containerd.sock", Debug: true}, nil, listener)
+	pidfd, ok := claimWarm(ctx, "c1", dir, shim.StartOpts{Address: "/run/containerd/containerd.sock", Debug: true}, nil, nil, listener)
 	if !ok {
 		t.Fatal("claimWarm missed, want a hit")
 	}
@@ -207,4 +216,37 @@ func TestClaimWarmHit(t *testing.T) {
 		t.Fatalf("hand-over %+v", c)
 	}
 	_ = c.Listener.Close()
+}
+
+// TestWarmFit checks the decision a claim makes by the pod's size before
+// it takes a warm VM: a pod whose size the warm VM grows to by hotplug
+// claims, one beyond (past the memory a warm VM reaches in whole blocks,
+// or past the caps) does not, and neither does one whose annotations are
+// malformed.
+func TestWarmFit(t *testing.T) {
+	base := vmSize{vcpus: 1, memoryMiB: 512}
+	// 512 MiB plus one 128 MiB block is what the warm VM reaches below
+	// a cap of 700 MiB.
+	limit := vmSize{vcpus: 4, memoryMiB: 700}
+	mib := func(n int64) string { return fmt.Sprint(n << 20) }
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		fits bool
+	}{
+		{"no annotations", nil, true},
+		{"grows by one block", map[string]string{annotationSandboxMemory: mib(128)}, true},
+		{"grows to the cap in vcpus", map[string]string{annotationSandboxCPUQuota: "300000", annotationSandboxCPUPeriod: "100000"}, true},
+		{"below the cap, beyond the blocks", map[string]string{annotationSandboxMemory: mib(129)}, false},
+		{"beyond the memory cap", map[string]string{annotationSandboxMemory: mib(1024)}, false},
+		{"beyond the vcpu cap", map[string]string{annotationSandboxCPUQuota: "400000", annotationSandboxCPUPeriod: "100000"}, false},
+		{"malformed", map[string]string{annotationSandboxMemory: "lots"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := warmFit(base, limit, tc.ann)
+			if (err == nil) != tc.fits {
+				t.Fatalf("warmFit: %v, want fits %v", err, tc.fits)
+			}
+		})
+	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/factory"
+	"github.com/hull-runtime/hull/internal/launch"
 	"github.com/hull-runtime/hull/internal/ocispec"
 	"github.com/hull-runtime/hull/internal/sandbox"
 )
@@ -116,7 +117,7 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	// claim nothing: the create request, which brings them again, fails on
 	// them or boots.
 	if runtimeOpts, err := stdinStartOptions(id, startNamespace(ctx)); err == nil {
-		if pidfd, ok := claimWarm(ctx, id, bundle, opts, runtimeOpts, f); ok {
+		if pidfd, ok := claimWarm(ctx, id, bundle, opts, runtimeOpts, annotations, f); ok {
 			served, err := settleClaimed(pidfd, shim.AdjustOOMScore)
 			if err != nil {
 				return "", err
@@ -187,18 +188,25 @@ func startNamespace(ctx context.Context) string {
 // booted. The pod's configuration is found as the server finds it
 // (configPath): the file runtimeOpts name, else $HULL_CONFIG, else the
 // search path; a pod whose configuration has no factory claims nothing,
-// whatever factory runs. It returns a pidfd of the shim, or false for a miss
-// (factory off, absent, empty, failing or slower than
-// factory.claim_timeout), on which the caller starts a cold server; a miss
-// leaves no warm shim serving. Nothing is logged: `start` may write
-// nothing but the address.
-func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, runtimeOpts *anypb.Any, listener *os.File) (int, bool) {
+// whatever factory runs, and neither does a pod whose size (its trusted
+// sizing annotations) a warm VM cannot grow to (warmFit): the factory is
+// not asked, so no warm VM is spent and none is refilled for it. It
+// returns a pidfd of the shim, or false for a miss (factory off, absent,
+// empty, failing or slower than factory.claim_timeout, pod too big), on
+// which the caller starts a cold server; a miss leaves no warm shim
+// serving. Nothing is logged: `start` may write nothing but the address.
+func claimWarm(ctx context.Context, id, bundle string, opts shim.StartOpts, runtimeOpts *anypb.Any, annotations map[string]string, listener *os.File) (int, bool) {
 	path, err := configPath(runtimeOpts)
 	if err != nil {
 		return 0, false
 	}
 	cfg, err := config.Load(path)
 	if err != nil || cfg.Factory.VMCache == 0 {
+		return 0, false
+	}
+	maxVCPUs, maxMemoryMiB := launch.Limits(cfg)
+	base := vmSize{cfg.Hypervisor.VCPUs, cfg.Hypervisor.MemoryMiB}
+	if warmFit(base, vmSize{maxVCPUs, maxMemoryMiB}, annotations) != nil {
 		return 0, false
 	}
 	if _, err := os.Stat(cfg.Factory.Socket); err != nil { //nolint:gosec // G703: the configuration's path

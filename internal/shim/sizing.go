@@ -147,3 +147,24 @@ func growthTarget(base, cur, limit vmSize, grown map[string]vmSize) (vmSize, err
 	}
 	return vmSize{max(want.vcpus, cur.vcpus), max(want.memoryMiB, cur.memoryMiB)}, nil
 }
+
+// warmFit says whether a warm VM of the factory can serve a pod, before
+// one is claimed: a warm VM boots at base (the configuration's default
+// size) and the adoption grows it by hotplug to the pod's size (podSize
+// of its sizing annotations), which reaches at most limit's vCPUs and
+// limit's memory in whole memory blocks above base (alignLimit). It is nil
+// when the pod's size is within that, else says why not; the pod then
+// claims nothing and starts cold, the warm VM left for another pod (a size
+// beyond limit fails the create cold too, without a warm VM spent on it).
+func warmFit(base, limit vmSize, annotations map[string]string) error {
+	size, _, err := podSize(base, limit, annotations)
+	if err != nil {
+		return err
+	}
+	reach := alignLimit(base, limit)
+	if size.memoryMiB > max(reach.memoryMiB, base.memoryMiB) {
+		return fmt.Errorf("the pod's %d MiB is beyond the %d MiB a warm vm of %d MiB grows to in %d MiB blocks: %w",
+			size.memoryMiB, reach.memoryMiB, base.memoryMiB, memoryBlockMiB, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}

@@ -183,7 +183,7 @@ func TestClaimWarmByRuntimeOptions(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(ConfigEnv, tc.env)
 			before := claims.Load()
-			if pid, ok := claimWarm(ctx, "c1", dir, opts, tc.options, listener); ok {
+			if pid, ok := claimWarm(ctx, "c1", dir, opts, tc.options, nil, listener); ok {
 				t.Fatalf("claim succeeded (pid %d) from an empty pool", pid)
 			}
 			if got := claims.Load() - before; got != tc.wantClaims {

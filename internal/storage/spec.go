@@ -128,6 +128,40 @@ func checkHooks(h *specs.Hooks) error {
 	return nil
 }
 
+// PodSandboxSpec returns the spec for a pod's sandbox container in the
+// guest: a deep copy of spec without its root, its mounts and its hooks.
+// The agent makes that container's process on an empty root of its own
+// and runs nothing of its image, so nothing of the image or the bundle
+// reaches the guest for it: no root is shared, hot-added or copied. Hooks
+// that would run on the host are refused as for any container.
+func PodSandboxSpec(spec *specs.Spec) (*specs.Spec, error) {
+	if spec == nil {
+		return nil, fmt.Errorf("no spec: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := checkHooks(spec.Hooks); err != nil {
+		return nil, err
+	}
+	g, err := copySpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	g.Root, g.Mounts, g.Hooks = nil, nil, nil
+	return g, nil
+}
+
+// copySpec is a deep copy of spec.
+func copySpec(spec *specs.Spec) (*specs.Spec, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, fmt.Errorf("copying spec: %w", err)
+	}
+	var g specs.Spec
+	if err := json.Unmarshal(b, &g); err != nil {
+		return nil, fmt.Errorf("copying spec: %w", err)
+	}
+	return &g, nil
+}
+
 // guestSpec returns the spec for the guest (a deep copy of spec with the
 // root and the bind sources moved under GuestSharedDir) and the bind
 // volumes to make on the host. It touches nothing on the host.
@@ -138,13 +172,9 @@ func guestSpec(id string, spec *specs.Spec, guestMounts []int) (*specs.Spec, []v
 	if err := checkHooks(spec.Hooks); err != nil {
 		return nil, nil, err
 	}
-	b, err := json.Marshal(spec)
+	g, err := copySpec(spec)
 	if err != nil {
-		return nil, nil, fmt.Errorf("copying spec: %w", err)
-	}
-	var g specs.Spec
-	if err := json.Unmarshal(b, &g); err != nil {
-		return nil, nil, fmt.Errorf("copying spec: %w", err)
+		return nil, nil, err
 	}
 	if g.Root == nil {
 		g.Root = &specs.Root{}
@@ -179,5 +209,5 @@ func guestSpec(id string, spec *specs.Spec, guestMounts []int) (*specs.Spec, []v
 		vols = append(vols, v)
 		g.Mounts[i].Source = path.Join(GuestSharedDir, id, volumesName, v.name)
 	}
-	return &g, vols, nil
+	return g, vols, nil
 }
