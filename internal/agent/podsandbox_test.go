@@ -441,8 +441,10 @@ func TestPodSandboxGetsNoRoot(t *testing.T) {
 		{"root", "gets none", &api.CreateContainerRequest{ContainerId: "p1", Spec: specJSON(t, withRoot), PodSandbox: true}},
 		{"storage", "no storages", &api.CreateContainerRequest{ContainerId: "p1", Spec: spec, PodSandbox: true,
 			Storages: []*api.Storage{{Source: "/dev/vdb", Fstype: "ext4", MountPoint: "/run/hull/block/p1"}}}},
-		{"files", "no storages or files", &api.CreateContainerRequest{ContainerId: "p1", Spec: spec, PodSandbox: true,
+		{"files", "no storages, files or emptyDir", &api.CreateContainerRequest{ContainerId: "p1", Spec: spec, PodSandbox: true,
 			Files: []*api.CopiedFile{{Path: "f", Data: []byte("x")}}}},
+		{"emptyDir", "no storages, files or emptyDir", &api.CreateContainerRequest{ContainerId: "p1", Spec: spec, PodSandbox: true,
+			EmptyDirs: []*api.EmptyDir{{Name: "scratch", Mode: 0o777}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := s.CreateContainer(context.Background(), tc.req)
