@@ -63,7 +63,11 @@ func runOnRoot(t *testing.T, sb *sandbox.Sandbox, stateDir, id string, rootfs []
 		return result{}, err
 	}
 	defer deleteContainer(t, ctr)
-	for _, m := range e2e.MountsUnder(stateDir) {
+	ms, err := e2e.MountsUnder(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
 		if strings.Contains(m, "/"+id+"/") {
 			t.Errorf("root mounted on the host at %s", m)
 		}

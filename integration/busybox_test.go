@@ -135,7 +135,11 @@ func containerConfig(t *testing.T) *config.Config {
 // under root, and unmounts it.
 func assertNoMounts(t testing.TB, root string) {
 	t.Helper()
-	for _, m := range e2e.MountsUnder(root) {
+	ms, err := e2e.MountsUnder(root)
+	if err != nil {
+		t.Error(err)
+	}
+	for _, m := range ms {
 		t.Errorf("mount %s left behind", m)
 		_ = exec.Command("umount", "-l", m).Run()
 	}

@@ -391,8 +391,8 @@ func TestContainer(t *testing.T) {
 				if !strings.Contains(err.Error(), tc.want) {
 					t.Errorf("error does not mention %q: %v", tc.want, err)
 				}
-				if m := e2e.MountsUnder(filepath.Join(c.Runtime.StateDir, "ctr", "mounts", id)); len(m) > 0 {
-					t.Errorf("mounts left: %v", m)
+				if m, err := e2e.MountsUnder(filepath.Join(c.Runtime.StateDir, "ctr", "mounts", id)); err != nil || len(m) > 0 {
+					t.Errorf("mounts left: %v (%v)", m, err)
 				}
 				if _, err := os.Stat(filepath.Join(c.Runtime.StateDir, "ctr", "mounts", id)); err == nil {
 					t.Error("container directory left in the shared storage")

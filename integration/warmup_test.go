@@ -70,7 +70,11 @@ func stateTree(t *testing.T, dir string) (entries, mounts []string) {
 			t.Fatalf("walking %s: %v", root, err)
 		}
 	}
-	for _, m := range e2e.MountsUnder(dir) {
+	ms, err := e2e.MountsUnder(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
 		if rel, err := filepath.Rel(dir, m); err == nil {
 			mounts = append(mounts, rel)
 		}

@@ -258,7 +258,11 @@ func (d *daemon) allLeftovers(ids ...string) []string {
 			left = append(left, p.String())
 		}
 	}
-	for _, m := range e2e.MountsUnder(d.dir) {
+	ms, err := e2e.MountsUnder(d.dir)
+	if err != nil {
+		left = append(left, err.Error())
+	}
+	for _, m := range ms {
 		if !strings.HasPrefix(m, filepath.Join(d.dir, "root")) {
 			left = append(left, "mount "+m)
 		}

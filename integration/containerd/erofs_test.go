@@ -95,7 +95,11 @@ func TestErofsSnapshotter(t *testing.T) {
 		// Neither containerd (its mount manager's targets, the bundle)
 		// nor its snapshotter mounts anything for the container.
 		for _, dir := range []string{filepath.Join(d.dir, "state"), filepath.Join(d.dir, "root")} {
-			if m := e2e.MountsUnder(dir); len(m) > 0 {
+			m, err := e2e.MountsUnder(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m) > 0 {
 				t.Errorf("mounts on the host while the container runs: %v", m)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -337,7 +338,9 @@ func (d *daemon) stop(t testing.TB) {
 	if err := d.net.teardown(); err != nil {
 		t.Errorf("tearing the network down: %v", err)
 	}
-	removeCgroups(d.cgroupParent)
+	if err := removeCgroups(d.cgroupParent); err != nil {
+		t.Errorf("removing the pods' cgroups: %v", err)
+	}
 	if t.Failed() {
 		t.Logf("containerd %s log (%s):\n%s", d.version, d.logPath, d.logTail(300))
 	}
@@ -475,23 +478,42 @@ func (d *daemon) processes() []process {
 }
 
 // cgroupHierarchies lists the mounted cgroup hierarchies (v1 controllers
-// and the unified one).
-func cgroupHierarchies() []string {
+// and the unified one; /sys/fs/cgroup itself when it is the unified one).
+func cgroupHierarchies() ([]string, error) {
+	const root = "/sys/fs/cgroup"
+	ms, err := e2e.MountsUnder(root)
+	if err != nil {
+		return nil, err
+	}
 	var hs []string
-	for _, m := range e2e.MountsUnder("/sys/fs/cgroup") {
-		if !strings.Contains(strings.TrimPrefix(m, "/sys/fs/cgroup/"), "/") {
+	for _, m := range ms {
+		if m == root {
+			var st syscall.Statfs_t
+			if err := syscall.Statfs(root, &st); err != nil {
+				return nil, fmt.Errorf("statfs %s: %w", root, err)
+			}
+			if st.Type == unix.CGROUP2_SUPER_MAGIC {
+				hs = append(hs, m)
+			}
+			continue
+		}
+		if !strings.Contains(strings.TrimPrefix(m, root+"/"), "/") {
 			hs = append(hs, m)
 		}
 	}
-	return hs
+	return hs, nil
 }
 
 // containerCgroups lists the cgroups of containers (and of anything
 // else) below the pods' cgroups, parent/pod<uid>, in every hierarchy. The
 // pods' own cgroups are the kubelet's to remove; the daemon's stop does.
-func containerCgroups(parent string) []string {
+func containerCgroups(parent string) ([]string, error) {
+	hs, err := cgroupHierarchies()
+	if err != nil {
+		return nil, err
+	}
 	var cgs []string
-	for _, h := range cgroupHierarchies() {
+	for _, h := range hs {
 		root := filepath.Join(h, parent)
 		_ = filepath.WalkDir(root, func(path string, de os.DirEntry, err error) error {
 			if rel, _ := filepath.Rel(root, path); err == nil && de.IsDir() && strings.Count(rel, "/") >= 1 {
@@ -500,12 +522,16 @@ func containerCgroups(parent string) []string {
 			return nil
 		})
 	}
-	return cgs
+	return cgs, nil
 }
 
 // removeCgroups removes parent and the (empty) cgroups below it.
-func removeCgroups(parent string) {
-	for _, h := range cgroupHierarchies() {
+func removeCgroups(parent string) error {
+	hs, err := cgroupHierarchies()
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
 		root := filepath.Join(h, parent)
 		var dirs []string
 		_ = filepath.WalkDir(root, func(path string, de os.DirEntry, err error) error {
@@ -518,6 +544,7 @@ func removeCgroups(parent string) {
 			_ = syscall.Rmdir(dirs[i]) // best effort: a busy cgroup is reported by leftovers
 		}
 	}
+	return nil
 }
 
 // isNotFound says whether a CRI call failed because its object does not

@@ -87,7 +87,10 @@ func forgetStuckPod(t *testing.T, d *daemon, podID, netns string) {
 			t.Logf("deleting network namespace %s: %v: %s", netns, err, out)
 		}
 	}
-	ms := e2e.MountsUnder(d.dir)
+	ms, err := e2e.MountsUnder(d.dir)
+	if err != nil {
+		t.Error(err)
+	}
 	for i := len(ms) - 1; i >= 0; i-- {
 		if err := syscall.Unmount(ms[i], syscall.MNT_DETACH); err != nil {
 			t.Logf("unmounting %s: %v", ms[i], err)

@@ -435,8 +435,14 @@ func (s *session) allLeftovers() []string {
 	for _, p := range s.d.processes() {
 		left = append(left, p.String())
 	}
-	for _, m := range append(e2e.MountsUnder(s.d.dir), e2e.MountsUnder(s.d.stateRoot)...) {
-		left = append(left, "mount "+m)
+	for _, dir := range []string{s.d.dir, s.d.stateRoot} {
+		ms, err := e2e.MountsUnder(dir)
+		if err != nil {
+			left = append(left, err.Error())
+		}
+		for _, m := range ms {
+			left = append(left, "mount "+m)
+		}
 	}
 	if des, err := os.ReadDir(s.d.stateRoot); err == nil {
 		for _, de := range des {
@@ -456,7 +462,11 @@ func (s *session) allLeftovers() []string {
 		}
 	}
 	left = append(left, s.d.net.leftovers()...)
-	for _, cg := range containerCgroups(s.d.cgroupParent) {
+	cgs, err := containerCgroups(s.d.cgroupParent)
+	if err != nil {
+		left = append(left, err.Error())
+	}
+	for _, cg := range cgs {
 		left = append(left, "cgroup "+cg)
 	}
 	return left

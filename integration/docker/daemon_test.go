@@ -170,7 +170,11 @@ func leftoversOf(stateRoot, dir, runtimeRoot string) []string {
 			left = append(left, p.String())
 		}
 	}
-	for _, m := range e2e.MountsUnder(stateRoot) {
+	ms, err := e2e.MountsUnder(stateRoot)
+	if err != nil {
+		left = append(left, err.Error())
+	}
+	for _, m := range ms {
 		left = append(left, "mount "+m)
 	}
 	if des, err := os.ReadDir(stateRoot); err == nil {

@@ -319,8 +319,10 @@ type fileSum struct {
 }
 
 // writeFileAtomic writes dst through fill with atomicfile: into a temporary
-// file in the same directory, synced, then renamed over dst; on error
-// nothing is left. It returns the sha256 and size of what fill wrote.
+// file in the same directory, synced, renamed over dst, and the directory
+// synced. An error before the rename leaves dst as it was and no temporary
+// file; a failed directory sync comes after it, dst then holding the new
+// content. It returns the sha256 and size of what fill wrote.
 func writeFileAtomic(dst string, perm os.FileMode, fill func(io.Writer) error) (fileSum, error) {
 	h := sha256.New()
 	var cw *countWriter

@@ -47,3 +47,22 @@ func TestStatFieldsSelf(t *testing.T) {
 		t.Errorf("state %s, parent %s; want R and %d", f[0], f[1], os.Getppid())
 	}
 }
+
+// FuzzStatFields: any command name, which a process (a hostile one too)
+// chooses itself, leaves the fields after it intact, and no input panics.
+func FuzzStatFields(f *testing.F) {
+	f.Add("sleep")
+	f.Add("a) Z 1 1 (b")
+	f.Add(")")
+	f.Add(") R 99 ")
+	f.Add("x\n) Z")
+	f.Fuzz(func(t *testing.T, comm string) {
+		_, _ = StatFields([]byte(comm))
+		stat := "42 (" + comm + ") S 1 7 0 0 -1 4194560 100 0 0 0 11 12\n"
+		got, err := StatFields([]byte(stat))
+		want := []string{"S", "1", "7", "0", "0", "-1", "4194560", "100", "0", "0", "0", "11", "12"}
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("StatFields(%q) = %q, %v; want %q", stat, got, err, want)
+		}
+	})
+}
