@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/storage"
 )
 
 // TestEmptyDirs: a volume is a tmpfs made for the first create that names
@@ -162,5 +163,20 @@ func TestEmptyDirsDestroyDuringCreate(t *testing.T) {
 	done(false)
 	if !mounted(t, p) || e.dirs["scratch"] == nil {
 		t.Error("the end of a create from before the destroy unmounted the new volume")
+	}
+}
+
+// TestEmptyDirHostAgrees: the agent's directory and name rule are the
+// host's (storage), which the agent does not import.
+func TestEmptyDirHostAgrees(t *testing.T) {
+	if emptyDirRoot != storage.GuestEmptyDirRoot {
+		t.Errorf("agent %s, host %s", emptyDirRoot, storage.GuestEmptyDirRoot)
+	}
+	for _, n := range []string{"a", "scratch", "cache-1", "0", "-a", "a-", "A", "a_b", "a.b", "..", "a/b", "",
+		"a23456789012345678901234567890123456789012345678901234567890123",
+		"a234567890123456789012345678901234567890123456789012345678901234"} {
+		if a, h := emptyDirName.MatchString(n), storage.ValidEmptyDirName(n); a != h {
+			t.Errorf("%q: agent %v, host %v", n, a, h)
+		}
 	}
 }
