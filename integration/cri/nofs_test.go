@@ -116,15 +116,24 @@ func startNoFSDaemon(t *testing.T, hullConfig string) *daemon {
 // emptyDir volume (its kubelet directory, made here as the kubelet makes
 // it: /var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>)
 // with shared_fs = "none": the volume is one tmpfs in the guest that both
-// see, a file written by either is read by the other, a container made
-// after both were removed still finds the files, the host directory
-// receives nothing, and nothing is left after the pod's removal.
+// see, with the kubelet directory's mode and group (an fsGroup, which a
+// new file inherits), a file written by either is read by the other, a
+// container made after both were removed still finds the files, the host
+// directory receives nothing, and nothing is left after the pod's removal.
 func TestCRINoSharedFSEmptyDir(t *testing.T) {
 	hull.need(t)
 	d := startNoFSDaemon(t, "")
 	s := d.begin(t, hull)
 	p := s.runPod("nofsed")
 	vol := kubeletEmptyDir(t, p.config.GetMetadata().GetUid(), "scratch")
+	// The pod's fsGroup, as the kubelet applies it: group-owned,
+	// set-group-ID.
+	if err := os.Chown(vol, 0, 2000); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(vol, 0o777|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
 	writer := containerConfig("writer", untilTerm("true")...)
 	writer.Mounts = []*runtime.Mount{{ContainerPath: "/data", HostPath: vol}}
 	reader := containerConfig("reader", untilTerm("true")...)
@@ -138,7 +147,8 @@ func TestCRINoSharedFSEmptyDir(t *testing.T) {
 			t.Fatalf("%s: exit %d, stdout %q, stderr %q; want %q", script, r.GetExitCode(), out, r.GetStderr(), want)
 		}
 	}
-	sh(wid, "echo from-writer > /data/msg && awk '$2 == \"/data\" {print $3}' /proc/mounts", "tmpfs\n")
+	sh(wid, "echo from-writer > /data/msg && awk '$2 == \"/data\" {print $3}' /proc/mounts && stat -c '%a %g' /data && stat -c %g /data/msg",
+		"tmpfs\n2777 2000\n2000\n")
 	sh(rid, "cat /shared/msg && echo from-reader > /shared/back", "from-writer\n")
 	sh(wid, "cat /data/back", "from-reader\n")
 	if ents, err := os.ReadDir(vol); err != nil || len(ents) != 0 {

@@ -43,7 +43,7 @@ type emptyDirs struct {
 }
 
 type emptyDir struct {
-	mountPoint string
+	name, mountPoint string
 	// pending counts the creates in progress that bind the volume; kept
 	// says one succeeded. Guarded by emptyDirs.mu.
 	pending int
@@ -106,13 +106,15 @@ func (e *emptyDirs) acquire(ctx context.Context, reqs []*api.EmptyDir) (func(ok 
 }
 
 // releaseLocked ends a create's hold on the volumes held: with ok they are
-// kept, without it those no create kept or holds are unmounted. e.mu must
-// be held.
+// kept, without it those no create kept or holds are unmounted. A volume
+// unmountAll already dropped (a sandbox destroyed while the create ran) is
+// left alone: its mount point may now hold another volume of its name.
+// e.mu must be held.
 func (e *emptyDirs) releaseLocked(ctx context.Context, held []*emptyDir, ok bool) {
 	for _, d := range held {
 		d.pending--
 		d.kept = d.kept || ok
-		if d.pending == 0 && !d.kept {
+		if d.pending == 0 && !d.kept && e.dirs[d.name] == d {
 			e.unmountLocked(ctx, d)
 		}
 	}
@@ -136,7 +138,7 @@ func (e *emptyDirs) mount(r *api.EmptyDir) (*emptyDir, error) {
 		_ = os.Remove(p)
 		return nil, fmt.Errorf("emptyDir volume %s: mounting a tmpfs (%s): %w", r.GetName(), data, err)
 	}
-	return &emptyDir{mountPoint: p}, nil
+	return &emptyDir{name: r.GetName(), mountPoint: p}, nil
 }
 
 // unmountLocked unmounts d and forgets it. e.mu must be held.
@@ -144,7 +146,7 @@ func (e *emptyDirs) unmountLocked(ctx context.Context, d *emptyDir) {
 	if err := unmountStorage(ctx, d.mountPoint); err != nil {
 		log.G(ctx).WithError(err).WithField("target", d.mountPoint).Warn("unmounting an emptyDir volume")
 	}
-	delete(e.dirs, filepath.Base(d.mountPoint))
+	delete(e.dirs, d.name)
 }
 
 // unmountAll unmounts every volume, when the sandbox is destroyed.

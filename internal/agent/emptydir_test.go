@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/storage"
 )
 
 // TestEmptyDirs: a volume is a tmpfs made for the first create that names
@@ -97,5 +99,84 @@ func TestEmptyDirs(t *testing.T) {
 	}
 	if _, err := os.Stat(p); !os.IsNotExist(err) {
 		t.Errorf("%s after unmountAll: %v, want it gone", p, err)
+	}
+}
+
+// TestEmptyDirsBound: a sandbox holds at most maxEmptyDirs volumes; a
+// create that asks for more is refused and leaves none of the volumes it
+// mounted.
+func TestEmptyDirsBound(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root: it mounts tmpfs")
+	}
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "emptydir")
+	e := newEmptyDirs(root)
+	t.Cleanup(func() { _ = e.unmountAll(ctx) })
+	reqs := make([]*api.EmptyDir, maxEmptyDirs+1)
+	for i := range reqs {
+		reqs[i] = &api.EmptyDir{Name: fmt.Sprintf("v%d", i), Mode: 0o777}
+	}
+	if _, err := e.acquire(ctx, reqs); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("%d volumes: %v, want invalid argument", len(reqs), err)
+	}
+	if len(e.dirs) != 0 || mounted(t, filepath.Join(root, "v0")) {
+		t.Fatalf("a refused create left %d volumes", len(e.dirs))
+	}
+	done, err := e.acquire(ctx, reqs[:maxEmptyDirs])
+	if err != nil {
+		t.Fatalf("%d volumes: %v", maxEmptyDirs, err)
+	}
+	done(true)
+	if _, err := e.acquire(ctx, reqs[maxEmptyDirs:]); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("one more: %v, want invalid argument", err)
+	}
+}
+
+// TestEmptyDirsDestroyDuringCreate: a sandbox destroyed while a create
+// holds a volume unmounts it; the create's end then touches nothing, not
+// even a later volume of the same name.
+func TestEmptyDirsDestroyDuringCreate(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root: it mounts tmpfs")
+	}
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "emptydir")
+	e := newEmptyDirs(root)
+	t.Cleanup(func() { _ = e.unmountAll(ctx) })
+	p := filepath.Join(root, "scratch")
+	done, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o777}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.unmountAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mounted(t, p) {
+		t.Fatal("mounted after unmountAll")
+	}
+	done2, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o777}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done2(true)
+	done(false)
+	if !mounted(t, p) || e.dirs["scratch"] == nil {
+		t.Error("the end of a create from before the destroy unmounted the new volume")
+	}
+}
+
+// TestEmptyDirHostAgrees: the agent's directory and name rule are the
+// host's (storage), which the agent does not import.
+func TestEmptyDirHostAgrees(t *testing.T) {
+	if emptyDirRoot != storage.GuestEmptyDirRoot {
+		t.Errorf("agent %s, host %s", emptyDirRoot, storage.GuestEmptyDirRoot)
+	}
+	for _, n := range []string{"a", "scratch", "cache-1", "0", "-a", "a-", "A", "a_b", "a.b", "..", "a/b", "",
+		"a23456789012345678901234567890123456789012345678901234567890123",
+		"a234567890123456789012345678901234567890123456789012345678901234"} {
+		if a, h := emptyDirName.MatchString(n), storage.ValidEmptyDirName(n); a != h {
+			t.Errorf("%q: agent %v, host %v", n, a, h)
+		}
 	}
 }

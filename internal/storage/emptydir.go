@@ -169,7 +169,8 @@ func statEmptyDir(podsDir, podUID, name string) (EmptyDir, error) {
 	// Medium Memory: the kubelet mounts a tmpfs on the directory, sized
 	// by the volume's sizeLimit (or the pod's memory). A directory that
 	// merely sits on a tmpfs (a kubelet root on one) says nothing of a
-	// size.
+	// size. Any other file system mounted there (hugetlbfs, medium
+	// HugePages) is a medium a guest tmpfs would not give: refused.
 	if st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || st.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
 		return d, nil
 	}
@@ -177,8 +178,10 @@ func statEmptyDir(podsDir, podUID, name string) (EmptyDir, error) {
 	if err := unix.Fstatfs(fd, &fs); err != nil {
 		return EmptyDir{}, fmt.Errorf("%s/%s: %w", podsDir, rel, err)
 	}
-	if fs.Type == unix.TMPFS_MAGIC {
-		d.Size = fs.Blocks * uint64(fs.Bsize) //nolint:gosec // a block size is positive
+	if fs.Type != unix.TMPFS_MAGIC {
+		return EmptyDir{}, fmt.Errorf("%s/%s: a mount of file system type %#x, not a tmpfs (medium HugePages?): only the default and Memory media are made in the guest with shared_fs = \"none\": %w",
+			podsDir, rel, fs.Type, errdefs.ErrNotImplemented)
 	}
+	d.Size = fs.Blocks * uint64(fs.Bsize) //nolint:gosec // a block size is positive
 	return d, nil
 }

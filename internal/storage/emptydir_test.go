@@ -218,6 +218,29 @@ func TestLocalEmptyDirsMemory(t *testing.T) {
 	}
 }
 
+// TestLocalEmptyDirsOtherMedium: a volume whose directory is the root of
+// a mount of another file system than tmpfs (hugetlbfs for medium
+// HugePages; ramfs stands in for it here) is refused as not implemented,
+// not silently made a plain tmpfs.
+func TestLocalEmptyDirsOtherMedium(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root: it mounts a ramfs")
+	}
+	const uid = "pod-1"
+	pods := kubeletPod(t, uid, "huge")
+	huge := filepath.Join(pods, uid, "volumes", emptyDirPlugin, "huge")
+	if err := unix.Mount("ramfs", huge, "ramfs", 0, "mode=0777"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(huge, unix.MNT_DETACH) })
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/huge", Type: "bind", Source: huge, Options: []string{"rbind"}},
+	}}
+	if _, _, dirs, err := LocalEmptyDirs(pods, spec, uid, nil); !errdefs.IsNotImplemented(err) {
+		t.Errorf("got %+v, %v; want a not-implemented error", dirs, err)
+	}
+}
+
 func mkdirs(t *testing.T, p string) {
 	t.Helper()
 	if err := os.MkdirAll(p, 0o755); err != nil {
