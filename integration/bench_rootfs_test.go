@@ -292,7 +292,8 @@ func addQEMUSmaps(s *pssSplit, pid int, assetsDir string) {
 		}
 		kib, _ := strconv.ParseUint(fields[1], 10, 64)
 		switch {
-		case strings.HasPrefix(path, "/memfd:memory-backend") || strings.HasPrefix(path, "/memfd:mem"):
+		case strings.HasPrefix(path, "/memfd:memory-backend") || strings.HasPrefix(path, "/memfd:mem") ||
+			strings.HasPrefix(path, "/memfd:hull-ram"): // a private clone's copy of its template's RAM
 			s.guestRAM += kib
 		case path == "" && perms == "rwxp":
 			s.tcg += kib

@@ -249,6 +249,12 @@ func qemuPSSSplit(sb *sandbox.Sandbox) (string, error) {
 	return fmt.Sprintf("PSS guest RAM %.1f MiB, anonymous (heap, TCG's translated code) %.1f MiB, files %.1f MiB", mib(ram), mib(anon), mib(file)), nil
 }
 
+// processName is the command name of process pid (/proc/PID/comm).
+func processName(pid int) string {
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(comm))
+}
+
 func formatMiB(xs []float64) string {
 	parts := make([]string, len(xs))
 	for i, x := range xs {
@@ -274,23 +280,42 @@ func idleMemory(b *testing.B, kind podKind, bundle string, spec *specs.Spec) pod
 	} else {
 		b.Logf("%s: QEMU of pod %s: %v", kind.name, pods.sbs[0].ID(), err)
 	}
-	want := 2 // QEMU and virtiofsd
+	// QEMU, and with virtio-fs virtiofsd: one process, or two with -o
+	// sandbox=namespace (a parent that waits for the child that serves).
+	maxFS := 2
 	if kind.c.Runtime.SharedFS == config.SharedFSNone {
-		want = 1
+		maxFS = 0
 	}
+	var fsPer []float64
 	for _, sb := range pods.sbs {
 		pids := processesMentioning(sb.StateDir() + string(os.PathSeparator))
-		if len(pids) != want {
-			pods.stop()
-			b.Fatalf("%s: %d host processes name its state directory, want %d", sb.ID(), len(pids), want)
-		}
-		var kib uint64
+		var kib, fsKiB uint64
+		qemu, fs := 0, 0
 		for _, pid := range pids {
 			_, pss := e2e.SmapsRollup(pid)
 			kib += pss
+			switch {
+			case pid == sb.VM().Describe().PID:
+				qemu++
+			case processName(pid) == "virtiofsd":
+				fs++
+				fsKiB += pss
+			}
+		}
+		if qemu != 1 || fs > maxFS || (maxFS > 0) != (fs > 0) || qemu+fs != len(pids) {
+			pods.stop()
+			b.Fatalf("%s: host processes naming its state directory: %d, of which QEMU %d and virtiofsd %d; want QEMU and at most %d virtiofsd (none without virtio-fs)",
+				sb.ID(), len(pids), qemu, fs, maxFS)
 		}
 		per = append(per, float64(kib)/1024)
+		fsPer = append(fsPer, float64(fsKiB)/1024)
 	}
+	if maxFS > 0 {
+		b.Logf("%s: virtiofsd PSS per pod, median %.1f MiB", kind.name, medianF(fsPer))
+	}
+	// The same processes (the config's state root holds only these pods
+	// now), split as BenchmarkIdleMemory splits them.
+	b.Logf("%s: per pod, mean: %s", kind.name, sandboxPSS(kind.c).per(templatePods))
 	var m podMem
 	for _, sb := range pods.sbs {
 		u, err := sb.HostUsage()

@@ -90,7 +90,9 @@ func TestHullKernel(t *testing.T) {
 			// A container: its root and a read-write volume through
 			// virtio-fs, cgroup v2 with its controllers, namespaces (runc's
 			// example spec has them) and seccomp; the file systems the
-			// runtime and the images use are there.
+			// runtime and the images use are there; free page reporting
+			// reports single pages (the driver's order, which the balloon
+			// driver overwrote at boot and the agent set again).
 			vol := t.TempDir()
 			bundle, spec := busyboxBundle(t, "sh", "-c", strings.Join([]string{
 				"echo from-guest > /vol/out",
@@ -98,6 +100,7 @@ func TestHullKernel(t *testing.T) {
 				"cat /proc/filesystems",
 				`echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"`,
 				"grep -E '^Seccomp:' /proc/self/status",
+				`echo "reporting order: $(cat /sys/module/page_reporting/parameters/page_reporting_order)"`,
 				"hostname",
 			}, " && "))
 			spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/vol", Type: "bind", Source: vol, Options: []string{"rbind", "rw"}})
@@ -112,7 +115,7 @@ func TestHullKernel(t *testing.T) {
 			}
 			for _, s := range []string{
 				"\toverlay\n", "\tvirtiofs\n", "\text4\n", "\terofs\n", "\tcgroup2\n", "\tmqueue\n", "\tdevpts\n",
-				"Seccomp:\t2", "hull-test",
+				"Seccomp:\t2", "hull-test", "reporting order: 0\n",
 			} {
 				if !strings.Contains(r.stdout, s) {
 					t.Errorf("container output %q lacks %q (stderr %q)", r.stdout, s, r.stderr)

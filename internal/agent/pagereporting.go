@@ -50,8 +50,10 @@ func reportingOrder(cmdline string) (int, error) {
 // driver registers for page reporting, so without this a guest keeps the
 // memory it touched at boot and freed in smaller blocks. Reporting then
 // goes on with the new order at the next free. Nothing to do without the
-// parameter or without page reporting in the kernel (no balloon device, or
-// its module not loaded): the file is missing then.
+// parameter, or in a kernel built without page reporting (the file is
+// missing then). A kernel with it has the file whether or not a balloon
+// driver registered (CONFIG_PAGE_REPORTING is built in even where the
+// balloon is a module); without one the order set changes nothing.
 func applyReportingOrder(ctx context.Context, sys, cmdline string) error {
 	order, err := reportingOrder(cmdline)
 	if err != nil || order < 0 {
