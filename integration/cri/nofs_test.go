@@ -32,7 +32,7 @@ func TestCRINoSharedFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(tdir) })
-	d := startNoFSDaemon(t, fmt.Sprintf("[hypervisor]\nfree_page_reporting = false\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = %q\n", tdir))
+	d := startNoFSDaemon(t, "", fmt.Sprintf("[hypervisor]\nfree_page_reporting = false\n[factory]\ntemplate = true\ntemplate_memory = \"shared\"\ntemplate_dir = %q\n", tdir))
 	s := d.begin(t, hull)
 	p := s.runPod("nofs")
 	cfg := containerConfig("app", untilTerm("true")...)
@@ -99,13 +99,13 @@ func TestCRINoSharedFS(t *testing.T) {
 }
 
 // startNoFSDaemon starts containerd 2.x with hull's runtime.shared_fs =
-// "none" (hullConfig added to hull's configuration) and the blockfile
-// snapshotter on an ext4 scratch file.
-func startNoFSDaemon(t *testing.T, hullConfig string) *daemon {
+// "none" (runtime added to hull's [runtime] table, hullConfig to its
+// configuration) and the blockfile snapshotter on an ext4 scratch file.
+func startNoFSDaemon(t *testing.T, runtime, hullConfig string) *daemon {
 	t.Helper()
 	return startDaemonWith(t, "2", daemonOptions{
 		assetsDir:   soakAssets(t),
-		runtime:     "shared_fs = \"none\"\n",
+		runtime:     "shared_fs = \"none\"\n" + runtime,
 		hullConfig:  hullConfig,
 		snapshotter: "blockfile",
 		containerd:  e2e.BlockfileSnapshotter(t),
@@ -114,18 +114,20 @@ func startNoFSDaemon(t *testing.T, hullConfig string) *daemon {
 
 // TestCRINoSharedFSEmptyDir runs a pod whose two containers bind the same
 // emptyDir volume (its kubelet directory, made here as the kubelet makes
-// it: /var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>)
-// with shared_fs = "none": the volume is one tmpfs in the guest that both
+// it: <root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>, below a
+// kubelet root other than the default, as k0s's, given as
+// runtime.kubelet_root_dir) with shared_fs = "none": the volume is one tmpfs in the guest that both
 // see, with the kubelet directory's mode and group (an fsGroup, which a
 // new file inherits), a file written by either is read by the other, a
 // container made after both were removed still finds the files, the host
 // directory receives nothing, and nothing is left after the pod's removal.
 func TestCRINoSharedFSEmptyDir(t *testing.T) {
 	hull.need(t)
-	d := startNoFSDaemon(t, "")
+	root := filepath.Join(t.TempDir(), "var", "lib", "k0s", "kubelet")
+	d := startNoFSDaemon(t, fmt.Sprintf("kubelet_root_dir = %q\n", root), "")
 	s := d.begin(t, hull)
 	p := s.runPod("nofsed")
-	vol := kubeletEmptyDir(t, p.config.GetMetadata().GetUid(), "scratch")
+	vol := kubeletEmptyDir(t, root, p.config.GetMetadata().GetUid(), "scratch")
 	// The pod's fsGroup, as the kubelet applies it: group-owned,
 	// set-group-ID.
 	if err := os.Chown(vol, 0, 2000); err != nil {
@@ -174,12 +176,11 @@ func TestCRINoSharedFSEmptyDir(t *testing.T) {
 	}
 }
 
-// kubeletEmptyDir makes the kubelet's directory of emptyDir volume name of
-// pod uid (mode 0777, as the kubelet makes it), removed with what it
-// needed to make above it when the test ends.
-func kubeletEmptyDir(t *testing.T, uid, name string) string {
+// kubeletEmptyDir makes the directory of emptyDir volume name of pod uid
+// of a kubelet whose root is kubelet (mode 0777, as the kubelet makes it),
+// removed with what it needed to make above it when the test ends.
+func kubeletEmptyDir(t *testing.T, kubelet, uid, name string) string {
 	t.Helper()
-	const kubelet = "/var/lib/kubelet"
 	// The top-most directory made here is removed at the end.
 	top := filepath.Join(kubelet, "pods", uid)
 	for _, d := range []string{filepath.Join(kubelet, "pods"), kubelet} {

@@ -186,6 +186,12 @@ type Runtime struct {
 	CopyMaxBytes int64 `toml:"copy_max_bytes"`
 	// CopyMaxFileBytes bounds one copied file.
 	CopyMaxFileBytes int64 `toml:"copy_max_file_bytes"`
+	// KubeletRootDir is the kubelet's root directory (its --root-dir):
+	// with SharedFS "none", a bind whose source is a pod's emptyDir
+	// directory below it is made a guest tmpfs. A clean absolute path;
+	// no component of it may be a symbolic link (checked when a volume's
+	// directory is read).
+	KubeletRootDir string `toml:"kubelet_root_dir"`
 }
 
 // Values of runtime.shared_fs.
@@ -358,6 +364,7 @@ func Defaults() *Config {
 			SharedFS:                SharedFSVirtioFS,
 			CopyMaxBytes:            MaxCopyBytes,
 			CopyMaxFileBytes:        1 << 20,
+			KubeletRootDir:          "/var/lib/kubelet",
 		},
 		Image: Image{
 			AssetsDir:     "/usr/share/hull",
@@ -554,6 +561,9 @@ func (c *Config) Validate() error {
 	}
 	if r.CopyMaxFileBytes < 1 || r.CopyMaxFileBytes > r.CopyMaxBytes {
 		bad("runtime.copy_max_file_bytes", "%d is outside 1..copy_max_bytes (%d)", r.CopyMaxFileBytes, r.CopyMaxBytes)
+	}
+	if !filepath.IsAbs(r.KubeletRootDir) || filepath.Clean(r.KubeletRootDir) != r.KubeletRootDir || r.KubeletRootDir == "/" {
+		bad("runtime.kubelet_root_dir", "%q must be a clean absolute path other than /", r.KubeletRootDir)
 	}
 	if r.GuestLogMaxBytes < minGuestLogMaxBytes || r.GuestLogMaxBytes > maxGuestLogMaxBytes {
 		bad("runtime.guest_log_max_bytes", "%d is outside %d..%d", r.GuestLogMaxBytes, int64(minGuestLogMaxBytes), int64(maxGuestLogMaxBytes))

@@ -71,6 +71,20 @@ func TestParse(t *testing.T) {
 		{name: "shared fs", doc: "[runtime]\nshared_fs = \"9p\"\n", wantErr: []string{`runtime.shared_fs: "9p" is not one of virtio-fs, none`}},
 		{name: "copy max bytes", doc: "[runtime]\ncopy_max_bytes = 4194304\n", wantErr: []string{"runtime.copy_max_bytes: 4194304 is outside 1..3145728"}},
 		{name: "copy max file bytes", doc: "[runtime]\ncopy_max_bytes = 1000\n", wantErr: []string{"runtime.copy_max_file_bytes: 1048576 is outside 1..copy_max_bytes (1000)"}},
+		{name: "kubelet root relative", doc: "[runtime]\nkubelet_root_dir = \"var/lib/kubelet\"\n", wantErr: []string{`runtime.kubelet_root_dir: "var/lib/kubelet" must be a clean absolute path`}},
+		{name: "kubelet root unclean", doc: "[runtime]\nkubelet_root_dir = \"/var/lib/k0s/../kubelet/\"\n", wantErr: []string{"runtime.kubelet_root_dir"}},
+		{name: "kubelet root trailing slash", doc: "[runtime]\nkubelet_root_dir = \"/var/lib/kubelet/\"\n", wantErr: []string{"runtime.kubelet_root_dir"}},
+		{name: "kubelet root empty", doc: "[runtime]\nkubelet_root_dir = \"\"\n", wantErr: []string{"runtime.kubelet_root_dir"}},
+		{name: "kubelet root slash", doc: "[runtime]\nkubelet_root_dir = \"/\"\n", wantErr: []string{"runtime.kubelet_root_dir"}},
+		{
+			name: "kubelet root of k0s",
+			doc:  "[runtime]\nkubelet_root_dir = \"/var/lib/k0s/kubelet\"\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Runtime.KubeletRootDir != "/var/lib/k0s/kubelet" || Defaults().Runtime.KubeletRootDir != "/var/lib/kubelet" {
+					t.Fatalf("kubelet root %q, default %q", c.Runtime.KubeletRootDir, Defaults().Runtime.KubeletRootDir)
+				}
+			},
+		},
 		{name: "factory template dir", doc: "[factory]\ntemplate_dir = \"templates\"\n", wantErr: []string{"factory.template_dir"}},
 		{name: "factory template over vsock", doc: "[agent]\ntransport = \"vsock\"\n[factory]\ntemplate = true\n", wantErr: []string{"factory.template: VM templates need the serial agent transport"}},
 		{name: "factory vm cache on microvm", doc: "[hypervisor.qemu]\nmachine = \"microvm\"\n[factory]\nvm_cache = 1\n", wantErr: []string{"factory.vm_cache: warm VMs need the q35 machine"}},

@@ -402,8 +402,9 @@ func SandboxConfig(c *config.Config, id string) (sandbox.Config, error) {
 		CopyLimits: storage.CopyLimits{
 			Total: c.Runtime.CopyMaxBytes, File: c.Runtime.CopyMaxFileBytes, Entries: storage.DefaultCopyLimits.Entries,
 		},
-		DebugConsole: c.Agent.DebugConsole,
-		AgentLogMax:  c.Runtime.GuestLogMaxBytes,
+		KubeletRootDir: c.Runtime.KubeletRootDir,
+		DebugConsole:   c.Agent.DebugConsole,
+		AgentLogMax:    c.Runtime.GuestLogMaxBytes,
 		Cgroup: sandbox.CgroupConfig{
 			Path:              cgroupPath,
 			MemoryOverheadMiB: c.Runtime.CgroupMemoryOverheadMiB,

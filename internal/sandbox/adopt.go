@@ -217,6 +217,9 @@ func (s *Sandbox) Adopt(ctx context.Context, cfg Config) (retErr error) {
 				s.killTimeout = DefaultKillTimeout
 			}
 			s.setObserver(cfg.ObserveAgentRPC)
+			// Host-side only: where the pod's emptyDir volumes are
+			// recognised, the adopting runtime's configuration.
+			s.kubeletPods = kubeletPods(cfg)
 			return s.moveStateDir(cfg)
 		}},
 		{name: "move to pod cgroup", run: func(ctx context.Context) error {

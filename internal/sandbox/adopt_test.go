@@ -324,7 +324,7 @@ func TestAdoptMismatchKnowsEveryField(t *testing.T) {
 			"Tracing", "AgentLogMax", "CallTimeout", "Virtiofs", "SharedFS", "CopyLimits",
 			// The pod's, applied by Adopt (or refused there: NetNSOwn).
 			"ID", "Hostname", "NetNS", "HotplugNetwork", "NetNSOwn", "DNS", "ShmSize", "Cgroup", "KillTimeout",
-			"ObserveAgentRPC", "NewVM",
+			"ObserveAgentRPC", "NewVM", "KubeletRootDir",
 			// The boot's alone (a warm VM restored from a template is
 			// a VM like any other once it runs).
 			"BootGate", "DialTimeout", "DialTimeoutMaxScale", "Template", "WarmUp", "WarmUpBinary",

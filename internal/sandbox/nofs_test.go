@@ -160,3 +160,27 @@ func TestNoSharedFSEmptyDir(t *testing.T) {
 		}
 	}
 }
+
+// TestKubeletRootDir: the pods directory where emptyDir volumes are
+// recognised follows Config.KubeletRootDir (the default's when unset),
+// and a relative or unclean root is refused.
+func TestKubeletRootDir(t *testing.T) {
+	if got := kubeletPods(Config{}); got != "/var/lib/kubelet/pods" {
+		t.Errorf("default: %q", got)
+	}
+	if got := kubeletPods(Config{KubeletRootDir: "/var/lib/k0s/kubelet"}); got != "/var/lib/k0s/kubelet/pods" {
+		t.Errorf("k0s: %q", got)
+	}
+	base := Config{ID: "x", StateRoot: "/run/x", NewVM: func(hypervisor.Config) (hypervisor.VM, error) { return nil, nil },
+		Transport: hypervisor.TransportSerial, DialTimeout: time.Second, CallTimeout: time.Second, SharedFS: SharedFSNone}
+	for root, ok := range map[string]bool{
+		"": true, "/var/lib/k0s/kubelet": true,
+		"var/lib/kubelet": false, "/var/lib/kubelet/": false, "/var/lib/x/../kubelet": false, "/": false,
+	} {
+		c := base
+		c.KubeletRootDir = root
+		if err := validate(c); (err == nil) != ok || (err != nil && !errdefs.IsInvalidArgument(err)) {
+			t.Errorf("root %q: %v, want ok %v", root, err, ok)
+		}
+	}
+}

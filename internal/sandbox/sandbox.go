@@ -113,6 +113,11 @@ type Config struct {
 	// CopyLimits bound the copies of a container's bind sources with
 	// SharedFSNone; zero fields take storage.DefaultCopyLimits'.
 	CopyLimits storage.CopyLimits
+	// KubeletRootDir is the kubelet's root directory, below whose pods
+	// directory a SharedFSNone sandbox recognises its pod's emptyDir
+	// volumes: a clean absolute path, "" for
+	// storage.DefaultKubeletRootDir.
+	KubeletRootDir string
 	// NetNS is the path of a network namespace (a pod's, set up by CNI) to
 	// mirror into the VM; empty for a VM without network devices.
 	NetNS string
@@ -209,7 +214,9 @@ type Sandbox struct {
 	// system (storage nil). Read-only after Start.
 	copyLimits storage.CopyLimits
 	// kubeletPods is the kubelet's pods directory, where a pod's emptyDir
-	// volumes are recognised (storage.KubeletPodsDir). Read-only.
+	// volumes are recognised (storage.KubeletPodsDir of
+	// Config.KubeletRootDir; Adopt sets the pod's). Read-only after Start
+	// or Adopt.
 	kubeletPods string
 	// cgroup holds the VMM and virtiofsd; nil without Config.Cgroup.
 	cgroup *hostCgroup
@@ -412,7 +419,7 @@ func boot(ctx context.Context, cfg Config, ep hypervisor.AgentEndpoint, warm boo
 
 		hotplugBlocks: cfg.VM.HotplugBlocks,
 		copyLimits:    copyLimits(cfg),
-		kubeletPods:   storage.KubeletPodsDir,
+		kubeletPods:   kubeletPods(cfg),
 	}
 	if s.killTimeout == 0 {
 		s.killTimeout = DefaultKillTimeout
@@ -999,6 +1006,9 @@ func validate(cfg Config) error {
 	}
 	if l := cfg.CopyLimits; l.Total < 0 || l.File < 0 || l.Entries < 0 {
 		errs = append(errs, errors.New("copy limits must not be negative"))
+	}
+	if r := cfg.KubeletRootDir; r != "" && (!filepath.IsAbs(r) || filepath.Clean(r) != r || r == "/") {
+		errs = append(errs, fmt.Errorf("kubelet root directory %q: want a clean absolute path other than /", r))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sandbox config: %w: %w", err, errdefs.ErrInvalidArgument)

@@ -49,6 +49,15 @@ const (
 // sharesFS reports whether cfg's VM has the shared file system.
 func sharesFS(cfg Config) bool { return cfg.SharedFS != SharedFSNone }
 
+// kubeletPods is the kubelet's pods directory of cfg.KubeletRootDir, or of
+// the default root.
+func kubeletPods(cfg Config) string {
+	if cfg.KubeletRootDir == "" {
+		return storage.KubeletPodsDir(storage.DefaultKubeletRootDir)
+	}
+	return storage.KubeletPodsDir(cfg.KubeletRootDir)
+}
+
 // copyLimits are cfg.CopyLimits, each zero field the default's.
 func copyLimits(cfg Config) storage.CopyLimits {
 	l, d := cfg.CopyLimits, storage.DefaultCopyLimits

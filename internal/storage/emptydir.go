@@ -23,18 +23,24 @@ import (
 // that binds the volume shares.
 //
 // A bind is taken for an emptyDir only when its source is, as a string,
-// exactly KubeletPodsDir/<pod UID>/volumes/kubernetes.io~empty-dir/<name>,
+// exactly <kubelet root>/pods/<pod UID>/volumes/kubernetes.io~empty-dir/<name>,
 // the pod UID the one containerd's CRI wrote on the container, and the
 // name a DNS label (Kubernetes' rule for volume names): no "..", no extra
 // slash, no other pod's directory. The guest gets the name, which it
 // cannot turn into a path anywhere else, and what the host read from the
 // kubelet's directory: its mode and owner (the pod's fsGroup) and, for a
-// tmpfs (medium Memory), its size. That directory is opened beneath
-// KubeletPodsDir without following any link; it is only read.
+// tmpfs (medium Memory), its size. That directory is opened without
+// following any link, from / to its end: a kubelet root reached through a
+// link is refused; it is only read. The kubelet root is the operator's
+// (runtime.kubelet_root_dir), not the pod's.
 
-// KubeletPodsDir is where the kubelet keeps its pods' directories (its
-// default root directory, /var/lib/kubelet).
-const KubeletPodsDir = "/var/lib/kubelet/pods"
+// DefaultKubeletRootDir is the kubelet's default root directory (its
+// --root-dir).
+const DefaultKubeletRootDir = "/var/lib/kubelet"
+
+// KubeletPodsDir is where a kubelet whose root directory is root keeps
+// its pods' directories.
+func KubeletPodsDir(root string) string { return path.Join(root, "pods") }
 
 // emptyDirPlugin is the directory of emptyDir volumes below a pod's
 // volumes directory: the plugin's name, kubernetes.io/empty-dir, escaped.
@@ -140,25 +146,34 @@ func LocalEmptyDirs(podsDir string, spec *specs.Spec, podUID string, guestMounts
 
 // statEmptyDir reads the kubelet's directory of emptyDir volume name of
 // pod podUID: its mode and owner, and its size when it is a tmpfs. podsDir
-// is opened as configured; the rest of the path is resolved beneath it
-// with no link followed, so a link anywhere in the pod's directories is
-// an error, not a way elsewhere.
+// (an absolute path) is opened with no link followed, nor is the rest of
+// the path, resolved beneath it: a link anywhere, in the operator's
+// kubelet root or in the pod's directories, is an error, not a way
+// elsewhere.
 func statEmptyDir(podsDir, podUID, name string) (EmptyDir, error) {
-	root, err := unix.Open(podsDir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	noLinks := func(dir int, p string, resolve uint64) (int, error) {
+		return unix.Openat2(dir, p, &unix.OpenHow{
+			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+			Resolve: resolve | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+	}
+	classify := func(p string, err error) error {
+		switch {
+		case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EXDEV):
+			return fmt.Errorf("%s: a link or not a directory on the way: %w", p, errdefs.ErrInvalidArgument)
+		default:
+			return fmt.Errorf("opening %s: %w", p, err)
+		}
+	}
+	root, err := noLinks(unix.AT_FDCWD, podsDir, 0)
 	if err != nil {
-		return EmptyDir{}, fmt.Errorf("opening %s: %w", podsDir, err)
+		return EmptyDir{}, fmt.Errorf("the kubelet's pods directory (runtime.kubelet_root_dir): %w", classify(podsDir, err))
 	}
 	defer func() { _ = unix.Close(root) }()
 	rel := podUID + "/volumes/" + emptyDirPlugin + "/" + name
-	fd, err := unix.Openat2(root, rel, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
-	switch {
-	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EXDEV):
-		return EmptyDir{}, fmt.Errorf("%s/%s: a link or not a directory: %w", podsDir, rel, errdefs.ErrInvalidArgument)
-	case err != nil:
-		return EmptyDir{}, fmt.Errorf("opening %s/%s: %w", podsDir, rel, err)
+	fd, err := noLinks(root, rel, unix.RESOLVE_BENEATH)
+	if err != nil {
+		return EmptyDir{}, classify(podsDir+"/"+rel, err)
 	}
 	defer func() { _ = unix.Close(fd) }()
 	var st unix.Statx_t

@@ -133,8 +133,9 @@ func TestLocalEmptyDirs(t *testing.T) {
 }
 
 // TestLocalEmptyDirsLinks: the kubelet's directories are opened without
-// following a link anywhere below the pods directory; a link, or a
-// directory that is missing, is an error naming the mount.
+// following a link anywhere, the pods directory's own path included; a
+// link is an invalid-argument error naming the mount; a directory that is
+// missing an error too.
 func TestLocalEmptyDirsLinks(t *testing.T) {
 	const uid = "pod-1"
 	for _, tc := range []struct {
@@ -162,9 +163,21 @@ func TestLocalEmptyDirsLinks(t *testing.T) {
 			}
 		}, errdefs.IsInvalidArgument},
 		{"missing", func(*testing.T, string) {}, func(err error) bool { return errors.Is(err, os.ErrNotExist) }},
+		// The kubelet root (the operator's) is opened without following a
+		// link either.
+		{"pods directory reached through a link", func(t *testing.T, pods string) {
+			real := pods + ".real"
+			mkdirs(t, filepath.Join(real, uid, "volumes", emptyDirPlugin, "scratch"))
+			t.Cleanup(func() { _ = os.RemoveAll(real) })
+			if err := os.Remove(pods); err != nil {
+				t.Fatal(err)
+			}
+			symlink(t, real, pods)
+		}, errdefs.IsInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pods := t.TempDir()
+			pods := filepath.Join(t.TempDir(), "pods")
+			mkdirs(t, pods)
 			tc.setup(t, pods)
 			spec := &specs.Spec{Mounts: []specs.Mount{{
 				Destination: "/work", Type: "bind", Options: []string{"rbind"},
@@ -252,5 +265,47 @@ func symlink(t *testing.T, target, p string) {
 	t.Helper()
 	if err := os.Symlink(target, p); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKubeletRootDir: the pods directory follows the kubelet's root
+// directory: a volume is recognised below a custom root (k0s's) and
+// only there.
+func TestKubeletRootDir(t *testing.T) {
+	if got := KubeletPodsDir(DefaultKubeletRootDir); got != "/var/lib/kubelet/pods" {
+		t.Errorf("default pods directory %q", got)
+	}
+	const uid = "0b9e6a3c-5f0e-4c8e-9d7a-1a2b3c4d5e6f"
+	k0s := KubeletPodsDir("/var/lib/k0s/kubelet")
+	src := "/var/lib/k0s/kubelet/pods/" + uid + "/volumes/" + emptyDirPlugin + "/scratch"
+	if n, ok := EmptyDirName(k0s, src, uid); !ok || n != "scratch" {
+		t.Errorf("under the k0s root: %q, %v; want scratch", n, ok)
+	}
+	if n, ok := EmptyDirName(KubeletPodsDir(DefaultKubeletRootDir), src, uid); ok {
+		t.Errorf("a k0s source recognised under the default root as %q", n)
+	}
+	dflt := "/var/lib/kubelet/pods/" + uid + "/volumes/" + emptyDirPlugin + "/scratch"
+	if n, ok := EmptyDirName(k0s, dflt, uid); ok {
+		t.Errorf("a default-root source recognised under the k0s root as %q", n)
+	}
+
+	// End to end below a custom root directory.
+	root := filepath.Join(t.TempDir(), "var", "lib", "k0s", "kubelet")
+	pods := KubeletPodsDir(root)
+	mkdirs(t, filepath.Join(pods, uid, "volumes", emptyDirPlugin, "scratch"))
+	spec := &specs.Spec{Mounts: []specs.Mount{{
+		Destination: "/work", Type: "bind", Options: []string{"rbind"},
+		Source: filepath.Join(pods, uid, "volumes", emptyDirPlugin, "scratch"),
+	}}}
+	g, gm, dirs, err := LocalEmptyDirs(pods, spec, uid, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Mounts[0].Source != GuestEmptyDir("scratch") || len(gm) != 1 || len(dirs) != 1 || dirs[0].Name != "scratch" {
+		t.Errorf("got source %q, guest mounts %v, volumes %+v; want the guest's scratch volume", g.Mounts[0].Source, gm, dirs)
+	}
+	// The same spec with the default pods directory is left alone.
+	if g, _, dirs, err := LocalEmptyDirs(KubeletPodsDir(DefaultKubeletRootDir), spec, uid, nil); err != nil || g != spec || dirs != nil {
+		t.Errorf("default root: %+v, %v; want the spec unchanged", dirs, err)
 	}
 }
