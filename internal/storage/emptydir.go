@@ -149,7 +149,8 @@ func LocalEmptyDirs(podsDir string, spec *specs.Spec, podUID string, guestMounts
 // (an absolute path) is opened with no link followed, nor is the rest of
 // the path, resolved beneath it: a link anywhere, in the operator's
 // kubelet root or in the pod's directories, is an error, not a way
-// elsewhere.
+// elsewhere. A directory that does not exist (the kubelet's root
+// misconfigured, or the pod's volume gone) is a not-found error.
 func statEmptyDir(podsDir, podUID, name string) (EmptyDir, error) {
 	noLinks := func(dir int, p string, resolve uint64) (int, error) {
 		return unix.Openat2(dir, p, &unix.OpenHow{
@@ -161,6 +162,8 @@ func statEmptyDir(podsDir, podUID, name string) (EmptyDir, error) {
 		switch {
 		case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EXDEV):
 			return fmt.Errorf("%s: a link or not a directory on the way: %w", p, errdefs.ErrInvalidArgument)
+		case errors.Is(err, unix.ENOENT):
+			return fmt.Errorf("%s: %w: %w", p, err, errdefs.ErrNotFound)
 		default:
 			return fmt.Errorf("opening %s: %w", p, err)
 		}

@@ -134,8 +134,8 @@ func TestLocalEmptyDirs(t *testing.T) {
 
 // TestLocalEmptyDirsLinks: the kubelet's directories are opened without
 // following a link anywhere, the pods directory's own path included; a
-// link is an invalid-argument error naming the mount; a directory that is
-// missing an error too.
+// link is an invalid-argument error naming the mount, a directory that is
+// missing a not-found one.
 func TestLocalEmptyDirsLinks(t *testing.T) {
 	const uid = "pod-1"
 	for _, tc := range []struct {
@@ -162,7 +162,9 @@ func TestLocalEmptyDirsLinks(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, errdefs.IsInvalidArgument},
-		{"missing", func(*testing.T, string) {}, func(err error) bool { return errors.Is(err, os.ErrNotExist) }},
+		{"missing", func(*testing.T, string) {}, func(err error) bool {
+			return errdefs.IsNotFound(err) && errors.Is(err, os.ErrNotExist)
+		}},
 		// The kubelet root (the operator's) is opened without following a
 		// link either.
 		{"pods directory reached through a link", func(t *testing.T, pods string) {
@@ -174,6 +176,11 @@ func TestLocalEmptyDirsLinks(t *testing.T) {
 			}
 			symlink(t, real, pods)
 		}, errdefs.IsInvalidArgument},
+		{"pods directory missing", func(t *testing.T, pods string) {
+			if err := os.Remove(pods); err != nil {
+				t.Fatal(err)
+			}
+		}, errdefs.IsNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pods := filepath.Join(t.TempDir(), "pods")
