@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -14,10 +15,21 @@ import (
 	"time"
 )
 
-func TestWriteBusyboxReproducible(t *testing.T) {
+// requireBusybox skips the test without the host's busybox, or fails it
+// when CI is set.
+func requireBusybox(t *testing.T) {
+	t.Helper()
 	if _, err := os.Stat(DefaultBusybox); err != nil {
-		t.Skipf("no %s (apt-get install busybox-static)", DefaultBusybox)
+		msg := fmt.Sprintf("no %s (apt-get install busybox-static): %v", DefaultBusybox, err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg + " (required when CI is set)")
+		}
+		t.Skip(msg)
 	}
+}
+
+func TestWriteBusyboxReproducible(t *testing.T) {
+	requireBusybox(t)
 	var a, b bytes.Buffer
 	if err := WriteBusybox(&a, BusyboxOptions{}); err != nil {
 		t.Fatal(err)
@@ -51,9 +63,7 @@ func TestWriteBusyboxReproducible(t *testing.T) {
 }
 
 func TestWriteBusyboxConfig(t *testing.T) {
-	if _, err := os.Stat(DefaultBusybox); err != nil {
-		t.Skipf("no %s (apt-get install busybox-static)", DefaultBusybox)
-	}
+	requireBusybox(t)
 	for _, tc := range []struct {
 		name           string
 		opts           BusyboxOptions
@@ -116,9 +126,7 @@ func TestWriteBusyboxConfig(t *testing.T) {
 // TestPauseExitsOnSignal runs the pause program with the host's busybox
 // shell and checks that SIGTERM and SIGINT end it at once with status 0.
 func TestPauseExitsOnSignal(t *testing.T) {
-	if _, err := os.Stat(DefaultBusybox); err != nil {
-		t.Skipf("no %s (apt-get install busybox-static)", DefaultBusybox)
-	}
+	requireBusybox(t)
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			entrypoint := PauseOptions().Entrypoint
