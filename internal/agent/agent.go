@@ -105,7 +105,7 @@ func newAgent(initMode bool, t channel.Transport, ring *logRing) (*Agent, error)
 		return nil, fmt.Errorf("creating ttrpc server: %w", err)
 	}
 	api.RegisterSystemService(rpc, &systemService{a: a})
-	a.containers = newContainerService(a, containerStateDir)
+	a.containers = newContainerService(a, guestDirs)
 	api.RegisterContainersService(rpc, a.containers)
 	api.RegisterNetworkService(rpc, newNetworkService(initMode))
 	api.RegisterTracingService(rpc, &tracingService{a: a})

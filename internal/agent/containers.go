@@ -32,16 +32,15 @@ const modulesWait = 30 * time.Second
 
 // containerService serves api.ContainersService with runc's libcontainer.
 type containerService struct {
-	a    *Agent
-	root string // libcontainer's state directory
-	oom  *oomQueue
+	a     *Agent
+	paths guestPaths
+	oom   *oomQueue
 	// emptyDirs are the pod's emptyDir volumes, kept until the sandbox
 	// is destroyed.
 	emptyDirs *emptyDirs
-	// pauseRoot and pauseExe are the mount point of a pod sandbox
-	// process's root and the path of the binary it runs, this one
-	// (podsandbox.go).
-	pauseRoot, pauseExe string
+	// pauseExe is the path of the binary a pod sandbox process runs,
+	// this one (podsandbox.go).
+	pauseExe string
 
 	mu sync.Mutex
 	// sandboxID is set by CreateSandbox. Guarded by mu.
@@ -60,9 +59,23 @@ type containerService struct {
 
 var _ api.ContainersService = (*containerService)(nil)
 
-func newContainerService(a *Agent, root string) *containerService {
+// guestPaths are the directories in which the container service mounts
+// and writes: guestDirs in the guest; unit tests, which run on a host, give
+// directories of their own.
+type guestPaths struct {
+	storage  string // the only tree in which the host may ask for mounts
+	state    string // libcontainer's state directory
+	emptyDir string // the pod's emptyDir volumes, under storage
+	pause    string // mount point of a pod sandbox process's root
+	copied   string // bind sources the host copied
+}
+
+// guestDirs are the guest's directories.
+var guestDirs = guestPaths{storage: storageRoot, state: containerStateDir, emptyDir: emptyDirRoot, pause: pauseRootDir, copied: copiedDir}
+
+func newContainerService(a *Agent, paths guestPaths) *containerService {
 	return &containerService{
-		a: a, root: root, oom: newOOMQueue(), emptyDirs: newEmptyDirs(emptyDirRoot), pauseRoot: pauseRootDir, pauseExe: selfExe(),
+		a: a, paths: paths, oom: newOOMQueue(), emptyDirs: newEmptyDirs(paths.emptyDir), pauseExe: selfExe(),
 		containers: map[string]*container{}, creating: map[string]bool{},
 		sync: func() {
 			if a.initMode {
@@ -166,7 +179,7 @@ func (s *containerService) CreateSandbox(ctx context.Context, req *api.CreateSan
 		return nil, fmt.Errorf("sandbox %s: already created: %w", s.sandboxID, errdefs.ErrAlreadyExists)
 	}
 	for _, st := range req.GetStorages() {
-		if err := checkStorage(st); err != nil {
+		if err := checkStorage(s.paths.storage, st); err != nil {
 			return nil, fmt.Errorf("creating sandbox: %w", err)
 		}
 	}
@@ -182,7 +195,7 @@ func (s *containerService) CreateSandbox(ctx context.Context, req *api.CreateSan
 			log.G(ctx).WithField("hostname", h).Info("not PID 1 of a VM: leaving the hostname alone")
 		}
 	}
-	mounts, err := mountStorages(ctx, req.GetStorages())
+	mounts, err := mountStorages(ctx, s.paths.storage, req.GetStorages())
 	if err != nil {
 		return nil, fmt.Errorf("creating sandbox: %w", err)
 	}
@@ -212,7 +225,7 @@ func (s *containerService) DestroySandbox(ctx context.Context, _ *api.DestroySan
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := unmountStorages(ctx, s.sandboxMounts); err != nil {
+	if err := unmountStorages(ctx, s.paths.storage, s.sandboxMounts); err != nil {
 		return nil, fmt.Errorf("destroying sandbox: %w", err)
 	}
 	s.sandboxID, s.sandboxMounts = "", nil
@@ -258,7 +271,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 		return nil, fmt.Errorf("container %s: a pod sandbox gets no storages, files or emptyDir volumes: %w", id, errdefs.ErrInvalidArgument)
 	}
 	for _, st := range req.GetStorages() {
-		if err := checkStorage(st); err != nil {
+		if err := checkStorage(s.paths.storage, st); err != nil {
 			return nil, fmt.Errorf("container %s: %w", id, err)
 		}
 	}
@@ -268,12 +281,12 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 			undo.run()
 		}
 	}()
-	mounts, err := mountStorages(ctx, req.GetStorages())
+	mounts, err := mountStorages(ctx, s.paths.storage, req.GetStorages())
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
-	undo.add(func() { _ = unmountStorages(ctx, mounts) })
-	copied, err := writeCopied(copiedDir, id, req.GetFiles())
+	undo.add(func() { _ = unmountStorages(ctx, s.paths.storage, mounts) })
+	copied, err := writeCopied(s.paths.copied, id, req.GetFiles())
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
@@ -327,11 +340,11 @@ func (s *containerService) CreateContainer(ctx context.Context, req *api.CreateC
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
 	undo.add(pio.abort)
-	if err := os.MkdirAll(s.root, 0o700); err != nil {
+	if err := os.MkdirAll(s.paths.state, 0o700); err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
 	tConfig = time.Since(begin)
-	lc, err := libcontainer.Create(s.root, id, cfg)
+	lc, err := libcontainer.Create(s.paths.state, id, cfg)
 	if err != nil {
 		if errors.Is(err, libcontainer.ErrExist) {
 			return nil, fmt.Errorf("container %s: %w", id, lcError(err))
@@ -474,7 +487,7 @@ func (s *containerService) RemoveContainer(ctx context.Context, req *api.RemoveC
 	if err := c.destroy(); err != nil {
 		return nil, err
 	}
-	if err := unmountStorages(ctx, c.mounts); err != nil {
+	if err := unmountStorages(ctx, s.paths.storage, c.mounts); err != nil {
 		return nil, fmt.Errorf("removing container %s: %w", c.id, err)
 	}
 	if c.copied != "" {

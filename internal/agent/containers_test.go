@@ -53,7 +53,7 @@ func TestCheckMountPoint(t *testing.T) {
 		{"", false},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
-			err := checkMountPoint(tc.path)
+			err := checkMountPoint(storageRoot, tc.path)
 			if tc.ok != (err == nil) || (err != nil && !errdefs.IsInvalidArgument(err)) {
 				t.Errorf("checkMountPoint(%q) = %v", tc.path, err)
 			}
@@ -100,7 +100,7 @@ func TestCheckStorage(t *testing.T) {
 			Options: []string{"lowerdir=/run/hull/l0:"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := checkStorage(tc.s); tc.ok != (err == nil) {
+			if err := checkStorage(storageRoot, tc.s); tc.ok != (err == nil) {
 				t.Errorf("checkStorage = %v", err)
 			}
 		})

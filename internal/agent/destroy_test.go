@@ -50,7 +50,7 @@ func TestDestroySandboxSyncs(t *testing.T) {
 	}
 	defer func() { _ = busy.Close() }()
 
-	s := newContainerService(&Agent{}, t.TempDir())
+	s := newContainerService(&Agent{}, testGuestPaths(t))
 	s.sandboxID, s.sandboxMounts = "sb", []string{dir}
 	syncs, mountedAtSync := 0, false
 	s.sync = func() {

@@ -143,10 +143,16 @@ func (e *emptyDirs) mount(r *api.EmptyDir) (*emptyDir, error) {
 
 // unmountLocked unmounts d and forgets it. e.mu must be held.
 func (e *emptyDirs) unmountLocked(ctx context.Context, d *emptyDir) {
-	if err := unmountStorage(ctx, d.mountPoint); err != nil {
+	if err := e.unmount(ctx, d); err != nil {
 		log.G(ctx).WithError(err).WithField("target", d.mountPoint).Warn("unmounting an emptyDir volume")
 	}
 	delete(e.dirs, d.name)
+}
+
+// unmount unmounts d; e.root goes with its last volume, e.root's parent
+// (storageRoot in the guest) stays.
+func (e *emptyDirs) unmount(ctx context.Context, d *emptyDir) error {
+	return unmountStorage(ctx, filepath.Dir(e.root), d.mountPoint)
 }
 
 // unmountAll unmounts every volume, when the sandbox is destroyed.
@@ -155,7 +161,7 @@ func (e *emptyDirs) unmountAll(ctx context.Context) error {
 	defer e.mu.Unlock()
 	var errs []error
 	for name, d := range e.dirs {
-		if err := unmountStorage(ctx, d.mountPoint); err != nil {
+		if err := e.unmount(ctx, d); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -207,7 +207,7 @@ func (s *containerService) createPodSandbox(ctx context.Context, id string, spec
 	if stdio.GetTerminal() {
 		return nil, nil, fmt.Errorf("a pod sandbox has no terminal: %w", errdefs.ErrInvalidArgument)
 	}
-	flags, pcfg, err := pausePlan(spec, s.pauseRoot, s.pauseExe)
+	flags, pcfg, err := pausePlan(spec, s.paths.pause, s.pauseExe)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -215,7 +215,7 @@ func (s *containerService) createPodSandbox(ctx context.Context, id string, spec
 	if err != nil {
 		return nil, nil, fmt.Errorf("encoding the pod sandbox configuration: %w", err)
 	}
-	lcfg, err := pauseLibcontainerConfig(id, spec, s.pauseRoot)
+	lcfg, err := pauseLibcontainerConfig(id, spec, s.paths.pause)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -243,7 +243,7 @@ func (s *containerService) createPodSandbox(ctx context.Context, id string, spec
 	if err := cg.Set(lcfg.Cgroups.Resources); err != nil {
 		return nil, nil, fmt.Errorf("setting the cgroup's resources: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	if err := os.MkdirAll(s.pauseRoot, 0o700); err != nil {
+	if err := os.MkdirAll(s.paths.pause, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("pod sandbox root: %w", err)
 	}
 	// Its stdio is whatever the host asked, as for any container; the

@@ -173,8 +173,8 @@ func TestPodSandboxProcess(t *testing.T) {
 		t.Fatalf("building hull-agent: %v\n%s", err, b)
 	}
 	a := &Agent{reaper: newReaper("/proc"), streams: newStreamTable(time.Minute)}
-	s := newContainerService(a, t.TempDir())
-	s.pauseRoot, s.pauseExe = t.TempDir(), exe
+	s := newContainerService(a, testGuestPaths(t))
+	s.pauseExe = exe
 	s.sandboxID = "sb"
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -369,7 +369,7 @@ wait`)
 		for _, frozen := range []bool{false, true} {
 			id := fmt.Sprintf("pod5-%v", frozen)
 			sp := pauseSpec(id)
-			lcfg, err := pauseLibcontainerConfig(id, sp, s.pauseRoot)
+			lcfg, err := pauseLibcontainerConfig(id, sp, s.paths.pause)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -429,7 +429,7 @@ wait`)
 // storages or copied files is refused before anything is mounted or made
 // (the host sends none: its process runs on an empty root of its own).
 func TestPodSandboxGetsNoRoot(t *testing.T) {
-	s := newContainerService(&Agent{}, t.TempDir())
+	s := newContainerService(&Agent{}, testGuestPaths(t))
 	s.sandboxID = "sb"
 	withRoot := pauseSpec("p1")
 	withRoot.Root = &specs.Root{Path: "/"}

@@ -37,20 +37,20 @@ func checkGuestPath(what, p string) error {
 }
 
 // checkMountPoint checks a storage mount point: a guest path strictly
-// under storageRoot.
-func checkMountPoint(p string) error {
+// under root (storageRoot in the guest).
+func checkMountPoint(root, p string) error {
 	if err := checkGuestPath("mount point", p); err != nil {
 		return err
 	}
-	if !strings.HasPrefix(p, storageRoot+"/") {
-		return fmt.Errorf("mount point %q: not under %s: %w", p, storageRoot, errdefs.ErrInvalidArgument)
+	if !strings.HasPrefix(p, root+"/") {
+		return fmt.Errorf("mount point %q: not under %s: %w", p, root, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
 
-// checkStorage checks a Storage from the host.
-func checkStorage(s *api.Storage) error {
-	if err := checkMountPoint(s.GetMountPoint()); err != nil {
+// checkStorage checks a Storage from the host, to be mounted under root.
+func checkStorage(root string, s *api.Storage) error {
+	if err := checkMountPoint(root, s.GetMountPoint()); err != nil {
 		return err
 	}
 	switch s.GetFstype() {
@@ -86,7 +86,7 @@ func checkStorage(s *api.Storage) error {
 		}
 	}
 	if s.GetFstype() == "overlay" {
-		if _, err := overlayDirs(s); err != nil {
+		if _, err := overlayDirs(root, s); err != nil {
 			return err
 		}
 	}
@@ -94,11 +94,11 @@ func checkStorage(s *api.Storage) error {
 }
 
 // overlayDirs checks the directories an overlay storage names (lowerdir,
-// lowerdir+, datadir+, upperdir, workdir): each must be a path under storageRoot, so that the
+// lowerdir+, datadir+, upperdir, workdir): each must be a path under root, so that the
 // overlay stacks only what other storages mounted, and lowerdir is
 // required. It returns the upper and work directories, which the agent
 // makes (on the writable layer's disk) before mounting.
-func overlayDirs(s *api.Storage) ([]string, error) {
+func overlayDirs(root string, s *api.Storage) ([]string, error) {
 	var create []string
 	lower := false
 	for _, o := range s.GetOptions() {
@@ -117,7 +117,7 @@ func overlayDirs(s *api.Storage) ([]string, error) {
 			continue
 		}
 		for _, d := range dirs {
-			if err := checkMountPoint(d); err != nil {
+			if err := checkMountPoint(root, d); err != nil {
 				return nil, fmt.Errorf("overlay storage at %s: %s: %w", s.GetMountPoint(), k, err)
 			}
 		}
@@ -158,9 +158,9 @@ func openNoFollow(p string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), p), nil
 }
 
-// mountStorage mounts s, creating its mount point.
-func mountStorage(ctx context.Context, s *api.Storage) error {
-	if err := checkStorage(s); err != nil {
+// mountStorage mounts s, creating its mount point under root.
+func mountStorage(ctx context.Context, root string, s *api.Storage) error {
+	if err := checkStorage(root, s); err != nil {
 		return err
 	}
 	dir, err := openNoFollow(s.GetMountPoint())
@@ -173,7 +173,7 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	// swapped in between the checks and the mount.
 	target := fmt.Sprintf("/proc/self/fd/%d", dir.Fd())
 	if s.GetFstype() == "overlay" {
-		dirs, err := overlayDirs(s)
+		dirs, err := overlayDirs(root, s)
 		if err != nil {
 			return err
 		}
@@ -211,9 +211,9 @@ func mountStorage(ctx context.Context, s *api.Storage) error {
 	return nil
 }
 
-// unmountStorage unmounts what mountStorage mounted at p; a path that is
-// not mounted (any more) is not an error.
-func unmountStorage(ctx context.Context, p string) error {
+// unmountStorage unmounts what mountStorage mounted at p under root; a
+// path that is not mounted (any more) is not an error.
+func unmountStorage(ctx context.Context, root, p string) error {
 	err := unix.Unmount(p, unix.UMOUNT_NOFOLLOW)
 	if errors.Is(err, unix.EBUSY) {
 		log.G(ctx).WithField("target", p).Warn("storage busy; detaching it")
@@ -224,19 +224,19 @@ func unmountStorage(ctx context.Context, p string) error {
 	}
 	// The mount point and its parent go when empty (a container's
 	// /run/hull/blockroot/<id>/rootfs); a non-empty one stays.
-	if os.Remove(p) == nil && filepath.Dir(p) != storageRoot {
+	if os.Remove(p) == nil && filepath.Dir(p) != root {
 		_ = os.Remove(filepath.Dir(p))
 	}
 	return nil
 }
 
-// mountStorages mounts list in order and returns the mount points mounted.
-// On error it unmounts what it mounted.
-func mountStorages(ctx context.Context, list []*api.Storage) ([]string, error) {
+// mountStorages mounts list in order under root and returns the mount
+// points mounted. On error it unmounts what it mounted.
+func mountStorages(ctx context.Context, root string, list []*api.Storage) ([]string, error) {
 	var done []string
 	for _, s := range list {
-		if err := mountStorage(ctx, s); err != nil {
-			_ = unmountStorages(ctx, done)
+		if err := mountStorage(ctx, root, s); err != nil {
+			_ = unmountStorages(ctx, root, done)
 			return nil, err
 		}
 		done = append(done, s.GetMountPoint())
@@ -244,11 +244,11 @@ func mountStorages(ctx context.Context, list []*api.Storage) ([]string, error) {
 	return done, nil
 }
 
-// unmountStorages unmounts points in reverse order.
-func unmountStorages(ctx context.Context, points []string) error {
+// unmountStorages unmounts points under root in reverse order.
+func unmountStorages(ctx context.Context, root string, points []string) error {
 	var errs []error
 	for i := len(points) - 1; i >= 0; i-- {
-		errs = append(errs, unmountStorage(ctx, points[i]))
+		errs = append(errs, unmountStorage(ctx, root, points[i]))
 	}
 	return errors.Join(errs...)
 }
