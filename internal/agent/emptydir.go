@@ -36,6 +36,8 @@ var emptyDirName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // container has used yet.
 type emptyDirs struct {
 	root string
+	// unmountPoint unmounts one volume (unmountStorage; tests replace it).
+	unmountPoint func(ctx context.Context, root, p string) error
 
 	mu sync.Mutex
 	// dirs by name. Guarded by mu.
@@ -51,7 +53,7 @@ type emptyDir struct {
 }
 
 func newEmptyDirs(root string) *emptyDirs {
-	return &emptyDirs{root: root, dirs: map[string]*emptyDir{}}
+	return &emptyDirs{root: root, unmountPoint: unmountStorage, dirs: map[string]*emptyDir{}}
 }
 
 // checkEmptyDir checks a request's volume.
@@ -141,10 +143,13 @@ func (e *emptyDirs) mount(r *api.EmptyDir) (*emptyDir, error) {
 	return &emptyDir{name: r.GetName(), mountPoint: p}, nil
 }
 
-// unmountLocked unmounts d and forgets it. e.mu must be held.
+// unmountLocked unmounts d and forgets it. A volume whose unmount fails
+// stays known, as it stays mounted: a later create of its name uses it,
+// and the sandbox's destroy tries again. e.mu must be held.
 func (e *emptyDirs) unmountLocked(ctx context.Context, d *emptyDir) {
 	if err := e.unmount(ctx, d); err != nil {
 		log.G(ctx).WithError(err).WithField("target", d.mountPoint).Warn("unmounting an emptyDir volume")
+		return
 	}
 	delete(e.dirs, d.name)
 }
@@ -152,7 +157,7 @@ func (e *emptyDirs) unmountLocked(ctx context.Context, d *emptyDir) {
 // unmount unmounts d; e.root goes with its last volume, e.root's parent
 // (storageRoot in the guest) stays.
 func (e *emptyDirs) unmount(ctx context.Context, d *emptyDir) error {
-	return unmountStorage(ctx, filepath.Dir(e.root), d.mountPoint)
+	return e.unmountPoint(ctx, filepath.Dir(e.root), d.mountPoint)
 }
 
 // unmountAll unmounts every volume, when the sandbox is destroyed.

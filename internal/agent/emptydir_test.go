@@ -166,6 +166,45 @@ func TestEmptyDirsDestroyDuringCreate(t *testing.T) {
 	}
 }
 
+// TestEmptyDirsUnmountFails: a volume whose unmount fails after a failed
+// create stays known and mounted: the next create of its name uses it
+// (not "file exists"), and the sandbox's destroy unmounts it.
+func TestEmptyDirsUnmountFails(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root: it mounts tmpfs")
+	}
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "emptydir")
+	e := newEmptyDirs(root)
+	p := filepath.Join(root, "scratch")
+	t.Cleanup(func() {
+		e.unmountPoint = unmountStorage
+		_ = e.unmountAll(ctx)
+		_ = unix.Unmount(p, unix.MNT_DETACH) // should the code under test have forgotten it
+	})
+	e.unmountPoint = func(context.Context, string, string) error { return unix.EIO }
+	done, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o777}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done(false)
+	if !mounted(t, p) || e.dirs["scratch"] == nil {
+		t.Fatalf("after a failed unmount: mounted %v, known %v; want both", mounted(t, p), e.dirs["scratch"] != nil)
+	}
+	done2, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o777}})
+	if err != nil {
+		t.Fatalf("a create of the volume's name after its failed unmount: %v", err)
+	}
+	done2(true)
+	e.unmountPoint = unmountStorage
+	if err := e.unmountAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mounted(t, p) || len(e.dirs) != 0 {
+		t.Errorf("after the destroy: mounted %v, volumes %d", mounted(t, p), len(e.dirs))
+	}
+}
+
 // TestEmptyDirHostAgrees: the agent's directory and name rule are the
 // host's (storage), which the agent does not import.
 func TestEmptyDirHostAgrees(t *testing.T) {
