@@ -20,13 +20,8 @@ import (
 // until the sandbox is destroyed. Bad names and modes are refused before
 // anything is made.
 func TestEmptyDirs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root: it mounts tmpfs")
-	}
 	ctx := context.Background()
-	root := filepath.Join(t.TempDir(), "emptydir")
-	e := newEmptyDirs(root)
-	t.Cleanup(func() { _ = e.unmountAll(ctx) })
+	e, root := testEmptyDirs(t)
 	scratch := &api.EmptyDir{Name: "scratch", Mode: 0o2777, Uid: 0, Gid: 2000, SizeBytes: 4 << 20}
 	p := filepath.Join(root, "scratch")
 
@@ -106,13 +101,8 @@ func TestEmptyDirs(t *testing.T) {
 // create that asks for more is refused and leaves none of the volumes it
 // mounted.
 func TestEmptyDirsBound(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root: it mounts tmpfs")
-	}
 	ctx := context.Background()
-	root := filepath.Join(t.TempDir(), "emptydir")
-	e := newEmptyDirs(root)
-	t.Cleanup(func() { _ = e.unmountAll(ctx) })
+	e, root := testEmptyDirs(t)
 	reqs := make([]*api.EmptyDir, maxEmptyDirs+1)
 	for i := range reqs {
 		reqs[i] = &api.EmptyDir{Name: fmt.Sprintf("v%d", i), Mode: 0o777}
@@ -137,13 +127,8 @@ func TestEmptyDirsBound(t *testing.T) {
 // holds a volume unmounts it; the create's end then touches nothing, not
 // even a later volume of the same name.
 func TestEmptyDirsDestroyDuringCreate(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root: it mounts tmpfs")
-	}
 	ctx := context.Background()
-	root := filepath.Join(t.TempDir(), "emptydir")
-	e := newEmptyDirs(root)
-	t.Cleanup(func() { _ = e.unmountAll(ctx) })
+	e, root := testEmptyDirs(t)
 	p := filepath.Join(root, "scratch")
 	done, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o777}})
 	if err != nil {
@@ -170,18 +155,11 @@ func TestEmptyDirsDestroyDuringCreate(t *testing.T) {
 // create stays known and mounted: the next create of its name uses it
 // (not "file exists"), and the sandbox's destroy unmounts it.
 func TestEmptyDirsUnmountFails(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root: it mounts tmpfs")
-	}
 	ctx := context.Background()
-	root := filepath.Join(t.TempDir(), "emptydir")
-	e := newEmptyDirs(root)
+	e, root := testEmptyDirs(t)
 	p := filepath.Join(root, "scratch")
-	t.Cleanup(func() {
-		e.unmountPoint = unmountStorage
-		_ = e.unmountAll(ctx)
-		_ = unix.Unmount(p, unix.MNT_DETACH) // should the code under test have forgotten it
-	})
+	// Should the code under test have forgotten the volume.
+	t.Cleanup(func() { _ = unix.Unmount(p, unix.MNT_DETACH) })
 	e.unmountPoint = func(context.Context, string, string) error { return unix.EIO }
 	done, err := e.acquire(ctx, []*api.EmptyDir{{Name: "scratch", Mode: 0o777}})
 	if err != nil {
@@ -203,6 +181,22 @@ func TestEmptyDirsUnmountFails(t *testing.T) {
 	if mounted(t, p) || len(e.dirs) != 0 {
 		t.Errorf("after the destroy: mounted %v, volumes %d", mounted(t, p), len(e.dirs))
 	}
+}
+
+// testEmptyDirs returns the emptyDir table of a test, its root in the
+// test's temporary directory; the test's end unmounts what it holds.
+func testEmptyDirs(t *testing.T) (*emptyDirs, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root: it mounts tmpfs")
+	}
+	root := filepath.Join(t.TempDir(), "emptydir")
+	e := newEmptyDirs(root)
+	t.Cleanup(func() {
+		e.unmountPoint = unmountStorage
+		_ = e.unmountAll(context.Background())
+	})
+	return e, root
 }
 
 // TestEmptyDirHostAgrees: the agent's directory and name rule are the
