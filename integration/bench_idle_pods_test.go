@@ -25,6 +25,11 @@ import (
 // run, as "baseline".
 const BaselineRootfsAssetsEnv = "HULL_BENCH_BASELINE_ROOTFS"
 
+// PodSandboxBenchEnv, set to anything, gives each of BenchmarkIdlePods'
+// pods a pod sandbox container (the agent's light pause process) before
+// its container, as a pod started through CRI has.
+const PodSandboxBenchEnv = "HULL_BENCH_POD_SANDBOX"
+
 // BenchmarkIdlePods is the memory goal's headline: templatePods idle pods
 // at once, each started as a pod's shim starts it (sandbox.Start) with the
 // default configuration and the default guest image (the hull kernel's
@@ -45,6 +50,8 @@ const BaselineRootfsAssetsEnv = "HULL_BENCH_BASELINE_ROOTFS"
 // pods start with agent.debug_console on and the benchmark logs, from
 // inside one pod's guest, /proc/meminfo and each guest process's memory:
 // where the guest RAM goes (the default images have no debug shell).
+// With HULL_BENCH_POD_SANDBOX set, each pod has a pod sandbox container
+// too.
 func BenchmarkIdlePods(b *testing.B) {
 	dir, m := rootfsAssets(b)
 	kinds := []idlePodImage{{"default", dir, m.DebugShell != nil}}
@@ -151,7 +158,7 @@ func measureIdlePods(b *testing.B, image idlePodImage, prefix, bundle string, sp
 	b.Helper()
 	c := imageBenchConfig(b, imageKind{"hull-rootfs", image.dir, guestimage.KindRootfs})
 	c.Agent.DebugConsole = image.debugShell
-	pods := startIdlePods(b, podKind{name: image.name, c: c}, prefix, templatePods, bundle, spec)
+	pods := startIdlePods(b, podKind{name: image.name, c: c, podSandbox: os.Getenv(PodSandboxBenchEnv) != ""}, prefix, templatePods, bundle, spec)
 	defer pods.stop()
 	time.Sleep(idleSettle)
 	var s podSplits

@@ -35,6 +35,9 @@ type podKind struct {
 	// (an ext4 image of the bundle's root, as containerd's blockfile
 	// snapshotter keeps it): what a pod without virtio-fs needs.
 	diskRoot bool
+	// podSandbox gives each pod a pod sandbox container (the agent's
+	// light pause process) before its container, as a CRI pod has.
+	podSandbox bool
 }
 
 // BenchmarkTemplatePods compares pods whose VM boots ("cold") with pods
@@ -86,7 +89,7 @@ func BenchmarkTemplatePods(b *testing.B) {
 	}
 
 	bundle, spec := busyboxBundle(b, "sleep", "100000")
-	kinds := []podKind{{"cold", cold, false, false}, {"template", &tpl, true, false}}
+	kinds := []podKind{{name: "cold", c: cold}, {name: "template", c: &tpl, restored: true}}
 	starts := map[string][]time.Duration{}
 	for i := 0; b.Loop(); i++ {
 		for k := range kinds {
@@ -189,6 +192,16 @@ func startIdlePods(b *testing.B, kind podKind, prefix string, n int, bundle stri
 	for _, sb := range sbs {
 		if sb.Restored() != kind.restored {
 			fail("%s: sandbox %s restored from the template: %v, want %v", kind.name, sb.ID(), sb.Restored(), kind.restored)
+		}
+		if kind.podSandbox {
+			pause, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "pause", Bundle: bundle, Spec: spec, PodSandbox: true})
+			if err != nil {
+				fail("%s: creating the pod sandbox container in %s: %v", kind.name, sb.ID(), err)
+			}
+			pods.ctrs = append(pods.ctrs, pause)
+			if err := pause.Start(ctx); err != nil {
+				fail("%s: starting the pod sandbox container in %s: %v", kind.name, sb.ID(), err)
+			}
 		}
 		cc := sandbox.ContainerConfig{ID: "idle", Bundle: bundle, Spec: spec}
 		if kind.diskRoot {
@@ -362,7 +375,7 @@ func BenchmarkTemplatePodsShared(b *testing.B) {
 	key := createPodTemplate(b, withTimeout(b, 5*time.Minute), &tpl, "tpl-create")
 	b.Logf("template %s created", key)
 	bundle, spec := busyboxBundle(b, "sleep", "100000")
-	kinds := []podKind{{"cold-nofs", cold, false, true}, {"shared", &tpl, true, true}}
+	kinds := []podKind{{name: "cold-nofs", c: cold, diskRoot: true}, {name: "shared", c: &tpl, restored: true, diskRoot: true}}
 	mems := map[string]podMem{}
 	for b.Loop() {
 		if len(mems) > 0 {
