@@ -447,8 +447,13 @@ func kernelParams(cfg *hypervisor.Config, l layout) []string {
 	}
 	if r := cfg.RootImage; r != nil {
 		// The first (only) pmem device, read-only, mounted with DAX; the
-		// agent is its /init.
-		ps = append(ps, "root=/dev/pmem0", "rootfstype="+r.FSType, "rootflags=dax=always", "ro", "init=/init")
+		// agent is its /init. rootwait: libnvdimm registers the pmem
+		// namespace from its own asynchronous domain, which the kernel
+		// does not wait for before it mounts the root, so under load
+		// /dev/pmem0 could come too late and the guest panicked. A
+		// device that never comes leaves the guest waiting, and the
+		// boot's own timeout ends it.
+		ps = append(ps, "root=/dev/pmem0", "rootwait", "rootfstype="+r.FSType, "rootflags=dax=always", "ro", "init=/init")
 	}
 	return append(ps, cfg.KernelParams...)
 }
