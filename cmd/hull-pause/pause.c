@@ -54,11 +54,11 @@ int main(void)
 
 	/*
 	 * Every signal is blocked and taken by rt_sigtimedwait, so none
-	 * takes its default action. Dispositions go back to the default first: an
-	 * ignored SIGCHLD, kept across exec, would make the kernel reap
-	 * children itself; a blocked signal is queued whatever its
-	 * disposition, also when it comes from inside the PID namespace
-	 * whose init this is.
+	 * takes its default action. Dispositions then go back to the
+	 * default: an ignored SIGCHLD, kept across exec, would make the
+	 * kernel reap children itself. A blocked signal is queued whatever
+	 * its disposition, also when it comes from inside the PID
+	 * namespace whose init this is.
 	 */
 	if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, NULL, sizeof(all)) != 0)
 		return 1;
@@ -79,7 +79,7 @@ int main(void)
 		(void)close(SYNC_FD);
 	}
 
-	/* Children that came before the mask was set sent a SIGCHLD that
+	/* A child that ended before the mask was set sent a SIGCHLD that
 	 * may be lost. */
 	reap();
 	for (;;) {
