@@ -35,6 +35,13 @@ LDFLAGS := -X github.com/hull-runtime/hull/internal/version.Version=$(VERSION) \
 AGENT_TAGS    := netgo,osusergo,seccomp
 AGENT_LDFLAGS := $(LDFLAGS) -s -w -linkmode external -extldflags -static
 
+# The waiting stage of a pod sandbox process (cmd/hull-pause): a small C
+# program, static, with no Go runtime; `hull image build` packs it.
+ifeq ($(origin CC),default)
+CC            := gcc
+endif
+PAUSE_CFLAGS  := -Os -static -s -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror
+
 # Go from go.dev's tarball lives in /usr/local/go/bin, which sudo's
 # secure_path drops: look there after PATH, so `sudo make ...` finds it.
 export PATH := $(TOOLS):$(PATH):/usr/local/go/bin
@@ -56,7 +63,7 @@ tools: ## Install the pinned code generators into _output/tools.
 	@test -x $(TOOLS)/protoc-gen-go-ttrpc || GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
 
 .PHONY: build
-build: bin/hull bin/hull-agent bin/containerd-shim-hull-v2 bin/hull-runtime ## Build all binaries into bin/.
+build: bin/hull bin/hull-agent bin/hull-pause bin/containerd-shim-hull-v2 bin/hull-runtime ## Build all binaries into bin/.
 
 .PHONY: bin/hull
 bin/hull:
@@ -74,9 +81,13 @@ bin/hull-runtime:
 bin/hull-agent:
 	CGO_ENABLED=1 $(GO) build -tags '$(AGENT_TAGS)' -ldflags '$(AGENT_LDFLAGS)' -o $@ ./cmd/hull-agent
 
+bin/hull-pause: cmd/hull-pause/pause.c
+	@mkdir -p bin
+	$(CC) $(PAUSE_CFLAGS) -o $@ $<
+
 .PHONY: image
 image: build ## Build the guest kernel + initrd into _output/assets (cached kernel download).
-	bin/hull image build --agent bin/hull-agent --output $(TEST_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+	bin/hull image build --agent bin/hull-agent --pause bin/hull-pause --output $(TEST_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: kernel
 kernel: ## Build the hull kernel from the distribution's linux-source (tested: Debian 12's 6.1) into _output/kernel (cached by its inputs; the first build takes about 12 minutes on 2 cores, with progress).
@@ -84,11 +95,11 @@ kernel: ## Build the hull kernel from the distribution's linux-source (tested: D
 
 .PHONY: image-hullkernel
 image-hullkernel: build kernel ## Build the guest image with the hull kernel (no modules) into _output/assets-hullkernel.
-	bin/hull image build --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+	bin/hull image build --agent bin/hull-agent --pause bin/hull-pause --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(HULLKERNEL_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: image-rootfs
 image-rootfs: build kernel ## Build the hull kernel's guest image with a read-only erofs root image booted through virtio-pmem with DAX (kind rootfs) into _output/assets-rootfs.
-	bin/hull image build --format erofs --agent bin/hull-agent --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(ROOTFS_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
+	bin/hull image build --format erofs --agent bin/hull-agent --pause bin/hull-pause --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config --output $(ROOTFS_ASSETS) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL))
 
 .PHONY: unit
 unit: ## Run the unit tests with the race detector (the QEMU driver's boot the kernel of _output/assets, from make image).
@@ -219,6 +230,7 @@ INSTALL_FILES := \
 	0755:bin/containerd-shim-hull-v2:$(PREFIX)/bin/containerd-shim-hull-v2 \
 	0755:bin/hull-runtime:$(PREFIX)/bin/hull-runtime \
 	0755:bin/hull-agent:$(PREFIX)/libexec/hull/hull-agent \
+	0755:bin/hull-pause:$(PREFIX)/libexec/hull/hull-pause \
 	0644:config/configuration.toml:/usr/share/defaults/hull/configuration.toml
 # Directories that hold only hull's files: uninstall removes them once empty.
 INSTALL_DIRS := $(PREFIX)/libexec/hull /usr/share/defaults/hull $(ASSETS_DIR)
@@ -244,7 +256,7 @@ install: install-prereqs build $(if $(filter hull,$(GUEST_KERNEL)),kernel) ## In
 		echo "install $$src -> $(DESTDIR)$$dst"; \
 		install -D -m "$$mode" "$$src" "$(DESTDIR)$$dst"; \
 	done
-	bin/hull image build --agent bin/hull-agent --output $(DESTDIR)$(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL)) \
+	bin/hull image build --agent bin/hull-agent --pause bin/hull-pause --output $(DESTDIR)$(ASSETS_DIR) $(if $(DEBUG_SHELL),--debug-shell $(DEBUG_SHELL)) \
 		$(if $(filter hull,$(GUEST_KERNEL)),--format erofs --kernel-vmlinux $(KERNEL_OUT)/vmlinux --kernel-config $(KERNEL_OUT)/config)
 
 .PHONY: uninstall

@@ -51,7 +51,9 @@ const PodSandboxBenchEnv = "HULL_BENCH_POD_SANDBOX"
 // inside one pod's guest, /proc/meminfo and each guest process's memory:
 // where the guest RAM goes (the default images have no debug shell).
 // With HULL_BENCH_POD_SANDBOX set, each pod has a pod sandbox container
-// too.
+// too: the benchmark reports the median time of its create and start
+// ("-pod-sandbox-start-ms", the pods one after another, every VM up) and,
+// with a debug shell, logs the waiting stage's memory in the guests.
 func BenchmarkIdlePods(b *testing.B) {
 	dir, m := rootfsAssets(b)
 	kinds := []idlePodImage{{"default", dir, m.DebugShell != nil}}
@@ -67,12 +69,23 @@ func BenchmarkIdlePods(b *testing.B) {
 	}
 	bundle, spec := busyboxBundle(b, "sleep", "100000")
 	rounds := map[string][]podSplits{}
+	podSandboxStarts := map[string][]time.Duration{}
 	for i := 0; b.Loop(); i++ {
 		for k := range kinds {
 			kind := kinds[(i+k)%len(kinds)]
-			s := measureIdlePods(b, kind, fmt.Sprintf("ip%d-%s", i, kind.name), bundle, spec)
+			s, starts := measureIdlePods(b, kind, fmt.Sprintf("ip%d-%s", i, kind.name), bundle, spec)
 			b.Logf("round %d, %s: %s", i, kind.name, s)
+			if len(starts) > 0 {
+				b.Logf("round %d, %s: pod sandbox create and start median %d ms (%d to %d)", i, kind.name,
+					medianDuration(starts).Milliseconds(), slices.Min(starts).Milliseconds(), slices.Max(starts).Milliseconds())
+			}
 			rounds[kind.name] = append(rounds[kind.name], s)
+			podSandboxStarts[kind.name] = append(podSandboxStarts[kind.name], starts...)
+		}
+	}
+	for _, kind := range kinds {
+		if ts := podSandboxStarts[kind.name]; len(ts) > 0 {
+			b.ReportMetric(float64(medianDuration(ts).Milliseconds()), kind.name+"-pod-sandbox-start-ms")
 		}
 	}
 	for _, kind := range kinds {
@@ -153,8 +166,9 @@ func (s podSplits) String() string {
 
 // measureIdlePods starts templatePods pods of image at once, each with a
 // container of bundle, lets them idle for idleSettle and returns each
-// pod's PSS split; it stops the pods.
-func measureIdlePods(b *testing.B, image idlePodImage, prefix, bundle string, spec *specs.Spec) podSplits {
+// pod's PSS split and the times of its pod sandbox container's create and
+// start (none without one); it stops the pods.
+func measureIdlePods(b *testing.B, image idlePodImage, prefix, bundle string, spec *specs.Spec) (podSplits, []time.Duration) {
 	b.Helper()
 	c := imageBenchConfig(b, imageKind{"hull-rootfs", image.dir, guestimage.KindRootfs})
 	c.Agent.DebugConsole = image.debugShell
@@ -183,7 +197,7 @@ func measureIdlePods(b *testing.B, image idlePodImage, prefix, bundle string, sp
 		s = append(s, p)
 	}
 	if image.debugShell {
-		var used, agent []float64
+		var used, agent, pauseAnon, pausePss []float64
 		for i, sb := range pods.sbs {
 			out, err := guestMemory(withTimeout(b, 5*time.Minute), sb)
 			if err != nil {
@@ -195,11 +209,18 @@ func measureIdlePods(b *testing.B, image idlePodImage, prefix, bundle string, sp
 			g := parseGuestMemory(out)
 			used = append(used, g.usedKiB/1024)
 			agent = append(agent, g.agentPssKiB/1024)
+			if g.pause {
+				pauseAnon, pausePss = append(pauseAnon, g.pauseAnonKiB), append(pausePss, g.pausePssKiB)
+			}
 		}
 		b.Logf("%s: inside the guests: MemTotal less MemFree median %.1f MiB (%.1f to %.1f); the agent's PSS median %.1f MiB (%.1f to %.1f)",
 			image.name, medianF(used), slices.Min(used), slices.Max(used), medianF(agent), slices.Min(agent), slices.Max(agent))
+		if len(pauseAnon) > 0 {
+			b.Logf("%s: inside the guests: the pod sandbox's waiting stage (pause), %d of them: anonymous PSS median %.0f KiB (%.0f to %.0f), PSS median %.0f KiB (%.0f to %.0f)",
+				image.name, len(pauseAnon), medianF(pauseAnon), slices.Min(pauseAnon), slices.Max(pauseAnon), medianF(pausePss), slices.Min(pausePss), slices.Max(pausePss))
+		}
 	}
-	return s
+	return s, pods.podSandboxStarts
 }
 
 // guestMemoryScript is what guestMemory types into a guest's debug shell:
@@ -221,6 +242,11 @@ type guestFigures struct {
 	usedKiB float64
 	// agentPssKiB is PID 1's PSS.
 	agentPssKiB float64
+	// pause is whether a process named pause (a pod sandbox's waiting
+	// stage) was found; pausePssKiB and pauseAnonKiB are its PSS and its
+	// anonymous share of it.
+	pause                     bool
+	pausePssKiB, pauseAnonKiB float64
 }
 
 // parseGuestMemory picks guestFigures out of guestMemoryScript's output.
@@ -236,6 +262,10 @@ func parseGuestMemory(out string) guestFigures {
 			free, _ = strconv.ParseFloat(f[1], 64)
 		case len(f) >= 10 && f[0] == "pid" && f[1] == "1" && f[8] == "Pss:":
 			g.agentPssKiB, _ = strconv.ParseFloat(f[9], 64)
+		case len(f) >= 13 && f[0] == "pid" && f[2] == "pause" && f[8] == "Pss:" && f[11] == "Pss_Anon:":
+			g.pause = true
+			g.pausePssKiB, _ = strconv.ParseFloat(f[9], 64)
+			g.pauseAnonKiB, _ = strconv.ParseFloat(f[12], 64)
 		}
 	}
 	g.usedKiB = total - free

@@ -160,6 +160,9 @@ func reportPodMem(b *testing.B, mems map[string]podMem, base, other, ratio strin
 type idlePods struct {
 	sbs  []*sandbox.Sandbox
 	ctrs []*sandbox.Container
+	// podSandboxStarts are the times of the pod sandbox containers'
+	// create and start, one a pod, when the pods have them.
+	podSandboxStarts []time.Duration
 }
 
 // stop deletes the containers and stops the sandboxes.
@@ -194,6 +197,7 @@ func startIdlePods(b *testing.B, kind podKind, prefix string, n int, bundle stri
 			fail("%s: sandbox %s restored from the template: %v, want %v", kind.name, sb.ID(), sb.Restored(), kind.restored)
 		}
 		if kind.podSandbox {
+			t0 := time.Now()
 			pause, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "pause", Bundle: bundle, Spec: spec, PodSandbox: true})
 			if err != nil {
 				fail("%s: creating the pod sandbox container in %s: %v", kind.name, sb.ID(), err)
@@ -202,6 +206,7 @@ func startIdlePods(b *testing.B, kind podKind, prefix string, n int, bundle stri
 			if err := pause.Start(ctx); err != nil {
 				fail("%s: starting the pod sandbox container in %s: %v", kind.name, sb.ID(), err)
 			}
+			pods.podSandboxStarts = append(pods.podSandboxStarts, time.Since(t0))
 		}
 		cc := sandbox.ContainerConfig{ID: "idle", Bundle: bundle, Spec: spec}
 		if kind.diskRoot {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"regexp"
@@ -80,13 +81,28 @@ func TestRootfsImage(t *testing.T) {
 		t.Errorf("guest warnings: %v", d.GetWarnings())
 	}
 
+	// A pod sandbox container first: its waiting stage, hull-pause, runs
+	// from the image's root.
+	pbundle, pspec := busyboxBundle(t, "/pause")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pause, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "pause", Bundle: pbundle, Spec: pspec, PodSandbox: true})
+	if err != nil {
+		t.Fatalf("creating a pod sandbox container: %v", err)
+	}
+	t.Cleanup(func() { _ = pause.Delete(context.Background(), true) })
+	if err := pause.Start(ctx); err != nil {
+		t.Fatalf("starting the pod sandbox container: %v", err)
+	}
+
 	// The container shares the guest's PID namespace, so its /proc/1 is
 	// the agent: /proc/1/mounts is the guest's mount table. It is read
 	// through every thread of the agent: a thread that has a root of its
 	// own for a moment (setting up a container) shows only what lies
-	// under that root.
+	// under that root. It also finds the pod sandbox's process.
 	bundle, spec := busyboxBundle(t, "sh", "-c", strings.Join([]string{
 		"cat /proc/1/task/*/mounts | sort -u",
+		"for p in /proc/[0-9]*; do [ \"$(cat $p/comm)\" = pause ] && echo \"pause process: $(tr '\\0' ' ' < $p/cmdline)\"; done; true",
 		"echo container-writes > /written && cat /written",
 	}, " && "))
 	spec.Linux.Namespaces = slices.DeleteFunc(spec.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
@@ -104,6 +120,9 @@ func TestRootfsImage(t *testing.T) {
 	}
 	if !strings.Contains(r.stdout, "container-writes") {
 		t.Errorf("the container could not write its own root: %q", r.stdout)
+	}
+	if !strings.Contains(r.stdout, "pause process: /pause \n") {
+		t.Errorf("no pod sandbox process running /pause (hull-pause) in the guest:\n%s", r.stdout)
 	}
 
 	// Host side: QEMU's mapping of the image.

@@ -27,8 +27,9 @@ import (
 // init runs libcontainer's container setup when this process is
 // "hull-agent init", as runc's own main package does; it does not return.
 func init() {
-	// Both pause stages are PID 1 of a new PID namespace when the pod
-	// has one: the argument, not the PID, tells them from the VM's init.
+	// The setup stage of a pod sandbox process is PID 1 of a new PID
+	// namespace when the pod has one: the argument, not the PID, tells it
+	// from the VM's init.
 	if len(os.Args) < 2 {
 		return
 	}
@@ -37,8 +38,6 @@ func init() {
 		libcontainer.Init()
 	case agent.PauseSetupArg:
 		agent.PauseSetupMain()
-	case agent.PauseArg:
-		agent.PauseMain()
 	}
 }
 

@@ -23,6 +23,7 @@ func newImageCommand(g *globalFlags) *cobra.Command {
 func newImageBuildCommand(g *globalFlags) *cobra.Command {
 	var (
 		agentPath   string
+		pausePath   string
 		output      string
 		kernelDeb   string
 		vmlinux     string
@@ -38,11 +39,12 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 		Short: "Build the guest kernel and initrd from a Debian kernel package or a local kernel",
 		Long: "Download the configured Debian kernel package (apt-get download; never installed),\n" +
 			"extract a bootable kernel, collect the kernel modules the image features need, and pack\n" +
-			"them with hull-agent as /init into an initrd. Writes kernel, initrd and manifest.json.\n\n" +
+			"them with hull-agent as /init and hull-pause (the waiting stage of pod sandbox processes)\n" +
+			"into an initrd. Writes kernel, initrd and manifest.json.\n\n" +
 			"With --kernel-vmlinux and --kernel-config, use a locally built kernel instead, such as\n" +
 			"the hull kernel (`make kernel`, docs/guest-kernel.md). It has no modules: every image\n" +
 			"feature must be built in (=y) in its .config, or the build fails naming the missing\n" +
-			"CONFIG_ symbol; the initrd then holds only the agent.\n\n" +
+			"CONFIG_ symbol; the initrd then holds only the agent and hull-pause.\n\n" +
 			"With --format erofs (needs mkfs.erofs from erofs-utils, and a local kernel with virtio-pmem,\n" +
 			"pmem, DAX and erofs built in, such as the hull kernel), also pack the same files as a\n" +
 			"read-only erofs image that the guest boots from through virtio-pmem with DAX; the\n" +
@@ -63,6 +65,12 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 					return fmt.Errorf("%w; pass --agent", err)
 				}
 			}
+			if pausePath == "" {
+				pausePath, err = launch.PauseBinary()
+				if err != nil {
+					return fmt.Errorf("%w (make build makes bin/hull-pause); pass --pause", err)
+				}
+			}
 			o := guestimage.Options{
 				KernelPackage: c.Image.KernelPackage,
 				KernelDeb:     kernelDeb,
@@ -70,6 +78,7 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 				KernelConfig:  kconfig,
 				CacheDir:      c.Image.CacheDir,
 				AgentBinary:   agentPath,
+				PauseBinary:   pausePath,
 				Features:      c.Image.Features,
 				Compression:   c.Image.Compression,
 				OutputDir:     c.Image.AssetsDir,
@@ -108,6 +117,8 @@ func newImageBuildCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&agentPath, "agent", "", "static hull-agent binary (default: beside hull, or ../libexec/hull/hull-agent)")
+	cmd.Flags().StringVar(&pausePath, "pause", "", "static hull-pause binary, the waiting stage of pod sandbox processes, packed as "+
+		channel.PauseBinaryPath+" (default: beside hull, or ../libexec/hull/hull-pause)")
 	cmd.Flags().StringVar(&output, "output", "", "output directory (default: image.assets_dir)")
 	cmd.Flags().StringVar(&kernelDeb, "kernel-deb", "", "use this kernel .deb instead of downloading image.kernel_package")
 	cmd.Flags().StringVar(&vmlinux, "kernel-vmlinux", "", "use this locally built PVH vmlinux (no modules) instead of a kernel package; needs --kernel-config")

@@ -35,12 +35,12 @@ func podNamespacesCase(t *testing.T, s *session) {
 	}
 	// PID 1 of the pod's PID namespace is the sandbox's process: under
 	// runc the pause image's command (the suite's image runs a shell
-	// loop), under hull the agent's light process (its binary bound at
-	// /pause).
+	// loop), under hull the light process's waiting stage (hull-pause,
+	// bound at /pause).
 	init := out(a, "cat", "/proc/1/cmdline")
 	t.Logf("PID 1 of the pod as a container sees it: %q; its status:\n%s", init, out(a, "cat", "/proc/1/status"))
-	if s.h.vm && init != "/pause\x00pause\x00" {
-		t.Errorf("PID 1 of the pod: %q, want the agent's pause process", init)
+	if s.h.vm && init != "/pause\x00" {
+		t.Errorf("PID 1 of the pod: %q, want the light process's /pause", init)
 	}
 	if ps := out(a, "ps", "-o", "pid,args"); !strings.Contains(ps, "sleep 7777") {
 		t.Errorf("container a does not see container b's process:\n%s", ps)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/channel"
 )
 
 // containerStateDir is where libcontainer keeps its container state.
@@ -38,9 +39,10 @@ type containerService struct {
 	// emptyDirs are the pod's emptyDir volumes, kept until the sandbox
 	// is destroyed.
 	emptyDirs *emptyDirs
-	// pauseExe is the path of the binary a pod sandbox process runs,
-	// this one (podsandbox.go).
-	pauseExe string
+	// pauseExe is the path of the binary a pod sandbox process's setup
+	// stage runs, this one; pauseBin that of its waiting stage,
+	// channel.PauseBinaryPath (pause.go).
+	pauseExe, pauseBin string
 
 	mu sync.Mutex
 	// sandboxID is set by CreateSandbox. Guarded by mu.
@@ -75,7 +77,7 @@ var guestDirs = guestPaths{storage: storageRoot, state: containerStateDir, empty
 
 func newContainerService(a *Agent, paths guestPaths) *containerService {
 	return &containerService{
-		a: a, paths: paths, oom: newOOMQueue(), emptyDirs: newEmptyDirs(paths.emptyDir), pauseExe: selfExe(),
+		a: a, paths: paths, oom: newOOMQueue(), emptyDirs: newEmptyDirs(paths.emptyDir), pauseExe: selfExe(), pauseBin: channel.PauseBinaryPath,
 		containers: map[string]*container{}, creating: map[string]bool{},
 		sync: func() {
 			if a.initMode {

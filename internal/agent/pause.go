@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -14,18 +13,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The light pod sandbox process (podsandbox.go makes it) is this binary run
-// twice: first as "pause-setup", in the namespaces the agent made for it,
-// to set what belongs to those namespaces and drop its privileges, then,
-// from the thread that dropped them, executed again as "pause", which only
-// waits. The exec gives every thread of the process that waits the dropped
-// privileges (capabilities and no_new_privs are per thread in Linux).
-const (
-	// PauseSetupArg is the first argument of the setup stage.
-	PauseSetupArg = "pause-setup"
-	// PauseArg is the first argument of the waiting stage.
-	PauseArg = "pause"
-)
+// The light pod sandbox process (podsandbox.go makes it) runs two
+// programs. First this binary, as "pause-setup", in the namespaces the
+// agent made for it: it sets what belongs to those namespaces, makes the
+// process's root and drops its privileges. Then, from the thread that
+// dropped them, it executes the waiting stage: hull-pause (cmd/hull-pause),
+// a static C program with no Go runtime that the guest image holds at
+// channel.PauseBinaryPath and the root at /pause. The exec gives the
+// process that waits the dropped privileges (capabilities and no_new_privs
+// are per thread in Linux), and leaves nothing of the Go runtime behind.
+
+// PauseSetupArg is the first argument of the setup stage.
+const PauseSetupArg = "pause-setup"
 
 // pauseSyncFd is the descriptor on which both stages report to the agent:
 // the setup stage an error text, the waiting stage one zero byte once it
@@ -56,10 +55,9 @@ type pauseConfig struct {
 	// Root is an empty directory on which the setup stage mounts the
 	// process's root (in its own mount namespace).
 	Root string `json:"root"`
-	// Exe is the path of this binary, which the root holds. A path, not
-	// /proc/self/exe: that names the file on the agent's mount, which a
-	// bind in another mount namespace refuses.
-	Exe string `json:"exe"`
+	// Bin is the path of the waiting stage's binary
+	// (channel.PauseBinaryPath), which the root holds at /pause.
+	Bin string `json:"bin"`
 }
 
 type pauseRlimit struct {
@@ -87,7 +85,7 @@ func PauseSetupMain() {
 	if err := pauseSetup(&cfg); err != nil {
 		fail(err)
 	}
-	err := syscall.Exec(pauseBinary, []string{pauseBinary, PauseArg}, nil)
+	err := syscall.Exec(pauseBinary, []string{pauseBinary}, nil)
 	fail(fmt.Errorf("executing %s: %w", pauseBinary, err))
 }
 
@@ -132,7 +130,7 @@ func pauseSetup(cfg *pauseConfig) error {
 	if err != nil {
 		return err
 	}
-	if err := pauseRoot(cfg.Root, cfg.Exe); err != nil {
+	if err := pauseRoot(cfg.Root, cfg.Bin); err != nil {
 		return err
 	}
 	keep := make(map[int]bool, len(cfg.Bounding))
@@ -195,11 +193,11 @@ func lastCap() (int, error) {
 }
 
 // pauseRoot makes the process's root a read-only tmpfs that holds nothing
-// but this binary (bound read-only at /pause), and drops every other mount
-// from its mount namespace, so that nothing of the guest is reachable
+// but the waiting stage's binary bin (bound read-only at /pause), and drops
+// every other mount from its mount namespace, so that nothing of the guest is reachable
 // through the process (/proc/<pid>/root from a container in its PID
 // namespace).
-func pauseRoot(dir, exe string) error {
+func pauseRoot(dir, bin string) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("making mounts private: %w", err)
 	}
@@ -207,15 +205,15 @@ func pauseRoot(dir, exe string) error {
 	if err := unix.Mount("tmpfs", dir, "tmpfs", flags, "mode=0755,size=64k"); err != nil {
 		return fmt.Errorf("mounting the root: %w", err)
 	}
-	bin := filepath.Join(dir, pauseBinary)
+	mp := filepath.Join(dir, pauseBinary)
 	// The mount point of the binary's bind; the bind's mode is the binary's.
-	if err := os.WriteFile(bin, nil, 0o600); err != nil {
+	if err := os.WriteFile(mp, nil, 0o600); err != nil {
 		return fmt.Errorf("making %s: %w", pauseBinary, err)
 	}
-	if err := unix.Mount(exe, bin, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("binding the binary: %w", err)
+	if err := unix.Mount(bin, mp, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("binding the binary %s: %w", bin, err)
 	}
-	if err := unix.Mount("", bin, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|flags, ""); err != nil {
+	if err := unix.Mount("", mp, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|flags, ""); err != nil {
 		return fmt.Errorf("making the binary read-only: %w", err)
 	}
 	if err := unix.Chdir(dir); err != nil {
@@ -235,39 +233,4 @@ func pauseRoot(dir, exe string) error {
 		return fmt.Errorf("making the root read-only: %w", err)
 	}
 	return nil
-}
-
-// PauseMain is the waiting stage of a pod sandbox process: it tells the
-// agent it runs, then reaps the children that its PID namespace gives it
-// and exits 0 on SIGINT or SIGTERM, as Kubernetes' pause does; it does not
-// return.
-func PauseMain() {
-	// Not dumpable: a container of the pod that runs as the same user
-	// cannot ptrace it or open its /proc entries.
-	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
-	// Every catchable signal, so that none takes Go's default action
-	// (SIGHUP, SIGQUIT, SIGABRT... would end it); all but SIGINT and
-	// SIGTERM are ignored, as Kubernetes' pause ignores them.
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs)
-	if _, err := unix.FcntlInt(pauseSyncFd, unix.F_GETFD, 0); err == nil {
-		_, _ = unix.Write(pauseSyncFd, []byte{0})
-		_ = unix.Close(pauseSyncFd)
-	}
-	for s := range sigs {
-		switch s {
-		case unix.SIGINT, unix.SIGTERM:
-			os.Exit(0)
-		case unix.SIGCHLD:
-		default:
-			continue
-		}
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
-		}
-	}
 }

@@ -57,7 +57,7 @@ var pauseSysctls = map[specs.LinuxNamespaceType][]string{
 
 // pausePlan checks a pod sandbox's spec and says what of it the process
 // gets: the clone flags of its namespaces and its configuration.
-func pausePlan(spec *specs.Spec, root, exe string) (uintptr, *pauseConfig, error) {
+func pausePlan(spec *specs.Spec, root, bin string) (uintptr, *pauseConfig, error) {
 	flags := uintptr(unix.CLONE_NEWNS)
 	own := map[specs.LinuxNamespaceType]bool{}
 	for _, ns := range spec.Linux.Namespaces {
@@ -83,7 +83,7 @@ func pausePlan(spec *specs.Spec, root, exe string) (uintptr, *pauseConfig, error
 		own[ns.Type] = true
 	}
 	p := spec.Process
-	cfg := &pauseConfig{Root: root, Exe: exe, UID: p.User.UID, GID: p.User.GID, Groups: p.User.AdditionalGids, OOMScoreAdj: p.OOMScoreAdj}
+	cfg := &pauseConfig{Root: root, Bin: bin, UID: p.User.UID, GID: p.User.GID, Groups: p.User.AdditionalGids, OOMScoreAdj: p.OOMScoreAdj}
 	if spec.Hostname != "" || spec.Domainname != "" {
 		if !own[specs.UTSNamespace] {
 			return 0, nil, fmt.Errorf("a hostname without a UTS namespace of its own: %w", errdefs.ErrInvalidArgument)
@@ -207,9 +207,14 @@ func (s *containerService) createPodSandbox(ctx context.Context, id string, spec
 	if stdio.GetTerminal() {
 		return nil, nil, fmt.Errorf("a pod sandbox has no terminal: %w", errdefs.ErrInvalidArgument)
 	}
-	flags, pcfg, err := pausePlan(spec, s.paths.pause, s.pauseExe)
+	flags, pcfg, err := pausePlan(spec, s.paths.pause, s.pauseBin)
 	if err != nil {
 		return nil, nil, err
+	}
+	// Said here rather than by the setup stage's bind: an image built
+	// before the waiting stage had a binary of its own lacks it.
+	if st, err := os.Stat(s.pauseBin); err != nil || !st.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("the guest image has no pod sandbox binary at %s (rebuild it with hull image build): %w", s.pauseBin, errdefs.ErrFailedPrecondition)
 	}
 	arg, err := json.Marshal(pcfg)
 	if err != nil {
@@ -417,8 +422,8 @@ func errPodSandbox(op, id string) error {
 	return fmt.Errorf("%s container %s: not supported for a pod sandbox container, whose process only holds the pod's namespaces: %w", op, id, errdefs.ErrNotImplemented)
 }
 
-// selfExe is the path of the agent's binary, which a pod sandbox process
-// runs.
+// selfExe is the path of the agent's binary, which the setup stage of a
+// pod sandbox process runs.
 func selfExe() string {
 	p, err := os.Executable()
 	if err != nil {

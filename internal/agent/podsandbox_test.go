@@ -89,7 +89,7 @@ func TestPausePlan(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(s)
 			}
-			flags, cfg, err := pausePlan(s, "/root", "/exe")
+			flags, cfg, err := pausePlan(s, "/root", "/bin")
 			if tc.class != nil {
 				if err == nil || !tc.class(err) {
 					t.Fatalf("pausePlan: %v; want an error of another class", err)
@@ -162,8 +162,9 @@ func TestPodSandboxProcess(t *testing.T) {
 			t.Fatalf("this test needs %s: %v", tool, err)
 		}
 	}
-	// The process's root holds its binary alone: it must be static, as
-	// the agent's binary is (this test binary need not be).
+	// The setup stage runs the agent's binary, as in the guest (this test
+	// binary need not be static); the root holds the waiting stage's
+	// binary, hull-pause, alone.
 	exe := filepath.Join(t.TempDir(), "hull-agent")
 	cmd := exec.Command("go", "build", "-tags", "netgo,osusergo,seccomp",
 		"-ldflags", "-s -w -linkmode external -extldflags -static", "-o", exe, "./cmd/hull-agent")
@@ -174,7 +175,7 @@ func TestPodSandboxProcess(t *testing.T) {
 	}
 	a := &Agent{reaper: newReaper("/proc"), streams: newStreamTable(time.Minute)}
 	s := newContainerService(a, testGuestPaths(t))
-	s.pauseExe = exe
+	s.pauseExe, s.pauseBin = exe, BuildPause(t, t.TempDir())
 	s.sandboxID = "sb"
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -311,7 +312,9 @@ func TestPodSandboxProcess(t *testing.T) {
 		create(t, "pod2")
 		// Pending signals arrive lowest first: SIGHUP and SIGQUIT,
 		// had they ended it, would make the status 129 or 2.
-		for _, sig := range []unix.Signal{unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGTERM} {
+		// The real-time signals too, the C library's own 32 and 33
+		// included.
+		for _, sig := range []unix.Signal{unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGPIPE, 32, 33, 34, 64, unix.SIGTERM} {
 			if _, err := s.SignalProcess(ctx, &api.SignalProcessRequest{ContainerId: "pod2", Signal: uint32(sig)}); err != nil {
 				t.Fatalf("%v: %v", sig, err)
 			}
@@ -423,6 +426,19 @@ wait`)
 			t.Errorf("container after a failed create: %v", err)
 		}
 	})
+
+	t.Run("an image without the waiting stage's binary", func(t *testing.T) {
+		bin := s.pauseBin
+		s.pauseBin = filepath.Join(t.TempDir(), "pause")
+		defer func() { s.pauseBin = bin }()
+		_, err := s.CreateContainer(ctx, &api.CreateContainerRequest{ContainerId: "pod5", Spec: specJSON(t, pauseSpec("pod5")), PodSandbox: true})
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "hull image build") {
+			t.Fatalf("CreateContainer: %v, want a failed precondition saying to rebuild the image", err)
+		}
+		if _, err := s.get("pod5"); !errdefs.IsNotFound(err) {
+			t.Errorf("container after a failed create: %v", err)
+		}
+	})
 }
 
 // TestPodSandboxGetsNoRoot: a pod sandbox's create that carries a root,
@@ -456,4 +472,22 @@ func TestPodSandboxGetsNoRoot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BuildPause builds the waiting stage's binary (cmd/hull-pause) into dir
+// as the Makefile does, and returns its path.
+func BuildPause(t *testing.T, dir string) string {
+	t.Helper()
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Fatalf("building hull-pause needs gcc (and libc6-dev): %v", err)
+	}
+	out := filepath.Join(dir, "hull-pause")
+	cmd := exec.Command(cc, "-Os", "-static", "-s", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
+		"-o", out, "cmd/hull-pause/pause.c")
+	cmd.Dir = "../.."
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building hull-pause: %v\n%s", err, b)
+	}
+	return out
 }

@@ -20,7 +20,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	api "github.com/hull-runtime/hull/api/agent/v1"
+	"github.com/hull-runtime/hull/internal/agent"
 	"github.com/hull-runtime/hull/internal/agentclient"
+	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hypervisor"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
@@ -156,9 +158,14 @@ func startVM(t *testing.T) *vmEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pause, err := os.ReadFile(agent.BuildPause(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, err = guestimage.WriteInitrd(ctx, f, guestimage.InitrdSpec{
 		Init: agentBin, Kernel: k,
-		Features: []string{modlist.FeatureBusPCI, modlist.FeatureSerial, modlist.FeatureVirtioFS, modlist.FeatureOverlay},
+		Features:   []string{modlist.FeatureBusPCI, modlist.FeatureSerial, modlist.FeatureVirtioFS, modlist.FeatureOverlay},
+		ExtraFiles: []guestimage.File{{Path: channel.PauseBinaryPath, Mode: 0o755, Data: pause}},
 	})
 	err = errors.Join(err, f.Close())
 	if err != nil {

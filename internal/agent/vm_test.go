@@ -463,7 +463,7 @@ func testPodSandbox(t *testing.T, e *vmEnv) {
 	t.Logf("the member sees:\n%s", out)
 	// runc's example spec bounds and permits AUDIT_WRITE, KILL and
 	// NET_BIND_SERVICE.
-	want := "vmpod\n3456\n/pause pause \nCapEff:\t0000000020000420\n-998\n0::/\n"
+	want := "vmpod\n3456\n/pause \nCapEff:\t0000000020000420\n-998\n0::/\n"
 	if st != 0 || !strings.HasPrefix(out, want) {
 		t.Errorf("member: status %d, stdout %q, stderr %q; want %q first", st, out, errOut, want)
 	}

@@ -28,6 +28,11 @@ const (
 // has one.
 const DebugShellPath = "/usr/libexec/hull/debug-shell"
 
+// PauseBinaryPath is where a guest image holds the waiting stage of a pod
+// sandbox process (cmd/hull-pause): a static program with no Go runtime
+// that the agent binds at /pause of the process's root.
+const PauseBinaryPath = "/usr/libexec/hull/pause"
+
 // Defaults of the agent endpoint.
 const (
 	// DefaultVsockPort is the AF_VSOCK port the agent listens on.

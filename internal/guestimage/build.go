@@ -50,6 +50,10 @@ type Options struct {
 	CacheDir string
 	// AgentBinary is the static hull-agent; it becomes /init.
 	AgentBinary string
+	// PauseBinary is the static hull-pause (cmd/hull-pause), the waiting
+	// stage of a pod sandbox process; it goes to channel.PauseBinaryPath.
+	// Required.
+	PauseBinary string
 	// Features select the modules (modlist.Feature*); empty means all.
 	Features []string
 	// Format is FormatInitrd (default) or FormatErofs: the same files
@@ -130,16 +134,20 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	features, _ := normalizeFeatures(o.Features)
 	p := newProgress(o.Progress)
-	// The debug shell, like a local kernel, is checked before anything is
-	// written.
-	var extra []File
+	// The pod sandbox binary and the debug shell, like a local kernel,
+	// are checked before anything is written.
+	pause, pauseInfo, err := readPause(o.PauseBinary)
+	if err != nil {
+		return nil, err
+	}
+	extra := []File{pause}
 	var shell *DebugShellInfo
 	if o.DebugShell != "" {
 		data, info, err := readDebugShell(o.DebugShell)
 		if err != nil {
 			return nil, err
 		}
-		extra, shell = []File{{Path: info.Path, Mode: 0o755, Data: data}}, info
+		extra, shell = append(extra, File{Path: info.Path, Mode: 0o755, Data: data}), info
 	}
 	// A local kernel is checked before anything is written.
 	var lk *LocalKernel
@@ -165,12 +173,12 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		Format:     o.Format,
 		Kind:       KindInitrd,
 		Features:   features,
+		Pause:      pauseInfo,
 		DebugShell: shell,
 	}
 	var (
 		k       *Kernel
 		release string
-		err     error
 	)
 	if lk != nil {
 		release = lk.Release

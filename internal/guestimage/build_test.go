@@ -66,7 +66,7 @@ func TestBuild(t *testing.T) {
 				out := filepath.Join(t.TempDir(), "out")
 				var progress bytes.Buffer
 				m, err := Build(context.Background(), Options{
-					KernelDeb: deb, CacheDir: cache, AgentBinary: agent, OutputDir: out,
+					KernelDeb: deb, CacheDir: cache, AgentBinary: agent, PauseBinary: agent, OutputDir: out,
 					Features: []string{"block", "overlay"}, Progress: &progress,
 				})
 				if err != nil {

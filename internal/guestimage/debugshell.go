@@ -62,23 +62,30 @@ func readDebugShell(p string) ([]byte, *DebugShellInfo, error) {
 // (ET_EXEC, or ET_DYN without an interpreter: static-pie). p only names the
 // file in errors.
 func checkDebugShellELF(p string, data []byte) error {
+	return checkStaticELF("debug shell", p, debugShellAdvice, data)
+}
+
+// checkStaticELF refuses anything but a static x86-64 ELF executable
+// (ET_EXEC, or ET_DYN without an interpreter: static-pie). what and p
+// name the file in errors, advice says how to get a good one.
+func checkStaticELF(what, p, advice string, data []byte) error {
 	if !bytes.HasPrefix(data, []byte(elf.ELFMAG)) {
-		what := "is not an ELF executable"
+		is := "is not an ELF executable"
 		if bytes.HasPrefix(data, []byte("#!")) {
-			what = "is a script, not an ELF executable"
+			is = "is a script, not an ELF executable"
 		}
-		return fmt.Errorf("debug shell %s %s; %s: %w", p, what, debugShellAdvice, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s %s; %s: %w", what, p, is, advice, errdefs.ErrInvalidArgument)
 	}
 	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
-		return fmt.Errorf("debug shell %s is not a valid ELF file (%w); %s: %w", p, err, debugShellAdvice, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s is not a valid ELF file (%w); %s: %w", what, p, err, advice, errdefs.ErrInvalidArgument)
 	}
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("debug shell %s is an ELF for %v (%v), the guest runs x86-64; %s: %w",
-			p, f.Machine, f.Class, debugShellAdvice, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s is an ELF for %v (%v), the guest runs x86-64; %s: %w",
+			what, p, f.Machine, f.Class, advice, errdefs.ErrInvalidArgument)
 	}
 	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
-		return fmt.Errorf("debug shell %s is an ELF %v, not an executable: %w", p, f.Type, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s is an ELF %v, not an executable: %w", what, p, f.Type, errdefs.ErrInvalidArgument)
 	}
 	for _, prog := range f.Progs {
 		if prog.Type != elf.PT_INTERP {
@@ -86,10 +93,10 @@ func checkDebugShellELF(p string, data []byte) error {
 		}
 		interp, err := io.ReadAll(io.LimitReader(prog.Open(), 4096))
 		if err != nil {
-			return fmt.Errorf("debug shell %s: reading its interpreter: %w", p, errors.Join(err, errdefs.ErrInvalidArgument))
+			return fmt.Errorf("%s %s: reading its interpreter: %w", what, p, errors.Join(err, errdefs.ErrInvalidArgument))
 		}
-		return fmt.Errorf("debug shell %s is dynamically linked (interpreter %s); the guest has no libc: %s: %w",
-			p, bytes.TrimRight(interp, "\x00"), debugShellAdvice, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s %s is dynamically linked (interpreter %s); the guest has no libc: %s: %w",
+			what, p, bytes.TrimRight(interp, "\x00"), advice, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

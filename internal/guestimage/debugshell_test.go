@@ -44,7 +44,7 @@ func buildLocalImage(t *testing.T, agent, shell string) (*Manifest, string, erro
 	out := filepath.Join(t.TempDir(), "out")
 	m, err := Build(context.Background(), Options{
 		CacheDir: filepath.Join(t.TempDir(), "unused"), KernelVmlinux: v, KernelConfig: c,
-		AgentBinary: agent, OutputDir: out, Features: []string{modlist.FeatureVsock}, DebugShell: shell,
+		AgentBinary: agent, PauseBinary: agent, OutputDir: out, Features: []string{modlist.FeatureVsock}, DebugShell: shell,
 	})
 	return m, out, err
 }
@@ -139,8 +139,8 @@ func TestBuildDebugShell(t *testing.T) {
 	}
 }
 
-// TestBuildNoDebugShell: by default the initrd holds nothing under /usr and
-// the manifest has no debug_shell key at all.
+// TestBuildNoDebugShell: by default the initrd holds nothing under /usr but
+// the pod sandbox binary, and the manifest has no debug_shell key at all.
 func TestBuildNoDebugShell(t *testing.T) {
 	m, out, err := buildLocalImage(t, staticInit(t), "")
 	if err != nil {
@@ -151,7 +151,11 @@ func TestBuildNoDebugShell(t *testing.T) {
 	}
 	headers, _ := initrdEntries(t, filepath.Join(out, m.Initrd.File))
 	for name := range headers {
-		if name == "usr" || strings.HasPrefix(name, "usr/") || strings.Contains(name, "debug-shell") {
+		switch name {
+		case "usr", "usr/libexec", "usr/libexec/hull", strings.TrimPrefix(channel.PauseBinaryPath, "/"):
+			continue
+		}
+		if strings.HasPrefix(name, "usr/") || strings.Contains(name, "debug-shell") {
 			t.Errorf("the initrd holds %s", name)
 		}
 	}

@@ -54,7 +54,7 @@ func TestBuildErofs(t *testing.T) {
 	for i := range 2 {
 		out := filepath.Join(t.TempDir(), "out")
 		m, err := Build(context.Background(), Options{
-			Format: FormatErofs, KernelVmlinux: v, KernelConfig: c, AgentBinary: agent, OutputDir: out,
+			Format: FormatErofs, KernelVmlinux: v, KernelConfig: c, AgentBinary: agent, PauseBinary: agent, OutputDir: out,
 			Features: []string{modlist.FeatureBusPCI, modlist.FeatureSerial, modlist.FeaturePmem},
 		})
 		if err != nil {
@@ -132,7 +132,7 @@ func TestBuildErofs(t *testing.T) {
 func TestBuildErofsRejects(t *testing.T) {
 	agent := staticInit(t)
 	t.Run("kernel package", func(t *testing.T) {
-		_, err := Build(context.Background(), Options{Format: FormatErofs, KernelDeb: "/nonexistent.deb", AgentBinary: agent, OutputDir: t.TempDir()})
+		_, err := Build(context.Background(), Options{Format: FormatErofs, KernelDeb: "/nonexistent.deb", AgentBinary: agent, PauseBinary: agent, OutputDir: t.TempDir()})
 		if !errors.Is(err, errdefs.ErrNotImplemented) || !strings.Contains(err.Error(), "hull kernel") {
 			t.Errorf("got %v, want a not-implemented error pointing at the hull kernel", err)
 		}
@@ -141,7 +141,7 @@ func TestBuildErofsRejects(t *testing.T) {
 		t.Run("no "+sym, func(t *testing.T) {
 			v, c := localKernelFiles(t, fakeLocalVmlinux(true, localRelease), rootfsKconfig(sym+"=m"))
 			out := filepath.Join(t.TempDir(), "out")
-			_, err := Build(context.Background(), Options{Format: FormatErofs, KernelVmlinux: v, KernelConfig: c, AgentBinary: agent, OutputDir: out,
+			_, err := Build(context.Background(), Options{Format: FormatErofs, KernelVmlinux: v, KernelConfig: c, AgentBinary: agent, PauseBinary: agent, OutputDir: out,
 				Features: []string{modlist.FeatureSerial}})
 			if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "CONFIG_"+sym) {
 				t.Errorf("got %v, want a failed-precondition error naming CONFIG_%s", err, sym)
@@ -152,7 +152,7 @@ func TestBuildErofsRejects(t *testing.T) {
 		})
 	}
 	t.Run("ext4", func(t *testing.T) {
-		_, err := Build(context.Background(), Options{Format: FormatExt4, AgentBinary: agent, OutputDir: t.TempDir()})
+		_, err := Build(context.Background(), Options{Format: FormatExt4, AgentBinary: agent, PauseBinary: agent, OutputDir: t.TempDir()})
 		if !errors.Is(err, errdefs.ErrNotImplemented) {
 			t.Errorf("got %v, want not implemented", err)
 		}

@@ -198,7 +198,7 @@ func TestBuildLocalKernel(t *testing.T) {
 		// The package options are ignored: no apt, no cache.
 		m, err := Build(context.Background(), Options{
 			KernelPackage: "linux-image-does-not-exist", CacheDir: filepath.Join(t.TempDir(), "unused"),
-			KernelVmlinux: v, KernelConfig: c, AgentBinary: agent, OutputDir: out, Features: features,
+			KernelVmlinux: v, KernelConfig: c, AgentBinary: agent, PauseBinary: agent, OutputDir: out, Features: features,
 		})
 		if err != nil {
 			t.Fatalf("build %d: %v", i, err)
@@ -324,7 +324,7 @@ func TestBuildLocalKernelRejects(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out")
-			tc.o.OutputDir, tc.o.CacheDir, tc.o.AgentBinary = out, t.TempDir(), agent
+			tc.o.OutputDir, tc.o.CacheDir, tc.o.AgentBinary, tc.o.PauseBinary = out, t.TempDir(), agent, agent
 			_, err := Build(context.Background(), tc.o)
 			if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.wantIn) {
 				t.Fatalf("error %v, want %v saying %q", err, tc.wantErr, tc.wantIn)

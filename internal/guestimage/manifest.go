@@ -40,9 +40,12 @@ type Manifest struct {
 	Initrd *InitrdInfo `json:"initrd,omitempty"`
 	// Rootfs is the read-only root file system image of a FormatErofs
 	// build; nil otherwise.
-	Rootfs   *RootfsInfo `json:"rootfs,omitempty"`
-	Agent    AgentInfo   `json:"agent"`
-	Features []string    `json:"features"`
+	Rootfs *RootfsInfo `json:"rootfs,omitempty"`
+	Agent  AgentInfo   `json:"agent"`
+	// Pause is the pod sandbox binary at channel.PauseBinaryPath
+	// (Options.PauseBinary); images written before it existed have none.
+	Pause    *AgentInfo `json:"pause,omitempty"`
+	Features []string   `json:"features"`
 	// Builtin are the features the kernel has built in, so they need no
 	// module: all of Features for a local kernel, none for a package.
 	Builtin []string `json:"builtin,omitempty"`
@@ -110,7 +113,8 @@ type RootfsInfo struct {
 	Size int64 `json:"size"`
 }
 
-// AgentInfo identifies the agent packed as /init.
+// AgentInfo identifies the agent packed as /init, or the pod sandbox
+// binary.
 type AgentInfo struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`

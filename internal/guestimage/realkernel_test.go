@@ -146,7 +146,7 @@ func TestRealKernelBuild(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out")
 		var progress bytes.Buffer
 		m, err := Build(context.Background(), Options{
-			KernelDeb: k.Deb, CacheDir: cache, AgentBinary: agent, OutputDir: out, Progress: &progress,
+			KernelDeb: k.Deb, CacheDir: cache, AgentBinary: agent, PauseBinary: agent, OutputDir: out, Progress: &progress,
 		})
 		if err != nil {
 			t.Fatalf("build %d: %v", i, err)

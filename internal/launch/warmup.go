@@ -13,20 +13,32 @@ import (
 // running executable, or in the install layout (<prefix>/bin/...,
 // <prefix>/libexec/hull/hull-agent).
 func AgentBinary() (string, error) {
+	return besideSelf("hull-agent")
+}
+
+// PauseBinary finds hull-pause, the waiting stage of a pod sandbox
+// process, as AgentBinary finds hull-agent.
+func PauseBinary() (string, error) {
+	return besideSelf("hull-pause")
+}
+
+// besideSelf finds the binary name beside this process's own, or in
+// ../libexec/hull.
+func besideSelf(name string) (string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
 	dir := filepath.Dir(self)
 	for _, p := range []string{
-		filepath.Join(dir, "hull-agent"),
-		filepath.Join(dir, "..", "libexec", "hull", "hull-agent"),
+		filepath.Join(dir, name),
+		filepath.Join(dir, "..", "libexec", "hull", name),
 	} {
 		if _, err := os.Stat(p); err == nil {
 			return filepath.Clean(p), nil
 		}
 	}
-	return "", fmt.Errorf("hull-agent not found beside %s or in ../libexec/hull", self)
+	return "", fmt.Errorf("%s not found beside %s or in ../libexec/hull", name, self)
 }
 
 // WarmUp sets the warm-up of a warm sandbox's configuration sc

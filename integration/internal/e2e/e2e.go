@@ -176,7 +176,7 @@ func buildDebugImage(ctx context.Context, binDir, out string) error {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "hull"), "--config", cfg, "image", "build", "--quiet",
-		"--agent", filepath.Join(binDir, "hull-agent"), "--debug-shell", DebugShell, "--output", out)
+		"--agent", filepath.Join(binDir, "hull-agent"), "--pause", filepath.Join(binDir, "hull-pause"), "--debug-shell", DebugShell, "--output", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("hull image build --debug-shell: %w\n%s", err, b)
 	}
@@ -348,7 +348,7 @@ func buildHostileImage(ctx context.Context, binDir, dir string) error {
 		return err
 	}
 	img := exec.CommandContext(ctx, filepath.Join(binDir, "hull"), "--config", cfg, "image", "build", "--quiet",
-		"--agent", agent, "--output", filepath.Join(dir, "assets"))
+		"--agent", agent, "--pause", filepath.Join(binDir, "hull-pause"), "--output", filepath.Join(dir, "assets"))
 	if out, err := img.CombinedOutput(); err != nil {
 		return fmt.Errorf("hull image build with the hostile agent: %w\n%s", err, out)
 	}
