@@ -223,8 +223,8 @@ func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig
 	return &sandbox.TemplateConfig{
 		Root:   c.Factory.TemplateDir,
 		Memory: hypervisor.TemplateMemory(c.Factory.TemplateMemory),
-		DriverKey: fmt.Sprintf("qemu binary=%s machine=%s accel=%s cpu=%s tsc=%d free-page-reporting=%v",
-			binaryID(opts.Binary), opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting),
+		DriverKey: fmt.Sprintf("qemu binary=%s machine=%s accel=%s cpu=%s tsc=%d free-page-reporting=%v agent-serial-ports=%d",
+			binaryID(opts.Binary), opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting, qemu.AgentSerialPorts),
 	}
 }
 

@@ -51,13 +51,18 @@ type props struct {
 
 // DefaultTCGCacheMiB is the default size of TCG's translated-code cache
 // (tb-size). QEMU's own default is 1 GiB. The cache is written from its
-// start and only flushed when full, so a guest's QEMU keeps as much of it
-// resident as the guest has ever had translated, up to the size: a boot
-// alone translates about 42 MiB, a first container 15 more. A cache
-// smaller than that is flushed again and again and the code translated
-// anew: with 32 MiB each container start took about 4 times the CPU time
-// (docs/benchmarks.md).
-const DefaultTCGCacheMiB = 128
+// start and only emptied when full, and emptying it gives no memory back:
+// a guest's QEMU keeps as much of it resident as the guest has had
+// translated, up to the size. A boot translates about 42 MiB and a first
+// container about 15 more, so with a larger cache an idle pod keeps ~57
+// MiB of it, and TCG's tables of translated blocks (a hash table and a
+// tree, in QEMU's heap) grow with it. At 48 MiB the cache is emptied once
+// during the first container and refilled with the code still running:
+// an idle pod keeps 48 MiB, and the first container costs about 1.4 times
+// the CPU time, the second 1.2 times, later ones no more than with a
+// larger cache (docs/benchmarks.md). Below what a boot translates, every
+// container start empties it again and costs 2.6 times or more.
+const DefaultTCGCacheMiB = 48
 
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
 
@@ -112,6 +117,15 @@ func (a *argv) chardevSocket(id, path string, server bool) {
 	}
 	a.addOpt("chardev", o)
 }
+
+// AgentSerialPorts is the agent's virtio-serial device's max_ports: port 0,
+// which QEMU keeps for a console, and the agent's port (QEMU's default is
+// 31). The guest sets up a receive and a transmit queue for every port the
+// device may have, and QEMU an interrupt vector: with 2 ports instead of
+// 31, an idle VM's guest RAM is about 0.6 MiB smaller and QEMU's own
+// memory 0.5 MiB (docs/benchmarks.md). A saved VM state holds it, so template
+// keys name it (internal/launch).
+const AgentSerialPorts = 2
 
 // bus names the transport of virtio devices: PCI on q35, MMIO on microvm.
 type bus struct{ suffix string }
@@ -259,7 +273,7 @@ func buildArgs(cfg *hypervisor.Config, l layout) []string {
 
 	switch ag := cfg.Agent; ag.Transport {
 	case hypervisor.TransportSerial:
-		a.device(b.virtio("serial"), p("id", "agent-serial"))
+		a.device(b.virtio("serial"), p("id", "agent-serial"), pInt("max_ports", AgentSerialPorts))
 		a.chardevSocket("agent", ag.SocketPath, true)
 		port := []prop{p("chardev", "agent"), p("name", ag.PortName)}
 		if cfg.Template != nil {

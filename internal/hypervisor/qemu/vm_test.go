@@ -475,10 +475,12 @@ func TestQEMUEnv(t *testing.T) {
 		env  []string
 		want []string
 	}{
-		{"adds the malloc tunables", []string{"PATH=/bin"}, []string{"PATH=/bin", "GLIBC_TUNABLES=" + mallocTunables}},
-		{"adds to the operator's", []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2", "PATH=/bin"}, []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2:" + mallocTunables, "PATH=/bin"}},
-		{"keeps the operator's threshold", []string{"PATH=/bin", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4096"}, []string{"PATH=/bin", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4096"}},
-		{"fills an empty one", []string{"GLIBC_TUNABLES="}, []string{"GLIBC_TUNABLES=" + mallocTunables}},
+		{"adds the malloc settings", []string{"PATH=/bin"}, []string{"PATH=/bin", "GLIBC_TUNABLES=" + mallocTunables, "G_SLICE=always-malloc"}},
+		{"adds to the operator's tunables", []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2", "PATH=/bin"}, []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2:" + mallocTunables, "PATH=/bin", "G_SLICE=always-malloc"}},
+		{"keeps the operator's threshold", []string{"PATH=/bin", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4096"}, []string{"PATH=/bin", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4096", "G_SLICE=always-malloc"}},
+		{"fills an empty one", []string{"GLIBC_TUNABLES="}, []string{"GLIBC_TUNABLES=" + mallocTunables, "G_SLICE=always-malloc"}},
+		{"keeps the operator's G_SLICE", []string{"G_SLICE=debug-blocks", "PATH=/bin"}, []string{"G_SLICE=debug-blocks", "PATH=/bin", "GLIBC_TUNABLES=" + mallocTunables}},
+		{"keeps an empty G_SLICE", []string{"G_SLICE="}, []string{"G_SLICE=", "GLIBC_TUNABLES=" + mallocTunables}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := slices.Clone(tc.env)
