@@ -3,6 +3,7 @@ package procfs
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"testing"
 )
@@ -34,8 +35,13 @@ func TestStatFields(t *testing.T) {
 	}
 }
 
+// TestStatFieldsSelf reads the stat of the thread that reads it, which
+// runs (R) while it does; the process's leader, /proc/self/stat, may be
+// another thread, asleep.
 func TestStatFieldsSelf(t *testing.T) {
-	b, err := os.ReadFile("/proc/self/stat")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b, err := os.ReadFile("/proc/thread-self/stat")
 	if err != nil {
 		t.Fatal(err)
 	}
