@@ -61,7 +61,7 @@ func readRegular(what, p, advice string) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%s %s: %w", what, p, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", what, p, err)
