@@ -81,9 +81,13 @@ bin/hull-runtime:
 bin/hull-agent:
 	CGO_ENABLED=1 $(GO) build -tags '$(AGENT_TAGS)' -ldflags '$(AGENT_LDFLAGS)' -o $@ ./cmd/hull-agent
 
-bin/hull-pause: cmd/hull-pause/pause.c
+# Phony as the Go binaries are, so that another CC or PAUSE_CFLAGS rebuilds
+# it (one file: a fraction of a second).
+.PHONY: bin/hull-pause
+bin/hull-pause:
 	@mkdir -p bin
-	$(CC) $(PAUSE_CFLAGS) -o $@ $<
+	$(CC) $(PAUSE_CFLAGS) -o $@ cmd/hull-pause/pause.c || \
+		{ echo "bin/hull-pause: not built; it needs a C compiler and a static C library (Debian: apt-get install gcc libc6-dev, which make deps does)" >&2; exit 1; }
 
 .PHONY: image
 image: build ## Build the guest kernel + initrd into _output/assets (cached kernel download).

@@ -41,6 +41,7 @@ static void reap(void)
  * directly.
  */
 static const uint64_t all = ~(uint64_t)0;
+_Static_assert(_NSIG - 1 == 64, "the kernel's signal set is 64 bits here");
 
 int main(void)
 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/config"
 	"github.com/hull-runtime/hull/internal/guestimage"
 	"github.com/hull-runtime/hull/internal/hypervisor/qemu"
@@ -190,6 +191,8 @@ func runChecks(ctx context.Context, c *config.Config, kvmTimeout time.Duration) 
 			add("guest assets", statusOK, "%s: kernel %s, boots %s, initrd %s, %d modules, match the manifest",
 				c.Image.AssetsDir, m.Kernel.Release, kind, m.Initrd.Compression, len(m.Modules))
 			add("debug shell", statusOK, "%s", debugShellDetail(m))
+			st, detail := pauseCheck(m)
+			add("pod sandbox binary", st, "%s", detail)
 		}
 	}
 	rs = append(rs, factoryCheck(ctx, c))
@@ -213,6 +216,16 @@ func debugShellDetail(m *guestimage.Manifest) string {
 		return "no (hull exec needs an image built with --debug-shell)"
 	}
 	return fmt.Sprintf("yes: %s, %d bytes, sha256 %s", m.DebugShell.Path, m.DebugShell.Size, m.DebugShell.SHA256)
+}
+
+// pauseCheck says whether the guest image holds hull-pause, the waiting
+// stage of pod sandbox processes: the agent refuses a CRI pod's sandbox
+// container in an image built before it.
+func pauseCheck(m *guestimage.Manifest) (status, detail string) {
+	if m.Pause == nil {
+		return statusWarn, "none: the image predates hull-pause, so CRI pods' sandbox containers fail (rebuild it with hull image build)"
+	}
+	return statusOK, fmt.Sprintf("%s, %d bytes, sha256 %s", channel.PauseBinaryPath, m.Pause.Size, m.Pause.SHA256)
 }
 
 // findVirtiofsd returns the virtiofsd the runtime would run, or "".

@@ -8,9 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 
 	"github.com/containerd/errdefs"
 
@@ -26,26 +23,9 @@ const debugShellAdvice = "use a static shell such as busybox-static's /bin/busyb
 // with a PT_INTERP header could never start. The file is read once, so the
 // bytes checked, hashed and packed are the same even if p changes meanwhile.
 func readDebugShell(p string) ([]byte, *DebugShellInfo, error) {
-	target, err := filepath.EvalSymlinks(p)
+	data, err := readRegular("debug shell", p, "")
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, fmt.Errorf("debug shell %s does not exist (%w): %w", p, err, errdefs.ErrInvalidArgument)
-		}
-		return nil, nil, fmt.Errorf("debug shell %s: %w", p, err)
-	}
-	st, err := os.Stat(target)
-	if err != nil {
-		return nil, nil, fmt.Errorf("debug shell %s: %w", p, err)
-	}
-	switch {
-	case st.IsDir():
-		return nil, nil, fmt.Errorf("debug shell %s is a directory, not a regular file: %w", p, errdefs.ErrInvalidArgument)
-	case !st.Mode().IsRegular():
-		return nil, nil, fmt.Errorf("debug shell %s is not a regular file (mode %v): %w", p, st.Mode(), errdefs.ErrInvalidArgument)
-	}
-	data, err := os.ReadFile(target)
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading debug shell %s: %w", p, err)
+		return nil, nil, err
 	}
 	if err := checkDebugShellELF(p, data); err != nil {
 		return nil, nil, err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 
 	"github.com/hull-runtime/hull/internal/channel"
 	"github.com/hull-runtime/hull/internal/modlist"
@@ -77,6 +78,19 @@ func TestBuildPauseRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	dynamic := writeFakeELF(t, dir, "dynamic", fakeELF{typ: elf.ET_DYN, interp: "/lib64/ld-linux-x86-64.so.2"})
+	// A FIFO with no writer: opening it to read must not wait for one.
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Sparse: one byte more than a guest image packs.
+	huge := filepath.Join(dir, "huge")
+	if err := os.WriteFile(huge, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(huge, maxPackedBinary+1); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name, pause, wantIn string
 	}{
@@ -85,6 +99,8 @@ func TestBuildPauseRejects(t *testing.T) {
 		{"a directory", dir, "not a regular file"},
 		{"a script", script, "is a script"},
 		{"dynamic", dynamic, "dynamically linked"},
+		{"a FIFO", fifo, "not a regular file"},
+		{"too large", huge, "more than the"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, out, err := buildWithPause(t, tc.pause)
