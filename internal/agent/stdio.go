@@ -107,7 +107,14 @@ func (t *streamTable) claim(ctx context.Context, id uint64, wait time.Duration) 
 	case <-timer.C:
 		err = fmt.Errorf("stdio stream %d: the host did not open it within %s: %w", id, wait, errdefs.ErrFailedPrecondition)
 	case <-ctx.Done():
-		err = fmt.Errorf("waiting for stdio stream %d: %w", id, ctx.Err())
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The caller's budget for its streams (or the call's own
+			// deadline) ran out: the same failure as the timer's,
+			// whichever of the two fires first.
+			err = fmt.Errorf("stdio stream %d: the host did not open it in time: %w", id, errdefs.ErrFailedPrecondition)
+		} else {
+			err = fmt.Errorf("waiting for stdio stream %d: %w", id, ctx.Err())
+		}
 	}
 	t.mu.Lock()
 	if t.waiting[id] == ch {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,6 +62,16 @@ func TestStreamTable(t *testing.T) {
 		cancel()
 		if _, err := st.claim(cctx, 4, time.Minute); !errors.Is(err, context.Canceled) {
 			t.Fatalf("claim: %v", err)
+		}
+	})
+	t.Run("claim past the caller's deadline", func(t *testing.T) {
+		// A deadline shorter than the wait is the same failure as the
+		// wait's end: the host did not open the stream in time.
+		st := newStreamTable(time.Minute)
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+		defer cancel()
+		if _, err := st.claim(dctx, 5, time.Minute); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "5") {
+			t.Fatalf("claim: %v, want a failed precondition naming stream 5", err)
 		}
 	})
 	t.Run("zero id", func(t *testing.T) {
