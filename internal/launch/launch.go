@@ -217,7 +217,8 @@ func QEMUOptions(c *config.Config) qemu.Options {
 const TemplateNICs = 4
 
 // TemplateConfig is the VM template configuration of c's sandboxes: the
-// template directory, the memory mode, and the QEMU options a saved state
+// template directory, the memory mode, and the QEMU options and boot (the
+// driver's firmware and kernel parameters, qemu.TemplateBoot) a saved state
 // depends on (a clone must run the machine the template ran).
 func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig {
 	return &sandbox.TemplateConfig{
@@ -225,6 +226,7 @@ func TemplateConfig(c *config.Config, opts qemu.Options) *sandbox.TemplateConfig
 		Memory: hypervisor.TemplateMemory(c.Factory.TemplateMemory),
 		DriverKey: fmt.Sprintf("qemu binary=%s machine=%s accel=%s cpu=%s tsc=%d free-page-reporting=%v agent-serial-ports=%d",
 			binaryID(opts.Binary), opts.Machine, opts.Accel, opts.CPUModel, opts.TSCKHz, opts.FreePageReporting, qemu.AgentSerialPorts),
+		DriverBoot: func(vc hypervisor.Config) string { return qemu.TemplateBoot(opts, vc) },
 	}
 }
 

@@ -45,6 +45,11 @@ type TemplateConfig struct {
 	// DriverKey describes the driver options a saved state depends on
 	// (machine, accelerator, CPU model); it is part of the key.
 	DriverKey string
+	// DriverBoot describes how the driver boots a template of a VM
+	// configuration beyond the configuration itself (the firmware, the
+	// kernel parameters it adds); its result is part of the key. Nil adds
+	// nothing.
+	DriverBoot func(vc hypervisor.Config) string
 }
 
 // templateKeyPattern is what a template directory's name looks like.
@@ -115,6 +120,10 @@ func (t *TemplateConfig) Key(vc hypervisor.Config) (string, error) {
 			return "", fmt.Errorf("template key: %w", err)
 		}
 	}
+	var boot string
+	if t.DriverBoot != nil {
+		boot = t.DriverBoot(vc)
+	}
 	b, err := json.Marshal(struct {
 		Kernel, Initrd fileID
 		RootImage      fileID
@@ -128,8 +137,9 @@ func (t *TemplateConfig) Key(vc hypervisor.Config) (string, error) {
 		Transport      hypervisor.Transport
 		PortName       string
 		Driver         string
+		DriverBoot     string
 	}{kernel, initrd, root, vc.KernelParams, vc.VCPUs, vc.MemoryMiB, vc.MaxVCPUs, vc.MaxMemoryMiB, vc.HotplugNICs, vc.HotplugBlocks, vc.Debug,
-		vc.Agent.Transport, vc.Agent.PortName, t.DriverKey})
+		vc.Agent.Transport, vc.Agent.PortName, t.DriverKey, boot})
 	if err != nil {
 		return "", err
 	}

@@ -39,13 +39,16 @@ func TestTemplateKey(t *testing.T) {
 		t.Error("per-sandbox fields changed the key")
 	}
 	for name, edit := range map[string]func(c *hypervisor.Config, tc *TemplateConfig){
-		"vcpus":       func(c *hypervisor.Config, _ *TemplateConfig) { c.VCPUs = 2 },
-		"memory":      func(c *hypervisor.Config, _ *TemplateConfig) { c.MemoryMiB = 1024 },
-		"max memory":  func(c *hypervisor.Config, _ *TemplateConfig) { c.MaxMemoryMiB = 4096 },
-		"params":      func(c *hypervisor.Config, _ *TemplateConfig) { c.KernelParams = []string{"hull.debug_console=1"} },
-		"nic slots":   func(c *hypervisor.Config, _ *TemplateConfig) { c.HotplugNICs = 1 },
-		"port":        func(c *hypervisor.Config, _ *TemplateConfig) { c.Agent.PortName = "agent.1" },
-		"driver":      func(_ *hypervisor.Config, tc *TemplateConfig) { tc.DriverKey = "microvm" },
+		"vcpus":      func(c *hypervisor.Config, _ *TemplateConfig) { c.VCPUs = 2 },
+		"memory":     func(c *hypervisor.Config, _ *TemplateConfig) { c.MemoryMiB = 1024 },
+		"max memory": func(c *hypervisor.Config, _ *TemplateConfig) { c.MaxMemoryMiB = 4096 },
+		"params":     func(c *hypervisor.Config, _ *TemplateConfig) { c.KernelParams = []string{"hull.debug_console=1"} },
+		"nic slots":  func(c *hypervisor.Config, _ *TemplateConfig) { c.HotplugNICs = 1 },
+		"port":       func(c *hypervisor.Config, _ *TemplateConfig) { c.Agent.PortName = "agent.1" },
+		"driver":     func(_ *hypervisor.Config, tc *TemplateConfig) { tc.DriverKey = "microvm" },
+		"driver boot": func(_ *hypervisor.Config, tc *TemplateConfig) {
+			tc.DriverBoot = func(hypervisor.Config) string { return "bios=default append=quiet" }
+		},
 		"kernel file": func(_ *hypervisor.Config, _ *TemplateConfig) { _ = os.Chtimes(kernel, time.Now(), time.Unix(1, 0)) },
 	} {
 		c, tc2 := base(), *tc

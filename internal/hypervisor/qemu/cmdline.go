@@ -59,9 +59,10 @@ type props struct {
 // tree, in QEMU's heap) grow with it. At 48 MiB the cache is emptied once
 // during the first container and refilled with the code still running:
 // an idle pod keeps 48 MiB, and the first container costs about 1.4 times
-// the CPU time, the second 1.2 times, later ones no more than with a
-// larger cache (docs/benchmarks.md). Below what a boot translates, every
-// container start empties it again and costs 2.6 times or more.
+// the CPU time, the second 1.2 to 1.5 times, later ones no more than with a
+// larger cache (docs/benchmarks.md). Below what a boot translates, the
+// boot itself empties it, and the second container start took about 3
+// times the CPU time (40 MiB).
 const DefaultTCGCacheMiB = 48
 
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }

@@ -495,28 +495,25 @@ const gSliceEnv = "G_SLICE=always-malloc"
 // qemuEnv is QEMU's environment: env with mallocTunables added to its
 // GLIBC_TUNABLES, unless that sets a malloc threshold itself (the
 // operator's choice then stands; its other tunables are kept), and with
-// gSliceEnv unless env sets G_SLICE.
+// gSliceEnv unless env sets G_SLICE. Of a variable set twice, exec.Cmd
+// passes the last, so the last GLIBC_TUNABLES is the one changed.
 func qemuEnv(env []string) []string {
 	out := slices.Clone(env)
-	tunables, gslice := false, false
+	tunables, gslice := -1, false
 	for i, kv := range out {
 		if strings.HasPrefix(kv, "G_SLICE=") {
 			gslice = true
 		}
-		v, ok := strings.CutPrefix(kv, "GLIBC_TUNABLES=")
-		if !ok || tunables {
-			continue
+		if strings.HasPrefix(kv, "GLIBC_TUNABLES=") {
+			tunables = i
 		}
-		tunables = true
-		if v == "" {
-			v = mallocTunables
-		} else if !strings.Contains(v, "glibc.malloc.mmap_threshold") && !strings.Contains(v, "glibc.malloc.trim_threshold") {
-			v += ":" + mallocTunables
-		}
-		out[i] = "GLIBC_TUNABLES=" + v
 	}
-	if !tunables {
+	if tunables < 0 {
 		out = append(out, "GLIBC_TUNABLES="+mallocTunables)
+	} else if v := strings.TrimPrefix(out[tunables], "GLIBC_TUNABLES="); v == "" {
+		out[tunables] = "GLIBC_TUNABLES=" + mallocTunables
+	} else if !strings.Contains(v, "glibc.malloc.mmap_threshold") && !strings.Contains(v, "glibc.malloc.trim_threshold") {
+		out[tunables] += ":" + mallocTunables
 	}
 	if !gslice {
 		out = append(out, gSliceEnv)

@@ -102,6 +102,26 @@ func templateBootFilesystems(cfg *hypervisor.Config) []hypervisor.FilesystemDevi
 	return cfg.Filesystems
 }
 
+// TemplateBoot describes how the driver itself boots a template of vc
+// with options o, beyond vc and the options: the firmware it passes (-bios;
+// "default" is QEMU's own, SeaBIOS on q35) and the kernel parameters it adds
+// before vc.KernelParams. A saved state holds a guest booted so, so
+// template keys name it (internal/launch): a driver that boots templates
+// otherwise gets new keys. AccelAuto adds no TSC parameters here, as the
+// accelerator is resolved only at a VM's start.
+func TemplateBoot(o Options, vc hypervisor.Config) string {
+	if vc.Template == nil {
+		vc.Template = &hypervisor.Template{}
+	}
+	vc.KernelParams = nil
+	l := o.layout()
+	bios := "default"
+	if usesQboot(&vc, l) {
+		bios = qbootFile
+	}
+	return fmt.Sprintf("bios=%s append=%s", bios, strings.Join(kernelParams(&vc, l), " "))
+}
+
 // validateTemplate checks Config.Template; validate calls it.
 func validateTemplate(cfg *hypervisor.Config, o *Options) error {
 	t := cfg.Template

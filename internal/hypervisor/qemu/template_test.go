@@ -330,3 +330,54 @@ func TestSnapshotNotTemplate(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateBoot: TemplateBoot, which template keys hold, names the
+// firmware and every kernel parameter that a template VM's argv gets from
+// the driver, so that a driver booting templates otherwise changes the key.
+func TestTemplateBoot(t *testing.T) {
+	debug := templateConfig(false, "")
+	debug.Debug = true
+	root := templateConfig(false, "")
+	root.Initrd = ""
+	root.RootImage = &hypervisor.RootImage{Path: "/img/rootfs.erofs", Size: 2 << 20, FSType: "erofs"}
+	root.MaxVCPUs, root.MaxMemoryMiB = 4, 2048
+	for _, tc := range []struct {
+		name string
+		cfg  hypervisor.Config
+		opts Options
+	}{
+		{"tcg", templateConfig(false, ""), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+		{"kvm-reclaim-seabios", templateConfig(false, ""), Options{Accel: AccelKVM, FreePageReporting: true, Firmware: FirmwareSeaBIOS}},
+		{"debug-qboot", debug, Options{Accel: AccelTCG, TSCKHz: 1, Firmware: FirmwareQboot}},
+		{"rootimage-hotplug", root, Options{Accel: AccelKVM}},
+		{"clone", templateConfig(true, hypervisor.TemplateMemoryShared), Options{Accel: AccelTCG, TSCKHz: 2445432}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := New(tc.cfg, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			args, err := v.Args()
+			if err != nil {
+				t.Fatal(err)
+			}
+			bios, appendArg := "default", ""
+			for i := 1; i < len(args); i++ {
+				switch args[i-1] {
+				case "-bios":
+					bios = args[i]
+				case "-append":
+					appendArg = args[i]
+				}
+			}
+			driverParams, ok := strings.CutSuffix(appendArg, " "+strings.Join(tc.cfg.KernelParams, " "))
+			if !ok {
+				t.Fatalf("-append %q does not end with the configured parameters %q", appendArg, tc.cfg.KernelParams)
+			}
+			want := "bios=" + bios + " append=" + driverParams
+			if got := TemplateBoot(tc.opts, tc.cfg); got != want {
+				t.Errorf("TemplateBoot = %q, the template's argv boots %q", got, want)
+			}
+		})
+	}
+}

@@ -132,6 +132,27 @@ type VM struct {
 	agentPortOpen  bool
 }
 
+// layout is the part of a VM's layout that o gives without looking at
+// the host, the defaults filled in; New resolves AccelAuto, the CPU model
+// and the TSC frequency.
+func (o Options) layout() layout {
+	l := layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
+		freePageReporting: o.FreePageReporting, tcgCacheMiB: o.TCGCacheMiB, firmware: o.Firmware}
+	if l.tcgCacheMiB == 0 {
+		l.tcgCacheMiB = DefaultTCGCacheMiB
+	}
+	if l.binary == "" {
+		l.binary = DefaultBinary
+	}
+	if l.machine == "" {
+		l.machine = MachineQ35
+	}
+	if l.firmware == "" {
+		l.firmware = FirmwareQboot
+	}
+	return l
+}
+
 // New checks cfg and o and returns a VM ready to Start. With AccelAuto it
 // runs the cached KVM probe (at most a couple of seconds, once per boot
 // when its verdict is conclusive); a fallback to TCG is one of the
@@ -151,14 +172,7 @@ func New(cfg hypervisor.Config, o Options) (*VM, error) {
 		v.nicPorts = newHotPorts("NIC", nicPortID, cfg.HotplugNICs)
 		v.blkPorts = newHotPorts("disk", blockPortID, cfg.HotplugBlocks)
 	}
-	v.layout = layout{binary: o.Binary, machine: o.Machine, accel: o.Accel, cpuModel: o.CPUModel, tscKHz: o.TSCKHz,
-		freePageReporting: o.FreePageReporting, tcgCacheMiB: o.TCGCacheMiB, firmware: o.Firmware}
-	if v.layout.tcgCacheMiB == 0 {
-		v.layout.tcgCacheMiB = DefaultTCGCacheMiB
-	}
-	if v.layout.binary == "" {
-		v.layout.binary = DefaultBinary
-	}
+	v.layout = o.layout()
 	if o.Accel == AccelAuto {
 		probe := o.ProbeKVM
 		if probe == nil {

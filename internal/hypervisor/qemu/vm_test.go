@@ -481,6 +481,8 @@ func TestQEMUEnv(t *testing.T) {
 		{"fills an empty one", []string{"GLIBC_TUNABLES="}, []string{"GLIBC_TUNABLES=" + mallocTunables, "G_SLICE=always-malloc"}},
 		{"keeps the operator's G_SLICE", []string{"G_SLICE=debug-blocks", "PATH=/bin"}, []string{"G_SLICE=debug-blocks", "PATH=/bin", "GLIBC_TUNABLES=" + mallocTunables}},
 		{"keeps an empty G_SLICE", []string{"G_SLICE="}, []string{"G_SLICE=", "GLIBC_TUNABLES=" + mallocTunables}},
+		{"adds to the last of two tunables, which exec passes", []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2", "GLIBC_TUNABLES=glibc.malloc.arena_max=4"},
+			[]string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2", "GLIBC_TUNABLES=glibc.malloc.arena_max=4:" + mallocTunables, "G_SLICE=always-malloc"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := slices.Clone(tc.env)
