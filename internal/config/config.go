@@ -98,7 +98,7 @@ type QEMU struct {
 
 	// TCGCacheMiB is the size of TCG's translated-code cache (QEMU's
 	// -accel tcg,tb-size=) in MiB; unused under KVM. 0 is the QEMU
-	// driver's default (qemu.DefaultTCGCacheMiB, the same 48 MiB).
+	// driver's default (qemu.DefaultTCGCacheMiB, the same 44 MiB).
 	TCGCacheMiB uint32 `toml:"tcg_cache_mib"`
 
 	// Firmware is a q35 VM's firmware: "qboot" (QEMU's qboot.rom, the
@@ -337,7 +337,7 @@ func Defaults() *Config {
 				StopTimeout:   Duration{5 * time.Second},
 				RunAsUIDCount: 1024,
 				HotplugDisks:  4,
-				TCGCacheMiB:   48,
+				TCGCacheMiB:   44,
 				Firmware:      "qboot",
 			},
 		},

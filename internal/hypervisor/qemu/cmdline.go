@@ -53,17 +53,18 @@ type props struct {
 // (tb-size). QEMU's own default is 1 GiB. The cache is written from its
 // start and only emptied when full, and emptying it gives no memory back:
 // a guest's QEMU keeps as much of it resident as the guest has had
-// translated, up to the size. A boot translates about 42 MiB and a first
-// container about 15 more, so with a larger cache an idle pod keeps ~57
-// MiB of it, and TCG's tables of translated blocks (a hash table and a
-// tree, in QEMU's heap) grow with it. At 48 MiB the cache is emptied once
-// during the first container and refilled with the code still running:
-// an idle pod keeps 48 MiB, and the first container costs about 1.4 times
-// the CPU time, the second 1.2 to 1.5 times, later ones no more than with a
-// larger cache (docs/benchmarks.md). Below what a boot translates, the
-// boot itself empties it, and the second container start took about 3
-// times the CPU time (40 MiB).
-const DefaultTCGCacheMiB = 48
+// translated, up to the size, in 2 MiB huge pages. A boot of the hull
+// kernel's image translates 40 to 42 MiB and a first container about 15
+// more, so with a larger cache an idle pod keeps ~57 MiB of it, and TCG's
+// tables of translated blocks (a hash table and a tree, in QEMU's heap)
+// grow with it. At 44 MiB the cache is emptied once during the first
+// container and refilled with the code still running: an idle pod keeps
+// 44 MiB, and the first container costs 1.2 to 1.4 times the CPU time
+// it costs with a 128 MiB cache, later ones no more (docs/benchmarks.md). Below what a
+// boot translates (40 MiB) the boot empties it and the second container
+// costs 3 times; BenchmarkIdleMemory fails when an idle VM's cache
+// reaches this size.
+const DefaultTCGCacheMiB = 44
 
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
 

@@ -41,7 +41,7 @@ func TestArgsTCGCache(t *testing.T) {
 		size  uint32
 		want  string
 	}{
-		{AccelTCG, 0, "tcg,tb-size=48,thread=single"},
+		{AccelTCG, 0, "tcg,tb-size=44,thread=single"},
 		{AccelTCG, 96, "tcg,tb-size=96,thread=single"},
 		{AccelKVM, 96, "kvm"},
 	} {
