@@ -148,7 +148,7 @@ func BenchmarkImageKind(b *testing.B) {
 	}
 }
 
-func imageBenchConfig(b *testing.B, k imageKind) *config.Config {
+func imageBenchConfig(b testing.TB, k imageKind) *config.Config {
 	c := testConfig(b)
 	c.Agent.Transport = "serial"
 	c.Image.AssetsDir = k.dir

@@ -62,7 +62,7 @@ type props struct {
 // 44 MiB, and the first container costs 1.2 to 1.4 times the CPU time
 // it costs with a 128 MiB cache, later ones no more (docs/benchmarks.md). Below what a
 // boot translates (40 MiB) the boot empties it and the second container
-// costs 3 times; BenchmarkIdleMemory fails when an idle VM's cache
+// costs 3 times; BenchmarkIdleMemory and TestTCGCacheHeadroom fail when an idle VM's cache
 // reaches this size.
 const DefaultTCGCacheMiB = 44
 
