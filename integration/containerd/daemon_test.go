@@ -43,6 +43,8 @@ type daemon struct {
 	cmd            *exec.Cmd
 	// log is what containerd (and the shims through it) wrote.
 	log *e2e.SyncBuffer
+	// shimDir holds the shim binary on the daemon's PATH.
+	shimDir string
 	// factory is the VM factory its pods take VMs from, if any.
 	factory *e2e.Factory
 }
@@ -75,6 +77,9 @@ type daemonOptions struct {
 	containerd string
 	// tables are more tables, appended after [runtime].
 	tables string
+	// shimDir holds the containerd-shim-hull-v2 the daemon runs; empty
+	// means the suite's (env.shimDir).
+	shimDir string
 }
 
 // hullConfig is the hull configuration of the daemon with o.
@@ -129,6 +134,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"]
 		}
 	}
 	d.containerdPath = containerdPath
+	d.shimDir = o.shimDir
+	if d.shimDir == "" {
+		d.shimDir = env.shimDir
+	}
 	d.launch(t)
 	t.Cleanup(func() { d.stop(t) })
 	if out, errOut, code := d.ctr(t, "images", "import", env.image); code != 0 {
@@ -142,7 +151,7 @@ func (d *daemon) launch(t testing.TB) {
 	t.Helper()
 	d.cmd = exec.Command(d.containerdPath, "--config", filepath.Join(d.dir, "config.toml"), "--log-level", "info")
 	d.cmd.Env = append(os.Environ(),
-		"PATH="+env.shimDir+":"+os.Getenv("PATH"),
+		"PATH="+d.shimDir+":"+os.Getenv("PATH"),
 		"HULL_CONFIG="+filepath.Join(d.dir, "hull.toml"))
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
