@@ -219,11 +219,13 @@ func debugShellDetail(m *guestimage.Manifest) string {
 }
 
 // pauseCheck says whether the guest image holds hull-pause, the waiting
-// stage of pod sandbox processes: the agent refuses a CRI pod's sandbox
-// container in an image built before it.
+// stage of pod sandbox processes. An image built before it has an agent
+// of its time, which runs pod sandbox processes as it did then; an agent
+// of this release in such an image refuses CRI pods' sandbox containers.
 func pauseCheck(m *guestimage.Manifest) (status, detail string) {
 	if m.Pause == nil {
-		return statusWarn, "none: the image predates hull-pause, so CRI pods' sandbox containers fail (rebuild it with hull image build)"
+		return statusWarn, "none: the image predates hull-pause; its own agent runs CRI pods' sandbox processes as it did then, " +
+			"and an agent of this release packed into it would refuse them (rebuild it with hull image build)"
 	}
 	return statusOK, fmt.Sprintf("%s, %d bytes, sha256 %s", channel.PauseBinaryPath, m.Pause.Size, m.Pause.SHA256)
 }

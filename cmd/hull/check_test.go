@@ -41,13 +41,14 @@ func TestDebugShellDetail(t *testing.T) {
 	}
 }
 
-// TestPauseCheck: hull check warns about an image without hull-pause, which
-// fails every CRI pod's sandbox container, and names the binary otherwise.
+// TestPauseCheck: hull check warns about an image without hull-pause, in
+// which an agent of this release fails every CRI pod's sandbox container,
+// and names the binary otherwise.
 func TestPauseCheck(t *testing.T) {
 	const sum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	st, detail := pauseCheck(&guestimage.Manifest{})
 	if st != statusWarn || !strings.Contains(detail, "CRI pods") || !strings.Contains(detail, "hull image build") {
-		t.Errorf("no pause: %s %q, want a warning saying CRI pods fail and to rebuild", st, detail)
+		t.Errorf("no pause: %s %q, want a warning naming CRI pods and saying to rebuild", st, detail)
 	}
 	st, detail = pauseCheck(&guestimage.Manifest{Pause: &guestimage.AgentInfo{SHA256: sum, Size: 682696}})
 	if st != statusOK || detail != channel.PauseBinaryPath+", 682696 bytes, sha256 "+sum {
