@@ -59,11 +59,11 @@ type props struct {
 // tables of translated blocks (a hash table and a tree, in QEMU's heap)
 // grow with it. At 44 MiB the cache is emptied once during the first
 // container and refilled with the code still running: an idle pod keeps
-// 44 MiB, and the first container costs 1.2 to 1.4 times the CPU time
-// it costs with a 128 MiB cache, later ones no more (docs/benchmarks.md). Below what a
-// boot translates (40 MiB) the boot empties it and the second container
-// costs 3 times; BenchmarkIdleMemory and TestTCGCacheHeadroom fail when an idle VM's cache
-// reaches this size.
+// 44 MiB, and the first container costs 1.2 to 1.4 times the CPU time it
+// costs with a 128 MiB cache, later ones no more (docs/benchmarks.md).
+// Below what a boot translates (40 MiB) the boot empties it and the second
+// container costs 3 times; BenchmarkIdleMemory and TestTCGCacheHeadroom
+// fail when an idle VM's cache comes within 1 MiB of this size.
 const DefaultTCGCacheMiB = 44
 
 func opt(head string, kv ...prop) props { return props{head: head, kv: kv} }
@@ -125,8 +125,8 @@ func (a *argv) chardevSocket(id, path string, server bool) {
 // 31). The guest sets up a receive and a transmit queue for every port the
 // device may have, and QEMU an interrupt vector: with 2 ports instead of
 // 31, an idle VM's guest RAM is about 0.6 MiB smaller and QEMU's own
-// memory 0.5 MiB (docs/benchmarks.md). A saved VM state holds it, so template
-// keys name it (internal/launch).
+// memory 0.5 MiB (docs/benchmarks.md). A saved VM state holds it, so
+// template keys name it (internal/launch).
 const AgentSerialPorts = 2
 
 // bus names the transport of virtio devices: PCI on q35, MMIO on microvm.
