@@ -23,9 +23,10 @@ import (
 // QEMUs used up to the measurement (boot and idle). One round of
 // rootfsBenchVMs VMs per iteration; the figures are medians of the rounds.
 // It fails when the idle VMs' TCG translation cache comes within 1 MiB of
-// its size: the boot then fills the cache (or nearly), so a pod's
-// containers would empty it again and again (docs/benchmarks.md), and the
-// default size (qemu.DefaultTCGCacheMiB) needs raising.
+// its size: the boot then fills the cache (or nearly), so a pod's second
+// container start would cost about 3 times the CPU time
+// (docs/benchmarks.md), and the default size (qemu.DefaultTCGCacheMiB)
+// needs raising.
 func BenchmarkIdleMemory(b *testing.B) {
 	dir, _ := rootfsAssets(b)
 	var splits []pssSplit

@@ -11,8 +11,8 @@ import (
 // the default translation cache and checks that the boot leaves the cache
 // not full: the default (qemu.DefaultTCGCacheMiB) is sized a few MiB above
 // what a boot translates, and a guest kernel or agent whose boot filled it
-// would make every container start empty it and translate again (about
-// 3 times the CPU time; docs/benchmarks.md). The same check as
+// would have the boot empty it and a pod's second container start
+// translate its code again (about 3 times the CPU time; docs/benchmarks.md). The same check as
 // BenchmarkIdleMemory's, for one VM, so that a change that makes the boot
 // translate more fails here and not only in make bench.
 func TestTCGCacheHeadroom(t *testing.T) {
