@@ -22,9 +22,20 @@ import (
 // startSandbox boots a sandbox of c and registers its stop.
 func startSandbox(t testing.TB, c *config.Config, id string) *sandbox.Sandbox {
 	t.Helper()
+	return startSandboxEdited(t, c, id, nil)
+}
+
+// startSandboxEdited is startSandbox with edit (if not nil) applied to
+// the sandbox's configuration first: for what the configuration file
+// cannot say.
+func startSandboxEdited(t testing.TB, c *config.Config, id string, edit func(*sandbox.Config)) *sandbox.Sandbox {
+	t.Helper()
 	sc, err := launch.SandboxConfig(c, id)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&sc)
 	}
 	sb, err := sandbox.Start(withTimeout(t, 2*time.Minute), sc)
 	if err != nil {
