@@ -114,14 +114,7 @@ func TestArgsGolden(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := New(tc.cfg, tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			args, err := v.Args()
-			if err != nil {
-				t.Fatal(err)
-			}
+			args := argsOf(t, tc.cfg, tc.opts)
 			golden(t, filepath.Join("testdata", tc.name+".argv"), argvText(args))
 		})
 	}
@@ -455,4 +448,18 @@ func TestConsoleTail(t *testing.T) {
 			}
 		})
 	}
+}
+
+// argsOf is the QEMU command line of a VM of cfg and o.
+func argsOf(t *testing.T, cfg hypervisor.Config, o Options) []string {
+	t.Helper()
+	v, err := New(cfg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := v.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return args
 }

@@ -353,14 +353,7 @@ func TestTemplateBoot(t *testing.T) {
 		{"clone", templateConfig(true, hypervisor.TemplateMemoryShared), Options{Accel: AccelTCG, TSCKHz: 2445432}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := New(tc.cfg, tc.opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			args, err := v.Args()
-			if err != nil {
-				t.Fatal(err)
-			}
+			args := argsOf(t, tc.cfg, tc.opts)
 			bios, appendArg := "default", ""
 			for i := 1; i < len(args); i++ {
 				switch args[i-1] {
